@@ -1,0 +1,194 @@
+# cython: language_level=3, embedsignature=True
+"""pop53._core: the data plane.
+
+Parses DNS queries and answers them from an immutable compiled image, without the GIL.  The
+Python side uses a handful of entry points: ImageView (open/validate an image buffer),
+Responder (identity and limits), answer() (one packet; tests and TCP), the worker loop and
+counters (io.pxi), and two compiler helpers (name_hash, fill_table).
+"""
+
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memcmp, memset
+from libc.stdlib cimport malloc, calloc, free
+
+from p53 cimport *
+
+include "wire.pxi"
+include "image.pxi"
+include "answer.pxi"
+include "query.pxi"
+include "io.pxi"
+
+import sys as _sys
+
+if _sys.byteorder != "little":
+    raise ImportError("pop53._core: the image format is little-endian; this host is not")
+
+ACTION_DROP = ACT_DROP
+ACTION_REPLY = ACT_REPLY
+ACTION_CONTROL = ACT_CONTROL
+IMAGE_VERSION = IMG_VERSION
+HEADER_SIZE = IMG_HEADER_SIZE
+SIZEOF = {
+    "header": sizeof(img_header_t), "zone": sizeof(zone_t), "node": sizeof(node_t),
+    "rrset": sizeof(rrset_t),
+}
+FLAGS = {
+    "APEX": N_APEX, "CUT": N_CUT, "BELOW_CUT": N_BELOW_CUT, "ENT": N_ENT,
+    "WILDCARD_CHILD": N_WILDCARD_CHILD, "WILDCARD": N_WILDCARD, "CNAME": N_CNAME,
+    "DNAME": N_DNAME,
+}
+
+
+cdef class ImageView:
+    """A validated, read-only view of a compiled image held in any buffer (bytes, mmap)."""
+    cdef image_t img
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef readonly object owner
+
+    def __cinit__(self, object data):
+        cdef int rc
+        self.has_view = False
+        PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
+        self.has_view = True
+        self.owner = data
+        with nogil:
+            rc = image_open(&self.img, <const uint8_t*>self.view.buf, <uint64_t>self.view.len)
+        if rc != 0:
+            raise ValueError(f"corrupt or incompatible image (check {-rc} failed)")
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+    @property
+    def size(self):
+        return self.img.size
+
+    @property
+    def n_zones(self):
+        return self.img.n_zones
+
+    cdef const image_t* ptr(self):
+        return &self.img
+
+
+cdef class Responder:
+    """Per-server answer settings: identity (NSID, id.server), version.bind, limits."""
+    cdef rcfg_t cfg
+
+    def __cinit__(self, identity=b"", version=b"pop53", bint chaos=True, bint nsid=True,
+                  int edns_max=1232, bint lenient_trailing=False):
+        if isinstance(identity, str):
+            identity = identity.encode()
+        if isinstance(version, str):
+            version = version.encode()
+        if len(identity) > 255 or len(version) > 255:
+            raise ValueError("identity and version are at most 255 bytes")
+        if not 512 <= edns_max <= 65535:
+            raise ValueError("edns_max must be within 512..65535")
+        memset(&self.cfg, 0, sizeof(rcfg_t))
+        memcpy(self.cfg.identity, <const char*>identity, len(identity))
+        self.cfg.identity_len = len(identity)
+        memcpy(self.cfg.version, <const char*>version, len(version))
+        self.cfg.version_len = len(version)
+        self.cfg.chaos = chaos
+        self.cfg.nsid = nsid
+        self.cfg.edns_max = edns_max
+        self.cfg.lenient_trailing = lenient_trailing
+
+    @property
+    def identity(self):
+        return PyBytes_FromStringAndSize(<const char*>self.cfg.identity, self.cfg.identity_len)
+
+    @property
+    def edns_max(self):
+        return self.cfg.edns_max
+
+
+cdef stats_t _scratch_stats
+
+
+def answer(ImageView image, const uint8_t[::1] wire not None, Responder responder not None,
+           bint tcp=False):
+    """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes."""
+    cdef uint8_t out[65535]
+    cdef uint32_t outlen = 0
+    cdef query_t q
+    cdef int act
+    cdef const image_t* img = image.ptr() if image is not None else NULL
+    cdef const uint8_t* p = &wire[0] if wire.shape[0] else <const uint8_t*>b""
+    cdef uint32_t n = <uint32_t>wire.shape[0] if wire.shape[0] < 65536 else 65535
+    if wire.shape[0] > 65535:
+        return ACT_DROP, None
+    with nogil:
+        act = core_answer(img, &responder.cfg, p, n, out, sizeof(out), tcp, &outlen, &q,
+                          &_scratch_stats)
+    if act == ACT_DROP:
+        return act, None
+    return act, PyBytes_FromStringAndSize(<const char*>out, outlen)
+
+
+def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder responder=None):
+    """Time the C loop alone: parse + lookup + write for every packet, `repeat` times.
+    Returns nanoseconds per query (monotonic clock).  For bench/ only."""
+    cdef int n = len(wires), i, r
+    cdef const uint8_t** bufs = <const uint8_t**>malloc(n * sizeof(uint8_t*))
+    cdef uint32_t* lens = <uint32_t*>malloc(n * sizeof(uint32_t))
+    cdef uint8_t out[4096]
+    cdef uint32_t outlen
+    cdef query_t q
+    cdef stats_t st
+    cdef timespec t0, t1
+    cdef rcfg_t* cfg
+    cdef const image_t* img = image.ptr()
+    if responder is None:
+        responder = Responder()
+    cfg = &responder.cfg
+    keep = [bytes(w) for w in wires]
+    for i in range(n):
+        bufs[i] = <const uint8_t*>(<bytes>keep[i])
+        lens[i] = len(keep[i])
+    memset(&st, 0, sizeof(st))
+    with nogil:
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        for r in range(repeat):
+            for i in range(n):
+                core_answer(img, cfg, bufs[i], lens[i], out, sizeof(out), False,
+                            &outlen, &q, &st)
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+    free(bufs)
+    free(lens)
+    return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (<double>n * repeat)
+
+
+def hash_name(const uint8_t[::1] name not None, uint32_t seed):
+    """The image's name hash (reverse FNV-1a) of a lowercased wire name, for the compiler."""
+    return name_hash(&name[0], <uint32_t>name.shape[0], seed) if name.shape[0] else 0
+
+
+def fill_table(uint8_t[::1] buf not None, uint32_t table_off, uint32_t mask,
+               const uint32_t[::1] offsets not None):
+    """Insert nodes (by offset; each node_t carries its hash) into an open-addressing table at
+    table_off with mask + 1 slots, linear probing.  For the compiler."""
+    cdef uint32_t i, slot, off
+    cdef uint32_t* tab = <uint32_t*>(&buf[0] + table_off)
+    cdef const node_t* node
+    if <uint64_t>table_off + (<uint64_t>mask + 1) * 4 > <uint64_t>buf.shape[0]:
+        raise ValueError("table out of bounds")
+    if offsets.shape[0] > mask:
+        raise ValueError("table too small")
+    for i in range(offsets.shape[0]):
+        if offsets[i] == 0 or <uint64_t>offsets[i] + sizeof(node_t) > <uint64_t>buf.shape[0]:
+            raise ValueError("node offset out of bounds")
+    with nogil:
+        for i in range(offsets.shape[0]):
+            off = offsets[i]
+            node = <const node_t*>(&buf[0] + off)
+            slot = node.hash & mask
+            while tab[slot] != 0:
+                slot = (slot + 1) & mask
+            tab[slot] = off

@@ -1,0 +1,232 @@
+# cython: language_level=3
+# Cimported by _core.pyx (`from p53 cimport *`).
+# Declarations of the data plane: wire structures, the compiled image layout, the response
+# writer and the per-worker counters.  Code lives in the .pxi files included by _core.pyx.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+
+# ---------------------------------------------------------------------------------------------
+# Compiled image (position independent: every reference is an offset from the image start).
+# Little-endian, packed.  The layout is written by pop53/compiler.py; keep the two in step
+# (IMG_VERSION guards it).
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    IMG_VERSION = 1
+    IMG_HEADER_SIZE = 64
+
+    # node_t.flags
+    N_APEX = 0x0001
+    N_CUT = 0x0002            # NS at a non-apex name: a delegation point
+    N_BELOW_CUT = 0x0004      # strictly below a delegation point (glue or occluded)
+    N_ENT = 0x0008            # empty non-terminal: exists, has no data
+    N_WILDCARD_CHILD = 0x0010 # "*.<this name>" exists
+    N_WILDCARD = 0x0020       # first label is "*"
+    N_CNAME = 0x0040
+    N_DNAME = 0x0080
+    N_NSEC = 0x0100           # reserved for DNSSEC: NSEC/NSEC3 chain member
+
+    # zone_t.flags
+    Z_SIGNED = 0x0001         # reserved for DNSSEC: RRSIGs beside RRsets, NSEC/NSEC3 chain
+
+    # rrset_t.aux: for RRSIG rrsets (type 46) the covered type (reserved for DNSSEC)
+
+cdef packed struct img_header_t:
+    char magic[8]             # b"POP53IMG"
+    uint32_t version
+    uint32_t header_size
+    uint64_t size             # total bytes of the image
+    uint32_t n_zones
+    uint32_t zones_off        # zone_t[n_zones]
+    uint32_t ztab_off         # uint32_t[ztab_mask + 1]: zone index + 1, 0 = empty
+    uint32_t ztab_mask
+    uint32_t seed             # name hash seed
+    uint32_t flags
+    uint32_t n_nodes
+    uint32_t n_rrsets
+    uint32_t n_records
+    uint8_t reserved[4]
+
+cdef packed struct zone_t:
+    uint32_t name_off         # lowercased wire name of the origin
+    uint8_t name_len
+    uint8_t labels
+    uint16_t flags
+    uint32_t apex_off         # node_t of the apex
+    uint32_t ntab_off         # uint32_t[ntab_mask + 1]: node offsets, 0 = empty
+    uint32_t ntab_mask
+    uint32_t n_nodes
+    uint32_t neg_ttl          # min(SOA TTL, SOA MINIMUM): RFC 2308 §5
+    uint32_t soa_off          # rrset_t of the SOA
+
+cdef packed struct node_t:
+    uint32_t name_off         # lowercased wire name (absolute)
+    uint8_t name_len
+    uint8_t labels
+    uint16_t flags
+    uint32_t cut_off          # node_t of the delegation point at or above this name, 0 = none
+    uint32_t rrsets_off       # rrset_t[n_rrsets], sorted by type
+    uint16_t n_rrsets
+    uint16_t zone_idx
+    uint32_t hash             # name hash (reverse FNV-1a, seeded)
+
+cdef packed struct rrset_t:
+    uint16_t type
+    uint16_t count
+    uint32_t ttl
+    uint32_t rdata_off        # count x ([u16 rdlength][rdata]), names uncompressed
+    uint32_t rdata_len
+    uint32_t add_off          # uint32_t[add_count]: node_t of in-image targets with A/AAAA
+    uint16_t add_count
+    uint16_t aux              # RRSIG: covered type (reserved for DNSSEC)
+
+cdef struct image_t:
+    const uint8_t* base
+    uint64_t size
+    const img_header_t* hdr
+    const zone_t* zones
+    const uint32_t* ztab
+    uint32_t ztab_mask
+    uint32_t seed
+    uint32_t n_zones
+
+# ---------------------------------------------------------------------------------------------
+# Wire: the parsed query.
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    MAX_NAME = 255
+    MAX_LABELS = 128
+    CMP_MAX = 48
+    CHAIN_MAX = 8
+
+    # DNS constants
+    T_A = 1
+    T_NS = 2
+    T_CNAME = 5
+    T_SOA = 6
+    T_PTR = 12
+    T_HINFO = 13
+    T_MX = 15
+    T_TXT = 16
+    T_AAAA = 28
+    T_SRV = 33
+    T_DNAME = 39
+    T_OPT = 41
+    T_DS = 43
+    T_RRSIG = 46
+    T_TKEY = 249
+    T_TSIG = 250
+    T_IXFR = 251
+    T_AXFR = 252
+    T_MAILB = 253
+    T_MAILA = 254
+    T_ANY = 255
+    C_IN = 1
+    C_CH = 3
+    C_ANY = 255
+
+    RC_NOERROR = 0
+    RC_FORMERR = 1
+    RC_SERVFAIL = 2
+    RC_NXDOMAIN = 3
+    RC_NOTIMP = 4
+    RC_REFUSED = 5
+    RC_YXDOMAIN = 6
+    RC_NOTAUTH = 9
+    RC_BADVERS = 16
+
+    OP_QUERY = 0
+    OP_NOTIFY = 4
+
+    OPT_NSID = 3
+    OPT_ECS = 8
+    OPT_COOKIE = 10
+
+    # what to do with a packet: the decision table's outcome
+    ACT_DROP = 0
+    ACT_REPLY = 1
+    ACT_CONTROL = 2            # NOTIFY, XFR, TSIG-signed: hand to the control plane
+
+    # query_t.why for ACT_CONTROL
+    CTL_NOTIFY = 1
+    CTL_XFR = 2
+    CTL_TSIG = 3
+
+cdef struct query_t:
+    uint16_t id
+    uint16_t flags            # header flags word as received
+    uint8_t opcode
+    uint16_t qtype
+    uint16_t qclass
+    uint8_t qname[256]        # lowercased wire form
+    uint32_t qname_len
+    uint32_t labels           # not counting the root
+    uint8_t loff[128]         # offset of each label in qname (loff[labels] = root)
+    uint32_t qend             # end of the question in the query packet
+    # EDNS (RFC 6891)
+    bint edns
+    uint16_t udp_size
+    uint8_t ednsver
+    bint do_bit
+    bint nsid
+    bint ecs
+    uint16_t ecs_family
+    uint8_t ecs_source
+    uint8_t ecs_scope
+    uint8_t ecs_addr[16]
+    uint8_t cookie_len
+    uint8_t cookie[40]
+    bint tsig
+    uint8_t ctl               # CTL_* when the action is ACT_CONTROL
+
+# ---------------------------------------------------------------------------------------------
+# Responder configuration (identity for NSID and CHAOS, limits).  Owned by a Responder object.
+# ---------------------------------------------------------------------------------------------
+cdef struct rcfg_t:
+    uint8_t identity[255]
+    uint8_t identity_len
+    uint8_t version[255]
+    uint8_t version_len
+    bint chaos                # answer CHAOS TXT id.server/hostname.bind/version.bind
+    bint nsid                 # answer the NSID option (RFC 5001)
+    uint16_t edns_max         # our advertised/used UDP payload limit (default 1232)
+    bint lenient_trailing     # accept bytes after the last record (default: FORMERR)
+
+# ---------------------------------------------------------------------------------------------
+# Response writer with mark/rollback (RFC 2181 §9: never a partial RRset).
+# ---------------------------------------------------------------------------------------------
+cdef struct wbuf_t:
+    uint8_t* buf
+    uint32_t cap              # bytes usable for sections (limit minus the OPT reserve)
+    uint32_t pos
+    uint16_t cmp[48]          # packet offsets of label starts usable as compression targets
+    uint32_t ncmp
+    uint16_t an
+    uint16_t ns
+    uint16_t ar
+    bint tc
+
+cdef struct wmark_t:
+    uint32_t pos
+    uint32_t ncmp
+    uint16_t an
+    uint16_t ns
+    uint16_t ar
+
+# ---------------------------------------------------------------------------------------------
+# Per-worker counters (plain C, summed by the control plane on scrape).
+# ---------------------------------------------------------------------------------------------
+cdef struct stats_t:
+    uint64_t queries
+    uint64_t udp
+    uint64_t tcp
+    uint64_t replies
+    uint64_t dropped
+    uint64_t truncated
+    uint64_t control
+    uint64_t bytes_in
+    uint64_t bytes_out
+    uint64_t batches
+    uint64_t send_errors
+    uint64_t recv_errors
+    uint64_t rcode[24]        # index: rcode (0..23), BADVERS at 16
+    uint64_t qtype[257]       # index: qtype for 0..255, 256 = other

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Sets up everything pop53 needs on a fresh Debian machine (run as root):
+#   - the reference DNS servers, BIRD, etcd and dnsperf from Debian's packages (never started here:
+#     the tests and benchmarks start what they need on loopback or in namespaces they create);
+#   - pop53 itself, built in place (pip install -e), with pinned test dependencies.
+# Idempotent: a second run only checks.  POP53_SETUP_NO_APT=1 skips the Debian part.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+APT_PACKAGES=(
+  knot knot-dnsutils         # differential tests, XFR interop, bench
+  nsd                        # differential tests, XFR interop, bench
+  bind9 bind9-dnsutils       # bench, XFR interop
+  pdns-server pdns-backend-bind  # bench
+  dnsperf                    # bench load generator
+  bird2                      # BGP speaker (anycast)
+  etcd-server etcd-client    # cluster-wide suspension slots
+  iproute2 iputils-ping procps psmisc  # namespaces, process control
+)
+
+if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    # Keep package scripts from starting daemons (they would grab port 53 and get in the way).
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  # Stop anything a package may have started anyway (no systemd here, but be sure).
+  for d in knotd nsd named pdns_server bird etcd; do pkill -x "$d" 2>/dev/null || true; done
+fi
+
+python3 -m pip install -q --disable-pip-version-check -r requirements/build.txt
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+echo "setup: ok"
