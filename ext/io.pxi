@@ -1,5 +1,12 @@
 # The worker loop: recvmmsg a batch, answer each query from the current image, sendmmsg the
-# replies.  (Filled in by the server work; this part holds the system declarations.)
+# replies.  One worker = one thread = one SO_REUSEPORT socket; the loop runs with the GIL
+# released and touches no Python object.
+#
+# Image lifetime (quiescent-state reclamation, the RCU flavour Knot DNS uses): the control plane
+# publishes a new image with one atomic store into Shared.current.  A worker loads the pointer
+# once per batch and bumps its `epoch` after every batch (and after every receive timeout).  An
+# old image may be freed once every running worker's epoch has moved past the value it had when
+# the new image was published: no worker can still hold the old pointer.
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -8,3 +15,292 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int clock_gettime(int clk, timespec* ts)
     int CLOCK_MONOTONIC
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    int EAGAIN
+    int EWOULDBLOCK
+    int EINTR
+
+cdef extern from "<sys/uio.h>" nogil:
+    cdef struct iovec:
+        void* iov_base
+        size_t iov_len
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    cdef struct sockaddr:
+        unsigned short sa_family
+    cdef struct sockaddr_storage:
+        unsigned short ss_family
+    cdef struct msghdr:
+        void* msg_name
+        socklen_t msg_namelen
+        iovec* msg_iov
+        size_t msg_iovlen
+        void* msg_control
+        size_t msg_controllen
+        int msg_flags
+    cdef struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags, timespec* timeout)
+    int sendmmsg(int fd, mmsghdr* vec, unsigned int vlen, int flags)
+    int MSG_WAITFORONE
+    int MSG_TRUNC
+    int MSG_CTRUNC
+    int MSG_DONTWAIT
+
+cdef extern from "p53_sys.h" nogil:
+    const void* p53_load_ptr(const void* const* p)
+    void p53_store_ptr(const void** p, const void* v)
+    uint64_t p53_load_u64(const uint64_t* p)
+    void p53_store_u64(uint64_t* p, uint64_t v)
+    int p53_load_int(const int* p)
+    void p53_store_int(int* p, int v)
+    size_t p53_reply_control(msghdr* m)
+
+cdef enum:
+    BATCH = 64
+    RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
+    CTRL_SLOT = 64            # IP_PKTINFO / IPV6_PKTINFO
+    CTL_RING = 64             # control-plane messages waiting per worker
+    CTL_MAX = 4096
+
+
+cdef struct ctl_msg_t:
+    uint32_t len
+    socklen_t addrlen
+    sockaddr_storage addr
+    uint8_t data[4096]
+
+
+cdef class Shared:
+    """The published image every worker reads (one atomic pointer) and its generation."""
+    cdef const void* current       # const image_t*
+    cdef readonly uint64_t generation
+    cdef readonly object holder    # keeps the published ImageView alive
+
+    def publish(self, ImageView view):
+        """Publish an image: one atomic store.  Returns the new generation.  The caller keeps
+        the previous view alive until every worker has passed a batch boundary."""
+        p53_store_ptr(&self.current, <const void*>(view.ptr() if view is not None else NULL))
+        self.holder = view
+        self.generation += 1
+        return self.generation
+
+
+cdef class Worker:
+    """One UDP worker: its socket, its batch arrays (allocated once), its counters."""
+    cdef int fd
+    cdef readonly int index
+    cdef stats_t st
+    cdef uint64_t epoch
+    cdef int stop_flag
+    cdef int running
+    cdef int control_enabled
+    cdef mmsghdr* rmsgs
+    cdef mmsghdr* smsgs
+    cdef iovec* riov
+    cdef iovec* siov
+    cdef sockaddr_storage* addrs
+    cdef uint8_t* rbuf
+    cdef uint8_t* sbuf
+    cdef uint8_t* cbuf
+    cdef uint32_t sslot
+    cdef ctl_msg_t* ring
+    cdef uint64_t ring_head        # written by the worker
+    cdef uint64_t ring_tail        # written by the control plane
+
+    def __cinit__(self, int fd, int index=0, bint control=False):
+        self.fd = fd
+        self.index = index
+        self.control_enabled = control
+        memset(&self.st, 0, sizeof(stats_t))
+        self.sslot = 65535
+        self.rmsgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
+        self.smsgs = <mmsghdr*>calloc(BATCH, sizeof(mmsghdr))
+        self.riov = <iovec*>calloc(BATCH, sizeof(iovec))
+        self.siov = <iovec*>calloc(BATCH, sizeof(iovec))
+        self.addrs = <sockaddr_storage*>calloc(BATCH, sizeof(sockaddr_storage))
+        self.rbuf = <uint8_t*>malloc(BATCH * RECV_SLOT)
+        self.cbuf = <uint8_t*>calloc(BATCH, CTRL_SLOT)
+        self.ring = <ctl_msg_t*>calloc(CTL_RING, sizeof(ctl_msg_t))
+        self.sbuf = NULL
+        if not (self.rmsgs and self.smsgs and self.riov and self.siov and self.addrs and self.rbuf
+                and self.cbuf and self.ring):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
+        free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
+
+    def run(self, Shared shared, Responder responder):
+        """The loop; returns when stop() is called.  The socket must have a receive timeout
+        (SO_RCVTIMEO) so that stop and reclamation are noticed while idle."""
+        cdef rcfg_t* cfg = &responder.cfg
+        cdef uint32_t slot = cfg.edns_max if cfg.edns_max > 512 else 512
+        if self.running:
+            raise RuntimeError("worker already running")
+        free(self.sbuf)
+        self.sbuf = <uint8_t*>malloc(BATCH * slot)
+        if self.sbuf == NULL:
+            raise MemoryError()
+        self.sslot = slot
+        self.running = 1
+        p53_store_int(&self.stop_flag, 0)
+        with nogil:
+            self._loop(shared, cfg)
+        self.running = 0
+
+    cdef void _loop(self, Shared shared, const rcfg_t* cfg) noexcept nogil:
+        cdef int n, i, m, sent, k, act
+        cdef uint32_t outlen
+        cdef const image_t* img
+        cdef query_t q
+        cdef ctl_msg_t* cm
+        while not p53_load_int(&self.stop_flag):
+            for i in range(BATCH):
+                self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
+                self.riov[i].iov_len = RECV_SLOT
+                self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+                self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
+                self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+                self.rmsgs[i].msg_hdr.msg_iovlen = 1
+                self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
+                self.rmsgs[i].msg_hdr.msg_controllen = CTRL_SLOT
+                self.rmsgs[i].msg_hdr.msg_flags = 0
+            n = recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
+            # quiescent point: this worker holds no image pointer here
+            p53_store_u64(&self.epoch, self.epoch + 1)
+            if n <= 0:
+                if n < 0 and errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR:
+                    self.st.recv_errors += 1
+                continue
+            self.st.batches += 1
+            img = <const image_t*>p53_load_ptr(&shared.current)
+            m = 0
+            for i in range(n):
+                self.st.udp += 1
+                if self.rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC:
+                    self.st.queries += 1
+                    self.st.dropped += 1
+                    continue
+                # (admission / scoring / rate limiting stage goes here, before any work)
+                act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
+                                  self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
+                                  &self.st)
+                if act == ACT_DROP:
+                    continue
+                if act == ACT_CONTROL and self.control_enabled:
+                    if self.ring_head - p53_load_u64(&self.ring_tail) < CTL_RING:
+                        cm = &self.ring[self.ring_head % CTL_RING]
+                        cm.len = self.rmsgs[i].msg_len
+                        memcpy(cm.data, self.rbuf + i * RECV_SLOT, cm.len if cm.len <= CTL_MAX else CTL_MAX)
+                        memcpy(&cm.addr, &self.addrs[i], sizeof(sockaddr_storage))
+                        cm.addrlen = self.rmsgs[i].msg_hdr.msg_namelen
+                        p53_store_u64(&self.ring_head, self.ring_head + 1)
+                        continue
+                    # ring full: the fallback reply goes out instead
+                self.siov[m].iov_base = self.sbuf + m * self.sslot
+                self.siov[m].iov_len = outlen
+                self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
+                self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
+                self.smsgs[m].msg_hdr.msg_iov = &self.siov[m]
+                self.smsgs[m].msg_hdr.msg_iovlen = 1
+                self.smsgs[m].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
+                self.smsgs[m].msg_hdr.msg_controllen = p53_reply_control(&self.rmsgs[i].msg_hdr)
+                if self.smsgs[m].msg_hdr.msg_controllen == 0:
+                    self.smsgs[m].msg_hdr.msg_control = NULL
+                self.smsgs[m].msg_hdr.msg_flags = 0
+                m += 1
+            sent = 0
+            while sent < m:
+                k = sendmmsg(self.fd, self.smsgs + sent, m - sent, 0)
+                if k <= 0:
+                    if k < 0 and errno == EINTR:
+                        continue
+                    # the first unsent message failed (e.g. unreachable): count it, go on
+                    self.st.send_errors += 1
+                    sent += 1
+                    continue
+                sent += k
+            # batch boundary: done with img
+            p53_store_u64(&self.epoch, self.epoch + 1)
+
+    def stop(self):
+        p53_store_int(&self.stop_flag, 1)
+
+    @property
+    def epoch(self):
+        return p53_load_u64(&self.epoch)
+
+    @property
+    def running(self):
+        return bool(self.running)
+
+    def take_control(self):
+        """Drain the control-plane messages (NOTIFY, XFR, TSIG-signed) this worker set aside:
+        a list of (message bytes, sockaddr bytes)."""
+        cdef list out = []
+        cdef ctl_msg_t* cm
+        cdef uint64_t head = p53_load_u64(&self.ring_head)
+        while self.ring_tail < head:
+            cm = &self.ring[self.ring_tail % CTL_RING]
+            out.append((PyBytes_FromStringAndSize(<const char*>cm.data, cm.len if cm.len <= CTL_MAX else CTL_MAX),
+                        PyBytes_FromStringAndSize(<const char*>&cm.addr, cm.addrlen)))
+            p53_store_u64(&self.ring_tail, self.ring_tail + 1)
+        return out
+
+    def stats(self):
+        """A snapshot of the counters (plain ints; torn reads of a 64-bit counter cannot happen
+        on the 64-bit targets we build for)."""
+        return stats_dict(&self.st)
+
+
+cdef dict stats_dict(const stats_t* s):
+    return {
+        "queries": s.queries, "udp": s.udp, "tcp": s.tcp, "replies": s.replies,
+        "dropped": s.dropped, "truncated": s.truncated, "control": s.control,
+        "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "batches": s.batches,
+        "send_errors": s.send_errors, "recv_errors": s.recv_errors,
+        "rcode": {i: s.rcode[i] for i in range(24) if s.rcode[i]},
+        "qtype": {i: s.qtype[i] for i in range(257) if s.qtype[i]},
+    }
+
+
+cdef class Counters:
+    """Counters for answers made outside the UDP workers (TCP, in-process)."""
+    cdef stats_t st
+
+    def answer(self, ImageView image, const uint8_t[::1] wire not None, Responder responder not None,
+               bint tcp=True):
+        """Like the module-level answer(), counting into this object.  Returns (action, bytes)."""
+        cdef uint8_t* out = <uint8_t*>malloc(65535)
+        cdef uint32_t outlen = 0
+        cdef query_t q
+        cdef int act
+        cdef const image_t* img = image.ptr() if image is not None else NULL
+        cdef const uint8_t* p = &wire[0] if wire.shape[0] else <const uint8_t*>b""
+        cdef uint32_t n = <uint32_t>wire.shape[0]
+        if out == NULL:
+            raise MemoryError()
+        try:
+            if wire.shape[0] > 65535:
+                self.st.queries += 1
+                self.st.dropped += 1
+                return ACT_DROP, None
+            with nogil:
+                act = core_answer(img, &responder.cfg, p, n, out, 65535, tcp, &outlen, &q, &self.st)
+                if tcp:
+                    self.st.tcp += 1
+                else:
+                    self.st.udp += 1
+            if act == ACT_DROP:
+                return act, None
+            return act, PyBytes_FromStringAndSize(<const char*>out, outlen)
+        finally:
+            free(out)
+
+    def stats(self):
+        return stats_dict(&self.st)

@@ -1,0 +1,54 @@
+/* Tiny C helpers for the worker loop: atomics (Cython has no volatile/atomic qualifiers) and
+ * the IP_PKTINFO fix-up that makes a reply leave from the address the query was sent to. */
+#ifndef P53_SYS_H
+#define P53_SYS_H
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+
+static inline const void *p53_load_ptr(const void *const *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+static inline void p53_store_ptr(const void **p, const void *v) {
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t p53_load_u64(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+static inline void p53_store_u64(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+static inline int p53_load_int(const int *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+static inline void p53_store_int(int *p, int v) {
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+
+/* Turn the control data received with a datagram into the control data for its reply: keep
+ * IP_PKTINFO / IPV6_PKTINFO (source address = the address the query was sent to) and clear the
+ * interface index so routing picks the way back (anycast paths may be asymmetric).  Returns the
+ * control length to send (0 = none). */
+static inline size_t p53_reply_control(struct msghdr *m) {
+    struct cmsghdr *c;
+    if (m->msg_controllen == 0)
+        return 0;
+    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
+        if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+            struct in_pktinfo *pi = (struct in_pktinfo *)CMSG_DATA(c);
+            pi->ipi_ifindex = 0;
+            pi->ipi_spec_dst = pi->ipi_addr;
+            memmove(m->msg_control, c, c->cmsg_len);
+            return CMSG_SPACE(sizeof(struct in_pktinfo));
+        }
+        if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+            struct in6_pktinfo *pi = (struct in6_pktinfo *)CMSG_DATA(c);
+            pi->ipi6_ifindex = 0;
+            memmove(m->msg_control, c, c->cmsg_len);
+            return CMSG_SPACE(sizeof(struct in6_pktinfo));
+        }
+    }
+    return 0;
+}
+#endif

@@ -1,0 +1,209 @@
+"""The TOML configuration: parsing and checks.  Every error names the file and the key path.
+
+    [server]
+    listen = ["127.0.0.1:5353", "[::1]:5353"]
+    workers = 2              # default: one per core
+    identity = "pop1-m1"     # NSID and id.server
+    user = "pop53"
+    metrics = "127.0.0.1:9153"
+    [[zone]]
+    name = "example.com."
+    file = "zones/example.com.zone"
+
+Other tables ([[key]], the secondary-zone keys of [[zone]], [agent], ...) belong to the
+modules that use them; they read the same document.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import tomllib
+
+import dns.name
+
+from .errors import ConfigError
+
+SERVER_KEYS = {
+    "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",
+    "chaos", "nsid", "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries",
+    "reuseport_bpf", "max_image_bytes", "stale_after", "delay",
+}
+ZONE_KEYS = {"name", "file"}   # plus the secondary-zone keys, checked by pop53.xfr
+
+
+@dataclasses.dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def wildcard(self) -> bool:
+        return ipaddress.ip_address(self.host).is_unspecified
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclasses.dataclass
+class ZoneConfig:
+    name: str
+    file: str | None
+    raw: dict
+
+
+@dataclasses.dataclass
+class Config:
+    listen: list[Listen]
+    workers: int
+    identity: str
+    version: str
+    user: str | None
+    metrics: Listen | None
+    state: str | None
+    edns_max: int = 1232
+    chaos: bool = True
+    nsid: bool = True
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1024
+    tcp_max_queries: int = 1000
+    reuseport_bpf: bool = False
+    max_image_bytes: int = 0
+    zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
+    source: str | None = None
+    doc: dict = dataclasses.field(default_factory=dict)
+
+
+def parse_listen(text, key: str, file: str | None, default_port: int = 53) -> Listen:
+    if not isinstance(text, str):
+        raise ConfigError(f"expected \"ADDRESS:PORT\", got {text!r}", file=file, key=key)
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"unclosed '[' in {text!r}", file=file, key=key)
+        host = text[1:end]
+        rest = text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"expected ':PORT' after ']' in {text!r}", file=file, key=key)
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{host!r} is not an IP address", file=file, key=key) from None
+    try:
+        port = int(port)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"bad port in {text!r}", file=file, key=key) from None
+    return Listen(host, port)
+
+
+def _typed(doc: dict, name: str, kind, default, key: str, file):
+    if name not in doc:
+        return default
+    v = doc[name]
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise ConfigError(f"expected {kind.__name__}, got {type(v).__name__} {v!r}", file=file,
+                          key=f"{key}.{name}")
+    return v
+
+
+def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
+    """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
+    if not isinstance(doc, dict):
+        raise ConfigError("the configuration must be a table", file=file)
+    server = doc.get("server", {})
+    if not isinstance(server, dict):
+        raise ConfigError("must be a table", file=file, key="server")
+    unknown = set(server) - SERVER_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="server")
+    listen_raw = server.get("listen", ["127.0.0.1:53"])
+    if isinstance(listen_raw, str):
+        listen_raw = [listen_raw]
+    if not isinstance(listen_raw, list) or not listen_raw:
+        raise ConfigError("expected a non-empty list of \"ADDRESS:PORT\"", file=file, key="server.listen")
+    listen = [parse_listen(v, f"server.listen[{i}]", file) for i, v in enumerate(listen_raw)]
+    if len(set(listen)) != len(listen):
+        raise ConfigError("an address is listed twice", file=file, key="server.listen")
+    workers = _typed(server, "workers", int, os.cpu_count() or 1, "server", file)
+    if not 1 <= workers <= 256:
+        raise ConfigError(f"must be within 1..256, got {workers}", file=file, key="server.workers")
+    identity = _typed(server, "identity", str, socket.gethostname(), "server", file)
+    version = _typed(server, "version", str, "pop53", "server", file)
+    for k, v in (("identity", identity), ("version", version)):
+        if len(v.encode()) > 255:
+            raise ConfigError("at most 255 bytes", file=file, key=f"server.{k}")
+    metrics = server.get("metrics")
+    if metrics is not None:
+        metrics = parse_listen(metrics, "server.metrics", file, default_port=9153)
+    edns_max = _typed(server, "edns_max", int, 1232, "server", file)
+    if not 512 <= edns_max <= 4096:
+        raise ConfigError(f"must be within 512..4096, got {edns_max}", file=file, key="server.edns_max")
+    cfg = Config(
+        listen=listen, workers=workers, identity=identity, version=version,
+        user=_typed(server, "user", str, None, "server", file),
+        metrics=metrics,
+        state=_typed(server, "state", str, None, "server", file),
+        edns_max=edns_max,
+        chaos=_typed(server, "chaos", bool, True, "server", file),
+        nsid=_typed(server, "nsid", bool, True, "server", file),
+        tcp_idle_timeout=_typed(server, "tcp_idle_timeout", float, 10.0, "server", file),
+        tcp_max_connections=_typed(server, "tcp_max_connections", int, 1024, "server", file),
+        tcp_max_queries=_typed(server, "tcp_max_queries", int, 1000, "server", file),
+        reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
+        max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
+        source=file, doc=doc,
+    )
+    zones = doc.get("zone", [])
+    if not isinstance(zones, list):
+        raise ConfigError("use [[zone]] tables", file=file, key="zone")
+    seen = set()
+    for i, z in enumerate(zones):
+        key = f"zone[{i}]"
+        if not isinstance(z, dict):
+            raise ConfigError("must be a table", file=file, key=key)
+        name = z.get("name")
+        if not isinstance(name, str):
+            raise ConfigError("missing or not a string", file=file, key=f"{key}.name")
+        try:
+            origin = dns.name.from_text(name)
+        except Exception as exc:  # dnspython raises several types for bad names
+            raise ConfigError(f"bad zone name {name!r}: {exc}", file=file, key=f"{key}.name") from None
+        if origin in seen:
+            raise ConfigError(f"zone {origin} is configured twice", file=file, key=f"{key}.name")
+        seen.add(origin)
+        zfile = z.get("file")
+        if zfile is not None:
+            if not isinstance(zfile, str):
+                raise ConfigError("must be a string", file=file, key=f"{key}.file")
+            if base_dir and not os.path.isabs(zfile):
+                zfile = os.path.join(base_dir, zfile)
+        elif "primaries" not in z:
+            raise ConfigError("a zone needs a file or primaries", file=file, key=key)
+        cfg.zones.append(ZoneConfig(name=origin.to_text(), file=zfile, raw=z))
+    return cfg
+
+
+def load(path: str | os.PathLike) -> Config:
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    return from_dict(doc, file=path, base_dir=os.path.dirname(os.path.abspath(path)))

@@ -1,0 +1,293 @@
+"""The server: sockets, UDP workers, TCP, image publication and reclamation, reload, privilege
+drop, metrics.
+
+Workers are threads, one per core and listen address, each running the nogil batch loop of
+`_core.Worker` over its own SO_REUSEPORT socket.  A new image is published with one atomic store
+(`_core.Shared.publish`); the previous one is released only after every worker has passed a
+batch boundary (the epochs checked by the housekeeping thread), so a query is always answered
+from exactly one image.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import socket
+import struct
+import threading
+import time
+
+from . import _core
+from .compiler import compile_zone_data
+from .config import Config, Listen
+from .errors import Pop53Error, ZoneError
+from .images import Image
+from .zonefile import ZoneData, load_zone_file
+
+log = logging.getLogger("pop53.server")
+
+# Linux constants Python's socket module may not name
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+RECV_TIMEOUT = 0.1   # how often an idle worker passes a quiescent point and checks for stop
+
+
+def udp_socket(addr: Listen) -> socket.socket:
+    s = socket.socket(addr.family, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(RECV_TIMEOUT * 1e6)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if addr.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if addr.wildcard:
+        # replies must leave from the address the query was sent to
+        if addr.family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+    s.bind((addr.host, addr.port))
+    return s
+
+
+def tcp_socket(addr: Listen) -> socket.socket:
+    s = socket.socket(addr.family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if addr.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr.host, addr.port))
+    s.listen(1024)
+    s.setblocking(False)
+    return s
+
+
+def drop_privileges(user: str | None) -> None:
+    """After binding: switch to the unprivileged user before anything is served."""
+    if not user or os.geteuid() != 0:
+        return
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise Pop53Error(f"user {user!r} does not exist (server.user)") from None
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise Pop53Error("could not drop root privileges")
+    log.info("dropped privileges to %s (uid %d)", user, pw.pw_uid)
+
+
+class Server:
+    def __init__(self, config: Config, *, control_handler=None):
+        self.config = config
+        self.responder = _core.Responder(
+            identity=config.identity if config.nsid or config.chaos else "",
+            version=config.version, chaos=config.chaos, nsid=config.nsid,
+            edns_max=config.edns_max)
+        self.shared = _core.Shared()
+        self.control_handler = control_handler
+        self.current_image: Image | None = None
+        self.zone_data: dict[str, ZoneData] = {}
+        self.zone_serials: dict[str, int] = {}
+        self.zone_fresh: dict[str, float] = {}
+        self.reload_failures = 0
+        self.last_error: str | None = None
+        self.workers: list[_core.Worker] = []
+        self.udp_socks: list[socket.socket] = []
+        self.tcp_socks: list[socket.socket] = []
+        self.tcp = None
+        self._threads: list[threading.Thread] = []
+        self._retired: list[tuple[Image, dict]] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._metrics_httpd = None
+        self.started = False
+
+    # -- zones and images ------------------------------------------------------------------
+    def load_zone_files(self) -> dict[str, ZoneData]:
+        out = {}
+        for z in self.config.zones:
+            if z.file is not None:
+                out[z.name] = load_zone_file(z.file, z.name)
+        return out
+
+    def publish(self, image: Image) -> int:
+        """Make `image` the one every worker answers from.  One atomic store."""
+        with self._lock:
+            old = self.current_image
+            gen = self.shared.publish(image.view)
+            self.current_image = image
+            if old is not None:
+                self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+            self.zone_serials = image.zones()
+            now = time.time()
+            for zone in self.zone_serials:
+                self.zone_fresh.setdefault(zone, now)
+            return gen
+
+    def set_zones(self, zones: dict[str, ZoneData]) -> Image:
+        """Compile the given zones (replacing all) and publish.  Raises on a bad zone, and then
+        nothing changes."""
+        image = compile_zone_data(list(zones.values()))
+        if self.config.max_image_bytes and len(image) > self.config.max_image_bytes:
+            raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
+                            f"({self.config.max_image_bytes})")
+        with self._lock:
+            self.zone_data = dict(zones)
+            self.publish(image)
+            now = time.time()
+            for name in zones:
+                self.zone_fresh[name] = now
+        return image
+
+    def update_zone(self, data: ZoneData) -> Image:
+        """Replace (or add) one zone, keeping the others: the path for transfers."""
+        with self._lock:
+            zones = dict(self.zone_data)
+            zones[data.origin.to_text()] = data
+            return self.set_zones(zones)
+
+    def reload(self) -> bool:
+        """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
+        the previous data keeps serving.  Returns whether the new data was published."""
+        try:
+            files = self.load_zone_files()
+            with self._lock:
+                zones = {k: v for k, v in self.zone_data.items() if k not in files}
+                zones.update(files)
+                self.set_zones(zones)
+            self.last_error = None
+            log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
+            return True
+        except Pop53Error as exc:
+            self.reload_failures += 1
+            self.last_error = str(exc)
+            log.error("reload rejected, previous data keeps serving: %s", exc)
+            return False
+
+    def reclaim(self) -> int:
+        """Release retired images no worker can still hold.  Returns how many are left."""
+        with self._lock:
+            keep = []
+            for image, epochs in self._retired:
+                # two quiescent points past the publish: the worker has reloaded the pointer
+                if all(not w.running or w.epoch >= epochs.get(id(w), 0) + 2 for w in self.workers):
+                    continue
+                keep.append((image, epochs))
+            self._retired = keep
+            return len(keep)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def bind(self) -> None:
+        cfg = self.config
+        for addr in cfg.listen:
+            port = addr.port
+            # with port 0, the first socket picks the port and the rest of the group follow it
+            first = udp_socket(addr)
+            if port == 0:
+                port = first.getsockname()[1]
+                addr = Listen(addr.host, port)
+            group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
+            if cfg.reuseport_bpf:
+                from . import reuseport
+                reuseport.attach_cbpf(group[0], len(group))
+            self.udp_socks.extend(group)
+            self.tcp_socks.append(tcp_socket(addr))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every listen address (ports resolved when 0 was given)."""
+        return [s.getsockname()[:2] for s in self.tcp_socks]
+
+    def start(self) -> None:
+        if self.current_image is None:
+            self.set_zones(self.load_zone_files())
+        self.bind()
+        drop_privileges(self.config.user)
+        control = self.control_handler is not None
+        for i, s in enumerate(self.udp_socks):
+            w = _core.Worker(s.fileno(), i, control)
+            self.workers.append(w)
+            t = threading.Thread(target=w.run, args=(self.shared, self.responder),
+                                 name=f"pop53-udp-{i}", daemon=True)
+            self._threads.append(t)
+        from .tcp import TcpServer
+        self.tcp = TcpServer(self, self.tcp_socks)
+        for t in self._threads:
+            t.start()
+        self.tcp.start()
+        hk = threading.Thread(target=self._housekeeping, name="pop53-housekeeping", daemon=True)
+        hk.start()
+        self._threads.append(hk)
+        if self.config.metrics is not None:
+            from . import metrics
+            metrics.start(self, self.config.metrics)
+        self.started = True
+        log.info("serving %d zone(s) on %s with %d worker(s) per address",
+                 len(self.zone_serials), ", ".join(str(a) for a in self.config.listen),
+                 self.config.workers)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(0.02):
+            self.reclaim()
+            if self.control_handler is not None:
+                for i, w in enumerate(self.workers):
+                    for msg, addr in w.take_control():
+                        self._control_udp(self.udp_socks[i], msg, addr)
+
+    def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
+        peer = _sockaddr(rawaddr)
+        try:
+            reply = self.control_handler.handle_udp(msg, peer)
+        except Exception:
+            log.exception("control handler failed on a message from %s", peer)
+            reply = None
+        if reply is None:
+            _act, reply = _core.answer(self.current_image.view if self.current_image else None,
+                                       msg, self.responder, False)
+        if reply:
+            try:
+                sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self.workers:
+            w.stop()
+        if self.tcp is not None:
+            self.tcp.stop()
+        deadline = time.monotonic() + 2
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for s in self.udp_socks + self.tcp_socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+        self.started = False
+
+    def stats(self) -> dict:
+        total: dict = {}
+        for w in self.workers:
+            for k, v in w.stats().items():
+                if isinstance(v, int):
+                    total[k] = total.get(k, 0) + v
+        if self.tcp is not None:
+            for k, v in self.tcp.counters.stats().items():
+                if isinstance(v, int):
+                    total[k] = total.get(k, 0) + v
+        return total
+
+
+def _sockaddr(raw: bytes) -> tuple:
+    family = struct.unpack_from("=H", raw, 0)[0]
+    if family == socket.AF_INET:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    if family == socket.AF_INET6:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, 0, 0)
+    raise ValueError(f"unknown address family {family}")
