@@ -8,7 +8,7 @@ counters (io.pxi), and two compiler helpers (name_hash, fill_table).
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, calloc, free
@@ -110,26 +110,58 @@ cdef class Responder:
 
 
 cdef stats_t _scratch_stats
+cdef uint8_t _answer_out[65535]
 
 
-def answer(ImageView image, const uint8_t[::1] wire not None, Responder responder not None,
-           bint tcp=False):
-    """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes."""
-    cdef uint8_t out[65535]
+cdef object _answer_ptr(const image_t* img, const uint8_t* p, Py_ssize_t n, Responder responder,
+                        bint tcp):
+    # Runs with the GIL held: a single answer costs less than releasing and retaking it.
     cdef uint32_t outlen = 0
     cdef query_t q
     cdef int act
-    cdef const image_t* img = image.ptr() if image is not None else NULL
-    cdef const uint8_t* p = &wire[0] if wire.shape[0] else <const uint8_t*>b""
-    cdef uint32_t n = <uint32_t>wire.shape[0] if wire.shape[0] < 65536 else 65535
-    if wire.shape[0] > 65535:
+    if n > 65535:
         return ACT_DROP, None
-    with nogil:
-        act = core_answer(img, &responder.cfg, p, n, out, sizeof(out), tcp, &outlen, &q,
-                          &_scratch_stats)
+    act = core_answer(img, &responder.cfg, p, <uint32_t>n, _answer_out, sizeof(_answer_out), tcp,
+                      &outlen, &q, &_scratch_stats)
     if act == ACT_DROP:
         return act, None
-    return act, PyBytes_FromStringAndSize(<const char*>out, outlen)
+    return act, PyBytes_FromStringAndSize(<const char*>_answer_out, outlen)
+
+
+def answer(ImageView image, object wire, Responder responder not None, bint tcp=False):
+    """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes."""
+    cdef Py_buffer buf
+    cdef const image_t* img = image.ptr() if image is not None else NULL
+    if type(wire) is bytes:
+        return _answer_ptr(img, <const uint8_t*>PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire),
+                           responder, tcp)
+    PyObject_GetBuffer(wire, &buf, PyBUF_SIMPLE)
+    try:
+        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp)
+    finally:
+        PyBuffer_Release(&buf)
+
+
+cdef Responder _default_responder = Responder()
+
+
+def answer_image(object image, object wire, object client, bint tcp=False,
+                 Responder responder=None):
+    """pop53.answer(): the public entry point, kept thin (no Python work per call beyond the
+    argument handling).  image: a pop53.Image or None.  Returns reply bytes or None (drop)."""
+    cdef Py_buffer buf
+    cdef ImageView view = image.view if image is not None else None
+    cdef const image_t* img = view.ptr() if view is not None else NULL
+    if responder is None:
+        responder = _default_responder
+    if type(wire) is bytes:
+        return _answer_ptr(img, <const uint8_t*>PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire),
+                           responder, tcp)[1]
+    PyObject_GetBuffer(wire, &buf, PyBUF_SIMPLE)
+    try:
+        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp)[1]
+    finally:
+        PyBuffer_Release(&buf)
 
 
 def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder responder=None):

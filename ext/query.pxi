@@ -198,6 +198,7 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
     """RFC 1034 §4.3.2 for one name: find the zone, the node or its closest encloser, then
     answer, refer, synthesize or deny."""
     cdef const zone_t* z = NULL
+    cdef const zone_t* pz
     cdef const node_t* node
     cdef const node_t* ce = NULL
     cdef uint32_t k, h, wk
@@ -205,10 +206,14 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
     cdef uint8_t wname[256]
     # find the zone: the longest served suffix.  A DS query at a zone apex is answered by the
     # parent side when we serve it (RFC 4035 §3.1.4.1).
-    if qtype == T_DS and labels > 0:
-        z = image_find_zone(c.img, name, nlen, loff, labels, sh, 1)
-    if z == NULL:
-        z = image_find_zone(c.img, name, nlen, loff, labels, sh, 0)
+    z = image_find_zone(c.img, name, nlen, loff, labels, sh, 0)
+    if qtype == T_DS and z != NULL and z.name_len == nlen and labels > 0:
+        # only when the parent really delegates here; else the child answers
+        pz = image_find_zone(c.img, name, nlen, loff, labels, sh, 1)
+        if pz != NULL:
+            node = zone_find(c.img, pz, name, nlen, sh[0])
+            if node != NULL and (node.flags & N_CUT):
+                z = pz
     if z == NULL:
         if c.depth == 0:
             c.rcode = RC_REFUSED

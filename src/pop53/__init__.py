@@ -7,13 +7,12 @@ Public API (tools outside the project rely on these names):
 from __future__ import annotations
 
 from ._core import Responder
+from ._core import answer_image as _answer_image
 from .compiler import compile_zone_data, compile_zones
 from .images import Image, load_image
 
 __all__ = ["Image", "Responder", "answer", "compile_zones", "compile_zone_data", "load_image"]
 __version__ = "0.1.0"
-
-_DEFAULT_RESPONDER = Responder()
 
 
 def answer(image: Image | None, wire, client: tuple[str, int], *, tcp: bool = False,
@@ -23,14 +22,4 @@ def answer(image: Image | None, wire, client: tuple[str, int], *, tcp: bool = Fa
     `client` is the (address, port) the message came from.  Never raises on any input bytes:
     malformed messages get FORMERR (or are dropped) exactly as on the wire.
     """
-    from . import _core
-
-    view = image.view if image is not None else None
-    try:
-        data = memoryview(wire).cast("B")
-    except TypeError:
-        data = memoryview(bytes(wire))
-    if not data.c_contiguous:
-        data = memoryview(bytes(data))
-    _act, reply = _core.answer(view, data, responder or _DEFAULT_RESPONDER, tcp)
-    return reply
+    return _answer_image(image, wire, client, tcp, responder)

@@ -29,8 +29,33 @@ _GLUE = {dns.rdatatype.A, dns.rdatatype.AAAA}
 # DNSSEC records allowed beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
 _WITH_CNAME_OK = {dns.rdatatype.CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
 
+_SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
+
 _ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
 _SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
+
+
+class _OutOfZone(Exception):
+    pass
+
+
+class _Reader(dns.zonefile.Reader):
+    """dnspython's reader, except that out-of-zone records are an error instead of being
+    skipped in silence (the reader "eats" the line only in that case)."""
+
+    start_line = None
+
+    def _eat_line(self):
+        raise _OutOfZone(self.last_name)
+
+    def _rr_line(self):
+        # the line a record starts on (the tokenizer is past its end when errors surface)
+        self.start_line = self.tok.line_number
+        return super()._rr_line()
+
+    def where(self):
+        fname, line = self.tok.where()
+        return fname, self.start_line or line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +66,7 @@ class ZoneData:
     zone: dns.zone.Zone
     source: str
     lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
+    warnings: list = dataclasses.field(default_factory=list)
 
     @property
     def serial(self) -> int:
@@ -91,12 +117,18 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
     try:
         with zone.writer(True) as txn:
             tok = dns.tokenizer.Tokenizer(text, source)
-            reader = dns.zonefile.Reader(tok, dns.rdataclass.IN, txn, allow_include=True)
+            reader = _Reader(tok, dns.rdataclass.IN, txn, allow_include=True)
 
             def _remember(_txn, name, rdataset):
                 # The reader's current tokenizer (it changes inside $INCLUDE) knows the line.
-                fname, line = reader.tok.where()
-                lines.setdefault((name, rdataset.rdtype), line if fname == source else None)
+                fname, line = reader.where()
+                key = (name, rdataset.rdtype)
+                if key in lines and rdataset.rdtype in _SINGLETONS:
+                    # dnspython would silently keep only the last one
+                    raise ZoneError(f"a second {dns.rdatatype.to_text(rdataset.rdtype)} record at one "
+                                    "name; only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)",
+                                    file=fname, line=line, owner=name.to_text(), zone=str(origin))
+                lines.setdefault(key, line if fname == source else None)
 
             txn.check_put_rdataset(_remember)
             reader.read()
@@ -104,14 +136,29 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
         # dnspython's message already reads "file:line: detail".
         m = re.match(r"^(.*?):(\d+): (.*)$", str(exc), re.S)
         if m:
-            raise ZoneError(m.group(3), file=m.group(1), line=int(m.group(2)), zone=str(origin)) from None
+            line = int(m.group(2))
+            if "reader" in locals() and reader.start_line and m.group(1) == reader.tok.where()[0]:
+                line = reader.start_line
+            raise ZoneError(m.group(3), file=m.group(1), line=line, zone=str(origin)) from None
         raise ZoneError(str(exc), file=source, zone=str(origin)) from None
+    except _OutOfZone as exc:
+        fname, line = reader.where()
+        raise ZoneError("out-of-zone data (the zone is " + origin.to_text() + ")", file=fname,
+                        line=line, owner=exc.args[0].to_text() if exc.args[0] else None,
+                        zone=str(origin)) from None
+    except OSError as exc:
+        # $INCLUDE of something that cannot be read
+        # the directive's line has been read to its end when the file is opened
+        fname, line = reader.tok.where() if "reader" in locals() else (source, None)
+        line = line - 1 if line and line > 1 else line
+        raise ZoneError(f"cannot read included file: {exc.strerror}: {exc.filename}", file=fname,
+                        line=line, zone=str(origin)) from None
     except dns.exception.DNSException as exc:
-        line = reader.tok.where()[1] if "reader" in locals() else None
+        line = reader.where()[1] if "reader" in locals() else None
         raise ZoneError(str(exc) or type(exc).__name__, file=source, line=line,
                         zone=str(origin)) from None
     except (ValueError, KeyError, UnicodeError) as exc:
-        line = reader.tok.where()[1] if "reader" in locals() else None
+        line = reader.where()[1] if "reader" in locals() else None
         raise ZoneError(f"{type(exc).__name__}: {exc}", file=source, line=line,
                         zone=str(origin)) from None
     data = ZoneData(origin=origin, zone=zone, source=source, lines=lines)
@@ -181,22 +228,28 @@ def validate(data: ZoneData) -> None:
         if dns.rdatatype.NS in types and name != origin:
             cuts.add(name)
 
-    # Data below a DNAME, and occluded data below a zone cut (only glue is allowed there).
+    # Data below a DNAME is an error (RFC 6672 §2.4).  Data below a zone cut other than glue,
+    # and data at a cut other than NS/DS/glue, is occluded: like BIND and Knot we load it with a
+    # warning and never serve it (the answer there is a referral).
     for name, node in zone.nodes.items():
         if name == origin:
             continue
         parent = name.parent()
         while parent != origin and len(parent) >= len(origin):
-            if parent in dnames:
-                fail(f"data below the DNAME at {parent} (RFC 6672 §2.3)", name)
+            if parent in dnames and parent not in cuts:   # a DNAME at a cut is occluded
+                fail(f"data below the DNAME at {parent} (RFC 6672 §2.4)", name)
             if parent in cuts:
                 bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
                 if bad:
-                    fail(f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                         f"delegation at {parent}: only glue (A/AAAA) may be there", name)
+                    data.warnings.append(
+                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
+                        f"delegation at {parent} is occluded and will not be served")
             parent = parent.parent()
         if name in cuts:
             bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
             if bad:
-                fail(f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                     "point is occluded by the NS records (only NS, DS and glue may be there)", name)
+                data.warnings.append(
+                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
+                    "point is occluded by the NS records and will not be served")
