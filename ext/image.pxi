@@ -110,17 +110,20 @@ cdef inline bint in_bounds(uint64_t size, uint64_t off, uint64_t n) noexcept nog
     return off <= size and n <= size - off
 
 
-cdef int image_check_name(const uint8_t* base, uint64_t size, uint32_t off, uint32_t n) noexcept nogil:
-    """An uncompressed wire name occupying exactly n bytes at off."""
+cdef int image_check_name(const uint8_t* base, uint64_t size, uint32_t off, uint32_t n,
+                          int labels) noexcept nogil:
+    """An uncompressed wire name occupying exactly n bytes at off, with `labels` labels (-1: any)."""
     cdef uint32_t p = 0
+    cdef int count = 0
     if n == 0 or n > MAX_NAME or not in_bounds(size, off, n):
         return -1
     while p < n:
         if base[off + p] == 0:
-            return 0 if p + 1 == n else -1
+            return 0 if p + 1 == n and (labels < 0 or labels == count) else -1
         if base[off + p] > 63:
             return -1
         p += base[off + p] + 1
+        count += 1
     return -1
 
 
@@ -167,15 +170,57 @@ cdef int rdata_names_check(uint16_t rtype, const uint8_t* r, uint32_t n) noexcep
     return 0 if p == n else -1
 
 
+cdef int image_check_rrset(const uint8_t* base, uint64_t size, const rrset_t* rs,
+                           bint targets) noexcept nogil:
+    """One RRset's RDATA; with `targets`, also the A/AAAA RRsets of its additional targets
+    (the only part of a target the writer reads)."""
+    cdef uint32_t j, p = 0, rl, a, i
+    cdef const uint32_t* adds
+    cdef const node_t* t
+    cdef const rrset_t* trs
+    if not in_bounds(size, rs.rdata_off, rs.rdata_len):
+        return -1
+    for j in range(rs.count):
+        if rs.rdata_len - p < 2:
+            return -1
+        rl = rd16(base + rs.rdata_off + p)
+        if rs.rdata_len - p - 2 < rl:
+            return -1
+        if rdata_names_check(rs.type, base + rs.rdata_off + p + 2, rl) != 0:
+            return -1
+        p += 2 + rl
+    if p != rs.rdata_len or (rs.type == T_CNAME or rs.type == T_DNAME or rs.type == T_SOA) and rs.count == 0:
+        return -1
+    if rs.add_count and targets:
+        if not in_bounds(size, rs.add_off, <uint64_t>rs.add_count * 4):
+            return -1
+        adds = <const uint32_t*>(base + rs.add_off)
+        for a in range(rs.add_count):
+            if adds[a] == 0 or not in_bounds(size, adds[a], sizeof(node_t)):
+                return -1
+            # the writer follows a target's name and its A/AAAA RRsets: check them here (a
+            # target is also checked as a node of its own zone; this keeps the walk local)
+            t = <const node_t*>(base + adds[a])
+            if image_check_name(base, size, t.name_off, t.name_len, -1) != 0:
+                return -1
+            if not in_bounds(size, t.rrsets_off, <uint64_t>t.n_rrsets * sizeof(rrset_t)):
+                return -1
+            trs = <const rrset_t*>(base + t.rrsets_off)
+            for i in range(t.n_rrsets):
+                if (trs[i].type == T_A or trs[i].type == T_AAAA) and \
+                        image_check_rrset(base, size, &trs[i], False) != 0:
+                    return -1
+    return 0
+
+
 cdef int image_check_node(const uint8_t* base, uint64_t size, uint32_t off, uint32_t n_zones) noexcept nogil:
     cdef const node_t* node
     cdef const rrset_t* rs
-    cdef uint32_t i, j, p, rl, a
-    cdef const uint32_t* adds
+    cdef uint32_t i
     if off == 0 or not in_bounds(size, off, sizeof(node_t)):
         return -1
     node = <const node_t*>(base + off)
-    if image_check_name(base, size, node.name_off, node.name_len) != 0:
+    if image_check_name(base, size, node.name_off, node.name_len, node.labels) != 0:
         return -1
     if node.zone_idx >= n_zones:
         return -1
@@ -185,35 +230,8 @@ cdef int image_check_node(const uint8_t* base, uint64_t size, uint32_t off, uint
         return -1
     rs = <const rrset_t*>(base + node.rrsets_off)
     for i in range(node.n_rrsets):
-        if not in_bounds(size, rs[i].rdata_off, rs[i].rdata_len):
+        if image_check_rrset(base, size, &rs[i], True) != 0:
             return -1
-        p = 0
-        for j in range(rs[i].count):
-            if rs[i].rdata_len - p < 2:
-                return -1
-            rl = rd16(base + rs[i].rdata_off + p)
-            if rs[i].rdata_len - p - 2 < rl:
-                return -1
-            if rdata_names_check(rs[i].type, base + rs[i].rdata_off + p + 2, rl) != 0:
-                return -1
-            p += 2 + rl
-        if p != rs[i].rdata_len:
-            return -1
-        if rs[i].add_count:
-            if not in_bounds(size, rs[i].add_off, <uint64_t>rs[i].add_count * 4):
-                return -1
-            adds = <const uint32_t*>(base + rs[i].add_off)
-            for a in range(rs[i].add_count):
-                if adds[a] == 0 or not in_bounds(size, adds[a], sizeof(node_t)):
-                    return -1
-                # the target's own fields are checked when its zone's table is walked; its
-                # name and rrsets are re-checked here because the writer follows them
-                if image_check_name(base, size, (<const node_t*>(base + adds[a])).name_off,
-                                    (<const node_t*>(base + adds[a])).name_len) != 0:
-                    return -1
-                if not in_bounds(size, (<const node_t*>(base + adds[a])).rrsets_off,
-                                 <uint64_t>(<const node_t*>(base + adds[a])).n_rrsets * sizeof(rrset_t)):
-                    return -1
     return 0
 
 
@@ -245,7 +263,7 @@ cdef int image_open(image_t* img, const uint8_t* base, uint64_t size) noexcept n
             return -7
     for i in range(h.n_zones):
         z = <const zone_t*>(base + h.zones_off) + i
-        if image_check_name(base, size, z.name_off, z.name_len) != 0:
+        if image_check_name(base, size, z.name_off, z.name_len, z.labels) != 0:
             return -8
         if (z.ntab_mask + 1) & z.ntab_mask or z.n_nodes > z.ntab_mask:
             return -9
@@ -255,7 +273,8 @@ cdef int image_open(image_t* img, const uint8_t* base, uint64_t size) noexcept n
             return -10
         if not in_bounds(size, z.soa_off, sizeof(rrset_t)):
             return -11
-        if (<const rrset_t*>(base + z.soa_off)).type != T_SOA:
+        if (<const rrset_t*>(base + z.soa_off)).type != T_SOA or \
+                image_check_rrset(base, size, <const rrset_t*>(base + z.soa_off), False) != 0:
             return -11
         tab = <const uint32_t*>(base + z.ntab_off)
         count = 0

@@ -54,9 +54,27 @@ cdef void lname_set(lname_t* t, const uint8_t* src, uint32_t seed) noexcept nogi
     name_suffix_hashes(t.name, t.len, t.loff, t.labels, seed, t.sh)
 
 
-cdef inline uint32_t suffix_ptr(uint32_t name_ptr, const uint8_t* loff, uint32_t k) noexcept nogil:
-    # The qname sits uncompressed at offset 12, so its suffixes are pointer targets for free.
-    return name_ptr + loff[k] if name_ptr else 0
+cdef uint32_t suffix_ptr(const uint8_t* pkt, uint32_t name_ptr, uint32_t k) noexcept nogil:
+    """Where label k of the name written at name_ptr starts, following our own compression
+    pointers (a chain target's name may be partly a pointer).  0 = write the name instead."""
+    cdef uint32_t off = name_ptr, i = 0, hops = 0
+    cdef uint8_t c
+    if not name_ptr:
+        return 0
+    while True:
+        c = pkt[off]
+        if (c & 0xC0) == 0xC0:
+            off = ((<uint32_t>(c & 0x3F)) << 8) | pkt[off + 1]
+            hops += 1
+            if hops > MAX_LABELS:
+                return 0
+            continue
+        if i == k:
+            return off if off < 0x3FFF else 0
+        if c == 0:
+            return 0
+        off += c + 1
+        i += 1
 
 
 cdef void add_soa(ctx_t* c, const zone_t* z) noexcept nogil:
@@ -132,8 +150,8 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     cdef const rrset_t* all_rs
     cdef uint32_t i, pos = 0
     cdef uint16_t qtype = c.q.qtype
-    if (node.flags & N_CNAME) and qtype != T_CNAME:
-        rs = node_find_rrset(c.img, node, T_CNAME)
+    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME else NULL
+    if rs != NULL:
         if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
             c.w.tc = True
             return
@@ -175,7 +193,7 @@ cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint
     cdef uint32_t pos = 0
     cdef uint8_t synth[256]
     cdef wmark_t m
-    if w_rrset(&c.w, 0, suffix_ptr(owner_ptr, loff, k), node_name(c.img, dnode), c.img.base,
+    if w_rrset(&c.w, 0, suffix_ptr(c.w.buf, owner_ptr, k), node_name(c.img, dnode), c.img.base,
                rs, rs.ttl, NULL) != 0:
         c.w.tc = True
         return
@@ -228,7 +246,7 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
                 referral(c, node, owner_ptr)
             else:
                 k = labels - img_node(c.img, node.cut_off).labels
-                referral(c, img_node(c.img, node.cut_off), suffix_ptr(owner_ptr, loff, k))
+                referral(c, img_node(c.img, node.cut_off), suffix_ptr(c.w.buf, owner_ptr, k))
             return
         answer_node(c, z, node, owner_ptr, name)
         return
@@ -241,12 +259,12 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         return              # cannot happen: the apex exists
     if ce.cut_off:
         if ce.flags & N_CUT:
-            referral(c, ce, suffix_ptr(owner_ptr, loff, k))
+            referral(c, ce, suffix_ptr(c.w.buf, owner_ptr, k))
         else:
             wk = labels - img_node(c.img, ce.cut_off).labels
-            referral(c, img_node(c.img, ce.cut_off), suffix_ptr(owner_ptr, loff, wk))
+            referral(c, img_node(c.img, ce.cut_off), suffix_ptr(c.w.buf, owner_ptr, wk))
         return
-    if ce.flags & N_DNAME:
+    if (ce.flags & N_DNAME) and node_find_rrset(c.img, ce, T_DNAME) != NULL:
         dname_synth(c, z, ce, name, loff, k, owner_ptr)
         return
     if ce.flags & N_WILDCARD_CHILD:
