@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
 
 import dns.name
 import dns.rdatatype
@@ -48,98 +48,128 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-@dataclass
 class _Node:
-    name: dns.name.Name
-    key: bytes                      # lowercased wire name
-    flags: int = 0
-    rrsets: list = field(default_factory=list)   # [(type, ttl, [rdata wire], add_keys)]
-    cut: "_Node | None" = None
-    off: int = 0
-    size: int = 0
+    __slots__ = ("key", "labels", "flags", "rrsets", "cut", "off", "size")
+
+    def __init__(self, key: bytes, labels: int):
+        self.key = key                  # lowercased wire name
+        self.labels = labels
+        self.flags = 0
+        self.rrsets = []                # [(type, ttl, [rdata wire], [target keys], covers)]
+        self.cut = None
+        self.off = 0
+        self.size = 0
 
 
-def _target(rd) -> dns.name.Name | None:
+def _labels(key: bytes) -> int:
+    n = p = 0
+    while key[p]:
+        p += key[p] + 1
+        n += 1
+    return n
+
+
+def _parent(key: bytes) -> bytes:
+    return key[key[0] + 1:]
+
+
+_T_NS, _T_MX, _T_SRV, _T_CNAME, _T_DNAME, _T_SOA, _T_RRSIG = 2, 15, 33, 5, 39, 6, 46
+
+
+def _target_key(rd) -> bytes | None:
     t = rd.rdtype
-    if t == dns.rdatatype.NS:
-        return rd.target
-    if t == dns.rdatatype.MX:
-        return rd.exchange
-    if t == dns.rdatatype.SRV:
-        return rd.target
+    if t == _T_NS:
+        return rd.target.to_wire().lower()
+    if t == _T_MX:
+        return rd.exchange.to_wire().lower()
+    if t == _T_SRV:
+        return rd.target.to_wire().lower()
     return None
 
 
 class _ZoneBuild:
+    """One zone's nodes keyed by lowercased wire name (bytes all the way: dns.name.Name
+    operations dominate the cost of a million-name compile)."""
+
     def __init__(self, index: int, data: ZoneData):
         self.index = index
         self.data = data
         self.origin = data.origin
-        self.key = data.origin.canonicalize().to_wire()
+        self.key = data.origin.to_wire().lower()
         self.nodes: dict[bytes, _Node] = {}
-        self.soa_ttl = 0
         self.neg_ttl = 0
         self.apex: _Node | None = None
 
     def build(self) -> None:
-        origin = self.origin
         nodes = self.nodes
+        okey = self.key
+        olabels = len(self.origin) - 1
         for name, node in self.data.zone.nodes.items():
-            key = name.canonicalize().to_wire()
+            key = name.to_wire().lower()
             n = nodes.get(key)
             if n is None:
-                n = nodes[key] = _Node(name, key)
-            for rds in sorted(node.rdatasets, key=lambda r: (r.rdtype, r.covers)):
+                n = nodes[key] = _Node(key, len(name) - 1)
+            rdsets = node.rdatasets
+            if len(rdsets) > 1:
+                rdsets = sorted(rdsets, key=lambda r: (r.rdtype, r.covers))
+            for rds in rdsets:
                 if rds.rdclass != 1:
                     continue
-                wires = [rd.to_wire() for rd in rds]
-                if any(len(w) > 65535 for w in wires):
-                    raise ZoneError("RDATA longer than 65535 octets", owner=name.to_text(),
-                                    zone=origin.to_text(), file=self.data.source)
-                targets = []
-                if rds.rdtype in _ADDITIONAL_TYPES:
-                    targets = [_target(rd) for rd in rds]
-                n.rrsets.append((int(rds.rdtype), int(rds.ttl), wires, targets, int(rds.covers)))
-                if rds.rdtype == dns.rdatatype.CNAME:
+                rtype = int(rds.rdtype)
+                if rtype == 1:          # A and AAAA: the common case, done in C
+                    wires = [_inet_pton(_AF_INET, rd.address) for rd in rds]
+                elif rtype == 28:
+                    wires = [_inet_pton(_AF_INET6, rd.address) for rd in rds]
+                else:
+                    wires = [rd.to_wire() for rd in rds]
+                if len(wires) > 65535 or any(len(w) > 65535 for w in wires):
+                    raise ZoneError("RRset or RDATA too large for the wire format", owner=name.to_text(),
+                                    zone=self.origin.to_text(), file=self.data.source)
+                targets = [_target_key(rd) for rd in rds] if rtype in (_T_NS, _T_MX, _T_SRV) else ()
+                n.rrsets.append((rtype, int(rds.ttl), wires, targets, int(rds.covers)))
+                if rtype == _T_CNAME:
                     n.flags |= F["CNAME"]
-                elif rds.rdtype == dns.rdatatype.DNAME:
+                elif rtype == _T_DNAME:
                     n.flags |= F["DNAME"]
-                elif rds.rdtype == dns.rdatatype.NS and name != origin:
+                elif rtype == _T_NS and key != okey:
                     n.flags |= F["CUT"]
-                elif rds.rdtype == dns.rdatatype.SOA and name == origin:
-                    self.soa_ttl = int(rds.ttl)
+                elif rtype == _T_SOA and key == okey:
                     self.neg_ttl = min(int(rds.ttl), int(rds[0].minimum))
         # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2).
-        for n in list(nodes.values()):
-            parent = n.name
-            while parent != origin:
-                parent = parent.parent()
-                pkey = parent.canonicalize().to_wire()
-                if pkey in nodes:
+        for key in list(nodes):
+            n = nodes[key]
+            labels = n.labels
+            while labels > olabels + 1:
+                key = _parent(key)
+                labels -= 1
+                if key in nodes:
                     break
-                nodes[pkey] = _Node(parent, pkey)
+                nodes[key] = _Node(key, labels)
+        wc = F["WILDCARD"]
+        wcc = F["WILDCARD_CHILD"]
         for key, n in nodes.items():
             if not n.rrsets:
                 n.flags |= F["ENT"]
-            if n.name == origin:
-                n.flags |= F["APEX"]
-                self.apex = n
             if key[:2] == b"\x01*":
-                n.flags |= F["WILDCARD"]
-                nodes[key[2:]].flags |= F["WILDCARD_CHILD"]
-        # Zone cuts: a node at a cut points at itself; below a cut, at the cut.
-        for n in nodes.values():
-            if n.flags & F["APEX"]:
-                continue
-            name = n.name
-            while name != origin:
-                a = nodes.get(name.canonicalize().to_wire())
-                if a is not None and a.flags & F["CUT"]:
-                    n.cut = a
-                    # the highest cut wins; keep walking up
-                name = name.parent()
-            if n.cut is not None and n.cut is not n:
-                n.flags |= F["BELOW_CUT"]
+                n.flags |= wc
+                nodes[key[2:]].flags |= wcc
+        apex = self.apex = nodes[okey]
+        apex.flags |= F["APEX"]
+        # Zone cuts: a node at a cut points at itself; below a cut, at the (highest) cut.
+        cut_flag, below = F["CUT"], F["BELOW_CUT"]
+        cuts = [n for n in nodes.values() if n.flags & cut_flag]
+        if cuts:
+            for key, n in nodes.items():
+                labels = n.labels
+                k = key
+                while labels > olabels:
+                    a = nodes.get(k)
+                    if a is not None and a.flags & cut_flag:
+                        n.cut = a
+                    k = _parent(k)
+                    labels -= 1
+                if n.cut is not None and n.cut is not n:
+                    n.flags |= below
 
 
 def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
@@ -156,12 +186,17 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
     for b in builds:
         b.build()
 
-    def find_node(name: dns.name.Name) -> _Node | None:
-        best = None
-        for b in builds:
-            if name.is_subdomain(b.origin) and (best is None or len(b.origin) > len(best.origin)):
-                best = b
-        return None if best is None else best.nodes.get(name.canonicalize().to_wire())
+    by_key = {b.key: b for b in builds}
+
+    def find_node(key: bytes) -> _Node | None:
+        k = key
+        while True:           # the longest zone that holds the name
+            b = by_key.get(k)
+            if b is not None:
+                return b.nodes.get(key)
+            if not k or k == b"\x00":
+                return None
+            k = _parent(k)
 
     # Additional-section targets, resolved across every zone of the image.
     add_lists: dict[int, list[_Node]] = {}
@@ -230,7 +265,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
             name_off = p + NODE.size
             rrsets_off = _align4(name_off + len(n.key))
             cut_off = n.cut.off if n.cut is not None else 0
-            node_pack(buf, p, name_off, len(n.key), len(n.name) - 1, n.flags, cut_off, rrsets_off,
+            node_pack(buf, p, name_off, len(n.key), n.labels, n.flags, cut_off, rrsets_off,
                       len(n.rrsets), b.index, _core.hash_name(n.key, seed))
             buf[name_off:name_off + len(n.key)] = n.key
             data = rrsets_off + RRSET.size * len(n.rrsets)
@@ -246,8 +281,8 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
                     struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
                 rrset_pack(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
                            data - rdata_off, a_off, len(hits) if hits else 0,
-                           covers if rtype == dns.rdatatype.RRSIG else 0)
-                if rtype == dns.rdatatype.SOA and n is b.apex:
+                           covers if rtype == _T_RRSIG else 0)
+                if rtype == _T_SOA and n is b.apex:
                     soa_off = rrsets_off + RRSET.size * i
         ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
                        len(b.origin) - 1, 0, b.apex.off, b.ntab_off, b.ntab_size - 1,

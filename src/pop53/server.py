@@ -9,6 +9,7 @@ from exactly one image.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -21,7 +22,7 @@ from . import _core
 from .compiler import compile_zone_data
 from .config import Config, Listen
 from .errors import Pop53Error, ZoneError
-from .images import Image
+from .images import Image, load_image
 from .zonefile import ZoneData, load_zone_file
 
 log = logging.getLogger("pop53.server")
@@ -108,7 +109,55 @@ class Server:
         for z in self.config.zones:
             if z.file is not None:
                 out[z.name] = load_zone_file(z.file, z.name)
+                for w in out[z.name].warnings:
+                    log.warning("%s", w)
         return out
+
+    def _file_manifest(self) -> list:
+        out = []
+        for z in self.config.zones:
+            if z.file is not None:
+                st = os.stat(z.file)
+                out.append([z.name, os.path.abspath(z.file), st.st_mtime_ns, st.st_size])
+        return out
+
+    def _cache_paths(self) -> tuple[str, str] | None:
+        if not self.config.state:
+            return None
+        return (os.path.join(self.config.state, "zones.img"),
+                os.path.join(self.config.state, "zones.img.json"))
+
+    def _load_cached_image(self) -> Image | None:
+        """A restart serves at once: when the zone files are unchanged since the image in the
+        state directory was compiled, map that image instead of parsing again."""
+        paths = self._cache_paths()
+        if paths is None or any(z.file is None for z in self.config.zones):
+            return None
+        try:
+            with open(paths[1]) as f:
+                meta = json.load(f)
+            if meta.get("files") != self._file_manifest():
+                return None
+            image = load_image(paths[0])
+        except (OSError, ValueError, Pop53Error) as exc:
+            log.info("not using the saved image: %s", exc)
+            return None
+        log.info("serving the saved image %s (zone files unchanged)", paths[0])
+        return image
+
+    def _save_cached_image(self, image: Image) -> None:
+        paths = self._cache_paths()
+        if paths is None or any(z.file is None for z in self.config.zones):
+            return
+        try:
+            os.makedirs(self.config.state, exist_ok=True)
+            image.save(paths[0])
+            tmp = paths[1] + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"files": self._file_manifest()}, f)
+            os.replace(tmp, paths[1])
+        except OSError as exc:
+            log.warning("could not save the image to %s: %s", paths[0], exc)
 
     def publish(self, image: Image) -> int:
         """Make `image` the one every worker answers from.  One atomic store."""
@@ -128,21 +177,27 @@ class Server:
         """Compile the given zones (replacing all) and publish.  Raises on a bad zone, and then
         nothing changes."""
         image = compile_zone_data(list(zones.values()))
-        if self.config.max_image_bytes and len(image) > self.config.max_image_bytes:
-            raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
-                            f"({self.config.max_image_bytes})")
+        self._check_size(image)
         with self._lock:
-            self.zone_data = dict(zones)
+            # keep the parsed zones only where transfers need them (memory: a parsed
+            # million-name zone is gigabytes in dnspython objects; the image is ~90 MB)
+            self.zone_data = dict(zones) if self.control_handler is not None else {}
             self.publish(image)
             now = time.time()
             for name in zones:
                 self.zone_fresh[name] = now
+        self._save_cached_image(image)
         return image
+
+    def _check_size(self, image: Image) -> None:
+        if self.config.max_image_bytes and len(image) > self.config.max_image_bytes:
+            raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
+                            f"({self.config.max_image_bytes})")
 
     def update_zone(self, data: ZoneData) -> Image:
         """Replace (or add) one zone, keeping the others: the path for transfers."""
         with self._lock:
-            zones = dict(self.zone_data)
+            zones = dict(self.zone_data) if self.zone_data else self.load_zone_files()
             zones[data.origin.to_text()] = data
             return self.set_zones(zones)
 
@@ -200,8 +255,13 @@ class Server:
 
     def start(self) -> None:
         if self.current_image is None:
-            self.set_zones(self.load_zone_files())
+            cached = self._load_cached_image() if self.control_handler is None else None
+            if cached is not None:
+                self.publish(cached)
+            else:
+                self.set_zones(self.load_zone_files())
         self.bind()
+        from . import metrics, tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
         drop_privileges(self.config.user)
         control = self.control_handler is not None
         for i, s in enumerate(self.udp_socks):

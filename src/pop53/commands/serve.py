@@ -20,6 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("--identity", help="NSID and id.server identity (default: hostname)")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="Prometheus endpoint")
     p.add_argument("--user", help="drop privileges to this user after binding")
+    p.add_argument("--state", metavar="DIR", help="state directory: the compiled image is saved "
+                   "there and reused at start while the zone files are unchanged")
     p.add_argument("--pidfile", help="write the process id here")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
@@ -51,6 +53,8 @@ def build_config(args):
         cfg.metrics = cfgmod.parse_listen(args.metrics, "--metrics", None, default_port=9153)
     if args.user:
         cfg.user = args.user
+    if args.state:
+        cfg.state = args.state
     return cfg
 
 
