@@ -21,7 +21,7 @@ cdef inline void w_rollback(wbuf_t* w, wmark_t m) noexcept nogil:
 
 
 cdef inline bint w_room(const wbuf_t* w, uint32_t n) noexcept nogil:
-    return w.cap - w.pos >= n
+    return w.pos <= w.cap and w.cap - w.pos >= n
 
 
 cdef inline void w_put16(wbuf_t* w, uint16_t v) noexcept nogil:

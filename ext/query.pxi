@@ -23,6 +23,7 @@ cdef struct ctx_t:
     const node_t* visited[8]
     lname_t tgt[2]
     bint pending              # a chain target waits in tgt[depth & 1]
+    bint nsid                 # this reply carries the NSID option
     uint32_t pending_owner
 
 # CHAOS names (RFC 4892): lowercased wire form
@@ -150,7 +151,8 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     cdef const rrset_t* all_rs
     cdef uint32_t i, pos = 0
     cdef uint16_t qtype = c.q.qtype
-    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME else NULL
+    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does)
+    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and qtype != T_ANY else NULL
     if rs != NULL:
         if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
             c.w.tc = True
@@ -208,7 +210,8 @@ cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint
         c.w.tc = True
         return
     c.w.an += 1
-    follow(c, dnode, synth, pos)
+    if c.q.qtype != T_CNAME and c.q.qtype != T_ANY:     # the synthesized CNAME matches those
+        follow(c, dnode, synth, pos)
 
 
 cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* loff,
@@ -316,12 +319,13 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
     cdef const query_t* q = c.q
     cdef uint8_t* b = w.buf
     cdef uint32_t optlen_pos
-    cdef bint nsid = q.nsid and c.cfg.nsid and c.cfg.identity_len > 0
+    cdef bint nsid = c.nsid
     b[0] = q.id >> 8
     b[1] = q.id & 0xFF
-    # QR, opcode as asked, AA, TC, RD copied; RA clear; CD copied (RFC 6840 §5.9)
+    # QR, opcode as asked, AA, TC, RD copied; RA, AD clear; CD clear: "a security-aware name
+    # server SHOULD clear the CD bit when composing an authoritative response" (RFC 4035 §3.1.6)
     b[2] = 0x80 | (q.opcode << 3) | (0x04 if c.aa else 0) | (0x02 if w.tc else 0) | ((q.flags >> 8) & 0x01)
-    b[3] = (q.flags & 0x0010) | (rcode & 0x0F)
+    b[3] = rcode & 0x0F
     b[4] = 0
     b[5] = 1 if q.qend else 0
     b[6] = w.an >> 8
@@ -365,10 +369,14 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     cdef uint32_t reserve = 0, k
     if lim > outcap:
         lim = outcap
+    c.nsid = q.edns and q.nsid and c.cfg.nsid and c.cfg.identity_len > 0
     if q.edns:
         reserve = 11
-        if q.nsid and c.cfg.nsid and c.cfg.identity_len:
-            reserve += 4 + c.cfg.identity_len
+        if c.nsid:
+            if lim >= reserve + 4 + c.cfg.identity_len + (q.qend if q.qend else 12):
+                reserve += 4 + c.cfg.identity_len
+            else:
+                c.nsid = False      # RFC 5001 §2.3: the server may leave the NSID out
     c.w.buf = out
     c.w.cap = lim - reserve
     c.w.pos = 12

@@ -109,6 +109,9 @@ cdef int wire_parse_opt(query_t* q, const uint8_t* rdata, uint32_t rdlen, uint16
     q.udp_size = rclass
     q.ednsver = (ttl >> 16) & 0xFF
     q.do_bit = (ttl & 0x8000) != 0
+    # the OPT itself is well placed: any reply, FORMERR for a bad option included, carries one
+    # (RFC 6891 §6.1.1 "MUST include an OPT record")
+    q.edns = True
     while p < rdlen:
         if rdlen - p < 4:
             return PARSE_FORMERR
@@ -150,7 +153,6 @@ cdef int wire_parse_opt(query_t* q, const uint8_t* rdata, uint32_t rdlen, uint16
             q.cookie_len = <uint8_t>olen
             memcpy(q.cookie, rdata + p, olen)
         p += olen
-    q.edns = True
     return PARSE_OK
 
 

@@ -215,6 +215,18 @@ def test_any_over_tcp_returns_everything(image):
     assert {rrset.rdtype for rrset in r.answer} == {dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.TXT}
 
 
+def test_any_at_a_cname_owner_returns_the_cname_only(image):
+    r, _ = ask(image, "dangling.core.test.", "ANY")
+    assert r.rcode() == 0 and rrs(r.answer) == {"dangling.core.test. 3600 IN CNAME nothere.core.test."}
+
+
+def test_cname_query_below_dname_stops_at_the_synthesized_cname(image):
+    r, _ = ask(image, "foo.dn.core.test.", "CNAME")
+    assert r.rcode() == 0 and r.authority == []
+    assert rrs(r.answer) == {"dn.core.test. 3600 IN DNAME other.test.",
+                             "foo.dn.core.test. 3600 IN CNAME foo.other.test."}
+
+
 def test_any_at_empty_non_terminal_is_nodata(image):
     r, _ = ask(image, "c.core.test.", "ANY")
     assert r.answer == [] and rrs(r.authority) == {SOA_CORE}
@@ -225,11 +237,12 @@ def test_edns_reply_echoes_do_bit_and_version_zero(image):
     assert r.edns == 0 and r.ednsflags & dns.flags.DO
 
 
-def test_cd_bit_is_copied(image):
+def test_cd_bit_is_cleared_in_authoritative_answers(image):
+    # RFC 4035 §3.1.6; Knot and NSD do the same
     q = dns.message.make_query("www.core.test.", "A")
     q.flags |= dns.flags.CD
     r = dns.message.from_wire(pop53.answer(image, q.to_wire(), ("127.0.0.1", 1)))
-    assert r.flags & dns.flags.CD
+    assert not r.flags & dns.flags.CD
 
 
 @pytest.mark.parametrize("qname", ["id.server.", "hostname.bind.", "ID.SERVER."])
