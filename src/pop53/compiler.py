@@ -309,3 +309,64 @@ def compile_zones(paths, seed: int | None = None) -> Image:
         else:
             datas.append(load_zone_file(p))
     return compile_zone_data(datas, seed=seed)
+
+
+def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
+                           timeout: float | None = None) -> None:
+    """Compile zone files in a fresh child process and write the image to out_path.
+
+    The server uses this so that its own memory never holds the parse (dnspython keeps several
+    objects per record: gigabytes for a million names) and a reload does not compete with the
+    serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone.
+    """
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "pop53.compiler", "--out", out_path]
+    for path, origin in zones:
+        args += ["--zone", f"{origin or ''}={path}"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ZoneError(f"the zone compiler failed (exit {proc.returncode}): "
+                        f"{proc.stderr.strip()[-2000:]}") from None
+    if not result.get("ok"):
+        e = result.get("error", {})
+        raise ZoneError(e.get("message", "compile failed"), file=e.get("file"), line=e.get("line"),
+                        owner=e.get("owner"), zone=e.get("zone"))
+    for w in result.get("warnings", []):
+        import logging
+        logging.getLogger("pop53.compiler").warning("%s", w)
+
+
+def main(argv=None) -> int:
+    """python -m pop53.compiler --out IMAGE --zone [ORIGIN]=FILE ...: the child side of
+    compile_files_isolated.  Prints one JSON line."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--zone", action="append", default=[])
+    args = p.parse_args(argv)
+    try:
+        datas = []
+        for spec in args.zone:
+            origin, _, path = spec.partition("=")
+            datas.append(load_zone_file(path, origin or None))
+        image = compile_zone_data(datas)
+        image.save(args.out)
+        print(json.dumps({"ok": True, "bytes": len(image),
+                          "warnings": [w for d in datas for w in d.warnings]}))
+        return 0
+    except ZoneError as exc:
+        print(json.dumps({"ok": False, "error": {"message": exc.message, "file": exc.file,
+                                                 "line": exc.line, "owner": exc.owner,
+                                                 "zone": exc.zone}}))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -15,11 +15,12 @@ import os
 import pwd
 import socket
 import struct
+import tempfile
 import threading
 import time
 
 from . import _core
-from .compiler import compile_zone_data
+from .compiler import compile_files_isolated, compile_zone_data
 from .config import Config, Listen
 from .errors import Pop53Error, ZoneError
 from .images import Image, load_image
@@ -201,10 +202,40 @@ class Server:
             zones[data.origin.to_text()] = data
             return self.set_zones(zones)
 
+    def compile_files(self) -> Image:
+        """Compile every file zone in a child process (see compiler.compile_files_isolated) into
+        a new image file, map it and check its size.  Nothing is published."""
+        d = self.config.state or tempfile.gettempdir()
+        os.makedirs(d, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
+        os.close(fd)
+        try:
+            compile_files_isolated([(z.file, z.name) for z in self.config.zones if z.file], path)
+            image = load_image(path)
+        finally:
+            os.unlink(path)        # the mapping keeps the data; no file is left behind
+        self._check_size(image)
+        return image
+
+    def _publish_files_image(self, image: Image) -> None:
+        with self._lock:
+            self.zone_data = {}
+            self.publish(image)
+            now = time.time()
+            for name in self.zone_serials:
+                self.zone_fresh[name] = now
+        self._save_cached_image(image)
+
     def reload(self) -> bool:
         """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
         the previous data keeps serving.  Returns whether the new data was published."""
         try:
+            if self.control_handler is None and all(z.file for z in self.config.zones):
+                self._publish_files_image(self.compile_files())
+                zones = self.zone_serials
+                self.last_error = None
+                log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
+                return True
             files = self.load_zone_files()
             with self._lock:
                 zones = {k: v for k, v in self.zone_data.items() if k not in files}
@@ -255,9 +286,12 @@ class Server:
 
     def start(self) -> None:
         if self.current_image is None:
-            cached = self._load_cached_image() if self.control_handler is None else None
+            isolated = self.control_handler is None and all(z.file for z in self.config.zones)
+            cached = self._load_cached_image() if isolated else None
             if cached is not None:
                 self.publish(cached)
+            elif isolated:
+                self._publish_files_image(self.compile_files())
             else:
                 self.set_zones(self.load_zone_files())
         self.bind()
