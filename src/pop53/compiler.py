@@ -311,6 +311,11 @@ def compile_zones(paths, seed: int | None = None) -> Image:
     return compile_zone_data(datas, seed=seed)
 
 
+class CompilerUnavailable(Exception):
+    """The child compiler could not run at all (not a zone problem): the caller compiles
+    in-process instead (e.g. after dropping privileges the interpreter may be unreadable)."""
+
+
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
                            timeout: float | None = None) -> None:
     """Compile zone files in a fresh child process and write the image to out_path.
@@ -326,12 +331,12 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     args = [sys.executable, "-m", "pop53.compiler", "--out", out_path]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise ZoneError(f"the zone compiler failed (exit {proc.returncode}): "
-                        f"{proc.stderr.strip()[-2000:]}") from None
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError) as exc:
+        detail = proc.stderr.strip()[-500:] if "proc" in locals() else str(exc)
+        raise CompilerUnavailable(f"the zone compiler process failed: {detail}") from None
     if not result.get("ok"):
         e = result.get("error", {})
         raise ZoneError(e.get("message", "compile failed"), file=e.get("file"), line=e.get("line"),

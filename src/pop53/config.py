@@ -28,7 +28,7 @@ from .errors import ConfigError
 SERVER_KEYS = {
     "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",
     "chaos", "nsid", "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries",
-    "reuseport_bpf", "max_image_bytes", "stale_after", "delay",
+    "reuseport_bpf", "max_image_bytes", "stale_after", "delay", "control",
 }
 ZONE_KEYS = {"name", "file"}   # plus the secondary-zone keys, checked by pop53.xfr
 
@@ -74,6 +74,7 @@ class Config:
     tcp_max_queries: int = 1000
     reuseport_bpf: bool = False
     max_image_bytes: int = 0
+    control: str | None = None
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
@@ -165,6 +166,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         tcp_max_queries=_typed(server, "tcp_max_queries", int, 1000, "server", file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
+        control=_typed(server, "control", str, None, "server", file),
         source=file, doc=doc,
     )
     zones = doc.get("zone", [])

@@ -9,6 +9,7 @@ from exactly one image.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,8 +20,10 @@ import tempfile
 import threading
 import time
 
+import dns.rdata
+
 from . import _core
-from .compiler import compile_files_isolated, compile_zone_data
+from .compiler import CompilerUnavailable, compile_files_isolated, compile_zone_data
 from .config import Config, Listen
 from .errors import Pop53Error, ZoneError
 from .images import Image, load_image
@@ -31,7 +34,8 @@ log = logging.getLogger("pop53.server")
 # Linux constants Python's socket module may not name
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-RECV_TIMEOUT = 0.1   # how often an idle worker passes a quiescent point and checks for stop
+RECV_TIMEOUT = 0.1
+ISOLATE_BYTES = 1 << 20   # zone files larger than this in all compile in a child process   # how often an idle worker passes a quiescent point and checks for stop
 
 
 def udp_socket(addr: Listen) -> socket.socket:
@@ -102,6 +106,7 @@ class Server:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._metrics_httpd = None
+        self.control = None
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -202,6 +207,16 @@ class Server:
             zones[data.origin.to_text()] = data
             return self.set_zones(zones)
 
+    def _isolate_compile(self) -> bool:
+        """Big zone files compile in a child process (its memory is returned to the system
+        when it exits); small ones compile in-process, which is faster for them."""
+        if self.control_handler is not None or not all(z.file for z in self.config.zones):
+            return False
+        try:
+            return sum(os.path.getsize(z.file) for z in self.config.zones) > ISOLATE_BYTES
+        except OSError:
+            return False
+
     def compile_files(self) -> Image:
         """Compile every file zone in a child process (see compiler.compile_files_isolated) into
         a new image file, map it and check its size.  Nothing is published."""
@@ -212,6 +227,9 @@ class Server:
         try:
             compile_files_isolated([(z.file, z.name) for z in self.config.zones if z.file], path)
             image = load_image(path)
+        except CompilerUnavailable as exc:
+            log.warning("%s; compiling in-process", exc)
+            image = compile_zone_data(list(self.load_zone_files().values()))
         finally:
             os.unlink(path)        # the mapping keeps the data; no file is left behind
         self._check_size(image)
@@ -230,7 +248,7 @@ class Server:
         """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
         the previous data keeps serving.  Returns whether the new data was published."""
         try:
-            if self.control_handler is None and all(z.file for z in self.config.zones):
+            if self._isolate_compile():
                 self._publish_files_image(self.compile_files())
                 zones = self.zone_serials
                 self.last_error = None
@@ -266,18 +284,25 @@ class Server:
     def bind(self) -> None:
         cfg = self.config
         for addr in cfg.listen:
-            port = addr.port
-            # with port 0, the first socket picks the port and the rest of the group follow it
-            first = udp_socket(addr)
-            if port == 0:
-                port = first.getsockname()[1]
-                addr = Listen(addr.host, port)
+            # with port 0 the first UDP socket picks the port and TCP and the rest of the group
+            # follow it; if that port is taken for TCP, pick again
+            for attempt in range(20):
+                first = udp_socket(addr)
+                a = Listen(addr.host, first.getsockname()[1])
+                try:
+                    tsock = tcp_socket(a)
+                    break
+                except OSError as exc:
+                    first.close()
+                    if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                        raise
+            addr = a
             group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
             if cfg.reuseport_bpf:
                 from . import reuseport
                 reuseport.attach_cbpf(group[0], len(group))
             self.udp_socks.extend(group)
-            self.tcp_socks.append(tcp_socket(addr))
+            self.tcp_socks.append(tsock)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -286,15 +311,17 @@ class Server:
 
     def start(self) -> None:
         if self.current_image is None:
-            isolated = self.control_handler is None and all(z.file for z in self.config.zones)
-            cached = self._load_cached_image() if isolated else None
+            cached = None
+            if self.control_handler is None and all(z.file for z in self.config.zones):
+                cached = self._load_cached_image()
             if cached is not None:
                 self.publish(cached)
-            elif isolated:
+            elif self._isolate_compile():
                 self._publish_files_image(self.compile_files())
             else:
                 self.set_zones(self.load_zone_files())
         self.bind()
+        dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from . import metrics, tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
         drop_privileges(self.config.user)
         control = self.control_handler is not None
@@ -315,9 +342,13 @@ class Server:
         if self.config.metrics is not None:
             from . import metrics
             metrics.start(self, self.config.metrics)
+        if self.config.control:
+            from .control import ControlServer
+            self.control = ControlServer(self, self.config.control)
+            self.control.start()
         self.started = True
         log.info("serving %d zone(s) on %s with %d worker(s) per address",
-                 len(self.zone_serials), ", ".join(str(a) for a in self.config.listen),
+                 len(self.zone_serials), ", ".join(str(Listen(h, p)) for h, p in self.addresses),
                  self.config.workers)
 
     def _housekeeping(self) -> None:
@@ -358,6 +389,8 @@ class Server:
                 s.close()
             except OSError:
                 pass
+        if self.control is not None:
+            self.control.stop()
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--user", help="drop privileges to this user after binding")
     p.add_argument("--state", metavar="DIR", help="state directory: the compiled image is saved "
                    "there and reused at start while the zone files are unchanged")
+    p.add_argument("--control", metavar="PATH", help="control socket for `pop53 ctl`")
     p.add_argument("--pidfile", help="write the process id here")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
@@ -55,6 +56,8 @@ def build_config(args):
         cfg.user = args.user
     if args.state:
         cfg.state = args.state
+    if args.control:
+        cfg.control = args.control
     return cfg
 
 

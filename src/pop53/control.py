@@ -1,0 +1,95 @@
+"""The control socket: a Unix stream socket that takes one command per connection and answers
+one JSON object.  Commands: `reload`, `status`, `zones`, `stats`.
+
+Root-owned by default (mode 0600), so only the operator can drive it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+
+log = logging.getLogger("pop53.control")
+COMMANDS = ("reload", "status", "zones", "stats")
+
+
+class ControlServer:
+    def __init__(self, server, path: str):
+        self.server = server
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(self.path)
+        finally:
+            os.umask(old)
+        s.listen(8)
+        s.settimeout(0.2)
+        self.sock = s
+        self.thread = threading.Thread(target=self._run, name="pop53-control", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    cmd = conn.recv(256).decode("ascii", "replace").strip()
+                    conn.sendall(json.dumps(self.handle(cmd)).encode() + b"\n")
+                except OSError:
+                    pass
+
+    def handle(self, cmd: str) -> dict:
+        s = self.server
+        if cmd == "reload":
+            ok = s.reload()
+            return {"ok": ok, "generation": s.shared.generation, "error": s.last_error}
+        if cmd == "status":
+            return {"ok": True, "generation": s.shared.generation, "zones": s.zone_serials,
+                    "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
+                    "reload_failures": s.reload_failures, "last_error": s.last_error}
+        if cmd == "zones":
+            return {"ok": True, "zones": s.zone_serials}
+        if cmd == "stats":
+            return {"ok": True, "stats": s.stats()}
+        return {"ok": False, "error": f"unknown command {cmd!r}; one of {', '.join(COMMANDS)}"}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(1)
+        if self.sock is not None:
+            self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def send(path: str, cmd: str, timeout: float = 60.0) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(cmd.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
