@@ -49,14 +49,14 @@ cdef class ImageView:
     cdef bint has_view
     cdef readonly object owner
 
-    def __cinit__(self, object data):
+    def __cinit__(self, object data, bint full=True):
         cdef int rc
         self.has_view = False
         PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
         self.has_view = True
         self.owner = data
         with nogil:
-            rc = image_open(&self.img, <const uint8_t*>self.view.buf, <uint64_t>self.view.len)
+            rc = image_open(&self.img, <const uint8_t*>self.view.buf, <uint64_t>self.view.len, full)
         if rc != 0:
             raise ValueError(f"corrupt or incompatible image (check {-rc} failed)")
 
@@ -195,6 +195,14 @@ def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder re
     free(bufs)
     free(lens)
     return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (<double>n * repeat)
+
+
+def checksum(const uint8_t[::1] buf not None):
+    """The image checksum (the header's checksum field counted as zero), for the compiler."""
+    cdef uint32_t r
+    with nogil:
+        r = image_checksum(&buf[0], buf.shape[0])
+    return r
 
 
 def hash_name(const uint8_t[::1] name not None, uint32_t seed):

@@ -44,7 +44,7 @@ cdef packed struct img_header_t:
     uint32_t n_nodes
     uint32_t n_rrsets
     uint32_t n_records
-    uint8_t reserved[4]
+    uint32_t checksum         # image_checksum() of the image with this field zeroed
 
 cdef packed struct zone_t:
     uint32_t name_off         # lowercased wire name of the origin

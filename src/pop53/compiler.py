@@ -24,11 +24,12 @@ from .errors import ZoneError
 from .images import Image
 from .zonefile import ZoneData, load_zone_file
 
-HEADER = struct.Struct("<8sIIQIIIIIIIII4s")
+HEADER = struct.Struct("<8sIIQIIIIIIIIII")
+CHECKSUM_OFFSET = 60   # the header's last field
 ZONE = struct.Struct("<IBBHIIIIII")
 NODE = struct.Struct("<IBBHIIHHI")
 RRSET = struct.Struct("<HHIIIIHH")
-assert HEADER.size == _core.HEADER_SIZE == _core.SIZEOF["header"]
+assert HEADER.size == _core.HEADER_SIZE == _core.SIZEOF["header"] == CHECKSUM_OFFSET + 4
 assert ZONE.size == _core.SIZEOF["zone"] and NODE.size == _core.SIZEOF["node"]
 assert RRSET.size == _core.SIZEOF["rrset"]
 
@@ -254,7 +255,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
 
     buf = bytearray(total)
     HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total, n_zones,
-                     zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, b"")
+                     zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, 0)
     node_pack = NODE.pack_into
     rrset_pack = RRSET.pack_into
     for b in builds:
@@ -296,6 +297,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
         while struct.unpack_from("<I", buf, ztab_off + 4 * slot)[0]:
             slot = (slot + 1) & (ztab_size - 1)
         struct.pack_into("<I", buf, ztab_off + 4 * slot, b.index + 1)
+    struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
     return Image(bytes(buf))
 
 

@@ -98,3 +98,21 @@ def test_random_corruption_never_crashes(image):
             pop53.answer(img, wire, ("127.0.0.1", 1))
             pop53.answer(img, wire, ("127.0.0.1", 1), tcp=True)
     assert refused > 0 and served > 0
+
+
+def test_saved_image_checksum_catches_any_flipped_byte(image, tmp_path):
+    """load_image checks header, tables and the checksum by default: one changed byte
+    anywhere (outside the checksum field itself) is refused."""
+    data = bytearray(bytes(image))
+    rng = random.Random(9)
+    for pos in [0, 8, 30, 59, 64, 100] + [rng.randrange(64, len(data)) for _ in range(40)]:
+        buf = bytearray(data)
+        buf[pos] ^= 1 << rng.randrange(8)
+        p = tmp_path / f"c{pos}.img"
+        p.write_bytes(bytes(buf))
+        with pytest.raises(ImageError):
+            pop53.load_image(p)
+    p = tmp_path / "ok.img"
+    p.write_bytes(bytes(data))
+    assert pop53.load_image(p).zones() == image.zones()
+    assert pop53.load_image(p, full_check=True).zones() == image.zones()
