@@ -26,6 +26,7 @@ import sys as _sys
 if _sys.byteorder != "little":
     raise ImportError("pop53._core: the image format is little-endian; this host is not")
 
+DEBUG_BUILD = bool(P53_DEBUG_BUILD)
 ACTION_DROP = ACT_DROP
 ACTION_REPLY = ACT_REPLY
 ACTION_CONTROL = ACT_CONTROL

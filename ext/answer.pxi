@@ -13,6 +13,7 @@ cdef inline wmark_t w_mark(const wbuf_t* w) noexcept nogil:
 
 
 cdef inline void w_rollback(wbuf_t* w, wmark_t m) noexcept nogil:
+    P53_ASSERT(m.pos <= w.pos and m.ncmp <= w.ncmp)
     w.pos = m.pos
     w.ncmp = m.ncmp
     w.an = m.an
@@ -25,6 +26,7 @@ cdef inline bint w_room(const wbuf_t* w, uint32_t n) noexcept nogil:
 
 
 cdef inline void w_put16(wbuf_t* w, uint16_t v) noexcept nogil:
+    P53_ASSERT(w.pos + 2 <= 65535)
     w.buf[w.pos] = v >> 8
     w.buf[w.pos + 1] = v & 0xFF
     w.pos += 2
@@ -89,6 +91,7 @@ cdef int w_name(wbuf_t* w, const uint8_t* name, bint compress) noexcept nogil:
     lit = s
     if not w_room(w, lit + (2 if found else 1)):
         return -1
+    P53_ASSERT(not found or hit < w.pos)      # compression pointers only point backwards
     k = 0
     while k < lit:
         w_cmp_add(w, w.pos + k)

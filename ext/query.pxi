@@ -362,6 +362,13 @@ cdef inline uint32_t response_limit(const query_t* q, const rcfg_t* cfg, bint tc
     return lim if lim >= 512 else 512
 
 
+cdef inline int admit(const query_t* q, stats_t* st) noexcept nogil:
+    """The admission stage: every well-formed query passes here before any lookup.  Query
+    scoring and rate limiting (the attack-resiliency work) plug in here and may drop; today
+    every query is admitted."""
+    return ACT_REPLY
+
+
 cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap, bint tcp) noexcept nogil:
     """Header space, the question echoed as sent (0x20 case kept), OPT space reserved."""
     cdef const query_t* q = c.q
@@ -459,6 +466,9 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
         act = ACT_CONTROL
         c.rcode = RC_NOTIMP if q.ctl == CTL_XFR else RC_REFUSED
         st.control += 1
+    elif admit(q, st) != ACT_REPLY:
+        st.dropped += 1
+        return ACT_DROP
     elif q.qclass == C_IN:
         if img == NULL:
             c.rcode = RC_REFUSED
@@ -475,6 +485,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     else:
         c.rcode = RC_REFUSED
     outlen[0] = finish(&c, c.rcode)
+    P53_ASSERT(outlen[0] <= outcap and outlen[0] <= response_limit(q, cfg, tcp))
+    P53_ASSERT(c.w.pos <= c.w.cap + 11 + 4 + 255)
     st.replies += 1
     st.rcode[c.rcode if c.rcode < 24 else 23] += 1
     st.qtype[q.qtype if q.qtype < 256 else 256] += 1

@@ -2,6 +2,10 @@
 # Parsing the query: header, question, additional section (OPT, TSIG).  Status codes, no
 # exceptions: nogil code returns PARSE_* and the decision table turns them into actions.
 
+cdef extern from "p53_sys.h" nogil:
+    void P53_ASSERT(bint cond)
+    int P53_DEBUG_BUILD
+
 cdef enum:
     PARSE_OK = 0
     PARSE_FORMERR = 1

@@ -7,6 +7,18 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 
+/* Invariants of our own writes (never checks on peer input): compiled in by POP53_DEBUG=1. */
+#ifdef POP53_DEBUG
+#include <stdio.h>
+#include <stdlib.h>
+#define P53_ASSERT(x) do { if (!(x)) { fprintf(stderr, "pop53: invariant failed: %s (%s:%d)\n", \
+                                               #x, __FILE__, __LINE__); abort(); } } while (0)
+#define P53_DEBUG_BUILD 1
+#else
+#define P53_ASSERT(x) ((void)0)
+#define P53_DEBUG_BUILD 0
+#endif
+
 static inline const void *p53_load_ptr(const void *const *p) {
     return __atomic_load_n(p, __ATOMIC_SEQ_CST);
 }
