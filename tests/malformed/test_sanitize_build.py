@@ -1,0 +1,187 @@
+"""The data plane under AddressSanitizer + UndefinedBehaviorSanitizer.
+
+Copies the working tree to a temporary directory (the repository and its git state are left
+alone), builds the extension there with the project's one switch, POP53_SANITIZE=1 (setup.py:
+-fsanitize=address,undefined, -O0, Cython boundscheck), and replays in a subprocess with
+libasan preloaded: the BIND corpus (as sent and with QR cleared), every decision-table case,
+the fuzz seeds, and a few thousand seeded random mutations and random byte strings, over UDP
+and TCP limits.  Any sanitizer report fails the test.  A first subprocess overflows a heap
+block on purpose to prove that a report would be seen at all.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import dns.message
+import pytest
+
+from .test_decision_table import CASES
+from .wirekit import CORPUS, EXAMPLE_ZONE, REPO, query
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+Z_ZONE = REPO / "tests" / "fuzz" / "zones" / "z.zone"
+CHAIN_ZONE = Path(__file__).resolve().parent / "zones" / "chain.example.org.zone"
+N_RANDOM = 4000
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
+                   "SUMMARY: UndefinedBehaviorSanitizer", "SUMMARY: AddressSanitizer")
+
+CHILD = r"""
+import pickle, sys
+src, packets_file, zones = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path.insert(0, src)
+import pop53
+from pop53 import _core
+assert _core.__file__.startswith(src), _core.__file__
+image = pop53.compile_zones(zones)
+responders = [pop53.Responder(), pop53.Responder(identity="ns-san", edns_max=4096),
+              pop53.Responder(lenient_trailing=True, chaos=False, nsid=False)]
+packets = pickle.load(open(packets_file, "rb"))
+n = replies = 0
+for i, wire in enumerate(packets):
+    for tcp in (False, True):
+        r = responders[i % len(responders)]
+        act, reply = _core.answer(image.view, wire, r, tcp)
+        reply2 = pop53.answer(image, wire, ("127.0.0.1", 5300), tcp=tcp, responder=r)
+        assert reply == reply2
+        n += 1
+        replies += reply is not None
+    _core.answer(None, wire, responders[0], False)     # no image loaded yet
+print("REPLAYED", n, replies, flush=True)
+"""
+
+SELF_CHECK = r"""
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+p = libc.malloc(16)
+ctypes.memset(p, 0, 32)      # 16 bytes past the block: ASan must say heap-buffer-overflow
+print("NOT DETECTED", flush=True)
+"""
+
+
+def _libasan() -> str | None:
+    cc = shutil.which("gcc")
+    if cc is None:
+        return None
+    out = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True,
+                         timeout=30).stdout.strip()
+    return out if os.path.isabs(out) and os.path.exists(out) else None
+
+
+def _packets() -> list[bytes]:
+    rnd = random.Random(0x5EED53)
+    corpus = [p.read_bytes() for p in sorted(CORPUS.glob("*.pkt"))]
+    assert len(corpus) == 300
+    as_queries = [w[:2] + bytes([w[2] & 0x7F]) + w[3:] for w in corpus if len(w) >= 12]
+    table = [c.wire for c in CASES]
+    valid = []
+    for qname in ("www.example.com", "WwW.ExAmPlE.cOm", "web.example.com", "x.apps.example.com",
+                  "a.sub.example.com", "nx.example.com", "sz80.z", "many.z", "chain1.z",
+                  "loop1.z", "tocut.z", "x.dn.z", "x.d1.example.org", "x.y.d3.example.org"):
+        for qtype in ("A", "AAAA", "TXT", "ANY", "NS", "MX", "SOA", "DS"):
+            for edns, payload in ((None, 0), (0, 512), (0, 1232), (0, 4096)):
+                valid.append(dns.message.make_query(qname, qtype, use_edns=edns,
+                                                    payload=payload).to_wire())
+    seeds = as_queries + table + valid
+    mutated = []
+    for _ in range(N_RANDOM):
+        b = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(1, 6)):
+            op = rnd.randrange(5)
+            if not b:
+                break
+            i = rnd.randrange(len(b))
+            if op == 0:
+                b[i] ^= 1 << rnd.randrange(8)
+            elif op == 1:
+                b[i] = rnd.randrange(256)
+            elif op == 2:
+                b.insert(i, rnd.randrange(256))
+            elif op == 3:
+                del b[i]
+            else:
+                del b[i:]
+        if len(b) >= 3 and rnd.random() < 0.8:
+            b[2] &= 0x7F            # mostly queries, so the parser goes deep
+        mutated.append(bytes(b))
+    noise = [rnd.randbytes(rnd.randrange(0, 600)) for _ in range(N_RANDOM // 4)]
+    headed = [struct.pack("!HHHHHH", rnd.randrange(65536), 0x0100, 1, rnd.randrange(3),
+                          rnd.randrange(3), rnd.randrange(4)) + rnd.randbytes(rnd.randrange(300))
+              for _ in range(N_RANDOM // 4)]
+    big = [query("many.z") + b"\x00" * 65000, b"\x00" * 65535, b"\x00" * 65536]
+    return corpus + as_queries + table + valid + mutated + noise + headed + big
+
+
+def _run(cmd, env, cwd, timeout):
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sanitized_tree(tmp_path_factory):
+    libasan = _libasan()
+    if libasan is None:
+        pytest.skip("libasan is not available (gcc -print-file-name=libasan.so found no file); "
+                    "install gcc's libasan to run the sanitizer build")
+    root = tmp_path_factory.mktemp("sanitize") / "repo"
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.so", "_core.c", "__pycache__", ".pytest_cache", ".hypothesis",
+        ".benchmarks", "*.egg-info", "*.html", "*.img", "results"))
+    env = dict(os.environ, POP53_SANITIZE="1")
+    env.pop("LD_PRELOAD", None)
+    build = _run([sys.executable, "setup.py", "build_ext", "--inplace"], env, root, 480)
+    assert build.returncode == 0, f"sanitizer build failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    so = list((root / "src" / "pop53").glob("_core*.so"))
+    assert so, "build produced no extension"
+    # the switch really did what it says: the extension links the sanitizer runtimes
+    ldd = subprocess.run(["ldd", str(so[0])], capture_output=True, text=True, timeout=30).stdout
+    assert "libasan" in ldd and "libubsan" in ldd, ldd
+    return root, libasan
+
+
+def _sanitizer_env(libasan: str) -> dict:
+    env = dict(os.environ)
+    env.update(LD_PRELOAD=libasan,
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86",
+               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=87",
+               PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_sanitizer_sees_a_deliberate_overflow(sanitized_tree, tmp_path):
+    """Guard: with this environment, a heap overflow in the process is reported (so the
+    replay below passing means something)."""
+    _root, libasan = sanitized_tree
+    script = tmp_path / "overflow.py"
+    script.write_text(SELF_CHECK)
+    r = _run([sys.executable, str(script)], _sanitizer_env(libasan), tmp_path, 120)
+    assert "heap-buffer-overflow" in r.stderr, r.stderr[-2000:]
+    assert "NOT DETECTED" not in r.stdout and r.returncode != 0
+
+
+def test_replay_under_sanitizers(sanitized_tree, tmp_path):
+    root, libasan = sanitized_tree
+    packets = _packets()
+    pfile = tmp_path / "packets.pickle"
+    pfile.write_bytes(pickle.dumps(packets))
+    script = tmp_path / "replay.py"
+    script.write_text(CHILD)
+    zones = [str(EXAMPLE_ZONE), str(Z_ZONE), str(CHAIN_ZONE)]
+    r = _run([sys.executable, str(script), str(root / "src"), str(pfile), *zones],
+             _sanitizer_env(libasan), tmp_path, 480)
+    reports = [m for m in SANITIZER_MARKS if m in r.stderr]
+    assert not reports, f"sanitizer report:\n{r.stderr[-6000:]}"
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("REPLAYED")]
+    assert line, r.stdout
+    _, n, replies = line[0].split()
+    assert int(n) == 2 * len(packets) and int(replies) > len(packets) // 2
