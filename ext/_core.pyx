@@ -36,6 +36,7 @@ SIZEOF = {
     "header": sizeof(img_header_t), "zone": sizeof(zone_t), "node": sizeof(node_t),
     "rrset": sizeof(rrset_t),
 }
+ZONE_FLAGS = {"SIGNED": Z_SIGNED, "EXPIRED": Z_EXPIRED}
 FLAGS = {
     "APEX": N_APEX, "CUT": N_CUT, "BELOW_CUT": N_BELOW_CUT, "ENT": N_ENT,
     "WILDCARD_CHILD": N_WILDCARD_CHILD, "WILDCARD": N_WILDCARD, "CNAME": N_CNAME,

@@ -27,6 +27,7 @@ cdef enum:
 
     # zone_t.flags
     Z_SIGNED = 0x0001         # reserved for DNSSEC: RRSIGs beside RRsets, NSEC/NSEC3 chain
+    Z_EXPIRED = 0x0002        # a secondary past its SOA expire: SERVFAIL (RFC 1035 §3.3.13)
 
     # rrset_t.aux: for RRSIG rrsets (type 46) the covered type (reserved for DNSSEC)
 

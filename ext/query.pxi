@@ -240,6 +240,12 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
             c.rcode = RC_REFUSED
             c.aa = False
         return              # a chain that leaves our zones ends here (RFC 1034 §4.3.2 step 3a)
+    if z.flags & Z_EXPIRED:
+        # a secondary whose data expired must not answer from it (RFC 1035 §3.3.13, RFC 1996)
+        c.rcode = RC_SERVFAIL
+        if c.depth == 0:
+            c.aa = False
+        return
     if c.depth == 0:
         c.aa = True
     node = zone_find(c.img, z, name, nlen, sh[0])

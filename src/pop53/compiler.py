@@ -173,8 +173,11 @@ class _ZoneBuild:
                     n.flags |= below
 
 
-def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
-    """Compile validated zones into one Image.  The longest matching zone answers a name."""
+def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()) -> Image:
+    """Compile validated zones into one Image.  The longest matching zone answers a name.
+    `expired`: origins (text or dns.name.Name) of secondary zones past their SOA expire; they
+    stay in the image (so their names are not REFUSED) but every query in them gets SERVFAIL."""
+    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     origins = {}
@@ -286,7 +289,8 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None) -> Image:
                 if rtype == _T_SOA and n is b.apex:
                     soa_off = rrsets_off + RRSET.size * i
         ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
-                       len(b.origin) - 1, 0, b.apex.off, b.ntab_off, b.ntab_size - 1,
+                       len(b.origin) - 1, _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0,
+                       b.apex.off, b.ntab_off, b.ntab_size - 1,
                        len(b.nodes), b.neg_ttl, soa_off)
         _core.fill_table(buf, b.ntab_off, b.ntab_size - 1,
                          np.fromiter((n.off for n in b.nodes.values()), dtype=np.uint32,

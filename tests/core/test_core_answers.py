@@ -11,6 +11,7 @@ import dns.rdatatype
 import pytest
 
 import pop53
+import pop53.zonefile
 from pop53 import Responder
 
 from pathlib import Path
@@ -296,3 +297,15 @@ def test_answers_are_compressed(image):
     _, wire = ask(image, "core.test.", "MX")
     # every owner and the MX exchange names compress against the question
     assert wire.count(b"\x04core\x04test\x00") == 1
+
+
+def test_expired_zone_answers_servfail_and_others_are_unaffected():
+    img = pop53.compile_zone_data([pop53.zonefile.load_zone_file(z) for z in ZONES],
+                                  expired=["other.test."])
+    r, _ = ask(img, "www.other.test.", "A")
+    assert r.rcode() == dns.rcode.SERVFAIL and not r.flags & dns.flags.AA and r.answer == []
+    r, _ = ask(img, "www.core.test.", "A")
+    assert r.rcode() == 0 and rrs(r.answer) == WWW_A
+    # a chain into the expired zone stops there
+    r, _ = ask(img, "out.core.test.", "A")
+    assert rrs(r.answer) == {"out.core.test. 3600 IN CNAME www.other.test."}
