@@ -20,6 +20,7 @@ include "image.pxi"
 include "answer.pxi"
 include "query.pxi"
 include "io.pxi"
+include "patch.pxi"
 
 import sys as _sys
 

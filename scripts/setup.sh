@@ -33,8 +33,8 @@ if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     rm -f /usr/sbin/policy-rc.d
   fi
-  # Stop anything a package may have started anyway (no systemd here, but be sure).
-  for d in knotd nsd named pdns_server bird etcd; do pkill -x "$d" 2>/dev/null || true; done
+  # (policy-rc.d kept the packages from starting daemons; we never kill daemons by name here:
+  # tests and benchmarks stop what they start by PID)
 fi
 
 python3 -m pip install -q --disable-pip-version-check -r requirements/build.txt
