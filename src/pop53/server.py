@@ -107,6 +107,7 @@ class Server:
         self._stop = threading.Event()
         self._metrics_httpd = None
         self.control = None
+        self.reload_hook = None      # set when transfers are attached (secondary.build)
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -248,6 +249,11 @@ class Server:
         """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
         the previous data keeps serving.  Returns whether the new data was published."""
         try:
+            if self.reload_hook is not None:
+                self.reload_hook()
+                self.last_error = None
+                log.info("reloaded, generation %d", self.shared.generation)
+                return True
             if self._isolate_compile():
                 self._publish_files_image(self.compile_files())
                 zones = self.zone_serials

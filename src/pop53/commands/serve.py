@@ -73,26 +73,24 @@ def _origin_of(path: str) -> str:
 
 
 def run(args) -> int:
+    from .. import secondary
     from ..server import Server
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     cfg = build_config(args)
-    handler = None
-    if any("primaries" in z.raw or "notify" in z.raw for z in cfg.zones):
-        from .. import xfr
-        handler = xfr.attach(cfg) if hasattr(xfr, "attach") else None
-    server = Server(cfg, control_handler=handler)
-    if handler is not None and hasattr(handler, "bind_server"):
-        handler.bind_server(server)
+    if secondary.needs_engine(cfg):
+        server, service = secondary.build(cfg)
+    else:
+        server, service = Server(cfg), None
     stop = threading.Event()
     hup = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     server.start()
-    if handler is not None and hasattr(handler, "start"):
-        handler.start()
+    if service is not None:
+        service.start()
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
@@ -104,7 +102,7 @@ def run(args) -> int:
                 hup.clear()
                 server.reload()
     finally:
-        if handler is not None and hasattr(handler, "stop"):
-            handler.stop()
+        if service is not None:
+            service.stop()
         server.stop()
     return 0
