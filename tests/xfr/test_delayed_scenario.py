@@ -1,0 +1,127 @@
+"""The input-delayed machine (paper §4.2.3) end to end: two `pop53 serve` secondaries of one
+Knot primary, one normal and one input-delayed.  A poisonous update (the answer a regression
+case checks changes) reaches the normal machine at once and its monitoring agent's probe fails;
+the delayed machine keeps answering with the previous data, is exempt from staleness, and would
+announce with a worse MED (so routers use it only once the normal machines withdrew)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dns.message
+import dns.query
+import pytest
+
+from xfr_support import KEYNAME, SECRET, free_port, wait_for
+from test_knot_primary import ZONE, knot_primary
+
+from pop53 import agent, bird
+
+pytestmark = pytest.mark.peers
+
+
+def start(tmp_path, name, port, knot_port, delay=0.0):
+    d = tmp_path / name
+    d.mkdir()
+    conf = d / "pop53.toml"
+    xfr = f"delay = {delay}\nrole = \"delayed\"\n" if delay else ""
+    conf.write_text(textwrap.dedent(f"""\
+        [server]
+        listen = ["127.0.0.1:{port}"]
+        workers = 1
+        identity = "{name}"
+        state = "{d / 'state'}"
+        [xfr]
+        status_interval = 0.2
+        """) + xfr + textwrap.dedent(f"""\
+        [[key]]
+        name = "{KEYNAME}"
+        algorithm = "hmac-sha256"
+        secret = "{SECRET}"
+        [[zone]]
+        name = "{ZONE}"
+        primaries = ["127.0.0.1:{knot_port}"]
+        key = "{KEYNAME}"
+        """))
+    return subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), d
+
+
+def a_of(port, name):
+    try:
+        r = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1)
+    except Exception:
+        return None
+    return sorted(rd.address for rrset in r.answer for rd in rrset)
+
+
+def prober(port, state_file):
+    cfg = agent.config_from_dict({
+        "name": "probe", "server": f"127.0.0.1:{port}", "zones": [ZONE],
+        "cases": [{"qname": "www." + ZONE, "qtype": "A", "expect": ["192.0.2.1"]}],
+        "staleness": {"source": "xfr-status", "max_age": 3600, "path": str(state_file)},
+    })
+    return agent.Prober(cfg)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.stdout.read()
+
+
+def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_path):
+    p_normal, p_delayed = free_port(), free_port()
+    k = knot_primary(knot_factory, p_normal)
+    # Knot notifies the normal machine; the delayed one polls (refresh) or is notified too —
+    # either way it must hold the update back for `delay` seconds.
+    normal, dn = start(tmp_path, "normal", p_normal, k.port)
+    delayed, dd = start(tmp_path, "delayed", p_delayed, k.port, delay=600)
+    try:
+        wait_for(lambda: a_of(p_normal, "www." + ZONE) == ["192.0.2.1"], 20, what="normal serves")
+        wait_for(lambda: a_of(p_delayed, "www." + ZONE) == ["192.0.2.1"], 20, what="delayed serves")
+        state_n = next(dn.glob("state/**/*status*.json"), None) or next(dn.rglob("*.json"))
+        state_d = next(dd.glob("state/**/*status*.json"), None) or next(dd.rglob("*.json"))
+        assert prober(p_normal, state_n).run().ok
+        assert prober(p_delayed, state_d).run().ok
+
+        # the poisonous update
+        k.change(ZONE, ("www", "300", "A", "203.0.113.66"), unsets=(("www", "A"),))
+        wait_for(lambda: a_of(p_normal, "www." + ZONE) == ["203.0.113.66"], 15,
+                 what="the poison reaches the normal machine")
+        bad = prober(p_normal, state_n).run()
+        assert not bad.ok and any(f.kind == "wrong" for f in bad.failures), bad
+
+        # the delayed machine has seen the new serial (it is pending) but still answers the old
+        # data, and its probe passes
+        refresh = dns.message.make_query(ZONE, "SOA")
+        dns.query.udp(refresh, "127.0.0.1", port=p_delayed, timeout=1)
+        time.sleep(2)
+        assert a_of(p_delayed, "www." + ZONE) == ["192.0.2.1"]
+        good = prober(p_delayed, state_d).run()
+        assert good.ok, good
+        st = json.loads(state_d.read_text())
+        assert st.get("role") == "delayed"
+    finally:
+        out_n, out_d = stop(normal), stop(delayed)
+    assert normal.returncode == 0, out_n
+    assert delayed.returncode == 0, out_d
+
+    # and it announces with a worse MED than a normal machine (BGP prefers the lower MED)
+    def node(role):
+        return bird.NodeConfig(router_id="10.53.0.1", local_as=65001,
+                               neighbors=[bird.Neighbor("10.53.0.1", "10.53.0.254", 65000)],
+                               service=["10.53.0.53/32"], role=role)
+    n, d = node("normal"), node("input-delayed")
+    assert d.effective_med > n.effective_med
+    assert f"bgp_med = {d.effective_med}" in bird.render_node_snippet(d)
+    assert f"bgp_med = {n.effective_med}" in bird.render_node_snippet(n)
