@@ -65,6 +65,7 @@ import dns.zone
 
 from . import journal as jr
 from . import staleness
+from .config import parse_listen
 from .errors import ConfigError, Pop53Error, ZoneError
 
 log = logging.getLogger("pop53.xfr")
@@ -160,32 +161,11 @@ class XfrConfig:
 
 
 def parse_peer(text: Any, key: str, file: str | None) -> Peer:
-    if not isinstance(text, str) or not text:
-        raise ConfigError(f"expected an address like \"192.0.2.1:53\", got {text!r}", file=file, key=key)
-    host, port = text, 53
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"unclosed [ in {text!r}", file=file, key=key)
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ConfigError(f"bad address {text!r}", file=file, key=key)
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{host!r} is not an IP address (names are not resolved here)",
-                          file=file, key=key) from None
-    try:
-        port = int(port)
-        if not 0 < port < 65536:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"bad port in {text!r}", file=file, key=key) from None
-    return Peer(host, port)
+    """"ADDRESS[:PORT]" / "[V6]:PORT" of a primary or secondary (default port 53; no names)."""
+    addr = parse_listen(text, key, file)
+    if addr.port == 0:
+        raise ConfigError(f"bad port in {text!r}", file=file, key=key)
+    return Peer(addr.host, addr.port)
 
 
 def _number(doc: dict, name: str, default, key: str, file, *, minimum=0, integer=False):
@@ -421,12 +401,27 @@ class ZoneVersion:
 Publish = Callable[[str, "ZoneVersion | None"], None]
 
 
-def validate_version(zone: dns.zone.Zone, source: str, records: int, max_records: int) -> Any:
+def validate_version(zone: dns.zone.Zone, source: str, records: int, max_records: int,
+                     changed: frozenset | None = None) -> Any:
     """The single place an update is checked before it may be published: the size limit, then
-    exactly the checks a zone file gets (pop53.zonefile).  Raises UpdateRejected."""
+    exactly the checks a zone file gets (pop53.zonefile).  Raises UpdateRejected.
+    `changed`: the owner names an IXFR diff touched, when `zone` is that diff applied to a
+    version that passed these checks; then only those names (and their ancestors) are checked
+    (`pop53.incremental.validate_changes`, which runs the full check when it cannot be sure)."""
     if records > max_records:
         raise UpdateRejected(f"{source}: {records} records exceed the limit of {max_records} "
                              "([xfr] max_records)")
+    if changed is not None and not zone.relativize:
+        from .incremental import validate_changes
+        from .zonefile import ZoneData
+        data = ZoneData(origin=zone.origin, zone=zone, source=source, lines={})
+        try:
+            validate_changes(data, changed)
+        except ZoneError as exc:
+            raise UpdateRejected(str(exc)) from None
+        for w in data.warnings[:10]:
+            log.warning("%s", w)
+        return data
     try:
         from .zonefile import zone_from_dnspython
     except ImportError:  # the zone-file module arrives with the server work; minimal checks until then
@@ -449,40 +444,90 @@ def validate_version(zone: dns.zone.Zone, source: str, records: int, max_records
 
 
 class ImagePublisher:
-    """The glue to the server (issue 3): keeps the validated data of every zone the image holds,
-    recompiles the image with `pop53.compiler.compile_zone_data` and hands it to
-    `server_publish(image)` (one atomic swap).  Zones loaded from files are passed as `static`.
+    """The glue to the server (issue 3): keeps the validated data of every zone the image holds
+    and hands each new image to `server_publish(image)` (one atomic swap; the image is always a
+    full image).  Zones loaded from files are passed as `static`.
 
-    An expired zone is dropped from the image (the data plane then answers REFUSED, not yet the
-    SERVFAIL RFC 1034 asks for; that needs an "expired" marker in the image: see docs/xfr.md)."""
+    An IXFR update (`version.changed`, diff from the version we last published) is first tried
+    as a patch of the current image (`pop53.incremental.patch_image`: milliseconds instead of a
+    full compile); structural changes, and a patched image that has accumulated too much
+    garbage (replaced records stay in it), fall back to `compile_zone_data`.  An expired zone
+    (`version is None`) keeps its last data in the image, marked expired: the data plane
+    answers SERVFAIL for it (RFC 1035 §3.3.13 via `compile_zone_data(..., expired=[...])`)."""
+
+    # a patched image may grow to this multiple of the last full compile before we compact
+    MAX_GROWTH = 1.25
 
     def __init__(self, server_publish: Callable[[Any], None], static: list | tuple = (),
-                 compile_zone_data: Callable | None = None):
+                 compile_zone_data: Callable | None = None, incremental: bool = True):
         self.server_publish = server_publish
         self.static = list(static)
         self.zones: dict[str, Any] = {}
         self.expired: set[str] = set()
         self._compile = compile_zone_data
+        self.incremental = incremental
         self.last_image = None
+        self._full_size = 0
+        self.stats = {"patched": 0, "compiled": 0}
+        self.last_fallback: str | None = None
+        if incremental:
+            from . import incremental as _inc  # noqa: F401  (imported now, not on the first update)
+
+    def _try_patch(self, name: str, version: ZoneVersion):
+        if not self.incremental or self.last_image is None or not version.changed \
+                or name in self.expired or name not in self.zones or not version.steps:
+            return None
+        prev = self.zones[name]
+        # the diff must start at the version this image holds (a rejected or skipped update
+        # in between would make the changed names incomplete)
+        if prev is None or version.steps[0].old_serial != prev.serial:
+            return None
+        from .incremental import patch_image
+        image = patch_image(self.last_image, name, version.data, version.changed)
+        if image is None:
+            self.last_fallback = patch_image.last_reason
+            return None
+        if len(image) > self.MAX_GROWTH * self._full_size:
+            self.last_fallback = "compaction"
+            return None
+        return image
 
     def __call__(self, name: str, version: ZoneVersion | None) -> None:
         compile_ = self._compile
         if compile_ is None:
             from .compiler import compile_zone_data as compile_
         zones = dict(self.zones)
+        expired = set(self.expired)
         if version is None:
-            zones.pop(name, None)
+            expired.add(name)
         else:
             zones[name] = version.data
+            expired.discard(name)
         try:
-            image = compile_(self.static + [d for d in zones.values() if d is not None])
-        except Pop53Error:
-            raise
-        except Exception as exc:  # a compiler bug must not take the engine down
-            raise UpdateRejected(f"zone {name}: compile failed: {type(exc).__name__}: {exc}") from None
+            image = self._try_patch(name, version) if version is not None else None
+        except Exception as exc:  # a patcher bug must not cost the update: compile in full
+            log.exception("zone %s: incremental patch failed, compiling in full: %s", name, exc)
+            image = None
+        patched = image is not None
+        if image is None:
+            present = [d for d in zones.values() if d is not None]
+            exp = sorted(z for z in expired if zones.get(z) is not None)
+            try:
+                image = compile_(self.static + present, expired=exp) if exp else \
+                    compile_(self.static + present)
+            except Pop53Error:
+                raise
+            except Exception as exc:  # a compiler bug must not take the engine down
+                raise UpdateRejected(f"zone {name}: compile failed: {type(exc).__name__}: {exc}") from None
         self.server_publish(image)
         self.zones = zones
+        self.expired = expired
         self.last_image = image
+        if patched:
+            self.stats["patched"] += 1
+        else:
+            self.stats["compiled"] += 1
+            self._full_size = len(image)
 
 
 # =============================================================================================
@@ -1522,8 +1567,10 @@ class XfrService:
                       changed: frozenset | None, source: str) -> None:
         """Validate; then publish now, or queue for later in the input-delayed role."""
         try:
+            # an IXFR diff on a validated version: only the changed names need checking
             data = await asyncio.to_thread(validate_version, new, f"{source} serial {jr.serial_of(new)}",
-                                           records, self.config.max_records)
+                                           records, self.config.max_records,
+                                           changed if rec is not None and st.latest is not None else None)
         except UpdateRejected as exc:
             self._reject(st, str(exc), "validation")
             raise

@@ -20,6 +20,7 @@ from xfr_support import KEYNAME, SECRET, free_port, wait_for
 from test_knot_primary import ZONE, knot_primary
 
 from pop53 import agent, bird
+from pop53.staleness import STATE_FILE
 
 pytestmark = pytest.mark.peers
 
@@ -89,8 +90,11 @@ def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_pat
     try:
         wait_for(lambda: a_of(p_normal, "www." + ZONE) == ["192.0.2.1"], 20, what="normal serves")
         wait_for(lambda: a_of(p_delayed, "www." + ZONE) == ["192.0.2.1"], 20, what="delayed serves")
-        state_n = next(dn.glob("state/**/*status*.json"), None) or next(dn.rglob("*.json"))
-        state_d = next(dd.glob("state/**/*status*.json"), None) or next(dd.rglob("*.json"))
+        # the engine's state file (pop53.staleness), rewritten every status_interval
+        state_n, state_d = dn / "state" / STATE_FILE, dd / "state" / STATE_FILE
+        wait_for(lambda: state_n.exists() and state_d.exists(), 10, what="the engines' state files")
+        wait_for(lambda: prober(p_normal, state_n).run().ok, 10, what="normal probe passes")
+        wait_for(lambda: prober(p_delayed, state_d).run().ok, 10, what="delayed probe passes")
         assert prober(p_normal, state_n).run().ok
         assert prober(p_delayed, state_d).run().ok
 
