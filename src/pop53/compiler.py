@@ -243,7 +243,6 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
             off += n.size
             n_nodes += 1
             n_rrsets += len(n.rrsets)
-    adds_off = off
     add_offsets = {}
     for k, hits in add_lists.items():
         add_offsets[k] = off

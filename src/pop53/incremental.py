@@ -30,9 +30,9 @@ import numpy as np
 from . import _core
 from .compiler import (CHECKSUM_OFFSET, HEADER, NODE, RRSET, ZONE, _MAX_IMAGE, _align4,
                        _labels, _parent, _target_key)
-from .errors import ZoneError
 from .images import Image
-from .zonefile import (_AT_CUT_OK, _GLUE, _WITH_CNAME_OK, ZoneData, validate)
+from . import zonefile
+from .zonefile import _AT_CUT_OK, _GLUE, ZoneData, validate
 
 F = _core.FLAGS
 _APEX, _CUT, _BELOW, _ENT = F["APEX"], F["CUT"], F["BELOW_CUT"], F["ENT"]
@@ -622,9 +622,7 @@ def validate_changes(data: ZoneData, changed_names) -> None:
     zone, origin = data.zone, data.origin
     nodes = zone.nodes
 
-    def fail(msg, name=None, rdtype=None):
-        raise ZoneError(msg, file=data.source, line=data.where(name, rdtype) if name else None,
-                        owner=name.to_text() if name is not None else None, zone=origin.to_text())
+    fail = zonefile.failer(data)
 
     # Anything that makes a rule depend on descendants: the full check.
     for name in changed_names:
@@ -635,40 +633,12 @@ def validate_changes(data: ZoneData, changed_names) -> None:
             if rds.rdtype == dns.rdatatype.DNAME or (rds.rdtype == dns.rdatatype.NS and name != origin):
                 validate(data)
                 return
-    if zone.rdclass != dns.rdataclass.IN:
-        fail(f"class {dns.rdataclass.to_text(zone.rdclass)} is not served (IN only)")
-    apex = nodes.get(origin)
-    if apex is None:
-        fail("no data at the zone apex")
-    soa = apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
-    if soa is None:
-        fail("no SOA record at the zone apex", origin)
-    if len(soa) != 1:
-        fail(f"{len(soa)} SOA records at the apex; exactly one is allowed", origin, dns.rdatatype.SOA)
-    if apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) is None:
-        fail("no NS records at the zone apex", origin)
+    zonefile.check_apex(data, fail)
     for name in sorted(changed_names):
         node = nodes.get(name)
         if node is None:
             continue
-        if not name.is_subdomain(origin):
-            fail("out-of-zone data", name)
-        types = {rds.rdtype for rds in node.rdatasets}
-        for rds in node.rdatasets:
-            if rds.rdclass != dns.rdataclass.IN:
-                fail(f"class {dns.rdataclass.to_text(rds.rdclass)} record in an IN zone", name, rds.rdtype)
-            if rds.rdtype == dns.rdatatype.SOA and name != origin:
-                fail("SOA record below the zone apex", name, rds.rdtype)
-            if rds.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME) and len(rds) > 1:
-                fail(f"{len(rds)} {dns.rdatatype.to_text(rds.rdtype)} records at one name; "
-                     "only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)", name, rds.rdtype)
-        if dns.rdatatype.CNAME in types:
-            if name == origin:
-                fail("CNAME at the zone apex (it cannot coexist with SOA and NS)", name, dns.rdatatype.CNAME)
-            other = types - _WITH_CNAME_OK
-            if other:
-                fail("CNAME and other data at one name: "
-                     + ", ".join(sorted(dns.rdatatype.to_text(t) for t in other)), name, dns.rdatatype.CNAME)
+        types = zonefile.check_node(data, name, node, fail)
         if name == origin:
             continue
         # the ancestors: data below a DNAME (RFC 6672 §2.4), occlusion below a cut (warning)

@@ -181,14 +181,18 @@ def zone_from_dnspython(zone: dns.zone.Zone, source: str = "<transfer>") -> Zone
     return data
 
 
-def validate(data: ZoneData) -> None:
-    """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
-    zone, origin = data.zone, data.origin
-
+def failer(data: ZoneData):
+    """A function raising ZoneError for `data`, naming file, line and owner."""
     def fail(msg: str, name: dns.name.Name | None = None, rdtype: int | None = None):
         raise ZoneError(msg, file=data.source, line=data.where(name, rdtype) if name else None,
-                        owner=name.to_text() if name is not None else None, zone=origin.to_text())
+                        owner=name.to_text() if name is not None else None,
+                        zone=data.origin.to_text())
+    return fail
 
+
+def check_apex(data: ZoneData, fail) -> None:
+    """Class IN, one SOA and some NS at the apex."""
+    zone, origin = data.zone, data.origin
     if zone.rdclass != dns.rdataclass.IN:
         fail(f"class {dns.rdataclass.to_text(zone.rdclass)} is not served (IN only)")
     apex = zone.nodes.get(origin)
@@ -202,27 +206,42 @@ def validate(data: ZoneData) -> None:
     if apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) is None:
         fail("no NS records at the zone apex", origin)
 
+
+def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
+    """The rules local to one name (in zone, class, singletons, CNAME and other data).
+    Returns the set of its types."""
+    origin = data.origin
+    if not name.is_subdomain(origin):
+        fail("out-of-zone data", name)
+    types = {rds.rdtype for rds in node.rdatasets}
+    for rds in node.rdatasets:
+        if rds.rdclass != dns.rdataclass.IN:
+            fail(f"class {dns.rdataclass.to_text(rds.rdclass)} record in an IN zone", name, rds.rdtype)
+        if rds.rdtype == dns.rdatatype.SOA and name != origin:
+            fail("SOA record below the zone apex", name, rds.rdtype)
+        if rds.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME) and len(rds) > 1:
+            fail(f"{len(rds)} {dns.rdatatype.to_text(rds.rdtype)} records at one name; "
+                 "only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)", name, rds.rdtype)
+    if dns.rdatatype.CNAME in types:
+        if name == origin:
+            fail("CNAME at the zone apex (it cannot coexist with SOA and NS)", name, dns.rdatatype.CNAME)
+        other = types - _WITH_CNAME_OK
+        if other:
+            fail("CNAME and other data at one name: "
+                 + ", ".join(sorted(dns.rdatatype.to_text(t) for t in other)), name, dns.rdatatype.CNAME)
+    return types
+
+
+def validate(data: ZoneData) -> None:
+    """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
+    zone, origin = data.zone, data.origin
+    fail = failer(data)
+    check_apex(data, fail)
+
     cuts = set()
     dnames = set()
     for name, node in zone.nodes.items():
-        if not name.is_subdomain(origin):
-            fail("out-of-zone data", name)
-        types = {rds.rdtype for rds in node.rdatasets}
-        for rds in node.rdatasets:
-            if rds.rdclass != dns.rdataclass.IN:
-                fail(f"class {dns.rdataclass.to_text(rds.rdclass)} record in an IN zone", name, rds.rdtype)
-            if rds.rdtype == dns.rdatatype.SOA and name != origin:
-                fail("SOA record below the zone apex", name, rds.rdtype)
-            if rds.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME) and len(rds) > 1:
-                fail(f"{len(rds)} {dns.rdatatype.to_text(rds.rdtype)} records at one name; "
-                     "only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)", name, rds.rdtype)
-        if dns.rdatatype.CNAME in types:
-            if name == origin:
-                fail("CNAME at the zone apex (it cannot coexist with SOA and NS)", name, dns.rdatatype.CNAME)
-            other = types - _WITH_CNAME_OK
-            if other:
-                fail("CNAME and other data at one name: "
-                     + ", ".join(sorted(dns.rdatatype.to_text(t) for t in other)), name, dns.rdatatype.CNAME)
+        types = check_node(data, name, node, fail)
         if dns.rdatatype.DNAME in types:
             dnames.add(name)
         if dns.rdatatype.NS in types and name != origin:
