@@ -1,0 +1,1 @@
+"""pop53 benchmarks (not part of the test suite; see docs/bench.md)."""
