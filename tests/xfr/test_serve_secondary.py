@@ -117,3 +117,54 @@ def test_pop53_serve_as_secondary_of_knot(knot_factory, tmp_path):
 
 
 import dns.opcode  # noqa: E402  (used above)
+
+
+def test_ixfr_updates_under_query_load_are_never_mixed(knot_factory, tmp_path):
+    """Version N has `mx MX N mail` and `mail A 10.0.N.25`: an answer (MX in the answer section,
+    the target's address in additional: two nodes) mixing two versions would pair N with
+    another M.  Queries run without pause while Knot pushes updates by NOTIFY + IXFR."""
+    import threading
+
+    pop_port = free_port()
+    extra = "mx 300 IN MX 1 mail\nmail 300 IN A 10.0.1.25\n"
+    k = knot_primary(knot_factory, pop_port, extra=extra)
+    proc = start_pop53(tmp_path, pop_port, k.port)
+    seen, wrong, lost, answered = set(), [], [0], [0]
+    stop_flag = threading.Event()
+
+    def client():
+        s = dns.message.make_query("mx." + ZONE, "MX")
+        deadline = time.monotonic() + 60
+        while not stop_flag.is_set() and time.monotonic() < deadline:
+            try:
+                r = dns.query.udp(s, "127.0.0.1", port=pop_port, timeout=1.0)
+            except Exception:
+                lost[0] += 1
+                continue
+            answered[0] += 1
+            prefs = [rd.preference for rrset in r.answer for rd in rrset]
+            addrs = [rd.address for rrset in r.additional for rd in rrset if rrset.rdtype == 1]
+            if len(prefs) != 1 or addrs != [f"10.0.{prefs[0]}.25"]:
+                wrong.append((prefs, addrs))
+            else:
+                seen.add(prefs[0])
+
+    try:
+        wait_for(lambda: a_of(pop_port, "mail." + ZONE) == ["10.0.1.25"], 20, what="first version")
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            for n in range(2, 6):
+                k.change(ZONE, ("mx", "300", "MX", f"{n} mail.{ZONE}"), ("mail", "300", "A", f"10.0.{n}.25"),
+                         unsets=(("mx", "MX"), ("mail", "A")))
+                wait_for(lambda n=n: a_of(pop_port, "mail." + ZONE) == [f"10.0.{n}.25"], 15,
+                         what=f"version {n} served")
+        finally:
+            stop_flag.set()
+            t.join(70)
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert not wrong, wrong[:5]
+    assert lost[0] == 0 and answered[0] > 50
+    assert {1, 5} <= seen and len(seen) >= 3, seen
