@@ -223,6 +223,8 @@ def main(argv=None) -> int:
                     row[phase] = tm[phase] - prev
                     prev = tm[phase]
             row["notify_after_commit"] = base - t0
+            # the issue's measure: from the NOTIFY's arrival to the new data in answers
+            row["notify_to_visible"] = visible - base
             row["patched"] = publisher.stats["patched"] > n_patched
             rows.append(row)
             print(f"change {i}: visible {row['end_to_end']:.3f} s after commit; "
@@ -252,19 +254,22 @@ def main(argv=None) -> int:
         f"Knot load {knot_load:.1f} s; pop53 first AXFR+validate+compile {first:.1f} s; "
         f"peak RSS of this process {rss:.0f} MiB.",
         "",
-        "| change | end to end (s) | NOTIFY after commit | IXFR | apply diff | validate | compile/patch + swap | path |",
-        "|---|---|---|---|---|---|---|---|",
+        "| change | NOTIFY -> visible (s) | commit -> visible | NOTIFY after commit (Knot) | IXFR | apply diff | validate | compile/patch + swap | path |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
-        lines.append(f"| {i} | {r['end_to_end']:.3f} | {r['notify_after_commit']:.3f} | {r.get('xfr_done', 0):.3f} "
+        lines.append(f"| {i} | {r['notify_to_visible']:.3f} | {r['end_to_end']:.3f} | {r['notify_after_commit']:.3f} | {r.get('xfr_done', 0):.3f} "
                      f"| {r.get('applied', 0):.3f} | {r.get('validated', 0):.3f} | {r.get('published', 0):.3f} "
                      f"| {'patch' if r['patched'] else 'full compile'} |")
-    lines.append(f"| median | {med['end_to_end']:.3f} | {med['notify_after_commit']:.3f} | "
+    lines.append(f"| median | {med['notify_to_visible']:.3f} | {med['end_to_end']:.3f} | {med['notify_after_commit']:.3f} | "
                  f"{med.get('xfr_done', 0):.3f} | {med.get('applied', 0):.3f} | {med.get('validated', 0):.3f} "
                  f"| {med.get('published', 0):.3f} | |")
     lines.append("")
-    lines.append("Target: < 1 s for 1,000,000 names. " + (
-        "Met." if med["end_to_end"] < 1 else
+    worst = max(r["notify_to_visible"] for r in rows)
+    lines.append(f"Target (issue 4): visible within 1 s of the NOTIFY, 1,000,000 names. Median "
+                 f"{med['notify_to_visible']:.3f} s, worst {worst:.3f} s: " + (
+        ("met for every change." if worst < 1 else "met at the median, not for every change.")
+        if med["notify_to_visible"] < 1 else
         "Not met." + (" (--full: the IXFR fast path was disabled.)" if args.full else "")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
