@@ -864,6 +864,8 @@ class _ZoneState:
         self.refreshing = False
         self.records_since_snapshot = 0
         self.store_lock: asyncio.Lock | None = None
+        self.snapshot_lock: asyncio.Lock | None = None
+        self.journaled: set[int] = set()     # id() of the records the journal file holds
 
     @property
     def serial(self) -> int | None:
@@ -1589,7 +1591,7 @@ class XfrService:
             st.latest, st.latest_records = new, records
             if rec is not None and st.store is not None:
                 async with self._store_lock(st):
-                    await asyncio.to_thread(st.store.append, rec)
+                    await asyncio.to_thread(self._journal_append, st, rec)
                 st.records_since_snapshot += 1
             _count(self.stats, "update.pending", "pop53_xfr_updates_pending_total",
                    "updates queued by the input-delayed role", zone=st.name)
@@ -1610,7 +1612,7 @@ class XfrService:
                 st.latest, st.latest_records = st.zone, st.records
                 if st.store is not None:
                     async with self._store_lock(st):
-                        await asyncio.to_thread(st.store.rewrite_journal, list(st.history))
+                        await asyncio.to_thread(self._journal_rewrite, st, list(st.history))
                 return
             st.pending.popleft()
 
@@ -1645,6 +1647,20 @@ class XfrService:
         if self.publish_cb is not None:
             self.publish_cb(name, version)
 
+    @staticmethod
+    def _journal_append(st: _ZoneState, rec) -> None:
+        """Append unless a journal rewrite already wrote this record (call with the store lock)."""
+        if id(rec) in st.journaled:
+            return
+        st.store.append(rec)
+        st.journaled.add(id(rec))
+
+    @staticmethod
+    def _journal_rewrite(st: _ZoneState, recs: list) -> None:
+        """Rewrite the journal with exactly `recs` (call with the store lock)."""
+        st.store.rewrite_journal(recs)
+        st.journaled = {id(r) for r in recs}
+
     def _store_lock(self, st: _ZoneState) -> asyncio.Lock:
         if st.store_lock is None:
             st.store_lock = asyncio.Lock()
@@ -1658,29 +1674,34 @@ class XfrService:
         try:
             if rec is not None and not journaled:
                 async with lock:
-                    await asyncio.to_thread(st.store.append, rec)
+                    await asyncio.to_thread(self._journal_append, st, rec)
                 st.records_since_snapshot += 1
         except OSError as exc:
             self._persist_failed(st, exc)
             return
         # A snapshot after a full transfer and when the journal grows past its keep limit (the
         # journal is then cut to what IXFR-out still needs plus what is pending).  Written in
-        # the background (a million-name zone takes a while); the lock is taken here, before
-        # anything newer can be appended, and released by the writer.
+        # the background: a million-name zone takes tens of seconds to write, and zone versions
+        # are immutable, so it needs no lock while journal appends for newer versions go on (a
+        # lock held for the whole write stalled the next update by as long).  Snapshots are
+        # serialized among themselves; the journal rewrite at the end takes the store lock and
+        # keeps every record known by then.
         if full or st.records_since_snapshot > max(1, self.config.journal_keep):
-            await lock.acquire()
             st.records_since_snapshot = 0
             zone = st.zone
-            recs = list(st.history) + [p.record for p in st.pending if p.record.steps]
+            if st.snapshot_lock is None:
+                st.snapshot_lock = asyncio.Lock()
+            snap_lock = st.snapshot_lock
 
             async def write():
                 try:
-                    await asyncio.to_thread(st.store.save_snapshot, zone)
-                    await asyncio.to_thread(st.store.rewrite_journal, recs)
+                    async with snap_lock:
+                        await asyncio.to_thread(st.store.save_snapshot, zone)
+                        async with lock:
+                            recs = list(st.history) + [p.record for p in st.pending if p.record.steps]
+                            await asyncio.to_thread(self._journal_rewrite, st, recs)
                 except OSError as exc:
                     self._persist_failed(st, exc)
-                finally:
-                    lock.release()
             t = asyncio.ensure_future(write())
             self._writes.add(t)
             t.add_done_callback(self._writes.discard)
