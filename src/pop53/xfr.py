@@ -1696,7 +1696,7 @@ class XfrService:
             async def write():
                 try:
                     async with snap_lock:
-                        await asyncio.to_thread(st.store.save_snapshot, zone)
+                        await asyncio.to_thread(st.store.save_snapshot_isolated, zone)
                         async with lock:
                             recs = list(st.history) + [p.record for p in st.pending if p.record.steps]
                             await asyncio.to_thread(self._journal_rewrite, st, recs)
