@@ -6,17 +6,13 @@ announce with a worse MED (so routers use it only once the normal machines withd
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import dns.message
 import dns.query
 import pytest
 
-from xfr_support import KEYNAME, SECRET, free_port, wait_for
+from xfr_support import a_records, free_port, start_pop53_secondary, stop_process, wait_for
 from test_knot_primary import ZONE, knot_primary
 
 from pop53 import agent, bird
@@ -27,37 +23,8 @@ pytestmark = pytest.mark.peers
 
 def start(tmp_path, name, port, knot_port, delay=0.0):
     d = tmp_path / name
-    d.mkdir()
-    conf = d / "pop53.toml"
     xfr = f"delay = {delay}\nrole = \"delayed\"\n" if delay else ""
-    conf.write_text(textwrap.dedent(f"""\
-        [server]
-        listen = ["127.0.0.1:{port}"]
-        workers = 1
-        identity = "{name}"
-        state = "{d / 'state'}"
-        [xfr]
-        status_interval = 0.2
-        """) + xfr + textwrap.dedent(f"""\
-        [[key]]
-        name = "{KEYNAME}"
-        algorithm = "hmac-sha256"
-        secret = "{SECRET}"
-        [[zone]]
-        name = "{ZONE}"
-        primaries = ["127.0.0.1:{knot_port}"]
-        key = "{KEYNAME}"
-        """))
-    return subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), d
-
-
-def a_of(port, name):
-    try:
-        r = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1)
-    except Exception:
-        return None
-    return sorted(rd.address for rrset in r.answer for rd in rrset)
+    return start_pop53_secondary(d, port, knot_port, ZONE, identity=name, xfr_extra=xfr), d
 
 
 def prober(port, state_file):
@@ -69,17 +36,6 @@ def prober(port, state_file):
     return agent.Prober(cfg)
 
 
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.stdout.read()
-
-
 def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_path):
     p_normal, p_delayed = free_port(), free_port()
     k = knot_primary(knot_factory, p_normal)
@@ -88,8 +44,8 @@ def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_pat
     normal, dn = start(tmp_path, "normal", p_normal, k.port)
     delayed, dd = start(tmp_path, "delayed", p_delayed, k.port, delay=600)
     try:
-        wait_for(lambda: a_of(p_normal, "www." + ZONE) == ["192.0.2.1"], 20, what="normal serves")
-        wait_for(lambda: a_of(p_delayed, "www." + ZONE) == ["192.0.2.1"], 20, what="delayed serves")
+        wait_for(lambda: a_records(p_normal, "www." + ZONE) == ["192.0.2.1"], 20, what="normal serves")
+        wait_for(lambda: a_records(p_delayed, "www." + ZONE) == ["192.0.2.1"], 20, what="delayed serves")
         # the engine's state file (pop53.staleness), rewritten every status_interval
         state_n, state_d = dn / "state" / STATE_FILE, dd / "state" / STATE_FILE
         wait_for(lambda: state_n.exists() and state_d.exists(), 10, what="the engines' state files")
@@ -100,7 +56,7 @@ def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_pat
 
         # the poisonous update
         k.change(ZONE, ("www", "300", "A", "203.0.113.66"), unsets=(("www", "A"),))
-        wait_for(lambda: a_of(p_normal, "www." + ZONE) == ["203.0.113.66"], 15,
+        wait_for(lambda: a_records(p_normal, "www." + ZONE) == ["203.0.113.66"], 15,
                  what="the poison reaches the normal machine")
         bad = prober(p_normal, state_n).run()
         assert not bad.ok and any(f.kind == "wrong" for f in bad.failures), bad
@@ -110,13 +66,13 @@ def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_pat
         refresh = dns.message.make_query(ZONE, "SOA")
         dns.query.udp(refresh, "127.0.0.1", port=p_delayed, timeout=1)
         time.sleep(2)
-        assert a_of(p_delayed, "www." + ZONE) == ["192.0.2.1"]
+        assert a_records(p_delayed, "www." + ZONE) == ["192.0.2.1"]
         good = prober(p_delayed, state_d).run()
         assert good.ok, good
         st = json.loads(state_d.read_text())
         assert st.get("role") == "delayed"
     finally:
-        out_n, out_d = stop(normal), stop(delayed)
+        out_n, out_d = stop_process(normal), stop_process(delayed)
     assert normal.returncode == 0, out_n
     assert delayed.returncode == 0, out_d
 

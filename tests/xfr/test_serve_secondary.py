@@ -4,19 +4,15 @@ IXFR is applied, compiled and swapped), and a file zone served beside it; then a
 serves the transferred zone from saved state at once."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import dns.message
+import dns.opcode
 import dns.query
 import dns.rcode
 import pytest
 
-from xfr_support import KEYNAME, SECRET, free_port, wait_for
+from xfr_support import a_records, free_port, start_pop53_secondary, stop_process, wait_for
 from test_knot_primary import ZONE, knot_primary
 
 pytestmark = pytest.mark.peers
@@ -35,50 +31,9 @@ def ask(port, name, rdtype="A"):
     return dns.query.udp(q, "127.0.0.1", port=port, timeout=1.0)
 
 
-def a_of(port, name):
-    try:
-        r = ask(port, name)
-    except Exception:
-        return None
-    return sorted(rd.address for rrset in r.answer for rd in rrset if rrset.rdtype == 1)
-
-
 def start_pop53(tmp_path, pop_port, knot_port):
-    (tmp_path / "local.zone").write_text(FILE_ZONE)
-    conf = tmp_path / "pop53.toml"
-    conf.write_text(textwrap.dedent(f"""\
-        [server]
-        listen = ["127.0.0.1:{pop_port}"]
-        workers = 2
-        identity = "sec-1"
-        state = "{tmp_path / 'state'}"
-        [xfr]
-        status_interval = 0.2
-        [[key]]
-        name = "{KEYNAME}"
-        algorithm = "hmac-sha256"
-        secret = "{SECRET}"
-        [[zone]]
-        name = "{ZONE}"
-        primaries = ["127.0.0.1:{knot_port}"]
-        key = "{KEYNAME}"
-        [[zone]]
-        name = "local.test."
-        file = "local.zone"
-        """))
-    return subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.stdout.read() if proc.stdout else ""
+    return start_pop53_secondary(tmp_path / "pop53", pop_port, knot_port, ZONE, identity="sec-1",
+                                 workers=2, file_zone=("local.test.", FILE_ZONE))
 
 
 def test_pop53_serve_as_secondary_of_knot(knot_factory, tmp_path):
@@ -86,13 +41,13 @@ def test_pop53_serve_as_secondary_of_knot(knot_factory, tmp_path):
     k = knot_primary(knot_factory, pop_port)
     proc = start_pop53(tmp_path, pop_port, k.port)
     try:
-        wait_for(lambda: a_of(pop_port, "www.example.org.") == ["192.0.2.1"], 20,
+        wait_for(lambda: a_records(pop_port, "www.example.org.") == ["192.0.2.1"], 20,
                  what="the zone transferred from Knot and served")
-        assert a_of(pop_port, "www.local.test.") == ["192.0.2.80"]      # the file zone beside it
+        assert a_records(pop_port, "www.local.test.") == ["192.0.2.80"]      # the file zone beside it
         # an update on the primary: NOTIFY to our serving port, IXFR, a new image
         k.change(ZONE, ("new", "300", "A", "192.0.2.77"))
         t0 = time.monotonic()
-        wait_for(lambda: a_of(pop_port, "new.example.org.") == ["192.0.2.77"], 15,
+        wait_for(lambda: a_records(pop_port, "new.example.org.") == ["192.0.2.77"], 15,
                  what="the IXFR'd record served")
         assert time.monotonic() - t0 < 15
         r = ask(pop_port, "example.org.", "SOA")
@@ -103,20 +58,18 @@ def test_pop53_serve_as_secondary_of_knot(knot_factory, tmp_path):
         resp = dns.query.udp(n, "127.0.0.1", port=pop_port, timeout=2)
         assert resp.rcode() in (dns.rcode.REFUSED, dns.rcode.NOTAUTH)
     finally:
-        out = stop(proc)
+        out = stop_process(proc)
     assert proc.returncode == 0, out
     # restart: the transferred zone is served from saved state before any transfer
     k.stop()
     proc = start_pop53(tmp_path, pop_port, k.port)
     try:
-        wait_for(lambda: a_of(pop_port, "new.example.org.") == ["192.0.2.77"], 20,
+        wait_for(lambda: a_records(pop_port, "new.example.org.") == ["192.0.2.77"], 20,
                  what="saved zone served after restart with the primary down")
     finally:
-        out = stop(proc)
+        out = stop_process(proc)
     assert proc.returncode == 0, out
 
-
-import dns.opcode  # noqa: E402  (used above)
 
 
 def test_ixfr_updates_under_query_load_are_never_mixed(knot_factory, tmp_path):
@@ -150,20 +103,20 @@ def test_ixfr_updates_under_query_load_are_never_mixed(knot_factory, tmp_path):
                 seen.add(prefs[0])
 
     try:
-        wait_for(lambda: a_of(pop_port, "mail." + ZONE) == ["10.0.1.25"], 20, what="first version")
+        wait_for(lambda: a_records(pop_port, "mail." + ZONE) == ["10.0.1.25"], 20, what="first version")
         t = threading.Thread(target=client)
         t.start()
         try:
             for n in range(2, 6):
                 k.change(ZONE, ("mx", "300", "MX", f"{n} mail.{ZONE}"), ("mail", "300", "A", f"10.0.{n}.25"),
                          unsets=(("mx", "MX"), ("mail", "A")))
-                wait_for(lambda n=n: a_of(pop_port, "mail." + ZONE) == [f"10.0.{n}.25"], 15,
+                wait_for(lambda n=n: a_records(pop_port, "mail." + ZONE) == [f"10.0.{n}.25"], 15,
                          what=f"version {n} served")
         finally:
             stop_flag.set()
             t.join(70)
     finally:
-        out = stop(proc)
+        out = stop_process(proc)
     assert proc.returncode == 0, out
     assert not wrong, wrong[:5]
     assert lost[0] == 0 and answered[0] > 50

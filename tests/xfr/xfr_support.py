@@ -369,3 +369,48 @@ class FakePrimary:
             t.join(2)
         self.udp.close()
         self.tcp.close()
+
+
+# -- `pop53 serve` as a secondary (the end-to-end tests) ------------------------------------------
+
+def start_pop53_secondary(workdir: Path, port: int, knot_port: int, zone: str = "example.org.",
+                          identity: str = "sec", workers: int = 1, xfr_extra: str = "",
+                          file_zone: tuple[str, str] | None = None) -> subprocess.Popen:
+    """`pop53 serve -c` with `zone` a TSIG-secured secondary of the Knot at knot_port, its state
+    in workdir/state; file_zone = (origin, master-file text) adds a zone served from a file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = ""
+    if file_zone is not None:
+        (workdir / "file.zone").write_text(file_zone[1])
+        files = f'[[zone]]\nname = "{file_zone[0]}"\nfile = "file.zone"\n'
+    conf = workdir / "pop53.toml"
+    conf.write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\nidentity = "{identity}"\n'
+        f'state = "{workdir / "state"}"\n'
+        f'[xfr]\nstatus_interval = 0.2\n{xfr_extra}'
+        f'[[key]]\nname = "{KEYNAME}"\nalgorithm = "hmac-sha256"\nsecret = "{SECRET}"\n'
+        f'[[zone]]\nname = "{zone}"\nprimaries = ["127.0.0.1:{knot_port}"]\nkey = "{KEYNAME}"\n'
+        + files)
+    return subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """SIGTERM, then SIGKILL after 5 s; returns what the process printed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.stdout.read() if proc.stdout else ""
+
+
+def a_records(port: int, name: str) -> list[str] | None:
+    """The A addresses pop53 at port answers for name (None: no answer)."""
+    try:
+        r = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=1.0)
+    except Exception:
+        return None
+    return sorted(rd.address for rrset in r.answer for rd in rrset if rrset.rdtype == 1)
