@@ -12,8 +12,12 @@ with one atomic store, so no query sees a mix of versions) that answers exactly 
 `compile_zone_data` of the new zone set.  The old records stay in the image as unreachable
 garbage until the next full compile (the caller compacts: see `xfr.ImagePublisher`).
 
-Whenever a change is structural and not worth patching (a delegation appears or disappears, a
-CNAME/DNAME appears at a name with descendants, the hash table gets too full, a name belongs to
+A zone cut that appears or disappears at a name is patched too: the names below it are found
+through the parent hashes `patch_scan` collects, and their flags and cut pointers are rewritten
+in place in the copy (the highest cut at or above a name wins, as in the compiler).
+
+Whenever a change is structural and not worth patching (a CNAME/DNAME appears at a name with
+descendants, the hash table gets too full, a name belongs to
 another zone of the image, ...) `patch_image` returns None and the caller compiles in full.
 """
 from __future__ import annotations
@@ -216,6 +220,7 @@ class _Patch:
         inplace: dict[int, int] = {}     # old offset -> new flags (flag-only edits)
         ent_inplace: set[int] = set()    # old offsets becoming empty non-terminals in place
         neg_ttl = zrec[8]
+        toggled: set[bytes] = set()      # names where a zone cut appears or disappears
 
         def exists_new(key: bytes) -> bool:
             if key in new:
@@ -237,7 +242,7 @@ class _Patch:
             if key == okey:
                 flags |= _APEX
             if (flags & _CUT) != (old_flags & _CUT):
-                raise _Fallback(f"{name}: a delegation appears or disappears")
+                toggled.add(key)        # a zone cut appears here: pointers below are redone
             if old_off and (flags & (_CNAME_F | _DNAME_F)) != (old_flags & (_CNAME_F | _DNAME_F)) \
                     and self.has_children(key, old_off):
                 raise _Fallback(f"{name}: CNAME/DNAME changes at a name with descendants")
@@ -278,13 +283,13 @@ class _Patch:
             if key == okey:
                 raise _Fallback("apex deleted")
             on = self.node(old_off)
-            if on[3] & _CUT:
-                raise _Fallback("a delegation disappears")
             if self.has_children_new(key, old_off, new, removed):
                 if on[3] & (_CNAME_F | _DNAME_F):
                     raise _Fallback("CNAME/DNAME removed at a name with descendants")
                 ent_inplace.add(old_off)
-                inplace[old_off] = (on[3] | _ENT) & ~(_CNAME_F | _DNAME_F)
+                inplace[old_off] = (on[3] | _ENT) & ~(_CNAME_F | _DNAME_F | _CUT)
+                if on[3] & _CUT:
+                    toggled.add(key)    # the delegation goes; its descendants stay
                 continue
             removed.add(key)
             parent = _parent(key)
@@ -328,13 +333,91 @@ class _Patch:
                         n.cut_key = ("off", c)
                         n.flags |= _BELOW
                 break
+        # 5b. zone cuts that appear or disappear: every name below gets the cut pointer and
+        #     BELOW_CUT flag a full compile gives it (the highest cut at or above it wins)
+        cut_fix = self.recut(zi, olabels, toggled, new, removed, inplace)
         # 6. node table capacity
         mask = zrec[6]
         n_nodes = zrec[7] + sum(1 for n in new.values() if not n.old_off) - len(removed)
         if n_nodes > MAX_LOAD * (mask + 1):
             raise _Fallback("node table too full")
         return self.layout(zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
-                           r_rrsets, r_hashes, keys)
+                           r_rrsets, r_hashes, keys, cut_fix)
+
+    def recut(self, zi, olabels, toggled, new, removed, inplace) -> dict:
+        """Cut pointers below names where a delegation appears or disappears (RFC 1034 §4.2.1:
+        everything below a cut belongs to the child zone; the compiler points each node at
+        the highest cut at or above it).  Sets them on `new` records; returns
+        {old offset: (cut key or None, below flag)} for the records rewritten in place."""
+        fix = {}
+        if not toggled:
+            return fix
+        tops = [k for k in toggled
+                if not any(t != k and _is_below(k, t) for t in toggled)]
+        added_kids: dict[bytes, list[bytes]] = {}
+        for k, n in new.items():
+            if not n.old_off:
+                added_kids.setdefault(_parent(k), []).append(k)
+
+        def flags_of(k: bytes) -> int:
+            n = new.get(k)
+            if n is not None:
+                return n.flags
+            o = self.lookup_old(zi, k)
+            return inplace.get(o, self.node(o)[3])
+
+        for x in tops:
+            if x in removed:
+                continue        # gone with no descendants (else it would be kept as an ENT)
+            # the highest cut strictly above x: no ancestor toggled (x is a top), so the first
+            # existing old ancestor's cut pointer still holds (new ENTs are never cuts)
+            above = 0
+            k = x
+            while _labels(k) > olabels:
+                k = _parent(k)
+                n = new.get(k)
+                o = n.old_off if n is not None else self.lookup_old(zi, k)
+                if o:
+                    above = self.node(o)[4]
+                    break
+            if above:
+                continue        # occluded below a higher cut: only x's own record changes
+            stack = [(x, None)]
+            while stack:
+                k, cur = stack.pop()
+                cut = k if cur is None and flags_of(k) & _CUT else cur
+                below = _BELOW if cut is not None and cut != k else 0
+                n = new.get(k)
+                if n is not None:
+                    n.cut_key = ("key", cut) if cut is not None else None
+                    n.flags = (n.flags & ~_BELOW) | below
+                else:
+                    fix[self.lookup_old(zi, k)] = (cut, below)
+                for o in self.children_fast(k).tolist():
+                    nd = self.node(o)
+                    ck = bytes(self.src[nd[0]:nd[0] + nd[1]])
+                    if ck not in removed:
+                        stack.append((ck, cut))
+                for ck in added_kids.get(k, ()):
+                    stack.append((ck, cut))
+        return fix
+
+    def children_fast(self, key: bytes) -> np.ndarray:
+        """children(), through an index of the parent hashes sorted once (a subtree walk
+        below a new cut asks for many names' children)."""
+        if getattr(self, "_p_order", None) is None:
+            self._p_order = np.argsort(self.s_parents, kind="stable")
+            self._p_sorted = self.s_parents[self._p_order]
+        h = _core.hash_name(key, self.seed)
+        lo = np.searchsorted(self._p_sorted, h, "left")
+        hi = np.searchsorted(self._p_sorted, h, "right")
+        out = []
+        for off in self.s_nodes[self._p_order[lo:hi]].tolist():
+            n = self.node(off)
+            nm = bytes(self.src[n[0]:n[0] + n[1]])
+            if nm[nm[0] + 1:] == key:
+                out.append(off)
+        return np.array(out, dtype=np.uint32)
 
     def has_children(self, key: bytes, off: int) -> bool:
         return bool(self.children(key).size)
@@ -361,7 +444,7 @@ class _Patch:
 
     # ------------------------------------------------------------------ writing
     def layout(self, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
-               r_rrsets, r_hashes, keys) -> bytearray:
+               r_rrsets, r_hashes, keys, cut_fix) -> bytearray:
         base = _align4(self.size)
         off = base
         for n in new.values():
@@ -460,10 +543,17 @@ class _Patch:
             d_records -= b
             d_nodes -= 1
 
+        def key_off(k: bytes) -> int:
+            """The new image's record of a name of this zone."""
+            n = new.get(k)
+            return n.off if n is not None else self.lookup_old(zi, k)
+
         def resolve_cut(n: _New) -> int:
             if n.cut_key is None:
                 return 0
             c = n.cut_key[1]
+            if n.cut_key[0] == "key":
+                return key_off(c)
             if c == n.old_off and n.old_off:
                 return n.off
             return moved.get(c, c)
@@ -524,6 +614,11 @@ class _Patch:
                 for no in self.s_nodes[self.s_cuts == o].tolist():
                     if no not in moved:
                         struct.pack_into("<I", buf, no + 8, moved[o])
+        # names below a cut that appeared or disappeared, rewritten in place (the copy is ours):
+        # node_t.flags at +6 (u16), node_t.cut_off at +8 (u32)
+        for o, (ck, below) in cut_fix.items():
+            fl = (struct.unpack_from("<H", buf, o + 6)[0] & ~_BELOW) | below
+            struct.pack_into("<HI", buf, o + 6, fl, key_off(ck) if ck is not None else 0)
         # the node table
         ntab_off, mask = zrec[5], zrec[6]
         tab = np.frombuffer(buf, dtype=np.uint32, count=mask + 1, offset=ntab_off)
@@ -618,19 +713,23 @@ def validate_changes(data: ZoneData, changed_names) -> None:
     """zonefile.validate()'s rules applied to the changed names (and, for the rules that look
     up or down the tree, their ancestors), given that the previous version passed them.  Falls
     back to the full validate() where the check would need the descendants of a name (a DNAME
-    or a delegation at a changed name).  Raises ZoneError like validate()."""
+    at a changed name).  A delegation at a changed name needs no more than the local and
+    ancestor checks: below a cut, data is only occluded (a warning in validate(), not an
+    error), and that warning for the descendants of a new cut is not repeated here.  Raises
+    ZoneError like validate()."""
     zone, origin = data.zone, data.origin
     nodes = zone.nodes
 
     fail = zonefile.failer(data)
 
-    # Anything that makes a rule depend on descendants: the full check.
+    # A DNAME makes a rule depend on descendants (RFC 6672 §2.4: no data below it): the full
+    # check.  (A DNAME at a cut is occluded, but the full check sorts that out too.)
     for name in changed_names:
         node = nodes.get(name)
         if node is None:
             continue
         for rds in node.rdatasets:
-            if rds.rdtype == dns.rdatatype.DNAME or (rds.rdtype == dns.rdatatype.NS and name != origin):
+            if rds.rdtype == dns.rdatatype.DNAME:
                 validate(data)
                 return
     zonefile.check_apex(data, fail)
