@@ -173,6 +173,33 @@ class _ZoneBuild:
                     n.flags |= below
 
 
+def write_node(buf, off: int, key: bytes, labels: int, flags: int, cut_off: int, rrsets,
+               zone_idx: int, seed: int, adds) -> int:
+    """Write one node record at `off`: node_t, the lowercased name, the rrset_t array, the
+    RDATA (the layout ext/p53.pxd declares; the one writer for compiler and incremental).
+    `adds(i)` writes RRset i's additional-target list and returns (its offset, count), or
+    (0, 0).  Returns the offset of the SOA's rrset_t, or 0."""
+    name_off = off + NODE.size
+    rrsets_off = _align4(name_off + len(key))
+    NODE.pack_into(buf, off, name_off, len(key), labels, flags, cut_off, rrsets_off, len(rrsets),
+                   zone_idx, _core.hash_name(key, seed))
+    buf[name_off:name_off + len(key)] = key
+    data = rrsets_off + RRSET.size * len(rrsets)
+    soa_off = 0
+    for i, (rtype, ttl, wires, _t, covers) in enumerate(rrsets):
+        rdata_off = data
+        for w in wires:
+            buf[data:data + 2] = len(w).to_bytes(2, "big")
+            buf[data + 2:data + 2 + len(w)] = w
+            data += 2 + len(w)
+        a_off, a_count = adds(i)
+        RRSET.pack_into(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
+                        data - rdata_off, a_off, a_count, covers if rtype == _T_RRSIG else 0)
+        if rtype == _T_SOA:
+            soa_off = rrsets_off + RRSET.size * i
+    return soa_off
+
+
 def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()) -> Image:
     """Compile validated zones into one Image.  The longest matching zone answers a name.
     `expired`: origins (text or dns.name.Name) of secondary zones past their SOA expire; they
@@ -258,35 +285,22 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     buf = bytearray(total)
     HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total, n_zones,
                      zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, 0)
-    node_pack = NODE.pack_into
-    rrset_pack = RRSET.pack_into
     for b in builds:
         buf[b.name_off:b.name_off + len(b.key)] = b.key
         soa_off = 0
         for n in b.nodes.values():
-            p = n.off
-            name_off = p + NODE.size
-            rrsets_off = _align4(name_off + len(n.key))
             cut_off = n.cut.off if n.cut is not None else 0
-            node_pack(buf, p, name_off, len(n.key), n.labels, n.flags, cut_off, rrsets_off,
-                      len(n.rrsets), b.index, _core.hash_name(n.key, seed))
-            buf[name_off:name_off + len(n.key)] = n.key
-            data = rrsets_off + RRSET.size * len(n.rrsets)
-            for i, (rtype, ttl, wires, _t, covers) in enumerate(n.rrsets):
-                rdata_off = data
-                for w in wires:
-                    buf[data:data + 2] = len(w).to_bytes(2, "big")
-                    buf[data + 2:data + 2 + len(w)] = w
-                    data += 2 + len(w)
+
+            def adds(i, n=n):
                 hits = add_lists.get((id(n), i))
-                a_off = add_offsets.get((id(n), i), 0)
-                if hits:
-                    struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
-                rrset_pack(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
-                           data - rdata_off, a_off, len(hits) if hits else 0,
-                           covers if rtype == _T_RRSIG else 0)
-                if rtype == _T_SOA and n is b.apex:
-                    soa_off = rrsets_off + RRSET.size * i
+                if not hits:
+                    return 0, 0
+                a_off = add_offsets[(id(n), i)]
+                struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
+                return a_off, len(hits)
+
+            soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, cut_off, n.rrsets, b.index,
+                                 seed, adds) or soa_off
         ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
                        len(b.origin) - 1, _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0,
                        b.apex.off, b.ntab_off, b.ntab_size - 1,

@@ -32,7 +32,7 @@ import dns.rdatatype
 import numpy as np
 
 from . import _core
-from .compiler import (CHECKSUM_OFFSET, HEADER, NODE, RRSET, ZONE, _MAX_IMAGE, _align4,
+from .compiler import (CHECKSUM_OFFSET, HEADER, NODE, RRSET, ZONE, _MAX_IMAGE, _align4, write_node,
                        _labels, _parent, _target_key)
 from .images import Image
 from . import zonefile
@@ -564,32 +564,21 @@ class _Patch:
         for n in new.values():
             if not n.old_off:
                 d_nodes += 1
-            p = n.off
-            name_off = p + NODE.size
-            rrsets_off = _align4(name_off + len(n.key))
-            node_pack(buf, p, name_off, len(n.key), n.labels, n.flags, resolve_cut(n), rrsets_off,
-                      len(n.rrsets), zi, _core.hash_name(n.key, self.seed))
-            buf[name_off:name_off + len(n.key)] = n.key
-            data = rrsets_off + RRSET.size * len(n.rrsets)
-            for i, (rtype, ttl, wires, _t, covers) in enumerate(n.rrsets):
-                rdata_off = data
-                for w in wires:
-                    buf[data:data + 2] = len(w).to_bytes(2, "big")
-                    buf[data + 2:data + 2 + len(w)] = w
-                    data += 2 + len(w)
+
+            def adds(i, n=n):
+                nonlocal a_off
                 hits = n.adds.get(i)
-                this_add = 0
-                if hits:
-                    this_add = a_off
-                    struct.pack_into(f"<{len(hits)}I", buf, a_off, *hits)
-                    a_off += 4 * len(hits)
-                rrset_pack(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
-                           data - rdata_off, this_add, len(hits) if hits else 0,
-                           covers if rtype == _T_RRSIG else 0)
-                d_rrsets += 1
-                d_records += len(wires)
-                if rtype == _T_SOA and n.key == self.okey:
-                    soa_off = rrsets_off + RRSET.size * i
+                if not hits:
+                    return 0, 0
+                this_add = a_off
+                struct.pack_into(f"<{len(hits)}I", buf, a_off, *hits)
+                a_off += 4 * len(hits)
+                return this_add, len(hits)
+
+            soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, resolve_cut(n), n.rrsets, zi,
+                                 self.seed, adds) or soa_off
+            d_rrsets += len(n.rrsets)
+            d_records += sum(len(rr[2]) for rr in n.rrsets)
         for ro, rs, hits in ref_updates:
             if len(hits) > rs[6]:
                 lo = a_off
