@@ -16,9 +16,11 @@ A zone cut that appears or disappears at a name is patched too: the names below 
 through the parent hashes `patch_scan` collects, and their flags and cut pointers are rewritten
 in place in the copy (the highest cut at or above a name wins, as in the compiler).
 
-Whenever a change is structural and not worth patching (a CNAME/DNAME appears at a name with
-descendants, the hash table gets too full, a name belongs to
-another zone of the image, ...) `patch_image` returns None and the caller compiles in full.
+A CNAME or DNAME that appears or goes at a name with descendants only rewrites that name's
+record.  When the zone's node table would pass MAX_LOAD, the patch gives the zone a new table
+twice the size (filled in C; the old one becomes garbage).  What `patch_image` still leaves to a
+full compile (it returns None): the apex deleted, a name at or below another zone of the image,
+a zone absent or expired in the old image, an RRset or image over the format's limits.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 
 from . import _core
 from .compiler import (CHECKSUM_OFFSET, HEADER, NODE, RRSET, ZONE, _MAX_IMAGE, _align4, write_node,
-                       _labels, _parent, _target_key)
+                       _labels, _parent, _pow2_at_least, _target_key)
 from .images import Image
 from . import zonefile
 from .zonefile import _AT_CUT_OK, _GLUE, ZoneData, validate
@@ -48,7 +50,7 @@ _T_A, _T_NS, _T_CNAME, _T_SOA, _T_MX, _T_AAAA, _T_SRV, _T_DNAME, _T_RRSIG = \
 _REFS = (_T_NS, _T_MX, _T_SRV)
 _TARGET_POS = {_T_NS: 0, _T_MX: 2, _T_SRV: 6}
 
-MAX_LOAD = 0.6          # node table load above which we rebuild (probe chains grow fast)
+MAX_LOAD = 0.6          # node table load above which the zone gets a new, larger table
 _U32 = struct.Struct("<I")
 
 
@@ -243,9 +245,9 @@ class _Patch:
                 flags |= _APEX
             if (flags & _CUT) != (old_flags & _CUT):
                 toggled.add(key)        # a zone cut appears here: pointers below are redone
-            if old_off and (flags & (_CNAME_F | _DNAME_F)) != (old_flags & (_CNAME_F | _DNAME_F)) \
-                    and self.has_children(key, old_off):
-                raise _Fallback(f"{name}: CNAME/DNAME changes at a name with descendants")
+            # A CNAME or DNAME appearing or going at a name with descendants is node-local too:
+            # the flags live on this record only, and nothing below refers to them (the resolver
+            # checks CNAME at the node it found and DNAME at the closest encloser).
             if not rrsets:
                 flags |= _ENT
             flags |= old_flags & (_WCC | _BELOW)
@@ -284,8 +286,6 @@ class _Patch:
                 raise _Fallback("apex deleted")
             on = self.node(old_off)
             if self.has_children_new(key, old_off, new, removed):
-                if on[3] & (_CNAME_F | _DNAME_F):
-                    raise _Fallback("CNAME/DNAME removed at a name with descendants")
                 ent_inplace.add(old_off)
                 inplace[old_off] = (on[3] | _ENT) & ~(_CNAME_F | _DNAME_F | _CUT)
                 if on[3] & _CUT:
@@ -336,11 +336,9 @@ class _Patch:
         # 5b. zone cuts that appear or disappear: every name below gets the cut pointer and
         #     BELOW_CUT flag a full compile gives it (the highest cut at or above it wins)
         cut_fix = self.recut(zi, olabels, toggled, new, removed, inplace)
-        # 6. node table capacity
-        mask = zrec[6]
+        # 6. the node count (past MAX_LOAD of its table, layout() gives the zone a new table,
+        #    sized as the compiler sizes it and filled in C; the old one becomes garbage)
         n_nodes = zrec[7] + sum(1 for n in new.values() if not n.old_off) - len(removed)
-        if n_nodes > MAX_LOAD * (mask + 1):
-            raise _Fallback("node table too full")
         return self.layout(zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
                            r_rrsets, r_hashes, keys, cut_fix)
 
@@ -418,9 +416,6 @@ class _Patch:
             if nm[nm[0] + 1:] == key:
                 out.append(off)
         return np.array(out, dtype=np.uint32)
-
-    def has_children(self, key: bytes, off: int) -> bool:
-        return bool(self.children(key).size)
 
     def children(self, key: bytes) -> np.ndarray:
         """Old-image node offsets whose parent is `key` (hash match, then name check)."""
@@ -521,6 +516,13 @@ class _Patch:
         for ro, rs, hits in ref_updates:
             if len(hits) > rs[6]:
                 off += 4 * len(hits)
+        adds_end = off
+        ntab_off, mask = zrec[5], zrec[6]
+        regrow = n_nodes > MAX_LOAD * (mask + 1)
+        if regrow:
+            new_mask = _pow2_at_least(2 * n_nodes + 1) - 1
+            new_tab_off = off
+            off += 4 * (new_mask + 1)
         total = off
         if total > _MAX_IMAGE:
             raise _Fallback("image would exceed the format's 4 GiB limit")
@@ -588,7 +590,7 @@ class _Patch:
             if hits:
                 struct.pack_into(f"<{len(hits)}I", buf, lo, *hits)
             rrset_pack(buf, ro, rs[0], rs[1], rs[2], rs[3], rs[4], lo, len(hits), rs[7])
-        assert a_off == total
+        assert a_off == adds_end
         # flag-only edits (parents of wildcards; names kept as empty non-terminals)
         for o, fl in inplace.items():
             if o in moved:
@@ -609,9 +611,29 @@ class _Patch:
             fl = (struct.unpack_from("<H", buf, o + 6)[0] & ~_BELOW) | below
             struct.pack_into("<HI", buf, o + 6, fl, key_off(ck) if ck is not None else 0)
         # the node table
-        ntab_off, mask = zrec[5], zrec[6]
         tab = np.frombuffer(buf, dtype=np.uint32, count=mask + 1, offset=ntab_off)
-        for o, no in moved.items():
+        if regrow:
+            live = tab[tab != 0]
+            if removed:
+                gone = np.array([self.lookup_old(zi, k) for k in removed], dtype=np.uint32)
+                live = live[~np.isin(live, gone)]
+            if moved:
+                mo = np.array(list(moved), dtype=np.uint32)
+                mn = np.array(list(moved.values()), dtype=np.uint32)
+                order = np.argsort(mo)
+                mo, mn = mo[order], mn[order]
+                idx = np.searchsorted(mo, live)
+                hit = (idx < len(mo)) & (mo[np.minimum(idx, len(mo) - 1)] == live)
+                live = np.where(hit, mn[np.minimum(idx, len(mo) - 1)], live)
+            added = np.array([n.off for n in new.values() if not n.old_off], dtype=np.uint32)
+            live = np.ascontiguousarray(np.concatenate([live, added]), dtype=np.uint32)
+            del tab
+            if len(live) != n_nodes:
+                raise _Fallback("node count mismatch while regrowing the table")
+            _core.fill_table(buf, new_tab_off, new_mask, live)
+            ntab_off, mask = new_tab_off, new_mask
+            tab = None
+        for o, no in (moved.items() if tab is not None else ()):
             h = self.node(o)[8]
             slot = h & mask
             while int(tab[slot]) != o:
@@ -619,14 +641,14 @@ class _Patch:
                     raise _Fallback("node missing from its table")
                 slot = (slot + 1) & mask
             tab[slot] = no
-        for k in removed:
+        for k in (removed if tab is not None else ()):
             o = self.lookup_old(zi, k)
             h = self.node(o)[8]
             slot = h & mask
             while int(tab[slot]) != o:
                 slot = (slot + 1) & mask
             _delete_slot(buf, tab, slot, mask)
-        for n in new.values():
+        for n in (new.values() if tab is not None else ()):
             if n.old_off:
                 continue
             slot = _core.hash_name(n.key, self.seed) & mask
@@ -637,7 +659,7 @@ class _Patch:
         if soa_off == 0:
             soa_off = zrec[9]
         ZONE.pack_into(buf, self.zones_off + ZONE.size * zi, zrec[0], zrec[1], zrec[2], zrec[3],
-                       apex_off, zrec[5], zrec[6], n_nodes, neg_ttl, soa_off)
+                       apex_off, ntab_off, mask, n_nodes, neg_ttl, soa_off)
         HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total,
                          self.n_zones, self.zones_off, self.ztab_off, self.ztab_mask, self.seed,
                          HEADER.unpack_from(self.src, 0)[9], self.h_nodes + d_nodes,

@@ -38,6 +38,7 @@ import dns.serial
 import dns.zone
 
 from .errors import Pop53Error
+from .isolate import run_in_fork
 
 log = logging.getLogger("pop53.xfr")
 
@@ -353,49 +354,10 @@ class ZoneStore:
                                                           want_origin=True))
 
     def save_snapshot_isolated(self, zone: dns.zone.Zone, timeout: float = 900.0) -> None:
-        """save_snapshot() in a forked child.  Writing a million-name zone is tens of seconds of
-        pure Python; in a thread it would share the GIL with the engine applying the next
-        updates (measured: NOTIFY-to-visible 0.4 s became 1.1 s).  The child inherits the zone
-        copy-on-write, writes it, and exits; the caller's thread waits (os.waitpid releases the
-        GIL).  Falls back to writing here when fork is not possible."""
+        """save_snapshot() in a forked child (pop53.isolate): the child inherits the zone
+        copy-on-write and writes it while the engine keeps the GIL."""
         self.ensure()
-        try:
-            rfd, wfd = os.pipe()
-            pid = os.fork()
-        except OSError:
-            self.save_snapshot(zone)
-            return
-        if pid == 0:                            # child: write, report, leave without cleanup
-            code = 1
-            try:
-                os.close(rfd)
-                self.save_snapshot(zone)
-                os.write(wfd, b"ok")
-                code = 0
-            except BaseException as exc:        # noqa: BLE001 - report anything to the parent
-                try:
-                    os.write(wfd, f"{type(exc).__name__}: {exc}".encode()[:500])
-                except OSError:
-                    pass
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    raise OSError(f"{self.snapshot}: snapshot writer did not finish in {timeout:.0f} s")
-                time.sleep(0.05)
-            msg = os.read(rfd, 600)
-        finally:
-            os.close(rfd)
-        if os.waitstatus_to_exitcode(status) != 0 or msg != b"ok":
-            raise OSError(f"{self.snapshot}: snapshot writer failed: {msg.decode(errors='replace')}")
+        run_in_fork(lambda: self.save_snapshot(zone), f"{self.snapshot}: snapshot writer", timeout)
 
     def load_snapshot(self) -> dns.zone.Zone | None:
         if not self.snapshot.exists():

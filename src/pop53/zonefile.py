@@ -161,6 +161,10 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
         line = reader.where()[1] if "reader" in locals() else None
         raise ZoneError(f"{type(exc).__name__}: {exc}", file=source, line=line,
                         zone=str(origin)) from None
+    # The reader, its transaction and the _remember closure form a reference cycle that holds
+    # the whole zone; break it, so that a replaced zone is freed by reference counting, not by
+    # a full garbage collection that walks millions of objects (see xfr.settle_heap).
+    reader = None
     data = ZoneData(origin=origin, zone=zone, source=source, lines=lines)
     validate(data)
     return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdataset
 import dns.rdatatype
 import pytest
@@ -22,7 +23,7 @@ OTHER = "o.example."          # a second zone whose NS/MX point into t.example. 
 LABELS = ["a", "b", "c", "*", "mail", "ns1"]
 NAMES = [""] + [l for l in LABELS] + [f"{x}.{y}" for x in ("a", "b", "*", "ns1") for y in ("a", "b", "c")] \
     + ["x.a.b", "*.c.a", "d.c.b"]
-TYPES = ["A", "AAAA", "TXT", "MX", "NS", "CNAME", "SOA", "ANY", "SRV", "DS"]
+TYPES = ["A", "AAAA", "TXT", "MX", "NS", "CNAME", "SOA", "ANY", "SRV", "DS", "DNAME"]
 # where delegations come and go: names with and without descendants, glue below, nested cuts
 CUT_NAMES = ["a", "b", "c", "a.b", "b.a", "x.a.b", "c.a", "d.c.b", "mail"]
 
@@ -114,6 +115,8 @@ def _rdata(draw, rtype):
         return _abs(draw(st.sampled_from(["ns1", "mail", "a", "b.a", "x.a.b", "c"])))
     if rtype == "CNAME":
         return _abs(draw(st.sampled_from(NAMES)))
+    if rtype == "DNAME":
+        return draw(st.sampled_from([OTHER, _abs("a"), "example.net."]))
     raise AssertionError(rtype)
 
 
@@ -140,12 +143,17 @@ def _edit(draw, model):
                 m.pop(name, None)
             continue
         rtype = "NS" if name == "" and draw(st.booleans()) else draw(
-            st.sampled_from(["A", "AAAA", "TXT", "MX", "CNAME", "A"]))
+            st.sampled_from(["A", "AAAA", "TXT", "MX", "CNAME", "A", "DNAME"]))
         rrs = m.setdefault(name, {})
         if kind == "add":
             if rtype == "CNAME":
                 rrs.clear()
                 rrs["CNAME"] = {_rdata(draw, "CNAME")}
+            elif rtype == "DNAME":
+                # RFC 6672: one DNAME, beside anything but a CNAME; no data below it (a DNAME
+                # at a name with descendants is invalid and skipped by the validator)
+                rrs.pop("CNAME", None)
+                rrs["DNAME"] = {_rdata(draw, "DNAME")}
             else:
                 rrs.pop("CNAME", None)
                 rrs.setdefault(rtype, set()).add(_rdata(draw, rtype))
@@ -155,7 +163,7 @@ def _edit(draw, model):
                 if not rrs[rtype]:
                     del rrs[rtype]
         else:
-            if rtype != "CNAME" and "CNAME" not in rrs:
+            if rtype not in ("CNAME", "DNAME") and "CNAME" not in rrs:
                 rrs[rtype] = {_rdata(draw, rtype)}
         if not rrs and name:
             del m[name]
@@ -299,9 +307,27 @@ def test_fallbacks():
     # a delegation disappears: patched (the cut was a leaf)
     out, why = attempt(lambda m: m.pop("d"))
     assert out is not None, why
-    # a CNAME replaces data at a name with descendants (b has x.a.b below a.b below b)
-    out, why = attempt(lambda m: m.update({"b": {"CNAME": {f"a.{ORIGIN}"}}}))
-    assert out is None and "descendants" in why
+    # a CNAME replaces data at a name with descendants (b has x.a.b below a.b below b): only
+    # b's record changes, so it is patched, and answers as a full compile
+    for edit in (lambda m: m.update({"b": {"CNAME": {f"a.{ORIGIN}"}}}),
+                 lambda m: m.update({"a.b": {"CNAME": {f"mail.{ORIGIN}"}}})):   # at an ENT
+        out, why = attempt(edit)
+        assert out is not None, why
+        _core.ImageView(bytes(out), True)
+        m = {k: {t: set(v) for t, v in rr.items()} for k, rr in model.items()}
+        edit(m)
+        assert _answers(out) == _answers(compile_zone_data([_data(m, 2), _other_zone()]))
+        # and back: the CNAME goes again (b keeps its descendants)
+        back = patch_image(out, ORIGIN, _data(model, 3), _diff(m, model))
+        assert back is not None, patch_image.last_reason
+        assert _answers(back) == _answers(compile_zone_data([_data(model, 3), _other_zone()]))
+        # or the name goes altogether: its record becomes an empty non-terminal in place
+        gone = {k: v for k, v in m.items() if k not in ("b", "a.b")}
+        ent = patch_image(out, ORIGIN, _data(gone, 3), _diff(m, gone))
+        assert ent is not None, patch_image.last_reason
+        _core.ImageView(bytes(ent), True)
+        full = compile_zone_data([_data(gone, 3), _other_zone()])
+        assert _answers(ent) == _answers(full) and _nodes(ent) == _nodes(full)
     # a deleted name whose parent is an ENT left without children: a.b goes with x.a.b
     out, why = attempt(lambda m: m.pop("x.a.b"))
     if out is not None:   # handled by cascading the ENT removal
@@ -381,14 +407,36 @@ def test_validate_changes_with_a_new_delegation_does_not_need_full_validate(monk
         validate_changes(bad, {name})
 
 
-def test_table_too_full_falls_back():
+def _mask(image) -> int:
+    from pop53.compiler import HEADER, ZONE
+    buf = bytes(image)
+    h = HEADER.unpack_from(buf, 0)
+    return ZONE.unpack_from(buf, h[5])[6]
+
+
+def test_table_past_max_load_grows_in_the_patch():
+    # names added in steps until the table has doubled twice: each step patched (never a full
+    # compile), each result passes full validation and answers like a full compile
     model = _base_model()
     image = compile_zone_data([_data(model, 1)])
-    m = {k: {t: set(v) for t, v in rr.items()} for k, rr in model.items()}
-    for i in range(60):
-        m[f"n{i}"] = {"A": {f"192.0.2.{i + 1}"}}
-    assert patch_image(image, ORIGIN, _data(m, 2), _diff(model, m)) is None
-    assert "full" in patch_image.last_reason
+    masks = [_mask(image)]
+    for step in range(6):
+        m = {k: {t: set(v) for t, v in rr.items()} for k, rr in model.items()}
+        for i in range(20 * step, 20 * step + 20):
+            m[f"n{i}.g{i % 3}"] = {"A": {f"192.0.2.{i % 250 + 1}"}}     # new ENTs g0..g2 too
+        if step == 3:
+            for i in range(0, 20):
+                m.pop(f"n{i}.g{i % 3}")                                # deletes in a regrow
+        new_data = _data(m, step + 2)
+        out = patch_image(image, ORIGIN, new_data, _diff(model, m))
+        assert out is not None, patch_image.last_reason
+        _core.ImageView(bytes(out), True)
+        full = compile_zone_data([new_data])
+        assert _answers(out) == _answers(full)
+        assert _nodes(out) == _nodes(full) and out.counts == full.counts
+        masks.append(_mask(out))
+        image, model = out, m
+    assert masks[-1] >= 4 * (masks[0] + 1) - 1, masks       # grew at least twice
 
 
 def test_validate_changes_catches_what_validate_catches():
@@ -450,19 +498,19 @@ def test_image_publisher_patches_ixfr_and_marks_expired_zones():
             pop53.answer(image, dns.message.make_query(name, rdtype).to_wire(), ("127.0.0.1", 1))).rcode()
 
     pub(ORIGIN, version(d1, None, None))                     # first load: full compile
-    assert pub.stats == {"patched": 0, "compiled": 1}
+    assert (pub.stats["patched"], pub.stats["compiled"]) == (0, 1)
     m2 = {k: {t: set(v) for t, v in rr.items()} for k, rr in model.items()}
     m2["new"] = {"A": {"192.0.2.77"}}
     d2 = _data(m2, 2)
     pub(ORIGIN, version(d2, d1, _diff(model, m2)))          # IXFR: patched
-    assert pub.stats == {"patched": 1, "compiled": 1}
+    assert (pub.stats["patched"], pub.stats["compiled"]) == (1, 1)
     assert _answers(images[-1]) == _answers(compile_zone_data([d2, _other_zone()]))
     # a diff that does not start at the published serial is compiled in full
     m3 = {k: {t: set(v) for t, v in rr.items()} for k, rr in m2.items()}
     m3["new2"] = {"A": {"192.0.2.78"}}
     d3 = _data(m3, 3)
     pub(ORIGIN, version(d3, d1, _diff(m2, m3)))
-    assert pub.stats == {"patched": 1, "compiled": 2}
+    assert (pub.stats["patched"], pub.stats["compiled"]) == (1, 2)
     # expired: the zone stays in the image and answers SERVFAIL (not REFUSED); others unaffected
     pub(ORIGIN, None)
     assert rcode(images[-1], "new." + ORIGIN) == dns.rcode.SERVFAIL
@@ -475,3 +523,96 @@ def test_image_publisher_patches_ixfr_and_marks_expired_zones():
     assert pub.stats["compiled"] == 4
     assert rcode(images[-1], "new." + ORIGIN) == dns.rcode.NOERROR
     assert _answers(images[-1]) == _answers(compile_zone_data([d4, _other_zone()]))
+
+
+def _version(data, prev, changed):
+    from pop53 import journal as jr
+    from pop53 import xfr
+    step = jr.diff_zones(prev.zone, data.zone) if prev is not None else None
+    return xfr.ZoneVersion(ORIGIN, data.serial, data.zone, data, 0,
+                           (step,) if step else None, frozenset(changed) if changed else None)
+
+
+def test_image_publisher_compacts_in_the_background_and_keeps_later_updates():
+    """A patched image past MAX_GROWTH is published at once; the compaction (a full compile in
+    a forked child) replaces it later, with the updates published meanwhile patched onto it."""
+    import os
+    import time
+    from pop53 import xfr
+
+    parent = os.getpid()
+
+    def slow_in_child(zones, **kw):
+        if os.getpid() != parent:
+            time.sleep(1.0)           # the compaction is still running while the next update lands
+        return compile_zone_data(zones, **kw)
+
+    images = []
+    pub = xfr.ImagePublisher(images.append, static=[_other_zone()], compile_zone_data=slow_in_child)
+    pub.MAX_GROWTH = 1.0              # any garbage triggers a compaction
+    model = _base_model()
+    datas = [_data(model, 1)]
+    pub(ORIGIN, _version(datas[0], None, None))
+    models = [model]
+    for serial in (2, 3, 4):
+        m = _copy(models[-1])
+        m[f"n{serial}"] = {"A": {f"192.0.2.{serial}"}}
+        m["a"]["TXT"] = {f'"v{serial}"'}
+        d = _data(m, serial)
+        pub(ORIGIN, _version(d, datas[-1], _diff(models[-1], m)))
+        models.append(m)
+        datas.append(d)
+        # published at once, patched (not waiting for the compaction)
+        assert images[-1].zones()[ORIGIN] == serial
+    assert pub.stats["patched"] == 3 and pub.stats["compiled"] == 1
+    patched_size = len(images[-1])
+    assert pub.wait_compaction(60)
+    assert pub.stats["compacted"] == 1, pub.stats
+    final = images[-1]
+    assert final is pub.last_image and final.zones()[ORIGIN] == 4
+    assert len(final) < patched_size                 # the garbage is gone
+    _core.ImageView(bytes(final), True)
+    assert _answers(final) == _answers(compile_zone_data([datas[-1], _other_zone()]))
+
+
+def test_image_publisher_drops_a_compaction_overtaken_by_an_expiry():
+    import os
+    import time
+    from pop53 import xfr
+
+    parent = os.getpid()
+
+    def slow_in_child(zones, **kw):
+        if os.getpid() != parent:
+            time.sleep(1.0)
+        return compile_zone_data(zones, **kw)
+
+    images = []
+    pub = xfr.ImagePublisher(images.append, compile_zone_data=slow_in_child)
+    pub.MAX_GROWTH = 1.0
+    model = _base_model()
+    d1 = _data(model, 1)
+    pub(ORIGIN, _version(d1, None, None))
+    m = _copy(model)
+    m["n"] = {"A": {"192.0.2.9"}}
+    pub(ORIGIN, _version(_data(m, 2), d1, _diff(model, m)))    # patched, compaction starts
+    pub(ORIGIN, None)                                          # the zone expires meanwhile
+    assert pub.wait_compaction(60)
+    assert pub.stats["compacted"] == 0 and pub.stats["compactions_dropped"] == 1
+    r = dns.message.from_wire(pop53.answer(images[-1], dns.message.make_query(
+        "n." + ORIGIN, "A").to_wire(), ("127.0.0.1", 1)))
+    assert r.rcode() == dns.rcode.SERVFAIL                    # the expiry stands
+
+
+def test_image_publisher_settles_the_heap_after_a_big_full_compile():
+    import gc
+    from pop53 import xfr
+
+    pub = xfr.ImagePublisher(lambda image: None)
+    pub.SETTLE_NODES = 10
+    gc.unfreeze()
+    try:
+        pub(ORIGIN, _version(_data(_base_model(), 1), None, None))
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -125,6 +125,31 @@ def test_invalid_ixfr_rejected_old_version_kept(setup, case, extra, message):
     assert rec.rdata(ZONE, "www.safe.example.", "A") == ["192.0.2.1"]
 
 
+def test_two_cnames_in_one_axfr_message_rejected(setup):
+    """Two CNAMEs at one name inside one AXFR message: parsed RR by RR (one_rr_per_rrset), so
+    dnspython's message reader cannot quietly keep only the last one (RFC 2181 §10.1)."""
+    p, e, rec = setup()
+    bad = zone(2)
+    origin = dns.name.from_text(ZONE)
+
+    def hook(q):
+        if q.question[0].rdtype == dns.rdatatype.IXFR:
+            r = dns.message.make_response(q)
+            r.set_rcode(dns.rcode.NOTIMP)       # force the full transfer
+            return [r.to_wire()]
+        soa = journal.soa_of(bad)
+        c = dns.name.from_text("c", origin)
+        cn = [(c, 300, dns.rdata.from_text(1, "CNAME", t)) for t in ("a.example.", "b.example.")]
+        rest = [r for r in journal.iter_rrs(bad) if r[2].rdtype != dns.rdatatype.SOA]
+        return p.render(q, [[soa, *rest, *cn, soa]])   # one message
+    p.xfr_hook = hook
+    push(p, e, bad)
+    wait_for(lambda: e.stats["update.rejected.validation"] + e.stats.get("update.rejected.transfer", 0) >= 1
+             or "two CNAME" in (e.status()["zones"][ZONE].get("last_error") or ""), 10, what="rejection")
+    assert served(e) == 1 and rec.serial(ZONE) == 1
+    assert "two CNAME records" in e.status()["zones"][ZONE]["last_error"]
+
+
 def test_ixfr_that_does_not_fit_falls_back_to_axfr(setup):
     p, e, rec = setup()
     good = zone(2, "new A 192.0.2.2")
