@@ -20,7 +20,7 @@ _RRSET = struct.Struct("<HHIIIIHH")
 class Image:
     """An immutable compiled image.  Cheap to share between threads: workers read it lock-free."""
 
-    __slots__ = ("view", "_data", "path")
+    __slots__ = ("view", "_data", "path", "__weakref__")
 
     def __init__(self, data, path: str | None = None, *, full_check: bool = True):
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import struct
+import weakref
 from socket import AF_INET, AF_INET6, inet_pton
 
 import dns.name
@@ -52,6 +53,35 @@ _TARGET_POS = {_T_NS: 0, _T_MX: 2, _T_SRV: 6}
 
 MAX_LOAD = 0.6          # node table load above which the zone gets a new, larger table
 _U32 = struct.Struct("<I")
+
+
+# The patch index of an image: (node offsets, their cut_off, their parent-name hashes) over every
+# node of every zone table, and (rrset_t offset, target hash) per NS/MX/SRV record.  One C pass
+# (`_core.patch_scan`) builds it for a compiled image; each patch derives its result's index from
+# its source's (the records it dropped and added are known), so an update never walks the image.
+_INDEX: "weakref.WeakKeyDictionary[Image, tuple]" = weakref.WeakKeyDictionary()
+
+
+def scan_image(src) -> tuple:
+    """The patch index of image bytes, by one C pass over every node (tens to hundreds of ms
+    for a million names)."""
+    h = HEADER.unpack_from(src, 0)
+    n_cap, r_cap = max(1, h[10]), max(1, h[12])
+    nodes, cuts, parents = (np.empty(n_cap, np.uint32) for _ in range(3))
+    r_rrsets, r_hashes = np.empty(r_cap, np.uint32), np.empty(r_cap, np.uint32)
+    nn, nr = _core.patch_scan(src, nodes, cuts, parents, r_rrsets, r_hashes)
+    return nodes[:nn], cuts[:nn], parents[:nn], r_rrsets[:nr], r_hashes[:nr]
+
+
+def patch_index(image: Image) -> tuple:
+    """The patch index of `image`: carried forward from the patch that made it, or scanned now
+    (and kept while the image lives).  The publisher calls this right after a full compile, so
+    the first update after it does not pay for the scan."""
+    idx = _INDEX.get(image)
+    if idx is None:
+        src = image._data
+        idx = _INDEX[image] = scan_image(src if isinstance(src, (bytes, bytearray)) else memoryview(src))
+    return idx
 
 
 class _Fallback(Exception):
@@ -102,7 +132,8 @@ def _encode_node(name: dns.name.Name, node, okey: bytes, zone: ZoneData):
 
 class _New:
     """A node record to append: from zone data (`rrsets`) or an empty non-terminal."""
-    __slots__ = ("key", "labels", "flags", "rrsets", "cut_key", "off", "size", "old_off", "adds")
+    __slots__ = ("key", "labels", "flags", "rrsets", "cut_key", "off", "size", "old_off", "adds",
+                 "cut_off")
 
     def __init__(self, key, rrsets, flags, old_off=0):
         self.key = key
@@ -114,10 +145,13 @@ class _New:
         self.size = 0
         self.old_off = old_off
         self.adds = {}
+        self.cut_off = 0
 
 
 class _Patch:
     def __init__(self, old: Image, origin: dns.name.Name, data: ZoneData, changed):
+        self.old = old
+        self.next_index = None
         self.src = memoryview(old._data) if not isinstance(old._data, (bytes, bytearray)) else old._data
         h = HEADER.unpack_from(self.src, 0)
         (_m, _v, _hs, self.size, self.n_zones, self.zones_off, self.ztab_off, self.ztab_mask,
@@ -203,19 +237,8 @@ class _Patch:
                     raise _Fallback(f"{name} is at or below another zone of the image")
             keys[key] = name
 
-        # One pass over the image (C): node offsets, cut pointers, parent hashes, NS/MX/SRV refs.
-        n_cap = max(1, self.h_nodes)
-        r_cap = max(1, self.h_records)
-        self.s_nodes = np.empty(n_cap, np.uint32)
-        self.s_cuts = np.empty(n_cap, np.uint32)
-        self.s_parents = np.empty(n_cap, np.uint32)
-        r_rrsets = np.empty(r_cap, np.uint32)
-        r_hashes = np.empty(r_cap, np.uint32)
-        nn, nr = _core.patch_scan(self.src, self.s_nodes, self.s_cuts, self.s_parents,
-                                  r_rrsets, r_hashes)
-        self.s_nodes, self.s_cuts, self.s_parents = \
-            self.s_nodes[:nn], self.s_cuts[:nn], self.s_parents[:nn]
-        r_rrsets, r_hashes = r_rrsets[:nr], r_hashes[:nr]
+        # The patch index (node offsets, cut pointers, parent hashes, NS/MX/SRV refs).
+        self.s_nodes, self.s_cuts, self.s_parents, r_rrsets, r_hashes = patch_index(self.old)
 
         new: dict[bytes, _New] = {}      # records to append (changed names, new ENTs)
         removed: set[bytes] = set()      # names leaving the table
@@ -439,7 +462,7 @@ class _Patch:
 
     # ------------------------------------------------------------------ writing
     def layout(self, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
-               r_rrsets, r_hashes, keys, cut_fix) -> bytearray:
+               r_rrsets, r_hashes, keys, cut_fix) -> memoryview:
         base = _align4(self.size)
         off = base
         for n in new.values():
@@ -527,8 +550,12 @@ class _Patch:
         if total > _MAX_IMAGE:
             raise _Fallback("image would exceed the format's 4 GiB limit")
 
-        buf = bytearray(total)
-        buf[:self.size] = self.src
+        # the copy: numpy's allocation (huge pages where the kernel allows: a 90 MB image is
+        # copied in ~15 ms, a zero-filled bytearray took ~130 ms), tail zeroed
+        arr = np.empty(total, np.uint8)
+        arr[:self.size] = np.frombuffer(self.src, np.uint8, count=self.size)
+        arr[self.size:] = 0
+        buf = memoryview(arr)
         node_pack, rrset_pack = NODE.pack_into, RRSET.pack_into
         d_nodes = d_rrsets = d_records = 0
         for o in moved:
@@ -577,7 +604,8 @@ class _Patch:
                 a_off += 4 * len(hits)
                 return this_add, len(hits)
 
-            soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, resolve_cut(n), n.rrsets, zi,
+            n.cut_off = resolve_cut(n)
+            soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, n.cut_off, n.rrsets, zi,
                                  self.seed, adds) or soa_off
             d_rrsets += len(n.rrsets)
             d_records += sum(len(rr[2]) for rr in n.rrsets)
@@ -665,7 +693,58 @@ class _Patch:
                          HEADER.unpack_from(self.src, 0)[9], self.h_nodes + d_nodes,
                          self.h_rrsets + d_rrsets, self.h_records + d_records, 0)
         struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
+        self.next_index = self.carry_index(buf, zi, new, removed, moved, dead, cut_moves, cut_fix,
+                                           key_off, r_rrsets, r_hashes)
         return buf
+
+    def carry_index(self, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_off,
+                    r_rrsets, r_hashes) -> tuple:
+        """The patched image's patch index, from ours: the records replaced or removed leave
+        it, the appended ones join it, and the cut pointers rewritten in place change (what a
+        fresh `scan_image` of the result gives; the property test compares the two)."""
+        nodes, cuts, parents = self.s_nodes, self.s_cuts, self.s_parents
+        dropped = list(moved) + [self.lookup_old(zi, k) for k in removed]
+        if dropped:
+            keep = ~np.isin(nodes, np.array(dropped, dtype=np.uint32))
+            nodes, cuts, parents = nodes[keep], cuts[keep], parents[keep]
+        cuts = cuts.copy()
+        for o in cut_moves:
+            cuts[cuts == o] = moved[o]
+        if cut_fix:
+            fix = {o: (key_off(ck) if ck is not None else 0) for o, (ck, _b) in cut_fix.items()}
+            where = np.flatnonzero(np.isin(nodes, np.array(list(fix), dtype=np.uint32)))
+            for i in where.tolist():
+                cuts[i] = fix[int(nodes[i])]
+        add = list(new.values())
+        n_offs = np.array([n.off for n in add], dtype=np.uint32)
+        n_cuts = np.array([n.cut_off for n in add], dtype=np.uint32)
+        n_par = np.array([_core.hash_name(n.key[n.key[0] + 1:], self.seed) if len(n.key) > 1 else 0
+                          for n in add], dtype=np.uint32)
+        nodes = np.concatenate([nodes, n_offs])
+        cuts = np.concatenate([cuts, n_cuts])
+        parents = np.concatenate([parents, n_par])
+        # references: those inside dead rrset_t arrays go, the new records' join
+        if dead and len(r_rrsets):
+            d = sorted(dead)
+            starts = np.array([a for a, _b in d], dtype=np.int64)
+            ends = np.array([b for _a, b in d], dtype=np.int64)
+            pos = np.searchsorted(starts, r_rrsets, "right") - 1
+            inside = (pos >= 0) & (r_rrsets < ends[np.maximum(pos, 0)])
+            r_rrsets, r_hashes = r_rrsets[~inside], r_hashes[~inside]
+        ro, rh = [], []
+        for n in add:
+            if not any(rr[3] for rr in n.rrsets):
+                continue
+            base = NODE.unpack_from(buf, n.off)[5]
+            for i, rr in enumerate(n.rrsets):
+                if rr[0] in _REFS:
+                    for t in rr[3]:
+                        ro.append(base + RRSET.size * i)
+                        rh.append(_core.hash_name(t, self.seed))
+        if ro:
+            r_rrsets = np.concatenate([r_rrsets, np.array(ro, dtype=np.uint32)])
+            r_hashes = np.concatenate([r_hashes, np.array(rh, dtype=np.uint32)])
+        return nodes, cuts, parents, r_rrsets, r_hashes
 
 
 def _is_below(key: bytes, anc: bytes) -> bool:
@@ -704,13 +783,16 @@ def patch_image(old: Image, zone_origin, new_data: ZoneData, changed_names) -> I
         zone_origin = dns.name.from_text(zone_origin)
     if new_data.origin != zone_origin or not changed_names:
         return None
+    p = _Patch(old, zone_origin, new_data, list(changed_names))
     try:
-        buf = _Patch(old, zone_origin, new_data, list(changed_names)).run()
+        buf = p.run()
     except _Fallback as exc:
         patch_image.last_reason = str(exc)
         return None
     patch_image.last_reason = None
-    return Image(buf, full_check=False)
+    image = Image(buf, full_check=False)
+    _INDEX[image] = p.next_index
+    return image
 
 
 patch_image.last_reason = None

@@ -545,6 +545,9 @@ class ImagePublisher:
             self._gen += 1          # a compaction in flight is stale now
             if image.counts["nodes"] >= self.SETTLE_NODES:
                 settle_heap()
+            if self.incremental:    # the next update's patch starts from a ready index
+                from .incremental import patch_index
+                patch_index(image)
 
     def _compile_all(self, zones: dict, expired: set, name: str):
         present = [d for d in zones.values() if d is not None]
@@ -592,6 +595,8 @@ class ImagePublisher:
                 (compile_(static + present, expired=exp) if exp else compile_(static + present)).save(path)
             run_in_fork(work, "image compaction", self.COMPACT_TIMEOUT)
             image = load_image(path)
+            from .incremental import patch_index
+            patch_index(image)      # outside the lock: the engine keeps publishing meanwhile
             log.info("compaction: %d bytes compiled in %.1f s", len(image), time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001 - the patched image keeps serving
             log.error("compaction failed, the patched image keeps serving: %s", exc)
