@@ -13,6 +13,20 @@ import time
 from collections.abc import Callable
 
 
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: a child must not outlive the server and write state behind the back of
+    the next one.  (The signal follows the forking thread, which waits for the child.)"""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)     # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:                       # the parent died before the prctl
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_in_fork(fn: Callable[[], None], what: str, timeout: float) -> None:
     """Run fn() in a forked child and wait for it.  Raises OSError naming `what` with the
     child's error, or when it did not finish in `timeout` seconds (it is killed).  Runs fn()
@@ -22,6 +36,7 @@ def run_in_fork(fn: Callable[[], None], what: str, timeout: float) -> None:
     except OSError:
         fn()
         return
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:
@@ -33,6 +48,7 @@ def run_in_fork(fn: Callable[[], None], what: str, timeout: float) -> None:
         code = 1
         try:
             os.close(rfd)
+            _die_with_parent(parent)
             fn()
             os.write(wfd, b"ok")
             code = 0

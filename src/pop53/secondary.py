@@ -58,7 +58,8 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
     holder: dict = {}
     server = Server(cfg)
     files = server.load_zone_files()
-    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()))
+    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
+                                   check_image=server._check_size)
     service = xfr.XfrService(xcfg, publisher)
     server.control_handler = ControlPlane(service)
     for name, data in files.items():

@@ -468,8 +468,11 @@ class ImagePublisher:
 
     def __init__(self, server_publish: Callable[[Any], None], static: list | tuple = (),
                  compile_zone_data: Callable | None = None, incremental: bool = True,
-                 compact_in_background: bool = True):
+                 compact_in_background: bool = True, check_image: Callable | None = None):
         self.server_publish = server_publish
+        # raises (a Pop53Error, e.g. the server's max_image_bytes) for an image that must not
+        # be published: the update is rejected and the previous image keeps serving
+        self.check_image = check_image
         self.static = list(static)
         self.zones: dict[str, Any] = {}
         self.expired: set[str] = set()
@@ -527,8 +530,17 @@ class ImagePublisher:
             log.exception("zone %s: incremental patch failed, compiling in full: %s", name, exc)
             image = None
         patched = image is not None
+        if patched and self.check_image is not None:
+            try:
+                self.check_image(image)
+            except Pop53Error as exc:
+                # the garbage of earlier patches may be what is over the limit: compact now
+                log.info("zone %s: patched image refused (%s); compiling in full", name, exc)
+                image, patched = None, False
         if image is None:
             image = self._compile_all(zones, expired, name)
+            if self.check_image is not None:
+                self.check_image(image)
         self.server_publish(image)
         self.zones = zones
         self.expired = expired
@@ -626,6 +638,13 @@ class ImagePublisher:
             image = patch_image(image, name, data, since.get(name, ())) if since.get(name) else None
             if image is None:
                 log.info("compaction dropped: zone %s changed meanwhile and did not patch", name)
+                self.stats["compactions_dropped"] += 1
+                return
+        if self.check_image is not None:
+            try:
+                self.check_image(image)
+            except Pop53Error as exc:
+                log.info("compaction dropped: %s", exc)
                 self.stats["compactions_dropped"] += 1
                 return
         self.server_publish(image)

@@ -632,3 +632,41 @@ def test_image_publisher_settles_the_heap_after_a_big_full_compile():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_image_publisher_refuses_an_image_over_the_size_limit():
+    """server.max_image_bytes through check_image: an update whose image would be too big is
+    rejected (the previous image keeps serving); a patched image over the limit only because of
+    garbage is compiled in full instead."""
+    from pop53 import xfr
+    from pop53.errors import Pop53Error
+
+    images = []
+    limit = {"bytes": 1 << 30}
+
+    def check(image):
+        if len(image) > limit["bytes"]:
+            raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes")
+
+    pub = xfr.ImagePublisher(images.append, check_image=check, compact_in_background=False)
+    pub.MAX_GROWTH = 100.0
+    model = _base_model()
+    d1 = _data(model, 1)
+    pub(ORIGIN, _version(d1, None, None))
+    full1 = len(images[-1])
+    # a small change whose patched image is over the limit only by its garbage: compiled in full
+    m2 = _copy(model)
+    m2["a"]["TXT"] = {'"' + "x" * 200 + '"'}
+    d2 = _data(m2, 2)
+    limit["bytes"] = len(compile_zone_data([d2]))
+    pub(ORIGIN, _version(d2, d1, _diff(model, m2)))
+    assert pub.stats["compiled"] == 2 and images[-1].zones()[ORIGIN] == 2
+    # an update that is too big whatever we do: refused, nothing published, old data kept
+    m3 = _copy(m2)
+    for i in range(40):
+        m3[f"big{i}"] = {"TXT": {'"' + "y" * 200 + '"'}}
+    n = len(images)
+    with pytest.raises(Pop53Error, match="max_image_bytes"):
+        pub(ORIGIN, _version(_data(m3, 3), d2, _diff(m2, m3)))
+    assert len(images) == n and pub.zones[ORIGIN].serial == 2
+    assert full1 < limit["bytes"]
