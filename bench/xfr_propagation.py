@@ -131,6 +131,51 @@ class Knot:
                 self.proc.wait(10)
 
 
+PHASES = (("xfr_done", "SOA check + IXFR"), ("applied", "apply diff"), ("validated", "validate"),
+          ("published", "patch/compile + swap"))
+
+
+def chart(rows: list[dict], path: Path, title: str) -> None:
+    """NOTIFY -> visible per change, split into the engine's phases, with the 1 s target."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    xs = list(range(len(rows)))
+    bottom = [0.0] * len(rows)
+    for key, label in PHASES:
+        vals = [r.get(key, 0.0) for r in rows]
+        ax.bar(xs, vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    rest = [max(0.0, r["notify_to_visible"] - b) for r, b in zip(rows, bottom)]
+    ax.bar(xs, rest, bottom=bottom, label="until the poller saw it", color="#cccccc")
+    ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target: 1 s")
+    ax.set_xticks(xs, [f"{i}{'*' if r.get('compacting') else ''}" for i, r in enumerate(rows)])
+    ax.set_xlabel("change (* = a background compaction was running)")
+    ax.set_ylabel("seconds from NOTIFY to visible")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_ylim(0, max(1.1, max(r["notify_to_visible"] for r in rows) * 1.15))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def rows_from_markdown(md: Path) -> tuple[list[dict], str]:
+    """The per-change rows of a results file this script wrote (to redraw its chart)."""
+    rows, title = [], ""
+    for line in md.read_text().splitlines():
+        if line.startswith("Command:"):
+            title = line.split("`")[1]
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0].isdigit():
+            rows.append({"notify_to_visible": float(cells[1]), "xfr_done": float(cells[4]),
+                         "applied": float(cells[5]), "validated": float(cells[6]),
+                         "published": float(cells[7]), "compacting": "compaction" in cells[8]})
+    return rows, title
+
+
 def answer_ok(pop53, image, name: str, want: str) -> bool:
     q = dns.message.make_query(name, "A")
     r = dns.message.from_wire(pop53.answer(image, q.to_wire(), ("127.0.0.1", 5353)))
@@ -149,7 +194,14 @@ def main(argv=None) -> int:
                          "compaction, so the changes land while one runs)")
     ap.add_argument("--full", action="store_true",
                     help="disable the IXFR fast path (pop53.incremental): full compile per update")
+    ap.add_argument("--replot", type=Path, default=None,
+                    help="only redraw the PNG beside an existing results markdown file")
     args = ap.parse_args(argv)
+    if args.replot is not None:
+        rows, title = rows_from_markdown(args.replot)
+        chart(rows, args.replot.with_suffix(".png"), title)
+        print(f"wrote {args.replot.with_suffix('.png')}")
+        return 0
     if not shutil.which("knotd"):
         print("knotd not installed (scripts/setup.sh installs it)", file=sys.stderr)
         return 2
@@ -294,6 +346,7 @@ def main(argv=None) -> int:
         "Not met." + (" (--full: the IXFR fast path was disabled.)" if args.full else "")))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    chart(rows, args.out.with_suffix(".png"), lines[2].split("`")[1])
     print("\n".join(lines))
     return 0
 
