@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.update
 
-from xfr_support import KEYNAME, SECRET, free_port, tsig_key
+from xfr_support import KEYNAME, SECRET, free_port, stop_daemon, tsig_key
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 
@@ -156,13 +156,7 @@ controls {{ }};
         self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_daemon(self.proc)
         self.proc = None
         if self._stderr is not None:
             self._stderr.close()

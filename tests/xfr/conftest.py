@@ -3,21 +3,32 @@ from __future__ import annotations
 
 import pytest
 
+from bind_support import Bind
 from xfr_support import FakePrimary, Knot
+
+
+def _daemons(cls, tmp_path, default: str):
+    """make(name) starts nothing by itself: it builds the launcher; all are stopped at the end."""
+    started = []
+
+    def make(name: str = default):
+        d = cls(tmp_path, name)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
 
 
 @pytest.fixture
 def knot_factory(tmp_path):
-    started: list[Knot] = []
+    yield from _daemons(Knot, tmp_path, "knot")
 
-    def make(name: str = "knot") -> Knot:
-        k = Knot(tmp_path, name)
-        started.append(k)
-        return k
 
-    yield make
-    for k in started:
-        k.stop()
+@pytest.fixture
+def bind_factory(tmp_path):
+    yield from _daemons(Bind, tmp_path, "bind")
 
 
 @pytest.fixture

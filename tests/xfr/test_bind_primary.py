@@ -20,19 +20,6 @@ pytestmark = pytest.mark.peers
 ZONE = "example.org."
 
 
-@pytest.fixture
-def bind_factory(tmp_path):
-    started: list[Bind] = []
-
-    def make(name: str = "bind") -> Bind:
-        b = Bind(tmp_path, name)
-        started.append(b)
-        return b
-
-    yield make
-    for b in started:
-        b.stop()
-
 
 def bind_primary(bind_factory, pop_port, dynamic=True, serial=1) -> Bind:
     # refresh 3600: within a test only a NOTIFY can make pop53 look again, never its timer.
