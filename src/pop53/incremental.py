@@ -598,8 +598,7 @@ class _Patch:
         if total > _MAX_IMAGE:
             raise _Fallback("image would exceed the format's 4 GiB limit")
 
-        # the copy: numpy's allocation (huge pages where the kernel allows: a 90 MB image is
-        # copied in ~15 ms, a zero-filled bytearray took ~130 ms), tail zeroed
+        # the copy, into the spare buffer when one is ready (see _Spare), else into fresh memory
         arr = _SPARE.take(total)
         if arr is None:
             arr = np.empty(total, np.uint8)

@@ -561,13 +561,13 @@ class ImagePublisher:
                 from .incremental import patch_index
                 patch_index(image)
 
-    def _compile_all(self, zones: dict, expired: set, name: str):
+    def _compile_all(self, zones: dict, expired: set, name: str, static: list | None = None):
         present = [d for d in zones.values() if d is not None]
         exp = sorted(z for z in expired if zones.get(z) is not None)
+        everything = (self.static if static is None else static) + present
         compile_ = self._compiler()
         try:
-            return compile_(self.static + present, expired=exp) if exp else \
-                compile_(self.static + present)
+            return compile_(everything, expired=exp) if exp else compile_(everything)
         except Pop53Error:
             raise
         except Exception as exc:  # a compiler bug must not take the engine down
@@ -582,7 +582,7 @@ class ImagePublisher:
         self._since = {}
         self.last_fallback = "compaction"
         if not self.compact_in_background:
-            image = self._compile_all(zones, expired, "(compaction)")
+            image = self._compile_all(zones, expired, "(compaction)", static)
             self._install_compacted(gen, image, zones, expired, static)
             return
         t = threading.Thread(target=self._compact, args=(gen, zones, expired, static),
@@ -599,12 +599,10 @@ class ImagePublisher:
         image = None
         try:
             t0 = time.monotonic()
-            compile_ = self._compiler()     # imported here: the child must not need the import lock
-            present = [d for d in zones.values() if d is not None]
-            exp = sorted(z for z in expired if zones.get(z) is not None)
+            self._compiler()            # imported here, before the fork
 
             def work():
-                (compile_(static + present, expired=exp) if exp else compile_(static + present)).save(path)
+                self._compile_all(zones, expired, "(compaction)", static).save(path)
             run_in_fork(work, "image compaction", self.COMPACT_TIMEOUT)
             image = load_image(path)
             from .incremental import patch_index
