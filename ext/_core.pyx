@@ -9,7 +9,7 @@ counters (io.pxi), and two compiler helpers (name_hash, fill_table).
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
 from libc.stdlib cimport malloc, calloc, free
 
@@ -19,6 +19,7 @@ include "wire.pxi"
 include "image.pxi"
 include "answer.pxi"
 include "query.pxi"
+include "rrl.pxi"
 include "io.pxi"
 include "patch.pxi"
 

@@ -8,14 +8,6 @@
 # old image may be freed once every running worker's epoch has moved past the value it had when
 # the new image was published: no worker can still hold the old pointer.
 
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    cdef struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec* ts)
-    int CLOCK_MONOTONIC
-
 cdef extern from "<errno.h>" nogil:
     int errno
     int EAGAIN
@@ -135,10 +127,12 @@ cdef class Worker:
         free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
         free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
 
-    def run(self, Shared shared, Responder responder):
+    def run(self, Shared shared, Responder responder, RateLimiter limiter=None):
         """The loop; returns when stop() is called.  The socket must have a receive timeout
-        (SO_RCVTIMEO) so that stop and reclamation are noticed while idle."""
+        (SO_RCVTIMEO) so that stop and reclamation are noticed while idle.  With a limiter,
+        UDP responses pass response rate limiting (rrl.pxi)."""
         cdef rcfg_t* cfg = &responder.cfg
+        cdef rrl_t* rl = limiter.ptr() if limiter is not None else NULL
         cdef uint32_t slot = cfg.edns_max if cfg.edns_max > 512 else 512
         if self.running:
             raise RuntimeError("worker already running")
@@ -150,12 +144,13 @@ cdef class Worker:
         self.running = 1
         p53_store_int(&self.stop_flag, 0)
         with nogil:
-            self._loop(shared, cfg)
+            self._loop(shared, cfg, rl)
         self.running = 0
 
-    cdef void _loop(self, Shared shared, const rcfg_t* cfg) noexcept nogil:
+    cdef void _loop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl) noexcept nogil:
         cdef int n, i, m, sent, k, act
-        cdef uint32_t outlen
+        cdef uint32_t outlen, now = 0, slip_ctr = 0
+        cdef timespec ts
         cdef const image_t* img
         cdef query_t q
         cdef ctl_msg_t* cm
@@ -178,6 +173,9 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            if rl != NULL:
+                clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+                now = <uint32_t>ts.tv_sec
             img = <const image_t*>p53_load_ptr(&shared.current)
             m = 0
             for i in range(n):
@@ -186,12 +184,23 @@ cdef class Worker:
                     self.st.queries += 1
                     self.st.dropped += 1
                     continue
-                # (admission / scoring / rate limiting stage goes here, before any work)
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
                                   &self.st)
                 if act == ACT_DROP:
                     continue
+                if rl != NULL and act == ACT_REPLY:
+                    # response rate limiting: after the answer, on what it would send
+                    act = rrl_decide(rl, now, <const uint8_t*>&self.addrs[i],
+                                     self.sbuf + m * self.sslot, outlen, &slip_ctr)
+                    if act == RRL_DROP:
+                        self.st.rrl_dropped += 1
+                        continue
+                    if act == RRL_SLIP:
+                        outlen = rrl_truncate(self.sbuf + m * self.sslot, outlen, q.edns,
+                                              cfg.edns_max)
+                        self.st.rrl_slipped += 1
+                    act = ACT_REPLY
                 if act == ACT_CONTROL and self.control_enabled:
                     if self.ring_head - p53_load_u64(&self.ring_tail) < CTL_RING:
                         cm = &self.ring[self.ring_head % CTL_RING]
@@ -264,6 +273,7 @@ cdef dict stats_dict(const stats_t* s):
         "dropped": s.dropped, "truncated": s.truncated, "control": s.control,
         "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "batches": s.batches,
         "send_errors": s.send_errors, "recv_errors": s.recv_errors,
+        "rrl_dropped": s.rrl_dropped, "rrl_slipped": s.rrl_slipped,
         "rcode": {i: s.rcode[i] for i in range(24) if s.rcode[i]},
         "qtype": {i: s.qtype[i] for i in range(257) if s.qtype[i]},
     }

@@ -229,5 +229,20 @@ cdef struct stats_t:
     uint64_t batches
     uint64_t send_errors
     uint64_t recv_errors
+    uint64_t rrl_dropped      # responses dropped by rate limiting
+    uint64_t rrl_slipped      # responses sent truncated (TC=1) by rate limiting
     uint64_t rcode[24]        # index: rcode (0..23), BADVERS at 16
     uint64_t qtype[257]       # index: qtype for 0..255, 256 = other
+
+
+# ---------------------------------------------------------------------------------------------
+# Clocks (the worker loop's RRL second, the C benchmarks)
+# ---------------------------------------------------------------------------------------------
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec* ts)
+    int CLOCK_MONOTONIC
+    int CLOCK_MONOTONIC_COARSE

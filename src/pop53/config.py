@@ -75,6 +75,7 @@ class Config:
     reuseport_bpf: bool = False
     max_image_bytes: int = 0
     control: str | None = None
+    rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
@@ -119,6 +120,32 @@ def _typed(doc: dict, name: str, kind, default, key: str, file):
         raise ConfigError(f"expected {kind.__name__}, got {type(v).__name__} {v!r}", file=file,
                           key=f"{key}.{name}")
     return v
+
+
+# [rrl] key -> (default, minimum, maximum)
+RRL_KEYS = {"rate": (0, 0, 1_000_000), "slip": (2, 0, 100), "ipv4_prefix": (24, 0, 32),
+            "ipv6_prefix": (56, 0, 128), "table_size": (65536, 1024, 1 << 26)}
+
+
+def _rrl(raw, file) -> dict | None:
+    """[rrl]: responses per second per (client prefix, response kind, name); 0 or absent: off."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a table", file=file, key="rrl")
+    unknown = set(raw) - set(RRL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="rrl")
+    out = {}
+    for k, (default, lo, hi) in RRL_KEYS.items():
+        v = _typed(raw, k, int, default, "rrl", file)
+        if not lo <= v <= hi:
+            raise ConfigError(f"must be within {lo}..{hi}, got {v}", file=file, key=f"rrl.{k}")
+        out[k] = v
+    if out["table_size"] & (out["table_size"] - 1):
+        raise ConfigError(f"must be a power of two, got {out['table_size']}", file=file,
+                          key="rrl.table_size")
+    return out if out["rate"] else None
 
 
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
@@ -167,6 +194,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
+        rrl=_rrl(doc.get("rrl"), file),
         source=file, doc=doc,
     )
     zones = doc.get("zone", [])

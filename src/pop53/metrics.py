@@ -63,6 +63,8 @@ class ServerCollector:
             ("pop53_received_bytes", "bytes_in", "Bytes of queries received"),
             ("pop53_sent_bytes", "bytes_out", "Bytes of responses produced"),
             ("pop53_send_errors", "send_errors", "Replies the kernel refused to send"),
+            ("pop53_rrl_dropped", "rrl_dropped", "UDP responses dropped by response rate limiting"),
+            ("pop53_rrl_slipped", "rrl_slipped", "UDP responses sent truncated (TC=1) by response rate limiting"),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], total.get(key, 0))

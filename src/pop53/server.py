@@ -90,6 +90,8 @@ class Server:
             version=config.version, chaos=config.chaos, nsid=config.nsid,
             edns_max=config.edns_max)
         self.shared = _core.Shared()
+        # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
+        self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None
         self.control_handler = control_handler
         self.current_image: Image | None = None
         self.zone_data: dict[str, ZoneData] = {}
@@ -334,7 +336,7 @@ class Server:
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, control)
             self.workers.append(w)
-            t = threading.Thread(target=w.run, args=(self.shared, self.responder),
+            t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter),
                                  name=f"pop53-udp-{i}", daemon=True)
             self._threads.append(t)
         from .tcp import TcpServer
