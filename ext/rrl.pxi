@@ -233,6 +233,7 @@ cdef class RateLimiter:
         cdef int d
         if sockaddr.shape[0] < 28 or n > 65535:
             raise ValueError("a sockaddr_in/in6 (28 bytes of sockaddr_storage) and a reply")
+        memset(buf, 0, 12 + 11)                  # a reply shorter than a header reads as zeros
         if n:
             memcpy(buf, &reply[0], n)
         d = rrl_decide(&self.rl, now, &sockaddr[0], buf, n, &ctr)

@@ -161,3 +161,28 @@ def test_any_bytes_as_a_reply_get_a_decision(raw, now):
         if verdict == "slip":
             assert len(out) <= max(len(raw), 12) + 11
     rl.classify(raw)
+
+
+@pytest.mark.parametrize("rrl,key,message", [
+    ({"rate": -1}, "rrl.rate", "within 0..1000000"),
+    ({"rate": 5, "slip": 101}, "rrl.slip", "within 0..100"),
+    ({"rate": 5, "ipv4_prefix": 33}, "rrl.ipv4_prefix", "within 0..32"),
+    ({"rate": 5, "table_size": 3000}, "rrl.table_size", "power of two"),
+    ({"rate": "fast"}, "rrl.rate", "expected int"),
+    ({"rate": 5, "burst": 9}, "rrl", "unknown key(s): burst"),
+])
+def test_rrl_config_errors_name_the_key(rrl, key, message):
+    from pop53 import config
+    from pop53.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        config.from_dict({"server": {}, "rrl": rrl}, file="pop53.toml")
+    assert err.value.key == key and message in str(err.value) and "pop53.toml" in str(err.value)
+
+
+def test_rrl_config_off_and_on():
+    from pop53 import config
+    assert config.from_dict({"server": {}}).rrl is None
+    assert config.from_dict({"server": {}, "rrl": {"rate": 0}}).rrl is None
+    on = config.from_dict({"server": {}, "rrl": {"rate": 20}}).rrl
+    assert on == {"rate": 20, "slip": 2, "ipv4_prefix": 24, "ipv6_prefix": 56, "table_size": 65536}
+    _core.RateLimiter(**on)

@@ -45,6 +45,8 @@ responders = [pop53.Responder(), pop53.Responder(identity="ns-san", edns_max=409
               pop53.Responder(lenient_trailing=True, chaos=False, nsid=False)]
 packets = pickle.load(open(packets_file, "rb"))
 n = replies = 0
+rl = _core.RateLimiter(1, slip=1, table_size=1024)     # response rate limiting reads replies
+sa = b"\x02\x00\x14\xe9\xc0\x00\x02\x01" + bytes(20)
 for i, wire in enumerate(packets):
     for tcp in (False, True):
         r = responders[i % len(responders)]
@@ -53,6 +55,11 @@ for i, wire in enumerate(packets):
         assert reply == reply2
         n += 1
         replies += reply is not None
+        if reply is not None and not tcp:
+            rl.account(sa, reply, i & 3, edns=bool(i & 1))
+    if len(wire) <= 65535:
+        rl.account(sa, wire, i & 3, edns=True)       # any bytes where a reply would be
+        rl.classify(wire)
     _core.answer(None, wire, responders[0], False)     # no image loaded yet
 print("REPLAYED", n, replies, flush=True)
 """
