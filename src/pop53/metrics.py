@@ -5,6 +5,7 @@ import time
 
 import dns.rcode
 import dns.rdatatype
+import prometheus_client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -96,10 +97,19 @@ class ServerCollector:
         yield age
 
 
+class _DefaultRegistry:
+    def collect(self):
+        yield from prometheus_client.REGISTRY.collect()
+
+
 def start(server, listen) -> CollectorRegistry:
     """Serve the metrics of one server at listen (host, port); returns the registry."""
     registry = CollectorRegistry()
     registry.register(ServerCollector(server))
+    # what the rest of the process counts on prometheus_client's default registry: the xfr
+    # engine's pop53_xfr_* (updates applied and rejected, refusals, staleness, ...) and the
+    # Python process's own (CPU, memory, garbage collector)
+    registry.register(_DefaultRegistry())
     httpd, thread = start_http_server(listen.port, addr=listen.host, registry=registry)
     server._metrics_httpd = httpd
     return registry

@@ -60,6 +60,7 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
     files = server.load_zone_files()
     publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
                                    check_image=server._check_size)
+    publisher.MAX_GROWTH = xcfg.compact_growth
     service = xfr.XfrService(xcfg, publisher)
     server.control_handler = ControlPlane(service)
     for name, data in files.items():

@@ -160,6 +160,7 @@ class XfrConfig:
     min_refresh: float = 1.0          # floor under SOA refresh/retry (a 0 would spin)
     notify_retries: int = 5           # RFC 1996 §3.6
     status_interval: float = 1.0      # how often the state file is rewritten
+    compact_growth: float = 1.25      # a patched image is compacted past this x the last compile
 
 
 def parse_peer(text: Any, key: str, file: str | None) -> Peer:
@@ -198,7 +199,7 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
 
     [server] state          directory for snapshots, journals, the status file
     [xfr] role, delay, stale_after, max_records, max_diff, journal_keep, timeout,
-          transfer_lifetime, min_refresh, notify_retries, status_interval
+          transfer_lifetime, min_refresh, notify_retries, status_interval, compact_growth
     [[key]] name, algorithm, secret
     [[zone]] name, primaries, key, notify, allow_transfer   (other [[zone]] keys are the server's)
 
@@ -247,6 +248,7 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
         min_refresh=float(_number(xfr, "min_refresh", 1.0, "xfr", file, minimum=0.1)),
         notify_retries=_number(xfr, "notify_retries", 5, "xfr", file, minimum=0, integer=True),
         status_interval=float(_number(xfr, "status_interval", 1.0, "xfr", file, minimum=0.1)),
+        compact_growth=float(_number(xfr, "compact_growth", 1.25, "xfr", file, minimum=1)),
     )
 
     keys: dict[dns.name.Name, KeyConf] = {}
@@ -516,6 +518,16 @@ class ImagePublisher:
         with self._lock:
             self._publish(name, version)
 
+    def _counted(self, path: str) -> None:
+        self.stats[path] += 1
+        try:  # metrics must never break publishing
+            m = _metric("Counter", "pop53_xfr_images_total", "images published for transferred "
+                        "zones, by how they were made", ("path",))
+            if m is not None:
+                m.labels(path=path).inc()
+        except Exception as exc:  # pragma: no cover
+            log.error("metric pop53_xfr_images_total: %s", exc)
+
     def _publish(self, name: str, version: ZoneVersion | None) -> None:
         zones = dict(self.zones)
         expired = set(self.expired)
@@ -546,13 +558,13 @@ class ImagePublisher:
         self.expired = expired
         self.last_image = image
         if patched:
-            self.stats["patched"] += 1
+            self._counted("patched")
             if self._compacting is not None:
                 self._since.setdefault(name, set()).update(version.changed)
             elif len(image) > self.MAX_GROWTH * self._full_size:
                 self._start_compaction()
         else:
-            self.stats["compiled"] += 1
+            self._counted("compiled")
             self._full_size = len(image)
             self._gen += 1          # a compaction in flight is stale now
             if image.counts["nodes"] >= self.SETTLE_NODES:
@@ -627,7 +639,7 @@ class ImagePublisher:
         since, self._since = self._since, {}
         if gen != self._gen or expired != self.expired or static != self.static \
                 or set(zones) != set(self.zones):
-            self.stats["compactions_dropped"] += 1
+            self._counted("compactions_dropped")
             return
         full_size = len(image)
         for name, data in self.zones.items():
@@ -636,19 +648,19 @@ class ImagePublisher:
             image = patch_image(image, name, data, since.get(name, ())) if since.get(name) else None
             if image is None:
                 log.info("compaction dropped: zone %s changed meanwhile and did not patch", name)
-                self.stats["compactions_dropped"] += 1
+                self._counted("compactions_dropped")
                 return
         if self.check_image is not None:
             try:
                 self.check_image(image)
             except Pop53Error as exc:
                 log.info("compaction dropped: %s", exc)
-                self.stats["compactions_dropped"] += 1
+                self._counted("compactions_dropped")
                 return
         self.server_publish(image)
         self.last_image = image
         self._full_size = full_size
-        self.stats["compacted"] += 1
+        self._counted("compacted")
 
     def wait_compaction(self, timeout: float) -> bool:
         """For tests and benchmarks: wait until no compaction is in flight."""

@@ -121,3 +121,51 @@ def test_ixfr_updates_under_query_load_are_never_mixed(knot_factory, tmp_path):
     assert not wrong, wrong[:5]
     assert lost[0] == 0 and answered[0] > 50
     assert {1, 5} <= seen and len(seen) >= 3, seen
+
+
+def scrape(port: int) -> dict:
+    """{(family, labels tuple): value} from the server's Prometheus endpoint."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_compaction_inside_the_server_and_the_xfr_metrics(knot_factory, tmp_path):
+    """compact_growth = 1.0: every patched image starts a compaction, a full compile in a child
+    forked from the serving process (worker threads running); every update stays visible and
+    the compacted image keeps all of them.  The engine's metrics are on the server's endpoint."""
+    pop_port, mport = free_port(), free_port()
+    k = knot_primary(knot_factory, pop_port)
+    proc = start_pop53_secondary(tmp_path / "pop53", pop_port, k.port, ZONE, workers=2,
+                                 xfr_extra="compact_growth = 1.0\n",
+                                 server_extra=f'metrics = "127.0.0.1:{mport}"\n')
+    images = lambda path: scrape(mport).get(("pop53_xfr_images_total", (("path", path),)), 0)  # noqa: E731
+    try:
+        wait_for(lambda: a_records(pop_port, "www.example.org.") == ["192.0.2.1"], 20,
+                 what="the zone transferred from Knot and served")
+        for i in range(4):
+            k.change(ZONE, (f"n{i}", "300", "A", f"192.0.2.{10 + i}"))
+            wait_for(lambda: a_records(pop_port, f"n{i}.example.org.") == [f"192.0.2.{10 + i}"], 15,
+                     what=f"update {i} served")
+        wait_for(lambda: images("compacted") >= 1 and images("patched") >= 4, 30,
+                 what="a compaction installed")
+        # after the compactions: every update still answered, the latest serial served
+        wait_for(lambda: images("compacted") + images("compactions_dropped") >= 1
+                 and ask(pop_port, "example.org.", "SOA").answer[0][0].serial == 5, 10,
+                 what="serial 5")
+        for i in range(4):
+            assert a_records(pop_port, f"n{i}.example.org.") == [f"192.0.2.{10 + i}"]
+        m = scrape(mport)
+        assert m[("pop53_xfr_updates_applied_total", (("zone", ZONE),))] >= 5
+        assert m[("pop53_xfr_stale", ())] == 0
+        assert ("pop53_xfr_zone_age_seconds", (("zone", ZONE),)) in m
+        assert images("compiled") == 1                  # only the first load compiled in line
+    finally:
+        out = stop_process(proc)
+    assert proc.returncode == 0, out

@@ -380,7 +380,8 @@ class FakePrimary:
 
 def start_pop53_secondary(workdir: Path, port: int, knot_port: int, zone: str = "example.org.",
                           identity: str = "sec", workers: int = 1, xfr_extra: str = "",
-                          file_zone: tuple[str, str] | None = None) -> subprocess.Popen:
+                          file_zone: tuple[str, str] | None = None,
+                          server_extra: str = "") -> subprocess.Popen:
     """`pop53 serve -c` with `zone` a TSIG-secured secondary of the Knot at knot_port, its state
     in workdir/state; file_zone = (origin, master-file text) adds a zone served from a file."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +392,7 @@ def start_pop53_secondary(workdir: Path, port: int, knot_port: int, zone: str = 
     conf = workdir / "pop53.toml"
     conf.write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = {workers}\nidentity = "{identity}"\n'
-        f'state = "{workdir / "state"}"\n'
+        f'state = "{workdir / "state"}"\n{server_extra}'
         f'[xfr]\nstatus_interval = 0.2\n{xfr_extra}'
         f'[[key]]\nname = "{KEYNAME}"\nalgorithm = "hmac-sha256"\nsecret = "{SECRET}"\n'
         f'[[zone]]\nname = "{zone}"\nprimaries = ["127.0.0.1:{knot_port}"]\nkey = "{KEYNAME}"\n'
