@@ -7,7 +7,8 @@
 #   nodata        NOERROR, no answers            the query name
 #   nxdomain      NXDOMAIN                       the zone (first authority owner: the SOA's)
 #   error         any other rcode                none (prefix and kind only)
-# so a random-subdomain flood still lands in one bucket per zone.  Over its rate a response is
+# so a random-subdomain flood still lands in one bucket per zone.  Clients in an exempt prefix
+# (by default loopback, where the monitoring agent probes from) are never limited.  Over its rate a response is
 # dropped, except every `slip`-th, which goes out as an empty TC=1 reply: a real client behind a
 # spoofed prefix retries over TCP (RFC 7766), which is never limited.  Everything is read from
 # the reply we wrote, so nothing here trusts the query's bytes beyond what the writer echoed.
@@ -36,6 +37,13 @@ cdef struct rrl_t:
     uint32_t v4_bits
     uint32_t v6_bits
     uint32_t seed
+    uint32_t n_exempt         # exempt prefixes (at most MAX_EXEMPT)
+    uint8_t ex_len[32]        # 4 or 16 address bytes
+    uint8_t ex_bits[32]
+    uint8_t ex_addr[32][16]
+
+cdef enum:
+    MAX_EXEMPT = 32
 
 
 cdef const uint8_t* V4_MAPPED = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"
@@ -113,29 +121,45 @@ cdef int rrl_classify(const uint8_t* r, uint32_t len, uint32_t seed, uint32_t* n
     return RRL_NXDOMAIN
 
 
-cdef uint64_t rrl_key(const rrl_t* rl, const uint8_t* sa, int kind, uint32_t name) noexcept nogil:
-    """(client prefix, kind, name) as one nonzero 64-bit key.  sa: a sockaddr_in/in6; an
-    IPv4-mapped IPv6 client counts as IPv4."""
-    cdef uint64_t h = <uint64_t>rl.seed * <uint64_t>0x9e3779b97f4a7c15 + <uint64_t>kind
+cdef const uint8_t* client_addr(const uint8_t* sa, uint32_t* nbytes) noexcept nogil:
+    """The client address in a sockaddr_in/in6 and its length (4 or 16; 0 for anything else).
+    An IPv4-mapped IPv6 client counts as IPv4."""
     cdef uint16_t family = (<const uint16_t*>sa)[0]
-    cdef const uint8_t* a
-    cdef uint32_t bits, nbytes, i
-    cdef uint8_t b
-    a = sa
-    bits = 0
-    nbytes = 0
+    nbytes[0] = 0
     if family == 2:                             # AF_INET: sin_addr at offset 4
-        a = sa + 4
-        bits = rl.v4_bits
-        nbytes = 4
-    elif family == 10:                          # AF_INET6: sin6_addr at offset 8
-        a = sa + 8
-        bits = rl.v6_bits
-        nbytes = 16
-        if memcmp(a, V4_MAPPED, 12) == 0:
-            a = a + 12
-            bits = rl.v4_bits
-            nbytes = 4
+        nbytes[0] = 4
+        return sa + 4
+    if family == 10:                            # AF_INET6: sin6_addr at offset 8
+        if memcmp(sa + 8, V4_MAPPED, 12) == 0:
+            nbytes[0] = 4
+            return sa + 20
+        nbytes[0] = 16
+        return sa + 8
+    return sa
+
+
+cdef inline bint prefix_eq(const uint8_t* a, const uint8_t* b, uint32_t bits) noexcept nogil:
+    cdef uint32_t full = bits >> 3, rest = bits & 7
+    if memcmp(a, b, full) != 0:
+        return False
+    return rest == 0 or ((a[full] ^ b[full]) & <uint8_t>(0xFF << (8 - rest))) == 0
+
+
+cdef bint rrl_exempt(const rrl_t* rl, const uint8_t* a, uint32_t nbytes) noexcept nogil:
+    cdef uint32_t i
+    for i in range(rl.n_exempt):
+        if rl.ex_len[i] == nbytes and prefix_eq(a, rl.ex_addr[i], rl.ex_bits[i]):
+            return True
+    return False
+
+
+cdef uint64_t rrl_key(const rrl_t* rl, const uint8_t* a, uint32_t nbytes, int kind,
+                      uint32_t name) noexcept nogil:
+    """(client prefix, kind, name) as one nonzero 64-bit key; a: the client address."""
+    cdef uint64_t h = <uint64_t>rl.seed * <uint64_t>0x9e3779b97f4a7c15 + <uint64_t>kind
+    cdef uint32_t bits = rl.v4_bits if nbytes == 4 else rl.v6_bits
+    cdef uint32_t i
+    cdef uint8_t b
     h = mix64(h ^ (<uint64_t>nbytes << 56))
     for i in range(nbytes):
         if bits >= 8 * (i + 1):
@@ -152,9 +176,14 @@ cdef uint64_t rrl_key(const rrl_t* rl, const uint8_t* sa, int kind, uint32_t nam
 cdef int rrl_decide(rrl_t* rl, uint32_t now, const uint8_t* sa, const uint8_t* reply,
                     uint32_t len, uint32_t* slip_ctr) noexcept nogil:
     """RRL_PASS, RRL_SLIP or RRL_DROP for this response to this client."""
-    cdef uint32_t name
-    cdef int kind = rrl_classify(reply, len, rl.seed, &name)
-    cdef uint64_t key = rrl_key(rl, sa, kind, name)
+    cdef uint32_t name, nbytes
+    cdef const uint8_t* a = client_addr(sa, &nbytes)
+    cdef int kind
+    cdef uint64_t key
+    if rl.n_exempt and rrl_exempt(rl, a, nbytes):
+        return RRL_PASS
+    kind = rrl_classify(reply, len, rl.seed, &name)
+    key = rrl_key(rl, a, nbytes, kind, name)
     if p53_rrl_take(&rl.table[key & rl.mask], key, now, rl.rate) >= 0:
         return RRL_PASS
     if rl.slip:
@@ -196,7 +225,11 @@ cdef class RateLimiter:
     cdef readonly int slip
 
     def __cinit__(self, int rate, int slip=2, int ipv4_prefix=24, int ipv6_prefix=56,
-                  int table_size=65536, uint32_t seed=0):
+                  int table_size=65536, uint32_t seed=0, exempt=()):
+        import ipaddress
+        nets = [ipaddress.ip_network(e, strict=False) for e in exempt]
+        if len(nets) > MAX_EXEMPT:
+            raise ValueError(f"at most {MAX_EXEMPT} exempt prefixes")
         if rate < 1 or rate > 1_000_000:
             raise ValueError("rate must be within 1..1000000")
         if slip < 0 or slip > 100:
@@ -214,6 +247,12 @@ cdef class RateLimiter:
         self.rl.v4_bits = ipv4_prefix
         self.rl.v6_bits = ipv6_prefix
         self.rl.seed = seed
+        self.rl.n_exempt = len(nets)
+        for i, net in enumerate(nets):
+            raw = net.network_address.packed
+            self.rl.ex_len[i] = len(raw)
+            self.rl.ex_bits[i] = net.prefixlen
+            memcpy(self.rl.ex_addr[i], <const char*>raw, len(raw))
         self.rate = rate
         self.slip = slip
 

@@ -133,7 +133,7 @@ def _rrl(raw, file) -> dict | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("must be a table", file=file, key="rrl")
-    unknown = set(raw) - set(RRL_KEYS)
+    unknown = set(raw) - set(RRL_KEYS) - {"exempt"}
     if unknown:
         raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="rrl")
     out = {}
@@ -145,6 +145,17 @@ def _rrl(raw, file) -> dict | None:
     if out["table_size"] & (out["table_size"] - 1):
         raise ConfigError(f"must be a power of two, got {out['table_size']}", file=file,
                           key="rrl.table_size")
+    # never limited: by default loopback, where the monitoring agent's probes come from
+    exempt = raw.get("exempt", ["127.0.0.0/8", "::1/128"])
+    if not isinstance(exempt, list) or len(exempt) > 32:
+        raise ConfigError("expected a list of at most 32 prefixes", file=file, key="rrl.exempt")
+    for i, e in enumerate(exempt):
+        try:
+            ipaddress.ip_network(e, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(f"not an address prefix: {e!r}", file=file,
+                              key=f"rrl.exempt[{i}]") from None
+    out["exempt"] = tuple(exempt)
     return out if out["rate"] else None
 
 

@@ -170,6 +170,7 @@ def test_any_bytes_as_a_reply_get_a_decision(raw, now):
     ({"rate": 5, "table_size": 3000}, "rrl.table_size", "power of two"),
     ({"rate": "fast"}, "rrl.rate", "expected int"),
     ({"rate": 5, "burst": 9}, "rrl", "unknown key(s): burst"),
+    ({"rate": 5, "exempt": ["10.0.0.0/8", "nonsense"]}, "rrl.exempt[1]", "not an address prefix"),
 ])
 def test_rrl_config_errors_name_the_key(rrl, key, message):
     from pop53 import config
@@ -184,5 +185,17 @@ def test_rrl_config_off_and_on():
     assert config.from_dict({"server": {}}).rrl is None
     assert config.from_dict({"server": {}, "rrl": {"rate": 0}}).rrl is None
     on = config.from_dict({"server": {}, "rrl": {"rate": 20}}).rrl
-    assert on == {"rate": 20, "slip": 2, "ipv4_prefix": 24, "ipv6_prefix": 56, "table_size": 65536}
+    assert on == {"rate": 20, "slip": 2, "ipv4_prefix": 24, "ipv6_prefix": 56, "table_size": 65536,
+                  "exempt": ("127.0.0.0/8", "::1/128")}
     _core.RateLimiter(**on)
+
+
+def test_exempt_prefixes_are_never_limited(image):
+    wire = reply(image, "www.core.test.")
+    rl = _core.RateLimiter(1, slip=0, exempt=("127.0.0.0/8", "::1/128", "198.51.100.0/25"))
+    assert run(rl, v4("127.0.0.1"), wire, 1, 20) == ["pass"] * 20
+    assert run(rl, v6("::1"), wire, 1, 20) == ["pass"] * 20
+    assert run(rl, v6("::ffff:127.0.0.9"), wire, 1, 5) == ["pass"] * 5          # v4-mapped
+    assert run(rl, v4("198.51.100.127"), wire, 1, 5) == ["pass"] * 5            # inside the /25
+    assert run(rl, v4("198.51.100.128"), wire, 1, 3) == ["pass", "drop", "drop"]  # outside it
+    assert run(rl, v6("::2"), wire, 1, 2) == ["pass", "drop"]

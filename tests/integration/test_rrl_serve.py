@@ -65,7 +65,9 @@ def _burst(addr, src: str, n: int) -> tuple[int, int]:
 
 def test_a_burst_from_one_client_is_limited(serve, tmp_path):
     port, mport = free_port(), free_port()
-    p = serve("--config", _config(tmp_path, port, mport, f"[rrl]\nrate = {RATE}\nslip = 2\n"))
+    # loopback is exempt by default (the agent probes from there): this test's clients are not
+    p = serve("--config", _config(tmp_path, port, mport,
+                                  f"[rrl]\nrate = {RATE}\nslip = 2\nexempt = [\"127.0.2.0/24\"]\n"))
     addr = ("127.0.0.1", port)
     t = time.monotonic()
     full, tc = _burst(addr, "127.0.0.1", BURST)
@@ -84,6 +86,8 @@ def test_a_burst_from_one_client_is_limited(serve, tmp_path):
         assert m.answer and not m.flags & dns.flags.TC
     finally:
         other.close()
+    # a client in the configured exempt prefix is never limited
+    assert _burst(addr, "127.0.2.1", 30) == (30, 0)
     # TCP is never limited (a client told TC=1 retries there)
     r = dns.message.from_wire(tcp_exchange(addr, [make_query("www.integ.example.", "A", qid=9)])[0])
     assert r.answer
@@ -93,7 +97,7 @@ def test_a_burst_from_one_client_is_limited(serve, tmp_path):
     # every UDP query the server received (the kernel may drop some of a burst before that)
     # was answered in full or limited; the other client's one was answered
     received = metric(fam, "pop53_queries", proto="udp")
-    assert received > BURST // 2 and limited == received - full - 1, (received, limited, full)
+    assert received > BURST // 2 and limited == received - full - 1 - 30, (received, limited, full)
     assert p.proc.poll() is None
 
 
@@ -109,3 +113,10 @@ def test_without_rrl_nothing_is_limited(serve, tmp_path):
     assert all(g is not None and dns.message.from_wire(g).answer for g in got)
     fam = scrape(("127.0.0.1", mport))
     assert "pop53_rrl_dropped" in fam and metric(fam, "pop53_rrl_dropped") == 0
+
+
+def test_loopback_is_exempt_by_default(serve, tmp_path):
+    port, mport = free_port(), free_port()
+    serve("--config", _config(tmp_path, port, mport, "[rrl]\nrate = 1\n"))
+    full, tc = _burst(("127.0.0.1", port), "127.0.0.1", 50)
+    assert (full, tc) == (50, 0)
