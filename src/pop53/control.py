@@ -1,5 +1,7 @@
 """The control socket: a Unix stream socket that takes one command per connection and answers
-one JSON object.  Commands: `reload`, `status`, `zones`, `stats`.
+one JSON object.  Commands: `reload`, `status`, `zones`, `stats`; for transferred zones
+`xfr` (their freshness, the machine's stale flag and role), `refresh ZONE` (an SOA check now)
+and `retransfer ZONE` (a full transfer now).
 
 Root-owned by default (mode 0600), so only the operator can drive it.
 """
@@ -12,7 +14,7 @@ import socket
 import threading
 
 log = logging.getLogger("pop53.control")
-COMMANDS = ("reload", "status", "zones", "stats")
+COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer")
 
 
 class ControlServer:
@@ -67,6 +69,20 @@ class ControlServer:
             return {"ok": True, "zones": s.zone_serials}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
+        verb, _, arg = cmd.partition(" ")
+        if verb in ("xfr", "refresh", "retransfer"):
+            svc = getattr(getattr(s, "control_handler", None), "service", None)
+            if svc is None:
+                return {"ok": False, "error": "no transferred zones here (no [[zone]] has primaries)"}
+            if verb == "xfr":
+                return {"ok": True, **svc.status()}
+            if not arg.strip():
+                return {"ok": False, "error": f"usage: {verb} ZONE"}
+            try:
+                (svc.refresh_now if verb == "refresh" else svc.retransfer_now)(arg.strip())
+            except KeyError as exc:
+                return {"ok": False, "error": exc.args[0]}
+            return {"ok": True, "zone": arg.strip(), "queued": verb}
         return {"ok": False, "error": f"unknown command {cmd!r}; one of {', '.join(COMMANDS)}"}
 
     def stop(self) -> None:

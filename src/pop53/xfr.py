@@ -1289,7 +1289,25 @@ class XfrService:
 
     def refresh_now(self, name: str) -> None:
         """Operator command: check the primary now (like a NOTIFY)."""
-        self._wake(self.zones[dns.name.from_text(name)])
+        self._wake(self._secondary(name))
+
+    def retransfer_now(self, name: str) -> None:
+        """Operator command: a full transfer now, whatever the serials say (a repair; like
+        `knotc zone-retransfer` or `rndc retransfer`)."""
+        st = self._secondary(name)
+        st.force_axfr = True
+        self._wake(st)
+
+    def _secondary(self, name: str) -> _ZoneState:
+        try:
+            st = self.zones[dns.name.from_text(name)]
+        except dns.exception.DNSException as exc:
+            raise KeyError(f"bad zone name {name!r}: {exc}") from None
+        except KeyError:
+            raise KeyError(f"zone {name} is not configured") from None
+        if not st.conf.secondary:
+            raise KeyError(f"zone {name} is not a secondary (it has no primaries)")
+        return st
 
     # ---------------------------------------------------------------- queries for our zones
     def _served(self, qname) -> _ZoneState | None:
@@ -1565,6 +1583,7 @@ class XfrService:
                 errors.append(f"{primary}: transfer: {type(exc).__name__}: {exc}")
                 continue
             if ok:
+                st.force_axfr = False
                 await self._mark_ok(st)
                 return True
         st.last_error = "; ".join(errors) or "no primary answered"

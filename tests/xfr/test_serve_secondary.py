@@ -169,3 +169,53 @@ def test_compaction_inside_the_server_and_the_xfr_metrics(knot_factory, tmp_path
     finally:
         out = stop_process(proc)
     assert proc.returncode == 0, out
+
+
+def test_operator_commands_for_transferred_zones(knot_factory, tmp_path):
+    """`pop53 ctl xfr | refresh ZONE | retransfer ZONE` on a running secondary: freshness, an
+    SOA check now, a full transfer now (a repair), and clear errors for zones that are not ours."""
+    import json
+    import subprocess
+    import sys
+
+    pop_port, mport = free_port(), free_port()
+    sock = tmp_path / "ctl.sock"
+    k = knot_primary(knot_factory, pop_port)
+    proc = start_pop53_secondary(tmp_path / "pop53", pop_port, k.port, ZONE, workers=1,
+                                 server_extra=f'metrics = "127.0.0.1:{mport}"\ncontrol = "{sock}"\n')
+
+    def ctl(*args):
+        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", str(sock), *args],
+                           capture_output=True, text=True, timeout=30)
+        return r.returncode, json.loads(r.stdout)
+
+    axfrs = lambda: scrape(mport).get(("pop53_xfr_in_total", (("kind", "axfr"), ("result", "ok"), ("zone", ZONE))), 0)  # noqa: E731
+    soa_ok = lambda: scrape(mport).get(("pop53_xfr_soa_checks_total", (("result", "ok"), ("zone", ZONE))), 0)  # noqa: E731
+    try:
+        wait_for(lambda: a_records(pop_port, "www.example.org.") == ["192.0.2.1"], 20,
+                 what="the zone transferred from Knot and served")
+        wait_for(lambda: sock.exists(), 10, what="the control socket")
+        rc, out = ctl("xfr")
+        assert rc == 0 and out["zones"][ZONE]["serial"] == 1 and out["stale"] is False, out
+        assert axfrs() == 1
+        before = soa_ok()
+        rc, out = ctl("refresh", ZONE)
+        assert rc == 0 and out["queued"] == "refresh"
+        wait_for(lambda: soa_ok() > before, 10, what="an SOA check")
+        assert axfrs() == 1                          # current: nothing transferred
+        rc, out = ctl("retransfer", ZONE)
+        assert rc == 0
+        wait_for(lambda: axfrs() == 2, 10, what="a full transfer")
+        assert a_records(pop_port, "www.example.org.") == ["192.0.2.1"]
+        # the next change still arrives incrementally (the forced AXFR was one-off)
+        k.change(ZONE, ("after", "300", "A", "192.0.2.99"))
+        wait_for(lambda: a_records(pop_port, "after.example.org.") == ["192.0.2.99"], 15,
+                 what="the IXFR after the repair")
+        assert axfrs() == 2
+        rc, out = ctl("refresh", "nope.example.")
+        assert rc == 1 and "not configured" in out["error"]
+        rc, out = ctl("retransfer")
+        assert rc == 1 and "usage" in out["error"]
+    finally:
+        out = stop_process(proc)
+    assert proc.returncode == 0, out

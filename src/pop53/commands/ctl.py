@@ -8,8 +8,10 @@ import sys
 def add_parser(sub) -> None:
     from ..control import COMMANDS
 
-    p = sub.add_parser("ctl", help="control a running server (reload, status, zones, stats)")
+    p = sub.add_parser("ctl", help="control a running server (reload, status, zones, stats, "
+                                   "xfr, refresh ZONE, retransfer ZONE)")
     p.add_argument("command", choices=COMMANDS)
+    p.add_argument("zone", nargs="?", help="the zone, for refresh and retransfer")
     p.add_argument("-s", "--socket", default="/run/pop53.sock", help="control socket path")
     p.set_defaults(func=run)
 
@@ -19,7 +21,7 @@ def run(args) -> int:
     from ..errors import Pop53Error
 
     try:
-        reply = send(args.socket, args.command)
+        reply = send(args.socket, f"{args.command} {args.zone}" if args.zone else args.command)
     except OSError as exc:
         raise Pop53Error(f"cannot reach the control socket {args.socket}: {exc.strerror or exc}") from None
     json.dump(reply, sys.stdout, indent=2)
