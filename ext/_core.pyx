@@ -18,12 +18,14 @@ from p53 cimport *
 include "wire.pxi"
 include "image.pxi"
 include "answer.pxi"
+include "cookie.pxi"
 include "query.pxi"
 include "rrl.pxi"
 include "io.pxi"
 include "patch.pxi"
 
 import sys as _sys
+from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
 
 if _sys.byteorder != "little":
     raise ImportError("pop53._core: the image format is little-endian; this host is not")
@@ -85,7 +87,8 @@ cdef class Responder:
     cdef rcfg_t cfg
 
     def __cinit__(self, identity=b"", version=b"pop53", bint chaos=True, bint nsid=True,
-                  int edns_max=1232, bint lenient_trailing=False):
+                  int edns_max=1232, bint lenient_trailing=False, cookie_secret=None,
+                  cookie_secret_previous=None):
         if isinstance(identity, str):
             identity = identity.encode()
         if isinstance(version, str):
@@ -103,6 +106,18 @@ cdef class Responder:
         self.cfg.nsid = nsid
         self.cfg.edns_max = edns_max
         self.cfg.lenient_trailing = lenient_trailing
+        # DNS COOKIEs (cookie.pxi): on when a 16-byte server secret is given
+        for s in (cookie_secret, cookie_secret_previous):
+            if s is not None and (not isinstance(s, bytes) or len(s) != 16):
+                raise ValueError("a cookie secret is 16 bytes")
+        if cookie_secret is not None:
+            self.cfg.cookies = True
+            memcpy(self.cfg.cookie_secret, <const char*>cookie_secret, 16)
+            if cookie_secret_previous is not None:
+                self.cfg.cookie_has_prev = True
+                memcpy(self.cfg.cookie_prev, <const char*>cookie_secret_previous, 16)
+        elif cookie_secret_previous is not None:
+            raise ValueError("a previous cookie secret needs a current one")
 
     @property
     def identity(self):
@@ -112,36 +127,81 @@ cdef class Responder:
     def edns_max(self):
         return self.cfg.edns_max
 
+    @property
+    def cookies(self):
+        return bool(self.cfg.cookies)
+
+
+def server_cookie(bytes secret not None, bytes client_cookie not None, bytes client not None,
+                  uint32_t timestamp):
+    """The RFC 9018 server cookie (16 bytes) pop53 gives this client cookie at this address
+    (4 or 16 bytes) and time; for tests against RFC 9018 Appendix A and for tools."""
+    cdef uint8_t out[16]
+    if len(secret) != 16 or len(client_cookie) != 8 or len(client) not in (4, 16):
+        raise ValueError("a 16-byte secret, an 8-byte client cookie, a 4- or 16-byte address")
+    cookie_make(<const uint8_t*>(<char*>secret), <const uint8_t*>(<char*>client_cookie),
+                <const uint8_t*>(<char*>client), len(client), timestamp, out)
+    return PyBytes_FromStringAndSize(<const char*>out, 16)
+
+
+def cookie_check(Responder responder not None, bytes cookie not None, bytes client not None,
+                 uint32_t now):
+    """Whether `cookie` (client + server cookie, as a query carries it) is a valid cookie of
+    this responder's for this address at time `now` (the window of RFC 9018 §4.3)."""
+    if len(client) not in (4, 16):
+        raise ValueError("a 4- or 16-byte address")
+    return bool(responder.cfg.cookies) and bool(cookie_valid(
+        &responder.cfg, <const uint8_t*>(<char*>cookie), len(cookie),
+        <const uint8_t*>(<char*>client), len(client), now))
+
 
 cdef stats_t _scratch_stats
 cdef uint8_t _answer_out[65535]
 
 
+cdef bytes _packed_client(object client):
+    """(address, port) or a packed address -> 4 or 16 bytes, or None (for server cookies)."""
+    if client is None:
+        return None
+    if isinstance(client, bytes):
+        return client if len(client) in (4, 16) else None
+    host = client[0]
+    try:
+        return _inet_pton(_AF_INET6 if ":" in host else _AF_INET, host.split("%")[0])
+    except (OSError, TypeError, AttributeError):
+        return None
+
+
 cdef object _answer_ptr(const image_t* img, const uint8_t* p, Py_ssize_t n, Responder responder,
-                        bint tcp):
+                        bint tcp, object client=None):
     # Runs with the GIL held: a single answer costs less than releasing and retaking it.
     cdef uint32_t outlen = 0
     cdef query_t q
     cdef int act
+    cdef bytes cl = _packed_client(client) if responder.cfg.cookies else None
     if n > 65535:
         return ACT_DROP, None
     act = core_answer(img, &responder.cfg, p, <uint32_t>n, _answer_out, sizeof(_answer_out), tcp,
-                      &outlen, &q, &_scratch_stats)
+                      &outlen, &q, &_scratch_stats,
+                      <const uint8_t*>(<char*>cl) if cl is not None else NULL,
+                      len(cl) if cl is not None else 0)
     if act == ACT_DROP:
         return act, None
     return act, PyBytes_FromStringAndSize(<const char*>_answer_out, outlen)
 
 
-def answer(ImageView image, object wire, Responder responder not None, bint tcp=False):
-    """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes."""
+def answer(ImageView image, object wire, Responder responder not None, bint tcp=False,
+           object client=None):
+    """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes.
+    client: (address, port) or the packed address, for server cookies."""
     cdef Py_buffer buf
     cdef const image_t* img = image.ptr() if image is not None else NULL
     if type(wire) is bytes:
         return _answer_ptr(img, <const uint8_t*>PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire),
-                           responder, tcp)
+                           responder, tcp, client)
     PyObject_GetBuffer(wire, &buf, PyBUF_SIMPLE)
     try:
-        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp)
+        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp, client)
     finally:
         PyBuffer_Release(&buf)
 
@@ -160,17 +220,19 @@ def answer_image(object image, object wire, object client, bint tcp=False,
         responder = _default_responder
     if type(wire) is bytes:
         return _answer_ptr(img, <const uint8_t*>PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire),
-                           responder, tcp)[1]
+                           responder, tcp, client)[1]
     PyObject_GetBuffer(wire, &buf, PyBUF_SIMPLE)
     try:
-        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp)[1]
+        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp, client)[1]
     finally:
         PyBuffer_Release(&buf)
 
 
-def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder responder=None):
+def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder responder=None,
+                       bytes client=None):
     """Time the C loop alone: parse + lookup + write for every packet, `repeat` times.
-    Returns nanoseconds per query (monotonic clock).  For bench/ only."""
+    Returns nanoseconds per query (monotonic clock).  client: a packed address (server
+    cookies are made for it).  For bench/ only."""
     cdef int n = len(wires), i, r
     cdef const uint8_t** bufs = <const uint8_t**>malloc(n * sizeof(uint8_t*))
     cdef uint32_t* lens = <uint32_t*>malloc(n * sizeof(uint32_t))
@@ -181,6 +243,8 @@ def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder re
     cdef timespec t0, t1
     cdef rcfg_t* cfg
     cdef const image_t* img = image.ptr()
+    cdef const uint8_t* cl = <const uint8_t*>(<char*>client) if client is not None else NULL
+    cdef uint32_t cl_len = len(client) if client is not None else 0
     if responder is None:
         responder = Responder()
     cfg = &responder.cfg
@@ -194,7 +258,7 @@ def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder re
         for r in range(repeat):
             for i in range(n):
                 core_answer(img, cfg, bufs[i], lens[i], out, sizeof(out), False,
-                            &outlen, &q, &st)
+                            &outlen, &q, &st, cl, cl_len)
         clock_gettime(CLOCK_MONOTONIC, &t1)
     free(bufs)
     free(lens)

@@ -149,7 +149,8 @@ cdef class Worker:
 
     cdef void _loop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl) noexcept nogil:
         cdef int n, i, m, sent, k, act
-        cdef uint32_t outlen, now = 0, slip_ctr = 0
+        cdef uint32_t outlen, now = 0, slip_ctr = 0, cl_len
+        cdef const uint8_t* cl
         cdef timespec ts
         cdef const image_t* img
         cdef query_t q
@@ -184,12 +185,14 @@ cdef class Worker:
                     self.st.queries += 1
                     self.st.dropped += 1
                     continue
+                cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
-                                  &self.st)
+                                  &self.st, cl, cl_len)
                 if act == ACT_DROP:
                     continue
-                if rl != NULL and act == ACT_REPLY:
+                # a valid server cookie proves the address: not a reflection, never limited
+                if rl != NULL and act == ACT_REPLY and not q.cookie_ok:
                     # response rate limiting: after the answer, on what it would send
                     act = rrl_decide(rl, now, <const uint8_t*>&self.addrs[i],
                                      self.sbuf + m * self.sslot, outlen, &slip_ctr)
@@ -274,6 +277,7 @@ cdef dict stats_dict(const stats_t* s):
         "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "batches": s.batches,
         "send_errors": s.send_errors, "recv_errors": s.recv_errors,
         "rrl_dropped": s.rrl_dropped, "rrl_slipped": s.rrl_slipped,
+        "cookies_valid": s.cookies_valid, "cookies_new": s.cookies_new,
         "rcode": {i: s.rcode[i] for i in range(24) if s.rcode[i]},
         "qtype": {i: s.qtype[i] for i in range(257) if s.qtype[i]},
     }
@@ -284,8 +288,9 @@ cdef class Counters:
     cdef stats_t st
 
     def answer(self, ImageView image, const uint8_t[::1] wire not None, Responder responder not None,
-               bint tcp=True):
-        """Like the module-level answer(), counting into this object.  Returns (action, bytes)."""
+               bint tcp=True, bytes client=None):
+        """Like the module-level answer(), counting into this object.  Returns (action, bytes).
+        client: the packed client address (4 or 16 bytes), for server cookies."""
         cdef uint8_t* out = <uint8_t*>malloc(65535)
         cdef uint32_t outlen = 0
         cdef query_t q
@@ -293,6 +298,8 @@ cdef class Counters:
         cdef const image_t* img = image.ptr() if image is not None else NULL
         cdef const uint8_t* p = &wire[0] if wire.shape[0] else <const uint8_t*>b""
         cdef uint32_t n = <uint32_t>wire.shape[0]
+        cdef const uint8_t* cl = <const uint8_t*>(<char*>client) if client is not None else NULL
+        cdef uint32_t cl_len = len(client) if client is not None else 0
         if out == NULL:
             raise MemoryError()
         try:
@@ -301,7 +308,8 @@ cdef class Counters:
                 self.st.dropped += 1
                 return ACT_DROP, None
             with nogil:
-                act = core_answer(img, &responder.cfg, p, n, out, 65535, tcp, &outlen, &q, &self.st)
+                act = core_answer(img, &responder.cfg, p, n, out, 65535, tcp, &outlen, &q, &self.st,
+                                  cl, cl_len)
                 if tcp:
                     self.st.tcp += 1
                 else:

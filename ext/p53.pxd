@@ -178,6 +178,7 @@ cdef struct query_t:
     uint8_t cookie[40]
     bint tsig
     uint8_t ctl               # CTL_* when the action is ACT_CONTROL
+    bint cookie_ok            # it carried a valid server cookie of ours (the address is proven)
 
 # ---------------------------------------------------------------------------------------------
 # Responder configuration (identity for NSID and CHAOS, limits).  Owned by a Responder object.
@@ -191,6 +192,10 @@ cdef struct rcfg_t:
     bint nsid                 # answer the NSID option (RFC 5001)
     uint16_t edns_max         # our advertised/used UDP payload limit (default 1232)
     bint lenient_trailing     # accept bytes after the last record (default: FORMERR)
+    bint cookies              # answer DNS COOKIEs with RFC 9018 server cookies
+    bint cookie_has_prev
+    uint8_t cookie_secret[16]
+    uint8_t cookie_prev[16]   # the previous secret, still accepted (rotation)
 
 # ---------------------------------------------------------------------------------------------
 # Response writer with mark/rollback (RFC 2181 §9: never a partial RRset).
@@ -231,6 +236,8 @@ cdef struct stats_t:
     uint64_t recv_errors
     uint64_t rrl_dropped      # responses dropped by rate limiting
     uint64_t rrl_slipped      # responses sent truncated (TC=1) by rate limiting
+    uint64_t cookies_valid    # queries with a valid server cookie of ours
+    uint64_t cookies_new      # queries with a client cookie only, or a server cookie not ours
     uint64_t rcode[24]        # index: rcode (0..23), BADVERS at 16
     uint64_t qtype[257]       # index: qtype for 0..255, 256 = other
 
@@ -246,3 +253,4 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk, timespec* ts)
     int CLOCK_MONOTONIC
     int CLOCK_MONOTONIC_COARSE
+    int CLOCK_REALTIME_COARSE

@@ -24,6 +24,8 @@ cdef struct ctx_t:
     lname_t tgt[2]
     bint pending              # a chain target waits in tgt[depth & 1]
     bint nsid                 # this reply carries the NSID option
+    bint cookie               # this reply carries a COOKIE option (client cookie + srv_cookie)
+    uint8_t srv_cookie[16]
     uint32_t pending_owner
 
 # CHAOS names (RFC 4892): lowercased wire form
@@ -347,12 +349,19 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
         w_put16(w, c.cfg.edns_max)
         w_put32(w, ((<uint32_t>(rcode >> 4)) << 24) | (0x8000 if q.do_bit else 0))
         optlen_pos = w.pos
-        w_put16(w, (4 + c.cfg.identity_len) if nsid else 0)
+        w_put16(w, ((4 + c.cfg.identity_len) if nsid else 0) + (28 if c.cookie else 0))
         if nsid:
             w_put16(w, OPT_NSID)
             w_put16(w, c.cfg.identity_len)
             memcpy(b + w.pos, c.cfg.identity, c.cfg.identity_len)
             w.pos += c.cfg.identity_len
+        if c.cookie:
+            # RFC 7873 §5.2.3: our cookie is the client's eight bytes and our sixteen
+            w_put16(w, OPT_COOKIE)
+            w_put16(w, 24)
+            memcpy(b + w.pos, q.cookie, 8)
+            memcpy(b + w.pos + 8, c.srv_cookie, 16)
+            w.pos += 24
     b[10] = w.ar >> 8
     b[11] = w.ar & 0xFF
     return w.pos
@@ -390,6 +399,11 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
                 reserve += 4 + c.cfg.identity_len
             else:
                 c.nsid = False      # RFC 5001 §2.3: the server may leave the NSID out
+        if c.cookie:
+            if lim >= reserve + 28 + (q.qend if q.qend else 12):
+                reserve += 28
+            else:
+                c.cookie = False
     c.w.buf = out
     c.w.cap = lim - reserve
     c.w.pos = 12
@@ -411,7 +425,7 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
 
 cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, uint32_t len,
                      uint8_t* out, uint32_t outcap, bint tcp, uint32_t* outlen, query_t* q,
-                     stats_t* st) noexcept nogil:
+                     stats_t* st, const uint8_t* client, uint32_t client_len) noexcept nogil:
     """Answer one query.  The decision table for bad input (ARCHITECTURE.md point 4):
         shorter than a header, or QR=1            -> drop
         opcode not QUERY/NOTIFY                   -> NOTIMP
@@ -421,12 +435,14 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
         class not IN/CH, name in no served zone   -> REFUSED
     Error replies carry at most the header, the question and OPT.
     \\brief returns ACT_DROP, ACT_REPLY or ACT_CONTROL; *outlen = reply length (outcap >= 512).
-    img may be NULL (no zones loaded yet): every IN query is then REFUSED."""
+    img may be NULL (no zones loaded yet): every IN query is then REFUSED.  client: the
+    client's address (4 or 16 bytes; client_len 0 when unknown), for server cookies."""
     cdef ctx_t c
     cdef lname_t* t
     cdef int status
     cdef uint8_t rcode = RC_NOERROR
     cdef int act = ACT_REPLY
+    cdef uint32_t now
     outlen[0] = 0
     st.queries += 1
     st.bytes_in += len
@@ -444,10 +460,22 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     q.cookie_len = 0
     q.ctl = 0
     q.qtype = 0
+    q.cookie_ok = False
+    c.cookie = False
     c.img = img
     c.cfg = cfg
     c.q = q
     status = wire_parse_query(pkt, len, q, cfg.lenient_trailing)
+    if cfg.cookies and status == PARSE_OK and q.edns and q.cookie_len >= 8 and \
+            (client_len == 4 or client_len == 16):
+        now = wall_seconds()
+        if q.cookie_len > 8 and cookie_valid(cfg, q.cookie, q.cookie_len, client, client_len, now):
+            q.cookie_ok = True
+            st.cookies_valid += 1
+        else:
+            st.cookies_new += 1
+        cookie_make(cfg.cookie_secret, q.cookie, client, client_len, now, c.srv_cookie)
+        c.cookie = True
     if q.opcode != OP_QUERY and q.opcode != OP_NOTIFY:
         rcode = RC_NOTIMP
     elif status == PARSE_FORMERR:

@@ -29,6 +29,7 @@ SERVER_KEYS = {
     "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",
     "chaos", "nsid", "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries",
     "reuseport_bpf", "max_image_bytes", "stale_after", "delay", "control",
+    "cookies", "cookie_secret", "cookie_secret_previous",
 }
 ZONE_KEYS = {"name", "file"}   # plus the secondary-zone keys, checked by pop53.xfr
 
@@ -76,6 +77,8 @@ class Config:
     max_image_bytes: int = 0
     control: str | None = None
     rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
+    cookie_secret: bytes | None = None  # DNS COOKIEs on: the RFC 9018 server secret
+    cookie_secret_previous: bytes | None = None
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
@@ -159,6 +162,36 @@ def _rrl(raw, file) -> dict | None:
     return out if out["rate"] else None
 
 
+def _cookies(server: dict, file) -> dict:
+    """[server] cookies / cookie_secret / cookie_secret_previous: DNS COOKIEs (RFC 7873) with
+    RFC 9018 server cookies.  Machines behind one anycast address must share the secret (32 hex
+    digits); `cookies = true` without one makes a random secret per process."""
+    cookies = _typed(server, "cookies", bool, "cookie_secret" in server, "server", file)
+    out = {"cookie_secret": None, "cookie_secret_previous": None}
+    for k in ("cookie_secret", "cookie_secret_previous"):
+        v = _typed(server, k, str, None, "server", file)
+        if v is None:
+            continue
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            raw = b""
+        if len(raw) != 16:
+            raise ConfigError("expected 32 hexadecimal digits (16 bytes)", file=file, key=f"server.{k}")
+        out[k] = raw
+    if out["cookie_secret_previous"] is not None and out["cookie_secret"] is None:
+        raise ConfigError("a previous secret needs a current cookie_secret", file=file,
+                          key="server.cookie_secret_previous")
+    if not cookies:
+        if out["cookie_secret"] is not None:
+            raise ConfigError("cookies = false with a cookie_secret: keep one", file=file,
+                              key="server.cookies")
+        return out
+    if out["cookie_secret"] is None:
+        out["cookie_secret"] = os.urandom(16)
+    return out
+
+
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
     """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
     if not isinstance(doc, dict):
@@ -206,6 +239,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
         rrl=_rrl(doc.get("rrl"), file),
+        **_cookies(server, file),
         source=file, doc=doc,
     )
     zones = doc.get("zone", [])

@@ -66,6 +66,8 @@ class ServerCollector:
             ("pop53_send_errors", "send_errors", "Replies the kernel refused to send"),
             ("pop53_rrl_dropped", "rrl_dropped", "UDP responses dropped by response rate limiting"),
             ("pop53_rrl_slipped", "rrl_slipped", "UDP responses sent truncated (TC=1) by response rate limiting"),
+            ("pop53_cookies_valid", "cookies_valid", "Queries with a valid server cookie of ours (RFC 7873)"),
+            ("pop53_cookies_new", "cookies_new", "Queries with a client cookie only, or a server cookie not ours"),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], total.get(key, 0))

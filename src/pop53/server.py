@@ -88,7 +88,8 @@ class Server:
         self.responder = _core.Responder(
             identity=config.identity if config.nsid or config.chaos else "",
             version=config.version, chaos=config.chaos, nsid=config.nsid,
-            edns_max=config.edns_max)
+            edns_max=config.edns_max, cookie_secret=config.cookie_secret,
+            cookie_secret_previous=config.cookie_secret_previous)
         self.shared = _core.Shared()
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None

@@ -20,6 +20,15 @@ from . import _core
 log = logging.getLogger("pop53.tcp")
 
 
+def _packed(peer) -> bytes | None:
+    """The peer's address as 4 or 16 bytes (server cookies are bound to it)."""
+    try:
+        host = peer[0]
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host.split("%")[0])
+    except (OSError, TypeError, IndexError):
+        return None
+
+
 class TcpServer:
     def __init__(self, server, socks: list[socket.socket]):
         self.server = server
@@ -101,7 +110,8 @@ class TcpServer:
     def _answer(self, msg: bytes, peer) -> list[bytes]:
         image = self.server.current_image
         act, reply = self.counters.answer(image.view if image is not None else None, msg,
-                                          self.server.responder, True)
+                                          self.server.responder, True,
+                                          _packed(peer) if self.server.responder.cookies else None)
         if act == _core.ACTION_CONTROL:
             handler = self.server.control_handler
             if handler is not None:

@@ -46,6 +46,8 @@ responders = [pop53.Responder(), pop53.Responder(identity="ns-san", edns_max=409
 packets = pickle.load(open(packets_file, "rb"))
 n = replies = 0
 rl = _core.RateLimiter(1, slip=1, table_size=1024)     # response rate limiting reads replies
+cookie_responder = pop53.Responder(identity="ns-san", cookie_secret=bytes(range(16)),
+                                   cookie_secret_previous=bytes(16))
 sa = b"\x02\x00\x14\xe9\xc0\x00\x02\x01" + bytes(20)
 for i, wire in enumerate(packets):
     for tcp in (False, True):
@@ -60,6 +62,8 @@ for i, wire in enumerate(packets):
     if len(wire) <= 65535:
         rl.account(sa, wire, i & 3, edns=True)       # any bytes where a reply would be
         rl.classify(wire)
+    for client in (("192.0.2.1", 53), ("2001:db8::1", 53)):    # server cookies (RFC 9018)
+        pop53.answer(image, wire, client, tcp=bool(i & 1), responder=cookie_responder)
     _core.answer(None, wire, responders[0], False)     # no image loaded yet
 print("REPLAYED", n, replies, flush=True)
 """
