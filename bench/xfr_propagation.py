@@ -150,9 +150,15 @@ def chart(rows: list[dict], path: Path, title: str) -> None:
         bottom = [b + v for b, v in zip(bottom, vals)]
     rest = [max(0.0, r["notify_to_visible"] - b) for r, b in zip(rows, bottom)]
     ax.bar(xs, rest, bottom=bottom, label="until the poller saw it", color="#cccccc")
-    ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target: 1 s")
     ax.set_xticks(xs, [f"{i}{'*' if r.get('compacting') else ''}" for i, r in enumerate(rows)])
     ax.set_xlabel("change (* = a background compaction was running)")
+    finish_chart(fig, ax, rows, path, title)
+
+
+def finish_chart(fig, ax, rows: list[dict], path: Path, title: str) -> None:
+    """The 1 s target line, labels and limits both propagation charts share; saves and closes."""
+    import matplotlib.pyplot as plt
+    ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target: 1 s")
     ax.set_ylabel("seconds from NOTIFY to visible")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right")

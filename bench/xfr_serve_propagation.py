@@ -35,7 +35,7 @@ import dns.query  # noqa: E402
 import dns.rcode  # noqa: E402
 
 from bench import data  # noqa: E402
-from bench.xfr_propagation import SECRET, Knot, free_port  # noqa: E402
+from bench.xfr_propagation import SECRET, Knot, finish_chart, free_port  # noqa: E402
 
 _LOGTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
@@ -77,16 +77,9 @@ def chart(rows: list[dict], path: Path, title: str) -> None:
     seen = [max(0.0, r["notify_to_visible"] - r["published"]) for r in rows]
     ax.bar(xs, pub, label="NOTIFY -> published (server log)")
     ax.bar(xs, seen, bottom=pub, label="published -> first UDP answer with it", color="#cccccc")
-    ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target: 1 s")
     ax.set_xticks(xs, [str(i) for i in xs])
     ax.set_xlabel("change")
-    ax.set_ylabel("seconds from NOTIFY to visible")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
-    ax.set_ylim(0, max(1.1, max(r["notify_to_visible"] for r in rows) * 1.15))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_chart(fig, ax, rows, path, title)
 
 
 def main(argv=None) -> int:

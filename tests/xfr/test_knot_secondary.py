@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xfr_support import KEYNAME, SECRET, Recorder, free_port, query, soa_serial, tsig_key, wait_for
+from xfr_support import (KEYNAME, SECRET, Recorder, free_port, query, soa_serial, stop_daemon,
+                         tsig_key, wait_for)
 
 from pop53 import xfr
 from test_knot_primary import ZONE, knot_primary, start_engine
@@ -75,7 +76,6 @@ def test_chain_knot_pop53_knot(knot_factory, engines, tmp_path):
 def test_nsd_secondary_of_pop53(knot_factory, engines, tmp_path):
     """NSD (a second implementation) transfers from pop53 and follows its NOTIFY."""
     import shutil
-    import signal
     import subprocess
 
     nsd = shutil.which("nsd") or "/usr/sbin/nsd"
@@ -130,9 +130,4 @@ zone:
         assert e.stats["notify.sent"] >= 1
         assert e.stats["xfr_out.ixfr"] + e.stats["xfr_out.axfr"] >= 2
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_daemon(proc)
