@@ -429,7 +429,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     """Answer one query.  The decision table for bad input (ARCHITECTURE.md point 4):
         shorter than a header, or QR=1            -> drop
         opcode not QUERY/NOTIFY                   -> NOTIMP
-        QDCOUNT != 1, bad question/OPT/records    -> FORMERR
+        QDCOUNT != 1, bad question/OPT/records    -> FORMERR (but QDCOUNT 0 with a COOKIE,
+                                                     cookies on: NOERROR + our cookie, RFC 7873 §5.4)
         EDNS version > 0                          -> BADVERS
         NOTIFY, AXFR/IXFR, TSIG-signed            -> control plane (a fallback reply is written)
         class not IN/CH, name in no served zone   -> REFUSED
@@ -466,7 +467,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     c.cfg = cfg
     c.q = q
     status = wire_parse_query(pkt, len, q, cfg.lenient_trailing)
-    if cfg.cookies and status == PARSE_OK and q.edns and q.cookie_len >= 8 and \
+    if cfg.cookies and (status == PARSE_OK or status == PARSE_NOQUESTION) and q.edns and \
+            q.cookie_len >= 8 and \
             (client_len == 4 or client_len == 16):
         now = wall_seconds()
         if q.cookie_len > 8 and cookie_valid(cfg, q.cookie, q.cookie_len, client, client_len, now):
@@ -482,6 +484,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
         rcode = RC_FORMERR
     elif status == PARSE_BADVERS:
         rcode = RC_BADVERS
+    elif status == PARSE_NOQUESTION and not (c.cookie and q.opcode == OP_QUERY):
+        rcode = RC_FORMERR      # no question: only a cookie query may do that (RFC 7873 §5.4)
     elif q.opcode == OP_NOTIFY:
         q.ctl = CTL_NOTIFY
     elif q.tsig:
@@ -495,6 +499,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     ctx_begin(&c, pkt, out, outcap, tcp)
     if rcode != RC_NOERROR:
         c.rcode = rcode
+    elif status == PARSE_NOQUESTION and not q.ctl:
+        pass                    # the cookie query: header and OPT with our cookie, NOERROR
     elif q.ctl:
         # the fallback when no control plane takes it: refuse politely
         act = ACT_CONTROL

@@ -10,6 +10,7 @@ cdef enum:
     PARSE_OK = 0
     PARSE_FORMERR = 1
     PARSE_BADVERS = 2
+    PARSE_NOQUESTION = 3      # QDCOUNT 0, the rest well formed (RFC 7873 §5.4 cookie query)
 
 cdef struct rbuf_t:
     const uint8_t* data
@@ -175,16 +176,17 @@ cdef int wire_parse_query(const uint8_t* pkt, uint32_t len, query_t* q, bint len
     ns = rd16(pkt + 8)
     ar = rd16(pkt + 10)
     q.qend = 0
-    if qd != 1:
+    if qd > 1 or (qd == 0 and (an != 0 or ns != 0)):
         return PARSE_FORMERR
-    if wire_parse_qname(&b, q) != 0:
-        return PARSE_FORMERR
-    start = b.pos
-    if not rb_take(&b, 4):
-        return PARSE_FORMERR
-    q.qtype = rd16(pkt + start)
-    q.qclass = rd16(pkt + start + 2)
-    q.qend = b.pos
+    if qd == 1:
+        if wire_parse_qname(&b, q) != 0:
+            return PARSE_FORMERR
+        start = b.pos
+        if not rb_take(&b, 4):
+            return PARSE_FORMERR
+        q.qtype = rd16(pkt + start)
+        q.qclass = rd16(pkt + start + 2)
+        q.qend = b.pos
     # A query carries no answer records, and authority records only for IXFR (RFC 1995 §3);
     # NOTIFY may carry an SOA in the answer section (RFC 1996 §3.7).
     if q.opcode == OP_QUERY and (an != 0 or (ns != 0 and q.qtype != T_IXFR)):
@@ -218,4 +220,4 @@ cdef int wire_parse_query(const uint8_t* pkt, uint32_t len, query_t* q, bint len
         return PARSE_FORMERR            # trailing bytes after the last record
     if q.edns and q.ednsver != 0:
         return PARSE_BADVERS
-    return PARSE_OK
+    return PARSE_OK if qd == 1 else PARSE_NOQUESTION

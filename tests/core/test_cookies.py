@@ -138,3 +138,26 @@ def test_bad_secrets():
                dict(cookie_secret_previous=SECRET_A)):
         with pytest.raises(ValueError):
             Responder(**kw)
+
+
+def _no_question(cookie: bytes | None, edns=True) -> bytes:
+    q = dns.message.make_query("www.core.test.", "A", use_edns=0 if edns else False,
+                               options=[dns.edns.CookieOption(cookie[:8], cookie[8:])] if cookie else [])
+    q.question = []
+    return q.to_wire()
+
+
+def test_a_query_with_only_a_cookie_learns_a_server_cookie(image):
+    """RFC 7873 §5.4: QDCOUNT 0 and a COOKIE option: NOERROR, no question, our cookie."""
+    r = Responder(cookie_secret=SECRET_A)
+    client = bytes.fromhex("1112131415161718")
+    wire = pop53.answer(image, _no_question(client), ("192.0.2.7", 1), responder=r)
+    m = dns.message.from_wire(wire)
+    assert m.rcode() == dns.rcode.NOERROR and not m.question and not m.answer
+    got = cookie_of(m)
+    assert got[:8] == client and _core.cookie_check(r, got, ip("192.0.2.7"), int(time.time()))
+    # without cookies configured, or without a cookie, or without EDNS: FORMERR as before
+    for responder, wire in ((Responder(), _no_question(client)), (r, _no_question(None)),
+                            (r, _no_question(None, edns=False))):
+        m = dns.message.from_wire(pop53.answer(image, wire, ("192.0.2.7", 1), responder=responder))
+        assert m.rcode() == dns.rcode.FORMERR
