@@ -203,3 +203,72 @@ def test_malformed_transfer_streams(engines, tmp_path):
     one()
     print("malformed-stream outcomes", seen)
     assert seen["refused"] > 50, seen
+
+
+def test_random_ixfr_diffs_through_the_image_publisher(engines, tmp_path):
+    """The same random diffs, published by the real ImagePublisher (the IXFR fast path patches
+    the image; compactions run in line): after every accepted update the served image answers
+    exactly like a full compile of the served version."""
+    import pop53
+    from pop53.compiler import compile_zone_data
+
+    images = []
+    pub = xfr.ImagePublisher(images.append, compact_in_background=False)
+    pub.MAX_GROWTH = 1.6            # compactions happen too, in line, every few patches
+    rec = Recorder()
+
+    def both(name, version):
+        pub(name, version)
+        rec(name, version)
+
+    cfg = xfr.parse_xfr_config({
+        "server": {"state": str(tmp_path / "state")},
+        "xfr": {"journal_keep": 5, "timeout": 0.2},
+        "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
+        "zone": [{"name": ORIGIN.to_text(), "primaries": [f"127.0.0.1:{free_port()}"], "key": KEYNAME}],
+    }, "t.toml")
+    e = xfr.XfrService(cfg, both)
+    engines.append(e)
+    e.start()
+    zst = e.zones[ORIGIN]
+    e.call(e._ingest(zst, None, ("full", dns.zone.from_text(BASE, ORIGIN, relativize=False)), "seed"))
+    queries = []
+    for label in LABELS + ["nx", "a.nx", "z.sub", "q.deep.y.x"]:
+        name = ORIGIN if label == "@" else dns.name.from_text(label.replace("*", "w1"), ORIGIN)
+        for t in ("A", "AAAA", "TXT", "MX", "NS", "CNAME", "DNAME", "SOA", "ANY"):
+            q = dns.message.make_query(name, t, use_edns=0)
+            q.id = 53
+            queries.append(q.to_wire())
+
+    def answers(image):
+        return [pop53.answer(image, w, ("127.0.0.1", 5353)) for w in queries]
+
+    outcomes = {"accepted": 0}
+
+    @settings(max_examples=250, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(dels=st.lists(rr_strategy, max_size=3), adds=st.lists(rr_strategy, max_size=4),
+           pick_existing=st.lists(st.integers(0, 50), max_size=3))
+    def one(dels, adds, pick_existing):
+        before = zst.zone
+        existing = [r for r in jr.iter_rrs(before) if r[2].rdtype != dns.rdatatype.SOA]
+        dels = dels + [existing[i % len(existing)] for i in pick_existing if existing]
+        old_soa = jr.soa_of(before)
+        new_soa = (ORIGIN, 300, old_soa[2].replace(serial=(old_soa[2].serial + 1) % 2**32))
+        n0 = len(images)
+        try:
+            e.call(e._ingest(zst, before, ("steps", (jr.Diff(old_soa, new_soa, tuple(dels), tuple(adds)),)), "fuzz"))
+        except (xfr.UpdateRejected, jr.DiffError):
+            assert pub.zones[ORIGIN.to_text()].zone is before
+            return
+        outcomes["accepted"] += 1
+        served = rec.versions[ORIGIN.to_text()]
+        assert pub.last_image is images[-1] and len(images) > n0
+        want = answers(compile_zone_data([served.data]))
+        for image in images[n0:]:        # the patched image, and the compacted one if any
+            assert answers(image) == want
+
+    one()
+    print("publisher", pub.stats, outcomes)
+    assert outcomes["accepted"] >= 10 and pub.stats["patched"] >= 10, (pub.stats, outcomes)
+    assert pub.stats["compacted"] >= 1, pub.stats
