@@ -67,15 +67,21 @@ def model_of(zone):
     return {rrset_key(r) for r in jr.iter_rrs(zone) if r[2].rdtype != dns.rdatatype.SOA}
 
 
-def make_engine(engines, tmp_path):
+def make_engine(engines, tmp_path, publish=None):
+    """An engine holding the BASE zone at serial 1; publish: also called with every version."""
     rec = Recorder()
+
+    def both(name, version):
+        if publish is not None:
+            publish(name, version)
+        rec(name, version)
     cfg = xfr.parse_xfr_config({
         "server": {"state": str(tmp_path / "state")},
         "xfr": {"journal_keep": 5, "timeout": 0.2},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ORIGIN.to_text(), "primaries": [f"127.0.0.1:{free_port()}"], "key": KEYNAME}],
     }, "t.toml")
-    e = xfr.XfrService(cfg, rec)
+    e = xfr.XfrService(cfg, both)
     engines.append(e)
     e.start()
     zst = e.zones[ORIGIN]
@@ -215,23 +221,7 @@ def test_random_ixfr_diffs_through_the_image_publisher(engines, tmp_path):
     images = []
     pub = xfr.ImagePublisher(images.append, compact_in_background=False)
     pub.MAX_GROWTH = 1.6            # compactions happen too, in line, every few patches
-    rec = Recorder()
-
-    def both(name, version):
-        pub(name, version)
-        rec(name, version)
-
-    cfg = xfr.parse_xfr_config({
-        "server": {"state": str(tmp_path / "state")},
-        "xfr": {"journal_keep": 5, "timeout": 0.2},
-        "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
-        "zone": [{"name": ORIGIN.to_text(), "primaries": [f"127.0.0.1:{free_port()}"], "key": KEYNAME}],
-    }, "t.toml")
-    e = xfr.XfrService(cfg, both)
-    engines.append(e)
-    e.start()
-    zst = e.zones[ORIGIN]
-    e.call(e._ingest(zst, None, ("full", dns.zone.from_text(BASE, ORIGIN, relativize=False)), "seed"))
+    e, zst, rec = make_engine(engines, tmp_path, publish=pub)
     queries = []
     for label in LABELS + ["nx", "a.nx", "z.sub", "q.deep.y.x"]:
         name = ORIGIN if label == "@" else dns.name.from_text(label.replace("*", "w1"), ORIGIN)
