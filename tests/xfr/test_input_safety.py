@@ -249,3 +249,33 @@ def test_publish_failure_keeps_old_version(setup):
     wait_for(lambda: rec.serial(ZONE) == 3, 10, what="serial 3")
     assert rec.rdata(ZONE, "new.safe.example.", "A") == ["192.0.2.3"]
 
+
+
+def test_a_big_full_transfer_freezes_what_it_built(monkeypatch):
+    """Every FREEZE_EVERY records a full transfer calls gc.freeze(), so the collector does not
+    walk the growing zone again and again; a diff (IXFR) never does."""
+    import gc
+
+    import dns.rrset
+    import dns.xfr
+
+    monkeypatch.setattr(xfr._CollectTxn, "FREEZE_EVERY", 10)
+    origin = dns.name.from_text(ZONE)
+    z = zone(1, "\n".join(f"h{i} A 192.0.2.{i % 250 + 1}" for i in range(35)))
+    q = dns.message.make_query(origin, "AXFR")
+    r = dns.message.make_response(q)
+    soa = journal.soa_of(z)
+    for name, ttl, rd in [soa] + [x for x in journal.iter_rrs(z) if x[2].rdtype != dns.rdatatype.SOA] + [soa]:
+        rs = dns.rrset.RRset(name, 1, rd.rdtype)
+        rs.add(rd, ttl)
+        r.answer.append(rs)
+    wire = r.to_wire()
+    gc.unfreeze()
+    try:
+        col = xfr._Collector(origin, None, 1000, 1000)
+        with dns.xfr.Inbound(col, dns.rdatatype.AXFR, None) as inbound:
+            assert inbound.process_message(dns.message.from_wire(wire, xfr=True, one_rr_per_rrset=True))
+        assert gc.get_freeze_count() > 0
+        assert col.result is not None and len(col.result[1].nodes) >= 35
+    finally:
+        gc.unfreeze()
