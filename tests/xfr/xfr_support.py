@@ -183,12 +183,12 @@ class Knot:
         self.proc = None
 
 
-def stop_daemon(proc: subprocess.Popen | None) -> None:
-    """SIGTERM to the daemon a test started (by its PID), SIGKILL after 10 s."""
+def stop_daemon(proc: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM to the daemon a test started (by its PID), SIGKILL after `grace` seconds."""
     if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
@@ -403,13 +403,7 @@ def start_pop53_secondary(workdir: Path, port: int, knot_port: int, zone: str = 
 
 def stop_process(proc: subprocess.Popen) -> str:
     """SIGTERM, then SIGKILL after 5 s; returns what the process printed."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_daemon(proc, grace=5.0)
     return proc.stdout.read() if proc.stdout else ""
 
 
