@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                     help="ImagePublisher.MAX_GROWTH (1.0: every patch starts a background "
                          "compaction, so the changes land while one runs)")
     ap.add_argument("--full", action="store_true",
-                    help="disable the IXFR fast path (pop53.incremental): full compile per update")
+                    help="disable the IXFR fast path (pop53.zone.incremental): full compile per update")
     ap.add_argument("--replot", type=Path, default=None,
                     help="only redraw the PNG beside an existing results markdown file")
     args = ap.parse_args(argv)
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
         return 2
 
     import pop53
-    from pop53 import xfr
+    from pop53.xfr import service as xfr
 
     work = Path(tempfile.mkdtemp(prefix="pop53-xfr-bench-"))
     # The same seeded zone file the server benchmark uses (generated once, reused).

@@ -6,10 +6,10 @@ Public API (tools outside the project rely on these names):
 """
 from __future__ import annotations
 
-from ._core import Responder
-from ._core import answer_image as _answer_image
-from .compiler import compile_zone_data, compile_zones
-from .images import Image, load_image
+from pop53._core import Responder
+from pop53._core import answer_image as _answer_image
+from pop53.zone.compiler import compile_zone_data, compile_zones
+from pop53.zone.images import Image, load_image
 
 __all__ = ["Image", "Responder", "answer", "compile_zones", "compile_zone_data", "load_image"]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ import tomllib
 
 import dns.name
 
-from .errors import ConfigError
+from pop53.errors import ConfigError
 
 SERVER_KEYS = {
     "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",

@@ -12,7 +12,8 @@ import dns.rcode
 import pytest
 
 import pop53
-from pop53 import Responder, _core
+from pop53 import Responder
+from pop53 import _core
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SECRET_A = bytes.fromhex("e5e973e5a6b2a43f48e7dc849e37bfcf")

@@ -11,7 +11,7 @@ import dns.rdatatype
 import pytest
 
 import pop53
-import pop53.zonefile
+import pop53.zone.zonefile
 from pop53 import Responder
 
 from pathlib import Path
@@ -300,7 +300,7 @@ def test_answers_are_compressed(image):
 
 
 def test_expired_zone_answers_servfail_and_others_are_unaffected():
-    img = pop53.compile_zone_data([pop53.zonefile.load_zone_file(z) for z in ZONES],
+    img = pop53.compile_zone_data([pop53.zone.zonefile.load_zone_file(z) for z in ZONES],
                                   expired=["other.test."])
     r, _ = ask(img, "www.other.test.", "A")
     assert r.rcode() == dns.rcode.SERVFAIL and not r.flags & dns.flags.AA and r.answer == []

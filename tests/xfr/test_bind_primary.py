@@ -13,7 +13,7 @@ from bind_support import Bind
 from xfr_support import (KEYNAME, SECRET, Recorder, a_records, free_port, start_pop53_secondary,
                          stop_process, wait_for, zone_text)
 
-from pop53 import xfr
+from pop53.xfr import service as xfr
 
 pytestmark = pytest.mark.peers
 

@@ -15,8 +15,9 @@ import pytest
 from xfr_support import a_records, free_port, start_pop53_secondary, stop_process, wait_for
 from test_knot_primary import ZONE, knot_primary
 
-from pop53 import agent, bird
-from pop53.staleness import STATE_FILE
+from pop53.anycast import agent
+from pop53.anycast import bird
+from pop53.anycast.staleness import STATE_FILE
 
 pytestmark = pytest.mark.peers
 
@@ -46,7 +47,7 @@ def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_pat
     try:
         wait_for(lambda: a_records(p_normal, "www." + ZONE) == ["192.0.2.1"], 20, what="normal serves")
         wait_for(lambda: a_records(p_delayed, "www." + ZONE) == ["192.0.2.1"], 20, what="delayed serves")
-        # the engine's state file (pop53.staleness), rewritten every status_interval
+        # the engine's state file (pop53.anycast.staleness), rewritten every status_interval
         state_n, state_d = dn / "state" / STATE_FILE, dd / "state" / STATE_FILE
         wait_for(lambda: state_n.exists() and state_d.exists(), 10, what="the engines' state files")
         wait_for(lambda: prober(p_normal, state_n).run().ok, 10, what="normal probe passes")

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from xfr_support import KEYNAME, SECRET, Recorder, free_port
 
-from pop53 import journal as jr
-from pop53 import xfr
-from pop53.zonefile import zone_from_dnspython
+from pop53.xfr import journal as jr
+from pop53.xfr import service as xfr
+from pop53.zone.zonefile import zone_from_dnspython
 
 ORIGIN = dns.name.from_text("fuzz.example.")
 BASE = """\
@@ -216,7 +216,7 @@ def test_random_ixfr_diffs_through_the_image_publisher(engines, tmp_path):
     the image; compactions run in line): after every accepted update the served image answers
     exactly like a full compile of the served version."""
     import pop53
-    from pop53.compiler import compile_zone_data
+    from pop53.zone.compiler import compile_zone_data
 
     images = []
     pub = xfr.ImagePublisher(images.append, compact_in_background=False)

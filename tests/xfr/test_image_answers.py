@@ -13,7 +13,7 @@ from test_knot_primary import ZONE, engine_config, knot_primary
 
 pytest.importorskip("pop53._core")
 import pop53  # noqa: E402
-from pop53 import xfr  # noqa: E402
+from pop53.xfr import service as xfr  # noqa: E402
 
 pytestmark = pytest.mark.peers
 

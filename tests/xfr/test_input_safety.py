@@ -16,7 +16,8 @@ import pytest
 
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
 
-from pop53 import journal, xfr
+from pop53.xfr import journal
+from pop53.xfr import service as xfr
 
 ZONE = "safe.example."
 BASE = """\

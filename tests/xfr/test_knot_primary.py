@@ -5,7 +5,7 @@ import pytest
 
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, wait_for, zone_text
 
-from pop53 import xfr
+from pop53.xfr import service as xfr
 
 pytestmark = pytest.mark.peers
 
@@ -83,5 +83,5 @@ def test_notify_ixfr_from_knot(knot_factory, engines, tmp_path):
     assert rec.rdata(ZONE, "new.example.org.", "A") is None
     assert e.stats["xfr_in.ixfr.ok"] == 2
     assert e.stats["xfr_in.axfr.ok"] == 1
-    # Every published version went through the zone-file checks (pop53.zonefile.ZoneData).
+    # Every published version went through the zone-file checks (pop53.zone.zonefile.ZoneData).
     assert type(rec.versions[ZONE].data).__name__ == "ZoneData"

@@ -7,7 +7,7 @@ import pytest
 from xfr_support import (KEYNAME, SECRET, Recorder, free_port, query, soa_serial, stop_daemon,
                          tsig_key, wait_for)
 
-from pop53 import xfr
+from pop53.xfr import service as xfr
 from test_knot_primary import ZONE, knot_primary, start_engine
 
 pytestmark = pytest.mark.peers

@@ -13,7 +13,8 @@ import pytest
 
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
 
-from pop53 import staleness, xfr
+from pop53.anycast import staleness
+from pop53.xfr import service as xfr
 from test_knot_primary import ZONE, knot_primary
 
 pytestmark = pytest.mark.peers

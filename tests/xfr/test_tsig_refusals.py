@@ -19,7 +19,7 @@ import pytest
 
 from xfr_support import KEYNAME, OTHER_SECRET, SECRET, Recorder, free_port, tsig_key
 
-from pop53 import xfr
+from pop53.xfr import service as xfr
 
 SEC = "sec.example."      # a secondary zone (primary: 127.0.0.1, nobody listening)
 LOCAL = "local.example."  # a zone we are primary for; 127.0.0.1 may transfer it with the key

@@ -261,14 +261,14 @@ class FakePrimary:
             t.start()
 
     def set(self, zone) -> None:
-        from pop53 import journal
+        from pop53.xfr import journal
 
         s = journal.serial_of(zone)
         self.versions[s] = zone
         self.current = s
 
     def _soa(self):
-        from pop53 import journal
+        from pop53.xfr import journal
 
         return journal.soa_of(self.versions[self.current])
 
@@ -315,7 +315,7 @@ class FakePrimary:
 
     def serve_xfr(self, q, rrs=None):
         """A correct transfer of the current version (IXFR as one diff when possible)."""
-        from pop53 import journal
+        from pop53.xfr import journal
 
         zone = self.versions[self.current]
         qtype = q.question[0].rdtype

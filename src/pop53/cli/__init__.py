@@ -1,0 +1,46 @@
+"""The `pop53` command line: argument parsing only; each subcommand calls into its package.
+
+Every subcommand lives in its own module in this package and exposes
+`add_parser(subparsers)` (which registers the subcommand and sets `func`) so that
+subcommands can be added without touching this file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pop53", description="anycast authoritative DNS server")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from pop53.errors import Pop53Error
+
+    try:
+        rc = args.func(args)
+    except Pop53Error as exc:
+        print(f"pop53: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`pop53 ctl COMMAND`: drive a running server through its control socket."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    from pop53.serve.control import COMMANDS
+
+    p = sub.add_parser("ctl", help="control a running server (reload, status, zones, stats, "
+                                   "xfr, refresh ZONE, retransfer ZONE)")
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("zone", nargs="?", help="the zone, for refresh and retransfer")
+    p.add_argument("-s", "--socket", default="/run/pop53.sock", help="control socket path")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pop53.serve.control import send
+    from pop53.errors import Pop53Error
+
+    try:
+        reply = send(args.socket, f"{args.command} {args.zone}" if args.zone else args.command)
+    except OSError as exc:
+        raise Pop53Error(f"cannot reach the control socket {args.socket}: {exc.strerror or exc}") from None
+    json.dump(reply, sys.stdout, indent=2)
+    print()
+    return 0 if reply.get("ok") else 1

@@ -1,0 +1,108 @@
+"""`pop53 serve`: run the server until SIGTERM/SIGINT; SIGHUP reloads the zones."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the authoritative server")
+    p.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--zone", action="append", default=[], metavar="FILE",
+                   help="zone file to serve (repeatable; origin from $ORIGIN or SOA)")
+    p.add_argument("--example", action="store_true", help="serve the embedded example zone")
+    p.add_argument("--listen", action="append", default=[], metavar="ADDR:PORT",
+                   help="listen address (repeatable; default 127.0.0.1:53)")
+    p.add_argument("--workers", type=int, help="UDP workers per address (default: one per core)")
+    p.add_argument("--identity", help="NSID and id.server identity (default: hostname)")
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="Prometheus endpoint")
+    p.add_argument("--user", help="drop privileges to this user after binding")
+    p.add_argument("--state", metavar="DIR", help="state directory: the compiled image is saved "
+                   "there and reused at start while the zone files are unchanged")
+    p.add_argument("--control", metavar="PATH", help="control socket for `pop53 ctl`")
+    p.add_argument("--pidfile", help="write the process id here")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run)
+
+
+def build_config(args):
+    from pop53 import config as cfgmod
+    from pop53.errors import ConfigError
+    from pop53.cli.query import example_zone_path
+
+    if args.config:
+        cfg = cfgmod.load(args.config)
+    else:
+        zones = [{"name": _origin_of(z), "file": os.path.abspath(z)} for z in args.zone]
+        if args.example:
+            zones.append({"name": "example.com.", "file": example_zone_path()})
+        if not zones:
+            raise ConfigError("give --config FILE, --zone FILE or --example")
+        cfg = cfgmod.from_dict({"server": {}, "zone": zones}, file="<command line>")
+    if args.listen:
+        cfg.listen = [cfgmod.parse_listen(v, "--listen", None) for v in args.listen]
+    if args.workers is not None:
+        if not 1 <= args.workers <= 256:
+            raise ConfigError("must be within 1..256", key="--workers")
+        cfg.workers = args.workers
+    if args.identity is not None:
+        cfg.identity = args.identity
+    if args.metrics:
+        cfg.metrics = cfgmod.parse_listen(args.metrics, "--metrics", None, default_port=9153)
+    if args.user:
+        cfg.user = args.user
+    if args.state:
+        cfg.state = args.state
+    if args.control:
+        cfg.control = args.control
+    return cfg
+
+
+def _origin_of(path: str) -> str:
+    from pop53.zone.zonefile import _guess_origin
+
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return _guess_origin(f.read(), path).to_text()
+    except OSError as exc:
+        from pop53.errors import ZoneError
+        raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
+
+
+def run(args) -> int:
+    from pop53.xfr import secondary
+    from pop53.serve.server import Server
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    cfg = build_config(args)
+    if secondary.needs_engine(cfg):
+        server, service = secondary.build(cfg)
+    else:
+        server, service = Server(cfg), None
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    server.start()
+    if service is not None:
+        service.start()
+    if args.pidfile:
+        with open(args.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    for host, port in server.addresses:
+        print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(0.2):
+            if hup.is_set():
+                hup.clear()
+                server.reload()
+    finally:
+        if service is not None:
+            service.stop()
+        server.stop()
+    return 0

@@ -1,0 +1,84 @@
+"""The glue between the server and the metadata engine (xfr.py): which messages go to the
+engine, how its zone versions become images, and how a reload keeps the transferred zones.
+
+    cfg = config.load(path)
+    server, service = secondary.build(cfg)   # service is None when no zone needs transfers
+    server.start(); service and service.start()
+"""
+from __future__ import annotations
+
+import logging
+
+from pop53.xfr import service as xfr
+from pop53.config import Config
+from pop53.serve.server import Server
+
+log = logging.getLogger("pop53.secondary")
+
+_OPCODE_NOTIFY = 4
+
+
+def needs_engine(cfg: Config) -> bool:
+    """Transfers are in play when a zone has primaries (a secondary here), secondaries of its
+    own (notify / allow_transfer), or keys are configured."""
+    return bool(cfg.doc.get("key")) or any(
+        k in z.raw for z in cfg.zones for k in ("primaries", "notify", "allow_transfer"))
+
+
+class ControlPlane:
+    """The server's control handler: NOTIFY, SOA checks with TSIG, AXFR/IXFR, go to the engine;
+    anything the engine does not take gets the data plane's fallback reply."""
+
+    def __init__(self, service: xfr.XfrService):
+        self.service = service
+
+    def handle_udp(self, msg: bytes, peer) -> bytes | None:
+        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+            return self.service.handle_notify(msg, peer)
+        # UDP AXFR/IXFR: not served over UDP here (RFC 5936 §4.2; IXFR clients retry over TCP
+        # when the answer is not an IXFR): the data plane's fallback reply goes out
+        return self.service.handle_query(msg, peer)
+
+    def handle_tcp(self, msg: bytes, peer) -> list[bytes] | None:
+        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+            r = self.service.handle_notify(msg, peer)
+            return [r] if r else None
+        out = self.service.handle_tcp_query(msg, peer)
+        if out is not None:
+            return out
+        r = self.service.handle_query(msg, peer)
+        return [r] if r else None
+
+
+def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
+    """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
+    if not needs_engine(cfg):
+        return Server(cfg), None
+    xcfg = xfr.parse_xfr_config(cfg.doc, cfg.source)
+    holder: dict = {}
+    server = Server(cfg)
+    files = server.load_zone_files()
+    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
+                                   check_image=server._check_size)
+    publisher.MAX_GROWTH = xcfg.compact_growth
+    service = xfr.XfrService(xcfg, publisher)
+    server.control_handler = ControlPlane(service)
+    for name, data in files.items():
+        service.set_local_zone(name, data.zone)
+    server.set_zones(files)         # the file zones serve at once; transferred ones join on start
+
+    def reload_files() -> None:
+        new = server.load_zone_files()
+        publisher.static = list(new.values())
+        for name, data in new.items():
+            service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
+        # recompile the file zones together with the transferred ones
+        zones = publisher.static + [d for d in publisher.zones.values() if d is not None]
+        from pop53.zone.compiler import compile_zone_data
+        image = compile_zone_data(zones, expired=sorted(getattr(publisher, "expired", ())))
+        server._check_size(image)
+        server.publish(image)
+
+    server.reload_hook = reload_files
+    holder["service"] = service
+    return server, service

@@ -1,0 +1,396 @@
+"""Compile validated zones into one immutable, position-independent byte image.
+
+The compiler does all the thinking once: lowercased lookup keys, pre-encoded RDATA, zone-cut,
+glue, empty-non-terminal and wildcard flags, and additional-section targets.  The data plane
+(ext/image.pxi) only reads.  The layout is declared in ext/_core.pxd; the struct formats below
+must match it (the image's version number guards against a mismatch).
+
+Layout: header | zone table | zone hash table | per zone: nodes (each node_t followed by its name,
+its rrset_t array and its RDATA, so one lookup touches one or two cache lines) | additional
+target lists | node hash table.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
+
+import dns.name
+import dns.rdatatype
+import numpy as np
+
+from pop53 import _core
+from pop53.errors import ZoneError
+from pop53.zone.images import Image
+from pop53.zone.zonefile import ZoneData, load_zone_file
+
+HEADER = struct.Struct("<8sIIQIIIIIIIIII")
+CHECKSUM_OFFSET = 60   # the header's last field
+ZONE = struct.Struct("<IBBHIIIIII")
+NODE = struct.Struct("<IBBHIIHHI")
+RRSET = struct.Struct("<HHIIIIHH")
+assert HEADER.size == _core.HEADER_SIZE == _core.SIZEOF["header"] == CHECKSUM_OFFSET + 4
+assert ZONE.size == _core.SIZEOF["zone"] and NODE.size == _core.SIZEOF["node"]
+assert RRSET.size == _core.SIZEOF["rrset"]
+
+F = _core.FLAGS
+_ADDITIONAL_TYPES = (dns.rdatatype.NS, dns.rdatatype.MX, dns.rdatatype.SRV)
+_MAX_IMAGE = 0xFFFF_FFF0  # offsets are 32-bit
+
+
+def _pow2_at_least(n: int) -> int:
+    size = 4
+    while size < n:
+        size <<= 1
+    return size
+
+
+def _align4(n: int) -> int:
+    return (n + 3) & ~3
+
+
+class _Node:
+    __slots__ = ("key", "labels", "flags", "rrsets", "cut", "off", "size")
+
+    def __init__(self, key: bytes, labels: int):
+        self.key = key                  # lowercased wire name
+        self.labels = labels
+        self.flags = 0
+        self.rrsets = []                # [(type, ttl, [rdata wire], [target keys], covers)]
+        self.cut = None
+        self.off = 0
+        self.size = 0
+
+
+def _labels(key: bytes) -> int:
+    n = p = 0
+    while key[p]:
+        p += key[p] + 1
+        n += 1
+    return n
+
+
+def _parent(key: bytes) -> bytes:
+    return key[key[0] + 1:]
+
+
+_T_NS, _T_MX, _T_SRV, _T_CNAME, _T_DNAME, _T_SOA, _T_RRSIG = 2, 15, 33, 5, 39, 6, 46
+
+
+def _target_key(rd) -> bytes | None:
+    t = rd.rdtype
+    if t == _T_NS:
+        return rd.target.to_wire().lower()
+    if t == _T_MX:
+        return rd.exchange.to_wire().lower()
+    if t == _T_SRV:
+        return rd.target.to_wire().lower()
+    return None
+
+
+class _ZoneBuild:
+    """One zone's nodes keyed by lowercased wire name (bytes all the way: dns.name.Name
+    operations dominate the cost of a million-name compile)."""
+
+    def __init__(self, index: int, data: ZoneData):
+        self.index = index
+        self.data = data
+        self.origin = data.origin
+        self.key = data.origin.to_wire().lower()
+        self.nodes: dict[bytes, _Node] = {}
+        self.neg_ttl = 0
+        self.apex: _Node | None = None
+
+    def build(self) -> None:
+        nodes = self.nodes
+        okey = self.key
+        olabels = len(self.origin) - 1
+        for name, node in self.data.zone.nodes.items():
+            key = name.to_wire().lower()
+            n = nodes.get(key)
+            if n is None:
+                n = nodes[key] = _Node(key, len(name) - 1)
+            rdsets = node.rdatasets
+            if len(rdsets) > 1:
+                rdsets = sorted(rdsets, key=lambda r: (r.rdtype, r.covers))
+            for rds in rdsets:
+                if rds.rdclass != 1:
+                    continue
+                rtype = int(rds.rdtype)
+                if rtype == 1:          # A and AAAA: the common case, done in C
+                    wires = [_inet_pton(_AF_INET, rd.address) for rd in rds]
+                elif rtype == 28:
+                    wires = [_inet_pton(_AF_INET6, rd.address) for rd in rds]
+                else:
+                    wires = [rd.to_wire() for rd in rds]
+                if len(wires) > 65535 or any(len(w) > 65535 for w in wires):
+                    raise ZoneError("RRset or RDATA too large for the wire format", owner=name.to_text(),
+                                    zone=self.origin.to_text(), file=self.data.source)
+                targets = [_target_key(rd) for rd in rds] if rtype in (_T_NS, _T_MX, _T_SRV) else ()
+                n.rrsets.append((rtype, int(rds.ttl), wires, targets, int(rds.covers)))
+                if rtype == _T_CNAME:
+                    n.flags |= F["CNAME"]
+                elif rtype == _T_DNAME:
+                    n.flags |= F["DNAME"]
+                elif rtype == _T_NS and key != okey:
+                    n.flags |= F["CUT"]
+                elif rtype == _T_SOA and key == okey:
+                    self.neg_ttl = min(int(rds.ttl), int(rds[0].minimum))
+        # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2).
+        for key in list(nodes):
+            n = nodes[key]
+            labels = n.labels
+            while labels > olabels + 1:
+                key = _parent(key)
+                labels -= 1
+                if key in nodes:
+                    break
+                nodes[key] = _Node(key, labels)
+        wc = F["WILDCARD"]
+        wcc = F["WILDCARD_CHILD"]
+        for key, n in nodes.items():
+            if not n.rrsets:
+                n.flags |= F["ENT"]
+            if key[:2] == b"\x01*":
+                n.flags |= wc
+                nodes[key[2:]].flags |= wcc
+        apex = self.apex = nodes[okey]
+        apex.flags |= F["APEX"]
+        # Zone cuts: a node at a cut points at itself; below a cut, at the (highest) cut.
+        cut_flag, below = F["CUT"], F["BELOW_CUT"]
+        cuts = [n for n in nodes.values() if n.flags & cut_flag]
+        if cuts:
+            for key, n in nodes.items():
+                labels = n.labels
+                k = key
+                while labels > olabels:
+                    a = nodes.get(k)
+                    if a is not None and a.flags & cut_flag:
+                        n.cut = a
+                    k = _parent(k)
+                    labels -= 1
+                if n.cut is not None and n.cut is not n:
+                    n.flags |= below
+
+
+def write_node(buf, off: int, key: bytes, labels: int, flags: int, cut_off: int, rrsets,
+               zone_idx: int, seed: int, adds) -> int:
+    """Write one node record at `off`: node_t, the lowercased name, the rrset_t array, the
+    RDATA (the layout ext/p53.pxd declares; the one writer for compiler and incremental).
+    `adds(i)` writes RRset i's additional-target list and returns (its offset, count), or
+    (0, 0).  Returns the offset of the SOA's rrset_t, or 0."""
+    name_off = off + NODE.size
+    rrsets_off = _align4(name_off + len(key))
+    NODE.pack_into(buf, off, name_off, len(key), labels, flags, cut_off, rrsets_off, len(rrsets),
+                   zone_idx, _core.hash_name(key, seed))
+    buf[name_off:name_off + len(key)] = key
+    data = rrsets_off + RRSET.size * len(rrsets)
+    soa_off = 0
+    for i, (rtype, ttl, wires, _t, covers) in enumerate(rrsets):
+        rdata_off = data
+        for w in wires:
+            buf[data:data + 2] = len(w).to_bytes(2, "big")
+            buf[data + 2:data + 2 + len(w)] = w
+            data += 2 + len(w)
+        a_off, a_count = adds(i)
+        RRSET.pack_into(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
+                        data - rdata_off, a_off, a_count, covers if rtype == _T_RRSIG else 0)
+        if rtype == _T_SOA:
+            soa_off = rrsets_off + RRSET.size * i
+    return soa_off
+
+
+def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()) -> Image:
+    """Compile validated zones into one Image.  The longest matching zone answers a name.
+    `expired`: origins (text or dns.name.Name) of secondary zones past their SOA expire; they
+    stay in the image (so their names are not REFUSED) but every query in them gets SERVFAIL."""
+    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    origins = {}
+    for z in zones:
+        if z.origin in origins:
+            raise ZoneError(f"zone {z.origin} is given twice ({origins[z.origin]} and {z.source})",
+                            zone=z.origin.to_text())
+        origins[z.origin] = z.source
+    builds = [_ZoneBuild(i, z) for i, z in enumerate(sorted(zones, key=lambda z: z.origin))]
+    for b in builds:
+        b.build()
+
+    by_key = {b.key: b for b in builds}
+
+    def find_node(key: bytes) -> _Node | None:
+        k = key
+        while True:           # the longest zone that holds the name
+            b = by_key.get(k)
+            if b is not None:
+                return b.nodes.get(key)
+            if not k or k == b"\x00":
+                return None
+            k = _parent(k)
+
+    # Additional-section targets, resolved across every zone of the image.
+    add_lists: dict[int, list[_Node]] = {}
+    for b in builds:
+        for n in b.nodes.values():
+            for i, rr in enumerate(n.rrsets):
+                if not rr[3]:
+                    continue
+                seen, hits = set(), []
+                for t in rr[3]:
+                    tn = find_node(t)
+                    if tn is None or id(tn) in seen:
+                        continue
+                    if any(r[0] in (1, 28) for r in tn.rrsets):
+                        seen.add(id(tn))
+                        hits.append(tn)
+                if hits:
+                    add_lists[(id(n), i)] = hits
+
+    n_zones = len(builds)
+    ztab_size = _pow2_at_least(2 * n_zones + 1)
+    off = HEADER.size
+    zones_off = off
+    off += ZONE.size * n_zones
+    ztab_off = off
+    off += 4 * ztab_size
+    n_nodes = n_rrsets = n_records = 0
+    # pass 1: sizes and offsets
+    for b in builds:
+        b.name_off = off
+        off = _align4(off + len(b.key))
+        for n in b.nodes.values():
+            n.off = off
+            size = NODE.size + len(n.key)
+            size = _align4(size) + RRSET.size * len(n.rrsets)
+            for rr in n.rrsets:
+                size += sum(2 + len(w) for w in rr[2])
+                n_records += len(rr[2])
+            n.size = _align4(size)
+            off += n.size
+            n_nodes += 1
+            n_rrsets += len(n.rrsets)
+    add_offsets = {}
+    for k, hits in add_lists.items():
+        add_offsets[k] = off
+        off += 4 * len(hits)
+    for b in builds:
+        b.ntab_size = _pow2_at_least(2 * len(b.nodes) + 1)
+        b.ntab_off = off
+        off += 4 * b.ntab_size
+    total = off
+    if total > _MAX_IMAGE:
+        raise ZoneError(f"image would be {total} bytes; the format's limit is 4 GiB")
+
+    buf = bytearray(total)
+    HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total, n_zones,
+                     zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, 0)
+    for b in builds:
+        buf[b.name_off:b.name_off + len(b.key)] = b.key
+        soa_off = 0
+        for n in b.nodes.values():
+            cut_off = n.cut.off if n.cut is not None else 0
+
+            def adds(i, n=n):
+                hits = add_lists.get((id(n), i))
+                if not hits:
+                    return 0, 0
+                a_off = add_offsets[(id(n), i)]
+                struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
+                return a_off, len(hits)
+
+            soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, cut_off, n.rrsets, b.index,
+                                 seed, adds) or soa_off
+        ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
+                       len(b.origin) - 1, _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0,
+                       b.apex.off, b.ntab_off, b.ntab_size - 1,
+                       len(b.nodes), b.neg_ttl, soa_off)
+        _core.fill_table(buf, b.ntab_off, b.ntab_size - 1,
+                         np.fromiter((n.off for n in b.nodes.values()), dtype=np.uint32,
+                                     count=len(b.nodes)))
+    # zone table: slot -> zone index + 1
+    for b in builds:
+        slot = _core.hash_name(b.key, seed) & (ztab_size - 1)
+        while struct.unpack_from("<I", buf, ztab_off + 4 * slot)[0]:
+            slot = (slot + 1) & (ztab_size - 1)
+        struct.pack_into("<I", buf, ztab_off + 4 * slot, b.index + 1)
+    struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
+    return Image(bytes(buf))
+
+
+def compile_zones(paths, seed: int | None = None) -> Image:
+    """Compile zone files (origin from each file's $ORIGIN or SOA) into one Image.
+    Entries may be paths or (path, origin) pairs."""
+    datas = []
+    for p in paths:
+        if isinstance(p, tuple):
+            datas.append(load_zone_file(p[0], p[1]))
+        else:
+            datas.append(load_zone_file(p))
+    return compile_zone_data(datas, seed=seed)
+
+
+class CompilerUnavailable(Exception):
+    """The child compiler could not run at all (not a zone problem): the caller compiles
+    in-process instead (e.g. after dropping privileges the interpreter may be unreadable)."""
+
+
+def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
+                           timeout: float | None = None) -> None:
+    """Compile zone files in a fresh child process and write the image to out_path.
+
+    The server uses this so that its own memory never holds the parse (dnspython keeps several
+    objects per record: gigabytes for a million names) and a reload does not compete with the
+    serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone.
+    """
+    import json
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "pop53.zone.compiler", "--out", out_path]
+    for path, origin in zones:
+        args += ["--zone", f"{origin or ''}={path}"]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, IndexError, ValueError, subprocess.SubprocessError) as exc:
+        detail = proc.stderr.strip()[-500:] if "proc" in locals() else str(exc)
+        raise CompilerUnavailable(f"the zone compiler process failed: {detail}") from None
+    if not result.get("ok"):
+        e = result.get("error", {})
+        raise ZoneError(e.get("message", "compile failed"), file=e.get("file"), line=e.get("line"),
+                        owner=e.get("owner"), zone=e.get("zone"))
+    for w in result.get("warnings", []):
+        import logging
+        logging.getLogger("pop53.compiler").warning("%s", w)
+
+
+def main(argv=None) -> int:
+    """python -m pop53.compiler --out IMAGE --zone [ORIGIN]=FILE ...: the child side of
+    compile_files_isolated.  Prints one JSON line."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--zone", action="append", default=[])
+    args = p.parse_args(argv)
+    try:
+        datas = []
+        for spec in args.zone:
+            origin, _, path = spec.partition("=")
+            datas.append(load_zone_file(path, origin or None))
+        image = compile_zone_data(datas)
+        image.save(args.out)
+        print(json.dumps({"ok": True, "bytes": len(image),
+                          "warnings": [w for d in datas for w in d.warnings]}))
+        return 0
+    except ZoneError as exc:
+        print(json.dumps({"ok": False, "error": {"message": exc.message, "file": exc.file,
+                                                 "line": exc.line, "owner": exc.owner,
+                                                 "zone": exc.zone}}))
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

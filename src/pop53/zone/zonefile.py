@@ -1,0 +1,278 @@
+"""Zone loading and validation.
+
+dnspython parses the master file (we do not write our own parser); this module adds the
+checks an authoritative server needs before a zone may be compiled, and makes every error name
+the file, the line and the owner.  The same checks run on zones that arrive by transfer
+(`zone_from_dnspython`), so a bad update is rejected exactly like a bad file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.tokenizer
+import dns.zone
+import dns.zonefile
+
+from pop53.errors import ZoneError
+
+# Types that may sit at a delegation point beside NS (RFC 4035 §2.4: DS, RRSIG, NSEC); A/AAAA
+# there are glue when the cut's own name is a name server target.
+_AT_CUT_OK = {dns.rdatatype.NS, dns.rdatatype.DS, dns.rdatatype.RRSIG, dns.rdatatype.NSEC,
+              dns.rdatatype.A, dns.rdatatype.AAAA}
+_GLUE = {dns.rdatatype.A, dns.rdatatype.AAAA}
+# DNSSEC records allowed beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5).
+_WITH_CNAME_OK = {dns.rdatatype.CNAME, dns.rdatatype.RRSIG, dns.rdatatype.NSEC}
+
+_SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
+
+_ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
+_SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
+
+
+class _OutOfZone(Exception):
+    pass
+
+
+class _Reader(dns.zonefile.Reader):
+    """dnspython's reader, except that out-of-zone records are an error instead of being
+    skipped in silence (the reader "eats" the line only in that case)."""
+
+    start_line = None
+
+    def _eat_line(self):
+        raise _OutOfZone(self.last_name)
+
+    def _rr_line(self):
+        # the line a record starts on (the tokenizer is past its end when errors surface)
+        self.start_line = self.tok.line_number
+        return super()._rr_line()
+
+    def where(self):
+        fname, line = self.tok.where()
+        return fname, self.start_line or line
+
+
+@dataclasses.dataclass(frozen=True)
+class ZoneData:
+    """A validated zone: the dnspython zone (absolute names) plus where each RRset came from."""
+
+    origin: dns.name.Name
+    zone: dns.zone.Zone
+    source: str
+    lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def serial(self) -> int:
+        return self.zone.get_soa().serial
+
+    def where(self, name: dns.name.Name, rdtype: int | None = None) -> int | None:
+        if rdtype is not None and (name, rdtype) in self.lines:
+            return self.lines[(name, rdtype)]
+        for (n, _t), line in self.lines.items():
+            if n == name:
+                return line
+        return None
+
+
+def _guess_origin(text: str, path: str) -> dns.name.Name:
+    m = _ORIGIN_RE.search(text)
+    if m:
+        return dns.name.from_text(m.group(1))
+    m = _SOA_RE.search(text)
+    if m:
+        return dns.name.from_text(m.group(1))
+    raise ZoneError("cannot tell the zone's origin: no $ORIGIN and no SOA with an absolute owner; "
+                    "give the zone name explicitly", file=path)
+
+
+def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
+    """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
+    if origin is None:
+        origin = _guess_origin(text, path)
+    elif isinstance(origin, str):
+        try:
+            origin = dns.name.from_text(origin)
+        except dns.exception.DNSException as exc:
+            raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
+    return zone_from_text(text, origin, source=path)
+
+
+def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+    """Parse master-file text with dnspython, recording the line of every RRset."""
+    zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
+    lines: dict = {}
+    try:
+        with zone.writer(True) as txn:
+            tok = dns.tokenizer.Tokenizer(text, source)
+            reader = _Reader(tok, dns.rdataclass.IN, txn, allow_include=True)
+
+            def _remember(_txn, name, rdataset):
+                # The reader's current tokenizer (it changes inside $INCLUDE) knows the line.
+                fname, line = reader.where()
+                key = (name, rdataset.rdtype)
+                if key in lines and rdataset.rdtype in _SINGLETONS:
+                    # dnspython would silently keep only the last one
+                    raise ZoneError(f"a second {dns.rdatatype.to_text(rdataset.rdtype)} record at one "
+                                    "name; only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)",
+                                    file=fname, line=line, owner=name.to_text(), zone=str(origin))
+                lines.setdefault(key, line if fname == source else None)
+
+            txn.check_put_rdataset(_remember)
+            reader.read()
+    except dns.exception.SyntaxError as exc:
+        # dnspython's message already reads "file:line: detail".
+        m = re.match(r"^(.*?):(\d+): (.*)$", str(exc), re.S)
+        if m:
+            line = int(m.group(2))
+            if "reader" in locals() and reader.start_line and m.group(1) == reader.tok.where()[0]:
+                line = reader.start_line
+            raise ZoneError(m.group(3), file=m.group(1), line=line, zone=str(origin)) from None
+        raise ZoneError(str(exc), file=source, zone=str(origin)) from None
+    except _OutOfZone as exc:
+        fname, line = reader.where()
+        raise ZoneError("out-of-zone data (the zone is " + origin.to_text() + ")", file=fname,
+                        line=line, owner=exc.args[0].to_text() if exc.args[0] else None,
+                        zone=str(origin)) from None
+    except OSError as exc:
+        # $INCLUDE of something that cannot be read
+        # the directive's line has been read to its end when the file is opened
+        fname, line = reader.tok.where() if "reader" in locals() else (source, None)
+        line = line - 1 if line and line > 1 else line
+        raise ZoneError(f"cannot read included file: {exc.strerror}: {exc.filename}", file=fname,
+                        line=line, zone=str(origin)) from None
+    except dns.exception.DNSException as exc:
+        line = reader.where()[1] if "reader" in locals() else None
+        raise ZoneError(str(exc) or type(exc).__name__, file=source, line=line,
+                        zone=str(origin)) from None
+    except (ValueError, KeyError, UnicodeError) as exc:
+        line = reader.where()[1] if "reader" in locals() else None
+        raise ZoneError(f"{type(exc).__name__}: {exc}", file=source, line=line,
+                        zone=str(origin)) from None
+    # The reader, its transaction and the _remember closure form a reference cycle that holds
+    # the whole zone; break it, so that a replaced zone is freed by reference counting, not by
+    # a full garbage collection that walks millions of objects (see xfr.settle_heap).
+    reader = None
+    data = ZoneData(origin=origin, zone=zone, source=source, lines=lines)
+    validate(data)
+    return data
+
+
+def zone_from_dnspython(zone: dns.zone.Zone, source: str = "<transfer>") -> ZoneData:
+    """Validate a zone that arrived some other way (AXFR/IXFR, API).  Names must be absolute or
+    relative to the zone's origin; the result always has absolute names."""
+    if zone.relativize:
+        absolute = dns.zone.Zone(zone.origin, zone.rdclass, relativize=False)
+        with absolute.writer(True) as txn:
+            for name, node in zone.nodes.items():
+                for rds in node.rdatasets:
+                    txn.add(name.derelativize(zone.origin), rds)
+        zone = absolute
+    data = ZoneData(origin=zone.origin, zone=zone, source=source, lines={})
+    validate(data)
+    return data
+
+
+def failer(data: ZoneData):
+    """A function raising ZoneError for `data`, naming file, line and owner."""
+    def fail(msg: str, name: dns.name.Name | None = None, rdtype: int | None = None):
+        raise ZoneError(msg, file=data.source, line=data.where(name, rdtype) if name else None,
+                        owner=name.to_text() if name is not None else None,
+                        zone=data.origin.to_text())
+    return fail
+
+
+def check_apex(data: ZoneData, fail) -> None:
+    """Class IN, one SOA and some NS at the apex."""
+    zone, origin = data.zone, data.origin
+    if zone.rdclass != dns.rdataclass.IN:
+        fail(f"class {dns.rdataclass.to_text(zone.rdclass)} is not served (IN only)")
+    apex = zone.nodes.get(origin)
+    if apex is None:
+        fail("no data at the zone apex")
+    soa = apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.SOA)
+    if soa is None:
+        fail("no SOA record at the zone apex", origin)
+    if len(soa) != 1:
+        fail(f"{len(soa)} SOA records at the apex; exactly one is allowed", origin, dns.rdatatype.SOA)
+    if apex.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NS) is None:
+        fail("no NS records at the zone apex", origin)
+
+
+def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
+    """The rules local to one name (in zone, class, singletons, CNAME and other data).
+    Returns the set of its types."""
+    origin = data.origin
+    if not name.is_subdomain(origin):
+        fail("out-of-zone data", name)
+    types = {rds.rdtype for rds in node.rdatasets}
+    for rds in node.rdatasets:
+        if rds.rdclass != dns.rdataclass.IN:
+            fail(f"class {dns.rdataclass.to_text(rds.rdclass)} record in an IN zone", name, rds.rdtype)
+        if rds.rdtype == dns.rdatatype.SOA and name != origin:
+            fail("SOA record below the zone apex", name, rds.rdtype)
+        if rds.rdtype in (dns.rdatatype.CNAME, dns.rdatatype.DNAME) and len(rds) > 1:
+            fail(f"{len(rds)} {dns.rdatatype.to_text(rds.rdtype)} records at one name; "
+                 "only one is allowed (RFC 2181 §10.1, RFC 6672 §2.4)", name, rds.rdtype)
+    if dns.rdatatype.CNAME in types:
+        if name == origin:
+            fail("CNAME at the zone apex (it cannot coexist with SOA and NS)", name, dns.rdatatype.CNAME)
+        other = types - _WITH_CNAME_OK
+        if other:
+            fail("CNAME and other data at one name: "
+                 + ", ".join(sorted(dns.rdatatype.to_text(t) for t in other)), name, dns.rdatatype.CNAME)
+    return types
+
+
+def validate(data: ZoneData) -> None:
+    """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
+    zone, origin = data.zone, data.origin
+    fail = failer(data)
+    check_apex(data, fail)
+
+    cuts = set()
+    dnames = set()
+    for name, node in zone.nodes.items():
+        types = check_node(data, name, node, fail)
+        if dns.rdatatype.DNAME in types:
+            dnames.add(name)
+        if dns.rdatatype.NS in types and name != origin:
+            cuts.add(name)
+
+    # Data below a DNAME is an error (RFC 6672 §2.4).  Data below a zone cut other than glue,
+    # and data at a cut other than NS/DS/glue, is occluded: like BIND and Knot we load it with a
+    # warning and never serve it (the answer there is a referral).
+    for name, node in zone.nodes.items():
+        if name == origin:
+            continue
+        parent = name.parent()
+        while parent != origin and len(parent) >= len(origin):
+            if parent in dnames and parent not in cuts:   # a DNAME at a cut is occluded
+                fail(f"data below the DNAME at {parent} (RFC 6672 §2.4)", name)
+            if parent in cuts:
+                bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
+                if bad:
+                    data.warnings.append(
+                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
+                        f"delegation at {parent} is occluded and will not be served")
+            parent = parent.parent()
+        if name in cuts:
+            bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
+            if bad:
+                data.warnings.append(
+                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
+                    "point is occluded by the NS records and will not be served")
