@@ -394,3 +394,13 @@ class BirdProcess:
                 self.proc.kill()
                 self.proc.wait(timeout)
         self.proc = None
+
+
+_SERVICE_SET = re.compile(r"^define POP53_SERVICE[46] = \[([^\]]*)\];", re.M)
+
+
+def service_prefixes(text: str) -> list[str]:
+    """The service prefixes a pop53-generated BIRD config exports (the inverse of the
+    `define POP53_SERVICE4/6` lines render_node_snippet writes)."""
+    return [p.strip() for m in _SERVICE_SET.finditer(text) for p in m.group(1).split(",")
+            if p.strip()]
