@@ -16,6 +16,7 @@ APT_PACKAGES=(
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
+  nats-server                # the metadata feed (JetStream)
   iproute2 iputils-ping procps psmisc  # namespaces, process control
 )
 
