@@ -2,7 +2,6 @@
 checks target payloads the way the feed defines them."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pop53.errors import Pop53Error
+from pop53.feed.publisher import parse_target_payload
 
 
 def free_port() -> int:
@@ -73,13 +73,7 @@ class TargetSink:
         if kind == "target":
             if name not in self.targets:
                 raise Pop53Error(f"{source}: unknown target {name!r}")
-            try:
-                doc = json.loads(payload)
-            except ValueError:
-                raise Pop53Error(f"{source}: not JSON") from None
-            if not isinstance(doc, dict) or set(doc) != {"state"} or doc["state"] not in ("up", "down"):
-                raise Pop53Error(f"{source}: expected {{\"state\": \"up\"|\"down\"}}")
-            return doc["state"] == "up"
+            return parse_target_payload(payload, source)
         text = payload.decode()
         for no, line in enumerate(text.splitlines(), 1):
             if len(line.split()) != 2:
