@@ -23,15 +23,12 @@ import tomllib
 
 import dns.name
 
+from pop53 import schema
 from pop53.errors import ConfigError
 
-SERVER_KEYS = {
-    "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",
-    "chaos", "nsid", "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries",
-    "reuseport_bpf", "max_image_bytes", "stale_after", "delay", "control",
-    "cookies", "cookie_secret", "cookie_secret_previous",
-}
-ZONE_KEYS = {"name", "file"}   # plus the secondary-zone keys, checked by pop53.xfr
+# every table and key is declared in pop53.schema (names, types, defaults, meanings)
+SERVER_KEYS = frozenset(schema.SCHEMA.tables["server"].keys)
+ZONE_KEYS = frozenset(schema.SCHEMA.tables["zone"].keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,9 +133,6 @@ def _rrl(raw, file) -> dict | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("must be a table", file=file, key="rrl")
-    unknown = set(raw) - set(RRL_KEYS) - {"exempt"}
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="rrl")
     out = {}
     for k, (default, lo, hi) in RRL_KEYS.items():
         v = _typed(raw, k, int, default, "rrl", file)
@@ -194,14 +188,8 @@ def _cookies(server: dict, file) -> dict:
 
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
     """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
-    if not isinstance(doc, dict):
-        raise ConfigError("the configuration must be a table", file=file)
+    schema.validate(doc, file)     # unknown tables and keys, with a hint (the same for check)
     server = doc.get("server", {})
-    if not isinstance(server, dict):
-        raise ConfigError("must be a table", file=file, key="server")
-    unknown = set(server) - SERVER_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="server")
     listen_raw = server.get("listen", ["127.0.0.1:53"])
     if isinstance(listen_raw, str):
         listen_raw = [listen_raw]
