@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 def add_parser(sub) -> None:
@@ -73,7 +74,9 @@ def _origin_of(path: str) -> str:
 
 
 def run(args) -> int:
+    from pop53 import __version__
     from pop53.xfr import secondary
+    from pop53.serve import sdnotify
     from pop53.serve.server import Server
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -96,12 +99,22 @@ def run(args) -> int:
             f.write(f"{os.getpid()}\n")
     for host, port in server.addresses:
         print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
+    # systemd Type=notify: ready once bound and the zones are published
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
+                    f"STATUS=pop53 {__version__}: serving {len(server.zone_serials)} zone(s)")
+    watchdog = sdnotify.Watchdog()
     try:
         while not stop.wait(0.2):
+            watchdog.tick()
             if hup.is_set():
                 hup.clear()
-                server.reload()
+                sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                ok = server.reload()
+                sdnotify.notify("READY=1", f"STATUS=pop53 {__version__}: serving "
+                                f"{len(server.zone_serials)} zone(s)"
+                                + ("" if ok else f"; last reload rejected: {server.last_error}"))
     finally:
+        sdnotify.notify("STOPPING=1")
         if service is not None:
             service.stop()
         server.stop()
