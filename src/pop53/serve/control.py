@@ -61,12 +61,15 @@ class ControlServer:
         if cmd == "reload":
             ok = s.reload()
             return {"ok": ok, "generation": s.shared.generation, "error": s.last_error}
+        # zones that did not load answer SERVFAIL: listed apart with their error, no serial
+        zones = {k: v for k, v in s.zone_serials.items() if k not in s.zone_failed}
         if cmd == "status":
-            return {"ok": True, "generation": s.shared.generation, "zones": s.zone_serials,
+            return {"ok": True, "generation": s.shared.generation, "zones": zones,
+                    "failed": s.zone_failed,
                     "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
                     "reload_failures": s.reload_failures, "last_error": s.last_error}
         if cmd == "zones":
-            return {"ok": True, "zones": s.zone_serials}
+            return {"ok": True, "zones": zones, "failed": s.zone_failed}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         verb, _, arg = cmd.partition(" ")

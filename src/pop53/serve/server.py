@@ -23,7 +23,8 @@ import time
 import dns.rdata
 
 from pop53 import _core
-from pop53.zone.compiler import CompilerUnavailable, compile_files_isolated, compile_zone_data
+from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
+                                 load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
 from pop53.errors import Pop53Error, ZoneError
 from pop53.zone.images import Image, load_image
@@ -98,6 +99,8 @@ class Server:
         self.zone_data: dict[str, ZoneData] = {}
         self.zone_serials: dict[str, int] = {}
         self.zone_fresh: dict[str, float] = {}
+        # zones whose file never loaded: in the image as SERVFAIL stand-ins -> their error
+        self.zone_failed: dict[str, str] = {}
         self.reload_failures = 0
         self.last_error: str | None = None
         self.workers: list[_core.Worker] = []
@@ -114,14 +117,30 @@ class Server:
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
-    def load_zone_files(self) -> dict[str, ZoneData]:
+    def _file_specs(self) -> list[tuple[str, str]]:
+        return [(z.file, z.name) for z in self.config.zones if z.file is not None]
+
+    def load_zone_files(self, failed: dict | None = None) -> dict[str, ZoneData]:
+        """Parse every file zone.  Without `failed` the first bad zone raises; with it, a bad
+        zone is left out, its error recorded there, and the others load."""
+        if failed is None:
+            datas = [load_zone_file(f, n) for f, n in self._file_specs()]
+        else:
+            datas, bad = load_or_fail(self._file_specs())
+            failed.update(bad)
         out = {}
-        for z in self.config.zones:
-            if z.file is not None:
-                out[z.name] = load_zone_file(z.file, z.name)
-                for w in out[z.name].warnings:
-                    log.warning("%s", w)
+        for d in datas:
+            out[d.origin.to_text()] = d
+            for w in d.warnings:
+                log.warning("%s", w)
         return out
+
+    def _note_failed(self, failed: dict[str, str]) -> None:
+        """One error line per zone that does not load (and answers SERVFAIL), once."""
+        for name, err in failed.items():
+            if self.zone_failed.get(name) != err:
+                log.error("zone %s did not load and answers SERVFAIL: %s", name, err)
+        self.zone_failed = dict(failed)
 
     def _file_manifest(self) -> list:
         out = []
@@ -149,6 +168,7 @@ class Server:
             if meta.get("files") != self._file_manifest():
                 return None
             image = load_image(paths[0])
+            self._note_failed(meta.get("failed", {}))
         except (OSError, ValueError, Pop53Error) as exc:
             log.info("not using the saved image: %s", exc)
             return None
@@ -164,7 +184,7 @@ class Server:
             image.save(paths[0])
             tmp = paths[1] + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"files": self._file_manifest()}, f)
+                json.dump({"files": self._file_manifest(), "failed": self.zone_failed}, f)
             os.replace(tmp, paths[1])
         except OSError as exc:
             log.warning("could not save the image to %s: %s", paths[0], exc)
@@ -183,15 +203,20 @@ class Server:
                 self.zone_fresh.setdefault(zone, now)
             return gen
 
-    def set_zones(self, zones: dict[str, ZoneData]) -> Image:
-        """Compile the given zones (replacing all) and publish.  Raises on a bad zone, and then
-        nothing changes."""
-        image = compile_zone_data(list(zones.values()))
+    def set_zones(self, zones: dict[str, ZoneData], failed: dict[str, str] | None = None) -> Image:
+        """Compile the given zones (replacing all) and publish; `failed` zones (origin -> error)
+        answer SERVFAIL.  Raises on a bad zone, and then nothing changes."""
+        failed = failed or {}
+        image = compile_zone_data(with_stand_ins(list(zones.values()), failed),
+                                  expired=sorted(failed))
         self._check_size(image)
         with self._lock:
-            # keep the parsed zones only where transfers need them (memory: a parsed
-            # million-name zone is gigabytes in dnspython objects; the image is ~90 MB)
-            self.zone_data = dict(zones) if self.control_handler is not None else {}
+            # the parsed zones are kept for transfers and so that a zone whose file breaks
+            # keeps its previous version on reload; big zone files compile in a child process
+            # and are never held here (a parsed million-name zone is gigabytes in dnspython
+            # objects; the image is ~90 MB)
+            self.zone_data = dict(zones)
+            self._note_failed(failed)
             self.publish(image)
             now = time.time()
             for name in zones:
@@ -221,27 +246,40 @@ class Server:
         except OSError:
             return False
 
-    def compile_files(self) -> Image:
+    def compile_files(self) -> tuple[Image, dict[str, str]]:
         """Compile every file zone in a child process (see compiler.compile_files_isolated) into
-        a new image file, map it and check its size.  Nothing is published."""
+        a new image file, map it and check its size: (the image, {origin: error} of the zones
+        that did not load, SERVFAIL stand-ins in it).  Nothing is published."""
         d = self.config.state or tempfile.gettempdir()
         os.makedirs(d, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
         os.close(fd)
         try:
-            compile_files_isolated([(z.file, z.name) for z in self.config.zones if z.file], path)
+            failed = compile_files_isolated(self._file_specs(), path, skip_bad=True)
             image = load_image(path)
         except CompilerUnavailable as exc:
             log.warning("%s; compiling in-process", exc)
-            image = compile_zone_data(list(self.load_zone_files().values()))
+            failed = {}
+            zones = list(self.load_zone_files(failed).values())
+            image = compile_zone_data(with_stand_ins(zones, failed), expired=sorted(failed))
         finally:
             os.unlink(path)        # the mapping keeps the data; no file is left behind
         self._check_size(image)
-        return image
+        return image, failed
 
-    def _publish_files_image(self, image: Image) -> None:
+    def _served(self, name: str) -> bool:
+        """Whether `name` answers from real data now (not a SERVFAIL stand-in)."""
+        return name in self.zone_serials and name not in self.zone_failed
+
+    def _publish_files_image(self, image: Image, failed: dict[str, str]) -> None:
+        # a zone that served and now fails to load: its previous version is not held in this
+        # process (child compile), so the whole reload is rejected and everything keeps serving
+        lost = [n for n in failed if self._served(n)]
+        if lost:
+            raise Pop53Error(failed[lost[0]])
         with self._lock:
             self.zone_data = {}
+            self._note_failed(failed)
             self.publish(image)
             now = time.time()
             for name in self.zone_serials:
@@ -249,8 +287,11 @@ class Server:
         self._save_cached_image(image)
 
     def reload(self) -> bool:
-        """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
-        the previous data keeps serving.  Returns whether the new data was published."""
+        """Re-read every zone file and swap them in.  A zone that does not load is reported
+        (one error line) and keeps its previous version, or answers SERVFAIL if it never
+        loaded; the others are published.  When its previous version is not held in memory
+        (child compile, saved image) the whole reload is rejected and everything keeps serving.
+        Returns whether every zone loaded."""
         try:
             if self.reload_hook is not None:
                 self.reload_hook()
@@ -258,19 +299,31 @@ class Server:
                 log.info("reloaded, generation %d", self.shared.generation)
                 return True
             if self._isolate_compile():
-                self._publish_files_image(self.compile_files())
+                image, failed = self.compile_files()
+                self._publish_files_image(image, failed)
                 zones = self.zone_serials
-                self.last_error = None
-                log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
-                return True
-            files = self.load_zone_files()
-            with self._lock:
-                zones = {k: v for k, v in self.zone_data.items() if k not in files}
-                zones.update(files)
-                self.set_zones(zones)
-            self.last_error = None
-            log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
-            return True
+            else:
+                failed = {}
+                files = self.load_zone_files(failed)
+                with self._lock:
+                    # transferred zones, and the previous version of a zone whose file now fails
+                    zones = {k: v for k, v in self.zone_data.items() if k not in files}
+                    zones.update(files)
+                    for name in failed:
+                        if name in zones:
+                            log.error("zone %s: reload rejected, serial %d keeps serving: %s",
+                                      name, zones[name].serial, failed[name])
+                        elif self._served(name):
+                            raise Pop53Error(failed[name])   # not held here: reject it all
+                    stand_ins = {n: e for n, e in failed.items() if n not in zones}
+                    if files or stand_ins != self.zone_failed:    # else nothing changed
+                        self.set_zones(zones, stand_ins)
+            # the others are published; the zones that did not load count as a failed reload
+            self.last_error = "; ".join(failed.values()) or None
+            self.reload_failures += bool(failed)
+            log.info("reloaded %d zone(s)%s, generation %d", len(zones) - len(failed),
+                     f", {len(failed)} rejected" if failed else "", self.shared.generation)
+            return not failed
         except Pop53Error as exc:
             self.reload_failures += 1
             self.last_error = str(exc)
@@ -326,9 +379,10 @@ class Server:
             if cached is not None:
                 self.publish(cached)
             elif self._isolate_compile():
-                self._publish_files_image(self.compile_files())
+                self._publish_files_image(*self.compile_files())
             else:
-                self.set_zones(self.load_zone_files())
+                failed: dict[str, str] = {}
+                self.set_zones(self.load_zone_files(failed), failed)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
