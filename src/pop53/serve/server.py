@@ -10,7 +10,6 @@ from exactly one image.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import pwd
@@ -24,11 +23,12 @@ import dns.rdata
 
 from pop53 import _core
 from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
-                                 load_or_fail, with_stand_ins)
+                                 files_of, load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
 from pop53.errors import Pop53Error, ZoneError
+from pop53.serve.saved import SavedImage
 from pop53.zone.images import Image, load_image
-from pop53.zone.zonefile import ZoneData, load_zone_file
+from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
 
 log = logging.getLogger("pop53.server")
 
@@ -142,52 +142,31 @@ class Server:
                 log.error("zone %s did not load and answers SERVFAIL: %s", name, err)
         self.zone_failed = dict(failed)
 
-    def _file_manifest(self) -> list:
-        out = []
-        for z in self.config.zones:
-            if z.file is not None:
-                st = os.stat(z.file)
-                out.append([z.name, os.path.abspath(z.file), st.st_mtime_ns, st.st_size])
-        return out
-
-    def _cache_paths(self) -> tuple[str, str] | None:
-        if not self.config.state:
+    def _saved(self) -> SavedImage | None:
+        """The saved image in the state directory, for file zones only (transferred zones are
+        restored by pop53.xfr from their own snapshots)."""
+        if not self.config.state or any(z.file is None for z in self.config.zones):
             return None
-        return (os.path.join(self.config.state, "zones.img"),
-                os.path.join(self.config.state, "zones.img.json"))
+        return SavedImage(self.config.state, [(z.name, z.file) for z in self.config.zones])
 
     def _load_cached_image(self) -> Image | None:
-        """A restart serves at once: when the zone files are unchanged since the image in the
-        state directory was compiled, map that image instead of parsing again."""
-        paths = self._cache_paths()
-        if paths is None or any(z.file is None for z in self.config.zones):
+        """A restart serves at once: when no file the saved image was compiled from changed,
+        map that image instead of parsing again."""
+        saved = self._saved()
+        loaded = saved.load() if saved is not None else None
+        if loaded is None:
             return None
-        try:
-            with open(paths[1]) as f:
-                meta = json.load(f)
-            if meta.get("files") != self._file_manifest():
-                return None
-            image = load_image(paths[0])
-            self._note_failed(meta.get("failed", {}))
-        except (OSError, ValueError, Pop53Error) as exc:
-            log.info("not using the saved image: %s", exc)
-            return None
-        log.info("serving the saved image %s (zone files unchanged)", paths[0])
-        return image
+        self._note_failed(loaded[1])
+        return loaded[0]
 
-    def _save_cached_image(self, image: Image) -> None:
-        paths = self._cache_paths()
-        if paths is None or any(z.file is None for z in self.config.zones):
-            return
-        try:
-            os.makedirs(self.config.state, exist_ok=True)
-            image.save(paths[0])
-            tmp = paths[1] + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"files": self._file_manifest(), "failed": self.zone_failed}, f)
-            os.replace(tmp, paths[1])
-        except OSError as exc:
-            log.warning("could not save the image to %s: %s", paths[0], exc)
+    def _save_cached_image(self, image: Image, files: dict) -> None:
+        saved = self._saved()
+        if saved is not None:
+            # a zone that did not load: its file as it is now (a fix invalidates the image)
+            paths = {z.name: z.file for z in self.config.zones}
+            for name in self.zone_failed:
+                files = {**file_digests(paths[name]), **files}
+            saved.save(image, files, self.zone_failed)
 
     def publish(self, image: Image) -> int:
         """Make `image` the one every worker answers from.  One atomic store."""
@@ -221,7 +200,7 @@ class Server:
             now = time.time()
             for name in zones:
                 self.zone_fresh[name] = now
-        self._save_cached_image(image)
+        self._save_cached_image(image, files_of(zones.values()))
         return image
 
     def _check_size(self, image: Image) -> None:
@@ -246,32 +225,35 @@ class Server:
         except OSError:
             return False
 
-    def compile_files(self) -> tuple[Image, dict[str, str]]:
+    def compile_files(self) -> tuple[Image, dict[str, str], dict]:
         """Compile every file zone in a child process (see compiler.compile_files_isolated) into
         a new image file, map it and check its size: (the image, {origin: error} of the zones
-        that did not load, SERVFAIL stand-ins in it).  Nothing is published."""
+        that did not load, SERVFAIL stand-ins in it, {path: sha256} of the files read).
+        Nothing is published."""
         d = self.config.state or tempfile.gettempdir()
         os.makedirs(d, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
         os.close(fd)
         try:
-            failed = compile_files_isolated(self._file_specs(), path, skip_bad=True)
+            result = compile_files_isolated(self._file_specs(), path, skip_bad=True)
+            failed, files = result["failed"], result["files"]
             image = load_image(path)
         except CompilerUnavailable as exc:
             log.warning("%s; compiling in-process", exc)
             failed = {}
             zones = list(self.load_zone_files(failed).values())
             image = compile_zone_data(with_stand_ins(zones, failed), expired=sorted(failed))
+            files = files_of(zones)
         finally:
             os.unlink(path)        # the mapping keeps the data; no file is left behind
         self._check_size(image)
-        return image, failed
+        return image, failed, files
 
     def _served(self, name: str) -> bool:
         """Whether `name` answers from real data now (not a SERVFAIL stand-in)."""
         return name in self.zone_serials and name not in self.zone_failed
 
-    def _publish_files_image(self, image: Image, failed: dict[str, str]) -> None:
+    def _publish_files_image(self, image: Image, failed: dict[str, str], files: dict) -> None:
         # a zone that served and now fails to load: its previous version is not held in this
         # process (child compile), so the whole reload is rejected and everything keeps serving
         lost = [n for n in failed if self._served(n)]
@@ -284,7 +266,7 @@ class Server:
             now = time.time()
             for name in self.zone_serials:
                 self.zone_fresh[name] = now
-        self._save_cached_image(image)
+        self._save_cached_image(image, files)
 
     def reload(self) -> bool:
         """Re-read every zone file and swap them in.  A zone that does not load is reported
@@ -299,8 +281,8 @@ class Server:
                 log.info("reloaded, generation %d", self.shared.generation)
                 return True
             if self._isolate_compile():
-                image, failed = self.compile_files()
-                self._publish_files_image(image, failed)
+                image, failed, files = self.compile_files()
+                self._publish_files_image(image, failed, files)
                 zones = self.zone_serials
             else:
                 failed = {}

@@ -341,6 +341,14 @@ def load_or_fail(zones: list[tuple[str, str]]) -> tuple[list[ZoneData], dict[str
     return datas, failed
 
 
+def files_of(datas) -> dict:
+    """{path: sha256} of every file read for these zones (master files and $INCLUDEs)."""
+    out: dict = {}
+    for d in datas:
+        out.update(d.files)
+    return out
+
+
 def with_stand_ins(datas: list[ZoneData], failed) -> list[ZoneData]:
     """`datas` plus a SERVFAIL stand-in for each failed origin not among them."""
     have = {d.origin for d in datas}
@@ -365,14 +373,14 @@ class CompilerUnavailable(Exception):
 
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
-                           timeout: float | None = None, skip_bad: bool = False) -> dict[str, str]:
+                           timeout: float | None = None, skip_bad: bool = False) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
     objects per record: gigabytes for a million names) and a reload does not compete with the
     serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone;
-    with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead and
-    {origin: error} of those is returned.
+    with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
+    Returns {"failed": {origin: error}, "files": {path: sha256 of every file read}}.
     """
     import json
     import subprocess
@@ -396,7 +404,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     for w in result.get("warnings", []):
         import logging
         logging.getLogger("pop53.compiler").warning("%s", w)
-    return result.get("failed", {})
+    return {"failed": result.get("failed", {}), "files": result.get("files", {})}
 
 
 def main(argv=None) -> int:
@@ -420,6 +428,7 @@ def main(argv=None) -> int:
         image = compile_zone_data(datas, expired=sorted(failed))
         image.save(args.out)
         print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
+                          "files": files_of(datas),
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
     except ZoneError as exc:

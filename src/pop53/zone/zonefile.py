@@ -8,6 +8,7 @@ the file, the line and the owner.  The same checks run on zones that arrive by t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 
@@ -33,6 +34,7 @@ _SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
 
 _ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
 _SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
+_INCLUDE_RE = re.compile(r'^\$INCLUDE\s+("[^"\n]*"|\S+)', re.MULTILINE | re.IGNORECASE)
 
 
 class _OutOfZone(Exception):
@@ -67,6 +69,9 @@ class ZoneData:
     source: str
     lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
     warnings: list = dataclasses.field(default_factory=list)
+    # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
+    # the saved image is reused only while all of them are unchanged (issue 14 point 9)
+    files: dict = dataclasses.field(default_factory=dict)
 
     @property
     def serial(self) -> int:
@@ -92,14 +97,54 @@ def _guess_origin(text: str, path: str) -> dns.name.Name:
                     "give the zone name explicitly", file=path)
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _included(text: str, out: dict, depth: int = 0) -> None:
+    """Add the files `text` $INCLUDEs, recursively, to out {absolute path: SHA-256, or None
+    when unreadable}.  Relative names resolve as dnspython opens them (the working directory)."""
+    for m in _INCLUDE_RE.finditer(text):
+        path = os.path.abspath(m.group(1).strip('"'))
+        if path in out or depth > 16:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            out[path] = None
+            continue
+        out[path] = _digest(data)
+        _included(data.decode("utf-8", "surrogateescape"), out, depth + 1)
+
+
+def file_digests(path: str | os.PathLike) -> dict:
+    """{absolute path: SHA-256 or None} of a master file and everything it $INCLUDEs: what a
+    load of it reads, for the saved-image check (also for a file that does not load)."""
+    out: dict = {}
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return {path: None}
+    out[path] = _digest(data)
+    _included(data.decode("utf-8", "surrogateescape"), out)
+    return out
+
+
 def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
     """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
+    # as text mode reads it (universal newlines); the digest is of the bytes that were parsed
+    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    files = {os.path.abspath(path): _digest(raw)}
+    _included(text, files)
     if origin is None:
         origin = _guess_origin(text, path)
     elif isinstance(origin, str):
@@ -107,7 +152,7 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return zone_from_text(text, origin, source=path)
+    return dataclasses.replace(zone_from_text(text, origin, source=path), files=files)
 
 
 def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
