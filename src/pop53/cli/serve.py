@@ -91,12 +91,10 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    server.pidfile = args.pidfile      # written before the privilege drop
     server.start()
     if service is not None:
         service.start()
-    if args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
     for host, port in server.addresses:
         print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
     # systemd Type=notify: ready once bound and the zones are published

@@ -25,7 +25,7 @@ from pop53 import _core
 from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
                                  files_of, load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
-from pop53.errors import Pop53Error, ZoneError
+from pop53.errors import Pop53Error, StartError, ZoneError
 from pop53.serve.saved import SavedImage
 from pop53.zone.images import Image, load_image
 from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
@@ -67,14 +67,38 @@ def tcp_socket(addr: Listen) -> socket.socket:
     return s
 
 
-def drop_privileges(user: str | None) -> None:
-    """After binding: switch to the unprivileged user before anything is served."""
+def run_user(user: str | None):
+    """The passwd entry to switch to, or None when there is nothing to drop (no user, or not
+    started as root)."""
     if not user or os.geteuid() != 0:
-        return
+        return None
     try:
-        pw = pwd.getpwnam(user)
+        return pwd.getpwnam(user)
     except KeyError:
         raise Pop53Error(f"user {user!r} does not exist (server.user)") from None
+
+
+def _start_error(exc: OSError, what: str) -> StartError:
+    return StartError(exc.errno, f"{what}: {exc.strerror or exc}")
+
+
+def give_to(pw, path: str, recursive: bool = False) -> None:
+    """Before the drop: make `path` (and what is below it) the run user's, so that it can
+    still write there afterwards (the state directory) or remove it (pidfile, socket)."""
+    if pw is None:
+        return
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    if recursive:
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+def drop_privileges(user: str | None) -> None:
+    """After binding: switch to the unprivileged user before anything is served."""
+    pw = run_user(user)
+    if pw is None:
+        return
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
@@ -114,6 +138,7 @@ class Server:
         self._metrics_httpd = None
         self.control = None
         self.reload_hook = None      # set when transfers are attached (secondary.build)
+        self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -326,27 +351,38 @@ class Server:
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self) -> None:
+        for addr in self.config.listen:
+            try:
+                self._bind(addr)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot listen on {addr}") from None
+
+    def _bind(self, addr: Listen) -> None:
         cfg = self.config
-        for addr in cfg.listen:
-            # with port 0 the first UDP socket picks the port and TCP and the rest of the group
-            # follow it; if that port is taken for TCP, pick again
-            for attempt in range(20):
-                first = udp_socket(addr)
-                a = Listen(addr.host, first.getsockname()[1])
-                try:
-                    tsock = tcp_socket(a)
-                    break
-                except OSError as exc:
-                    first.close()
-                    if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
-                        raise
-            addr = a
+        # with port 0 the first UDP socket picks the port and TCP and the rest of the group
+        # follow it; if that port is taken for TCP, pick again
+        for attempt in range(20):
+            first = udp_socket(addr)
+            a = Listen(addr.host, first.getsockname()[1])
+            try:
+                tsock = tcp_socket(a)
+                break
+            except OSError as exc:
+                first.close()
+                if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+        addr = a
+        try:
             group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
-            if cfg.reuseport_bpf:
-                from pop53.ecmp import reuseport
-                reuseport.attach_cbpf(group[0], len(group))
-            self.udp_socks.extend(group)
-            self.tcp_socks.append(tsock)
+        except OSError:
+            first.close()
+            tsock.close()
+            raise
+        if cfg.reuseport_bpf:
+            from pop53.ecmp import reuseport
+            reuseport.attach_cbpf(group[0], len(group))
+        self.udp_socks.extend(group)
+        self.tcp_socks.append(tsock)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -354,6 +390,11 @@ class Server:
         return [s.getsockname()[:2] for s in self.tcp_socks]
 
     def start(self) -> None:
+        if self.config.state:
+            try:
+                os.makedirs(self.config.state, exist_ok=True)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot create the state directory {self.config.state}") from None
         if self.current_image is None:
             cached = None
             if self.control_handler is None and all(z.file for z in self.config.zones):
@@ -369,6 +410,7 @@ class Server:
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
         from pop53.serve import tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
+        self._before_drop(run_user(self.config.user))
         drop_privileges(self.config.user)
         control = self.control_handler is not None
         for i, s in enumerate(self.udp_socks):
@@ -385,17 +427,42 @@ class Server:
         hk = threading.Thread(target=self._housekeeping, name="pop53-housekeeping", daemon=True)
         hk.start()
         self._threads.append(hk)
-        if self.config.metrics is not None:
-            from pop53.serve import metrics
-            metrics.start(self, self.config.metrics)
-        if self.config.control:
-            from pop53.serve.control import ControlServer
-            self.control = ControlServer(self, self.config.control)
-            self.control.start()
         self.started = True
         log.info("serving %d zone(s) on %s with %d worker(s) per address",
                  len(self.zone_serials), ", ".join(str(Listen(h, p)) for h, p in self.addresses),
                  self.config.workers)
+
+    def _before_drop(self, pw) -> None:
+        """What needs root or must belong to the run user, done before the switch (issue 14
+        point 8): the state directory, the pidfile, the metrics port, the control socket.  A
+        failure is one line naming the path or address."""
+        cfg = self.config
+        if cfg.state:
+            try:
+                give_to(pw, cfg.state, recursive=True)    # with what this start saved in it
+            except OSError as exc:
+                raise _start_error(exc, f"cannot prepare the state directory {cfg.state}") from None
+        if self.pidfile:
+            try:
+                with open(self.pidfile, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+                give_to(pw, self.pidfile)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot write the pidfile {self.pidfile}") from None
+        if cfg.metrics is not None:
+            from pop53.serve import metrics
+            try:
+                metrics.start(self, cfg.metrics)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot listen on {cfg.metrics} (metrics)") from None
+        if cfg.control:
+            from pop53.serve.control import ControlServer
+            self.control = ControlServer(self, cfg.control)
+            try:
+                self.control.start()
+                give_to(pw, cfg.control)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot create the control socket {cfg.control}") from None
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.02):
@@ -437,6 +504,11 @@ class Server:
                 pass
         if self.control is not None:
             self.control.stop()
+        if self.pidfile and self.started:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()
