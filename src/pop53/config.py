@@ -76,6 +76,9 @@ class Config:
     rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
     cookie_secret: bytes | None = None  # DNS COOKIEs on: the RFC 9018 server secret
     cookie_secret_previous: bytes | None = None
+    serial_check: str = "warn"          # pop53.serve.loads.POLICIES
+    log_format: str = "text"            # [log] format / level (pop53.logs)
+    log_level: str = "info"
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
@@ -186,6 +189,21 @@ def _cookies(server: dict, file) -> dict:
     return out
 
 
+def _one_of(doc: dict, name: str, allowed: tuple, file, table: str = "server",
+            default=None) -> str:
+    v = _typed(doc, name, str, default or allowed[0], table, file)
+    if v not in allowed:
+        raise ConfigError(f"expected one of {', '.join(allowed)}, got {v!r}", file=file,
+                          key=f"{table}.{name}")
+    return v
+
+
+def _log(raw: dict, file) -> dict:
+    from pop53.logs import FORMATS, LEVELS
+    return {"log_format": _one_of(raw, "format", FORMATS, file, "log"),
+            "log_level": _one_of(raw, "level", tuple(LEVELS), file, "log", default="info")}
+
+
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
     """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
     schema.validate(doc, file)     # unknown tables and keys, with a hint (the same for check)
@@ -226,8 +244,10 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
+        serial_check=_one_of(server, "serial_check", ("warn", "refuse", "off"), file),
         rrl=_rrl(doc.get("rrl"), file),
         **_cookies(server, file),
+        **_log(doc.get("log", {}), file),
         source=file, doc=doc,
     )
     zones = doc.get("zone", [])

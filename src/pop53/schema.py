@@ -211,6 +211,9 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("cookie_secret", "string (32 hex digits)", None, "RFC 9018 server-cookie secret, shared by "
       "every machine behind one anycast address (cookies = true without it: a random one per process)")
  .key("cookie_secret_previous", "string (32 hex digits)", None, "the previous secret, still accepted while rolling over")
+ .key("serial_check", "string", "warn", 'a zone file that changed without a higher serial '
+      '(secondaries would never transfer it): "warn", "refuse" (the previous version keeps '
+      'serving) or "off"')
  .key("delay", "number (seconds)", 0.0, "same as [xfr] delay (set it in one place only)")
  .key("stale_after", "number (seconds)", 3600.0, "same as [xfr] stale_after (set it in one place only)"))
 
@@ -256,6 +259,12 @@ _key = SCHEMA.table("key", array=True, doc="A TSIG key (RFC 8945) for transfers 
  .key("name", "string", REQUIRED, "the key's name, e.g. \"xfr-key.\"")
  .key("algorithm", "string", REQUIRED, "hmac-sha256, hmac-sha384, hmac-sha512, ...")
  .key("secret", "string (base64)", REQUIRED, "the shared secret, at least 16 octets"))
+
+_log = SCHEMA.table("log", doc="Logging, on stderr (journald takes it from there under systemd).")
+(_log
+ .key("format", "string", "text", '"text" (TIME LOGGER LEVEL MESSAGE) or "json" (one object per line, '
+      "with fields such as zone, serial, records)")
+ .key("level", "string", "info", '"debug", "info", "warning" or "error"'))
 
 
 if __name__ == "__main__":

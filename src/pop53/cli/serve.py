@@ -78,10 +78,15 @@ def run(args) -> int:
     from pop53.xfr import secondary
     from pop53.serve import sdnotify
     from pop53.serve.server import Server
+    from pop53 import logs
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = build_config(args)
+    cfg = build_config(args)          # a bad config is one line on stderr, before any log
+    logs.configure(cfg.log_format, "debug" if args.verbose else cfg.log_level)
+    log = logging.getLogger("pop53")
+    started = time.monotonic()
+    log.info("pop53 %s starting, pid %d, config %s", __version__, os.getpid(),
+             args.config or "from the command line",
+             extra={"fields": {"event": "start", "version": __version__, "pid": os.getpid()}})
     if secondary.needs_engine(cfg):
         server, service = secondary.build(cfg)
     else:
@@ -96,7 +101,11 @@ def run(args) -> int:
     if service is not None:
         service.start()
     for host, port in server.addresses:
-        print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
+        if cfg.log_format == "json":
+            log.info("pop53: listening on %s port %d (udp+tcp)", host, port,
+                     extra={"fields": {"event": "listen", "address": host, "port": port}})
+        else:
+            print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
     # systemd Type=notify: ready once bound and the zones are published
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                     f"STATUS=pop53 {__version__}: serving {len(server.zone_serials)} zone(s)")
@@ -116,4 +125,7 @@ def run(args) -> int:
         if service is not None:
             service.stop()
         server.stop()
+        up = time.monotonic() - started
+        log.info("pop53 %s stopped after %.1f s", __version__, up,
+                 extra={"fields": {"event": "stop", "version": __version__, "uptime": round(up, 3)}})
     return 0

@@ -6,7 +6,7 @@ taken when it was read (issue 14 point 9: an mtime+size check misses an edited $
 same-size edit within the clock's resolution, and a file restored with its old mtime).
 Beside `zones.img` the state directory holds `zones.img.json`:
 
-    {"zones": [[origin, master file], ...], "files": {path: sha256 or null},
+    {"zones": [[origin, master file], ...], "files": {origin: {path: sha256 or null}},
      "failed": {origin: error}}        (zones that did not load: SERVFAIL stand-ins)
 """
 from __future__ import annotations
@@ -38,14 +38,16 @@ class SavedImage:
         self.state = state
         self.zones = [[name, os.path.abspath(path)] for name, path in zones]
 
-    def load(self) -> tuple[Image, dict[str, str]] | None:
-        """(the image, its failed zones) if every file it was compiled from is unchanged."""
+    def load(self) -> tuple[Image, dict[str, str], dict[str, dict]] | None:
+        """(the image, its failed zones, the files of each zone) if every file it was compiled
+        from is unchanged."""
         try:
             with open(self.meta_path) as f:
                 meta = json.load(f)
             if meta.get("zones") != self.zones or not isinstance(meta.get("files"), dict):
                 return None
-            changed = [p for p, h in meta["files"].items() if _sha256(p) != h]
+            changed = [p for files in meta["files"].values() for p, h in files.items()
+                       if _sha256(p) != h]
             if changed:
                 log.info("not using the saved image: %s changed", changed[0])
                 return None
@@ -54,10 +56,11 @@ class SavedImage:
             log.info("not using the saved image: %s", exc)
             return None
         log.info("serving the saved image %s (zone files unchanged)", self.image_path)
-        return image, dict(meta.get("failed", {}))
+        return image, dict(meta.get("failed", {})), meta["files"]
 
     def save(self, image: Image, files: dict, failed: dict[str, str]) -> None:
-        """files: {path: sha256} of every file read for the image (as read, not as now)."""
+        """files: {origin: {path: sha256}} of every file read for the image (as read, not as
+        now)."""
         try:
             os.makedirs(self.state, exist_ok=True)
             image.save(self.image_path)

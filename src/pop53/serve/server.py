@@ -23,9 +23,10 @@ import dns.rdata
 
 from pop53 import _core
 from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
-                                 files_of, load_or_fail, with_stand_ins)
+                                 load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
 from pop53.errors import Pop53Error, StartError, ZoneError
+from pop53.serve.loads import check_loads
 from pop53.serve.saved import SavedImage
 from pop53.zone.images import Image, load_image
 from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
@@ -125,6 +126,8 @@ class Server:
         self.zone_fresh: dict[str, float] = {}
         # zones whose file never loaded: in the image as SERVFAIL stand-ins -> their error
         self.zone_failed: dict[str, str] = {}
+        # origin -> {path: sha256} of the files the served version was read from
+        self.zone_files: dict[str, dict] = {}
         self.reload_failures = 0
         self.last_error: str | None = None
         self.workers: list[_core.Worker] = []
@@ -158,7 +161,18 @@ class Server:
             out[d.origin.to_text()] = d
             for w in d.warnings:
                 log.warning("%s", w)
+        if failed is not None:
+            # one line per zone; a changed zone whose serial did not increase is refused when
+            # server.serial_check says so (it then keeps its previous version, like a bad file)
+            refused = self._check_loads({n: d.summary() for n, d in out.items()})
+            for name, err in refused.items():
+                del out[name]
+                failed[name] = err
         return out
+
+    def _check_loads(self, loaded: dict[str, dict]) -> dict[str, str]:
+        served = {n: s for n, s in self.zone_serials.items() if self._served(n)}
+        return check_loads(loaded, served, self.zone_files, self.config.serial_check)
 
     def _note_failed(self, failed: dict[str, str]) -> None:
         """One error line per zone that does not load (and answers SERVFAIL), once."""
@@ -182,16 +196,18 @@ class Server:
         if loaded is None:
             return None
         self._note_failed(loaded[1])
+        self.zone_files = loaded[2]
         return loaded[0]
 
-    def _save_cached_image(self, image: Image, files: dict) -> None:
+    def _save_cached_image(self, image: Image, files: dict[str, dict]) -> None:
+        """files: origin -> {path: sha256} of the zones in `image`."""
+        self.zone_files = {**self.zone_files, **files}
         saved = self._saved()
         if saved is not None:
             # a zone that did not load: its file as it is now (a fix invalidates the image)
             paths = {z.name: z.file for z in self.config.zones}
-            for name in self.zone_failed:
-                files = {**file_digests(paths[name]), **files}
-            saved.save(image, files, self.zone_failed)
+            failed = {name: file_digests(paths[name]) for name in self.zone_failed}
+            saved.save(image, {**self.zone_files, **failed}, self.zone_failed)
 
     def publish(self, image: Image) -> int:
         """Make `image` the one every worker answers from.  One atomic store."""
@@ -225,7 +241,7 @@ class Server:
             now = time.time()
             for name in zones:
                 self.zone_fresh[name] = now
-        self._save_cached_image(image, files_of(zones.values()))
+        self._save_cached_image(image, {n: d.files for n, d in zones.items()})
         return image
 
     def _check_size(self, image: Image) -> None:
@@ -261,14 +277,19 @@ class Server:
         os.close(fd)
         try:
             result = compile_files_isolated(self._file_specs(), path, skip_bad=True)
-            failed, files = result["failed"], result["files"]
+            failed = result["failed"]
+            files = {n: z["files"] for n, z in result["loaded"].items()}
             image = load_image(path)
+            refused = self._check_loads(result["loaded"])
+            if refused:       # the image holds the refused version: keep the old one whole
+                raise Pop53Error(next(iter(refused.values())))
         except CompilerUnavailable as exc:
             log.warning("%s; compiling in-process", exc)
             failed = {}
-            zones = list(self.load_zone_files(failed).values())
+            loaded = self.load_zone_files(failed)
+            zones = list(loaded.values())
             image = compile_zone_data(with_stand_ins(zones, failed), expired=sorted(failed))
-            files = files_of(zones)
+            files = {n: d.files for n, d in loaded.items()}
         finally:
             os.unlink(path)        # the mapping keeps the data; no file is left behind
         self._check_size(image)

@@ -341,14 +341,6 @@ def load_or_fail(zones: list[tuple[str, str]]) -> tuple[list[ZoneData], dict[str
     return datas, failed
 
 
-def files_of(datas) -> dict:
-    """{path: sha256} of every file read for these zones (master files and $INCLUDEs)."""
-    out: dict = {}
-    for d in datas:
-        out.update(d.files)
-    return out
-
-
 def with_stand_ins(datas: list[ZoneData], failed) -> list[ZoneData]:
     """`datas` plus a SERVFAIL stand-in for each failed origin not among them."""
     have = {d.origin for d in datas}
@@ -380,7 +372,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     objects per record: gigabytes for a million names) and a reload does not compete with the
     serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone;
     with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
-    Returns {"failed": {origin: error}, "files": {path: sha256 of every file read}}.
+    Returns {"failed": {origin: error}, "loaded": {origin: ZoneData.summary()}}.
     """
     import json
     import subprocess
@@ -404,7 +396,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     for w in result.get("warnings", []):
         import logging
         logging.getLogger("pop53.compiler").warning("%s", w)
-    return {"failed": result.get("failed", {}), "files": result.get("files", {})}
+    return {"failed": result.get("failed", {}), "loaded": result.get("loaded", {})}
 
 
 def main(argv=None) -> int:
@@ -428,7 +420,8 @@ def main(argv=None) -> int:
         image = compile_zone_data(datas, expired=sorted(failed))
         image.save(args.out)
         print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
-                          "files": files_of(datas),
+                          "loaded": {d.origin.to_text(): d.summary() for d in datas
+                                     if d.origin.to_text() not in failed},
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
     except ZoneError as exc:

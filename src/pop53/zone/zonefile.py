@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import time
 
 import dns.exception
 import dns.name
@@ -72,6 +73,17 @@ class ZoneData:
     # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
     # the saved image is reused only while all of them are unchanged (issue 14 point 9)
     files: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0     # how long reading and checking the file took
+
+    @property
+    def records(self) -> int:
+        return sum(len(rds) for node in self.zone.nodes.values() for rds in node.rdatasets)
+
+    def summary(self) -> dict:
+        """What a load log line and the serial check need (JSON-able: the compiler child
+        reports it)."""
+        return {"serial": self.serial, "records": self.records, "seconds": self.seconds,
+                "files": self.files}
 
     @property
     def serial(self) -> int:
@@ -136,6 +148,7 @@ def file_digests(path: str | os.PathLike) -> dict:
 def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
     """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
     path = os.fspath(path)
+    t0 = time.monotonic()
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -152,7 +165,8 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return dataclasses.replace(zone_from_text(text, origin, source=path), files=files)
+    return dataclasses.replace(zone_from_text(text, origin, source=path), files=files,
+                               seconds=time.monotonic() - t0)
 
 
 def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
