@@ -188,3 +188,38 @@ def test_a_saved_image_remembers_which_zones_failed(tmp_path, servers, caplog):
     assert "serving the saved image" in caplog.text
     assert again.zone_failed.keys() == {"broken.example."}
     assert rcode_of(again.addresses[0], "ns1.broken.example.").rcode() == dns.rcode.SERVFAIL
+
+
+def test_with_transfers_configured_a_bad_file_zone_is_a_stand_in_too(tmp_path):
+    """The same with the transfer engine attached (a zone with allow_transfer): the bad zone
+    answers SERVFAIL, the others serve, a fix loads it, a later break keeps the old version."""
+    from pop53.xfr import secondary
+    broken, reload_zone = zone_files(tmp_path)
+    conf = tmp_path / "pop53.toml"
+    conf.write_text(config_text(broken, reload_zone) + 'allow_transfer = ["127.0.0.1"]\n')
+    cfg = cfgmod.load(conf)
+    assert secondary.needs_engine(cfg)
+    for attempt in range(5):
+        server, service = secondary.build(cfg)
+        try:
+            server.start()
+            break
+        except OSError as exc:
+            server.stop()
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+    try:
+        addr = server.addresses[0]
+        assert list(server.zone_failed) == ["broken.example."]
+        assert rcode_of(addr, "ns1.broken.example.").rcode() == dns.rcode.SERVFAIL
+        assert rcode_of(addr, "pair.reload.example.").rcode() == dns.rcode.NOERROR
+        broken.write_text(FIXED)
+        assert server.reload() is True and server.zone_failed == {}
+        assert rcode_of(addr, "good.broken.example.").answer[0][0].address == "192.0.2.7"
+        broken.write_text(BROKEN)
+        reload_zone.write_text(RELOAD_V2.read_text())
+        assert server.reload() is False and f"{broken}:6" in server.last_error
+        assert rcode_of(addr, "good.broken.example.").answer[0][0].address == "192.0.2.7"
+        assert server.zone_serials["reload.example."] == 1002
+    finally:
+        server.stop()

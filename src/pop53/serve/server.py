@@ -322,11 +322,9 @@ class Server:
         Returns whether every zone loaded."""
         try:
             if self.reload_hook is not None:
-                self.reload_hook()
-                self.last_error = None
-                log.info("reloaded, generation %d", self.shared.generation)
-                return True
-            if self._isolate_compile():
+                failed = self.reload_hook() or {}     # {origin: error} of file zones
+                zones = self.zone_serials
+            elif self._isolate_compile():
                 image, failed, files = self.compile_files()
                 self._publish_files_image(image, failed, files)
                 zones = self.zone_serials
