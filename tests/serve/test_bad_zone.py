@@ -3,7 +3,6 @@ file:line, answers SERVFAIL (as Knot does, not REFUSED: it is ours), the others 
 later fix + reload loads it.  A zone that breaks on reload keeps its previous version."""
 from __future__ import annotations
 
-import errno
 import os
 import signal
 
@@ -15,8 +14,8 @@ from pop53 import config as cfgmod
 from pop53.serve import server as servermod
 from pop53.serve.server import Server
 
-from integ_support import (EXAMPLE_ZONE, RELOAD_V1, RELOAD_V2, make_query, udp_exchange,
-                           udp_socket, wait_for)
+from integ_support import (EXAMPLE_ZONE, RELOAD_V1, RELOAD_V2, make_query, start_with_retry,
+                           udp_exchange, udp_socket, wait_for)
 
 BROKEN = "$ORIGIN broken.example.\n$TTL 300\n@ SOA ns1 h 7 3600 600 86400 60\n@ NS ns1\n" \
          "ns1 A 192.0.2.1\nbad A not-an-address\n"
@@ -90,16 +89,7 @@ def test_serve_skips_a_bad_zone_answers_servfail_and_loads_it_when_fixed(serve, 
 
 
 def _start(cfg) -> Server:
-    for attempt in range(5):
-        s = Server(cfg)
-        try:
-            s.start()
-            return s
-        except OSError as exc:
-            s.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    return start_with_retry(lambda: Server(cfg))
 
 
 @pytest.fixture
@@ -199,15 +189,7 @@ def test_with_transfers_configured_a_bad_file_zone_is_a_stand_in_too(tmp_path):
     conf.write_text(config_text(broken, reload_zone) + 'allow_transfer = ["127.0.0.1"]\n')
     cfg = cfgmod.load(conf)
     assert secondary.needs_engine(cfg)
-    for attempt in range(5):
-        server, service = secondary.build(cfg)
-        try:
-            server.start()
-            break
-        except OSError as exc:
-            server.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
+    server = start_with_retry(lambda: secondary.build(cfg)[0])
     try:
         addr = server.addresses[0]
         assert list(server.zone_failed) == ["broken.example."]

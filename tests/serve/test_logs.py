@@ -3,7 +3,6 @@ line per zone load (serial old -> new, records, time), `[log] format = "json"` f
 a changed zone whose serial did not increase is warned about (or refused) with both serials."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -17,7 +16,8 @@ from pop53 import config as cfgmod
 from pop53.errors import ConfigError
 from pop53.serve.server import Server
 
-from integ_support import RELOAD_V1, RELOAD_V2, make_query, udp_exchange, udp_socket, wait_for
+from integ_support import (RELOAD_V1, RELOAD_V2, make_query, start_with_retry, udp_exchange,
+                           udp_socket, wait_for)
 
 V1 = RELOAD_V1.read_text()
 
@@ -83,16 +83,7 @@ def _start(tmp_path, policy):
     cfg = cfgmod.from_dict({"server": {"listen": ["127.0.0.1:0"], "workers": 1,
                                        "serial_check": policy},
                             "zone": [{"name": "reload.example.", "file": str(zone)}]})
-    for attempt in range(5):
-        s = Server(cfg)
-        try:
-            s.start()
-            return s, zone
-        except OSError as exc:
-            s.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    return start_with_retry(lambda: Server(cfg)), zone
 
 
 def _pair(s):

@@ -5,7 +5,6 @@ an edited $INCLUDE, or a same-size edit with the old mtime (a restore, a fast ed
 old data after a restart."""
 from __future__ import annotations
 
-import errno
 import logging
 import os
 
@@ -16,7 +15,7 @@ from pop53 import config as cfgmod
 from pop53.serve import server as servermod
 from pop53.serve.server import Server
 
-from integ_support import make_query, udp_exchange, udp_socket
+from integ_support import make_query, start_with_retry, udp_exchange, udp_socket
 
 MAIN = """$ORIGIN inc.example.
 $TTL 300
@@ -29,16 +28,7 @@ $INCLUDE "{inc}"
 
 
 def _start(cfg) -> Server:
-    for attempt in range(5):
-        s = Server(cfg)
-        try:
-            s.start()
-            return s
-        except OSError as exc:
-            s.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    return start_with_retry(lambda: Server(cfg))
 
 
 def _address(s: Server, name: str) -> str:

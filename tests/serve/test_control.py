@@ -2,7 +2,6 @@
 --json (for scripts), against a real server's control socket."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -14,6 +13,8 @@ import pytest
 from pop53 import config as cfgmod
 from pop53.serve.control import format_reply
 from pop53.serve.server import Server
+
+from integ_support import start_with_retry
 
 REPO = Path(__file__).resolve().parents[2]
 ZONE = REPO / "src" / "pop53" / "data" / "example.com.zone"
@@ -28,15 +29,7 @@ def ctl_socket(tmp_path):
                                        "control": str(sock)},
                             "zone": [{"name": "example.com.", "file": str(ZONE)},
                                      {"name": "bad.example.", "file": str(bad)}]})
-    for attempt in range(5):
-        s = Server(cfg)
-        try:
-            s.start()
-            break
-        except OSError as exc:
-            s.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
+    s = start_with_retry(lambda: Server(cfg))
     yield sock, s
     s.stop()
 
