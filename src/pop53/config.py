@@ -77,6 +77,9 @@ class Config:
     cookie_secret: bytes | None = None  # DNS COOKIEs on: the RFC 9018 server secret
     cookie_secret_previous: bytes | None = None
     serial_check: str = "warn"          # pop53.serve.loads.POLICIES
+    # relative zone files and $INCLUDE names resolve here: [server] zone_dir, else the config
+    # file's directory (None: the working directory, for zones given on the command line)
+    zone_dir: str | None = None
     log_format: str = "text"            # [log] format / level (pop53.logs)
     log_level: str = "info"
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
@@ -205,9 +208,14 @@ def _log(raw: dict, file) -> dict:
 
 
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
-    """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
+    """Check a parsed TOML document.  Relative zone paths are relative to [server] zone_dir,
+    itself relative to base_dir (the config file's directory)."""
     schema.validate(doc, file)     # unknown tables and keys, with a hint (the same for check)
     server = doc.get("server", {})
+    zone_dir = _typed(server, "zone_dir", str, None, "server", file)
+    if zone_dir is not None and base_dir and not os.path.isabs(zone_dir):
+        zone_dir = os.path.join(base_dir, zone_dir)
+    base_dir = zone_dir or base_dir
     listen_raw = server.get("listen", ["127.0.0.1:53"])
     if isinstance(listen_raw, str):
         listen_raw = [listen_raw]
@@ -245,6 +253,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
         serial_check=_one_of(server, "serial_check", ("warn", "refuse", "off"), file),
+        zone_dir=base_dir,
         rrl=_rrl(doc.get("rrl"), file),
         **_cookies(server, file),
         **_log(doc.get("log", {}), file),

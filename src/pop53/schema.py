@@ -198,6 +198,8 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("metrics", "string", None, '"ADDRESS:PORT" of the Prometheus endpoint (default port 9153)')
  .key("state", "string", None, "state directory: the saved image (a restart maps it instead of "
       "parsing), transfer snapshots, journals, the status file")
+ .key("zone_dir", "string", Computed("the config file's directory"), "relative zone `file` "
+      "paths and `$INCLUDE` names resolve here (itself relative to the config file's directory)")
  .key("control", "string", None, "path of the control socket for `pop53 ctl` (mode 0600)")
  .key("edns_max", "integer 512..4096", 1232, "largest UDP answer advertised and sent (EDNS, RFC 6891)")
  .key("chaos", "boolean", True, "answer CHAOS TXT id.server, hostname.bind, version.bind")

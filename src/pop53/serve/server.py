@@ -152,9 +152,9 @@ class Server:
         """Parse every file zone.  Without `failed` the first bad zone raises; with it, a bad
         zone is left out, its error recorded there, and the others load."""
         if failed is None:
-            datas = [load_zone_file(f, n) for f, n in self._file_specs()]
+            datas = [load_zone_file(f, n, self.config.zone_dir) for f, n in self._file_specs()]
         else:
-            datas, bad = load_or_fail(self._file_specs())
+            datas, bad = load_or_fail(self._file_specs(), self.config.zone_dir)
             failed.update(bad)
         out = {}
         for d in datas:
@@ -206,7 +206,8 @@ class Server:
         if saved is not None:
             # a zone that did not load: its file as it is now (a fix invalidates the image)
             paths = {z.name: z.file for z in self.config.zones}
-            failed = {name: file_digests(paths[name]) for name in self.zone_failed}
+            failed = {name: file_digests(paths[name], self.config.zone_dir)
+                      for name in self.zone_failed}
             saved.save(image, {**self.zone_files, **failed}, self.zone_failed)
 
     def publish(self, image: Image) -> int:
@@ -276,7 +277,8 @@ class Server:
         fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
         os.close(fd)
         try:
-            result = compile_files_isolated(self._file_specs(), path, skip_bad=True)
+            result = compile_files_isolated(self._file_specs(), path, skip_bad=True,
+                                            include_dir=self.config.zone_dir)
             failed = result["failed"]
             files = {n: z["files"] for n, z in result["loaded"].items()}
             image = load_image(path)

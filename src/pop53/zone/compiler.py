@@ -327,13 +327,14 @@ def failed_zone(origin: str | dns.name.Name) -> ZoneData:
                           source="<failed to load>")
 
 
-def load_or_fail(zones: list[tuple[str, str]]) -> tuple[list[ZoneData], dict[str, str]]:
+def load_or_fail(zones: list[tuple[str, str]], include_dir: str | None = None
+                 ) -> tuple[list[ZoneData], dict[str, str]]:
     """Load (path, origin) zone files one by one: (the ones that loaded, {origin: error} of
     those that did not).  One bad zone does not stop the others (issue 14)."""
     datas, failed = [], {}
     for path, origin in zones:
         try:
-            datas.append(load_zone_file(path, origin or None))
+            datas.append(load_zone_file(path, origin or None, include_dir))
         except ZoneError as exc:
             if not origin:
                 raise          # no name to answer SERVFAIL for
@@ -365,7 +366,8 @@ class CompilerUnavailable(Exception):
 
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
-                           timeout: float | None = None, skip_bad: bool = False) -> dict:
+                           timeout: float | None = None, skip_bad: bool = False,
+                           include_dir: str | None = None) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
@@ -381,6 +383,8 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     args = [sys.executable, "-m", "pop53.zone.compiler", "--out", out_path]
     if skip_bad:
         args.append("--skip-bad")
+    if include_dir:
+        args += ["--include-dir", include_dir]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
     try:
@@ -409,14 +413,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--zone", action="append", default=[])
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--include-dir")
     args = p.parse_args(argv)
     try:
         specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
         if args.skip_bad:
-            datas, failed = load_or_fail(specs)
+            datas, failed = load_or_fail(specs, args.include_dir)
             datas = with_stand_ins(datas, failed)
         else:
-            datas, failed = [load_zone_file(path, origin or None) for path, origin in specs], {}
+            datas, failed = [load_zone_file(path, origin or None, args.include_dir)
+                             for path, origin in specs], {}
         image = compile_zone_data(datas, expired=sorted(failed))
         image.save(args.out)
         print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,

@@ -7,10 +7,12 @@ the file, the line and the owner.  The same checks run on zones that arrive by t
 """
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import os
 import re
+import threading
 import time
 
 import dns.exception
@@ -40,6 +42,24 @@ _INCLUDE_RE = re.compile(r'^\$INCLUDE\s+("[^"\n]*"|\S+)', re.MULTILINE | re.IGNO
 
 class _OutOfZone(Exception):
     pass
+
+
+# $INCLUDE names resolve against the zone directory ([server] zone_dir; issue 14 point 9), not
+# the working directory.  dnspython opens included files with the builtin open(), its module's
+# only use of it, so that name is pointed at a resolver that reads the load in progress in this
+# thread (loads run in several threads: reloads, transfers).
+_include = threading.local()
+
+
+def _open_include(name, *args, **kwargs):
+    return builtins.open(_resolve(name, getattr(_include, "dir", None)), *args, **kwargs)
+
+
+def _resolve(name: str, include_dir: str | None) -> str:
+    return os.path.join(include_dir, name) if include_dir else name
+
+
+dns.zonefile.open = _open_include
 
 
 class _Reader(dns.zonefile.Reader):
@@ -113,11 +133,11 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _included(text: str, out: dict, depth: int = 0) -> None:
+def _included(text: str, out: dict, include_dir: str | None, depth: int = 0) -> None:
     """Add the files `text` $INCLUDEs, recursively, to out {absolute path: SHA-256, or None
-    when unreadable}.  Relative names resolve as dnspython opens them (the working directory)."""
+    when unreadable}.  Relative names resolve against include_dir (else the working directory)."""
     for m in _INCLUDE_RE.finditer(text):
-        path = os.path.abspath(m.group(1).strip('"'))
+        path = os.path.abspath(_resolve(m.group(1).strip('"'), include_dir))
         if path in out or depth > 16:
             continue
         try:
@@ -127,10 +147,10 @@ def _included(text: str, out: dict, depth: int = 0) -> None:
             out[path] = None
             continue
         out[path] = _digest(data)
-        _included(data.decode("utf-8", "surrogateescape"), out, depth + 1)
+        _included(data.decode("utf-8", "surrogateescape"), out, include_dir, depth + 1)
 
 
-def file_digests(path: str | os.PathLike) -> dict:
+def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dict:
     """{absolute path: SHA-256 or None} of a master file and everything it $INCLUDEs: what a
     load of it reads, for the saved-image check (also for a file that does not load)."""
     out: dict = {}
@@ -141,12 +161,14 @@ def file_digests(path: str | os.PathLike) -> dict:
     except OSError:
         return {path: None}
     out[path] = _digest(data)
-    _included(data.decode("utf-8", "surrogateescape"), out)
+    _included(data.decode("utf-8", "surrogateescape"), out, include_dir)
     return out
 
 
-def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
-    """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
+def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None,
+                   include_dir: str | None = None) -> ZoneData:
+    """Read and validate one master file.  Raises ZoneError naming file, line and owner.
+    Relative $INCLUDE names resolve against include_dir (else the working directory)."""
     path = os.fspath(path)
     t0 = time.monotonic()
     try:
@@ -157,7 +179,7 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
     # as text mode reads it (universal newlines); the digest is of the bytes that were parsed
     text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
     files = {os.path.abspath(path): _digest(raw)}
-    _included(text, files)
+    _included(text, files, include_dir)
     if origin is None:
         origin = _guess_origin(text, path)
     elif isinstance(origin, str):
@@ -165,11 +187,13 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return dataclasses.replace(zone_from_text(text, origin, source=path), files=files,
+    return dataclasses.replace(zone_from_text(text, origin, source=path, include_dir=include_dir),
+                               files=files,
                                seconds=time.monotonic() - t0)
 
 
-def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
+                   include_dir: str | None = None) -> ZoneData:
     """Parse master-file text with dnspython, recording the line of every RRset."""
     zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
     lines: dict = {}
@@ -190,7 +214,11 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
                 lines.setdefault(key, line if fname == source else None)
 
             txn.check_put_rdataset(_remember)
-            reader.read()
+            saved, _include.dir = getattr(_include, "dir", None), include_dir
+            try:
+                reader.read()
+            finally:
+                _include.dir = saved
     except dns.exception.SyntaxError as exc:
         # dnspython's message already reads "file:line: detail".
         m = re.match(r"^(.*?):(\d+): (.*)$", str(exc), re.S)
