@@ -58,7 +58,7 @@ def test_human_output_by_default_and_json_for_scripts(ctl_socket):
     r = ctl(sock, "--json", "zones")
     assert r.returncode == 0
     assert json.loads(r.stdout) == {"ok": True, "zones": {"example.com.": serial},
-                                    "failed": server.zone_failed}
+                                    "failed": server.zone_failed, "waiting": []}
 
     r = ctl(sock, "reload")      # bad.example. still does not load: reported, exit 1
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "bad.example.zone:4" in r.stderr

@@ -62,14 +62,15 @@ class ControlServer:
             ok = s.reload()
             return {"ok": ok, "generation": s.shared.generation, "error": s.last_error}
         # zones that did not load answer SERVFAIL: listed apart with their error, no serial
-        zones = {k: v for k, v in s.zone_serials.items() if k not in s.zone_failed}
+        zones = {k: v for k, v in s.zone_serials.items() if s._served(k)}
         if cmd == "status":
             return {"ok": True, "generation": s.shared.generation, "zones": zones,
-                    "failed": s.zone_failed,
+                    "failed": s.zone_failed, "waiting": s.zone_waiting,
                     "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
                     "reload_failures": s.reload_failures, "last_error": s.last_error}
         if cmd == "zones":
-            return {"ok": True, "zones": zones, "failed": s.zone_failed}
+            return {"ok": True, "zones": zones, "failed": s.zone_failed,
+                    "waiting": s.zone_waiting}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         verb, _, arg = cmd.partition(" ")
@@ -141,6 +142,8 @@ def _zones(reply: dict) -> list[str]:
     rows = [(name, f"serial {serial}", "ok") for name, serial in sorted(reply["zones"].items())]
     rows += [(name, "SERVFAIL", f"not loaded: {err}") for name, err in
              sorted(reply.get("failed", {}).items())]
+    rows += [(name, "SERVFAIL", "waiting for its first transfer") for name in
+             reply.get("waiting", [])]
     return _rows(rows) or ["no zones"]
 
 

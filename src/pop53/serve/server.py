@@ -126,6 +126,8 @@ class Server:
         self.zone_fresh: dict[str, float] = {}
         # zones whose file never loaded: in the image as SERVFAIL stand-ins -> their error
         self.zone_failed: dict[str, str] = {}
+        # secondary zones not transferred yet: SERVFAIL stand-ins too (pop53.xfr.secondary)
+        self.zone_waiting: list[str] = []
         # origin -> {path: sha256} of the files the served version was read from
         self.zone_files: dict[str, dict] = {}
         self.reload_failures = 0
@@ -299,7 +301,8 @@ class Server:
 
     def _served(self, name: str) -> bool:
         """Whether `name` answers from real data now (not a SERVFAIL stand-in)."""
-        return name in self.zone_serials and name not in self.zone_failed
+        return name in self.zone_serials and name not in self.zone_failed \
+            and name not in self.zone_waiting
 
     def _publish_files_image(self, image: Image, failed: dict[str, str], files: dict) -> None:
         # a zone that served and now fails to load: its previous version is not held in this

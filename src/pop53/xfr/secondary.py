@@ -61,10 +61,18 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
     failed: dict[str, str] = {}
     files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
 
+    secondaries = [z.name.to_text() for z in xcfg.zones if z.primaries]
+
     def compile_(zones, expired=()):
-        # the file zones that never loaded are SERVFAIL stand-ins in every image (issue 14)
-        return compile_zone_data(with_stand_ins(list(zones), server.zone_failed),
-                                 expired=sorted(set(expired) | set(server.zone_failed)))
+        # SERVFAIL stand-ins, never REFUSED, for zones that are ours without data: the file
+        # zones that never loaded and the secondary zones not transferred (or restored) yet,
+        # e.g. during a restart (issue 14 points 1 and 5)
+        zones = list(zones)
+        have = {d.origin.to_text() for d in zones}
+        server.zone_waiting = [n for n in secondaries if n not in have]
+        stand_ins = set(server.zone_waiting) | set(server.zone_failed)
+        return compile_zone_data(with_stand_ins(zones, stand_ins),
+                                 expired=sorted(set(expired) | stand_ins))
 
     publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
                                    compile_zone_data=compile_, check_image=server._check_size)
@@ -73,7 +81,13 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
     server.control_handler = ControlPlane(service)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
-    server.set_zones(files, failed)   # the file zones serve at once; transferred ones join on start
+    # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
+    server._note_failed(failed)
+    image = compile_(files.values())
+    server._check_size(image)
+    server.zone_data = dict(files)
+    server.zone_files = {n: d.files for n, d in files.items()}
+    server.publish(image)
 
     def reload_files() -> dict[str, str]:
         bad: dict[str, str] = {}
