@@ -5,6 +5,7 @@ directory's conftest on sys.path.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -255,6 +256,23 @@ def metric(families: dict, name: str, **labels) -> float:
 
 
 # -- in-process servers --------------------------------------------------------------------------
+def start_with_retry(make):
+    """make() -> a server not yet started (Server(cfg), secondary.build(cfg)[0]); returns it
+    started.  With listen port 0 the server lets the kernel pick the UDP port and then binds TCP
+    to the same number, which fails when that TCP port is busy (notes/integration.md, bug 2):
+    try again with a new port, a bounded number of times."""
+    for attempt in range(5):
+        s = make()
+        try:
+            s.start()
+            return s
+        except OSError as exc:
+            s.stop()
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def server_config(zones, *, listen=("127.0.0.1:0",), workers: int = 2, **server_keys):
     zone_tables = []
     for z in zones:

@@ -755,7 +755,11 @@ def write_failover_csv(rows: list[dict], path: Path) -> None:
 
 def plot_failover_cdf(rows: list[dict], path: Path, title: str) -> None:
     """CDF of failover time per event kind, like the paper's Figure 8."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        # the runtime install leaves the charting library out (the `bench` extra has it)
+        raise Pop53Error("the failover chart needs matplotlib: pip install 'pop53[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -12,6 +12,7 @@ import logging
 from pop53.xfr import service as xfr
 from pop53.config import Config
 from pop53.serve.server import Server
+from pop53.zone.compiler import compile_zone_data, with_stand_ins
 
 log = logging.getLogger("pop53.secondary")
 
@@ -57,27 +58,57 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
     xcfg = xfr.parse_xfr_config(cfg.doc, cfg.source)
     holder: dict = {}
     server = Server(cfg)
-    files = server.load_zone_files()
+    failed: dict[str, str] = {}
+    files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
+
+    secondaries = [z.name.to_text() for z in xcfg.zones if z.primaries]
+
+    def compile_(zones, expired=()):
+        # SERVFAIL stand-ins, never REFUSED, for zones that are ours without data: the file
+        # zones that never loaded and the secondary zones not transferred (or restored) yet,
+        # e.g. during a restart (issue 14 points 1 and 5)
+        zones = list(zones)
+        have = {d.origin.to_text() for d in zones}
+        server.zone_waiting = [n for n in secondaries if n not in have]
+        stand_ins = set(server.zone_waiting) | set(server.zone_failed)
+        return compile_zone_data(with_stand_ins(zones, stand_ins),
+                                 expired=sorted(set(expired) | stand_ins))
+
     publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
-                                   check_image=server._check_size)
+                                   compile_zone_data=compile_, check_image=server._check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
     service = xfr.XfrService(xcfg, publisher)
     server.control_handler = ControlPlane(service)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
-    server.set_zones(files)         # the file zones serve at once; transferred ones join on start
+    # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
+    server._note_failed(failed)
+    image = compile_(files.values())
+    server._check_size(image)
+    server.zone_data = dict(files)
+    server.zone_files = {n: d.files for n, d in files.items()}
+    server.publish(image)
 
-    def reload_files() -> None:
-        new = server.load_zone_files()
+    def reload_files() -> dict[str, str]:
+        bad: dict[str, str] = {}
+        new = server.load_zone_files(bad)
+        old = {d.origin.to_text(): d for d in publisher.static}
+        for name in bad:
+            if name in old:                   # its previous version keeps serving
+                new[name] = old[name]
+                log.error("zone %s: reload rejected, serial %d keeps serving: %s", name,
+                          old[name].serial, bad[name])
         publisher.static = list(new.values())
         for name, data in new.items():
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
+        server._note_failed({n: e for n, e in bad.items() if n not in new})
         # recompile the file zones together with the transferred ones
         zones = publisher.static + [d for d in publisher.zones.values() if d is not None]
-        from pop53.zone.compiler import compile_zone_data
-        image = compile_zone_data(zones, expired=sorted(getattr(publisher, "expired", ())))
+        image = compile_(zones, expired=getattr(publisher, "expired", ()))
         server._check_size(image)
         server.publish(image)
+        server.zone_files.update({n: d.files for n, d in new.items()})
+        return bad
 
     server.reload_hook = reload_files
     holder["service"] = service
