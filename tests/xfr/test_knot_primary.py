@@ -5,7 +5,8 @@ import pytest
 
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, wait_for, zone_text
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.service import XfrService
 
 pytestmark = pytest.mark.peers
 
@@ -45,11 +46,11 @@ def engine_config(tmp_path, knot_port, **xfr_opts):
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{knot_port}"], "key": KEYNAME}],
     }
-    return xfr.parse_xfr_config(doc, "test.toml")
+    return parse_xfr_config(doc, "test.toml")
 
 
 def start_engine(engines, cfg, pop_port, rec):
-    e = xfr.XfrService(cfg, rec)
+    e = XfrService(cfg, rec)
     engines.append(e)
     e.start()
     e.start_listener("127.0.0.1", pop_port)

@@ -1,4 +1,4 @@
-"""The glue between the server and the metadata engine (xfr.py): which messages go to the
+"""The glue between the server and the transfer engine (xfr/service.py): which messages go to the
 engine, how its zone versions become images, and how a reload keeps the transferred zones.
 
     cfg = config.load(path)
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
 
@@ -29,7 +31,7 @@ class ControlPlane:
     """The server's control handler: NOTIFY, SOA checks with TSIG, AXFR/IXFR, go to the engine;
     anything the engine does not take gets the data plane's fallback reply."""
 
-    def __init__(self, service: xfr.XfrService):
+    def __init__(self, service: XfrService):
         self.service = service
 
     def handle_udp(self, msg: bytes, peer) -> bytes | None:
@@ -50,18 +52,18 @@ class ControlPlane:
         return [r] if r else None
 
 
-def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
+def build(cfg: Config) -> tuple[Server, XfrService | None]:
     """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
     if not needs_engine(cfg):
         return Server(cfg), None
-    xcfg = xfr.parse_xfr_config(cfg.doc, cfg.source)
+    xcfg = parse_xfr_config(cfg.doc, cfg.source)
     holder: dict = {}
     server = Server(cfg)
     files = server.load_zone_files()
-    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
+    publisher = ImagePublisher(server.publish, static=list(files.values()),
                                    check_image=server._check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
-    service = xfr.XfrService(xcfg, publisher)
+    service = XfrService(xcfg, publisher)
     server.control_handler = ControlPlane(service)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)

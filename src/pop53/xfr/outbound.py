@@ -1,0 +1,342 @@
+"""Serving our zones to secondaries: SOA for their refresh checks, AXFR (RFC 5936) and IXFR
+(RFC 1995) over TCP, NOTIFY out (RFC 1996); and a small TCP + UDP listener for all of it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdataclass
+import dns.rdataset
+import dns.rdatatype
+import dns.renderer
+import dns.zone
+
+from pop53.xfr import journal as jr
+from pop53.xfr.config import Peer
+from pop53.xfr.metrics import count
+from pop53.xfr.protocol import (TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
+                                simple_reply)
+from pop53.xfr.state import ZoneState
+
+log = logging.getLogger("pop53.xfr")
+
+IN = dns.rdataclass.IN
+SOA = dns.rdatatype.SOA
+AXFR = dns.rdatatype.AXFR
+IXFR = dns.rdatatype.IXFR
+
+
+class Outbound:
+    """The primary side of every zone: answers its secondaries and NOTIFYs them on change."""
+
+    def __init__(self, svc):
+        self.svc = svc
+        self.config = svc.config
+        self.stats = svc.stats
+        self.zones = svc.zones
+        self.timings = svc.timings
+        self._notify_tasks: set[asyncio.Task] = set()
+        self._notify_by_peer: dict[tuple, asyncio.Task] = {}
+
+    def served(self, qname) -> ZoneState | None:
+        st = self.zones.get(qname)
+        if st is None or st.zone is None or st.expired:
+            return None
+        return st
+
+    def handle_query(self, wire: bytes, peer) -> bytes | None:
+        """Answers the SOA of our zones (our own secondaries' refresh check, RFC 1034 §4.3.5),
+        TSIG-aware.  None: not a question for us (the data plane answers everything else)."""
+        if len(wire) < 12 or ((wire[2] >> 3) & 0xF) != dns.opcode.QUERY or wire[2] & 0x80:
+            return None
+        try:
+            msg = parse_control(wire, self.svc.keyring)
+        except Refuse as r:
+            if r.reason in ("malformed", "short", "response"):
+                return None  # the data plane owns the malformed-packet policy
+            self.svc.refused("query", r.reason, peer)
+            return r.reply
+        if len(msg.question) != 1 or msg.question[0].rdtype != SOA:
+            return None
+        st = self.zones.get(msg.question[0].name)
+        if st is None:
+            return None
+        if st.zone is None or st.expired:
+            return reply_msg(msg, dns.rcode.SERVFAIL)
+        r = dns.message.make_response(msg)
+        r.flags |= dns.flags.AA
+        name, ttl, rd = jr.soa_of(st.zone)
+        rrset = r.find_rrset(r.answer, name, IN, SOA, create=True)
+        rrset.add(rd, ttl)
+        return r.to_wire()
+
+    # ---------------------------------------------------------------- AXFR/IXFR out
+    def handle_tcp_query(self, wire: bytes, peer) -> list[bytes] | None:
+        """AXFR (RFC 5936) / IXFR (RFC 1995) of our zones to allowed secondaries.
+        Returns the response messages (None: not an XFR query)."""
+        if len(wire) < 12 or ((wire[2] >> 3) & 0xF) != dns.opcode.QUERY or wire[2] & 0x80:
+            return None
+        # Cheap peek at the QTYPE so ordinary queries never pay for a full parse here.
+        try:
+            qmsg = dns.message.from_wire(wire, keyring=False, question_only=True)
+        except Exception:
+            return None
+        if len(qmsg.question) != 1 or qmsg.question[0].rdtype not in (AXFR, IXFR):
+            return None
+        try:
+            msg = parse_control(wire, self.svc.keyring)
+            q = msg.question[0]
+            st = self.zones.get(q.name)
+            if st is None:
+                raise Refuse("notauth", reply_msg(msg, dns.rcode.NOTAUTH))
+            if not st.conf.transfer_allowed(peer[0]):
+                raise Refuse("not_allowed", reply_msg(msg, dns.rcode.REFUSED))
+            check_key(msg, st.conf)
+            if q.rdclass != IN:
+                raise Refuse("malformed", reply_msg(msg, dns.rcode.FORMERR))
+            client_serial = None
+            if q.rdtype == IXFR:
+                # RFC 1995 §3: the authority section holds the client's SOA.
+                if len(msg.authority) != 1 or msg.authority[0].rdtype != SOA or \
+                        msg.authority[0].name != q.name or len(msg.authority[0]) != 1:
+                    raise Refuse("malformed", reply_msg(msg, dns.rcode.FORMERR))
+                client_serial = msg.authority[0][0].serial
+            zone = st.zone
+            if zone is None or st.expired:
+                raise Refuse("no_data", reply_msg(msg, dns.rcode.SERVFAIL))
+        except Refuse as r:
+            self.svc.refused("xfr", r.reason, peer)
+            return [r.reply] if r.reply is not None else []
+        history = list(st.history)
+        steps = None
+        if client_serial is not None:
+            steps = self._ixfr_steps(history, client_serial, jr.serial_of(zone))
+        if client_serial is not None and not jr.serial_gt(jr.serial_of(zone), client_serial):
+            kind = "uptodate"
+            rrs = iter([jr.soa_of(zone)])
+        elif steps is not None:
+            kind = "ixfr"
+            rrs = self._ixfr_rrs(zone, steps)
+        else:
+            kind = "axfr"
+            rrs = self._axfr_rrs(zone)
+        count(self.stats, f"xfr_out.{kind}", "pop53_xfr_out_total", "transfers served",
+               zone=st.name, kind=kind)
+        log.info("%s of %s to %s (%s)", dns.rdatatype.to_text(q.rdtype), st.name, peer[0], kind)
+        return self._render(msg, rrs)
+
+    @staticmethod
+    def _ixfr_steps(history: list[jr.Record], client_serial: int, current: int):
+        steps = [s for rec in history for s in rec.steps]
+        for i, s in enumerate(steps):
+            if s.old_serial == client_serial:
+                chain = steps[i:]
+                ok = all(a.new_serial == b.old_serial for a, b in zip(chain, chain[1:]))
+                if ok and chain[-1].new_serial == current:
+                    return chain
+        return None
+
+    @staticmethod
+    def _axfr_rrs(zone: dns.zone.Zone):
+        soa = jr.soa_of(zone)
+        yield soa
+        for name, node in zone.nodes.items():
+            for rds in node.rdatasets:
+                if rds.rdtype == SOA:
+                    continue
+                yield (name, rds)
+        yield soa
+
+    @staticmethod
+    def _ixfr_rrs(zone, steps):
+        cur = jr.soa_of(zone)
+        yield cur
+        for s in steps:
+            yield s.old_soa
+            yield from s.deleted
+            yield s.new_soa
+            yield from s.added
+        yield cur
+
+    def _render(self, query: dns.message.Message, items) -> list[bytes]:
+        """Pack RRs into as few messages as fit in 64 KiB, each TSIG-signed when the query was
+        (RFC 8945 §5.3.1 allows every message to be signed; Knot and NSD accept it)."""
+        key = query.keyring if query.had_tsig else None
+        q = query.question[0]
+        out: list[bytes] = []
+        ctx = None
+        limit = 65535 - 512  # room for the TSIG RR
+
+        def new():
+            r = dns.renderer.Renderer(id=query.id, flags=dns.flags.QR | dns.flags.AA, max_size=limit)
+            r.add_question(q.name, q.rdtype, q.rdclass)
+            return r
+
+        def finish(r):
+            nonlocal ctx
+            r.write_header()
+            if key is not None:
+                r.max_size = 65535
+                ctx = r.add_multi_tsig(ctx, key.name, key, TSIG_FUDGE, query.id, 0, b"",
+                                       query.mac, key.algorithm)
+            out.append(r.get_wire())
+
+        r = new()
+        n = 0
+        for item in items:
+            if len(item) == 3:
+                name, ttl, rd = item
+                rds = dns.rdataset.Rdataset(IN, rd.rdtype, rd.covers(), ttl)
+                rds.add(rd, ttl)
+            else:
+                name, rds = item
+            try:
+                r.add_rdataset(dns.renderer.ANSWER, name, rds)
+                n += 1
+            except dns.exception.TooBig:
+                if n == 0:
+                    raise
+                finish(r)
+                r, n = new(), 0
+                r.add_rdataset(dns.renderer.ANSWER, name, rds)
+                n += 1
+        finish(r)
+        return out
+
+    # ---------------------------------------------------------------- NOTIFY out
+    def send_notifies(self, st: ZoneState) -> None:
+        if self.svc.loop is None or not st.conf.notify:
+            return
+
+        def go():
+            for peer in st.conf.notify:
+                # A newer version supersedes a NOTIFY still being retried for an older one.
+                old = self._notify_by_peer.get((st.name, peer))
+                if old is not None and not old.done():
+                    old.cancel()
+                t = asyncio.ensure_future(self._notify_one(st, peer))
+                self._notify_by_peer[(st.name, peer)] = t
+                self._notify_tasks.add(t)
+                t.add_done_callback(self._notify_tasks.discard)
+        try:
+            if asyncio.get_running_loop() is self.svc.loop:
+                go()
+                return
+        except RuntimeError:
+            pass
+        self.svc.loop.call_soon_threadsafe(go)
+
+    async def _notify_one(self, st: ZoneState, peer: Peer) -> None:
+        """RFC 1996 §3.6: retry (here with a doubling timeout) until a reply or retries run out."""
+        zone = st.zone
+        if zone is None:
+            return
+        timeout = 1.0
+        for attempt in range(self.config.notify_retries + 1):
+            q = dns.message.make_query(st.conf.name, SOA)
+            q.flags = dns.flags.AA  # before set_opcode: the opcode lives in the flags word
+            q.set_opcode(dns.opcode.NOTIFY)
+            name, ttl, rd = jr.soa_of(zone)
+            q.find_rrset(q.answer, name, IN, SOA, create=True).add(rd, ttl)
+            sign(q, st.conf.key)
+            try:
+                r = await dns.asyncquery.udp(q, peer.host, timeout=timeout, port=peer.port)
+                if r.rcode() == dns.rcode.NOERROR:
+                    count(self.stats, "notify.sent", "pop53_xfr_notify_sent_total",
+                           "NOTIFY acknowledged by secondaries", zone=st.name)
+                    return
+                log.warning("zone %s: NOTIFY to %s answered %s", st.name, peer, dns.rcode.to_text(r.rcode()))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("zone %s: NOTIFY to %s attempt %d: %s: %s", st.name, peer, attempt,
+                          type(exc).__name__, exc)
+                if attempt == self.config.notify_retries:
+                    log.warning("zone %s: NOTIFY to %s failed: %s", st.name, peer, exc)
+                    count(self.stats, "notify.failed", "pop53_xfr_notify_failed_total",
+                           "NOTIFY never acknowledged", zone=st.name)
+                timeout = min(timeout * 2, 8.0)
+
+
+# ---------------------------------------------------------------- listeners
+async def serve(svc, host: str, port: int, answer: Callable[[bytes, tuple], bytes | None] | None = None):
+    """A small TCP + UDP listener for NOTIFY, SOA and XFR (RFC 7766 framing on TCP).  The
+    server's own sockets will call the handle_* functions instead; `answer` lets it route
+    ordinary queries to the data plane here meanwhile.  Must run on the engine's loop."""
+    loop = asyncio.get_running_loop()
+
+    def dispatch(wire: bytes, peer, tcp: bool) -> list[bytes]:
+        try:
+            r = svc.handle_notify(wire, peer)
+            if r is not None:
+                return [r]
+            if tcp:
+                rs = svc.handle_tcp_query(wire, peer)
+                if rs is not None:
+                    return rs
+            elif len(wire) >= 12:
+                try:
+                    qm = dns.message.from_wire(wire, keyring=False, question_only=True)
+                    if qm.question and qm.question[0].rdtype in (AXFR, IXFR):
+                        # RFC 1995 §2: over UDP, answer with our SOA only (client uses TCP).
+                        st = svc.outbound.served(qm.question[0].name)
+                        if st is not None and qm.question[0].rdtype == IXFR:
+                            r = dns.message.make_response(qm)
+                            n, ttl, rd = jr.soa_of(st.zone)
+                            r.find_rrset(r.answer, n, IN, SOA, create=True).add(rd, ttl)
+                            return [r.to_wire()]
+                        return [x for x in [simple_reply(wire, dns.rcode.REFUSED)] if x]
+                except Exception:
+                    pass
+            r = svc.handle_query(wire, peer)
+            if r is not None:
+                return [r]
+            if answer is not None:
+                r = answer(wire, peer)
+                return [r] if r is not None else []
+            r = simple_reply(wire, dns.rcode.REFUSED)
+            return [r] if r is not None else []
+        except Exception as exc:  # never let one message kill the listener
+            log.exception("xfr listener: %s", exc)
+            return []
+
+    class Udp(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            for r in dispatch(data, addr, False):
+                self.transport.sendto(r, addr)
+
+    async def on_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        peer = writer.get_extra_info("peername")
+        try:
+            for _ in range(1000):  # bounded messages per connection
+                try:
+                    hdr = await asyncio.wait_for(reader.readexactly(2), 30)
+                    (n,) = struct.unpack("!H", hdr)
+                    wire = await asyncio.wait_for(reader.readexactly(n), 30)
+                except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+                    break
+                replies = await loop.run_in_executor(None, dispatch, wire, peer, True)
+                for r in replies:
+                    writer.write(struct.pack("!H", len(r)) + r)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_tcp, host, port, reuse_address=True)
+    transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, port))
+    svc._servers.extend([server, transport])
+    return server, transport
