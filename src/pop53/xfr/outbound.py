@@ -17,12 +17,13 @@ import dns.rdataclass
 import dns.rdataset
 import dns.rdatatype
 import dns.renderer
+import dns.tsig
 import dns.zone
 
 from pop53.xfr import journal as jr
 from pop53.xfr.config import Peer
 from pop53.xfr.metrics import count
-from pop53.xfr.protocol import (TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
+from pop53.xfr.protocol import (OUR_PAYLOAD, TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
                                 simple_reply)
 from pop53.xfr.state import ZoneState
 
@@ -32,6 +33,14 @@ IN = dns.rdataclass.IN
 SOA = dns.rdatatype.SOA
 AXFR = dns.rdatatype.AXFR
 IXFR = dns.rdatatype.IXFR
+
+
+def _tsig_size(key) -> int:
+    """Octets of the TSIG RR signed with `key` (RFC 8945 §4.2), 0 without a key."""
+    if key is None:
+        return 0
+    return (len(key.name.to_wire()) + 10 + len(key.algorithm.to_wire()) + 16
+            + dns.tsig.mac_sizes[key.algorithm])
 
 
 class Outbound:
@@ -45,12 +54,6 @@ class Outbound:
         self.timings = svc.timings
         self._notify_tasks: set[asyncio.Task] = set()
         self._notify_by_peer: dict[tuple, asyncio.Task] = {}
-
-    def served(self, qname) -> ZoneState | None:
-        st = self.zones.get(qname)
-        if st is None or st.zone is None or st.expired:
-            return None
-        return st
 
     def handle_query(self, wire: bytes, peer) -> bytes | None:
         """Answers the SOA of our zones (our own secondaries' refresh check, RFC 1034 §4.3.5),
@@ -79,9 +82,9 @@ class Outbound:
         return r.to_wire()
 
     # ---------------------------------------------------------------- AXFR/IXFR out
-    def handle_tcp_query(self, wire: bytes, peer) -> list[bytes] | None:
-        """AXFR (RFC 5936) / IXFR (RFC 1995) of our zones to allowed secondaries.
-        Returns the response messages (None: not an XFR query)."""
+    def _request(self, wire: bytes, peer, kinds) -> tuple | list[bytes] | None:
+        """Check a transfer request (its QTYPE one of `kinds`): None when it is not one; the
+        refusal to send (a list, maybe empty); or (request, zone state, zone, client serial)."""
         if len(wire) < 12 or ((wire[2] >> 3) & 0xF) != dns.opcode.QUERY or wire[2] & 0x80:
             return None
         # Cheap peek at the QTYPE so ordinary queries never pay for a full parse here.
@@ -89,7 +92,7 @@ class Outbound:
             qmsg = dns.message.from_wire(wire, keyring=False, question_only=True)
         except Exception:
             return None
-        if len(qmsg.question) != 1 or qmsg.question[0].rdtype not in (AXFR, IXFR):
+        if len(qmsg.question) != 1 or qmsg.question[0].rdtype not in kinds:
             return None
         try:
             msg = parse_control(wire, self.svc.keyring)
@@ -98,6 +101,8 @@ class Outbound:
             if st is None:
                 raise Refuse("notauth", reply_msg(msg, dns.rcode.NOTAUTH))
             if not st.conf.transfer_allowed(peer[0]):
+                # REFUSED as NSD and BIND send (RFC 5936 §4.2 leaves the policy to us; NOTIMP
+                # would claim transfers are not implemented)
                 raise Refuse("not_allowed", reply_msg(msg, dns.rcode.REFUSED))
             check_key(msg, st.conf)
             if q.rdclass != IN:
@@ -115,23 +120,55 @@ class Outbound:
         except Refuse as r:
             self.svc.refused("xfr", r.reason, peer)
             return [r.reply] if r.reply is not None else []
-        history = list(st.history)
+        return msg, st, zone, client_serial
+
+    def _plan(self, st: ZoneState, zone, client_serial):
+        """(kind, RRs) of the answer: "uptodate" (our SOA), "ixfr" (the journal's steps from
+        the client's serial) or "axfr" (the whole zone; also RFC 1995 §4's answer to an IXFR
+        the journal cannot serve)."""
+        current = jr.serial_of(zone)
+        if client_serial is not None and not jr.serial_gt(current, client_serial):
+            return "uptodate", iter([jr.soa_of(zone)])
         steps = None
         if client_serial is not None:
-            steps = self._ixfr_steps(history, client_serial, jr.serial_of(zone))
-        if client_serial is not None and not jr.serial_gt(jr.serial_of(zone), client_serial):
-            kind = "uptodate"
-            rrs = iter([jr.soa_of(zone)])
-        elif steps is not None:
-            kind = "ixfr"
-            rrs = self._ixfr_rrs(zone, steps)
-        else:
-            kind = "axfr"
-            rrs = self._axfr_rrs(zone)
+            steps = self._ixfr_steps(list(st.history), client_serial, current)
+        if steps is not None:
+            return "ixfr", self._ixfr_rrs(zone, steps)
+        return "axfr", self._axfr_rrs(zone)
+
+    def _served_out(self, msg, st, kind: str, peer) -> None:
         count(self.stats, f"xfr_out.{kind}", "pop53_xfr_out_total", "transfers served",
-               zone=st.name, kind=kind)
-        log.info("%s of %s to %s (%s)", dns.rdatatype.to_text(q.rdtype), st.name, peer[0], kind)
+              zone=st.name, kind=kind)
+        log.info("%s of %s to %s (%s)", dns.rdatatype.to_text(msg.question[0].rdtype), st.name,
+                 peer[0], kind)
+
+    def handle_tcp_query(self, wire: bytes, peer) -> list[bytes] | None:
+        """AXFR (RFC 5936) / IXFR (RFC 1995) of our zones to allowed secondaries.
+        Returns the response messages (None: not an XFR query)."""
+        req = self._request(wire, peer, (AXFR, IXFR))
+        if req is None or isinstance(req, list):
+            return req
+        msg, st, zone, client_serial = req
+        kind, rrs = self._plan(st, zone, client_serial)
+        self._served_out(msg, st, kind, peer)
         return self._render(msg, rrs)
+
+    def handle_udp_ixfr(self, wire: bytes, peer) -> bytes | None:
+        """IXFR over UDP (RFC 1995 §2): the IXFR when it fits in one datagram, else a reply
+        with the single current SOA (the client then asks over TCP).  None: not an IXFR (AXFR
+        over UDP is not defined, RFC 5936 §4.2: the data plane's NOTIMP stands, as Knot's and
+        NSD's)."""
+        req = self._request(wire, peer, (IXFR,))
+        if req is None or isinstance(req, list):
+            return req[0] if req else None
+        msg, st, zone, client_serial = req
+        limit = max(512, msg.payload) if msg.edns >= 0 else 512
+        kind, rrs = self._plan(st, zone, client_serial)
+        out = self._render(msg, rrs, limit, single=True) if kind != "axfr" else None
+        if out is None:
+            kind, out = "udp_soa", self._render(msg, iter([jr.soa_of(zone)]), limit, single=True)
+        self._served_out(msg, st, kind, peer)
+        return out[0] if out else None
 
     @staticmethod
     def _ixfr_steps(history: list[jr.Record], client_serial: int, current: int):
@@ -166,25 +203,30 @@ class Outbound:
             yield from s.added
         yield cur
 
-    def _render(self, query: dns.message.Message, items) -> list[bytes]:
-        """Pack RRs into as few messages as fit in 64 KiB, each TSIG-signed when the query was
-        (RFC 8945 §5.3.1 allows every message to be signed; Knot and NSD accept it)."""
+    def _render(self, query: dns.message.Message, items, limit: int = 65535,
+                single: bool = False) -> list[bytes] | None:
+        """Pack RRs into as few messages of at most `limit` octets as they fit in, each
+        TSIG-signed when the query was (RFC 8945 §5.3.1 allows every message to be signed; Knot
+        and NSD accept it) and with an OPT when the query had one (RFC 6891 §7).  `single`: one
+        message or None."""
         key = query.keyring if query.had_tsig else None
         q = query.question[0]
         out: list[bytes] = []
         ctx = None
-        limit = 65535 - 512  # room for the TSIG RR
+        room = limit - _tsig_size(key) - (11 if query.edns >= 0 else 0)
 
         def new():
-            r = dns.renderer.Renderer(id=query.id, flags=dns.flags.QR | dns.flags.AA, max_size=limit)
+            r = dns.renderer.Renderer(id=query.id, flags=dns.flags.QR | dns.flags.AA, max_size=room)
             r.add_question(q.name, q.rdtype, q.rdclass)
             return r
 
         def finish(r):
             nonlocal ctx
+            r.max_size = limit
+            if query.edns >= 0:
+                r.add_edns(0, 0, OUR_PAYLOAD)
             r.write_header()
             if key is not None:
-                r.max_size = 65535
                 ctx = r.add_multi_tsig(ctx, key.name, key, TSIG_FUDGE, query.id, 0, b"",
                                        query.mac, key.algorithm)
             out.append(r.get_wire())
@@ -202,7 +244,9 @@ class Outbound:
                 r.add_rdataset(dns.renderer.ANSWER, name, rds)
                 n += 1
             except dns.exception.TooBig:
-                if n == 0:
+                if n == 0 or single:
+                    if single:
+                        return None
                     raise
                 finish(r)
                 r, n = new(), 0
@@ -283,20 +327,10 @@ async def serve(svc, host: str, port: int, answer: Callable[[bytes, tuple], byte
                 rs = svc.handle_tcp_query(wire, peer)
                 if rs is not None:
                     return rs
-            elif len(wire) >= 12:
-                try:
-                    qm = dns.message.from_wire(wire, keyring=False, question_only=True)
-                    if qm.question and qm.question[0].rdtype in (AXFR, IXFR):
-                        # RFC 1995 §2: over UDP, answer with our SOA only (client uses TCP).
-                        st = svc.outbound.served(qm.question[0].name)
-                        if st is not None and qm.question[0].rdtype == IXFR:
-                            r = dns.message.make_response(qm)
-                            n, ttl, rd = jr.soa_of(st.zone)
-                            r.find_rrset(r.answer, n, IN, SOA, create=True).add(rd, ttl)
-                            return [r.to_wire()]
-                        return [x for x in [simple_reply(wire, dns.rcode.REFUSED)] if x]
-                except Exception:
-                    pass
+            else:
+                r = svc.outbound.handle_udp_ixfr(wire, peer)
+                if r is not None:
+                    return [r]
             r = svc.handle_query(wire, peer)
             if r is not None:
                 return [r]
