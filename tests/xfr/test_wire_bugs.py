@@ -79,7 +79,7 @@ def signed(rdtype="A", name="www." + ZONE, key=UNKNOWN, at=None, **kw):
 
 def ixfr(serial, name=ZONE):
     q = dns.message.make_query(name, "IXFR", use_edns=0)
-    q.authority.append(dns.rrset.from_text(name, 0, "IN", "SOA", f"ns h {serial} 1 1 1 1"))
+    q.authority.append(dns.rrset.from_text(name, 0, "IN", "SOA", f"ns. h. {serial} 1 1 1 1"))
     return q
 
 

@@ -10,7 +10,9 @@ import collections
 import logging
 import struct
 import time
+from collections.abc import Callable
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -36,27 +38,40 @@ class Refuse(Exception):
         self.reply = reply
 
 
-def tsig_error_reply(wire: bytes, tsig_error: int) -> bytes | None:
-    """RFC 8945 §5.3.2: an unsigned NOTAUTH reply carrying a TSIG RR with the error and an empty
-    MAC (BADTIME also carries our time in Other Data)."""
+# the UDP payload we advertise in the replies made here (DNS Flag Day 2020, RFC 6891 §6.2.5)
+OUR_PAYLOAD = 1232
+
+
+def _response_to(wire: bytes) -> tuple[dns.message.Message | None, dns.message.Message | None]:
+    """(an empty response to the request in `wire`, the request read without checking its
+    TSIG); the response keeps the request's EDNS (RFC 6891 §7: an error reply carries the OPT
+    too).  (None, None) for a response or a request without a readable header and question."""
     try:
         q = dns.message.from_wire(wire, keyring=False, question_only=True)
     except Exception:
-        return None
+        return None, None
     if q.flags & dns.flags.QR:
+        return None, None
+    try:  # the whole message, TSIG read but not validated (keyring=False: no signing either)
+        full = dns.message.from_wire(wire, keyring=False)
+    except Exception:
+        full = None
+    return dns.message.make_response(full or q, our_payload=OUR_PAYLOAD), full
+
+
+def tsig_error_reply(wire: bytes, tsig_error: int) -> bytes | None:
+    """RFC 8945 §5.3.2: an unsigned NOTAUTH reply carrying a TSIG RR with the error and an empty
+    MAC (BADTIME also carries our time in Other Data)."""
+    r, full = _response_to(wire)
+    if r is None:
         return None
     keyname = dns.name.root
     alg = dns.tsig.HMAC_SHA256
-    orig_id = q.id
-    try:  # read the TSIG RR without validating, for key name, algorithm and original id
-        full = dns.message.from_wire(wire, keyring=False)
-        if full.tsig is not None:
-            keyname = full.keyname
-            trd = full.tsig[0]
-            alg, orig_id = trd.algorithm, trd.original_id
-    except Exception:
-        pass
-    r = dns.message.make_response(q)
+    orig_id = r.id
+    if full is not None and full.tsig is not None:  # key name, algorithm and original id
+        keyname = full.keyname
+        trd = full.tsig[0]
+        alg, orig_id = trd.algorithm, trd.original_id
     r.set_rcode(dns.rcode.NOTAUTH)
     out = r.to_wire()
     now = int(time.time())
@@ -64,26 +79,24 @@ def tsig_error_reply(wire: bytes, tsig_error: int) -> bytes | None:
     trd = dns.rdtypes.ANY.TSIG.TSIG(dns.rdataclass.ANY, dns.rdatatype.TSIG, alg, now, TSIG_FUDGE,
                                     b"", orig_id, tsig_error, other)
     rdata = trd.to_digestable()
+    # RFC 8945 §4.2: the TSIG RR is the last record of the additional section (after the OPT)
     rr = keyname.to_wire() + struct.pack("!HHIH", dns.rdatatype.TSIG, dns.rdataclass.ANY, 0, len(rdata)) + rdata
     arcount = struct.unpack("!H", out[10:12])[0] + 1
     return out[:10] + struct.pack("!H", arcount) + out[12:] + rr
 
 
 def simple_reply(wire: bytes, rcode: int) -> bytes | None:
-    try:
-        q = dns.message.from_wire(wire, keyring=False, question_only=True)
-    except Exception:
+    """An unsigned reply with `rcode` (and the request's EDNS) to an unparsed request."""
+    r, _full = _response_to(wire)
+    if r is None:
         return None
-    if q.flags & dns.flags.QR:
-        return None
-    r = dns.message.make_response(q)
     r.set_rcode(rcode)
     return r.to_wire()
 
 
 def reply_msg(msg: dns.message.Message, rcode: int) -> bytes:
     """A reply to a parsed request; signed with the request's key when it was signed."""
-    r = dns.message.make_response(msg)
+    r = dns.message.make_response(msg, our_payload=OUR_PAYLOAD)
     r.set_rcode(rcode)
     return r.to_wire()
 
@@ -147,3 +160,41 @@ class Refusals:
             ent[0], ent[1] = now, 0
         else:
             ent[1] += 1
+
+
+def answer_signed(wire: bytes, keyring: dict, answer: Callable[[bytes], bytes | None],
+                  tcp: bool) -> tuple[str | None, bytes | None]:
+    """A TSIG-signed ordinary query (RFC 8945 §5.2): the key is checked first; a query that
+    fails gets NOTAUTH with the TSIG error (BADKEY, BADSIG, BADTIME), one that passes is
+    answered by `answer` (the data plane, given the query without its TSIG RR) and the answer
+    is signed (§5.3).  Returns (refusal reason or None, reply); (None, None) when `wire` is not
+    a readable signed request (the data plane's own reply stands)."""
+    try:
+        peek = dns.message.from_wire(wire, keyring=False)
+    except Exception:
+        return None, None           # the data plane owns the malformed-packet policy
+    if peek.tsig is None or peek.flags & dns.flags.QR:
+        return None, None
+    try:
+        msg = parse_control(wire, keyring)
+    except Refuse as r:
+        return r.reason, r.reply
+    peek.tsig = None                # the same query, unsigned: what the data plane reads
+    try:
+        plain = answer(peek.to_wire())
+        if plain is None:
+            return None, None
+        r = dns.message.from_wire(plain)
+    except Exception:
+        return None, None
+    r.use_tsig(msg.keyring, msg.keyname, TSIG_FUDGE, None, 0, b"", msg.keyalgorithm)
+    r.request_mac = msg.mac
+    limit = 65535 if tcp else max(512, msg.payload if msg.edns >= 0 else 512)
+    try:
+        return None, r.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        # RFC 8945 §5.3 with RFC 1035 §4.1.1: what does not fit goes out truncated, signed
+        t = dns.message.make_response(msg, our_payload=OUR_PAYLOAD, fudge=TSIG_FUDGE)
+        t.flags |= dns.flags.TC | (r.flags & dns.flags.AA)
+        t.set_rcode(r.rcode())
+        return None, t.to_wire()
