@@ -191,9 +191,9 @@ def _nodes(image) -> dict:
 
 def _same_index(image):
     """The patch index a patch carried forward equals a fresh scan of the patched bytes."""
-    from pop53.zone import incremental
-    carried = incremental._INDEX[image]
-    fresh = incremental.scan_image(bytes(image))
+    from pop53.zone import patchkit
+    carried = patchkit._INDEX[image]
+    fresh = patchkit.scan_image(bytes(image))
     def nodes(ix):
         o = np.argsort(ix[0])
         return ix[0][o].tolist(), ix[1][o].tolist(), ix[2][o].tolist()

@@ -136,7 +136,7 @@ class ImagePublisher:
                     image.counts["records"] >= CollectTxn.FREEZE_EVERY:
                 settle_heap()
             if self.incremental:    # the next update's patch starts from a ready index
-                from pop53.zone.incremental import patch_index
+                from pop53.zone.patchkit import patch_index
                 patch_index(image)
 
     def _compile_all(self, zones: dict, expired: set, name: str, static: list | None = None):
@@ -183,7 +183,7 @@ class ImagePublisher:
                 self._compile_all(zones, expired, "(compaction)", static).save(path)
             run_in_fork(work, "image compaction", self.COMPACT_TIMEOUT)
             image = load_image(path)
-            from pop53.zone.incremental import patch_index
+            from pop53.zone.patchkit import patch_index
             patch_index(image)      # outside the lock: the engine keeps publishing meanwhile
             log.info("compaction: %d bytes compiled in %.1f s", len(image), time.monotonic() - t0)
         except Exception as exc:  # noqa: BLE001 - the patched image keeps serving
