@@ -11,7 +11,8 @@ import time
 import pytest
 
 from pop53.lab.process import LAB_ZONE, child_env
-from pop53.anycast.agent import Agent, config_from_dict, load_config
+from pop53.anycast.agent import Agent
+from pop53.anycast.agent_config import config_from_dict, load_config
 from pop53.errors import ConfigError
 from pop53.anycast.routes import ServiceRoutes
 
