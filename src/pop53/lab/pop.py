@@ -127,6 +127,17 @@ class Lab:
         extra = ["nodad"] if ":" in cidr else []
         run_command(["ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra])
 
+    def _attach(self, router: str, name: str, ns: str, net4: str, net6: str) -> None:
+        """Link `ns` to the router as interface `name`: the router is .1 / ::1 of the /24 and
+        /64, `ns` is .2 / ::2 with its default routes via the router."""
+        self._link(router, name, ns, "up0")
+        self._addr(router, name, f"{net4}.1/24")
+        self._addr(router, name, f"{net6}::1/64")
+        self._addr(ns, "up0", f"{net4}.2/24")
+        self._addr(ns, "up0", f"{net6}::2/64")
+        run_command(["ip", "-n", ns, "route", "add", "default", "via", f"{net4}.1"])
+        run_command(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"{net6}::1"])
+
     def build(self) -> None:
         cfg = self.cfg
         write_lab_zone(self.zone)
@@ -138,13 +149,7 @@ class Lab:
         peers = []
         for i in range(1, cfg.machines + 1):
             ns = self._ns(f"{NS_PREFIX}-{self.tag}-m{i}")
-            self._link(r, f"m{i}", ns, "up0")
-            self._addr(r, f"m{i}", f"10.53.{i}.1/24")
-            self._addr(r, f"m{i}", f"fd53:0:{i}::1/64")
-            self._addr(ns, "up0", f"10.53.{i}.2/24")
-            self._addr(ns, "up0", f"fd53:0:{i}::2/64")
-            run_command(["ip", "-n", ns, "route", "add", "default", "via", f"10.53.{i}.1"])
-            run_command(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"fd53:0:{i}::1"])
+            self._attach(r, f"m{i}", ns, f"10.53.{i}", f"fd53:0:{i}")
             wd = self.workdir / f"m{i}"
             wd.mkdir()
             m = Machine(i, ns, f"10.53.{i}.2", f"fd53:0:{i}::2", f"10.53.{i}.1",
@@ -154,13 +159,7 @@ class Lab:
             peers.append(birdmod.RouterPeer(f"m{i}_v6", m.link6, MACHINE_AS, m.router6))
         for j in range(1, cfg.clients + 1):
             ns = self._ns(f"{NS_PREFIX}-{self.tag}-c{j}")
-            self._link(r, f"c{j}", ns, "up0")
-            self._addr(r, f"c{j}", f"10.53.{100 + j}.1/24")
-            self._addr(r, f"c{j}", f"fd53:1:{j}::1/64")
-            self._addr(ns, "up0", f"10.53.{100 + j}.2/24")
-            self._addr(ns, "up0", f"fd53:1:{j}::2/64")
-            run_command(["ip", "-n", ns, "route", "add", "default", "via", f"10.53.{100 + j}.1"])
-            run_command(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"fd53:1:{j}::1"])
+            self._attach(r, f"c{j}", ns, f"10.53.{100 + j}", f"fd53:1:{j}")
             self.clients.append(ns)
         rcfg = birdmod.RouterConfig(router_id="10.53.0.1", local_as=ROUTER_AS, peers=peers,
                                     hold_time=cfg.hold_time, keepalive_time=cfg.keepalive_time,
