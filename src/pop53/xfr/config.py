@@ -128,6 +128,18 @@ def _server_zone_keys() -> frozenset:
     return frozenset(server_keys)
 
 
+def _tables(doc: dict, name: str, file: str | None):
+    """The [[name]] array of tables: (key path, table) pairs."""
+    raw = doc.get(name, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"expected an array of tables ([[{name}]])", file=file, key=name)
+    for i, table in enumerate(raw):
+        where = f"{name}[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError("expected a table", file=file, key=where)
+        yield where, table
+
+
 def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
     """The xfr part of the server's TOML (already parsed into a dict).  Keys:
 
@@ -186,13 +198,7 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
     )
 
     keys: dict[dns.name.Name, KeyConf] = {}
-    raw_keys = doc.get("key", [])
-    if not isinstance(raw_keys, list):
-        raise ConfigError("expected an array of tables ([[key]])", file=file, key="key")
-    for i, k in enumerate(raw_keys):
-        where = f"key[{i}]"
-        if not isinstance(k, dict):
-            raise ConfigError("expected a table", file=file, key=where)
+    for where, k in _tables(doc, "key", file):
         for field in ("name", "algorithm", "secret"):
             if not isinstance(k.get(field), str) or not k.get(field):
                 raise ConfigError("missing or not a string", file=file, key=f"{where}.{field}")
@@ -216,14 +222,8 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
         keys[name] = KeyConf(name, alg, secret)
 
     zones: list[ZoneConf] = []
-    raw_zones = doc.get("zone", [])
-    if not isinstance(raw_zones, list):
-        raise ConfigError("expected an array of tables ([[zone]])", file=file, key="zone")
     seen = set()
-    for i, z in enumerate(raw_zones):
-        where = f"zone[{i}]"
-        if not isinstance(z, dict):
-            raise ConfigError("expected a table", file=file, key=where)
+    for where, z in _tables(doc, "zone", file):
         if not isinstance(z.get("name"), str):
             raise ConfigError("missing or not a string", file=file, key=f"{where}.name")
         for k in z:

@@ -12,21 +12,17 @@ import dns.zone
 from pop53.errors import Pop53Error
 from pop53.xfr import journal as jr
 from pop53.xfr.metrics import count
-from pop53.xfr.state import Pending, ZoneState
+from pop53.xfr.state import EnginePart, Pending, ZoneState
 from pop53.xfr.versions import UpdateRejected, ZoneVersion, validate_version
 
 log = logging.getLogger("pop53.xfr")
 
 
-class ZoneKeeper:
+class ZoneKeeper(EnginePart):
     """Owns what every zone serves and what is saved of it."""
 
     def __init__(self, svc):
-        self.svc = svc
-        self.config = svc.config
-        self.stats = svc.stats
-        self.zones = svc.zones
-        self.timings = svc.timings
+        super().__init__(svc)
         self._publish_lock: asyncio.Lock | None = None
         self._writes: set[asyncio.Task] = set()   # background snapshot writes
 

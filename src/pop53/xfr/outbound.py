@@ -25,7 +25,7 @@ from pop53.xfr.config import Peer
 from pop53.xfr.metrics import count
 from pop53.xfr.protocol import (OUR_PAYLOAD, TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
                                 simple_reply)
-from pop53.xfr.state import ZoneState
+from pop53.xfr.state import EnginePart, ZoneState
 
 log = logging.getLogger("pop53.xfr")
 
@@ -43,15 +43,11 @@ def _tsig_size(key) -> int:
             + dns.tsig.mac_sizes[key.algorithm])
 
 
-class Outbound:
+class Outbound(EnginePart):
     """The primary side of every zone: answers its secondaries and NOTIFYs them on change."""
 
     def __init__(self, svc):
-        self.svc = svc
-        self.config = svc.config
-        self.stats = svc.stats
-        self.zones = svc.zones
-        self.timings = svc.timings
+        super().__init__(svc)
         self._notify_tasks: set[asyncio.Task] = set()
         self._notify_by_peer: dict[tuple, asyncio.Task] = {}
 

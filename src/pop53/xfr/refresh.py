@@ -24,7 +24,7 @@ from pop53.xfr.config import Peer
 from pop53.xfr.inbound import Collector, inbound_transfer
 from pop53.xfr.metrics import count
 from pop53.xfr.protocol import Refuse, check_key, parse_control, reply_msg, sign
-from pop53.xfr.state import ZoneState
+from pop53.xfr.state import EnginePart, ZoneState
 from pop53.xfr.versions import UpdateRejected
 
 log = logging.getLogger("pop53.xfr")
@@ -33,15 +33,8 @@ IN = dns.rdataclass.IN
 SOA = dns.rdatatype.SOA
 
 
-class Refresher:
+class Refresher(EnginePart):
     """Keeps every secondary zone current: one task per zone waits for its timer or a NOTIFY."""
-
-    def __init__(self, svc):
-        self.svc = svc
-        self.config = svc.config
-        self.stats = svc.stats
-        self.zones = svc.zones
-        self.timings = svc.timings
 
     def handle_notify(self, wire: bytes, peer) -> bytes | None:
         """A NOTIFY over UDP or TCP.  Returns the reply (None: not a NOTIFY, or drop)."""

@@ -60,3 +60,15 @@ class ZoneState:
             return (60, 10, 7 * 86400)
         soa = jr.soa_of(z)[2]
         return (soa.refresh, soa.retry, soa.expire)
+
+
+class EnginePart:
+    """A part of the transfer engine (refresh, keeper, outbound): it reaches the engine's
+    shared state, and the other parts through `svc` (the XfrService that owns it)."""
+
+    def __init__(self, svc):
+        self.svc = svc
+        self.config = svc.config
+        self.stats = svc.stats
+        self.zones = svc.zones
+        self.timings = svc.timings
