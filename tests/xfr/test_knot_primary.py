@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from xfr_support import KEYNAME, SECRET, Recorder, free_port, wait_for, zone_text
+from xfr_support import (KEYNAME, SECRET, Recorder, free_port, knot_pop53_peer, wait_for,
+                         zone_text)
 
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.service import XfrService
@@ -16,16 +17,7 @@ ZONE = "example.org."
 def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400):
     k = knot_factory("primary")
     (k.dir / "example.org.zone").write_text(zone_text(ZONE, serial, refresh, retry, expire, extra))
-    k.write_conf(f"""\
-        remote:
-          - id: pop53
-            address: 127.0.0.1@{pop_port}
-            key: {KEYNAME}
-        acl:
-          - id: pop53
-            address: 127.0.0.1
-            key: {KEYNAME}
-            action: transfer
+    k.write_conf(knot_pop53_peer(pop_port, "transfer") + f"""\
         zone:
           - domain: {ZONE}
             file: "{k.dir}/example.org.zone"

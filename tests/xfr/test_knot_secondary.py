@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xfr_support import (KEYNAME, SECRET, Recorder, free_port, query, soa_serial, stop_daemon,
-                         tsig_key, wait_for)
+from xfr_support import (KEYNAME, SECRET, Recorder, free_port, knot_pop53_peer, query, soa_serial,
+                         stop_daemon, tsig_key, wait_for)
 
 from pop53.xfr.config import parse_xfr_config
 from test_knot_primary import ZONE, knot_primary, start_engine
@@ -31,16 +31,7 @@ def test_chain_knot_pop53_knot(knot_factory, engines, tmp_path):
     e = start_engine(engines, cfg, pop_port, rec)
     wait_for(lambda: rec.serial(ZONE) == 1, 10, what="pop53 has serial 1")
 
-    secondary_knot.write_conf(f"""\
-        remote:
-          - id: pop53
-            address: 127.0.0.1@{pop_port}
-            key: {KEYNAME}
-        acl:
-          - id: pop53
-            address: 127.0.0.1
-            key: {KEYNAME}
-            action: notify
+    secondary_knot.write_conf(knot_pop53_peer(pop_port, "notify") + f"""\
         zone:
           - domain: {ZONE}
             file: "{secondary_knot.dir}/example.org.zone"
