@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import dns.rcode
 import dns.rdatatype
 
 from pop53.anycast.probe import STALENESS_SOURCES
+from pop53.config import read_toml
 from pop53.errors import ConfigError, Pop53Error
 
 
@@ -122,15 +122,7 @@ def _typed(d: dict, key: str, typ, default, *, file: str, path: str):
 
 def load_config(path: str | os.PathLike) -> AgentConfig:
     """Read and validate the agent's TOML configuration (errors name file and key)."""
-    file = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
-    return config_from_dict(raw, file=file)
+    return config_from_dict(read_toml(path), file=str(path))
 
 
 _TOP_KEYS = {"name", "server", "zones", "cases", "interval", "timeout", "slow_ms", "fail_after",
@@ -138,10 +130,15 @@ _TOP_KEYS = {"name", "server", "zones", "cases", "interval", "timeout", "slow_ms
              "etcd", "staleness"}
 
 
+def _only(table: dict, known, path: str, file: str) -> None:
+    """Reject the keys of `table` (at key path `path`) that are not `known`."""
+    extra = sorted(set(table) - set(known))
+    if extra:
+        raise ConfigError(f"unknown key(s) {extra}", file=file, key=path + extra[0])
+
+
 def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)}", file=file, key=sorted(unknown)[0])
+    _only(raw, _TOP_KEYS, "", file)
     g = lambda k, t, d, p="": _typed(raw, k, t, d, file=file, path=p)  # noqa: E731
     name = g("name", str, None)
     if not name:
@@ -159,9 +156,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
         k = f"cases[{i}]."
         if not isinstance(c, dict):
             raise ConfigError("must be a table", file=file, key=f"cases[{i}]")
-        extra = set(c) - {"qname", "qtype", "rcode", "expect"}
-        if extra:
-            raise ConfigError(f"unknown key(s) {sorted(extra)}", file=file, key=k + sorted(extra)[0])
+        _only(c, {"qname", "qtype", "rcode", "expect"}, k, file)
         qname = _typed(c, "qname", str, None, file=file, path=k)
         if not qname:
             raise ConfigError("missing", file=file, key=k + "qname")
@@ -202,10 +197,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
         parse_hostport(cfg.metrics, 9154, key="metrics", file=file)
     r = g("routes", dict, None)
     if r is not None:
-        extra = set(r) - {"addresses", "mode", "interface", "table", "netns"}
-        if extra:
-            raise ConfigError(f"unknown key(s) {sorted(extra)}", file=file,
-                              key="routes." + sorted(extra)[0])
+        _only(r, {"addresses", "mode", "interface", "table", "netns"}, "routes.", file)
         addrs = _typed(r, "addresses", list, [], file=file, path="routes.")
         for i, a in enumerate(addrs):
             try:
@@ -225,10 +217,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
                                   _typed(r, "netns", str, None, file=file, path="routes."))
     e = g("etcd", dict, None)
     if e is not None:
-        extra = set(e) - {"endpoints", "prefix", "slots", "lease_ttl", "timeout"}
-        if extra:
-            raise ConfigError(f"unknown key(s) {sorted(extra)}", file=file,
-                              key="etcd." + sorted(extra)[0])
+        _only(e, {"endpoints", "prefix", "slots", "lease_ttl", "timeout"}, "etcd.", file)
         eps = _typed(e, "endpoints", list, [], file=file, path="etcd.")
         if not eps or not all(isinstance(x, str) and x.startswith("http") for x in eps):
             raise ConfigError("must be a non-empty list of http:// URLs", file=file,
@@ -244,10 +233,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
         cfg.etcd = ec
     s = g("staleness", dict, None)
     if s is not None:
-        extra = set(s) - {"source", "max_age", "files", "path"}
-        if extra:
-            raise ConfigError(f"unknown key(s) {sorted(extra)}", file=file,
-                              key="staleness." + sorted(extra)[0])
+        _only(s, {"source", "max_age", "files", "path"}, "staleness.", file)
         sc = StalenessConfig(_typed(s, "source", str, "none", file=file, path="staleness."),
                              _typed(s, "max_age", float, 0.0, file=file, path="staleness."),
                              dict(_typed(s, "files", dict, {}, file=file, path="staleness.")),

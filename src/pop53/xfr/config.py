@@ -128,6 +128,13 @@ def _server_zone_keys() -> frozenset:
     return frozenset(server_keys)
 
 
+def _name(text: str, what: str, file: str | None, key: str) -> dns.name.Name:
+    try:
+        return dns.name.from_text(text)
+    except dns.exception.DNSException as exc:
+        raise ConfigError(f"bad {what} name: {exc}", file=file, key=key) from None
+
+
 def _tables(doc: dict, name: str, file: str | None):
     """The [[name]] array of tables: (key path, table) pairs."""
     raw = doc.get(name, [])
@@ -202,10 +209,7 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
         for field in ("name", "algorithm", "secret"):
             if not isinstance(k.get(field), str) or not k.get(field):
                 raise ConfigError("missing or not a string", file=file, key=f"{where}.{field}")
-        try:
-            name = dns.name.from_text(k["name"])
-        except dns.exception.DNSException as exc:
-            raise ConfigError(f"bad key name: {exc}", file=file, key=f"{where}.name") from None
+        name = _name(k["name"], "key", file, f"{where}.name")
         if name in keys:
             raise ConfigError(f"duplicate key {name}", file=file, key=f"{where}.name")
         alg = ALGORITHMS.get(k["algorithm"].lower().rstrip("."))
@@ -230,10 +234,7 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
             if k not in ZONE_KEYS | _server_zone_keys():
                 raise ConfigError(f"unknown key (known: {', '.join(sorted(ZONE_KEYS | _server_zone_keys()))})",
                                   file=file, key=f"{where}.{k}")
-        try:
-            name = dns.name.from_text(z["name"])
-        except dns.exception.DNSException as exc:
-            raise ConfigError(f"bad zone name: {exc}", file=file, key=f"{where}.name") from None
+        name = _name(z["name"], "zone", file, f"{where}.name")
         if name in seen:
             raise ConfigError(f"zone {name} configured twice", file=file, key=f"{where}.name")
         seen.add(name)
