@@ -155,9 +155,8 @@ def run_failover(*, machines: int, rounds: int, out: Path, clients: int = 2,
             end = time.time()
             time.sleep(1.5)
         finally:
-            for _n, p, _f in cl:
-                p.stop(timeout=10)
-        logs = {n: read_client_log(f) for n, _p, f in cl}
+            _stop_clients(cl)
+        logs = _client_logs(cl)
     rows = measure_gaps(events, logs, end)
     write_failover_csv(rows, out / "failover.csv")
     plot_failover_cdf(rows, out / "failover.png",
@@ -169,6 +168,16 @@ def run_failover(*, machines: int, rounds: int, out: Path, clients: int = 2,
 
 
 # -- scenarios ---------------------------------------------------------------------------------
+
+def _stop_clients(clients) -> None:
+    for _n, p, _f in clients:
+        p.stop(timeout=10)
+
+
+def _client_logs(clients) -> dict[str, list[tuple[float, bool, str]]]:
+    """What each probe client (name, Proc, log file) saw, read after it stopped."""
+    return {n: read_client_log(f) for n, _p, f in clients}
+
 
 def _losses(logs: dict[str, list[tuple[float, bool, str]]], t_from: float, t_to: float
             ) -> list[tuple[str, float]]:
@@ -226,9 +235,8 @@ def run_kill_server(*, machines: int = 3, clients: int = 2, log=print,
             time.sleep(1.5)
             t_end = time.time()
         finally:
-            for _n, p, _f in cl:
-                p.stop(timeout=10)
-        logs = {n: read_client_log(f) for n, _p, f in cl}
+            _stop_clients(cl)
+        logs = _client_logs(cl)
     lost_before = _losses(logs, 0, t_kill)
     lost_outage = _losses(logs, t_kill, t_susp + 1.0)
     lost_after = _losses(logs, t_susp + 1.0, t_end)
@@ -274,11 +282,9 @@ def run_freeze_bird(*, machines: int = 2, clients: int = 2, bfd: bool = True, lo
             lab.wait_fib(lambda ms: victim.name in ms, timeout=30)
             log(f"thawed; back in the FIB after {time.time() - t_thaw:.2f}s")
             time.sleep(1)
-            t_end = time.time()
         finally:
-            for _n, p, _f in cl:
-                p.stop(timeout=10)
-        logs = {n: read_client_log(f) for n, _p, f in cl}
+            _stop_clients(cl)
+        logs = _client_logs(cl)
     lost = _losses(logs, t_freeze, t_thaw)
     last_lost = max((t for _c, t in lost), default=t_freeze) - t_freeze
     slack = 1.0
@@ -353,9 +359,8 @@ def run_mass_failure(*, machines: int = 12, fail: int = 10, slots: int = 3, clie
                     if s.get("slot") is not None:
                         holders[s["slot"]] = n
             finally:
-                for _n, p, _f in cl:
-                    p.stop(timeout=10)
-            logs = {n: read_client_log(f) for n, _p, f in cl}
+                _stop_clients(cl)
+            logs = _client_logs(cl)
         finally:
             stop.set()
             th.join(2)
