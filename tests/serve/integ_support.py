@@ -25,6 +25,7 @@ import dns.zone
 from prometheus_client.parser import text_string_to_metric_families
 
 from pop53 import config as cfgmod
+from tests.support.refservers import recv_exactly
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -113,16 +114,6 @@ def make_query(name: str, rdtype="A", *, qid: int = 1, edns: int | None = 0, pay
 def frame(wire: bytes) -> bytes:
     """RFC 1035 §4.2.2 / RFC 7766 §8: a two-octet length prefix."""
     return struct.pack("!H", len(wire)) + wire
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
 
 
 def read_frame(sock: socket.socket) -> bytes | None:
