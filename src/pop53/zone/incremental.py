@@ -39,7 +39,7 @@ from pop53 import _core
 from pop53.zone.compiler import HEADER, NODE, RRSET, ZONE, _labels, _parent
 from pop53.zone.images import Image
 from pop53.zone import zonefile
-from pop53.zone.zonefile import _AT_CUT_OK, _GLUE, ZoneData, validate
+from pop53.zone.zonefile import _AT_CUT_OK, _GLUE, ZoneData, occluded, validate
 from pop53.zone.patch_layout import layout
 from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX,
                                  _SPARE, _T_A, _T_AAAA, _U32, _WC, _WCC, _Fallback, _New,
@@ -431,14 +431,9 @@ def validate_changes(data: ZoneData, changed_names) -> None:
                     bad = types - _GLUE
                     if bad:
                         data.warnings.append(
-                            f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                            f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                            f"delegation at {parent} is occluded and will not be served")
+                            occluded(data, name, bad, f"below the delegation at {parent}"))
             parent = parent.parent()
         if dns.rdatatype.NS in types:
             bad = types - _AT_CUT_OK
             if bad:
-                data.warnings.append(
-                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                    "point is occluded by the NS records and will not be served")
+                data.warnings.append(occluded(data, name, bad, "at a delegation point"))
