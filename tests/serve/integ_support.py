@@ -128,12 +128,16 @@ def read_frame(sock: socket.socket) -> bytes | None:
     return body
 
 
-def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+def _connected(addr: tuple, kind: int, timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(family, kind)
     s.settimeout(timeout)
     s.connect(addr[:2])
     return s
+
+
+def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+    return _connected(addr, socket.SOCK_STREAM, timeout)
 
 
 def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[bytes]:
@@ -148,11 +152,7 @@ def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[
 
 
 def udp_socket(addr: tuple, timeout: float = 2.0) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.connect(addr[:2])
-    return s
+    return _connected(addr, socket.SOCK_DGRAM, timeout)
 
 
 def udp_exchange(sock: socket.socket, wire: bytes) -> bytes | None:
