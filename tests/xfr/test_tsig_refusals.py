@@ -146,7 +146,8 @@ def test_badtime(svc, monkeypatch):
     monkeypatch.undo()
     reply = raw_udp(svc, wire)
     rc, err, mac_len = tsig_error_of(reply)
-    assert (rc, err, mac_len) == (dns.rcode.NOTAUTH, dns.rcode.BADTIME, 0)
+    # RFC 8945 §5.2.3: BADTIME is signed with the request's key (issue 9)
+    assert (rc, err, mac_len) == (dns.rcode.NOTAUTH, dns.rcode.BADTIME, 32)
     assert svc.stats["refused.notify.badtime"] == 1
 
 
