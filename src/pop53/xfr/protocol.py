@@ -85,6 +85,22 @@ def tsig_error_reply(wire: bytes, tsig_error: int) -> bytes | None:
     return out[:10] + struct.pack("!H", arcount) + out[12:] + rr
 
 
+def badtime_reply(wire: bytes, keyring: dict) -> bytes | None:
+    """RFC 8945 §5.2.3: NOTAUTH with TSIG error BADTIME, our time in Other Data, and (unlike
+    BADKEY and BADSIG) signed with the request's key: its MAC was good, only the clock is off."""
+    r, full = _response_to(wire)
+    key = keyring.get(full.keyname) if full is not None and full.tsig is not None else None
+    if r is None or key is None:
+        return tsig_error_reply(wire, dns.rcode.BADTIME)
+    trd = full.tsig[0]
+    now = int(time.time())
+    r.set_rcode(dns.rcode.NOTAUTH)
+    r.use_tsig(key, full.keyname, TSIG_FUDGE, trd.original_id, dns.rcode.BADTIME,
+               struct.pack("!HI", now >> 32, now & 0xFFFFFFFF))
+    r.request_mac = trd.mac
+    return r.to_wire()
+
+
 def simple_reply(wire: bytes, rcode: int) -> bytes | None:
     """An unsigned reply with `rcode` (and the request's EDNS) to an unparsed request."""
     r, _full = _response_to(wire)
@@ -114,7 +130,7 @@ def parse_control(wire: bytes, keyring: dict) -> dns.message.Message:
     except (dns.tsig.BadSignature, dns.tsig.BadKey, dns.tsig.BadAlgorithm):
         raise Refuse("badsig", tsig_error_reply(wire, dns.rcode.BADSIG)) from None
     except dns.tsig.BadTime:
-        raise Refuse("badtime", tsig_error_reply(wire, dns.rcode.BADTIME)) from None
+        raise Refuse("badtime", badtime_reply(wire, keyring)) from None
     except dns.tsig.PeerError:
         raise Refuse("malformed", simple_reply(wire, dns.rcode.FORMERR)) from None
     except Exception:  # any parse failure: FORMERR if there is a header and question
