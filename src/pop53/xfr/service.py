@@ -1,4 +1,5 @@
-"""The transfer engine (façade): secondary zones over NOTIFY/IXFR/AXFR with TSIG, and serving our own zones.
+"""The transfer engine (façade): secondary zones over NOTIFY/IXFR/AXFR with TSIG, and serving
+our own zones to secondaries.
 
 Protocols (dnspython does the message work):
   RFC 1034 §4.3.5  SOA refresh/retry/expire timers        RFC 1982  serial arithmetic
