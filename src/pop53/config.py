@@ -289,13 +289,18 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
     return cfg
 
 
-def load(path: str | os.PathLike) -> Config:
-    path = os.fspath(path)
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+        raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+        raise ConfigError(f"invalid TOML: {exc}", file=os.fspath(path)) from None
+
+
+def load(path: str | os.PathLike) -> Config:
+    path = os.fspath(path)
+    doc = read_toml(path)
     return from_dict(doc, file=path, base_dir=os.path.dirname(os.path.abspath(path)))

@@ -27,9 +27,8 @@ def run(args) -> int:
             print(f"pop53 check: {exc}", file=sys.stderr)
             return 1
         try:
-            from pop53.xfr import service as xfr
-            if hasattr(xfr, "parse_xfr_config"):
-                xfr.parse_xfr_config(cfg.doc, args.config)
+            from pop53.xfr.config import parse_xfr_config
+            parse_xfr_config(cfg.doc, args.config)
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1

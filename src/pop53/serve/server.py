@@ -120,6 +120,7 @@ class Server:
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None
         self.control_handler = control_handler
+        self.control_plane = control_handler     # set in start(): never None there
         self.current_image: Image | None = None
         self.zone_data: dict[str, ZoneData] = {}
         self.zone_serials: dict[str, int] = {}
@@ -435,10 +436,13 @@ class Server:
         from pop53.serve import metrics
         from pop53.serve import tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
         self._before_drop(run_user(self.config.user))
+        # what the data plane sets aside (NOTIFY, XFR, TSIG-signed) always reaches Python: a
+        # server without transfers still owes TSIG-signed queries NOTAUTH/BADKEY (RFC 8945 §5.2)
+        from pop53.xfr.secondary import ControlPlane
+        self.control_plane = self.control_handler or ControlPlane(None, self)
         drop_privileges(self.config.user)
-        control = self.control_handler is not None
         for i, s in enumerate(self.udp_socks):
-            w = _core.Worker(s.fileno(), i, control)
+            w = _core.Worker(s.fileno(), i, True)
             self.workers.append(w)
             t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter),
                                  name=f"pop53-udp-{i}", daemon=True)
@@ -491,15 +495,14 @@ class Server:
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.02):
             self.reclaim()
-            if self.control_handler is not None:
-                for i, w in enumerate(self.workers):
-                    for msg, addr in w.take_control():
-                        self._control_udp(self.udp_socks[i], msg, addr)
+            for i, w in enumerate(self.workers):
+                for msg, addr in w.take_control():
+                    self._control_udp(self.udp_socks[i], msg, addr)
 
     def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
         peer = _sockaddr(rawaddr)
         try:
-            reply = self.control_handler.handle_udp(msg, peer)
+            reply = self.control_plane.handle_udp(msg, peer)
         except Exception:
             log.exception("control handler failed on a message from %s", peer)
             reply = None

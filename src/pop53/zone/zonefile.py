@@ -323,6 +323,14 @@ def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
     return types
 
 
+def occluded(data: "ZoneData", name: dns.name.Name, types, where: str) -> str:
+    """The warning for records of `types` at `name` that a delegation occludes (`where`: "below
+    the delegation at X" or "at a delegation point"): loaded and not served, as BIND and Knot."""
+    return (f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+            f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in types))} {where} is occluded "
+            "and will not be served")
+
+
 def validate(data: ZoneData) -> None:
     """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
     zone, origin = data.zone, data.origin
@@ -352,14 +360,9 @@ def validate(data: ZoneData) -> None:
                 bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
                 if bad:
                     data.warnings.append(
-                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                        f"delegation at {parent} is occluded and will not be served")
+                        occluded(data, name, bad, f"below the delegation at {parent}"))
             parent = parent.parent()
         if name in cuts:
             bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
             if bad:
-                data.warnings.append(
-                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                    "point is occluded by the NS records and will not be served")
+                data.warnings.append(occluded(data, name, bad, "at a delegation point"))
