@@ -19,6 +19,7 @@ its own, so "same region" and "same final answer" are the same thing.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import ipaddress
 import json
 import random
@@ -70,6 +71,12 @@ class MappingSpec:
     targets: list[Target]
     mapped: list[Mapped]
     soa_ttl: int = 3600
+    #: The benchmark's baseline: every mapped name becomes a plain A/AAAA RRset holding the
+    #: default region's answer, and no server is told about maps (same zone, same queries).
+    static: bool = False
+
+    def as_static(self) -> "MappingSpec":
+        return dataclasses.replace(self, static=True)
 
     def map(self, name: str) -> MapSpec:
         return next(m for m in self.maps if m.name == name)
@@ -91,9 +98,15 @@ class MappingSpec:
         return v4, v6
 
     def zone_text(self) -> str:
-        return (f"$ORIGIN {self.origin}\n$TTL {self.soa_ttl}\n"
+        text = (f"$ORIGIN {self.origin}\n$TTL {self.soa_ttl}\n"
                 f"@ SOA ns1 hostmaster 1 7200 1800 259200 900\n@ NS ns1\n"
                 f"ns1 A 192.0.2.53\n")
+        if self.static:
+            for mp in self.mapped:
+                v4, v6 = self.region_addresses(mp, self.map(mp.map).default)
+                text += "".join(f"{mp.name} {mp.ttl} A {a}\n" for a in v4)
+                text += "".join(f"{mp.name} {mp.ttl} AAAA {a}\n" for a in v6)
+        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +278,13 @@ def pop53_toml(spec: MappingSpec, *, listen: str, zone_file: str, map_files: dic
     L = ["[server]", f"listen = [{_q(listen)}]", f"workers = {workers}",
          f"identity = {_q(identity)}", "", "[[zone]]", f"name = {_q(spec.origin)}",
          f"file = {_q(zone_file)}", ""]
-    for m in spec.maps:
+    for m in ([] if spec.static else spec.maps):
         L += ["[[map]]", f"name = {_q(m.name)}", f"file = {_q(map_files[m.name])}",
               f"default = {_q(m.default)}", f"key = {_q(m.key)}", ""]
-    for t in spec.targets:
+    for t in ([] if spec.static else spec.targets):
         L += ["[[target]]", f"name = {_q(t.name)}",
               "addresses = [" + ", ".join(_q(a) for a in t.addresses) + "]", ""]
-    for mp in spec.mapped:
+    for mp in ([] if spec.static else spec.mapped):
         regions = ", ".join(f"{_q(r)} = [" + ", ".join(_q(t) for t in ts) + "]"
                             for r, ts in sorted(mp.regions.items()))
         L += ["[[mapped]]", f"name = {_q(mp.name)}", f"map = {_q(mp.map)}", f"ttl = {mp.ttl}",
@@ -349,9 +362,12 @@ def write_gdnsd(spec: MappingSpec, directory: Path, *, port: int, host: str = "1
     run = directory / "run"
     conf = (f"options => {{\n  listen => [ {_q(f'{host}:{port}')} ]\n"
             f"  udp_threads => {threads}\n  tcp_threads => 1\n"
-            f"  run_dir => {_q(str(run))}\n  state_dir => {_q(str(directory / 'state'))}\n}}\n"
-            "plugins => {\n  geoip => {\n    maps => {\n" + "".join(maps) + "    }\n"
-            "    resources => {\n" + "".join(resources) + "    }\n  }\n}\n")
+            f"  run_dir => {_q(str(run))}\n  state_dir => {_q(str(directory / 'state'))}\n}}\n")
+    if spec.static:
+        records = []
+    else:
+        conf += ("plugins => {\n  geoip => {\n    maps => {\n" + "".join(maps) + "    }\n"
+                 "    resources => {\n" + "".join(resources) + "    }\n  }\n}\n")
     (directory / "config").write_text(conf)
     (directory / "zones" / spec.origin.rstrip(".")).write_text(
         spec.zone_text() + "ns2 A 192.0.2.54\n@ NS ns2\n" + "".join(records))
@@ -377,6 +393,8 @@ def pdns_geo_yaml(spec: MappingSpec) -> str:
     ``<region>.<i>.geo.<origin>``, and a service whose netmask keys pick them (no GeoIP database:
     the ``default`` key and netmask keys need none)."""
     o = spec.origin.rstrip(".")
+    if spec.static:
+        return _pdns_static_yaml(spec, o)
     L = ["domains:", f"- domain: {o}", f"  ttl: {spec.mapped[0].ttl if spec.mapped else 60}",
          "  records:", f"    {o}:",
          f"      - soa: ns1.{o} hostmaster.{o} 1 7200 1800 259200 900",
@@ -393,6 +411,18 @@ def pdns_geo_yaml(spec: MappingSpec) -> str:
         services.append(f"      default: {m.default}.{i}.geo.{o}")
         services += [f"      {_q(str(net))}: {region}.{i}.geo.{o}" for net, region in m.entries]
     return "\n".join(L + ["  services:"] + services) + "\n"
+
+
+def _pdns_static_yaml(spec: MappingSpec, o: str) -> str:
+    L = ["domains:", f"- domain: {o}", "  ttl: 60", "  records:", f"    {o}:",
+         f"      - soa: ns1.{o} hostmaster.{o} 1 7200 1800 259200 900",
+         f"      - ns: ns1.{o}", f"    ns1.{o}:", "      - a: 192.0.2.53"]
+    for mp in spec.mapped:
+        v4, v6 = spec.region_addresses(mp, spec.map(mp.map).default)
+        L.append(f"    {mp.name.rstrip('.')}:")
+        L += [f"      - a:\n          content: {a}\n          ttl: {mp.ttl}" for a in v4]
+        L += [f"      - aaaa:\n          content: {a}\n          ttl: {mp.ttl}" for a in v6]
+    return "\n".join(L + ["  services: {}"]) + "\n"
 
 
 @dataclass

@@ -138,7 +138,7 @@ template:
 zone:
   - domain: {_q(self.spec.origin)}
     file: {_q(str(zone))}
-    module: mod-geoip/map
+{"" if self.spec.static else "    module: mod-geoip/map"}
 """
         Path(self._path("knot.conf")).write_text(conf)
 
