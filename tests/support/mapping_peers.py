@@ -11,12 +11,13 @@ PID, work directory removed):
   service whose netmask keys pick per-region record sets (4.2+ works without a database);
 - :class:`Pop53MappingServer`: ``pop53 serve -c config.toml`` with the same data.
 
-``reload_map(entries)`` replaces a map's prefixes the way each server expects (gdnsd watches its
+``reload_map(name, entries)`` replaces a map's prefixes the way each server expects (gdnsd watches its
 nets file; Knot needs ``knotc reload``; PowerDNS ``pdns_control reload``; pop53 a SIGHUP) and
 returns right after the trigger: the caller times when the new answer shows.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -44,9 +45,17 @@ class _MappingMixin:
         return [Zone(spec.origin, Path(os.devnull))]
 
     def _replace_map(self, name: str, entries) -> md.MapSpec:
-        m = self.spec.map(name)
-        m.entries = list(entries)
+        """A new spec with the map's entries replaced (the caller's spec is left alone)."""
+        m = dataclasses.replace(self.spec.map(name), entries=list(entries))
+        self.spec = dataclasses.replace(
+            self.spec, maps=[m if x.name == name else x for x in self.spec.maps])
         return m
+
+    def reload_map(self, name: str, entries) -> None:
+        """Replace a map's prefixes: write the server's data (``write_map``), then tell it
+        (``trigger_reload``).  Returns after the trigger; the caller times the new answer."""
+        self.write_map(name, entries)
+        self.trigger_reload()
 
 
 class GdnsdServer(_MappingMixin, RefServer):
@@ -67,10 +76,12 @@ class GdnsdServer(_MappingMixin, RefServer):
         self.nets = md.write_gdnsd(self.spec, Path(self._path("etc")), port=self.port,
                                    host=self.host, threads=self.threads)
 
-    def reload_map(self, name: str, entries) -> None:
-        """gdnsd watches the nets file itself (then waits for 5+7 s of quiescence)."""
+    def write_map(self, name: str, entries) -> None:
         m = self._replace_map(name, entries)
         md.write_atomic(self.nets[name], md.gdnsd_nets_text(m))
+
+    def trigger_reload(self) -> None:
+        """Nothing to do: gdnsd watches the nets file (then waits for 5+7 s of quiescence)."""
 
 
 class KnotGeoipServer(_MappingMixin, RefServer):
@@ -142,10 +153,12 @@ zone:
 """
         Path(self._path("knot.conf")).write_text(conf)
 
-    def reload_map(self, name: str, entries) -> None:
-        """mod-geoip reads its file only when the module loads: a full ``knotc reload``."""
+    def write_map(self, name: str, entries) -> None:
         self._replace_map(name, entries)
         md.write_atomic(Path(self._path("geo.conf")), md.knot_geo_conf(self.spec))
+
+    def trigger_reload(self) -> None:
+        """mod-geoip reads its file only when the module loads: a full ``knotc reload``."""
         _control(["knotc", "-s", self._path("knot.sock"), "reload"])
 
 
@@ -184,10 +197,12 @@ class PdnsGeoipServer(_MappingMixin, RefServer):
             "security-poll-suffix=\nreceiver-threads=1\ndistributor-threads=1\n"
             f"udp-truncation-threshold={self.udp_max_payload}\n" + cache)
 
-    def reload_map(self, name: str, entries) -> None:
-        """The geoip backend re-reads its zones file on ``pdns_control reload``."""
+    def write_map(self, name: str, entries) -> None:
         self._replace_map(name, entries)
         md.write_atomic(Path(self._path("zones.yaml")), md.pdns_geo_yaml(self.spec))
+
+    def trigger_reload(self) -> None:
+        """The geoip backend re-reads its zones file on ``pdns_control reload``."""
         _control(["pdns_control", f"--config-dir={self._path('')}", "reload"])
 
 
@@ -209,10 +224,12 @@ class Pop53MappingServer(_MappingMixin, Pop53Server):
     def _argv(self) -> list[str]:
         return ["-m", "pop53", "serve", "-c", self._path("etc/config.toml")]
 
-    def reload_map(self, name: str, entries) -> None:
-        """Rewrite the map file and SIGHUP (pop53's reload signal)."""
+    def write_map(self, name: str, entries) -> None:
         m = self._replace_map(name, entries)
         md.write_atomic(Path(self._path(f"etc/{name}.map")), md.map_file_text(m))
+
+    def trigger_reload(self) -> None:
+        """SIGHUP, pop53's reload signal."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGHUP)
 
