@@ -130,14 +130,15 @@ class Bench:
         return srv, load_s, procs.memory(pids)
 
     def check(self, srv, spec: md.MappingSpec, n_checks: int = 20) -> str:
-        """A few ECS answers against the oracle (static: the default region's answer)."""
+        """A few ECS answers checked (static: the default region's answer).  The benchmark's
+        map is disjoint /24s (md.dense_map), so a /24 entry's own region is the right answer
+        (the brute-force Oracle is quadratic: fine for tests, not for 10^5 prefixes)."""
         rng = random.Random(1)
         m = spec.maps[0]
-        oracle = md.Oracle(m)
         for _ in range(n_checks):
-            net, _ = rng.choice(m.entries)
+            net, entry_region = rng.choice(m.entries)
             ecs = (str(net.network_address), 24)
-            region = DEFAULT if spec.static else oracle.expect(ecs)[0]
+            region = DEFAULT if spec.static else entry_region
             want = spec.answer(spec.mapped[0], region, 4)
             got = mp.ask(srv, spec.mapped[0].name, "A", ecs)
             if got.addresses != want:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
-import random
 
 import pytest
 
@@ -31,81 +30,8 @@ pytestmark = pytest.mark.skipif(not GdnsdServer.available(),
 #: pop53's default ECS source-length caps (issue 10: "defaults /24 and /56").
 POP53_ECS_CAP = {4: 24, 6: 56}
 
-REGIONS = ["as", "eu", "us", "sa"]
-
-
-def _map(name: str, default: str, pairs) -> md.MapSpec:
-    return md.MapSpec(name, [(ipaddress.ip_network(p), r) for p, r in pairs], default)
-
-
-def hand_maps() -> dict[str, md.MapSpec]:
-    return {
-        # Nested overlaps, each level flipping the region; a /32 inside.
-        "nested": _map("world", "us", [
-            ("10.0.0.0/8", "eu"), ("10.128.0.0/9", "as"), ("10.128.0.0/16", "eu"),
-            ("10.128.0.0/24", "us"), ("10.128.0.7/32", "as"), ("10.200.0.0/13", "sa")]),
-        # A mixed /16: most of it maps to eu, two /24s elsewhere; the rest of the world (and
-        # 20.0.0.0/8, no entry at all beside mapped space) falls to the default.
-        "mixed16": _map("world", "us", [
-            ("20.1.0.0/16", "eu"), ("20.1.7.0/24", "as"), ("20.1.200.0/24", "us"),
-            ("20.2.0.0/15", "sa"), ("21.0.0.0/8", "eu")]),
-        # Unmatched region: the queried block has no entry but more specific entries map
-        # elsewhere (Knot answers /0 here), and the default region also appears explicitly.
-        "unmatched": _map("world", "eu", [
-            ("30.0.0.0/24", "as"), ("30.0.64.0/18", "us"), ("30.0.128.0/25", "eu"),
-            ("31.255.255.255/32", "sa")]),
-        # IPv6: nested down to a /128, with IPv4 entries beside.
-        "v6": _map("world", "us", [
-            ("2a00:1::/32", "eu"), ("2a00:1:2::/48", "as"), ("2a00:1:2:3::/64", "eu"),
-            ("2a00:1:2:3::1/128", "as"), ("2a00:ff00::/24", "sa"), ("40.0.0.0/8", "as")]),
-    }
-
-
-def random_maps() -> dict[str, md.MapSpec]:
-    return {f"random{seed}": md.random_map(random.Random(seed), 40, REGIONS, "us")
-            for seed in (1, 2, 3)}
-
-
-MAPS = {**hand_maps(), **random_maps()}
-
-
-def _points(m: md.MapSpec) -> list[ipaddress._BaseAddress]:
-    """Addresses at every edge of every prefix: first, last, one before, one after."""
-    out = set()
-    for net, _ in m.entries:
-        lo, hi = int(net.network_address), int(net.broadcast_address)
-        top = 2 ** net.max_prefixlen - 1
-        cls = type(net.network_address)
-        for a in (lo, hi, lo - 1, hi + 1, (lo + hi) // 2):
-            if 0 <= a <= top:
-                out.add(cls(a))
-    return sorted(out, key=lambda a: (a.version, int(a)))
-
-
-def _usable(addr) -> bool:
-    return addr.version == 4 or not any(addr in n for n in md.GDNSD_V4LIKE)
-
-
-def queries(name: str, m: md.MapSpec) -> list[md.Query]:
-    """ECS of every source length at every edge point (IPv6: every length for the hand-picked
-    maps, a seeded quarter of them for the random maps, to keep the run in seconds), the
-    qtype alternating A/AAAA; plus queries without ECS."""
-    rng = random.Random(name)
-    qs = [md.Query("A"), md.Query("AAAA")]
-    for i, a in enumerate(_points(m)):
-        if not _usable(a):
-            continue
-        bits = a.max_prefixlen
-        lengths = range(bits + 1)
-        if a.version == 6 and name.startswith("random"):
-            lengths = sorted(rng.sample(range(bits + 1), 32))
-        for length in lengths:
-            if a.version == 6 and 0 < length < 16:
-                # A short IPv6 source looks up 2a00:: and friends, whose aligned blocks reach
-                # gdnsd's v4-like spaces (2001::/32, 2002::/16); those are not IPv6 to gdnsd.
-                continue
-            qs.append(md.Query("A" if (i + length) % 2 else "AAAA", (str(a), length)))
-    return qs
+MAPS = md.corpus_maps()
+queries = md.corpus_queries
 
 
 @pytest.fixture(scope="module", params=sorted(MAPS))
