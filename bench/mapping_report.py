@@ -52,7 +52,7 @@ def markdown(result: dict) -> str:
     L.append(f"- Date (UTC): {result['started']}; took {result.get('elapsed_s', 0) / 60:.1f} min")
     L.append(f"- Command (repository root): `{' '.join(map(shlex.quote, result['argv']))}`")
     L.append(f"- Machine: {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Debian "
-             f"{m['debian']}, {m['dnsperf'] or 'dnsperf'}")
+             f"{m['debian']}, dnsperf {m['dnsperf'].replace('Version ', '')}")
     L.append(f"- Load average (1 min) at start {la0[0]:.2f}, at end {la1[0]:.2f}: the machine "
              f"is shared with other engineers' builds and tests; 'other load' below is the "
              f"share of CPU {1} that neither the server nor dnsperf used.")
@@ -89,7 +89,7 @@ def markdown(result: dict) -> str:
                 lo, hi = s["cpu_range"]
                 cells.append(f"{s['cpu']:.2f} [{lo:.2f}–{hi:.2f}]{warn}")
             if v == "mapped":
-                extra.append(f"+{s['cpu'] - st:.2f} / {_ratio(s['cpu'], st)}"
+                extra.append(f"{s['cpu'] - st:+.2f} / {_ratio(s['cpu'], st)}"
                              if s and st else "–")
         L.append(f"| {NAMES[k]} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
     L.append("")
@@ -146,9 +146,13 @@ def markdown(result: dict) -> str:
     L.append(f"- dnsperf: `{dp}`")
     L.append("- Server CPU: utime+stime of every process of the server (all threads, "
              "/proc/PID/stat) over the run ÷ answered queries (bench/peers/procs.py).")
-    L.append("- Every configuration is checked before it is measured: 20 ECS queries must get "
-             "the oracle's region (tests/support/mapping_data.Oracle); a run with rcodes other "
-             "than NOERROR is marked ⚠.")
+    L.append("- Every configuration is checked before it is measured: 20 ECS queries for "
+             "mapped /24s must get that /24's region (static: the default region); a run with "
+             "rcodes other than NOERROR is marked ⚠. Scopes are not checked here: see "
+             "bench/results/mapping_scopes.md.")
+    L.append("- Noise: with other work on CPU 1 the server gets only part of the core, so the "
+             "q/s column measures scheduling as much as the server; CPU per answered query is "
+             "the column to compare.")
     L.append("- Configurations: tests/support/mapping_peers.py (one UDP worker each; PowerDNS "
              "with its caches off, since every query has its own ECS address; Knot "
              "`edns-client-subnet: on`).")
