@@ -1,9 +1,10 @@
 """Mapped answers and ECS scopes (RFC 7871) against gdnsd 3.x, the one peer that returns the
 largest correct block (docs/mapping-peers.md).
 
-Two halves over the same maps and queries (hand-picked: nested overlaps, a mixed /16, uncovered
-space beside mapped space, /32 and /128 sources, IPv6; and seeded random maps), with ECS of every
-source length and without ECS:
+Two halves over the same maps and queries (tests/support/mapping_data.corpus_maps and
+corpus_queries: hand-picked maps with nested overlaps, a mixed /16, uncovered space beside mapped
+space, /32 and /128 entries, IPv6, queried with ECS of every source length at every prefix edge;
+three seeded random maps with a sample of the lengths; and queries without ECS):
 
 1. gdnsd against a brute-force oracle of the map (tests/support/mapping_data.Oracle): the answer
    is the region of the longest covering prefix, the scope the shortest aligned block around the

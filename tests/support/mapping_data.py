@@ -496,9 +496,9 @@ def _usable(addr) -> bool:
 
 
 def corpus_queries(name: str, m: MapSpec) -> list[Query]:
-    """ECS of every source length at every edge point (IPv6: every length for the hand-picked
-    maps, a seeded quarter of them for the random maps, to keep the run in seconds), the
-    qtype alternating A/AAAA; plus queries without ECS."""
+    """ECS of every source length at every edge point of the hand-picked maps (a seeded sample
+    of lengths for the random maps, to keep the run in seconds), the qtype alternating A/AAAA;
+    plus queries without ECS."""
     rng = random.Random(name)
     qs = [Query("A"), Query("AAAA")]
     for i, a in enumerate(_points(m)):
@@ -506,8 +506,8 @@ def corpus_queries(name: str, m: MapSpec) -> list[Query]:
             continue
         bits = a.max_prefixlen
         lengths = range(bits + 1)
-        if a.version == 6 and name.startswith("random"):
-            lengths = sorted(rng.sample(range(bits + 1), 32))
+        if name.startswith("random"):
+            lengths = sorted(rng.sample(range(bits + 1), 12 if a.version == 4 else 24))
         for length in lengths:
             if a.version == 6 and 0 < length < 16:
                 # A short IPv6 source looks up 2a00:: and friends, whose aligned blocks reach
