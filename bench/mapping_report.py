@@ -7,9 +7,9 @@ from pathlib import Path
 
 from bench.peers.report import _fmt, _med, _ratio
 
-ORDER = ["pop53", "gdnsd", "knot-geoip", "pdns-geoip"]
+ORDER = ["pop53", "gdnsd", "knot-geoip", "pdns-geoip", "pdns-lua"]
 NAMES = {"pop53": "pop53", "gdnsd": "gdnsd 3.8 geoip (nets)", "knot-geoip": "Knot 3.2 mod-geoip",
-         "pdns-geoip": "PowerDNS 4.7 geoip backend"}
+         "pdns-geoip": "PowerDNS 4.7 geoip backend", "pdns-lua": "PowerDNS 4.7 LUA view()"}
 
 
 def _cols(result) -> list[tuple[str, int | None]]:
@@ -30,7 +30,7 @@ def summarize(result: dict) -> dict:
         qps = [r["qps"] for r in rows]
         other = [r["other_load_server_cpu"] for r in rows]
         summ[k] = {"cpu": _med(cpu), "cpu_range": (min(cpu), max(cpu)), "qps": _med(qps),
-                   "other": _med(other), "n": len(rows),
+                   "other": _med(other), "n": len(rows), "lost": sum(r["lost"] for r in rows),
                    "checks": sorted({r["check"] for r in rows if r.get("check")})}
     return summ
 
@@ -64,6 +64,10 @@ def markdown(result: dict) -> str:
     L.append(f"- Runs: {p['runs']} per server and column, {p['duration']:g} s each after "
              f"{p['warmup']:g} s warm-up, alternating between servers; medians, min–max in "
              f"brackets. Server pinned to CPU 1 (every thread), dnsperf to CPU 0.")
+    if "pdns-lua" in p["servers"]:
+        L.append(f"- PowerDNS LUA mapped: map sizes up to {p.get('lua_max')} prefixes only, "
+                 f"and paced at {p.get('lua_qps')} q/s (dnsperf -Q): one answer costs "
+                 f"milliseconds, an unpaced run only times out.")
     if not result.get("pop53_mapping"):
         L.append("- pop53 mapped: **not measured**: `pop53.mapping` (issue 10) is not in this "
                  "tree yet; pop53 static (ECS ignored) is measured as the baseline.")
@@ -82,10 +86,13 @@ def markdown(result: dict) -> str:
         for v, n in cols:
             s = summ.get((k, v, n))
             if not s:
-                cells.append("not run" if not (k == "pop53" and v == "mapped") else
-                             "n/a (no pop53.mapping)")
+                cells.append("n/a (no pop53.mapping)" if k == "pop53" and v == "mapped" else
+                             f"not run (> --lua-max {p.get('lua_max')})"
+                             if k == "pdns-lua" and v == "mapped" else "not run")
             else:
                 warn = " ⚠ " + "; ".join(s["checks"]) if s["checks"] else ""
+                if s["lost"]:
+                    warn += f" ({s['lost']:,} lost)"
                 lo, hi = s["cpu_range"]
                 cells.append(f"{s['cpu']:.2f} [{lo:.2f}–{hi:.2f}]{warn}")
             if v == "mapped":
@@ -112,7 +119,8 @@ def markdown(result: dict) -> str:
     L.append("Load: start to the first answer (config written, data parsed). Reload: one "
              "prefix changes region and the whole map is rewritten (atomic rename), then the "
              "server is told the way it expects (gdnsd: nothing, it watches its nets file; "
-             "Knot: `knotc reload`; PowerDNS: `pdns_control reload`; pop53: SIGHUP); time "
+             "Knot: `knotc reload`; PowerDNS geoip: `pdns_control reload`; LUA: `pdns_control "
+             "bind-reload-now`; pop53: SIGHUP); time "
              "from the rename to the first answer with the new region (polled every 10 ms). "
              "One measurement each.\n")
     L.append("| server | prefixes | load s | PSS after load MiB | reload s | PSS before → "
@@ -171,6 +179,7 @@ def chart(result: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8))
     width = 0.8 / len(cols)
     shades = ["#999999", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    ax1.set_yscale("log")
     for j, (v, n) in enumerate(cols):
         xs, ys = [], []
         for i, k in enumerate(kinds):
@@ -183,7 +192,7 @@ def chart(result: dict, path: Path) -> None:
         for x, y in zip(xs, ys):
             ax1.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(range(len(kinds)), [NAMES[k] for k in kinds], fontsize=8)
-    ax1.set_ylabel("server CPU µs per answered query")
+    ax1.set_ylabel("server CPU µs per answered query (log)")
     ax1.set_title("CPU per query with ECS, one core (lower is better)", fontsize=10)
     ax1.legend(fontsize=8)
     sizes = [n for v, n in cols if v == "mapped"]

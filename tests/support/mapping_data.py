@@ -413,6 +413,26 @@ def pdns_geo_yaml(spec: MappingSpec) -> str:
     return "\n".join(L + ["  services:"] + services) + "\n"
 
 
+def pdns_lua_zone_text(spec: MappingSpec) -> str:
+    """A zone for PowerDNS with LUA records (bind backend, ``enable-lua-records``): one
+    ``view()`` per mapped name and type, entries longest prefix first (view() takes the first
+    matching netmask), the default region last under 0.0.0.0/0 and ::/0."""
+    text = spec.zone_text()
+    if spec.static:
+        return text
+    for mp in spec.mapped:
+        m = spec.map(mp.map)
+        order = sorted(m.entries, key=lambda e: -e[0].prefixlen)
+        for rtype, fam in (("A", 4), ("AAAA", 6)):
+            pairs = []
+            for net, region in order + [(ipaddress.ip_network("0.0.0.0/0"), m.default),
+                                        (ipaddress.ip_network("::/0"), m.default)]:
+                addrs = ",".join(f"'{a}'" for a in sorted(spec.answer(mp, region, fam)))
+                pairs.append(f"{{{{'{net}'}}, {{{addrs}}}}}")
+            text += f'{mp.name} {mp.ttl} IN LUA {rtype} "view({{{", ".join(pairs)}}})"\n'
+    return text
+
+
 def _pdns_static_yaml(spec: MappingSpec, o: str) -> str:
     L = ["domains:", f"- domain: {o}", "  ttl: 60", "  records:", f"    {o}:",
          f"      - soa: ns1.{o} hostmaster.{o} 1 7200 1800 259200 900",

@@ -9,6 +9,7 @@ PID, work directory removed):
   and ``edns-client-subnet: on``;
 - :class:`PdnsGeoipServer`: the PowerDNS geoip backend, ``geoip-database-files`` empty, a
   service whose netmask keys pick per-region record sets (4.2+ works without a database);
+- :class:`PdnsLuaServer`: PowerDNS LUA records (bind backend), one ``view()`` per name and type;
 - :class:`Pop53MappingServer`: ``pop53 serve -c config.toml`` with the same data.
 
 ``reload_map(name, entries)`` replaces a map's prefixes the way each server expects (gdnsd watches its
@@ -30,7 +31,8 @@ import dns.rdatatype
 
 from tests.support.refservers import Pop53Server, RefServer, RefServerError, Zone, _q, udp_query
 
-__all__ = ["GdnsdServer", "KnotGeoipServer", "PdnsGeoipServer", "Pop53MappingServer",
+__all__ = ["GdnsdServer", "KnotGeoipServer", "PdnsGeoipServer", "PdnsLuaServer",
+           "Pop53MappingServer",
            "MAPPING_PEERS", "Reply", "ask"]
 
 
@@ -206,6 +208,46 @@ class PdnsGeoipServer(_MappingMixin, RefServer):
         _control(["pdns_control", f"--config-dir={self._path('')}", "reload"])
 
 
+class PdnsLuaServer(_MappingMixin, RefServer):
+    """pdns_server, bind backend, LUA records: one ``view()`` record per mapped name and type."""
+
+    kind = "pdns-lua"
+    binary = "pdns_server"
+
+    def __init__(self, spec: md.MappingSpec, **kw) -> None:
+        super().__init__(self._init_spec(spec), **kw)
+
+    def _argv(self) -> list[str]:
+        return [f"--config-dir={self._path('')}"]
+
+    def _write_config(self) -> None:
+        md.write_atomic(Path(self._path("zone")), md.pdns_lua_zone_text(self.spec))
+        Path(self._path("named.conf")).write_text(
+            f'zone "{self.spec.origin}" {{ type master; file "{self._path("zone")}"; }};\n')
+        Path(self._path("pdns.conf")).write_text(
+            "launch=bind\n"
+            f"bind-config={self._path('named.conf')}\nbind-check-interval=0\n"
+            "enable-lua-records=yes\n"
+            # view() walks its list in Lua: a map of thousands of entries needs more than the
+            # default 1,000 instructions per record.
+            "lua-records-exec-limit=-1\n"
+            "edns-subnet-processing=yes\n"
+            f"local-address={self.host}\nlocal-port={self.port}\n"
+            f"socket-dir={self._path('')}\nsetuid=\nsetgid=\n"
+            "daemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n"
+            "webserver=no\napi=no\nprimary=no\nsecondary=no\ndisable-axfr=yes\n"
+            "security-poll-suffix=\nreceiver-threads=1\ndistributor-threads=1\n"
+            "cache-ttl=0\nquery-cache-ttl=0\nnegquery-cache-ttl=0\n")
+
+    def write_map(self, name: str, entries) -> None:
+        self._replace_map(name, entries)
+        md.write_atomic(Path(self._path("zone")), md.pdns_lua_zone_text(self.spec))
+
+    def trigger_reload(self) -> None:
+        _control(["pdns_control", f"--config-dir={self._path('')}", "bind-reload-now",
+                  self.spec.origin])
+
+
 class Pop53MappingServer(_MappingMixin, Pop53Server):
     """``python -m pop53 serve -c config.toml``; the config comes from the same spec."""
 
@@ -242,7 +284,7 @@ def _control(argv: list[str]) -> None:
 
 MAPPING_PEERS: dict[str, type[RefServer]] = {
     "gdnsd": GdnsdServer, "knot-geoip": KnotGeoipServer, "pdns-geoip": PdnsGeoipServer,
-    "pop53": Pop53MappingServer,
+    "pdns-lua": PdnsLuaServer, "pop53": Pop53MappingServer,
 }
 
 
