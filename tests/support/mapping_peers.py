@@ -29,7 +29,9 @@ import dns.edns
 import dns.message
 import dns.rdatatype
 
-from tests.support.refservers import Pop53Server, RefServer, RefServerError, Zone, _q, udp_query
+from tests.support.refservers import (
+    KnotServer, Pop53Server, RefServer, RefServerError, Zone, _q, udp_query,
+)
 
 __all__ = ["GdnsdServer", "KnotGeoipServer", "PdnsGeoipServer", "PdnsLuaServer",
            "Pop53MappingServer",
@@ -86,11 +88,11 @@ class GdnsdServer(_MappingMixin, RefServer):
         """Nothing to do: gdnsd watches the nets file (then waits for 5+7 s of quiescence)."""
 
 
-class KnotGeoipServer(_MappingMixin, RefServer):
-    """knotd with mod-geoip (``knot-module-geoip``), subnet mode."""
+class KnotGeoipServer(_MappingMixin, KnotServer):
+    """knotd with mod-geoip (``knot-module-geoip``), subnet mode: the reference Knot config of
+    refservers.KnotServer plus ECS, the module and its response file."""
 
     kind = "knot-geoip"
-    binary = "knotd"
 
     def __init__(self, spec: md.MappingSpec, **kw) -> None:
         ttls = {mp.ttl for mp in spec.mapped}
@@ -103,37 +105,18 @@ class KnotGeoipServer(_MappingMixin, RefServer):
         return super().available() and any(
             Path("/usr/lib").glob("*/knot/modules-*/geoip.so"))
 
-    def _argv(self) -> list[str]:
-        return ["-c", self._path("knot.conf")]
-
     def _write_config(self) -> None:
-        Path(self._path("storage")).mkdir()
         zone = Path(self._path("zone"))
         zone.write_text(self.spec.zone_text())
+        self.zones = [Zone(self.spec.origin, zone)]
         md.write_atomic(Path(self._path("geo.conf")), md.knot_geo_conf(self.spec))
+        super()._write_config()
         ttl = self.spec.mapped[0].ttl if self.spec.mapped else 60
-        conf = f"""\
-server:
-    rundir: {_q(self._path(""))}
-    listen: {self.host}@{self.port}
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-    udp-max-payload: {self.udp_max_payload}
-    answer-rotation: off
-    # Off by default: without it mod-geoip never sees the ECS option (RFC 7871).
-    edns-client-subnet: on
-
-database:
-    storage: {_q(self._path("storage"))}
-
-control:
-    listen: {_q(self._path("knot.sock"))}
-
-log:
-  - target: stderr
-    any: warning
-
+        conf = Path(self._path("knot.conf")).read_text()
+        # Off by default: without it mod-geoip never sees the ECS option (RFC 7871).
+        conf = conf.replace("    answer-rotation: off\n",
+                            "    answer-rotation: off\n    edns-client-subnet: on\n", 1)
+        conf = conf.replace("\ntemplate:\n", f"""
 mod-geoip:
   - id: map
     config-file: {_q(self._path("geo.conf"))}
@@ -141,18 +124,9 @@ mod-geoip:
     mode: subnet
 
 template:
-  - id: default
-    storage: {_q(self._path("storage"))}
-    zonefile-sync: -1
-    zonefile-load: whole
-    journal-content: none
-    semantic-checks: off
-
-zone:
-  - domain: {_q(self.spec.origin)}
-    file: {_q(str(zone))}
-{"" if self.spec.static else "    module: mod-geoip/map"}
-"""
+""", 1)
+        if not self.spec.static:
+            conf = conf.rstrip("\n") + "\n    module: mod-geoip/map\n"
         Path(self._path("knot.conf")).write_text(conf)
 
     def write_map(self, name: str, entries) -> None:
@@ -164,54 +138,10 @@ zone:
         _control(["knotc", "-s", self._path("knot.sock"), "reload"])
 
 
-class PdnsGeoipServer(_MappingMixin, RefServer):
-    """pdns_server with only the geoip backend (``pdns-backend-geoip``), no GeoIP database."""
+class _PdnsBase(_MappingMixin, RefServer):
+    """pdns_server from a MappingSpec: one receiver thread, caches off (every query carries its
+    own ECS address), nothing beyond loopback."""
 
-    kind = "pdns-geoip"
-    binary = "pdns_server"
-
-    def __init__(self, spec: md.MappingSpec, *, packet_cache: bool = False, **kw) -> None:
-        super().__init__(self._init_spec(spec), **kw)
-        self.packet_cache = packet_cache
-
-    @classmethod
-    def available(cls) -> bool:
-        return super().available() and any(
-            Path("/usr/lib").glob("*/pdns/libgeoipbackend.so"))
-
-    def _argv(self) -> list[str]:
-        return [f"--config-dir={self._path('')}"]
-
-    def _write_config(self) -> None:
-        md.write_atomic(Path(self._path("zones.yaml")), md.pdns_geo_yaml(self.spec))
-        # The packet cache keys on the ECS option's address, so with varied ECS it mostly
-        # misses; off by default so every answer is the backend's (cache-ttl=0).
-        cache = "" if self.packet_cache else "cache-ttl=0\nquery-cache-ttl=0\nnegquery-cache-ttl=0\n"
-        Path(self._path("pdns.conf")).write_text(
-            "launch=geoip\n"
-            f"geoip-zones-file={self._path('zones.yaml')}\n"
-            "geoip-database-files=\n"
-            "edns-subnet-processing=yes\n"
-            f"local-address={self.host}\nlocal-port={self.port}\n"
-            f"socket-dir={self._path('')}\nsetuid=\nsetgid=\n"
-            "daemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n"
-            "webserver=no\napi=no\nprimary=no\nsecondary=no\ndisable-axfr=yes\n"
-            "security-poll-suffix=\nreceiver-threads=1\ndistributor-threads=1\n"
-            f"udp-truncation-threshold={self.udp_max_payload}\n" + cache)
-
-    def write_map(self, name: str, entries) -> None:
-        self._replace_map(name, entries)
-        md.write_atomic(Path(self._path("zones.yaml")), md.pdns_geo_yaml(self.spec))
-
-    def trigger_reload(self) -> None:
-        """The geoip backend re-reads its zones file on ``pdns_control reload``."""
-        _control(["pdns_control", f"--config-dir={self._path('')}", "reload"])
-
-
-class PdnsLuaServer(_MappingMixin, RefServer):
-    """pdns_server, bind backend, LUA records: one ``view()`` record per mapped name and type."""
-
-    kind = "pdns-lua"
     binary = "pdns_server"
 
     def __init__(self, spec: md.MappingSpec, **kw) -> None:
@@ -220,32 +150,68 @@ class PdnsLuaServer(_MappingMixin, RefServer):
     def _argv(self) -> list[str]:
         return [f"--config-dir={self._path('')}"]
 
-    def _write_config(self) -> None:
-        md.write_atomic(Path(self._path("zone")), md.pdns_lua_zone_text(self.spec))
-        Path(self._path("named.conf")).write_text(
-            f'zone "{self.spec.origin}" {{ type master; file "{self._path("zone")}"; }};\n')
+    def _write_pdns_conf(self, backend: str) -> None:
         Path(self._path("pdns.conf")).write_text(
-            "launch=bind\n"
-            f"bind-config={self._path('named.conf')}\nbind-check-interval=0\n"
-            "enable-lua-records=yes\n"
-            # view() walks its list in Lua: a map of thousands of entries needs more than the
-            # default 1,000 instructions per record.
-            "lua-records-exec-limit=-1\n"
-            "edns-subnet-processing=yes\n"
+            backend + "edns-subnet-processing=yes\n"
             f"local-address={self.host}\nlocal-port={self.port}\n"
             f"socket-dir={self._path('')}\nsetuid=\nsetgid=\n"
             "daemon=no\nguardian=no\ndisable-syslog=yes\nloglevel=3\n"
             "webserver=no\napi=no\nprimary=no\nsecondary=no\ndisable-axfr=yes\n"
             "security-poll-suffix=\nreceiver-threads=1\ndistributor-threads=1\n"
+            f"udp-truncation-threshold={self.udp_max_payload}\n"
             "cache-ttl=0\nquery-cache-ttl=0\nnegquery-cache-ttl=0\n")
+
+    def _pdns_control(self, *args: str) -> None:
+        _control(["pdns_control", f"--config-dir={self._path('')}", *args])
+
+
+class PdnsGeoipServer(_PdnsBase):
+    """The geoip backend alone (``pdns-backend-geoip``), no GeoIP database."""
+
+    kind = "pdns-geoip"
+
+    @classmethod
+    def available(cls) -> bool:
+        return super().available() and any(
+            Path("/usr/lib").glob("*/pdns/libgeoipbackend.so"))
+
+    def _write_config(self) -> None:
+        md.write_atomic(Path(self._path("zones.yaml")), md.pdns_geo_yaml(self.spec))
+        self._write_pdns_conf("launch=geoip\n"
+                              f"geoip-zones-file={self._path('zones.yaml')}\n"
+                              "geoip-database-files=\n")
+
+    def write_map(self, name: str, entries) -> None:
+        self._replace_map(name, entries)
+        md.write_atomic(Path(self._path("zones.yaml")), md.pdns_geo_yaml(self.spec))
+
+    def trigger_reload(self) -> None:
+        """The geoip backend re-reads its zones file on ``pdns_control reload``."""
+        self._pdns_control("reload")
+
+
+class PdnsLuaServer(_PdnsBase):
+    """The bind backend with LUA records: one ``view()`` record per mapped name and type."""
+
+    kind = "pdns-lua"
+
+    def _write_config(self) -> None:
+        md.write_atomic(Path(self._path("zone")), md.pdns_lua_zone_text(self.spec))
+        Path(self._path("named.conf")).write_text(
+            f'zone "{self.spec.origin}" {{ type master; file "{self._path("zone")}"; }};\n')
+        self._write_pdns_conf(
+            f"launch=bind\nbind-config={self._path('named.conf')}\nbind-check-interval=0\n"
+            "enable-lua-records=yes\n"
+            # view() walks its list in Lua: a real map needs more than the default 1,000
+            # instructions per record.
+            "lua-records-exec-limit=-1\n")
 
     def write_map(self, name: str, entries) -> None:
         self._replace_map(name, entries)
         md.write_atomic(Path(self._path("zone")), md.pdns_lua_zone_text(self.spec))
 
     def trigger_reload(self) -> None:
-        _control(["pdns_control", f"--config-dir={self._path('')}", "bind-reload-now",
-                  self.spec.origin])
+        self._pdns_control("bind-reload-now", self.spec.origin)
 
 
 class Pop53MappingServer(_MappingMixin, Pop53Server):
