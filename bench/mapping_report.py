@@ -10,6 +10,8 @@ from bench.peers.report import _fmt, _med, _ratio
 ORDER = ["pop53", "gdnsd", "knot-geoip", "pdns-geoip", "pdns-lua"]
 NAMES = {"pop53": "pop53", "gdnsd": "gdnsd 3.8 geoip (nets)", "knot-geoip": "Knot 3.2 mod-geoip",
          "pdns-geoip": "PowerDNS 4.7 geoip backend", "pdns-lua": "PowerDNS 4.7 LUA view()"}
+SHORT = {"pop53": "pop53", "gdnsd": "gdnsd 3.8\ngeoip nets", "knot-geoip": "Knot 3.2\nmod-geoip",
+         "pdns-geoip": "PowerDNS 4.7\ngeoip backend", "pdns-lua": "PowerDNS 4.7\nLUA view()"}
 
 
 def _cols(result) -> list[tuple[str, int | None]]:
@@ -68,6 +70,8 @@ def markdown(result: dict) -> str:
         L.append(f"- PowerDNS LUA mapped: map sizes up to {p.get('lua_max')} prefixes only, "
                  f"and paced at {p.get('lua_qps')} q/s (dnsperf -Q): one answer costs "
                  f"milliseconds, an unpaced run only times out.")
+    for note in result.get("notes", []):
+        L.append(f"- {note}")
     if not result.get("pop53_mapping"):
         L.append("- pop53 mapped: **not measured**: `pop53.mapping` (issue 10) is not in this "
                  "tree yet; pop53 static (ECS ignored) is measured as the baseline.")
@@ -191,7 +195,7 @@ def chart(result: dict, path: Path) -> None:
                 color=shades[j % len(shades)])
         for x, y in zip(xs, ys):
             ax1.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
-    ax1.set_xticks(range(len(kinds)), [NAMES[k] for k in kinds], fontsize=8)
+    ax1.set_xticks(range(len(kinds)), [SHORT[k] for k in kinds], fontsize=8)
     ax1.set_ylabel("server CPU µs per answered query (log)")
     ax1.set_title("CPU per query with ECS, one core (lower is better)", fontsize=10)
     ax1.legend(fontsize=8)
@@ -209,7 +213,7 @@ def chart(result: dict, path: Path) -> None:
         for x, y in zip(xs, ys):
             ax2.text(x, y, f"{y:.2f}", ha="center", va="bottom", fontsize=7)
     ax2.set_yscale("log")
-    ax2.set_xticks(range(len(kinds)), [NAMES[k] for k in kinds], fontsize=8)
+    ax2.set_xticks(range(len(kinds)), [SHORT[k] for k in kinds], fontsize=8)
     ax2.set_ylabel("seconds (log)")
     ax2.set_title("Map reload: file rename to the new answer (lower is better)", fontsize=10)
     ax2.legend(fontsize=8)
