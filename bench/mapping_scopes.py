@@ -15,6 +15,7 @@ aligned block around the looked-up address that has one answer (RFC 7871 §7.2.1
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import importlib.util
 import sys
 from collections import Counter
@@ -44,6 +45,40 @@ SHOWCASE = [
 ]
 
 
+#: The rule docs/mapping-peers.md states for each server, checked on every ECS query.
+RULES = {
+    "gdnsd": "scope = k*",
+    "knot-geoip": "scope = length of the longest entry covering the looked-up address, 0 if "
+                  "none (or SOURCE 0)",
+    "pdns-geoip": "scope = the longest entry of the ECS family in the map; answer = the longest "
+                  "entry covering the whole source prefix",
+    "pdns-lua": "scope = SOURCE PREFIX-LENGTH",
+    "pop53": "scope = k*",
+}
+
+
+def rule_holds(kind: str, m: md.MapSpec, spec: md.MappingSpec, q: md.Query, reply,
+               k: int) -> bool:
+    addr, length = q.ecs
+    a = md.lookup_address(addr, length)
+    if kind == "knot-geoip":
+        lens = [n.prefixlen for n, _ in m.entries if a in n]
+        return reply.scope == (max(lens) if lens and length else 0)
+    if kind == "pdns-geoip":
+        longest = max([n.prefixlen for n, _ in m.entries if n.version == a.version], default=0)
+        net = ipaddress.ip_network(f"{a}/{length}")
+        cover = [(n.prefixlen, r) for n, r in m.entries
+                 if n.version == a.version and n.prefixlen <= length and net.subnet_of(n)]
+        region = (md.Oracle(m).region("127.0.0.1") if length == 0 else
+                  max(cover)[1] if cover else m.default)
+        fam = 4 if q.qtype == "A" else 6
+        return (reply.scope == longest
+                and reply.addresses == spec.answer(spec.mapped[0], region, fam))
+    if kind == "pdns-lua":
+        return reply.scope == length
+    return reply.scope == k
+
+
 def survey(kind: str) -> tuple[Counter, dict]:
     cls = mp.MAPPING_PEERS[kind]
     counts: Counter = Counter()
@@ -71,6 +106,7 @@ def survey(kind: str) -> tuple[Counter, dict]:
                         counts["ECS in reply to a query without"] += 1
                     continue
                 counts["with ECS"] += 1
+                counts["rule holds"] += rule_holds(kind, m, spec, q, r, k)
                 if r.scope is None:
                     counts["no ECS option echoed"] += 1
                 elif r.scope == k:
@@ -95,12 +131,15 @@ def markdown(results: dict) -> str:
          "answer.\n"]
     keys = ["queries", "wrong answer", "with ECS", "scope = k*", "scope < k* (too wide, unsafe)",
             "scope > k* (too narrow)", "SOURCE 0 answered with scope > 0",
-            "no ECS option echoed", "ECS in reply to a query without"]
+            "no ECS option echoed", "ECS in reply to a query without", "rule holds"]
     L.append("| | " + " | ".join(NAMES[k] for k in kinds) + " |")
     L.append("|---" * (len(kinds) + 1) + "|")
     for key in keys:
         L.append(f"| {key} | " + " | ".join(f"{results[k][0].get(key, 0):,}" for k in kinds)
                  + " |")
+    L.append("\n'rule holds': the ECS queries for which the server's rule, as stated in "
+             "docs/mapping-peers.md, predicts its reply exactly:\n")
+    L += [f"- {NAMES[k]}: {RULES[k]}" for k in kinds]
     L.append("\n## Single queries (answer region / scope; oracle in the first column)\n")
     L.append("| map | query | probes | oracle | " + " | ".join(NAMES[k] for k in kinds) + " |")
     L.append("|---" * (len(kinds) + 4) + "|")
