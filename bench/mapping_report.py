@@ -104,6 +104,7 @@ def markdown(result: dict) -> str:
                              if s and st else "–")
         L.append(f"| {NAMES[k]} | " + " | ".join(cells) + " | " + " | ".join(extra) + " |")
     L.append("")
+    L.extend(targets(result, summ))
     L.append("## 2. Answered queries per second (dnsperf on the other core)\n")
     L.append("| server | " + " | ".join(
         ("static" if v == "static" else f"mapped {_size(n)}") for v, n in cols) +
@@ -169,6 +170,39 @@ def markdown(result: dict) -> str:
              "with its caches off, since every query has its own ECS address; Knot "
              "`edns-client-subnet: on`).")
     return "\n".join(L) + "\n"
+
+
+def targets(result: dict, summ: dict) -> list[str]:
+    """Issue 10's benchmark targets for pop53, judged from this run's medians."""
+    sizes = result["params"]["prefixes"]
+    pop = {n: summ.get(("pop53", "mapped", n), {}).get("cpu") for n in sizes}
+    static = summ.get(("pop53", "static", None), {}).get("cpu")
+    if not static or not any(pop.values()):
+        return ["Targets (issue 10): not judged, pop53 mapped was not measured in this run.", ""]
+    out = ["Targets (issue 10), judged from the medians above:", ""]
+
+    def line(what, ok, detail):
+        out.append(f"- {what}: {'**met**' if ok else '**not met**'} ({detail})")
+
+    for n, c in pop.items():
+        if c:
+            line(f"mapped {_size(n)} at most 1.10x static", c <= 1.10 * static,
+                 f"{c:.2f} vs {static:.2f} µs, {c / static:.2f}x")
+            g = summ.get(("gdnsd", "mapped", n), {}).get("cpu")
+            if g:
+                line(f"mapped {_size(n)} below gdnsd's mapped cost", c < g,
+                     f"{c:.2f} vs {g:.2f} µs")
+    got = [c for c in pop.values() if c]
+    if len(got) > 1:
+        line("flat across map sizes (largest ÷ smallest at most 1.10)",
+             max(got) <= 1.10 * min(got), f"{max(got) / min(got):.2f}")
+    big = max(sizes)
+    r = next((r for r in result["reloads"] if r["kind"] == "pop53" and r["prefixes"] == big
+              and r.get("ok")), None)
+    if r and big >= 1_000_000:
+        line(f"reload of {_size(big)} prefixes visible in under 1 s", r["reload_s"] < 1.0,
+             f"{r['reload_s']:.2f} s")
+    return out + [""]
 
 
 def chart(result: dict, path: Path) -> None:
