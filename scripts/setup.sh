@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nsd                        # differential tests, XFR interop, bench
   bind9 bind9-dnsutils       # bench, XFR interop
   pdns-server pdns-backend-bind  # bench
+  gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
