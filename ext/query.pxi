@@ -153,8 +153,12 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     cdef const rrset_t* all_rs
     cdef uint32_t i, pos = 0
     cdef uint16_t qtype = c.q.qtype
-    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does)
-    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and qtype != T_ANY else NULL
+    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does).
+    # RRSIG and NSEC may live beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5), so they are
+    # answered at the owner too, as Knot does; NSEC3 as well (it lives at hashed owner names,
+    # RFC 5155 §3, so NODATA there, as NSD answers) rather than another name's data (issue 9).
+    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and \
+        qtype != T_ANY and qtype != T_RRSIG and qtype != T_NSEC and qtype != T_NSEC3 else NULL
     if rs != NULL:
         if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
             c.w.tc = True

@@ -47,6 +47,11 @@ SIZE_VARIANTS = [(None, False), (512, False), (600, False), (1232, False), (1232
 
 CHAOS_NAMES = ["id.server.", "hostname.bind.", "version.bind.", "version.server."]
 
+# Types asked at every CNAME owner beside the base types: the DNSSEC types that may live beside
+# a CNAME are answered at the owner, not by following it (RFC 2181 §10.1, RFC 4035 §2.5;
+# issue 9, wire bug 3).
+DNSSEC_AT_CNAME = ["NSEC", "NSEC3", "RRSIG"]
+
 # Types asked at names that should not exist (NXDOMAIN is the same for every type).
 NEGATIVE_TYPES = ["A", "MX", "TXT", "NS", "DS", "ANY"]
 
@@ -206,6 +211,8 @@ def build_corpus(zone_files: Iterable[Path] = ZONE_FILES) -> list[Case]:
         for qname, (cat, types) in sorted(targets.items()):
             base = NEGATIVE_TYPES if cat == "negative" else BASE_TYPES
             qtypes = list(dict.fromkeys(base + sorted(types)))
+            if "CNAME" in types:
+                qtypes += DNSSEC_AT_CNAME
             for j, qt in enumerate(qtypes):
                 # Alternately a plain RD=1 query without EDNS (stub-style) and an EDNS 1232
                 # query with RD=0 (the size category tries every buffer on the big answers);

@@ -26,7 +26,7 @@ import dns.name
 import dns.rdatatype
 import dns.zone
 
-from dnsdiff import ZONE_FILES, Case, Excuse, Quirk, Reply
+from dnsdiff import DNSSEC_AT_CNAME, ZONE_FILES, Case, Excuse, Quirk, Reply
 
 ALL = frozenset({"knot", "nsd", "pop53"})
 
@@ -209,9 +209,10 @@ QUIRKS = [
 
 def _knot_stops_at_zone_cut(case: Case, replies: dict) -> bool:
     """Knot follows a CNAME (or a DNAME's synthesized CNAME) only inside the zone it is
-    answering from; a target in another served zone is left to the resolver."""
+    answering from; a target in another served zone is left to the resolver.  (For the DNSSEC
+    types at a CNAME owner the others do not follow at all: see _follows_cname.)"""
     k = replies.get("knot")
-    if k is None or not k.answer:
+    if k is None or not k.answer or case.qtype in DNSSEC_AT_CNAME:
         return False
     owner, target = _chain_end(case, k)
     if not target or any(rr.name == target for rr in k.answer):
@@ -320,7 +321,54 @@ def _pop53_any_dname_prefix(case: Case, replies: dict) -> str | None:
     return None
 
 
+def _follows_cname(case: Case, r: Reply) -> bool:
+    return any(rr.rdtype == "CNAME" and rr.name == case.qname.lower() for rr in r.answer)
+
+
+def _follower(who: str, qtypes: tuple[str, ...]):
+    """``who`` answered a DNSSEC-type query at a CNAME owner by following the CNAME."""
+    def applies(case: Case, replies: dict) -> bool:
+        return case.qtype in qtypes and who in replies and _follows_cname(case, replies[who])
+    return applies
+
+
+def _others_nodata_at_owner(who: str):
+    """Every other implementation answered at the owner: NODATA with the owner's zone's SOA."""
+    def check(case: Case, replies: dict) -> str | None:
+        qname = dns.name.from_text(case.qname.lower())
+        for name, r in replies.items():
+            if name == who:
+                continue
+            soa = [rr.name for rr in r.authority if rr.rdtype == "SOA"]
+            if r.answer or r.rcode != "NOERROR" or len(r.authority) != 1 or len(soa) != 1 or \
+                    not qname.is_subdomain(dns.name.from_text(soa[0])):
+                return f"{name} did not answer {case.qtype} at the CNAME owner with NODATA"
+        return None
+    return check
+
+
 EXCUSES = [
+    # QTYPE RRSIG, NSEC (which may live beside a CNAME, RFC 2181 §10.1, RFC 4035 §2.5) and
+    # NSEC3 at a CNAME owner: pop53 answers at the owner for all three (issue 9, wire bug 3).
+    # Knot does for RRSIG and NSEC but follows the CNAME for NSEC3; NSD answers at the owner
+    # for NSEC3, and for RRSIG/NSEC only when the owner holds them, else it follows.  Over
+    # unsigned zones the follower's answer is the chain; the others must give NODATA there.
+    Excuse(
+        id="knot-nsec3-follows-cname",
+        between=ALL,
+        why="QTYPE NSEC3 at a CNAME owner: Knot follows the CNAME, pop53 and NSD answer there",
+        applies=_follower("knot", ("NSEC3",)),
+        fields=("answer", "authority", "additional", "rcode"),
+        check=_others_nodata_at_owner("knot"),
+    ),
+    Excuse(
+        id="nsd-nsec-rrsig-follow-cname",
+        between=ALL,
+        why="QTYPE NSEC/RRSIG at an unsigned CNAME owner: NSD follows, pop53 and Knot answer there",
+        applies=_follower("nsd", ("NSEC", "RRSIG")),
+        fields=("answer", "authority", "additional", "rcode"),
+        check=_others_nodata_at_owner("nsd"),
+    ),
     # ANY below a DNAME: pop53 (like BIND 9.18) treats the synthesized CNAME as it treats a
     # real one, which QTYPE ANY matches (RFC 1034 §4.3.2 3a), and stops: DNAME + CNAME.  Knot
     # and NSD read RFC 6672 §3.1 "go back to step 1" literally for ANY and continue at the
