@@ -437,7 +437,7 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                                                      cookies on: NOERROR + our cookie, RFC 7873 §5.4)
         EDNS version > 0                          -> BADVERS
         NOTIFY, AXFR/IXFR, TSIG-signed            -> control plane (a fallback reply is written)
-        class not IN/CH, name in no served zone   -> REFUSED
+        class not IN/CH/ANY, name in no zone      -> REFUSED (QCLASS ANY: the IN answer, AA clear)
     Error replies carry at most the header, the question and OPT.
     \\brief returns ACT_DROP, ACT_REPLY or ACT_CONTROL; *outlen = reply length (outcap >= 512).
     img may be NULL (no zones loaded yet): every IN query is then REFUSED.  client: the
@@ -513,7 +513,7 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     elif admit(q, st) != ACT_REPLY:
         st.dropped += 1
         return ACT_DROP
-    elif q.qclass == C_IN:
+    elif q.qclass == C_IN or q.qclass == C_ANY:
         if img == NULL:
             c.rcode = RC_REFUSED
         else:
@@ -524,6 +524,10 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                 c.pending = False
                 t = &c.tgt[c.depth & 1]
                 resolve(&c, t.name, t.len, t.loff, t.labels, t.sh, c.pending_owner)
+            if q.qclass == C_ANY:
+                # QCLASS * gets the IN data, never authoritative: a server cannot know it has
+                # every class (RFC 1034 §3.7.1); NSD clears AA too, Knot sets it.
+                c.aa = False
     elif q.qclass == C_CH:
         chaos_answer(&c)
     else:

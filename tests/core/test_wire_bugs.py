@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dns.flags
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import pytest
 
 import pop53
+from pop53 import Responder
 
-from test_core_answers import SOA_CORE, ZONES, ask, rrs
+from test_core_answers import SOA_CORE, WWW_A, ZONES, ask, rrs
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +58,39 @@ def test_other_types_at_a_signed_cname_owner_still_follow_it(signed_image):
                              "www.signed.test. 300 IN A 192.0.2.80"}
     r, _ = ask(signed_image, "alias.signed.test.", "NSEC3")
     assert r.answer == [] and rrs(r.authority) == {SOA_SIGNED}
+
+
+# QCLASS ANY (RFC 1035 §3.2.5) is answered from the served IN zones, with AA clear: "responses
+# to QCLASS=* queries can never be authoritative" (RFC 1034 §3.7.1), as NSD answers (Knot sets
+# AA).  Negative answers keep the SOA (RFC 2308 §3), as Knot's do.
+QCLASS_ANY = [
+    ("www.core.test.", "A", "NOERROR", WWW_A, set()),
+    ("www.core.test.", "ANY", "NOERROR", None, set()),
+    ("nope.core.test.", "A", "NXDOMAIN", set(), {SOA_CORE}),
+    ("www.core.test.", "MX", "NOERROR", set(), {SOA_CORE}),
+    ("alias.core.test.", "A", "NOERROR", {"alias.core.test. 3600 IN CNAME www.core.test."} | WWW_A,
+     set()),
+    ("host.deleg.core.test.", "A", "NOERROR", set(), None),
+    ("www.example.", "A", "REFUSED", set(), set()),
+    ("version.bind.", "TXT", "REFUSED", set(), set()),
+]
+
+
+@pytest.mark.parametrize("qname,qtype,rcode,answer,authority", QCLASS_ANY)
+def test_bug_qclass_any_is_answered_for_the_served_zone(image, qname, qtype, rcode, answer,
+                                                       authority):
+    r, _ = ask(image, qname, qtype, rdclass="ANY", responder=Responder(identity="x"))
+    assert dns.rcode.to_text(r.rcode()) == rcode
+    assert not r.flags & dns.flags.AA
+    assert r.question[0].rdclass == dns.rdataclass.ANY
+    if answer is not None:
+        assert rrs(r.answer) == answer
+    if authority is not None:
+        assert rrs(r.authority) == authority
+    assert all(rrset.rdclass == dns.rdataclass.IN for rrset in r.answer + r.authority)
+    if rcode == "NOERROR" and qtype == "ANY":
+        assert len(r.answer) == 1          # RFC 8482 §4.1, as for class IN
+    r_in, _ = ask(image, qname, qtype, responder=Responder(identity="x"))
+    if rcode != "REFUSED":                 # the same data as class IN, but AA
+        assert rrs(r.answer) == rrs(r_in.answer) and rrs(r.authority) == rrs(r_in.authority)
+        assert rrs(r.additional) == rrs(r_in.additional)

@@ -251,6 +251,15 @@ def build_corpus(zone_files: Iterable[Path] = ZONE_FILES) -> list[Case]:
     for qname in CHAOS_NAMES:
         add("chaos", qname, "TXT", qclass="CH", edns=None)
         add("chaos", qname, "TXT", qclass="CH", edns=1232)
+    # QCLASS ANY (RFC 1035 §3.2.5): the IN data of the served zones, never authoritative
+    # (RFC 1034 §3.7.1); outside them REFUSED (issue 9, wire bug 4).
+    for qname, qt in (("www.diff.example.", "A"), ("www.diff.example.", "MX"),
+                      ("diff.example.", "SOA"), ("nx.diff.example.", "A"),
+                      ("alias.diff.example.", "A"), ("cross.diff.example.", "A"),
+                      ("host.deleg.diff.example.", "A"), ("www.example.net.", "A"),
+                      ("version.bind.", "TXT")):
+        add("qclass", qname, qt, qclass="ANY", edns=None, rd=True)
+        add("qclass", qname, qt, qclass="ANY", edns=1232)
     for qname in ("www.diff.example.", "nx.diff.example.", "example."):
         add("nsid", qname, "A", nsid=True)
     # Header and EDNS handling (ARCHITECTURE point 4, RFC 6891): EDNS version 1 -> BADVERS
@@ -475,7 +484,7 @@ def compare(case: Case, a_name: str, a: Reply | None, b_name: str, b: Reply | No
 
 CATEGORIES = ["exact", "cname", "wildcard", "dname", "referral", "ent", "negative", "additional",
               "txt", "unknown-type", "mixed-case", "size", "tcp", "do-bit", "refused", "chaos",
-              "nsid", "header"]
+              "qclass", "nsid", "header"]
 
 IDENTITY = "pop53-differential"
 VERSION = "pop53-differential-version"

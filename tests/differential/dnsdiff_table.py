@@ -393,6 +393,34 @@ EXCUSES = [
         check=lambda case, replies: (None if replies["pop53"].rcode == "FORMERR"
                                      else f"pop53 rcode {replies['pop53'].rcode}"),
     ),
+    # QCLASS ANY (issue 9, wire bug 4): every server answers with the IN data.  RFC 1034
+    # §3.7.1: "responses to QCLASS=* queries can never be authoritative" (a server cannot know
+    # every class); pop53 and NSD clear AA, Knot sets it.
+    Excuse(
+        id="knot-qclass-any-aa",
+        between=ALL,
+        why="QCLASS ANY: Knot sets AA; pop53 and NSD clear it (RFC 1034 §3.7.1)",
+        applies=lambda case, replies: case.qclass == "ANY" and "knot" in replies,
+        fields=("flags.AA",),
+        check=lambda case, replies: next(
+            (f"{n} set AA for QCLASS ANY" for n, r in replies.items()
+             if n != "knot" and r.flags.get("AA")), None),
+    ),
+    # NSD answers a negative QCLASS ANY query (NXDOMAIN, NODATA) with an empty authority
+    # section; pop53 and Knot give the SOA as for class IN (RFC 2308 §3), so a resolver can
+    # cache the negative answer.
+    Excuse(
+        id="nsd-qclass-any-no-soa",
+        between=ALL,
+        why="QCLASS ANY negative answers: NSD leaves out the SOA; pop53 and Knot include it",
+        applies=lambda case, replies: (
+            case.qclass == "ANY" and "nsd" in replies and not replies["nsd"].answer
+            and not replies["nsd"].authority and replies["nsd"].rcode in ("NOERROR", "NXDOMAIN")),
+        fields=("authority",),
+        check=lambda case, replies: next(
+            (f"{n}'s negative answer to QCLASS ANY has no SOA" for n, r in replies.items()
+             if n != "nsd" and [rr.rdtype for rr in r.authority] != ["SOA"]), None),
+    ),
     # CHAOS TXT id.server./hostname.bind./version.* (RFC 4892): Knot and NSD answer with AA=0,
     # pop53 with AA=1 (as BIND does: it serves a "bind." CHAOS zone).  RFC 4892 sets no rule.
     Excuse(
