@@ -311,12 +311,12 @@ cdef void chaos_answer(ctx_t* c) noexcept nogil:
     elif name_eq(q.qname, q.qname_len, CH_VERSION_BIND) or name_eq(q.qname, q.qname_len, CH_VERSION_SERVER):
         text = c.cfg.version
         tlen = c.cfg.version_len
-    if tlen == 0:
+    if tlen == 0 or (q.qtype != T_TXT and q.qtype != T_ANY):
+        # the convention is TXT (RFC 4892 §2) and no CHAOS zone gives a SOA for a negative
+        # answer: another type is refused, as Knot and NSD do (issue 9)
         c.rcode = RC_REFUSED
         return
     c.aa = True
-    if q.qtype != T_TXT and q.qtype != T_ANY:
-        return
     rdata[0] = <uint8_t>tlen
     memcpy(rdata + 1, text, tlen)
     if w_rr(&c.w, 12, NULL, T_TXT, C_CH, 0, rdata, tlen + 1, NULL) != 0:

@@ -94,3 +94,23 @@ def test_bug_qclass_any_is_answered_for_the_served_zone(image, qname, qtype, rco
     if rcode != "REFUSED":                 # the same data as class IN, but AA
         assert rrs(r.answer) == rrs(r_in.answer) and rrs(r.authority) == rrs(r_in.authority)
         assert rrs(r.additional) == rrs(r_in.additional)
+
+
+@pytest.mark.parametrize("qname", ["id.server.", "hostname.bind.", "version.bind.",
+                                   "version.server."])
+@pytest.mark.parametrize("qtype", ["A", "SOA", "NS", "CNAME", "AAAA", "TYPE65280"])
+def test_bug_chaos_query_for_another_type_is_refused(image, qname, qtype):
+    """The CHAOS identity names hold TXT by convention (RFC 4892 §2); another type is REFUSED, not
+    answered with an empty NOERROR that has no SOA (no CHAOS zone exists to supply one), as
+    Knot and NSD answer."""
+    r, _ = ask(image, qname, qtype, rdclass="CH", responder=Responder(identity="pop1"))
+    assert r.rcode() == dns.rcode.REFUSED and not r.flags & dns.flags.AA
+    assert r.answer == [] and r.authority == []
+
+
+@pytest.mark.parametrize("qtype", ["TXT", "ANY"])
+def test_chaos_txt_and_any_still_answer_the_identity(image, qtype):
+    # ANY: the one RRset there is (RFC 8482 §4.1), as NSD and BIND answer; Knot refuses it.
+    r, _ = ask(image, "id.server.", qtype, rdclass="CH", responder=Responder(identity="pop1"))
+    assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AA
+    assert [rd.strings for rrset in r.answer for rd in rrset] == [(b"pop1",)]

@@ -251,6 +251,9 @@ def build_corpus(zone_files: Iterable[Path] = ZONE_FILES) -> list[Case]:
     for qname in CHAOS_NAMES:
         add("chaos", qname, "TXT", qclass="CH", edns=None)
         add("chaos", qname, "TXT", qclass="CH", edns=1232)
+        # other types: REFUSED (issue 9, wire bug 5); ANY: see knot-chaos-any-refused
+        for qt in ("A", "SOA", "NS", "ANY"):
+            add("chaos", qname, qt, qclass="CH", edns=1232)
     # QCLASS ANY (RFC 1035 §3.2.5): the IN data of the served zones, never authoritative
     # (RFC 1034 §3.7.1); outside them REFUSED (issue 9, wire bug 4).
     for qname, qt in (("www.diff.example.", "A"), ("www.diff.example.", "MX"),

@@ -421,6 +421,23 @@ EXCUSES = [
             (f"{n}'s negative answer to QCLASS ANY has no SOA" for n, r in replies.items()
              if n != "nsd" and [rr.rdtype for rr in r.authority] != ["SOA"]), None),
     ),
+    # CHAOS ANY at the identity names: pop53 and NSD (and BIND) answer with the TXT record, the
+    # one RRset there is (RFC 8482 §4.1); Knot answers only QTYPE TXT and refuses ANY like
+    # every other type.  Check: the others answer exactly that one TXT record.
+    Excuse(
+        id="knot-chaos-any-refused",
+        between=ALL,
+        why="CHAOS ANY at id.server. etc.: Knot refuses it, pop53 and NSD answer the TXT",
+        applies=lambda case, replies: (
+            case.qclass == "CH" and case.qtype == "ANY" and "knot" in replies
+            and replies["knot"].rcode == "REFUSED"),
+        fields=("rcode", "answer", "flags.AA"),
+        check=lambda case, replies: next(
+            (f"{n} did not answer CHAOS ANY with the one TXT record" for n, r in replies.items()
+             if n != "knot" and (r.rcode != "NOERROR" or [(rr.name, rr.rdclass, rr.rdtype)
+                                                          for rr in r.answer]
+                                 != [(case.qname, "CH", "TXT")])), None),
+    ),
     # CHAOS TXT id.server./hostname.bind./version.* (RFC 4892): Knot and NSD answer with AA=0,
     # pop53 with AA=1 (as BIND does: it serves a "bind." CHAOS zone).  RFC 4892 sets no rule.
     Excuse(
@@ -475,7 +492,8 @@ EXCUSES = [
         between=ALL,
         why="RFC 8482: each server picks a different RRset for ANY",
         applies=lambda case, replies: (
-            case.qtype == "ANY" and all(r.answer and not r.flags.get("TC")
+            case.qtype == "ANY" and case.qclass == "IN"
+            and all(r.answer and not r.flags.get("TC")
                                         and r.rcode == "NOERROR" for r in replies.values())
             and not all(any(rr.rdtype == "CNAME" for rr in r.answer)
                         for r in replies.values())),
