@@ -49,3 +49,29 @@ def test_bug_dnssec_query_at_signed_cname_owner_agrees_with_peers(kind):
         if probs:
             found.append((c, probs))
     assert not found, dnsdiff.report(found)
+
+
+NUL_HEAD = b"$ORIGIN nul.test.\n$TTL 300\n@ SOA ns hm 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
+
+
+def test_bug_raw_nul_byte_in_zone_file_is_rejected_like_knot(tmp_path):
+    """A raw NUL octet in an owner name: Knot refuses the zone and so does pop53 (NSD cuts the
+    name at the NUL and serves "a."); written \\000 both load it and answer the same."""
+    import pop53
+    from pop53.errors import ZoneError
+    from tests.support.refservers import RefServerError
+    raw, esc = tmp_path / "raw.zone", tmp_path / "esc.zone"
+    raw.write_bytes(NUL_HEAD + b"a\x00b A 192.0.2.2\n")
+    esc.write_bytes(NUL_HEAD + b"a\\000b A 192.0.2.2\n")
+    with pytest.raises(RefServerError):
+        server_class("knot")([Zone("nul.test.", raw)], startup_timeout=2).start()
+    with pytest.raises(ZoneError, match=r"raw\.zone:6"):
+        pop53.compile_zones([raw])
+    case = dnsdiff.Case("exact", "a\\000b.nul.test.", "A")
+    with server_class("knot")([Zone("nul.test.", esc)]) as srv:
+        ref = dnsdiff.normalize(srv.query(case.wire()))
+    ours = dnsdiff.normalize(pop53.answer(pop53.compile_zones([esc]), case.wire(),
+                                          ("127.0.0.1", 5300)))
+    assert ref.answer and ref.rcode == "NOERROR"
+    probs, _ = dnsdiff.compare(case, "knot", ref, "pop53", ours)
+    assert not probs, probs
