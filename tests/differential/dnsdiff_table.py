@@ -347,28 +347,24 @@ def _others_nodata_at_owner(who: str):
     return check
 
 
+def _follows_cname_excuse(id_: str, who: str, qtypes: tuple[str, ...], why: str) -> Excuse:
+    return Excuse(id=id_, between=ALL, why=why, applies=_follower(who, qtypes),
+                  fields=("answer", "authority", "additional", "rcode"),
+                  check=_others_nodata_at_owner(who))
+
+
 EXCUSES = [
     # QTYPE RRSIG, NSEC (which may live beside a CNAME, RFC 2181 §10.1, RFC 4035 §2.5) and
     # NSEC3 at a CNAME owner: pop53 answers at the owner for all three (issue 9, wire bug 3).
     # Knot does for RRSIG and NSEC but follows the CNAME for NSEC3; NSD answers at the owner
     # for NSEC3, and for RRSIG/NSEC only when the owner holds them, else it follows.  Over
     # unsigned zones the follower's answer is the chain; the others must give NODATA there.
-    Excuse(
-        id="knot-nsec3-follows-cname",
-        between=ALL,
-        why="QTYPE NSEC3 at a CNAME owner: Knot follows the CNAME, pop53 and NSD answer there",
-        applies=_follower("knot", ("NSEC3",)),
-        fields=("answer", "authority", "additional", "rcode"),
-        check=_others_nodata_at_owner("knot"),
-    ),
-    Excuse(
-        id="nsd-nsec-rrsig-follow-cname",
-        between=ALL,
-        why="QTYPE NSEC/RRSIG at an unsigned CNAME owner: NSD follows, pop53 and Knot answer there",
-        applies=_follower("nsd", ("NSEC", "RRSIG")),
-        fields=("answer", "authority", "additional", "rcode"),
-        check=_others_nodata_at_owner("nsd"),
-    ),
+    _follows_cname_excuse(
+        "knot-nsec3-follows-cname", "knot", ("NSEC3",),
+        "QTYPE NSEC3 at a CNAME owner: Knot follows the CNAME, pop53 and NSD answer there"),
+    _follows_cname_excuse(
+        "nsd-nsec-rrsig-follow-cname", "nsd", ("NSEC", "RRSIG"),
+        "QTYPE NSEC/RRSIG at an unsigned CNAME owner: NSD follows, pop53 and Knot answer there"),
     # ANY below a DNAME: pop53 (like BIND 9.18) treats the synthesized CNAME as it treats a
     # real one, which QTYPE ANY matches (RFC 1034 §4.3.2 3a), and stops: DNAME + CNAME.  Knot
     # and NSD read RFC 6672 §3.1 "go back to step 1" literally for ANY and continue at the
