@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import dns.message
+import dns.rdatatype
 import pytest
 
 import dnsdiff

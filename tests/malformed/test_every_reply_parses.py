@@ -39,7 +39,6 @@ from pathlib import Path
 
 import dns.exception
 import dns.message
-import dns.name
 import dns.zone
 import pytest
 from hypothesis import HealthCheck, given, settings
