@@ -326,7 +326,10 @@ CASES: list[Case] = [
          "CHAOS name we do not serve"),
     Case("class-hs", query(qclass=C_HS), REFUSED, "HESIOD: not served"),
     Case("class-none", query(qclass=C_NONE), REFUSED, "NONE (RFC 2136 §1): not served"),
-    Case("class-any", query(qclass=C_ANY), REFUSED, "class ANY: not served"),
+    Case("class-any", query(qclass=C_ANY), NOERROR,
+         "class ANY: the IN answer, AA clear (RFC 1034 §3.7.1; tests/core/test_wire_bugs.py)"),
+    Case("class-any-not-ours", query("www.example.net", qclass=C_ANY), REFUSED,
+         "class ANY, no zone of ours: REFUSED"),
     Case("class-0", query(qclass=0), REFUSED, "class 0 (reserved, RFC 6895 §3.2)"),
 ]
 

@@ -62,11 +62,43 @@ def _resolve(name: str, include_dir: str | None) -> str:
 dns.zonefile.open = _open_include
 
 
+class _RawNul(Exception):
+    """A raw NUL octet at file:line."""
+
+    def __init__(self, file: str, line: int):
+        super().__init__(file, line)
+        self.file, self.line = file, line
+
+
 class _Reader(dns.zonefile.Reader):
     """dnspython's reader, except that out-of-zone records are an error instead of being
-    skipped in silence (the reader "eats" the line only in that case)."""
+    skipped in silence (the reader "eats" the line only in that case), and so is a raw NUL."""
 
     start_line = None
+    nul_at = None
+
+    @property
+    def tok(self):
+        return self._tok
+
+    @tok.setter
+    def tok(self, tok):
+        # Every tokenizer the reader uses, $INCLUDEd files' too.  dnspython keeps a raw NUL
+        # octet as a label or string octet (NSD cuts the name there, Knot rejects the file):
+        # it is an error unless written \000 (RFC 1035 §5.1), found by the token that holds it.
+        get = tok.get
+
+        def get_checked(*args, **kwargs):
+            token = get(*args, **kwargs)
+            if "\x00" in token.value and not token.is_comment():
+                # the newline that ended the token is read (counted) and put back; remembered
+                # because dnspython rewrites exceptions inside RDATA into a SyntaxError
+                self.nul_at = (tok.filename, tok.line_number - (tok.ungotten_char == "\n"))
+                raise _RawNul(*self.nul_at)
+            return token
+
+        tok.get = get_checked
+        self._tok = tok
 
     def _eat_line(self):
         raise _OutOfZone(self.last_name)
@@ -217,6 +249,10 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
             saved, _include.dir = getattr(_include, "dir", None), include_dir
             try:
                 reader.read()
+            except dns.exception.DNSException:
+                if reader.nul_at:
+                    raise _RawNul(*reader.nul_at) from None
+                raise
             finally:
                 _include.dir = saved
     except dns.exception.SyntaxError as exc:
@@ -228,6 +264,9 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
                 line = reader.start_line
             raise ZoneError(m.group(3), file=m.group(1), line=line, zone=str(origin)) from None
         raise ZoneError(str(exc), file=source, zone=str(origin)) from None
+    except _RawNul as exc:
+        raise ZoneError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)", file=exc.file,
+                        line=exc.line, zone=str(origin)) from None
     except _OutOfZone as exc:
         fname, line = reader.where()
         raise ZoneError("out-of-zone data (the zone is " + origin.to_text() + ")", file=fname,
