@@ -215,13 +215,17 @@ cdef void dnssec_nxdomain(ctx_t* c, const zone_t* z, const node_t* ce, const uin
 
 cdef void dnssec_wildcard(ctx_t* c, const zone_t* z, const node_t* ce, const node_t* wnode,
                           const uint8_t* name, uint32_t nlen, const uint8_t* loff,
-                          uint32_t labels, uint32_t k, bint nodata) noexcept nogil:
+                          uint32_t labels, uint32_t k) noexcept nogil:
     """An answer synthesized from "*.<ce>" (RFC 4592) must prove the query name does not exist
     (RFC 4035 §3.1.3.3: the covering NSEC; RFC 5155 §7.2.6: the NSEC3 covering the next closer
     name).  A wildcard NODATA adds the wildcard's own NSEC/NSEC3 and, for NSEC3, the closest
-    encloser's (RFC 4035 §3.1.3.4, RFC 5155 §7.2.5)."""
+    encloser's (RFC 4035 §3.1.3.4, RFC 5155 §7.2.5).  Called before the answer is written,
+    so the proofs are queued before any additional data."""
     cdef const dsec_t* d
     cdef const dinfo_t* info
+    cdef uint16_t qtype = c.q.qtype
+    cdef bint nodata = qtype != T_ANY and not (wnode.flags & N_CNAME) and \
+        node_find_rrset(c.img, wnode, qtype) == NULL
     if not c.dnssec:
         return
     d = zone_dsec(c.img, z)
@@ -256,21 +260,6 @@ cdef void dnssec_referral(ctx_t* c, const node_t* cut) noexcept nogil:
         return
     z = img_zone(c.img, cut.zone_idx)
     dnssec_nodata(c, z, cut)
-
-
-cdef uint32_t dnssec_rrsig_answer(ctx_t* c, const node_t* node, uint32_t owner_ptr,
-                                  const uint8_t* owner_name) noexcept nogil:
-    """QTYPE=RRSIG: every RRSIG RRset at the name (RFC 4035 §3.1.5 leaves it to the server;
-    Knot answers so); TC when one does not fit.  \\brief the number of RRsets written."""
-    cdef const rrset_t* rs = node_rrsets(c.img, node)
-    cdef uint32_t i, n = 0
-    for i in range(node.n_rrsets):
-        if rs[i].type == T_RRSIG:
-            if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, &rs[i], rs[i].ttl, NULL) != 0:
-                c.w.tc = True
-                return n + 1
-            n += 1
-    return n
 
 
 def nsec3_hash(const uint8_t[::1] name not None, bytes salt not None, unsigned iterations):

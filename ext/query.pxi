@@ -168,10 +168,11 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
         follow(c, node, c.img.base + rs.rdata_off + 2, pos)
         return
     if qtype == T_ANY:
-        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.
+        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.  RRSIGs go with
+        # their RRsets (DO=1); NSEC is proof, not data, as Knot has it.
         all_rs = node_rrsets(c.img, node)
         for i in range(node.n_rrsets):
-            if all_rs[i].type == T_RRSIG:
+            if all_rs[i].type == T_RRSIG or all_rs[i].type == T_NSEC:
                 continue
             if w_signed(c, node, 0, owner_ptr, owner_name, &all_rs[i], all_rs[i].ttl, NULL) != 0:
                 c.w.tc = True
@@ -179,12 +180,6 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
             if not c.tcp:
                 return
         if c.w.an == 0:
-            add_soa(c, z)
-            dnssec_nodata(c, z, node)
-        return
-    if qtype == T_RRSIG and c.dnssec:
-        i = dnssec_rrsig_answer(c, node, owner_ptr, owner_name)
-        if i == 0:
             add_soa(c, z)
             dnssec_nodata(c, z, node)
         return
@@ -238,7 +233,7 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
     cdef const zone_t* pz
     cdef const node_t* node
     cdef const node_t* ce = NULL
-    cdef uint32_t k, h, wk, an
+    cdef uint32_t k, h, wk
     cdef uint32_t qtype = c.q.qtype
     cdef uint8_t wname[256]
     # find the zone: the longest served suffix.  A DS query at a zone apex is answered by the
@@ -300,10 +295,9 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         memcpy(wname + 2, name + loff[k], nlen - loff[k])
         node = zone_find(c.img, z, wname, nlen - loff[k] + 2, h)
         if node != NULL:
-            an = c.w.an
-            answer_node(c, z, node, owner_ptr, name)
             if c.dnssec:
-                dnssec_wildcard(c, z, ce, node, name, nlen, loff, labels, k, c.w.an == an)
+                dnssec_wildcard(c, z, ce, node, name, nlen, loff, labels, k)
+            answer_node(c, z, node, owner_ptr, name)
             return
     c.rcode = RC_NXDOMAIN   # RFC 6604 §3: the rcode of the last name in the chain
     add_soa(c, z)

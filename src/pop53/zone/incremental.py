@@ -46,6 +46,7 @@ F = _core.FLAGS
 _APEX, _CUT, _BELOW, _ENT = F["APEX"], F["CUT"], F["BELOW_CUT"], F["ENT"]
 _WCC, _WC, _CNAME_F, _DNAME_F = F["WILDCARD_CHILD"], F["WILDCARD"], F["CNAME"], F["DNAME"]
 _EXPIRED = _core.ZONE_FLAGS["EXPIRED"]
+_SIGNED = _core.ZONE_FLAGS["SIGNED"]
 
 _T_A, _T_NS, _T_CNAME, _T_SOA, _T_MX, _T_AAAA, _T_SRV, _T_DNAME, _T_RRSIG = \
     1, 2, 5, 6, 15, 28, 33, 39, 46
@@ -270,6 +271,9 @@ class _Patch:
         zrec = self.zones[zi][1]
         if zrec[3] & _EXPIRED:
             raise _Fallback("zone was expired")
+        if zrec[3] & _SIGNED or _is_signed(self.data):
+            # the DNSSEC block (pop53/dnssec/index.py) indexes every node: compile in full
+            raise _Fallback("signed zone")
         okey = self.okey
         olabels = _labels(okey)
         inner = [k for k in self.zone_keys if k != okey and k.endswith(okey)
@@ -794,6 +798,13 @@ class _Patch:
             r_rrsets = np.concatenate([r_rrsets, np.array(ro, dtype=np.uint32)])
             r_hashes = np.concatenate([r_hashes, np.array(rh, dtype=np.uint32)])
         return nodes, cuts, parents, r_rrsets, r_hashes
+
+
+def _is_signed(data: ZoneData) -> bool:
+    """An NSEC or NSEC3 chain at the apex (what makes the compiler write a DNSSEC block)."""
+    apex = data.zone.get_node(data.origin)
+    return apex is not None and any(r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3PARAM)
+                                    for r in apex.rdatasets)
 
 
 def _is_below(key: bytes, anc: bytes) -> bool:
