@@ -1,0 +1,64 @@
+"""Helpers of the DNSSEC tests: query a server, the normal form of a reply, and signature
+checks of every RRset in a reply against the zone's DNSKEY (dnspython's dns.dnssec)."""
+from __future__ import annotations
+
+import time
+
+import dns.dnssec
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+PROOF_TYPES = {dns.rdatatype.NSEC, dns.rdatatype.NSEC3}
+
+
+def make_query(qname: str, qtype: str, *, do: bool = True, payload: int = 1232,
+               qid: int = 4242) -> bytes:
+    q = dns.message.make_query(qname, qtype, want_dnssec=do, payload=payload, use_edns=0)
+    q.id = qid
+    return q.to_wire()
+
+
+def is_proof(rrset) -> bool:
+    return rrset.rdtype in PROOF_TYPES or (rrset.rdtype == dns.rdatatype.RRSIG
+                                           and rrset.covers in PROOF_TYPES)
+
+
+def normal_form(raw: bytes) -> dict:
+    """rcode, header flags, and each section as a sorted list of presentation lines."""
+    m = dns.message.from_wire(raw)
+    out = {"rcode": dns.rcode.to_text(m.rcode()), "flags": dns.flags.to_text(m.flags)}
+    for name, sec in (("answer", m.answer), ("authority", m.authority),
+                      ("additional", m.additional)):
+        out[name] = sorted(line for rr in sec for line in rr.to_text().splitlines())
+        out[name + "_proof"] = sorted(line for rr in sec if is_proof(rr)
+                                      for line in rr.to_text().splitlines())
+    return out
+
+
+def signature_problems(raw: bytes, dnskey: dns.rrset.RRset, now: float | None = None) -> list[str]:
+    """Every RRset of the reply that has RRSIGs beside it must verify against the zone's
+    DNSKEY; an RRset the zone signs must not travel without them (checked by the caller's
+    `must_sign`).  Returns the problems found (empty: all good)."""
+    m = dns.message.from_wire(raw)
+    keys = {dnskey.name: dnskey}
+    problems = []
+    for sec in (m.answer, m.authority, m.additional):
+        sigs = {(rr.name, rr.covers): rr for rr in sec if rr.rdtype == dns.rdatatype.RRSIG}
+        for rr in sec:
+            if rr.rdtype == dns.rdatatype.RRSIG:
+                if m.question[0].rdtype != dns.rdatatype.RRSIG and \
+                        (rr.name, rr.covers) not in {(x.name, x.rdtype) for x in sec}:
+                    problems.append(f"RRSIG without its RRset: {rr.name} {rr.covers!r}")
+                continue
+            sig = sigs.get((rr.name, rr.rdtype))
+            if sig is None:
+                continue
+            try:
+                dns.dnssec.validate(rr, sig, keys, now=now or time.time())
+            except dns.dnssec.ValidationFailure as exc:
+                problems.append(f"{rr.name} {dns.rdatatype.to_text(rr.rdtype)}: {exc}")
+    return problems
