@@ -54,9 +54,21 @@ def sign(src: Path, keydir: Path, out: Path, variant: str, origin: str = ORIGIN,
     return Signed(variant, origin, out, anchor, f"{origin} IN DS {ds.to_text()}", keydir)
 
 
+CHILD = "signed." + ORIGIN
+
+
 def sign_all(tmp: Path) -> dict[str, Signed]:
-    """The test zone in each variant, one key set for all."""
+    """The test zone in each variant, one key set for all; its child signed.sec.example.
+    signed (NSEC) with its own keys, and its real DS put into the parent before signing."""
+    child_keys = tmp / "child-keys"
+    make_keys(child_keys, CHILD)
+    child = sign(ZONES / "signed.sec.example.zone", child_keys, tmp / "child.zone", "nsec", CHILD)
+    text = (ZONES / "sec.example.zone").read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("signed      DS")]
+    src = tmp / "sec.example.zone"
+    src.write_text("\n".join(lines + [child.ds.replace(" IN ", " 3600 IN ", 1)]) + "\n")
     keydir = tmp / "keys"
     make_keys(keydir)
-    src = ZONES / "sec.example.zone"
-    return {v: sign(src, keydir, tmp / f"{v}.zone", v) for v in VARIANTS}
+    out = {v: sign(src, keydir, tmp / f"{v}.zone", v) for v in VARIANTS}
+    out["child"] = child
+    return out

@@ -14,6 +14,7 @@ import dns.zone
 import pytest
 
 from cases import CASES, qname
+from signing import ZONES
 from tests.support.refservers import Pop53Server, Zone
 
 pytestmark = pytest.mark.peers
@@ -78,3 +79,23 @@ def test_delv_detects_a_broken_signature(signed, tmp_path):
         out = delv(srv, s.anchor, s.origin, "www." + s.origin, "A")
     assert "fully validated" in good, good        # the rest of the zone still validates
     assert "fully validated" not in out and "resolution failed" in out, out
+
+
+@pytest.mark.parametrize("variant", ["nsec", "nsec3", "optout"])
+def test_delv_follows_referrals_to_signed_and_unsigned_children(signed, variant):
+    """Parent and children served together: a validator follows the parent's DS to the signed
+    child's keys (fully validated) and accepts the parent's proof that the unsigned child has
+    no DS (an insecure answer, not a bogus one); DS queries at the children's apexes are the
+    parent's (RFC 4035 §3.1.4.1)."""
+    s, child = signed[variant], signed["child"]
+    zones = [Zone(s.origin, s.path), Zone(child.origin, child.path),
+             Zone("unsigned." + s.origin, ZONES / "unsigned.sec.example.zone")]
+    asks = [("www.signed." + s.origin, "A"), ("nope.signed." + s.origin, "A"),
+            ("signed." + s.origin, "DS"), ("unsigned." + s.origin, "DS"),
+            ("www.unsigned." + s.origin, "A")]
+    with Pop53Server(zones) as srv:
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(lambda a: delv(srv, s.anchor, s.origin, *a), asks))
+    for (name, qtype), out in zip(asks[:4], outs[:4]):
+        assert "fully validated" in out, (name, qtype, out)
+    assert "; unsigned answer" in outs[4] and "192.0.2.154" in outs[4], outs[4]
