@@ -6,6 +6,8 @@ RRSIGs) may differ when both replies' proofs are signed correctly (delv checks t
 prove, test_delv.py) and are as many; everything else must be equal."""
 from __future__ import annotations
 
+import dns.rdataclass
+import dns.rdatatype
 import dns.zone
 import pytest
 
@@ -20,7 +22,7 @@ VARIANTS = ["nsec", "nsec3", "optout"]
 
 def _corpus(signed) -> list[tuple[str, str, str]]:
     zone = dns.zone.from_file(str(signed.path), signed.origin, relativize=False)
-    hashed = sorted(n for n, node in zone.nodes.items() if node.get_rdataset(1, "NSEC3"))
+    hashed = sorted(n for n, node in zone.nodes.items() if node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.NSEC3))
     extra = [("nsec3-owner", hashed[0].to_text(), "A")] if hashed else []
     return [(cat, qname(rel, signed.origin), t) for cat, rel, t in CASES] + extra
 
