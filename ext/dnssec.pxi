@@ -153,10 +153,13 @@ cdef void dnssec_pend(ctx_t* c, const zone_t* z, uint32_t node_off) noexcept nog
 
 
 cdef void dnssec_flush(ctx_t* c) noexcept nogil:
-    """Write the queued NSEC/NSEC3 records with their RRSIGs to the authority section."""
+    """Write the queued NSEC/NSEC3 records with their RRSIGs to the authority section: all of
+    them or none, with TC (RFC 4035 §3.1.3: a proof that does not fit sets TC; a part of one
+    proves nothing and only costs the client bytes before it retries over TCP)."""
     cdef uint32_t i, ttl
     cdef const node_t* node
     cdef const rrset_t* rs
+    cdef wmark_t m = w_mark(&c.w)
     for i in range(c.proof.n):
         node = img_node(c.img, c.proof.node[i])
         rs = node_find_rrset(c.img, node, T_NSEC)
@@ -166,7 +169,8 @@ cdef void dnssec_flush(ctx_t* c) noexcept nogil:
             continue
         ttl = rs.ttl if rs.ttl < c.proof.ttl[i] else c.proof.ttl[i]
         if w_signed(c, node, 1, 0, node_name(c.img, node), rs, ttl, NULL) != 0:
-            c.w.tc = True       # a proof is whole or the client retries over TCP
+            w_rollback(&c.w, m)
+            c.w.tc = True
             break
     c.proof.n = 0
 

@@ -18,7 +18,7 @@ import dns.zone
 import pytest
 
 from cases import CASES, qname
-from proofs import make_query, signature_problems
+from proofs import is_proof, make_query, signature_problems
 from signing import ZONES
 from pop53 import _core, answer, compile_zones
 from pop53.dnssec.index import DSEC, nsec3_hash
@@ -118,7 +118,7 @@ def _unsigned_rrsets(raw: bytes, zone) -> list:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_truncation_keeps_rrsets_with_their_signatures(signed, images, variant):
     """At 512 bytes the proofs of NSEC3 denials do not fit: TC, and what the reply holds is
-    whole RRsets, each with its RRSIGs (never a partial proof)."""
+    whole RRsets, each with its RRSIGs, and the whole proof or none of it."""
     s = signed[variant]
     zone = dns.zone.from_file(str(s.path), s.origin, relativize=False)
     truncated = 0
@@ -128,6 +128,11 @@ def test_truncation_keeps_rrsets_with_their_signatures(signed, images, variant):
         m = dns.message.from_wire(raw)
         truncated += bool(m.flags & dns.flags.TC)
         assert _unsigned_rrsets(raw, zone) == [], (rel, t)
+        # a proof is whole or absent (TC), never a part of one
+        full = dns.message.from_wire(answer(images[variant], make_query(
+            qname(rel, s.origin), t), CLIENT, tcp=True))
+        proofs = lambda msg: sorted(rr.to_text() for rr in msg.authority if is_proof(rr))
+        assert proofs(m) in ([], proofs(full)), (rel, t)
     if variant != "nsec":
         assert truncated > 0    # the corpus does reach the limit (NSEC3 denials: ~900 bytes)
 
