@@ -11,7 +11,8 @@ cd "$here"
 APT_PACKAGES=(
   knot knot-dnsutils         # differential tests, XFR interop, bench
   nsd                        # differential tests, XFR interop, bench
-  bind9 bind9-dnsutils       # bench, XFR interop
+  bind9 bind9-dnsutils       # bench, XFR interop; delv validates signed answers (tests/dnssec)
+  bind9-utils                # dnssec-keygen, dnssec-signzone sign the test zones (tests/dnssec)
   pdns-server pdns-backend-bind  # bench
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
