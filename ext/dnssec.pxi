@@ -254,15 +254,14 @@ cdef void dnssec_referral(ctx_t* c, const node_t* cut) noexcept nogil:
     NSEC (RFC 4035 §3.1.4), its NSEC3, or under opt-out the closest provable encloser's and the
     next closer's (RFC 5155 §7.2.7)."""
     cdef const rrset_t* ds
-    cdef const zone_t* z
-    if not c.dnssec:
-        return
+    cdef const zone_t* z = img_zone(c.img, cut.zone_idx)
+    if not c.dnssec or zone_dsec(c.img, z) == NULL:
+        return          # an unsigned parent's DS proves nothing (Knot and NSD leave it out)
     ds = node_find_rrset(c.img, cut, T_DS)
     if ds != NULL:
         if w_signed(c, cut, 1, 0, node_name(c.img, cut), ds, ds.ttl, NULL) != 0:
             c.w.tc = True
         return
-    z = img_zone(c.img, cut.zone_idx)
     dnssec_nodata(c, z, cut)
 
 
