@@ -62,3 +62,19 @@ def signature_problems(raw: bytes, dnskey: dns.rrset.RRset, now: float | None = 
             except dns.dnssec.ValidationFailure as exc:
                 problems.append(f"{rr.name} {dns.rdatatype.to_text(rr.rdtype)}: {exc}")
     return problems
+
+
+def differences(a: bytes, b: bytes) -> dict:
+    """What differs between two replies beyond the tolerance (docs/dnssec.md): proof records
+    (NSEC/NSEC3 and their RRSIGs) may differ, but there must be as many of them; everything
+    else must be equal.  Empty: the replies agree."""
+    na, nb = normal_form(a), normal_form(b)
+    if na == nb:
+        return {}
+    out = {k: (na[k], nb[k]) for k in ("rcode", "flags") if na[k] != nb[k]}
+    for sec in ("answer", "authority", "additional"):
+        rest_a = sorted(set(na[sec]) - set(na[sec + "_proof"]))
+        rest_b = sorted(set(nb[sec]) - set(nb[sec + "_proof"]))
+        if rest_a != rest_b or len(na[sec + "_proof"]) != len(nb[sec + "_proof"]):
+            out[sec] = (na[sec], nb[sec])
+    return out
