@@ -8,8 +8,9 @@ Everything a denial of existence needs that can be known at load time is found h
   of an NXDOMAIN whose closest encloser is that name).
 - NSEC3 zones: the NSEC3 owners sorted by hash (so the only hashing per query is the next-closer
   name's, RFC 5155 §7.2.1); per name, its matching NSEC3, the NSEC3 covering the hash of
-  "*.<name>", and for a delegation without an NSEC3 of its own (opt-out, RFC 5155 §7.2.4) the
-  closest provable encloser's NSEC3 and the NSEC3 covering the next closer name.
+  "*.<name>", and for a name opt-out left without an NSEC3 (a delegation, or an ENT above only
+  such, RFC 5155 §7.2.3-4) the closest provable encloser's NSEC3 and the NSEC3 covering the
+  next closer name.
 NSEC3 owner names are not names of the zone (RFC 5155 §7.1): the compiler keeps their nodes out
 of the zone's lookup table, so a query for one is NXDOMAIN.
 """
@@ -112,7 +113,7 @@ class Plan:
             p += DINFO.size
 
 
-def plan(nodes: dict, apex, nsec3_nodes: dict, below_cut: int, cut: int) -> Plan | None:
+def plan(nodes: dict, apex, nsec3_nodes: dict, below_cut: int) -> Plan | None:
     """The DNSSEC block of a zone (its nodes already have offsets), or None when the zone has
     no NSEC or NSEC3 chain to prove denials with (it is then served as unsigned for denials;
     RRSIGs present still go out with their RRsets)."""
@@ -120,7 +121,7 @@ def plan(nodes: dict, apex, nsec3_nodes: dict, below_cut: int, cut: int) -> Plan
     apex_types = _types(apex)
     params = _nsec3_params(apex) if T_NSEC3PARAM in apex_types else None
     if params is not None:
-        return _plan_nsec3(auth, nsec3_nodes, params, cut)
+        return _plan_nsec3(auth, nsec3_nodes, params)
     if T_NSEC in apex_types:
         return _plan_nsec(auth)
     return None
@@ -142,7 +143,7 @@ def _plan_nsec(auth: list) -> Plan:
     return Plan(MODE_NSEC, 0, b"", [n.off for n in chain], info)
 
 
-def _plan_nsec3(auth: list, nsec3_nodes: dict, params: tuple, cut: int) -> Plan:
+def _plan_nsec3(auth: list, nsec3_nodes: dict, params: tuple) -> Plan:
     iterations, salt = params
     chain = []
     for key, n in nsec3_nodes.items():
@@ -173,8 +174,10 @@ def _plan_nsec3(auth: list, nsec3_nodes: dict, params: tuple, cut: int) -> Plan:
     for n in auth:
         match = by_hash.get(hash_of(n.key), 0)
         nc = 0
-        if not match and n.flags & cut:
-            # opt-out (RFC 5155 §7.2.4): the closest provable encloser and the next closer
+        if not match:
+            # opt-out left this name without an NSEC3 (an insecure delegation, or an empty
+            # non-terminal above only such): the closest provable encloser and the next
+            # closer's cover prove NODATA here (RFC 5155 §7.2.3, §7.2.4)
             child, anc = n.key, _parent(n.key)
             while anc:
                 m = by_hash.get(hash_of(anc))

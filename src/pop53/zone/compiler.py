@@ -288,7 +288,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
         b.ntab_off = off
         off += 4 * b.ntab_size
         # a signed zone's DNSSEC block follows its node table (ext/dnssec.pxi: zone_dsec)
-        b.dsec = dnssec_index.plan(b.nodes, b.apex, b.nsec3, F["BELOW_CUT"], F["CUT"])
+        b.dsec = dnssec_index.plan(b.nodes, b.apex, b.nsec3, F["BELOW_CUT"])
         if b.dsec is not None:
             b.dsec_off = off
             off += b.dsec.size
