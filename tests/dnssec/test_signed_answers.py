@@ -208,3 +208,16 @@ def test_ds_at_a_served_child_is_answered_by_the_parent(signed):
     assert all(rr.name.is_subdomain(dns.name.from_text(s.origin)) and
                not rr.name.is_subdomain(dns.name.from_text("unsigned." + s.origin))
                for rr in r.authority)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_mixed_case_query_names_get_the_same_proofs(signed, images, variant):
+    """0x20 case: the covering NSEC search and the NSEC3 hash use the lowercased name."""
+    s = signed[variant]
+    for rel, qtype in (("nope", "A"), ("x.y.b.ent", "A"), ("x.wild", "TXT"), ("ent", "A")):
+        lower = ask(images[variant], qname(rel, s.origin), qtype)
+        mixed = ask(images[variant], qname(rel, s.origin).upper(), qtype)
+        assert mixed.rcode() == lower.rcode()
+        # (owners compressed against the question keep its case: compare case-folded)
+        assert sorted(rr.to_text().lower() for rr in mixed.authority) == \
+            sorted(rr.to_text().lower() for rr in lower.authority), (rel, qtype)
