@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nsd                        # differential tests, XFR interop, bench
   bind9 bind9-dnsutils       # bench, XFR interop; delv validates signed answers (tests/dnssec)
   bind9-utils                # dnssec-keygen, dnssec-signzone sign the test zones (tests/dnssec)
+  dnsviz python3-pygraphviz  # DNSViz checks the signed test zones (tests/dnssec/test_dnsviz.py)
   pdns-server pdns-backend-bind  # bench
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
