@@ -11,7 +11,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 # (IMG_VERSION guards it).
 # ---------------------------------------------------------------------------------------------
 cdef enum:
-    IMG_VERSION = 1
+    IMG_VERSION = 2           # 2: signed zones have a DNSSEC block and keep NSEC3 owners out of
+                              # the node table; a saved version-1 image would serve them unsigned
     IMG_HEADER_SIZE = 64
 
     # node_t.flags
