@@ -6,8 +6,9 @@ glue, empty-non-terminal and wildcard flags, and additional-section targets.  Th
 must match it (the image's version number guards against a mismatch).
 
 Layout: header | zone table | zone hash table | per zone: nodes (each node_t followed by its name,
-its rrset_t array and its RDATA, so one lookup touches one or two cache lines) | additional
-target lists | node hash table.
+its rrset_t array and its RDATA, so one lookup touches one or two cache lines; a signed
+zone's NSEC3 owners after its names, outside its node table) | additional target lists | per
+zone: node hash table, and for a signed zone its DNSSEC block (pop53/dnssec/index.py).
 """
 from __future__ import annotations
 
