@@ -12,7 +12,10 @@ pytestmark = pytest.mark.peers
 ZONE = "example.org."
 
 
-def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400):
+def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400,
+                 policy="", zone_opts=""):
+    """policy, zone_opts: more configuration (a `policy:` section, more zone options), written
+    with the body's 8-space indentation (test_knot_signing_primary.py signs with them)."""
     k = knot_factory("primary")
     (k.dir / "example.org.zone").write_text(zone_text(ZONE, serial, refresh, retry, expire, extra))
     k.write_conf(f"""\
@@ -25,7 +28,7 @@ def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry
             address: 127.0.0.1
             key: {KEYNAME}
             action: transfer
-        zone:
+{policy}        zone:
           - domain: {ZONE}
             file: "{k.dir}/example.org.zone"
             notify: pop53
@@ -33,7 +36,7 @@ def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry
             zonefile-sync: -1
             journal-content: changes
             serial-policy: increment
-        """)
+{zone_opts}        """)
     k.start()
     return k
 

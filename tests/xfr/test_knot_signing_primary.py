@@ -16,34 +16,22 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from xfr_support import KEYNAME, SECRET, free_port, wait_for, zone_text
+from xfr_support import free_port, wait_for
+
+from test_image_answers import publishing_engine
+from test_knot_primary import ZONE, knot_primary
 
 pytest.importorskip("pop53._core")
 import pop53  # noqa: E402
-from pop53.xfr import service as xfr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dnssec"))
 from proofs import make_query, signature_problems  # noqa: E402
 
 pytestmark = pytest.mark.peers
 
-ZONE = "example.org."
 
-
-def knot_signing_primary(knot_factory, pop_port):
-    k = knot_factory("signer")
-    (k.dir / "example.org.zone").write_text(zone_text(ZONE, 1))
-    # Short TTLs and delays so that the roll's steps follow each other in seconds.
-    k.write_conf(f"""\
-        remote:
-          - id: pop53
-            address: 127.0.0.1@{pop_port}
-            key: {KEYNAME}
-        acl:
-          - id: pop53
-            address: 127.0.0.1
-            key: {KEYNAME}
-            action: transfer
+# Short TTLs and delays so that the roll's steps follow each other in seconds.
+POLICY = """\
         policy:
           - id: fast
             algorithm: ecdsap256sha256
@@ -55,29 +43,11 @@ def knot_signing_primary(knot_factory, pop_port):
             propagation-delay: 0
             ksk-lifetime: 0
             zsk-lifetime: 0
-        zone:
-          - domain: {ZONE}
-            file: "{k.dir}/example.org.zone"
-            notify: pop53
-            acl: pop53
-            zonefile-sync: -1
-            journal-content: changes
-            serial-policy: increment
+"""
+SIGNING = """\
             dnssec-signing: on
             dnssec-policy: fast
-        """)
-    k.start()
-    return k
-
-
-def engine_config(tmp_path, knot_port):
-    doc = {
-        "server": {"state": str(tmp_path / "state")},
-        "xfr": {"status_interval": 0.2},
-        "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
-        "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{knot_port}"], "key": KEYNAME}],
-    }
-    return xfr.parse_xfr_config(doc, "test.toml")
+"""
 
 
 def ask(image, name, qtype):
@@ -109,13 +79,8 @@ def check_image(image) -> list[str]:
 
 def test_signed_by_the_primary_served_through_a_zsk_roll(knot_factory, engines, tmp_path):
     pop_port = free_port()
-    k = knot_signing_primary(knot_factory, pop_port)
-    images = []
-    pub = xfr.ImagePublisher(images.append)
-    e = xfr.XfrService(engine_config(tmp_path, k.port), pub)
-    engines.append(e)
-    e.start()
-    e.start_listener("127.0.0.1", pop_port)
+    k = knot_primary(knot_factory, pop_port, policy=POLICY, zone_opts=SIGNING)
+    e, images = publishing_engine(engines, tmp_path, k.port, pop_port)
 
     wait_for(lambda: images and len(dnskeys(images[-1])) >= 2, 20, what="first signed image")
     first = images[-1]
