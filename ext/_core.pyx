@@ -20,6 +20,7 @@ include "image.pxi"
 include "answer.pxi"
 include "cookie.pxi"
 include "query.pxi"
+include "dnssec.pxi"
 include "rrl.pxi"
 include "io.pxi"
 include "patch.pxi"
@@ -44,7 +45,7 @@ ZONE_FLAGS = {"SIGNED": Z_SIGNED, "EXPIRED": Z_EXPIRED}
 FLAGS = {
     "APEX": N_APEX, "CUT": N_CUT, "BELOW_CUT": N_BELOW_CUT, "ENT": N_ENT,
     "WILDCARD_CHILD": N_WILDCARD_CHILD, "WILDCARD": N_WILDCARD, "CNAME": N_CNAME,
-    "DNAME": N_DNAME,
+    "DNAME": N_DNAME, "NSEC": N_NSEC,
 }
 
 

@@ -11,7 +11,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 # (IMG_VERSION guards it).
 # ---------------------------------------------------------------------------------------------
 cdef enum:
-    IMG_VERSION = 1
+    IMG_VERSION = 2           # 2: signed zones have a DNSSEC block and keep NSEC3 owners out of
+                              # the node table; a saved version-1 image would serve them unsigned
     IMG_HEADER_SIZE = 64
 
     # node_t.flags
@@ -23,13 +24,17 @@ cdef enum:
     N_WILDCARD = 0x0020       # first label is "*"
     N_CNAME = 0x0040
     N_DNAME = 0x0080
-    N_NSEC = 0x0100           # reserved for DNSSEC: NSEC/NSEC3 chain member
+    N_NSEC = 0x0100           # an NSEC3 owner: written, but not in the zone's table (RFC 5155 §7.1)
 
     # zone_t.flags
-    Z_SIGNED = 0x0001         # reserved for DNSSEC: RRSIGs beside RRsets, NSEC/NSEC3 chain
+    Z_SIGNED = 0x0001         # an NSEC/NSEC3 chain: a dsec_t block follows the node table
     Z_EXPIRED = 0x0002        # a secondary past its SOA expire: SERVFAIL (RFC 1035 §3.3.13)
 
-    # rrset_t.aux: for RRSIG rrsets (type 46) the covered type (reserved for DNSSEC)
+    # rrset_t.aux: for RRSIG rrsets (type 46) the covered type
+
+    # dsec_t.mode
+    DS_NSEC = 1
+    DS_NSEC3 = 2
 
 cdef packed struct img_header_t:
     char magic[8]             # b"POP53IMG"
@@ -80,6 +85,36 @@ cdef packed struct rrset_t:
     uint16_t add_count
     uint16_t aux              # RRSIG: covered type (reserved for DNSSEC)
 
+# A signed zone's DNSSEC block, at ntab_off + 4 * (ntab_mask + 1) (pop53/dnssec/index.py writes
+# it; ext/dnssec.pxi reads it).  Every *_off/match/wild/nc is a node_t offset, 0 = none.
+cdef packed struct dsec_t:
+    uint8_t mode              # DS_NSEC or DS_NSEC3
+    uint8_t salt_len
+    uint16_t iterations       # NSEC3 (RFC 5155 §5; RFC 9276 recommends 0)
+    uint32_t n_chain          # NSEC: uint32_t node offsets in canonical order (RFC 4034 §6.1)
+    uint32_t chain_off        # NSEC3: n3ent_t sorted by hash
+    uint32_t n_info
+    uint32_t info_off         # dinfo_t[n_info] sorted by node_off
+    uint8_t salt[255]
+    uint8_t pad
+
+cdef packed struct n3ent_t:
+    uint8_t hash[20]
+    uint32_t node_off
+
+cdef packed struct dinfo_t:
+    uint32_t node_off         # a name of the zone (not below a cut)
+    uint32_t match            # the NSEC/NSEC3 proving its types (NSEC at an ENT: the cover)
+    uint32_t wild             # the NSEC/NSEC3 covering "*.<name>" (it as closest encloser)
+    uint32_t nc               # NSEC3 opt-out cut: next closer cover; match = closest provable encloser
+
+# The denial proofs an answer owes (node_t offsets of NSEC/NSEC3 owners), written to the
+# authority section once the answer section is complete (ext/dnssec.pxi: dnssec_flush).
+cdef struct dproof_t:
+    uint32_t n
+    uint32_t node[24]
+    uint32_t ttl[24]          # RFC 9077: min(record TTL, the zone's negative TTL)
+
 cdef struct image_t:
     const uint8_t* base
     uint64_t size
@@ -115,6 +150,7 @@ cdef enum:
     T_DS = 43
     T_RRSIG = 46
     T_NSEC = 47
+    T_DNSKEY = 48
     T_NSEC3 = 50
     T_TKEY = 249
     T_TSIG = 250

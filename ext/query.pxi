@@ -27,6 +27,8 @@ cdef struct ctx_t:
     bint cookie               # this reply carries a COOKIE option (client cookie + srv_cookie)
     uint8_t srv_cookie[16]
     uint32_t pending_owner
+    bint dnssec               # DO=1 (RFC 3225): signatures and proofs (dnssec.pxi)
+    dproof_t proof            # denial proofs owed, written by dnssec_flush
 
 # CHAOS names (RFC 4892): lowercased wire form
 cdef const uint8_t* CH_ID_SERVER = b"\x02id\x06server\x00"
@@ -83,7 +85,7 @@ cdef uint32_t suffix_ptr(const uint8_t* pkt, uint32_t name_ptr, uint32_t k) noex
 cdef void add_soa(ctx_t* c, const zone_t* z) noexcept nogil:
     """Negative answers carry the zone's SOA in authority, TTL min(SOA TTL, MINIMUM) (RFC 2308)."""
     cdef const rrset_t* soa = <const rrset_t*>(c.img.base + z.soa_off)
-    if w_rrset(&c.w, 1, 0, c.img.base + z.name_off, c.img.base, soa, z.neg_ttl, NULL) != 0:
+    if w_signed(c, img_node(c.img, z.apex_off), 1, 0, c.img.base + z.name_off, soa, z.neg_ttl, NULL) != 0:
         c.w.tc = True
 
 
@@ -94,6 +96,8 @@ cdef void add_additional(ctx_t* c, const rrset_t* rs, uint32_t cut_off) noexcept
     cdef const node_t* t
     cdef const rrset_t* ars
     cdef uint32_t i, j
+    if c.proof.n:
+        dnssec_flush(c)     # the authority section ends here
     if rs.add_count == 0:
         return
     adds = <const uint32_t*>(c.img.base + rs.add_off)
@@ -102,7 +106,7 @@ cdef void add_additional(ctx_t* c, const rrset_t* rs, uint32_t cut_off) noexcept
         ars = node_rrsets(c.img, t)
         for j in range(t.n_rrsets):
             if ars[j].type == T_A or ars[j].type == T_AAAA:
-                if w_rrset(&c.w, 2, 0, node_name(c.img, t), c.img.base, &ars[j], ars[j].ttl, NULL) != 0:
+                if w_signed(c, t, 2, 0, node_name(c.img, t), &ars[j], ars[j].ttl, NULL) != 0:
                     if cut_off and t.cut_off == cut_off:
                         c.w.tc = True
                     return
@@ -119,6 +123,8 @@ cdef void referral(ctx_t* c, const node_t* cut, uint32_t owner_ptr) noexcept nog
     if w_rrset(&c.w, 1, owner_ptr, node_name(c.img, cut), c.img.base, ns, ns.ttl, NULL) != 0:
         c.w.tc = True
         return
+    if c.dnssec:
+        dnssec_referral(c, cut)
     add_additional(c, ns, <uint32_t>(<const uint8_t*>cut - c.img.base))
 
 
@@ -160,34 +166,37 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and \
         qtype != T_ANY and qtype != T_RRSIG and qtype != T_NSEC and qtype != T_NSEC3 else NULL
     if rs != NULL:
-        if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
+        if w_signed(c, node, 0, owner_ptr, owner_name, rs, rs.ttl, &pos) != 0:
             c.w.tc = True
             return
         follow(c, node, c.img.base + rs.rdata_off + 2, pos)
         return
     if qtype == T_ANY:
-        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.
+        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.  RRSIGs go with
+        # their RRsets (DO=1); NSEC is proof, not data, as Knot has it.
         all_rs = node_rrsets(c.img, node)
         for i in range(node.n_rrsets):
-            if all_rs[i].type == T_RRSIG:
+            if all_rs[i].type == T_RRSIG or all_rs[i].type == T_NSEC:
                 continue
-            if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, &all_rs[i], all_rs[i].ttl, NULL) != 0:
+            if w_signed(c, node, 0, owner_ptr, owner_name, &all_rs[i], all_rs[i].ttl, NULL) != 0:
                 c.w.tc = True
                 return
             if not c.tcp:
                 return
         if c.w.an == 0:
             add_soa(c, z)
+            dnssec_nodata(c, z, node)
         return
     rs = node_find_rrset(c.img, node, qtype)
     if rs != NULL:
-        if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, NULL) != 0:
+        if w_signed(c, node, 0, owner_ptr, owner_name, rs, rs.ttl, NULL) != 0:
             c.w.tc = True
             return
         if rs.add_count:
             add_additional(c, rs, 0)
         return
     add_soa(c, z)       # NODATA (RFC 2308 §2.2)
+    dnssec_nodata(c, z, node)
 
 
 cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint8_t* name,
@@ -201,8 +210,8 @@ cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint
     cdef uint32_t pos = 0
     cdef uint8_t synth[256]
     cdef wmark_t m
-    if w_rrset(&c.w, 0, suffix_ptr(c.w.buf, owner_ptr, k), node_name(c.img, dnode), c.img.base,
-               rs, rs.ttl, NULL) != 0:
+    if w_signed(c, dnode, 0, suffix_ptr(c.w.buf, owner_ptr, k), node_name(c.img, dnode), rs,
+                rs.ttl, NULL) != 0:
         c.w.tc = True
         return
     if prefix + tlen > MAX_NAME:
@@ -290,10 +299,13 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         memcpy(wname + 2, name + loff[k], nlen - loff[k])
         node = zone_find(c.img, z, wname, nlen - loff[k] + 2, h)
         if node != NULL:
+            if c.dnssec:
+                dnssec_wildcard(c, z, ce, node, name, nlen, loff, labels, k)
             answer_node(c, z, node, owner_ptr, name)
             return
     c.rcode = RC_NXDOMAIN   # RFC 6604 §3: the rcode of the last name in the chain
     add_soa(c, z)
+    dnssec_nxdomain(c, z, ce, name, nlen, loff, labels, k)
 
 
 cdef void chaos_answer(ctx_t* c) noexcept nogil:
@@ -420,6 +432,8 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.aa = False
     c.tcp = tcp
     c.depth = 0
+    c.dnssec = q.edns and q.do_bit
+    c.proof.n = 0
     if q.qend:
         memcpy(out + 12, pkt + 12, q.qend - 12)
         c.w.pos = q.qend
@@ -530,6 +544,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                 # QCLASS * gets the IN data, never authoritative: a server cannot know it has
                 # every class (RFC 1034 §3.7.1); NSD clears AA too, Knot sets it.
                 c.aa = False
+            if c.proof.n:
+                dnssec_flush(&c)
     elif q.qclass == C_CH:
         chaos_answer(&c)
     else:

@@ -14,11 +14,14 @@ pytestmark = pytest.mark.peers
 ZONE = "example.org."
 
 
-def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400):
+def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400,
+                 policy="", zone_opts=""):
+    """policy, zone_opts: more configuration (a `policy:` section, more zone options), written
+    with the body's 8-space indentation (test_knot_signing_primary.py signs with them)."""
     k = knot_factory("primary")
     (k.dir / "example.org.zone").write_text(zone_text(ZONE, serial, refresh, retry, expire, extra))
     k.write_conf(knot_pop53_peer(pop_port, "transfer") + f"""\
-        zone:
+{policy}        zone:
           - domain: {ZONE}
             file: "{k.dir}/example.org.zone"
             notify: pop53
@@ -26,7 +29,7 @@ def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry
             zonefile-sync: -1
             journal-content: changes
             serial-policy: increment
-        """)
+{zone_opts}        """)
     k.start()
     return k
 

@@ -9,6 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("check", help="validate configuration and zones")
     p.add_argument("-c", "--config", metavar="FILE")
     p.add_argument("--zone", action="append", default=[], metavar="FILE")
+    p.add_argument("--dnssec-window", type=float, default=7.0, metavar="DAYS",
+                   help="warn about signatures that expire within DAYS (default 7)")
     p.set_defaults(func=run)
 
 
@@ -17,6 +19,7 @@ def run(args) -> int:
     from pop53.zone.compiler import compile_zone_data
     from pop53.errors import Pop53Error
     from pop53.zone.zonefile import load_zone_file
+    from pop53.dnssec.check import check_signatures
 
     errors = 0
     zones = []
@@ -44,6 +47,10 @@ def run(args) -> int:
         try:
             zones.append(load_zone_file(path, origin, include_dir))
             print(f"ok: {path}: zone {zones[-1].origin} serial {zones[-1].serial}")
+            for finding in check_signatures(zones[-1].zone, zones[-1].origin,
+                                            window_days=args.dnssec_window):
+                print(f"pop53 check: {path}: {finding}", file=sys.stderr)
+                errors += finding.level == "error"
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1

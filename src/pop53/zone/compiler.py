@@ -6,8 +6,9 @@ glue, empty-non-terminal and wildcard flags, and additional-section targets.  Th
 must match it (the image's version number guards against a mismatch).
 
 Layout: header | zone table | zone hash table | per zone: nodes (each node_t followed by its name,
-its rrset_t array and its RDATA, so one lookup touches one or two cache lines) | additional
-target lists | node hash table.
+its rrset_t array and its RDATA, so one lookup touches one or two cache lines; a signed
+zone's NSEC3 owners after its names, outside its node table) | additional target lists | per
+zone: node hash table, and for a signed zone its DNSSEC block (pop53/dnssec/index.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import dns.rdatatype
 import numpy as np
 
 from pop53 import _core
+from pop53.dnssec import index as dnssec_index
 from pop53.errors import ZoneError
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file, zone_from_text
@@ -100,6 +102,13 @@ class _ZoneBuild:
         self.nodes: dict[bytes, _Node] = {}
         self.neg_ttl = 0
         self.apex: _Node | None = None
+        self.nsec3: dict[bytes, _Node] = {}     # NSEC3 owners: written, but not zone names
+        self.dsec = None                        # dnssec_index.Plan of a signed zone
+
+    def all_nodes(self):
+        """Every node written to the image: the zone's names, then the NSEC3 owners."""
+        yield from self.nodes.values()
+        yield from self.nsec3.values()
 
     def build(self) -> None:
         nodes = self.nodes
@@ -136,6 +145,7 @@ class _ZoneBuild:
                     n.flags |= F["CUT"]
                 elif rtype == _T_SOA and key == okey:
                     self.neg_ttl = min(int(rds.ttl), int(rds[0].minimum))
+        self.nsec3 = dnssec_index.split_nsec3_owners(nodes, F["NSEC"])
         # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2).
         for key in list(nodes):
             n = nodes[key]
@@ -259,7 +269,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     for b in builds:
         b.name_off = off
         off = _align4(off + len(b.key))
-        for n in b.nodes.values():
+        for n in b.all_nodes():
             n.off = off
             size = NODE.size + len(n.key)
             size = _align4(size) + RRSET.size * len(n.rrsets)
@@ -278,6 +288,11 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
         b.ntab_size = _pow2_at_least(2 * len(b.nodes) + 1)
         b.ntab_off = off
         off += 4 * b.ntab_size
+        # a signed zone's DNSSEC block follows its node table (ext/dnssec.pxi: zone_dsec)
+        b.dsec = dnssec_index.plan(b.nodes, b.apex, b.nsec3, F["BELOW_CUT"])
+        if b.dsec is not None:
+            b.dsec_off = off
+            off += b.dsec.size
     total = off
     if total > _MAX_IMAGE:
         raise ZoneError(f"image would be {total} bytes; the format's limit is 4 GiB")
@@ -288,7 +303,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     for b in builds:
         buf[b.name_off:b.name_off + len(b.key)] = b.key
         soa_off = 0
-        for n in b.nodes.values():
+        for n in b.all_nodes():
             cut_off = n.cut.off if n.cut is not None else 0
 
             def adds(i, n=n):
@@ -301,8 +316,12 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
 
             soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, cut_off, n.rrsets, b.index,
                                  seed, adds) or soa_off
+        zflags = _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0
+        if b.dsec is not None:
+            b.dsec.write(buf, b.dsec_off)
+            zflags |= _core.ZONE_FLAGS["SIGNED"]
         ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
-                       len(b.origin) - 1, _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0,
+                       len(b.origin) - 1, zflags,
                        b.apex.off, b.ntab_off, b.ntab_size - 1,
                        len(b.nodes), b.neg_ttl, soa_off)
         _core.fill_table(buf, b.ntab_off, b.ntab_size - 1,

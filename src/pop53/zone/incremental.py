@@ -41,7 +41,7 @@ from pop53.zone.images import Image
 from pop53.zone import zonefile
 from pop53.zone.zonefile import _AT_CUT_OK, _GLUE, ZoneData, occluded, validate
 from pop53.zone.patch_layout import layout
-from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX,
+from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX, _SIGNED,
                                  _SPARE, _T_A, _T_AAAA, _U32, _WC, _WCC, _Fallback, _New,
                                  _encode_node, _is_below, _next_size, patch_index)
 
@@ -119,6 +119,9 @@ class _Patch:
         zrec = self.zones[zi][1]
         if zrec[3] & _EXPIRED:
             raise _Fallback("zone was expired")
+        if zrec[3] & _SIGNED or _is_signed(self.data):
+            # the DNSSEC block (pop53/dnssec/index.py) indexes every node: compile in full
+            raise _Fallback("signed zone")
         okey = self.okey
         olabels = _labels(okey)
         inner = [k for k in self.zone_keys if k != okey and k.endswith(okey)
@@ -356,6 +359,13 @@ class _Patch:
             if ck not in removed:
                 return True
         return any(_parent(k) == key for k, n in new.items() if not n.old_off)
+
+
+def _is_signed(data: ZoneData) -> bool:
+    """An NSEC or NSEC3 chain at the apex (what makes the compiler write a DNSSEC block)."""
+    apex = data.zone.get_node(data.origin)
+    return apex is not None and any(r.rdtype in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3PARAM)
+                                    for r in apex.rdatasets)
 
 
 def patch_image(old: Image, zone_origin, new_data: ZoneData, changed_names) -> Image | None:

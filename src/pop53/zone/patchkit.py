@@ -22,6 +22,7 @@ F = _core.FLAGS
 _APEX, _CUT, _BELOW, _ENT = F["APEX"], F["CUT"], F["BELOW_CUT"], F["ENT"]
 _WCC, _WC, _CNAME_F, _DNAME_F = F["WILDCARD_CHILD"], F["WILDCARD"], F["CNAME"], F["DNAME"]
 _EXPIRED = _core.ZONE_FLAGS["EXPIRED"]
+_SIGNED = _core.ZONE_FLAGS["SIGNED"]
 
 _T_A, _T_NS, _T_CNAME, _T_SOA, _T_MX, _T_AAAA, _T_SRV, _T_DNAME, _T_RRSIG = \
     1, 2, 5, 6, 15, 28, 33, 39, 46
