@@ -79,6 +79,11 @@ cdef class ImageView:
     def n_zones(self):
         return self.img.n_zones
 
+    @property
+    def seed(self):
+        """The name hash seed (mapping snapshots hash their names with it)."""
+        return self.img.seed
+
     cdef const image_t* ptr(self):
         return &self.img
 

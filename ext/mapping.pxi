@@ -292,6 +292,11 @@ cdef int map_resolve(ctx_t* c, const zone_t* z, const uint8_t* name, uint32_t nl
 # ---------------------------------------------------------------------------------------------
 # The Python side: the snapshot object, the sweep of the compiler, tools for tests and bench/.
 # ---------------------------------------------------------------------------------------------
+MAP_SIZEOF = {"res": sizeof(map_res_t), "ans": sizeof(map_ans_t), "glue": sizeof(map_glue_t),
+              "keycfg": sizeof(map_keycfg_t)}
+MAP_KIND = {"ADDR": MAP_ADDR, "CNAME": MAP_CNAME, "NS": MAP_NS}
+
+
 cdef class MapSnapshot:
     """An immutable mapping snapshot (resources, views, answers) built by
     pop53.mapping.snapshot; published with Shared.publish_maps.  Holds its buffers."""
