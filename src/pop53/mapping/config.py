@@ -270,3 +270,42 @@ def parse(doc: dict, file: str | None = None, base_dir: str | None = None,
             c.fail("an NS resource cannot be a zone apex", f"mapped[{i}].name")
         mapped.append(r)
     return MappingConfig(maps, targets, mapped, source=file)
+
+
+def check_zones(mcfg: MappingConfig, zones) -> None:
+    """Mapped names against the zones' static data (ZoneData list): CNAME exclusivity (RFC 2181
+    §10.1) holds with mapped data too, a mapped type is not also static, and no mapped name
+    lies at or below a static delegation."""
+    import dns.rdatatype as T
+
+    for i, res in enumerate(mcfg.mapped):
+        key = f"mapped[{i}].name"
+        name = dns.name.from_text(res.name)
+        zd = max((z for z in zones if name.is_subdomain(z.origin)),
+                 key=lambda z: len(z.origin.labels), default=None)
+        if zd is None:
+            continue
+        n = name
+        while n != zd.origin:
+            node = zd.zone.get_node(n)
+            if node is not None and node.get_rdataset(T.IN, T.NS) is not None and \
+                    not (res.type == "NS" and n == name):
+                raise ConfigError(f"{res.name} is at or below the static delegation {n}",
+                                  file=mcfg.source, key=key)
+            n = n.parent()
+        node = zd.zone.get_node(name)
+        if node is None:
+            continue
+        types = {rds.rdtype for rds in node}
+        mapped = {None: {T.A, T.AAAA}, "A": {T.A}, "AAAA": {T.AAAA}, "CNAME": {T.CNAME},
+                  "NS": {T.NS}}[res.type]
+        clash = types & mapped
+        if res.type == "CNAME":
+            clash = types - {T.RRSIG, T.NSEC, T.NSEC3}
+        elif T.CNAME in types:
+            clash = {T.CNAME}
+        if clash:
+            what = ", ".join(sorted(T.to_text(t) for t in clash))
+            raise ConfigError(f"{res.name} is mapped ({res.type or 'A/AAAA'}) and has static "
+                              f"{what} in {zd.source}:{zd.where(name) or '?'}",
+                              file=mcfg.source, key=key)

@@ -38,6 +38,9 @@ class MappingState:
         self._lock = threading.Lock()
 
     def publish(self, seed: int | None = None):
+        """Build a snapshot of the current maps and liveness and hand it to on_publish.  The
+        callback runs outside this object's lock (it takes the server's), with the build's
+        sequence number so that a slower, older build never replaces a newer one."""
         with self._lock:
             if seed is not None:
                 self.seed = seed
@@ -46,9 +49,10 @@ class MappingState:
             self.last_build_ms = (time.perf_counter() - t0) * 1e3
             self.snapshot = snap
             self.generation += 1
-            if self.on_publish is not None:
-                self.on_publish(snap)
-            return snap
+            seq = self.generation
+        if self.on_publish is not None:
+            self.on_publish(snap, seq)
+        return snap
 
     def set_target(self, name: str, up: bool):
         """Mark a target up or down and publish.  KeyError for an unknown target."""
@@ -90,8 +94,13 @@ def attach(server) -> MappingState | None:
     if mcfg is None:
         return None
 
-    def on_publish(snap):
+    published = [0]
+
+    def on_publish(snap, seq):
         with server._lock:
+            if seq <= published[0]:
+                return
+            published[0] = seq
             old = server.shared.maps_holder
             server.shared.publish_maps(snap)
             if old is not None:

@@ -111,6 +111,7 @@ class Server:
         self._metrics_httpd = None
         self.control = None
         self.reload_hook = None      # set when transfers are attached (secondary.build)
+        self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -177,6 +178,8 @@ class Server:
             self.current_image = image
             if old is not None:
                 self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+            if self.mapping is not None and self.mapping.seed != image.view.seed:
+                self.mapping.publish(image.view.seed)    # names hashed with the image's seed
             self.zone_serials = image.zones()
             now = time.time()
             for zone in self.zone_serials:
@@ -252,6 +255,8 @@ class Server:
         """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
         the previous data keeps serving.  Returns whether the new data was published."""
         try:
+            if self.mapping is not None:
+                self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
             if self.reload_hook is not None:
                 self.reload_hook()
                 self.last_error = None
@@ -329,6 +334,9 @@ class Server:
                 self._publish_files_image(self.compile_files())
             else:
                 self.set_zones(self.load_zone_files())
+        if self.mapping is None:
+            from pop53.mapping import service as mapping
+            self.mapping = mapping.attach(self)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
