@@ -276,6 +276,7 @@ def check_zones(mcfg: MappingConfig, zones) -> None:
     """Mapped names against the zones' static data (ZoneData list): CNAME exclusivity (RFC 2181
     §10.1) holds with mapped data too, a mapped type is not also static, and no mapped name
     lies at or below a static delegation."""
+    import dns.rdataclass
     import dns.rdatatype as T
 
     for i, res in enumerate(mcfg.mapped):
@@ -288,7 +289,7 @@ def check_zones(mcfg: MappingConfig, zones) -> None:
         n = name
         while n != zd.origin:
             node = zd.zone.get_node(n)
-            if node is not None and node.get_rdataset(T.IN, T.NS) is not None and \
+            if node is not None and node.get_rdataset(dns.rdataclass.IN, T.NS) is not None and \
                     not (res.type == "NS" and n == name):
                 raise ConfigError(f"{res.name} is at or below the static delegation {n}",
                                   file=mcfg.source, key=key)
