@@ -42,7 +42,8 @@ def _fail(msg: str, path: str, line: int):
     raise ConfigError(msg, file=f"{path}:{line}")
 
 
-def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | None):
+def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | None,
+                    first_line: int = 1):
     """-> (v4 [start, length, region, line] lists, v6 likewise).  `regions` grows as new names
     appear (name -> id); `allowed`: the declared regions, others are errors."""
     s4, l4, r4, n4 = [], [], [], []
@@ -50,7 +51,7 @@ def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | No
     pton = socket.inet_pton
     AF4, AF6 = socket.AF_INET, socket.AF_INET6
     frombytes = int.from_bytes
-    for lineno, raw in enumerate(lines, 1):
+    for lineno, raw in enumerate(lines, first_line):
         if "#" in raw:
             raw = raw[:raw.index("#")]
         parts = raw.split()
@@ -101,10 +102,10 @@ def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | No
 
 def _sweep(family: tuple, bits: int, default: int, path: str, regions: list[str]):
     """Sorted, de-duplicated (conflicts are errors naming both lines), swept in C."""
-    start = np.array(family[0], dtype=np.uint64)
-    length = np.array(family[1], dtype=np.uint8)
-    region = np.array(family[2], dtype=np.uint16)
-    line = np.array(family[3], dtype=np.uint32)
+    start = np.asarray(family[0], dtype=np.uint64)
+    length = np.asarray(family[1], dtype=np.uint8)
+    region = np.asarray(family[2], dtype=np.uint16)
+    line = np.asarray(family[3], dtype=np.uint32)
     top = (1 << bits) - 1
     if len(start):
         # a parent sorts before its children: by start, then by length (shorter first)
@@ -133,16 +134,18 @@ def _sweep(family: tuple, bits: int, default: int, path: str, regions: list[str]
     return lo, reg
 
 
-def compile_map(lines, path: str, default: str, declared=None) -> RegionTable:
-    """Parse and sweep a map.  `declared`: the region names the map may use (None: any)."""
+def _initial_regions(default: str, declared) -> tuple[dict, set | None]:
     allowed = set(declared) if declared is not None else None
     if allowed is not None and default not in allowed:
         raise ConfigError(f"default region {default!r} is not among the declared regions",
-                          file=path)
+                          file=None)
     regions: dict[str, int] = {default: 0}
     for r in sorted(allowed or ()):
         regions.setdefault(r, len(regions))
-    v4, v6 = parse_map_lines(lines, path, regions, allowed)
+    return regions, allowed
+
+
+def _table(v4, v6, regions: dict, path: str) -> RegionTable:
     names = list(regions)
     lo4, reg4 = _sweep(v4, 32, 0, path, names)
     lo6, reg6 = _sweep(v6, 64, 0, path, names)
@@ -150,11 +153,59 @@ def compile_map(lines, path: str, default: str, declared=None) -> RegionTable:
                        lo6=lo6, reg6=reg6, prefixes=len(v4[0]) + len(v6[0]))
 
 
+def compile_map(lines, path: str, default: str, declared=None) -> RegionTable:
+    """Parse (in Python) and sweep a map.  `declared`: the region names the map may use."""
+    regions, allowed = _initial_regions(default, declared)
+    v4, v6 = parse_map_lines(lines, path, regions, allowed)
+    return _table(v4, v6, regions, path)
+
+
+def compile_map_bytes(data: bytes, path: str, default: str, declared=None) -> RegionTable:
+    """The same from the file's bytes, parsed in C (`_core.map_parse`); any line the C parser
+    does not accept is re-read by the Python parser, whose message (file:line) is the error."""
+    regions, allowed = _initial_regions(default, declared)
+    out = _core.map_parse(data)
+    if out[1] is None:
+        bad = out[0]
+        lines = data.split(b"\n")
+        try:
+            text = lines[bad - 1].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text: {exc.reason}", file=f"{path}:{bad}") from None
+        probe = dict(regions)
+        parse_map_lines([text], path, probe, allowed, bad)   # raises with the line's message...
+        # ...or the line is fine for Python (exotic blanks): parse the whole file there
+        return compile_map(data.decode("utf-8").splitlines(), path, default, declared)
+    (s4, l4, g4, n4), (s6, l6, g6, n6), names, first = out
+    remap = np.empty(len(names), dtype=np.uint16)
+    for i, raw in enumerate(names):
+        name = raw.decode("ascii")
+        rid = regions.get(name)
+        if rid is None:
+            if allowed is not None:
+                raise ConfigError(f"unknown region {name!r} (the map declares "
+                                  f"{', '.join(sorted(allowed))})", file=f"{path}:{first[i]}")
+            if len(regions) >= MAX_REGIONS:
+                raise ConfigError(f"more than {MAX_REGIONS} regions", file=f"{path}:{first[i]}")
+            rid = regions[name] = len(regions)
+        remap[i] = rid
+
+    def fam(s, ln, g, n):
+        return (np.frombuffer(s, dtype=np.uint64), np.frombuffer(ln, dtype=np.uint8),
+                remap[np.frombuffer(g, dtype=np.uint16)], np.frombuffer(n, dtype=np.uint32))
+
+    return _table(fam(s4, l4, g4, n4), fam(s6, l6, g6, n6), regions, path)
+
+
 def load_map(path: str, default: str, declared=None) -> RegionTable:
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            return compile_map(f, path, default, declared)
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read map file: {exc.strerror}", file=path) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text: {exc.reason}", file=path) from None
+    try:
+        return compile_map_bytes(data, path, default, declared)
+    except ConfigError as exc:
+        if exc.file is None:
+            raise ConfigError(exc.message, file=path) from None
+        raise
