@@ -108,9 +108,15 @@ def _sweep(family: tuple, bits: int, default: int, path: str, regions: list[str]
     line = np.asarray(family[3], dtype=np.uint32)
     top = (1 << bits) - 1
     if len(start):
-        # a parent sorts before its children: by start, then by length (shorter first)
-        order = np.lexsort((length, start))
-        start, length, region, line = start[order], length[order], region[order], line[order]
+        # a parent sorts before its children: by start, then by length (shorter first).  IPv4
+        # packs both in one key; a file already in that order is not sorted again.
+        if bits == 32:
+            key = (start << np.uint64(6)) | length
+            order = None if np.all(key[1:] >= key[:-1]) else np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((length, start))
+        if order is not None:
+            start, length, region, line = start[order], length[order], region[order], line[order]
         dup = (start[1:] == start[:-1]) & (length[1:] == length[:-1])
         if dup.any():
             clash = np.nonzero(dup & (region[1:] != region[:-1]))[0]

@@ -31,7 +31,7 @@ T_A, T_NS, T_CNAME, T_AAAA = 1, 2, 5, 28
 MAPF_A, MAPF_AAAA = 1, 2
 ANS_SERVFAIL, GLUE_REQUIRED = 1, 1
 KEY_MODE = {"ecs_then_source": 0, "source_only": 1, "ecs_only": 2}
-INDEX_MIN = 256          # ranges below this are searched without the /16 index
+INDEX_MIN = 4096         # smaller tables are searched without the /16 index (256 KiB)
 SERVFAIL, NODATA = "servfail", "nodata"
 
 
