@@ -92,6 +92,16 @@ def test_config_errors_name_the_key(path, value, key, msg):
     assert str(exc.value).startswith(f"pop53.toml:{key}: ") and msg in str(exc.value)
 
 
+def test_mapped_name_below_a_mapped_delegation_is_rejected():
+    import copy
+    doc = copy.deepcopy(BASE)
+    doc["mapped"].append({"name": "cdn.cdn.example.", "map": "m", "type": "NS",
+                          "regions": {"us": ["t"]}})
+    doc["mapped"].append({"name": "a.cdn.cdn.example.", "map": "m", "regions": {"us": ["t"]}})
+    with pytest.raises(ConfigError, match=r"mapped\[2\].name: .* below the mapped delegation"):
+        parse(doc, "pop53.toml", zones=["cdn.example."])
+
+
 def test_region_without_targets_is_rejected():
     m = Mapping.__new__(Mapping)
     with pytest.raises(ConfigError, match="region 'eu' of map 'm' has no targets"):

@@ -269,6 +269,13 @@ def parse(doc: dict, file: str | None = None, base_dir: str | None = None,
         if r.type == "NS" and zones is not None and r.name in {z.lower() for z in zones}:
             c.fail("an NS resource cannot be a zone apex", f"mapped[{i}].name")
         mapped.append(r)
+    cuts = [dns.name.from_text(r.name) for r in mapped if r.type == "NS"]
+    for i, r in enumerate(mapped):
+        n = dns.name.from_text(r.name)
+        below = [c for c in cuts if n != c and n.is_subdomain(c)]
+        if below:
+            c.fail(f"{r.name} is below the mapped delegation {below[0]} (occluded)",
+                   f"mapped[{i}].name")
     return MappingConfig(maps, targets, mapped, source=file)
 
 
