@@ -319,6 +319,7 @@ cdef class MapSnapshot:
         cdef const uint32_t[::1] idx6
         cdef map_view_t* v
         cdef const map_res_t* r
+        cdef const map_keycfg_t* kc
         cdef uint32_t n_rtab = len(rtab) // 4
         memset(&self.s, 0, sizeof(map_snap_t))
         self.views = NULL
@@ -383,9 +384,20 @@ cdef class MapSnapshot:
                     ((r.kind != MAP_ADDR or r.flags & MAPF_A) and r.view_a < 0) or \
                     (r.kind == MAP_ADDR and r.flags & MAPF_AAAA and r.view_aaaa < 0):
                 raise ValueError(f"resource {i}: out of bounds")
+        j = 0
         for i in range(n_rtab):
             if (<const uint32_t*>self.s.rtab)[i] > self.s.n_res:
                 raise ValueError("resource table out of bounds")
+            j += (<const uint32_t*>self.s.rtab)[i] != 0
+        if j > self.s.n_res:
+            raise ValueError("resource table has more entries than resources")
+        for i in range(self.s.n_keys):
+            kc = &self.s.keys[i]
+            if kc.mode > KEY_ECS_ONLY or kc.max4 > 32 or kc.max6 > 128 or kc.n_trust > MAP_TRUST_MAX:
+                raise ValueError(f"key configuration {i} out of range")
+            for j in range(kc.n_trust):
+                if kc.trust_fam[j] not in (4, 16) or kc.trust_len[j] > 8 * kc.trust_fam[j]:
+                    raise ValueError(f"key configuration {i}: bad trusted prefix {j}")
 
     cdef void _check_answer(self, const map_ans_t* a) except *:
         cdef uint32_t i, off
