@@ -15,7 +15,7 @@ cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
     """\\brief the index of the range holding IPv4 key k (the largest i with lo4[i] <= k)."""
     cdef uint32_t a = 0, n = v.n4, half, h
     if v.idx4 != NULL:
-        h = k >> 16
+        h = k >> v.shift4
         a = v.idx4[h]
         n = v.idx4[h + 1] - a + 1
         if a > 0:
@@ -33,7 +33,7 @@ cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
 cdef inline uint32_t map_find6(const map_view_t* v, uint64_t k) noexcept nogil:
     cdef uint32_t a = 0, n = v.n6, half, h
     if v.idx6 != NULL:
-        h = <uint32_t>(k >> 48)
+        h = <uint32_t>(k >> v.shift6)
         a = v.idx6[h]
         n = v.idx6[h + 1] - a + 1
         if a > 0:
@@ -297,6 +297,21 @@ MAP_SIZEOF = {"res": sizeof(map_res_t), "ans": sizeof(map_ans_t), "glue": sizeof
 MAP_KIND = {"ADDR": MAP_ADDR, "CNAME": MAP_CNAME, "NS": MAP_NS}
 
 
+cdef uint32_t _index_bits(const uint32_t[::1] idx, uint32_t n, uint32_t width) except? 0:
+    """B of an index of 2**B + 1 entries, after checking it cannot send a search out of the
+    table: non-decreasing, starting at 0, ending at n."""
+    cdef Py_ssize_t m = idx.shape[0] - 1, i
+    cdef uint32_t b = 0
+    while b < 20 and (<Py_ssize_t>1 << b) < m:
+        b += 1
+    if m < 2 or (<Py_ssize_t>1 << b) != m or b > width or idx[0] != 0 or idx[m] != n:
+        raise ValueError("bad range index")
+    for i in range(m):
+        if idx[i] > idx[i + 1]:
+            raise ValueError("bad range index")
+    return b
+
+
 cdef class MapSnapshot:
     """An immutable mapping snapshot (resources, views, answers) built by
     pop53.mapping.snapshot; published with Shared.publish_maps.  Holds its buffers."""
@@ -308,8 +323,8 @@ cdef class MapSnapshot:
     def __cinit__(self, bytes blob not None, bytes res not None, bytes rtab not None,
                   uint32_t seed, uint64_t label_mask, bytes keys not None, list views not None):
         """views: (lo4 u32, val4 u16, idx4 u32 or None, lo6 u64, val6 u16, idx6 u32 or None,
-        ans_off, n_ans, dflt) per view.  Every offset and index is checked here, so a worker
-        can trust the snapshot."""
+        ans_off, n_ans, dflt) per view; an index has 2**B + 1 entries (B <= 20).  Every
+        offset and index is checked here, so a worker can trust the snapshot."""
         cdef Py_ssize_t nv = len(views), i, j
         cdef const uint32_t[::1] lo4
         cdef const uint16_t[::1] val4
@@ -355,13 +370,11 @@ cdef class MapSnapshot:
             v.lo6, v.val6, v.n6 = &lo6[0], &val6[0], lo6.shape[0]
             if t[2] is not None:
                 idx4 = t[2]
-                if idx4.shape[0] != 65537 or idx4[65536] != v.n4:
-                    raise ValueError(f"view {i}: bad IPv4 index")
+                v.shift4 = 32 - _index_bits(idx4, v.n4, 32)
                 v.idx4 = &idx4[0]
             if t[5] is not None:
                 idx6 = t[5]
-                if idx6.shape[0] != 65537 or idx6[65536] != v.n6:
-                    raise ValueError(f"view {i}: bad IPv6 index")
+                v.shift6 = 64 - _index_bits(idx6, v.n6, 64)
                 v.idx6 = &idx6[0]
             ans_off, n_ans, dflt = t[6], t[7], t[8]
             if n_ans < 1 or ans_off < 8 or ans_off + n_ans * sizeof(map_ans_t) > len(blob) or dflt >= n_ans:

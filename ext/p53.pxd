@@ -309,16 +309,19 @@ cdef packed struct map_keycfg_t:
 cdef struct map_view_t:
     # one final-answer function over one map: disjoint ranges sorted by start (lo[0] = 0),
     # adjacent ranges with the same answer merged; val = answer index.  IPv4 keys are the
-    # address, IPv6 keys its top 64 bits.  idx (65537 entries, optional): the first range whose
-    # start has these top 16 bits.
+    # address, IPv6 keys its top 64 bits.  idx (optional): for each value of the key's top B
+    # bits, the first range whose
+    # start has these top bits (2**B + 1 entries, B sized to the table, at most 20).
     const uint32_t* lo4
     const uint16_t* val4
     const uint32_t* idx4
     uint32_t n4
+    uint32_t shift4           # 32 - B
     const uint64_t* lo6
     const uint16_t* val6
     const uint32_t* idx6
     uint32_t n6
+    uint32_t shift6           # 64 - B
     const map_ans_t* ans
     uint32_t n_ans
     uint32_t dflt             # answer index without a client address (the map's default)

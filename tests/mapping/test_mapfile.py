@@ -85,3 +85,36 @@ def test_large_random_map_bytes_per_prefix():
     t = compile_map_bytes("".join(f"{n} {r}\n" for n, r in nets.items()).encode(), "m", "r0")
     assert t.nbytes <= 24 * len(nets)
     assert np.all(np.diff(t.lo4.astype(np.int64)) > 0) and t.lo4[0] == 0
+
+
+@pytest.mark.parametrize("n", [50, 3000, 40000])
+def test_indexed_search_agrees_with_bisect(n):
+    """The top-bits index (sized to the table) and the plain binary search find the same
+    range as a bisect over the merged starts, v4 and v6, including both ends of the space."""
+    import bisect
+
+    from .mapkit import Mapping
+
+    rng = random.Random(n)
+    lines = {}
+    for _ in range(n):
+        plen = rng.choice([8, 16, 20, 24, 28, 32])
+        lines[str(ipaddress.ip_network((rng.getrandbits(32) >> (32 - plen) << (32 - plen), plen)))] = \
+            rng.choice("abcdefgh")
+        plen = rng.choice([16, 32, 48, 64])
+        lines[str(ipaddress.ip_network(((rng.getrandbits(64) >> (64 - plen) << (64 - plen)) << 64,
+                                        plen)))] = rng.choice("abcdefgh")
+    targets = {c: [f"192.0.2.{i + 1}"] for i, c in enumerate("abcdefgh")}
+    m = Mapping([f"{p} {r}" for p, r in lines.items()], "a", targets,
+                [{"name": "www.cdn.example.", "type": "A",
+                  "regions": {c: [c] for c in "abcdefgh"}}])
+    lo4, val4, idx4, lo6, val6, idx6 = m.snap.refs[4][0][:6]
+    assert (idx4 is not None) == (len(lo4) >= 64)
+    keys4 = [0, (1 << 32) - 1] + [rng.getrandbits(32) for _ in range(3000)] + [int(x) for x in lo4[:500]]
+    for k in keys4:
+        i = bisect.bisect_right(lo4.tolist() if n == 50 else lo4, k) - 1
+        assert m.snap.lookup(0, k.to_bytes(4, "big"))[0] == val4[i]
+    keys6 = [0, (1 << 64) - 1] + [rng.getrandbits(64) for _ in range(3000)] + [int(x) for x in lo6[:500]]
+    for k in keys6:
+        i = int(np.searchsorted(lo6, np.uint64(k), side="right")) - 1
+        assert m.snap.lookup(0, k.to_bytes(8, "big") + bytes(8))[0] == val6[i]

@@ -31,7 +31,8 @@ T_A, T_NS, T_CNAME, T_AAAA = 1, 2, 5, 28
 MAPF_A, MAPF_AAAA = 1, 2
 ANS_SERVFAIL, GLUE_REQUIRED = 1, 1
 KEY_MODE = {"ecs_then_source": 0, "source_only": 1, "ecs_only": 2}
-INDEX_MIN = 4096         # smaller tables are searched without the /16 index (256 KiB)
+INDEX_MIN = 64           # smaller tables are searched without an index
+INDEX_MAX_BITS = 16
 SERVFAIL, NODATA = "servfail", "nodata"
 
 
@@ -67,11 +68,17 @@ def check_coverage(mcfg: MappingConfig, tables: dict) -> None:
                     key=f"mapped[{i}].regions")
 
 
+def index_bits(n: int) -> int:
+    """Bits of the top-of-key index for a table of n ranges: about four ranges per slot (two
+    search steps), at most 16 (a 256 KiB index; the issue's /16-indexed search)."""
+    return max(1, min(INDEX_MAX_BITS, (n // 4).bit_length()))
+
+
 def merged_view(table: RegionTable, fn: np.ndarray) -> tuple:
     """Ranges of `table` with region -> answer index `fn` applied, adjacent equal answers
-    merged, plus the /16 indexes: (lo4, val4, idx4, lo6, val6, idx6)."""
+    merged, plus the top-bits indexes: (lo4, val4, idx4, lo6, val6, idx6)."""
     out = []
-    for lo, reg, shift in ((table.lo4, table.reg4, 16), (table.lo6, table.reg6, 48)):
+    for lo, reg, width in ((table.lo4, table.reg4, 32), (table.lo6, table.reg6, 64)):
         val = fn[reg]
         keep = np.empty(len(val), dtype=bool)
         keep[0] = True
@@ -79,8 +86,9 @@ def merged_view(table: RegionTable, fn: np.ndarray) -> tuple:
         lo, val = np.ascontiguousarray(lo[keep]), np.ascontiguousarray(val[keep])
         idx = None
         if len(lo) >= INDEX_MIN:
-            idx = np.searchsorted(lo >> lo.dtype.type(shift), np.arange(65537, dtype=lo.dtype),
-                                  side="left").astype(np.uint32)
+            b = index_bits(len(lo))
+            idx = np.searchsorted(lo >> lo.dtype.type(width - b),
+                                  np.arange((1 << b) + 1, dtype=lo.dtype), side="left").astype(np.uint32)
         out += [lo, val, idx]
     return tuple(out)
 
