@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     lines += ["",
               "compile = read map bytes -> C parse -> sort -> C sweep -> disjoint ranges (what a "
               "map reload costs before the snapshot); snapshot build = final answers + merged "
-              "tables + /16 index for one mapped resource (two views, A and AAAA); liveness "
+              "tables + index for one mapped resource (two views, A and AAAA); liveness "
               "rebuild = the same after one target went down.  The answer columns are "
               "core_answer end to end (parse, lookup, write, ECS echo) over 2,000 queries with "
               "different ECS /24s; static = a static A at a name beside the mapped one.", ""]
