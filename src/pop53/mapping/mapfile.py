@@ -110,9 +110,14 @@ def _sweep(family: tuple, bits: int, default: int, path: str, regions: list[str]
     if len(start):
         # a parent sorts before its children: by start, then by length (shorter first).  IPv4
         # packs both in one key; a file already in that order is not sorted again.
-        if bits == 32:
+        if bits == 32 and len(start) < (1 << 26):
             key = (start << np.uint64(6)) | length
-            order = None if np.all(key[1:] >= key[:-1]) else np.argsort(key, kind="stable")
+            order = None
+            if not np.all(key[1:] >= key[:-1]):
+                # sorting values is about twice as fast as argsort: carry the index in the
+                # low 26 bits (32 + 6 + 26 = 64)
+                packed = np.sort((key << np.uint64(26)) | np.arange(len(key), dtype=np.uint64))
+                order = (packed & np.uint64((1 << 26) - 1)).astype(np.intp)
         else:
             order = np.lexsort((length, start))
         if order is not None:
