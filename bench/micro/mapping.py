@@ -60,10 +60,11 @@ def map_bytes(n: int, seed: int = 1) -> bytes:
     return "".join(f"{k} {v}\n" for k, v in seen.items()).encode()
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
+    """VmRSS / VmHWM of this process from /proc, in KiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -71,14 +72,6 @@ def _rss_kib() -> int:
 def _hwm_reset() -> None:
     with open("/proc/self/clear_refs", "w") as f:   # resets VmHWM to the current RSS
         f.write("5")
-
-
-def _hwm_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 def memory(n: int) -> str:
@@ -90,14 +83,14 @@ def memory(n: int) -> str:
            "mapped": [{"name": "www.cdn.example.", "map": "m",
                        "regions": {r: [f"t{i % 10}"] for i, r in enumerate(REGIONS)}}]}
     cfg = parse(doc, "bench.toml", zones=["cdn.example."])
-    base = _rss_kib()
+    base = _status_kib("VmRSS")
     table = compile_map_bytes(data, "bench.map", "r0")
     snap = SnapshotBuilder(cfg, {"m": table}).build(lambda t: True, 1)
-    steady = _rss_kib() - base
+    steady = _status_kib("VmRSS") - base
     _hwm_reset()
     table2 = compile_map_bytes(data, "bench.map", "r0")
     snap2 = SnapshotBuilder(cfg, {"m": table2}).build(lambda t: True, 1)
-    peak = _hwm_kib() - base
+    peak = _status_kib("VmHWM") - base
     del snap, table
     return (f"{n:,} prefixes: steady {steady / 1024:.1f} MiB (map + one snapshot), peak during "
             f"a reload {peak / 1024:.1f} MiB = {peak / max(steady, 1):.2f}x steady "
