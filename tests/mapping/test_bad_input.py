@@ -156,15 +156,18 @@ def test_pop53_check_reports_a_bad_map(tmp_path):
 
 def test_snapshot_validation_rejects_what_could_hang_or_overread():
     """MapSnapshot checks every offset, index and count before a worker may read it."""
-    m = Mapping(["10.0.0.0/8 eu"], "us", {"t": ["192.0.2.1"]},
-                [{"name": "www.cdn.example.", "regions": {"us": ["t"], "eu": ["t"]}}])
+    m = Mapping(["10.0.0.0/8 eu"], "us", {"t": ["192.0.2.1"], "u": ["192.0.2.2"]},
+                [{"name": "www.cdn.example.", "regions": {"us": ["t"], "eu": ["u"]}}])
     blob, res, rtab, keys, views = m.snap.refs
+    assert len(views[0][0]) == 3
     bad = [
         (blob, res, b"\x01\x00\x00\x00" * 8, 0, 0, keys, views),          # a full table: no end
         (blob, res, rtab, 0, 0, bytes([0, 40]) + keys[2:], views),          # ecs_max_v4 > 32
         (blob, res, rtab, 0, 0, bytes([0, 24, 56, 33]) + keys[4:], views),  # 33 trusted prefixes
         (blob[:8], res, rtab, 0, 0, keys, views),                           # answers out of bounds
         (blob, res, rtab, 0, 0, keys, [views[0][:8] + (99,)] + views[1:]),  # default out of range
+        (blob, res, rtab, 0, 0, keys, [(views[0][0][[0, 2, 1]].copy(),) + views[0][1:]] + views[1:]),
+        (blob, res, rtab, 0, 0, keys, [views[0][:1] + (views[0][1] + 7,) + views[0][2:]] + views[1:]),
     ]
     for args in bad:
         with pytest.raises(ValueError):
