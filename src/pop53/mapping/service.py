@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 
-from pop53.errors import ConfigError, Pop53Error
 from pop53.mapping.config import MappingConfig
 from pop53.mapping.mapfile import load_map
 from pop53.mapping.snapshot import SnapshotBuilder
@@ -110,16 +109,3 @@ def attach(server) -> MappingState | None:
     image = server.current_image
     state.publish(image.view.seed if image is not None else 0)
     return state
-
-
-def reload(state: MappingState | None) -> None:
-    if state is None:
-        return
-    try:
-        state.reload_maps()
-    except Pop53Error as exc:
-        log.error("map reload rejected, the previous maps keep serving: %s", exc)
-        raise
-
-
-__all__ = ["MappingState", "attach", "reload", "load_tables", "ConfigError"]
