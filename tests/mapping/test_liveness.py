@@ -105,3 +105,22 @@ def test_a_liveness_change_reuses_the_unaffected_tables():
     after = {k: id(v) for k, v in m.builder._views.items()}
     shared = set(before) & set(after)
     assert shared and all(before[k] == after[k] for k in shared)
+
+
+def test_reload_reads_maps_only_when_a_file_changed(tmp_path):
+    from pop53.mapping.config import parse
+    from pop53.mapping.service import MappingState
+
+    (tmp_path / "m.map").write_text("10.0.0.0/8 eu\n")
+    doc = {"map": [{"name": "m", "file": str(tmp_path / "m.map"), "default": "us"}],
+           "target": [{"name": "a", "addresses": ["192.0.2.1"]}],
+           "mapped": [{"name": "www.cdn.example.", "map": "m",
+                       "regions": {"us": ["a"], "eu": ["a"]}}]}
+    published = []
+    state = MappingState(parse(doc, "t.toml", zones=["cdn.example."]),
+                         lambda snap, seq: published.append(seq))
+    state.publish(1)
+    assert state.reload_maps() is False and published == [1]
+    (tmp_path / "m.map").write_text("10.0.0.0/8 eu\n11.0.0.0/8 eu\n")
+    assert state.reload_maps() is True and published == [1, 2]
+    assert state.status()["maps"]["m"]["prefixes"] == 2

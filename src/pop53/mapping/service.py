@@ -7,6 +7,7 @@ that fails leaves the old maps serving.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -21,6 +22,18 @@ def load_tables(mcfg: MappingConfig) -> dict:
     return {m.name: load_map(m.file, m.default, m.regions) for m in mcfg.maps.values()}
 
 
+def _manifest(mcfg: MappingConfig) -> tuple:
+    """What the map files look like on disk: a reload with none changed is skipped."""
+    out = []
+    for m in mcfg.maps.values():
+        try:
+            st = os.stat(m.file)
+            out.append((m.file, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((m.file, None, None, None))
+    return tuple(out)
+
+
 class MappingState:
     """Maps + liveness -> snapshots.  Thread-safe; `on_publish(snapshot)` is called with each
     new snapshot."""
@@ -28,6 +41,7 @@ class MappingState:
     def __init__(self, mcfg: MappingConfig, on_publish=None):
         self.cfg = mcfg
         self.live = {t.name: t.up for t in mcfg.targets.values()}
+        self.manifest = _manifest(mcfg)
         self.builder = SnapshotBuilder(mcfg, load_tables(mcfg))
         self.on_publish = on_publish
         self.seed = 0
@@ -66,13 +80,19 @@ class MappingState:
                      self.generation)
         return changed
 
-    def reload_maps(self) -> None:
-        """Re-read every map file; on any error the old maps keep serving (raises)."""
+    def reload_maps(self) -> bool:
+        """Re-read the map files if any changed on disk; on any error the old maps keep serving
+        (raises).  Returns whether new maps were published."""
+        manifest = _manifest(self.cfg)
+        if manifest == self.manifest:
+            return False
         tables = load_tables(self.cfg)
         builder = SnapshotBuilder(self.cfg, tables)
         with self._lock:
             self.builder = builder
+            self.manifest = manifest
         self.publish()
+        return True
 
     def status(self) -> dict:
         b = self.builder
