@@ -29,6 +29,10 @@ cdef struct ctx_t:
     uint32_t pending_owner
     bint dnssec               # DO=1 (RFC 3225): signatures and proofs (dnssec.pxi)
     dproof_t proof            # denial proofs owed, written by dnssec_flush
+    const map_snap_t* maps    # mapped answers (mapping.pxi); NULL = none
+    const uint8_t* client     # the query's source address (4 or 16 bytes), for mapping
+    uint32_t client_len
+    uint8_t ecs_scope         # the SCOPE PREFIX-LENGTH echoed with ECS (RFC 7871 §7.2.1)
 
 # CHAOS names (RFC 4892): lowercased wire form
 cdef const uint8_t* CH_ID_SERVER = b"\x02id\x06server\x00"
@@ -263,6 +267,8 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         return
     if c.depth == 0:
         c.aa = True
+    if c.maps != NULL and map_resolve(c, z, name, nlen, loff, labels, sh, owner_ptr):
+        return
     node = zone_find(c.img, z, name, nlen, sh[0])
     if node != NULL:
         if node.cut_off and not ((node.flags & N_CUT) and qtype == T_DS):
@@ -344,6 +350,7 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
     cdef uint8_t* b = w.buf
     cdef uint32_t optlen_pos
     cdef bint nsid = c.nsid
+    cdef uint32_t ecs_len = (q.ecs_source + 7) // 8 if q.ecs else 0
     b[0] = q.id >> 8
     b[1] = q.id & 0xFF
     # QR, opcode as asked, AA, TC, RD copied; RA, AD clear; CD clear: "a security-aware name
@@ -365,7 +372,18 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
         w_put16(w, c.cfg.edns_max)
         w_put32(w, ((<uint32_t>(rcode >> 4)) << 24) | (0x8000 if q.do_bit else 0))
         optlen_pos = w.pos
-        w_put16(w, ((4 + c.cfg.identity_len) if nsid else 0) + (28 if c.cookie else 0))
+        w_put16(w, ((4 + c.cfg.identity_len) if nsid else 0) + (28 if c.cookie else 0) +
+                (8 + ecs_len if q.ecs else 0))
+        if q.ecs:
+            # RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS as asked, our SCOPE
+            # (0 unless a mapped answer depends on the client's network)
+            w_put16(w, OPT_ECS)
+            w_put16(w, 4 + ecs_len)
+            w_put16(w, q.ecs_family)
+            b[w.pos] = q.ecs_source
+            b[w.pos + 1] = c.ecs_scope
+            memcpy(b + w.pos + 2, q.ecs_addr, ecs_len)
+            w.pos += 2 + ecs_len
         if nsid:
             w_put16(w, OPT_NSID)
             w_put16(w, c.cfg.identity_len)
@@ -410,6 +428,8 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.nsid = q.edns and q.nsid and c.cfg.nsid and c.cfg.identity_len > 0
     if q.edns:
         reserve = 11
+        if q.ecs:
+            reserve += 8 + (q.ecs_source + 7) // 8      # the ECS echo (at most 24 bytes)
         if c.nsid:
             if lim >= reserve + 4 + c.cfg.identity_len + (q.qend if q.qend else 12):
                 reserve += 4 + c.cfg.identity_len
@@ -434,6 +454,7 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.depth = 0
     c.dnssec = q.edns and q.do_bit
     c.proof.n = 0
+    c.ecs_scope = 0
     if q.qend:
         memcpy(out + 12, pkt + 12, q.qend - 12)
         c.w.pos = q.qend
@@ -443,7 +464,8 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
 
 cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, uint32_t len,
                      uint8_t* out, uint32_t outcap, bint tcp, uint32_t* outlen, query_t* q,
-                     stats_t* st, const uint8_t* client, uint32_t client_len) noexcept nogil:
+                     stats_t* st, const uint8_t* client, uint32_t client_len,
+                     const map_snap_t* maps) noexcept nogil:
     """Answer one query.  The decision table for bad input (ARCHITECTURE.md point 4):
         shorter than a header, or QR=1            -> drop
         opcode not QUERY/NOTIFY                   -> NOTIMP
@@ -455,7 +477,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     Error replies carry at most the header, the question and OPT.
     \\brief returns ACT_DROP, ACT_REPLY or ACT_CONTROL; *outlen = reply length (outcap >= 512).
     img may be NULL (no zones loaded yet): every IN query is then REFUSED.  client: the
-    client's address (4 or 16 bytes; client_len 0 when unknown), for server cookies."""
+    client's address (4 or 16 bytes; client_len 0 when unknown), for server cookies and
+    mapping.  maps: the mapping snapshot (NULL: no mapped names)."""
     cdef ctx_t c
     cdef lname_t* t
     cdef int status
@@ -484,6 +507,9 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     c.img = img
     c.cfg = cfg
     c.q = q
+    c.maps = maps
+    c.client = client
+    c.client_len = client_len
     status = wire_parse_query(pkt, len, q, cfg.lenient_trailing)
     if cfg.cookies and (status == PARSE_OK or status == PARSE_NOQUESTION) and q.edns and \
             q.cookie_len >= 8 and \

@@ -83,6 +83,7 @@ class Config:
     log_format: str = "text"            # [log] format / level (pop53.logs)
     log_level: str = "info"
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
+    mapping: object = None              # [[map]]/[[target]]/[[mapped]]: pop53.mapping.config
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
 
@@ -286,6 +287,8 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         elif "primaries" not in z:
             raise ConfigError("a zone needs a file or primaries", file=file, key=key)
         cfg.zones.append(ZoneConfig(name=origin.to_text(), file=zfile, raw=z))
+    from pop53.mapping import config as mapping_config
+    cfg.mapping = mapping_config.parse(doc, file, base_dir, zones=[z.name for z in cfg.zones])
     return cfg
 
 

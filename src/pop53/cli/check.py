@@ -61,4 +61,26 @@ def run(args) -> int:
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
+    if args.config and cfg.mapping is not None:
+        errors += _check_mapping(cfg.mapping, zones if not errors else [])
     return 1 if errors else 0
+
+
+def _check_mapping(mcfg, zones) -> int:
+    """Map files (file:line errors), region coverage, static data at mapped names."""
+    from pop53.errors import Pop53Error
+    from pop53.mapping.config import check_zones
+    from pop53.mapping.service import load_tables
+    from pop53.mapping.snapshot import SnapshotBuilder
+
+    try:
+        tables = load_tables(mcfg)
+        SnapshotBuilder(mcfg, tables).build(lambda t: mcfg.targets[t].up, 0)
+        check_zones(mcfg, zones)
+    except Pop53Error as exc:
+        print(f"pop53 check: {exc}", file=sys.stderr)
+        return 1
+    for name, t in tables.items():
+        print(f"ok: map {name}: {t.prefixes} prefixes, {len(t.lo4)} + {len(t.lo6)} ranges")
+    print(f"ok: {len(mcfg.mapped)} mapped name(s), {len(mcfg.targets)} target(s)")
+    return 0

@@ -145,6 +145,7 @@ class Server:
         self.control = None
         self.reload_hook = None      # set when transfers are attached (secondary.build)
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
+        self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -221,6 +222,8 @@ class Server:
             self.current_image = image
             if old is not None:
                 self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+            if self.mapping is not None and self.mapping.seed != image.view.seed:
+                self.mapping.publish(image.view.seed)    # names hashed with the image's seed
             self.zone_serials = image.zones()
             now = time.time()
             for zone in self.zone_serials:
@@ -327,6 +330,8 @@ class Server:
         (child compile, saved image) the whole reload is rejected and everything keeps serving.
         Returns whether every zone loaded."""
         try:
+            if self.mapping is not None:
+                self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
             if self.reload_hook is not None:
                 failed = self.reload_hook() or {}     # {origin: error} of file zones
                 zones = self.zone_serials
@@ -431,6 +436,9 @@ class Server:
             else:
                 failed: dict[str, str] = {}
                 self.set_zones(self.load_zone_files(failed), failed)
+        if self.mapping is None:
+            from pop53.mapping import service as mapping
+            self.mapping = mapping.attach(self)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
