@@ -13,11 +13,10 @@ three seeded random maps with a sample of the lengths; and queries without ECS):
 2. pop53 against gdnsd, both started from the same description (the issue-10 TOML written by
    mapping_data.write_pop53): same answer, same scope, and the ECS option echoed.  pop53 caps
    the source length it uses (issue 10: /24 and /56 by default), so a longer source is compared
-   with gdnsd's answer to the capped source.  Skipped only while ``pop53.mapping`` does not exist.
+   with gdnsd's answer to the capped source.
 """
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 
 import pytest
@@ -25,8 +24,8 @@ import pytest
 from tests.support import mapping_data as md
 from tests.support.mapping_peers import GdnsdServer, Pop53MappingServer, ask
 
-pytestmark = pytest.mark.skipif(not GdnsdServer.available(),
-                                reason="gdnsd is not installed (scripts/setup.sh)")
+if not GdnsdServer.available():
+    raise RuntimeError("gdnsd is not installed: scripts/setup.sh installs it")
 
 #: pop53's default ECS source-length caps (issue 10: "defaults /24 and /56").
 POP53_ECS_CAP = {4: 24, 6: 56}
@@ -85,14 +84,6 @@ def test_the_oracle_is_not_trivial():
 # pop53 against gdnsd
 
 
-def _pop53_mapping_missing() -> str | None:
-    try:
-        found = importlib.util.find_spec("pop53.mapping") is not None
-    except ModuleNotFoundError:
-        found = False
-    return None if found else "pop53.mapping is not on this branch yet (issue 10)"
-
-
 def _capped(ecs):
     if ecs is None or ecs[1] == 0:
         return ecs
@@ -103,16 +94,28 @@ def _capped(ecs):
     return str(md.lookup_address(addr, cap)), cap
 
 
-@pytest.mark.skipif(_pop53_mapping_missing() is not None,
-                    reason=_pop53_mapping_missing() or "")
+def _pop53_expected(gdnsd_reply, ecs):
+    """gdnsd's reply to the capped source, as pop53 must answer the uncapped one: a source cut
+    to the cap is looked up as the cap's block, so that whole block gets one answer and the scope
+    never claims more than the cap (scope = min(k*, cap); for sources within the cap, k*)."""
+    capped = _capped(ecs)
+    if capped is None or capped == ecs or gdnsd_reply.scope is None:
+        return gdnsd_reply
+    return type(gdnsd_reply)(gdnsd_reply.rcode, gdnsd_reply.addresses,
+                             min(gdnsd_reply.scope, capped[1]))
+
+
 def test_pop53_matches_gdnsd(case):
     name, spec, gdnsd = case
+    if any(net.version == 6 and net.prefixlen > 64 for net, _ in spec.maps[0].entries):
+        pytest.skip("pop53 maps IPv6 on the top 64 bits and rejects longer prefixes "
+                    "(docs/mapping.md); gdnsd alone is checked on this map")
     qname = spec.mapped[0].name
     bad = []
     qs = queries(name, spec.maps[0])
     with Pop53MappingServer(spec) as pop53:
         for q in qs:
-            want = ask(gdnsd, qname, q.qtype, _capped(q.ecs))
+            want = _pop53_expected(ask(gdnsd, qname, q.qtype, _capped(q.ecs)), q.ecs)
             got = ask(pop53, qname, q.qtype, q.ecs)
             if got != want:
                 bad.append(f"{q.qtype} ecs={q.ecs}: pop53 rcode {got.rcode} "
