@@ -102,9 +102,69 @@ class _ZoneBuild:
         self.apex: _Node | None = None
 
     def build(self) -> None:
+        if self.data.records is not None:
+            self._nodes_from_records()
+        else:
+            self._nodes_from_dnspython()
+        self._structure()
+
+    def _nodes_from_records(self) -> None:
+        """Nodes from the scanner's columns: RRsets are runs of (name, type, covers) in one
+        sort; TTL is the RRset's lowest (as dnspython's update_ttl), duplicates dropped."""
+        r = self.data.records
         nodes = self.nodes
         okey = self.key
-        olabels = len(self.origin) - 1
+        keys = r.keys()
+        cov = r.covers()
+        order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+        rd = r.rdata
+        cut, cname, dname = F["CUT"], F["CNAME"], F["DNAME"]
+        pn = pt = pc = -1
+        n = wires = None
+        for nd, t, c, ttl, off, ln in zip(r.node[order].tolist(), r.type[order].tolist(),
+                                          cov[order].tolist(), r.ttl[order].tolist(),
+                                          r.rdoff[order].tolist(), r.rdlen[order].tolist()):
+            w = rd[off:off + ln]
+            if nd == pn and t == pt and c == pc:
+                if w not in wires:
+                    wires.append(w)
+                if ttl < rrset[1]:
+                    rrset[1] = ttl
+                continue
+            if nd != pn:
+                key = keys[nd]
+                n = nodes[key] = _Node(key, _labels(key))
+                pn = nd
+            pt, pc = t, c
+            wires = [w]
+            rrset = [t, ttl, wires, (), c]
+            n.rrsets.append(rrset)
+            if t == _T_CNAME:
+                n.flags |= cname
+            elif t == _T_DNAME:
+                n.flags |= dname
+            elif t == _T_NS and key != okey:
+                n.flags |= cut
+        for n in nodes.values():
+            for i, rrset in enumerate(n.rrsets):
+                t = rrset[0]
+                if len(rrset[2]) > 65535:
+                    raise ZoneError("RRset or RDATA too large for the wire format",
+                                    owner=n.key.decode("ascii", "replace"),
+                                    zone=self.origin.to_text(), file=self.data.source)
+                if t == _T_NS:
+                    rrset[3] = [w.lower() for w in rrset[2]]
+                elif t == _T_MX:
+                    rrset[3] = [w[2:].lower() for w in rrset[2]]
+                elif t == _T_SRV:
+                    rrset[3] = [w[6:].lower() for w in rrset[2]]
+                elif t == _T_SOA and n.key == okey:
+                    self.neg_ttl = min(rrset[1], int.from_bytes(rrset[2][0][-4:], "big"))
+                n.rrsets[i] = tuple(rrset)
+
+    def _nodes_from_dnspython(self) -> None:
+        nodes = self.nodes
+        okey = self.key
         for name, node in self.data.zone.nodes.items():
             key = name.to_wire().lower()
             n = nodes.get(key)
@@ -136,6 +196,11 @@ class _ZoneBuild:
                     n.flags |= F["CUT"]
                 elif rtype == _T_SOA and key == okey:
                     self.neg_ttl = min(int(rds.ttl), int(rds[0].minimum))
+
+    def _structure(self) -> None:
+        nodes = self.nodes
+        okey = self.key
+        olabels = len(self.origin) - 1
         # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2).
         for key in list(nodes):
             n = nodes[key]

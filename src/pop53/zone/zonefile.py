@@ -7,7 +7,6 @@ the file, the line and the owner.  The same checks run on zones that arrive by t
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 
@@ -58,18 +57,36 @@ class _Reader(dns.zonefile.Reader):
         return fname, self.start_line or line
 
 
-@dataclasses.dataclass(frozen=True)
 class ZoneData:
-    """A validated zone: the dnspython zone (absolute names) plus where each RRset came from."""
+    """A validated zone: its records, as a dnspython zone (absolute names) and/or in the flat
+    form the scanner makes (`records`, pop53.zone.records), plus where each RRset came from.
+    A zone read by the scanner builds its dnspython zone only when something asks for it
+    (transfers out, incremental updates): the compiler reads `records`."""
 
-    origin: dns.name.Name
-    zone: dns.zone.Zone
-    source: str
-    lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
-    warnings: list = dataclasses.field(default_factory=list)
+    def __init__(self, origin: dns.name.Name, zone: dns.zone.Zone | None = None,
+                 source: str = "<string>", lines: dict | None = None,
+                 warnings: list | None = None, records=None):
+        self.origin = origin
+        self._zone = zone
+        self.source = source
+        self.lines = lines if lines is not None else {}  # (Name, rdatatype) -> line in `source`
+        self.warnings = warnings if warnings is not None else []
+        self.records = records
+
+    def __repr__(self) -> str:
+        return f"ZoneData({self.origin}, {self.source!r})"
+
+    @property
+    def zone(self) -> dns.zone.Zone:
+        if self._zone is None and self.records is not None:
+            self._zone = self.records.to_dnspython(self.origin)
+        return self._zone
 
     @property
     def serial(self) -> int:
+        if self._zone is None and self.records is not None:
+            from pop53.zone.checks import soa_serial
+            return soa_serial(self.records, self.origin)
         return self.zone.get_soa().serial
 
     def where(self, name: dns.name.Name, rdtype: int | None = None) -> int | None:
@@ -96,18 +113,41 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
     """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
     if origin is None:
-        origin = _guess_origin(text, path)
+        origin = _guess_origin(raw.decode("utf-8", "surrogateescape"), path)
     elif isinstance(origin, str):
         try:
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return zone_from_text(text, origin, source=path)
+    return zone_from_bytes(raw, origin, source=path)
+
+
+def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+    """Parse master-file bytes: the Cython scanner (pop53.zone.records), or dnspython's reader
+    for the files the scanner hands back (non-ASCII text, $GENERATE, $UNICODE) and when
+    POP53_ZONE_PARSER=dnspython (the reference path the differential tests compare with)."""
+    if os.environ.get("POP53_ZONE_PARSER") != "dnspython":
+        from pop53.zone import records as _records
+        try:
+            recs = _records.scan_bytes(raw, origin, source)
+        except _records.ZoneScanFallback:
+            recs = None
+        except _records.ZoneScanError as exc:
+            msg, fname, line, owner = exc.args
+            raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
+        if recs is not None:
+            from pop53.zone.checks import validate_records
+            data = ZoneData(origin=origin, source=source, records=recs)
+            validate_records(data)
+            return data
+    # what open() in text mode gave dnspython: universal newlines
+    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    return zone_from_text(text, origin, source)
 
 
 def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:

@@ -1,0 +1,177 @@
+"""The flat record form of a zone, and the zone-file scanner that produces it (issue 15).
+
+`Records` holds a zone as columns rather than objects: every distinct owner name once (wire
+form, as written; nodes are found case-insensitively), and per record its node, type, TTL,
+RDATA (uncompressed wire form), file and line.  The class is always IN (the reader rejects any
+other).  The compiler (pop53.zone.compiler) and the checks (pop53.zone.checks) read these
+columns; a dnspython zone is built from them only when something asks for one (transfers out).
+
+`scan_file` runs the Cython scanner (ext/zonescan.pxi); whatever it is not sure of it hands to
+dnspython one record at a time (`_Hooks.rdata`), so the two accept the same text.
+"""
+from __future__ import annotations
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.RRSIG  # noqa: F401  (the RRSIG class: covers())
+import numpy as np
+
+from pop53 import _core
+
+ZoneScanError = _core.ZoneScanError
+ZoneScanFallback = _core.ZoneScanFallback
+
+_IN = dns.rdataclass.IN
+
+
+class _Hooks:
+    """What the scanner asks the control plane (only off its common path)."""
+
+    def __init__(self, zone_origin: dns.name.Name):
+        self.zone_origin = zone_origin
+        self._names: dict[bytes, dns.name.Name] = {}
+        self._types: dict[str, int] = {}
+
+    def _name(self, wire: bytes) -> dns.name.Name:
+        n = self._names.get(wire)
+        if n is None:
+            n = self._names[wire] = dns.name.from_wire(wire, 0)[0]
+        return n
+
+    def rdata(self, rdtype: int, text: str, origin_wire: bytes) -> bytes:
+        # dns.zonefile.Reader._rr_line: any exception from an rdata parser is a syntax error
+        try:
+            rd = dns.rdata.from_text(_IN, rdtype, text, self._name(origin_wire), False,
+                                     self.zone_origin)
+            return rd.to_wire()
+        except dns.exception.SyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 (the reader's own rule, see above)
+            raise ValueError(f"caught exception {type(exc)}: {exc}") from None
+
+    def rdtype(self, text: str) -> int:
+        t = self._types.get(text)
+        if t is None:
+            try:
+                t = int(dns.rdatatype.from_text(text))
+            except Exception:  # noqa: BLE001
+                t = -1
+            self._types[text] = t
+        return t
+
+    def rdclass(self, text: str) -> int:
+        try:
+            return int(dns.rdataclass.from_text(text))
+        except dns.exception.SyntaxError:
+            raise
+        except Exception:  # noqa: BLE001  (not a class: dnspython reads it as TTL or type)
+            return -1
+
+    def name_error(self, text: bytes, origin_wire: bytes) -> str:
+        try:
+            dns.name.from_text(text.decode("ascii"), self._name(origin_wire) if origin_wire else None)
+        except Exception as exc:  # noqa: BLE001
+            return str(exc) or type(exc).__name__
+        return "bad name"
+
+    def name_text(self, wire: bytes) -> str:
+        return dns.name.from_wire(wire, 0)[0].to_text()
+
+    def is_generic(self, rdtype: int) -> bool:
+        return dns.rdata.get_rdata_class(_IN, rdtype) is dns.rdata.GenericRdata
+
+
+class Records:
+    """A zone's records as columns (see the module docstring).  Arrays are numpy views over
+    the scanner's buffers; `files[file[i]]` is the file record i came from."""
+
+    __slots__ = ("names", "node_off", "node_len", "node", "type", "ttl", "rdoff", "rdlen", "line",
+                 "file", "rdata", "files", "_keys")
+
+    def __init__(self, cols: dict):
+        self.names: bytes = cols["names"]
+        self.node_off = np.frombuffer(cols["node_off"], dtype=np.uint32)
+        self.node_len = np.frombuffer(cols["node_len"], dtype=np.uint8)
+        self.node = np.frombuffer(cols["node"], dtype=np.uint32)
+        self.type = np.frombuffer(cols["type"], dtype=np.uint16)
+        self.ttl = np.frombuffer(cols["ttl"], dtype=np.uint32)
+        self.rdoff = np.frombuffer(cols["rdoff"], dtype=np.uint64)
+        self.rdlen = np.frombuffer(cols["rdlen"], dtype=np.uint16)
+        self.line = np.frombuffer(cols["line"], dtype=np.uint32)
+        self.file = np.frombuffer(cols["file"], dtype=np.uint16)
+        self.rdata: bytes = cols["rdata"]
+        self.files: list[str] = cols["files"]
+        self._keys = None
+
+    def __len__(self) -> int:
+        return len(self.type)
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.node_off)
+
+    def owner_wire(self, node: int) -> bytes:
+        o = int(self.node_off[node])
+        return self.names[o:o + int(self.node_len[node])]
+
+    def owner_name(self, node: int) -> dns.name.Name:
+        return dns.name.from_wire(self.owner_wire(node), 0)[0]
+
+    def keys(self) -> list[bytes]:
+        """Every node's lowercased wire name (the compiler's lookup key), by node index."""
+        if self._keys is None:
+            names = self.names.lower()    # label lengths are < 64, below 'A' (65): untouched
+            offs, lens = self.node_off.tolist(), self.node_len.tolist()
+            self._keys = [names[o:o + n] for o, n in zip(offs, lens)]
+        return self._keys
+
+    def rdata_of(self, i: int) -> bytes:
+        o = int(self.rdoff[i])
+        return self.rdata[o:o + int(self.rdlen[i])]
+
+    def covers(self) -> np.ndarray:
+        """Per record: the type an RRSIG covers (its first two RDATA bytes), else 0."""
+        out = np.zeros(len(self), dtype=np.uint16)
+        sig = np.nonzero(self.type == 46)[0]
+        if len(sig):
+            rd = np.frombuffer(self.rdata, dtype=np.uint8)
+            off = self.rdoff[sig].astype(np.int64)
+            out[sig] = (rd[off].astype(np.uint16) << 8) | rd[off + 1]
+        return out
+
+    def where(self, i: int) -> tuple[str, int]:
+        return self.files[int(self.file[i])], int(self.line[i])
+
+    def iter_records(self):
+        """(owner wire, type, ttl, rdata wire) per record, in file order (tests, transfers)."""
+        names = [self.owner_wire(n) for n in range(self.n_nodes)]
+        rd = self.rdata
+        for node, t, ttl, off, ln in zip(self.node.tolist(), self.type.tolist(), self.ttl.tolist(),
+                                         self.rdoff.tolist(), self.rdlen.tolist()):
+            yield names[node], t, ttl, rd[off:off + ln]
+
+    def to_dnspython(self, origin: dns.name.Name):
+        """A dnspython zone of these records (absolute names), for the code that needs one."""
+        import dns.zone
+
+        zone = dns.zone.Zone(origin, _IN, relativize=False)
+        names = [self.owner_name(n) for n in range(self.n_nodes)]
+        rd = self.rdata
+        with zone.writer(True) as txn:
+            for node, t, ttl, off, ln in zip(self.node.tolist(), self.type.tolist(),
+                                             self.ttl.tolist(), self.rdoff.tolist(),
+                                             self.rdlen.tolist()):
+                r = dns.rdata.from_wire(_IN, t, rd, off, ln, None)
+                txn.add(names[node], ttl, r)
+        return zone
+
+
+def scan_bytes(data: bytes, origin: dns.name.Name, source: str) -> Records:
+    """Scan master-file bytes for zone `origin`.  Raises ZoneScanError (message, file, line,
+    owner) or ZoneScanFallback (the caller uses dnspython's reader for this file)."""
+    scanner = _core.ZoneScanner(origin.to_wire(), _Hooks(origin))
+    scanner.scan(data, source)
+    return Records(scanner.result())
