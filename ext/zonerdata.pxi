@@ -76,7 +76,7 @@ cdef int zr_end(ZoneScanner s) except -1:
     return 0 if k == ZT_EOL else 1
 
 
-cdef int zr_unescape(ZoneScanner s, Py_ssize_t maxlen) except -1:
+cdef Py_ssize_t zr_unescape(ZoneScanner s, Py_ssize_t maxlen) except -2:
     """The current token's bytes with \\DDD and \\X applied (dns.tokenizer unescape_to_bytes),
     appended to rd; its length, or -1 when malformed or longer than maxlen."""
     cdef Py_ssize_t i = 0, n = 0

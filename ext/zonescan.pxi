@@ -11,6 +11,7 @@
 # ZoneScanFallback so the caller parses the file with dnspython.  RDATA parsers: zonerdata.pxi.
 
 from libc.stdlib cimport realloc
+from libc.string cimport memchr
 
 cdef extern from "<arpa/inet.h>" nogil:
     int zs_inet_pton "inet_pton"(int af, const char* src, void* dst)
@@ -497,6 +498,8 @@ cdef class ZoneScanner:
                         break
                     if c == 10:
                         self.fail("newline in quoted string")
+                    if c >= 0x80:
+                        raise ZoneScanFallback("non-ASCII text")
                     if c == 92:
                         self.tesc = True
                         self.p += 1
@@ -504,6 +507,8 @@ cdef class ZoneScanner:
                             self.fail("unexpected end of input")
                         if self.p[0] == 10:
                             self.line += 1
+                        elif self.p[0] >= 0x80:
+                            raise ZoneScanFallback("non-ASCII text")
                     self.p += 1
                 self.tl = self.p - self.ts
                 self.p += 1
@@ -515,11 +520,15 @@ cdef class ZoneScanner:
                 c = self.p[0]
                 if c == 32 or c == 9 or c == 10 or c == 59 or c == 40 or c == 41 or c == 34:
                     break
+                if c >= 0x80:       # dnspython decodes UTF-8 and applies IDNA to names
+                    raise ZoneScanFallback("non-ASCII text")
                 if c == 92:
                     self.tesc = True
                     self.p += 1
                     if self.p >= self.end or self.p[0] == 10:
                         self.fail("unexpected end of input")
+                    if self.p[0] >= 0x80:
+                        raise ZoneScanFallback("non-ASCII text")
                 self.p += 1
             self.tl = self.p - self.ts
             self.kind = ZT_WORD
@@ -564,19 +573,11 @@ cdef class ZoneScanner:
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i
         cdef int k
-        for i in range(n):
-            if b[i] >= 0x80 or b[i] == 13:
-                # non-ASCII: dnspython decodes UTF-8 and applies IDNA; CR: Python's universal
-                # newlines rewrite CRLF and CR before dnspython sees the text
-                if b[i] == 13:
-                    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-                    b = <const unsigned char*>PyBytes_AS_STRING(data)
-                    n = PyBytes_GET_SIZE(data)
-                    break
-                raise ZoneScanFallback("non-ASCII text")
-        for i in range(n):
-            if b[i] >= 0x80:
-                raise ZoneScanFallback("non-ASCII text")
+        # CR: Python's universal newlines rewrite CRLF and CR before dnspython sees the text
+        if memchr(b, 13, n) != NULL:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            b = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
         self.p = b
         self.end = b + n
         self.line = 1
@@ -650,6 +651,10 @@ cdef class ZoneScanner:
         except OSError as exc:
             raise ZoneScanError(f"cannot read included file: {exc.strerror}: {exc.filename}",
                                 self.files[self.file_idx], line, None) from None
+        try:
+            text.decode("utf-8")        # dnspython reads an included file as strict UTF-8
+        except UnicodeDecodeError:
+            raise ZoneScanFallback("included file is not UTF-8") from None
         if n:
             memcpy(self.origin, self.nbuf, n)
             self.origin_len = n

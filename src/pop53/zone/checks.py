@@ -63,6 +63,13 @@ class _Checker:
             i = int(order[1:][again].min())
             problems.append((i, f"a second {_type_text(int(r.type[i]))} record at one name; only one "
                                 "is allowed (RFC 2181 §10.1, RFC 6672 §2.4)", int(r.node[i])))
+        soa = np.nonzero(r.type == _T_SOA)[0]
+        if len(soa):
+            okey = self.origin.to_wire().lower()
+            keys = r.keys()
+            below = [int(i) for i in soa.tolist() if keys[int(r.node[i])] != okey]
+            if below:   # dnspython's transaction refuses it as it reads ("non-origin SOA")
+                problems.append((below[0], "SOA record below the zone apex", int(r.node[below[0]])))
         base = np.where(r.type == _T_RRSIG, cov, r.type)
         cname = base == _T_CNAME
         if cname.any():
@@ -164,6 +171,13 @@ def validate_records(data) -> None:
     cov = data.records.covers()
     c.reading(cov)
     c.validate()
+
+
+def check_reading(data) -> None:
+    """Only the checks dnspython makes while it reads (for the records before a syntax error:
+    the first problem in file order is the one reported)."""
+    if len(data.records):
+        _Checker(data).reading(data.records.covers())
 
 
 def soa_serial(records, origin: dns.name.Name) -> int:

@@ -173,5 +173,10 @@ def scan_bytes(data: bytes, origin: dns.name.Name, source: str) -> Records:
     """Scan master-file bytes for zone `origin`.  Raises ZoneScanError (message, file, line,
     owner) or ZoneScanFallback (the caller uses dnspython's reader for this file)."""
     scanner = _core.ZoneScanner(origin.to_wire(), _Hooks(origin))
-    scanner.scan(data, source)
+    try:
+        scanner.scan(data, source)
+    except ZoneScanError as exc:
+        # the records before the error: dnspython would have refused one of them first
+        exc.records = Records(scanner.result())
+        raise
     return Records(scanner.result())

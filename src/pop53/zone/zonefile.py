@@ -138,6 +138,8 @@ def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>")
         except _records.ZoneScanFallback:
             recs = None
         except _records.ZoneScanError as exc:
+            from pop53.zone.checks import check_reading
+            check_reading(ZoneData(origin=origin, source=source, records=exc.records))
             msg, fname, line, owner = exc.args
             raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
         if recs is not None:
