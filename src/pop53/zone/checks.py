@@ -106,8 +106,14 @@ class _Checker:
         # check_node, name by name in the order names first appear
         bad_nodes = set(r.node[(r.type == _T_SOA) & ~at_apex].tolist())
         cname_nodes = set(r.node[r.type == _T_CNAME].tolist())
-        for nd in sorted(bad_nodes | cname_nodes):
-            types = set(r.type[r.node == nd].tolist())
+        cand = bad_nodes | cname_nodes
+        cand_types: dict[int, set] = {nd: set() for nd in cand}
+        if cand:
+            m = np.isin(r.node, np.fromiter(cand, dtype=np.uint32, count=len(cand)))
+            for nd, t in zip(r.node[m].tolist(), r.type[m].tolist()):
+                cand_types[nd].add(t)
+        for nd in sorted(cand):
+            types = cand_types[nd]
             if _T_SOA in types and nd != apex:
                 self.fail("SOA record below the zone apex", nd, _T_SOA)
             if _T_CNAME in types:
@@ -125,13 +131,12 @@ class _Checker:
         if not cuts and not dnames:
             return
         index = {k: i for i, k in enumerate(keys)}
-        types_of: dict[int, set] = {}
+        by_node = np.argsort(r.node, kind="stable")
+        sorted_types = r.type[by_node]
+        bounds = np.searchsorted(r.node[by_node], np.arange(r.n_nodes + 1)).tolist()
 
         def types(nd: int) -> set:
-            t = types_of.get(nd)
-            if t is None:
-                t = types_of[nd] = set(r.type[r.node == nd].tolist())
-            return t
+            return set(sorted_types[bounds[nd]:bounds[nd + 1]].tolist())
 
         def text(nd: int) -> str:
             return r.owner_name(nd).to_text()
