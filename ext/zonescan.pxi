@@ -91,6 +91,16 @@ cdef inline int zs_lower(int c) noexcept nogil:
     return c + 32 if 65 <= c <= 90 else c
 
 
+cdef inline uint32_t zs_fmix(uint32_t h) noexcept nogil:
+    """MurmurHash3's finalizer: FNV-1a's low bits alone cluster in a linear-probing table."""
+    h ^= h >> 16
+    h *= 0x85ebca6bu
+    h ^= h >> 13
+    h *= 0xc2b2ae35u
+    h ^= h >> 16
+    return h
+
+
 cdef inline bint zs_digit(int c) noexcept nogil:
     return 48 <= c <= 57
 
@@ -344,6 +354,7 @@ cdef class ZoneScanner:
         cdef const uint8_t* lens
         for i in range(n):
             h = (h ^ <uint32_t>zs_lower(w[i])) * 16777619u
+        h = zs_fmix(h)
         if 2 * (self.nodes + 1) > self.hcap:
             cap = self.hcap * 2 if self.hcap else 1024
             nt = <uint32_t*>calloc(cap, sizeof(uint32_t))
@@ -386,7 +397,7 @@ cdef class ZoneScanner:
         cdef uint32_t h = 2166136261u
         for i in range(lens[idx]):
             h = (h ^ <uint32_t>zs_lower(w[i])) * 16777619u
-        return h
+        return zs_fmix(h)
 
     cdef int emit(self, const unsigned char* owner, int olen, int rtype, long long ttl) except -1:
         cdef uint32_t node = self.node_of(owner, olen)

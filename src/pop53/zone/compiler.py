@@ -11,6 +11,7 @@ target lists | node hash table.
 """
 from __future__ import annotations
 
+import gc
 import os
 import struct
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
@@ -244,31 +245,25 @@ def write_node(buf, off: int, key: bytes, labels: int, flags: int, cut_off: int,
     RDATA (the layout ext/p53.pxd declares; the one writer for compiler and incremental).
     `adds(i)` writes RRset i's additional-target list and returns (its offset, count), or
     (0, 0).  Returns the offset of the SOA's rrset_t, or 0."""
-    name_off = off + NODE.size
-    rrsets_off = _align4(name_off + len(key))
-    NODE.pack_into(buf, off, name_off, len(key), labels, flags, cut_off, rrsets_off, len(rrsets),
-                   zone_idx, _core.hash_name(key, seed))
-    buf[name_off:name_off + len(key)] = key
-    data = rrsets_off + RRSET.size * len(rrsets)
-    soa_off = 0
-    for i, (rtype, ttl, wires, _t, covers) in enumerate(rrsets):
-        rdata_off = data
-        for w in wires:
-            buf[data:data + 2] = len(w).to_bytes(2, "big")
-            buf[data + 2:data + 2 + len(w)] = w
-            data += 2 + len(w)
-        a_off, a_count = adds(i)
-        RRSET.pack_into(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
-                        data - rdata_off, a_off, a_count, covers if rtype == _T_RRSIG else 0)
-        if rtype == _T_SOA:
-            soa_off = rrsets_off + RRSET.size * i
-    return soa_off
+    return _core.layout_node(buf, off, key, labels, flags, cut_off, rrsets, zone_idx, seed, adds)
 
 
 def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()) -> Image:
     """Compile validated zones into one Image.  The longest matching zone answers a name.
     `expired`: origins (text or dns.name.Name) of secondary zones past their SOA expire; they
     stay in the image (so their names are not REFUSED) but every query in them gets SERVFAIL."""
+    # A compile makes millions of small acyclic objects: the cyclic collector would walk the
+    # growing heap again and again (a third of a million-name compile) and find nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile(zones, seed, expired)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
     expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
@@ -324,14 +319,11 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     for b in builds:
         b.name_off = off
         off = _align4(off + len(b.key))
+        node_size = _core.layout_node_size
         for n in b.nodes.values():
             n.off = off
-            size = NODE.size + len(n.key)
-            size = _align4(size) + RRSET.size * len(n.rrsets)
-            for rr in n.rrsets:
-                size += sum(2 + len(w) for w in rr[2])
-                n_records += len(rr[2])
-            n.size = _align4(size)
+            n.size, records = node_size(n.key, n.rrsets)
+            n_records += records
             off += n.size
             n_nodes += 1
             n_rrsets += len(n.rrsets)
@@ -356,13 +348,15 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
         for n in b.nodes.values():
             cut_off = n.cut.off if n.cut is not None else 0
 
-            def adds(i, n=n):
-                hits = add_lists.get((id(n), i))
-                if not hits:
-                    return 0, 0
-                a_off = add_offsets[(id(n), i)]
-                struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
-                return a_off, len(hits)
+            adds = None
+            if any(rr[3] for rr in n.rrsets):
+                def adds(i, n=n):
+                    hits = add_lists.get((id(n), i))
+                    if not hits:
+                        return 0, 0
+                    a_off = add_offsets[(id(n), i)]
+                    struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
+                    return a_off, len(hits)
 
             soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, cut_off, n.rrsets, b.index,
                                  seed, adds) or soa_off
