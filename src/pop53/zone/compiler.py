@@ -89,6 +89,14 @@ def _target_key(rd) -> bytes | None:
     return None
 
 
+def _chunked(order, *cols, size: int = 1 << 16):
+    """Rows of `cols` in `order`, as Python values a chunk at a time (whole-column lists of a
+    million-record zone would hold hundreds of MB of int objects at once)."""
+    for lo in range(0, len(order), size):
+        part = order[lo:lo + size]
+        yield from zip(*(c[part].tolist() for c in cols))
+
+
 class _ZoneBuild:
     """One zone's nodes keyed by lowercased wire name (bytes all the way: dns.name.Name
     operations dominate the cost of a million-name compile)."""
@@ -122,9 +130,7 @@ class _ZoneBuild:
         cut, cname, dname = F["CUT"], F["CNAME"], F["DNAME"]
         pn = pt = pc = -1
         n = wires = None
-        for nd, t, c, ttl, off, ln in zip(r.node[order].tolist(), r.type[order].tolist(),
-                                          cov[order].tolist(), r.ttl[order].tolist(),
-                                          r.rdoff[order].tolist(), r.rdlen[order].tolist()):
+        for nd, t, c, ttl, off, ln in _chunked(order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen):
             w = rd[off:off + ln]
             if nd == pn and t == pt and c == pc:
                 if w not in wires:
