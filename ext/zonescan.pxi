@@ -304,7 +304,7 @@ cdef class ZoneScanner:
     cdef unsigned char nbuf[256]
     cdef long long default_ttl, last_ttl
     cdef bint default_known, default_from_soa, last_known
-    cdef int file_idx, depth
+    cdef int file_idx, depth, pin_line
     cdef object hooks
     cdef public list files
     # outputs
@@ -625,7 +625,9 @@ cdef class ZoneScanner:
             self.want_eol()
         elif zs_ieq(self.ts, self.tl, b"$INCLUDE"):
             self.do_include()
-        elif zs_ieq(self.ts, self.tl, b"$GENERATE") or zs_ieq(self.ts, self.tl, b"$UNICODE"):
+        elif zs_ieq(self.ts, self.tl, b"$GENERATE"):
+            self.generate()
+        elif zs_ieq(self.ts, self.tl, b"$UNICODE"):
             raise ZoneScanFallback(self.tok_text())
         else:
             self.fail(f"zone file directive '{self.tok_text().upper()}' is not allowed")
@@ -685,6 +687,47 @@ cdef class ZoneScanner:
         self.last_ttl, self.last_known = slt, slk
         return 0
 
+    cdef int generate(self) except -1:
+        """$GENERATE range lhs [ttl] [class] type rhs (BIND; as dns.zonefile.Reader does it): the
+        control plane expands the templates into plain records, which are scanned here with the
+        directive's line; last name and TTL carry on as dnspython's reader leaves them."""
+        cdef list toks = []
+        cdef int k, dk, line = self.rec_line
+        cdef const unsigned char* sp
+        cdef const unsigned char* se
+        cdef int sline, smulti
+        cdef long long slt = self.last_ttl
+        cdef bint slk = self.last_known
+        while True:
+            k = self.tok()
+            if k == ZT_EOL or k == ZT_EOF:
+                break
+            toks.append((k == ZT_WORD, self.tok_text()))
+        dk = k
+        try:
+            text, explicit_ttl = self.hooks.generate(toks, self.implicit_ttl())
+        except ValueError as exc:
+            self.fail(str(exc))
+        sp, se, sline, smulti = self.p, self.end, self.line, self.multiline
+        self.pin_line = line
+        try:
+            self.p = <const unsigned char*>PyBytes_AS_STRING(text)
+            self.end = self.p + PyBytes_GET_SIZE(text)
+            self.multiline = 0
+            while True:
+                k = self.tok(True)
+                if k == ZT_EOF:
+                    break
+                if k != ZT_EOL:
+                    self.rr_line()
+        finally:
+            self.pin_line = 0
+        self.p, self.end, self.line, self.multiline = sp, se, sline, smulti
+        self.pending = dk == ZT_EOF        # the directive's own line ended the file
+        if not explicit_ttl:
+            self.last_ttl, self.last_known = slt, slk
+        return 0
+
     cdef long long implicit_ttl(self):
         if self.last_known and (not self.default_known or self.default_from_soa):
             return self.last_ttl
@@ -698,6 +741,8 @@ cdef class ZoneScanner:
         cdef long long ttl = -1, t
         cdef const unsigned char* rd_p
         cdef int rd_line, rd_multi, rc
+        if self.pin_line:
+            self.rec_line = self.pin_line
         if self.kind == ZT_WS:
             k = self.tok()
             if k == ZT_EOL or k == ZT_EOF:

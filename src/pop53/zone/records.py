@@ -77,6 +77,66 @@ class _Hooks:
             return str(exc) or type(exc).__name__
         return "bad name"
 
+    def generate(self, toks: list, implicit_ttl: int) -> tuple[bytes, bool]:
+        """$GENERATE range lhs [ttl] [class] type rhs, expanded as dns.zonefile.Reader does
+        (dns.grange, its _generate_text for $ and ${offset,width,base}) into master-file lines
+        with the TTL written out.  Returns (text, whether the directive gave a TTL)."""
+        import dns.grange
+        import dns.ttl
+        import dns.zonefile
+
+        malformed = "Text input is malformed."
+        toks = list(toks) + [(False, "")]        # the end of the line: not an identifier
+        try:
+            start, stop, step = dns.grange.from_text(toks[0][1])
+        except Exception:  # noqa: BLE001  (the reader turns any of these into one error)
+            raise ValueError(malformed) from None
+        if not toks[1][0]:
+            raise ValueError(malformed)
+        lhs, i = toks[1][1], 2
+        if not toks[i][0]:
+            raise ValueError(malformed)
+        explicit = True
+        try:
+            ttl = dns.ttl.from_text(toks[i][1])
+            i += 1
+            if not toks[i][0]:
+                raise ValueError(malformed)
+        except dns.ttl.BadTTL:
+            explicit = False
+            ttl = implicit_ttl
+            if ttl < 0:
+                raise ValueError("Missing default TTL value") from None
+        try:
+            cls = dns.rdataclass.from_text(toks[i][1])
+            i += 1
+            if not toks[i][0]:
+                raise ValueError(malformed)
+        except dns.exception.SyntaxError:
+            raise ValueError(malformed) from None
+        except ValueError:
+            raise
+        except Exception:  # noqa: BLE001  (not a class: the type follows)
+            cls = _IN
+        if cls != _IN:
+            raise ValueError("RR class is not zone's class")
+        rdtype = toks[i][1]
+        if self.rdtype(rdtype) < 0:
+            raise ValueError(f"unknown rdatatype '{rdtype}'")
+        if not toks[i + 1][0]:
+            # dns.zonefile names the token after the type here
+            raise ValueError(f"unknown rdatatype '{toks[i + 1][1]}'")
+        rhs = toks[i + 1][1]
+        out = []
+        try:
+            for n in range(start, stop + 1, step):
+                name = dns.zonefile._generate_text(lhs, n)
+                rdata = dns.zonefile._generate_text(rhs, n)
+                out.append(f"{name} {ttl} IN {rdtype} {rdata}\n")
+        except dns.exception.SyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        return "".join(out).encode("ascii"), explicit
+
     def name_text(self, wire: bytes) -> str:
         return dns.name.from_wire(wire, 0)[0].to_text()
 
