@@ -145,6 +145,12 @@ class _Checker:
             f, line = r.where(self.first_record(nd))
             return f"{data.source}:{line if f == data.source else '?'}"
 
+        def occluded(nd: int, allowed: set, why: str) -> None:
+            bad = types(nd) - allowed
+            if bad:
+                data.warnings.append(f"{where(nd)}: owner {text(nd)}: "
+                                     f"{', '.join(sorted(_type_text(t) for t in bad))} {why}")
+
         for nd, key in enumerate(keys):
             if nd == apex:
                 continue
@@ -153,20 +159,12 @@ class _Checker:
                 if p in dnames and p not in cuts:        # a DNAME at a cut is occluded
                     self.fail(f"data below the DNAME at {text(index[p])} (RFC 6672 §2.4)", nd)
                 if p in cuts:
-                    bad = types(nd) - _GLUE
-                    if bad:
-                        data.warnings.append(
-                            f"{where(nd)}: owner {text(nd)}: "
-                            f"{', '.join(sorted(_type_text(t) for t in bad))} below the "
-                            f"delegation at {text(index[p])} is occluded and will not be served")
+                    occluded(nd, _GLUE, f"below the delegation at {text(index[p])} is occluded "
+                                        "and will not be served")
                 p = p[p[0] + 1:]
             if key in cuts:
-                bad = types(nd) - _AT_CUT_OK
-                if bad:
-                    data.warnings.append(
-                        f"{where(nd)}: owner {text(nd)}: "
-                        f"{', '.join(sorted(_type_text(t) for t in bad))} at a delegation "
-                        "point is occluded by the NS records and will not be served")
+                occluded(nd, _AT_CUT_OK, "at a delegation point is occluded by the NS records "
+                                         "and will not be served")
 
 
 def validate_records(data) -> None:
