@@ -71,3 +71,81 @@ def layout_node(uint8_t[::1] buf not None, uint32_t off, bytes key, int labels, 
         if rs.type == 6:
             soa_off = rrsets_off + sizeof(rrset_t) * i
     return soa_off
+
+
+cdef int layout_labels(bytes key) except -1:
+    cdef const uint8_t* k = <const uint8_t*>PyBytes_AS_STRING(key)
+    cdef Py_ssize_t p = 0, n = len(key)
+    cdef int labels = 0
+    while p < n and k[p]:
+        p += k[p] + 1
+        labels += 1
+    return labels
+
+
+def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order not None,
+                              const uint32_t[::1] node not None, const uint16_t[::1] rtype not None,
+                              const uint16_t[::1] cov not None, const uint32_t[::1] ttl not None,
+                              const uint64_t[::1] rdoff not None, const uint16_t[::1] rdlen not None,
+                              bytes rdata, bytes okey, make_node, int f_cut, int f_cname,
+                              int f_dname):
+    """The compiler's nodes from the scanner's columns (pop53.zone.compiler._ZoneBuild): in
+    `order` (name, type, covers, file order), runs of one (name, type, covers) are an RRset
+    with the lowest TTL (dnspython's update_ttl) and no repeated RDATA.  Adds
+    make_node(key, labels) objects to `nodes`, each with .rrsets = [(type, ttl, [rdata],
+    [additional target keys] or (), covers)] and .flags.  Returns the apex SOA's negative
+    TTL (min of its TTL and MINIMUM, RFC 2308 §5), or 0."""
+    cdef Py_ssize_t j, i, m = order.shape[0]
+    cdef long pn = -1, pt = -1, pc = -1, nd, t, c
+    cdef uint32_t tt, neg = 0
+    cdef const char* rd = PyBytes_AS_STRING(rdata)
+    cdef list wires = None, rrset = None, rrsets = None, targets
+    cdef object n = None
+    cdef bytes key, w
+    cdef uint64_t off
+    for j in range(m):
+        i = order[j]
+        nd, t, c, tt = node[i], rtype[i], cov[i], ttl[i]
+        off = rdoff[i]
+        w = PyBytes_FromStringAndSize(rd + off, rdlen[i])
+        if nd == pn and t == pt and c == pc:
+            if w not in wires:
+                wires.append(w)
+            if tt < <uint32_t>rrset[1]:
+                rrset[1] = tt
+            continue
+        if nd != pn:
+            key = <bytes>keys[nd]
+            n = make_node(key, layout_labels(key))
+            nodes[key] = n
+            rrsets = n.rrsets
+            pn = nd
+        pt, pc = t, c
+        wires = [w]
+        rrset = [t, tt, wires, (), c]
+        rrsets.append(rrset)
+        if t == 5:
+            n.flags |= f_cname
+        elif t == 39:
+            n.flags |= f_dname
+        elif t == 2 and key != okey:
+            n.flags |= f_cut
+    for key, n in nodes.items():
+        rrsets = n.rrsets
+        for j in range(len(rrsets)):
+            rrset = <list>rrsets[j]
+            t = rrset[0]
+            wires = <list>rrset[2]
+            if len(wires) > 65535:
+                raise OverflowError(key)
+            if t == 2:
+                rrset[3] = [x.lower() for x in wires]
+            elif t == 15:
+                rrset[3] = [x[2:].lower() for x in wires]
+            elif t == 33:
+                rrset[3] = [x[6:].lower() for x in wires]
+            elif t == 6 and key == okey:
+                w = <bytes>wires[0]
+                neg = min(<uint32_t>rrset[1], rd32(<const uint8_t*>PyBytes_AS_STRING(w) + len(w) - 4))
+            rrsets[j] = tuple(rrset)
+    return neg

@@ -89,14 +89,6 @@ def _target_key(rd) -> bytes | None:
     return None
 
 
-def _chunked(order, *cols, size: int = 1 << 16):
-    """Rows of `cols` in `order`, as Python values a chunk at a time (whole-column lists of a
-    million-record zone would hold hundreds of MB of int objects at once)."""
-    for lo in range(0, len(order), size):
-        part = order[lo:lo + size]
-        yield from zip(*(c[part].tolist() for c in cols))
-
-
 class _ZoneBuild:
     """One zone's nodes keyed by lowercased wire name (bytes all the way: dns.name.Name
     operations dominate the cost of a million-name compile)."""
@@ -118,56 +110,20 @@ class _ZoneBuild:
         self._structure()
 
     def _nodes_from_records(self) -> None:
-        """Nodes from the scanner's columns: RRsets are runs of (name, type, covers) in one
-        sort; TTL is the RRset's lowest (as dnspython's update_ttl), duplicates dropped."""
+        """Nodes from the scanner's columns (ext/layout.pxi): RRsets are runs of (name, type,
+        covers) in one sort; TTL is the RRset's lowest (as dnspython's update_ttl), duplicates
+        dropped."""
         r = self.data.records
-        nodes = self.nodes
-        okey = self.key
-        keys = r.keys()
         cov = r.covers()
         order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
-        rd = r.rdata
-        cut, cname, dname = F["CUT"], F["CNAME"], F["DNAME"]
-        pn = pt = pc = -1
-        n = wires = None
-        for nd, t, c, ttl, off, ln in _chunked(order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen):
-            w = rd[off:off + ln]
-            if nd == pn and t == pt and c == pc:
-                if w not in wires:
-                    wires.append(w)
-                if ttl < rrset[1]:
-                    rrset[1] = ttl
-                continue
-            if nd != pn:
-                key = keys[nd]
-                n = nodes[key] = _Node(key, _labels(key))
-                pn = nd
-            pt, pc = t, c
-            wires = [w]
-            rrset = [t, ttl, wires, (), c]
-            n.rrsets.append(rrset)
-            if t == _T_CNAME:
-                n.flags |= cname
-            elif t == _T_DNAME:
-                n.flags |= dname
-            elif t == _T_NS and key != okey:
-                n.flags |= cut
-        for n in nodes.values():
-            for i, rrset in enumerate(n.rrsets):
-                t = rrset[0]
-                if len(rrset[2]) > 65535:
-                    raise ZoneError("RRset or RDATA too large for the wire format",
-                                    owner=n.key.decode("ascii", "replace"),
-                                    zone=self.origin.to_text(), file=self.data.source)
-                if t == _T_NS:
-                    rrset[3] = [w.lower() for w in rrset[2]]
-                elif t == _T_MX:
-                    rrset[3] = [w[2:].lower() for w in rrset[2]]
-                elif t == _T_SRV:
-                    rrset[3] = [w[6:].lower() for w in rrset[2]]
-                elif t == _T_SOA and n.key == okey:
-                    self.neg_ttl = min(rrset[1], int.from_bytes(rrset[2][0][-4:], "big"))
-                n.rrsets[i] = tuple(rrset)
+        try:
+            self.neg_ttl = _core.layout_nodes_from_records(
+                self.nodes, r.keys(), order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen, r.rdata,
+                self.key, _Node, F["CUT"], F["CNAME"], F["DNAME"])
+        except OverflowError as exc:
+            raise ZoneError("RRset or RDATA too large for the wire format",
+                            owner=dns.name.from_wire(exc.args[0], 0)[0].to_text(),
+                            zone=self.origin.to_text(), file=self.data.source) from None
 
     def _nodes_from_dnspython(self) -> None:
         nodes = self.nodes
