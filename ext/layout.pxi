@@ -93,8 +93,8 @@ def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order no
     `order` (name, type, covers, file order), runs of one (name, type, covers) are an RRset
     with the lowest TTL (dnspython's update_ttl) and no repeated RDATA.  Adds
     make_node(key, labels) objects to `nodes`, each with .rrsets = [(type, ttl, [rdata],
-    [additional target keys] or (), covers)] and .flags.  Returns the apex SOA's negative
-    TTL (min of its TTL and MINIMUM, RFC 2308 §5), or 0."""
+    [additional target keys] or (), covers)] and .flags.  Returns (the apex SOA's negative
+    TTL: min of its TTL and MINIMUM, RFC 2308 §5, or 0; the nodes that have targets)."""
     cdef Py_ssize_t j, i, m = order.shape[0]
     cdef long pn = -1, pt = -1, pc = -1, nd, t, c
     cdef uint32_t tt, neg = 0
@@ -130,8 +130,11 @@ def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order no
             n.flags |= f_dname
         elif t == 2 and key != okey:
             n.flags |= f_cut
+    cdef list with_targets = []
+    cdef bint has
     for key, n in nodes.items():
         rrsets = n.rrsets
+        has = False
         for j in range(len(rrsets)):
             rrset = <list>rrsets[j]
             t = rrset[0]
@@ -140,12 +143,17 @@ def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order no
                 raise OverflowError(key)
             if t == 2:
                 rrset[3] = [x.lower() for x in wires]
+                has = True
             elif t == 15:
                 rrset[3] = [x[2:].lower() for x in wires]
+                has = True
             elif t == 33:
                 rrset[3] = [x[6:].lower() for x in wires]
+                has = True
             elif t == 6 and key == okey:
                 w = <bytes>wires[0]
                 neg = min(<uint32_t>rrset[1], rd32(<const uint8_t*>PyBytes_AS_STRING(w) + len(w) - 4))
             rrsets[j] = tuple(rrset)
-    return neg
+        if has:
+            with_targets.append(n)
+    return neg, with_targets

@@ -101,6 +101,7 @@ class _ZoneBuild:
         self.nodes: dict[bytes, _Node] = {}
         self.neg_ttl = 0
         self.apex: _Node | None = None
+        self.with_targets: list | None = None   # nodes with NS/MX/SRV targets, when known
 
     def build(self) -> None:
         if self.data.records is not None:
@@ -117,7 +118,7 @@ class _ZoneBuild:
         cov = r.covers()
         order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
         try:
-            self.neg_ttl = _core.layout_nodes_from_records(
+            self.neg_ttl, self.with_targets = _core.layout_nodes_from_records(
                 self.nodes, r.keys(), order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen, r.rdata,
                 self.key, _Node, F["CUT"], F["CNAME"], F["DNAME"])
         except OverflowError as exc:
@@ -254,7 +255,7 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
     # Additional-section targets, resolved across every zone of the image.
     add_lists: dict[int, list[_Node]] = {}
     for b in builds:
-        for n in b.nodes.values():
+        for n in (b.with_targets if b.with_targets is not None else b.nodes.values()):
             for i, rr in enumerate(n.rrsets):
                 if not rr[3]:
                     continue
@@ -269,6 +270,7 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
                 if hits:
                     add_lists[(id(n), i)] = hits
 
+    has_adds = {k[0] for k in add_lists}
     n_zones = len(builds)
     ztab_size = _pow2_at_least(2 * n_zones + 1)
     off = HEADER.size
@@ -311,7 +313,7 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
             cut_off = n.cut.off if n.cut is not None else 0
 
             adds = None
-            if any(rr[3] for rr in n.rrsets):
+            if id(n) in has_adds:
                 def adds(i, n=n):
                     hits = add_lists.get((id(n), i))
                     if not hits:
