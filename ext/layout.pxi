@@ -153,7 +153,9 @@ def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order no
             elif t == 6 and key == okey:
                 w = <bytes>wires[0]
                 neg = min(<uint32_t>rrset[1], rd32(<const uint8_t*>PyBytes_AS_STRING(w) + len(w) - 4))
+            rrset[2] = tuple(wires)           # tuples: no spare slots (a million names)
             rrsets[j] = tuple(rrset)
+        n.rrsets = tuple(rrsets)
         if has:
             with_targets.append(n)
     return neg, with_targets

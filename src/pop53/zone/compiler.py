@@ -338,7 +338,8 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
             slot = (slot + 1) & (ztab_size - 1)
         struct.pack_into("<I", buf, ztab_off + 4 * slot, b.index + 1)
     struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
-    return Image(bytes(buf))
+    # the buffer itself (no second copy of a 100 MB image at the peak); nothing else holds it
+    return Image(buf)
 
 
 def compile_zones(paths, seed: int | None = None) -> Image:
