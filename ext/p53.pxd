@@ -114,6 +114,8 @@ cdef enum:
     T_OPT = 41
     T_DS = 43
     T_RRSIG = 46
+    T_NSEC = 47
+    T_NSEC3 = 50
     T_TKEY = 249
     T_TSIG = 250
     T_IXFR = 251

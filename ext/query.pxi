@@ -153,8 +153,12 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     cdef const rrset_t* all_rs
     cdef uint32_t i, pos = 0
     cdef uint16_t qtype = c.q.qtype
-    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does)
-    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and qtype != T_ANY else NULL
+    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does).
+    # RRSIG and NSEC may live beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5), so they are
+    # answered at the owner too, as Knot does; NSEC3 as well (it lives at hashed owner names,
+    # RFC 5155 §3, so NODATA there, as NSD answers) rather than another name's data (issue 9).
+    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and \
+        qtype != T_ANY and qtype != T_RRSIG and qtype != T_NSEC and qtype != T_NSEC3 else NULL
     if rs != NULL:
         if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
             c.w.tc = True
@@ -307,12 +311,12 @@ cdef void chaos_answer(ctx_t* c) noexcept nogil:
     elif name_eq(q.qname, q.qname_len, CH_VERSION_BIND) or name_eq(q.qname, q.qname_len, CH_VERSION_SERVER):
         text = c.cfg.version
         tlen = c.cfg.version_len
-    if tlen == 0:
+    if tlen == 0 or (q.qtype != T_TXT and q.qtype != T_ANY):
+        # the convention is TXT (RFC 4892 §2) and no CHAOS zone gives a SOA for a negative
+        # answer: another type is refused, as Knot and NSD do (issue 9)
         c.rcode = RC_REFUSED
         return
     c.aa = True
-    if q.qtype != T_TXT and q.qtype != T_ANY:
-        return
     rdata[0] = <uint8_t>tlen
     memcpy(rdata + 1, text, tlen)
     if w_rr(&c.w, 12, NULL, T_TXT, C_CH, 0, rdata, tlen + 1, NULL) != 0:
@@ -433,7 +437,7 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                                                      cookies on: NOERROR + our cookie, RFC 7873 §5.4)
         EDNS version > 0                          -> BADVERS
         NOTIFY, AXFR/IXFR, TSIG-signed            -> control plane (a fallback reply is written)
-        class not IN/CH, name in no served zone   -> REFUSED
+        class not IN/CH/ANY, name in no zone      -> REFUSED (QCLASS ANY: the IN answer, AA clear)
     Error replies carry at most the header, the question and OPT.
     \\brief returns ACT_DROP, ACT_REPLY or ACT_CONTROL; *outlen = reply length (outcap >= 512).
     img may be NULL (no zones loaded yet): every IN query is then REFUSED.  client: the
@@ -504,12 +508,14 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     elif q.ctl:
         # the fallback when no control plane takes it: refuse politely
         act = ACT_CONTROL
-        c.rcode = RC_NOTIMP if q.ctl == CTL_XFR else RC_REFUSED
+        # (REFUSED for a transfer we do not give, as NSD and BIND; AXFR over UDP is not
+        # defined, RFC 5936 §4.2: NOTIMP, as Knot and NSD)
+        c.rcode = RC_NOTIMP if (q.ctl == CTL_XFR and q.qtype == T_AXFR and not tcp) else RC_REFUSED
         st.control += 1
     elif admit(q, st) != ACT_REPLY:
         st.dropped += 1
         return ACT_DROP
-    elif q.qclass == C_IN:
+    elif q.qclass == C_IN or q.qclass == C_ANY:
         if img == NULL:
             c.rcode = RC_REFUSED
         else:
@@ -520,6 +526,10 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                 c.pending = False
                 t = &c.tgt[c.depth & 1]
                 resolve(&c, t.name, t.len, t.loff, t.labels, t.sh, c.pending_owner)
+            if q.qclass == C_ANY:
+                # QCLASS * gets the IN data, never authoritative: a server cannot know it has
+                # every class (RFC 1034 §3.7.1); NSD clears AA too, Knot sets it.
+                c.aa = False
     elif q.qclass == C_CH:
         chaos_answer(&c)
     else:

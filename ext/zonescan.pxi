@@ -425,6 +425,12 @@ cdef class ZoneScanner:
     cdef int fail(self, msg, owner=None) except -1:
         raise ZoneScanError(msg, self.files[self.file_idx], self.rec_line, owner)
 
+    cdef int nul(self) except -1:
+        """A raw NUL octet in a token is an error unless written \\000 (RFC 1035 §5.1; NSD cuts
+        the name there, Knot rejects the file).  The line is the token's own."""
+        raise ZoneScanError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)",
+                            self.files[self.file_idx], self.line, None)
+
     cdef str tok_text(self):
         return (<const char*>self.ts)[:self.tl].decode("ascii")
 
@@ -511,6 +517,8 @@ cdef class ZoneScanner:
                         self.fail("newline in quoted string")
                     if c >= 0x80:
                         raise ZoneScanFallback("non-ASCII text")
+                    if c == 0:
+                        self.nul()
                     if c == 92:
                         self.tesc = True
                         self.p += 1
@@ -533,6 +541,8 @@ cdef class ZoneScanner:
                     break
                 if c >= 0x80:       # dnspython decodes UTF-8 and applies IDNA to names
                     raise ZoneScanFallback("non-ASCII text")
+                if c == 0:
+                    self.nul()
                 if c == 92:
                     self.tesc = True
                     self.p += 1
@@ -659,7 +669,7 @@ cdef class ZoneScanner:
         if self.depth >= ZS_MAX_INCLUDE:
             self.fail("$INCLUDE nested too deep")
         try:
-            with open(fname, "rb") as f:
+            with open(self.hooks.include_path(fname), "rb") as f:
                 text = f.read()
         except OSError as exc:
             raise ZoneScanError(f"cannot read included file: {exc.strerror}: {exc.filename}",

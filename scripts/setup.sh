@@ -13,10 +13,13 @@ APT_PACKAGES=(
   nsd                        # differential tests, XFR interop, bench
   bind9 bind9-dnsutils       # bench, XFR interop
   pdns-server pdns-backend-bind  # bench
+  gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
+  nats-server                # the metadata feed (JetStream)
   iproute2 iputils-ping procps psmisc  # namespaces, process control
+  systemd                    # systemd-analyze verify of dist/systemd/pop53.service
 )
 
 if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
@@ -38,5 +41,5 @@ if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -r requirements/build.txt
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench]"
 echo "setup: ok"

@@ -38,13 +38,13 @@ def _load(path, origin, parser: str):
 def rrsets(data) -> dict:
     """(lowercased owner, type, covers) -> (ttl, rdata wires in order), from either form."""
     out = {}
-    if data.records is None:
+    if data.columns is None:
         for name, node in data.zone.nodes.items():
             for rds in node.rdatasets:
                 out[(name.to_wire().lower(), int(rds.rdtype), int(rds.covers))] = (
                     rds.ttl, [rd.to_wire() for rd in rds])
         return out
-    r = data.records
+    r = data.columns
     keys = r.keys()
     cov = r.covers().tolist()
     for i, (node, t, ttl) in enumerate(zip(r.node.tolist(), r.type.tolist(), r.ttl.tolist())):
@@ -61,7 +61,7 @@ def rrsets(data) -> dict:
 def assert_same(path, origin=None):
     ref = _load(path, origin, "dnspython")
     new = _load(path, origin, "scanner")
-    assert ref.records is None
+    assert ref.columns is None
     assert rrsets(new) == rrsets(ref), path
     assert new.serial == ref.serial
     assert sorted(new.warnings) == sorted(ref.warnings)
@@ -74,7 +74,7 @@ def assert_same(path, origin=None):
 @pytest.mark.parametrize("path", REPO_ZONES, ids=lambda p: str(p.relative_to(REPO)))
 def test_repo_zones_same_records_and_image(path):
     new = assert_same(path)
-    assert new.records is not None          # the scanner read it (no whole-file fallback)
+    assert new.columns is not None          # the scanner read it (no whole-file fallback)
     # the dnspython zone built on demand (transfers out) holds the same RRsets
     ref = _load(path, None, "dnspython")
     again = zonefile.ZoneData(new.origin, zone=new.zone, source=new.source)
@@ -230,7 +230,7 @@ def test_raw_nul_in_owner_name_is_rejected_with_file_and_line(tmp_path):
     assert ei.value.line == 6 and f"{p}:6" in str(ei.value) and "NUL" in str(ei.value)
     p.write_bytes(HEAD.encode() + b"a\\000b IN A 192.0.2.9\n")
     data = zonefile.load_zone_file(p, "ex.test.")
-    assert b"\x03a\x00b" in data.records.names
+    assert b"\x03a\x00b" in data.columns.names
 
 
 def test_non_ascii_and_unicode_go_to_dnspython(tmp_path):
@@ -240,7 +240,7 @@ def test_non_ascii_and_unicode_go_to_dnspython(tmp_path):
             scan_bytes((HEAD + extra).encode(), origin, "x")
         p = tmp_path / "f.zone"
         p.write_text(HEAD + extra, encoding="utf-8")
-        assert zonefile.load_zone_file(p, "ex.test.").records is None   # dnspython read it
+        assert zonefile.load_zone_file(p, "ex.test.").columns is None   # dnspython read it
 
 
 def test_include_origin_ttl_and_crlf(tmp_path):
@@ -258,7 +258,7 @@ def test_include_origin_ttl_and_crlf(tmp_path):
     assert (b"\x03www\x03sub\x02ex\x04test\x00", 300) in got
     assert (b"\x04mail\x03sub\x02ex\x04test\x00", 60) in got
     assert (b"\x05after\x02ex\x04test\x00", 300) in got       # $TTL restored after $INCLUDE
-    r = new.records
+    r = new.columns
     files = {r.where(i) for i in range(len(r)) if r.type[i] == 1}
     assert (str(inc), 3) in files and (str(main), 7) in files
 

@@ -113,7 +113,7 @@ class TcpServer:
                                           self.server.responder, True,
                                           _packed(peer) if self.server.responder.cookies else None)
         if act == _core.ACTION_CONTROL:
-            handler = self.server.control_handler
+            handler = self.server.control_plane
             if handler is not None:
                 try:
                     out = handler.handle_tcp(msg, peer)

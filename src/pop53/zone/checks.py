@@ -26,7 +26,7 @@ def _type_text(t: int) -> str:
 class _Checker:
     def __init__(self, data):
         self.data = data
-        self.r = data.records
+        self.r = data.columns
         self.origin = data.origin
         self.zone = data.origin.to_text()
         self._first = None
@@ -125,7 +125,8 @@ class _Checker:
                               + ", ".join(sorted(_type_text(t) for t in other)), nd, _T_CNAME)
 
         # Data below a DNAME is an error (RFC 6672 §2.4); data at or below a zone cut other than
-        # NS/DS/glue is occluded: loaded with a warning, never served (as BIND and Knot do).
+        # NS/DS/glue is occluded: loaded with a warning, never served (as BIND and Knot do; the
+        # wording is zonefile.occluded()'s).
         cuts = {keys[i] for i in set(r.node[(r.type == _T_NS) & ~at_apex].tolist())}
         dnames = {keys[i] for i in set(r.node[r.type == _T_DNAME].tolist())}
         if not cuts and not dnames:
@@ -163,15 +164,15 @@ class _Checker:
                                         "and will not be served")
                 p = p[p[0] + 1:]
             if key in cuts:
-                occluded(nd, _AT_CUT_OK, "at a delegation point is occluded by the NS records "
-                                         "and will not be served")
+                occluded(nd, _AT_CUT_OK, "at a delegation point is occluded and will not be "
+                                         "served")
 
 
 def validate_records(data) -> None:
-    """Every check of the dnspython path on `data.records`.  Raises ZoneError naming file,
+    """Every check of the dnspython path on `data.columns`.  Raises ZoneError naming file,
     line and owner; appends warnings to data.warnings."""
     c = _Checker(data)
-    cov = data.records.covers()
+    cov = data.columns.covers()
     c.reading(cov)
     c.validate()
 
@@ -179,8 +180,8 @@ def validate_records(data) -> None:
 def check_reading(data) -> None:
     """Only the checks dnspython makes while it reads (for the records before a syntax error:
     the first problem in file order is the one reported)."""
-    if len(data.records):
-        _Checker(data).reading(data.records.covers())
+    if len(data.columns):
+        _Checker(data).reading(data.columns.covers())
 
 
 def soa_serial(records, origin: dns.name.Name) -> int:

@@ -30,8 +30,9 @@ _IN = dns.rdataclass.IN
 class _Hooks:
     """What the scanner asks the control plane (only off its common path)."""
 
-    def __init__(self, zone_origin: dns.name.Name):
+    def __init__(self, zone_origin: dns.name.Name, include_dir: str | None = None):
         self.zone_origin = zone_origin
+        self.include_dir = include_dir
         self._names: dict[bytes, dns.name.Name] = {}
         self._types: dict[str, int] = {}
 
@@ -137,6 +138,12 @@ class _Hooks:
             raise ValueError(str(exc)) from None
         return "".join(out).encode("ascii"), explicit
 
+    def include_path(self, name: str) -> str:
+        """$INCLUDE names resolve against the zone directory ([server] zone_dir), else the
+        working directory (as pop53.zone.zonefile does for dnspython's reader)."""
+        import os
+        return os.path.join(self.include_dir, name) if self.include_dir else name
+
     def name_text(self, wire: bytes) -> str:
         return dns.name.from_wire(wire, 0)[0].to_text()
 
@@ -229,10 +236,11 @@ class Records:
         return zone
 
 
-def scan_bytes(data: bytes, origin: dns.name.Name, source: str) -> Records:
+def scan_bytes(data: bytes, origin: dns.name.Name, source: str,
+               include_dir: str | None = None) -> Records:
     """Scan master-file bytes for zone `origin`.  Raises ZoneScanError (message, file, line,
     owner) or ZoneScanFallback (the caller uses dnspython's reader for this file)."""
-    scanner = _core.ZoneScanner(origin.to_wire(), _Hooks(origin))
+    scanner = _core.ZoneScanner(origin.to_wire(), _Hooks(origin, include_dir))
     try:
         scanner.scan(data, source)
     except ZoneScanError as exc:

@@ -7,8 +7,12 @@ the file, the line and the owner.  The same checks run on zones that arrive by t
 """
 from __future__ import annotations
 
+import builtins
+import hashlib
 import os
 import re
+import threading
+import time
 
 import dns.exception
 import dns.name
@@ -32,17 +36,68 @@ _SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
 
 _ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
 _SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
+_INCLUDE_RE = re.compile(r'^\$INCLUDE\s+("[^"\n]*"|\S+)', re.MULTILINE | re.IGNORECASE)
 
 
 class _OutOfZone(Exception):
     pass
 
 
+# $INCLUDE names resolve against the zone directory ([server] zone_dir; issue 14 point 9), not
+# the working directory.  dnspython opens included files with the builtin open(), its module's
+# only use of it, so that name is pointed at a resolver that reads the load in progress in this
+# thread (loads run in several threads: reloads, transfers).
+_include = threading.local()
+
+
+def _open_include(name, *args, **kwargs):
+    return builtins.open(_resolve(name, getattr(_include, "dir", None)), *args, **kwargs)
+
+
+def _resolve(name: str, include_dir: str | None) -> str:
+    return os.path.join(include_dir, name) if include_dir else name
+
+
+dns.zonefile.open = _open_include
+
+
+class _RawNul(Exception):
+    """A raw NUL octet at file:line."""
+
+    def __init__(self, file: str, line: int):
+        super().__init__(file, line)
+        self.file, self.line = file, line
+
+
 class _Reader(dns.zonefile.Reader):
     """dnspython's reader, except that out-of-zone records are an error instead of being
-    skipped in silence (the reader "eats" the line only in that case)."""
+    skipped in silence (the reader "eats" the line only in that case), and so is a raw NUL."""
 
     start_line = None
+    nul_at = None
+
+    @property
+    def tok(self):
+        return self._tok
+
+    @tok.setter
+    def tok(self, tok):
+        # Every tokenizer the reader uses, $INCLUDEd files' too.  dnspython keeps a raw NUL
+        # octet as a label or string octet (NSD cuts the name there, Knot rejects the file):
+        # it is an error unless written \000 (RFC 1035 §5.1), found by the token that holds it.
+        get = tok.get
+
+        def get_checked(*args, **kwargs):
+            token = get(*args, **kwargs)
+            if "\x00" in token.value and not token.is_comment():
+                # the newline that ended the token is read (counted) and put back; remembered
+                # because dnspython rewrites exceptions inside RDATA into a SyntaxError
+                self.nul_at = (tok.filename, tok.line_number - (tok.ungotten_char == "\n"))
+                raise _RawNul(*self.nul_at)
+            return token
+
+        tok.get = get_checked
+        self._tok = tok
 
     def _eat_line(self):
         raise _OutOfZone(self.last_name)
@@ -59,34 +114,51 @@ class _Reader(dns.zonefile.Reader):
 
 class ZoneData:
     """A validated zone: its records, as a dnspython zone (absolute names) and/or in the flat
-    form the scanner makes (`records`, pop53.zone.records), plus where each RRset came from.
+    form the scanner makes (`columns`, pop53.zone.records), plus where each RRset came from.
     A zone read by the scanner builds its dnspython zone only when something asks for it
-    (transfers out, incremental updates): the compiler reads `records`."""
+    (transfers out, incremental updates): the compiler reads `columns`."""
 
     def __init__(self, origin: dns.name.Name, zone: dns.zone.Zone | None = None,
                  source: str = "<string>", lines: dict | None = None,
-                 warnings: list | None = None, records=None):
+                 warnings: list | None = None, files: dict | None = None,
+                 seconds: float = 0.0, columns=None):
         self.origin = origin
         self._zone = zone
         self.source = source
         self.lines = lines if lines is not None else {}  # (Name, rdatatype) -> line in `source`
         self.warnings = warnings if warnings is not None else []
-        self.records = records
+        # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
+        # the saved image is reused only while all of them are unchanged (issue 14 point 9)
+        self.files = files if files is not None else {}
+        self.seconds = seconds     # how long reading and checking the file took
+        self.columns = columns     # pop53.zone.records.Records, when the scanner read it
 
     def __repr__(self) -> str:
         return f"ZoneData({self.origin}, {self.source!r})"
 
     @property
     def zone(self) -> dns.zone.Zone:
-        if self._zone is None and self.records is not None:
-            self._zone = self.records.to_dnspython(self.origin)
+        if self._zone is None and self.columns is not None:
+            self._zone = self.columns.to_dnspython(self.origin)
         return self._zone
 
     @property
+    def records(self) -> int:
+        if self._zone is None and self.columns is not None:
+            return len(self.columns)
+        return sum(len(rds) for node in self.zone.nodes.values() for rds in node.rdatasets)
+
+    def summary(self) -> dict:
+        """What a load log line and the serial check need (JSON-able: the compiler child
+        reports it)."""
+        return {"serial": self.serial, "records": self.records, "seconds": self.seconds,
+                "files": self.files}
+
+    @property
     def serial(self) -> int:
-        if self._zone is None and self.records is not None:
+        if self._zone is None and self.columns is not None:
             from pop53.zone.checks import soa_serial
-            return soa_serial(self.records, self.origin)
+            return soa_serial(self.columns, self.origin)
         return self.zone.get_soa().serial
 
     def where(self, name: dns.name.Name, rdtype: int | None = None) -> int | None:
@@ -109,50 +181,99 @@ def _guess_origin(text: str, path: str) -> dns.name.Name:
                     "give the zone name explicitly", file=path)
 
 
-def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
-    """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _included(text: str, out: dict, include_dir: str | None, depth: int = 0) -> None:
+    """Add the files `text` $INCLUDEs, recursively, to out {absolute path: SHA-256, or None
+    when unreadable}.  Relative names resolve against include_dir (else the working directory)."""
+    for m in _INCLUDE_RE.finditer(text):
+        path = os.path.abspath(_resolve(m.group(1).strip('"'), include_dir))
+        if path in out or depth > 16:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            out[path] = None
+            continue
+        out[path] = _digest(data)
+        _included(data.decode("utf-8", "surrogateescape"), out, include_dir, depth + 1)
+
+
+def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dict:
+    """{absolute path: SHA-256 or None} of a master file and everything it $INCLUDEs: what a
+    load of it reads, for the saved-image check (also for a file that does not load)."""
+    out: dict = {}
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return {path: None}
+    out[path] = _digest(data)
+    _included(data.decode("utf-8", "surrogateescape"), out, include_dir)
+    return out
+
+
+def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None,
+                   include_dir: str | None = None) -> ZoneData:
+    """Read and validate one master file.  Raises ZoneError naming file, line and owner.
+    Relative $INCLUDE names resolve against include_dir (else the working directory)."""
     path = os.fspath(path)
+    t0 = time.monotonic()
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
+    # as text mode reads it (universal newlines); the digest is of the bytes that were parsed
+    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    files = {os.path.abspath(path): _digest(raw)}
+    _included(text, files, include_dir)
     if origin is None:
-        origin = _guess_origin(raw.decode("utf-8", "surrogateescape"), path)
+        origin = _guess_origin(text, path)
     elif isinstance(origin, str):
         try:
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return zone_from_bytes(raw, origin, source=path)
+    data = zone_from_bytes(raw, origin, source=path, include_dir=include_dir)
+    data.files = files
+    data.seconds = time.monotonic() - t0
+    return data
 
 
-def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>",
+                    include_dir: str | None = None) -> ZoneData:
     """Parse master-file bytes: the Cython scanner (pop53.zone.records), or dnspython's reader
-    for the files the scanner hands back (non-ASCII text, $GENERATE, $UNICODE) and when
-    POP53_ZONE_PARSER=dnspython (the reference path the differential tests compare with)."""
+    for the files the scanner hands back (non-ASCII text, $UNICODE) and when
+    POP53_ZONE_PARSER=dnspython (the reference path the differential tests compare with).
+    Relative $INCLUDE names resolve against include_dir (else the working directory)."""
     if os.environ.get("POP53_ZONE_PARSER") != "dnspython":
         from pop53.zone import records as _records
         try:
-            recs = _records.scan_bytes(raw, origin, source)
+            recs = _records.scan_bytes(raw, origin, source, include_dir)
         except _records.ZoneScanFallback:
             recs = None
         except _records.ZoneScanError as exc:
             from pop53.zone.checks import check_reading
-            check_reading(ZoneData(origin=origin, source=source, records=exc.records))
+            check_reading(ZoneData(origin=origin, source=source, columns=exc.records))
             msg, fname, line, owner = exc.args
             raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
         if recs is not None:
             from pop53.zone.checks import validate_records
-            data = ZoneData(origin=origin, source=source, records=recs)
+            data = ZoneData(origin=origin, source=source, columns=recs)
             validate_records(data)
             return data
     # what open() in text mode gave dnspython: universal newlines
     text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
-    return zone_from_text(text, origin, source)
+    return zone_from_text(text, origin, source, include_dir=include_dir)
 
 
-def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
+                   include_dir: str | None = None) -> ZoneData:
     """Parse master-file text with dnspython, recording the line of every RRset."""
     zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
     lines: dict = {}
@@ -173,7 +294,15 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
                 lines.setdefault(key, line if fname == source else None)
 
             txn.check_put_rdataset(_remember)
-            reader.read()
+            saved, _include.dir = getattr(_include, "dir", None), include_dir
+            try:
+                reader.read()
+            except dns.exception.DNSException:
+                if reader.nul_at:
+                    raise _RawNul(*reader.nul_at) from None
+                raise
+            finally:
+                _include.dir = saved
     except dns.exception.SyntaxError as exc:
         # dnspython's message already reads "file:line: detail".
         m = re.match(r"^(.*?):(\d+): (.*)$", str(exc), re.S)
@@ -183,6 +312,9 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
                 line = reader.start_line
             raise ZoneError(m.group(3), file=m.group(1), line=line, zone=str(origin)) from None
         raise ZoneError(str(exc), file=source, zone=str(origin)) from None
+    except _RawNul as exc:
+        raise ZoneError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)", file=exc.file,
+                        line=exc.line, zone=str(origin)) from None
     except _OutOfZone as exc:
         fname, line = reader.where()
         raise ZoneError("out-of-zone data (the zone is " + origin.to_text() + ")", file=fname,
@@ -278,6 +410,14 @@ def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
     return types
 
 
+def occluded(data: "ZoneData", name: dns.name.Name, types, where: str) -> str:
+    """The warning for records of `types` at `name` that a delegation occludes (`where`: "below
+    the delegation at X" or "at a delegation point"): loaded and not served, as BIND and Knot."""
+    return (f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+            f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in types))} {where} is occluded "
+            "and will not be served")
+
+
 def validate(data: ZoneData) -> None:
     """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
     zone, origin = data.zone, data.origin
@@ -307,14 +447,9 @@ def validate(data: ZoneData) -> None:
                 bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
                 if bad:
                     data.warnings.append(
-                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                        f"delegation at {parent} is occluded and will not be served")
+                        occluded(data, name, bad, f"below the delegation at {parent}"))
             parent = parent.parent()
         if name in cuts:
             bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
             if bad:
-                data.warnings.append(
-                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                    "point is occluded by the NS records and will not be served")
+                data.warnings.append(occluded(data, name, bad, "at a delegation point"))
