@@ -6,8 +6,8 @@
 # is made per record on the common path; the control plane turns the buffers into numpy arrays
 # (pop53.zone.records).  dnspython is the reference: the tokenizer follows dns.tokenizer (and
 # dns.zonefile.Reader for directives, TTL and class rules) so the two accept the same text.
-# Whatever the fast path is not sure of goes to dnspython record by record (`fallback`), and
-# whatever changes the meaning of the whole file (non-ASCII text, $GENERATE, $UNICODE) raises
+# Whatever the fast path is not sure of goes to dnspython record by record (hooks.rdata), and
+# whatever changes the meaning of the whole file (non-ASCII text in a token, $UNICODE) raises
 # ZoneScanFallback so the caller parses the file with dnspython.  RDATA parsers: zonerdata.pxi.
 
 from libc.stdlib cimport realloc
@@ -32,7 +32,7 @@ class ZoneScanError(Exception):
 
 
 class ZoneScanFallback(Exception):
-    """The file needs dnspython's reader (non-ASCII text, $GENERATE, $UNICODE)."""
+    """The file needs dnspython's reader (non-ASCII text in a token, $UNICODE)."""
 
 
 cdef struct zs_buf_t:

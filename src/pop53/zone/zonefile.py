@@ -1,9 +1,11 @@
 """Zone loading and validation.
 
-dnspython parses the master file (we do not write our own parser); this module adds the
-checks an authoritative server needs before a zone may be compiled, and makes every error name
-the file, the line and the owner.  The same checks run on zones that arrive by transfer
-(`zone_from_dnspython`), so a bad update is rejected exactly like a bad file.
+Master files are read by the Cython scanner (ext/zonescan.pxi via pop53.zone.records, checks in
+pop53.zone.checks), with dnspython's reader as the reference and the fallback (this module's
+`zone_from_text`); this module adds the checks an authoritative server needs before a zone may
+be compiled, and makes every error name the file, the line and the owner.  The same checks run
+on zones that arrive by transfer (`zone_from_dnspython`), so a bad update is rejected exactly
+like a bad file.
 """
 from __future__ import annotations
 
