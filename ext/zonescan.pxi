@@ -280,9 +280,11 @@ cdef int zs_type_fast(const unsigned char* s, Py_ssize_t n) noexcept nogil:
 cdef class ZoneScanner:
     """Scan master-file bytes for one zone into flat record buffers.
 
-    `hooks` is a control-plane object with: rdata(rdtype, text, origin_wire) -> bytes (dnspython
-    for one record; raises ValueError(message)), rdtype(text) -> int (-1 unknown), rdclass(text)
-    -> int (-1 not a class), name_error(text, origin_wire) -> str (dnspython's reason)."""
+    `hooks` is a control-plane object (pop53.zone.records._Hooks) with: rdata(rdtype, text,
+    origin_wire) -> bytes (dnspython for one record; raises ValueError(message)), rdtype(text) ->
+    int (-1 unknown), rdclass(text) -> int (-1 not a class), name_error(text, origin_wire) -> str
+    (dnspython's reason), name_text(wire) -> str, is_generic(rdtype) -> bool, include_path(name)
+    -> str, generate(tokens, implicit_ttl) -> (bytes, bool)."""
     # tokenizer
     cdef const unsigned char* p
     cdef const unsigned char* end
