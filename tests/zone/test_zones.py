@@ -12,7 +12,10 @@ from pop53.errors import ZoneError
 from pop53.zone.zonefile import load_zone_file
 
 HERE = Path(__file__).resolve()
-SHARED_ZONES = (HERE.parents[2] / ".." / "shared" / "zones").resolve()
+# beside the repository (/work/main -> /work/shared), also from a worktree one level deeper
+SHARED_ZONES = next((p for p in ((HERE.parents[2] / ".." / "shared" / "zones").resolve(),
+                                 (HERE.parents[3] / ".." / "shared" / "zones").resolve())
+                     if p.is_dir()), (HERE.parents[2] / ".." / "shared" / "zones").resolve())
 
 HEAD = "$ORIGIN ex.test.\n$TTL 300\n@ IN SOA ns h 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n"
 
