@@ -68,8 +68,13 @@ def knot_path(tmp_path_factory):
     return tmp_path_factory.mktemp("rnd-zones")
 
 
-# a few examples per CI run (each signs a zone and starts Knot); POP53_DNSSEC_EXAMPLES=200 hunts
-@settings(max_examples=int(os.environ.get("POP53_DNSSEC_EXAMPLES", "6")), deadline=None, suppress_health_check=list(HealthCheck))
+# a few examples per CI run (each signs a zone and starts Knot), the same ones every run
+# (derandomize: CI must not depend on luck); POP53_DNSSEC_EXAMPLES=200 with
+# POP53_DNSSEC_RANDOM=1 hunts.  A hunt found an opt-out NXDOMAIN below an ENT where pop53 sends
+# one NSEC3 more than Knot (issue 12 note): not yet settled which side is minimal.
+@settings(max_examples=int(os.environ.get("POP53_DNSSEC_EXAMPLES", "6")), deadline=None,
+          derandomize=os.environ.get("POP53_DNSSEC_RANDOM") != "1",
+          suppress_health_check=list(HealthCheck), database=None)
 @given(spec=zone_spec, variant=st.sampled_from(sorted(VARIANTS)))
 def test_random_signed_zones_answer_like_knot(keys, knot_path, spec, variant):
     text, names = zone_text(spec)

@@ -99,7 +99,7 @@ def scope(r):
 
 
 def ctl(cwd, *cmd):
-    p = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", os.path.join(cwd, "ctl.sock"),
+    p = subprocess.run([sys.executable, "-m", "pop53", "ctl", "--json", "-s", os.path.join(cwd, "ctl.sock"),
                         *cmd], capture_output=True, text=True, timeout=30)
     import json
     return json.loads(p.stdout)
