@@ -22,6 +22,7 @@ include "cookie.pxi"
 include "query.pxi"
 include "rrl.pxi"
 include "io.pxi"
+include "tcp.pxi"
 include "patch.pxi"
 
 import sys as _sys

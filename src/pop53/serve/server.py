@@ -176,7 +176,7 @@ class Server:
             gen = self.shared.publish(image.view)
             self.current_image = image
             if old is not None:
-                self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+                self._retired.append((old, {id(w): w.epoch for w in self._readers()}))
             self.zone_serials = image.zones()
             now = time.time()
             for zone in self.zone_serials:
@@ -277,13 +277,17 @@ class Server:
             log.error("reload rejected, previous data keeps serving: %s", exc)
             return False
 
+    def _readers(self) -> list:
+        """Every loop that reads the published image: UDP workers and TCP loops."""
+        return self.workers + (self.tcp.loops if self.tcp is not None else [])
+
     def reclaim(self) -> int:
         """Release retired images no worker can still hold.  Returns how many are left."""
         with self._lock:
             keep = []
             for image, epochs in self._retired:
                 # two quiescent points past the publish: the worker has reloaded the pointer
-                if all(not w.running or w.epoch >= epochs.get(id(w), 0) + 2 for w in self.workers):
+                if all(not w.running or w.epoch >= epochs.get(id(w), 0) + 2 for w in self._readers()):
                     continue
                 keep.append((image, epochs))
             self._retired = keep
