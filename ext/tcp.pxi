@@ -566,7 +566,7 @@ cdef class TcpLoop:
         cdef uint8_t* ws = self.ws
         cdef uint32_t L = c.in_len, off = 0, wlen = 0, m, outlen, cl_len
         cdef int reads = 0, act
-        cdef bint consumed = False
+        cdef bint consumed = False, drained = False
         cdef ssize_t r
         cdef query_t q
         cdef const uint8_t* cl = client_addr(<const uint8_t*>&c.addr, &cl_len)
@@ -605,11 +605,15 @@ cdef class TcpLoop:
                 memmove(rs, rs + off, L - off)
                 L -= off
                 off = 0
-            if c.limit or c.eof or c.out_len or reads >= TCP_READS or L + TCP_READ > TCP_RS:
+            if c.limit or c.eof or c.out_len or drained or reads >= TCP_READS or \
+                    L + TCP_READ > TCP_RS:
                 break
             r = recv(c.fd, rs + L, TCP_RS - L, MSG_DONTWAIT)
             reads += 1
             if r > 0:
+                # a short read took everything there was: answer it and wait for epoll
+                # (level-triggered) rather than pay a recv() that returns EAGAIN
+                drained = <size_t>r < TCP_RS - L
                 if L == 0 and not consumed:
                     c.t_msg = self.now          # a new message begins
                 L += <uint32_t>r

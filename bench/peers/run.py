@@ -138,7 +138,9 @@ class Bench:
         try:
             client_cpu = CLIENT_CPU if pinned else None
             kw = dict(clients=int(mode[4:]) if tcp else self.a.clients,
-                      outstanding=self.a.outstanding,
+                      # TCP: at least one query in flight per connection
+                      outstanding=max(self.a.outstanding, int(mode[4:])) if tcp
+                      else self.a.outstanding,
                       threads=1 if pinned else self.a.multi_threads, cpu=client_cpu,
                       max_qps=self.a.max_qps, edns=self.a.edns,
                       transport="tcp" if tcp else "udp")
@@ -192,7 +194,9 @@ class Bench:
         try:
             m0 = procs.memory(procs.tree(proc.pid))
             res = dnsperf.run(port, ds.queries, self.a.memory_duration, clients=self.a.clients,
-                              outstanding=self.a.outstanding, threads=1, edns=self.a.edns)
+                              # TCP: at least one query in flight per connection
+                      outstanding=max(self.a.outstanding, int(mode[4:])) if tcp
+                      else self.a.outstanding, threads=1, edns=self.a.edns)
             m1 = procs.memory(procs.tree(proc.pid))
             out.update(ok=res.ok and proc.poll() is None, error=res.error,
                        pss_load_kib=m0.pss_kib, rss_load_kib=m0.rss_kib,

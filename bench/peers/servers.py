@@ -109,11 +109,12 @@ class NSD(Peer):
             f"    xfrdfile: \"{work / 'xfrd.state'}\"\n    xfrdir: \"{work}\"\n"
             f"    pidfile: \"{work / 'nsd.pid'}\"\n    logfile: \"{work / 'nsd.log'}\"\n"
             f"    verbosity: 0\n    rrl-ratelimit: 0\n    rrl-whitelist-ratelimit: 0\n"
+            f"    tcp-count: 1024\n"
             f"remote-control:\n    control-enable: no\n"
             f"zone:\n    name: {ORIGIN}\n    zonefile: \"{zone}\"\n")
         return Launch(["nsd", "-d", "-c", str(work / "nsd.conf")], work,
-                      settings=(f"server-count {count}, reuseport yes, RRL off" if multi
-                                else "server-count 1, RRL off"))
+                      settings=(f"server-count {count}, reuseport yes, RRL off, tcp-count 1024"
+                                if multi else "server-count 1, RRL off, tcp-count 1024"))
 
 
 class Bind(Peer):
