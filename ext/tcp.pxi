@@ -489,15 +489,18 @@ cdef class TcpLoop:
 
     cdef void _event(self, tconn_t* c, uint32_t events) noexcept nogil:
         cdef ssize_t r
+        cdef int k
         if c.state == C_LINGER:
-            # after our FIN: read and discard until the peer closes too
-            while True:
+            # after our FIN: read and discard until the peer closes too (bounded per event;
+            # the sweep ends it after TCP_LINGER_MS in any case)
+            for k in range(TCP_READS):
                 r = recv(c.fd, self.rs, TCP_RS, MSG_DONTWAIT)
                 if r > 0:
                     continue
                 if r == 0 or (errno != EAGAIN and errno != EINTR):
                     self._release(c, True, False)
                 return
+            return
         if events & EPOLLERR:
             self._release(c, True, True)
             return
@@ -530,6 +533,7 @@ cdef class TcpLoop:
         c.outb = NULL
         c.out_off = 0
         c.out_len = 0
+        c.t_active = self.now           # the idle timeout runs from the last answer taken
         return 0
 
     cdef int _send(self, tconn_t* c, const uint8_t* data, uint32_t n) noexcept nogil:
