@@ -70,6 +70,27 @@ def markdown(result: dict, summ: dict, raw_json: Path | None) -> str:
                 f"{use} | {_fmt(other and 100 * other, '.0f')}% | {s['ok_runs']}/{s['runs']} | "
                 f"{s['settings']} |")
         L.append("")
+    idle = [r for r in result["runs"] if r.get("mode") == "idle"]
+    if idle:
+        L.append("## Idle connections held\n")
+        L.append("Each connection: connect, one query answered, then kept open without traffic. "
+                 "PSS of the server's processes before and while holding them; the kernel's TCP "
+                 "memory (/proc/net/sockstat, both ends of every loopback connection) is shown "
+                 "apart: it is not the server's to save.\n")
+        L.append("| server | connections held | PSS before MiB | PSS holding MiB | user-space "
+                 "bytes per connection | kernel TCP memory delta MiB | time to open s | config |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for r in idle:
+            if not r.get("ok"):
+                L.append(f"| {_name(result, r['peer'])} | failed: {r.get('error', '')[:200]} |"
+                         + " |" * 6)
+                continue
+            per = (r["pss_kib"] - r["pss_before_kib"]) * 1024 / r["held"]
+            L.append(f"| {_name(result, r['peer'])} | {r['held']:,} of {r['wanted']:,} | "
+                     f"{r['pss_before_kib'] / 1024:.1f} | {r['pss_kib'] / 1024:.1f} | {per:,.0f} | "
+                     f"{r['kernel_tcp_kib_delta'] / 1024:.1f} | {r['open_s']:.1f} | "
+                     f"{r['settings']} |")
+        L.append("")
     dp = next((s.get("dnsperf") for mode in _modes(result) for s in summ.get(mode, {}).values()
                if s.get("dnsperf")), "")
     L.append("## How it is measured\n")

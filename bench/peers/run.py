@@ -36,7 +36,7 @@ import traceback
 from pathlib import Path
 
 from .. import data
-from . import dnsperf, procs, report, report_tcp
+from . import dnsperf, procs, report, report_tcp, tcp_idle
 from .servers import REPO, all_peers
 
 SERVER_CPU = 1
@@ -102,11 +102,12 @@ class Bench:
     # -- one server process --------------------------------------------------------------
 
     def start(self, peer, zone: Path, probe_name: str, multi: bool, pinned: bool, tag: str,
-              state: Path | None = None):
+              state: Path | None = None, slots: int | None = None):
         work = self.work / tag
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        launch = peer.launch(work, zone, port, multi, state)
+        launch = (peer.launch_slots(work, zone, port, slots) if slots
+                  else peer.launch(work, zone, port, multi, state))
         argv = launch.argv
         if pinned:
             argv = ["taskset", "-c", str(SERVER_CPU)] + argv
@@ -211,6 +212,28 @@ class Bench:
             procs.stop(proc)
         return out
 
+    def idle(self, peer, ds: data.Dataset, count: int) -> dict:
+        """``count`` idle TCP connections (one answered query each) held open: the server's
+        memory and the kernel's TCP memory before and while holding them."""
+        proc, port, load_s, launch = self.start(peer, ds.zone, ds.probe, False, False,
+                                                f"idle-{peer.key}", slots=count + 100)
+        out = {"peer": peer.key, "mode": "idle", "settings": launch.settings, "wanted": count}
+        socks = []
+        try:
+            m0, k0 = procs.memory(procs.tree(proc.pid)), tcp_idle.kernel_tcp_pages()
+            t0 = time.monotonic()
+            socks, held = tcp_idle.open_idle(port, count, ds.probe)
+            m1, k1 = procs.memory(procs.tree(proc.pid)), tcp_idle.kernel_tcp_pages()
+            out.update(ok=proc.poll() is None and held > 0, held=held,
+                       open_s=time.monotonic() - t0, pss_before_kib=m0.pss_kib,
+                       pss_kib=m1.pss_kib, rss_before_kib=m0.rss_kib, rss_kib=m1.rss_kib,
+                       kernel_tcp_kib_delta=(k1 - k0) * os.sysconf("SC_PAGE_SIZE") // 1024)
+        finally:
+            for s in socks:
+                s.close()
+            procs.stop(proc)
+        return out
+
     # -- the whole run -------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -261,6 +284,21 @@ class Bench:
                     result["runs"].append(row)
                     self.save(result)
                     self.say(f"{mode} run {r + 1}/{a.runs} {p.name}: " + _brief(row))
+        if a.tcp and a.idle and "idle" not in a.skip:
+            for p in live:
+                if not hasattr(p, "launch_slots"):
+                    continue
+                try:
+                    row = self.idle(p, small, a.idle)
+                except Exception as exc:
+                    row = {"peer": p.key, "mode": "idle", "ok": False, "error": str(exc)}
+                    self.log.write(traceback.format_exc())
+                result["runs"].append(row)
+                self.save(result)
+                self.say(f"idle {p.name}: {row.get('held')} connections, PSS "
+                         f"{row.get('pss_before_kib', 0) / 1024:.1f} -> "
+                         f"{row.get('pss_kib', 0) / 1024:.1f} MiB" if row.get("ok")
+                         else f"idle {p.name}: FAILED {row.get('error', '')[:200]}")
         if "memory" not in a.skip and not a.tcp:
             big = data.dataset(a.big_names, a.seed)
             self.big_nx_share = _nx_share(big.queries)
@@ -365,12 +403,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tcp", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    metavar="N,N", help="DNS over TCP instead: pinned runs with dnsperf -m tcp and "
                    "N connections each; writes tcp.md/tcp.png (default peers: knot,nsd,pop53)")
+    p.add_argument("--idle", type=int, default=10000,
+                   help="with --tcp: idle connections held open for the memory table (pop53)")
     a = p.parse_args(argv)
     a.cli_argv = None
     if a.quick:
         a.runs, a.duration, a.warmup, a.memory_duration = 1, 2.0, 0.5, 1.0
         a.big_names = a.names
         a.load_timeout = min(a.load_timeout, 60.0)
+    if a.quick:
+        a.idle = min(a.idle, 1000)
     if a.tcp and a.only is None:
         a.only = ["knot", "nsd", "pop53"]
     a.out_given = a.out is not None

@@ -208,6 +208,18 @@ class Pop53(Peer):
         return Launch(argv, REPO, settings=settings)
 
 
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """One worker with room for ``slots`` TCP connections (the idle-connection run)."""
+        conf = work / "pop53.toml"
+        conf.write_text(
+            f"[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n"
+            f"tcp_max_connections = {slots}\ntcp_max_per_ip = 0\ntcp_idle_timeout = 120.0\n"
+            f"[[zone]]\nname = \"{ORIGIN}\"\nfile = \"{zone}\"\n")
+        return Launch([sys.executable, "-m", "pop53", "serve", "-c", str(conf)], REPO,
+                      settings=f"workers 1, tcp_max_connections {slots}, tcp_max_per_ip 0, "
+                               f"tcp_idle_timeout 120")
+
+
 class Pop53Restart(Pop53):
     """pop53 restarted on the state directory its cold start left behind: it maps the saved
     image instead of parsing the zone file again (memory run only, right after pop53's)."""
