@@ -36,9 +36,12 @@ def markdown(result: dict, summ: dict, raw_json: Path | None) -> str:
     L.append(f"- Data: seeded zone of {p['names']:,} names and the same query mix as peers.md. "
              f"Runs: {p['runs']} per server and connection count, servers alternated, "
              f"{p['duration']:g} s measured after {p['warmup']:g} s warm-up; medians, min–max "
-             f"in brackets. dnsperf: `-m tcp`, N connections (`-c N`), {p['outstanding']} "
-             f"outstanding queries in all, one thread, pinned to CPU 0; the server (one worker,"
+             f"in brackets. dnsperf: `-m tcp`, N connections (`-c N`), max({p['outstanding']}, N)"
+             f" outstanding queries in all, one thread, pinned to CPU 0; the server (one worker,"
              f" one TCP thread) pinned to CPU 1.")
+    L.append("- Read the CPU per query first: when 'other load CPU1' is high, other work on the "
+             "shared machine took most of the server's core, and answered q/s says who got the "
+             "core when rather than capacity.")
     if raw_json:
         L.append(f"- Raw per-run data: `{raw_json}` (not committed)")
     L.append("")
