@@ -97,6 +97,9 @@ def _tcp(server: dict, file) -> dict:
     if not 1 <= out["tcp_workers"] <= 64:
         raise ConfigError(f"must be within 1..64, got {out['tcp_workers']}", file=file,
                           key="server.tcp_workers")
+    for name in ("tcp_max_connections", "tcp_max_queries"):
+        if name in server and _typed(server, name, int, 1, "server", file) < 1:
+            raise ConfigError("must be >= 1", file=file, key=f"server.{name}")
     if out["tcp_max_per_ip"] < 0:
         raise ConfigError("must be >= 0 (0: no limit)", file=file, key="server.tcp_max_per_ip")
     for name, default in (("tcp_message_timeout", 2.0), ("tcp_busy_timeout", 0.2),

@@ -7,6 +7,10 @@ import socket
 import time
 
 import dns.message
+import pytest
+
+import pop53.config as cfgmod
+from pop53.errors import ConfigError
 
 from integ_support import (EXAMPLE_ZONE, INTEG_ZONE, frame, make_query, msg_id, read_frame,
                            tcp_connect, udp_exchange, udp_socket, wait_for)
@@ -151,3 +155,16 @@ def test_large_pipelined_answers_keep_order_under_backpressure(start_server):
     assert all(not a[2] & 0x02 for a in answers)          # TC clear: never truncated
     big = dns.message.from_wire(answers[0])               # whole: ~30 KB that parse
     assert len(answers[0]) > 16384 and len(big.answer[0]) >= 40
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("tcp_workers", 0, "server.tcp_workers: must be within 1..64"),
+    ("tcp_max_connections", 0, "server.tcp_max_connections: must be >= 1"),
+    ("tcp_max_per_ip", -1, "server.tcp_max_per_ip: must be >= 0"),
+    ("tcp_write_timeout", 0, "server.tcp_write_timeout: must be within (0, 3600]"),
+    ("tcp_message_timeout", "2s", "server.tcp_message_timeout"),
+])
+def test_bad_tcp_keys_are_rejected_with_the_key(key, value, message):
+    with pytest.raises(ConfigError) as exc:
+        cfgmod.from_dict({"server": {key: value}, "zone": []}, file="pop53.toml")
+    assert str(exc.value).startswith("pop53.toml:") and message in str(exc.value)
