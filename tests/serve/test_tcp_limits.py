@@ -12,8 +12,9 @@ import pytest
 import pop53.config as cfgmod
 from pop53.errors import ConfigError
 
-from integ_support import (EXAMPLE_ZONE, INTEG_ZONE, frame, make_query, msg_id, read_frame,
-                           tcp_connect, udp_exchange, udp_socket, wait_for)
+from integ_support import (EXAMPLE_ZONE, INTEG_ZONE, frame, free_port, make_query, metric,
+                           msg_id, read_frame, scrape, tcp_connect, udp_exchange, udp_socket,
+                           wait_for)
 
 
 def _answered(addr, qid: int, timeout: float = 2.0) -> bool:
@@ -114,7 +115,9 @@ def test_slowloris_does_not_take_tcp_down(start_server):
 
 
 def test_per_address_connection_limit(start_server):
-    server = start_server([INTEG_ZONE, EXAMPLE_ZONE], workers=1, tcp_max_per_ip=3)
+    mport = free_port()
+    server = start_server([INTEG_ZONE, EXAMPLE_ZONE], workers=1, tcp_max_per_ip=3,
+                          metrics=f"127.0.0.1:{mport}")
     addr = server.addresses[0]
     held = []
     try:
@@ -126,6 +129,9 @@ def test_per_address_connection_limit(start_server):
         assert not _answered(addr, 399)           # a fourth from 127.0.0.1 is refused
         st = server.tcp.counters.stats()
         assert st["tcp_refused_per_ip"] == 1
+        fams = scrape(("127.0.0.1", mport))          # and the operator sees it
+        assert metric(fams, "pop53_tcp_closed", reason="refused_per_ip") == 1
+        assert metric(fams, "pop53_tcp_connections") == 3
         # another address is counted apart: 127.0.0.2 still gets in
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s2:
             s2.settimeout(5)
