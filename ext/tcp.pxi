@@ -75,6 +75,9 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
 
+cdef extern from "<errno.h>" nogil:
+    int ECONNABORTED
+
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
     ssize_t write(int fd, const void* buf, size_t n)
@@ -242,6 +245,7 @@ cdef class TcpLoop:
     cdef int stop_flag
     cdef int running
     cdef uint64_t now
+    cdef uint64_t accept_paused    # ms: accept() failed for lack of resources (0: accepting)
     cdef const image_t* img
     cdef const rcfg_t* cfg
 
@@ -276,10 +280,7 @@ cdef class TcpLoop:
             raise OSError("epoll_create1 failed")
         for i in range(<uint32_t>self.nl):
             self.lfds[i] = fds[i]
-            ev.events = EPOLLIN | EPOLLEXCLUSIVE
-            ev.data.u64 = (TCP_LISTEN << 32) | i
-            if epoll_ctl(self.ep, EPOLL_CTL_ADD, self.lfds[i], &ev) != 0:
-                raise OSError("epoll_ctl on a listening socket failed")
+        self._listen(True)
 
     def __dealloc__(self):
         cdef uint32_t i
@@ -369,6 +370,9 @@ cdef class TcpLoop:
             if self.now - last_sweep >= TCP_SWEEP_MS:
                 self._sweep()
                 last_sweep = self.now
+                if self.accept_paused and self.now - self.accept_paused >= TCP_SWEEP_MS:
+                    self.accept_paused = 0
+                    self._listen(True)
             p53_store_u64(&self.epoch, self.epoch + 1)
         for i32 in range(self.cap):
             if self.conns[i32].state != C_FREE:
@@ -386,7 +390,13 @@ cdef class TcpLoop:
             alen = sizeof(sockaddr_storage)
             fd = accept4(lfd, <sockaddr*>&sa, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
             if fd < 0:
-                return          # EAGAIN (drained), or EMFILE and friends: try again next event
+                if errno != EAGAIN and errno != EWOULDBLOCK and errno != EINTR and \
+                        errno != ECONNABORTED:
+                    # out of descriptors or memory: level-triggered epoll would report the
+                    # listening socket again at once and spin; stop accepting for a while
+                    self._listen(False)
+                    self.accept_paused = self.now
+                return
             slot = ip_slot(g, &sa)
             if g.max_per_ip and not p53_take_u32(&g.iptab[slot], g.max_per_ip):
                 p53_add_u64(&g.per_ip_refused, 1)
@@ -434,6 +444,15 @@ cdef class TcpLoop:
             ev.data.u64 = (<uint64_t>c.gen << 32) | idx
             if epoll_ctl(self.ep, EPOLL_CTL_ADD, fd, &ev) != 0:
                 self._release(c, True, True)
+
+    cdef void _listen(self, bint on) noexcept nogil:
+        """Watch the listening sockets (again), or stop watching them."""
+        cdef epoll_event ev
+        cdef int i
+        for i in range(self.nl):
+            ev.events = EPOLLIN | EPOLLEXCLUSIVE
+            ev.data.u64 = (TCP_LISTEN << 32) | <uint64_t>i
+            epoll_ctl(self.ep, EPOLL_CTL_ADD if on else EPOLL_CTL_DEL, self.lfds[i], &ev)
 
     cdef bint _evict(self) noexcept nogil:
         """Close the connection of this loop that has waited longest for an incomplete message
