@@ -77,20 +77,24 @@ def markdown(result: dict, summ: dict, raw_json: Path | None) -> str:
     if idle:
         L.append("## Idle connections held\n")
         L.append("Each connection: connect, one query answered, then kept open without traffic. "
-                 "PSS of the server's processes before and while holding them; the kernel's TCP "
+                 "Resident memory (VmRSS summed over the server's processes; PSS beside it, which "
+                 "moves with other processes mapping the same libraries) before and while holding "
+                 "them; the kernel's TCP "
                  "memory (/proc/net/sockstat, both ends of every loopback connection) is shown "
                  "apart: it is not the server's to save.\n")
-        L.append("| server | connections held | PSS before MiB | PSS holding MiB | user-space "
-                 "bytes per connection | kernel TCP memory delta MiB | time to open s | config |")
-        L.append("|---|---|---|---|---|---|---|---|")
+        L.append("| server | connections held | RSS before MiB | RSS holding MiB | user-space "
+                 "bytes per connection (RSS delta) | PSS before / holding MiB | kernel TCP "
+                 "memory delta MiB | time to open s | config |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
         for r in idle:
             if not r.get("ok"):
                 L.append(f"| {_name(result, r['peer'])} | failed: {r.get('error', '')[:200]} |"
                          + " |" * 6)
                 continue
-            per = (r["pss_kib"] - r["pss_before_kib"]) * 1024 / r["held"]
+            per = (r["rss_kib"] - r["rss_before_kib"]) * 1024 / r["held"]
             L.append(f"| {_name(result, r['peer'])} | {r['held']:,} of {r['wanted']:,} | "
-                     f"{r['pss_before_kib'] / 1024:.1f} | {r['pss_kib'] / 1024:.1f} | {per:,.0f} | "
+                     f"{r['rss_before_kib'] / 1024:.1f} | {r['rss_kib'] / 1024:.1f} | {per:,.0f} | "
+                     f"{r['pss_before_kib'] / 1024:.1f} / {r['pss_kib'] / 1024:.1f} | "
                      f"{r['kernel_tcp_kib_delta'] / 1024:.1f} | {r['open_s']:.1f} | "
                      f"{r['settings']} |")
         L.append("")

@@ -295,9 +295,9 @@ class Bench:
                     self.log.write(traceback.format_exc())
                 result["runs"].append(row)
                 self.save(result)
-                self.say(f"idle {p.name}: {row.get('held')} connections, PSS "
-                         f"{row.get('pss_before_kib', 0) / 1024:.1f} -> "
-                         f"{row.get('pss_kib', 0) / 1024:.1f} MiB" if row.get("ok")
+                self.say(f"idle {p.name}: {row.get('held')} connections, RSS "
+                         f"{row.get('rss_before_kib', 0) / 1024:.1f} -> "
+                         f"{row.get('rss_kib', 0) / 1024:.1f} MiB" if row.get("ok")
                          else f"idle {p.name}: FAILED {row.get('error', '')[:200]}")
         if "memory" not in a.skip and not a.tcp:
             big = data.dataset(a.big_names, a.seed)
@@ -404,7 +404,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    metavar="N,N", help="DNS over TCP instead: pinned runs with dnsperf -m tcp and "
                    "N connections each; writes tcp.md/tcp.png (default peers: knot,nsd,pop53)")
     p.add_argument("--idle", type=int, default=10000,
-                   help="with --tcp: idle connections held open for the memory table (pop53)")
+                   help="with --tcp: idle connections held open for the memory table")
     a = p.parse_args(argv)
     a.cli_argv = None
     if a.quick:

@@ -89,6 +89,16 @@ class Knot(Peer):
                                 else "udp-workers 1, tcp-workers 1, background-workers 1"))
 
 
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """The single configuration with room for ``slots`` TCP clients held 120 s."""
+        launch = self.launch(work, zone, port, False)
+        conf = work / "knot.conf"
+        conf.write_text(conf.read_text().replace(
+            "log:\n", f"    tcp-max-clients: {slots}\n    tcp-idle-timeout: 120s\nlog:\n", 1))
+        launch.settings += f", tcp-max-clients {slots}, tcp-idle-timeout 120s"
+        return launch
+
+
 class NSD(Peer):
     def __init__(self):
         super().__init__("nsd", "NSD", "nsd")
@@ -115,6 +125,16 @@ class NSD(Peer):
         return Launch(["nsd", "-d", "-c", str(work / "nsd.conf")], work,
                       settings=(f"server-count {count}, reuseport yes, RRL off, tcp-count 1024"
                                 if multi else "server-count 1, RRL off, tcp-count 1024"))
+
+
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """The single configuration with room for ``slots`` TCP clients held 120 s."""
+        launch = self.launch(work, zone, port, False)
+        conf = work / "nsd.conf"
+        conf.write_text(conf.read_text().replace(
+            "    tcp-count: 1024\n", f"    tcp-count: {slots}\n    tcp-timeout: 120\n", 1))
+        launch.settings = f"server-count 1, RRL off, tcp-count {slots}, tcp-timeout 120"
+        return launch
 
 
 class Bind(Peer):
