@@ -79,7 +79,8 @@ def markdown(result: dict, summ: dict, raw_json: Path | None) -> str:
         L.append("Each connection: connect, one query answered, then kept open without traffic. "
                  "Resident memory (VmRSS summed over the server's processes; PSS beside it, which "
                  "moves with other processes mapping the same libraries) before and while holding "
-                 "them; the kernel's TCP "
+                 "them (pop53 allocates its table of connection slots, ~230 bytes each, when it "
+                 "starts: that part is already in 'before'); the kernel's TCP "
                  "memory (/proc/net/sockstat, both ends of every loopback connection) is shown "
                  "apart: it is not the server's to save.\n")
         L.append("| server | connections held | RSS before MiB | RSS holding MiB | user-space "
