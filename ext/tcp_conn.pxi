@@ -110,14 +110,17 @@ cdef void tl_listen(tloop_t* lp, bint on) noexcept nogil:
 
 cdef bint tl_evict(tloop_t* lp) noexcept nogil:
     """Close the connection of this loop that has waited longest for an incomplete message
-    (a slowloris holds its slots that way; a real client sends its query at once)."""
+    (a slowloris holds its slots that way; a real client sends its query at once).  A
+    connection that has sent nothing yet is spared for the busy timeout: its query may simply
+    not have been read yet."""
     cdef uint32_t i, best = 0xFFFFFFFFU
     cdef uint64_t oldest = 0xFFFFFFFFFFFFFFFFULL
     cdef tconn_t* c
     for i in range(lp.cap):
         c = &lp.conns[i]
         if c.state == C_OPEN and c.out_len == 0 and not c.eof and \
-                (c.in_len or c.queries == 0) and c.t_msg < oldest:
+                (c.in_len or (c.queries == 0 and lp.now - c.t_msg >= lp.g.busy_ms)) and \
+                c.t_msg < oldest:
             oldest = c.t_msg
             best = i
     if best == 0xFFFFFFFFU:
