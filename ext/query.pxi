@@ -504,7 +504,9 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     elif q.ctl:
         # the fallback when no control plane takes it: refuse politely
         act = ACT_CONTROL
-        c.rcode = RC_NOTIMP if q.ctl == CTL_XFR else RC_REFUSED
+        # (REFUSED for a transfer we do not give, as NSD and BIND; AXFR over UDP is not
+        # defined, RFC 5936 §4.2: NOTIMP, as Knot and NSD)
+        c.rcode = RC_NOTIMP if (q.ctl == CTL_XFR and q.qtype == T_AXFR and not tcp) else RC_REFUSED
         st.control += 1
     elif admit(q, st) != ACT_REPLY:
         st.dropped += 1

@@ -16,7 +16,9 @@ APT_PACKAGES=(
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
+  nats-server                # the metadata feed (JetStream)
   iproute2 iputils-ping procps psmisc  # namespaces, process control
+  systemd                    # systemd-analyze verify of dist/systemd/pop53.service
 )
 
 if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
@@ -38,5 +40,5 @@ if [ "${POP53_SETUP_NO_APT:-0}" != 1 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -r requirements/build.txt
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench]"
 echo "setup: ok"

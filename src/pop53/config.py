@@ -23,16 +23,12 @@ import tomllib
 
 import dns.name
 
+from pop53 import schema
 from pop53.errors import ConfigError
 
-SERVER_KEYS = {
-    "listen", "workers", "identity", "version", "user", "metrics", "state", "edns_max",
-    "chaos", "nsid", "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries",
-    "tcp_workers", "tcp_max_per_ip", "tcp_message_timeout", "tcp_busy_timeout", "tcp_write_timeout",
-    "reuseport_bpf", "max_image_bytes", "stale_after", "delay", "control",
-    "cookies", "cookie_secret", "cookie_secret_previous",
-}
-ZONE_KEYS = {"name", "file"}   # plus the secondary-zone keys, checked by pop53.xfr
+# every table and key is declared in pop53.schema (names, types, defaults, meanings)
+SERVER_KEYS = frozenset(schema.SCHEMA.tables["server"].keys)
+ZONE_KEYS = frozenset(schema.SCHEMA.tables["zone"].keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +81,12 @@ class Config:
     rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
     cookie_secret: bytes | None = None  # DNS COOKIEs on: the RFC 9018 server secret
     cookie_secret_previous: bytes | None = None
+    serial_check: str = "warn"          # pop53.serve.loads.POLICIES
+    # relative zone files and $INCLUDE names resolve here: [server] zone_dir, else the config
+    # file's directory (None: the working directory, for zones given on the command line)
+    zone_dir: str | None = None
+    log_format: str = "text"            # [log] format / level (pop53.logs)
+    log_level: str = "info"
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
@@ -163,9 +165,6 @@ def _rrl(raw, file) -> dict | None:
         return None
     if not isinstance(raw, dict):
         raise ConfigError("must be a table", file=file, key="rrl")
-    unknown = set(raw) - set(RRL_KEYS) - {"exempt"}
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="rrl")
     out = {}
     for k, (default, lo, hi) in RRL_KEYS.items():
         v = _typed(raw, k, int, default, "rrl", file)
@@ -219,16 +218,30 @@ def _cookies(server: dict, file) -> dict:
     return out
 
 
+def _one_of(doc: dict, name: str, allowed: tuple, file, table: str = "server",
+            default=None) -> str:
+    v = _typed(doc, name, str, default or allowed[0], table, file)
+    if v not in allowed:
+        raise ConfigError(f"expected one of {', '.join(allowed)}, got {v!r}", file=file,
+                          key=f"{table}.{name}")
+    return v
+
+
+def _log(raw: dict, file) -> dict:
+    from pop53.logs import FORMATS, LEVELS
+    return {"log_format": _one_of(raw, "format", FORMATS, file, "log"),
+            "log_level": _one_of(raw, "level", tuple(LEVELS), file, "log", default="info")}
+
+
 def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -> Config:
-    """Check a parsed TOML document.  Relative zone paths are relative to base_dir."""
-    if not isinstance(doc, dict):
-        raise ConfigError("the configuration must be a table", file=file)
+    """Check a parsed TOML document.  Relative zone paths are relative to [server] zone_dir,
+    itself relative to base_dir (the config file's directory)."""
+    schema.validate(doc, file)     # unknown tables and keys, with a hint (the same for check)
     server = doc.get("server", {})
-    if not isinstance(server, dict):
-        raise ConfigError("must be a table", file=file, key="server")
-    unknown = set(server) - SERVER_KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(sorted(unknown))}", file=file, key="server")
+    zone_dir = _typed(server, "zone_dir", str, None, "server", file)
+    if zone_dir is not None and base_dir and not os.path.isabs(zone_dir):
+        zone_dir = os.path.join(base_dir, zone_dir)
+    base_dir = zone_dir or base_dir
     listen_raw = server.get("listen", ["127.0.0.1:53"])
     if isinstance(listen_raw, str):
         listen_raw = [listen_raw]
@@ -266,8 +279,11 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
+        serial_check=_one_of(server, "serial_check", ("warn", "refuse", "off"), file),
+        zone_dir=base_dir,
         rrl=_rrl(doc.get("rrl"), file),
         **_cookies(server, file),
+        **_log(doc.get("log", {}), file),
         source=file, doc=doc,
     )
     zones = doc.get("zone", [])
@@ -300,13 +316,18 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
     return cfg
 
 
-def load(path: str | os.PathLike) -> Config:
-    path = os.fspath(path)
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
     try:
         with open(path, "rb") as f:
-            doc = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+        raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+        raise ConfigError(f"invalid TOML: {exc}", file=os.fspath(path)) from None
+
+
+def load(path: str | os.PathLike) -> Config:
+    path = os.fspath(path)
+    doc = read_toml(path)
     return from_dict(doc, file=path, base_dir=os.path.dirname(os.path.abspath(path)))

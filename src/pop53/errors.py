@@ -46,3 +46,15 @@ class ImageError(Pop53Error):
 
 class RouteError(Pop53Error):
     """Route control failed (for example: no CAP_NET_ADMIN)."""
+
+
+class StartError(Pop53Error, OSError):
+    """The server cannot set up something it needs at start: an address already in use, a
+    control socket or pidfile path that cannot be created.  One line naming the address or
+    path; an OSError too (same errno), for callers that retry on EADDRINUSE."""
+
+    def __init__(self, err: int | None, message: str):
+        super().__init__(err, message)
+
+    def __str__(self) -> str:
+        return self.strerror

@@ -169,7 +169,7 @@ def test_any_bytes_as_a_reply_get_a_decision(raw, now):
     ({"rate": 5, "ipv4_prefix": 33}, "rrl.ipv4_prefix", "within 0..32"),
     ({"rate": 5, "table_size": 3000}, "rrl.table_size", "power of two"),
     ({"rate": "fast"}, "rrl.rate", "expected int"),
-    ({"rate": 5, "burst": 9}, "rrl", "unknown key(s): burst"),
+    ({"rate": 5, "burst": 9}, "rrl.burst", "unknown key"),
     ({"rate": 5, "exempt": ["10.0.0.0/8", "nonsense"]}, "rrl.exempt[1]", "not an address prefix"),
 ])
 def test_rrl_config_errors_name_the_key(rrl, key, message):

@@ -7,15 +7,17 @@ subprocess by its PID (SIGTERM, then SIGKILL), also when the test fails.  Every 
 """
 from __future__ import annotations
 
-import errno
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from pop53.serve.server import Server
 
-from integ_support import REPO, ServeProcess, server_config
+from integ_support import REPO, ServeProcess, server_config, start_with_retry
 
 
 @pytest.fixture
@@ -25,24 +27,27 @@ def start_server():
     servers: list[Server] = []
 
     def start(zones, **kw) -> Server:
-        # With listen port 0 the server lets the kernel pick the UDP port and then binds TCP to
-        # the same number, which fails when that TCP port is busy (notes/integration.md, bug 2):
-        # try again with a new port, a bounded number of times.
-        for attempt in range(5):
+        def make():
             s = Server(server_config(zones, **kw))
             servers.append(s)
-            try:
-                s.start()
-                return s
-            except OSError as exc:
-                s.stop()
-                if exc.errno != errno.EADDRINUSE or attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+            return s
+        return start_with_retry(make)
 
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A root-owned 0755 directory (like /run): an unprivileged user can read in it but not
+    create files (pytest's tmp_path is under a 0700 directory)."""
+    d = Path(tempfile.mkdtemp(prefix="p53i-"))
+    try:
+        d.chmod(0o755)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ directory's conftest on sys.path.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import dns.zone
 from prometheus_client.parser import text_string_to_metric_families
 
 from pop53 import config as cfgmod
+from tests.support.refservers import recv_exactly
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -115,16 +117,6 @@ def frame(wire: bytes) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
 def read_frame(sock: socket.socket) -> bytes | None:
     """One length-framed message, or None on EOF (a clean close between messages)."""
     head = recv_exactly(sock, 2)
@@ -137,12 +129,16 @@ def read_frame(sock: socket.socket) -> bytes | None:
     return body
 
 
-def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+def _connected(addr: tuple, kind: int, timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(family, kind)
     s.settimeout(timeout)
     s.connect(addr[:2])
     return s
+
+
+def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+    return _connected(addr, socket.SOCK_STREAM, timeout)
 
 
 def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[bytes]:
@@ -157,11 +153,7 @@ def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[
 
 
 def udp_socket(addr: tuple, timeout: float = 2.0) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.connect(addr[:2])
-    return s
+    return _connected(addr, socket.SOCK_DGRAM, timeout)
 
 
 def udp_exchange(sock: socket.socket, wire: bytes) -> bytes | None:
@@ -255,6 +247,23 @@ def metric(families: dict, name: str, **labels) -> float:
 
 
 # -- in-process servers --------------------------------------------------------------------------
+def start_with_retry(make):
+    """make() -> a server not yet started (Server(cfg), secondary.build(cfg)[0]); returns it
+    started.  With listen port 0 the server lets the kernel pick the UDP port and then binds TCP
+    to the same number, which fails when that TCP port is busy (notes/integration.md, bug 2):
+    try again with a new port, a bounded number of times."""
+    for attempt in range(5):
+        s = make()
+        try:
+            s.start()
+            return s
+        except OSError as exc:
+            s.stop()
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 def server_config(zones, *, listen=("127.0.0.1:0",), workers: int = 2, **server_keys):
     zone_tables = []
     for z in zones:

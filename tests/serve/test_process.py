@@ -49,17 +49,6 @@ def expected(image, wire, tcp=False):
                         responder=pop53.Responder(identity=IDENTITY))
 
 
-@pytest.fixture
-def world_readable_dir():
-    """A directory the unprivileged user can read (pytest's tmp_path is under a 0700 dir)."""
-    d = Path(tempfile.mkdtemp(prefix="p53i-"))
-    try:
-        d.chmod(0o755)
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 @pytest.mark.root
 def test_privilege_drop_after_binding(serve, tmp_path, world_readable_dir):
     if os.geteuid() != 0:

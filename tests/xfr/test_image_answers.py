@@ -13,7 +13,8 @@ from test_knot_primary import ZONE, engine_config, knot_primary
 
 pytest.importorskip("pop53._core")
 import pop53  # noqa: E402
-from pop53.xfr import service as xfr  # noqa: E402
+from pop53.xfr.publisher import ImagePublisher  # noqa: E402
+from pop53.xfr.service import XfrService  # noqa: E402
 
 pytestmark = pytest.mark.peers
 
@@ -29,8 +30,8 @@ def test_published_image_answers_new_data(knot_factory, engines, tmp_path):
     pop_port = free_port()
     k = knot_primary(knot_factory, pop_port)
     images = []
-    pub = xfr.ImagePublisher(images.append)
-    e = xfr.XfrService(engine_config(tmp_path, k.port), pub)
+    pub = ImagePublisher(images.append)
+    e = XfrService(engine_config(tmp_path, k.port), pub)
     engines.append(e)
     e.start()
     e.start_listener("127.0.0.1", pop_port)

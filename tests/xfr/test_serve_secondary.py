@@ -185,7 +185,7 @@ def test_operator_commands_for_transferred_zones(knot_factory, tmp_path):
                                  server_extra=f'metrics = "127.0.0.1:{mport}"\ncontrol = "{sock}"\n')
 
     def ctl(*args):
-        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", str(sock), *args],
+        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "--json", "-s", str(sock), *args],
                            capture_output=True, text=True, timeout=30)
         return r.returncode, json.loads(r.stdout)
 

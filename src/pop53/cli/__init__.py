@@ -14,7 +14,10 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pop53 import __version__
+
     parser = argparse.ArgumentParser(prog="pop53", description="anycast authoritative DNS server")
+    parser.add_argument("--version", action="version", version=f"pop53 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):

@@ -27,21 +27,22 @@ def run(args) -> int:
             print(f"pop53 check: {exc}", file=sys.stderr)
             return 1
         try:
-            from pop53.xfr import service as xfr
-            if hasattr(xfr, "parse_xfr_config"):
-                xfr.parse_xfr_config(cfg.doc, args.config)
+            from pop53.xfr.config import parse_xfr_config
+            parse_xfr_config(cfg.doc, args.config)
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
         targets = [(z.file, z.name) for z in cfg.zones if z.file]
+        include_dir = cfg.zone_dir
     else:
         targets = [(z, None) for z in args.zone]
+        include_dir = None
     if not targets and not args.config:
         print("pop53 check: give -c FILE or --zone FILE", file=sys.stderr)
         return 2
     for path, origin in targets:
         try:
-            zones.append(load_zone_file(path, origin))
+            zones.append(load_zone_file(path, origin, include_dir))
             print(f"ok: {path}: zone {zones[-1].origin} serial {zones[-1].serial}")
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)

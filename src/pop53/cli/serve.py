@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 
 def add_parser(sub) -> None:
@@ -73,12 +74,19 @@ def _origin_of(path: str) -> str:
 
 
 def run(args) -> int:
+    from pop53 import __version__
     from pop53.xfr import secondary
+    from pop53.serve import sdnotify
     from pop53.serve.server import Server
+    from pop53 import logs
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
-    cfg = build_config(args)
+    cfg = build_config(args)          # a bad config is one line on stderr, before any log
+    logs.configure(cfg.log_format, "debug" if args.verbose else cfg.log_level)
+    log = logging.getLogger("pop53")
+    started = time.monotonic()
+    log.info("pop53 %s starting, pid %d, config %s", __version__, os.getpid(),
+             args.config or "from the command line",
+             extra={"fields": {"event": "start", "version": __version__, "pid": os.getpid()}})
     if secondary.needs_engine(cfg):
         server, service = secondary.build(cfg)
     else:
@@ -88,21 +96,36 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    server.pidfile = args.pidfile      # written before the privilege drop
     server.start()
     if service is not None:
         service.start()
-    if args.pidfile:
-        with open(args.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
     for host, port in server.addresses:
-        print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
+        if cfg.log_format == "json":
+            log.info("pop53: listening on %s port %d (udp+tcp)", host, port,
+                     extra={"fields": {"event": "listen", "address": host, "port": port}})
+        else:
+            print(f"pop53: listening on {host} port {port} (udp+tcp)", file=sys.stderr, flush=True)
+    # systemd Type=notify: ready once bound and the zones are published
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
+                    f"STATUS=pop53 {__version__}: serving {len(server.zone_serials)} zone(s)")
+    watchdog = sdnotify.Watchdog()
     try:
         while not stop.wait(0.2):
+            watchdog.tick()
             if hup.is_set():
                 hup.clear()
-                server.reload()
+                sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                ok = server.reload()
+                sdnotify.notify("READY=1", f"STATUS=pop53 {__version__}: serving "
+                                f"{len(server.zone_serials)} zone(s)"
+                                + ("" if ok else f"; last reload rejected: {server.last_error}"))
     finally:
+        sdnotify.notify("STOPPING=1")
         if service is not None:
             service.stop()
         server.stop()
+        up = time.monotonic() - started
+        log.info("pop53 %s stopped after %.1f s", __version__, up,
+                 extra={"fields": {"event": "stop", "version": __version__, "uptime": round(up, 3)}})
     return 0

@@ -61,12 +61,16 @@ class ControlServer:
         if cmd == "reload":
             ok = s.reload()
             return {"ok": ok, "generation": s.shared.generation, "error": s.last_error}
+        # zones that did not load answer SERVFAIL: listed apart with their error, no serial
+        zones = {k: v for k, v in s.zone_serials.items() if s._served(k)}
         if cmd == "status":
-            return {"ok": True, "generation": s.shared.generation, "zones": s.zone_serials,
+            return {"ok": True, "generation": s.shared.generation, "zones": zones,
+                    "failed": s.zone_failed, "waiting": s.zone_waiting,
                     "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
                     "reload_failures": s.reload_failures, "last_error": s.last_error}
         if cmd == "zones":
-            return {"ok": True, "zones": s.zone_serials}
+            return {"ok": True, "zones": zones, "failed": s.zone_failed,
+                    "waiting": s.zone_waiting}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         verb, _, arg = cmd.partition(" ")
@@ -109,3 +113,59 @@ def send(path: str, cmd: str, timeout: float = 60.0) -> dict:
                 break
             data += chunk
     return json.loads(data)
+
+
+def _rows(rows: list[tuple]) -> list[str]:
+    """Left-aligned columns (knotc-like)."""
+    if not rows:
+        return []
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) + "  " + str(r[-1])
+            for r in rows]
+
+
+def _plain(value, indent: str = "") -> list[str]:
+    """Any JSON reply as indented "key: value" lines."""
+    out = []
+    for k, v in value.items():
+        if isinstance(v, dict) and v:
+            out.append(f"{indent}{k}:")
+            out.extend(_plain(v, indent + "  "))
+        elif isinstance(v, list):
+            out.append(f"{indent}{k}: {', '.join(str(x) for x in v) or '-'}")
+        else:
+            out.append(f"{indent}{k}: {'-' if v is None else v}")
+    return out
+
+
+def _zones(reply: dict) -> list[str]:
+    rows = [(name, f"serial {serial}", "ok") for name, serial in sorted(reply["zones"].items())]
+    rows += [(name, "SERVFAIL", f"not loaded: {err}") for name, err in
+             sorted(reply.get("failed", {}).items())]
+    rows += [(name, "SERVFAIL", "waiting for its first transfer") for name in
+             reply.get("waiting", [])]
+    return _rows(rows) or ["no zones"]
+
+
+def format_reply(command: str, reply: dict) -> str:
+    """A control reply for a human (`pop53 ctl` without --json)."""
+    if not reply.get("ok"):
+        return f"error: {reply.get('error') or 'failed'}"
+    verb = command.split()[0]
+    if verb == "reload":
+        return f"reloaded, generation {reply['generation']}"
+    if verb == "zones":
+        return "\n".join(_zones(reply))
+    if verb == "status":
+        listen = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in reply["listen"])
+        lines = [f"serving on {listen or '-'} with {reply['workers']} worker(s), "
+                 f"generation {reply['generation']}",
+                 f"reload failures: {reply['reload_failures']}"
+                 + (f", last error: {reply['last_error']}" if reply.get("last_error") else ""),
+                 *_zones(reply)]
+        return "\n".join(lines)
+    if verb == "stats":
+        return "\n".join(_rows(sorted(reply["stats"].items()))) or "no counters yet"
+    if verb in ("refresh", "retransfer"):
+        return f"{reply['queued']} of {reply['zone']} queued"
+    return "\n".join(_plain({k: v for k, v in reply.items() if k != "ok"}))

@@ -10,7 +10,6 @@ from exactly one image.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import pwd
@@ -23,11 +22,14 @@ import time
 import dns.rdata
 
 from pop53 import _core
-from pop53.zone.compiler import CompilerUnavailable, compile_files_isolated, compile_zone_data
+from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
+                                 load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
-from pop53.errors import Pop53Error, ZoneError
+from pop53.errors import Pop53Error, StartError, ZoneError
+from pop53.serve.loads import check_loads
+from pop53.serve.saved import SavedImage
 from pop53.zone.images import Image, load_image
-from pop53.zone.zonefile import ZoneData, load_zone_file
+from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
 
 log = logging.getLogger("pop53.server")
 
@@ -66,14 +68,38 @@ def tcp_socket(addr: Listen) -> socket.socket:
     return s
 
 
-def drop_privileges(user: str | None) -> None:
-    """After binding: switch to the unprivileged user before anything is served."""
+def run_user(user: str | None):
+    """The passwd entry to switch to, or None when there is nothing to drop (no user, or not
+    started as root)."""
     if not user or os.geteuid() != 0:
-        return
+        return None
     try:
-        pw = pwd.getpwnam(user)
+        return pwd.getpwnam(user)
     except KeyError:
         raise Pop53Error(f"user {user!r} does not exist (server.user)") from None
+
+
+def _start_error(exc: OSError, what: str) -> StartError:
+    return StartError(exc.errno, f"{what}: {exc.strerror or exc}")
+
+
+def give_to(pw, path: str, recursive: bool = False) -> None:
+    """Before the drop: make `path` (and what is below it) the run user's, so that it can
+    still write there afterwards (the state directory) or remove it (pidfile, socket)."""
+    if pw is None:
+        return
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    if recursive:
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+def drop_privileges(user: str | None) -> None:
+    """After binding: switch to the unprivileged user before anything is served."""
+    pw = run_user(user)
+    if pw is None:
+        return
     os.setgroups([])
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
@@ -94,10 +120,17 @@ class Server:
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None
         self.control_handler = control_handler
+        self.control_plane = control_handler     # set in start(): never None there
         self.current_image: Image | None = None
         self.zone_data: dict[str, ZoneData] = {}
         self.zone_serials: dict[str, int] = {}
         self.zone_fresh: dict[str, float] = {}
+        # zones whose file never loaded: in the image as SERVFAIL stand-ins -> their error
+        self.zone_failed: dict[str, str] = {}
+        # secondary zones not transferred yet: SERVFAIL stand-ins too (pop53.xfr.secondary)
+        self.zone_waiting: list[str] = []
+        # origin -> {path: sha256} of the files the served version was read from
+        self.zone_files: dict[str, dict] = {}
         self.reload_failures = 0
         self.last_error: str | None = None
         self.workers: list[_core.Worker] = []
@@ -111,63 +144,74 @@ class Server:
         self._metrics_httpd = None
         self.control = None
         self.reload_hook = None      # set when transfers are attached (secondary.build)
+        self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
-    def load_zone_files(self) -> dict[str, ZoneData]:
+    def _file_specs(self) -> list[tuple[str, str]]:
+        return [(z.file, z.name) for z in self.config.zones if z.file is not None]
+
+    def load_zone_files(self, failed: dict | None = None) -> dict[str, ZoneData]:
+        """Parse every file zone.  Without `failed` the first bad zone raises; with it, a bad
+        zone is left out, its error recorded there, and the others load."""
+        if failed is None:
+            datas = [load_zone_file(f, n, self.config.zone_dir) for f, n in self._file_specs()]
+        else:
+            datas, bad = load_or_fail(self._file_specs(), self.config.zone_dir)
+            failed.update(bad)
         out = {}
-        for z in self.config.zones:
-            if z.file is not None:
-                out[z.name] = load_zone_file(z.file, z.name)
-                for w in out[z.name].warnings:
-                    log.warning("%s", w)
+        for d in datas:
+            out[d.origin.to_text()] = d
+            for w in d.warnings:
+                log.warning("%s", w)
+        if failed is not None:
+            # one line per zone; a changed zone whose serial did not increase is refused when
+            # server.serial_check says so (it then keeps its previous version, like a bad file)
+            refused = self._check_loads({n: d.summary() for n, d in out.items()})
+            for name, err in refused.items():
+                del out[name]
+                failed[name] = err
         return out
 
-    def _file_manifest(self) -> list:
-        out = []
-        for z in self.config.zones:
-            if z.file is not None:
-                st = os.stat(z.file)
-                out.append([z.name, os.path.abspath(z.file), st.st_mtime_ns, st.st_size])
-        return out
+    def _check_loads(self, loaded: dict[str, dict]) -> dict[str, str]:
+        served = {n: s for n, s in self.zone_serials.items() if self._served(n)}
+        return check_loads(loaded, served, self.zone_files, self.config.serial_check)
 
-    def _cache_paths(self) -> tuple[str, str] | None:
-        if not self.config.state:
+    def _note_failed(self, failed: dict[str, str]) -> None:
+        """One error line per zone that does not load (and answers SERVFAIL), once."""
+        for name, err in failed.items():
+            if self.zone_failed.get(name) != err:
+                log.error("zone %s did not load and answers SERVFAIL: %s", name, err)
+        self.zone_failed = dict(failed)
+
+    def _saved(self) -> SavedImage | None:
+        """The saved image in the state directory, for file zones only (transferred zones are
+        restored by pop53.xfr from their own snapshots)."""
+        if not self.config.state or any(z.file is None for z in self.config.zones):
             return None
-        return (os.path.join(self.config.state, "zones.img"),
-                os.path.join(self.config.state, "zones.img.json"))
+        return SavedImage(self.config.state, [(z.name, z.file) for z in self.config.zones])
 
     def _load_cached_image(self) -> Image | None:
-        """A restart serves at once: when the zone files are unchanged since the image in the
-        state directory was compiled, map that image instead of parsing again."""
-        paths = self._cache_paths()
-        if paths is None or any(z.file is None for z in self.config.zones):
+        """A restart serves at once: when no file the saved image was compiled from changed,
+        map that image instead of parsing again."""
+        saved = self._saved()
+        loaded = saved.load() if saved is not None else None
+        if loaded is None:
             return None
-        try:
-            with open(paths[1]) as f:
-                meta = json.load(f)
-            if meta.get("files") != self._file_manifest():
-                return None
-            image = load_image(paths[0])
-        except (OSError, ValueError, Pop53Error) as exc:
-            log.info("not using the saved image: %s", exc)
-            return None
-        log.info("serving the saved image %s (zone files unchanged)", paths[0])
-        return image
+        self._note_failed(loaded[1])
+        self.zone_files = loaded[2]
+        return loaded[0]
 
-    def _save_cached_image(self, image: Image) -> None:
-        paths = self._cache_paths()
-        if paths is None or any(z.file is None for z in self.config.zones):
-            return
-        try:
-            os.makedirs(self.config.state, exist_ok=True)
-            image.save(paths[0])
-            tmp = paths[1] + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump({"files": self._file_manifest()}, f)
-            os.replace(tmp, paths[1])
-        except OSError as exc:
-            log.warning("could not save the image to %s: %s", paths[0], exc)
+    def _save_cached_image(self, image: Image, files: dict[str, dict]) -> None:
+        """files: origin -> {path: sha256} of the zones in `image`."""
+        self.zone_files = {**self.zone_files, **files}
+        saved = self._saved()
+        if saved is not None:
+            # a zone that did not load: its file as it is now (a fix invalidates the image)
+            paths = {z.name: z.file for z in self.config.zones}
+            failed = {name: file_digests(paths[name], self.config.zone_dir)
+                      for name in self.zone_failed}
+            saved.save(image, {**self.zone_files, **failed}, self.zone_failed)
 
     def publish(self, image: Image) -> int:
         """Make `image` the one every worker answers from.  One atomic store."""
@@ -183,20 +227,25 @@ class Server:
                 self.zone_fresh.setdefault(zone, now)
             return gen
 
-    def set_zones(self, zones: dict[str, ZoneData]) -> Image:
-        """Compile the given zones (replacing all) and publish.  Raises on a bad zone, and then
-        nothing changes."""
-        image = compile_zone_data(list(zones.values()))
+    def set_zones(self, zones: dict[str, ZoneData], failed: dict[str, str] | None = None) -> Image:
+        """Compile the given zones (replacing all) and publish; `failed` zones (origin -> error)
+        answer SERVFAIL.  Raises on a bad zone, and then nothing changes."""
+        failed = failed or {}
+        image = compile_zone_data(with_stand_ins(list(zones.values()), failed),
+                                  expired=sorted(failed))
         self._check_size(image)
         with self._lock:
-            # keep the parsed zones only where transfers need them (memory: a parsed
-            # million-name zone is gigabytes in dnspython objects; the image is ~90 MB)
-            self.zone_data = dict(zones) if self.control_handler is not None else {}
+            # the parsed zones are kept for transfers and so that a zone whose file breaks
+            # keeps its previous version on reload; big zone files compile in a child process
+            # and are never held here (a parsed million-name zone is gigabytes in dnspython
+            # objects; the image is ~90 MB)
+            self.zone_data = dict(zones)
+            self._note_failed(failed)
             self.publish(image)
             now = time.time()
             for name in zones:
                 self.zone_fresh[name] = now
-        self._save_cached_image(image)
+        self._save_cached_image(image, {n: d.files for n, d in zones.items()})
         return image
 
     def _check_size(self, image: Image) -> None:
@@ -221,56 +270,92 @@ class Server:
         except OSError:
             return False
 
-    def compile_files(self) -> Image:
+    def compile_files(self) -> tuple[Image, dict[str, str], dict]:
         """Compile every file zone in a child process (see compiler.compile_files_isolated) into
-        a new image file, map it and check its size.  Nothing is published."""
+        a new image file, map it and check its size: (the image, {origin: error} of the zones
+        that did not load, SERVFAIL stand-ins in it, {path: sha256} of the files read).
+        Nothing is published."""
         d = self.config.state or tempfile.gettempdir()
         os.makedirs(d, exist_ok=True)
         fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
         os.close(fd)
         try:
-            compile_files_isolated([(z.file, z.name) for z in self.config.zones if z.file], path)
+            result = compile_files_isolated(self._file_specs(), path, skip_bad=True,
+                                            include_dir=self.config.zone_dir)
+            failed = result["failed"]
+            files = {n: z["files"] for n, z in result["loaded"].items()}
             image = load_image(path)
+            refused = self._check_loads(result["loaded"])
+            if refused:       # the image holds the refused version: keep the old one whole
+                raise Pop53Error(next(iter(refused.values())))
         except CompilerUnavailable as exc:
             log.warning("%s; compiling in-process", exc)
-            image = compile_zone_data(list(self.load_zone_files().values()))
+            failed = {}
+            loaded = self.load_zone_files(failed)
+            zones = list(loaded.values())
+            image = compile_zone_data(with_stand_ins(zones, failed), expired=sorted(failed))
+            files = {n: d.files for n, d in loaded.items()}
         finally:
             os.unlink(path)        # the mapping keeps the data; no file is left behind
         self._check_size(image)
-        return image
+        return image, failed, files
 
-    def _publish_files_image(self, image: Image) -> None:
+    def _served(self, name: str) -> bool:
+        """Whether `name` answers from real data now (not a SERVFAIL stand-in)."""
+        return name in self.zone_serials and name not in self.zone_failed \
+            and name not in self.zone_waiting
+
+    def _publish_files_image(self, image: Image, failed: dict[str, str], files: dict) -> None:
+        # a zone that served and now fails to load: its previous version is not held in this
+        # process (child compile), so the whole reload is rejected and everything keeps serving
+        lost = [n for n in failed if self._served(n)]
+        if lost:
+            raise Pop53Error(failed[lost[0]])
         with self._lock:
             self.zone_data = {}
+            self._note_failed(failed)
             self.publish(image)
             now = time.time()
             for name in self.zone_serials:
                 self.zone_fresh[name] = now
-        self._save_cached_image(image)
+        self._save_cached_image(image, files)
 
     def reload(self) -> bool:
-        """Re-read every zone file and swap them in.  A bad zone is rejected with an error and
-        the previous data keeps serving.  Returns whether the new data was published."""
+        """Re-read every zone file and swap them in.  A zone that does not load is reported
+        (one error line) and keeps its previous version, or answers SERVFAIL if it never
+        loaded; the others are published.  When its previous version is not held in memory
+        (child compile, saved image) the whole reload is rejected and everything keeps serving.
+        Returns whether every zone loaded."""
         try:
             if self.reload_hook is not None:
-                self.reload_hook()
-                self.last_error = None
-                log.info("reloaded, generation %d", self.shared.generation)
-                return True
-            if self._isolate_compile():
-                self._publish_files_image(self.compile_files())
+                failed = self.reload_hook() or {}     # {origin: error} of file zones
                 zones = self.zone_serials
-                self.last_error = None
-                log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
-                return True
-            files = self.load_zone_files()
-            with self._lock:
-                zones = {k: v for k, v in self.zone_data.items() if k not in files}
-                zones.update(files)
-                self.set_zones(zones)
-            self.last_error = None
-            log.info("reloaded %d zone(s), generation %d", len(zones), self.shared.generation)
-            return True
+            elif self._isolate_compile():
+                image, failed, files = self.compile_files()
+                self._publish_files_image(image, failed, files)
+                zones = self.zone_serials
+            else:
+                failed = {}
+                files = self.load_zone_files(failed)
+                with self._lock:
+                    # transferred zones, and the previous version of a zone whose file now fails
+                    zones = {k: v for k, v in self.zone_data.items() if k not in files}
+                    zones.update(files)
+                    for name in failed:
+                        if name in zones:
+                            log.error("zone %s: reload rejected, serial %d keeps serving: %s",
+                                      name, zones[name].serial, failed[name])
+                        elif self._served(name):
+                            raise Pop53Error(failed[name])   # not held here: reject it all
+                    stand_ins = {n: e for n, e in failed.items() if n not in zones}
+                    if files or stand_ins != self.zone_failed:    # else nothing changed
+                        self.set_zones(zones, stand_ins)
+            # the others are published; the zones that did not load count as a failed reload
+            self.last_error = "; ".join(failed.values()) or None
+            self.reload_failures += bool(failed)
+            log.info("reloaded %d zone(s)%s, generation %d", len(zones) - len(failed),
+                     f", {len(failed)} rejected" if failed else "", self.shared.generation)
+            return not failed
         except Pop53Error as exc:
             self.reload_failures += 1
             self.last_error = str(exc)
@@ -295,27 +380,38 @@ class Server:
 
     # -- lifecycle -------------------------------------------------------------------------
     def bind(self) -> None:
+        for addr in self.config.listen:
+            try:
+                self._bind(addr)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot listen on {addr}") from None
+
+    def _bind(self, addr: Listen) -> None:
         cfg = self.config
-        for addr in cfg.listen:
-            # with port 0 the first UDP socket picks the port and TCP and the rest of the group
-            # follow it; if that port is taken for TCP, pick again
-            for attempt in range(20):
-                first = udp_socket(addr)
-                a = Listen(addr.host, first.getsockname()[1])
-                try:
-                    tsock = tcp_socket(a)
-                    break
-                except OSError as exc:
-                    first.close()
-                    if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
-                        raise
-            addr = a
+        # with port 0 the first UDP socket picks the port and TCP and the rest of the group
+        # follow it; if that port is taken for TCP, pick again
+        for attempt in range(20):
+            first = udp_socket(addr)
+            a = Listen(addr.host, first.getsockname()[1])
+            try:
+                tsock = tcp_socket(a)
+                break
+            except OSError as exc:
+                first.close()
+                if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+        addr = a
+        try:
             group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
-            if cfg.reuseport_bpf:
-                from pop53.ecmp import reuseport
-                reuseport.attach_cbpf(group[0], len(group))
-            self.udp_socks.extend(group)
-            self.tcp_socks.append(tsock)
+        except OSError:
+            first.close()
+            tsock.close()
+            raise
+        if cfg.reuseport_bpf:
+            from pop53.ecmp import reuseport
+            reuseport.attach_cbpf(group[0], len(group))
+        self.udp_socks.extend(group)
+        self.tcp_socks.append(tsock)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -323,6 +419,11 @@ class Server:
         return [s.getsockname()[:2] for s in self.tcp_socks]
 
     def start(self) -> None:
+        if self.config.state:
+            try:
+                os.makedirs(self.config.state, exist_ok=True)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot create the state directory {self.config.state}") from None
         if self.current_image is None:
             cached = None
             if self.control_handler is None and all(z.file for z in self.config.zones):
@@ -330,17 +431,22 @@ class Server:
             if cached is not None:
                 self.publish(cached)
             elif self._isolate_compile():
-                self._publish_files_image(self.compile_files())
+                self._publish_files_image(*self.compile_files())
             else:
-                self.set_zones(self.load_zone_files())
+                failed: dict[str, str] = {}
+                self.set_zones(self.load_zone_files(failed), failed)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
         from pop53.serve import tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
+        self._before_drop(run_user(self.config.user))
+        # what the data plane sets aside (NOTIFY, XFR, TSIG-signed) always reaches Python: a
+        # server without transfers still owes TSIG-signed queries NOTAUTH/BADKEY (RFC 8945 §5.2)
+        from pop53.xfr.secondary import ControlPlane
+        self.control_plane = self.control_handler or ControlPlane(None, self)
         drop_privileges(self.config.user)
-        control = self.control_handler is not None
         for i, s in enumerate(self.udp_socks):
-            w = _core.Worker(s.fileno(), i, control)
+            w = _core.Worker(s.fileno(), i, True)
             self.workers.append(w)
             t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter),
                                  name=f"pop53-udp-{i}", daemon=True)
@@ -353,30 +459,54 @@ class Server:
         hk = threading.Thread(target=self._housekeeping, name="pop53-housekeeping", daemon=True)
         hk.start()
         self._threads.append(hk)
-        if self.config.metrics is not None:
-            from pop53.serve import metrics
-            metrics.start(self, self.config.metrics)
-        if self.config.control:
-            from pop53.serve.control import ControlServer
-            self.control = ControlServer(self, self.config.control)
-            self.control.start()
         self.started = True
         log.info("serving %d zone(s) on %s with %d worker(s) per address",
                  len(self.zone_serials), ", ".join(str(Listen(h, p)) for h, p in self.addresses),
                  self.config.workers)
 
+    def _before_drop(self, pw) -> None:
+        """What needs root or must belong to the run user, done before the switch (issue 14
+        point 8): the state directory, the pidfile, the metrics port, the control socket.  A
+        failure is one line naming the path or address."""
+        cfg = self.config
+        if cfg.state:
+            try:
+                give_to(pw, cfg.state, recursive=True)    # with what this start saved in it
+            except OSError as exc:
+                raise _start_error(exc, f"cannot prepare the state directory {cfg.state}") from None
+        if self.pidfile:
+            try:
+                with open(self.pidfile, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+                give_to(pw, self.pidfile)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot write the pidfile {self.pidfile}") from None
+        if cfg.metrics is not None:
+            from pop53.serve import metrics
+            try:
+                metrics.start(self, cfg.metrics)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot listen on {cfg.metrics} (metrics)") from None
+        if cfg.control:
+            from pop53.serve.control import ControlServer
+            self.control = ControlServer(self, cfg.control)
+            try:
+                self.control.start()
+                give_to(pw, cfg.control)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot create the control socket {cfg.control}") from None
+
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.02):
             self.reclaim()
-            if self.control_handler is not None:
-                for i, w in enumerate(self.workers):
-                    for msg, addr in w.take_control():
-                        self._control_udp(self.udp_socks[i], msg, addr)
+            for i, w in enumerate(self.workers):
+                for msg, addr in w.take_control():
+                    self._control_udp(self.udp_socks[i], msg, addr)
 
     def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
         peer = _sockaddr(rawaddr)
         try:
-            reply = self.control_handler.handle_udp(msg, peer)
+            reply = self.control_plane.handle_udp(msg, peer)
         except Exception:
             log.exception("control handler failed on a message from %s", peer)
             reply = None
@@ -405,6 +535,11 @@ class Server:
                 pass
         if self.control is not None:
             self.control.stop()
+        if self.pidfile and self.started:
+            try:
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()
             self._metrics_httpd.server_close()

@@ -67,7 +67,7 @@ class TcpServer:
             message_timeout=cfg.tcp_message_timeout, busy_timeout=cfg.tcp_busy_timeout,
             write_timeout=cfg.tcp_write_timeout)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        control = server.control_handler is not None
+        control = getattr(server, "control_plane", server.control_handler) is not None
         self.loops = [_core.TcpLoop(self.group, [s.fileno() for s in socks], i, control, self._wake_w)
                       for i in range(cfg.tcp_workers)]
         self.counters = TcpCounters(self)
@@ -185,7 +185,7 @@ class TcpServer:
             image.view if image is not None else None, msg, self.server.responder, True,
             _packed(peer) if self.server.responder.cookies else None)
         if act == _core.ACTION_CONTROL:
-            handler = self.server.control_handler
+            handler = self.server.control_plane
             if handler is not None:
                 try:
                     out = handler.handle_tcp(msg, peer)

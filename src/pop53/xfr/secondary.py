@@ -1,4 +1,4 @@
-"""The glue between the server and the metadata engine (xfr.py): which messages go to the
+"""The glue between the server and the transfer engine (xfr/service.py): which messages go to the
 engine, how its zone versions become images, and how a reload keeps the transferred zones.
 
     cfg = config.load(path)
@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import logging
 
-from pop53.xfr import service as xfr
+from pop53 import _core
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.protocol import answer_signed
+from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
+from pop53.zone.compiler import compile_zone_data, with_stand_ins
 
 log = logging.getLogger("pop53.secondary")
 
@@ -26,58 +31,114 @@ def needs_engine(cfg: Config) -> bool:
 
 
 class ControlPlane:
-    """The server's control handler: NOTIFY, SOA checks with TSIG, AXFR/IXFR, go to the engine;
-    anything the engine does not take gets the data plane's fallback reply."""
+    """The server's handler for what the data plane sets aside (NOTIFY, AXFR/IXFR, TSIG-signed):
+    the transfer engine when there is one, then TSIG for every other signed query (RFC 8945
+    §5.2: NOTAUTH with BADKEY/BADSIG/BADTIME, or the data plane's answer, signed).  None: the
+    data plane's fallback reply goes out.  `service` is None on a server without transfers
+    (every key is then unknown)."""
 
-    def __init__(self, service: xfr.XfrService):
+    def __init__(self, service: XfrService | None, server: Server):
         self.service = service
+        self.server = server
 
     def handle_udp(self, msg: bytes, peer) -> bytes | None:
-        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
-            return self.service.handle_notify(msg, peer)
-        # UDP AXFR/IXFR: not served over UDP here (RFC 5936 §4.2; IXFR clients retry over TCP
-        # when the answer is not an IXFR): the data plane's fallback reply goes out
-        return self.service.handle_query(msg, peer)
+        svc = self.service
+        if svc is not None:
+            if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+                return svc.handle_notify(msg, peer)
+            r = svc.outbound.handle_udp_ixfr(msg, peer) or svc.handle_query(msg, peer)
+            if r is not None:
+                return r
+        return self._signed(msg, peer, False)
 
     def handle_tcp(self, msg: bytes, peer) -> list[bytes] | None:
-        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
-            r = self.service.handle_notify(msg, peer)
-            return [r] if r else None
-        out = self.service.handle_tcp_query(msg, peer)
-        if out is not None:
-            return out
-        r = self.service.handle_query(msg, peer)
+        svc = self.service
+        if svc is not None:
+            if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+                r = svc.handle_notify(msg, peer)
+                return [r] if r else None
+            out = svc.handle_tcp_query(msg, peer)
+            if out is not None:
+                return out
+            r = svc.handle_query(msg, peer)
+            if r is not None:
+                return [r]
+        r = self._signed(msg, peer, True)
         return [r] if r else None
 
+    def _signed(self, msg: bytes, peer, tcp: bool) -> bytes | None:
+        keyring = self.service.keyring if self.service is not None else {}
+        reason, reply = answer_signed(msg, keyring, lambda wire: self._plain(wire, tcp), tcp)
+        if reason is not None and self.service is not None:
+            self.service.refused("query", reason, peer)
+        return reply
 
-def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
+    def _plain(self, wire: bytes, tcp: bool) -> bytes | None:
+        """The data plane's answer to an (unsigned) query."""
+        image = self.server.current_image
+        _act, reply = _core.answer(image.view if image is not None else None, wire,
+                                   self.server.responder, tcp)
+        return reply
+
+
+def build(cfg: Config) -> tuple[Server, XfrService | None]:
     """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
     if not needs_engine(cfg):
         return Server(cfg), None
-    xcfg = xfr.parse_xfr_config(cfg.doc, cfg.source)
+    xcfg = parse_xfr_config(cfg.doc, cfg.source)
     holder: dict = {}
     server = Server(cfg)
-    files = server.load_zone_files()
-    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
-                                   check_image=server._check_size)
+    failed: dict[str, str] = {}
+    files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
+
+    secondaries = [z.name.to_text() for z in xcfg.zones if z.primaries]
+
+    def compile_(zones, expired=()):
+        # SERVFAIL stand-ins, never REFUSED, for zones that are ours without data: the file
+        # zones that never loaded and the secondary zones not transferred (or restored) yet,
+        # e.g. during a restart (issue 14 points 1 and 5)
+        zones = list(zones)
+        have = {d.origin.to_text() for d in zones}
+        server.zone_waiting = [n for n in secondaries if n not in have]
+        stand_ins = set(server.zone_waiting) | set(server.zone_failed)
+        return compile_zone_data(with_stand_ins(zones, stand_ins),
+                                 expired=sorted(set(expired) | stand_ins))
+
+    publisher = ImagePublisher(server.publish, static=list(files.values()),
+                                   compile_zone_data=compile_, check_image=server._check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
-    service = xfr.XfrService(xcfg, publisher)
-    server.control_handler = ControlPlane(service)
+    service = XfrService(xcfg, publisher)
+    server.control_handler = ControlPlane(service, server)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
-    server.set_zones(files)         # the file zones serve at once; transferred ones join on start
+    # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
+    server._note_failed(failed)
+    image = compile_(files.values())
+    server._check_size(image)
+    server.zone_data = dict(files)
+    server.zone_files = {n: d.files for n, d in files.items()}
+    server.publish(image)
 
-    def reload_files() -> None:
-        new = server.load_zone_files()
+    def reload_files() -> dict[str, str]:
+        bad: dict[str, str] = {}
+        new = server.load_zone_files(bad)
+        old = {d.origin.to_text(): d for d in publisher.static}
+        for name in bad:
+            if name in old:                   # its previous version keeps serving
+                new[name] = old[name]
+                log.error("zone %s: reload rejected, serial %d keeps serving: %s", name,
+                          old[name].serial, bad[name])
         publisher.static = list(new.values())
         for name, data in new.items():
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
+        server._note_failed({n: e for n, e in bad.items() if n not in new})
         # recompile the file zones together with the transferred ones
         zones = publisher.static + [d for d in publisher.zones.values() if d is not None]
-        from pop53.zone.compiler import compile_zone_data
-        image = compile_zone_data(zones, expired=sorted(getattr(publisher, "expired", ())))
+        image = compile_(zones, expired=getattr(publisher, "expired", ()))
         server._check_size(image)
         server.publish(image)
+        server.zone_files.update({n: d.files for n, d in new.items()})
+        return bad
 
     server.reload_hook = reload_files
     holder["service"] = service

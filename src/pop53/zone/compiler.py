@@ -22,7 +22,7 @@ import numpy as np
 from pop53 import _core
 from pop53.errors import ZoneError
 from pop53.zone.images import Image
-from pop53.zone.zonefile import ZoneData, load_zone_file
+from pop53.zone.zonefile import ZoneData, load_zone_file, zone_from_text
 
 HEADER = struct.Struct("<8sIIQIIIIIIIIII")
 CHECKSUM_OFFSET = 60   # the header's last field
@@ -318,6 +318,36 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     return Image(bytes(buf))
 
 
+def failed_zone(origin: str | dns.name.Name) -> ZoneData:
+    """A stand-in for a zone that failed to load: compiled with the EXPIRED flag (pass its
+    origin in `expired`), so its names get SERVFAIL, as Knot answers for a zone it could not
+    load, rather than REFUSED (not ours); none of this data is ever answered."""
+    origin = dns.name.from_text(origin) if isinstance(origin, str) else origin
+    return zone_from_text("@ 0 IN SOA invalid. invalid. 0 0 0 0 0\n@ 0 IN NS invalid.\n", origin,
+                          source="<failed to load>")
+
+
+def load_or_fail(zones: list[tuple[str, str]], include_dir: str | None = None
+                 ) -> tuple[list[ZoneData], dict[str, str]]:
+    """Load (path, origin) zone files one by one: (the ones that loaded, {origin: error} of
+    those that did not).  One bad zone does not stop the others (issue 14)."""
+    datas, failed = [], {}
+    for path, origin in zones:
+        try:
+            datas.append(load_zone_file(path, origin or None, include_dir))
+        except ZoneError as exc:
+            if not origin:
+                raise          # no name to answer SERVFAIL for
+            failed[dns.name.from_text(origin).to_text()] = str(exc)
+    return datas, failed
+
+
+def with_stand_ins(datas: list[ZoneData], failed) -> list[ZoneData]:
+    """`datas` plus a SERVFAIL stand-in for each failed origin not among them."""
+    have = {d.origin for d in datas}
+    return datas + [failed_zone(n) for n in sorted(failed) if dns.name.from_text(n) not in have]
+
+
 def compile_zones(paths, seed: int | None = None) -> Image:
     """Compile zone files (origin from each file's $ORIGIN or SOA) into one Image.
     Entries may be paths or (path, origin) pairs."""
@@ -336,18 +366,25 @@ class CompilerUnavailable(Exception):
 
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
-                           timeout: float | None = None) -> None:
+                           timeout: float | None = None, skip_bad: bool = False,
+                           include_dir: str | None = None) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
     objects per record: gigabytes for a million names) and a reload does not compete with the
-    serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone.
+    serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone;
+    with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
+    Returns {"failed": {origin: error}, "loaded": {origin: ZoneData.summary()}}.
     """
     import json
     import subprocess
     import sys
 
     args = [sys.executable, "-m", "pop53.zone.compiler", "--out", out_path]
+    if skip_bad:
+        args.append("--skip-bad")
+    if include_dir:
+        args += ["--include-dir", include_dir]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
     try:
@@ -363,6 +400,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     for w in result.get("warnings", []):
         import logging
         logging.getLogger("pop53.compiler").warning("%s", w)
+    return {"failed": result.get("failed", {}), "loaded": result.get("loaded", {})}
 
 
 def main(argv=None) -> int:
@@ -374,15 +412,22 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--zone", action="append", default=[])
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--include-dir")
     args = p.parse_args(argv)
     try:
-        datas = []
-        for spec in args.zone:
-            origin, _, path = spec.partition("=")
-            datas.append(load_zone_file(path, origin or None))
-        image = compile_zone_data(datas)
+        specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
+        if args.skip_bad:
+            datas, failed = load_or_fail(specs, args.include_dir)
+            datas = with_stand_ins(datas, failed)
+        else:
+            datas, failed = [load_zone_file(path, origin or None, args.include_dir)
+                             for path, origin in specs], {}
+        image = compile_zone_data(datas, expired=sorted(failed))
         image.save(args.out)
-        print(json.dumps({"ok": True, "bytes": len(image),
+        print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
+                          "loaded": {d.origin.to_text(): d.summary() for d in datas
+                                     if d.origin.to_text() not in failed},
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
     except ZoneError as exc:

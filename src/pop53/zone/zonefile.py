@@ -7,9 +7,13 @@ the file, the line and the owner.  The same checks run on zones that arrive by t
 """
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import hashlib
 import os
 import re
+import threading
+import time
 
 import dns.exception
 import dns.name
@@ -33,10 +37,29 @@ _SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
 
 _ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
 _SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
+_INCLUDE_RE = re.compile(r'^\$INCLUDE\s+("[^"\n]*"|\S+)', re.MULTILINE | re.IGNORECASE)
 
 
 class _OutOfZone(Exception):
     pass
+
+
+# $INCLUDE names resolve against the zone directory ([server] zone_dir; issue 14 point 9), not
+# the working directory.  dnspython opens included files with the builtin open(), its module's
+# only use of it, so that name is pointed at a resolver that reads the load in progress in this
+# thread (loads run in several threads: reloads, transfers).
+_include = threading.local()
+
+
+def _open_include(name, *args, **kwargs):
+    return builtins.open(_resolve(name, getattr(_include, "dir", None)), *args, **kwargs)
+
+
+def _resolve(name: str, include_dir: str | None) -> str:
+    return os.path.join(include_dir, name) if include_dir else name
+
+
+dns.zonefile.open = _open_include
 
 
 class _Reader(dns.zonefile.Reader):
@@ -67,6 +90,20 @@ class ZoneData:
     source: str
     lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
     warnings: list = dataclasses.field(default_factory=list)
+    # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
+    # the saved image is reused only while all of them are unchanged (issue 14 point 9)
+    files: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0     # how long reading and checking the file took
+
+    @property
+    def records(self) -> int:
+        return sum(len(rds) for node in self.zone.nodes.values() for rds in node.rdatasets)
+
+    def summary(self) -> dict:
+        """What a load log line and the serial check need (JSON-able: the compiler child
+        reports it)."""
+        return {"serial": self.serial, "records": self.records, "seconds": self.seconds,
+                "files": self.files}
 
     @property
     def serial(self) -> int:
@@ -92,14 +129,57 @@ def _guess_origin(text: str, path: str) -> dns.name.Name:
                     "give the zone name explicitly", file=path)
 
 
-def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None) -> ZoneData:
-    """Read and validate one master file.  Raises ZoneError naming file, line and owner."""
-    path = os.fspath(path)
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _included(text: str, out: dict, include_dir: str | None, depth: int = 0) -> None:
+    """Add the files `text` $INCLUDEs, recursively, to out {absolute path: SHA-256, or None
+    when unreadable}.  Relative names resolve against include_dir (else the working directory)."""
+    for m in _INCLUDE_RE.finditer(text):
+        path = os.path.abspath(_resolve(m.group(1).strip('"'), include_dir))
+        if path in out or depth > 16:
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            out[path] = None
+            continue
+        out[path] = _digest(data)
+        _included(data.decode("utf-8", "surrogateescape"), out, include_dir, depth + 1)
+
+
+def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dict:
+    """{absolute path: SHA-256 or None} of a master file and everything it $INCLUDEs: what a
+    load of it reads, for the saved-image check (also for a file that does not load)."""
+    out: dict = {}
+    path = os.path.abspath(path)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return {path: None}
+    out[path] = _digest(data)
+    _included(data.decode("utf-8", "surrogateescape"), out, include_dir)
+    return out
+
+
+def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None,
+                   include_dir: str | None = None) -> ZoneData:
+    """Read and validate one master file.  Raises ZoneError naming file, line and owner.
+    Relative $INCLUDE names resolve against include_dir (else the working directory)."""
+    path = os.fspath(path)
+    t0 = time.monotonic()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
+    # as text mode reads it (universal newlines); the digest is of the bytes that were parsed
+    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    files = {os.path.abspath(path): _digest(raw)}
+    _included(text, files, include_dir)
     if origin is None:
         origin = _guess_origin(text, path)
     elif isinstance(origin, str):
@@ -107,10 +187,13 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return zone_from_text(text, origin, source=path)
+    return dataclasses.replace(zone_from_text(text, origin, source=path, include_dir=include_dir),
+                               files=files,
+                               seconds=time.monotonic() - t0)
 
 
-def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -> ZoneData:
+def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
+                   include_dir: str | None = None) -> ZoneData:
     """Parse master-file text with dnspython, recording the line of every RRset."""
     zone = dns.zone.Zone(origin, dns.rdataclass.IN, relativize=False)
     lines: dict = {}
@@ -131,7 +214,11 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>") -
                 lines.setdefault(key, line if fname == source else None)
 
             txn.check_put_rdataset(_remember)
-            reader.read()
+            saved, _include.dir = getattr(_include, "dir", None), include_dir
+            try:
+                reader.read()
+            finally:
+                _include.dir = saved
     except dns.exception.SyntaxError as exc:
         # dnspython's message already reads "file:line: detail".
         m = re.match(r"^(.*?):(\d+): (.*)$", str(exc), re.S)
@@ -236,6 +323,14 @@ def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
     return types
 
 
+def occluded(data: "ZoneData", name: dns.name.Name, types, where: str) -> str:
+    """The warning for records of `types` at `name` that a delegation occludes (`where`: "below
+    the delegation at X" or "at a delegation point"): loaded and not served, as BIND and Knot."""
+    return (f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+            f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in types))} {where} is occluded "
+            "and will not be served")
+
+
 def validate(data: ZoneData) -> None:
     """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
     zone, origin = data.zone, data.origin
@@ -265,14 +360,9 @@ def validate(data: ZoneData) -> None:
                 bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
                 if bad:
                     data.warnings.append(
-                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                        f"delegation at {parent} is occluded and will not be served")
+                        occluded(data, name, bad, f"below the delegation at {parent}"))
             parent = parent.parent()
         if name in cuts:
             bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
             if bad:
-                data.warnings.append(
-                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                    "point is occluded by the NS records and will not be served")
+                data.warnings.append(occluded(data, name, bad, "at a delegation point"))

@@ -1,0 +1,51 @@
+"""`pop53 publish`: sign and publish to the metadata feed (NATS JetStream).
+
+    pop53 publish --server nats://HOST:PORT --key DIR/NAME.key target NAME up|down
+    pop53 publish --server ... --key ... heartbeat [--every SECONDS --count N]
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("publish", help="sign and publish liveness or heartbeats to the feed")
+    p.add_argument("--server", action="append", required=True, metavar="URL")
+    p.add_argument("--key", required=True, metavar="FILE")
+    p.add_argument("--sender", default=socket.gethostname())
+    p.add_argument("--stream", default="pop53", help="the stream name subscribers follow")
+    p.add_argument("--prefix", default="pop53", help="NATS subject prefix")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    t = what.add_parser("target", help="a target's liveness")
+    t.add_argument("name")
+    t.add_argument("state", choices=("up", "down"))
+    h = what.add_parser("heartbeat", help="the feed's heartbeat (subscribers go stale without it)")
+    h.add_argument("--every", type=float, default=0.0, metavar="SECONDS")
+    h.add_argument("--count", type=int, default=1)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pop53.feed.message import NAME_RE, read_private
+    from pop53.feed.publisher import Publisher, target_payload
+    from pop53.errors import ConfigError
+
+    pub = Publisher(args.server, read_private(args.key), stream=args.stream, prefix=args.prefix,
+                    sender=args.sender)
+    if args.what == "target":
+        if not NAME_RE.match(args.name):
+            raise ConfigError(f"invalid target name {args.name!r}")
+        seq = pub.send_sync("target", args.name, target_payload(args.state == "up"))
+        print(f"published target {args.name} {args.state} (stream sequence {seq})")
+        return 0
+
+    async def beats():
+        for i in range(args.count):
+            await pub.send("heartbeat", "")
+            if i + 1 < args.count:
+                await asyncio.sleep(args.every)
+
+    asyncio.run(beats())
+    print(f"published {args.count} heartbeat(s)")
+    return 0

@@ -1,0 +1,282 @@
+"""The configuration schema: every table and key of the server's TOML, declared once.
+
+`pop53 check` and `pop53 serve` both run `validate(doc, file)` before any value is parsed, so a
+typo (`[[zones]]`, `[rlr]`, `fiel = ...`) is rejected the same way by both, with the key path and
+a "did you mean" hint (issue 14 point 7).  The values themselves are checked where they are used
+(config.py for [server], [[zone]], [rrl]; pop53.xfr for [xfr], [[key]] and the transfer keys of
+[[zone]]); the schema only knows names, shapes, types, defaults and meanings.  `docs/config.md`
+is generated from it (`python3 -m pop53.schema > docs/config.md`), so the reference cannot drift.
+
+A new table registers itself with a few lines at the end of this file (declarations live here,
+beside the others, so that validation and the reference see them without importing the module
+that parses the values):
+
+    t = SCHEMA.table("map", array=True, doc="A mapping: ...")
+    t.key("name", "string", None, "the map's name, used by [[target]] map = ...")
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from typing import Any
+
+from pop53.errors import ConfigError
+
+REQUIRED = object()   # a key without a default
+
+
+class Computed(str):
+    """A default computed at start (\"one per core\"): the reference prints it as prose."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    name: str
+    type: str          # for the reader: "string", "integer", "number", "boolean", "list of ..."
+    default: Any       # REQUIRED, None (unset: the feature is off) or the value used
+    doc: str
+
+
+@dataclasses.dataclass
+class Table:
+    name: str
+    doc: str
+    array: bool = False             # [[name]] (an array of tables) or [name]
+    keys: dict[str, Key] = dataclasses.field(default_factory=dict)
+    tables: dict[str, "Table"] = dataclasses.field(default_factory=dict)
+
+    def key(self, name: str, type: str, default: Any, doc: str) -> "Table":
+        if name in self.keys or name in self.tables:
+            raise ValueError(f"{self.name}.{name} declared twice")
+        self.keys[name] = Key(name, type, default, doc)
+        return self
+
+    def table(self, name: str, *, doc: str, array: bool = False) -> "Table":
+        """Declare a sub-table ([parent.name] / [[parent.name]]); returns it for its keys."""
+        if name in self.keys or name in self.tables:
+            raise ValueError(f"{self.name}.{name} declared twice")
+        t = self.tables[name] = Table(name, doc, array)
+        return t
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.keys) + list(self.tables)
+
+
+class Schema(Table):
+    """The document: its tables are the top-level tables."""
+
+    def __init__(self):
+        super().__init__("", "")
+
+
+SCHEMA = Schema()
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a table", list: "an array"}.get(type(v), type(v).__name__)
+
+
+def _hint(name: str, table: Table, path: str, shown) -> str:
+    """ "; did you mean X?" from the names of this table, else the table that knows the key."""
+    close = difflib.get_close_matches(name, table.names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {shown(close[0])}?"
+    elsewhere = [t for t in SCHEMA.tables.values() if name in t.keys and t is not table]
+    if elsewhere:
+        return f"; it belongs in {_brackets(elsewhere[0])}"
+    if table.names:
+        return f" (known: {', '.join(sorted(table.names))})"
+    return ""
+
+
+def _brackets(t: Table, prefix: str = "") -> str:
+    name = prefix + t.name
+    return f"[[{name}]]" if t.array else f"[{name}]"
+
+
+def _check_table(doc: dict, table: Table, path: str, file: str | None) -> None:
+    for k, v in doc.items():
+        where = f"{path}.{k}" if path else k
+        sub = table.tables.get(k)
+        if sub is not None:
+            _check_value(v, sub, where, file)
+        elif k not in table.keys:
+            if not path:
+                what = f"[[{k}]]" if isinstance(v, list) and v and all(
+                    isinstance(x, dict) for x in v) else f"[{k}]" if isinstance(v, dict) else k
+                raise ConfigError(f"unknown table {what}"
+                                  + _hint(k, table, path, lambda n: _brackets(SCHEMA.tables[n])),
+                                  file=file, key=k)
+            raise ConfigError("unknown key" + _hint(k, table, path, lambda n: f'"{n}"'),
+                              file=file, key=where)
+
+
+def _check_value(v: Any, table: Table, where: str, file: str | None) -> None:
+    if table.array:
+        if isinstance(v, dict):
+            raise ConfigError(f"use [[{where}]] (an array of tables), not [{where}]",
+                              file=file, key=where)
+        if not isinstance(v, list):
+            raise ConfigError(f"expected an array of tables ([[{where}]]), got {_kind(v)}",
+                              file=file, key=where)
+        for i, item in enumerate(v):
+            if not isinstance(item, dict):
+                raise ConfigError(f"expected a table, got {_kind(item)}", file=file,
+                                  key=f"{where}[{i}]")
+            _check_table(item, table, f"{where}[{i}]", file)
+    else:
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            raise ConfigError(f"use [{where}] (one table), not [[{where}]]", file=file, key=where)
+        if not isinstance(v, dict):
+            raise ConfigError(f"expected a table, got {_kind(v)}", file=file, key=where)
+        _check_table(v, table, where, file)
+
+
+def validate(doc: Any, file: str | None = None) -> None:
+    """Reject unknown tables and keys and misshapen tables.  Raises ConfigError naming the
+    file and the key path, with a hint when a known name is close."""
+    if not isinstance(doc, dict):
+        raise ConfigError("the configuration must be a table", file=file)
+    _check_table(doc, SCHEMA, "", file)
+
+
+# -- the reference ------------------------------------------------------------------------------
+def _default_text(k: Key) -> str:
+    if k.default is REQUIRED:
+        return "required"
+    if k.default is None:
+        return "unset"
+    if isinstance(k.default, Computed):
+        return f"*{k.default}*"
+    if isinstance(k.default, bool):
+        return "`true`" if k.default else "`false`"
+    if isinstance(k.default, str):
+        return f'`"{k.default}"`'
+    if isinstance(k.default, list):
+        return "`[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x)
+                                for x in k.default) + "]`"
+    return f"`{k.default}`"
+
+
+def markdown() -> str:
+    """docs/config.md: every table and key with its type, default and meaning."""
+    out = ["# Configuration reference", "",
+           "<!-- Generated by `python3 -m pop53.schema > docs/config.md` from src/pop53/schema.py;",
+           "     do not edit by hand (tests/cli/test_schema.py checks that it is current). -->", "",
+           "`pop53 serve -c FILE` and `pop53 check -c FILE` read one TOML file.  Unknown tables "
+           "and keys are rejected with the key path and a hint; relative paths are relative to "
+           "the file's directory.", ""]
+
+    def emit(t: Table, prefix: str) -> None:
+        out.extend([f"## `{_brackets(t, prefix)}`", "", t.doc, ""])
+        if t.keys:
+            out.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
+            for k in t.keys.values():
+                doc = k.doc.replace("|", "\\|")
+                out.append(f"| `{k.name}` | {k.type} | {_default_text(k)} | {doc} |")
+            out.append("")
+        for sub in t.tables.values():
+            emit(sub, f"{prefix}{t.name}.")
+
+    for t in SCHEMA.tables.values():
+        emit(t, "")
+    return "\n".join(out)
+
+
+# -- the declarations ---------------------------------------------------------------------------
+_server = SCHEMA.table("server", doc="The server process: where it listens, how many workers, "
+                                     "its identity, state and control socket.")
+(_server
+ .key("listen", "string or list of strings", ["127.0.0.1:53"],
+      '"ADDRESS:PORT" or "[V6]:PORT" to answer on, UDP and TCP (port 0: the kernel picks one)')
+ .key("workers", "integer 1..256", Computed("one per core"), "UDP worker threads per listen address")
+ .key("identity", "string", Computed("the host name"), "NSID (RFC 5001) and `id.server`/`hostname.bind` answer")
+ .key("version", "string", "pop53", "the `version.bind`/`version.server` answer")
+ .key("user", "string", None, "drop privileges to this user after binding (when started as root)")
+ .key("metrics", "string", None, '"ADDRESS:PORT" of the Prometheus endpoint (default port 9153)')
+ .key("state", "string", None, "state directory: the saved image (a restart maps it instead of "
+      "parsing), transfer snapshots, journals, the status file")
+ .key("zone_dir", "string", Computed("the config file's directory"), "relative zone `file` "
+      "paths and `$INCLUDE` names resolve here (itself relative to the config file's directory)")
+ .key("control", "string", None, "path of the control socket for `pop53 ctl` (mode 0600)")
+ .key("edns_max", "integer 512..4096", 1232, "largest UDP answer advertised and sent (EDNS, RFC 6891)")
+ .key("chaos", "boolean", True, "answer CHAOS TXT id.server, hostname.bind, version.bind")
+ .key("nsid", "boolean", True, "answer the NSID option (RFC 5001) with `identity`")
+ .key("tcp_idle_timeout", "number (seconds)", 10.0, "a TCP connection idle this long is closed (RFC 7766 §6.2.3)")
+ .key("tcp_max_connections", "integer", 1024, "TCP connections held at once")
+ .key("tcp_max_queries", "integer", 1000, "queries answered on one TCP connection; then every query "
+      "already read is answered and the connection closed (docs/tcp.md)")
+ .key("tcp_workers", "integer 1..64", 1, "TCP loop threads of the data plane (docs/tcp.md)")
+ .key("tcp_max_per_ip", "integer", 256, "TCP connections per client address (IPv6: per /64); 0: no limit")
+ .key("tcp_message_timeout", "number (seconds)", 2.0, "an incomplete TCP message is dropped this "
+      "long after its first byte (slowloris)")
+ .key("tcp_busy_timeout", "number (seconds)", 0.2, "the same when over half the TCP connection slots "
+      "are taken")
+ .key("tcp_write_timeout", "number (seconds)", 5.0, "a TCP peer that takes none of its answers for "
+      "this long is reset")
+ .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
+ .key("max_image_bytes", "integer", 0, "reject a load whose compiled image is larger (0: no limit)")
+ .key("cookies", "boolean", Computed("true when cookie_secret is set"), "DNS COOKIEs (RFC 7873)")
+ .key("cookie_secret", "string (32 hex digits)", None, "RFC 9018 server-cookie secret, shared by "
+      "every machine behind one anycast address (cookies = true without it: a random one per process)")
+ .key("cookie_secret_previous", "string (32 hex digits)", None, "the previous secret, still accepted while rolling over")
+ .key("serial_check", "string", "warn", 'a zone file that changed without a higher serial '
+      '(secondaries would never transfer it): "warn", "refuse" (the previous version keeps '
+      'serving) or "off"')
+ .key("delay", "number (seconds)", 0.0, "same as [xfr] delay (set it in one place only)")
+ .key("stale_after", "number (seconds)", 3600.0, "same as [xfr] stale_after (set it in one place only)"))
+
+_zone = SCHEMA.table("zone", array=True, doc="One zone: loaded from a file (a primary) or "
+                                              "transferred from primaries (a secondary).")
+(_zone
+ .key("name", "string", REQUIRED, "the zone's origin, e.g. \"example.com.\"")
+ .key("file", "string", None, "zone file (RFC 1035 master format); a zone has a file or primaries")
+ .key("primaries", "list of strings", [], '"ADDRESS[:PORT]" to transfer the zone from (a secondary)')
+ .key("key", "string", None, "name of the [[key]] that signs transfers and NOTIFYs of this zone (TSIG)")
+ .key("notify", "list of strings", [], '"ADDRESS[:PORT]" of secondaries sent a NOTIFY on each change (RFC 1996)')
+ .key("allow_transfer", "list of strings", Computed("the notify addresses"),
+      "addresses or prefixes allowed to transfer the zone (AXFR/IXFR)"))
+
+_rrl = SCHEMA.table("rrl", doc="Response rate limiting on UDP (TCP is never limited): responses "
+                               "per second per client prefix, response kind and name.")
+(_rrl
+ .key("rate", "integer 0..1000000", 0, "responses per second; 0: off")
+ .key("slip", "integer 0..100", 2, "every Nth limited response is sent truncated (TC=1) instead of dropped; 0: never")
+ .key("ipv4_prefix", "integer 0..32", 24, "IPv4 clients are counted per prefix of this length")
+ .key("ipv6_prefix", "integer 0..128", 56, "IPv6 clients are counted per prefix of this length")
+ .key("table_size", "integer (power of two)", 65536, "buckets in the limiter's table")
+ .key("exempt", "list of strings", ["127.0.0.0/8", "::1/128"], "prefixes never limited (at most 32)"))
+
+_xfr = SCHEMA.table("xfr", doc="Zone transfers (AXFR/IXFR, NOTIFY) and the secondary's freshness.")
+(_xfr
+ .key("role", "string", "normal", '"normal" or "delayed" (apply every update `delay` seconds later)')
+ .key("delay", "number (seconds)", 0.0, "the delayed role's lag")
+ .key("stale_after", "number (seconds)", 3600.0, "a zone not refreshed for this long makes the machine stale")
+ .key("max_records", "integer", 5_000_000, "an update making a zone larger is rejected")
+ .key("max_diff", "integer", 1_000_000, "an IXFR with more records than this is rejected")
+ .key("max_transfer_bytes", "integer", 1 << 30, "a transfer stream larger than this is cut off")
+ .key("journal_keep", "integer", 100, "journal entries kept per zone (IXFR is served from them)")
+ .key("timeout", "number (seconds)", 10.0, "per message: SOA checks and transfers")
+ .key("transfer_lifetime", "number (seconds)", 300.0, "a whole transfer")
+ .key("min_refresh", "number (seconds)", 1.0, "floor under the SOA refresh and retry")
+ .key("notify_retries", "integer", 5, "NOTIFY retransmissions (RFC 1996 §3.6)")
+ .key("status_interval", "number (seconds)", 1.0, "how often the status file is rewritten")
+ .key("compact_growth", "number", 1.25, "a patched image is recompiled past this times its last compiled size"))
+
+_key = SCHEMA.table("key", array=True, doc="A TSIG key (RFC 8945) for transfers and NOTIFY.")
+(_key
+ .key("name", "string", REQUIRED, "the key's name, e.g. \"xfr-key.\"")
+ .key("algorithm", "string", REQUIRED, "hmac-sha256, hmac-sha384, hmac-sha512, ...")
+ .key("secret", "string (base64)", REQUIRED, "the shared secret, at least 16 octets"))
+
+_log = SCHEMA.table("log", doc="Logging, on stderr (journald takes it from there under systemd).")
+(_log
+ .key("format", "string", "text", '"text" (TIME LOGGER LEVEL MESSAGE) or "json" (one object per line, '
+      "with fields such as zone, serial, records)")
+ .key("level", "string", "info", '"debug", "info", "warning" or "error"'))
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

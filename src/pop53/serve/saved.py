@@ -1,0 +1,72 @@
+"""The saved image: a restart maps the image compiled last time (milliseconds) instead of
+parsing the zone files again, while every file that load read is unchanged.
+
+"Unchanged" is by content: the SHA-256 of each master file and of every file it $INCLUDEs,
+taken when it was read (issue 14 point 9: an mtime+size check misses an edited $INCLUDE, a
+same-size edit within the clock's resolution, and a file restored with its old mtime).
+Beside `zones.img` the state directory holds `zones.img.json`:
+
+    {"zones": [[origin, master file], ...], "files": {origin: {path: sha256 or null}},
+     "failed": {origin: error}}        (zones that did not load: SERVFAIL stand-ins)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+from pop53.errors import Pop53Error
+from pop53.zone.images import Image, load_image
+
+log = logging.getLogger("pop53.server")
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+class SavedImage:
+    def __init__(self, state: str, zones: list[tuple[str, str]]):
+        """zones: (origin, master file) of every configured zone, in order."""
+        self.image_path = os.path.join(state, "zones.img")
+        self.meta_path = self.image_path + ".json"
+        self.state = state
+        self.zones = [[name, os.path.abspath(path)] for name, path in zones]
+
+    def load(self) -> tuple[Image, dict[str, str], dict[str, dict]] | None:
+        """(the image, its failed zones, the files of each zone) if every file it was compiled
+        from is unchanged."""
+        try:
+            with open(self.meta_path) as f:
+                meta = json.load(f)
+            if meta.get("zones") != self.zones or not isinstance(meta.get("files"), dict):
+                return None
+            changed = [p for files in meta["files"].values() for p, h in files.items()
+                       if _sha256(p) != h]
+            if changed:
+                log.info("not using the saved image: %s changed", changed[0])
+                return None
+            image = load_image(self.image_path)
+        except (OSError, ValueError, Pop53Error) as exc:
+            log.info("not using the saved image: %s", exc)
+            return None
+        log.info("serving the saved image %s (zone files unchanged)", self.image_path)
+        return image, dict(meta.get("failed", {})), meta["files"]
+
+    def save(self, image: Image, files: dict, failed: dict[str, str]) -> None:
+        """files: {origin: {path: sha256}} of every file read for the image (as read, not as
+        now)."""
+        try:
+            os.makedirs(self.state, exist_ok=True)
+            image.save(self.image_path)
+            tmp = self.meta_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"zones": self.zones, "files": files, "failed": failed}, f)
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            log.warning("could not save the image to %s: %s", self.image_path, exc)
