@@ -109,11 +109,15 @@ class TcpServer:
         for lp in self.loops:
             for fd, *_ in lp.take_handoffs():
                 os.close(fd)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        # close the wake pipe once, and only when its reader is gone: stop() may be called
+        # again, and a descriptor number closed twice may by then belong to someone else
+        if self._wake_r >= 0 and not any(t.is_alive() for t in self.threads):
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_r = self._wake_w = -1
 
     # -- the control plane's connections (asyncio) ---------------------------------------------
     def _run(self) -> None:
