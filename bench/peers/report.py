@@ -44,7 +44,7 @@ def summarize(result: dict) -> dict:
             s["processes"] = max((r.get("processes", 0) for r in ok), default=0)
             s["threads_pinned"] = max((r.get("threads_pinned", 0) for r in ok), default=0)
             s["dnsperf"] = next((r["dnsperf"] for r in ok if r.get("dnsperf")), "")
-        out[mode][peer] = s
+        out.setdefault(mode, {})[peer] = s
     return out
 
 

@@ -13,6 +13,10 @@ reported):
    the zone, and resident memory (PSS and VmRSS summed over the process tree) after a short
    query run.
 
+With ``--tcp 20,200`` the run measures DNS over TCP instead (``dnsperf -m tcp``, modes
+``tcp-20`` and ``tcp-200``: the pinned setup with that many connections) and writes tcp.md and
+tcp.png (report_tcp.py).
+
 Every server and every dnsperf run is bounded in time, and every server is stopped by its PID.
 """
 from __future__ import annotations
@@ -32,7 +36,7 @@ import traceback
 from pathlib import Path
 
 from .. import data
-from . import dnsperf, procs, report
+from . import dnsperf, procs, report, report_tcp, tcp_idle
 from .servers import REPO, all_peers
 
 SERVER_CPU = 1
@@ -98,11 +102,12 @@ class Bench:
     # -- one server process --------------------------------------------------------------
 
     def start(self, peer, zone: Path, probe_name: str, multi: bool, pinned: bool, tag: str,
-              state: Path | None = None):
+              state: Path | None = None, slots: int | None = None):
         work = self.work / tag
         work.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        launch = peer.launch(work, zone, port, multi, state)
+        launch = (peer.launch_slots(work, zone, port, slots) if slots
+                  else peer.launch(work, zone, port, multi, state))
         argv = launch.argv
         if pinned:
             argv = ["taskset", "-c", str(SERVER_CPU)] + argv
@@ -124,7 +129,8 @@ class Bench:
     # -- the three measurements ----------------------------------------------------------
 
     def throughput(self, peer, ds: data.Dataset, mode: str, run: int) -> dict:
-        pinned = mode == "pinned"
+        tcp = mode.startswith("tcp-")         # tcp-N: pinned, dnsperf -m tcp -c N
+        pinned = mode == "pinned" or tcp
         tag = f"{mode}-{peer.key}-{run}"
         proc, port, load_s, launch = self.start(peer, ds.zone, ds.probe, mode == "multi",
                                                 pinned, tag)
@@ -132,9 +138,13 @@ class Bench:
                "load_s": load_s}
         try:
             client_cpu = CLIENT_CPU if pinned else None
-            kw = dict(clients=self.a.clients, outstanding=self.a.outstanding,
+            kw = dict(clients=int(mode[4:]) if tcp else self.a.clients,
+                      # TCP: at least one query in flight per connection
+                      outstanding=max(self.a.outstanding, int(mode[4:])) if tcp
+                      else self.a.outstanding,
                       threads=1 if pinned else self.a.multi_threads, cpu=client_cpu,
-                      max_qps=self.a.max_qps, edns=self.a.edns)
+                      max_qps=self.a.max_qps, edns=self.a.edns,
+                      transport="tcp" if tcp else "udp")
             if pinned:
                 out["threads_pinned"] = procs.pin(procs.tree(proc.pid), {SERVER_CPU})
             if self.a.warmup > 0:
@@ -185,7 +195,9 @@ class Bench:
         try:
             m0 = procs.memory(procs.tree(proc.pid))
             res = dnsperf.run(port, ds.queries, self.a.memory_duration, clients=self.a.clients,
-                              outstanding=self.a.outstanding, threads=1, edns=self.a.edns)
+                              # TCP: at least one query in flight per connection
+                      outstanding=max(self.a.outstanding, int(mode[4:])) if tcp
+                      else self.a.outstanding, threads=1, edns=self.a.edns)
             m1 = procs.memory(procs.tree(proc.pid))
             out.update(ok=res.ok and proc.poll() is None, error=res.error,
                        pss_load_kib=m0.pss_kib, rss_load_kib=m0.rss_kib,
@@ -197,6 +209,28 @@ class Bench:
                 if "saved image" not in log:
                     out["check"] = "did not start from the saved image (see server.log)"
         finally:
+            procs.stop(proc)
+        return out
+
+    def idle(self, peer, ds: data.Dataset, count: int) -> dict:
+        """``count`` idle TCP connections (one answered query each) held open: the server's
+        memory and the kernel's TCP memory before and while holding them."""
+        proc, port, load_s, launch = self.start(peer, ds.zone, ds.probe, False, False,
+                                                f"idle-{peer.key}", slots=count + 100)
+        out = {"peer": peer.key, "mode": "idle", "settings": launch.settings, "wanted": count}
+        socks = []
+        try:
+            m0, k0 = procs.memory(procs.tree(proc.pid)), tcp_idle.kernel_tcp_pages()
+            t0 = time.monotonic()
+            socks, held = tcp_idle.open_idle(port, count, ds.probe)
+            m1, k1 = procs.memory(procs.tree(proc.pid)), tcp_idle.kernel_tcp_pages()
+            out.update(ok=proc.poll() is None and held > 0, held=held,
+                       open_s=time.monotonic() - t0, pss_before_kib=m0.pss_kib,
+                       pss_kib=m1.pss_kib, rss_before_kib=m0.rss_kib, rss_kib=m1.rss_kib,
+                       kernel_tcp_kib_delta=(k1 - k0) * os.sysconf("SC_PAGE_SIZE") // 1024)
+        finally:
+            for s in socks:
+                s.close()
             procs.stop(proc)
         return out
 
@@ -222,6 +256,7 @@ class Bench:
             "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()
                        if k not in ("cli_argv", "out_given")},
             "machine": machine_facts(), "loadavg_start": os.getloadavg(),
+            "uptime_start": _uptime(),
             "peers": {p.key: {"name": p.name, "status": status[p.key] or "ok",
                               "modes": list(p.modes),
                               "version": p.version() if not status[p.key] else ""}
@@ -231,12 +266,14 @@ class Bench:
             "runs": [],
         }
         modes = [m for m in ("pinned", "multi") if m not in a.skip]
+        if a.tcp:
+            modes = [f"tcp-{n}" for n in a.tcp]
         for mode in modes:
             for r in range(a.runs):
                 k = r % max(1, len(live))
                 order = live[k:] + live[:k]   # rotate: each server takes each slot in turn
                 for p in order:
-                    if mode not in p.modes:
+                    if ("pinned" if mode.startswith("tcp-") else mode) not in p.modes:
                         continue
                     try:
                         row = self.throughput(p, small, mode, r)
@@ -247,7 +284,22 @@ class Bench:
                     result["runs"].append(row)
                     self.save(result)
                     self.say(f"{mode} run {r + 1}/{a.runs} {p.name}: " + _brief(row))
-        if "memory" not in a.skip:
+        if a.tcp and a.idle and "idle" not in a.skip:
+            for p in live:
+                if not hasattr(p, "launch_slots"):
+                    continue
+                try:
+                    row = self.idle(p, small, a.idle)
+                except Exception as exc:
+                    row = {"peer": p.key, "mode": "idle", "ok": False, "error": str(exc)}
+                    self.log.write(traceback.format_exc())
+                result["runs"].append(row)
+                self.save(result)
+                self.say(f"idle {p.name}: {row.get('held')} connections, RSS "
+                         f"{row.get('rss_before_kib', 0) / 1024:.1f} -> "
+                         f"{row.get('rss_kib', 0) / 1024:.1f} MiB" if row.get("ok")
+                         else f"idle {p.name}: FAILED {row.get('error', '')[:200]}")
+        if "memory" not in a.skip and not a.tcp:
             big = data.dataset(a.big_names, a.seed)
             self.big_nx_share = _nx_share(big.queries)
             result["data"]["big_names"] = a.big_names
@@ -263,6 +315,7 @@ class Bench:
                 self.save(result)
                 self.say(f"memory {p.name}: " + _brief(row))
         result["loadavg_end"] = os.getloadavg()
+        result["uptime_end"] = _uptime()
         result["elapsed_s"] = time.time() - started
         return result
 
@@ -280,6 +333,13 @@ def _brief(row: dict) -> str:
     if row.get("check"):
         parts.append("CHECK: " + row["check"])
     return ", ".join(parts)
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 def machine_facts() -> dict:
@@ -340,16 +400,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", type=Path, default=None, metavar="JSON",
                    help="rebuild peers.md/peers.png from a saved raw result")
     p.add_argument("--no-setup", action="store_true", help="do not run scripts/setup.sh")
+    p.add_argument("--tcp", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   metavar="N,N", help="DNS over TCP instead: pinned runs with dnsperf -m tcp and "
+                   "N connections each; writes tcp.md/tcp.png (default peers: knot,nsd,pop53)")
+    p.add_argument("--idle", type=int, default=10000,
+                   help="with --tcp: idle connections held open for the memory table")
     a = p.parse_args(argv)
     a.cli_argv = None
     if a.quick:
         a.runs, a.duration, a.warmup, a.memory_duration = 1, 2.0, 0.5, 1.0
         a.big_names = a.names
         a.load_timeout = min(a.load_timeout, 60.0)
+    if a.quick:
+        a.idle = min(a.idle, 1000)
+    if a.tcp and a.only is None:
+        a.only = ["knot", "nsd", "pop53"]
     a.out_given = a.out is not None
     if a.out is None:
         a.out = data.RAW_DIR / "quick" if a.quick else data.BENCH_DIR / "results"
     return a
+
+
+def _write_report(result: dict, out: Path, raw: Path) -> str:
+    """peers.md/.png, or tcp.md/.png for a --tcp run; returns the name written."""
+    if result["params"].get("tcp"):
+        report_tcp.write(result, out, raw_json=raw)
+        return "tcp"
+    report.write(result, out, raw_json=raw)
+    return "peers"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(a.report_only.read_text())
         if result.get("quick") and not a.out_given:
             a.out = data.RAW_DIR / "quick"   # a smoke test never overwrites the real results
-        report.write(result, a.out, raw_json=a.report_only)
-        print(f"wrote {a.out / 'peers.md'} and {a.out / 'peers.png'}")
+        name = _write_report(result, a.out, a.report_only)
+        print(f"wrote {a.out / name}.md and {a.out / name}.png")
         return 0
     if sorted(os.sched_getaffinity(0)) != [0, 1] and os.cpu_count() != 2:
         print(f"note: this machine has {os.cpu_count()} CPUs; the pinned runs use CPUs "
@@ -371,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     result = bench.run()
     raw = bench.save(result)
     a.out.mkdir(parents=True, exist_ok=True)
-    report.write(result, a.out, raw_json=raw)
-    bench.say(f"wrote {a.out / 'peers.md'}, {a.out / 'peers.png'} and {raw} "
+    name = _write_report(result, a.out, raw)
+    bench.say(f"wrote {a.out / name}.md, {a.out / name}.png and {raw} "
               f"in {result['elapsed_s']:.0f} s")
     return 0
 

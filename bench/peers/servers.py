@@ -89,6 +89,16 @@ class Knot(Peer):
                                 else "udp-workers 1, tcp-workers 1, background-workers 1"))
 
 
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """The single configuration with room for ``slots`` TCP clients held 120 s."""
+        launch = self.launch(work, zone, port, False)
+        conf = work / "knot.conf"
+        conf.write_text(conf.read_text().replace(
+            "log:\n", f"    tcp-max-clients: {slots}\n    tcp-idle-timeout: 120s\nlog:\n", 1))
+        launch.settings += f", tcp-max-clients {slots}, tcp-idle-timeout 120s"
+        return launch
+
+
 class NSD(Peer):
     def __init__(self):
         super().__init__("nsd", "NSD", "nsd")
@@ -109,11 +119,22 @@ class NSD(Peer):
             f"    xfrdfile: \"{work / 'xfrd.state'}\"\n    xfrdir: \"{work}\"\n"
             f"    pidfile: \"{work / 'nsd.pid'}\"\n    logfile: \"{work / 'nsd.log'}\"\n"
             f"    verbosity: 0\n    rrl-ratelimit: 0\n    rrl-whitelist-ratelimit: 0\n"
+            f"    tcp-count: 1024\n"
             f"remote-control:\n    control-enable: no\n"
             f"zone:\n    name: {ORIGIN}\n    zonefile: \"{zone}\"\n")
         return Launch(["nsd", "-d", "-c", str(work / "nsd.conf")], work,
-                      settings=(f"server-count {count}, reuseport yes, RRL off" if multi
-                                else "server-count 1, RRL off"))
+                      settings=(f"server-count {count}, reuseport yes, RRL off, tcp-count 1024"
+                                if multi else "server-count 1, RRL off, tcp-count 1024"))
+
+
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """The single configuration with room for ``slots`` TCP clients held 120 s."""
+        launch = self.launch(work, zone, port, False)
+        conf = work / "nsd.conf"
+        conf.write_text(conf.read_text().replace(
+            "    tcp-count: 1024\n", f"    tcp-count: {slots}\n    tcp-timeout: 120\n", 1))
+        launch.settings = f"server-count 1, RRL off, tcp-count {slots}, tcp-timeout 120"
+        return launch
 
 
 class Bind(Peer):
@@ -205,6 +226,18 @@ class Pop53(Peer):
             argv += ["--state", str(state)]
             settings += ", --state (empty: cold start)"
         return Launch(argv, REPO, settings=settings)
+
+
+    def launch_slots(self, work, zone, port, slots: int) -> Launch:
+        """One worker with room for ``slots`` TCP connections (the idle-connection run)."""
+        conf = work / "pop53.toml"
+        conf.write_text(
+            f"[server]\nlisten = [\"127.0.0.1:{port}\"]\nworkers = 1\n"
+            f"tcp_max_connections = {slots}\ntcp_max_per_ip = 0\ntcp_idle_timeout = 120.0\n"
+            f"[[zone]]\nname = \"{ORIGIN}\"\nfile = \"{zone}\"\n")
+        return Launch([sys.executable, "-m", "pop53", "serve", "-c", str(conf)], REPO,
+                      settings=f"workers 1, tcp_max_connections {slots}, tcp_max_per_ip 0, "
+                               f"tcp_idle_timeout 120")
 
 
 class Pop53Restart(Pop53):

@@ -70,6 +70,11 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1024
     tcp_max_queries: int = 1000
+    tcp_workers: int = 1                # TCP loop threads (docs/tcp.md)
+    tcp_max_per_ip: int = 256           # connections per client address (IPv6: per /64); 0: off
+    tcp_message_timeout: float = 2.0    # an incomplete message, from its first byte
+    tcp_busy_timeout: float = 0.2       # the same when over half the connection slots are taken
+    tcp_write_timeout: float = 5.0      # a peer that does not read its answers
     reuseport_bpf: bool = False
     max_image_bytes: int = 0
     control: str | None = None
@@ -86,6 +91,27 @@ class Config:
     mapping: object = None              # [[map]]/[[target]]/[[mapped]]: pop53.mapping.config
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
+
+
+def _tcp(server: dict, file) -> dict:
+    """The TCP loop's keys beyond the three original ones (docs/tcp.md)."""
+    out = {"tcp_workers": _typed(server, "tcp_workers", int, 1, "server", file),
+           "tcp_max_per_ip": _typed(server, "tcp_max_per_ip", int, 256, "server", file)}
+    if not 1 <= out["tcp_workers"] <= 64:
+        raise ConfigError(f"must be within 1..64, got {out['tcp_workers']}", file=file,
+                          key="server.tcp_workers")
+    for name in ("tcp_max_connections", "tcp_max_queries"):
+        if name in server and _typed(server, name, int, 1, "server", file) < 1:
+            raise ConfigError("must be >= 1", file=file, key=f"server.{name}")
+    if out["tcp_max_per_ip"] < 0:
+        raise ConfigError("must be >= 0 (0: no limit)", file=file, key="server.tcp_max_per_ip")
+    for name, default in (("tcp_message_timeout", 2.0), ("tcp_busy_timeout", 0.2),
+                          ("tcp_write_timeout", 5.0)):
+        out[name] = _typed(server, name, float, default, "server", file)
+        if not 0 < out[name] <= 3600:
+            raise ConfigError(f"must be within (0, 3600] seconds, got {out[name]}", file=file,
+                              key=f"server.{name}")
+    return out
 
 
 def parse_listen(text, key: str, file: str | None, default_port: int = 53) -> Listen:
@@ -250,6 +276,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         tcp_idle_timeout=_typed(server, "tcp_idle_timeout", float, 10.0, "server", file),
         tcp_max_connections=_typed(server, "tcp_max_connections", int, 1024, "server", file),
         tcp_max_queries=_typed(server, "tcp_max_queries", int, 1000, "server", file),
+        **_tcp(server, file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

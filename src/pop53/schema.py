@@ -206,7 +206,16 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("nsid", "boolean", True, "answer the NSID option (RFC 5001) with `identity`")
  .key("tcp_idle_timeout", "number (seconds)", 10.0, "a TCP connection idle this long is closed (RFC 7766 §6.2.3)")
  .key("tcp_max_connections", "integer", 1024, "TCP connections held at once")
- .key("tcp_max_queries", "integer", 1000, "queries answered on one TCP connection before it is closed")
+ .key("tcp_max_queries", "integer", 1000, "queries answered on one TCP connection; then every query "
+      "already read is answered and the connection closed (docs/tcp.md)")
+ .key("tcp_workers", "integer 1..64", 1, "TCP loop threads of the data plane (docs/tcp.md)")
+ .key("tcp_max_per_ip", "integer", 256, "TCP connections per client address (IPv6: per /64); 0: no limit")
+ .key("tcp_message_timeout", "number (seconds)", 2.0, "an incomplete TCP message is dropped this "
+      "long after its first byte (slowloris)")
+ .key("tcp_busy_timeout", "number (seconds)", 0.2, "the same when over half the TCP connection slots "
+      "are taken")
+ .key("tcp_write_timeout", "number (seconds)", 5.0, "a TCP peer that takes none of its answers for "
+      "this long is reset")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
  .key("max_image_bytes", "integer", 0, "reject a load whose compiled image is larger (0: no limit)")
  .key("cookies", "boolean", Computed("true when cookie_secret is set"), "DNS COOKIEs (RFC 7873)")

@@ -211,4 +211,4 @@ def test_bind_corpus_and_garbage_over_tcp(server):
     q = make_query("www.integ.example.", "A", qid=77)
     assert tcp_exchange(server.addresses[0], [q]) == [
         pop53.answer(server.current_image, q, ("127.0.0.1", 0), tcp=True, responder=server.responder)]
-    assert server.tcp.thread.is_alive()
+    assert all(t.is_alive() for t in server.tcp.threads)     # every TCP loop and the control thread

@@ -123,7 +123,7 @@ def attach(server) -> MappingState | None:
             old = server.shared.maps_holder
             server.shared.publish_maps(snap)
             if old is not None:
-                server._retired.append((old, {id(w): w.epoch for w in server.workers}))
+                server._retired.append((old, {id(w): w.epoch for w in server._readers()}))
 
     state = MappingState(mcfg, on_publish)
     image = server.current_image

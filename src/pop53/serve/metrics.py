@@ -79,6 +79,8 @@ class ServerCollector:
             wb.add_metric([str(idx)], st["batches"])
         yield wq
         yield wb
+        if tcp:
+            yield from _tcp_metrics(tcp)
         g = GaugeMetricFamily("pop53_image_generation", "Generation of the published image")
         g.add_metric([], s.shared.generation)
         yield g
@@ -97,6 +99,20 @@ class ServerCollector:
             age.add_metric([zone], now - s.zone_fresh.get(zone, now))
         yield serial
         yield age
+
+
+def _tcp_metrics(tcp: dict):
+    """The TCP loops' connection slots (docs/tcp.md)."""
+    g = GaugeMetricFamily("pop53_tcp_connections", "TCP connections open in the data plane")
+    g.add_metric([], tcp.get("tcp_connections", 0))
+    yield g
+    c = CounterMetricFamily("pop53_tcp_closed", "TCP connections refused or closed by a limit",
+                            labels=["reason"])
+    for reason, key in (("refused", "tcp_refused"), ("refused_per_ip", "tcp_refused_per_ip"),
+                        ("evicted", "tcp_evicted"), ("incomplete_timeout", "tcp_timed_out"),
+                        ("write_timeout", "tcp_stalled")):
+        c.add_metric([reason], tcp.get(key, 0))
+    yield c
 
 
 class _DefaultRegistry:

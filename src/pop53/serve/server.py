@@ -221,7 +221,7 @@ class Server:
             gen = self.shared.publish(image.view)
             self.current_image = image
             if old is not None:
-                self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+                self._retired.append((old, {id(w): w.epoch for w in self._readers()}))
             if self.mapping is not None and self.mapping.seed != image.view.seed:
                 self.mapping.publish(image.view.seed)    # names hashed with the image's seed
             self.zone_serials = image.zones()
@@ -367,13 +367,17 @@ class Server:
             log.error("reload rejected, previous data keeps serving: %s", exc)
             return False
 
+    def _readers(self) -> list:
+        """Every loop that reads the published image: UDP workers and TCP loops."""
+        return self.workers + (self.tcp.loops if self.tcp is not None else [])
+
     def reclaim(self) -> int:
         """Release retired images no worker can still hold.  Returns how many are left."""
         with self._lock:
             keep = []
             for image, epochs in self._retired:
                 # two quiescent points past the publish: the worker has reloaded the pointer
-                if all(not w.running or w.epoch >= epochs.get(id(w), 0) + 2 for w in self.workers):
+                if all(not w.running or w.epoch >= epochs.get(id(w), 0) + 2 for w in self._readers()):
                     continue
                 keep.append((image, epochs))
             self._retired = keep
