@@ -8,10 +8,11 @@ import sys
 def add_parser(sub) -> None:
     from pop53.serve.control import COMMANDS
 
-    p = sub.add_parser("ctl", help="control a running server (reload, status, zones, stats, "
-                                   "xfr, refresh ZONE, retransfer ZONE)")
+    p = sub.add_parser("ctl", help="control a running server (reload [ZONE], status, zones, "
+                                   "stats, zone-status [ZONE], zone-reload ZONE, zone-notify "
+                                   "ZONE, zone-refresh ZONE, zone-retransfer ZONE, xfr, stop)")
     p.add_argument("command", choices=COMMANDS)
-    p.add_argument("zone", nargs="?", help="the zone, for refresh and retransfer")
+    p.add_argument("zone", nargs="?", help="the zone, for the zone-* commands and reload")
     p.add_argument("-s", "--socket", default="/run/pop53.sock", help="control socket path")
     p.add_argument("--json", action="store_true", help="the server's JSON reply (for scripts)")
     p.set_defaults(func=run)
