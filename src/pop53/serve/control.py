@@ -151,23 +151,28 @@ def zone_status(s, only: str | None) -> dict:
     svc = getattr(getattr(s, "control_handler", None), "service", None)
     xfr = svc.status()["zones"] if svc is not None else {}
     out = {}
-    for z in s.config.zones:
-        if only is not None and z.name != only:
+    members = svc.catalog.owned() if svc is not None else {}
+    listed = [(z.name, z.file, z.raw.get("primaries", []), None) for z in s.config.zones]
+    listed += [(m.to_text(), None, [str(p) for p in svc.zones[m].conf.primaries], cat.to_text())
+               for m, cat in members.items() if m in svc.zones]
+    for name, file, primaries, catalog in listed:
+        if only is not None and name != only:
             continue
-        row = {"kind": "file" if z.file is not None else "secondary",
-               "serial": s.zone_serials.get(z.name) if s._served(z.name) else None,
+        row = {"kind": "file" if file is not None else "secondary",
+               "serial": s.zone_serials.get(name) if s._served(name) else None,
                "state": "ok"}
-        if z.name in s.zone_failed:
-            row.update(state="failed", error=s.zone_failed[z.name])
-        elif z.name in s.zone_waiting:
+        if catalog is not None:
+            row["catalog"] = catalog      # a member of this catalog zone (RFC 9432)
+        if name in s.zone_failed:
+            row.update(state="failed", error=s.zone_failed[name])
+        elif name in s.zone_waiting:
             row["state"] = "waiting"
-        if z.name in xfr:
-            x = xfr[z.name]
-            row.update(primaries=[str(p) for p in z.raw.get("primaries", [])],
-                       age=x.get("age"), last_error=x.get("last_error"))
+        if name in xfr:
+            x = xfr[name]
+            row.update(primaries=list(primaries), age=x.get("age"), last_error=x.get("last_error"))
             if x.get("expired"):
                 row["state"] = "expired"
-        out[z.name] = row
+        out[name] = row
     if only is not None and not out:
         return {"ok": False, "error": f"zone {only} is not configured"}
     return {"ok": True, "zones": out}
@@ -239,7 +244,8 @@ def format_reply(command: str, reply: dict) -> str:
             extra = z.get("error") or z.get("last_error") or ""
             if z.get("age") is not None:
                 extra = f"last ok {z['age']:.0f} s ago" + (f"; {extra}" if extra else "")
-            rows.append((name, z["kind"], f"serial {serial}", z["state"], extra))
+            kind = f"member of {z['catalog']}" if z.get("catalog") else z["kind"]
+            rows.append((name, kind, f"serial {serial}", z["state"], extra))
         return "\n".join(r.rstrip() for r in _rows(rows)) or "no zones"
     if verb == "stop":
         return "stopping"

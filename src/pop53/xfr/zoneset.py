@@ -109,8 +109,14 @@ def reconfigure(svc, new: XfrConfig, publish: bool = True) -> dict:
         part.config = new
     svc.keyring = {k.name: k.tsig_key() for k in new.keys}
     added, removed, changed = [], [], []
+    members = svc.catalog.owned()
+    for cat in [c for c in svc.catalog.members if not getattr(wanted.get(c), "catalog", False)]:
+        removed += [m.to_text() for m in svc.catalog.members[cat]]
+        svc.catalog.drop(cat)        # a catalog left the config: its members go with it
     for name, st in list(svc.zones.items()):
         zc = wanted.get(name)
+        if zc is None and name in members:
+            continue                 # a catalog's member (pop53.xfr.catalog), not the config's
         if zc is None:
             remove_zone(svc, name, publish=False)
             removed.append(st.name)
