@@ -20,6 +20,8 @@ import os
 import socket
 import threading
 
+import dns.name
+
 log = logging.getLogger("pop53.control")
 COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
             "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "stop")
@@ -134,7 +136,6 @@ def _zone_name(text: str) -> str:
 
 def notify_now(svc, name: str) -> None:
     """`zone-notify ZONE`: NOTIFY the zone's secondaries now (RFC 1996), as after a change."""
-    import dns.name
     st = svc.zones.get(dns.name.from_text(name))
     if st is None:
         raise KeyError(f"zone {_zone_name(name)} is not configured")
@@ -161,8 +162,9 @@ def zone_status(s, only: str | None) -> dict:
         row = {"kind": "file" if file is not None else "secondary",
                "serial": s.zone_serials.get(name) if s._served(name) else None,
                "state": "ok"}
-        if catalog is not None:
-            row["catalog"] = catalog      # a member of this catalog zone (RFC 9432)
+        if catalog is not None:           # a member of this catalog zone (RFC 9432)
+            info = svc.catalog.members[dns.name.from_text(catalog)][dns.name.from_text(name)]
+            row.update(catalog=catalog, group=info["group"])
         if name in s.zone_failed:
             row.update(state="failed", error=s.zone_failed[name])
         elif name in s.zone_waiting:
