@@ -104,3 +104,66 @@ def test_catalog_members_added_and_removed_through_knot(knot_factory, tmp_path):
     finally:
         out = stop_process(proc)
     assert "Traceback" not in out, out
+
+
+def test_knot_consumes_the_catalog_pop53_produces(knot_factory, tmp_path):
+    """The producer side: pop53 generates a catalog of its file zones; Knot (catalog-role:
+    interpret) transfers it and its members; a zone added to pop53's config by `ctl reload`
+    reaches Knot through the catalog (NOTIFY, IXFR), a removed one leaves it."""
+    port = free_port()
+    k = knot_factory("consumer")
+    zones = {}
+    for name in ("one.example.", "two.example.", "three.example."):
+        zones[name] = tmp_path / f"{name}zone"
+        zones[name].write_text(zone_text(name, 5))
+    conf, sock = tmp_path / "pop53.toml", tmp_path / "ctl.sock"
+
+    def write(names):
+        text = (f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\ncontrol = "{sock}"\n'
+                f'[[key]]\nname = "{KEYNAME}"\nalgorithm = "hmac-sha256"\nsecret = "{SECRET}"\n'
+                f'[[zone]]\nname = "{CATALOG}"\ncatalog = true\nkey = "{KEYNAME}"\n'
+                'allow_transfer = ["127.0.0.1"]\n'
+                f'notify = ["127.0.0.1:{k.port}"]\n')
+        for n in names:
+            text += f'[[zone]]\nname = "{n}"\nfile = "{zones[n]}"\nallow_transfer = ["127.0.0.1"]\n'
+        conf.write_text(text)
+
+    write(["one.example.", "two.example."])
+    proc = subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: soa_serial(port, "one.example.") == 5, 15, what="pop53 up")
+        k.write_conf(textwrap.dedent(knot_pop53_peer(port, "notify")) + textwrap.dedent(f"""\
+            template:
+              - id: default
+                storage: "{k.dir}"
+              - id: member
+                storage: "{k.dir}"
+                master: pop53
+                acl: pop53
+            zone:
+              - domain: {CATALOG}
+                master: pop53
+                acl: pop53
+                catalog-role: interpret
+                catalog-template: member
+            """))
+        k.start()
+        wait_for(lambda: soa_serial(k.port, "one.example.") == 5 and
+                 soa_serial(k.port, "two.example.") == 5, 20, what="Knot has the members")
+        assert soa_serial(k.port, "three.example.") is None
+
+        write(["two.example.", "three.example."])
+        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", str(sock), "reload"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: soa_serial(k.port, "three.example.") == 5, 20, what="member added on Knot")
+        wait_for(lambda: soa_serial(k.port, "one.example.") is None, 20,
+                 what="member removed on Knot")
+        assert soa_serial(k.port, "two.example.") == 5
+    except AssertionError as exc:
+        log = k.log.read_text() if k.log.exists() else ""
+        raise AssertionError(f"{exc}\n{stop_process(proc)}\n{log[-3000:]}") from None
+    finally:
+        out = stop_process(proc)
+    assert "Traceback" not in out, out

@@ -237,7 +237,8 @@ def format_reply(command: str, reply: dict) -> str:
             if reply.get(what):
                 lines.append(f"zones {what}: {', '.join(reply[what])}")
         if reply.get("restart"):
-            lines.append(f"needs a restart (the running value stays): {', '.join(reply['restart'])}")
+            lines.append("needs a restart (the running value stays): "
+                         + ", ".join(reply["restart"]))
         return "\n".join(lines)
     if verb == "zone-status":
         rows = []

@@ -56,7 +56,8 @@ def load_new(server) -> tuple:
     # while the cookie keys are unchanged (a new one would invalidate every client's cookie)
     if all(old.doc.get("server", {}).get(k) == new.doc.get("server", {}).get(k)
            for k in COOKIE_KEYS):
-        new.cookie_secret, new.cookie_secret_previous = old.cookie_secret, old.cookie_secret_previous
+        new.cookie_secret = old.cookie_secret
+        new.cookie_secret_previous = old.cookie_secret_previous
     xcfg = None
     if _engine(server) is not None:
         xcfg = parse_xfr_config(new.doc, new.source)

@@ -1,4 +1,4 @@
-"""Catalog zones as a consumer (RFC 9432): a secondary zone flagged `catalog = true` is
+"""Catalog zones (RFC 9432).  As a consumer: a secondary zone flagged `catalog = true` is
 transferred like any other; each version lists member zones, and those become secondary zones
 of the same primaries with the same TSIG key, added and removed as the catalog changes, without
 a restart (pop53.xfr.zoneset).
@@ -11,10 +11,16 @@ A catalog whose version property is missing or not "2" is not processed (§4.2.1
 processed"), and the members keep what they were.  A member that is also configured in
 [[zone]] (or in another catalog) keeps its first owner (§5.4: a consumer must not let a catalog
 take over a zone configured otherwise); the conflict is logged.
+
+As a producer (`CatalogProducer`), a [[zone]] with `catalog = true` and neither primaries nor a
+file is generated here: it lists this server's file zones, for consumers such as Knot
+(`catalog-role: interpret`) to pick up.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 
 import dns.name
 import dns.rdataclass
@@ -121,3 +127,52 @@ class CatalogConsumer:
     def status(self) -> dict:
         return {cat.to_text(): {m.to_text(): info for m, info in ms.items()}
                 for cat, ms in self.members.items()}
+
+
+# ---------------------------------------------------------------------------- producer
+def unique_id(member: str) -> str:
+    """A member's unique id label (RFC 9432 §4.3: any label, stable for the member): a hash
+    of its canonical name, as Knot does, so it survives restarts and reloads."""
+    wire = dns.name.from_text(member).canonicalize().to_wire()
+    return hashlib.sha256(wire).hexdigest()[:16]
+
+
+def catalog_text(members: list[str], serial: int) -> str:
+    """A version-2 catalog (RFC 9432 §4) listing `members`.  The SOA and NS are placeholders
+    under the invalid TLD (§4.1: the catalog is not meant to be resolved)."""
+    lines = [f"@ 0 IN SOA invalid. invalid. {serial} 3600 600 2147483646 0",
+             "@ 0 IN NS invalid.", 'version 0 IN TXT "2"']
+    lines += [f"{unique_id(m)}.zones 0 IN PTR {m}" for m in sorted(members)]
+    return "\n".join(lines) + "\n"
+
+
+class CatalogProducer:
+    """The catalog zones this server generates (`catalog = true` on a [[zone]] without
+    primaries or file): each lists every file zone (our primaries).  A new version, with a
+    higher serial, only when the member set changed; secondaries get it by NOTIFY and IXFR
+    like any of our zones (XfrService.set_local_zone)."""
+
+    def __init__(self):
+        self.made: dict[str, tuple[frozenset, object]] = {}   # origin -> (members, ZoneData)
+
+    def build(self, config) -> list:
+        from pop53.zone.zonefile import zone_from_text
+
+        out = []
+        members = frozenset(z.name for z in config.zones if z.file is not None)
+        for z in config.zones:
+            if not z.raw.get("catalog") or z.raw.get("primaries"):
+                continue
+            old = self.made.get(z.name)
+            if old is not None and old[0] == members:
+                out.append(old[1])
+                continue
+            serial = int(time.time()) & 0xFFFFFFFF
+            if old is not None:
+                serial = max(serial, (old[1].serial + 1) & 0xFFFFFFFF)
+            data = zone_from_text(catalog_text(sorted(members), serial),
+                                  dns.name.from_text(z.name), source=f"<catalog {z.name}>")
+            self.made[z.name] = (members, data)
+            out.append(data)
+        self.made = {d.origin.to_text(): self.made[d.origin.to_text()] for d in out}
+        return out

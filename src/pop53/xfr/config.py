@@ -279,9 +279,10 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
         catalog = z.get("catalog", False)
         if not isinstance(catalog, bool):
             raise ConfigError("expected true or false", file=file, key=f"{where}.catalog")
-        if catalog and not primaries:
-            raise ConfigError("a catalog zone is transferred: it needs primaries (RFC 9432)",
-                              file=file, key=f"{where}.catalog")
+        if catalog and z.get("file") is not None:
+            raise ConfigError("a catalog zone is generated here (no primaries) or transferred "
+                              "(primaries), never read from a file", file=file,
+                              key=f"{where}.catalog")
         zones.append(ZoneConf(name, primaries, key, notify, nets, catalog))
 
     if any(z.primaries for z in zones) and state is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from pop53 import _core
+from pop53.xfr.catalog import CatalogProducer
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.protocol import answer_signed
 from pop53.xfr.publisher import ImagePublisher
@@ -27,7 +28,7 @@ def needs_engine(cfg: Config) -> bool:
     """Transfers are in play when a zone has primaries (a secondary here), secondaries of its
     own (notify / allow_transfer), or keys are configured."""
     return bool(cfg.doc.get("key")) or any(
-        k in z.raw for z in cfg.zones for k in ("primaries", "notify", "allow_transfer"))
+        k in z.raw for z in cfg.zones for k in ("primaries", "notify", "allow_transfer", "catalog"))
 
 
 class ControlPlane:
@@ -90,6 +91,8 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     server = Server(cfg)
     failed: dict[str, str] = {}
     files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
+    catalogs = CatalogProducer()             # RFC 9432 catalogs of our file zones
+    files.update({d.origin.to_text(): d for d in catalogs.build(cfg)})
 
     def compile_(zones, expired=()):
         # SERVFAIL stand-ins, never REFUSED, for zones that are ours without data: the file
@@ -134,6 +137,10 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
                 new[name] = old[name]
                 log.error("zone %s: reload rejected, serial %d keeps serving: %s", name,
                           old[name].serial, bad[name])
+        if only is None:     # the generated catalogs follow the configured zone set
+            new.update({d.origin.to_text(): d for d in catalogs.build(server.config)})
+        else:
+            new.update({n: d for n, d in old.items() if n in catalogs.made})
         for name, data in new.items():
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
         failed = {n: e for n, e in bad.items() if n not in new}
