@@ -46,11 +46,17 @@ def write_config(path, sock, zones, *, identity="one", listen="127.0.0.1:0", ext
     path.write_text(text)
 
 
-def test_ctl_reload_adds_and_removes_zones_and_changes_identity(serve, tmp_path):
+def start(serve, tmp_path):
+    """`pop53 serve` of example.com. with a control socket: (config path, socket, process,
+    address)."""
     conf, sock = tmp_path / "pop53.toml", tmp_path / "ctl.sock"
     write_config(conf, sock, [("example.com.", EXAMPLE_ZONE)])
     p = serve("-c", str(conf))
-    addr = p.addresses[0]
+    return conf, sock, p, p.addresses[0]
+
+
+def test_ctl_reload_adds_and_removes_zones_and_changes_identity(serve, tmp_path):
+    conf, sock, p, addr = start(serve, tmp_path)
     assert rcode(addr, "example.com.") == dns.rcode.NOERROR
     assert rcode(addr, "reload.example.") == dns.rcode.REFUSED
     assert id_server(addr) == "one"
@@ -72,10 +78,7 @@ def test_ctl_reload_adds_and_removes_zones_and_changes_identity(serve, tmp_path)
 
 
 def test_invalid_new_config_is_rejected_and_the_old_keeps_serving(serve, tmp_path):
-    conf, sock = tmp_path / "pop53.toml", tmp_path / "ctl.sock"
-    write_config(conf, sock, [("example.com.", EXAMPLE_ZONE)])
-    p = serve("-c", str(conf))
-    addr = p.addresses[0]
+    conf, sock, p, addr = start(serve, tmp_path)
     good = conf.read_text()
     # a typo, with a zone added beside it: nothing of the new file applies
     conf.write_text(good + f'[[zone]]\nname = "reload.example."\nfiel = "{RELOAD_V1}"\n')
@@ -99,10 +102,7 @@ def test_invalid_new_config_is_rejected_and_the_old_keeps_serving(serve, tmp_pat
 
 
 def test_sighup_rereads_the_config(serve, tmp_path):
-    conf, sock = tmp_path / "pop53.toml", tmp_path / "ctl.sock"
-    write_config(conf, sock, [("example.com.", EXAMPLE_ZONE)])
-    p = serve("-c", str(conf))
-    addr = p.addresses[0]
+    conf, sock, p, addr = start(serve, tmp_path)
     write_config(conf, sock, [("example.com.", EXAMPLE_ZONE), ("reload.example.", RELOAD_V1)])
     os.kill(p.pid, signal.SIGHUP)
     wait_for(lambda: rcode(addr, "reload.example.") == dns.rcode.NOERROR, 15)
@@ -116,6 +116,27 @@ def axfr_rcode(addr, zone):
         return msgs[0].rcode()
     except dns.query.TransferError as exc:
         return exc.rcode
+
+
+SECRET = "cG9wNTMtcmVsb2FkLWtleS0wMTIzNDU2Nzg5YWJjZGVm"
+KEY = f'[[key]]\nname = "reload-key."\nalgorithm = "hmac-sha256"\nsecret = "{SECRET}"\n'
+
+
+def signed_soa(addr):
+    import base64
+
+    import dns.exception
+    import dns.query
+    import dns.tsig
+    q = dns.message.make_query("example.com.", "SOA")
+    key = dns.tsig.Key("reload-key.", base64.b64decode(SECRET), "hmac-sha256")
+    q.use_tsig(key)
+    try:
+        return dns.query.udp(q, addr[0], port=addr[1], timeout=3)
+    except dns.exception.DNSException:
+        # an unsigned NOTAUTH/BADKEY reply to a signed query: dnspython refuses it; parse raw
+        with udp_socket(addr) as s:
+            return dns.message.from_wire(udp_exchange(s, q.to_wire()), keyring=False)
 
 
 def test_reload_adds_a_secondary_zone_and_changes_an_acl(serve, tmp_path):
@@ -147,8 +168,12 @@ def test_reload_adds_a_secondary_zone_and_changes_an_acl(serve, tmp_path):
     r = ctl(sock, "zone-status", "reload.example.")
     assert r.returncode == 0 and "secondary" in r.stdout and "serial 1001" in r.stdout, r.stdout
 
-    conf.write_text(base + 'allow_transfer = ["127.0.0.1"]\n')
+    # a [[key]] added by reload: a query signed with it is answered and signed (before: BADKEY)
+    assert signed_soa(addr).rcode() == dns.rcode.NOTAUTH
+    conf.write_text(base + 'allow_transfer = ["127.0.0.1"]\n' + KEY)
     r = ctl(sock, "reload")
     assert r.returncode == 0 and "zones removed: reload.example." in r.stdout, r.stdout
+    m = signed_soa(addr)
+    assert m.rcode() == dns.rcode.NOERROR and m.had_tsig
     assert rcode(addr, "reload.example.") == dns.rcode.REFUSED
     assert rcode(addr, "example.com.") == dns.rcode.NOERROR

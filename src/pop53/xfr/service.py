@@ -178,7 +178,7 @@ class XfrService:
     def status(self) -> dict:
         """Per-zone freshness and the machine's stale flag (see pop53.anycast.staleness)."""
         zones = {}
-        for st in self.zones.values():
+        for st in list(self.zones.values()):   # a reload or a catalog may change the set
             if not st.conf.secondary:
                 continue
             zones[st.name] = {
