@@ -119,8 +119,9 @@ def _reload(server, only: str | None) -> dict:
     if only is None and source and not source.startswith("<") and server.config.user \
             and not os.access(source, os.R_OK):
         # root-only config file and [server] user: the zone files still reload (as before)
-        log.warning("config file %s is not readable by %s after the privilege drop: zone files "
-                    "reloaded, the configuration not re-read", source, server.config.user)
+        log.warning("config file %s is not readable by %s after the privilege drop: the "
+                    "configuration is kept, only the zone files are read again", source,
+                    server.config.user)
         report = {"config": "unreadable"}
     elif only is None and source and not source.startswith("<"):
         try:
