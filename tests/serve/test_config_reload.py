@@ -177,3 +177,22 @@ def test_reload_adds_a_secondary_zone_and_changes_an_acl(serve, tmp_path):
     assert m.rcode() == dns.rcode.NOERROR and m.had_tsig
     assert rcode(addr, "reload.example.") == dns.rcode.REFUSED
     assert rcode(addr, "example.com.") == dns.rcode.NOERROR
+
+
+def test_reload_turns_rrl_on(serve, tmp_path):
+    """[rrl] added by reload limits at once (the UDP workers restart with the new limiter)."""
+    conf, sock, p, addr = start(serve, tmp_path)
+
+    def answered(n=20):
+        got = 0
+        with udp_socket(addr, timeout=0.1) as s:
+            for i in range(n):
+                got += udp_exchange(s, make_query("www.example.com.", "A", qid=i + 1)) is not None
+        return got
+
+    assert answered() == 20
+    conf.write_text(conf.read_text().replace("[[zone]]", '[rrl]\nrate = 2\nslip = 0\n'
+                                             'exempt = []\n\n[[zone]]', 1))
+    r = ctl(sock, "reload")
+    assert r.returncode == 0, r.stderr
+    assert answered() <= 6
