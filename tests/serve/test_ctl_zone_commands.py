@@ -91,3 +91,27 @@ def test_refresh_retransfer_aliases_and_stop(serve, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "stopping"
     assert p.proc.wait(10) == 0
     assert "stopped after" in p.log_text()
+
+
+def test_zone_reload_of_one_zone_with_transfers_on(tmp_path):
+    """The same through the transfer engine's reload path (xfr/secondary.py)."""
+    from pop53 import config as cfgmod
+    from pop53.xfr import secondary
+    from integ_support import start_with_retry
+
+    a, b = tmp_path / "a.zone", tmp_path / "b.zone"
+    a.write_text(RELOAD_V1.read_text())
+    b.write_text(RELOAD_V1.read_text().replace("reload.example.", "other.example."))
+    cfg = cfgmod.from_dict({"server": {"listen": ["127.0.0.1:0"], "workers": 1}, "zone": [
+        {"name": "reload.example.", "file": str(a), "allow_transfer": ["127.0.0.1"]},
+        {"name": "other.example.", "file": str(b), "allow_transfer": ["127.0.0.1"]}]})
+    s = start_with_retry(lambda: secondary.build(cfg)[0])
+    try:
+        a.write_text(RELOAD_V2.read_text())
+        b.write_text(RELOAD_V2.read_text().replace("reload.example.", "other.example."))
+        assert s.reload("reload.example.")
+        assert s.zone_serials == {"reload.example.": 1002, "other.example.": 1001}
+        assert s.reload()
+        assert s.zone_serials == {"reload.example.": 1002, "other.example.": 1002}
+    finally:
+        s.stop()
