@@ -311,7 +311,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
                 raise ConfigError("must be a string", file=file, key=f"{key}.file")
             if base_dir and not os.path.isabs(zfile):
                 zfile = os.path.join(base_dir, zfile)
-        elif "primaries" not in z:
+        elif "primaries" not in z and z.get("catalog") is not True:   # (a generated catalog)
             raise ConfigError("a zone needs a file or primaries", file=file, key=key)
         cfg.zones.append(ZoneConfig(name=origin.to_text(), file=zfile, raw=z))
     from pop53.mapping import config as mapping_config

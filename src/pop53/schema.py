@@ -235,6 +235,10 @@ _zone = SCHEMA.table("zone", array=True, doc="One zone: loaded from a file (a pr
  .key("file", "string", None, "zone file (RFC 1035 master format); a zone has a file or primaries")
  .key("primaries", "list of strings", [], '"ADDRESS[:PORT]" to transfer the zone from (a secondary)')
  .key("key", "string", None, "name of the [[key]] that signs transfers and NOTIFYs of this zone (TSIG)")
+ .key("catalog", "boolean", False, "a catalog zone (RFC 9432, schema version 2).  With primaries "
+      "(a consumer): transferred, and its member zones become secondary zones of the same "
+      "primaries and key, added and removed as the catalog changes.  Without primaries or file "
+      "(a producer): generated here, listing every file zone of this server")
  .key("notify", "list of strings", [], '"ADDRESS[:PORT]" of secondaries sent a NOTIFY on each change (RFC 1996)')
  .key("allow_transfer", "list of strings", Computed("the notify addresses"),
       "addresses or prefixes allowed to transfer the zone (AXFR/IXFR)"))

@@ -8,11 +8,12 @@ import sys
 def add_parser(sub) -> None:
     from pop53.serve.control import COMMANDS
 
-    p = sub.add_parser("ctl", help="control a running server (reload, status, zones, stats, "
-                                   "xfr, refresh ZONE, retransfer ZONE, target NAME up|down, "
-                                   "mapping)")
+    p = sub.add_parser("ctl", help="control a running server (reload [ZONE], status, zones, "
+                                   "stats, zone-status [ZONE], zone-reload ZONE, zone-notify "
+                                   "ZONE, zone-refresh ZONE, zone-retransfer ZONE, xfr, stop, "
+                                   "target NAME up|down, mapping)")
     p.add_argument("command", choices=COMMANDS)
-    p.add_argument("zone", nargs="*", help="the zone, for refresh and retransfer; "
+    p.add_argument("zone", nargs="*", help="the zone, for the zone-* commands and reload; "
                                            "NAME up|down for target")
     p.add_argument("-s", "--socket", default="/run/pop53.sock", help="control socket path")
     p.add_argument("--json", action="store_true", help="the server's JSON reply (for scripts)")
@@ -24,10 +25,10 @@ def run(args) -> int:
     from pop53.errors import Pop53Error
 
     try:
-        reply = send(args.socket, " ".join([args.command, *args.zone]))
+        command = " ".join([args.command, *args.zone])
+        reply = send(args.socket, command)
     except OSError as exc:
         raise Pop53Error(f"cannot reach the control socket {args.socket}: {exc.strerror or exc}") from None
-    command = f"{args.command} {args.zone}" if args.zone else args.command
     if args.json:
         json.dump(reply, sys.stdout, indent=2)
         print()

@@ -1,4 +1,5 @@
-"""`pop53 serve`: run the server until SIGTERM/SIGINT; SIGHUP reloads the zones."""
+"""`pop53 serve`: run the server until SIGTERM/SIGINT (or `ctl stop`); SIGHUP reloads the
+config file and the zones (pop53.serve.reconfig)."""
 from __future__ import annotations
 
 import logging
@@ -46,23 +47,32 @@ def build_config(args):
             raise ConfigError("give --config FILE, --zone FILE or --example")
         data = os.path.dirname(example_zone_path())
         cfg = cfgmod.from_dict(doc, file="<command line>", base_dir=data)
+    for attr, value in overrides(args).items():
+        setattr(cfg, attr, value)
+    return cfg
+
+
+def overrides(args) -> dict:
+    """The settings given on the command line: they override the file's, at start and at
+    every config reload (pop53.serve.reconfig)."""
+    from pop53 import config as cfgmod
+    from pop53.errors import ConfigError
+
+    out: dict = {}
     if args.listen:
-        cfg.listen = [cfgmod.parse_listen(v, "--listen", None) for v in args.listen]
+        out["listen"] = [cfgmod.parse_listen(v, "--listen", None) for v in args.listen]
     if args.workers is not None:
         if not 1 <= args.workers <= 256:
             raise ConfigError("must be within 1..256", key="--workers")
-        cfg.workers = args.workers
+        out["workers"] = args.workers
     if args.identity is not None:
-        cfg.identity = args.identity
+        out["identity"] = args.identity
     if args.metrics:
-        cfg.metrics = cfgmod.parse_listen(args.metrics, "--metrics", None, default_port=9153)
-    if args.user:
-        cfg.user = args.user
-    if args.state:
-        cfg.state = args.state
-    if args.control:
-        cfg.control = args.control
-    return cfg
+        out["metrics"] = cfgmod.parse_listen(args.metrics, "--metrics", None, default_port=9153)
+    for attr in ("user", "state", "control"):
+        if getattr(args, attr):
+            out[attr] = getattr(args, attr)
+    return out
 
 
 def _example_cdn(zones: list) -> dict:
@@ -90,7 +100,7 @@ def _origin_of(path: str) -> str:
 def run(args) -> int:
     from pop53 import __version__
     from pop53.xfr import secondary
-    from pop53.serve import sdnotify
+    from pop53.serve import reconfig, sdnotify
     from pop53.serve.server import Server
     from pop53 import logs
 
@@ -111,6 +121,8 @@ def run(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
     server.pidfile = args.pidfile      # written before the privilege drop
+    server.config_overrides = overrides(args)     # kept over a config reload
+    server.on_stop = stop.set                     # `pop53 ctl stop`
     server.start()
     if service is not None:
         service.start()
@@ -130,7 +142,7 @@ def run(args) -> int:
             if hup.is_set():
                 hup.clear()
                 sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                ok = server.reload()
+                ok = reconfig.reload(server)["ok"]
                 sdnotify.notify("READY=1", f"STATUS=pop53 {__version__}: serving "
                                 f"{len(server.zone_serials)} zone(s)"
                                 + ("" if ok else f"; last reload rejected: {server.last_error}"))

@@ -1,8 +1,16 @@
 """The control socket: a Unix stream socket that takes one command per connection and answers
-one JSON object.  Commands: `reload`, `status`, `zones`, `stats`; for transferred zones
-`xfr` (their freshness, the machine's stale flag and role), `refresh ZONE` (an SOA check now)
-and `retransfer ZONE` (a full transfer now); for mapped names `target NAME up|down` (liveness,
-published at once) and `mapping` (maps, targets, generation).
+one JSON object.  Commands (knotc's names where knotc has one):
+  reload [ZONE]        the config file and every zone file (pop53.serve.reconfig); with ZONE
+                       that zone's file only (also `zone-reload ZONE`)
+  status, zones, stats the server, its zones, its counters
+  zone-status [ZONE]   per zone: serial, state, kind (file / secondary), transfer freshness
+  zone-notify ZONE     NOTIFY the zone's secondaries now
+  zone-refresh ZONE    an SOA check of a secondary zone now (also `refresh`)
+  zone-retransfer ZONE a full transfer now (also `retransfer`)
+  xfr                  transferred zones' freshness, the machine's stale flag and role
+  stop                 stop the server (as SIGTERM)
+  target NAME up|down  a mapped answer target's liveness, published at once
+  mapping              maps, targets and the mapping generation
 
 Root-owned by default (mode 0600), so only the operator can drive it.
 """
@@ -14,9 +22,13 @@ import os
 import socket
 import threading
 
+import dns.name
+
 log = logging.getLogger("pop53.control")
-COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "target",
+COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
+            "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "stop", "target",
             "mapping")
+ALIASES = {"zone-refresh": "refresh", "zone-retransfer": "retransfer"}
 
 
 class ControlServer:
@@ -60,9 +72,22 @@ class ControlServer:
 
     def handle(self, cmd: str) -> dict:
         s = self.server
-        if cmd == "reload":
-            ok = s.reload()
-            return {"ok": ok, "generation": s.shared.generation, "error": s.last_error}
+        verb, _, arg = cmd.partition(" ")
+        verb, arg = ALIASES.get(verb, verb), arg.strip()
+        if verb in ("reload", "zone-reload"):
+            from pop53.serve import reconfig
+            if verb == "zone-reload" and not arg:
+                return {"ok": False, "error": "usage: zone-reload ZONE"}
+            if arg:
+                arg = _zone_name(arg)
+                if arg not in {z.name for z in s.config.zones if z.file is not None}:
+                    return {"ok": False, "error": f"zone {arg} is not a configured file zone"}
+            return reconfig.reload(s, arg or None)
+        if verb == "stop":
+            if getattr(s, "on_stop", None) is None:
+                return {"ok": False, "error": "this server is not stopped from its control socket"}
+            s.on_stop()
+            return {"ok": True, "stopping": True}
         # zones that did not load answer SERVFAIL: listed apart with their error, no serial
         zones = {k: v for k, v in s.zone_serials.items() if s._served(k)}
         if cmd == "status":
@@ -75,22 +100,27 @@ class ControlServer:
                     "waiting": s.zone_waiting}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
-        verb, _, arg = cmd.partition(" ")
         if verb in ("target", "mapping"):
             return _mapping_command(s, verb, arg.split())
-        if verb in ("xfr", "refresh", "retransfer"):
+        if verb == "zone-status":
+            return zone_status(s, _zone_name(arg) if arg else None)
+        if verb in ("xfr", "refresh", "retransfer", "zone-notify"):
             svc = getattr(getattr(s, "control_handler", None), "service", None)
             if svc is None:
-                return {"ok": False, "error": "no transferred zones here (no [[zone]] has primaries)"}
+                return {"ok": False, "error": "no transferred zones here (no [[zone]] has "
+                                              "primaries, notify or allow_transfer)"}
             if verb == "xfr":
                 return {"ok": True, **svc.status()}
-            if not arg.strip():
+            if not arg:
                 return {"ok": False, "error": f"usage: {verb} ZONE"}
             try:
-                (svc.refresh_now if verb == "refresh" else svc.retransfer_now)(arg.strip())
+                if verb == "zone-notify":
+                    notify_now(svc, arg)
+                else:
+                    (svc.refresh_now if verb == "refresh" else svc.retransfer_now)(arg)
             except KeyError as exc:
                 return {"ok": False, "error": exc.args[0]}
-            return {"ok": True, "zone": arg.strip(), "queued": verb}
+            return {"ok": True, "zone": _zone_name(arg), "queued": verb}
         return {"ok": False, "error": f"unknown command {cmd!r}; one of {', '.join(COMMANDS)}"}
 
     def stop(self) -> None:
@@ -119,6 +149,56 @@ def _mapping_command(s, verb: str, args: list) -> dict:
         return {"ok": False, "error": exc.args[0]}
     return {"ok": True, "target": args[0], "up": args[1] == "up", "changed": changed,
             "generation": state.generation}
+
+
+def _zone_name(text: str) -> str:
+    return text if text.endswith(".") else text + "."
+
+
+def notify_now(svc, name: str) -> None:
+    """`zone-notify ZONE`: NOTIFY the zone's secondaries now (RFC 1996), as after a change."""
+    st = svc.zones.get(dns.name.from_text(name))
+    if st is None:
+        raise KeyError(f"zone {_zone_name(name)} is not configured")
+    if not st.conf.notify:
+        raise KeyError(f"zone {st.name} has no notify list")
+    if st.zone is None:
+        raise KeyError(f"zone {st.name} has no data to announce yet")
+    svc.outbound.send_notifies(st)
+
+
+def zone_status(s, only: str | None) -> dict:
+    """Per zone, as `knotc zone-status`: serial, state (ok, failed, waiting, expired), kind,
+    and for a secondary its primaries and transfer freshness."""
+    svc = getattr(getattr(s, "control_handler", None), "service", None)
+    xfr = svc.status()["zones"] if svc is not None else {}
+    out = {}
+    members = svc.catalog.owned() if svc is not None else {}
+    listed = [(z.name, z.file, z.raw.get("primaries", []), None) for z in s.config.zones]
+    listed += [(m.to_text(), None, [str(p) for p in svc.zones[m].conf.primaries], cat.to_text())
+               for m, cat in members.items() if m in svc.zones]
+    for name, file, primaries, catalog in listed:
+        if only is not None and name != only:
+            continue
+        row = {"kind": "file" if file is not None else "secondary",
+               "serial": s.zone_serials.get(name) if s._served(name) else None,
+               "state": "ok"}
+        if catalog is not None:           # a member of this catalog zone (RFC 9432)
+            info = svc.catalog.members[dns.name.from_text(catalog)][dns.name.from_text(name)]
+            row.update(catalog=catalog, group=info["group"])
+        if name in s.zone_failed:
+            row.update(state="failed", error=s.zone_failed[name])
+        elif name in s.zone_waiting:
+            row["state"] = "waiting"
+        if name in xfr:
+            x = xfr[name]
+            row.update(primaries=list(primaries), age=x.get("age"), last_error=x.get("last_error"))
+            if x.get("expired"):
+                row["state"] = "expired"
+        out[name] = row
+    if only is not None and not out:
+        return {"ok": False, "error": f"zone {only} is not configured"}
+    return {"ok": True, "zones": out}
 
 
 def send(path: str, cmd: str, timeout: float = 60.0) -> dict:
@@ -172,8 +252,27 @@ def format_reply(command: str, reply: dict) -> str:
     if not reply.get("ok"):
         return f"error: {reply.get('error') or 'failed'}"
     verb = command.split()[0]
-    if verb == "reload":
-        return f"reloaded, generation {reply['generation']}"
+    if verb in ("reload", "zone-reload"):
+        lines = [f"reloaded, generation {reply['generation']}"]
+        for what in ("added", "removed"):
+            if reply.get(what):
+                lines.append(f"zones {what}: {', '.join(reply[what])}")
+        if reply.get("restart"):
+            lines.append("needs a restart (the running value stays): "
+                         + ", ".join(reply["restart"]))
+        return "\n".join(lines)
+    if verb == "zone-status":
+        rows = []
+        for name, z in sorted(reply["zones"].items()):
+            serial = "-" if z["serial"] is None else z["serial"]
+            extra = z.get("error") or z.get("last_error") or ""
+            if z.get("age") is not None:
+                extra = f"last ok {z['age']:.0f} s ago" + (f"; {extra}" if extra else "")
+            kind = f"member of {z['catalog']}" if z.get("catalog") else z["kind"]
+            rows.append((name, kind, f"serial {serial}", z["state"], extra))
+        return "\n".join(r.rstrip() for r in _rows(rows)) or "no zones"
+    if verb == "stop":
+        return "stopping"
     if verb == "zones":
         return "\n".join(_zones(reply))
     if verb == "status":
@@ -186,6 +285,6 @@ def format_reply(command: str, reply: dict) -> str:
         return "\n".join(lines)
     if verb == "stats":
         return "\n".join(_rows(sorted(reply["stats"].items()))) or "no counters yet"
-    if verb in ("refresh", "retransfer"):
+    if verb in ("refresh", "retransfer", "zone-notify", *ALIASES):
         return f"{reply['queued']} of {reply['zone']} queued"
     return "\n".join(_plain({k: v for k, v in reply.items() if k != "ok"}))

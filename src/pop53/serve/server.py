@@ -149,16 +149,18 @@ class Server:
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
-    def _file_specs(self) -> list[tuple[str, str]]:
-        return [(z.file, z.name) for z in self.config.zones if z.file is not None]
+    def _file_specs(self, only: str | None = None) -> list[tuple[str, str]]:
+        return [(z.file, z.name) for z in self.config.zones
+                if z.file is not None and only in (None, z.name)]
 
-    def load_zone_files(self, failed: dict | None = None) -> dict[str, ZoneData]:
-        """Parse every file zone.  Without `failed` the first bad zone raises; with it, a bad
-        zone is left out, its error recorded there, and the others load."""
+    def load_zone_files(self, failed: dict | None = None, only: str | None = None) -> dict[str, ZoneData]:
+        """Parse every file zone (or the one named `only`).  Without `failed` the first bad
+        zone raises; with it, a bad zone is left out, its error recorded there, and the others
+        load."""
         if failed is None:
-            datas = [load_zone_file(f, n, self.config.zone_dir) for f, n in self._file_specs()]
+            datas = [load_zone_file(f, n, self.config.zone_dir) for f, n in self._file_specs(only)]
         else:
-            datas, bad = load_or_fail(self._file_specs(), self.config.zone_dir)
+            datas, bad = load_or_fail(self._file_specs(only), self.config.zone_dir)
             failed.update(bad)
         out = {}
         for d in datas:
@@ -323,17 +325,19 @@ class Server:
                 self.zone_fresh[name] = now
         self._save_cached_image(image, files)
 
-    def reload(self) -> bool:
-        """Re-read every zone file and swap them in.  A zone that does not load is reported
+    def reload(self, only: str | None = None) -> bool:
+        """Re-read every zone file (or the one named `only`) and swap them in.  A zone that does not load is reported
         (one error line) and keeps its previous version, or answers SERVFAIL if it never
         loaded; the others are published.  When its previous version is not held in memory
         (child compile, saved image) the whole reload is rejected and everything keeps serving.
         Returns whether every zone loaded."""
+        if only is not None and self.reload_hook is None and not self.zone_data:
+            only = None     # the other zones' parsed versions are not held here: read them all
         try:
             if self.mapping is not None:
                 self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
             if self.reload_hook is not None:
-                failed = self.reload_hook() or {}     # {origin: error} of file zones
+                failed = self.reload_hook(only) or {}     # {origin: error} of file zones
                 zones = self.zone_serials
             elif self._isolate_compile():
                 image, failed, files = self.compile_files()
@@ -341,10 +345,12 @@ class Server:
                 zones = self.zone_serials
             else:
                 failed = {}
-                files = self.load_zone_files(failed)
+                files = self.load_zone_files(failed, only)
+                configured = {z.name for z in self.config.zones}    # a config reload may drop some
                 with self._lock:
-                    # transferred zones, and the previous version of a zone whose file now fails
-                    zones = {k: v for k, v in self.zone_data.items() if k not in files}
+                    # the zones not re-read, and the previous version of a zone whose file fails
+                    zones = {k: v for k, v in self.zone_data.items()
+                             if k not in files and k in configured}
                     zones.update(files)
                     for name in failed:
                         if name in zones:
@@ -353,7 +359,11 @@ class Server:
                         elif self._served(name):
                             raise Pop53Error(failed[name])   # not held here: reject it all
                     stand_ins = {n: e for n, e in failed.items() if n not in zones}
-                    if files or stand_ins != self.zone_failed:    # else nothing changed
+                    if only is not None:    # the other zones' stand-ins stay
+                        stand_ins = {**{n: e for n, e in self.zone_failed.items()
+                                        if n in configured and n != only}, **stand_ins}
+                    if files or stand_ins != self.zone_failed \
+                            or set(self.zone_serials) - configured:    # else nothing changed
                         self.set_zones(zones, stand_ins)
             # the others are published; the zones that did not load count as a failed reload
             self.last_error = "; ".join(failed.values()) or None
@@ -370,6 +380,19 @@ class Server:
     def _readers(self) -> list:
         """Every loop that reads the published image: UDP workers and TCP loops."""
         return self.workers + (self.tcp.loops if self.tcp is not None else [])
+
+    def restart_workers(self, responder, limiter) -> None:
+        """New answer settings from a config reload (identity, NSID, CHAOS, EDNS size, cookies;
+        RRL): each UDP worker stops at a batch boundary and runs again with them, one at a
+        time; its socket queues what arrives meanwhile, so no query is lost."""
+        self.responder, self.limiter = responder, limiter
+        for i, w in enumerate(self.workers):
+            w.stop()
+            self._threads[i].join(2)
+            t = threading.Thread(target=w.run, args=(self.shared, responder, limiter),
+                                 name=f"pop53-udp-{i}", daemon=True)
+            self._threads[i] = t
+            t.start()
 
     def reclaim(self) -> int:
         """Release retired images no worker can still hold.  Returns how many are left."""

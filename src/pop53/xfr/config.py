@@ -57,6 +57,7 @@ class ZoneConf:
     key: KeyConf | None = None
     notify: tuple[Peer, ...] = ()
     allow_transfer: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    catalog: bool = False      # a catalog zone (RFC 9432): its members become secondaries too
 
     @property
     def secondary(self) -> bool:
@@ -117,7 +118,7 @@ def _number(doc: dict, name: str, default, key: str, file, *, minimum=0, integer
     return v
 
 
-ZONE_KEYS = frozenset({"name", "primaries", "key", "notify", "allow_transfer"})
+ZONE_KEYS = frozenset({"name", "primaries", "key", "notify", "allow_transfer", "catalog"})
 
 
 def _server_zone_keys() -> frozenset:
@@ -275,7 +276,14 @@ def parse_xfr_config(doc: dict, file: str | None = None) -> XfrConfig:
                     raise ConfigError(f"bad address or prefix {a!r}", file=file,
                                       key=f"{where}.allow_transfer[{j}]") from None
             nets = tuple(nets)
-        zones.append(ZoneConf(name, primaries, key, notify, nets))
+        catalog = z.get("catalog", False)
+        if not isinstance(catalog, bool):
+            raise ConfigError("expected true or false", file=file, key=f"{where}.catalog")
+        if catalog and z.get("file") is not None:
+            raise ConfigError("a catalog zone is generated here (no primaries) or transferred "
+                              "(primaries), never read from a file", file=file,
+                              key=f"{where}.catalog")
+        zones.append(ZoneConf(name, primaries, key, notify, nets, catalog))
 
     if any(z.primaries for z in zones) and state is None:
         log.warning("%s: no [server] state directory: secondary zones start empty after a restart",

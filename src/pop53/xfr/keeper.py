@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+import dns.name
 import dns.zone
 
 from pop53.errors import Pop53Error
@@ -102,7 +103,7 @@ class ZoneKeeper(EnginePart):
         log.info("zone %s: restored serial %s from saved state (%d pending)", st.name, st.serial, len(pending))
 
     def initial_publish(self) -> None:
-        for st in self.zones.values():
+        for st in list(self.zones.values()):     # a restored catalog adds its members
             if st.zone is not None:
                 expired = self.svc.refresher.is_expired(st, time.time())
                 st.expired = expired
@@ -202,6 +203,9 @@ class ZoneKeeper(EnginePart):
     def call_publish(self, name: str, version: ZoneVersion | None) -> None:
         if self.svc.publish_cb is not None:
             self.svc.publish_cb(name, version)
+        st = self.zones.get(dns.name.from_text(name))
+        if version is not None and st is not None and st.conf.catalog:
+            self.svc.catalog.changed(st.conf.name, version.zone)   # RFC 9432 members
 
     @staticmethod
     def _journal_append(st: ZoneState, rec) -> None:

@@ -139,6 +139,24 @@ class ImagePublisher:
                 from pop53.zone.patchkit import patch_index
                 patch_index(image)
 
+    def recompile(self, static: list | None = None, drop: tuple = ()) -> Any:
+        """Publish a full compile of the current zone set: after the file zones changed
+        (`static`), a transferred zone was removed (`drop`) or the stand-ins changed (a zone
+        added by a config reload or a catalog).  The next patch starts from this image."""
+        with self._lock:
+            zones = {n: d for n, d in self.zones.items() if n not in drop}
+            expired = {n for n in self.expired if n not in drop}
+            static = self.static if static is None else list(static)
+            image = self._compile_all(zones, expired, "(all)", static)
+            if self.check_image is not None:
+                self.check_image(image)
+            self.server_publish(image)
+            self.static, self.zones, self.expired = static, zones, expired
+            self.last_image = image
+            self._full_size = len(image)
+            self._gen += 1          # a compaction in flight is stale now
+            return image
+
     def _compile_all(self, zones: dict, expired: set, name: str, static: list | None = None):
         present = [d for d in zones.values() if d is not None]
         exp = sorted(z for z in expired if zones.get(z) is not None)

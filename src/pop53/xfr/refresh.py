@@ -154,7 +154,9 @@ class Refresher(EnginePart):
         errors = []
         for primary in st.conf.primaries:
             try:
-                their = await self._soa_check(st, primary)
+                # a catalog zone is not meant for queries (RFC 9432; Knot REFUSES its SOA): ask
+                # by IXFR, which answers "current" with the primary's SOA alone (RFC 1995 §4)
+                their = None if st.conf.catalog else await self._soa_check(st, primary)
             except Exception as exc:
                 errors.append(f"{primary}: SOA check: {type(exc).__name__}: {exc}")
                 count(self.stats, "soa.failed", "pop53_xfr_soa_checks_total", "SOA checks",
@@ -163,7 +165,8 @@ class Refresher(EnginePart):
             count(self.stats, "soa.ok", "pop53_xfr_soa_checks_total", "SOA checks",
                    zone=st.name, result="ok")
             ours = st.latest_serial
-            if ours is not None and not jr.serial_gt(their, ours) and not st.force_axfr:
+            if their is not None and ours is not None and not jr.serial_gt(their, ours) \
+                    and not st.force_axfr:
                 await self._mark_ok(st)
                 return True
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from pop53 import _core
+from pop53.xfr.catalog import CatalogProducer
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.protocol import answer_signed
 from pop53.xfr.publisher import ImagePublisher
@@ -27,7 +28,7 @@ def needs_engine(cfg: Config) -> bool:
     """Transfers are in play when a zone has primaries (a secondary here), secondaries of its
     own (notify / allow_transfer), or keys are configured."""
     return bool(cfg.doc.get("key")) or any(
-        k in z.raw for z in cfg.zones for k in ("primaries", "notify", "allow_transfer"))
+        k in z.raw for z in cfg.zones for k in ("primaries", "notify", "allow_transfer", "catalog"))
 
 
 class ControlPlane:
@@ -90,15 +91,18 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     server = Server(cfg)
     failed: dict[str, str] = {}
     files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
-
-    secondaries = [z.name.to_text() for z in xcfg.zones if z.primaries]
+    catalogs = CatalogProducer()             # RFC 9432 catalogs of our file zones
+    files.update({d.origin.to_text(): d for d in catalogs.build(cfg)})
 
     def compile_(zones, expired=()):
         # SERVFAIL stand-ins, never REFUSED, for zones that are ours without data: the file
         # zones that never loaded and the secondary zones not transferred (or restored) yet,
-        # e.g. during a restart (issue 14 points 1 and 5)
+        # e.g. during a restart (issue 14 points 1 and 5); the engine's zone set may change
+        # while serving (config reload, catalog zones)
         zones = list(zones)
         have = {d.origin.to_text() for d in zones}
+        secondaries = [st.name for st in list(holder["service"].zones.values())
+                       if st.conf.secondary]
         server.zone_waiting = [n for n in secondaries if n not in have]
         stand_ins = set(server.zone_waiting) | set(server.zone_failed)
         return compile_zone_data(with_stand_ins(zones, stand_ins),
@@ -108,6 +112,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
                                    compile_zone_data=compile_, check_image=server._check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
     service = XfrService(xcfg, publisher)
+    holder["service"] = service
     server.control_handler = ControlPlane(service, server)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
@@ -119,27 +124,34 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     server.zone_files = {n: d.files for n, d in files.items()}
     server.publish(image)
 
-    def reload_files() -> dict[str, str]:
+    def reload_files(only: str | None = None) -> dict[str, str]:
         bad: dict[str, str] = {}
-        new = server.load_zone_files(bad)
+        new = server.load_zone_files(bad, only)
         old = {d.origin.to_text(): d for d in publisher.static}
+        files = {z.name for z in server.config.zones if z.file is not None}
+        for name, data in old.items():   # the zones not re-read keep their version
+            if name in files and name not in new and name not in bad:
+                new[name] = data
         for name in bad:
             if name in old:                   # its previous version keeps serving
                 new[name] = old[name]
                 log.error("zone %s: reload rejected, serial %d keeps serving: %s", name,
                           old[name].serial, bad[name])
-        publisher.static = list(new.values())
+        if only is None:     # the generated catalogs follow the configured zone set
+            new.update({d.origin.to_text(): d for d in catalogs.build(server.config)})
+        else:
+            new.update({n: d for n, d in old.items() if n in catalogs.made})
         for name, data in new.items():
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
-        server._note_failed({n: e for n, e in bad.items() if n not in new})
-        # recompile the file zones together with the transferred ones
-        zones = publisher.static + [d for d in publisher.zones.values() if d is not None]
-        image = compile_(zones, expired=getattr(publisher, "expired", ()))
-        server._check_size(image)
-        server.publish(image)
+        failed = {n: e for n, e in bad.items() if n not in new}
+        if only is not None:
+            failed = {**{n: e for n, e in server.zone_failed.items() if n in files}, **failed}
+        server._note_failed(failed)
+        # recompile the file zones together with the transferred ones (the next IXFR patch
+        # starts from this image)
+        publisher.recompile(static=list(new.values()))
         server.zone_files.update({n: d.files for n, d in new.items()})
         return bad
 
     server.reload_hook = reload_files
-    holder["service"] = service
     return server, service

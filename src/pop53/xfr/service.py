@@ -45,6 +45,7 @@ from pop53.anycast import staleness
 from pop53.errors import Pop53Error
 from pop53.xfr import journal as jr
 from pop53.xfr import outbound
+from pop53.xfr.catalog import CatalogConsumer
 from pop53.xfr.config import XfrConfig, ZoneConf
 from pop53.xfr.keeper import ZoneKeeper
 from pop53.xfr.metrics import metric
@@ -82,6 +83,7 @@ class XfrService:
         self.keeper = ZoneKeeper(self)
         self.refresher = Refresher(self)
         self.outbound = Outbound(self)
+        self.catalog = CatalogConsumer(self)     # RFC 9432 member zones
         # the server's interface (module docstring)
         self.handle_notify = self.refresher.handle_notify
         self.handle_query = self.outbound.handle_query
@@ -176,7 +178,7 @@ class XfrService:
     def status(self) -> dict:
         """Per-zone freshness and the machine's stale flag (see pop53.anycast.staleness)."""
         zones = {}
-        for st in self.zones.values():
+        for st in list(self.zones.values()):   # a reload or a catalog may change the set
             if not st.conf.secondary:
                 continue
             zones[st.name] = {
