@@ -21,6 +21,7 @@ include "answer.pxi"
 include "cookie.pxi"
 include "query.pxi"
 include "rrl.pxi"
+include "scoring.pxi"
 include "io.pxi"
 include "patch.pxi"
 

@@ -1,0 +1,390 @@
+# Query scoring and prioritized processing (issue 13): the admission stage BEFORE the lookup.
+# Response rate limiting (rrl.pxi) acts after the answer is made, so under a flood the worker
+# still spends its whole budget receiving and answering attack queries, and known resolvers'
+# queries wait in (or fall off) the socket queue.  Here each received query is put in a class
+# from a few small filters, with no lookup and no parse:
+#
+#   SC_TOP     the source's /24 (IPv4) or /56 (IPv6) is a known resolver (the known table),
+#              unless that prefix is itself over `known_rate` (spoofed known sources); or, when
+#              the query is about to be dropped, it carries a valid server cookie of ours
+#              (RFC 7873/9018: the address is proven, so it cannot be spoofed)
+#   SC_FLOOD   the source prefix is over `source_rate` in this window (a count-min sketch)
+#   SC_ODD     header oddities a resolver talking to an authority does not produce: QR, TC or
+#              Z set, opcode other than QUERY/NOTIFY, QDCOUNT != 1, answers in a query, more
+#              than 2 additional records, and RD=1 (resolvers send RD=0 to authorities)
+#   SC_NORMAL  anything else
+#
+# The overload controller runs every `tick_ms` in each worker from what the worker sees itself:
+# the longest run of full recvmmsg batches in the tick (the socket queue never emptied) and the
+# kernel's drop counter on its socket (SO_RXQ_OVFL).  Overloaded: the worst class still admitted
+# has its admission share halved (below 1/64 it is cut to nothing); calm: the best class still
+# cut regains `recover`/1024 of its share.  SC_TOP is never cut.  A share below one admits every
+# k-th query deterministically (an accumulator, no random numbers).
+#
+# Everything here is per worker (the sketch and controller live in the worker, its counters too)
+# except the known table, which the control plane publishes like an image: one atomic pointer,
+# loaded once per batch, the old table freed after every worker passed a batch boundary.  With
+# SO_REUSEPORT a source's queries spread over the workers, so a per-worker sketch sees about
+# 1/workers of a source's rate: `source_rate` is per worker.
+
+cdef extern from "p53_score.h" nogil:
+    int p53_rxq_ovfl(const void* m, uint32_t* out)
+
+
+cdef inline uint64_t sc_now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
+cdef inline uint64_t sc_v6_key(const uint8_t* a) noexcept nogil:
+    """The /56 of an IPv6 address as an integer (its first 7 bytes, big-endian)."""
+    return ((<uint64_t>a[0] << 48) | (<uint64_t>a[1] << 40) | (<uint64_t>a[2] << 32)
+            | (<uint64_t>a[3] << 24) | (<uint64_t>a[4] << 16) | (<uint64_t>a[5] << 8) | a[6])
+
+
+cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Whether the client's /24 or /56 is in the known table (one byte read for IPv4, a binary
+    search over the sorted /56 keys for IPv6)."""
+    cdef uint64_t key, lo = 0, hi, mid
+    if kn == NULL:
+        return False
+    if alen == 4:
+        return kn.v4 != NULL and kn.v4[(<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]] != 0
+    if alen != 16 or kn.n_v6 == 0:
+        return False
+    key = sc_v6_key(a)
+    hi = kn.n_v6
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if kn.v6[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < kn.n_v6 and kn.v6[lo] == key
+
+
+cdef uint32_t sc_count(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Count one query for the client's prefix in the count-min sketch; returns the estimate
+    (the smaller of the two rows, saturating at 65535)."""
+    cdef uint64_t h
+    cdef uint32_t i0, i1, c0, c1
+    if alen == 4:
+        h = (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
+    elif alen == 16:
+        h = (<uint64_t>6 << 56) | sc_v6_key(a)
+    else:
+        h = 0
+    h = mix64(h)
+    i0 = <uint32_t>(h & (SC_COLS - 1))
+    i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
+    c0 = s.sketch[0][i0]
+    c1 = s.sketch[1][i1]
+    if c0 < 65535:
+        c0 += 1
+        s.sketch[0][i0] = <uint16_t>c0
+    if c1 < 65535:
+        c1 += 1
+        s.sketch[1][i1] = <uint16_t>c1
+    return c0 if c0 < c1 else c1
+
+
+cdef bint sc_odd(const sc_cfg_t* cfg, const uint8_t* p, uint32_t n) noexcept nogil:
+    """Header oddities (see the top of this file); a packet shorter than a header is odd."""
+    cdef uint8_t opcode
+    if n < 12:
+        return True
+    opcode = (p[2] >> 3) & 0x0F
+    if p[2] & 0x82 or p[3] & 0x40:              # QR, TC; Z
+        return True
+    if opcode != OP_QUERY and opcode != OP_NOTIFY:
+        return True
+    if cfg.rd_odd and p[2] & 0x01:
+        return True
+    return (p[4] != 0 or p[5] != 1 or (opcode == OP_QUERY and (p[6] | p[7]) != 0)
+            or p[10] != 0 or p[11] > 2)
+
+
+cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const uint8_t* p,
+                  uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The query's class (SC_*), counting it in the sketch."""
+    cdef uint32_t count = sc_count(s, a, alen)
+    if sc_known(kn, a, alen):
+        return SC_TOP if count <= cfg.known_rate else SC_NORMAL
+    if count > cfg.source_rate:
+        return SC_FLOOD
+    if sc_odd(cfg, p, n):
+        return SC_ODD
+    return SC_NORMAL
+
+
+cdef bint sc_cookie_lifts(const rcfg_t* rcfg, const uint8_t* p, uint32_t n, const uint8_t* a,
+                          uint32_t alen) noexcept nogil:
+    """A valid server cookie of ours in the query (parsed only here, on the way to a drop, and
+    only when the header announces an additional record)."""
+    cdef query_t q
+    if not rcfg.cookies or n < 12 or (p[10] == 0 and p[11] == 0) or alen == 0:
+        return False
+    if wire_parse_query(p, n, &q, rcfg.lenient_trailing) != PARSE_OK or q.cookie_len != 24:
+        return False
+    return cookie_valid(rcfg, q.cookie, q.cookie_len, a, alen, wall_seconds())
+
+
+cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const rcfg_t* rcfg,
+                   const uint8_t* p, uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Score one query and decide: True = go on to the answer, False = drop it unanswered."""
+    cdef int c = sc_score(cfg, kn, s, p, n, a, alen)
+    cdef uint32_t share = s.allow[c]
+    if share < SC_ONE:
+        s.acc[c] += share
+        if s.acc[c] >= SC_ONE:
+            s.acc[c] -= SC_ONE
+        elif sc_cookie_lifts(rcfg, p, n, a, alen):
+            s.lifted += 1
+            c = SC_TOP
+        else:
+            s.dropped[c] += 1
+            return False
+    s.admitted[c] += 1
+    return True
+
+
+cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
+    memset(s, 0, sizeof(sc_state_t))
+    for c in range(SC_CLASSES):
+        s.allow[c] = SC_ONE
+    s.window_start = now
+    s.tick_start = now if now else 1
+
+
+cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over) noexcept nogil:
+    """One controller step: cut the worst admitted class multiplicatively, or let the best cut
+    class recover additively.  SC_TOP is never cut."""
+    cdef int c
+    s.ticks += 1
+    if over:
+        s.overload_ticks += 1
+        for c in range(SC_CLASSES - 1, SC_TOP, -1):
+            if s.allow[c] > 0:
+                s.allow[c] >>= 1
+                if s.allow[c] < SC_ONE // 64:
+                    s.allow[c] = 0
+                return
+        return
+    for c in range(SC_NORMAL, SC_CLASSES):
+        if s.allow[c] < SC_ONE:
+            s.allow[c] = s.allow[c] + cfg.recover if s.allow[c] + cfg.recover < SC_ONE else SC_ONE
+            return
+
+
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
+                   const void* last_msghdr) noexcept nogil:
+    """After each recvmmsg (n datagrams, `full` the batch size): the controller's inputs, and
+    its tick and the sketch's window when due."""
+    cdef uint64_t now = sc_now_ms()
+    cdef uint32_t ovfl = 0
+    if s.tick_start == 0:
+        sc_state_init(s, now)
+    if n >= full:
+        s.run += 1
+        if s.run > s.run_max:
+            s.run_max = s.run
+    else:
+        s.run = 0
+    if last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl) and ovfl != s.ovfl_last:
+        s.drops_tick += ovfl - s.ovfl_last      # the counter wraps at 2^32: unsigned difference
+        s.kernel_drops += ovfl - s.ovfl_last
+        s.ovfl_last = ovfl
+    if now - s.tick_start >= cfg.tick_ms:
+        sc_tick(cfg, s, s.run_max >= cfg.full_run or s.drops_tick > 0)
+        s.tick_start = now
+        s.run_max = s.run
+        s.drops_tick = 0
+    if now - s.window_start >= cfg.window_ms:
+        memset(s.sketch, 0, sizeof(s.sketch))
+        s.window_start = now
+
+
+cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
+    """The controller's level: how much of the admission it has taken away, 0 (nothing) to
+    (SC_CLASSES - 1) * SC_ONE (every class but SC_TOP cut to nothing)."""
+    cdef uint32_t lv = 0
+    for c in range(SC_NORMAL, SC_CLASSES):
+        lv += SC_ONE - s.allow[c]
+    return lv
+
+
+SCORE_CLASSES = ("top", "normal", "odd", "flood")
+
+
+cdef dict sc_stats_dict(const sc_state_t* s):
+    return {
+        "admitted": {SCORE_CLASSES[c]: s.admitted[c] for c in range(SC_CLASSES)},
+        "dropped": {SCORE_CLASSES[c]: s.dropped[c] for c in range(SC_CLASSES)},
+        "share": {SCORE_CLASSES[c]: s.allow[c] / <double>SC_ONE for c in range(SC_CLASSES)}
+                 if s.tick_start else {k: 1.0 for k in SCORE_CLASSES},
+        "level": sc_level(s) / <double>SC_ONE if s.tick_start else 0.0,
+        "lifted": s.lifted, "kernel_drops": s.kernel_drops,
+        "overload_ticks": s.overload_ticks, "ticks": s.ticks,
+    }
+
+
+cdef class KnownTable:
+    """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
+    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, the sorted /56 keys as
+    native uint64 (8 bytes each).  Read-only from here on; any buffer (bytes, mmap) works."""
+    cdef known_t kn
+    cdef Py_buffer b4
+    cdef Py_buffer b6
+    cdef bint has4, has6
+    cdef readonly object owner4, owner6
+    cdef readonly uint64_t n_v4
+
+    def __cinit__(self, object v4, object v6):
+        cdef uint64_t i
+        self.has4 = self.has6 = False
+        memset(&self.kn, 0, sizeof(known_t))
+        if v4 is not None:
+            PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
+            self.has4 = True
+            if self.b4.len != (1 << 24):
+                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
+            self.kn.v4 = <const uint8_t*>self.b4.buf
+            self.owner4 = v4
+        if v6 is not None:
+            PyObject_GetBuffer(v6, &self.b6, PyBUF_SIMPLE)
+            self.has6 = True
+            if self.b6.len % 8:
+                raise ValueError("the IPv6 table is a whole number of 8-byte keys")
+            self.kn.v6 = <const uint64_t*>self.b6.buf
+            self.kn.n_v6 = self.b6.len // 8
+            self.owner6 = v6
+            for i in range(1, self.kn.n_v6):
+                if self.kn.v6[i - 1] >= self.kn.v6[i]:
+                    raise ValueError("the IPv6 keys must be sorted and distinct")
+
+    def __dealloc__(self):
+        if self.has4:
+            PyBuffer_Release(&self.b4)
+        if self.has6:
+            PyBuffer_Release(&self.b6)
+
+    @property
+    def n_v6(self):
+        return self.kn.n_v6
+
+    def known(self, bytes address not None):
+        """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_known(&self.kn, <const uint8_t*>(<char*>address), len(address)))
+
+    cdef const known_t* ptr(self):
+        return &self.kn
+
+
+cdef class Scorer:
+    """Query scoring for every UDP worker of a server: the settings, and the published known
+    table (one atomic pointer, as Shared does for images).  The per-query state is each
+    worker's; this object also keeps one scratch state for the Python entry points below
+    (tests, tools), which run the same C functions as the worker loop."""
+    cdef sc_cfg_t cfg
+    cdef const void* known          # const known_t*
+    cdef readonly object holder     # keeps the published KnownTable alive
+    cdef readonly uint64_t generation
+    cdef sc_state_t probe
+
+    def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
+                  uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
+                  uint32_t recover=32, bint rd_odd=True):
+        cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
+        cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
+        if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:
+            raise ValueError("window_ms within 10..60000, tick_ms within 1..1000")
+        if not 1 <= per4 < 65535 or not 1 <= perk < 65535:
+            raise ValueError("a rate times the window must be within 1..65534 queries")
+        if not 1 <= full_run <= 1000 or not 1 <= recover <= SC_ONE:
+            raise ValueError(f"full_run within 1..1000, recover within 1..{SC_ONE}")
+        self.cfg.source_rate = <uint32_t>per4
+        self.cfg.known_rate = <uint32_t>perk
+        self.cfg.window_ms = window_ms
+        self.cfg.tick_ms = tick_ms
+        self.cfg.full_run = full_run
+        self.cfg.recover = recover
+        self.cfg.rd_odd = rd_odd
+        sc_state_init(&self.probe, 1)
+
+    def publish(self, KnownTable table):
+        """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
+        generation; the caller keeps the previous table alive until every worker has passed a
+        batch boundary (as for images)."""
+        p53_store_ptr(&self.known, <const void*>(table.ptr() if table is not None else NULL))
+        self.holder = table
+        self.generation += 1
+        return self.generation
+
+    cdef const known_t* current(self) noexcept nogil:
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    # -- entry points for tests and tools: the worker loop's functions on the probe state --
+    def classify(self, object packet, bytes client not None):
+        """The class ("top", "normal", "odd", "flood") the worker loop gives this packet from
+        this packed client address now (it counts in the probe's sketch)."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return SCORE_CLASSES[sc_score(&self.cfg, self.current(),
+                                      &self.probe, &p[0] if n else <const uint8_t*>b"", n,
+                                      <const uint8_t*>(<char*>client), len(client))]
+
+    def admit(self, object packet, bytes client not None, Responder responder=None):
+        """Score and decide as the worker loop does (counting): True = answered, False = dropped."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if responder is None:
+            responder = _default_responder
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_admit(&self.cfg, self.current(), &self.probe, &responder.cfg,
+                             &p[0] if n else <const uint8_t*>b"", n,
+                             <const uint8_t*>(<char*>client), len(client)))
+
+    def tick(self, bint overloaded):
+        """One controller step on the probe state."""
+        sc_tick(&self.cfg, &self.probe, overloaded)
+
+    def new_window(self):
+        """Start a new sketch window on the probe state."""
+        memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
+
+    def stats(self):
+        """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""
+        return sc_stats_dict(&self.probe)
+
+    def bench(self, object packet, bytes first not None, uint32_t n, uint32_t spread=65536):
+        """Nanoseconds per scoring decision (sc_admit) for n queries, the client address varied
+        over `spread` addresses from `first` (its last three bytes for IPv4: /24s change; bytes
+        4..6 for IPv6: /56s change).  For bench/micro/scoring.py."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint8_t a[16]
+        cdef uint32_t i, k, alen = len(first)
+        cdef int sink = 0
+        cdef timespec t0, t1
+        cdef const known_t* kn = self.current()
+        cdef sc_state_t* st = &self.probe
+        cdef rcfg_t* rc = &_default_responder.cfg
+        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0:
+            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1")
+        memcpy(a, <const char*>first, alen)
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            for i in range(n):
+                k = <uint32_t>((<uint64_t>i * <uint64_t>2654435761u) % spread)   # scattered over the table, as a flood is
+                if alen == 4:
+                    a[1] = <uint8_t>(k >> 16); a[2] = <uint8_t>(k >> 8); a[3] = <uint8_t>k
+                else:
+                    a[4] = <uint8_t>(k >> 16); a[5] = <uint8_t>(k >> 8); a[6] = <uint8_t>k
+                sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], a, alen)
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n + 0 * sink
