@@ -119,6 +119,11 @@ class Server:
         self.shared = _core.Shared()
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None
+        # query scoring before any lookup ([scoring], pop53.scoring)
+        self.scoring = None
+        if config.scoring:
+            from pop53.scoring.service import ScoringService
+            self.scoring = ScoringService(config.scoring)
         self.control_handler = control_handler
         self.current_image: Image | None = None
         self.zone_data: dict[str, ZoneData] = {}
@@ -325,6 +330,8 @@ class Server:
         loaded; the others are published.  When its previous version is not held in memory
         (child compile, saved image) the whole reload is rejected and everything keeps serving.
         Returns whether every zone loaded."""
+        if self.scoring is not None:
+            self.scoring.load(self, strict=False)
         try:
             if self.reload_hook is not None:
                 failed = self.reload_hook() or {}     # {origin: error} of file zones
@@ -405,6 +412,9 @@ class Server:
         if cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
             reuseport.attach_cbpf(group[0], len(group))
+        if self.scoring is not None:
+            for s in group:
+                self.scoring.prepare_socket(s)
         self.udp_socks.extend(group)
         self.tcp_socks.append(tsock)
 
@@ -430,6 +440,8 @@ class Server:
             else:
                 failed: dict[str, str] = {}
                 self.set_zones(self.load_zone_files(failed), failed)
+        if self.scoring is not None:
+            self.scoring.load(self, strict=True)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
@@ -440,7 +452,8 @@ class Server:
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, control)
             self.workers.append(w)
-            t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter),
+            t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter,
+                                                     self.scoring and self.scoring.scorer),
                                  name=f"pop53-udp-{i}", daemon=True)
             self._threads.append(t)
         from pop53.serve.tcp import TcpServer
