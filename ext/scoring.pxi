@@ -125,6 +125,11 @@ cdef bint sc_cookie_lifts(const rcfg_t* rcfg, const uint8_t* p, uint32_t n, cons
     cdef query_t q
     if not rcfg.cookies or n < 12 or (p[10] == 0 and p[11] == 0) or alen == 0:
         return False
+    q.qend = 0
+    q.edns = q.nsid = q.ecs = q.tsig = q.cookie_ok = False
+    q.cookie_len = 0
+    q.ctl = 0
+    q.qtype = 0
     if wire_parse_query(p, n, &q, rcfg.lenient_trailing) != PARSE_OK or q.cookie_len != 24:
         return False
     return cookie_valid(rcfg, q.cookie, q.cookie_len, a, alen, wall_seconds())
