@@ -281,6 +281,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint32_t drops_tick       # kernel drops seen in this tick
     uint64_t admitted[4]
     uint64_t dropped[4]
+    uint64_t mark[4]          # admitted + dropped per class at the last tick
     uint64_t lifted           # queries a valid cookie lifted to SC_TOP under overload
     uint64_t kernel_drops     # SO_RXQ_OVFL: datagrams the kernel dropped on this socket
     uint64_t overload_ticks

@@ -17,7 +17,8 @@
 # The overload controller runs every `tick_ms` in each worker from what the worker sees itself:
 # the longest run of full recvmmsg batches in the tick (the socket queue never emptied) and the
 # kernel's drop counter on its socket (SO_RXQ_OVFL).  Overloaded: the worst class still admitted
-# has its admission share halved (below 1/64 it is cut to nothing); calm: the best class still
+# that had queries in the tick has its admission share halved (below 1/64 it is cut to nothing;
+# worse classes without queries are cut to nothing at once); calm: the best class still
 # cut regains `recover`/1024 of its share.  SC_TOP is never cut.  A share below one admits every
 # k-th query deterministically (an accumulator, no random numbers).
 #
@@ -163,18 +164,27 @@ cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
 
 
 cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over) noexcept nogil:
-    """One controller step: cut the worst admitted class multiplicatively, or let the best cut
-    class recover additively.  SC_TOP is never cut."""
+    """One controller step: cut the worst class that had queries in this tick multiplicatively
+    (worse classes without any are cut to nothing at once, so a class is never admitted more
+    than a better one), or let the best cut class recover additively.  SC_TOP is never cut."""
     cdef int c
+    cdef uint64_t seen[4]
+    for c in range(SC_CLASSES):
+        seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
+        s.mark[c] = s.admitted[c] + s.dropped[c]
     s.ticks += 1
     if over:
         s.overload_ticks += 1
         for c in range(SC_CLASSES - 1, SC_TOP, -1):
-            if s.allow[c] > 0:
-                s.allow[c] >>= 1
-                if s.allow[c] < SC_ONE // 64:
-                    s.allow[c] = 0
-                return
+            if s.allow[c] == 0:
+                continue
+            if seen[c] == 0:
+                s.allow[c] = 0
+                continue
+            s.allow[c] >>= 1
+            if s.allow[c] < SC_ONE // 64:
+                s.allow[c] = 0
+            return
         return
     for c in range(SC_NORMAL, SC_CLASSES):
         if s.allow[c] < SC_ONE:

@@ -128,21 +128,44 @@ def test_sketch_counts_ipv6_by_56():
     assert got[20:] == ["flood"] * 5
 
 
+class Traffic:
+    """One query of each class between controller ticks (source_rate=1 per window: a /24's
+    second query is flooding)."""
+
+    def __init__(self, s: _core.Scorer):
+        self.s, self.n = s, 0
+        s.classify(query(), ip("198.18.0.1"))          # 198.18.0.0/24 is over its rate now
+
+    def __call__(self):
+        self.n += 1
+        a = ip(f"10.{self.n >> 8 & 255}.{self.n & 255}.1")   # a fresh /24 each time
+        b = ip(f"10.{128 + (self.n >> 8 & 127)}.{self.n & 255}.1")
+        got = (self.s.admit(query(), ip("192.0.2.1")), self.s.admit(query(), a),
+               self.s.admit(query(rd=True), b), self.s.admit(query(), ip("198.18.0.1")))
+        return dict(zip(("top", "normal", "odd", "flood"), got))
+
+
 def test_controller_cuts_worst_class_first_and_recovers_slowly():
-    s = scorer(recover=256)
+    s = scorer(recover=256, source_rate=1, known_rate=60000)
+    traffic = Traffic(s)
     share = lambda: s.stats()["share"]
+    assert traffic() == {"top": True, "normal": True, "odd": True, "flood": True}
     assert s.stats()["level"] == 0.0
     s.tick(True)
     assert share() == {"top": 1.0, "normal": 1.0, "odd": 1.0, "flood": 0.5}
     for _ in range(6):                   # 1/2 .. 1/64, then nothing
+        traffic()
         s.tick(True)
     assert share()["flood"] == 0.0 and share()["odd"] == 1.0
+    traffic()
     s.tick(True)
     assert share()["odd"] == 0.5
-    for _ in range(40):                  # everything but the top class
+    for _ in range(13):                  # everything but the top class
+        traffic()
         s.tick(True)
     assert share() == {"top": 1.0, "normal": 0.0, "odd": 0.0, "flood": 0.0}
     assert s.stats()["level"] == 3.0
+    assert traffic() == {"top": True, "normal": False, "odd": False, "flood": False}
     s.tick(False)                        # calm: the best cut class first, additively
     assert share()["normal"] == 0.25 and share()["odd"] == 0.0
     for _ in range(3):
@@ -150,22 +173,34 @@ def test_controller_cuts_worst_class_first_and_recovers_slowly():
     assert share()["normal"] == 1.0 and share()["odd"] == 0.0
     s.tick(False)
     assert share()["odd"] == 0.25
-    assert s.stats()["overload_ticks"] == 48 and s.stats()["ticks"] == 53
+    st = s.stats()
+    assert st["overload_ticks"] == 21 and st["ticks"] == 26
+    assert st["dropped"]["top"] == 0 and st["admitted"]["top"] == 22
+
+
+def test_controller_cuts_a_class_without_queries_at_once():
+    s = scorer(source_rate=60000)
+    for _ in range(3):
+        s.admit(query(), ip("203.0.113.1"))           # only normal queries in this tick
+    s.tick(True)
+    # flood and odd had none: cut to nothing (never more admitted than a better class)
+    assert s.stats()["share"] == {"top": 1.0, "normal": 0.5, "odd": 0.0, "flood": 0.0}
+    s.tick(True)                         # no queries at all: nothing left to cut but normal
+    assert s.stats()["share"]["normal"] == 0.0
 
 
 def test_admission_follows_the_shares():
     s = scorer(source_rate=60000)
-    s.tick(True)                         # flood 1/2: not flooding here, so nothing changes
-    for _ in range(7):
-        s.tick(True)                     # flood 1/4 .. 1/64, 0; odd 1/2
     odd = query(rd=True)
+    s.admit(odd, ip("203.0.113.1"))
+    s.tick(True)                         # flood had nothing: 0; odd 1/2
     res = [s.admit(odd, ip(f"203.0.113.{i % 200}")) for i in range(1000)]
     assert sum(res) == 500               # exactly every other: an accumulator, no randomness
     assert all(s.admit(query(), ip("203.0.113.9")) for _ in range(100))     # normal: all
     assert all(s.admit(odd, ip("192.0.2.9")) for _ in range(100))           # known: all
     st = s.stats()
     assert st["dropped"] == {"top": 0, "normal": 0, "odd": 500, "flood": 0}
-    assert st["admitted"] == {"top": 100, "normal": 100, "odd": 500, "flood": 0}
+    assert st["admitted"] == {"top": 100, "normal": 100, "odd": 501, "flood": 0}
 
 
 def test_valid_cookie_lifts_a_client_over_the_cut():
