@@ -37,15 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rrl.md")
     args = ap.parse_args(argv)
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    image = pop53.compile_zones([zonefile])
-    wires = []
-    for rr in image_names(zonefile)[:1000]:
-        q = dns.message.make_query(rr, "A", use_edns=0)
-        wires.append(q.to_wire())
+    image, wires = bench_queries()
     reply = pop53.answer(image, wires[0], ("127.0.0.1", 5353))
     sa = struct.pack("=HH4s", socket.AF_INET, socket.htons(5353), socket.inet_aton("192.0.2.1")).ljust(28, b"\0")
     # the same queries carrying a client cookie, answered by a responder with a server secret
@@ -114,6 +106,17 @@ def chart(answer_ns: float, rrl_ns: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bench_queries() -> tuple[pop53.Image, list[bytes]]:
+    """The 1,000-name benchmark zone compiled, and an A query (EDNS) for each of its names."""
+    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
+    if not zonefile.exists():
+        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    image = pop53.compile_zones([zonefile])
+    return image, [dns.message.make_query(rr, "A", use_edns=0).to_wire()
+                   for rr in image_names(zonefile)[:1000]]
 
 
 def image_names(zonefile: Path) -> list[str]:
