@@ -184,6 +184,7 @@ cdef class Worker:
             if scorer is not None:
                 kn = scorer.current()
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[n - 1].msg_hdr)
+                sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
                 now = <uint32_t>ts.tv_sec

@@ -255,9 +255,15 @@ cdef enum:
     SC_ONE = 1024             # a class's admission share: SC_ONE = everything
     SC_COLS = 4096            # count-min sketch: 2 rows of SC_COLS saturating counters
 
+cdef extern from *:
+    """#define SC_V6_TAG (1ULL << 63)"""
+    const uint64_t SC_V6_TAG
+
 cdef struct known_t:          # immutable once published; freed after every worker passed a batch
     const uint8_t* v4         # 1 << 24 bytes, one per IPv4 /24: nonzero = known
-    const uint64_t* v6        # sorted IPv6 /56 keys (the first 7 address bytes, big-endian)
+    const uint64_t* v6        # open addressing over IPv6 /56 keys (the first 7 address bytes,
+                              # big-endian) with SC_V6_TAG set; 0 = empty; linear probing
+    uint64_t v6_mask          # slots - 1 (a power of two; at least one slot is empty)
     uint64_t n_v6
 
 cdef struct sc_cfg_t:

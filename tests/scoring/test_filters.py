@@ -69,7 +69,12 @@ def test_known_table_rejects_bad_shapes():
     with pytest.raises(ValueError):
         _core.KnownTable(b"\0" * 100, None)
     with pytest.raises(ValueError):
-        _core.KnownTable(None, (2).to_bytes(8, "little") + (1).to_bytes(8, "little"))
+        _core.KnownTable(None, bytes(8 * 3))                          # not a power of two
+    with pytest.raises(ValueError):
+        _core.KnownTable(None, (5).to_bytes(8, "little") + bytes(8))  # a slot without its tag
+    full = b"".join(_core.known_v6_slot(k, 1)[1].to_bytes(8, "little") for k in (1, 2))
+    with pytest.raises(ValueError):
+        _core.KnownTable(None, full)                                   # no empty slot
 
 
 def test_known_source_is_top_unknown_normal():

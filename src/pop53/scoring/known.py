@@ -7,8 +7,8 @@ an address stands for its /24 or /56 and a shorter prefix for every /24 or /56 i
 most a /8 or a /40: 65,536 entries).  A bad line is one error naming FILE:LINE.
 
 Compiled form (`_core.KnownTable`): 1 << 24 bytes, one per IPv4 /24 (16 MiB, one byte read per
-query; left out when the file has no IPv4 line), and the sorted /56 keys of IPv6 (the first 7
-address bytes as an integer) as native uint64, searched by bisection.
+query; left out when the file has no IPv4 line), and the /56 keys of IPv6 (the first 7 address
+bytes as an integer) in an open-addressing hash table at most half full (one or two probes).
 """
 from __future__ import annotations
 
@@ -79,5 +79,16 @@ def compile_table(known: KnownPrefixes) -> _core.KnownTable:
         for key in known.v4:
             table[key] = 1
         v4 = bytes(table)
-    v6 = array("Q", sorted(known.v6)).tobytes() if known.v6 else None
+    v6 = None
+    if known.v6:
+        size = 16
+        while size < 2 * len(known.v6):      # at most half full: one or two probes
+            size *= 2
+        slots = array("Q", bytes(8 * size))
+        for key in sorted(known.v6):
+            i, value = _core.known_v6_slot(key, size - 1)
+            while slots[i]:
+                i = (i + 1) & (size - 1)
+            slots[i] = value
+        v6 = slots.tobytes()
     return _core.KnownTable(v4, v6)
