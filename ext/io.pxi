@@ -182,8 +182,8 @@ cdef class Worker:
                 continue
             self.st.batches += 1
             if scorer is not None:
-                kn = scorer.current()
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[n - 1].msg_hdr)
+                kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)

@@ -266,6 +266,13 @@ cdef struct known_t:          # immutable once published; freed after every work
     uint64_t v6_mask          # slots - 1 (a power of two; at least one slot is empty)
     uint64_t n_v6
 
+cdef enum:
+    SC_SEEN6 = 65536          # learning: IPv6 /56s remembered per window (open addressing)
+
+cdef struct seen_t:           # learning: the sources answered in this window, written by workers
+    uint8_t* v4               # 1 << 21 bytes: one bit per IPv4 /24
+    uint64_t* v6              # SC_SEEN6 slots: /56 key | SC_V6_TAG, 0 = empty
+
 cdef struct sc_cfg_t:
     uint32_t source_rate      # queries per source prefix per window before SC_FLOOD
     uint32_t known_rate       # the same for a known prefix (spoofed known sources fall to NORMAL)
@@ -292,6 +299,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t kernel_drops     # SO_RXQ_OVFL: datagrams the kernel dropped on this socket
     uint64_t overload_ticks
     uint64_t ticks
+    seen_t* seen              # learning: the window's seen set (loaded per batch), or NULL
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

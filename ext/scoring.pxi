@@ -165,6 +165,36 @@ cdef bint sc_cookie_lifts(const rcfg_t* rcfg, const uint8_t* p, uint32_t n, cons
     return cookie_valid(rcfg, q.cookie, q.cookie_len, a, alen, wall_seconds())
 
 
+cdef extern from *:
+    """#define p53_or_u8(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)"""
+    void p53_or_u8(uint8_t* p, uint8_t v) nogil
+
+
+cdef void sc_mark_seen(seen_t* sn, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Remember the source's /24 or /56 in this window's seen set (shared by the workers: an
+    atomic OR, only when the bit is not set yet; a full IPv6 neighbourhood forgets the key)."""
+    cdef uint32_t idx
+    cdef uint64_t key, i, slot
+    cdef int probes
+    if alen == 4:
+        idx = (<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]
+        if not sn.v4[idx >> 3] & (1 << (idx & 7)):
+            p53_or_u8(&sn.v4[idx >> 3], <uint8_t>(1 << (idx & 7)))
+        return
+    if alen != 16:
+        return
+    key = sc_v6_key(a) | SC_V6_TAG
+    i = mix64(key) & (SC_SEEN6 - 1)
+    for probes in range(8):
+        slot = p53_load_u64(&sn.v6[i])
+        if slot == key:
+            return
+        if slot == 0:
+            p53_store_u64(&sn.v6[i], key)    # a racing worker may overwrite: one lost mark
+            return
+        i = (i + 1) & (SC_SEEN6 - 1)
+
+
 cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const rcfg_t* rcfg,
                    const uint8_t* p, uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
     """Score one query and decide: True = go on to the answer, False = drop it unanswered."""
@@ -181,6 +211,9 @@ cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const 
             s.dropped[c] += 1
             return False
     s.admitted[c] += 1
+    # learning: a source answered while nothing is cut (frozen under overload), not flooding
+    if s.seen != NULL and c <= SC_NORMAL and s.allow[SC_FLOOD] == SC_ONE:
+        sc_mark_seen(s.seen, a, alen)
     return True
 
 
@@ -344,6 +377,8 @@ cdef class Scorer:
     cdef readonly object holder     # keeps the published KnownTable alive
     cdef readonly uint64_t generation
     cdef sc_state_t probe
+    cdef void* seen                 # seen_t* of the current learning window, or NULL
+    cdef readonly object seen_holder
 
     def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
                   uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
@@ -377,6 +412,20 @@ cdef class Scorer:
     cdef const known_t* current(self) noexcept nogil:
         return <const known_t*>p53_load_ptr(&self.known)
 
+    cdef const known_t* begin(self, sc_state_t* s) noexcept nogil:
+        """A worker's batch start: the known table and the learning window's seen set."""
+        s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    def swap_seen(self, SeenSet fresh):
+        """Start a learning window: publish `fresh` (or None: learning off) with one atomic
+        store; returns the previous set, which workers may still write to until each has
+        passed a batch boundary (the caller waits for that before reading it)."""
+        old = self.seen_holder
+        p53_store_ptr(<const void**>&self.seen, <const void*>(fresh.ptr() if fresh is not None else NULL))
+        self.seen_holder = fresh
+        return old
+
     # -- entry points for tests and tools: the worker loop's functions on the probe state --
     def classify(self, object packet, bytes client not None):
         """The class ("top", "normal", "odd", "flood") the worker loop gives this packet from
@@ -397,7 +446,7 @@ cdef class Scorer:
             responder = _default_responder
         if len(client) not in (4, 16):
             raise ValueError("a 4- or 16-byte address")
-        return bool(sc_admit(&self.cfg, self.current(), &self.probe, &responder.cfg,
+        return bool(sc_admit(&self.cfg, self.begin(&self.probe), &self.probe, &responder.cfg,
                              &p[0] if n else <const uint8_t*>b"", n,
                              <const uint8_t*>(<char*>client), len(client)))
 
@@ -450,3 +499,37 @@ cdef class Scorer:
                     sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], cl, cl_len)
             clock_gettime(CLOCK_MONOTONIC, &t1)
         return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (n - n % 64) + 0 * sink
+
+
+cdef class SeenSet:
+    """One learning window's sources (IPv4 /24s as a bitmap, IPv6 /56s in a small table), written
+    by the workers, read by pop53.scoring.learn once they have all left it."""
+    cdef seen_t sn
+
+    def __cinit__(self):
+        self.sn.v4 = <uint8_t*>calloc(1 << 21, 1)
+        self.sn.v6 = <uint64_t*>calloc(SC_SEEN6, sizeof(uint64_t))
+        if self.sn.v4 == NULL or self.sn.v6 == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.sn.v4)
+        free(self.sn.v6)
+
+    cdef seen_t* ptr(self):
+        return &self.sn
+
+    def keys(self):
+        """(IPv4 /24 keys, IPv6 /56 keys) seen: two lists of ints."""
+        cdef list v4 = [], v6 = []
+        cdef uint32_t i, b
+        cdef const uint64_t* w = <const uint64_t*>self.sn.v4
+        for i in range((1 << 21) // 8):
+            if w[i]:
+                for b in range(64):
+                    if w[i] >> b & 1:
+                        v4.append(i * 64 + b)     # little-endian: byte k, bit j = bit 8k+j
+        for i in range(SC_SEEN6):
+            if self.sn.v6[i]:
+                v6.append(self.sn.v6[i] & ~SC_V6_TAG)
+        return v4, v6

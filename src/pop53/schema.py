@@ -256,7 +256,11 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "
       "(as do kernel receive-queue drops)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
- .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)"))
+ .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
+ .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "
+      "answered in learn_min of the last learn_windows windows becomes known; frozen under overload")
+ .key("learn_windows", "integer 1..1000", 7, "learning: windows remembered")
+ .key("learn_min", "integer", 3, "learning: windows a prefix must be seen in"))
 
 _xfr = SCHEMA.table("xfr", doc="Zone transfers (AXFR/IXFR, NOTIFY) and the secondary's freshness.")
 (_xfr

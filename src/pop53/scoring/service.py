@@ -19,8 +19,24 @@ class ScoringService:
     def __init__(self, settings: dict):
         self.scorer = _core.Scorer(**settings["scorer"])
         self.path: str | None = settings["known_resolvers"]
-        self.known = KnownPrefixes(frozenset(), frozenset())
+        self.known = KnownPrefixes(frozenset(), frozenset())      # published: file + learned
+        self.from_file = KnownPrefixes(frozenset(), frozenset())
+        self.learned = KnownPrefixes(frozenset(), frozenset())
         self.last_error: str | None = None
+        self.learner = None
+        if settings.get("learn"):
+            from pop53.scoring.learn import Learner
+            self.learner = Learner(self.scorer, **settings["learn"])
+
+    def housekeeping(self, server) -> None:
+        """Called by the server's housekeeping thread: learning windows."""
+        if self.learner is None:
+            return
+        learned = self.learner.step(server.workers)
+        if learned is not None and learned != self.learned:
+            self.learned = learned
+            self.publish(server, self.from_file.union(learned))
+            log.info("learned %d known resolver prefix(es)", len(learned))
 
     @staticmethod
     def prepare_socket(sock: socket.socket) -> None:
@@ -51,6 +67,8 @@ class ScoringService:
             log.error("known resolvers not reloaded, the previous table stays: %s", exc)
             return False
         self.last_error = None
+        self.from_file = known
+        known = known.union(self.learned)
         if known != self.known:
             self.publish(server, known)
             log.info("known resolvers: %d IPv4 /24s, %d IPv6 /56s", len(known.v4), len(known.v6))

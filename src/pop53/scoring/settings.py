@@ -18,7 +18,7 @@ LIMITS = {
 
 def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict | None:
     """The [scoring] table -> {"scorer": Scorer keyword arguments, "known_resolvers": path or
-    None}; None when the table is absent or `enabled = false` (scoring off)."""
+    None, "learn": Learner arguments or None}; None when the table is absent or `enabled = false` (scoring off)."""
     if raw is None:
         return None
     if not isinstance(raw, dict):
@@ -43,7 +43,18 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
+    window = raw.get("learn_window", 0)
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
+        raise ConfigError(f"expected seconds >= 0, got {window!r}", file=file, key="scoring.learn_window")
+    learn = None
+    if window:
+        windows, need = typed("learn_windows", int, 7), typed("learn_min", int, 3)
+        if not 1 <= windows <= 1000:
+            raise ConfigError(f"must be within 1..1000, got {windows}", file=file, key="scoring.learn_windows")
+        if not 1 <= need <= windows:
+            raise ConfigError(f"must be within 1..learn_windows, got {need}", file=file, key="scoring.learn_min")
+        learn = {"window": float(window), "windows": windows, "need": need}
     path = typed("known_resolvers", str, "") or None
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
-    return {"scorer": scorer, "known_resolvers": path}
+    return {"scorer": scorer, "known_resolvers": path, "learn": learn}

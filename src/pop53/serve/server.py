@@ -504,6 +504,8 @@ class Server:
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.02):
             self.reclaim()
+            if self.scoring is not None:
+                self.scoring.housekeeping(self)
             if self.control_handler is not None:
                 for i, w in enumerate(self.workers):
                     for msg, addr in w.take_control():
