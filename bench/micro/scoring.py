@@ -11,13 +11,11 @@ table reads miss the cache the way a spoofed flood makes them ("cold"), or come 
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from pop53 import _core  # noqa: E402
 from pop53.scoring.known import KnownPrefixes, compile_table  # noqa: E402
-from bench.micro.rrl import bench_queries  # noqa: E402
+from bench.micro.rrl import bench_args, bench_queries, report_head  # noqa: E402
 
 
 def known_table(seed: int = 1) -> _core.KnownTable:
@@ -37,10 +35,7 @@ def known_table(seed: int = 1) -> _core.KnownTable:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring.md")
-    args = ap.parse_args(argv)
+    args = bench_args(__doc__, "scoring", argv)
     image, wires = bench_queries()
     table = known_table()
     v4, v6 = ipaddress.ip_address("10.0.0.1").packed, ipaddress.ip_address("2001:db8::1").packed
@@ -62,14 +57,9 @@ def main(argv=None) -> int:
         "v4 warm": "scoring decision, IPv4, one source /24 (table and sketch in cache)",
         "v6 cold": "scoring decision, IPv6, sources over 16.7M /56s (hash table of 20,000 keys)",
     }
-    lines = [
-        "# Query scoring: cost per UDP query",
-        "",
-        f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        "- Command (from the repository root): `python -m bench.micro.scoring"
-        + (f" --rounds {args.rounds}" if args.rounds != 15 else "") + "`",
-        f"- Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; load average "
-        f"{load0:.2f} at start, {os.getloadavg()[0]:.2f} at end (shared machine)",
+    lines = report_head("Query scoring: cost per UDP query", "scoring", args,
+                        f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end "
+                        "(shared machine)") + [
         "- Known table: 100,000 random IPv4 /24s (16 MiB byte table), 20,000 IPv6 /56s",
         "",
         "| measurement | median of rounds | min | max |",
