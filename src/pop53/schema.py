@@ -257,6 +257,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "(as do kernel receive-queue drops)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
+ .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
+      "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
  .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "
       "answered in learn_min of the last learn_windows windows becomes known; frozen under overload")
  .key("learn_windows", "integer 1..1000", 7, "learning: windows remembered")

@@ -23,6 +23,9 @@ class ScoringService:
         self.from_file = KnownPrefixes(frozenset(), frozenset())
         self.learned = KnownPrefixes(frozenset(), frozenset())
         self.last_error: str | None = None
+        # the kernel stage: first socket of each steered group and its worker count
+        self.steer = settings.get("steer", False)
+        self.groups: list[tuple[socket.socket, int]] = []
         self.learner = None
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
@@ -43,6 +46,12 @@ class ScoringService:
         """Ask the kernel for its drop counter with each datagram (the controller's input)."""
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
 
+    def attach(self, group: list[socket.socket], workers: int) -> None:
+        """Steer this group's known resolvers to its second block of sockets (steer.py)."""
+        from pop53.scoring import steer
+        steer.attach(group[0], workers, self.known.v4)
+        self.groups.append((group[0], workers))
+
     def publish(self, server, known: KnownPrefixes) -> None:
         """Compile and publish `known` to the server's workers; retire the previous table."""
         table = compile_table(known) if known else None
@@ -50,6 +59,10 @@ class ScoringService:
             old = self.scorer.holder
             self.scorer.publish(table)
             self.known = known
+            if self.groups:
+                from pop53.scoring import steer
+                for sock, workers in self.groups:
+                    steer.attach(sock, workers, known.v4)
             if old is not None:
                 server._retired.append((old, {id(w): w.epoch for w in server.workers}))
 

@@ -43,6 +43,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
+    steer = typed("steer", bool, False)
     window = raw.get("learn_window", 0)
     if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
         raise ConfigError(f"expected seconds >= 0, got {window!r}", file=file, key="scoring.learn_window")
@@ -57,4 +58,4 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     path = typed("known_resolvers", str, "") or None
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
-    return {"scorer": scorer, "known_resolvers": path, "learn": learn}
+    return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer}

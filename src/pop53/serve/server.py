@@ -409,7 +409,11 @@ class Server:
             first.close()
             tsock.close()
             raise
-        if cfg.reuseport_bpf:
+        if self.scoring is not None and self.scoring.steer:
+            # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
+            group += [udp_socket(addr) for _ in range(cfg.workers)]
+            self.scoring.attach(group, cfg.workers)
+        elif cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
             reuseport.attach_cbpf(group[0], len(group))
         if self.scoring is not None:
