@@ -42,6 +42,7 @@ QPS = 100
 VARIANTS = {
     "scoring off": "",
     "batch stage": "[scoring]\nknown_resolvers = \"{known}\"\n",
+    "batch stage, 128 KiB queue": "[scoring]\nknown_resolvers = \"{known}\"\nqueue_bytes = 131072\n",
     "batch + kernel stage": "[scoring]\nknown_resolvers = \"{known}\"\nsteer = true\n",
 }
 

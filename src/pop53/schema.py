@@ -259,6 +259,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
+ .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it; "
+      "~256 KiB is a few ms of one worker's work); 0: the server's 4 MiB.  Priority sockets keep 4 MiB")
  .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "
       "answered in learn_min of the last learn_windows windows becomes known; frozen under overload")
  .key("learn_windows", "integer 1..1000", 7, "learning: windows remembered")

@@ -25,6 +25,7 @@ class ScoringService:
         self.last_error: str | None = None
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
+        self.queue_bytes = settings.get("queue_bytes", 0)
         self.groups: list[tuple[socket.socket, int]] = []
         self.learner = None
         if settings.get("learn"):
@@ -41,10 +42,13 @@ class ScoringService:
             self.publish(server, self.from_file.union(learned))
             log.info("learned %d known resolver prefix(es)", len(learned))
 
-    @staticmethod
-    def prepare_socket(sock: socket.socket) -> None:
-        """Ask the kernel for its drop counter with each datagram (the controller's input)."""
+    def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
+        """Ask the kernel for its drop counter with each datagram (the controller's input);
+        bound a normal socket's queue to `queue_bytes` (a queue longer than a few ms of work
+        only delays answers under a flood); a priority socket keeps the server's default."""
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        if self.queue_bytes and not priority:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
 
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""

@@ -44,6 +44,10 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
     steer = typed("steer", bool, False)
+    queue_bytes = typed("queue_bytes", int, 0)
+    if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
+        raise ConfigError(f"must be 0 or within 4096..{1 << 30}, got {queue_bytes}", file=file,
+                          key="scoring.queue_bytes")
     window = raw.get("learn_window", 0)
     if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
         raise ConfigError(f"expected seconds >= 0, got {window!r}", file=file, key="scoring.learn_window")
@@ -58,4 +62,5 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     path = typed("known_resolvers", str, "") or None
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
-    return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer}
+    return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer,
+            "queue_bytes": queue_bytes}

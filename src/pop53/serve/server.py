@@ -417,8 +417,8 @@ class Server:
             from pop53.ecmp import reuseport
             reuseport.attach_cbpf(group[0], len(group))
         if self.scoring is not None:
-            for s in group:
-                self.scoring.prepare_socket(s)
+            for i, s in enumerate(group):
+                self.scoring.prepare_socket(s, priority=i >= cfg.workers)
         self.udp_socks.extend(group)
         self.tcp_socks.append(tsock)
 
