@@ -259,7 +259,9 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
     """After each recvmmsg (n datagrams, `full` the batch size): the controller's inputs, and
     its tick and the sketch's window when due."""
     cdef uint64_t now = sc_now_ms()
+    cdef uint64_t missed
     cdef uint32_t ovfl = 0
+    cdef bint over
     if s.tick_start == 0:
         sc_state_init(s, now)
     if n >= full:
@@ -273,9 +275,16 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
         s.kernel_drops += ovfl - s.ovfl_last
         s.ovfl_last = ovfl
     if now - s.tick_start >= cfg.tick_ms:
-        sc_tick(cfg, s, s.run_max >= cfg.full_run or s.drops_tick > 0)
+        over = s.run_max >= cfg.full_run or s.drops_tick > 0
+        sc_tick(cfg, s, over)
+        if not over:
+            # an idle worker ticks only when a batch comes: the calm ticks it missed count
+            missed = (now - s.tick_start) // cfg.tick_ms - 1
+            while missed > 0 and s.allow[SC_FLOOD] < SC_ONE:
+                sc_tick(cfg, s, False)
+                missed -= 1
         s.tick_start = now
-        s.run_max = s.run
+        s.run_max = 0                  # a run going on counts again at its next full batch
         s.drops_tick = 0
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
@@ -453,6 +462,11 @@ cdef class Scorer:
     def tick(self, bint overloaded):
         """One controller step on the probe state."""
         sc_tick(&self.cfg, &self.probe, overloaded)
+
+    def batch(self, int n):
+        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
+        controller's inputs, and its tick when tick_ms has passed (real clock)."""
+        sc_batch(&self.cfg, &self.probe, n, 64, NULL)
 
     def new_window(self):
         """Start a new sketch window on the probe state."""

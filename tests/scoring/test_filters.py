@@ -263,3 +263,25 @@ def test_any_bytes_are_scored_and_none_crash():
         assert s.classify(p, ip("203.0.113.1")) in ("normal", "odd", "flood")
         assert s.admit(p, ip("203.0.113.1"), responder) is False
     assert s.stats()["lifted"] == 0
+
+
+def test_runs_of_full_batches_mean_overload_and_idle_time_counts_as_calm():
+    s = scorer(tick_ms=20, full_run=3, recover=32)
+    s.batch(1)                                     # the first batch starts the clock
+    for _ in range(3):
+        s.batch(64)                                # three full batches in a row
+    time.sleep(0.03)
+    s.batch(64)                                    # the tick: overloaded
+    st = s.stats()
+    assert st["overload_ticks"] == 1 and st["share"]["flood"] == 0.0
+    for _ in range(3):
+        s.batch(5)                                 # not full: no run
+    time.sleep(0.03)
+    s.batch(5)
+    assert s.stats()["overload_ticks"] == 1 and s.stats()["share"]["normal"] > 0   # calm: recovering
+    for _ in range(60):
+        s.tick(True)
+    assert s.stats()["level"] == 3.0
+    time.sleep(2.2)                                # idle: about 110 calm ticks missed
+    s.batch(1)
+    assert s.stats()["level"] == 0.0               # 3 classes x 32 ticks of recovery
