@@ -5,7 +5,7 @@ in pop53's answers, for a zone of N names with a one-record IXFR change.
 
 A real Knot DNS primary on a free loopback port serves the seeded benchmark zone (bench/data.py,
 origin bench.example.); pop53.xfr is its secondary with TSIG, publishing through
-pop53.xfr.ImagePublisher -> pop53.compiler.compile_zone_data -> an image that pop53.answer
+pop53.xfr.publisher.ImagePublisher -> pop53.zone.compiler.compile_zone_data -> an image that pop53.answer
 queries.  Each change is one `knotc zone-begin / zone-set / zone-commit` (Knot sends NOTIFY and
 serves IXFR); we poll the newest image with pop53.answer until the new name resolves.
 
@@ -213,7 +213,9 @@ def main(argv=None) -> int:
         return 2
 
     import pop53
-    from pop53.xfr import service as xfr
+    from pop53.xfr.config import parse_xfr_config
+    from pop53.xfr.publisher import ImagePublisher
+    from pop53.xfr.service import XfrService
 
     work = Path(tempfile.mkdtemp(prefix="pop53-xfr-bench-"))
     # The same seeded zone file the server benchmark uses (generated once, reused).
@@ -230,16 +232,16 @@ def main(argv=None) -> int:
     rows = []
     ok = False
     try:
-        cfg = xfr.parse_xfr_config({
+        cfg = parse_xfr_config({
             "server": {"state": str(work / "state")},
             "xfr": {"timeout": 60, "transfer_lifetime": 1800, "max_records": 10_000_000},
             "key": [{"name": "xfr.", "algorithm": "hmac-sha256", "secret": SECRET}],
             "zone": [{"name": data.ORIGIN, "primaries": [f"127.0.0.1:{knot.port}"], "key": "xfr."}],
         }, "bench")
-        publisher = xfr.ImagePublisher(images.append, incremental=not args.full)
+        publisher = ImagePublisher(images.append, incremental=not args.full)
         if args.max_growth is not None:
             publisher.MAX_GROWTH = args.max_growth
-        engine = xfr.XfrService(cfg, publisher)
+        engine = XfrService(cfg, publisher)
         t = time.monotonic()
         engine.start()
         engine.start_listener("127.0.0.1", pop_port)

@@ -20,10 +20,16 @@ include "image.pxi"
 include "answer.pxi"
 include "cookie.pxi"
 include "query.pxi"
+include "dnssec.pxi"
+include "mapping.pxi"
+include "mapsnap.pxi"
+include "mapbuild.pxi"
 include "rrl.pxi"
 include "scoring.pxi"
 include "io.pxi"
 include "patch.pxi"
+include "zonescan.pxi"
+include "layout.pxi"
 
 import sys as _sys
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
@@ -45,7 +51,7 @@ ZONE_FLAGS = {"SIGNED": Z_SIGNED, "EXPIRED": Z_EXPIRED}
 FLAGS = {
     "APEX": N_APEX, "CUT": N_CUT, "BELOW_CUT": N_BELOW_CUT, "ENT": N_ENT,
     "WILDCARD_CHILD": N_WILDCARD_CHILD, "WILDCARD": N_WILDCARD, "CNAME": N_CNAME,
-    "DNAME": N_DNAME,
+    "DNAME": N_DNAME, "NSEC": N_NSEC,
 }
 
 
@@ -78,6 +84,11 @@ cdef class ImageView:
     @property
     def n_zones(self):
         return self.img.n_zones
+
+    @property
+    def seed(self):
+        """The name hash seed (mapping snapshots hash their names with it)."""
+        return self.img.seed
 
     cdef const image_t* ptr(self):
         return &self.img
@@ -174,35 +185,36 @@ cdef bytes _packed_client(object client):
 
 
 cdef object _answer_ptr(const image_t* img, const uint8_t* p, Py_ssize_t n, Responder responder,
-                        bint tcp, object client=None):
+                        bint tcp, object client=None, MapSnapshot maps=None):
     # Runs with the GIL held: a single answer costs less than releasing and retaking it.
     cdef uint32_t outlen = 0
     cdef query_t q
     cdef int act
-    cdef bytes cl = _packed_client(client) if responder.cfg.cookies else None
+    cdef bytes cl = _packed_client(client) if responder.cfg.cookies or maps is not None else None
     if n > 65535:
         return ACT_DROP, None
     act = core_answer(img, &responder.cfg, p, <uint32_t>n, _answer_out, sizeof(_answer_out), tcp,
                       &outlen, &q, &_scratch_stats,
                       <const uint8_t*>(<char*>cl) if cl is not None else NULL,
-                      len(cl) if cl is not None else 0)
+                      len(cl) if cl is not None else 0, maps.ptr() if maps is not None else NULL)
     if act == ACT_DROP:
         return act, None
     return act, PyBytes_FromStringAndSize(<const char*>_answer_out, outlen)
 
 
 def answer(ImageView image, object wire, Responder responder not None, bint tcp=False,
-           object client=None):
+           object client=None, MapSnapshot maps=None):
     """Answer one packet.  Returns (action, reply bytes or None).  Never raises on any bytes.
-    client: (address, port) or the packed address, for server cookies."""
+    client: (address, port) or the packed address, for server cookies and mapping.
+    maps: a mapping snapshot (mapped names), or None."""
     cdef Py_buffer buf
     cdef const image_t* img = image.ptr() if image is not None else NULL
     if type(wire) is bytes:
         return _answer_ptr(img, <const uint8_t*>PyBytes_AS_STRING(wire), PyBytes_GET_SIZE(wire),
-                           responder, tcp, client)
+                           responder, tcp, client, maps)
     PyObject_GetBuffer(wire, &buf, PyBUF_SIMPLE)
     try:
-        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp, client)
+        return _answer_ptr(img, <const uint8_t*>buf.buf, buf.len, responder, tcp, client, maps)
     finally:
         PyBuffer_Release(&buf)
 
@@ -230,7 +242,7 @@ def answer_image(object image, object wire, object client, bint tcp=False,
 
 
 def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder responder=None,
-                       bytes client=None):
+                       bytes client=None, MapSnapshot maps=None):
     """Time the C loop alone: parse + lookup + write for every packet, `repeat` times.
     Returns nanoseconds per query (monotonic clock).  client: a packed address (server
     cookies are made for it).  For bench/ only."""
@@ -246,6 +258,7 @@ def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder re
     cdef const image_t* img = image.ptr()
     cdef const uint8_t* cl = <const uint8_t*>(<char*>client) if client is not None else NULL
     cdef uint32_t cl_len = len(client) if client is not None else 0
+    cdef const map_snap_t* mp = maps.ptr() if maps is not None else NULL
     if responder is None:
         responder = Responder()
     cfg = &responder.cfg
@@ -259,7 +272,7 @@ def bench_answer_batch(ImageView image, list wires, int repeat=100, Responder re
         for r in range(repeat):
             for i in range(n):
                 core_answer(img, cfg, bufs[i], lens[i], out, sizeof(out), False,
-                            &outlen, &q, &st, cl, cl_len)
+                            &outlen, &q, &st, cl, cl_len, mp)
         clock_gettime(CLOCK_MONOTONIC, &t1)
     free(bufs)
     free(lens)

@@ -313,6 +313,8 @@ cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, bint full)
         if (<const rrset_t*>(base + z.soa_off)).type != T_SOA or \
                 image_check_rrset(base, size, <const rrset_t*>(base + z.soa_off), False) != 0:
             return -11
+        if z.flags & Z_SIGNED and dnssec_check(base, size, z, h.n_zones, full) != 0:
+            return -16
         tab = <const uint32_t*>(base + z.ntab_off)
         count = 0
         for s in range(z.ntab_mask + 1):

@@ -72,6 +72,8 @@ cdef class Shared:
     cdef const void* current       # const image_t*
     cdef readonly uint64_t generation
     cdef readonly object holder    # keeps the published ImageView alive
+    cdef const void* maps          # const map_snap_t*: mapped answers, published apart
+    cdef readonly object maps_holder
 
     def publish(self, ImageView view):
         """Publish an image: one atomic store.  Returns the new generation.  The caller keeps
@@ -80,6 +82,12 @@ cdef class Shared:
         self.holder = view
         self.generation += 1
         return self.generation
+
+    def publish_maps(self, MapSnapshot snap):
+        """Publish a mapping snapshot (maps + liveness): one atomic store, reclaimed like an
+        image (the caller keeps the previous one until every worker passed a batch boundary)."""
+        p53_store_ptr(&self.maps, <const void*>(snap.ptr() if snap is not None else NULL))
+        self.maps_holder = snap
 
 
 cdef class Worker:
@@ -159,6 +167,7 @@ cdef class Worker:
         cdef const uint8_t* cl
         cdef timespec ts
         cdef const image_t* img
+        cdef const map_snap_t* maps
         cdef query_t q
         cdef ctl_msg_t* cm
         cdef const known_t* kn = NULL
@@ -189,6 +198,7 @@ cdef class Worker:
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
                 now = <uint32_t>ts.tv_sec
             img = <const image_t*>p53_load_ptr(&shared.current)
+            maps = <const map_snap_t*>p53_load_ptr(&shared.maps)
             m = 0
             for i in range(n):
                 self.st.udp += 1
@@ -203,7 +213,7 @@ cdef class Worker:
                     continue
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
-                                  &self.st, cl, cl_len)
+                                  &self.st, cl, cl_len, maps)
                 if act == ACT_DROP:
                     continue
                 # a valid server cookie proves the address: not a reflection, never limited
@@ -307,9 +317,9 @@ cdef class Counters:
     cdef stats_t st
 
     def answer(self, ImageView image, const uint8_t[::1] wire not None, Responder responder not None,
-               bint tcp=True, bytes client=None):
+               bint tcp=True, bytes client=None, MapSnapshot maps=None):
         """Like the module-level answer(), counting into this object.  Returns (action, bytes).
-        client: the packed client address (4 or 16 bytes), for server cookies."""
+        client: the packed client address (4 or 16 bytes), for server cookies and mapping."""
         cdef uint8_t* out = <uint8_t*>malloc(65535)
         cdef uint32_t outlen = 0
         cdef query_t q
@@ -319,6 +329,7 @@ cdef class Counters:
         cdef uint32_t n = <uint32_t>wire.shape[0]
         cdef const uint8_t* cl = <const uint8_t*>(<char*>client) if client is not None else NULL
         cdef uint32_t cl_len = len(client) if client is not None else 0
+        cdef const map_snap_t* mp = maps.ptr() if maps is not None else NULL
         if out == NULL:
             raise MemoryError()
         try:
@@ -328,7 +339,7 @@ cdef class Counters:
                 return ACT_DROP, None
             with nogil:
                 act = core_answer(img, &responder.cfg, p, n, out, 65535, tcp, &outlen, &q, &self.st,
-                                  cl, cl_len)
+                                  cl, cl_len, mp)
                 if tcp:
                     self.st.tcp += 1
                 else:

@@ -3,7 +3,7 @@
 # Declarations of the data plane: wire structures, the compiled image layout, the response
 # writer and the per-worker counters.  Code lives in the .pxi files included by _core.pyx.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
 # ---------------------------------------------------------------------------------------------
 # Compiled image (position independent: every reference is an offset from the image start).
@@ -11,7 +11,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 # (IMG_VERSION guards it).
 # ---------------------------------------------------------------------------------------------
 cdef enum:
-    IMG_VERSION = 1
+    IMG_VERSION = 2           # 2: signed zones have a DNSSEC block and keep NSEC3 owners out of
+                              # the node table; a saved version-1 image would serve them unsigned
     IMG_HEADER_SIZE = 64
 
     # node_t.flags
@@ -23,13 +24,17 @@ cdef enum:
     N_WILDCARD = 0x0020       # first label is "*"
     N_CNAME = 0x0040
     N_DNAME = 0x0080
-    N_NSEC = 0x0100           # reserved for DNSSEC: NSEC/NSEC3 chain member
+    N_NSEC = 0x0100           # an NSEC3 owner: written, but not in the zone's table (RFC 5155 §7.1)
 
     # zone_t.flags
-    Z_SIGNED = 0x0001         # reserved for DNSSEC: RRSIGs beside RRsets, NSEC/NSEC3 chain
+    Z_SIGNED = 0x0001         # an NSEC/NSEC3 chain: a dsec_t block follows the node table
     Z_EXPIRED = 0x0002        # a secondary past its SOA expire: SERVFAIL (RFC 1035 §3.3.13)
 
-    # rrset_t.aux: for RRSIG rrsets (type 46) the covered type (reserved for DNSSEC)
+    # rrset_t.aux: for RRSIG rrsets (type 46) the covered type
+
+    # dsec_t.mode
+    DS_NSEC = 1
+    DS_NSEC3 = 2
 
 cdef packed struct img_header_t:
     char magic[8]             # b"POP53IMG"
@@ -80,6 +85,36 @@ cdef packed struct rrset_t:
     uint16_t add_count
     uint16_t aux              # RRSIG: covered type (reserved for DNSSEC)
 
+# A signed zone's DNSSEC block, at ntab_off + 4 * (ntab_mask + 1) (pop53/dnssec/index.py writes
+# it; ext/dnssec.pxi reads it).  Every *_off/match/wild/nc is a node_t offset, 0 = none.
+cdef packed struct dsec_t:
+    uint8_t mode              # DS_NSEC or DS_NSEC3
+    uint8_t salt_len
+    uint16_t iterations       # NSEC3 (RFC 5155 §5; RFC 9276 recommends 0)
+    uint32_t n_chain          # NSEC: uint32_t node offsets in canonical order (RFC 4034 §6.1)
+    uint32_t chain_off        # NSEC3: n3ent_t sorted by hash
+    uint32_t n_info
+    uint32_t info_off         # dinfo_t[n_info] sorted by node_off
+    uint8_t salt[255]
+    uint8_t pad
+
+cdef packed struct n3ent_t:
+    uint8_t hash[20]
+    uint32_t node_off
+
+cdef packed struct dinfo_t:
+    uint32_t node_off         # a name of the zone (not below a cut)
+    uint32_t match            # the NSEC/NSEC3 proving its types (NSEC at an ENT: the cover)
+    uint32_t wild             # the NSEC/NSEC3 covering "*.<name>" (it as closest encloser)
+    uint32_t nc               # NSEC3 opt-out cut: next closer cover; match = closest provable encloser
+
+# The denial proofs an answer owes (node_t offsets of NSEC/NSEC3 owners), written to the
+# authority section once the answer section is complete (ext/dnssec.pxi: dnssec_flush).
+cdef struct dproof_t:
+    uint32_t n
+    uint32_t node[24]
+    uint32_t ttl[24]          # RFC 9077: min(record TTL, the zone's negative TTL)
+
 cdef struct image_t:
     const uint8_t* base
     uint64_t size
@@ -114,6 +149,9 @@ cdef enum:
     T_OPT = 41
     T_DS = 43
     T_RRSIG = 46
+    T_NSEC = 47
+    T_DNSKEY = 48
+    T_NSEC3 = 50
     T_TKEY = 249
     T_TSIG = 250
     T_IXFR = 251
@@ -313,3 +351,88 @@ cdef extern from "<time.h>" nogil:
     int CLOCK_MONOTONIC
     int CLOCK_MONOTONIC_COARSE
     int CLOCK_REALTIME_COARSE
+
+
+# ---------------------------------------------------------------------------------------------
+# Mapped answers (mapping.pxi; built by pop53/mapping/snapshot.py).  A mapping snapshot is
+# immutable and published apart from the zone image (Shared.publish_maps): maps and liveness
+# change without recompiling zones.  Offsets are from the snapshot blob's start; 0 = none.
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    MAP_ADDR = 1              # map_res_t.kind: A and/or AAAA (flags MAPF_A, MAPF_AAAA)
+    MAP_CNAME = 2
+    MAP_NS = 3                # a mapped referral at and below the name
+    MAPF_A = 0x01
+    MAPF_AAAA = 0x02
+    ANS_SERVFAIL = 0x0001     # map_ans_t.flags: every target down and the resource says so
+    GLUE_REQUIRED = 0x0001    # map_glue_t.flags: the host is below the cut (RFC 9471)
+    KEY_ECS_THEN_SOURCE = 0   # map_keycfg_t.mode
+    KEY_SOURCE_ONLY = 1
+    KEY_ECS_ONLY = 2
+    MAP_TRUST_MAX = 32
+
+cdef packed struct map_res_t:
+    uint32_t name_off         # lowercased wire name
+    uint8_t name_len
+    uint8_t labels
+    uint8_t kind              # MAP_*
+    uint8_t flags             # MAPF_*
+    uint32_t hash             # name_hash(name, snapshot seed)
+    uint32_t keycfg           # index into the key configurations (one per map)
+    int32_t view_a            # the view answering A (CNAME, NS: the only view); -1 = none
+    int32_t view_aaaa         # the view answering AAAA; -1 = none
+
+cdef packed struct map_ans_t:
+    uint32_t rs_off           # rrset_t (A, AAAA, CNAME in answer; NS in authority); 0 = NODATA
+    uint32_t glue_off         # map_glue_t[glue_count] (NS)
+    uint16_t glue_count
+    uint16_t flags            # ANS_*
+
+cdef packed struct map_glue_t:
+    uint32_t name_off
+    uint32_t a_off            # rrset_t or 0
+    uint32_t aaaa_off
+    uint32_t flags            # GLUE_*
+
+cdef packed struct map_keycfg_t:
+    uint8_t mode              # KEY_*
+    uint8_t max4              # longest ECS source used (RFC 7871 §11.1 privacy; default 24)
+    uint8_t max6              # (default 56)
+    uint8_t n_trust           # 0: every resolver's ECS is used
+    uint8_t trust_len[32]
+    uint8_t trust_fam[32]     # 4 or 16: address bytes
+    uint8_t trust_addr[512]   # 16 bytes per entry
+
+cdef struct map_view_t:
+    # one final-answer function over one map: disjoint ranges sorted by start (lo[0] = 0),
+    # adjacent ranges with the same answer merged; val = answer index.  IPv4 keys are the
+    # address, IPv6 keys its top 64 bits.  idx (optional): for each value of the key's top B
+    # bits, the first range whose
+    # start has these top bits (2**B + 1 entries, B sized to the table, at most 20).
+    const uint32_t* lo4
+    const uint16_t* val4
+    const uint32_t* idx4
+    uint32_t n4
+    uint32_t shift4           # 32 - B
+    const uint64_t* lo6
+    const uint16_t* val6
+    const uint32_t* idx6
+    uint32_t n6
+    uint32_t shift6           # 64 - B
+    const map_ans_t* ans
+    uint32_t n_ans
+    uint32_t dflt             # answer index without a client address (the map's default)
+
+cdef struct map_snap_t:
+    const uint8_t* base
+    uint64_t size
+    const map_res_t* res
+    uint32_t n_res
+    const uint32_t* rtab      # open addressing by hash: resource index + 1, 0 = empty
+    uint32_t rtab_mask
+    uint32_t seed
+    uint64_t label_mask       # bit L: some resource name has L labels
+    const map_view_t* views
+    uint32_t n_views
+    const map_keycfg_t* keys
+    uint32_t n_keys

@@ -27,6 +27,12 @@ cdef struct ctx_t:
     bint cookie               # this reply carries a COOKIE option (client cookie + srv_cookie)
     uint8_t srv_cookie[16]
     uint32_t pending_owner
+    bint dnssec               # DO=1 (RFC 3225): signatures and proofs (dnssec.pxi)
+    dproof_t proof            # denial proofs owed, written by dnssec_flush
+    const map_snap_t* maps    # mapped answers (mapping.pxi); NULL = none
+    const uint8_t* client     # the query's source address (4 or 16 bytes), for mapping
+    uint32_t client_len
+    uint8_t ecs_scope         # the SCOPE PREFIX-LENGTH echoed with ECS (RFC 7871 §7.2.1)
 
 # CHAOS names (RFC 4892): lowercased wire form
 cdef const uint8_t* CH_ID_SERVER = b"\x02id\x06server\x00"
@@ -83,7 +89,7 @@ cdef uint32_t suffix_ptr(const uint8_t* pkt, uint32_t name_ptr, uint32_t k) noex
 cdef void add_soa(ctx_t* c, const zone_t* z) noexcept nogil:
     """Negative answers carry the zone's SOA in authority, TTL min(SOA TTL, MINIMUM) (RFC 2308)."""
     cdef const rrset_t* soa = <const rrset_t*>(c.img.base + z.soa_off)
-    if w_rrset(&c.w, 1, 0, c.img.base + z.name_off, c.img.base, soa, z.neg_ttl, NULL) != 0:
+    if w_signed(c, img_node(c.img, z.apex_off), 1, 0, c.img.base + z.name_off, soa, z.neg_ttl, NULL) != 0:
         c.w.tc = True
 
 
@@ -94,6 +100,8 @@ cdef void add_additional(ctx_t* c, const rrset_t* rs, uint32_t cut_off) noexcept
     cdef const node_t* t
     cdef const rrset_t* ars
     cdef uint32_t i, j
+    if c.proof.n:
+        dnssec_flush(c)     # the authority section ends here
     if rs.add_count == 0:
         return
     adds = <const uint32_t*>(c.img.base + rs.add_off)
@@ -102,7 +110,7 @@ cdef void add_additional(ctx_t* c, const rrset_t* rs, uint32_t cut_off) noexcept
         ars = node_rrsets(c.img, t)
         for j in range(t.n_rrsets):
             if ars[j].type == T_A or ars[j].type == T_AAAA:
-                if w_rrset(&c.w, 2, 0, node_name(c.img, t), c.img.base, &ars[j], ars[j].ttl, NULL) != 0:
+                if w_signed(c, t, 2, 0, node_name(c.img, t), &ars[j], ars[j].ttl, NULL) != 0:
                     if cut_off and t.cut_off == cut_off:
                         c.w.tc = True
                     return
@@ -119,6 +127,8 @@ cdef void referral(ctx_t* c, const node_t* cut, uint32_t owner_ptr) noexcept nog
     if w_rrset(&c.w, 1, owner_ptr, node_name(c.img, cut), c.img.base, ns, ns.ttl, NULL) != 0:
         c.w.tc = True
         return
+    if c.dnssec:
+        dnssec_referral(c, cut)
     add_additional(c, ns, <uint32_t>(<const uint8_t*>cut - c.img.base))
 
 
@@ -153,37 +163,44 @@ cdef void answer_node(ctx_t* c, const zone_t* z, const node_t* node, uint32_t ow
     cdef const rrset_t* all_rs
     cdef uint32_t i, pos = 0
     cdef uint16_t qtype = c.q.qtype
-    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does)
-    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and qtype != T_ANY else NULL
+    # RFC 1034 §4.3.2 step 3a: restart only when QTYPE does not match the CNAME (ANY does).
+    # RRSIG and NSEC may live beside a CNAME (RFC 2181 §10.1, RFC 4035 §2.5), so they are
+    # answered at the owner too, as Knot does; NSEC3 as well (it lives at hashed owner names,
+    # RFC 5155 §3, so NODATA there, as NSD answers) rather than another name's data (issue 9).
+    rs = node_find_rrset(c.img, node, T_CNAME) if (node.flags & N_CNAME) and qtype != T_CNAME and \
+        qtype != T_ANY and qtype != T_RRSIG and qtype != T_NSEC and qtype != T_NSEC3 else NULL
     if rs != NULL:
-        if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, &pos) != 0:
+        if w_signed(c, node, 0, owner_ptr, owner_name, rs, rs.ttl, &pos) != 0:
             c.w.tc = True
             return
         follow(c, node, c.img.base + rs.rdata_off + 2, pos)
         return
     if qtype == T_ANY:
-        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.
+        # RFC 8482 §4.1: over UDP one RRset is enough; TCP gets them all.  RRSIGs go with
+        # their RRsets (DO=1); NSEC is proof, not data, as Knot has it.
         all_rs = node_rrsets(c.img, node)
         for i in range(node.n_rrsets):
-            if all_rs[i].type == T_RRSIG:
+            if all_rs[i].type == T_RRSIG or all_rs[i].type == T_NSEC:
                 continue
-            if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, &all_rs[i], all_rs[i].ttl, NULL) != 0:
+            if w_signed(c, node, 0, owner_ptr, owner_name, &all_rs[i], all_rs[i].ttl, NULL) != 0:
                 c.w.tc = True
                 return
             if not c.tcp:
                 return
         if c.w.an == 0:
             add_soa(c, z)
+            dnssec_nodata(c, z, node)
         return
     rs = node_find_rrset(c.img, node, qtype)
     if rs != NULL:
-        if w_rrset(&c.w, 0, owner_ptr, owner_name, c.img.base, rs, rs.ttl, NULL) != 0:
+        if w_signed(c, node, 0, owner_ptr, owner_name, rs, rs.ttl, NULL) != 0:
             c.w.tc = True
             return
         if rs.add_count:
             add_additional(c, rs, 0)
         return
     add_soa(c, z)       # NODATA (RFC 2308 §2.2)
+    dnssec_nodata(c, z, node)
 
 
 cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint8_t* name,
@@ -197,8 +214,8 @@ cdef void dname_synth(ctx_t* c, const zone_t* z, const node_t* dnode, const uint
     cdef uint32_t pos = 0
     cdef uint8_t synth[256]
     cdef wmark_t m
-    if w_rrset(&c.w, 0, suffix_ptr(c.w.buf, owner_ptr, k), node_name(c.img, dnode), c.img.base,
-               rs, rs.ttl, NULL) != 0:
+    if w_signed(c, dnode, 0, suffix_ptr(c.w.buf, owner_ptr, k), node_name(c.img, dnode), rs,
+                rs.ttl, NULL) != 0:
         c.w.tc = True
         return
     if prefix + tlen > MAX_NAME:
@@ -250,6 +267,8 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         return
     if c.depth == 0:
         c.aa = True
+    if c.maps != NULL and map_resolve(c, z, name, nlen, loff, labels, sh, owner_ptr):
+        return
     node = zone_find(c.img, z, name, nlen, sh[0])
     if node != NULL:
         if node.cut_off and not ((node.flags & N_CUT) and qtype == T_DS):
@@ -286,10 +305,13 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
         memcpy(wname + 2, name + loff[k], nlen - loff[k])
         node = zone_find(c.img, z, wname, nlen - loff[k] + 2, h)
         if node != NULL:
+            if c.dnssec:
+                dnssec_wildcard(c, z, ce, node, name, nlen, loff, labels, k)
             answer_node(c, z, node, owner_ptr, name)
             return
     c.rcode = RC_NXDOMAIN   # RFC 6604 §3: the rcode of the last name in the chain
     add_soa(c, z)
+    dnssec_nxdomain(c, z, ce, name, nlen, loff, labels, k)
 
 
 cdef void chaos_answer(ctx_t* c) noexcept nogil:
@@ -307,12 +329,12 @@ cdef void chaos_answer(ctx_t* c) noexcept nogil:
     elif name_eq(q.qname, q.qname_len, CH_VERSION_BIND) or name_eq(q.qname, q.qname_len, CH_VERSION_SERVER):
         text = c.cfg.version
         tlen = c.cfg.version_len
-    if tlen == 0:
+    if tlen == 0 or (q.qtype != T_TXT and q.qtype != T_ANY):
+        # the convention is TXT (RFC 4892 §2) and no CHAOS zone gives a SOA for a negative
+        # answer: another type is refused, as Knot and NSD do (issue 9)
         c.rcode = RC_REFUSED
         return
     c.aa = True
-    if q.qtype != T_TXT and q.qtype != T_ANY:
-        return
     rdata[0] = <uint8_t>tlen
     memcpy(rdata + 1, text, tlen)
     if w_rr(&c.w, 12, NULL, T_TXT, C_CH, 0, rdata, tlen + 1, NULL) != 0:
@@ -328,6 +350,7 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
     cdef uint8_t* b = w.buf
     cdef uint32_t optlen_pos
     cdef bint nsid = c.nsid
+    cdef uint32_t ecs_len = (q.ecs_source + 7) // 8 if q.ecs else 0
     b[0] = q.id >> 8
     b[1] = q.id & 0xFF
     # QR, opcode as asked, AA, TC, RD copied; RA, AD clear; CD clear: "a security-aware name
@@ -349,7 +372,18 @@ cdef uint32_t finish(ctx_t* c, uint8_t rcode) noexcept nogil:
         w_put16(w, c.cfg.edns_max)
         w_put32(w, ((<uint32_t>(rcode >> 4)) << 24) | (0x8000 if q.do_bit else 0))
         optlen_pos = w.pos
-        w_put16(w, ((4 + c.cfg.identity_len) if nsid else 0) + (28 if c.cookie else 0))
+        w_put16(w, ((4 + c.cfg.identity_len) if nsid else 0) + (28 if c.cookie else 0) +
+                (8 + ecs_len if q.ecs else 0))
+        if q.ecs:
+            # RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS as asked, our SCOPE
+            # (0 unless a mapped answer depends on the client's network)
+            w_put16(w, OPT_ECS)
+            w_put16(w, 4 + ecs_len)
+            w_put16(w, q.ecs_family)
+            b[w.pos] = q.ecs_source
+            b[w.pos + 1] = c.ecs_scope
+            memcpy(b + w.pos + 2, q.ecs_addr, ecs_len)
+            w.pos += 2 + ecs_len
         if nsid:
             w_put16(w, OPT_NSID)
             w_put16(w, c.cfg.identity_len)
@@ -394,6 +428,8 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.nsid = q.edns and q.nsid and c.cfg.nsid and c.cfg.identity_len > 0
     if q.edns:
         reserve = 11
+        if q.ecs:
+            reserve += 8 + (q.ecs_source + 7) // 8      # the ECS echo (at most 24 bytes)
         if c.nsid:
             if lim >= reserve + 4 + c.cfg.identity_len + (q.qend if q.qend else 12):
                 reserve += 4 + c.cfg.identity_len
@@ -416,6 +452,9 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.aa = False
     c.tcp = tcp
     c.depth = 0
+    c.dnssec = q.edns and q.do_bit
+    c.proof.n = 0
+    c.ecs_scope = 0
     if q.qend:
         memcpy(out + 12, pkt + 12, q.qend - 12)
         c.w.pos = q.qend
@@ -425,7 +464,8 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
 
 cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, uint32_t len,
                      uint8_t* out, uint32_t outcap, bint tcp, uint32_t* outlen, query_t* q,
-                     stats_t* st, const uint8_t* client, uint32_t client_len) noexcept nogil:
+                     stats_t* st, const uint8_t* client, uint32_t client_len,
+                     const map_snap_t* maps) noexcept nogil:
     """Answer one query.  The decision table for bad input (ARCHITECTURE.md point 4):
         shorter than a header, or QR=1            -> drop
         opcode not QUERY/NOTIFY                   -> NOTIMP
@@ -433,11 +473,12 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                                                      cookies on: NOERROR + our cookie, RFC 7873 §5.4)
         EDNS version > 0                          -> BADVERS
         NOTIFY, AXFR/IXFR, TSIG-signed            -> control plane (a fallback reply is written)
-        class not IN/CH, name in no served zone   -> REFUSED
+        class not IN/CH/ANY, name in no zone      -> REFUSED (QCLASS ANY: the IN answer, AA clear)
     Error replies carry at most the header, the question and OPT.
     \\brief returns ACT_DROP, ACT_REPLY or ACT_CONTROL; *outlen = reply length (outcap >= 512).
     img may be NULL (no zones loaded yet): every IN query is then REFUSED.  client: the
-    client's address (4 or 16 bytes; client_len 0 when unknown), for server cookies."""
+    client's address (4 or 16 bytes; client_len 0 when unknown), for server cookies and
+    mapping.  maps: the mapping snapshot (NULL: no mapped names)."""
     cdef ctx_t c
     cdef lname_t* t
     cdef int status
@@ -466,6 +507,9 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     c.img = img
     c.cfg = cfg
     c.q = q
+    c.maps = maps
+    c.client = client
+    c.client_len = client_len
     status = wire_parse_query(pkt, len, q, cfg.lenient_trailing)
     if cfg.cookies and (status == PARSE_OK or status == PARSE_NOQUESTION) and q.edns and \
             q.cookie_len >= 8 and \
@@ -504,12 +548,14 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     elif q.ctl:
         # the fallback when no control plane takes it: refuse politely
         act = ACT_CONTROL
-        c.rcode = RC_NOTIMP if q.ctl == CTL_XFR else RC_REFUSED
+        # (REFUSED for a transfer we do not give, as NSD and BIND; AXFR over UDP is not
+        # defined, RFC 5936 §4.2: NOTIMP, as Knot and NSD)
+        c.rcode = RC_NOTIMP if (q.ctl == CTL_XFR and q.qtype == T_AXFR and not tcp) else RC_REFUSED
         st.control += 1
     elif admit(q, st) != ACT_REPLY:
         st.dropped += 1
         return ACT_DROP
-    elif q.qclass == C_IN:
+    elif q.qclass == C_IN or q.qclass == C_ANY:
         if img == NULL:
             c.rcode = RC_REFUSED
         else:
@@ -520,6 +566,12 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
                 c.pending = False
                 t = &c.tgt[c.depth & 1]
                 resolve(&c, t.name, t.len, t.loff, t.labels, t.sh, c.pending_owner)
+            if q.qclass == C_ANY:
+                # QCLASS * gets the IN data, never authoritative: a server cannot know it has
+                # every class (RFC 1034 §3.7.1); NSD clears AA too, Knot sets it.
+                c.aa = False
+            if c.proof.n:
+                dnssec_flush(&c)
     elif q.qclass == C_CH:
         chaos_answer(&c)
     else:

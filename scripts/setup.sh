@@ -11,8 +11,11 @@ cd "$here"
 APT_PACKAGES=(
   knot knot-dnsutils         # differential tests, XFR interop, bench
   nsd                        # differential tests, XFR interop, bench
-  bind9 bind9-dnsutils       # bench, XFR interop
+  bind9 bind9-dnsutils       # bench, XFR interop; delv validates signed answers (tests/dnssec)
+  bind9-utils                # dnssec-keygen, dnssec-signzone sign the test zones (tests/dnssec)
+  dnsviz python3-pygraphviz  # DNSViz checks the signed test zones (tests/dnssec/test_dnsviz.py)
   pdns-server pdns-backend-bind  # bench
+  gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots

@@ -54,9 +54,11 @@ def parse(text: str, res: Result) -> Result:
 
 def run(port: int, datafile, duration: float, *, clients: int, outstanding: int,
         threads: int = 1, cpu: int | None = None, max_qps: int | None = None,
-        timeout: float = 2.0, edns: bool = False) -> Result:
+        timeout: float = 2.0, edns: bool = False, binary: bool = False) -> Result:
     """One dnsperf run against 127.0.0.1:port, at most ``duration`` seconds (-l), optionally
-    pinned to one CPU with taskset.  Never raises for a failed run: ``ok``/``error`` say why."""
+    pinned to one CPU with taskset.  ``binary``: the data file holds wire-format queries, each
+    after a 2-octet length (dnsperf -B), e.g. to carry a different ECS option per query.
+    Never raises for a failed run: ``ok``/``error`` say why."""
     argv = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile),
             "-l", f"{duration:g}", "-c", str(clients), "-T", str(threads),
             "-q", str(outstanding), "-t", f"{timeout:g}"]
@@ -64,6 +66,8 @@ def run(port: int, datafile, duration: float, *, clients: int, outstanding: int,
         argv += ["-Q", str(max_qps)]
     if edns:
         argv += ["-e"]
+    if binary:
+        argv += ["-B"]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu)] + argv
     res = Result(argv)

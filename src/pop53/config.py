@@ -85,6 +85,7 @@ class Config:
     log_format: str = "text"            # [log] format / level (pop53.logs)
     log_level: str = "info"
     zones: list[ZoneConfig] = dataclasses.field(default_factory=list)
+    mapping: object = None              # [[map]]/[[target]]/[[mapped]]: pop53.mapping.config
     source: str | None = None
     doc: dict = dataclasses.field(default_factory=dict)
 
@@ -289,16 +290,23 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         elif "primaries" not in z:
             raise ConfigError("a zone needs a file or primaries", file=file, key=key)
         cfg.zones.append(ZoneConfig(name=origin.to_text(), file=zfile, raw=z))
+    from pop53.mapping import config as mapping_config
+    cfg.mapping = mapping_config.parse(doc, file, base_dir, zones=[z.name for z in cfg.zones])
     return cfg
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as a dict; ConfigError naming the file when it cannot be read or parsed."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=os.fspath(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=os.fspath(path)) from None
 
 
 def load(path: str | os.PathLike) -> Config:
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    doc = read_toml(path)
     return from_dict(doc, file=path, base_dir=os.path.dirname(os.path.abspath(path)))

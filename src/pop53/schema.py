@@ -294,6 +294,53 @@ _log = SCHEMA.table("log", doc="Logging, on stderr (journald takes it from there
       "with fields such as zone, serial, records)")
  .key("level", "string", "info", '"debug", "info", "warning" or "error"'))
 
+_map = SCHEMA.table("map", array=True, doc="A map: client networks to regions (pop53.mapping; "
+                                            "format in docs/mapping.md).")
+(_map
+ .key("name", "string", REQUIRED, "the map's name, used by [[mapped]] map = ...")
+ .key("file", "string", REQUIRED, 'one "PREFIX REGION" per line, IPv4 and IPv6, any lengths, '
+      "overlaps allowed (longest prefix wins), '#' comments")
+ .key("default", "string", REQUIRED, "region for addresses no prefix covers")
+ .key("key", "string", "ecs_then_source", '"ecs_then_source", "source_only" or "ecs_only": '
+      "what address picks the region")
+ .key("ecs_trust", "list of strings", [], "resolver prefixes whose ECS is used (empty: every "
+      "resolver's)")
+ .key("ecs_max_v4", "integer 0..32", 24, "longer IPv4 ECS source prefixes are cut to this")
+ .key("ecs_max_v6", "integer 0..64", 56, "longer IPv6 ECS source prefixes are cut to this")
+ .key("regions", "list of strings", None, "the regions the file may name (unset: any)"))
+
+_target = SCHEMA.table("target", array=True, doc="An answer target with its liveness.")
+(_target
+ .key("name", "string", REQUIRED, "the target's name (pop53 ctl target NAME up|down)")
+ .key("addresses", "list of strings", [], "IPv4/IPv6 addresses: A/AAAA answers use the family asked")
+ .key("host", "string", None, "host name for CNAME and NS resources (NS: glue from `addresses`)")
+ .key("up", "boolean", True, "the state before any liveness change"))
+
+_mapped = SCHEMA.table("mapped", array=True, doc="A name whose answer the client's network picks.")
+(_mapped
+ .key("name", "string", REQUIRED, "the mapped name, inside a served zone")
+ .key("map", "string", REQUIRED, "the [[map]] that picks the region")
+ .key("ttl", "integer", 20, "TTL of the mapped answer")
+ .key("regions", "table of lists", REQUIRED, 'region -> target names, e.g. { eu = ["eu1"] }')
+ .key("type", "string", None, '"A", "AAAA", "CNAME" or "NS" (a mapped referral); unset: A and AAAA')
+ .key("fallback", "list of strings", [], "regions tried, in order, when a region's targets are all down")
+ .key("select", "integer", 0, "at most this many targets per answer (0: every target up)")
+ .key("all_down", "string", "configured", '"configured" (answer the configured set anyway), '
+      '"servfail" or "nodata"')
+ .key("selection", "string", "ordered", '"ordered" (the configured order; the only one implemented)'))
+
+_feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness over NATS JetStream "
+                                 "(pop53.feed; docs/feed.md).")
+(_feed
+ .key("servers", "list of strings", REQUIRED, 'NATS servers, e.g. ["nats://127.0.0.1:4222"]')
+ .key("trusted_keys", "list of strings", REQUIRED, "Ed25519 public keys (PEM) whose messages are applied")
+ .key("revoked_keys", "list of strings", [], "key ids (16 hex digits) or public key files never accepted")
+ .key("stream", "string", "pop53", "the stream name every message must carry")
+ .key("prefix", "string", "pop53", "NATS subject prefix (PREFIX.map.NAME, PREFIX.target.NAME, PREFIX.heartbeat)")
+ .key("nats_stream", "string", "POP53", "the JetStream stream followed")
+ .key("delay", "number (seconds)", 0.0, "input-delayed role: apply every message this much later; never stale")
+ .key("stale_after", "number (seconds)", 30.0, "no heartbeat for this long: the machine is stale"))
+
 
 if __name__ == "__main__":
     sys.stdout.write(markdown())

@@ -166,31 +166,32 @@ class DnsServer:
     """The lab's DNS server (pop53 serve, or Knot as the stand-in) on 127.0.0.1:<free port>."""
 
     def __init__(self, tmp: Path, identity: str = "t1"):
-        from pop53.lab import pop as lab
+        from pop53.lab.process import server_kind, write_lab_zone
 
         self.tmp = tmp / f"dns-{identity}"
         self.tmp.mkdir()
         self.zone = self.tmp / "pop53.lab.zone"
-        lab.write_lab_zone(self.zone)
+        write_lab_zone(self.zone)
         self.port = free_port()
         self.identity = identity
-        self.kind = lab.server_kind()
+        self.kind = server_kind()
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> None:
-        from pop53.lab import pop as lab
+        from pop53.lab.probe import query_identity
+        from pop53.lab.process import child_env, dns_server_command
 
-        cmd = lab.dns_server_command(self.kind, zone=self.zone, listens=["127.0.0.1"],
-                                     identity=self.identity, workdir=self.tmp, port=self.port)
+        cmd = dns_server_command(self.kind, zone=self.zone, listens=["127.0.0.1"],
+                                 identity=self.identity, workdir=self.tmp, port=self.port)
         with open(self.tmp / "server.log", "ab") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=lab.child_env())
+                                         stdin=subprocess.DEVNULL, env=child_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited: "
                                    f"{(self.tmp / 'server.log').read_text()[-2000:]}")
-            if lab.query_identity("127.0.0.1", self.port, timeout=0.3) == self.identity:
+            if query_identity("127.0.0.1", self.port, timeout=0.3) == self.identity:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{self.kind} did not answer")

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from pop53.lab import pop as labmod
-from pop53.anycast.agent import Agent, config_from_dict, load_config
+from pop53.lab.process import LAB_ZONE, child_env
+from pop53.anycast.agent import Agent
+from pop53.anycast.agent_config import config_from_dict, load_config
 from pop53.errors import ConfigError
 from pop53.anycast.routes import ServiceRoutes
 
@@ -22,7 +23,7 @@ ADDRS = ["10.53.0.53/32", "fd53::53/128"]
 def make(tmp_path, dns, netns, name="a1", **over):
     # One UDP SOA query per round keeps a hung-server round short (one timeout); the hysteresis
     # test turns on TCP and a regression case.
-    raw = {"name": name, "server": f"127.0.0.1:{dns.port}", "zones": [labmod.LAB_ZONE],
+    raw = {"name": name, "server": f"127.0.0.1:{dns.port}", "zones": [LAB_ZONE],
            "tcp": False, "interval": 0.1, "timeout": 0.25, "slow_ms": 200, "fail_after": 3,
            "pass_after": 2,
            "state_dir": str(tmp_path / f"state-{name}"),
@@ -38,7 +39,7 @@ def announced(netns) -> bool:
 
 def test_suspend_and_resume_with_hysteresis(tmp_path, dns_server, netns):
     a = make(tmp_path, dns_server, netns, tcp=True,
-             cases=[{"qname": f"www.{labmod.LAB_ZONE}", "qtype": "A",
+             cases=[{"qname": f"www.{LAB_ZONE}", "qtype": "A",
                      "expect": ["10.53.200.1"]}])
     a.tick()
     assert a.state == "serving" and announced(netns)
@@ -80,10 +81,10 @@ def test_wrong_and_stale_answers_count_as_failures(tmp_path, dns_server, netns):
     stamp = tmp_path / "stamp"
     stamp.touch()
     a = make(tmp_path, dns_server, netns, tcp=True,
-             cases=[{"qname": f"www.{labmod.LAB_ZONE}", "qtype": "A", "expect": ["10.53.9.9"]},
-                    {"qname": f"nope.{labmod.LAB_ZONE}", "rcode": "NXDOMAIN"}],
+             cases=[{"qname": f"www.{LAB_ZONE}", "qtype": "A", "expect": ["10.53.9.9"]},
+                    {"qname": f"nope.{LAB_ZONE}", "rcode": "NXDOMAIN"}],
              staleness={"source": "file-mtime", "max_age": 60,
-                        "files": {labmod.LAB_ZONE: str(stamp)}})
+                        "files": {LAB_ZONE: str(stamp)}})
     a.tick()
     kinds = sorted({f.kind for f in a.last.failures})
     assert kinds == ["wrong"], a.last.failures
@@ -178,7 +179,7 @@ def test_never_suspend(tmp_path, dns_server, netns):
 def test_drain_switch_and_status_command(tmp_path, dns_server, netns):
     a = make(tmp_path, dns_server, netns)
     a.tick()
-    env = labmod.child_env()
+    env = child_env()
     state_dir = a.cfg.state_dir
     p = subprocess.run([sys.executable, "-m", "pop53", "agent", "drain", "--state-dir", state_dir,
                         "--reason", "disk swap"], capture_output=True, text=True, env=env,
@@ -208,7 +209,7 @@ def test_agent_process_runs_and_reports(tmp_path, dns_server, netns, port_picker
     cfgfile.write_text(f"""
 name = "proc1"
 server = "127.0.0.1:{dns_server.port}"
-zones = ["{labmod.LAB_ZONE}"]
+zones = ["{LAB_ZONE}"]
 interval = 0.2
 state_dir = "{tmp_path / 'st'}"
 metrics = "127.0.0.1:{mport}"
@@ -218,7 +219,7 @@ mode = "route"
 interface = "lo"
 netns = "{netns.name}"
 """.replace("'", '"'))
-    env = labmod.child_env()
+    env = child_env()
     p = subprocess.Popen([sys.executable, "-m", "pop53", "agent", "run", "--config",
                           str(cfgfile)], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)

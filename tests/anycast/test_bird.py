@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from pop53.anycast import bird
-from pop53.lab import pop as labmod
+from pop53.lab.pop import Lab, LabConfig
+from pop53.lab.process import SERVICE4, SERVICE6
 from pop53.errors import ConfigError
 from pop53.anycast.routes import ServiceRoutes
 
@@ -73,9 +74,9 @@ up_v6      BGP        ---        start  23:15:50.497  Connect       Socket: Conn
 @pytest.mark.slow
 def test_input_delayed_machine_is_only_a_fallback():
     """m2 announces with a worse MED: the router uses it only while m1 (normal) is withdrawn."""
-    cfg = labmod.LabConfig(machines=2, clients=1, signal="route", agents=False, etcd=False,
-                           bfd=False, input_delayed=(2,))
-    with labmod.Lab(cfg) as lab:
+    cfg = LabConfig(machines=2, clients=1, signal="route", agents=False, etcd=False,
+                    bfd=False, input_delayed=(2,))
+    with Lab(cfg) as lab:
         m1, m2 = lab.machines
         # Both sessions up and both exporting, read through birdc:
         for m in (m1, m2):
@@ -88,11 +89,11 @@ def test_input_delayed_machine_is_only_a_fallback():
                     "BGP.med: 1000" in rctl.cmd("show", "route", "10.53.0.53/32", "all"))
         assert lab.wait_fib(lambda ms: ms == ["m1"]) == ["m1"]
         assert lab.identity_in(lab.clients[0], "10.53.0.53") == "m1"
-        r1 = ServiceRoutes([labmod.SERVICE4, labmod.SERVICE6], mode="route", interface="lo",
+        r1 = ServiceRoutes([SERVICE4, SERVICE6], mode="route", interface="lo",
                            netns=m1.ns)
         r1.withdraw()
         assert lab.wait_fib(lambda ms: ms == ["m2"], timeout=10) == ["m2"]
-        assert lab.wait_fib(lambda ms: ms == ["m2"], prefix=labmod.SERVICE6) == ["m2"]
+        assert lab.wait_fib(lambda ms: ms == ["m2"], prefix=SERVICE6) == ["m2"]
         assert lab.identity_in(lab.clients[0], "10.53.0.53") == "m2"
         r1.announce()
         assert lab.wait_fib(lambda ms: ms == ["m1"], timeout=10) == ["m1"]

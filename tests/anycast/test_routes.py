@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pop53.lab import pop as labmod
+from pop53.lab.pop import Lab, LabConfig
+from pop53.lab.process import SERVICE4, SERVICE6, child_env
 from pop53.errors import RouteError
 from pop53.anycast.routes import SERVICE_IFNAME, ServiceRoutes, fib_nexthops
 
@@ -83,7 +84,7 @@ def test_without_cap_net_admin_nothing_changes(netns):
             "try:\n    r.announce()\n    print('CHANGED')\nexcept RouteError as e:\n    print('ERR', e)\n")
     p = subprocess.run(["ip", "netns", "exec", netns.name, "setpriv", "--bounding-set",
                         "-net_admin", "--inh-caps", "-net_admin", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=30, env=labmod.child_env())
+                       capture_output=True, text=True, timeout=30, env=child_env())
     assert p.stdout.startswith("ERR"), p.stdout + p.stderr
     assert "CAP_NET_ADMIN" in p.stdout and "nothing was changed" in p.stdout
     assert "10.53.0.53" not in netns.ip("addr", "show")
@@ -94,23 +95,23 @@ def test_without_cap_net_admin_nothing_changes(netns):
 @pytest.mark.parametrize("mode", ["route", "address"])
 def test_announce_withdraw_reaches_router_fib(mode):
     """Through the real chain: netlink -> machine's BIRD -> eBGP -> router's BIRD -> kernel FIB."""
-    cfg = labmod.LabConfig(machines=2, clients=1, signal=mode, agents=False, etcd=False,
-                           bfd=False)
-    with labmod.Lab(cfg) as lab:
-        for prefix in labmod.SERVICE4, labmod.SERVICE6:
+    cfg = LabConfig(machines=2, clients=1, signal=mode, agents=False, etcd=False,
+                    bfd=False)
+    with Lab(cfg) as lab:
+        for prefix in SERVICE4, SERVICE6:
             assert lab.wait_fib(lambda ms: ms == ["m1", "m2"], prefix=prefix) == ["m1", "m2"]
         m1 = lab.machines[0]
-        r = ServiceRoutes([labmod.SERVICE4, labmod.SERVICE6], mode=mode, interface="lo",
+        r = ServiceRoutes([SERVICE4, SERVICE6], mode=mode, interface="lo",
                           netns=m1.ns)
         assert r.withdraw()
-        for prefix in labmod.SERVICE4, labmod.SERVICE6:
+        for prefix in SERVICE4, SERVICE6:
             lab.wait_fib(lambda ms: ms == ["m2"], prefix=prefix, timeout=10)
-        assert fib_nexthops(labmod.SERVICE4, netns=lab.router_ns) == [lab.machines[1].link4]
+        assert fib_nexthops(SERVICE4, netns=lab.router_ns) == [lab.machines[1].link4]
         assert lab.identity_in(lab.clients[0], "10.53.0.53") == "m2"
         assert r.announce()
-        for prefix in labmod.SERVICE4, labmod.SERVICE6:
+        for prefix in SERVICE4, SERVICE6:
             lab.wait_fib(lambda ms: ms == ["m1", "m2"], prefix=prefix, timeout=10)
-        assert sorted(fib_nexthops(labmod.SERVICE6, netns=lab.router_ns)) == \
+        assert sorted(fib_nexthops(SERVICE6, netns=lab.router_ns)) == \
             sorted([m.link6 for m in lab.machines])
         names = lab.namespaces[:]
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

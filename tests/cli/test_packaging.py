@@ -41,7 +41,7 @@ def test_the_package_imports_without_matplotlib():
             "import pop53\n"
             "for m in pkgutil.walk_packages(pop53.__path__, 'pop53.'):\n"
             "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
-            "from pop53.lab import pop\n"
+            "from pop53.lab import experiments as pop\n"
             "from pop53.errors import Pop53Error\n"
             "try:\n"
             "    pop.plot_failover_cdf([], None, 't')\n"

@@ -47,6 +47,11 @@ SIZE_VARIANTS = [(None, False), (512, False), (600, False), (1232, False), (1232
 
 CHAOS_NAMES = ["id.server.", "hostname.bind.", "version.bind.", "version.server."]
 
+# Types asked at every CNAME owner beside the base types: the DNSSEC types that may live beside
+# a CNAME are answered at the owner, not by following it (RFC 2181 §10.1, RFC 4035 §2.5;
+# issue 9, wire bug 3).
+DNSSEC_AT_CNAME = ["NSEC", "NSEC3", "RRSIG"]
+
 # Types asked at names that should not exist (NXDOMAIN is the same for every type).
 NEGATIVE_TYPES = ["A", "MX", "TXT", "NS", "DS", "ANY"]
 
@@ -206,6 +211,8 @@ def build_corpus(zone_files: Iterable[Path] = ZONE_FILES) -> list[Case]:
         for qname, (cat, types) in sorted(targets.items()):
             base = NEGATIVE_TYPES if cat == "negative" else BASE_TYPES
             qtypes = list(dict.fromkeys(base + sorted(types)))
+            if "CNAME" in types:
+                qtypes += DNSSEC_AT_CNAME
             for j, qt in enumerate(qtypes):
                 # Alternately a plain RD=1 query without EDNS (stub-style) and an EDNS 1232
                 # query with RD=0 (the size category tries every buffer on the big answers);
@@ -244,6 +251,18 @@ def build_corpus(zone_files: Iterable[Path] = ZONE_FILES) -> list[Case]:
     for qname in CHAOS_NAMES:
         add("chaos", qname, "TXT", qclass="CH", edns=None)
         add("chaos", qname, "TXT", qclass="CH", edns=1232)
+        # other types: REFUSED (issue 9, wire bug 5); ANY: see knot-chaos-any-refused
+        for qt in ("A", "SOA", "NS", "ANY"):
+            add("chaos", qname, qt, qclass="CH", edns=1232)
+    # QCLASS ANY (RFC 1035 §3.2.5): the IN data of the served zones, never authoritative
+    # (RFC 1034 §3.7.1); outside them REFUSED (issue 9, wire bug 4).
+    for qname, qt in (("www.diff.example.", "A"), ("www.diff.example.", "MX"),
+                      ("diff.example.", "SOA"), ("nx.diff.example.", "A"),
+                      ("alias.diff.example.", "A"), ("cross.diff.example.", "A"),
+                      ("host.deleg.diff.example.", "A"), ("www.example.net.", "A"),
+                      ("version.bind.", "TXT")):
+        add("qclass", qname, qt, qclass="ANY", edns=None, rd=True)
+        add("qclass", qname, qt, qclass="ANY", edns=1232)
     for qname in ("www.diff.example.", "nx.diff.example.", "example."):
         add("nsid", qname, "A", nsid=True)
     # Header and EDNS handling (ARCHITECTURE point 4, RFC 6891): EDNS version 1 -> BADVERS
@@ -468,7 +487,7 @@ def compare(case: Case, a_name: str, a: Reply | None, b_name: str, b: Reply | No
 
 CATEGORIES = ["exact", "cname", "wildcard", "dname", "referral", "ent", "negative", "additional",
               "txt", "unknown-type", "mixed-case", "size", "tcp", "do-bit", "refused", "chaos",
-              "nsid", "header"]
+              "qclass", "nsid", "header"]
 
 IDENTITY = "pop53-differential"
 VERSION = "pop53-differential-version"

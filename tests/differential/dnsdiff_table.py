@@ -26,7 +26,7 @@ import dns.name
 import dns.rdatatype
 import dns.zone
 
-from dnsdiff import ZONE_FILES, Case, Excuse, Quirk, Reply
+from dnsdiff import DNSSEC_AT_CNAME, ZONE_FILES, Case, Excuse, Quirk, Reply
 
 ALL = frozenset({"knot", "nsd", "pop53"})
 
@@ -209,9 +209,10 @@ QUIRKS = [
 
 def _knot_stops_at_zone_cut(case: Case, replies: dict) -> bool:
     """Knot follows a CNAME (or a DNAME's synthesized CNAME) only inside the zone it is
-    answering from; a target in another served zone is left to the resolver."""
+    answering from; a target in another served zone is left to the resolver.  (For the DNSSEC
+    types at a CNAME owner the others do not follow at all: see _follows_cname.)"""
     k = replies.get("knot")
-    if k is None or not k.answer:
+    if k is None or not k.answer or case.qtype in DNSSEC_AT_CNAME:
         return False
     owner, target = _chain_end(case, k)
     if not target or any(rr.name == target for rr in k.answer):
@@ -320,7 +321,50 @@ def _pop53_any_dname_prefix(case: Case, replies: dict) -> str | None:
     return None
 
 
+def _follows_cname(case: Case, r: Reply) -> bool:
+    return any(rr.rdtype == "CNAME" and rr.name == case.qname.lower() for rr in r.answer)
+
+
+def _follower(who: str, qtypes: tuple[str, ...]):
+    """``who`` answered a DNSSEC-type query at a CNAME owner by following the CNAME."""
+    def applies(case: Case, replies: dict) -> bool:
+        return case.qtype in qtypes and who in replies and _follows_cname(case, replies[who])
+    return applies
+
+
+def _others_nodata_at_owner(who: str):
+    """Every other implementation answered at the owner: NODATA with the owner's zone's SOA."""
+    def check(case: Case, replies: dict) -> str | None:
+        qname = dns.name.from_text(case.qname.lower())
+        for name, r in replies.items():
+            if name == who:
+                continue
+            soa = [rr.name for rr in r.authority if rr.rdtype == "SOA"]
+            if r.answer or r.rcode != "NOERROR" or len(r.authority) != 1 or len(soa) != 1 or \
+                    not qname.is_subdomain(dns.name.from_text(soa[0])):
+                return f"{name} did not answer {case.qtype} at the CNAME owner with NODATA"
+        return None
+    return check
+
+
+def _follows_cname_excuse(id_: str, who: str, qtypes: tuple[str, ...], why: str) -> Excuse:
+    return Excuse(id=id_, between=ALL, why=why, applies=_follower(who, qtypes),
+                  fields=("answer", "authority", "additional", "rcode"),
+                  check=_others_nodata_at_owner(who))
+
+
 EXCUSES = [
+    # QTYPE RRSIG, NSEC (which may live beside a CNAME, RFC 2181 §10.1, RFC 4035 §2.5) and
+    # NSEC3 at a CNAME owner: pop53 answers at the owner for all three (issue 9, wire bug 3).
+    # Knot does for RRSIG and NSEC but follows the CNAME for NSEC3; NSD answers at the owner
+    # for NSEC3, and for RRSIG/NSEC only when the owner holds them, else it follows.  Over
+    # unsigned zones the follower's answer is the chain; the others must give NODATA there.
+    _follows_cname_excuse(
+        "knot-nsec3-follows-cname", "knot", ("NSEC3",),
+        "QTYPE NSEC3 at a CNAME owner: Knot follows the CNAME, pop53 and NSD answer there"),
+    _follows_cname_excuse(
+        "nsd-nsec-rrsig-follow-cname", "nsd", ("NSEC", "RRSIG"),
+        "QTYPE NSEC/RRSIG at an unsigned CNAME owner: NSD follows, pop53 and Knot answer there"),
     # ANY below a DNAME: pop53 (like BIND 9.18) treats the synthesized CNAME as it treats a
     # real one, which QTYPE ANY matches (RFC 1034 §4.3.2 3a), and stops: DNAME + CNAME.  Knot
     # and NSD read RFC 6672 §3.1 "go back to step 1" literally for ANY and continue at the
@@ -344,6 +388,51 @@ EXCUSES = [
         fields=("rcode", "flags.AA", "answer", "authority", "additional"),
         check=lambda case, replies: (None if replies["pop53"].rcode == "FORMERR"
                                      else f"pop53 rcode {replies['pop53'].rcode}"),
+    ),
+    # QCLASS ANY (issue 9, wire bug 4): every server answers with the IN data.  RFC 1034
+    # §3.7.1: "responses to QCLASS=* queries can never be authoritative" (a server cannot know
+    # every class); pop53 and NSD clear AA, Knot sets it.
+    Excuse(
+        id="knot-qclass-any-aa",
+        between=ALL,
+        why="QCLASS ANY: Knot sets AA; pop53 and NSD clear it (RFC 1034 §3.7.1)",
+        applies=lambda case, replies: case.qclass == "ANY" and "knot" in replies,
+        fields=("flags.AA",),
+        check=lambda case, replies: next(
+            (f"{n} set AA for QCLASS ANY" for n, r in replies.items()
+             if n != "knot" and r.flags.get("AA")), None),
+    ),
+    # NSD answers a negative QCLASS ANY query (NXDOMAIN, NODATA) with an empty authority
+    # section; pop53 and Knot give the SOA as for class IN (RFC 2308 §3), so a resolver can
+    # cache the negative answer.
+    Excuse(
+        id="nsd-qclass-any-no-soa",
+        between=ALL,
+        why="QCLASS ANY negative answers: NSD leaves out the SOA; pop53 and Knot include it",
+        applies=lambda case, replies: (
+            case.qclass == "ANY" and "nsd" in replies and not replies["nsd"].answer
+            and not replies["nsd"].authority and replies["nsd"].rcode in ("NOERROR", "NXDOMAIN")),
+        fields=("authority",),
+        check=lambda case, replies: next(
+            (f"{n}'s negative answer to QCLASS ANY has no SOA" for n, r in replies.items()
+             if n != "nsd" and [rr.rdtype for rr in r.authority] != ["SOA"]), None),
+    ),
+    # CHAOS ANY at the identity names: pop53 and NSD (and BIND) answer with the TXT record, the
+    # one RRset there is (RFC 8482 §4.1); Knot answers only QTYPE TXT and refuses ANY like
+    # every other type.  Check: the others answer exactly that one TXT record.
+    Excuse(
+        id="knot-chaos-any-refused",
+        between=ALL,
+        why="CHAOS ANY at id.server. etc.: Knot refuses it, pop53 and NSD answer the TXT",
+        applies=lambda case, replies: (
+            case.qclass == "CH" and case.qtype == "ANY" and "knot" in replies
+            and replies["knot"].rcode == "REFUSED"),
+        fields=("rcode", "answer", "flags.AA"),
+        check=lambda case, replies: next(
+            (f"{n} did not answer CHAOS ANY with the one TXT record" for n, r in replies.items()
+             if n != "knot" and (r.rcode != "NOERROR" or [(rr.name, rr.rdclass, rr.rdtype)
+                                                          for rr in r.answer]
+                                 != [(case.qname, "CH", "TXT")])), None),
     ),
     # CHAOS TXT id.server./hostname.bind./version.* (RFC 4892): Knot and NSD answer with AA=0,
     # pop53 with AA=1 (as BIND does: it serves a "bind." CHAOS zone).  RFC 4892 sets no rule.
@@ -399,7 +488,8 @@ EXCUSES = [
         between=ALL,
         why="RFC 8482: each server picks a different RRset for ANY",
         applies=lambda case, replies: (
-            case.qtype == "ANY" and all(r.answer and not r.flags.get("TC")
+            case.qtype == "ANY" and case.qclass == "IN"
+            and all(r.answer and not r.flags.get("TC")
                                         and r.rcode == "NOERROR" for r in replies.values())
             and not all(any(rr.rdtype == "CNAME" for rr in r.answer)
                         for r in replies.values())),

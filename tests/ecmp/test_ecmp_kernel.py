@@ -17,9 +17,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from pop53.ecmp import model as ecmp
+from pop53.ecmp.model import kernel_select, moved_share
 from pop53.ecmp import reuseport
-from pop53.cli.ecmp import EcmpLab, unique_flows
+from pop53.ecmp.verify import EcmpLab, unique_flows
 
 MACHINES = 4
 WORKERS = 3
@@ -53,17 +53,17 @@ def test_route_get_equals_emulator(lab, batches, family, policy):
     lab.set_policy(family, policy, 0x37)
     got = np.array(lab.route_get(flows))
     # `ip route get iif` builds a packet for IPv4 but looks IPv6 up by flow only.
-    pred = ecmp.kernel_select(flows, MACHINES, policy=policy, seed=SEED, fields=0x37,
-                              forwarded=(family == 4))
+    pred = kernel_select(flows, MACHINES, policy=policy, seed=SEED, fields=0x37,
+                         forwarded=(family == 4))
     assert set(got.tolist()) == set(range(MACHINES))
     assert (pred == got).sum() == len(flows)
     # Negative controls: a wrong seed or the other hash path agrees only by chance.
-    wrong = ecmp.kernel_select(flows, MACHINES, policy=policy, seed=SEED + 1, fields=0x37,
-                               forwarded=(family == 4))
+    wrong = kernel_select(flows, MACHINES, policy=policy, seed=SEED + 1, fields=0x37,
+                          forwarded=(family == 4))
     assert (wrong == got).mean() < 0.5
     if policy == 3:
-        other = ecmp.kernel_select(flows, MACHINES, policy=3, seed=SEED, fields=0x37,
-                                   forwarded=(family != 4))
+        other = kernel_select(flows, MACHINES, policy=3, seed=SEED, fields=0x37,
+                              forwarded=(family != 4))
         assert (other == got).mean() < 0.5
 
 
@@ -77,7 +77,7 @@ def test_packets_reach_the_predicted_machine_and_worker(lab, batches, family, po
     lab.set_policy(family, policy, 0x37)
     answers = np.array(lab.send_queries(flows)).reshape(-1, 2)
     assert (answers[:, 0] >= 0).all(), "every query must be answered"
-    machine = ecmp.kernel_select(flows, MACHINES, policy=policy, seed=SEED, fields=0x37)
+    machine = kernel_select(flows, MACHINES, policy=policy, seed=SEED, fields=0x37)
     worker = reuseport.predict_socket_flows(flows, WORKERS)
     assert (answers[:, 0] == machine).sum() == len(flows)
     assert (answers[:, 1] == worker).sum() == len(flows)
@@ -94,14 +94,14 @@ def test_weights_and_withdrawal_move_the_predicted_flows(lab, batches):
     try:
         lab.set_weights([1, 0, 1, 1])     # m1 withdrawn
         after = np.array(lab.route_get(flows))
-        pred = ecmp.kernel_select(flows, [1, 0, 1, 1], policy=1, seed=SEED)
+        pred = kernel_select(flows, [1, 0, 1, 1], policy=1, seed=SEED)
         assert (pred == after).all()
         assert 1 not in after.tolist()
         # The kernel moves exactly the flows the emulator says it moves, and with
         # hash-threshold that includes flows of machines that stayed (the regions shift).
-        moved_k, avoid_k = ecmp.moved_share(before, after, [1])
-        moved_e, avoid_e = ecmp.moved_share(
-            ecmp.kernel_select(flows, MACHINES, policy=1, seed=SEED), pred, [1])
+        moved_k, avoid_k = moved_share(before, after, [1])
+        moved_e, avoid_e = moved_share(
+            kernel_select(flows, MACHINES, policy=1, seed=SEED), pred, [1])
         assert (moved_k, avoid_k) == (moved_e, avoid_e)
         assert avoid_k > 0.05
         answers = np.array(lab.send_queries(flows.subset(np.arange(500)))).reshape(-1, 2)
@@ -109,7 +109,7 @@ def test_weights_and_withdrawal_move_the_predicted_flows(lab, batches):
         # Unequal weights.
         lab.set_weights([1, 2, 0, 1])
         got = np.array(lab.route_get(flows))
-        pred = ecmp.kernel_select(flows, [1, 2, 0, 1], policy=1, seed=SEED)
+        pred = kernel_select(flows, [1, 2, 0, 1], policy=1, seed=SEED)
         assert (pred == got).all()
         assert abs((got == 1).mean() - 0.5) < 0.05  # m1 has weight 2 of 4
     finally:
@@ -165,6 +165,6 @@ def test_pop53_serve_answers_from_the_predicted_machine():
             flows = unique_flows(1000, family, rng)
             lab.set_policy(family, 1)
             answers = np.array(lab.send_queries(flows)).reshape(-1, 2)
-            pred = ecmp.kernel_select(flows, 3, policy=1, seed=SEED)
+            pred = kernel_select(flows, 3, policy=1, seed=SEED)
             assert (answers[:, 0] == pred).all()
             assert set(answers[:, 0].tolist()) == {0, 1, 2}

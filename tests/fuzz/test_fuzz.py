@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 import pop53
 from malformed.wirekit import (
-    CLIENT, EXAMPLE_ZONE, ERROR_RCODES, FORMERR, NOERROR, NXDOMAIN, QR, REFUSED, TC,
-    check_reply, ecs, opt, option, query, rr, tsig,
+    CLIENT, EXAMPLE_ZONE, ERROR_RCODES, MUTATION_OPS, NOERROR, NXDOMAIN, QR, REFUSED, SEEDS,
+    check_reply, mutate,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -88,45 +88,15 @@ def test_random_bytes_behind_a_query_header(body):
         _outcome(wire)
 
 
-SEEDS = [
-    query(),
-    query("WwW.eXaMpLe.CoM", ar=opt(do=True), ar_n=1),
-    query("www.z", 16, ar=opt(udp=4096, options=ecs(1, 24, 0, b"\xc6\x33\x64")
-                              + option(10, b"c" * 8) + option(3, b"")), ar_n=1),
-    query("many.z", 1, ar=opt(udp=512), ar_n=1),
-    query("example.com", 2, ar=opt() + tsig(), ar_n=2),
-    query("alias.z", 1, ar=rr(b"\xc0\x0c", 1, rdata=b"\x01\x02\x03\x04") + opt(), ar_n=2),
-    query("example.com", 251, ns=rr(b"\xc0\x0c", 6, rdata=b"\x00" * 22), ns_n=1),
-]
-MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "set", "insert", "delete", "cut"]),
-                               st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1,
-                     max_size=6)
-
-
-def _mutate(wire: bytes, ops) -> bytes:
-    b = bytearray(wire)
-    for op, pos, val in ops:
-        if not b and op != "insert":
-            continue
-        i = pos % (len(b) + (1 if op == "insert" else 0))
-        if op == "flip":
-            b[i] ^= 1 << (val % 8)
-        elif op == "set":
-            b[i] = val
-        elif op == "insert":
-            b[i:i] = bytes([val])
-        elif op == "delete":
-            del b[i]
-        else:
-            del b[i:]
-    return bytes(b)
+MUTATIONS = st.lists(st.tuples(st.sampled_from(MUTATION_OPS), st.integers(0, 1 << 16),
+                               st.integers(0, 255)), min_size=1, max_size=6)
 
 
 @pytest.mark.timeout(60)
 @settings(FUZZ, max_examples=1200)
 @given(st.sampled_from(SEEDS), MUTATIONS, st.booleans())
 def test_mutated_queries(seed, ops, tcp):
-    _outcome(_mutate(seed, ops), tcp)
+    _outcome(mutate(seed, ops), tcp)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ import subprocess
 
 import pytest
 
-from pop53.lab import pop as labmod
+from pop53.lab.experiments import run_failover, run_freeze_bird, run_kill_server, run_mass_failure
+from pop53.lab.pop import Lab, LabConfig
+from pop53.lab.process import LabError
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")]
@@ -28,8 +30,8 @@ def no_leftovers():
 
 def test_small_failover_run(tmp_path, no_leftovers):
     out = tmp_path / "out"
-    res = labmod.run_failover(machines=2, rounds=2, out=out, clients=2, hold=1.5,
-                              signal_mode="address", log=lambda *_: None)
+    res = run_failover(machines=2, rounds=2, out=out, clients=2, hold=1.5,
+                       signal_mode="address", log=lambda *_: None)
     events, logs = res["events"], res["logs"]
     assert [(e.kind, e.machine) for e in events] == [
         ("withdraw", "m1"), ("announce", "m1"), ("withdraw", "m2"), ("announce", "m2")] * 2
@@ -62,30 +64,30 @@ def test_small_failover_run(tmp_path, no_leftovers):
 
 
 def test_killed_server_is_withdrawn_by_its_agent(no_leftovers):
-    res = labmod.run_kill_server(machines=2, clients=2, log=lambda *_: None)
+    res = run_kill_server(machines=2, clients=2, log=lambda *_: None)
     assert all(res["checks"].values()), res["checks"]
 
 
 def test_frozen_bird_outage_is_bounded_by_bfd(no_leftovers):
-    res = labmod.run_freeze_bird(machines=2, clients=2, bfd=True, log=lambda *_: None)
+    res = run_freeze_bird(machines=2, clients=2, bfd=True, log=lambda *_: None)
     assert all(res["checks"].values()), res
     assert res["t_fib"] <= 1.3
 
 
 def test_mass_failure_only_k_withdraw(no_leftovers):
-    res = labmod.run_mass_failure(machines=4, fail=3, slots=1, clients=2, settle=3.0,
-                                  log=lambda *_: None)
+    res = run_mass_failure(machines=4, fail=3, slots=1, clients=2, settle=3.0,
+                           log=lambda *_: None)
     assert all(res["checks"].values()), res
     assert len(res["suspended"]) == 1 and len(res["wanting"]) == 2 and len(res["fib"]) == 3
 
 
 def test_lab_is_torn_down_on_error(no_leftovers, monkeypatch):
     def boom(self, m):
-        raise labmod.LabError("injected failure while starting a machine")
+        raise LabError("injected failure while starting a machine")
 
-    monkeypatch.setattr(labmod.Lab, "_start_machine", boom)
-    lab = labmod.Lab(labmod.LabConfig(machines=2, clients=1, agents=False, etcd=False))
-    with pytest.raises(labmod.LabError, match="injected"):
+    monkeypatch.setattr(Lab, "_start_machine", boom)
+    lab = Lab(LabConfig(machines=2, clients=1, agents=False, etcd=False))
+    with pytest.raises(LabError, match="injected"):
         with lab:
             pass
     assert lab.router_bird is not None and lab.router_bird.proc is None  # stopped

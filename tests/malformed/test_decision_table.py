@@ -93,6 +93,7 @@ class Case:
     expect: str | int           # DROP, CONTROL (+ fallback rcode in `rcode`), or an rcode
     reason: str
     rcode: int | None = None    # for CONTROL: the fallback rcode when no control plane takes it
+    rcode_udp: int | None = None  # ... over UDP, when it differs from TCP's
     opt: bool | None = None     # the reply must (True) / must not (False) carry an OPT
     responder: dict = field(default_factory=dict)
     answers: int | None = None  # expected ANCOUNT for non-error replies
@@ -195,7 +196,7 @@ CASES: list[Case] = [
     Case("nscount-1-ixfr", query("example.com", T_IXFR,
                                  ns=rr(b"\xc0\x0c", T_SOA, rdata=SOA_RDATA), ns_n=1),
          CONTROL, "IXFR carries the client's SOA in authority (RFC 1995 §3): control plane",
-         rcode=NOTIMP),
+         rcode=REFUSED),
     Case("arcount-1-missing", query(ar_n=1), FORMERR, "ARCOUNT 1, nothing there"),
     Case("ar-rr-header-truncated", query(ar=b"\x00\x00\x01\x00", ar_n=1), FORMERR,
          "additional RR ends inside its fixed header"),
@@ -303,9 +304,10 @@ CASES: list[Case] = [
                                   an=rr(b"\xc0\x0c", T_SOA, rdata=SOA_RDATA), an_n=1),
          CONTROL, "NOTIFY may carry the SOA in answer (RFC 1996 §3.7)", rcode=REFUSED),
     Case("axfr", query("example.com", T_AXFR, flags=0), CONTROL,
-         "AXFR goes to the control plane; fallback NOTIMP", rcode=NOTIMP),
+         "AXFR goes to the control plane; fallback REFUSED (NSD, BIND), over UDP NOTIMP "
+         "(not defined there, RFC 5936 §4.2; Knot, NSD)", rcode=REFUSED, rcode_udp=NOTIMP),
     Case("ixfr-no-soa", query("example.com", T_IXFR, flags=0), CONTROL,
-         "IXFR goes to the control plane; fallback NOTIMP", rcode=NOTIMP),
+         "IXFR goes to the control plane; fallback REFUSED (issue 9 bug 2)", rcode=REFUSED),
     # --- class -----------------------------------------------------------------------------------
     Case("class-in", query(), NOERROR, "IN, in our zone: the normal answer", answers=1),
     Case("class-in-no-rd", query(flags=0), NOERROR, "RD=0 is copied too", answers=1),
@@ -324,7 +326,10 @@ CASES: list[Case] = [
          "CHAOS name we do not serve"),
     Case("class-hs", query(qclass=C_HS), REFUSED, "HESIOD: not served"),
     Case("class-none", query(qclass=C_NONE), REFUSED, "NONE (RFC 2136 §1): not served"),
-    Case("class-any", query(qclass=C_ANY), REFUSED, "class ANY: not served"),
+    Case("class-any", query(qclass=C_ANY), NOERROR,
+         "class ANY: the IN answer, AA clear (RFC 1034 §3.7.1; tests/core/test_wire_bugs.py)"),
+    Case("class-any-not-ours", query("www.example.net", qclass=C_ANY), REFUSED,
+         "class ANY, no zone of ours: REFUSED"),
     Case("class-0", query(qclass=0), REFUSED, "class 0 (reserved, RFC 6895 §3.2)"),
 ]
 
@@ -355,7 +360,7 @@ def test_decision_table(image, case: Case, tcp: bool):
     flags = struct.unpack("!H", reply[2:4])[0]
     if case.expect == CONTROL:
         assert act == _core.ACTION_CONTROL, case.reason
-        want = case.rcode
+        want = case.rcode_udp if case.rcode_udp is not None and not tcp else case.rcode
     else:
         assert act == _core.ACTION_REPLY, case.reason
         want = case.expect
@@ -377,7 +382,8 @@ def test_decision_table(image, case: Case, tcp: bool):
 
 def test_every_row_is_covered():
     """The decision table's rows (core_answer's docstring) each have at least one case."""
-    outcomes = {c.expect if c.expect != CONTROL else ("control", c.rcode) for c in CASES}
+    outcomes = {c.expect if c.expect != CONTROL else ("control", c.rcode) for c in CASES} | \
+        {("control", c.rcode_udp) for c in CASES if c.rcode_udp is not None}
     for want in (DROP, NOTIMP, FORMERR, BADVERS, REFUSED, NOERROR, NXDOMAIN,
                  ("control", REFUSED), ("control", NOTIMP)):
         assert want in outcomes

@@ -8,6 +8,7 @@ most header, question and OPT).
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import dns.message
 import dns.rcode
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / ".." / "shared"
+# the shared material beside the repository; POP53_SHARED points elsewhere (a git worktree)
+SHARED = Path(os.environ.get("POP53_SHARED", REPO / ".." / "shared"))
 CORPUS = SHARED / "corpora" / "bind9-dns_message_parse"
 EXAMPLE_ZONE = REPO / "src" / "pop53" / "data" / "example.com.zone"
 CLIENT = ("127.0.0.1", 53530)
@@ -129,8 +131,19 @@ def opt_of(reply: bytes) -> tuple[int, int, int, int] | None:
     return rclass, ttl >> 24, (ttl >> 16) & 0xFF, ttl & 0xFFFF
 
 
-def check_reply(wire: bytes, reply: bytes | None) -> dns.message.Message:
-    """Invariants of any reply to a query we did not drop.  Returns the parsed message."""
+def _tsig_unverified(message, keyname):
+    return False        # dnspython: a false key reads the TSIG record without checking its MAC
+
+
+def read_reply(data: bytes) -> dns.message.Message:
+    """dnspython's reading of a reply; a TSIG record in it is read but not verified (no key
+    here: the MAC is the transfer tests' business, the wire format is ours)."""
+    return dns.message.from_wire(data, keyring=_tsig_unverified)
+
+
+def check_reply(wire: bytes, reply: bytes | None, parse=read_reply) -> dns.message.Message:
+    """Invariants of any reply to a query we did not drop.  Returns the parsed message.
+    ``parse`` reads the reply (read_reply; a memo of it for bulk runs)."""
     assert reply is not None, "a query of at least 12 octets with QR=0 must not be dropped"
     assert len(reply) >= 12
     qid, qflags = struct.unpack("!HH", wire[:4])
@@ -144,12 +157,12 @@ def check_reply(wire: bytes, reply: bytes | None) -> dns.message.Message:
     if qd:
         # the question echoed byte for byte (case preserved: 0x20)
         assert qend is not None and reply[12:qend] == wire[12:qend]
-    parse = reply
+    data = reply
     if (rflags >> 11) & 0xF == 5:
         # dnspython reads UPDATE (RFC 2136) semantically (the zone section must be one SOA);
         # the wire format is what we check here, so parse it as a QUERY.
-        parse = reply[:2] + bytes([reply[2] & 0x87]) + reply[3:]
-    msg = dns.message.from_wire(parse)
+        data = reply[:2] + bytes([reply[2] & 0x87]) + reply[3:]
+    msg = parse(data)
     assert msg.id == qid
     if int(msg.rcode()) in ERROR_RCODES:
         assert an == 0 and ns == 0, "error replies carry no answer or authority records"
@@ -161,3 +174,39 @@ def check_reply(wire: bytes, reply: bytes | None) -> dns.message.Message:
 
 def rcode_of(msg: dns.message.Message) -> int:
     return int(msg.rcode())
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds and byte-level mutations (tests/fuzz, the "every reply parses" property)
+# ---------------------------------------------------------------------------------------------
+SEEDS = [
+    query(),
+    query("WwW.eXaMpLe.CoM", ar=opt(do=True), ar_n=1),
+    query("www.z", 16, ar=opt(udp=4096, options=ecs(1, 24, 0, b"\xc6\x33\x64")
+                              + option(10, b"c" * 8) + option(3, b"")), ar_n=1),
+    query("many.z", 1, ar=opt(udp=512), ar_n=1),
+    query("example.com", 2, ar=opt() + tsig(), ar_n=2),
+    query("alias.z", 1, ar=rr(b"\xc0\x0c", 1, rdata=b"\x01\x02\x03\x04") + opt(), ar_n=2),
+    query("example.com", 251, ns=rr(b"\xc0\x0c", 6, rdata=b"\x00" * 22), ns_n=1),
+]
+MUTATION_OPS = ("flip", "set", "insert", "delete", "cut")
+
+
+def mutate(wire: bytes, ops) -> bytes:
+    """Apply (op, position, value) edits: flip a bit, set a byte, insert, delete, cut."""
+    b = bytearray(wire)
+    for op, pos, val in ops:
+        if not b and op != "insert":
+            continue
+        i = pos % (len(b) + (1 if op == "insert" else 0))
+        if op == "flip":
+            b[i] ^= 1 << (val % 8)
+        elif op == "set":
+            b[i] = val
+        elif op == "insert":
+            b[i:i] = bytes([val])
+        elif op == "delete":
+            del b[i]
+        else:
+            del b[i:]
+    return bytes(b)

@@ -26,6 +26,7 @@ import dns.zone
 from prometheus_client.parser import text_string_to_metric_families
 
 from pop53 import config as cfgmod
+from tests.support.refservers import recv_exactly
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -116,16 +117,6 @@ def frame(wire: bytes) -> bytes:
     return struct.pack("!H", len(wire)) + wire
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
 def read_frame(sock: socket.socket) -> bytes | None:
     """One length-framed message, or None on EOF (a clean close between messages)."""
     head = recv_exactly(sock, 2)
@@ -138,12 +129,16 @@ def read_frame(sock: socket.socket) -> bytes | None:
     return body
 
 
-def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+def _connected(addr: tuple, kind: int, timeout: float) -> socket.socket:
     family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(family, kind)
     s.settimeout(timeout)
     s.connect(addr[:2])
     return s
+
+
+def tcp_connect(addr: tuple, timeout: float = 5.0) -> socket.socket:
+    return _connected(addr, socket.SOCK_STREAM, timeout)
 
 
 def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[bytes]:
@@ -158,11 +153,7 @@ def tcp_exchange(addr: tuple, wires: list[bytes], timeout: float = 5.0) -> list[
 
 
 def udp_socket(addr: tuple, timeout: float = 2.0) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    s.settimeout(timeout)
-    s.connect(addr[:2])
-    return s
+    return _connected(addr, socket.SOCK_DGRAM, timeout)
 
 
 def udp_exchange(sock: socket.socket, wire: bytes) -> bytes | None:

@@ -56,7 +56,8 @@ import dns.zone
 
 __all__ = [
     "Zone", "RefServer", "KnotServer", "NsdServer", "BindServer", "Pop53Server", "RefServerError",
-    "SERVER_KINDS", "server_class", "free_port", "udp_query", "tcp_query", "refserver_fixture",
+    "SERVER_KINDS", "server_class", "free_port", "udp_query", "tcp_query", "recv_exactly",
+    "refserver_fixture",
 ]
 
 LOCALHOST = "127.0.0.1"
@@ -137,15 +138,16 @@ def tcp_query(address: tuple[str, int], wire: bytes, timeout: float = 2.0) -> by
     try:
         with socket.create_connection(address, timeout=timeout) as s:
             s.sendall(struct.pack("!H", len(wire)) + wire)
-            head = _recv_exact(s, 2)
+            head = recv_exactly(s, 2)
             if head is None:
                 return None
-            return _recv_exact(s, struct.unpack("!H", head)[0])
+            return recv_exactly(s, struct.unpack("!H", head)[0])
     except (OSError, socket.timeout):
         return None
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes | None:
+def recv_exactly(s: socket.socket, n: int) -> bytes | None:
+    """Exactly n octets from a stream socket; None on EOF first."""
     buf = bytearray()
     while len(buf) < n:
         chunk = s.recv(n - len(buf))

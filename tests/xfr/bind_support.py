@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.update
 
-from xfr_support import KEYNAME, SECRET, free_port, stop_daemon, tsig_key
+from xfr_support import KEYNAME, SECRET, free_port, soa_serial, stop_daemon, tsig_key
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 
@@ -121,16 +121,7 @@ controls {{ }};
         raise AssertionError(f"named did not serve {zones} within {timeout}s:\n{self.log_tail()}")
 
     def serial(self, zone: str) -> int | None:
-        q = dns.message.make_query(zone, "SOA")
-        q.use_tsig(tsig_key())
-        try:
-            r = dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.5)
-        except Exception:
-            return None
-        for rrset in r.answer:
-            if rrset.rdtype == dns.rdatatype.SOA:
-                return rrset[0].serial
-        return None
+        return soa_serial(self.port, zone, key=tsig_key(), timeout=0.5)
 
     def update(self, zone: str, add: tuple = (), delete: tuple = ()) -> None:
         """One signed dynamic update (RFC 2136): `delete` are (name,) or (name, type), `add` are

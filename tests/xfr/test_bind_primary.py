@@ -13,7 +13,8 @@ from bind_support import Bind
 from xfr_support import (KEYNAME, SECRET, Recorder, a_records, free_port, start_pop53_secondary,
                          stop_process, wait_for, zone_text)
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.service import XfrService
 
 pytestmark = pytest.mark.peers
 
@@ -36,7 +37,7 @@ def start_engine(engines, tmp_path, bind_port, pop_port, rec):
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{bind_port}"], "key": KEYNAME}],
     }
-    e = xfr.XfrService(xfr.parse_xfr_config(doc, "test.toml"), rec)
+    e = XfrService(parse_xfr_config(doc, "test.toml"), rec)
     engines.append(e)
     e.start()
     e.start_listener("127.0.0.1", pop_port)

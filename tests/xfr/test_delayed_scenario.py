@@ -15,7 +15,8 @@ import pytest
 from xfr_support import a_records, free_port, start_pop53_secondary, stop_process, wait_for
 from test_knot_primary import ZONE, knot_primary
 
-from pop53.anycast import agent
+from pop53.anycast.agent_config import config_from_dict
+from pop53.anycast.probe import Prober
 from pop53.anycast import bird
 from pop53.anycast.staleness import STATE_FILE
 
@@ -29,12 +30,12 @@ def start(tmp_path, name, port, knot_port, delay=0.0):
 
 
 def prober(port, state_file):
-    cfg = agent.config_from_dict({
+    cfg = config_from_dict({
         "name": "probe", "server": f"127.0.0.1:{port}", "zones": [ZONE],
         "cases": [{"qname": "www." + ZONE, "qtype": "A", "expect": ["192.0.2.1"]}],
         "staleness": {"source": "xfr-status", "max_age": 3600, "path": str(state_file)},
     })
-    return agent.Prober(cfg)
+    return Prober(cfg)
 
 
 def test_poisonous_update_spares_the_input_delayed_machine(knot_factory, tmp_path):

@@ -16,7 +16,11 @@ from hypothesis import strategies as st
 from xfr_support import KEYNAME, SECRET, Recorder, free_port
 
 from pop53.xfr import journal as jr
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.inbound import Collector
+from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.service import XfrService
+from pop53.xfr.versions import UpdateRejected
 from pop53.zone.zonefile import zone_from_dnspython
 
 ORIGIN = dns.name.from_text("fuzz.example.")
@@ -75,18 +79,18 @@ def make_engine(engines, tmp_path, publish=None):
         if publish is not None:
             publish(name, version)
         rec(name, version)
-    cfg = xfr.parse_xfr_config({
+    cfg = parse_xfr_config({
         "server": {"state": str(tmp_path / "state")},
         "xfr": {"journal_keep": 5, "timeout": 0.2},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ORIGIN.to_text(), "primaries": [f"127.0.0.1:{free_port()}"], "key": KEYNAME}],
     }, "t.toml")
-    e = xfr.XfrService(cfg, both)
+    e = XfrService(cfg, both)
     engines.append(e)
     e.start()
     zst = e.zones[ORIGIN]
     first = dns.zone.from_text(BASE, ORIGIN, relativize=False)
-    e.call(e._ingest(zst, None, ("full", first), "fuzz seed"))
+    e.call(e.refresher.ingest(zst, None, ("full", first), "fuzz seed"))
     assert rec.serial(ORIGIN.to_text()) == 1
     return e, zst, rec
 
@@ -125,9 +129,9 @@ def test_random_ixfr_diffs(engines, tmp_path):
         for a in adds:
             model.add(rrset_key(a))
         try:
-            e.call(e._ingest(zst, before, ("steps", (diff,)), "fuzz"))
+            e.call(e.refresher.ingest(zst, before, ("steps", (diff,)), "fuzz"))
             accepted = True
-        except (xfr.UpdateRejected, jr.DiffError):
+        except (UpdateRejected, jr.DiffError):
             accepted = False
         if accepted:
             outcomes["accepted"] += 1
@@ -145,7 +149,7 @@ def test_random_ixfr_diffs(engines, tmp_path):
     print("diff outcomes", outcomes)
     assert outcomes["accepted"] >= 10 and outcomes["rejected"] >= 10, outcomes
     # And the engine's saved state still restores to what it serves.
-    e2 = xfr.XfrService(e.config, Recorder())
+    e2 = XfrService(e.config, Recorder())
     e2.load_saved()
     assert model_of(e2.zones[ORIGIN].zone) == model_of(zst.zone)
     assert jr.serial_of(e2.zones[ORIGIN].zone) == jr.serial_of(zst.zone)
@@ -189,7 +193,7 @@ def test_malformed_transfer_streams(engines, tmp_path):
             w = w[:i] + data.draw(st.binary(max_size=40)) + w[i:]
         else:
             w = bytearray(data.draw(st.binary(max_size=200)))
-        coll = xfr._Collector(ORIGIN, before, 1000, 1000)
+        coll = Collector(ORIGIN, before, 1000, 1000)
         try:
             msg = dns.message.from_wire(bytes(w), xfr=True, origin=None, one_rr_per_rrset=True)
             with dns.xfr.Inbound(coll, dns.rdatatype.IXFR, jr.serial_of(before)) as inbound:
@@ -198,9 +202,9 @@ def test_malformed_transfer_streams(engines, tmp_path):
             coll.result = None  # the stream is refused before anything is applied
         try:
             if coll.result is not None:
-                e.call(e._ingest(zst, before, coll.result, "fuzz stream"))
+                e.call(e.refresher.ingest(zst, before, coll.result, "fuzz stream"))
                 seen["applied"] += zst.zone is not before
-        except (xfr.UpdateRejected, jr.DiffError):
+        except (UpdateRejected, jr.DiffError):
             pass
         if zst.zone is before:
             seen["refused"] += 1
@@ -219,7 +223,7 @@ def test_random_ixfr_diffs_through_the_image_publisher(engines, tmp_path):
     from pop53.zone.compiler import compile_zone_data
 
     images = []
-    pub = xfr.ImagePublisher(images.append, compact_in_background=False)
+    pub = ImagePublisher(images.append, compact_in_background=False)
     pub.MAX_GROWTH = 1.6            # compactions happen too, in line, every few patches
     e, zst, rec = make_engine(engines, tmp_path, publish=pub)
     queries = []
@@ -247,8 +251,8 @@ def test_random_ixfr_diffs_through_the_image_publisher(engines, tmp_path):
         new_soa = (ORIGIN, 300, old_soa[2].replace(serial=(old_soa[2].serial + 1) % 2**32))
         n0 = len(images)
         try:
-            e.call(e._ingest(zst, before, ("steps", (jr.Diff(old_soa, new_soa, tuple(dels), tuple(adds)),)), "fuzz"))
-        except (xfr.UpdateRejected, jr.DiffError):
+            e.call(e.refresher.ingest(zst, before, ("steps", (jr.Diff(old_soa, new_soa, tuple(dels), tuple(adds)),)), "fuzz"))
+        except (UpdateRejected, jr.DiffError):
             assert pub.zones[ORIGIN.to_text()].zone is before
             return
         outcomes["accepted"] += 1

@@ -13,7 +13,8 @@ from test_knot_primary import ZONE, engine_config, knot_primary
 
 pytest.importorskip("pop53._core")
 import pop53  # noqa: E402
-from pop53.xfr import service as xfr  # noqa: E402
+from pop53.xfr.publisher import ImagePublisher  # noqa: E402
+from pop53.xfr.service import XfrService  # noqa: E402
 
 pytestmark = pytest.mark.peers
 
@@ -25,15 +26,21 @@ def ask(image, name, rdtype="A"):
     return r.rcode(), sorted(rd.to_text() for rr in r.answer for rd in rr)
 
 
-def test_published_image_answers_new_data(knot_factory, engines, tmp_path):
-    pop_port = free_port()
-    k = knot_primary(knot_factory, pop_port)
+def publishing_engine(engines, tmp_path, knot_port: int, pop_port: int):
+    """An xfr engine taking the zone from Knot and publishing every version as an image:
+    returns (the engine, the list the images are appended to)."""
     images = []
-    pub = xfr.ImagePublisher(images.append)
-    e = xfr.XfrService(engine_config(tmp_path, k.port), pub)
+    e = XfrService(engine_config(tmp_path, knot_port), ImagePublisher(images.append))
     engines.append(e)
     e.start()
     e.start_listener("127.0.0.1", pop_port)
+    return e, images
+
+
+def test_published_image_answers_new_data(knot_factory, engines, tmp_path):
+    pop_port = free_port()
+    k = knot_primary(knot_factory, pop_port)
+    e, images = publishing_engine(engines, tmp_path, k.port, pop_port)
 
     wait_for(lambda: images, 10, what="first image")
     first = images[-1]

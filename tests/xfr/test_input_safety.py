@@ -17,7 +17,9 @@ import pytest
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
 
 from pop53.xfr import journal
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.inbound import CollectTxn, Collector
+from pop53.xfr.service import XfrService
 
 ZONE = "safe.example."
 BASE = """\
@@ -43,13 +45,13 @@ def setup(engines, fake_primary, tmp_path):
         p = fake_primary(tsig_key())
         p.set(zone(1))
         rec = Recorder()
-        cfg = xfr.parse_xfr_config({
+        cfg = parse_xfr_config({
             "server": {"state": str(tmp_path / "state")},
             "xfr": {"status_interval": 0.2, "timeout": 2, **xfr_opts},
             "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
             "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{p.port}"], "key": KEYNAME}],
         }, "t.toml")
-        e = xfr.XfrService(cfg, rec)
+        e = XfrService(cfg, rec)
         engines.append(e)
         e.start()
         e.port = free_port()
@@ -260,7 +262,7 @@ def test_a_big_full_transfer_freezes_what_it_built(monkeypatch):
     import dns.rrset
     import dns.xfr
 
-    monkeypatch.setattr(xfr._CollectTxn, "FREEZE_EVERY", 10)
+    monkeypatch.setattr(CollectTxn, "FREEZE_EVERY", 10)
     origin = dns.name.from_text(ZONE)
     z = zone(1, "\n".join(f"h{i} A 192.0.2.{i % 250 + 1}" for i in range(35)))
     q = dns.message.make_query(origin, "AXFR")
@@ -273,7 +275,7 @@ def test_a_big_full_transfer_freezes_what_it_built(monkeypatch):
     wire = r.to_wire()
     gc.unfreeze()
     try:
-        col = xfr._Collector(origin, None, 1000, 1000)
+        col = Collector(origin, None, 1000, 1000)
         with dns.xfr.Inbound(col, dns.rdatatype.AXFR, None) as inbound:
             assert inbound.process_message(dns.message.from_wire(wire, xfr=True, one_rr_per_rrset=True))
         assert gc.get_freeze_count() > 0

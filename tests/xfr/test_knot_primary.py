@@ -3,29 +3,25 @@ from __future__ import annotations
 
 import pytest
 
-from xfr_support import KEYNAME, SECRET, Recorder, free_port, wait_for, zone_text
+from xfr_support import (KEYNAME, SECRET, Recorder, free_port, knot_pop53_peer, wait_for,
+                         zone_text)
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.service import XfrService
 
 pytestmark = pytest.mark.peers
 
 ZONE = "example.org."
 
 
-def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400):
+def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry=600, expire=86400,
+                 policy="", zone_opts=""):
+    """policy, zone_opts: more configuration (a `policy:` section, more zone options), written
+    with the body's 8-space indentation (test_knot_signing_primary.py signs with them)."""
     k = knot_factory("primary")
     (k.dir / "example.org.zone").write_text(zone_text(ZONE, serial, refresh, retry, expire, extra))
-    k.write_conf(f"""\
-        remote:
-          - id: pop53
-            address: 127.0.0.1@{pop_port}
-            key: {KEYNAME}
-        acl:
-          - id: pop53
-            address: 127.0.0.1
-            key: {KEYNAME}
-            action: transfer
-        zone:
+    k.write_conf(knot_pop53_peer(pop_port, "transfer") + f"""\
+{policy}        zone:
           - domain: {ZONE}
             file: "{k.dir}/example.org.zone"
             notify: pop53
@@ -33,7 +29,7 @@ def knot_primary(knot_factory, pop_port, serial=1, extra="", refresh=3600, retry
             zonefile-sync: -1
             journal-content: changes
             serial-policy: increment
-        """)
+{zone_opts}        """)
     k.start()
     return k
 
@@ -45,11 +41,11 @@ def engine_config(tmp_path, knot_port, **xfr_opts):
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{knot_port}"], "key": KEYNAME}],
     }
-    return xfr.parse_xfr_config(doc, "test.toml")
+    return parse_xfr_config(doc, "test.toml")
 
 
 def start_engine(engines, cfg, pop_port, rec):
-    e = xfr.XfrService(cfg, rec)
+    e = XfrService(cfg, rec)
     engines.append(e)
     e.start()
     e.start_listener("127.0.0.1", pop_port)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from xfr_support import (KEYNAME, SECRET, Recorder, free_port, query, soa_serial, stop_daemon,
-                         tsig_key, wait_for)
+from xfr_support import (KEYNAME, SECRET, Recorder, free_port, knot_pop53_peer, query, soa_serial,
+                         stop_daemon, tsig_key, wait_for)
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
 from test_knot_primary import ZONE, knot_primary, start_engine
 
 pytestmark = pytest.mark.peers
@@ -20,7 +20,7 @@ def test_chain_knot_pop53_knot(knot_factory, engines, tmp_path):
     # The secondary's port is known once it is created; it is started after pop53 has data.
     secondary_knot = knot_factory("secondary")
     # Our config: secondary of the Knot primary, and primary for the Knot secondary.
-    cfg = xfr.parse_xfr_config({
+    cfg = parse_xfr_config({
         "server": {"state": str(tmp_path / "state")},
         "xfr": {"status_interval": 0.2},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256",
@@ -31,16 +31,7 @@ def test_chain_knot_pop53_knot(knot_factory, engines, tmp_path):
     e = start_engine(engines, cfg, pop_port, rec)
     wait_for(lambda: rec.serial(ZONE) == 1, 10, what="pop53 has serial 1")
 
-    secondary_knot.write_conf(f"""\
-        remote:
-          - id: pop53
-            address: 127.0.0.1@{pop_port}
-            key: {KEYNAME}
-        acl:
-          - id: pop53
-            address: 127.0.0.1
-            key: {KEYNAME}
-            action: notify
+    secondary_knot.write_conf(knot_pop53_peer(pop_port, "notify") + f"""\
         zone:
           - domain: {ZONE}
             file: "{secondary_knot.dir}/example.org.zone"
@@ -111,7 +102,7 @@ zone:
     allow-notify: 127.0.0.1 {KEYNAME}
 """)
     rec = Recorder()
-    cfg = xfr.parse_xfr_config({
+    cfg = parse_xfr_config({
         "server": {"state": str(tmp_path / "state")},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
         "zone": [{"name": ZONE, "primaries": [f"127.0.0.1:{primary.port}"], "key": KEYNAME,

@@ -14,14 +14,15 @@ import pytest
 from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
 
 from pop53.anycast import staleness
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.service import XfrService
 from test_knot_primary import ZONE, knot_primary
 
 pytestmark = pytest.mark.peers
 
 
 def config(tmp_path, knot_port, state="state", zone_extra=None, **xfr_opts):
-    return xfr.parse_xfr_config({
+    return parse_xfr_config({
         "server": {"state": str(tmp_path / state)},
         "xfr": {"status_interval": 0.1, "timeout": 1, **xfr_opts},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
@@ -31,7 +32,7 @@ def config(tmp_path, knot_port, state="state", zone_extra=None, **xfr_opts):
 
 
 def run(engines, cfg, rec, port=None):
-    e = xfr.XfrService(cfg, rec)
+    e = XfrService(cfg, rec)
     engines.append(e)
     e.start()
     e.port = port or free_port()
@@ -57,7 +58,7 @@ def test_restart_serves_at_once_and_asks_only_for_the_change(knot_factory, engin
     k.change(ZONE, ("b", "300", "A", "192.0.2.11"))  # serial 3 while we are down
 
     rec2 = Recorder()
-    e2 = xfr.XfrService(config(tmp_path, k.port), rec2)
+    e2 = XfrService(config(tmp_path, k.port), rec2)
     engines.append(e2)
     e2.start()
     # start() returns after publishing the saved state, before any network traffic.
@@ -76,7 +77,7 @@ def test_restart_serves_at_once_and_asks_only_for_the_change(knot_factory, engin
     with open(store.journal, "a") as f:
         f.write('deadbeef {"received": 1, "ste')
     rec3 = Recorder()
-    e3 = xfr.XfrService(config(tmp_path, k.port), rec3)
+    e3 = XfrService(config(tmp_path, k.port), rec3)
     engines.append(e3)
     e3.load_saved()
     assert e3.zones[dns.name.from_text(ZONE)].serial == 3
@@ -87,7 +88,7 @@ def test_restart_serves_at_once_and_asks_only_for_the_change(knot_factory, engin
     lines[-2] = lines[-2].replace("192.0.2.11", "192.0.2.99")  # CRC no longer matches
     store.journal.write_text("".join(lines[:-1]))
     rec4 = Recorder()
-    e4 = xfr.XfrService(config(tmp_path, k.port), rec4)
+    e4 = XfrService(config(tmp_path, k.port), rec4)
     engines.append(e4)
     e4.start()
     assert rec4.calls[0] == (ZONE, 2)

@@ -19,7 +19,9 @@ import pytest
 
 from xfr_support import KEYNAME, OTHER_SECRET, SECRET, Recorder, free_port, tsig_key
 
-from pop53.xfr import service as xfr
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.inbound import receipt_clock
+from pop53.xfr.service import XfrService
 
 SEC = "sec.example."      # a secondary zone (primary: 127.0.0.1, nobody listening)
 LOCAL = "local.example."  # a zone we are primary for; 127.0.0.1 may transfer it with the key
@@ -42,14 +44,14 @@ def local_zone(serial, extra=""):
 @pytest.fixture
 def svc(engines, tmp_path):
     dead = free_port()
-    cfg = xfr.parse_xfr_config({
+    cfg = parse_xfr_config({
         "xfr": {"status_interval": 0.2, "timeout": 0.5},
         "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET},
                 {"name": "other.", "algorithm": "hmac-sha256", "secret": OTHER_SECRET}],
         "zone": [{"name": SEC, "primaries": [f"127.0.0.1:{dead}"], "key": KEYNAME},
                  {"name": LOCAL, "key": KEYNAME, "notify": [f"127.0.0.1:{free_port()}"]}],
     }, "t.toml")
-    e = xfr.XfrService(cfg, Recorder())
+    e = XfrService(cfg, Recorder())
     engines.append(e)
     e.start()
     port = free_port()
@@ -144,7 +146,8 @@ def test_badtime(svc, monkeypatch):
     monkeypatch.undo()
     reply = raw_udp(svc, wire)
     rc, err, mac_len = tsig_error_of(reply)
-    assert (rc, err, mac_len) == (dns.rcode.NOTAUTH, dns.rcode.BADTIME, 0)
+    # RFC 8945 §5.2.3: BADTIME is signed with the request's key (issue 9)
+    assert (rc, err, mac_len) == (dns.rcode.NOTAUTH, dns.rcode.BADTIME, 32)
     assert svc.stats["refused.notify.badtime"] == 1
 
 
@@ -263,7 +266,7 @@ def test_big_axfr_is_multi_message(svc):
 def test_tsig_time_is_checked_at_receipt():
     """RFC 8945 §5.2.3: a transfer parsed long after it arrived (a big zone in Python) is judged
     by when it was received, and a message that was old on arrival is still BADTIME."""
-    clock = xfr._receipt_clock()
+    clock = receipt_clock()
     q = dns.message.make_query(SEC, "SOA")
     q.use_tsig(tsig_key())
     signed_at = time.time() - 1000

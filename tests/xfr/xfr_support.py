@@ -378,6 +378,22 @@ class FakePrimary:
 
 # -- `pop53 serve` as a secondary (the end-to-end tests) ------------------------------------------
 
+def knot_pop53_peer(pop_port: int, action: str) -> str:
+    """Knot configuration lines (for Knot.write_conf) naming pop53 on pop_port, with the test
+    key, as remote `pop53` and as acl `pop53` allowing `action` (transfer, notify)."""
+    return f"""\
+        remote:
+          - id: pop53
+            address: 127.0.0.1@{pop_port}
+            key: {KEYNAME}
+        acl:
+          - id: pop53
+            address: 127.0.0.1
+            key: {KEYNAME}
+            action: {action}
+"""
+
+
 def start_pop53_secondary(workdir: Path, port: int, knot_port: int, zone: str = "example.org.",
                           identity: str = "sec", workers: int = 1, xfr_extra: str = "",
                           file_zone: tuple[str, str] | None = None,

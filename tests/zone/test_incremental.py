@@ -191,9 +191,9 @@ def _nodes(image) -> dict:
 
 def _same_index(image):
     """The patch index a patch carried forward equals a fresh scan of the patched bytes."""
-    from pop53.zone import incremental
-    carried = incremental._INDEX[image]
-    fresh = incremental.scan_image(bytes(image))
+    from pop53.zone import patchkit
+    carried = patchkit._INDEX[image]
+    fresh = patchkit.scan_image(bytes(image))
     def nodes(ix):
         o = np.argsort(ix[0])
         return ix[0][o].tolist(), ix[1][o].tolist(), ix[2][o].tolist()
@@ -497,17 +497,18 @@ def test_validate_changes_catches_what_validate_catches():
 def test_image_publisher_patches_ixfr_and_marks_expired_zones():
     import dns.rcode
     from pop53.xfr import journal as jr
-    from pop53.xfr import service as xfr
+    from pop53.xfr.publisher import ImagePublisher
+    from pop53.xfr.versions import ZoneVersion
 
     images = []
-    pub = xfr.ImagePublisher(images.append, static=[_other_zone()])
+    pub = ImagePublisher(images.append, static=[_other_zone()])
     model = _base_model()
     d1 = _data(model, 1)
 
     def version(data, prev, changed):
         step = jr.diff_zones(prev.zone, data.zone) if prev is not None else None
-        return xfr.ZoneVersion(ORIGIN, data.serial, data.zone, data, 0,
-                               (step,) if step else None, frozenset(changed) if changed else None)
+        return ZoneVersion(ORIGIN, data.serial, data.zone, data, 0,
+                       (step,) if step else None, frozenset(changed) if changed else None)
 
     def rcode(image, name, rdtype="A"):
         return dns.message.from_wire(
@@ -543,10 +544,10 @@ def test_image_publisher_patches_ixfr_and_marks_expired_zones():
 
 def _version(data, prev, changed):
     from pop53.xfr import journal as jr
-    from pop53.xfr import service as xfr
+    from pop53.xfr.versions import ZoneVersion
     step = jr.diff_zones(prev.zone, data.zone) if prev is not None else None
-    return xfr.ZoneVersion(ORIGIN, data.serial, data.zone, data, 0,
-                           (step,) if step else None, frozenset(changed) if changed else None)
+    return ZoneVersion(ORIGIN, data.serial, data.zone, data, 0,
+                       (step,) if step else None, frozenset(changed) if changed else None)
 
 
 def test_image_publisher_compacts_in_the_background_and_keeps_later_updates():
@@ -554,7 +555,7 @@ def test_image_publisher_compacts_in_the_background_and_keeps_later_updates():
     a forked child) replaces it later, with the updates published meanwhile patched onto it."""
     import os
     import time
-    from pop53.xfr import service as xfr
+    from pop53.xfr.publisher import ImagePublisher
 
     parent = os.getpid()
 
@@ -564,7 +565,7 @@ def test_image_publisher_compacts_in_the_background_and_keeps_later_updates():
         return compile_zone_data(zones, **kw)
 
     images = []
-    pub = xfr.ImagePublisher(images.append, static=[_other_zone()], compile_zone_data=slow_in_child)
+    pub = ImagePublisher(images.append, static=[_other_zone()], compile_zone_data=slow_in_child)
     pub.MAX_GROWTH = 1.0              # any garbage triggers a compaction
     model = _base_model()
     datas = [_data(model, 1)]
@@ -594,7 +595,7 @@ def test_image_publisher_compacts_in_the_background_and_keeps_later_updates():
 def test_image_publisher_drops_a_compaction_overtaken_by_an_expiry():
     import os
     import time
-    from pop53.xfr import service as xfr
+    from pop53.xfr.publisher import ImagePublisher
 
     parent = os.getpid()
 
@@ -604,7 +605,7 @@ def test_image_publisher_drops_a_compaction_overtaken_by_an_expiry():
         return compile_zone_data(zones, **kw)
 
     images = []
-    pub = xfr.ImagePublisher(images.append, compile_zone_data=slow_in_child)
+    pub = ImagePublisher(images.append, compile_zone_data=slow_in_child)
     pub.MAX_GROWTH = 1.0
     model = _base_model()
     d1 = _data(model, 1)
@@ -622,9 +623,9 @@ def test_image_publisher_drops_a_compaction_overtaken_by_an_expiry():
 
 def test_image_publisher_settles_the_heap_after_a_big_full_compile():
     import gc
-    from pop53.xfr import service as xfr
+    from pop53.xfr.publisher import ImagePublisher
 
-    pub = xfr.ImagePublisher(lambda image: None)
+    pub = ImagePublisher(lambda image: None)
     pub.SETTLE_NODES = 10
     gc.unfreeze()
     try:
@@ -638,7 +639,7 @@ def test_image_publisher_refuses_an_image_over_the_size_limit():
     """server.max_image_bytes through check_image: an update whose image would be too big is
     rejected (the previous image keeps serving); a patched image over the limit only because of
     garbage is compiled in full instead."""
-    from pop53.xfr import service as xfr
+    from pop53.xfr.publisher import ImagePublisher
     from pop53.errors import Pop53Error
 
     images = []
@@ -648,7 +649,7 @@ def test_image_publisher_refuses_an_image_over_the_size_limit():
         if len(image) > limit["bytes"]:
             raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes")
 
-    pub = xfr.ImagePublisher(images.append, check_image=check, compact_in_background=False)
+    pub = ImagePublisher(images.append, check_image=check, compact_in_background=False)
     pub.MAX_GROWTH = 100.0
     model = _base_model()
     d1 = _data(model, 1)

@@ -12,7 +12,10 @@ from pop53.errors import ZoneError
 from pop53.zone.zonefile import load_zone_file
 
 HERE = Path(__file__).resolve()
-SHARED_ZONES = (HERE.parents[2] / ".." / "shared" / "zones").resolve()
+# beside the repository (/work/main -> /work/shared), also from a worktree one level deeper
+SHARED_ZONES = next((p for p in ((HERE.parents[2] / ".." / "shared" / "zones").resolve(),
+                                 (HERE.parents[3] / ".." / "shared" / "zones").resolve())
+                     if p.is_dir()), (HERE.parents[2] / ".." / "shared" / "zones").resolve())
 
 HEAD = "$ORIGIN ex.test.\n$TTL 300\n@ IN SOA ns h 1 2 3 4 5\n@ IN NS ns\nns IN A 192.0.2.1\n"
 
@@ -138,3 +141,44 @@ def test_shared_zone_suites():
     assert not crashes, crashes
     assert not disagree, disagree
     assert agree > 100
+
+
+# A raw NUL octet in a zone file (issue 9, wire bug 6): dnspython took it as a label octet and
+# served "a\000b" in silence, NSD cuts the name at it; Knot rejects the file.  pop53 rejects it
+# with file:line; written as the escape \000 (RFC 1035 §5.1) it is a legal label octet.
+NUL_CASES = [
+    ("owner", HEAD + "a\x00b IN A 192.0.2.2\n", 6),
+    ("owner-continued", HEAD + "www IN A 192.0.2.2\nx\x00 IN TXT ( \"a\"\n \"b\" )\n", 7),
+    ("cname-target", HEAD + "c IN CNAME a\x00b\n", 6),
+    ("txt-quoted", HEAD + "t IN TXT \"x\x00y\"\n", 6),
+    ("origin", "$ORIGIN ex.test.\n$TTL 300\n@ IN SOA ns h 1 2 3 4 5\n@ IN NS ns\n"
+     "$ORIGIN s\x00b.ex.test.\nns IN A 192.0.2.1\n", 5),
+]
+
+
+@pytest.mark.parametrize("where,text,line", NUL_CASES, ids=[c[0] for c in NUL_CASES])
+def test_bug_raw_nul_byte_in_zone_file_is_rejected_with_file_line(tmp_path, where, text, line):
+    p = tmp_path / "nul.zone"
+    p.write_bytes(text.encode())
+    with pytest.raises(ZoneError) as ei:
+        load_zone_file(p, "ex.test.")
+    assert ei.value.line == line and f"{p}:{line}" in str(ei.value)
+    assert "NUL" in str(ei.value) and "\\000" in str(ei.value)
+
+
+def test_bug_raw_nul_byte_in_an_included_file_names_that_file(tmp_path):
+    inc = tmp_path / "inc.zone"
+    inc.write_bytes(b"ok IN A 192.0.2.3\nb\x00d IN A 192.0.2.4\n")
+    p = tmp_path / "main.zone"
+    p.write_text(HEAD + f"$INCLUDE {inc}\n")
+    with pytest.raises(ZoneError) as ei:
+        load_zone_file(p)
+    assert f"{inc}:2" in str(ei.value) and "NUL" in str(ei.value)
+
+
+def test_escaped_nul_in_owner_is_a_label_octet(tmp_path):
+    p = tmp_path / "esc.zone"
+    p.write_text(HEAD + "a\\000b IN A 192.0.2.2\n")
+    z = load_zone_file(p)
+    import dns.name
+    assert dns.name.Name([b"a\x00b", b"ex", b"test", b""]) in z.zone.nodes

@@ -114,6 +114,14 @@ def _ident(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", s)
 
 
+def _bfd_protocol(interval_ms: int, multiplier: int) -> str:
+    """BIRD's BFD protocol on every interface (both ends of a session use the same timers)."""
+    iv = interval_ms
+    return f"""protocol bfd pop53_bfd {{
+  interface "*" {{ min rx interval {iv} ms; min tx interval {iv} ms; idle tx interval {max(iv, 1000)} ms; multiplier {multiplier}; }};
+}}"""
+
+
 def render_node_snippet(cfg: NodeConfig) -> str:
     """The pop53 part of a machine's BIRD config: service prefix sources, export filters, BGP."""
     cfg.validate()
@@ -150,10 +158,7 @@ def render_node_snippet(cfg: NodeConfig) -> str:
   reject;
 }}""")
     if cfg.bfd:
-        iv = cfg.bfd_interval_ms
-        out.append(f"""protocol bfd pop53_bfd {{
-  interface "*" {{ min rx interval {iv} ms; min tx interval {iv} ms; idle tx interval {max(iv, 1000)} ms; multiplier {cfg.bfd_multiplier}; }};
-}}""")
+        out.append(_bfd_protocol(cfg.bfd_interval_ms, cfg.bfd_multiplier))
     for i, n in enumerate(cfg.neighbors):
         v = ipaddress.ip_address(n.peer).version
         if not sets[v]:
@@ -217,10 +222,7 @@ def render_router_config(cfg: RouterConfig, *, log: str | None = None) -> str:
   ipv{v} {{ import none; export all; }};
 }}""")
     if cfg.bfd:
-        iv = cfg.bfd_interval_ms
-        out.append(f"""protocol bfd pop53_bfd {{
-  interface "*" {{ min rx interval {iv} ms; min tx interval {iv} ms; idle tx interval {max(iv, 1000)} ms; multiplier {cfg.bfd_multiplier}; }};
-}}""")
+        out.append(_bfd_protocol(cfg.bfd_interval_ms, cfg.bfd_multiplier))
     for p in cfg.peers:
         v = ipaddress.ip_address(p.peer).version
         out.append(f"""protocol bgp {_ident(p.name)} {{

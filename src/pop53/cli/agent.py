@@ -48,19 +48,21 @@ def _where(p) -> None:
 def _state_dir(args) -> Path:
     if args.state_dir:
         return args.state_dir
-    from pop53.anycast.agent import load_config
+    from pop53.anycast.agent_config import load_config
 
     return Path(load_config(args.config).state_dir)
 
 
 def _run(args) -> int:
-    from pop53.anycast.agent import load_config, run_agent
+    from pop53.anycast.agent import run_agent
+    from pop53.anycast.agent_config import load_config
 
     return run_agent(load_config(args.config), max_rounds=args.rounds)
 
 
 def _check(args) -> int:
-    from pop53.anycast.agent import Prober, load_config
+    from pop53.anycast.agent_config import load_config
+    from pop53.anycast.probe import Prober
 
     cfg = load_config(args.config)
     res = Prober(cfg).run()

@@ -9,6 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("check", help="validate configuration and zones")
     p.add_argument("-c", "--config", metavar="FILE")
     p.add_argument("--zone", action="append", default=[], metavar="FILE")
+    p.add_argument("--dnssec-window", type=float, default=7.0, metavar="DAYS",
+                   help="warn about signatures that expire within DAYS (default 7)")
     p.set_defaults(func=run)
 
 
@@ -17,6 +19,7 @@ def run(args) -> int:
     from pop53.zone.compiler import compile_zone_data
     from pop53.errors import Pop53Error
     from pop53.zone.zonefile import load_zone_file
+    from pop53.dnssec.check import check_signatures
 
     errors = 0
     zones = []
@@ -27,9 +30,8 @@ def run(args) -> int:
             print(f"pop53 check: {exc}", file=sys.stderr)
             return 1
         try:
-            from pop53.xfr import service as xfr
-            if hasattr(xfr, "parse_xfr_config"):
-                xfr.parse_xfr_config(cfg.doc, args.config)
+            from pop53.xfr.config import parse_xfr_config
+            parse_xfr_config(cfg.doc, args.config)
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
@@ -45,6 +47,10 @@ def run(args) -> int:
         try:
             zones.append(load_zone_file(path, origin, include_dir))
             print(f"ok: {path}: zone {zones[-1].origin} serial {zones[-1].serial}")
+            for finding in check_signatures(zones[-1].zone, zones[-1].origin,
+                                            window_days=args.dnssec_window):
+                print(f"pop53 check: {path}: {finding}", file=sys.stderr)
+                errors += finding.level == "error"
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
@@ -55,4 +61,26 @@ def run(args) -> int:
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
+    if args.config and cfg.mapping is not None:
+        errors += _check_mapping(cfg.mapping, zones if not errors else [])
     return 1 if errors else 0
+
+
+def _check_mapping(mcfg, zones) -> int:
+    """Map files (file:line errors), region coverage, static data at mapped names."""
+    from pop53.errors import Pop53Error
+    from pop53.mapping.config import check_zones
+    from pop53.mapping.service import load_tables
+    from pop53.mapping.snapshot import SnapshotBuilder
+
+    try:
+        tables = load_tables(mcfg)
+        SnapshotBuilder(mcfg, tables).build(lambda t: mcfg.targets[t].up, 0)
+        check_zones(mcfg, zones)
+    except Pop53Error as exc:
+        print(f"pop53 check: {exc}", file=sys.stderr)
+        return 1
+    for name, t in tables.items():
+        print(f"ok: map {name}: {t.prefixes} prefixes, {len(t.lo4)} + {len(t.lo6)} ranges")
+    print(f"ok: {len(mcfg.mapped)} mapped name(s), {len(mcfg.targets)} target(s)")
+    return 0

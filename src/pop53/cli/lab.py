@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 
 def _need_root() -> None:
-    from pop53.lab.pop import LabError
+    from pop53.lab.process import LabError
 
     if os.geteuid() != 0:
         raise LabError("the lab creates network namespaces: run as root")
@@ -71,7 +71,8 @@ def _report(checks: dict[str, bool]) -> int:
 
 
 def _up(args) -> int:
-    from pop53.lab.pop import SERVICE4, SERVICE6, Lab, LabConfig
+    from pop53.lab.pop import Lab, LabConfig
+    from pop53.lab.process import SERVICE4, SERVICE6
 
     _need_root()
     cfg = LabConfig(machines=args.machines, clients=args.clients, signal=args.signal,
@@ -91,7 +92,7 @@ def _up(args) -> int:
 
 
 def _failover(args) -> int:
-    from pop53.lab.pop import run_failover
+    from pop53.lab.experiments import run_failover
 
     _need_root()
     res = run_failover(machines=args.machines, rounds=args.rounds, out=args.out,
@@ -106,14 +107,14 @@ def _failover(args) -> int:
 
 
 def _kill(args) -> int:
-    from pop53.lab.pop import run_kill_server
+    from pop53.lab.experiments import run_kill_server
 
     _need_root()
     return _report(run_kill_server(machines=args.machines, log=_log)["checks"])
 
 
 def _freeze(args) -> int:
-    from pop53.lab.pop import run_freeze_bird
+    from pop53.lab.experiments import run_freeze_bird
 
     _need_root()
     return _report(run_freeze_bird(machines=args.machines, bfd=not args.no_bfd,
@@ -121,7 +122,7 @@ def _freeze(args) -> int:
 
 
 def _mass(args) -> int:
-    from pop53.lab.pop import run_mass_failure
+    from pop53.lab.experiments import run_mass_failure
 
     _need_root()
     return _report(run_mass_failure(machines=args.machines, fail=args.fail, slots=args.slots,

@@ -38,11 +38,14 @@ def build_config(args):
         cfg = cfgmod.load(args.config)
     else:
         zones = [{"name": _origin_of(z), "file": os.path.abspath(z)} for z in args.zone]
+        doc: dict = {"server": {}, "zone": zones}
         if args.example:
             zones.append({"name": "example.com.", "file": example_zone_path()})
+            doc.update(_example_cdn(zones))
         if not zones:
             raise ConfigError("give --config FILE, --zone FILE or --example")
-        cfg = cfgmod.from_dict({"server": {}, "zone": zones}, file="<command line>")
+        data = os.path.dirname(example_zone_path())
+        cfg = cfgmod.from_dict(doc, file="<command line>", base_dir=data)
     if args.listen:
         cfg.listen = [cfgmod.parse_listen(v, "--listen", None) for v in args.listen]
     if args.workers is not None:
@@ -60,6 +63,17 @@ def build_config(args):
     if args.control:
         cfg.control = args.control
     return cfg
+
+
+def _example_cdn(zones: list) -> dict:
+    """The example's small CDN chain (docs/mapping.md): zone example.net. and its mapping."""
+    import tomllib
+    from pop53.cli.query import example_zone_path
+
+    data = os.path.dirname(example_zone_path())
+    zones.append({"name": "example.net.", "file": os.path.join(data, "example.net.zone")})
+    with open(os.path.join(data, "example-mapping.toml"), "rb") as f:
+        return tomllib.load(f)
 
 
 def _origin_of(path: str) -> str:

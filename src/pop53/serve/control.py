@@ -1,7 +1,8 @@
 """The control socket: a Unix stream socket that takes one command per connection and answers
 one JSON object.  Commands: `reload`, `status`, `zones`, `stats`; for transferred zones
 `xfr` (their freshness, the machine's stale flag and role), `refresh ZONE` (an SOA check now)
-and `retransfer ZONE` (a full transfer now).
+and `retransfer ZONE` (a full transfer now); for mapped names `target NAME up|down` (liveness,
+published at once) and `mapping` (maps, targets, generation).
 
 Root-owned by default (mode 0600), so only the operator can drive it.
 """
@@ -14,7 +15,8 @@ import socket
 import threading
 
 log = logging.getLogger("pop53.control")
-COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer")
+COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "target",
+            "mapping")
 
 
 class ControlServer:
@@ -74,6 +76,8 @@ class ControlServer:
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         verb, _, arg = cmd.partition(" ")
+        if verb in ("target", "mapping"):
+            return _mapping_command(s, verb, arg.split())
         if verb in ("xfr", "refresh", "retransfer"):
             svc = getattr(getattr(s, "control_handler", None), "service", None)
             if svc is None:
@@ -99,6 +103,22 @@ class ControlServer:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+def _mapping_command(s, verb: str, args: list) -> dict:
+    state = getattr(s, "mapping", None)
+    if state is None:
+        return {"ok": False, "error": "no mapped names here (no [[mapped]] in the configuration)"}
+    if verb == "mapping":
+        return {"ok": True, **state.status()}
+    if len(args) != 2 or args[1] not in ("up", "down"):
+        return {"ok": False, "error": "usage: target NAME up|down"}
+    try:
+        changed = state.set_target(args[0], args[1] == "up")
+    except KeyError as exc:
+        return {"ok": False, "error": exc.args[0]}
+    return {"ok": True, "target": args[0], "up": args[1] == "up", "changed": changed,
+            "generation": state.generation}
 
 
 def send(path: str, cmd: str, timeout: float = 60.0) -> dict:

@@ -125,6 +125,7 @@ class Server:
             from pop53.scoring.service import ScoringService
             self.scoring = ScoringService(config.scoring)
         self.control_handler = control_handler
+        self.control_plane = control_handler     # set in start(): never None there
         self.current_image: Image | None = None
         self.zone_data: dict[str, ZoneData] = {}
         self.zone_serials: dict[str, int] = {}
@@ -149,6 +150,7 @@ class Server:
         self.control = None
         self.reload_hook = None      # set when transfers are attached (secondary.build)
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
+        self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -225,6 +227,8 @@ class Server:
             self.current_image = image
             if old is not None:
                 self._retired.append((old, {id(w): w.epoch for w in self.workers}))
+            if self.mapping is not None and self.mapping.seed != image.view.seed:
+                self.mapping.publish(image.view.seed)    # names hashed with the image's seed
             self.zone_serials = image.zones()
             now = time.time()
             for zone in self.zone_serials:
@@ -333,6 +337,8 @@ class Server:
         if self.scoring is not None:
             self.scoring.load(self, strict=False)
         try:
+            if self.mapping is not None:
+                self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
             if self.reload_hook is not None:
                 failed = self.reload_hook() or {}     # {origin: error} of file zones
                 zones = self.zone_serials
@@ -446,15 +452,21 @@ class Server:
                 self.set_zones(self.load_zone_files(failed), failed)
         if self.scoring is not None:
             self.scoring.load(self, strict=True)
+        if self.mapping is None:
+            from pop53.mapping import service as mapping
+            self.mapping = mapping.attach(self)
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
         from pop53.serve import tcp  # noqa: F401  import while still root: after the drop the interpreter's own tree may be unreadable (e.g. under /root)
         self._before_drop(run_user(self.config.user))
+        # what the data plane sets aside (NOTIFY, XFR, TSIG-signed) always reaches Python: a
+        # server without transfers still owes TSIG-signed queries NOTAUTH/BADKEY (RFC 8945 §5.2)
+        from pop53.xfr.secondary import ControlPlane
+        self.control_plane = self.control_handler or ControlPlane(None, self)
         drop_privileges(self.config.user)
-        control = self.control_handler is not None
         for i, s in enumerate(self.udp_socks):
-            w = _core.Worker(s.fileno(), i, control)
+            w = _core.Worker(s.fileno(), i, True)
             self.workers.append(w)
             t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter,
                                                      self.scoring and self.scoring.scorer),
@@ -510,15 +522,14 @@ class Server:
             self.reclaim()
             if self.scoring is not None:
                 self.scoring.housekeeping(self)
-            if self.control_handler is not None:
-                for i, w in enumerate(self.workers):
-                    for msg, addr in w.take_control():
-                        self._control_udp(self.udp_socks[i], msg, addr)
+            for i, w in enumerate(self.workers):
+                for msg, addr in w.take_control():
+                    self._control_udp(self.udp_socks[i], msg, addr)
 
     def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
         peer = _sockaddr(rawaddr)
         try:
-            reply = self.control_handler.handle_udp(msg, peer)
+            reply = self.control_plane.handle_udp(msg, peer)
         except Exception:
             log.exception("control handler failed on a message from %s", peer)
             reply = None

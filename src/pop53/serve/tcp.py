@@ -109,11 +109,13 @@ class TcpServer:
 
     def _answer(self, msg: bytes, peer) -> list[bytes]:
         image = self.server.current_image
+        maps = self.server.shared.maps_holder
         act, reply = self.counters.answer(image.view if image is not None else None, msg,
                                           self.server.responder, True,
-                                          _packed(peer) if self.server.responder.cookies else None)
+                                          _packed(peer) if self.server.responder.cookies or
+                                          maps is not None else None, maps)
         if act == _core.ACTION_CONTROL:
-            handler = self.server.control_handler
+            handler = self.server.control_plane
             if handler is not None:
                 try:
                     out = handler.handle_tcp(msg, peer)

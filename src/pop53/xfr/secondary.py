@@ -1,4 +1,4 @@
-"""The glue between the server and the metadata engine (xfr.py): which messages go to the
+"""The glue between the server and the transfer engine (xfr/service.py): which messages go to the
 engine, how its zone versions become images, and how a reload keeps the transferred zones.
 
     cfg = config.load(path)
@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from pop53.xfr import service as xfr
+from pop53 import _core
+from pop53.xfr.config import parse_xfr_config
+from pop53.xfr.protocol import answer_signed
+from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
 from pop53.zone.compiler import compile_zone_data, with_stand_ins
@@ -27,35 +31,61 @@ def needs_engine(cfg: Config) -> bool:
 
 
 class ControlPlane:
-    """The server's control handler: NOTIFY, SOA checks with TSIG, AXFR/IXFR, go to the engine;
-    anything the engine does not take gets the data plane's fallback reply."""
+    """The server's handler for what the data plane sets aside (NOTIFY, AXFR/IXFR, TSIG-signed):
+    the transfer engine when there is one, then TSIG for every other signed query (RFC 8945
+    §5.2: NOTAUTH with BADKEY/BADSIG/BADTIME, or the data plane's answer, signed).  None: the
+    data plane's fallback reply goes out.  `service` is None on a server without transfers
+    (every key is then unknown)."""
 
-    def __init__(self, service: xfr.XfrService):
+    def __init__(self, service: XfrService | None, server: Server):
         self.service = service
+        self.server = server
 
     def handle_udp(self, msg: bytes, peer) -> bytes | None:
-        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
-            return self.service.handle_notify(msg, peer)
-        # UDP AXFR/IXFR: not served over UDP here (RFC 5936 §4.2; IXFR clients retry over TCP
-        # when the answer is not an IXFR): the data plane's fallback reply goes out
-        return self.service.handle_query(msg, peer)
+        svc = self.service
+        if svc is not None:
+            if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+                return svc.handle_notify(msg, peer)
+            r = svc.outbound.handle_udp_ixfr(msg, peer) or svc.handle_query(msg, peer)
+            if r is not None:
+                return r
+        return self._signed(msg, peer, False)
 
     def handle_tcp(self, msg: bytes, peer) -> list[bytes] | None:
-        if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
-            r = self.service.handle_notify(msg, peer)
-            return [r] if r else None
-        out = self.service.handle_tcp_query(msg, peer)
-        if out is not None:
-            return out
-        r = self.service.handle_query(msg, peer)
+        svc = self.service
+        if svc is not None:
+            if len(msg) >= 12 and (msg[2] >> 3) & 0xF == _OPCODE_NOTIFY:
+                r = svc.handle_notify(msg, peer)
+                return [r] if r else None
+            out = svc.handle_tcp_query(msg, peer)
+            if out is not None:
+                return out
+            r = svc.handle_query(msg, peer)
+            if r is not None:
+                return [r]
+        r = self._signed(msg, peer, True)
         return [r] if r else None
 
+    def _signed(self, msg: bytes, peer, tcp: bool) -> bytes | None:
+        keyring = self.service.keyring if self.service is not None else {}
+        reason, reply = answer_signed(msg, keyring, lambda wire: self._plain(wire, tcp), tcp)
+        if reason is not None and self.service is not None:
+            self.service.refused("query", reason, peer)
+        return reply
 
-def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
+    def _plain(self, wire: bytes, tcp: bool) -> bytes | None:
+        """The data plane's answer to an (unsigned) query."""
+        image = self.server.current_image
+        _act, reply = _core.answer(image.view if image is not None else None, wire,
+                                   self.server.responder, tcp)
+        return reply
+
+
+def build(cfg: Config) -> tuple[Server, XfrService | None]:
     """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
     if not needs_engine(cfg):
         return Server(cfg), None
-    xcfg = xfr.parse_xfr_config(cfg.doc, cfg.source)
+    xcfg = parse_xfr_config(cfg.doc, cfg.source)
     holder: dict = {}
     server = Server(cfg)
     failed: dict[str, str] = {}
@@ -74,11 +104,11 @@ def build(cfg: Config) -> tuple[Server, xfr.XfrService | None]:
         return compile_zone_data(with_stand_ins(zones, stand_ins),
                                  expired=sorted(set(expired) | stand_ins))
 
-    publisher = xfr.ImagePublisher(server.publish, static=list(files.values()),
+    publisher = ImagePublisher(server.publish, static=list(files.values()),
                                    compile_zone_data=compile_, check_image=server._check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
-    service = xfr.XfrService(xcfg, publisher)
-    server.control_handler = ControlPlane(service)
+    service = XfrService(xcfg, publisher)
+    server.control_handler = ControlPlane(service, server)
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)

@@ -6,11 +6,13 @@ glue, empty-non-terminal and wildcard flags, and additional-section targets.  Th
 must match it (the image's version number guards against a mismatch).
 
 Layout: header | zone table | zone hash table | per zone: nodes (each node_t followed by its name,
-its rrset_t array and its RDATA, so one lookup touches one or two cache lines) | additional
-target lists | node hash table.
+its rrset_t array and its RDATA, so one lookup touches one or two cache lines; a signed
+zone's NSEC3 owners after its names, outside its node table) | additional target lists | per
+zone: node hash table, and for a signed zone its DNSSEC block (pop53/dnssec/index.py).
 """
 from __future__ import annotations
 
+import gc
 import os
 import struct
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
@@ -20,6 +22,7 @@ import dns.rdatatype
 import numpy as np
 
 from pop53 import _core
+from pop53.dnssec import index as dnssec_index
 from pop53.errors import ZoneError
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file, zone_from_text
@@ -100,11 +103,41 @@ class _ZoneBuild:
         self.nodes: dict[bytes, _Node] = {}
         self.neg_ttl = 0
         self.apex: _Node | None = None
+        self.nsec3: dict[bytes, _Node] = {}     # NSEC3 owners: written, but not zone names
+        self.dsec = None                        # dnssec_index.Plan of a signed zone
+        self.with_targets: list | None = None   # nodes with NS/MX/SRV targets, when known
+
+    def all_nodes(self):
+        """Every node written to the image: the zone's names, then the NSEC3 owners."""
+        yield from self.nodes.values()
+        yield from self.nsec3.values()
 
     def build(self) -> None:
+        if self.data.columns is not None:
+            self._nodes_from_records()
+        else:
+            self._nodes_from_dnspython()
+        self._structure()
+
+    def _nodes_from_records(self) -> None:
+        """Nodes from the scanner's columns (ext/layout.pxi): RRsets are runs of (name, type,
+        covers) in one sort; TTL is the RRset's lowest (as dnspython's update_ttl), duplicates
+        dropped."""
+        r = self.data.columns
+        cov = r.covers()
+        order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+        try:
+            self.neg_ttl, self.with_targets = _core.layout_nodes_from_records(
+                self.nodes, r.keys(), order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen, r.rdata,
+                self.key, _Node, F["CUT"], F["CNAME"], F["DNAME"])
+        except OverflowError as exc:
+            raise ZoneError("RRset or RDATA too large for the wire format",
+                            owner=dns.name.from_wire(exc.args[0], 0)[0].to_text(),
+                            zone=self.origin.to_text(), file=self.data.source) from None
+
+    def _nodes_from_dnspython(self) -> None:
         nodes = self.nodes
         okey = self.key
-        olabels = len(self.origin) - 1
         for name, node in self.data.zone.nodes.items():
             key = name.to_wire().lower()
             n = nodes.get(key)
@@ -136,6 +169,13 @@ class _ZoneBuild:
                     n.flags |= F["CUT"]
                 elif rtype == _T_SOA and key == okey:
                     self.neg_ttl = min(int(rds.ttl), int(rds[0].minimum))
+
+    def _structure(self) -> None:
+        nodes = self.nodes
+        okey = self.key
+        olabels = len(self.origin) - 1
+        # hashed owner names are written but are not names of the zone (RFC 5155 §7.1)
+        self.nsec3 = dnssec_index.split_nsec3_owners(nodes, F["NSEC"])
         # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2).
         for key in list(nodes):
             n = nodes[key]
@@ -179,31 +219,25 @@ def write_node(buf, off: int, key: bytes, labels: int, flags: int, cut_off: int,
     RDATA (the layout ext/p53.pxd declares; the one writer for compiler and incremental).
     `adds(i)` writes RRset i's additional-target list and returns (its offset, count), or
     (0, 0).  Returns the offset of the SOA's rrset_t, or 0."""
-    name_off = off + NODE.size
-    rrsets_off = _align4(name_off + len(key))
-    NODE.pack_into(buf, off, name_off, len(key), labels, flags, cut_off, rrsets_off, len(rrsets),
-                   zone_idx, _core.hash_name(key, seed))
-    buf[name_off:name_off + len(key)] = key
-    data = rrsets_off + RRSET.size * len(rrsets)
-    soa_off = 0
-    for i, (rtype, ttl, wires, _t, covers) in enumerate(rrsets):
-        rdata_off = data
-        for w in wires:
-            buf[data:data + 2] = len(w).to_bytes(2, "big")
-            buf[data + 2:data + 2 + len(w)] = w
-            data += 2 + len(w)
-        a_off, a_count = adds(i)
-        RRSET.pack_into(buf, rrsets_off + RRSET.size * i, rtype, len(wires), ttl, rdata_off,
-                        data - rdata_off, a_off, a_count, covers if rtype == _T_RRSIG else 0)
-        if rtype == _T_SOA:
-            soa_off = rrsets_off + RRSET.size * i
-    return soa_off
+    return _core.layout_node(buf, off, key, labels, flags, cut_off, rrsets, zone_idx, seed, adds)
 
 
 def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()) -> Image:
     """Compile validated zones into one Image.  The longest matching zone answers a name.
     `expired`: origins (text or dns.name.Name) of secondary zones past their SOA expire; they
     stay in the image (so their names are not REFUSED) but every query in them gets SERVFAIL."""
+    # A compile makes millions of small acyclic objects: the cyclic collector would walk the
+    # growing heap again and again (a third of a million-name compile) and find nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile(zones, seed, expired)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
     expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
@@ -232,7 +266,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     # Additional-section targets, resolved across every zone of the image.
     add_lists: dict[int, list[_Node]] = {}
     for b in builds:
-        for n in b.nodes.values():
+        for n in (b.with_targets if b.with_targets is not None else b.nodes.values()):
             for i, rr in enumerate(n.rrsets):
                 if not rr[3]:
                     continue
@@ -247,6 +281,7 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
                 if hits:
                     add_lists[(id(n), i)] = hits
 
+    has_adds = {k[0] for k in add_lists}
     n_zones = len(builds)
     ztab_size = _pow2_at_least(2 * n_zones + 1)
     off = HEADER.size
@@ -259,14 +294,11 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     for b in builds:
         b.name_off = off
         off = _align4(off + len(b.key))
-        for n in b.nodes.values():
+        node_size = _core.layout_node_size
+        for n in b.all_nodes():
             n.off = off
-            size = NODE.size + len(n.key)
-            size = _align4(size) + RRSET.size * len(n.rrsets)
-            for rr in n.rrsets:
-                size += sum(2 + len(w) for w in rr[2])
-                n_records += len(rr[2])
-            n.size = _align4(size)
+            n.size, records = node_size(n.key, n.rrsets)
+            n_records += records
             off += n.size
             n_nodes += 1
             n_rrsets += len(n.rrsets)
@@ -278,6 +310,11 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
         b.ntab_size = _pow2_at_least(2 * len(b.nodes) + 1)
         b.ntab_off = off
         off += 4 * b.ntab_size
+        # a signed zone's DNSSEC block follows its node table (ext/dnssec.pxi: zone_dsec)
+        b.dsec = dnssec_index.plan(b.nodes, b.apex, b.nsec3, F["BELOW_CUT"])
+        if b.dsec is not None:
+            b.dsec_off = off
+            off += b.dsec.size
     total = off
     if total > _MAX_IMAGE:
         raise ZoneError(f"image would be {total} bytes; the format's limit is 4 GiB")
@@ -288,21 +325,27 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
     for b in builds:
         buf[b.name_off:b.name_off + len(b.key)] = b.key
         soa_off = 0
-        for n in b.nodes.values():
+        for n in b.all_nodes():
             cut_off = n.cut.off if n.cut is not None else 0
 
-            def adds(i, n=n):
-                hits = add_lists.get((id(n), i))
-                if not hits:
-                    return 0, 0
-                a_off = add_offsets[(id(n), i)]
-                struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
-                return a_off, len(hits)
+            adds = None
+            if id(n) in has_adds:
+                def adds(i, n=n):
+                    hits = add_lists.get((id(n), i))
+                    if not hits:
+                        return 0, 0
+                    a_off = add_offsets[(id(n), i)]
+                    struct.pack_into(f"<{len(hits)}I", buf, a_off, *(h.off for h in hits))
+                    return a_off, len(hits)
 
             soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, cut_off, n.rrsets, b.index,
                                  seed, adds) or soa_off
+        zflags = _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0
+        if b.dsec is not None:
+            b.dsec.write(buf, b.dsec_off)
+            zflags |= _core.ZONE_FLAGS["SIGNED"]
         ZONE.pack_into(buf, zones_off + ZONE.size * b.index, b.name_off, len(b.key),
-                       len(b.origin) - 1, _core.ZONE_FLAGS["EXPIRED"] if b.origin in expired else 0,
+                       len(b.origin) - 1, zflags,
                        b.apex.off, b.ntab_off, b.ntab_size - 1,
                        len(b.nodes), b.neg_ttl, soa_off)
         _core.fill_table(buf, b.ntab_off, b.ntab_size - 1,
@@ -315,7 +358,8 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
             slot = (slot + 1) & (ztab_size - 1)
         struct.pack_into("<I", buf, ztab_off + 4 * slot, b.index + 1)
     struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
-    return Image(bytes(buf))
+    # the buffer itself (no second copy of a 100 MB image at the peak); nothing else holds it
+    return Image(buf)
 
 
 def failed_zone(origin: str | dns.name.Name) -> ZoneData:

@@ -1,14 +1,15 @@
 """Zone loading and validation.
 
-dnspython parses the master file (we do not write our own parser); this module adds the
-checks an authoritative server needs before a zone may be compiled, and makes every error name
-the file, the line and the owner.  The same checks run on zones that arrive by transfer
-(`zone_from_dnspython`), so a bad update is rejected exactly like a bad file.
+Master files are read by the Cython scanner (ext/zonescan.pxi via pop53.zone.records, checks in
+pop53.zone.checks), with dnspython's reader as the reference and the fallback (this module's
+`zone_from_text`); this module adds the checks an authoritative server needs before a zone may
+be compiled, and makes every error name the file, the line and the owner.  The same checks run
+on zones that arrive by transfer (`zone_from_dnspython`), so a bad update is rejected exactly
+like a bad file.
 """
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import hashlib
 import os
 import re
@@ -62,11 +63,43 @@ def _resolve(name: str, include_dir: str | None) -> str:
 dns.zonefile.open = _open_include
 
 
+class _RawNul(Exception):
+    """A raw NUL octet at file:line."""
+
+    def __init__(self, file: str, line: int):
+        super().__init__(file, line)
+        self.file, self.line = file, line
+
+
 class _Reader(dns.zonefile.Reader):
     """dnspython's reader, except that out-of-zone records are an error instead of being
-    skipped in silence (the reader "eats" the line only in that case)."""
+    skipped in silence (the reader "eats" the line only in that case), and so is a raw NUL."""
 
     start_line = None
+    nul_at = None
+
+    @property
+    def tok(self):
+        return self._tok
+
+    @tok.setter
+    def tok(self, tok):
+        # Every tokenizer the reader uses, $INCLUDEd files' too.  dnspython keeps a raw NUL
+        # octet as a label or string octet (NSD cuts the name there, Knot rejects the file):
+        # it is an error unless written \000 (RFC 1035 §5.1), found by the token that holds it.
+        get = tok.get
+
+        def get_checked(*args, **kwargs):
+            token = get(*args, **kwargs)
+            if "\x00" in token.value and not token.is_comment():
+                # the newline that ended the token is read (counted) and put back; remembered
+                # because dnspython rewrites exceptions inside RDATA into a SyntaxError
+                self.nul_at = (tok.filename, tok.line_number - (tok.ungotten_char == "\n"))
+                raise _RawNul(*self.nul_at)
+            return token
+
+        tok.get = get_checked
+        self._tok = tok
 
     def _eat_line(self):
         raise _OutOfZone(self.last_name)
@@ -81,22 +114,40 @@ class _Reader(dns.zonefile.Reader):
         return fname, self.start_line or line
 
 
-@dataclasses.dataclass(frozen=True)
 class ZoneData:
-    """A validated zone: the dnspython zone (absolute names) plus where each RRset came from."""
+    """A validated zone: its records, as a dnspython zone (absolute names) and/or in the flat
+    form the scanner makes (`columns`, pop53.zone.records), plus where each RRset came from.
+    A zone read by the scanner builds its dnspython zone only when something asks for it
+    (transfers out, incremental updates): the compiler reads `columns`."""
 
-    origin: dns.name.Name
-    zone: dns.zone.Zone
-    source: str
-    lines: dict  # (dns.name.Name, rdatatype) -> line number in `source` (where known)
-    warnings: list = dataclasses.field(default_factory=list)
-    # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
-    # the saved image is reused only while all of them are unchanged (issue 14 point 9)
-    files: dict = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0     # how long reading and checking the file took
+    def __init__(self, origin: dns.name.Name, zone: dns.zone.Zone | None = None,
+                 source: str = "<string>", lines: dict | None = None,
+                 warnings: list | None = None, files: dict | None = None,
+                 seconds: float = 0.0, columns=None):
+        self.origin = origin
+        self._zone = zone
+        self.source = source
+        self.lines = lines if lines is not None else {}  # (Name, rdatatype) -> line in `source`
+        self.warnings = warnings if warnings is not None else []
+        # every file read for it (the master file and its $INCLUDEs) -> SHA-256 of its content:
+        # the saved image is reused only while all of them are unchanged (issue 14 point 9)
+        self.files = files if files is not None else {}
+        self.seconds = seconds     # how long reading and checking the file took
+        self.columns = columns     # pop53.zone.records.Records, when the scanner read it
+
+    def __repr__(self) -> str:
+        return f"ZoneData({self.origin}, {self.source!r})"
+
+    @property
+    def zone(self) -> dns.zone.Zone:
+        if self._zone is None and self.columns is not None:
+            self._zone = self.columns.to_dnspython(self.origin)
+        return self._zone
 
     @property
     def records(self) -> int:
+        if self._zone is None and self.columns is not None:
+            return len(self.columns)
         return sum(len(rds) for node in self.zone.nodes.values() for rds in node.rdatasets)
 
     def summary(self) -> dict:
@@ -107,6 +158,9 @@ class ZoneData:
 
     @property
     def serial(self) -> int:
+        if self._zone is None and self.columns is not None:
+            from pop53.zone.checks import soa_serial
+            return soa_serial(self.columns, self.origin)
         return self.zone.get_soa().serial
 
     def where(self, name: dns.name.Name, rdtype: int | None = None) -> int | None:
@@ -187,9 +241,37 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
-    return dataclasses.replace(zone_from_text(text, origin, source=path, include_dir=include_dir),
-                               files=files,
-                               seconds=time.monotonic() - t0)
+    data = zone_from_bytes(raw, origin, source=path, include_dir=include_dir)
+    data.files = files
+    data.seconds = time.monotonic() - t0
+    return data
+
+
+def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>",
+                    include_dir: str | None = None) -> ZoneData:
+    """Parse master-file bytes: the Cython scanner (pop53.zone.records), or dnspython's reader
+    for the files the scanner hands back (non-ASCII text, $UNICODE) and when
+    POP53_ZONE_PARSER=dnspython (the reference path the differential tests compare with).
+    Relative $INCLUDE names resolve against include_dir (else the working directory)."""
+    if os.environ.get("POP53_ZONE_PARSER") != "dnspython":
+        from pop53.zone import records as _records
+        try:
+            recs = _records.scan_bytes(raw, origin, source, include_dir)
+        except _records.ZoneScanFallback:
+            recs = None
+        except _records.ZoneScanError as exc:
+            from pop53.zone.checks import check_reading
+            check_reading(ZoneData(origin=origin, source=source, columns=exc.records))
+            msg, fname, line, owner = exc.args
+            raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
+        if recs is not None:
+            from pop53.zone.checks import validate_records
+            data = ZoneData(origin=origin, source=source, columns=recs)
+            validate_records(data)
+            return data
+    # what open() in text mode gave dnspython: universal newlines
+    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    return zone_from_text(text, origin, source, include_dir=include_dir)
 
 
 def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
@@ -217,6 +299,10 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
             saved, _include.dir = getattr(_include, "dir", None), include_dir
             try:
                 reader.read()
+            except dns.exception.DNSException:
+                if reader.nul_at:
+                    raise _RawNul(*reader.nul_at) from None
+                raise
             finally:
                 _include.dir = saved
     except dns.exception.SyntaxError as exc:
@@ -228,6 +314,9 @@ def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",
                 line = reader.start_line
             raise ZoneError(m.group(3), file=m.group(1), line=line, zone=str(origin)) from None
         raise ZoneError(str(exc), file=source, zone=str(origin)) from None
+    except _RawNul as exc:
+        raise ZoneError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)", file=exc.file,
+                        line=exc.line, zone=str(origin)) from None
     except _OutOfZone as exc:
         fname, line = reader.where()
         raise ZoneError("out-of-zone data (the zone is " + origin.to_text() + ")", file=fname,
@@ -323,6 +412,14 @@ def check_node(data: ZoneData, name: dns.name.Name, node, fail) -> set:
     return types
 
 
+def occluded(data: "ZoneData", name: dns.name.Name, types, where: str) -> str:
+    """The warning for records of `types` at `name` that a delegation occludes (`where`: "below
+    the delegation at X" or "at a delegation point"): loaded and not served, as BIND and Knot."""
+    return (f"{data.source}:{data.where(name) or '?'}: owner {name}: "
+            f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in types))} {where} is occluded "
+            "and will not be served")
+
+
 def validate(data: ZoneData) -> None:
     """The checks of an authoritative server, beyond what the parser does.  Raises ZoneError."""
     zone, origin = data.zone, data.origin
@@ -352,14 +449,9 @@ def validate(data: ZoneData) -> None:
                 bad = {rds.rdtype for rds in node.rdatasets} - _GLUE
                 if bad:
                     data.warnings.append(
-                        f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                        f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} below the "
-                        f"delegation at {parent} is occluded and will not be served")
+                        occluded(data, name, bad, f"below the delegation at {parent}"))
             parent = parent.parent()
         if name in cuts:
             bad = {rds.rdtype for rds in node.rdatasets} - _AT_CUT_OK
             if bad:
-                data.warnings.append(
-                    f"{data.source}:{data.where(name) or '?'}: owner {name}: "
-                    f"{', '.join(sorted(dns.rdatatype.to_text(t) for t in bad))} at a delegation "
-                    "point is occluded by the NS records and will not be served")
+                data.warnings.append(occluded(data, name, bad, "at a delegation point"))

@@ -1,0 +1,289 @@
+# Mapped answers: the client's network picks the answer (issue 10).  The client key is the ECS
+# address masked to its SOURCE PREFIX-LENGTH (RFC 7871 §6, capped at the map's limits), else the
+# query's source address; a binary search (indexed by the top 16 bits) over disjoint ranges
+# gives the answer, and the range's bounds give the ECS SCOPE PREFIX-LENGTH: the shortest L
+# whose aligned /L block around the key lies inside the run of ranges with this one final
+# answer (the compiler merged adjacent ranges with equal answers, so that run is the range).
+# Everything here runs without the GIL and allocates nothing; the snapshot is immutable.
+
+cdef extern from *:
+    int __builtin_clz(unsigned int x) nogil
+    int __builtin_clzll(unsigned long long x) nogil
+
+
+cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
+    """\\brief the index of the range holding IPv4 key k (the largest i with lo4[i] <= k)."""
+    cdef uint32_t a = 0, n = v.n4, half, h
+    if v.idx4 != NULL:
+        h = k >> v.shift4
+        a = v.idx4[h]
+        n = v.idx4[h + 1] - a + 1
+        if a > 0:
+            a -= 1              # the range holding k may start in an earlier /16
+        else:
+            n -= 1
+    while n > 1:
+        half = n >> 1
+        if v.lo4[a + half] <= k:
+            a += half
+        n -= half
+    return a
+
+
+cdef inline uint32_t map_find6(const map_view_t* v, uint64_t k) noexcept nogil:
+    cdef uint32_t a = 0, n = v.n6, half, h
+    if v.idx6 != NULL:
+        h = <uint32_t>(k >> v.shift6)
+        a = v.idx6[h]
+        n = v.idx6[h + 1] - a + 1
+        if a > 0:
+            a -= 1
+        else:
+            n -= 1
+    while n > 1:
+        half = n >> 1
+        if v.lo6[a + half] <= k:
+            a += half
+        n -= half
+    return a
+
+
+cdef inline uint32_t map_scope4(const map_view_t* v, uint32_t i, uint32_t k) noexcept nogil:
+    """The shortest L whose aligned /L block around k stays inside range i:
+    1 + the longest common prefix of k with the neighbours just outside; 0 for the whole space."""
+    cdef uint32_t lo = v.lo4[i], m = 0, c
+    cdef bint edge = False
+    if lo > 0:
+        m = <uint32_t>__builtin_clz(k ^ (lo - 1))
+        edge = True
+    if i + 1 < v.n4:
+        c = <uint32_t>__builtin_clz(k ^ v.lo4[i + 1])
+        if c > m:
+            m = c
+        edge = True
+    return m + 1 if edge else 0
+
+
+cdef inline uint32_t map_scope6(const map_view_t* v, uint32_t i, uint64_t k) noexcept nogil:
+    cdef uint64_t lo = v.lo6[i]
+    cdef uint32_t m = 0, c
+    cdef bint edge = False
+    if lo > 0:
+        m = <uint32_t>__builtin_clzll(k ^ (lo - 1))
+        edge = True
+    if i + 1 < v.n6:
+        c = <uint32_t>__builtin_clzll(k ^ v.lo6[i + 1])
+        if c > m:
+            m = c
+        edge = True
+    return m + 1 if edge else 0
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t be64(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>be32(p) << 32) | be32(p + 4)
+
+
+cdef inline uint32_t mask32(uint32_t bits) noexcept nogil:
+    return 0 if bits == 0 else <uint32_t>((<uint64_t>0xFFFFFFFF) << (32 - bits))
+
+
+cdef inline uint64_t mask64(uint32_t bits) noexcept nogil:
+    return 0 if bits == 0 else (<uint64_t>0xFFFFFFFFFFFFFFFFULL) << (64 - bits)
+
+
+cdef bint map_trusted(const map_keycfg_t* kc, const uint8_t* client, uint32_t client_len) noexcept nogil:
+    """Is the resolver (the query's source) one whose ECS this map uses?  No list: every one."""
+    cdef uint32_t i, nb, rb
+    cdef const uint8_t* net
+    if kc.n_trust == 0:
+        return True
+    for i in range(kc.n_trust):
+        if kc.trust_fam[i] != client_len:
+            continue
+        net = kc.trust_addr + 16 * i
+        nb = kc.trust_len[i] // 8
+        rb = kc.trust_len[i] % 8
+        if memcmp(net, client, nb) != 0:
+            continue
+        if rb and ((net[nb] ^ client[nb]) & (0xFF << (8 - rb)) & 0xFF):
+            continue
+        return True
+    return False
+
+
+cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, uint32_t* cap,
+                        bint* ecs_used) noexcept nogil:
+    """The client key of a query for one map.  \\brief returns 4 or 6 (the key's family), or 0
+    (no client address: the map's default region answers).  *cap: the longest scope that may be
+    claimed (the source length when it was cut to the map's limit, else 255)."""
+    cdef const query_t* q = c.q
+    cdef uint32_t bits
+    ecs_used[0] = False
+    cap[0] = 255
+    # RFC 7871 §7.1.2: SOURCE PREFIX-LENGTH 0 asks that no client address be used; the answer
+    # then goes by the resolver's own address and says scope 0.
+    if q.ecs and q.ecs_source > 0 and kc.mode != KEY_SOURCE_ONLY and \
+            map_trusted(kc, c.client, c.client_len):
+        ecs_used[0] = True
+        if q.ecs_family == 1:
+            bits = q.ecs_source if q.ecs_source <= kc.max4 else kc.max4
+            if q.ecs_source > kc.max4:
+                cap[0] = kc.max4
+            key[0] = be32(q.ecs_addr) & mask32(bits)
+            return 4
+        bits = q.ecs_source if q.ecs_source <= kc.max6 else kc.max6
+        if q.ecs_source > kc.max6:
+            cap[0] = kc.max6
+        key[0] = be64(q.ecs_addr) & mask64(bits if bits <= 64 else 64)
+        return 6
+    if kc.mode == KEY_ECS_ONLY:
+        return 0
+    if c.client_len == 4:
+        key[0] = be32(c.client)
+        return 4
+    if c.client_len == 16:
+        key[0] = be64(c.client)
+        return 6
+    return 0
+
+
+cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcept nogil:
+    """The final answer of view vi for this query's client; raises the reply's ECS scope."""
+    cdef const map_snap_t* m = c.maps
+    cdef const map_view_t* v = &m.views[vi]
+    cdef uint64_t key = 0
+    cdef uint32_t cap, i, a, scope = 0
+    cdef bint ecs_used
+    cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &cap, &ecs_used)
+    if fam == 4:
+        i = map_find4(v, <uint32_t>key)
+        a = v.val4[i]
+        scope = map_scope4(v, i, <uint32_t>key)
+    elif fam == 6:
+        i = map_find6(v, key)
+        a = v.val6[i]
+        scope = map_scope6(v, i, key)
+    else:
+        a = v.dflt
+    if ecs_used:
+        if scope > cap:
+            scope = cap
+        # a reply holding several mapped answers (a CNAME chain) is as specific as the most
+        # specific of them
+        if scope > c.ecs_scope:
+            c.ecs_scope = <uint8_t>scope
+    return &v.ans[a]
+
+
+cdef const map_res_t* map_find_res(const ctx_t* c, const uint8_t* name, uint32_t nlen,
+                                   uint32_t h) noexcept nogil:
+    cdef const map_snap_t* m = c.maps
+    cdef uint32_t slot = h & m.rtab_mask, e
+    cdef const map_res_t* r
+    while True:
+        e = m.rtab[slot]
+        if e == 0:
+            return NULL
+        r = &m.res[e - 1]
+        if r.hash == h and r.name_len == nlen and memcmp(m.base + r.name_off, name, nlen) == 0:
+            return r
+        slot = (slot + 1) & m.rtab_mask
+
+
+cdef void map_referral(ctx_t* c, const map_ans_t* a, uint32_t owner_ptr,
+                       const uint8_t* owner_name) noexcept nogil:
+    """A mapped delegation (the toplevel role): the NS set and glue chosen for this client, in
+    authority and additional, AA clear (RFC 1034 §4.3.2 step 3b)."""
+    cdef const uint8_t* base = c.maps.base
+    cdef const rrset_t* rs
+    cdef const map_glue_t* g
+    cdef uint32_t i, j, off
+    if c.depth == 0:
+        c.aa = False
+    rs = <const rrset_t*>(base + a.rs_off)
+    if w_rrset(&c.w, 1, owner_ptr, owner_name, base, rs, rs.ttl, NULL) != 0:
+        c.w.tc = True
+        return
+    g = <const map_glue_t*>(base + a.glue_off)
+    for i in range(a.glue_count):
+        for j in range(2):
+            off = g[i].a_off if j == 0 else g[i].aaaa_off
+            if off == 0:
+                continue
+            rs = <const rrset_t*>(base + off)
+            if w_rrset(&c.w, 2, 0, base + g[i].name_off, base, rs, rs.ttl, NULL) != 0:
+                if g[i].flags & GLUE_REQUIRED:
+                    c.w.tc = True     # glue below the cut that does not fit (RFC 9471)
+                return
+
+
+cdef int map_resolve(ctx_t* c, const zone_t* z, const uint8_t* name, uint32_t nlen,
+                     const uint8_t* loff, uint32_t labels, const uint32_t* sh,
+                     uint32_t owner_ptr) noexcept nogil:
+    """The mapping hook of resolve(), once the zone is known: a mapped resource at the name
+    (any kind) or a mapped referral (NS) at an ancestor below the apex answers here.
+    \\brief returns 1 when the query was answered, 0 to continue with the zone's data."""
+    cdef const map_snap_t* m = c.maps
+    cdef const map_res_t* r = NULL
+    cdef const map_ans_t* a
+    cdef const rrset_t* rs
+    cdef uint32_t k, top, h, pos = 0
+    cdef int32_t vi
+    cdef uint16_t qtype = c.q.qtype
+    if m == NULL or m.n_res == 0:
+        return 0
+    top = labels - z.labels
+    for k in range(top + 1):
+        if labels - k >= 64 or not ((m.label_mask >> (labels - k)) & 1):
+            continue
+        h = sh[k] if m.seed == c.img.seed else name_hash(name + loff[k], nlen - loff[k], m.seed)
+        r = map_find_res(c, name + loff[k], nlen - loff[k], h)
+        if r != NULL and (k == 0 or r.kind == MAP_NS) and not (r.kind == MAP_NS and k == top):
+            break
+        r = NULL
+    if r == NULL:
+        return 0
+    if r.kind == MAP_NS:
+        if k == 0 and qtype == T_DS:
+            add_soa(c, z)       # the parent side of an unsigned delegation: NODATA
+            return 1
+        a = map_pick(c, r, r.view_a)
+        if a.flags & ANS_SERVFAIL or a.rs_off == 0:
+            c.rcode = RC_SERVFAIL
+            return 1
+        map_referral(c, a, suffix_ptr(c.w.buf, owner_ptr, k), m.base + r.name_off)
+        return 1
+    if r.kind == MAP_CNAME:
+        vi = r.view_a
+    elif qtype == T_A and (r.flags & MAPF_A):
+        vi = r.view_a
+    elif qtype == T_AAAA and (r.flags & MAPF_AAAA):
+        vi = r.view_aaaa
+    elif qtype == T_ANY:
+        vi = r.view_a if (r.flags & MAPF_A) else r.view_aaaa
+    else:
+        # another type at a mapped name: the zone's static data if it has the name, else
+        # NODATA (the name exists: it is mapped)
+        if zone_find(c.img, z, name, nlen, sh[0]) != NULL:
+            return 0
+        add_soa(c, z)
+        return 1
+    a = map_pick(c, r, vi)
+    if a.flags & ANS_SERVFAIL:
+        c.rcode = RC_SERVFAIL
+        return 1
+    if a.rs_off == 0:
+        add_soa(c, z)           # no target of the family asked: NODATA
+        return 1
+    rs = <const rrset_t*>(m.base + a.rs_off)
+    if w_rrset(&c.w, 0, owner_ptr, name, m.base, rs, rs.ttl, &pos) != 0:
+        c.w.tc = True
+        return 1
+    if r.kind == MAP_CNAME and qtype != T_CNAME and qtype != T_ANY:
+        # RFC 1034 §4.3.2 step 3a; the resource stands in for a node in the loop check
+        follow(c, <const node_t*>r, m.base + rs.rdata_off + 2, pos)
+    return 1

@@ -1,0 +1,862 @@
+# zonescan.pxi: an RFC 1035 §5 master-file scanner (issue 15 point 2).
+#
+# It reads the bytes of a zone file and writes records straight into flat buffers: the owner
+# names (one copy per distinct name, found through a C hash table on the lowercased wire name),
+# and per record its node index, type, TTL, line, file and RDATA (wire form).  No Python object
+# is made per record on the common path; the control plane turns the buffers into numpy arrays
+# (pop53.zone.records).  dnspython is the reference: the tokenizer follows dns.tokenizer (and
+# dns.zonefile.Reader for directives, TTL and class rules) so the two accept the same text.
+# Whatever the fast path is not sure of goes to dnspython record by record (hooks.rdata), and
+# whatever changes the meaning of the whole file (non-ASCII text in a token, $UNICODE) raises
+# ZoneScanFallback so the caller parses the file with dnspython.  RDATA parsers: zonerdata.pxi.
+
+from libc.stdlib cimport realloc
+from libc.string cimport memchr
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int zs_inet_pton "inet_pton"(int af, const char* src, void* dst)
+
+cdef enum:
+    ZT_EOF = 0
+    ZT_EOL = 1
+    ZT_WORD = 2
+    ZT_QSTR = 3
+    ZT_WS = 4
+
+cdef enum:
+    ZS_MAX_INCLUDE = 32
+
+
+class ZoneScanError(Exception):
+    """A zone file error: (message, file, line, owner text or None)."""
+
+
+class ZoneScanFallback(Exception):
+    """The file needs dnspython's reader (non-ASCII text in a token, $UNICODE)."""
+
+
+cdef struct zs_buf_t:
+    unsigned char* data
+    size_t len
+    size_t cap
+
+
+cdef int zsb_grow(zs_buf_t* b, size_t n) except -1:
+    cdef size_t cap = b.cap * 2 if b.cap else 4096
+    cdef unsigned char* d
+    while cap < b.len + n:
+        cap *= 2
+    d = <unsigned char*>realloc(b.data, cap)
+    if d == NULL:
+        raise MemoryError()
+    b.data = d
+    b.cap = cap
+    return 0
+
+
+cdef inline int zsb_put(zs_buf_t* b, const void* p, size_t n) except -1:
+    if b.len + n > b.cap:
+        zsb_grow(b, n)
+    memcpy(b.data + b.len, p, n)
+    b.len += n
+    return 0
+
+
+cdef inline int zsb_u8(zs_buf_t* b, unsigned int v) except -1:
+    cdef uint8_t x = <uint8_t>v
+    return zsb_put(b, &x, 1)
+
+
+cdef inline int zsb_u16be(zs_buf_t* b, unsigned int v) except -1:
+    cdef uint8_t x[2]
+    x[0] = (v >> 8) & 0xFF
+    x[1] = v & 0xFF
+    return zsb_put(b, x, 2)
+
+
+cdef inline int zsb_u32be(zs_buf_t* b, uint32_t v) except -1:
+    cdef uint8_t x[4]
+    x[0] = (v >> 24) & 0xFF
+    x[1] = (v >> 16) & 0xFF
+    x[2] = (v >> 8) & 0xFF
+    x[3] = v & 0xFF
+    return zsb_put(b, x, 4)
+
+
+cdef bytes zsb_bytes(zs_buf_t* b):
+    return PyBytes_FromStringAndSize(<char*>b.data, b.len) if b.len else b""
+
+
+cdef inline int zs_lower(int c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline uint32_t zs_fmix(uint32_t h) noexcept nogil:
+    """MurmurHash3's finalizer: FNV-1a's low bits alone cluster in a linear-probing table."""
+    h ^= h >> 16
+    h *= 0x85ebca6bu
+    h ^= h >> 13
+    h *= 0xc2b2ae35u
+    h ^= h >> 16
+    return h
+
+
+cdef inline bint zs_digit(int c) noexcept nogil:
+    return 48 <= c <= 57
+
+
+cdef bint zs_ieq(const unsigned char* s, Py_ssize_t n, const char* word) noexcept nogil:
+    """Token s[:n] equals the upper-case ASCII `word`, ignoring case."""
+    cdef Py_ssize_t i = 0
+    while i < n:
+        if word[i] == 0 or zs_lower(s[i]) != zs_lower(<unsigned char>word[i]):
+            return False
+        i += 1
+    return word[n] == 0
+
+
+cdef int zs_name(const unsigned char* s, Py_ssize_t n, const unsigned char* org, int olen,
+                 unsigned char* out) noexcept nogil:
+    """\\brief Text name s[:n] (RFC 1035 §5.1: \\DDD and \\X escapes, '@', relative to `org`)
+    to wire form in out[0:256].  Returns its length; -1 malformed (dnspython says why), -2 a
+    non-ASCII byte (the file goes to dnspython: IDNA), -3 a raw NUL byte, -4 relative with no
+    origin."""
+    cdef Py_ssize_t i = 0
+    cdef int o = 1, lab = 0, llen = 0, c, v
+    if n == 1 and s[0] == 64:            # '@'
+        if olen == 0:
+            return -4
+        memcpy(out, org, olen)
+        return olen
+    if n == 1 and s[0] == 46:            # '.'
+        out[0] = 0
+        return 1
+    while i < n:
+        c = s[i]
+        i += 1
+        if c >= 0x80:
+            return -2
+        if c == 0:
+            return -3
+        if c == 46:                      # '.' ends a label
+            if llen == 0:
+                return -1
+            out[lab] = llen
+            lab = o
+            o += 1
+            llen = 0
+            if i == n:                   # a trailing dot: absolute
+                out[lab] = 0
+                return o if o <= 255 else -1
+            continue
+        if c == 92:                      # '\\'
+            if i >= n:
+                return -1
+            c = s[i]
+            i += 1
+            if c >= 0x80:
+                return -2
+            if zs_digit(c):
+                if i + 2 > n or not zs_digit(s[i]) or not zs_digit(s[i + 1]):
+                    return -1
+                v = (c - 48) * 100 + (s[i] - 48) * 10 + (s[i + 1] - 48)
+                i += 2
+                if v > 255:
+                    return -1
+                c = v
+        if llen >= 63 or o >= 255:
+            return -1
+        out[o] = c
+        o += 1
+        llen += 1
+    if llen == 0:
+        return -1
+    out[lab] = llen
+    if olen == 0:
+        return -4
+    if o + olen > 255:
+        return -1
+    memcpy(out + o, org, olen)
+    return o + olen
+
+
+cdef bint zs_name_under(const unsigned char* n, int nlen, const unsigned char* z, int zlen) noexcept nogil:
+    """Wire name n is z or below it (case-insensitive, on label boundaries)."""
+    cdef int k = 0, i
+    while k < nlen:
+        if nlen - k == zlen:
+            for i in range(zlen):
+                if zs_lower(n[k + i]) != zs_lower(z[i]):
+                    return False
+            return True
+        if n[k] == 0:
+            return False
+        k += n[k] + 1
+    return False
+
+
+cdef long long zs_ttl(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """dns.ttl.from_text: digits, or BIND units (1w2d3h4m5s).  -1 when not a TTL."""
+    cdef long long total = 0, cur = 0
+    cdef bint need = True, digits = True
+    cdef Py_ssize_t i
+    cdef int c
+    if n == 0:
+        return -1
+    for i in range(n):
+        if not zs_digit(s[i]):
+            digits = False
+    if digits:
+        if n > 10:
+            return -1
+        for i in range(n):
+            total = total * 10 + (s[i] - 48)
+        return total if total <= 0xFFFFFFFFLL else -1
+    for i in range(n):
+        c = s[i]
+        if zs_digit(c):
+            cur = cur * 10 + (c - 48)
+            if cur > 0xFFFFFFFFLL:
+                return -1
+            need = False
+            continue
+        if need:
+            return -1
+        c = zs_lower(c)
+        if c == 119:
+            total += cur * 604800
+        elif c == 100:
+            total += cur * 86400
+        elif c == 104:
+            total += cur * 3600
+        elif c == 109:
+            total += cur * 60
+        elif c == 115:
+            total += cur
+        else:
+            return -1
+        if total > 0xFFFFFFFFLL:
+            return -1
+        cur = 0
+        need = True
+    if not need:
+        return -1
+    return total
+
+
+cdef int zs_type_fast(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """The common type mnemonics without a Python call; -1 for anything else."""
+    if n == 1 and zs_lower(s[0]) == 97:
+        return 1
+    if zs_ieq(s, n, b"AAAA"): return 28
+    if zs_ieq(s, n, b"NS"): return 2
+    if zs_ieq(s, n, b"CNAME"): return 5
+    if zs_ieq(s, n, b"TXT"): return 16
+    if zs_ieq(s, n, b"MX"): return 15
+    if zs_ieq(s, n, b"SOA"): return 6
+    if zs_ieq(s, n, b"SRV"): return 33
+    if zs_ieq(s, n, b"PTR"): return 12
+    if zs_ieq(s, n, b"RRSIG"): return 46
+    if zs_ieq(s, n, b"NSEC"): return 47
+    if zs_ieq(s, n, b"NSEC3"): return 50
+    if zs_ieq(s, n, b"DS"): return 43
+    if zs_ieq(s, n, b"DNSKEY"): return 48
+    if zs_ieq(s, n, b"NSEC3PARAM"): return 51
+    if zs_ieq(s, n, b"TLSA"): return 52
+    if zs_ieq(s, n, b"CAA"): return 257
+    if zs_ieq(s, n, b"DNAME"): return 39
+    if zs_ieq(s, n, b"SVCB"): return 64
+    if zs_ieq(s, n, b"HTTPS"): return 65
+    if zs_ieq(s, n, b"HINFO"): return 13
+    if zs_ieq(s, n, b"NAPTR"): return 35
+    if zs_ieq(s, n, b"SSHFP"): return 44
+    if zs_ieq(s, n, b"CDS"): return 59
+    if zs_ieq(s, n, b"CDNSKEY"): return 60
+    if zs_ieq(s, n, b"SPF"): return 99
+    return -1
+
+
+
+cdef class ZoneScanner:
+    """Scan master-file bytes for one zone into flat record buffers.
+
+    `hooks` is a control-plane object (pop53.zone.records._Hooks) with: rdata(rdtype, text,
+    origin_wire) -> bytes (dnspython for one record; raises ValueError(message)), rdtype(text) ->
+    int (-1 unknown), rdclass(text) -> int (-1 not a class), name_error(text, origin_wire) -> str
+    (dnspython's reason), name_text(wire) -> str, is_generic(rdtype) -> bool, include_path(name)
+    -> str, generate(tokens, implicit_ttl) -> (bytes, bool)."""
+    # tokenizer
+    cdef const unsigned char* p
+    cdef const unsigned char* end
+    cdef int line
+    cdef int multiline
+    cdef int rec_line
+    cdef int kind
+    cdef const unsigned char* ts
+    cdef Py_ssize_t tl
+    cdef bint tesc
+    cdef bint pending
+    # reader state (dns.zonefile.Reader)
+    cdef unsigned char origin[256]
+    cdef int origin_len
+    cdef unsigned char zorigin[256]
+    cdef int zorigin_len
+    cdef unsigned char last[256]
+    cdef int last_len
+    cdef unsigned char nbuf[256]
+    cdef long long default_ttl, last_ttl
+    cdef bint default_known, default_from_soa, last_known
+    cdef int file_idx, depth, pin_line
+    cdef object hooks
+    cdef public list files
+    # outputs
+    cdef zs_buf_t names, node_off, node_len, r_node, r_type, r_ttl, r_rdoff, r_rdlen, r_line, r_file
+    cdef zs_buf_t rdata, rd
+    cdef uint32_t* htab
+    cdef size_t hcap, nodes
+    cdef size_t count
+
+    def __cinit__(self, bytes origin_wire, object hooks):
+        self.zorigin_len = len(origin_wire)
+        memcpy(self.zorigin, <const char*>origin_wire, self.zorigin_len)
+        memcpy(self.origin, <const char*>origin_wire, self.zorigin_len)
+        self.origin_len = self.zorigin_len
+        memcpy(self.last, <const char*>origin_wire, self.zorigin_len)   # as dns.zonefile.Reader
+        self.last_len = self.zorigin_len
+        self.hooks = hooks
+        self.files = []
+
+    def __dealloc__(self):
+        cdef zs_buf_t* bufs[13]
+        bufs[:] = [&self.names, &self.node_off, &self.node_len, &self.r_node, &self.r_type,
+                   &self.r_ttl, &self.r_rdoff, &self.r_rdlen, &self.r_line, &self.r_file,
+                   &self.rdata, &self.rd, &self.rd]
+        for i in range(12):
+            free(bufs[i].data)
+        free(self.htab)
+
+    # -- output -----------------------------------------------------------------------------
+    def result(self):
+        """The buffers as bytes: dict of names, node_off (u32), node_len (u8), node (u32),
+        type (u16), ttl (u32), rdoff (u64), rdlen (u16), line (u32), file (u16), rdata."""
+        return {"names": zsb_bytes(&self.names), "node_off": zsb_bytes(&self.node_off),
+                "node_len": zsb_bytes(&self.node_len), "node": zsb_bytes(&self.r_node),
+                "type": zsb_bytes(&self.r_type), "ttl": zsb_bytes(&self.r_ttl),
+                "rdoff": zsb_bytes(&self.r_rdoff), "rdlen": zsb_bytes(&self.r_rdlen),
+                "line": zsb_bytes(&self.r_line), "file": zsb_bytes(&self.r_file),
+                "rdata": zsb_bytes(&self.rdata), "files": list(self.files)}
+
+    cdef uint32_t node_of(self, const unsigned char* w, int n) except 0xFFFFFFFFLL:
+        """The node index of wire name w (case-insensitive), adding it when new."""
+        cdef uint32_t h = 2166136261u
+        cdef size_t i, slot, cap
+        cdef uint32_t idx
+        cdef uint32_t* nt
+        cdef const uint32_t* offs
+        cdef const uint8_t* lens
+        for i in range(n):
+            h = (h ^ <uint32_t>zs_lower(w[i])) * 16777619u
+        h = zs_fmix(h)
+        if 2 * (self.nodes + 1) > self.hcap:
+            cap = self.hcap * 2 if self.hcap else 1024
+            nt = <uint32_t*>calloc(cap, sizeof(uint32_t))
+            if nt == NULL:
+                raise MemoryError()
+            for i in range(self.hcap):
+                if self.htab[i]:
+                    idx = self.htab[i] - 1
+                    slot = self._hash_at(idx) & (cap - 1)
+                    while nt[slot]:
+                        slot = (slot + 1) & (cap - 1)
+                    nt[slot] = idx + 1
+            free(self.htab)
+            self.htab = nt
+            self.hcap = cap
+        offs = <const uint32_t*>self.node_off.data
+        lens = <const uint8_t*>self.node_len.data
+        slot = h & (self.hcap - 1)
+        while self.htab[slot]:
+            idx = self.htab[slot] - 1
+            if lens[idx] == n and zs_name_ieq(self.names.data + offs[idx], w, n):
+                return idx
+            slot = (slot + 1) & (self.hcap - 1)
+        idx = <uint32_t>self.nodes
+        self.htab[slot] = idx + 1
+        if self.names.len > 0xFFFFFF00LL:
+            raise ZoneScanError("too many names for one zone", None, self.rec_line, None)
+        cdef uint32_t off = <uint32_t>self.names.len
+        cdef uint8_t ln = <uint8_t>n
+        zsb_put(&self.node_off, &off, 4)
+        zsb_put(&self.node_len, &ln, 1)
+        zsb_put(&self.names, w, n)
+        self.nodes += 1
+        return idx
+
+    cdef uint32_t _hash_at(self, uint32_t idx) noexcept:
+        cdef const uint32_t* offs = <const uint32_t*>self.node_off.data
+        cdef const uint8_t* lens = <const uint8_t*>self.node_len.data
+        cdef const unsigned char* w = self.names.data + offs[idx]
+        cdef uint32_t h = 2166136261u
+        for i in range(lens[idx]):
+            h = (h ^ <uint32_t>zs_lower(w[i])) * 16777619u
+        return zs_fmix(h)
+
+    cdef int emit(self, const unsigned char* owner, int olen, int rtype, long long ttl) except -1:
+        cdef uint32_t node = self.node_of(owner, olen)
+        cdef uint16_t t = <uint16_t>rtype
+        cdef uint32_t tt = <uint32_t>ttl
+        cdef uint64_t off = self.rdata.len
+        cdef uint16_t rl
+        cdef uint32_t ln = <uint32_t>self.rec_line
+        cdef uint16_t f = <uint16_t>self.file_idx
+        if self.rd.len > 65535:
+            self.fail("RDATA too large for the wire format (over 65535 bytes)")
+        rl = <uint16_t>self.rd.len
+        zsb_put(&self.r_node, &node, 4)
+        zsb_put(&self.r_type, &t, 2)
+        zsb_put(&self.r_ttl, &tt, 4)
+        zsb_put(&self.r_rdoff, &off, 8)
+        zsb_put(&self.r_rdlen, &rl, 2)
+        zsb_put(&self.r_line, &ln, 4)
+        zsb_put(&self.r_file, &f, 2)
+        zsb_put(&self.rdata, self.rd.data, self.rd.len)
+        self.count += 1
+        return 0
+
+    # -- errors -----------------------------------------------------------------------------
+    cdef int fail(self, msg, owner=None) except -1:
+        raise ZoneScanError(msg, self.files[self.file_idx], self.rec_line, owner)
+
+    cdef int nul(self) except -1:
+        """A raw NUL octet in a token is an error unless written \\000 (RFC 1035 §5.1; NSD cuts
+        the name there, Knot rejects the file).  The line is the token's own."""
+        raise ZoneScanError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)",
+                            self.files[self.file_idx], self.line, None)
+
+    cdef str tok_text(self):
+        return (<const char*>self.ts)[:self.tl].decode("ascii")
+
+    # -- tokenizer (dns.tokenizer.Tokenizer.get) ----------------------------------------------
+    cdef inline void skip_ws(self) noexcept:
+        cdef int c
+        while self.p < self.end:
+            c = self.p[0]
+            if c == 32 or c == 9:
+                self.p += 1
+            elif c == 10 and self.multiline:
+                self.p += 1
+                self.line += 1
+            else:
+                return
+
+    cdef int tok(self, bint want_leading=False) except -1:
+        """Next token into (kind, ts, tl, tesc); returns its kind."""
+        cdef const unsigned char* start
+        cdef int c
+        if self.pending:
+            self.pending = False
+            if self.kind != ZT_WS or want_leading:
+                return self.kind
+        start = self.p
+        self.skip_ws()
+        if want_leading and self.p != start:
+            self.kind = ZT_WS
+            return ZT_WS
+        self.tesc = False
+        while True:
+            if self.p >= self.end:
+                if self.multiline:
+                    self.fail("unbalanced parentheses")
+                self.kind = ZT_EOF
+                self.tl = 0
+                return ZT_EOF
+            c = self.p[0]
+            if c == 40:                              # '('
+                self.multiline += 1
+                self.p += 1
+                self.skip_ws()
+                continue
+            if c == 41:                              # ')'
+                if self.multiline <= 0:
+                    self.fail("unbalanced parentheses")
+                self.multiline -= 1
+                self.p += 1
+                self.skip_ws()
+                continue
+            if c == 10:
+                self.p += 1
+                self.line += 1
+                self.kind = ZT_EOL
+                self.tl = 0
+                return ZT_EOL
+            if c == 59:                              # ';' to the end of the line
+                while self.p < self.end and self.p[0] != 10:
+                    self.p += 1
+                if self.p >= self.end:
+                    if self.multiline:
+                        self.fail("unbalanced parentheses")
+                    self.kind = ZT_EOF
+                    self.tl = 0
+                    return ZT_EOF
+                self.p += 1
+                self.line += 1
+                if self.multiline:
+                    self.skip_ws()
+                    continue
+                self.kind = ZT_EOL
+                self.tl = 0
+                return ZT_EOL
+            if c == 34:                              # '"'
+                self.p += 1
+                self.ts = self.p
+                while True:
+                    if self.p >= self.end:
+                        self.fail("unexpected end of input")
+                    c = self.p[0]
+                    if c == 34:
+                        break
+                    if c == 10:
+                        self.fail("newline in quoted string")
+                    if c >= 0x80:
+                        raise ZoneScanFallback("non-ASCII text")
+                    if c == 0:
+                        self.nul()
+                    if c == 92:
+                        self.tesc = True
+                        self.p += 1
+                        if self.p >= self.end:
+                            self.fail("unexpected end of input")
+                        if self.p[0] == 10:
+                            self.line += 1
+                        elif self.p[0] >= 0x80:
+                            raise ZoneScanFallback("non-ASCII text")
+                    self.p += 1
+                self.tl = self.p - self.ts
+                self.p += 1
+                self.skip_ws()
+                self.kind = ZT_QSTR
+                return ZT_QSTR
+            self.ts = self.p
+            while self.p < self.end:
+                c = self.p[0]
+                if c == 32 or c == 9 or c == 10 or c == 59 or c == 40 or c == 41 or c == 34:
+                    break
+                if c >= 0x80:       # dnspython decodes UTF-8 and applies IDNA to names
+                    raise ZoneScanFallback("non-ASCII text")
+                if c == 0:
+                    self.nul()
+                if c == 92:
+                    self.tesc = True
+                    self.p += 1
+                    if self.p >= self.end or self.p[0] == 10:
+                        self.fail("unexpected end of input")
+                    if self.p[0] >= 0x80:
+                        raise ZoneScanFallback("non-ASCII text")
+                self.p += 1
+            self.tl = self.p - self.ts
+            self.kind = ZT_WORD
+            return ZT_WORD
+
+    cdef int ident(self) except -1:
+        if self.tok() != ZT_WORD:
+            self.fail("expecting an identifier")
+        return 0
+
+    cdef int want_eol(self) except -1:
+        cdef int k = self.tok()
+        if k != ZT_EOL and k != ZT_EOF:
+            self.fail("expected EOL or EOF, got " + self.tok_text())
+        return 0
+
+    cdef int name_here(self, const unsigned char* org, int olen, bint owner) except -1:
+        """The current token as a name into nbuf; returns its length or raises."""
+        cdef int n = zs_name(self.ts, self.tl, org, olen, self.nbuf)
+        if n > 0:
+            return n
+        if n == -2:
+            raise ZoneScanFallback("non-ASCII name")
+        if n == -3:
+            self.fail("a raw NUL byte in " + ("an owner name" if owner else "a name")
+                      + "; write it as \\000")
+        if n == -4:
+            self.fail("no current origin")
+        self.fail(self.hooks.name_error((<const char*>self.ts)[:self.tl],
+                                        (<const char*>org)[:olen]))
+
+    # -- the reader ---------------------------------------------------------------------------
+    def scan(self, bytes data, str filename):
+        """Scan one file's bytes (the zone's own file).  Raises ZoneScanError or
+        ZoneScanFallback."""
+        self.files.append(filename)
+        self.file_idx = 0
+        self._scan_buffer(data)
+        return self.count
+
+    cdef int _scan_buffer(self, bytes data) except -1:
+        cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i
+        cdef int k
+        # CR: Python's universal newlines rewrite CRLF and CR before dnspython sees the text
+        if memchr(b, 13, n) != NULL:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            b = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+        self.p = b
+        self.end = b + n
+        self.line = 1
+        self.multiline = 0
+        self.pending = False
+        while True:
+            self.rec_line = self.line
+            k = self.tok(True)
+            if k == ZT_EOF:
+                return 0
+            if k == ZT_EOL:
+                continue
+            if k == ZT_WORD and self.ts[0] == 36:       # '$'
+                self.directive(data)
+                continue
+            self.rr_line()
+
+    cdef int directive(self, bytes data) except -1:
+        cdef int n
+        if zs_ieq(self.ts, self.tl, b"$TTL"):
+            if self.tok() != ZT_WORD:
+                self.fail("bad $TTL")
+            self.default_ttl = zs_ttl(self.ts, self.tl)
+            if self.default_ttl < 0:
+                self.fail("bad TTL " + self.tok_text())
+            self.default_known = True
+            self.default_from_soa = False
+            self.want_eol()
+        elif zs_ieq(self.ts, self.tl, b"$ORIGIN"):
+            self.ident()
+            n = self.name_here(self.origin, self.origin_len, False)
+            memcpy(self.origin, self.nbuf, n)
+            self.origin_len = n
+            self.want_eol()
+        elif zs_ieq(self.ts, self.tl, b"$INCLUDE"):
+            self.do_include()
+        elif zs_ieq(self.ts, self.tl, b"$GENERATE"):
+            self.generate()
+        elif zs_ieq(self.ts, self.tl, b"$UNICODE"):
+            raise ZoneScanFallback(self.tok_text())
+        else:
+            self.fail(f"zone file directive '{self.tok_text().upper()}' is not allowed")
+        return 0
+
+    cdef int do_include(self) except -1:
+        """$INCLUDE file [origin] (RFC 1035 §5.1): the included text starts with the given origin
+        (default: the current one); the reader's state is restored after it, as dnspython does.
+        The file name is taken relative to the working directory, as dnspython does."""
+        cdef unsigned char saved_origin[256]
+        cdef unsigned char saved_last[256]
+        cdef int so_len = self.origin_len, sl_len = self.last_len
+        cdef const unsigned char* sp
+        cdef const unsigned char* se
+        cdef int sline, smulti, sfile, k, line = self.rec_line
+        cdef long long sdt = self.default_ttl, slt = self.last_ttl
+        cdef int n = 0
+        cdef bint sdk = self.default_known, sds = self.default_from_soa, slk = self.last_known
+        k = self.tok()
+        fname = self.tok_text() if k == ZT_WORD or k == ZT_QSTR else "\n"
+        memcpy(saved_origin, self.origin, so_len)
+        memcpy(saved_last, self.last, sl_len)
+        k = self.tok()
+        if k == ZT_WORD:
+            n = self.name_here(self.origin, self.origin_len, False)
+            self.want_eol()
+        elif k != ZT_EOL and k != ZT_EOF:
+            self.fail("bad origin in $INCLUDE")
+        if self.depth >= ZS_MAX_INCLUDE:
+            self.fail("$INCLUDE nested too deep")
+        try:
+            with open(self.hooks.include_path(fname), "rb") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ZoneScanError(f"cannot read included file: {exc.strerror}: {exc.filename}",
+                                self.files[self.file_idx], line, None) from None
+        try:
+            text.decode("utf-8")        # dnspython reads an included file as strict UTF-8
+        except UnicodeDecodeError:
+            raise ZoneScanFallback("included file is not UTF-8") from None
+        if n:
+            memcpy(self.origin, self.nbuf, n)
+            self.origin_len = n
+        sp, se, sline, smulti, sfile = self.p, self.end, self.line, self.multiline, self.file_idx
+        self.files.append(fname)
+        self.file_idx = len(self.files) - 1
+        self.depth += 1
+        self._scan_buffer(text)
+        self.depth -= 1
+        self.p, self.end, self.line, self.multiline, self.file_idx = sp, se, sline, smulti, sfile
+        self.pending = False
+        memcpy(self.origin, saved_origin, so_len)
+        self.origin_len = so_len
+        memcpy(self.last, saved_last, sl_len)
+        self.last_len = sl_len
+        self.default_ttl, self.default_known, self.default_from_soa = sdt, sdk, sds
+        self.last_ttl, self.last_known = slt, slk
+        return 0
+
+    cdef int generate(self) except -1:
+        """$GENERATE range lhs [ttl] [class] type rhs (BIND; as dns.zonefile.Reader does it): the
+        control plane expands the templates into plain records, which are scanned here with the
+        directive's line; last name and TTL carry on as dnspython's reader leaves them."""
+        cdef list toks = []
+        cdef int k, dk, line = self.rec_line
+        cdef const unsigned char* sp
+        cdef const unsigned char* se
+        cdef int sline, smulti
+        cdef long long slt = self.last_ttl
+        cdef bint slk = self.last_known
+        while True:
+            k = self.tok()
+            if k == ZT_EOL or k == ZT_EOF:
+                break
+            toks.append((k == ZT_WORD, self.tok_text()))
+        dk = k
+        try:
+            text, explicit_ttl = self.hooks.generate(toks, self.implicit_ttl())
+        except ValueError as exc:
+            self.fail(str(exc))
+        sp, se, sline, smulti = self.p, self.end, self.line, self.multiline
+        self.pin_line = line
+        try:
+            self.p = <const unsigned char*>PyBytes_AS_STRING(text)
+            self.end = self.p + PyBytes_GET_SIZE(text)
+            self.multiline = 0
+            while True:
+                k = self.tok(True)
+                if k == ZT_EOF:
+                    break
+                if k != ZT_EOL:
+                    self.rr_line()
+        finally:
+            self.pin_line = 0
+        self.p, self.end, self.line, self.multiline = sp, se, sline, smulti
+        self.pending = dk == ZT_EOF        # the directive's own line ended the file
+        if not explicit_ttl:
+            self.last_ttl, self.last_known = slt, slk
+        return 0
+
+    cdef long long implicit_ttl(self):
+        if self.last_known and (not self.default_known or self.default_from_soa):
+            return self.last_ttl
+        if self.default_known:
+            return self.default_ttl
+        return -1
+
+    cdef int rr_line(self) except -1:
+        """One record (dns.zonefile.Reader._rr_line): [owner] [ttl] [class] type rdata."""
+        cdef int k, n, rtype, cls
+        cdef long long ttl = -1, t
+        cdef const unsigned char* rd_p
+        cdef int rd_line, rd_multi, rc
+        if self.pin_line:
+            self.rec_line = self.pin_line
+        if self.kind == ZT_WS:
+            k = self.tok()
+            if k == ZT_EOL or k == ZT_EOF:
+                if k == ZT_EOF:
+                    self.pending = True
+                return 0
+            self.pending = True
+            if self.last_len == 0:
+                self.fail("the last used name is undefined")
+        else:
+            if self.kind != ZT_WORD:
+                self.fail("expecting an identifier")
+            n = self.name_here(self.origin, self.origin_len, True)
+            memcpy(self.last, self.nbuf, n)
+            self.last_len = n
+        if not zs_name_under(self.last, self.last_len, self.zorigin, self.zorigin_len):
+            zone = self.hooks.name_text((<const char*>self.zorigin)[:self.zorigin_len])
+            self.fail("out-of-zone data (the zone is " + zone + ")",
+                      self.hooks.name_text((<const char*>self.last)[:self.last_len]))
+        self.ident()
+        t = zs_ttl(self.ts, self.tl)
+        if t >= 0:
+            ttl = self.last_ttl = t
+            self.last_known = True
+            self.ident()
+        cls = self.rdclass()
+        if cls >= 0:
+            if cls != 1:
+                self.fail("RR class is not zone's class")
+            self.ident()
+        if ttl < 0:
+            t = zs_ttl(self.ts, self.tl)
+            if t >= 0:
+                ttl = self.last_ttl = t
+                self.last_known = True
+                self.ident()
+            else:
+                ttl = self.implicit_ttl()
+        rtype = zs_type_fast(self.ts, self.tl)
+        if rtype < 0:
+            rtype = self.hooks.rdtype(self.tok_text())
+            if rtype < 0:
+                self.fail(f"unknown rdatatype '{self.tok_text()}'")
+        rd_p, rd_line, rd_multi = self.p, self.line, self.multiline
+        self.rd.len = 0
+        rc = zr_rdata(self, rtype)
+        if rc != 0:
+            # not sure: dnspython parses this record's text (and gives its error message)
+            self.p, self.line, self.multiline, self.pending = rd_p, rd_line, rd_multi, False
+            self.rdata_fallback(rtype, rd_multi)
+        if rtype == 6 and not self.default_known:
+            # pre-RFC 2308 files: the SOA MINIMUM is the default TTL (dnspython does the same)
+            self.default_ttl = zr_u32_at(self.rd.data + self.rd.len - 4)
+            self.default_known = True
+            self.default_from_soa = True
+            if ttl < 0:
+                ttl = self.implicit_ttl()
+        if ttl < 0:
+            self.fail("Missing default TTL value")
+        self.emit(self.last, self.last_len, rtype, ttl)
+        return 0
+
+    cdef int rdclass(self) except -2:
+        """The current token as a class: 1 for IN, another value for another class, -1 when it
+        is not a class (dnspython then reads it as the TTL or the type)."""
+        if zs_ieq(self.ts, self.tl, b"IN"):
+            return 1
+        if ((self.tl > 5 and zs_ieq(self.ts, 5, b"CLASS")) or zs_ieq(self.ts, self.tl, b"CH")
+                or zs_ieq(self.ts, self.tl, b"CHAOS") or zs_ieq(self.ts, self.tl, b"HS")
+                or zs_ieq(self.ts, self.tl, b"HESIOD") or zs_ieq(self.ts, self.tl, b"NONE")
+                or zs_ieq(self.ts, self.tl, b"ANY") or zs_ieq(self.ts, self.tl, b"INTERNET")
+                or zs_ieq(self.ts, self.tl, b"RESERVED0")):
+            return self.hooks.rdclass(self.tok_text())
+        return -1
+
+    cdef int rdata_fallback(self, int rtype, int multi) except -1:
+        """Hand this record's RDATA text (up to the end of the record) to dnspython."""
+        cdef const unsigned char* start = self.p
+        cdef const unsigned char* stop
+        cdef int k
+        while True:
+            k = self.tok()
+            if k == ZT_EOL or k == ZT_EOF:
+                break
+        stop = self.p - 1 if k == ZT_EOL else self.p      # up to the newline (a comment is fine)
+        if k == ZT_EOF:
+            self.pending = True
+        text = "(" * multi + (<const char*>start)[:stop - start].decode("ascii")
+        try:
+            wire = self.hooks.rdata(rtype, text, (<const char*>self.origin)[:self.origin_len])
+        except ValueError as exc:
+            self.fail(str(exc.args[0]) if exc.args else "syntax error")
+        self.rd.len = 0
+        zsb_put(&self.rd, <const char*>wire, len(wire))
+        return 0
+
+
+cdef bint zs_name_ieq(const unsigned char* a, const unsigned char* b, int n) noexcept nogil:
+    for i in range(n):
+        if zs_lower(a[i]) != zs_lower(b[i]):
+            return False
+    return True
+
+
+include "zonerdata.pxi"

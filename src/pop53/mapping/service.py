@@ -1,0 +1,131 @@
+"""The mapping state of a running server: the compiled maps, target liveness, and the
+published snapshot.  A liveness change rebuilds the merged tables of the answer functions it
+touches and publishes a new snapshot with one atomic store (Shared.publish_maps); the old one
+is retired like an image (freed after every worker has passed a batch boundary).  A map reload
+that fails leaves the old maps serving.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from pop53.mapping.config import MappingConfig
+from pop53.mapping.mapfile import load_map
+from pop53.mapping.snapshot import SnapshotBuilder
+
+log = logging.getLogger("pop53.mapping")
+
+
+def load_tables(mcfg: MappingConfig) -> dict:
+    return {m.name: load_map(m.file, m.default, m.regions) for m in mcfg.maps.values()}
+
+
+def _manifest(mcfg: MappingConfig) -> tuple:
+    """What the map files look like on disk: a reload with none changed is skipped."""
+    out = []
+    for m in mcfg.maps.values():
+        try:
+            st = os.stat(m.file)
+            out.append((m.file, st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append((m.file, None, None, None))
+    return tuple(out)
+
+
+class MappingState:
+    """Maps + liveness -> snapshots.  Thread-safe; `on_publish(snapshot)` is called with each
+    new snapshot."""
+
+    def __init__(self, mcfg: MappingConfig, on_publish=None):
+        self.cfg = mcfg
+        self.live = {t.name: t.up for t in mcfg.targets.values()}
+        self.manifest = _manifest(mcfg)
+        self.builder = SnapshotBuilder(mcfg, load_tables(mcfg))
+        self.on_publish = on_publish
+        self.seed = 0
+        self.snapshot = None
+        self.generation = 0
+        self.last_build_ms = 0.0
+        self._lock = threading.Lock()
+
+    def publish(self, seed: int | None = None):
+        """Build a snapshot of the current maps and liveness and hand it to on_publish.  The
+        callback runs outside this object's lock (it takes the server's), with the build's
+        sequence number so that a slower, older build never replaces a newer one."""
+        with self._lock:
+            if seed is not None:
+                self.seed = seed
+            t0 = time.perf_counter()
+            snap = self.builder.build(lambda t: self.live[t], self.seed)
+            self.last_build_ms = (time.perf_counter() - t0) * 1e3
+            self.snapshot = snap
+            self.generation += 1
+            seq = self.generation
+        if self.on_publish is not None:
+            self.on_publish(snap, seq)
+        return snap
+
+    def set_target(self, name: str, up: bool):
+        """Mark a target up or down and publish.  KeyError for an unknown target."""
+        if name not in self.live:
+            raise KeyError(f"no target named {name!r}")
+        with self._lock:
+            changed = self.live[name] != up
+            self.live[name] = up
+        if changed:
+            self.publish()
+            log.info("target %s is %s (mapping generation %d)", name, "up" if up else "down",
+                     self.generation)
+        return changed
+
+    def reload_maps(self) -> bool:
+        """Re-read the map files if any changed on disk; on any error the old maps keep serving
+        (raises).  Returns whether new maps were published."""
+        manifest = _manifest(self.cfg)
+        if manifest == self.manifest:
+            return False
+        tables = load_tables(self.cfg)
+        builder = SnapshotBuilder(self.cfg, tables)
+        with self._lock:
+            self.builder = builder
+            self.manifest = manifest
+        self.publish()
+        return True
+
+    def status(self) -> dict:
+        b = self.builder
+        return {
+            "generation": self.generation,
+            "targets": dict(self.live),
+            "maps": {n: {"prefixes": t.prefixes, "ranges_v4": len(t.lo4), "ranges_v6": len(t.lo6),
+                         "bytes": t.nbytes} for n, t in b.tables.items()},
+            "resources": len(self.cfg.mapped),
+            "last_build_ms": round(self.last_build_ms, 3),
+        }
+
+
+def attach(server) -> MappingState | None:
+    """Wire the configured mapping into a Server: snapshots go to its workers and retire like
+    images.  Raises ConfigError (a bad map) before anything is served."""
+    mcfg = getattr(server.config, "mapping", None)
+    if mcfg is None:
+        return None
+
+    published = [0]
+
+    def on_publish(snap, seq):
+        with server._lock:
+            if seq <= published[0]:
+                return
+            published[0] = seq
+            old = server.shared.maps_holder
+            server.shared.publish_maps(snap)
+            if old is not None:
+                server._retired.append((old, {id(w): w.epoch for w in server.workers}))
+
+    state = MappingState(mcfg, on_publish)
+    image = server.current_image
+    state.publish(image.view.seed if image is not None else 0)
+    return state

@@ -1,0 +1,237 @@
+"""Build the immutable mapping snapshot the data plane reads (ext/mapping.pxi).
+
+For every mapped resource and query family (a "view") the final answer of each region is
+computed from the targets' liveness, the fallback regions and `all_down`; the map's ranges are
+then merged wherever that final answer is equal, so the range holding a client key is exactly
+the run of addresses with its answer and its bounds give the maximal ECS scope (RFC 7871).
+Views with one answer function over one map share their tables.  A liveness change rebuilds
+only the merged tables (one numpy pass per affected function), never the maps or the zones.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import dns.name
+import numpy as np
+
+from pop53 import _core
+from pop53.errors import ConfigError
+from pop53.mapping.config import MappedConfig, MappingConfig
+from pop53.mapping.mapfile import RegionTable
+
+_RRSET = struct.Struct("<HHIIIIHH")
+_RES = struct.Struct("<IBBBBIIii")
+_ANS = struct.Struct("<IIHH")
+_GLUE = struct.Struct("<IIII")
+_KEY = struct.Struct("<BBBB32s32s512s")
+assert (_RES.size, _ANS.size, _GLUE.size, _KEY.size) == tuple(
+    _core.MAP_SIZEOF[k] for k in ("res", "ans", "glue", "keycfg"))
+T_A, T_NS, T_CNAME, T_AAAA = 1, 2, 5, 28
+MAPF_A, MAPF_AAAA = 1, 2
+ANS_SERVFAIL, GLUE_REQUIRED = 1, 1
+KEY_MODE = {"ecs_then_source": 0, "source_only": 1, "ecs_only": 2}
+INDEX_MIN = 64           # smaller tables are searched without an index
+INDEX_MAX_BITS = 16
+SERVFAIL, NODATA = "servfail", "nodata"
+
+
+def final_targets(res: MappedConfig, region: str, live) -> tuple | str | None:
+    """The targets answering `region`: its targets that are up, else those of the fallback
+    regions in order; every one down: the configured set anyway ("always return an answer"),
+    or SERVFAIL / NODATA when the resource says so.  None: the region has no targets at all."""
+    rt = res.region_targets
+    chain = [region] + [f for f in res.fallback if f != region]
+    for reg in chain:
+        up = [t for t in rt.get(reg, ()) if live(t)]
+        if up:
+            return tuple(up[:res.select] if res.select else up)
+    configured = next((rt[reg] for reg in chain if reg in rt), None)
+    if configured is None:
+        return None
+    if res.all_down == "servfail":
+        return SERVFAIL
+    if res.all_down == "nodata":
+        return NODATA
+    return tuple(configured[:res.select] if res.select else configured)
+
+
+def check_coverage(mcfg: MappingConfig, tables: dict) -> None:
+    """Every region a map can produce must give every resource on it some targets."""
+    for i, res in enumerate(mcfg.mapped):
+        table = tables[res.map]
+        for region in table.regions:
+            if final_targets(res, region, lambda t: True) is None:
+                raise ConfigError(
+                    f"region {region!r} of map {res.map!r} has no targets for {res.name} "
+                    f"(add it to regions or give a fallback)", file=mcfg.source,
+                    key=f"mapped[{i}].regions")
+
+
+def index_bits(n: int) -> int:
+    """Bits of the top-of-key index for a table of n ranges: about four ranges per slot (two
+    search steps), at most 16 (a 256 KiB index; the issue's /16-indexed search)."""
+    return max(1, min(INDEX_MAX_BITS, (n // 4).bit_length()))
+
+
+def merged_view(table: RegionTable, fn: np.ndarray) -> tuple:
+    """Ranges of `table` with region -> answer index `fn` applied, adjacent equal answers
+    merged, plus the top-bits indexes: (lo4, val4, idx4, lo6, val6, idx6)."""
+    out = []
+    for lo, reg, width in ((table.lo4, table.reg4, 32), (table.lo6, table.reg6, 64)):
+        val = fn[reg]
+        keep = np.empty(len(val), dtype=bool)
+        keep[0] = True
+        np.not_equal(val[1:], val[:-1], out=keep[1:])
+        lo, val = np.ascontiguousarray(lo[keep]), np.ascontiguousarray(val[keep])
+        idx = None
+        if len(lo) >= INDEX_MIN:
+            b = index_bits(len(lo))
+            idx = np.searchsorted(lo >> lo.dtype.type(width - b),
+                                  np.arange((1 << b) + 1, dtype=lo.dtype), side="left").astype(np.uint32)
+        out += [lo, val, idx]
+    return tuple(out)
+
+
+class _Blob:
+    """The snapshot's byte arena: names, RRsets, answers, glue.  Offset 0 means none."""
+
+    def __init__(self):
+        self.buf = bytearray(8)
+        self.names: dict[bytes, int] = {}
+
+    def add(self, data: bytes, align: int = 4) -> int:
+        self.buf += b"\0" * (-len(self.buf) % align)
+        off = len(self.buf)
+        self.buf += data
+        return off
+
+    def name(self, wire: bytes) -> int:
+        off = self.names.get(wire)
+        if off is None:
+            off = self.names[wire] = self.add(wire, 1)
+        return off
+
+    def rrset(self, rtype: int, ttl: int, rdatas: list[bytes]) -> int:
+        if not rdatas:
+            return 0
+        data = b"".join(struct.pack(">H", len(r)) + r for r in rdatas)
+        rdata_off = self.add(data, 1)
+        return self.add(_RRSET.pack(rtype, len(rdatas), ttl, rdata_off, len(data), 0, 0, 0))
+
+
+def _wire(text: str) -> bytes:
+    return dns.name.from_text(text).to_wire()
+
+
+class SnapshotBuilder:
+    """Holds the compiled maps and the shared merged tables; builds snapshots on demand."""
+
+    def __init__(self, mcfg: MappingConfig, tables: dict[str, RegionTable]):
+        check_coverage(mcfg, tables)
+        self.cfg = mcfg
+        self.tables = tables
+        self._views: dict = {}          # (map, fn bytes) -> merged arrays (shared, reused)
+
+    def _content(self, res: MappedConfig, family: str, final) -> object:
+        """What an answer of this view holds (hashable; equal contents = one answer)."""
+        if final in (SERVFAIL, NODATA):
+            return final
+        tg = [self.cfg.targets[t] for t in final]
+        if family in ("A", "AAAA"):
+            ver = 4 if family == "A" else 6
+            seen = dict.fromkeys(a for t in tg for a in t.addresses
+                                 if ipaddress.ip_address(a).version == ver)
+            return tuple(seen)
+        if family == "CNAME":
+            return tg[0].host
+        return tuple(dict.fromkeys((t.host, t.addresses) for t in tg))
+
+    def _encode(self, blob: _Blob, res: MappedConfig, family: str, content) -> bytes:
+        if content == SERVFAIL:
+            return _ANS.pack(0, 0, 0, ANS_SERVFAIL)
+        if content == NODATA or content == ():
+            return _ANS.pack(0, 0, 0, 0)
+        ttl = res.ttl
+        if family in ("A", "AAAA"):
+            rs = blob.rrset(T_A if family == "A" else T_AAAA, ttl,
+                            [ipaddress.ip_address(a).packed for a in content])
+            return _ANS.pack(rs, 0, 0, 0)
+        if family == "CNAME":
+            return _ANS.pack(blob.rrset(T_CNAME, ttl, [_wire(content)]), 0, 0, 0)
+        rs = blob.rrset(T_NS, ttl, [_wire(h) for h, _ in content])
+        owner = dns.name.from_text(res.name)
+        glue = b""
+        for host, addrs in content:
+            v4 = [ipaddress.ip_address(a).packed for a in addrs if ":" not in a]
+            v6 = [ipaddress.ip_address(a).packed for a in addrs if ":" in a]
+            req = GLUE_REQUIRED if dns.name.from_text(host).is_subdomain(owner) else 0
+            glue += _GLUE.pack(blob.name(_wire(host)), blob.rrset(T_A, ttl, v4),
+                               blob.rrset(T_AAAA, ttl, v6), req)
+        goff = blob.add(glue) if glue else 0
+        return _ANS.pack(rs, goff, len(content), 0)
+
+    def build(self, live, seed: int) -> _core.MapSnapshot:
+        """A snapshot for the liveness function `live(target) -> bool`, hashing names with the
+        zone image's seed."""
+        blob = _Blob()
+        map_index = {name: i for i, name in enumerate(self.cfg.maps)}
+        keys = b"".join(self._keycfg(m) for m in self.cfg.maps.values())
+        views: list = []
+        res_bytes = b""
+        label_mask = 0
+        hashes = []
+        used = set()
+        for res in self.cfg.mapped:
+            table = self.tables[res.map]
+            fams = {None: ("A", "AAAA"), "A": ("A",), "AAAA": ("AAAA",), "CNAME": ("CNAME",),
+                    "NS": ("NS",)}[res.type]
+            finals = [final_targets(res, region, live) for region in table.regions]
+            vidx = {}
+            for fam in fams:
+                contents = [self._content(res, fam, f) for f in finals]
+                pos = {c: i for i, c in enumerate(dict.fromkeys(contents))}
+                uniq = list(pos)
+                fn = np.array([pos[c] for c in contents], dtype=np.uint16)
+                ck = (res.map, fn.tobytes())
+                arrays = self._views.get(ck)
+                if arrays is None:
+                    arrays = self._views[ck] = merged_view(table, fn)
+                used.add(ck)
+                ans_off = blob.add(b"".join(self._encode(blob, res, fam, c) for c in uniq))
+                vidx[fam] = len(views)
+                views.append(arrays + (ans_off, len(uniq), int(fn[table.default])))
+            wire = _wire(res.name)
+            labels = len(dns.name.from_text(res.name).labels) - 1
+            label_mask |= 1 << labels
+            h = _core.hash_name(wire, seed)
+            hashes.append(h)
+            kind = _core.MAP_KIND["ADDR" if res.type in (None, "A", "AAAA") else res.type]
+            flags = (MAPF_A if "A" in fams else 0) | (MAPF_AAAA if "AAAA" in fams else 0)
+            va = vidx.get("A", vidx.get("CNAME", vidx.get("NS", -1)))
+            res_bytes += _RES.pack(blob.name(wire), len(wire), labels, kind, flags, h,
+                                   map_index[res.map], va, vidx.get("AAAA", -1))
+        # tables no view uses any more (an old liveness) are dropped
+        self._views = {k: v for k, v in self._views.items() if k in used}
+        size = 8
+        while size <= 2 * len(hashes):
+            size *= 2
+        rtab = [0] * size
+        for i, h in enumerate(hashes):
+            slot = h & (size - 1)
+            while rtab[slot]:
+                slot = (slot + 1) & (size - 1)
+            rtab[slot] = i + 1
+        return _core.MapSnapshot(bytes(blob.buf), res_bytes, struct.pack(f"<{size}I", *rtab),
+                                 seed, label_mask, keys, views)
+
+    @staticmethod
+    def _keycfg(m) -> bytes:
+        lens, fams, addrs = bytearray(32), bytearray(32), bytearray(512)
+        for i, p in enumerate(m.ecs_trust):
+            net = ipaddress.ip_network(p)
+            lens[i] = net.prefixlen
+            fams[i] = 4 if net.version == 4 else 16
+            addrs[16 * i:16 * i + len(net.network_address.packed)] = net.network_address.packed
+        return _KEY.pack(KEY_MODE[m.key], m.ecs_max_v4, m.ecs_max_v6, len(m.ecs_trust),
+                         bytes(lens), bytes(fams), bytes(addrs))

@@ -1,0 +1,88 @@
+"""`pop53 check` on signed zones: signatures expiring within the window (warning), expired or
+made by a key the DNSKEY RRset does not hold or not verifying (errors, exit 1)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dns.dnssec
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.DNSKEY
+import dns.zone
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from pop53.dnssec.check import check_signatures
+
+
+def _zone(s):
+    return dns.zone.from_file(str(s.path), s.origin, relativize=False), dns.name.from_text(s.origin)
+
+
+def _expiry(zone, origin):
+    return zone.find_rdataset(origin, dns.rdatatype.RRSIG, dns.rdatatype.SOA)[0].expiration
+
+
+def test_a_freshly_signed_zone_has_no_findings(signed):
+    for v in ("nsec", "nsec3", "optout", "child"):
+        zone, origin = _zone(signed[v])
+        assert check_signatures(zone, origin) == []
+
+
+def test_expiring_and_expired_signatures(signed):
+    zone, origin = _zone(signed["nsec3"])
+    exp = _expiry(zone, origin)
+    soon = check_signatures(zone, origin, now=exp - 2 * 86400)
+    assert [f.level for f in soon] == ["warning"] and "expire within 7 days" in soon[0].message
+    assert check_signatures(zone, origin, now=exp - 2 * 86400, window_days=1) == []
+    late = check_signatures(zone, origin, now=exp + 60)
+    assert [f.level for f in late] == ["error"] and "have expired" in late[0].message
+
+
+def test_a_dnskey_that_does_not_match_the_signatures(signed):
+    zone, origin = _zone(signed["nsec"])
+    other = dns.dnssec.make_dnskey(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                   dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257)
+    keys = zone.find_rdataset(origin, dns.rdatatype.DNSKEY)
+    ttl = keys.ttl
+    keys.clear()
+    keys.add(other, ttl)
+    found = check_signatures(zone, origin)
+    assert any(f.level == "error" and "does not hold" in f.message for f in found), found
+
+
+def test_a_signature_that_does_not_verify(signed):
+    zone, origin = _zone(signed["nsec"])
+    sigs = zone.find_rdataset("www." + signed["nsec"].origin, dns.rdatatype.RRSIG, dns.rdatatype.A)
+    old = sigs[0]
+    ttl = sigs.ttl
+    sigs.clear()
+    sigs.add(old.replace(signature=bytes([old.signature[0] ^ 1]) + old.signature[1:]), ttl)
+    found = check_signatures(zone, origin)
+    assert [f.level for f in found] == ["error"]
+    assert "do not verify" in found[0].message and "www.sec.example. A" in found[0].message
+
+
+def test_the_cli_exit_code_and_window(signed, tmp_path):
+    s = signed["nsec"]
+    env = dict(os.environ)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pop53", "check", "--zone", *a],
+                                    capture_output=True, text=True, env=env, timeout=120)
+    ok = run(str(s.path))
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    # dnssec-signzone's default validity is 30 days: a 40-day window warns, exit 0
+    warn = run(str(s.path), "--dnssec-window", "40")
+    assert warn.returncode == 0 and "signatures expire within 40 days" in warn.stderr
+    zone, origin = _zone(s)
+    keys = zone.find_rdataset(origin, dns.rdatatype.DNSKEY)
+    other = dns.dnssec.make_dnskey(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                   dns.dnssec.Algorithm.ECDSAP256SHA256, flags=257)
+    ttl = keys.ttl
+    keys.clear()
+    keys.add(other, ttl)
+    bad = tmp_path / "badkey.zone"
+    zone.to_file(str(bad), relativize=False)
+    res = run(str(bad))
+    assert res.returncode == 1 and "does not hold" in res.stderr, res.stderr
