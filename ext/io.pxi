@@ -99,6 +99,7 @@ cdef class Worker:
     cdef int stop_flag
     cdef int running
     cdef int control_enabled
+    cdef object scorer
     cdef mmsghdr* rmsgs
     cdef mmsghdr* smsgs
     cdef iovec* riov
@@ -111,6 +112,7 @@ cdef class Worker:
     cdef ctl_msg_t* ring
     cdef uint64_t ring_head        # written by the worker
     cdef uint64_t ring_tail        # written by the control plane
+    cdef sc_state_t sc             # query scoring: sketch, controller, counters (scoring.pxi)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -135,12 +137,15 @@ cdef class Worker:
         free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
         free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
 
-    def run(self, Shared shared, Responder responder, RateLimiter limiter=None):
+    def run(self, Shared shared, Responder responder, RateLimiter limiter=None,
+            Scorer scorer=None):
         """The loop; returns when stop() is called.  The socket must have a receive timeout
         (SO_RCVTIMEO) so that stop and reclamation are noticed while idle.  With a limiter,
-        UDP responses pass response rate limiting (rrl.pxi)."""
+        UDP responses pass response rate limiting (rrl.pxi); with a scorer, queries are scored
+        and admitted by class before any lookup (scoring.pxi)."""
         cdef rcfg_t* cfg = &responder.cfg
         cdef rrl_t* rl = limiter.ptr() if limiter is not None else NULL
+        self.scorer = scorer
         cdef uint32_t slot = cfg.edns_max if cfg.edns_max > 512 else 512
         if self.running:
             raise RuntimeError("worker already running")
@@ -152,10 +157,11 @@ cdef class Worker:
         self.running = 1
         p53_store_int(&self.stop_flag, 0)
         with nogil:
-            self._loop(shared, cfg, rl)
+            self._loop(shared, cfg, rl, scorer)
         self.running = 0
 
-    cdef void _loop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl) noexcept nogil:
+    cdef void _loop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl,
+                    Scorer scorer) noexcept nogil:
         cdef int n, i, m, sent, k, act
         cdef uint32_t outlen, now = 0, slip_ctr = 0, cl_len
         cdef const uint8_t* cl
@@ -164,6 +170,7 @@ cdef class Worker:
         cdef const map_snap_t* maps
         cdef query_t q
         cdef ctl_msg_t* cm
+        cdef const known_t* kn = NULL
         while not p53_load_int(&self.stop_flag):
             for i in range(BATCH):
                 self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
@@ -183,6 +190,10 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            if scorer is not None:
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[n - 1].msg_hdr)
+                kn = scorer.begin(&self.sc)
+                sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
                 now = <uint32_t>ts.tv_sec
@@ -196,6 +207,10 @@ cdef class Worker:
                     self.st.dropped += 1
                     continue
                 cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
+                if scorer is not None and not sc_admit(&scorer.cfg, kn, &self.sc, cfg,
+                                                       self.rbuf + i * RECV_SLOT,
+                                                       self.rmsgs[i].msg_len, cl, cl_len):
+                    continue
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
                                   &self.st, cl, cl_len, maps)
@@ -273,6 +288,10 @@ cdef class Worker:
                         PyBytes_FromStringAndSize(<const char*>&cm.addr, cm.addrlen)))
             p53_store_u64(&self.ring_tail, self.ring_tail + 1)
         return out
+
+    def scoring_stats(self):
+        """Query scoring's counters, shares and controller level for this worker."""
+        return sc_stats_dict(&self.sc)
 
     def stats(self):
         """A snapshot of the counters (plain ints; torn reads of a 64-bit counter cannot happen

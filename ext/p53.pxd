@@ -281,6 +281,65 @@ cdef struct stats_t:
 
 
 # ---------------------------------------------------------------------------------------------
+# Query scoring (scoring.pxi): the known-resolver table every worker reads, the settings shared
+# by the workers of a server, and each worker's own sketch, controller and counters.
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    SC_TOP = 0                # a known resolver's prefix, or a valid server cookie of ours
+    SC_NORMAL = 1             # an unknown source, nothing odd
+    SC_ODD = 2                # header oddities (RD, QR, TC, Z, counts a resolver never sends)
+    SC_FLOOD = 3              # the source prefix is over its rate in this window
+    SC_CLASSES = 4
+    SC_ONE = 1024             # a class's admission share: SC_ONE = everything
+    SC_COLS = 4096            # count-min sketch: 2 rows of SC_COLS saturating counters
+
+cdef extern from *:
+    """#define SC_V6_TAG (1ULL << 63)"""
+    const uint64_t SC_V6_TAG
+
+cdef struct known_t:          # immutable once published; freed after every worker passed a batch
+    const uint8_t* v4         # 1 << 24 bytes, one per IPv4 /24: nonzero = known
+    const uint64_t* v6        # open addressing over IPv6 /56 keys (the first 7 address bytes,
+                              # big-endian) with SC_V6_TAG set; 0 = empty; linear probing
+    uint64_t v6_mask          # slots - 1 (a power of two; at least one slot is empty)
+    uint64_t n_v6
+
+cdef enum:
+    SC_SEEN6 = 65536          # learning: IPv6 /56s remembered per window (open addressing)
+
+cdef struct seen_t:           # learning: the sources answered in this window, written by workers
+    uint8_t* v4               # 1 << 21 bytes: one bit per IPv4 /24
+    uint64_t* v6              # SC_SEEN6 slots: /56 key | SC_V6_TAG, 0 = empty
+
+cdef struct sc_cfg_t:
+    uint32_t source_rate      # queries per source prefix per window before SC_FLOOD
+    uint32_t known_rate       # the same for a known prefix (spoofed known sources fall to NORMAL)
+    uint32_t window_ms        # the sketch's window
+    uint32_t tick_ms          # the controller's period
+    uint32_t full_run         # consecutive full batches that mean "overloaded"
+    uint32_t recover          # share regained per calm tick (of SC_ONE), best class first
+    bint rd_odd               # RD=1 counts as an oddity (resolvers send RD=0 to authorities)
+
+cdef struct sc_state_t:       # one per worker, written by that worker only
+    uint16_t sketch[2][4096]
+    uint64_t window_start     # ms, CLOCK_MONOTONIC_COARSE
+    uint64_t tick_start
+    uint32_t allow[4]         # admission share per class (SC_ONE = all)
+    uint32_t acc[4]           # fractional admission accumulators (no random numbers)
+    uint32_t run              # consecutive full batches now
+    uint32_t run_max          # the longest run in this tick
+    uint32_t ovfl_last        # the kernel's drop counter at the last look
+    uint32_t drops_tick       # kernel drops seen in this tick
+    uint64_t admitted[4]
+    uint64_t dropped[4]
+    uint64_t mark[4]          # admitted + dropped per class at the last tick
+    uint64_t lifted           # queries a valid cookie lifted to SC_TOP under overload
+    uint64_t kernel_drops     # SO_RXQ_OVFL: datagrams the kernel dropped on this socket
+    uint64_t overload_ticks
+    uint64_t ticks
+    seen_t* seen              # learning: the window's seen set (loaded per batch), or NULL
+
+# ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)
 # ---------------------------------------------------------------------------------------------
 cdef extern from "<time.h>" nogil:

@@ -33,19 +33,8 @@ from bench import data  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rrl.md")
-    args = ap.parse_args(argv)
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    image = pop53.compile_zones([zonefile])
-    wires = []
-    for rr in image_names(zonefile)[:1000]:
-        q = dns.message.make_query(rr, "A", use_edns=0)
-        wires.append(q.to_wire())
+    args = bench_args(__doc__, "rrl", argv)
+    image, wires = bench_queries()
     reply = pop53.answer(image, wires[0], ("127.0.0.1", 5353))
     sa = struct.pack("=HH4s", socket.AF_INET, socket.htons(5353), socket.inet_aton("192.0.2.1")).ljust(28, b"\0")
     # the same queries carrying a client cookie, answered by a responder with a server secret
@@ -63,14 +52,8 @@ def main(argv=None) -> int:
         rl = _core.RateLimiter(20, slip=2, exempt=("127.0.0.0/8", "::1/128"))   # the default
         rrl_ns.append(rl.bench(sa, reply, 2_000_000))
     a, r, c = statistics.median(answer_ns), statistics.median(rrl_ns), statistics.median(cookie_ns)
-    lines = [
-        "# Response rate limiting and DNS COOKIEs: cost per UDP response",
-        "",
-        f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        "- Command (from the repository root): `python -m bench.micro.rrl"
-        + (f" --rounds {args.rounds}" if args.rounds != 15 else "") + "`",
-        f"- Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; load average "
-        f"{os.getloadavg()[0]:.2f}",
+    lines = report_head("Response rate limiting and DNS COOKIEs: cost per UDP response", "rrl",
+                        args, f"load average {os.getloadavg()[0]:.2f}") + [
         "",
         "| measurement | median of rounds | min | max |",
         "|---|---|---|---|",
@@ -114,6 +97,37 @@ def chart(answer_ns: float, rrl_ns: float, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def bench_args(doc: str, name: str, argv) -> argparse.Namespace:
+    """--rounds and --out (bench/results/NAME.md) of a micro benchmark module."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.md")
+    return ap.parse_args(argv)
+
+
+def report_head(title: str, name: str, args, load: str) -> list[str]:
+    """The first lines of a results file: title, date, command, machine and load."""
+    return [
+        f"# {title}",
+        "",
+        f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+        f"- Command (from the repository root): `python -m bench.micro.{name}"
+        + (f" --rounds {args.rounds}" if args.rounds != 15 else "") + "`",
+        f"- Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; {load}",
+    ]
+
+
+def bench_queries() -> tuple[pop53.Image, list[bytes]]:
+    """The 1,000-name benchmark zone compiled, and an A query (EDNS) for each of its names."""
+    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
+    if not zonefile.exists():
+        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    image = pop53.compile_zones([zonefile])
+    return image, [dns.message.make_query(rr, "A", use_edns=0).to_wire()
+                   for rr in image_names(zonefile)[:1000]]
 
 
 def image_names(zonefile: Path) -> list[str]:

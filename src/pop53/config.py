@@ -25,6 +25,7 @@ import dns.name
 
 from pop53 import schema
 from pop53.errors import ConfigError
+from pop53.scoring.settings import parse_settings as parse_scoring
 
 # every table and key is declared in pop53.schema (names, types, defaults, meanings)
 SERVER_KEYS = frozenset(schema.SCHEMA.tables["server"].keys)
@@ -79,6 +80,7 @@ class Config:
     max_image_bytes: int = 0
     control: str | None = None
     rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
+    scoring: dict | None = None         # [scoring]: query scoring (pop53.scoring.settings)
     cookie_secret: bytes | None = None  # DNS COOKIEs on: the RFC 9018 server secret
     cookie_secret_previous: bytes | None = None
     serial_check: str = "warn"          # pop53.serve.loads.POLICIES
@@ -283,6 +285,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         serial_check=_one_of(server, "serial_check", ("warn", "refuse", "off"), file),
         zone_dir=base_dir,
         rrl=_rrl(doc.get("rrl"), file),
+        scoring=parse_scoring(doc.get("scoring"), file, base_dir),
         **_cookies(server, file),
         **_log(doc.get("log", {}), file),
         source=file, doc=doc,

@@ -253,6 +253,32 @@ _rrl = SCHEMA.table("rrl", doc="Response rate limiting on UDP (TCP is never limi
  .key("table_size", "integer (power of two)", 65536, "buckets in the limiter's table")
  .key("exempt", "list of strings", ["127.0.0.0/8", "::1/128"], "prefixes never limited (at most 32)"))
 
+_scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing on UDP (docs/scoring.md): "
+                                       "every query is classed before any lookup (known resolver or valid "
+                                       "cookie, normal, odd header, flooding source); under overload the "
+                                       "worst classes are dropped first.  Off unless this table is present.")
+(_scoring
+ .key("enabled", "boolean", True, "false turns scoring off with the table present")
+ .key("known_resolvers", "string", None, "file of known resolvers: one IPv4/IPv6 address or prefix a line "
+      "(# comments), known by /24 and /56; re-read on reload")
+ .key("source_rate", "integer", 2000, "queries per second per source /24 or /56, per worker, above which "
+      "an unknown source is flooding")
+ .key("known_rate", "integer", 20000, "the same for a known resolver's prefix (above it: normal class)")
+ .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")
+ .key("tick_ms", "integer 1..1000", 10, "the overload controller's period")
+ .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "
+      "(as do kernel receive-queue drops)")
+ .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
+ .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
+ .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
+      "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
+ .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it; "
+      "~256 KiB is a few ms of one worker's work); 0: the server's 4 MiB.  Priority sockets keep 4 MiB")
+ .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "
+      "answered in learn_min of the last learn_windows windows becomes known; frozen under overload")
+ .key("learn_windows", "integer 1..1000", 7, "learning: windows remembered")
+ .key("learn_min", "integer", 3, "learning: windows a prefix must be seen in"))
+
 _xfr = SCHEMA.table("xfr", doc="Zone transfers (AXFR/IXFR, NOTIFY) and the secondary's freshness.")
 (_xfr
  .key("role", "string", "normal", '"normal" or "delayed" (apply every update `delay` seconds later)')

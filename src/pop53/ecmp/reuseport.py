@@ -87,13 +87,15 @@ def _mix_word(load: list) -> list:
     ]
 
 
-def _finish(n: int) -> list:
+def _finish(n: int, base_in_m1: bool = False) -> list:
+    """h % n, plus M[1] when base_in_m1 (a prologue's choice of a block of sockets)."""
     return [
         _ins(_LD | _MEM, 0),
         _ins(_ST, 0), _ins(_ALU | _RSH | _K, 13), _ins(_LDX | _MEM, 0), _ins(_ALU | _XOR | _X),
         _ins(_ALU | _MUL | _K, _FMIX),
         _ins(_ST, 0), _ins(_ALU | _RSH | _K, 16), _ins(_LDX | _MEM, 0), _ins(_ALU | _XOR | _X),
         _ins(_ALU | _MOD | _K, n),
+    ] + ([_ins(_LDX | _MEM, 1), _ins(_ALU | _ADD | _X)] if base_in_m1 else []) + [
         _ins(_RET | _A),
     ]
 
@@ -102,8 +104,11 @@ def _ld_net(size: int, off: int) -> list:
     return [_ins(_LD | size | _ABS, _SKF_NET_OFF + off)]
 
 
-def build_program(n_sockets: int) -> list[tuple[int, int, int, int]]:
-    """The classic BPF program as (code, jt, jf, k) tuples for a group of ``n_sockets``."""
+def build_program(n_sockets: int, prologue: Sequence = ()) -> list[tuple[int, int, int, int]]:
+    """The classic BPF program as (code, jt, jf, k) tuples for a group of ``n_sockets``.
+    With a prologue (instructions that leave a socket index base in M[1] and fall through at
+    their end), the result is that base plus the hash modulo ``n_sockets``: how
+    pop53.scoring.steer sends known resolvers to a second block of sockets."""
     if not isinstance(n_sockets, int) or not 1 <= n_sockets <= 65535:
         raise ReuseportError(f"n_sockets must be an integer in 1..65535, not {n_sockets!r}")
     init = [_ins(_LD | _IMM, HASH_INIT), _ins(_ST, 0)]
@@ -117,7 +122,7 @@ def build_program(n_sockets: int) -> list[tuple[int, int, int, int]]:
         _ins(_MISC | _TAX),                                # X = A
         _ins(_LD | _W | _IND, _SKF_NET_OFF),               # A = sport << 16 | dport
     ])
-    v4 += _finish(n_sockets)
+    v4 += _finish(n_sockets, bool(prologue))
     v6 = [
         _ins(_LD | _B | _ABS, _SKF_NET_OFF + 6),           # next header
         _ins(_JMP | _JEQ | _K, 17, 1, 0),                  # UDP right after the header?
@@ -126,26 +131,27 @@ def build_program(n_sockets: int) -> list[tuple[int, int, int, int]]:
     for off in range(8, 40, 4):                            # saddr, daddr (8 words)
         v6 += _mix_word(_ld_net(_W, off))
     v6 += _mix_word(_ld_net(_W, 40))                       # sport << 16 | dport
-    v6 += _finish(n_sockets)
+    v6 += _finish(n_sockets, bool(prologue))
     head = [
         _ins(_LD | _B | _ABS, _SKF_NET_OFF),
         _ins(_ALU | _RSH | _K, 4),                         # IP version
         _ins(_JMP | _JEQ | _K, 6, 0, len(v6)),             # 6: fall into v6, else skip it
     ]
-    prog = head + v6 + v4
+    prog = list(prologue) + head + v6 + v4
     if len(prog) > 4096:
         raise ReuseportError("program too long")
     return prog
 
 
-def attach_cbpf(sock: socket.socket, n_sockets: int) -> None:
-    """Attach the selection program to ``sock``'s SO_REUSEPORT group of ``n_sockets``
-    UDP sockets (call it on worker 0's socket once all workers are bound, in order)."""
+def attach_cbpf(sock: socket.socket, n_sockets: int, prog: list | None = None) -> None:
+    """Attach the selection program (or ``prog``) to ``sock``'s SO_REUSEPORT group of
+    ``n_sockets`` UDP sockets (call it on worker 0's socket once all workers are bound, in
+    order; attaching again replaces the group's program)."""
     if sock.type != socket.SOCK_DGRAM:
         raise ReuseportError("the reuseport program is for UDP sockets")
     if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
         raise ReuseportError("socket does not have SO_REUSEPORT set")
-    prog = build_program(n_sockets)
+    prog = build_program(n_sockets) if prog is None else prog
     raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))   # struct sock_fprog

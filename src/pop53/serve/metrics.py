@@ -87,6 +87,9 @@ class ServerCollector:
         b = GaugeMetricFamily("pop53_image_bytes", "Size of the published image")
         b.add_metric([], len(s.current_image) if s.current_image is not None else 0)
         yield b
+        if s.scoring is not None:
+            from pop53.scoring import metrics as scoring_metrics
+            yield from scoring_metrics.families(s.workers)
         rf = CounterMetricFamily("pop53_reload_failures", "Reloads rejected (the old data kept serving)")
         rf.add_metric([], s.reload_failures)
         yield rf

@@ -119,6 +119,11 @@ class Server:
         self.shared = _core.Shared()
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.limiter = _core.RateLimiter(**config.rrl) if config.rrl else None
+        # query scoring before any lookup ([scoring], pop53.scoring)
+        self.scoring = None
+        if config.scoring:
+            from pop53.scoring.service import ScoringService
+            self.scoring = ScoringService(config.scoring)
         self.control_handler = control_handler
         self.control_plane = control_handler     # set in start(): never None there
         self.current_image: Image | None = None
@@ -333,6 +338,8 @@ class Server:
         Returns whether every zone loaded."""
         if only is not None and self.reload_hook is None and not self.zone_data:
             only = None     # the other zones' parsed versions are not held here: read them all
+        if self.scoring is not None:
+            self.scoring.load(self, strict=False)
         try:
             if self.mapping is not None:
                 self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
@@ -389,7 +396,8 @@ class Server:
         for i, w in enumerate(self.workers):
             w.stop()
             self._threads[i].join(2)
-            t = threading.Thread(target=w.run, args=(self.shared, responder, limiter),
+            t = threading.Thread(target=w.run, args=(self.shared, responder, limiter,
+                                                     self.scoring and self.scoring.scorer),
                                  name=f"pop53-udp-{i}", daemon=True)
             self._threads[i] = t
             t.start()
@@ -435,9 +443,16 @@ class Server:
             first.close()
             tsock.close()
             raise
-        if cfg.reuseport_bpf:
+        if self.scoring is not None and self.scoring.steer:
+            # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
+            group += [udp_socket(addr) for _ in range(cfg.workers)]
+            self.scoring.attach(group, cfg.workers)
+        elif cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
             reuseport.attach_cbpf(group[0], len(group))
+        if self.scoring is not None:
+            for i, s in enumerate(group):
+                self.scoring.prepare_socket(s, priority=i >= cfg.workers)
         self.udp_socks.extend(group)
         self.tcp_socks.append(tsock)
 
@@ -463,6 +478,8 @@ class Server:
             else:
                 failed: dict[str, str] = {}
                 self.set_zones(self.load_zone_files(failed), failed)
+        if self.scoring is not None:
+            self.scoring.load(self, strict=True)
         if self.mapping is None:
             from pop53.mapping import service as mapping
             self.mapping = mapping.attach(self)
@@ -479,7 +496,8 @@ class Server:
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, True)
             self.workers.append(w)
-            t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter),
+            t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter,
+                                                     self.scoring and self.scoring.scorer),
                                  name=f"pop53-udp-{i}", daemon=True)
             self._threads.append(t)
         from pop53.serve.tcp import TcpServer
@@ -530,6 +548,8 @@ class Server:
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.02):
             self.reclaim()
+            if self.scoring is not None:
+                self.scoring.housekeeping(self)
             for i, w in enumerate(self.workers):
                 for msg, addr in w.take_control():
                     self._control_udp(self.udp_socks[i], msg, addr)

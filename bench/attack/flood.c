@@ -1,0 +1,96 @@
+/* A bounded loopback flood for bench/attack: DNS queries to 127.0.0.1:PORT from SOURCES
+ * sockets bound to 127.2.X.Y (one /24 each while SOURCES <= 256), sendmmsg batches of 64, for
+ * at most SECONDS and at most RATE datagrams a second (0: as fast as it goes).
+ *   MODE 0: random subdomains of ZONE (a fresh 12-hex-digit label each)
+ *   MODE 1: one repeated name (www.ZONE)
+ * Prints the number of datagrams sent.  Loopback only: the destination is fixed. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH 64
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
+
+static int build(uint8_t *p, int mode, const uint8_t *zone, int zlen, uint16_t id) {
+    static const char hex[] = "0123456789abcdef";
+    int n = 0;
+    p[n++] = id >> 8; p[n++] = id & 0xFF;
+    p[n++] = 0; p[n++] = 0;                 /* RD=0: as a resolver asks an authority */
+    p[n++] = 0; p[n++] = 1; memset(p + n, 0, 6); n += 6;
+    if (mode == 0) {
+        uint64_t r = next();
+        p[n++] = 12;
+        for (int i = 0; i < 12; i++) p[n++] = hex[(r >> (4 * i)) & 15];
+    } else {
+        memcpy(p + n, "\x03www", 4); n += 4;
+    }
+    memcpy(p + n, zone, zlen); n += zlen;
+    p[n++] = 0; p[n++] = 1; p[n++] = 0; p[n++] = 1;
+    return n;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: flood PORT SECONDS RATE SOURCES MODE ZONE(wire, hex)\n");
+        return 2;
+    }
+    int port = atoi(argv[1]), nsrc = atoi(argv[4]), mode = atoi(argv[5]);
+    double seconds = atof(argv[2]), rate = atof(argv[3]);
+    uint8_t zone[256];
+    int zlen = strlen(argv[6]) / 2;
+    if (nsrc < 1 || nsrc > 65536 || seconds <= 0 || seconds > 600 || zlen < 1 || zlen > 255) return 2;
+    for (int i = 0; i < zlen; i++) sscanf(argv[6] + 2 * i, "%2hhx", &zone[i]);
+    int *socks = calloc(nsrc, sizeof(int));
+    for (int i = 0; i < nsrc; i++) {
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        char ip[32];
+        snprintf(ip, sizeof ip, "127.2.%d.%d", i & 255, (i >> 8) + 1);
+        inet_pton(AF_INET, ip, &a.sin_addr);
+        socks[i] = socket(AF_INET, SOCK_DGRAM, 0);
+        if (socks[i] < 0 || bind(socks[i], (struct sockaddr *)&a, sizeof a) < 0) { perror(ip); return 1; }
+    }
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+    static uint8_t bufs[BATCH][300];
+    struct iovec iov[BATCH];
+    struct mmsghdr msgs[BATCH];
+    uint64_t sent = 0;
+    double t0 = now(), end = t0 + seconds;
+    for (uint64_t b = 0;; b++) {
+        double t = now();
+        if (t >= end) break;
+        if (rate > 0 && sent > (t - t0) * rate) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        for (int i = 0; i < BATCH; i++) {
+            iov[i].iov_base = bufs[i];
+            iov[i].iov_len = build(bufs[i], mode, zone, zlen, (uint16_t)(sent + i));
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_name = &dst;
+            msgs[i].msg_hdr.msg_namelen = sizeof dst;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int k = sendmmsg(socks[b % nsrc], msgs, BATCH, MSG_DONTWAIT);
+        if (k > 0) sent += k;
+    }
+    printf("%llu\n", (unsigned long long)sent);
+    return 0;
+}

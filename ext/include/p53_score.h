@@ -1,0 +1,30 @@
+/* Query scoring's C helpers: the kernel's receive-queue drop counter (SO_RXQ_OVFL, socket(7))
+ * read from the control data of a received datagram. */
+#ifndef P53_SCORE_H
+#define P53_SCORE_H
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#ifndef SO_RXQ_OVFL
+#define SO_RXQ_OVFL 40
+#endif
+
+/* The cumulative count of datagrams the kernel dropped on this socket before this one was
+ * queued, when the socket has SO_RXQ_OVFL on (the cmsg comes once drops happened).  m: a
+ * struct msghdr*.  Returns 1 and sets *out when the message carries it. */
+static inline int p53_rxq_ovfl(const void *mv, uint32_t *out) {
+    const struct msghdr *m = (const struct msghdr *)mv;
+    struct cmsghdr *c;
+    if (m->msg_controllen == 0 || m->msg_control == NULL)
+        return 0;
+    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL
+                && c->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
+            memcpy(out, CMSG_DATA(c), sizeof(uint32_t));
+            return 1;
+        }
+    }
+    return 0;
+}
+#endif

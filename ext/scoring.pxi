@@ -1,0 +1,549 @@
+# Query scoring and prioritized processing (issue 13): the admission stage BEFORE the lookup.
+# Response rate limiting (rrl.pxi) acts after the answer is made, so under a flood the worker
+# still spends its whole budget receiving and answering attack queries, and known resolvers'
+# queries wait in (or fall off) the socket queue.  Here each received query is put in a class
+# from a few small filters, with no lookup and no parse:
+#
+#   SC_TOP     the source's /24 (IPv4) or /56 (IPv6) is a known resolver (the known table),
+#              unless that prefix is itself over `known_rate` (spoofed known sources); or, when
+#              the query is about to be dropped, it carries a valid server cookie of ours
+#              (RFC 7873/9018: the address is proven, so it cannot be spoofed)
+#   SC_FLOOD   the source prefix is over `source_rate` in this window (a count-min sketch)
+#   SC_ODD     header oddities a resolver talking to an authority does not produce: QR, TC or
+#              Z set, opcode other than QUERY/NOTIFY, QDCOUNT != 1, answers in a query, more
+#              than 2 additional records, and RD=1 (resolvers send RD=0 to authorities)
+#   SC_NORMAL  anything else
+#
+# The overload controller runs every `tick_ms` in each worker from what the worker sees itself:
+# the longest run of full recvmmsg batches in the tick (the socket queue never emptied) and the
+# kernel's drop counter on its socket (SO_RXQ_OVFL).  Overloaded: the worst class still admitted
+# that had queries in the tick has its admission share halved (below 1/64 it is cut to nothing;
+# worse classes without queries are cut to nothing at once); calm: the best class still
+# cut regains `recover`/1024 of its share.  SC_TOP is never cut.  A share below one admits every
+# k-th query deterministically (an accumulator, no random numbers).
+#
+# Everything here is per worker (the sketch and controller live in the worker, its counters too)
+# except the known table, which the control plane publishes like an image: one atomic pointer,
+# loaded once per batch, the old table freed after every worker passed a batch boundary.  With
+# SO_REUSEPORT a source's queries spread over the workers, so a per-worker sketch sees about
+# 1/workers of a source's rate: `source_rate` is per worker.
+
+cdef extern from "p53_score.h" nogil:
+    int p53_rxq_ovfl(const void* m, uint32_t* out)
+
+
+cdef extern from *:
+    """#define p53_prefetch(p) __builtin_prefetch((p), 0, 0)"""
+    void p53_prefetch(const void* p) nogil
+
+
+cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n) noexcept nogil:
+    """Ask for the known-table lines of a whole batch's sources before scoring the first (a
+    flood's sources are scattered over the 16 MiB table: one cache and TLB miss each, which
+    overlap when issued together)."""
+    cdef const uint8_t* a
+    cdef uint32_t alen
+    cdef int i
+    if kn == NULL:
+        return
+    for i in range(n):
+        a = client_addr(sa + i * stride, &alen)
+        if alen == 4 and kn.v4 != NULL:
+            p53_prefetch(kn.v4 + ((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]))
+        elif alen == 16 and kn.n_v6:
+            p53_prefetch(kn.v6 + (mix64(sc_v6_key(a) | SC_V6_TAG) & kn.v6_mask))
+
+
+cdef inline uint64_t sc_now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
+cdef inline uint64_t sc_v6_key(const uint8_t* a) noexcept nogil:
+    """The /56 of an IPv6 address as an integer (its first 7 bytes, big-endian)."""
+    return ((<uint64_t>a[0] << 48) | (<uint64_t>a[1] << 40) | (<uint64_t>a[2] << 32)
+            | (<uint64_t>a[3] << 24) | (<uint64_t>a[4] << 16) | (<uint64_t>a[5] << 8) | a[6])
+
+
+cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Whether the client's /24 or /56 is in the known table (one byte read for IPv4, one or
+    two probes of a hash table for IPv6)."""
+    cdef uint64_t key, i, slot
+    if kn == NULL:
+        return False
+    if alen == 4:
+        return kn.v4 != NULL and kn.v4[(<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]] != 0
+    if alen != 16 or kn.n_v6 == 0:
+        return False
+    key = sc_v6_key(a) | SC_V6_TAG
+    i = mix64(key) & kn.v6_mask
+    while True:
+        slot = kn.v6[i]
+        if slot == key:
+            return True
+        if slot == 0:
+            return False
+        i = (i + 1) & kn.v6_mask
+
+
+def known_v6_slot(uint64_t key, uint64_t mask):
+    """The first slot of a /56 key (an integer < 2**56) in a known table of mask + 1 slots, and
+    the value stored for it (for pop53.scoring.known, which builds the table)."""
+    cdef uint64_t k = (key & ((<uint64_t>1 << 56) - 1)) | SC_V6_TAG
+    return mix64(k) & mask, k
+
+
+cdef uint32_t sc_count(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Count one query for the client's prefix in the count-min sketch; returns the estimate
+    (the smaller of the two rows, saturating at 65535)."""
+    cdef uint64_t h
+    cdef uint32_t i0, i1, c0, c1
+    if alen == 4:
+        h = (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
+    elif alen == 16:
+        h = (<uint64_t>6 << 56) | sc_v6_key(a)
+    else:
+        h = 0
+    h = mix64(h)
+    i0 = <uint32_t>(h & (SC_COLS - 1))
+    i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
+    c0 = s.sketch[0][i0]
+    c1 = s.sketch[1][i1]
+    if c0 < 65535:
+        c0 += 1
+        s.sketch[0][i0] = <uint16_t>c0
+    if c1 < 65535:
+        c1 += 1
+        s.sketch[1][i1] = <uint16_t>c1
+    return c0 if c0 < c1 else c1
+
+
+cdef bint sc_odd(const sc_cfg_t* cfg, const uint8_t* p, uint32_t n) noexcept nogil:
+    """Header oddities (see the top of this file); a packet shorter than a header is odd."""
+    cdef uint8_t opcode
+    if n < 12:
+        return True
+    opcode = (p[2] >> 3) & 0x0F
+    if p[2] & 0x82 or p[3] & 0x40:              # QR, TC; Z
+        return True
+    if opcode != OP_QUERY and opcode != OP_NOTIFY:
+        return True
+    if cfg.rd_odd and p[2] & 0x01:
+        return True
+    return (p[4] != 0 or p[5] != 1 or (opcode == OP_QUERY and (p[6] | p[7]) != 0)
+            or p[10] != 0 or p[11] > 2)
+
+
+cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const uint8_t* p,
+                  uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The query's class (SC_*), counting it in the sketch."""
+    cdef uint32_t count = sc_count(s, a, alen)
+    if sc_known(kn, a, alen):
+        return SC_TOP if count <= cfg.known_rate else SC_NORMAL
+    if count > cfg.source_rate:
+        return SC_FLOOD
+    if sc_odd(cfg, p, n):
+        return SC_ODD
+    return SC_NORMAL
+
+
+cdef bint sc_cookie_lifts(const rcfg_t* rcfg, const uint8_t* p, uint32_t n, const uint8_t* a,
+                          uint32_t alen) noexcept nogil:
+    """A valid server cookie of ours in the query (parsed only here, on the way to a drop, and
+    only when the header announces an additional record)."""
+    cdef query_t q
+    if not rcfg.cookies or n < 12 or (p[10] == 0 and p[11] == 0) or alen == 0:
+        return False
+    q.qend = 0
+    q.edns = q.nsid = q.ecs = q.tsig = q.cookie_ok = False
+    q.cookie_len = 0
+    q.ctl = 0
+    q.qtype = 0
+    if wire_parse_query(p, n, &q, rcfg.lenient_trailing) != PARSE_OK or q.cookie_len != 24:
+        return False
+    return cookie_valid(rcfg, q.cookie, q.cookie_len, a, alen, wall_seconds())
+
+
+cdef extern from *:
+    """#define p53_or_u8(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)"""
+    void p53_or_u8(uint8_t* p, uint8_t v) nogil
+
+
+cdef void sc_mark_seen(seen_t* sn, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Remember the source's /24 or /56 in this window's seen set (shared by the workers: an
+    atomic OR, only when the bit is not set yet; a full IPv6 neighbourhood forgets the key)."""
+    cdef uint32_t idx
+    cdef uint64_t key, i, slot
+    cdef int probes
+    if alen == 4:
+        idx = (<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]
+        if not sn.v4[idx >> 3] & (1 << (idx & 7)):
+            p53_or_u8(&sn.v4[idx >> 3], <uint8_t>(1 << (idx & 7)))
+        return
+    if alen != 16:
+        return
+    key = sc_v6_key(a) | SC_V6_TAG
+    i = mix64(key) & (SC_SEEN6 - 1)
+    for probes in range(8):
+        slot = p53_load_u64(&sn.v6[i])
+        if slot == key:
+            return
+        if slot == 0:
+            p53_store_u64(&sn.v6[i], key)    # a racing worker may overwrite: one lost mark
+            return
+        i = (i + 1) & (SC_SEEN6 - 1)
+
+
+cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const rcfg_t* rcfg,
+                   const uint8_t* p, uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Score one query and decide: True = go on to the answer, False = drop it unanswered."""
+    cdef int c = sc_score(cfg, kn, s, p, n, a, alen)
+    cdef uint32_t share = s.allow[c]
+    if share < SC_ONE:
+        s.acc[c] += share
+        if s.acc[c] >= SC_ONE:
+            s.acc[c] -= SC_ONE
+        elif sc_cookie_lifts(rcfg, p, n, a, alen):
+            s.lifted += 1
+            c = SC_TOP
+        else:
+            s.dropped[c] += 1
+            return False
+    s.admitted[c] += 1
+    # learning: a source answered while nothing is cut (frozen under overload), not flooding
+    if s.seen != NULL and c <= SC_NORMAL and s.allow[SC_FLOOD] == SC_ONE:
+        sc_mark_seen(s.seen, a, alen)
+    return True
+
+
+cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
+    memset(s, 0, sizeof(sc_state_t))
+    for c in range(SC_CLASSES):
+        s.allow[c] = SC_ONE
+    s.window_start = now
+    s.tick_start = now if now else 1
+
+
+cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over) noexcept nogil:
+    """One controller step: cut the worst class that had queries in this tick multiplicatively
+    (worse classes without any are cut to nothing at once, so a class is never admitted more
+    than a better one), or let the best cut class recover additively.  SC_TOP is never cut."""
+    cdef int c
+    cdef uint64_t seen[4]
+    for c in range(SC_CLASSES):
+        seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
+        s.mark[c] = s.admitted[c] + s.dropped[c]
+    s.ticks += 1
+    if over:
+        s.overload_ticks += 1
+        for c in range(SC_CLASSES - 1, SC_TOP, -1):
+            if s.allow[c] == 0:
+                continue
+            if seen[c] == 0:
+                s.allow[c] = 0
+                continue
+            s.allow[c] >>= 1
+            if s.allow[c] < SC_ONE // 64:
+                s.allow[c] = 0
+            return
+        return
+    for c in range(SC_NORMAL, SC_CLASSES):
+        if s.allow[c] < SC_ONE:
+            s.allow[c] = s.allow[c] + cfg.recover if s.allow[c] + cfg.recover < SC_ONE else SC_ONE
+            return
+
+
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
+                   const void* last_msghdr) noexcept nogil:
+    """After each recvmmsg (n datagrams, `full` the batch size): the controller's inputs, and
+    its tick and the sketch's window when due."""
+    cdef uint64_t now = sc_now_ms()
+    cdef uint64_t missed
+    cdef uint32_t ovfl = 0
+    cdef bint over
+    if s.tick_start == 0:
+        sc_state_init(s, now)
+    if n >= full:
+        s.run += 1
+        if s.run > s.run_max:
+            s.run_max = s.run
+    else:
+        s.run = 0
+    if last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl) and ovfl != s.ovfl_last:
+        s.drops_tick += ovfl - s.ovfl_last      # the counter wraps at 2^32: unsigned difference
+        s.kernel_drops += ovfl - s.ovfl_last
+        s.ovfl_last = ovfl
+    if now - s.tick_start >= cfg.tick_ms:
+        over = s.run_max >= cfg.full_run or s.drops_tick > 0
+        sc_tick(cfg, s, over)
+        if not over:
+            # an idle worker ticks only when a batch comes: the calm ticks it missed count
+            missed = (now - s.tick_start) // cfg.tick_ms - 1
+            while missed > 0 and s.allow[SC_FLOOD] < SC_ONE:
+                sc_tick(cfg, s, False)
+                missed -= 1
+        s.tick_start = now
+        s.run_max = 0                  # a run going on counts again at its next full batch
+        s.drops_tick = 0
+    if now - s.window_start >= cfg.window_ms:
+        memset(s.sketch, 0, sizeof(s.sketch))
+        s.window_start = now
+
+
+cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
+    """The controller's level: how much of the admission it has taken away, 0 (nothing) to
+    (SC_CLASSES - 1) * SC_ONE (every class but SC_TOP cut to nothing)."""
+    cdef uint32_t lv = 0
+    for c in range(SC_NORMAL, SC_CLASSES):
+        lv += SC_ONE - s.allow[c]
+    return lv
+
+
+SCORE_CLASSES = ("top", "normal", "odd", "flood")
+
+
+cdef dict sc_stats_dict(const sc_state_t* s):
+    return {
+        "admitted": {SCORE_CLASSES[c]: s.admitted[c] for c in range(SC_CLASSES)},
+        "dropped": {SCORE_CLASSES[c]: s.dropped[c] for c in range(SC_CLASSES)},
+        "share": {SCORE_CLASSES[c]: s.allow[c] / <double>SC_ONE for c in range(SC_CLASSES)}
+                 if s.tick_start else {k: 1.0 for k in SCORE_CLASSES},
+        "level": sc_level(s) / <double>SC_ONE if s.tick_start else 0.0,
+        "lifted": s.lifted, "kernel_drops": s.kernel_drops,
+        "overload_ticks": s.overload_ticks, "ticks": s.ticks,
+    }
+
+
+cdef class KnownTable:
+    """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
+    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, an open-addressing table
+    of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
+    here on; any buffer (bytes, mmap) works."""
+    cdef known_t kn
+    cdef Py_buffer b4
+    cdef Py_buffer b6
+    cdef bint has4, has6
+    cdef readonly object owner4, owner6
+    cdef readonly uint64_t n_v4
+
+    def __cinit__(self, object v4, object v6):
+        cdef uint64_t i
+        self.has4 = self.has6 = False
+        memset(&self.kn, 0, sizeof(known_t))
+        if v4 is not None:
+            PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
+            self.has4 = True
+            if self.b4.len != (1 << 24):
+                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
+            self.kn.v4 = <const uint8_t*>self.b4.buf
+            self.owner4 = v4
+        if v6 is not None:
+            PyObject_GetBuffer(v6, &self.b6, PyBUF_SIMPLE)
+            self.has6 = True
+            slots = self.b6.len // 8
+            if self.b6.len % 8 or slots < 2 or slots & (slots - 1):
+                raise ValueError("the IPv6 table is a power of two (>= 2) of 8-byte slots")
+            self.kn.v6 = <const uint64_t*>self.b6.buf
+            self.kn.v6_mask = slots - 1
+            self.owner6 = v6
+            for i in range(slots):
+                if self.kn.v6[i] == 0:
+                    continue
+                if not self.kn.v6[i] & SC_V6_TAG:
+                    raise ValueError("an IPv6 slot without its tag")
+                self.kn.n_v6 += 1
+            if self.kn.n_v6 == slots:
+                raise ValueError("the IPv6 table needs an empty slot")
+
+    def __dealloc__(self):
+        if self.has4:
+            PyBuffer_Release(&self.b4)
+        if self.has6:
+            PyBuffer_Release(&self.b6)
+
+    @property
+    def n_v6(self):
+        return self.kn.n_v6
+
+    def known(self, bytes address not None):
+        """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_known(&self.kn, <const uint8_t*>(<char*>address), len(address)))
+
+    cdef const known_t* ptr(self):
+        return &self.kn
+
+
+cdef class Scorer:
+    """Query scoring for every UDP worker of a server: the settings, and the published known
+    table (one atomic pointer, as Shared does for images).  The per-query state is each
+    worker's; this object also keeps one scratch state for the Python entry points below
+    (tests, tools), which run the same C functions as the worker loop."""
+    cdef sc_cfg_t cfg
+    cdef const void* known          # const known_t*
+    cdef readonly object holder     # keeps the published KnownTable alive
+    cdef readonly uint64_t generation
+    cdef sc_state_t probe
+    cdef void* seen                 # seen_t* of the current learning window, or NULL
+    cdef readonly object seen_holder
+
+    def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
+                  uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
+                  uint32_t recover=32, bint rd_odd=True):
+        cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
+        cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
+        if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:
+            raise ValueError("window_ms within 10..60000, tick_ms within 1..1000")
+        if not 1 <= per4 < 65535 or not 1 <= perk < 65535:
+            raise ValueError("a rate times the window must be within 1..65534 queries")
+        if not 1 <= full_run <= 1000 or not 1 <= recover <= SC_ONE:
+            raise ValueError(f"full_run within 1..1000, recover within 1..{SC_ONE}")
+        self.cfg.source_rate = <uint32_t>per4
+        self.cfg.known_rate = <uint32_t>perk
+        self.cfg.window_ms = window_ms
+        self.cfg.tick_ms = tick_ms
+        self.cfg.full_run = full_run
+        self.cfg.recover = recover
+        self.cfg.rd_odd = rd_odd
+        sc_state_init(&self.probe, 1)
+
+    def publish(self, KnownTable table):
+        """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
+        generation; the caller keeps the previous table alive until every worker has passed a
+        batch boundary (as for images)."""
+        p53_store_ptr(&self.known, <const void*>(table.ptr() if table is not None else NULL))
+        self.holder = table
+        self.generation += 1
+        return self.generation
+
+    cdef const known_t* current(self) noexcept nogil:
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    cdef const known_t* begin(self, sc_state_t* s) noexcept nogil:
+        """A worker's batch start: the known table and the learning window's seen set."""
+        s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    def swap_seen(self, SeenSet fresh):
+        """Start a learning window: publish `fresh` (or None: learning off) with one atomic
+        store; returns the previous set, which workers may still write to until each has
+        passed a batch boundary (the caller waits for that before reading it)."""
+        old = self.seen_holder
+        p53_store_ptr(<const void**>&self.seen, <const void*>(fresh.ptr() if fresh is not None else NULL))
+        self.seen_holder = fresh
+        return old
+
+    # -- entry points for tests and tools: the worker loop's functions on the probe state --
+    def classify(self, object packet, bytes client not None):
+        """The class ("top", "normal", "odd", "flood") the worker loop gives this packet from
+        this packed client address now (it counts in the probe's sketch)."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return SCORE_CLASSES[sc_score(&self.cfg, self.current(),
+                                      &self.probe, &p[0] if n else <const uint8_t*>b"", n,
+                                      <const uint8_t*>(<char*>client), len(client))]
+
+    def admit(self, object packet, bytes client not None, Responder responder=None):
+        """Score and decide as the worker loop does (counting): True = answered, False = dropped."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if responder is None:
+            responder = _default_responder
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_admit(&self.cfg, self.begin(&self.probe), &self.probe, &responder.cfg,
+                             &p[0] if n else <const uint8_t*>b"", n,
+                             <const uint8_t*>(<char*>client), len(client)))
+
+    def tick(self, bint overloaded):
+        """One controller step on the probe state."""
+        sc_tick(&self.cfg, &self.probe, overloaded)
+
+    def batch(self, int n):
+        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
+        controller's inputs, and its tick when tick_ms has passed (real clock)."""
+        sc_batch(&self.cfg, &self.probe, n, 64, NULL)
+
+    def new_window(self):
+        """Start a new sketch window on the probe state."""
+        memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
+
+    def stats(self):
+        """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""
+        return sc_stats_dict(&self.probe)
+
+    def bench(self, object packet, bytes first not None, uint32_t n, uint32_t spread=65536,
+              bint prefetch=True):
+        """Nanoseconds per scoring decision for n queries in batches of 64 as the worker loop
+        makes them (sc_prefetch over the batch, then sc_admit each), the client address varied
+        over `spread` prefixes from `first` (its first three bytes for IPv4: /24s over the whole
+        table; bytes 4..6 for IPv6: /56s).  For bench/micro/scoring.py."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint8_t sas[64][28]
+        cdef uint32_t i, j, k, alen = len(first), cl_len
+        cdef const uint8_t* cl
+        cdef uint8_t* a
+        cdef int sink = 0
+        cdef timespec t0, t1
+        cdef const known_t* kn = self.current()
+        cdef sc_state_t* st = &self.probe
+        cdef Responder responder = Responder()
+        cdef rcfg_t* rc = &responder.cfg
+        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or n < 64:
+            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1, n >= 64")
+        memset(sas, 0, sizeof(sas))
+        for j in range(64):
+            (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
+            memcpy(sas[j] + (4 if alen == 4 else 8), <const char*>first, alen)
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            for i in range(0, n - 63, 64):
+                for j in range(64):
+                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) % spread)
+                    a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
+                    a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
+                if prefetch:
+                    sc_prefetch(kn, &sas[0][0], 28, 64)
+                for j in range(64):
+                    cl = client_addr(sas[j], &cl_len)
+                    sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], cl, cl_len)
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (n - n % 64) + 0 * sink
+
+
+cdef class SeenSet:
+    """One learning window's sources (IPv4 /24s as a bitmap, IPv6 /56s in a small table), written
+    by the workers, read by pop53.scoring.learn once they have all left it."""
+    cdef seen_t sn
+
+    def __cinit__(self):
+        self.sn.v4 = <uint8_t*>calloc(1 << 21, 1)
+        self.sn.v6 = <uint64_t*>calloc(SC_SEEN6, sizeof(uint64_t))
+        if self.sn.v4 == NULL or self.sn.v6 == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.sn.v4)
+        free(self.sn.v6)
+
+    cdef seen_t* ptr(self):
+        return &self.sn
+
+    def keys(self):
+        """(IPv4 /24 keys, IPv6 /56 keys) seen: two lists of ints."""
+        cdef list v4 = [], v6 = []
+        cdef uint32_t i, b
+        cdef const uint64_t* w = <const uint64_t*>self.sn.v4
+        for i in range((1 << 21) // 8):
+            if w[i]:
+                for b in range(64):
+                    if w[i] >> b & 1:
+                        v4.append(i * 64 + b)     # little-endian: byte k, bit j = bit 8k+j
+        for i in range(SC_SEEN6):
+            if self.sn.v6[i]:
+                v6.append(self.sn.v6[i] & ~SC_V6_TAG)
+        return v4, v6

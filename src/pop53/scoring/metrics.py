@@ -1,0 +1,39 @@
+"""Prometheus families of query scoring (yielded by pop53.serve.metrics on scrape)."""
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from pop53.scoring.service import ScoringService
+
+
+def families(workers):
+    st = ScoringService.stats(workers)
+    adm = CounterMetricFamily("pop53_scoring_admitted", "UDP queries admitted to the answer, by "
+                              "scoring class", labels=["class"])
+    drp = CounterMetricFamily("pop53_scoring_dropped", "UDP queries dropped unanswered by the "
+                              "overload controller, by scoring class", labels=["class"])
+    share = GaugeMetricFamily("pop53_scoring_share", "Admission share per class of the most "
+                              "cut worker (1 = everything admitted)", labels=["class"])
+    for c in sorted(st["admitted"]):
+        adm.add_metric([c], st["admitted"][c])
+        drp.add_metric([c], st["dropped"][c])
+    for c, v in st["share"].items():
+        share.add_metric([c], v)
+    yield adm
+    yield drp
+    yield share
+    lv = GaugeMetricFamily("pop53_scoring_level", "Overload controller level of the most cut "
+                           "worker: 0 = admitting everything, 3 = only known resolvers and cookies")
+    lv.add_metric([], st["level"])
+    yield lv
+    for name, key, doc in (
+        ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the UDP "
+         "sockets' receive queues (SO_RXQ_OVFL)"),
+        ("pop53_scoring_cookie_lifted", "lifted", "Queries a valid server cookie saved from an "
+         "overload drop"),
+        ("pop53_scoring_overload_ticks", "overload_ticks", "Controller ticks that found a worker "
+         "overloaded"),
+    ):
+        c = CounterMetricFamily(name, doc)
+        c.add_metric([], st[key])
+        yield c

@@ -1,0 +1,55 @@
+"""The kernel stage of query scoring (issue 13): known resolvers' datagrams go to sockets of
+their own, so a flood filling the normal sockets' queues cannot delay or drop them there.
+
+With `[scoring] steer = true` each listen address gets a second block of SO_REUSEPORT sockets,
+one per worker (sockets W..2W-1 of the group, each served by its own worker thread), and the
+group's classic BPF program (pop53.ecmp.reuseport) gets a prologue: when the datagram is IPv4
+and its source /24 is known, the socket index base is W, else 0; the flow hash then picks the
+socket within the block.  Classic BPF compares one /24 per two instructions within the 4,096
+instruction limit, so at most MAX_V4 /24s are steered (the issue's eBPF LPM-trie map for a full
+list is not built); IPv6 sources are not steered.  The program is re-attached whenever the
+known table changes."""
+from __future__ import annotations
+
+import logging
+
+from pop53.ecmp import reuseport as rp
+
+log = logging.getLogger("pop53.scoring")
+
+MAX_V4 = 1800
+_JA = rp._JMP | 0x00                  # BPF_JA: pc += k
+
+
+def prologue(base: int, v4_keys) -> list:
+    """Instructions leaving `base` in M[1] for an IPv4 datagram from a known /24 (keys: the
+    address's top 24 bits), 0 otherwise, then falling through."""
+    keys = sorted(v4_keys)[:MAX_V4]
+    ins = rp._ins
+    head = [
+        ins(rp._LD | rp._IMM, 0), ins(rp._ST, 1),                       # M[1] = 0
+        ins(rp._LD | rp._B | rp._ABS, rp._SKF_NET_OFF),
+        ins(rp._ALU | rp._RSH | rp._K, 4),
+        ins(rp._JMP | rp._JEQ | rp._K, 4, 1, 0),                        # IPv4?
+    ]
+    # layout: head, JA end, load+mask, pairs (JEQ key; JA set), JA end, set (2), end
+    n_pairs = 2 * len(keys)
+    body = [ins(rp._LD | rp._W | rp._ABS, rp._SKF_NET_OFF + 12), ins(rp._ALU | rp._AND | rp._K, 0xFFFFFF00)]
+    set_at = len(head) + 1 + len(body) + n_pairs + 1
+    end_at = set_at + 2
+    prog = head + [ins(_JA, end_at - (len(head) + 1))] + body
+    for key in keys:
+        prog.append(ins(rp._JMP | rp._JEQ | rp._K, key << 8, 0, 1))
+        prog.append(ins(_JA, set_at - (len(prog) + 1)))
+    prog.append(ins(_JA, end_at - (len(prog) + 1)))
+    prog += [ins(rp._LD | rp._IMM, base), ins(rp._ST, 1)]
+    assert len(prog) == end_at
+    return prog
+
+
+def attach(sock, workers: int, v4_keys) -> None:
+    """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to."""
+    if len(v4_keys) > MAX_V4:
+        log.warning("%d known /24s: only the first %d are steered to the priority sockets "
+                    "(classic BPF limit)", len(v4_keys), MAX_V4)
+    rp.attach_cbpf(sock, 2 * workers, rp.build_program(workers, prologue(workers, v4_keys)))

@@ -1,0 +1,72 @@
+"""The kernel stage: with `steer = true` each worker has a priority socket, and the reuseport
+program sends known resolvers' datagrams (IPv4, by /24) there and nothing else; it follows the
+known table across reloads."""
+from __future__ import annotations
+
+import socket
+
+import dns.flags
+import dns.message
+
+from pop53 import config as cfgmod
+from pop53.scoring import steer
+from pop53.serve.server import Server
+
+from integ_support import INTEG_ZONE
+
+
+def _ask(addr, src: str, n: int) -> int:
+    """n queries from n source ports of `src`; returns how many were answered."""
+    q = dns.message.make_query("www.integ.example.", "A")
+    q.flags &= ~dns.flags.RD
+    got = 0
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((src, 0))
+        s.settimeout(2)
+        try:
+            s.sendto(q.to_wire(), addr)
+            got += bool(dns.message.from_wire(s.recvfrom(4096)[0]).answer)
+        finally:
+            s.close()
+    return got
+
+
+def _per_worker(server) -> list[int]:
+    return [w.stats()["udp"] for w in server.workers]
+
+
+def test_known_resolvers_reach_the_priority_sockets(tmp_path):
+    known = tmp_path / "known.txt"
+    known.write_text("127.1.0.0/24\n10.9.8.0/24\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 2},
+           "scoring": {"known_resolvers": str(known), "steer": True},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        addr = server.addresses[0]
+        assert len(server.workers) == 4                   # 2 normal + 2 priority sockets
+        assert _ask(addr, "127.1.0.7", 20) == 20
+        counts = _per_worker(server)
+        assert counts[:2] == [0, 0] and sum(counts[2:]) == 20, counts
+        assert _ask(addr, "127.2.0.7", 20) == 20
+        counts = _per_worker(server)
+        assert sum(counts[:2]) == 20 and sum(counts[2:]) == 20, counts
+        assert server.workers[2].scoring_stats()["admitted"]["top"] + \
+            server.workers[3].scoring_stats()["admitted"]["top"] == 20
+        # a new table re-attaches the program
+        known.write_text("127.3.0.0/24\n")
+        server.reload()
+        assert _ask(addr, "127.3.0.7", 10) == 10 and _ask(addr, "127.1.0.7", 10) == 10
+        counts = _per_worker(server)
+        assert sum(counts[2:]) == 30 and sum(counts[:2]) == 30, counts
+    finally:
+        server.stop()
+
+
+def test_prologue_stays_within_the_classic_bpf_limits():
+    prog = steer.prologue(4, range(0, 3 * steer.MAX_V4, 3))
+    assert len(prog) == 2 * steer.MAX_V4 + 11
+    from pop53.ecmp import reuseport
+    assert len(reuseport.build_program(4, prog)) <= 4096
