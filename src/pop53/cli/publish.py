@@ -1,6 +1,7 @@
 """`pop53 publish`: sign and publish to the metadata feed (NATS JetStream).
 
     pop53 publish --server nats://HOST:PORT --key DIR/NAME.key target NAME up|down
+    pop53 publish --server ... --key ... map NAME FILE [-c pop53.toml]
     pop53 publish --server ... --key ... heartbeat [--every SECONDS --count N]
 """
 from __future__ import annotations
@@ -20,6 +21,11 @@ def add_parser(sub) -> None:
     t = what.add_parser("target", help="a target's liveness")
     t.add_argument("name")
     t.add_argument("state", choices=("up", "down"))
+    m = what.add_parser("map", help="a full map (checked here as the servers will check it)")
+    m.add_argument("name")
+    m.add_argument("file")
+    m.add_argument("-c", "--config", metavar="FILE", help="a server config: check the map "
+                   "against its [[map]] (default region, declared regions) as well")
     h = what.add_parser("heartbeat", help="the feed's heartbeat (subscribers go stale without it)")
     h.add_argument("--every", type=float, default=0.0, metavar="SECONDS")
     h.add_argument("--count", type=int, default=1)
@@ -46,6 +52,37 @@ def run(args) -> int:
             if i + 1 < args.count:
                 await asyncio.sleep(args.every)
 
+    if args.what == "map":
+        data = check_map(args.name, args.file, args.config)
+        seq = pub.send_sync("map", args.name, data)
+        print(f"published map {args.name} ({len(data)} bytes, stream sequence {seq})")
+        return 0
     asyncio.run(beats())
     print(f"published {args.count} heartbeat(s)")
     return 0
+
+
+def check_map(name: str, path: str, config: str | None) -> bytes:
+    """The map file's bytes, parsed and swept exactly as a server will (errors name
+    file:line); with a server config, also against that [[map]]'s default and regions."""
+    from pop53.errors import ConfigError
+    from pop53.feed.message import NAME_RE
+    from pop53.mapping.mapfile import compile_map_bytes
+
+    if not NAME_RE.match(name):
+        raise ConfigError(f"invalid map name {name!r}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    default, declared = "default", None
+    if config:
+        from pop53 import config as cfgmod
+        mcfg = cfgmod.load(config).mapping
+        m = mcfg.maps.get(name) if mcfg is not None else None
+        if m is None:
+            raise ConfigError(f"no [[map]] named {name!r}", file=config)
+        default, declared = m.default, m.regions
+    compile_map_bytes(data, path, default, declared)
+    return data

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from pop53.errors import Pop53Error
 from pop53.feed.message import KeyRing, Message, Refused, decode, subject
+from pop53.xfr.metrics import metric   # the process-wide default registry /metrics serves
 
 log = logging.getLogger("pop53.feed")
 
@@ -65,6 +66,8 @@ class Receiver:
             msg, prepared = self._check(subj, wire)
         except Refused as exc:
             self.refused[exc.reason] += 1
+            _inc("pop53_feed_refused_total", "feed messages dropped, by the check that failed",
+                 reason=exc.reason)
             log.warning("feed: dropped message on %s: %s", subj, exc)
             return None
         with self._lock:
@@ -110,6 +113,7 @@ class Receiver:
             log.info("feed: applied %s %s version %d from %s (key %s)", msg.kind, msg.name,
                      msg.version, msg.sender, msg.key_id)
         self.applied[msg.kind] += 1
+        _inc("pop53_feed_applied_total", "feed messages applied, by kind", kind=msg.kind)
         if wire is not None and self._dir:
             self._save(msg, wire)
 
@@ -172,3 +176,9 @@ class Receiver:
         age = self.age(now)
         return age is None or age > self.settings.stale_after
 
+
+
+def _inc(name: str, doc: str, **labels) -> None:
+    m = metric("Counter", name, doc, tuple(labels))
+    if m is not None:
+        m.labels(**labels).inc()

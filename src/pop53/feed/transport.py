@@ -14,6 +14,7 @@ from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 from pop53.anycast import staleness
 from pop53.feed.message import MAX_MESSAGE
 from pop53.feed.receiver import Receiver
+from pop53.xfr.metrics import metric
 
 log = logging.getLogger("pop53.feed")
 STATUS_FILE = "feed-status.json"
@@ -116,9 +117,14 @@ class Subscriber:
         """<state>/feed-status.json in the transfer engine's format, so the agent's
         `xfr-status` staleness source reads it (the feed is one "zone" named `feed`)."""
         r = self.receiver
+        now = time.time() if now is None else now
+        age = r.age(now)
+        metric("Gauge", "pop53_feed_age_seconds", "seconds since the feed's last heartbeat "
+               "(-1: none yet)", ()).set(-1 if age is None else age)
+        metric("Gauge", "pop53_feed_stale", "1 when the feed is stale (this machine should not "
+               "serve)", ()).set(int(r.stale(now)))
         if not r.settings.state:
             return
-        now = time.time() if now is None else now
         st = staleness.machine_status({"feed": {"last_ok": r.heartbeat, "connected": self.connected,
                                                 "applied": dict(r.applied),
                                                 "refused": dict(r.refused)}},

@@ -80,6 +80,14 @@ class MappingState:
                      self.generation)
         return changed
 
+    def install(self, name: str, table) -> None:
+        """One map's new table (from the metadata feed, checked like a file): publish it.  The
+        map file stays the initial content; a later file change is read again on reload."""
+        builder = SnapshotBuilder(self.cfg, {**self.builder.tables, name: table})
+        with self._lock:
+            self.builder = builder
+        self.publish()
+
     def reload_maps(self) -> bool:
         """Re-read the map files if any changed on disk; on any error the old maps keep serving
         (raises).  Returns whether new maps were published."""

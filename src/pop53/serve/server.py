@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import pwd
 import socket
 import struct
 import tempfile
@@ -25,87 +24,17 @@ from pop53 import _core
 from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
                                  load_or_fail, with_stand_ins)
 from pop53.config import Config, Listen
-from pop53.errors import Pop53Error, StartError, ZoneError
+from pop53.errors import Pop53Error, ZoneError
 from pop53.serve.loads import check_loads
 from pop53.serve.saved import SavedImage
+from pop53.serve.sockets import (_start_error, drop_privileges, give_to, run_user, tcp_socket,
+                                  udp_socket)
 from pop53.zone.images import Image, load_image
 from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
 
 log = logging.getLogger("pop53.server")
 
-# Linux constants Python's socket module may not name
-_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
-RECV_TIMEOUT = 0.1
-ISOLATE_BYTES = 1 << 20   # zone files larger than this in all compile in a child process   # how often an idle worker passes a quiescent point and checks for stop
-
-
-def udp_socket(addr: Listen) -> socket.socket:
-    s = socket.socket(addr.family, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(RECV_TIMEOUT * 1e6)))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    if addr.family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    if addr.wildcard:
-        # replies must leave from the address the query was sent to
-        if addr.family == socket.AF_INET:
-            s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
-        else:
-            s.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
-    s.bind((addr.host, addr.port))
-    return s
-
-
-def tcp_socket(addr: Listen) -> socket.socket:
-    s = socket.socket(addr.family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if addr.family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind((addr.host, addr.port))
-    s.listen(1024)
-    s.setblocking(False)
-    return s
-
-
-def run_user(user: str | None):
-    """The passwd entry to switch to, or None when there is nothing to drop (no user, or not
-    started as root)."""
-    if not user or os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(user)
-    except KeyError:
-        raise Pop53Error(f"user {user!r} does not exist (server.user)") from None
-
-
-def _start_error(exc: OSError, what: str) -> StartError:
-    return StartError(exc.errno, f"{what}: {exc.strerror or exc}")
-
-
-def give_to(pw, path: str, recursive: bool = False) -> None:
-    """Before the drop: make `path` (and what is below it) the run user's, so that it can
-    still write there afterwards (the state directory) or remove it (pidfile, socket)."""
-    if pw is None:
-        return
-    os.chown(path, pw.pw_uid, pw.pw_gid)
-    if recursive:
-        for root, dirs, files in os.walk(path):
-            for name in dirs + files:
-                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
-
-
-def drop_privileges(user: str | None) -> None:
-    """After binding: switch to the unprivileged user before anything is served."""
-    pw = run_user(user)
-    if pw is None:
-        return
-    os.setgroups([])
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
-    if os.geteuid() == 0 or os.getuid() == 0:
-        raise Pop53Error("could not drop root privileges")
-    log.info("dropped privileges to %s (uid %d)", user, pw.pw_uid)
+ISOLATE_BYTES = 1 << 20   # zone files larger than this in all compile in a child process
 
 
 class Server:
@@ -151,6 +80,7 @@ class Server:
         self.reload_hook = None      # set when transfers are attached (secondary.build)
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
+        self.feed = None             # pop53.feed.transport.Subscriber ([feed])
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -483,6 +413,9 @@ class Server:
         if self.mapping is None:
             from pop53.mapping import service as mapping
             self.mapping = mapping.attach(self)
+        if self.feed is None:
+            from pop53.feed import service as feed
+            self.feed = feed.attach(self)       # maps and liveness from the fleet's feed
         self.bind()
         dns.rdata.load_all_types()    # dnspython imports RR type modules lazily: do it as root
         from pop53.serve import metrics
@@ -574,6 +507,8 @@ class Server:
         self._stop.set()
         for w in self.workers:
             w.stop()
+        if self.feed is not None:
+            self.feed.stop()
         if self.tcp is not None:
             self.tcp.stop()
         deadline = time.monotonic() + 2

@@ -1,0 +1,101 @@
+"""The feed inside `pop53 serve`: `[feed]` parsed, the mapping state as the sink (map messages
+checked exactly like map files, target messages set liveness), the last applied messages
+restored from the state directory before NATS is reached, and the subscriber started."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pop53.errors import ConfigError, Pop53Error
+from pop53.feed.message import KeyRing
+from pop53.feed.publisher import parse_target_payload
+from pop53.feed.receiver import FeedSettings, Receiver
+from pop53.feed.transport import Subscriber
+
+log = logging.getLogger("pop53.feed")
+
+
+class MappingSink:
+    """Feeds a server's pop53.mapping.service.MappingState."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def validate(self, kind: str, name: str, payload: bytes, source: str):
+        from pop53.mapping.mapfile import compile_map_bytes
+        from pop53.mapping.snapshot import SnapshotBuilder
+
+        cfg = self.state.cfg
+        if kind == "target":
+            if name not in self.state.live:
+                raise Pop53Error(f"{source}: no [[target]] named {name!r}")
+            return parse_target_payload(payload, source)
+        m = cfg.maps.get(name)
+        if m is None:
+            raise Pop53Error(f"{source}: no [[map]] named {name!r}")
+        table = compile_map_bytes(payload, source, m.default, m.regions)
+        SnapshotBuilder(cfg, {**self.state.builder.tables, name: table})   # regions answerable
+        return table
+
+    def apply(self, kind: str, name: str, prepared) -> None:
+        if kind == "target":
+            self.state.set_target(name, prepared)
+        else:
+            self.state.install(name, prepared)
+
+
+def _list(doc: dict, key: str, file: str | None, required: bool) -> list[str]:
+    v = doc.get(key, None if required else [])
+    if v is None:
+        raise ConfigError("missing", file=file, key=f"feed.{key}")
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError("must be a list of strings", file=file, key=f"feed.{key}")
+    return v
+
+
+def parse(doc: dict, file: str | None, base: str | None, state: str | None):
+    """(servers, FeedSettings, KeyRing, nats stream) from [feed], or None without one."""
+    f = doc.get("feed")
+    if f is None:
+        return None
+    servers = _list(f, "servers", file, True)
+    if not servers or not all(s.startswith(("nats://", "tls://")) for s in servers):
+        raise ConfigError("give nats://HOST:PORT URLs", file=file, key="feed.servers")
+    rel = (lambda p: str(Path(base) / p)) if base else (lambda p: p)
+    keys = KeyRing.from_files([rel(p) for p in _list(f, "trusted_keys", file, True)],
+                              [x if len(x) == 16 else rel(x) for x in _list(f, "revoked_keys", file, False)])
+    if not keys.keys:
+        raise ConfigError("no trusted key: nothing could be applied", file=file, key="feed.trusted_keys")
+    nums = {}
+    for k, default in (("delay", 0.0), ("stale_after", 30.0)):
+        v = f.get(k, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError("must be a number >= 0", file=file, key=f"feed.{k}")
+        nums[k] = float(v)
+    strs = {}
+    for k, default in (("stream", "pop53"), ("prefix", "pop53"), ("nats_stream", "POP53")):
+        v = f.get(k, default)
+        if not isinstance(v, str) or not v or " " in v:
+            raise ConfigError("must be a non-empty word", file=file, key=f"feed.{k}")
+        strs[k] = v
+    settings = FeedSettings(stream=strs["stream"], prefix=strs["prefix"], state=state, **nums)
+    return servers, settings, keys, strs["nats_stream"]
+
+
+def attach(server) -> Subscriber | None:
+    """Start the feed for a server whose mapping is attached.  Saved messages are applied first
+    (a restart with NATS down serves the last good data, and reports itself stale)."""
+    cfg = server.config
+    base = str(Path(cfg.source).parent) if getattr(cfg, "source", None) else None
+    parsed = parse(cfg.doc, cfg.source, base, cfg.state)
+    if parsed is None:
+        return None
+    if server.mapping is None:
+        raise ConfigError("a [feed] carries maps and liveness: configure [[map]], [[target]] and "
+                          "[[mapped]] first", file=cfg.source, key="feed")
+    servers, settings, keys, nats_stream = parsed
+    receiver = Receiver(settings, keys, MappingSink(server.mapping))
+    n = receiver.restore()
+    if n:
+        log.info("feed: %d saved message(s) restored from %s", n, cfg.state)
+    return Subscriber(servers, receiver, stream=nats_stream).start()

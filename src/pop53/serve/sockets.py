@@ -1,0 +1,88 @@
+"""Sockets and privileges for the server: the UDP and TCP listening sockets (SO_REUSEPORT,
+PKTINFO, the receive timeout workers need), the run user, handing paths to it, and the drop
+itself.  Start-up failures become one-line StartErrors naming the address or path."""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import socket
+import struct
+
+from pop53.config import Listen
+from pop53.errors import Pop53Error, StartError
+
+log = logging.getLogger("pop53.server")
+
+# Linux constants Python's socket module may not name
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+RECV_TIMEOUT = 0.1        # how often an idle worker passes a quiescent point and checks for stop
+
+
+def udp_socket(addr: Listen) -> socket.socket:
+    s = socket.socket(addr.family, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(RECV_TIMEOUT * 1e6)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if addr.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if addr.wildcard:
+        # replies must leave from the address the query was sent to
+        if addr.family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+    s.bind((addr.host, addr.port))
+    return s
+
+
+def tcp_socket(addr: Listen) -> socket.socket:
+    s = socket.socket(addr.family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if addr.family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr.host, addr.port))
+    s.listen(1024)
+    s.setblocking(False)
+    return s
+
+
+def run_user(user: str | None):
+    """The passwd entry to switch to, or None when there is nothing to drop (no user, or not
+    started as root)."""
+    if not user or os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise Pop53Error(f"user {user!r} does not exist (server.user)") from None
+
+
+def _start_error(exc: OSError, what: str) -> StartError:
+    return StartError(exc.errno, f"{what}: {exc.strerror or exc}")
+
+
+def give_to(pw, path: str, recursive: bool = False) -> None:
+    """Before the drop: make `path` (and what is below it) the run user's, so that it can
+    still write there afterwards (the state directory) or remove it (pidfile, socket)."""
+    if pw is None:
+        return
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+    if recursive:
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), pw.pw_uid, pw.pw_gid)
+
+
+def drop_privileges(user: str | None) -> None:
+    """After binding: switch to the unprivileged user before anything is served."""
+    pw = run_user(user)
+    if pw is None:
+        return
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise Pop53Error("could not drop root privileges")
+    log.info("dropped privileges to %s (uid %d)", user, pw.pw_uid)
