@@ -3,12 +3,12 @@ each, the enterprises and their zones, the shared zones and what each PoP advert
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.name
 
+from pop53.config import read_toml
 from pop53.errors import ConfigError
 
 KNOWN = {"set_size", "shared_size", "max_per_pop", "cloud", "enterprise", "shared", "pop"}
@@ -179,13 +179,7 @@ def parse_plan(doc: dict, file: str = "<plan>") -> Plan:
 
 def load_plan(path: str | Path) -> Plan:
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    doc = read_toml(path)
     plan = parse_plan(doc, path)
     base = Path(path).parent
     plan.pops = [Pop(p.name, p.clouds, p.prefixes,

@@ -12,13 +12,13 @@ import asyncio
 import logging
 import socket
 import time
-import tomllib
 from dataclasses import dataclass, field
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
 
+from pop53.config import read_toml
 from pop53.errors import ConfigError
 from pop53.feed.message import NAME_RE, read_private
 from pop53.feed.publisher import Publisher, target_payload
@@ -60,13 +60,7 @@ _CHECK = set(Check.__dataclass_fields__)
 
 
 def load_config(path: str) -> HealthConfig:
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=path) from None
+    doc = read_toml(path)
     extra = sorted(set(doc) - {"health", "check"})
     if extra:
         raise ConfigError("unknown table (expected [health] and [[check]])", file=path, key=extra[0])
