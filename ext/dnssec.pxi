@@ -44,6 +44,10 @@ cdef int w_signed(ctx_t* c, const node_t* node, int section, uint32_t owner_ptr,
         return -1
     if not c.dnssec or node == NULL or rs.type == T_RRSIG:
         return 0
+    if not (img_zone(c.img, node.zone_idx).flags & Z_SIGNED):
+        # an RRSIG in an unsigned zone (no NSEC/NSEC3 chain) is data, not a signature of
+        # ours to attach: asked for as RRSIG it is answered, never added (as Knot and NSD)
+        return 0
     sig = node_find_sig(c.img, node, rs.type)
     if sig == NULL:
         return 0

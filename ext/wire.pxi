@@ -128,7 +128,10 @@ cdef int wire_parse_opt(query_t* q, const uint8_t* rdata, uint32_t rdlen, uint16
         if code == OPT_NSID:
             q.nsid = True       # RFC 5001 §2.1: the request's payload is empty; ignore any
         elif code == OPT_ECS:
-            # RFC 7871 §6, §7.1.1
+            # RFC 7871 §6, §7.1.1.  Not echoed unless this option is valid: a bad second ECS
+            # after a good one must not leave its fields behind the first's flag (every reply
+            # parses, the FORMERR included)
+            q.ecs = False
             if olen < 4:
                 return PARSE_FORMERR
             q.ecs_family = rd16(rdata + p)
