@@ -307,6 +307,8 @@ cdef dict stats_dict(const stats_t* s):
         "send_errors": s.send_errors, "recv_errors": s.recv_errors,
         "rrl_dropped": s.rrl_dropped, "rrl_slipped": s.rrl_slipped,
         "cookies_valid": s.cookies_valid, "cookies_new": s.cookies_new,
+        "mapped": {"ecs": s.mapped[0], "source": s.mapped[1], "default": s.mapped[2],
+                   "ecs_untrusted": s.mapped[3]},
         "rcode": {i: s.rcode[i] for i in range(24) if s.rcode[i]},
         "qtype": {i: s.qtype[i] for i in range(257) if s.qtype[i]},
     }

@@ -95,12 +95,24 @@ cdef inline uint64_t mask64(uint32_t bits) noexcept nogil:
     return 0 if bits == 0 else (<uint64_t>0xFFFFFFFFFFFFFFFFULL) << (64 - bits)
 
 
+cdef const uint8_t* V4MAPPED = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"
+
+
+cdef inline bint v4mapped(const uint8_t* a) noexcept nogil:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d, RFC 4291 §2.5.5.2): an IPv4 client seen
+    through a dual-stack socket or written so in an ECS option."""
+    return memcmp(a, V4MAPPED, 12) == 0
+
+
 cdef bint map_trusted(const map_keycfg_t* kc, const uint8_t* client, uint32_t client_len) noexcept nogil:
     """Is the resolver (the query's source) one whose ECS this map uses?  No list: every one."""
     cdef uint32_t i, nb, rb
     cdef const uint8_t* net
     if kc.n_trust == 0:
         return True
+    if client_len == 16 and v4mapped(client):
+        client += 12
+        client_len = 4
     for i in range(kc.n_trust):
         if kc.trust_fam[i] != client_len:
             continue
@@ -116,39 +128,79 @@ cdef bint map_trusted(const map_keycfg_t* kc, const uint8_t* client, uint32_t cl
 
 
 cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, uint32_t* cap,
-                        bint* ecs_used) noexcept nogil:
-    """The client key of a query for one map.  \\brief returns 4 or 6 (the key's family), or 0
+                        uint32_t* base, uint8_t* how) noexcept nogil:
+    """The client key of a query for one map.  \brief returns 4 or 6 (the key's family), or 0
     (no client address: the map's default region answers).  *cap: the longest scope that may be
-    claimed (the source length when it was cut to the map's limit, else 255)."""
+    claimed (the source length when it was cut to the map's limit, else 255).  *base: what the
+    key's scope adds up to in the option's own family (96 for an IPv4-mapped IPv6 ECS address,
+    looked up as IPv4); 255 when no ECS was used.  *how: 1 + the stats_t.mapped index."""
     cdef const query_t* q = c.q
-    cdef uint32_t bits
-    ecs_used[0] = False
+    cdef uint32_t bits, src
     cap[0] = 255
+    base[0] = 0
     # RFC 7871 §7.1.2: SOURCE PREFIX-LENGTH 0 asks that no client address be used; the answer
     # then goes by the resolver's own address and says scope 0.
-    if q.ecs and q.ecs_source > 0 and kc.mode != KEY_SOURCE_ONLY and \
-            map_trusted(kc, c.client, c.client_len):
-        ecs_used[0] = True
-        if q.ecs_family == 1:
-            bits = q.ecs_source if q.ecs_source <= kc.max4 else kc.max4
-            if q.ecs_source > kc.max4:
-                cap[0] = kc.max4
-            key[0] = be32(q.ecs_addr) & mask32(bits)
-            return 4
-        bits = q.ecs_source if q.ecs_source <= kc.max6 else kc.max6
-        if q.ecs_source > kc.max6:
-            cap[0] = kc.max6
-        key[0] = be64(q.ecs_addr) & mask64(bits if bits <= 64 else 64)
-        return 6
+    if q.ecs and q.ecs_source > 0 and kc.mode != KEY_SOURCE_ONLY:
+        if map_trusted(kc, c.client, c.client_len):
+            how[0] = 1
+            src = q.ecs_source
+            if q.ecs_family == 2 and src >= 96 and v4mapped(q.ecs_addr):
+                # an IPv4 client written as IPv6: the IPv4 map answers it; scopes stay IPv6
+                base[0] = 96
+                src -= 96
+            if q.ecs_family == 1 or base[0]:
+                bits = src if src <= kc.max4 else kc.max4
+                if src > kc.max4:
+                    cap[0] = kc.max4
+                key[0] = be32(q.ecs_addr + base[0] // 8) & mask32(bits)
+                return 4
+            bits = src if src <= kc.max6 else kc.max6
+            if src > kc.max6:
+                cap[0] = kc.max6
+            key[0] = be64(q.ecs_addr) & mask64(bits if bits <= 64 else 64)
+            return 6
+        how[0] = 4
+    else:
+        how[0] = 2
+    base[0] = 255
     if kc.mode == KEY_ECS_ONLY:
+        how[0] = 3
         return 0
     if c.client_len == 4:
         key[0] = be32(c.client)
         return 4
     if c.client_len == 16:
+        if v4mapped(c.client):
+            key[0] = be32(c.client + 12)
+            return 4
         key[0] = be64(c.client)
         return 6
+    how[0] = 3
     return 0
+
+
+cdef uint32_t map_variant(const map_pick_t* p, int fam, uint64_t key, uint32_t* scope) noexcept nogil:
+    """The answer a sticky/weighted resource gives this client: the bucket of the client's
+    block, that block being the aligned block the range's scope gives, at least /g4 (/g6), so
+    every address in the block claimed as the scope gets this same answer (RFC 7871 §7.2.1).
+    The buckets' answers were chosen at build time by rendezvous hashing; mix64 (rrl.pxi) is
+    fixed, so every machine of the fleet puts a block in the same bucket."""
+    cdef const uint16_t* table = <const uint16_t*>(<const uint8_t*>p + sizeof(map_pick_t))
+    cdef uint32_t L = scope[0]
+    cdef uint64_t kb = 0
+    if fam == 4:
+        if L < p.g4:
+            L = p.g4
+        kb = key & mask32(L)
+    elif fam == 6:
+        if L < p.g6:
+            L = p.g6
+        kb = key & mask64(L)
+    else:
+        L = 0
+    scope[0] = L
+    return table[mix64(kb ^ (<uint64_t>(L | (<uint32_t>fam << 8)) << 48) ^ p.salt) &
+                 ((<uint64_t>1 << p.bits) - 1)]
 
 
 cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcept nogil:
@@ -156,9 +208,8 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
     cdef const map_snap_t* m = c.maps
     cdef const map_view_t* v = &m.views[vi]
     cdef uint64_t key = 0
-    cdef uint32_t cap, i, a, scope = 0
-    cdef bint ecs_used
-    cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &cap, &ecs_used)
+    cdef uint32_t cap, base, i, a, scope = 0
+    cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &cap, &base, &c.mapkey)
     if fam == 4:
         i = map_find4(v, <uint32_t>key)
         a = v.val4[i]
@@ -169,9 +220,12 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
         scope = map_scope6(v, i, key)
     else:
         a = v.dflt
-    if ecs_used:
+    if v.ans[a].flags & ANS_PICK:
+        a = map_variant(<const map_pick_t*>(m.base + v.ans[a].glue_off), fam, key, &scope)
+    if base != 255:
         if scope > cap:
             scope = cap
+        scope += base
         # a reply holding several mapped answers (a CNAME chain) is as specific as the most
         # specific of them
         if scope > c.ecs_scope:

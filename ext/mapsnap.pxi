@@ -2,7 +2,7 @@
 # object holding its buffers, every offset, index and count checked before a worker may read
 # it (mapping.pxi trusts it), plus the lookup tools for tests and bench/.
 MAP_SIZEOF = {"res": sizeof(map_res_t), "ans": sizeof(map_ans_t), "glue": sizeof(map_glue_t),
-              "keycfg": sizeof(map_keycfg_t)}
+              "keycfg": sizeof(map_keycfg_t), "pick": sizeof(map_pick_t)}
 MAP_KIND = {"ADDR": MAP_ADDR, "CNAME": MAP_CNAME, "NS": MAP_NS}
 
 
@@ -99,6 +99,8 @@ cdef class MapSnapshot:
                     raise ValueError(f"view {i}: IPv6 ranges unsorted or values out of bounds")
             for j in range(n_ans):
                 self._check_answer(&v.ans[j])
+                if v.ans[j].flags & ANS_PICK:
+                    self._check_pick(v, &v.ans[j])
         for i in range(self.s.n_res):
             r = &self.s.res[i]
             if r.name_off + r.name_len > self.s.size or r.keycfg >= self.s.n_keys or \
@@ -134,6 +136,24 @@ cdef class MapSnapshot:
                     raise ValueError("glue name out of bounds")
                 self._check_rrset(g[i].a_off)
                 self._check_rrset(g[i].aaaa_off)
+
+    cdef void _check_pick(self, const map_view_t* v, const map_ans_t* a) except *:
+        """A sticky/weighted head: its bucket table in bounds, every bucket naming a plain
+        answer of the same view (no chains of picks)."""
+        cdef const map_pick_t* p
+        cdef const uint16_t* table
+        cdef uint32_t i
+        if a.rs_off or a.glue_count or a.glue_off < 8 or \
+                a.glue_off + sizeof(map_pick_t) > self.s.size:
+            raise ValueError("pick out of bounds")
+        p = <const map_pick_t*>(self.s.base + a.glue_off)
+        if p.bits > PICK_BITS_MAX or p.g4 > 32 or p.g6 > 64 or \
+                a.glue_off + sizeof(map_pick_t) + 2 * (<uint64_t>1 << p.bits) > self.s.size:
+            raise ValueError("pick table out of bounds")
+        table = <const uint16_t*>(self.s.base + a.glue_off + sizeof(map_pick_t))
+        for i in range(1u << p.bits):
+            if table[i] >= v.n_ans or v.ans[table[i]].flags & ANS_PICK:
+                raise ValueError("pick table names a bad answer")
 
     cdef void _check_rrset(self, uint32_t off) except *:
         cdef const rrset_t* rs

@@ -276,6 +276,8 @@ cdef struct stats_t:
     uint64_t rrl_slipped      # responses sent truncated (TC=1) by rate limiting
     uint64_t cookies_valid    # queries with a valid server cookie of ours
     uint64_t cookies_new      # queries with a client cookie only, or a server cookie not ours
+    uint64_t mapped[4]        # mapped replies by client key: 0 ECS, 1 source address,
+                              # 2 none (the map's default region), 3 ECS not trusted (source)
     uint64_t rcode[24]        # index: rcode (0..23), BADVERS at 16
     uint64_t qtype[257]       # index: qtype for 0..255, 256 = other
 
@@ -365,6 +367,9 @@ cdef enum:
     MAPF_A = 0x01
     MAPF_AAAA = 0x02
     ANS_SERVFAIL = 0x0001     # map_ans_t.flags: every target down and the resource says so
+    ANS_PICK = 0x0002         # sticky/weighted: glue_off is a map_pick_t; the client block's
+                              # bucket names the answer (another entry of the same view)
+    PICK_BITS_MAX = 12
     GLUE_REQUIRED = 0x0001    # map_glue_t.flags: the host is below the cut (RFC 9471)
     KEY_ECS_THEN_SOURCE = 0   # map_keycfg_t.mode
     KEY_SOURCE_ONLY = 1
@@ -387,6 +392,14 @@ cdef packed struct map_ans_t:
     uint32_t glue_off         # map_glue_t[glue_count] (NS)
     uint16_t glue_count
     uint16_t flags            # ANS_*
+
+cdef packed struct map_pick_t:
+    # followed by uint16_t answer[1 << bits]: the entry (same view) a client block's bucket gets
+    uint8_t g4                # the IPv4 block a choice is stable on (the shortest scope claimed)
+    uint8_t g6                # the IPv6 block (of the 64-bit key)
+    uint16_t bits             # log2 of the bucket count
+    uint32_t pad
+    uint64_t salt             # the resource's own hash salt (fleet-wide stable: from its name)
 
 cdef packed struct map_glue_t:
     uint32_t name_off

@@ -33,6 +33,7 @@ cdef struct ctx_t:
     const uint8_t* client     # the query's source address (4 or 16 bytes), for mapping
     uint32_t client_len
     uint8_t ecs_scope         # the SCOPE PREFIX-LENGTH echoed with ECS (RFC 7871 §7.2.1)
+    uint8_t mapkey            # 1 + the stats_t.mapped index of the last mapped lookup; 0: none
 
 # CHAOS names (RFC 4892): lowercased wire form
 cdef const uint8_t* CH_ID_SERVER = b"\x02id\x06server\x00"
@@ -455,6 +456,7 @@ cdef void ctx_begin(ctx_t* c, const uint8_t* pkt, uint8_t* out, uint32_t outcap,
     c.dnssec = q.edns and q.do_bit
     c.proof.n = 0
     c.ecs_scope = 0
+    c.mapkey = 0
     if q.qend:
         memcpy(out + 12, pkt + 12, q.qend - 12)
         c.w.pos = q.qend
@@ -585,4 +587,6 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     st.bytes_out += outlen[0]
     if c.w.tc:
         st.truncated += 1
+    if c.mapkey:
+        st.mapped[c.mapkey - 1] += 1
     return act

@@ -327,7 +327,8 @@ _target = SCHEMA.table("target", array=True, doc="An answer target with its live
  .key("name", "string", REQUIRED, "the target's name (pop53 ctl target NAME up|down)")
  .key("addresses", "list of strings", [], "IPv4/IPv6 addresses: A/AAAA answers use the family asked")
  .key("host", "string", None, "host name for CNAME and NS resources (NS: glue from `addresses`)")
- .key("up", "boolean", True, "the state before any liveness change"))
+ .key("up", "boolean", True, "the state before any liveness change")
+ .key("weight", "integer", 1, "relative share of the clients of a sticky/weighted resource (1..65535)"))
 
 _mapped = SCHEMA.table("mapped", array=True, doc="A name whose answer the client's network picks.")
 (_mapped
@@ -337,10 +338,16 @@ _mapped = SCHEMA.table("mapped", array=True, doc="A name whose answer the client
  .key("regions", "table of lists", REQUIRED, 'region -> target names, e.g. { eu = ["eu1"] }')
  .key("type", "string", None, '"A", "AAAA", "CNAME" or "NS" (a mapped referral); unset: A and AAAA')
  .key("fallback", "list of strings", [], "regions tried, in order, when a region's targets are all down")
- .key("select", "integer", 0, "at most this many targets per answer (0: every target up)")
+ .key("select", "integer", 0, "at most this many targets per answer (0: every target up; "
+      "sticky/weighted: default 1)")
  .key("all_down", "string", "configured", '"configured" (answer the configured set anyway), '
       '"servfail" or "nodata"')
- .key("selection", "string", "ordered", '"ordered" (the configured order; the only one implemented)'))
+ .key("selection", "string", "ordered", '"ordered" (the first `select` targets up, configured order), '
+      '"sticky" (a stable per-client-block choice, rendezvous hashing) or "weighted" (sticky, '
+      'in proportion to the targets\' weight)')
+ .key("sticky_v4", "integer", 24, "sticky/weighted: the IPv4 client block a choice is stable on "
+      "(answers claim an ECS scope of at least this)")
+ .key("sticky_v6", "integer", 48, "sticky/weighted: the IPv6 client block (at most 64)"))
 
 _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness over NATS JetStream "
                                  "(pop53.feed; docs/feed.md).")

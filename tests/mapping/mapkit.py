@@ -47,10 +47,12 @@ class Mapping:
     """One map ("m") and some mapped resources over it, compiled; `live` may be changed and
     `rebuild()` called, as a liveness change does in a server."""
 
-    def __init__(self, lines, default, targets: dict, mapped: list, live=None, **map_keys):
+    def __init__(self, lines, default, targets: dict, mapped: list, live=None, weights=None,
+                 **map_keys):
         doc = {"map": [{"name": "m", "file": "unused.map", "default": default, **map_keys}],
                "target": [{"name": n, "addresses": list(a[0]) if isinstance(a, tuple) else a,
-                           **({"host": a[1]} if isinstance(a, tuple) else {})}
+                           **({"host": a[1]} if isinstance(a, tuple) else {}),
+                           **({"weight": weights[n]} if weights and n in weights else {})}
                           for n, a in targets.items()],
                "mapped": [{"map": "m", **m} for m in mapped]}
         self.cfg = parse(doc, "test.toml", zones=["cdn.example."])

@@ -80,7 +80,9 @@ BASE = {"map": [{"name": "m", "file": "m.map", "default": "us"}],
     (("mapped", 0, "type"), "MX", "mapped[0].type", "one of"),
     (("mapped", 0, "fallback"), ["eu"], "mapped[0].fallback[0]", "has no targets"),
     (("mapped", 0, "all_down"), "panic", "mapped[0].all_down", "one of"),
-    (("mapped", 0, "selection"), "weighted", "mapped[0].selection", "only \"ordered\""),
+    (("mapped", 0, "selection"), "random", "mapped[0].selection", "one of"),
+    (("mapped", 0, "sticky_v4"), 33, "mapped[0].sticky_v4", "0..32"),
+    (("target", 0, "weight"), 0, "target[0].weight", "1..65535"),
     (("mapped", 0, "ttl"), -1, "mapped[0].ttl", "within"),
 ])
 def test_config_errors_name_the_key(path, value, key, msg):
@@ -172,3 +174,11 @@ def test_snapshot_validation_rejects_what_could_hang_or_overread():
     for args in bad:
         with pytest.raises(ValueError):
             _core.MapSnapshot(*args)
+
+
+def test_sticky_without_a_choice_is_rejected():
+    import copy
+    doc = copy.deepcopy(BASE)
+    doc["mapped"][0].update(selection="sticky", select=0)
+    with pytest.raises(ConfigError, match=r"mapped\[0\].select: .*give select >= 1"):
+        parse(doc, "pop53.toml", zones=["cdn.example."])

@@ -174,3 +174,38 @@ def test_example_cdn_chain(tmp_path):
         assert scope(r) == 0 and r.answer
     finally:
         p.stop()
+
+
+def test_mapped_replies_are_counted_in_metrics(tmp_path):
+    """pop53_mapped_replies{key}: a trusted ECS option, the source address (no ECS), UDP and
+    TCP; a static answer is not counted."""
+    import re
+    import socket
+    import urllib.request
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    mport = s.getsockname()[1]
+    s.close()
+    (tmp_path / "cdn.zone").write_text(ZONE)
+    (tmp_path / "world.map").write_text("10.0.0.0/8 eu\n127.0.0.0/8 us\n")
+    cfg = CONFIG.format(ctl=tmp_path / "ctl.sock").replace(
+        "workers = 1\n", f'workers = 1\nmetrics = "127.0.0.1:{mport}"\n')
+    (tmp_path / "pop53.toml").write_text(cfg)
+    p = Proc(["serve", "-c", "pop53.toml"], str(tmp_path))
+    try:
+        assert addrs(ask(p.port, "e1.cdn.example.", ecs=("10.9.0.0", 24))) == ["192.0.2.10"]
+        assert addrs(ask(p.port, "e1.cdn.example.", ecs=("10.9.0.0", 24), tcp=True)) == ["192.0.2.10"]
+        assert addrs(ask(p.port, "e1.cdn.example.")) == ["198.51.100.1"]          # 127/8: us
+        assert ask(p.port, "ns1.cdn.example.").answer                              # static
+
+        def count(key):
+            body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+            m = re.search(r'^pop53_mapped_replies_total\{key="%s"\} (\S+)$' % key, body, re.M)
+            return float(m.group(1)) if m else None
+
+        deadline = time.monotonic() + 5
+        while count("source") != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (count("ecs"), count("source"), count("default")) == (2, 1, 0)
+    finally:
+        p.stop()

@@ -24,6 +24,10 @@
     fallback = ["us"] # regions tried, in order, when a region has no target up
     select = 0        # how many targets an answer holds (0: every one up)
     all_down = "configured"   # every target down: "configured" set, "servfail" or "nodata"
+    selection = "ordered"     # or "sticky" / "weighted": a stable per-client-block choice of
+                              # `select` (default 1) targets, weighted by [[target]] weight
+    sticky_v4 = 24            # the client blocks a sticky choice is stable on (and the
+    sticky_v6 = 48            # shortest ECS scope such an answer claims)
 
 Every error names the file and the key path.  Map files are read by pop53.mapping.service.
 """
@@ -40,10 +44,11 @@ from pop53.errors import ConfigError
 KEY_MODES = ("ecs_then_source", "source_only", "ecs_only")
 TYPES = ("A", "AAAA", "CNAME", "NS")
 ALL_DOWN = ("configured", "servfail", "nodata")
+SELECTIONS = ("ordered", "sticky", "weighted")
 MAP_KEYS = {"name", "file", "default", "key", "ecs_trust", "ecs_max_v4", "ecs_max_v6", "regions"}
-TARGET_KEYS = {"name", "addresses", "host", "up"}
+TARGET_KEYS = {"name", "addresses", "host", "up", "weight"}
 MAPPED_KEYS = {"name", "map", "ttl", "regions", "type", "fallback", "select", "all_down",
-               "selection"}
+               "selection", "sticky_v4", "sticky_v6"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +69,7 @@ class TargetConfig:
     addresses: tuple = ()
     host: str | None = None       # absolute, lowercased text form
     up: bool = True
+    weight: int = 1               # share of sticky/weighted choices (relative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +82,9 @@ class MappedConfig:
     fallback: tuple = ()
     select: int = 0
     all_down: str = "configured"
+    selection: str = "ordered"
+    sticky_v4: int = 24
+    sticky_v6: int = 48
 
     @property
     def region_targets(self) -> dict:
@@ -179,7 +188,10 @@ def _target(c: _Ctx, t: dict, key: str) -> TargetConfig:
     host = c.dname(t["host"], f"{key}.host") if "host" in t else None
     if not out and host is None:
         c.fail("a target needs addresses or a host", key)
-    return TargetConfig(name, tuple(out), host, c.get(t, "up", bool, True, key))
+    weight = c.get(t, "weight", int, 1, key)
+    if not 1 <= weight <= 65535:
+        c.fail("must be within 1..65535", f"{key}.weight")
+    return TargetConfig(name, tuple(out), host, c.get(t, "up", bool, True, key), weight)
 
 
 def _mapped(c: _Ctx, t: dict, key: str, maps: dict, targets: dict, zones) -> MappedConfig:
@@ -200,8 +212,15 @@ def _mapped(c: _Ctx, t: dict, key: str, maps: dict, targets: dict, zones) -> Map
         rtype = rtype.upper()
         if rtype not in TYPES:
             c.fail(f"one of {', '.join(TYPES)}, got {t['type']!r}", f"{key}.type")
-    if "selection" in t and t["selection"] != "ordered":
-        c.fail("only \"ordered\" (the configured order) is implemented", f"{key}.selection")
+    selection = c.get(t, "selection", str, "ordered", key)
+    if selection not in SELECTIONS:
+        c.fail(f"one of {', '.join(SELECTIONS)}, got {selection!r}", f"{key}.selection")
+    sticky = []
+    for fam, width, dflt in (("v4", 32, 24), ("v6", 64, 48)):
+        n = c.get(t, f"sticky_{fam}", int, dflt, key)
+        if not 0 <= n <= width:
+            c.fail(f"must be within 0..{width}", f"{key}.sticky_{fam}")
+        sticky.append(n)
     regions = c.get(t, "regions", dict, None, key, required=True)
     declared = maps[mname].regions
     out = []
@@ -224,9 +243,12 @@ def _mapped(c: _Ctx, t: dict, key: str, maps: dict, targets: dict, zones) -> Map
     for i, f in enumerate(fallback):
         if f not in regions:
             c.fail(f"fallback region {f!r} has no targets here", f"{key}.fallback[{i}]")
-    select = c.get(t, "select", int, 0, key)
+    select = c.get(t, "select", int, 0 if selection == "ordered" else 1, key)
     if not 0 <= select <= 64:
         c.fail("must be within 0..64 (0: every target up)", f"{key}.select")
+    if selection != "ordered" and select == 0:
+        c.fail(f"selection = {selection!r} chooses `select` targets: give select >= 1",
+               f"{key}.select")
     all_down = c.get(t, "all_down", str, "configured", key)
     if all_down not in ALL_DOWN:
         c.fail(f"one of {', '.join(ALL_DOWN)}, got {all_down!r}", f"{key}.all_down")
@@ -237,7 +259,8 @@ def _mapped(c: _Ctx, t: dict, key: str, maps: dict, targets: dict, zones) -> Map
                     ipaddress.ip_address(a).version == fam
                     for _, ns in out for tn in ns for a in targets[tn].addresses):
                 c.fail(f"no target has an IPv{fam} address for type {tname}", f"{key}.regions")
-    return MappedConfig(name, mname, ttl, tuple(out), rtype, fallback, select, all_down)
+    return MappedConfig(name, mname, ttl, tuple(out), rtype, fallback, select, all_down,
+                        selection, *sticky)
 
 
 def parse(doc: dict, file: str | None = None, base_dir: str | None = None,

@@ -9,6 +9,7 @@ only the merged tables (one numpy pass per affected function), never the maps or
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import struct
 
@@ -25,14 +26,16 @@ _RES = struct.Struct("<IBBBBIIii")
 _ANS = struct.Struct("<IIHH")
 _GLUE = struct.Struct("<IIII")
 _KEY = struct.Struct("<BBBB32s32s512s")
-assert (_RES.size, _ANS.size, _GLUE.size, _KEY.size) == tuple(
-    _core.MAP_SIZEOF[k] for k in ("res", "ans", "glue", "keycfg"))
+_PICK = struct.Struct("<BBHIQ")
+assert (_RES.size, _ANS.size, _GLUE.size, _KEY.size, _PICK.size) == tuple(
+    _core.MAP_SIZEOF[k] for k in ("res", "ans", "glue", "keycfg", "pick"))
 T_A, T_NS, T_CNAME, T_AAAA = 1, 2, 5, 28
 MAPF_A, MAPF_AAAA = 1, 2
-ANS_SERVFAIL, GLUE_REQUIRED = 1, 1
+ANS_SERVFAIL, ANS_PICK, GLUE_REQUIRED = 1, 2, 1
+PICK_BITS = 10           # 1,024 buckets per sticky/weighted answer: weights to about 0.1%
 KEY_MODE = {"ecs_then_source": 0, "source_only": 1, "ecs_only": 2}
 INDEX_MIN = 64           # smaller tables are searched without an index
-INDEX_MAX_BITS = 16
+INDEX_MAX_BITS = 18      # measured: 1M prefixes, random keys: 20-28 ns at 18 bits, 27-39 at 16
 SERVFAIL, NODATA = "servfail", "nodata"
 
 
@@ -45,7 +48,7 @@ def final_targets(res: MappedConfig, region: str, live) -> tuple | str | None:
     for reg in chain:
         up = [t for t in rt.get(reg, ()) if live(t)]
         if up:
-            return tuple(up[:res.select] if res.select else up)
+            return _choose(res, up)
     configured = next((rt[reg] for reg in chain if reg in rt), None)
     if configured is None:
         return None
@@ -53,7 +56,52 @@ def final_targets(res: MappedConfig, region: str, live) -> tuple | str | None:
         return SERVFAIL
     if res.all_down == "nodata":
         return NODATA
-    return tuple(configured[:res.select] if res.select else configured)
+    return _choose(res, configured)
+
+
+class Pick(tuple):
+    """The candidates a sticky/weighted resource chooses `select` targets from, per client
+    block (the data plane hashes the block to a bucket; see pick_table)."""
+
+
+def _choose(res: MappedConfig, targets) -> tuple:
+    if res.selection != "ordered" and len(targets) > res.select:
+        return Pick(targets)
+    return tuple(targets[:res.select] if res.select else targets)
+
+
+def _h64(*parts: str) -> int:
+    return int.from_bytes(hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest(),
+                          "little")
+
+
+def bucket_scores(res: MappedConfig, targets: dict) -> tuple[list, np.ndarray]:
+    """Rendezvous (highest random weight) scores of every target of `res` in every bucket: the
+    smallest score wins.  -ln(u) / weight makes a target win with probability weight / sum of
+    the candidates' weights, and taking a target away moves only the buckets it held.  The
+    hash depends on names only, so every machine of the fleet chooses alike."""
+    names = sorted({t for _, ts in res.regions for t in ts})
+    n = 1 << PICK_BITS
+    b = np.arange(n, dtype=np.uint64)
+    cols = []
+    for t in names:
+        x = b * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(_h64(res.name, t))
+        for sh, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):   # splitmix64
+            x = (x ^ (x >> np.uint64(sh))) * np.uint64(mul)
+        x ^= x >> np.uint64(31)
+        u = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+        w = targets[t].weight if res.selection == "weighted" else 1
+        cols.append(-np.log(u) / w)
+    return names, np.stack(cols, axis=1)
+
+
+def pick_buckets(res: MappedConfig, cand: Pick, scores: tuple) -> list[tuple]:
+    """For every bucket, the `select` candidates with the best scores, in configured order."""
+    names, mat = scores
+    col = [names.index(t) for t in cand]
+    best = np.argsort(mat[:, col], axis=1, kind="stable")[:, :res.select]
+    best.sort(axis=1)
+    return [tuple(cand[i] for i in row) for row in best.tolist()]
 
 
 def check_coverage(mcfg: MappingConfig, tables: dict) -> None:
@@ -70,7 +118,7 @@ def check_coverage(mcfg: MappingConfig, tables: dict) -> None:
 
 def index_bits(n: int) -> int:
     """Bits of the top-of-key index for a table of n ranges: about four ranges per slot (two
-    search steps), at most 16 (a 256 KiB index; the issue's /16-indexed search)."""
+    search steps), at most 18 (a 1 MiB index, for the million-prefix maps)."""
     return max(1, min(INDEX_MAX_BITS, (n // 4).bit_length()))
 
 
@@ -132,9 +180,12 @@ class SnapshotBuilder:
         self.cfg = mcfg
         self.tables = tables
         self._views: dict = {}          # (map, fn bytes) -> merged arrays (shared, reused)
+        self._score_cache: dict = {}    # sticky/weighted resources' bucket scores
 
     def _content(self, res: MappedConfig, family: str, final) -> object:
         """What an answer of this view holds (hashable; equal contents = one answer)."""
+        if isinstance(final, Pick):
+            return ("pick", tuple(final))
         if final in (SERVFAIL, NODATA):
             return final
         tg = [self.cfg.targets[t] for t in final]
@@ -171,6 +222,37 @@ class SnapshotBuilder:
         goff = blob.add(glue) if glue else 0
         return _ANS.pack(rs, goff, len(content), 0)
 
+    def _answers(self, blob: _Blob, res: MappedConfig, family: str, uniq: list) -> bytes:
+        """The view's answer entries: one per distinct content, in `uniq` order (the merged
+        tables' values), then the variants sticky/weighted heads choose between."""
+        every = {c: i for i, c in enumerate(uniq)}
+        heads = {}
+        for c in uniq:
+            if isinstance(c, tuple) and c[:1] == ("pick",):
+                variants = pick_buckets(res, Pick(c[1]), self._scores(res))
+                heads[c] = [every.setdefault(self._content(res, family, v), len(every))
+                            for v in variants]
+        if len(every) > 0xFFFF:
+            raise ConfigError(f"{res.name}: more than 65,535 distinct answers",
+                              file=self.cfg.source)
+        out = []
+        for c in every:
+            if c in heads:
+                pick = _PICK.pack(res.sticky_v4, res.sticky_v6, PICK_BITS, 0, _h64("salt", res.name))
+                off = blob.add(pick + np.array(heads[c], dtype="<u2").tobytes(), 8)
+                out.append(_ANS.pack(0, off, 0, ANS_PICK))
+            else:
+                out.append(self._encode(blob, res, family, c))
+        return b"".join(out)
+
+    def _scores(self, res: MappedConfig):
+        key = (res.name, res.selection, tuple(sorted((t, self.cfg.targets[t].weight)
+                                                     for _, ts in res.regions for t in ts)))
+        got = self._score_cache.get(key)
+        if got is None:
+            got = self._score_cache[key] = bucket_scores(res, self.cfg.targets)
+        return got
+
     def build(self, live, seed: int) -> _core.MapSnapshot:
         """A snapshot for the liveness function `live(target) -> bool`, hashing names with the
         zone image's seed."""
@@ -198,9 +280,10 @@ class SnapshotBuilder:
                 if arrays is None:
                     arrays = self._views[ck] = merged_view(table, fn)
                 used.add(ck)
-                ans_off = blob.add(b"".join(self._encode(blob, res, fam, c) for c in uniq))
+                answers = self._answers(blob, res, fam, uniq)
+                ans_off = blob.add(answers)
                 vidx[fam] = len(views)
-                views.append(arrays + (ans_off, len(uniq), int(fn[table.default])))
+                views.append(arrays + (ans_off, len(answers) // _ANS.size, int(fn[table.default])))
             wire = _wire(res.name)
             labels = len(dns.name.from_text(res.name).labels) - 1
             label_mask |= 1 << labels

@@ -37,6 +37,7 @@ class ServerCollector:
         total: dict = {}
         rcodes: dict = {}
         qtypes: dict = {}
+        mapped: dict = {}
         for st in [w for _, w in workers] + ([tcp] if tcp else []):
             for k, v in st.items():
                 if isinstance(v, int):
@@ -45,6 +46,8 @@ class ServerCollector:
                 rcodes[k] = rcodes.get(k, 0) + v
             for k, v in st["qtype"].items():
                 qtypes[k] = qtypes.get(k, 0) + v
+            for k, v in st.get("mapped", {}).items():
+                mapped[k] = mapped.get(k, 0) + v
         q = CounterMetricFamily("pop53_queries", "Queries received, by transport", labels=["proto"])
         q.add_metric(["udp"], total.get("udp", 0))
         q.add_metric(["tcp"], total.get("tcp", 0))
@@ -57,6 +60,14 @@ class ServerCollector:
         for k, v in sorted(qtypes.items()):
             t.add_metric([_type_name(k)], v)
         yield t
+        mp = CounterMetricFamily("pop53_mapped_replies", "Replies with a mapped answer, by what "
+                                 "picked it: ecs (a trusted ECS option), source (the query's "
+                                 "address), ecs_untrusted (ECS from a resolver not in ecs_trust: "
+                                 "the source picked), default (no client address: the map's "
+                                 "default region)", labels=["key"])
+        for k in ("ecs", "source", "ecs_untrusted", "default"):
+            mp.add_metric([k], mapped.get(k, 0))
+        yield mp
         for name, key, doc in (
             ("pop53_dropped", "dropped", "Queries dropped without a reply (malformed, QR=1, oversized)"),
             ("pop53_truncated", "truncated", "Responses sent with TC=1"),

@@ -50,8 +50,9 @@ class TcpCounters:
                 if isinstance(v, int):
                     out[k] = out.get(k, 0) + v
                 else:
+                    d = out.setdefault(k, {})
                     for kk, vv in v.items():
-                        out[k][kk] = out[k].get(kk, 0) + vv
+                        d[kk] = d.get(kk, 0) + vv
         out.update(self.tcp.group.stats())
         return out
 
