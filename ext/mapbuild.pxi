@@ -79,11 +79,11 @@ cdef inline bint mp_blank(uint8_t c) noexcept nogil:
     return c == 32 or c == 9 or c == 13 or c == 11 or c == 12
 
 
-cdef int mp_line(const uint8_t* p, Py_ssize_t n, uint64_t* start, uint8_t* plen, bint* v6,
-                 Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
+cdef int mp_line(const uint8_t* p, Py_ssize_t n, uint64_t* start, uint64_t* low, uint8_t* plen,
+                 bint* v6, Py_ssize_t* r0, Py_ssize_t* r1) noexcept nogil:
     """One map line (without its newline).  \\brief 0 = blank/comment, 1 = a prefix (start:
-    IPv4 address or the top 64 bits of IPv6; the region token at [r0, r1)), -1 = anything else
-    (the caller re-reads the line in Python for the exact message)."""
+    IPv4 address or the top 64 bits of IPv6, low: its low 64 bits; the region token at
+    [r0, r1)), -1 = anything else (the caller re-reads the line in Python for the message)."""
     cdef Py_ssize_t i = 0, t0, t1, s, k
     cdef char buf[64]
     cdef uint8_t a[16]
@@ -138,13 +138,15 @@ cdef int mp_line(const uint8_t* p, Py_ssize_t n, uint64_t* start, uint8_t* plen,
     if inet_pton(MP_AF_INET6 if v6[0] else MP_AF_INET, buf, a) != 1:
         return -1
     if v6[0]:
-        if length > 64:
-            return -1
         hi = be64(a)
         lo = be64(a + 8)
-        if lo != 0 or (length < 64 and (hi & ~mask64(length))):
-            return -1                            # host bits set
+        if length <= 64:
+            if lo != 0 or (length < 64 and (hi & ~mask64(length))):
+                return -1                        # host bits set
+        elif length < 128 and (lo & ~mask64(length - 64)):
+            return -1
         start[0] = hi
+        low[0] = lo
     else:
         hi = be32(a)
         if (<uint32_t>hi) & (~mask32(length)):
@@ -155,14 +157,15 @@ cdef int mp_line(const uint8_t* p, Py_ssize_t n, uint64_t* start, uint8_t* plen,
 
 
 def map_parse(const uint8_t[::1] data not None):
-    """Parse a whole map file in C.  Returns (v4, v6, regions, first_line) where v4/v6 are
-    (start u64, length u8, region u16, line u32) as bytes, regions the region tokens (bytes) in
+    """Parse a whole map file in C.  Returns (v4, v6, regions, first_line) where v4 is
+    (start u64, length u8, region u16, line u32) as bytes, v6 the same plus the low 64 bits of
+    each start (u64; start holds the top 64), regions the region tokens (bytes) in
     order of first appearance and first_line their first line; or (line, None, None, None) for
     the first line the fast path does not accept (the caller re-reads it for the message)."""
     cdef Py_ssize_t n = data.shape[0], i = 0, e, nl = 1, n4 = 0, n6 = 0, cap, r0 = 0, r1 = 0
     cdef uint32_t line = 0, h, slot, j, nreg = 0, tmask = (1 << 17) - 1, bad = 0
     cdef const uint8_t* p = &data[0] if n else <const uint8_t*>b""
-    cdef uint64_t start = 0
+    cdef uint64_t start = 0, low = 0
     cdef uint8_t plen = 0
     cdef bint v6 = False
     cdef int rc
@@ -178,12 +181,14 @@ def map_parse(const uint8_t[::1] data not None):
     cdef uint8_t* l6 = <uint8_t*>malloc(cap)
     cdef uint16_t* g6 = <uint16_t*>malloc(cap * 2)
     cdef uint32_t* n6a = <uint32_t*>malloc(cap * 4)
+    cdef uint64_t* o6 = <uint64_t*>malloc(cap * 8)
     cdef uint32_t* tab = <uint32_t*>calloc(tmask + 1, 4)          # region index + 1
     cdef Py_ssize_t* roff = <Py_ssize_t*>malloc(65536 * sizeof(Py_ssize_t))
     cdef uint32_t* rlen = <uint32_t*>malloc(65536 * 4)
     cdef uint32_t* rline = <uint32_t*>malloc(65536 * 4)
     try:
-        if not (s4 and l4 and g4 and n4a and s6 and l6 and g6 and n6a and tab and roff and rlen and rline):
+        if not (s4 and l4 and g4 and n4a and s6 and l6 and g6 and n6a and o6 and tab and roff and
+                rlen and rline):
             raise MemoryError()
         with nogil:
             i = 0
@@ -192,7 +197,7 @@ def map_parse(const uint8_t[::1] data not None):
                 while e < n and p[e] != 10:
                     e += 1
                 line += 1
-                rc = mp_line(p + i, e - i, &start, &plen, &v6, &r0, &r1)
+                rc = mp_line(p + i, e - i, &start, &low, &plen, &v6, &r0, &r1)
                 if rc < 0:
                     bad = line
                     break
@@ -219,6 +224,7 @@ def map_parse(const uint8_t[::1] data not None):
                     j = tab[slot] - 1
                     if v6:
                         s6[n6] = start; l6[n6] = plen; g6[n6] = <uint16_t>j; n6a[n6] = line
+                        o6[n6] = low
                         n6 += 1
                     else:
                         s4[n4] = start; l4[n4] = plen; g4[n4] = <uint16_t>j; n4a[n4] = line
@@ -229,9 +235,10 @@ def map_parse(const uint8_t[::1] data not None):
         return ((PyBytes_FromStringAndSize(<char*>s4, n4 * 8), PyBytes_FromStringAndSize(<char*>l4, n4),
                  PyBytes_FromStringAndSize(<char*>g4, n4 * 2), PyBytes_FromStringAndSize(<char*>n4a, n4 * 4)),
                 (PyBytes_FromStringAndSize(<char*>s6, n6 * 8), PyBytes_FromStringAndSize(<char*>l6, n6),
-                 PyBytes_FromStringAndSize(<char*>g6, n6 * 2), PyBytes_FromStringAndSize(<char*>n6a, n6 * 4)),
+                 PyBytes_FromStringAndSize(<char*>g6, n6 * 2), PyBytes_FromStringAndSize(<char*>n6a, n6 * 4),
+                 PyBytes_FromStringAndSize(<char*>o6, n6 * 8)),
                 [PyBytes_FromStringAndSize(<const char*>(p + roff[j]), rlen[j]) for j in range(nreg)],
                 [rline[j] for j in range(nreg)])
     finally:
-        free(s4); free(l4); free(g4); free(n4a); free(s6); free(l6); free(g6); free(n6a)
+        free(s4); free(l4); free(g4); free(n4a); free(s6); free(l6); free(g6); free(n6a); free(o6)
         free(tab); free(roff); free(rlen); free(rline)

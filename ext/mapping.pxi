@@ -79,6 +79,26 @@ cdef inline uint32_t map_scope6(const map_view_t* v, uint32_t i, uint64_t k) noe
     return m + 1 if edge else 0
 
 
+cdef uint32_t map_sub6(const map_view_t* v, uint32_t j, uint64_t k, uint32_t* scope) noexcept nogil:
+    """A /64 that holds longer prefixes: the answer for the low 64 bits k in sub-table j, and
+    the scope (64 + the shortest block inside the run; the sub-table is never uniform)."""
+    cdef const uint64_t* lo = v.sub_lo + v.sub_off[j]
+    cdef uint32_t n = v.sub_off[j + 1] - v.sub_off[j], a = 0, half, m = 0, c, len_ = n
+    while n > 1:
+        half = n >> 1
+        if lo[a + half] <= k:
+            a += half
+        n -= half
+    if lo[a] > 0:
+        m = <uint32_t>__builtin_clzll(k ^ (lo[a] - 1))
+    if a + 1 < len_:
+        c = <uint32_t>__builtin_clzll(k ^ lo[a + 1])
+        if c > m:
+            m = c
+    scope[0] = 64 + m + 1
+    return v.sub_val[v.sub_off[j] + a]
+
+
 cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
@@ -127,13 +147,14 @@ cdef bint map_trusted(const map_keycfg_t* kc, const uint8_t* client, uint32_t cl
     return False
 
 
-cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, uint32_t* cap,
-                        uint32_t* base, uint8_t* how) noexcept nogil:
+cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, uint64_t* klo,
+                        uint32_t* cap, uint32_t* base, uint8_t* how) noexcept nogil:
     """The client key of a query for one map.  \brief returns 4 or 6 (the key's family), or 0
     (no client address: the map's default region answers).  *cap: the longest scope that may be
     claimed (the source length when it was cut to the map's limit, else 255).  *base: what the
     key's scope adds up to in the option's own family (96 for an IPv4-mapped IPv6 ECS address,
-    looked up as IPv4); 255 when no ECS was used.  *how: 1 + the stats_t.mapped index."""
+    looked up as IPv4); 255 when no ECS was used.  *how: 1 + the stats_t.mapped index.
+    *klo: an IPv6 key's low 64 bits (for the /64s that hold longer prefixes)."""
     cdef const query_t* q = c.q
     cdef uint32_t bits, src
     cap[0] = 255
@@ -158,6 +179,7 @@ cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, u
             if src > kc.max6:
                 cap[0] = kc.max6
             key[0] = be64(q.ecs_addr) & mask64(bits if bits <= 64 else 64)
+            klo[0] = be64(q.ecs_addr + 8) & mask64(bits - 64 if bits > 64 else 0)
             return 6
         how[0] = 4
     else:
@@ -174,12 +196,14 @@ cdef int map_client_key(const ctx_t* c, const map_keycfg_t* kc, uint64_t* key, u
             key[0] = be32(c.client + 12)
             return 4
         key[0] = be64(c.client)
+        klo[0] = be64(c.client + 8)
         return 6
     how[0] = 3
     return 0
 
 
-cdef uint32_t map_variant(const map_pick_t* p, int fam, uint64_t key, uint32_t* scope) noexcept nogil:
+cdef uint32_t map_variant(const map_pick_t* p, int fam, uint64_t key, uint64_t klo,
+                          uint32_t* scope) noexcept nogil:
     """The answer a sticky/weighted resource gives this client: the bucket of the client's
     block, that block being the aligned block the range's scope gives, at least /g4 (/g6), so
     every address in the block claimed as the scope gets this same answer (RFC 7871 §7.2.1).
@@ -195,7 +219,9 @@ cdef uint32_t map_variant(const map_pick_t* p, int fam, uint64_t key, uint32_t* 
     elif fam == 6:
         if L < p.g6:
             L = p.g6
-        kb = key & mask64(L)
+        kb = key & mask64(L if L <= 64 else 64)
+        if L > 64:
+            kb ^= mix64(klo & mask64(L - 64))
     else:
         L = 0
     scope[0] = L
@@ -207,9 +233,9 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
     """The final answer of view vi for this query's client; raises the reply's ECS scope."""
     cdef const map_snap_t* m = c.maps
     cdef const map_view_t* v = &m.views[vi]
-    cdef uint64_t key = 0
+    cdef uint64_t key = 0, klo = 0
     cdef uint32_t cap, base, i, a, scope = 0
-    cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &cap, &base, &c.mapkey)
+    cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &klo, &cap, &base, &c.mapkey)
     if fam == 4:
         i = map_find4(v, <uint32_t>key)
         a = v.val4[i]
@@ -217,11 +243,14 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
     elif fam == 6:
         i = map_find6(v, key)
         a = v.val6[i]
-        scope = map_scope6(v, i, key)
+        if a & SUB6:
+            a = map_sub6(v, a & ~SUB6, klo, &scope)
+        else:
+            scope = map_scope6(v, i, key)
     else:
         a = v.dflt
     if v.ans[a].flags & ANS_PICK:
-        a = map_variant(<const map_pick_t*>(m.base + v.ans[a].glue_off), fam, key, &scope)
+        a = map_variant(<const map_pick_t*>(m.base + v.ans[a].glue_off), fam, key, klo, &scope)
     if base != 255:
         if scope > cap:
             scope = cap

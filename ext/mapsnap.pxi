@@ -32,7 +32,8 @@ cdef class MapSnapshot:
     def __cinit__(self, bytes blob not None, bytes res not None, bytes rtab not None,
                   uint32_t seed, uint64_t label_mask, bytes keys not None, list views not None):
         """views: (lo4 u32, val4 u16, idx4 u32 or None, lo6 u64, val6 u16, idx6 u32 or None,
-        ans_off, n_ans, dflt) per view; an index has 2**B + 1 entries (B <= 20).  Every
+        ans_off, n_ans, dflt[, (sub_lo u64, sub_val u16, sub_off u32) or None]) per view; an
+        index has 2**B + 1 entries (B <= 20).  Every
         offset and index is checked here, so a worker can trust the snapshot."""
         cdef Py_ssize_t nv = len(views), i, j
         cdef const uint32_t[::1] lo4
@@ -41,6 +42,10 @@ cdef class MapSnapshot:
         cdef const uint64_t[::1] lo6
         cdef const uint16_t[::1] val6
         cdef const uint32_t[::1] idx6
+        cdef const uint64_t[::1] sub_lo
+        cdef const uint16_t[::1] sub_val
+        cdef const uint32_t[::1] sub_off
+        cdef uint32_t k, a, b
         cdef map_view_t* v
         cdef const map_res_t* r
         cdef const map_keycfg_t* kc
@@ -94,8 +99,24 @@ cdef class MapSnapshot:
             for j in range(v.n4):
                 if v.val4[j] >= n_ans or (j and v.lo4[j] <= v.lo4[j - 1]):
                     raise ValueError(f"view {i}: IPv4 ranges unsorted or values out of bounds")
+            if len(t) > 9 and t[9] is not None:
+                sub_lo, sub_val, sub_off = t[9]
+                v.n_sub = sub_off.shape[0] - 1
+                if v.n_sub < 1 or v.n_sub >= SUB6 or sub_off[0] != 0 or \
+                        sub_off[v.n_sub] != sub_lo.shape[0] or sub_lo.shape[0] != sub_val.shape[0]:
+                    raise ValueError(f"view {i}: bad IPv6 sub-tables")
+                v.sub_lo, v.sub_val, v.sub_off = &sub_lo[0], &sub_val[0], &sub_off[0]
+                for k in range(v.n_sub):
+                    a, b = sub_off[k], sub_off[k + 1]
+                    if b < a + 2 or b > sub_lo.shape[0] or sub_lo[a] != 0:
+                        raise ValueError(f"view {i}: bad IPv6 sub-table {k}")
+                    for j in range(a, b):
+                        if sub_val[j] >= n_ans or (j > a and sub_lo[j] <= sub_lo[j - 1]):
+                            raise ValueError(f"view {i}: IPv6 sub-table {k} unsorted or out of bounds")
             for j in range(v.n6):
-                if v.val6[j] >= n_ans or (j and v.lo6[j] <= v.lo6[j - 1]):
+                if (v.val6[j] & SUB6 and (v.val6[j] & ~SUB6) >= v.n_sub) or \
+                        (not v.val6[j] & SUB6 and v.val6[j] >= n_ans) or \
+                        (j and v.lo6[j] <= v.lo6[j - 1]):
                     raise ValueError(f"view {i}: IPv6 ranges unsorted or values out of bounds")
             for j in range(n_ans):
                 self._check_answer(&v.ans[j])
@@ -178,7 +199,7 @@ cdef class MapSnapshot:
     def lookup(self, int view, bytes key not None):
         """(answer index, scope) of a view for a 4-byte IPv4 or 16-byte IPv6 key (tests)."""
         cdef map_view_t* v
-        cdef uint32_t i
+        cdef uint32_t i, scope
         cdef uint64_t k
         if not 0 <= view < <int>self.s.n_views:
             raise IndexError(view)
@@ -190,6 +211,10 @@ cdef class MapSnapshot:
         if len(key) == 16:
             k = be64(<const uint8_t*>(<char*>key))
             i = map_find6(v, k)
+            if v.val6[i] & SUB6:
+                scope = 0
+                i = map_sub6(v, v.val6[i] & ~SUB6, be64(<const uint8_t*>(<char*>key) + 8), &scope)
+                return i, scope
             return v.val6[i], map_scope6(v, i, k)
         raise ValueError("a 4- or 16-byte key")
 

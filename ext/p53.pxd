@@ -370,6 +370,7 @@ cdef enum:
     ANS_PICK = 0x0002         # sticky/weighted: glue_off is a map_pick_t; the client block's
                               # bucket names the answer (another entry of the same view)
     PICK_BITS_MAX = 12
+    SUB6 = 0x8000             # map_view_t.val6: an IPv6 sub-table's index follows
     GLUE_REQUIRED = 0x0001    # map_glue_t.flags: the host is below the cut (RFC 9471)
     KEY_ECS_THEN_SOURCE = 0   # map_keycfg_t.mode
     KEY_SOURCE_ONLY = 1
@@ -435,6 +436,12 @@ cdef struct map_view_t:
     const map_ans_t* ans
     uint32_t n_ans
     uint32_t dflt             # answer index without a client address (the map's default)
+    # IPv6 /64s holding longer prefixes: a val6 with SUB6 set names sub-table j, ranges over
+    # the low 64 bits sub_lo/sub_val[sub_off[j]:sub_off[j + 1]] (starting at 0)
+    const uint64_t* sub_lo
+    const uint16_t* sub_val
+    const uint32_t* sub_off
+    uint32_t n_sub
 
 cdef struct map_snap_t:
     const uint8_t* base

@@ -107,9 +107,6 @@ def _pop53_expected(gdnsd_reply, ecs):
 
 def test_pop53_matches_gdnsd(case):
     name, spec, gdnsd = case
-    if any(net.version == 6 and net.prefixlen > 64 for net, _ in spec.maps[0].entries):
-        pytest.skip("pop53 maps IPv6 on the top 64 bits and rejects longer prefixes "
-                    "(docs/mapping.md); gdnsd alone is checked on this map")
     qname = spec.mapped[0].name
     bad = []
     qs = queries(name, spec.maps[0])

@@ -127,8 +127,9 @@ def minimal_block(key: int, bits: int, f, breakpoints) -> int:
 
 
 def breakpoints(prefixes, version: int, bits: int) -> list:
-    """Starts and ends+1 of every prefix, in the key space (IPv6: the top 64 bits)."""
-    shift = 0 if version == 4 else 64
+    """Starts and ends+1 of every prefix, in a `bits`-wide key space (IPv6: the top `bits`
+    bits of the address)."""
+    shift = 0 if version == 4 else 128 - bits
     out = {0}
     for net, _ in prefixes:
         if net.version != version:

@@ -24,7 +24,7 @@ from .mapkit import Mapping, image
     ("10.0.0.0/33 eu", "length must be 0..32"),
     ("10.0.0/8 eu", "not an IPv4 address"),
     ("2001:db8::/129 eu", "length must be 0..128"),
-    ("2001:db8::/96 eu", "longer than /64"),
+    ("2001:db8::1:0/96 eu", "host bits set beyond /96"),
     ("10.0.0.0/8", "expected \"PREFIX REGION\""),
     ("10.0.0.0/8 eu extra", "expected \"PREFIX REGION\""),
     ("10.0.0.0/x eu", "length must be"),

@@ -55,7 +55,8 @@ def test_c_and_python_parsers_agree_and_match_the_oracle(v4, v6):
 
 @pytest.mark.parametrize("bad", [
     "10.0.0.1/8 eu", "10.0.0.0/33 eu", "010.0.0.0/8 eu", "10.0.0.0/08x eu", "1.2.3.4.5 eu",
-    "2001:db8::/65 eu", "2001:db8::1/64 eu", "10.0.0.0/8", "10.0.0.0/8 eu us", "/8 eu",
+    "2001:db8::4000:0:0:0/65 eu", "2001:db8::1/64 eu",
+    "2001:db8::1/127 eu", "10.0.0.0/8", "10.0.0.0/8 eu us", "/8 eu",
     "10.0.0.0/ eu", "10.0.0.0/8 r\u00e9gion",
 ])
 def test_c_and_python_errors_agree(bad):
@@ -118,3 +119,20 @@ def test_indexed_search_agrees_with_bisect(n):
     for k in keys6:
         i = int(np.searchsorted(lo6, np.uint64(k), side="right")) - 1
         assert m.snap.lookup(0, k.to_bytes(8, "big") + bytes(8))[0] == val6[i]
+
+
+def test_long_ipv6_prefixes_get_sub_tables_and_the_c_path_agrees():
+    """Prefixes longer than /64 (up to /128) map exactly: a sub-table over the low 64 bits of
+    their /64, the /64's own region where none of them covers; C and Python parse alike."""
+    text = ("2001:db8::/32 eu\n2001:db8:0:1::/64 us\n2001:db8:0:1::8000:0:0/81 ap\n"
+            "2001:db8:0:1::8000:0:1/128 eu\n2001:db8:0:2::1/128 ap\n")
+    a = compile_map(text.splitlines(), "m.map", "us")
+    b = compile_map_bytes(text.encode(), "m.map", "us")
+    for x in (a, b):
+        assert list(x.sub_key) == [0x20010DB800000001, 0x20010DB800000002]
+        regs = [x.regions[r] for r in x.sub_reg]
+        assert [int(v) for v in x.sub_lo[:4]] == [0, 0x8000 << 32, (0x8000 << 32) | 1,
+                                                  (0x8000 << 32) | 2]
+        assert regs[:5] == ["us", "ap", "eu", "ap", "us"]      # ...then the /64 past the /81
+        assert regs[5:] == ["eu", "ap", "eu"]                     # 2001:db8:0:2::/64 is eu
+    assert all((a.sub_lo == b.sub_lo) & (a.sub_reg == b.sub_reg))

@@ -33,10 +33,18 @@ def v4_prefixes(draw):
 
 @st.composite
 def v6_prefixes(draw):
+    """Short prefixes over 2001:db8::/32 and long ones (up to /128) clustered in sixteen /64s,
+    so that they nest inside a /64 (the sub-tables) and abut across /64 boundaries."""
     out = []
     for _ in range(draw(st.integers(1, 8))):
-        length = draw(st.sampled_from([0, 16, 32, 33, 40, 48, 56, 60, 63, 64]))
-        base = (0x20010DB8 << 96) | (draw(st.integers(0, (1 << 36) - 1)) << 60)
+        length = draw(st.sampled_from([0, 16, 32, 33, 40, 48, 56, 60, 63, 64,
+                                       65, 72, 96, 120, 127, 128]))
+        if length <= 64:
+            base = (0x20010DB8 << 96) | (draw(st.integers(0, (1 << 36) - 1)) << 60)
+        else:
+            low = draw(st.integers(0, (1 << 64) - 1)) & draw(st.sampled_from(
+                [0xFFFF << 48, 0xFF00000000FF00FF, (1 << 64) - 1, 0]))
+            base = (0x20010DB8 << 96) | (draw(st.integers(0, 15)) << 64) | low
         net = ipaddress.ip_network((base >> (128 - length) << (128 - length), length))
         out.append(f"{net} {draw(st.sampled_from(REGIONS))}")
     return out
@@ -64,7 +72,7 @@ def _near(draw, bps, bits):
 def _check(m, lines, default, version, key_full, src, limit, answer_of):
     """Ask with ECS (key_full masked to src) and compare with the oracle."""
     bits_addr = 32 if version == 4 else 128
-    bits_key = 32 if version == 4 else 64
+    bits_key = bits_addr
     prefixes = prefixes_of(lines)
     masked = key_full & ((((1 << src) - 1) << (bits_addr - src)) if src else 0)
     eff = min(src, limit)
@@ -81,12 +89,10 @@ def _check(m, lines, default, version, key_full, src, limit, answer_of):
         return
     expected = table[region_of(key, version, prefixes, default)]
     assert addresses(reply, qtype) == expected
-    shift = 0 if version == 4 else 64
-
     def f(k):
-        return table[region_of(k << shift, version, prefixes, default)]
+        return table[region_of(k, version, prefixes, default)]
 
-    kstar = minimal_block(key >> shift, bits_key, f, breakpoints(prefixes, version, bits_key))
+    kstar = minimal_block(key, bits_key, f, breakpoints(prefixes, version, bits_key))
     want = kstar if src <= limit else min(kstar, limit)
     assert scope(reply) == want, (lines, addr, src, kstar)
     assert scope(reply) >= min(kstar, eff) if src > limit else scope(reply) >= kstar
@@ -105,11 +111,11 @@ def test_scope_oracle_v4(data, lines, default, limit):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data(), v6_prefixes(), st.sampled_from(REGIONS), st.sampled_from([56, 64, 48]))
+@given(st.data(), v6_prefixes(), st.sampled_from(REGIONS), st.sampled_from([56, 64, 48, 96, 128]))
 def test_scope_oracle_v6(data, lines, default, limit):
     lines = _dedupe(lines)
     m = Mapping(lines, default, TARGETS, MAPPED, ecs_max_v6=limit)
-    bps = [b << 64 for b in breakpoints(prefixes_of(lines), 6, 64)]
+    bps = breakpoints(prefixes_of(lines), 6, 128)
     for _ in range(10):
         key = _near(data.draw, bps, 128)
         src = data.draw(st.integers(0, 128))

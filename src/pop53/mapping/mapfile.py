@@ -2,8 +2,9 @@
 longest prefix wins), `#` comments.  Parsed with file:line errors and swept into disjoint
 ranges (`RegionTable`) off the hot path.
 
-IPv6 keys are the top 64 bits of the address, so IPv6 prefixes longer than /64 are rejected
-(say so rather than silently cut them): every answer is uniform on a /64.
+IPv6 is swept on the top 64 bits of the address; the rare /64s that hold longer prefixes get
+a sub-table over their low 64 bits (`sub_*`), so any length up to /128 maps exactly while the
+common case keeps 64-bit keys.
 """
 from __future__ import annotations
 
@@ -32,10 +33,17 @@ class RegionTable:
     lo6: np.ndarray         # uint64 (top 64 bits of the address)
     reg6: np.ndarray        # uint16
     prefixes: int           # how many prefixes the file had
+    # /64s holding prefixes longer than /64: sub_key[j] (sorted top 64 bits) has the ranges
+    # sub_lo/sub_reg[sub_off[j]:sub_off[j + 1]] over its low 64 bits (starting at 0)
+    sub_key: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.uint64))
+    sub_off: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(1, np.uint32))
+    sub_lo: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.uint64))
+    sub_reg: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.uint16))
 
     @property
     def nbytes(self) -> int:
-        return self.lo4.nbytes + self.reg4.nbytes + self.lo6.nbytes + self.reg6.nbytes
+        return sum(a.nbytes for a in (self.lo4, self.reg4, self.lo6, self.reg6, self.sub_key,
+                                      self.sub_off, self.sub_lo, self.sub_reg))
 
 
 def _fail(msg: str, path: str, line: int):
@@ -44,10 +52,10 @@ def _fail(msg: str, path: str, line: int):
 
 def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | None,
                     first_line: int = 1):
-    """-> (v4 [start, length, region, line] lists, v6 likewise).  `regions` grows as new names
-    appear (name -> id); `allowed`: the declared regions, others are errors."""
+    """-> (v4 [start, length, region, line] lists, v6 likewise plus the starts' low 64 bits).
+    `regions` grows as new names appear (name -> id); `allowed`: the declared regions."""
     s4, l4, r4, n4 = [], [], [], []
-    s6, l6, r6, n6 = [], [], [], []
+    s6, l6, r6, n6, o6 = [], [], [], [], []
     pton = socket.inet_pton
     AF4, AF6 = socket.AF_INET, socket.AF_INET6
     frombytes = int.from_bytes
@@ -85,10 +93,8 @@ def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | No
                 _fail(f"more than {MAX_REGIONS} regions", path, lineno)
             rid = regions[region] = len(regions)
         if v6:
-            if length > 64:
-                _fail(f"prefix {pfx!r} is longer than /64: IPv6 is mapped on its top 64 bits",
-                      path, lineno)
             s6.append(value >> 64)
+            o6.append(value & V6_TOP)
             l6.append(length)
             r6.append(rid)
             n6.append(lineno)
@@ -97,7 +103,7 @@ def parse_map_lines(lines, path: str, regions: dict[str, int], allowed: set | No
             l4.append(length)
             r4.append(rid)
             n4.append(lineno)
-    return (s4, l4, r4, n4), (s6, l6, r6, n6)
+    return (s4, l4, r4, n4), (s6, l6, r6, n6, o6)
 
 
 def _sweep(family: tuple, bits: int, default: int, path: str, regions: list[str]):
@@ -159,9 +165,34 @@ def _initial_regions(default: str, declared) -> tuple[dict, set | None]:
 def _table(v4, v6, regions: dict, path: str) -> RegionTable:
     names = list(regions)
     lo4, reg4 = _sweep(v4, 32, 0, path, names)
-    lo6, reg6 = _sweep(v6, 64, 0, path, names)
+    start, length, region, line, low = (np.asarray(a, dtype=t) for a, t in zip(
+        v6, (np.uint64, np.uint8, np.uint16, np.uint32, np.uint64)))
+    short = length <= 64
+    lo6, reg6 = _sweep((start[short], length[short], region[short], line[short]), 64, 0, path,
+                       names)
+    subs = _sub_tables(start[~short], low[~short], length[~short], region[~short],
+                       line[~short], lo6, reg6, path, names)
     return RegionTable(regions=tuple(names), default=0, lo4=lo4.astype(np.uint32), reg4=reg4,
-                       lo6=lo6, reg6=reg6, prefixes=len(v4[0]) + len(v6[0]))
+                       lo6=lo6, reg6=reg6, prefixes=len(v4[0]) + len(v6[0]), **subs)
+
+
+def _sub_tables(hi, low, length, region, line, lo6, reg6, path, names) -> dict:
+    """Prefixes longer than /64, per /64: swept over the low 64 bits, the /64's own region
+    (from the main table) where none of them covers."""
+    if not len(hi):
+        return {}
+    keys = np.unique(hi)
+    dflt = reg6[np.searchsorted(lo6, keys, side="right") - 1]
+    los, regs, off = [], [], [0]
+    for key, d in zip(keys.tolist(), dflt.tolist()):
+        m = hi == np.uint64(key)
+        lo, reg = _sweep((low[m], length[m] - np.uint8(64), region[m], line[m]), 64, d, path,
+                         names)
+        los.append(lo)
+        regs.append(reg)
+        off.append(off[-1] + len(lo))
+    return {"sub_key": keys, "sub_off": np.array(off, dtype=np.uint32),
+            "sub_lo": np.concatenate(los), "sub_reg": np.concatenate(regs)}
 
 
 def compile_map(lines, path: str, default: str, declared=None) -> RegionTable:
@@ -187,7 +218,7 @@ def compile_map_bytes(data: bytes, path: str, default: str, declared=None) -> Re
         parse_map_lines([text], path, probe, allowed, bad)   # raises with the line's message...
         # ...or the line is fine for Python (exotic blanks): parse the whole file there
         return compile_map(data.decode("utf-8").splitlines(), path, default, declared)
-    (s4, l4, g4, n4), (s6, l6, g6, n6), names, first = out
+    (s4, l4, g4, n4), (s6, l6, g6, n6, o6), names, first = out
     remap = np.empty(len(names), dtype=np.uint16)
     for i, raw in enumerate(names):
         name = raw.decode("ascii")
@@ -205,7 +236,8 @@ def compile_map_bytes(data: bytes, path: str, default: str, declared=None) -> Re
         return (np.frombuffer(s, dtype=np.uint64), np.frombuffer(ln, dtype=np.uint8),
                 remap[np.frombuffer(g, dtype=np.uint16)], np.frombuffer(n, dtype=np.uint32))
 
-    return _table(fam(s4, l4, g4, n4), fam(s6, l6, g6, n6), regions, path)
+    return _table(fam(s4, l4, g4, n4), fam(s6, l6, g6, n6) + (np.frombuffer(o6, np.uint64),),
+                  regions, path)
 
 
 def load_map(path: str, default: str, declared=None) -> RegionTable:

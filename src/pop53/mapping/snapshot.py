@@ -34,6 +34,8 @@ MAPF_A, MAPF_AAAA = 1, 2
 ANS_SERVFAIL, ANS_PICK, GLUE_REQUIRED = 1, 2, 1
 PICK_BITS = 10           # 1,024 buckets per sticky/weighted answer: weights to about 0.1%
 KEY_MODE = {"ecs_then_source": 0, "source_only": 1, "ecs_only": 2}
+SUB6 = 0x8000           # val6 flag: the rest is an IPv6 sub-table's index (ext/mapping.pxi)
+V6_LAST = (1 << 64) - 1
 INDEX_MIN = 64           # smaller tables are searched without an index
 INDEX_MAX_BITS = 18      # measured: 1M prefixes, random keys: 20-28 ns at 18 bits, 27-39 at 16
 SERVFAIL, NODATA = "servfail", "nodata"
@@ -122,23 +124,61 @@ def index_bits(n: int) -> int:
     return max(1, min(INDEX_MAX_BITS, (n // 4).bit_length()))
 
 
+def _merge(lo: np.ndarray, val: np.ndarray) -> tuple:
+    keep = np.empty(len(val), dtype=bool)
+    keep[0] = True
+    np.not_equal(val[1:], val[:-1], out=keep[1:])
+    return np.ascontiguousarray(lo[keep]), np.ascontiguousarray(val[keep])
+
+
+def _sub_view(table: RegionTable, fn: np.ndarray, lo6: np.ndarray, val6: np.ndarray):
+    """The /64s with longer prefixes: each one's low-64 ranges with answers applied and
+    merged.  A /64 whose answers came out equal is folded into the main table; the others get
+    their own range there, valued SUB6 | their sub-table's index.  -> (lo6, val6, sub)."""
+    if not len(table.sub_key):
+        return lo6, val6, None
+    los, vals, off, mark = [], [], [0], []
+    for j in range(len(table.sub_key)):
+        a, b = int(table.sub_off[j]), int(table.sub_off[j + 1])
+        lo, val = _merge(table.sub_lo[a:b], fn[table.sub_reg[a:b]])
+        if len(lo) == 1:
+            mark.append(int(val[0]))
+        else:
+            mark.append(SUB6 | len(off) - 1)
+            los.append(lo)
+            vals.append(val)
+            off.append(off[-1] + len(lo))
+    keys = table.sub_key
+    after = keys[keys < np.uint64(V6_LAST)] + np.uint64(1)
+    pts = np.union1d(lo6, np.concatenate([keys, after]))
+    v = val6[np.searchsorted(lo6, pts, side="right") - 1]
+    v[np.searchsorted(pts, keys)] = np.array(mark, dtype=np.uint16)
+    lo6, val6 = _merge(pts, v)
+    if len(off) == 1:
+        return lo6, val6, None
+    return lo6, val6, (np.concatenate(los), np.concatenate(vals), np.array(off, dtype=np.uint32))
+
+
 def merged_view(table: RegionTable, fn: np.ndarray) -> tuple:
     """Ranges of `table` with region -> answer index `fn` applied, adjacent equal answers
-    merged, plus the top-bits indexes: (lo4, val4, idx4, lo6, val6, idx6)."""
+    merged, plus the top-bits indexes and the IPv6 sub-tables:
+    (lo4, val4, idx4, lo6, val6, idx6, sub or None)."""
     out = []
     for lo, reg, width in ((table.lo4, table.reg4, 32), (table.lo6, table.reg6, 64)):
         val = fn[reg]
-        keep = np.empty(len(val), dtype=bool)
-        keep[0] = True
-        np.not_equal(val[1:], val[:-1], out=keep[1:])
-        lo, val = np.ascontiguousarray(lo[keep]), np.ascontiguousarray(val[keep])
+        sub = None
+        if width == 64:
+            lo, val, sub = _sub_view(table, fn, lo, val)
+        lo, val = _merge(lo, val)
         idx = None
+        if sub is not None and len(fn) and int(fn.max()) >= SUB6:
+            raise ValueError("more than 32,767 answers beside IPv6 sub-tables")
         if len(lo) >= INDEX_MIN:
             b = index_bits(len(lo))
             idx = np.searchsorted(lo >> lo.dtype.type(width - b),
                                   np.arange((1 << b) + 1, dtype=lo.dtype), side="left").astype(np.uint32)
         out += [lo, val, idx]
-    return tuple(out)
+    return tuple(out) + (sub,)
 
 
 class _Blob:
@@ -283,7 +323,8 @@ class SnapshotBuilder:
                 answers = self._answers(blob, res, fam, uniq)
                 ans_off = blob.add(answers)
                 vidx[fam] = len(views)
-                views.append(arrays + (ans_off, len(answers) // _ANS.size, int(fn[table.default])))
+                views.append(arrays[:6] + (ans_off, len(answers) // _ANS.size,
+                                           int(fn[table.default]), arrays[6]))
             wire = _wire(res.name)
             labels = len(dns.name.from_text(res.name).labels) - 1
             label_mask |= 1 << labels
