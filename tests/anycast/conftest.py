@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-MINE = {"test_routes.py", "test_bird.py", "test_coord.py", "test_agent.py"}
+MINE = {"test_routes.py", "test_bird.py", "test_coord.py", "test_agent.py", "test_agent_log.py"}
 
 
 def pytest_collection_modifyitems(config, items):
