@@ -79,7 +79,7 @@ def test_every_decision_is_one_line(tmp_path, dns_server, etcd, netns_factory, c
     assert "degraded -> suspended: self-suspended holding slot 0" in by["suspend"].getMessage()
     assert all(a_ in by["withdraw"].getMessage() for a_ in ADDRS)
     refused = {d: r for d, _l, r in decisions(caplog, "m2")}["slot-refused"]
-    assert "no free slot" in refused.getMessage()
+    assert "no free suspension slot" in refused.getMessage()
 
     # JSON: the same facts as fields, no parsing of the text needed
     j = json.loads(JsonFormatter().format(by["suspend"]))

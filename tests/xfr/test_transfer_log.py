@@ -15,12 +15,10 @@ import dns.xfr
 import dns.zone
 import pytest
 
-from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
+from xfr_support import Recorder, free_port, tsig_key, wait_for
 
-from pop53.xfr.config import parse_xfr_config
-from pop53.xfr.service import XfrService
 from test_knot_primary import ZONE, engine_config, knot_primary, start_engine
-from test_tsig_refusals import LOCAL, local_zone
+from test_tsig_refusals import LOCAL, local_zone, svc  # noqa: F401  (svc: the fixture)
 
 LINE = re.compile(r"zone (?P<zone>\S+): (?P<type>AXFR|IXFR) (?P<dir>in|out) (?:from|to) "
                   r"(?P<peer>\S+), serial (?P<old>\S+) -> (?P<new>\S+), (?P<bytes>\d+) bytes, "
@@ -99,20 +97,10 @@ def _tcp_xfr(port, q) -> list[bytes]:
     return msgs
 
 
-def test_transfers_out_are_logged(engines, caplog):
+def test_transfers_out_are_logged(svc, caplog):
     caplog.set_level(logging.INFO, logger="pop53.xfr")
-    cfg = parse_xfr_config({
-        "xfr": {"status_interval": 0.2},
-        "key": [{"name": KEYNAME, "algorithm": "hmac-sha256", "secret": SECRET}],
-        "zone": [{"name": LOCAL, "key": KEYNAME, "allow_transfer": ["127.0.0.1"]}]},
-        "t.toml")
-    e = XfrService(cfg, Recorder())
-    engines.append(e)
-    e.start()
-    port = free_port()
-    e.start_listener("127.0.0.1", port)
-    e.set_local_zone(LOCAL, local_zone(1))
-    e.set_local_zone(LOCAL, local_zone(2, "b A 192.0.2.2"))
+    svc.set_local_zone(LOCAL, local_zone(2, "b A 192.0.2.2"))
+    port = svc.port
 
     z = dns.zone.Zone(LOCAL, relativize=False)
     q_axfr, _ = dns.xfr.make_query(z, serial=None, keyring=tsig_key(), keyname=tsig_key().name)

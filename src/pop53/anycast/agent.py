@@ -277,27 +277,25 @@ class Agent:
             try:
                 slot = self.slots.acquire()
             except CoordUnavailable as exc:
-                self.log.slot_refused(f"etcd unreachable ({exc})")
-                self._set_routes(True)
-                self._transition("wants-suspend", f"etcd unreachable, may not suspend ({exc}); "
-                                 f"{why}")
-                return
+                return self._slot_refused(f"etcd unreachable, may not suspend ({exc})", why)
             if slot is None:
-                self.log.slot_refused(f"no free slot ({self.slots.last_error})")
-                self._set_routes(True)
-                self._transition("wants-suspend", f"no free suspension slot "
-                                 f"({self.slots.last_error}); {why}")
-                return
-        if slot is not None:
+                return self._slot_refused(f"no free suspension slot ({self.slots.last_error})",
+                                          why)
             self.log.slot_taken(slot, self.cfg.etcd.slots if self.cfg.etcd else None)
         if not self._set_routes(False):
             self._release_slot()
             self._transition("wants-suspend", f"withdraw failed ({self.route_error}); {why}")
             return
         self.wants_suspend = False
-        self._transition("suspended", f"self-suspended" +
+        self._transition("suspended", "self-suspended" +
                          (f" holding slot {slot}" if slot is not None else
                           " (no cluster limit configured)") + f": {why}")
+
+    def _slot_refused(self, what: str, why: str) -> None:
+        """No slot to suspend with: stay announced and say why (the cluster limit, §4.2.1)."""
+        self.log.slot_refused(what)
+        self._set_routes(True)
+        self._transition("wants-suspend", f"{what}; {why}")
 
     # status
     def status(self) -> dict:
