@@ -215,6 +215,17 @@ class DnsServer:
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
 
+    def hung_rounds(self, rounds: int, *agents) -> None:
+        """`rounds` probe rounds of every agent (in turn) against this server hung; it answers
+        again afterwards, also when a round raises."""
+        self.pause()
+        try:
+            for _ in range(rounds):
+                for a in agents:
+                    a.tick()
+        finally:
+            self.resume()
+
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None

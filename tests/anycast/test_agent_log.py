@@ -45,13 +45,7 @@ def test_every_decision_is_one_line(tmp_path, dns_server, etcd, netns_factory, c
     a, b = (make(tmp_path, dns_server, ns, n, etcd=slots) for ns, n in ((ns1, "m1"), (ns2, "m2")))
     for x in (a, b):
         x.tick()
-    dns_server.pause()
-    try:
-        for _ in range(2):
-            a.tick()
-            b.tick()
-    finally:
-        dns_server.resume()
+    dns_server.hung_rounds(2, a, b)
     assert (a.state, b.state) == ("suspended", "wants-suspend")
     for _ in range(2):
         a.tick()
