@@ -68,7 +68,7 @@ def test_every_decision_is_one_line(tmp_path, dns_server, etcd, netns_factory, c
         ("serving", "INFO"),
     ]
     by = {d: r for d, _l, r in decisions(caplog, "m1")}
-    assert "missing" in by["probe-failed"].getMessage() and "(2/2)" in by["probe-failed"].getMessage()
+    assert "missing" in by["probe-failed"].getMessage() and "(2 in a row, fail_after 2)" in by["probe-failed"].getMessage()
     assert by["slot-taken"].getMessage() == "agent m1: suspension slot 0 taken (K=1)"
     assert "degraded -> suspended: self-suspended holding slot 0" in by["suspend"].getMessage()
     assert all(a_ in by["withdraw"].getMessage() for a_ in ADDRS)

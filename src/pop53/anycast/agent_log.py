@@ -26,8 +26,9 @@ class DecisionLog:
                                   **facts}})
 
     def probe_failed(self, fails: int, fail_after: int, why: str) -> None:
-        self._emit(logging.WARNING, "probe-failed", "probe round failed (%d/%d): %s", fails,
-                   fail_after, why, consecutive=fails, fail_after=fail_after, why=why)
+        self._emit(logging.WARNING, "probe-failed",
+                   "probe round failed (%d in a row, fail_after %d): %s", fails, fail_after, why,
+                   consecutive=fails, fail_after=fail_after, why=why)
 
     def transition(self, old: str, new: str, reason: str) -> None:
         decision = {"suspended": "suspend", "drained": "drain"}.get(new, new)
