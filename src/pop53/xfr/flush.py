@@ -126,5 +126,12 @@ def format_flush(reply: dict) -> str:
 
 
 def command(zone: list[str], out: str | None) -> str:
-    """The control command `pop53 ctl zone-flush` sends (quoted: a directory may hold spaces)."""
-    return shlex.join(["zone-flush", *zone, *(["-o", os.path.abspath(out)] if out else [])])
+    """The control command `pop53 ctl zone-flush` sends (quoted: a directory may hold spaces).
+    The control socket reads one command of at most 256 octets: a longer one is refused here
+    rather than cut (a cut path could name another directory)."""
+    from pop53.errors import Pop53Error
+
+    cmd = shlex.join(["zone-flush", *zone, *(["-o", os.path.abspath(out)] if out else [])])
+    if len(cmd.encode()) > 255:
+        raise Pop53Error(f"zone-flush: command too long for the control socket ({cmd[:60]}...)")
+    return cmd
