@@ -140,7 +140,7 @@ class Outbound(EnginePart):
         # the type as answered: an IXFR the journal cannot serve goes out as an AXFR (RFC 1995 §4)
         log_transfer("out", "AXFR" if kind == "axfr" else "IXFR", st.name, client_serial,
                      jr.serial_of(zone), sum(len(m) for m in out or ()),
-                     time.monotonic() - t0, f"{peer[0]}:{peer[1]}" if len(peer) > 1 else peer[0],
+                     time.monotonic() - t0, Peer(peer[0], peer[1]) if len(peer) > 1 else peer[0],
                      msg.keyname if msg.had_tsig else None)
 
     def handle_tcp_query(self, wire: bytes, peer) -> list[bytes] | None:
