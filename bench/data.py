@@ -156,14 +156,22 @@ class Dataset:
     probe: str  # a host name that must answer A with NOERROR (readiness check)
 
 
+def bench_zone(names: int, seed: int = DEFAULT_SEED, directory: Path = DATA_DIR,
+               a_only: bool = False) -> Path:
+    """The benchmark zone file for (names, seed), generated on first use and reused after
+    (``a_only``: one A record per host, plus the apex records)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    zone = directory / f"bench-{'a' if a_only else ''}{names}-s{seed}.zone"
+    if not zone.exists():
+        write_zone(zone, names, seed, a_only=a_only)
+    return zone
+
+
 def dataset(names: int, seed: int = DEFAULT_SEED, count: int = DEFAULT_QUERIES,
             directory: Path = DATA_DIR) -> Dataset:
     """The zone and query files for (names, seed), generated on first use and reused after."""
-    directory.mkdir(parents=True, exist_ok=True)
-    zone = directory / f"bench-{names}-s{seed}.zone"
+    zone = bench_zone(names, seed, directory)
     queries = directory / f"queries-{names}-s{seed}-q{count}.txt"
-    if not zone.exists():
-        write_zone(zone, names, seed)
     if not queries.exists():
         write_queries(queries, names, seed, count)
     probe = zone_names(names, seed).hosts[-1] + "." + ORIGIN
@@ -172,11 +180,7 @@ def dataset(names: int, seed: int = DEFAULT_SEED, count: int = DEFAULT_QUERIES,
 
 def a_only_zone(names: int, seed: int = DEFAULT_SEED, directory: Path = DATA_DIR) -> Path:
     """A zone of ``names`` hosts with one A record each (plus the apex records)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    zone = directory / f"bench-a{names}-s{seed}.zone"
-    if not zone.exists():
-        write_zone(zone, names, seed, a_only=True)
-    return zone
+    return bench_zone(names, seed, directory, a_only=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -219,10 +219,7 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pop53-xfr-bench-"))
     # The same seeded zone file the server benchmark uses (generated once, reused).
-    zonefile = data.DATA_DIR / f"bench-{args.names}-s{args.seed}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, args.names, args.seed)
+    zonefile = data.bench_zone(args.names, args.seed)
     pop_port = free_port()
     t = time.monotonic()
     knot = Knot(work / "knot", zonefile, pop_port)

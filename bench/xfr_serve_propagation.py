@@ -95,10 +95,7 @@ def main(argv=None) -> int:
         print("knotd not installed (scripts/setup.sh installs it)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="pop53-xfr-serve-bench-"))
-    zonefile = data.DATA_DIR / f"bench-{args.names}-s{args.seed}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, args.names, args.seed)
+    zonefile = data.bench_zone(args.names, args.seed)
     pop_port = free_port()
     knot = Knot(work / "knot", zonefile, pop_port)
     conf = work / "pop53.toml"

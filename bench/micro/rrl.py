@@ -121,10 +121,7 @@ def report_head(title: str, name: str, args, load: str) -> list[str]:
 
 def bench_queries() -> tuple[pop53.Image, list[bytes]]:
     """The 1,000-name benchmark zone compiled, and an A query (EDNS) for each of its names."""
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    zonefile = data.bench_zone(1000)
     image = pop53.compile_zones([zonefile])
     return image, [dns.message.make_query(rr, "A", use_edns=0).to_wire()
                    for rr in image_names(zonefile)[:1000]]

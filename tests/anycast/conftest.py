@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-MINE = {"test_routes.py", "test_bird.py", "test_coord.py", "test_agent.py"}
+MINE = {"test_routes.py", "test_bird.py", "test_coord.py", "test_agent.py", "test_agent_log.py"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -214,6 +214,17 @@ class DnsServer:
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
+
+    def hung_rounds(self, rounds: int, *agents) -> None:
+        """`rounds` probe rounds of every agent (in turn) against this server hung; it answers
+        again afterwards, also when a round raises."""
+        self.pause()
+        try:
+            for _ in range(rounds):
+                for a in agents:
+                    a.tick()
+        finally:
+            self.resume()
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -67,12 +67,7 @@ def test_flapping_server_never_suspends(tmp_path, dns_server, netns):
     a = make(tmp_path, dns_server, netns)
     a.tick()
     for _ in range(4):  # fail, fail, pass, fail, fail, pass ... never 3 in a row
-        dns_server.pause()
-        try:
-            a.tick()
-            a.tick()
-        finally:
-            dns_server.resume()
+        dns_server.hung_rounds(2, a)
         a.tick()
         assert a.state == "serving" and announced(netns)
 
@@ -109,13 +104,7 @@ def test_k_slot_limit_between_agents(tmp_path, dns_server, etcd, netns_factory):
     for x in ag:
         x.tick()
     assert all(x.state == "serving" for x in ag)
-    dns_server.pause()  # all three fail at once
-    try:
-        for _ in range(3):
-            for x in ag:
-                x.tick()
-    finally:
-        dns_server.resume()
+    dns_server.hung_rounds(3, *ag)  # all three fail at once
     states = [x.state for x in ag]
     assert states == ["suspended", "wants-suspend", "wants-suspend"]
     assert [announced(ns) for ns in nss] == [False, True, True]
@@ -133,12 +122,7 @@ def test_etcd_down_means_no_suspension(tmp_path, dns_server, netns, etcd):
              etcd={"endpoints": etcd.endpoints, "slots": 3, "lease_ttl": 3, "timeout": 0.5})
     a.tick()
     etcd.stop()
-    dns_server.pause()
-    try:
-        for _ in range(4):
-            a.tick()
-    finally:
-        dns_server.resume()
+    dns_server.hung_rounds(4, a)
     assert a.state == "wants-suspend" and announced(netns)
     assert "etcd unreachable" in a.reason
 
@@ -166,12 +150,7 @@ def test_suspended_agent_reannounces_when_its_slot_is_lost(tmp_path, dns_server,
 def test_never_suspend(tmp_path, dns_server, netns):
     a = make(tmp_path, dns_server, netns, never_suspend=True)
     a.tick()
-    dns_server.pause()
-    try:
-        for _ in range(4):
-            a.tick()
-    finally:
-        dns_server.resume()
+    dns_server.hung_rounds(4, a)
     assert a.state == "wants-suspend" and announced(netns)
     assert "never-suspend" in a.reason
 

@@ -542,6 +542,17 @@ def mismatches(corpus: list[Case], a_name: str, a_raw: list, b_name: str, b_raw:
     return out, used
 
 
+def must_agree(corpus: list[Case], a_name: str, a_raw: list, b_name: str, b_raw: list,
+               quirks, excuses, category: str) -> None:
+    """Fail the calling test with the report when any case of ``category`` differs in a way
+    the table does not account for (every test_vs_* and test_references use this)."""
+    import pytest
+
+    found, _ = mismatches(corpus, a_name, a_raw, b_name, b_raw, quirks, excuses, category)
+    if found:
+        pytest.fail(report(found), pytrace=False)
+
+
 def report(found: list, limit: int = 25) -> str:
     lines = [f"{len(found)} unexplained difference(s):"]
     for c, probs in found[:limit]:

@@ -67,44 +67,9 @@ class Oracle:
         return None
 
 
-class UdpLoad(threading.Thread):
-    """Queries at a steady rate, one at a time (no retry), bounded in count and time."""
-
-    def __init__(self, addr, oracle: Oracle, count: int, interval: float, max_seconds: float):
-        super().__init__(daemon=True)
-        self.addr, self.oracle = addr, oracle
-        self.count, self.interval, self.max_seconds = count, interval, max_seconds
-        self.sent = 0
-        self.lost: list[int] = []
-        self.wrong: list[tuple[int, bytes]] = []
-        self.seen = {1: 0, 2: 0}
-        self.stop_early = threading.Event()
-
-    def run(self):
-        t0 = time.monotonic()
-        with udp_socket(self.addr, timeout=2.0) as sock:
-            for n in range(self.count):
-                if self.stop_early.is_set() or time.monotonic() - t0 > self.max_seconds:
-                    break
-                delay = t0 + n * self.interval - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                i = n % len(self.oracle.wires)
-                wire = with_id(self.oracle.wires[i], n + 1)
-                self.sent += 1
-                r = udp_exchange(sock, wire)
-                if r is None:
-                    self.lost.append(n)
-                    continue
-                v = self.oracle.version(i, r)
-                if v is None:
-                    self.wrong.append((i, r))
-                elif v != 3:
-                    self.seen[v] += 1
-
-
-class TcpLoad(threading.Thread):
-    """The same over one TCP connection, one query at a time."""
+class _Load(threading.Thread):
+    """A query loop bounded in count and time that sorts the answers: lost, wrong, or which
+    version (1 or 2) they come from."""
 
     def __init__(self, addr, oracle: Oracle, count: int, max_seconds: float):
         super().__init__(daemon=True)
@@ -114,13 +79,53 @@ class TcpLoad(threading.Thread):
         self.wrong: list[tuple[int, bytes]] = []
         self.seen = {1: 0, 2: 0}
         self.stop_early = threading.Event()
+        self.t0 = 0.0
+
+    def numbers(self):
+        """Query numbers until the count, the time limit or stop_early."""
+        self.t0 = time.monotonic()
+        for n in range(self.count):
+            if self.stop_early.is_set() or time.monotonic() - self.t0 > self.max_seconds:
+                return
+            yield n
+
+    def judge(self, i: int, r: bytes, tcp: bool = False) -> None:
+        v = self.oracle.version(i, r, tcp=tcp)
+        if v is None:
+            self.wrong.append((i, r))
+        elif v != 3:
+            self.seen[v] += 1
+
+
+class UdpLoad(_Load):
+    """Queries at a steady rate, one at a time (no retry)."""
+
+    def __init__(self, addr, oracle: Oracle, count: int, interval: float, max_seconds: float):
+        super().__init__(addr, oracle, count, max_seconds)
+        self.interval = interval
 
     def run(self):
-        t0 = time.monotonic()
+        with udp_socket(self.addr, timeout=2.0) as sock:
+            for n in self.numbers():
+                delay = self.t0 + n * self.interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                i = n % len(self.oracle.wires)
+                wire = with_id(self.oracle.wires[i], n + 1)
+                self.sent += 1
+                r = udp_exchange(sock, wire)
+                if r is None:
+                    self.lost.append(n)
+                    continue
+                self.judge(i, r)
+
+
+class TcpLoad(_Load):
+    """The same over one TCP connection, one query at a time."""
+
+    def run(self):
         with tcp_connect(self.addr, timeout=5.0) as s:
-            for n in range(self.count):
-                if self.stop_early.is_set() or time.monotonic() - t0 > self.max_seconds:
-                    break
+            for n in self.numbers():
                 i = n % len(self.oracle.wires)
                 s.sendall(frame(with_id(self.oracle.wires[i], n + 1)))
                 self.sent += 1
@@ -131,11 +136,7 @@ class TcpLoad(threading.Thread):
                 if r is None or msg_id(r) != (n + 1) & 0xFFFF:
                     self.lost.append(n)
                     break
-                v = self.oracle.version(i, r, tcp=True)
-                if v is None:
-                    self.wrong.append((i, r))
-                elif v != 3:
-                    self.seen[v] += 1
+                self.judge(i, r, tcp=True)
                 time.sleep(0.002)
 
 

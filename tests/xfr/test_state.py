@@ -16,7 +16,7 @@ from xfr_support import KEYNAME, SECRET, Recorder, free_port, tsig_key, wait_for
 from pop53.anycast import staleness
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.service import XfrService
-from test_knot_primary import ZONE, knot_primary
+from test_knot_primary import ZONE, knot_primary, start_engine
 
 pytestmark = pytest.mark.peers
 
@@ -32,11 +32,9 @@ def config(tmp_path, knot_port, state="state", zone_extra=None, **xfr_opts):
 
 
 def run(engines, cfg, rec, port=None):
-    e = XfrService(cfg, rec)
-    engines.append(e)
-    e.start()
-    e.port = port or free_port()
-    e.start_listener("127.0.0.1", e.port)
+    port = port or free_port()
+    e = start_engine(engines, cfg, port, rec)
+    e.port = port
     return e
 
 

@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pop53.anycast.agent_config import AgentConfig, AgentError, parse_hostport
+from pop53.anycast.agent_log import DecisionLog
 from pop53.anycast.probe import FAILURE_KINDS, ProbeResult, Prober, StalenessSource
 
 
@@ -116,6 +117,7 @@ class Agent:
         self.last_change: dict | None = None
         self.history: list[dict] = []
         self.route_error: str | None = None
+        self.log = DecisionLog(cfg.name)
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
 
     # routes
@@ -135,9 +137,11 @@ class Agent:
             self.route_error = None
         except RouteError as exc:
             self.route_error = str(exc)
+            self.log.route_error("announce" if announce else "withdraw", self.route_error)
             return False
         if changed or self.announced is None or self.announced != announce:
             self.announced = announce
+            self.log.routes("announce" if announce else "withdraw", changed)
             self.last_change = {"time": t0, "done": time.time(),
                                 "action": "announce" if announce else "withdraw",
                                 "changes": changed}
@@ -145,6 +149,7 @@ class Agent:
 
     def _transition(self, to: str, reason: str) -> None:
         if to != self.state:
+            self.log.transition(self.state, to, reason)
             self.history.append({"time": time.time(), "from": self.state, "to": to,
                                  "reason": reason})
             del self.history[:-50]
@@ -157,7 +162,10 @@ class Agent:
 
     def _release_slot(self) -> None:
         if self.slots is not None:
+            held = self.slots.held
             self.slots.release()  # also drops a lease whose slot already expired
+            if held is not None:
+                self.log.slot_released(held)
 
     def draining(self) -> bool:
         return self.cfg.drain_file.exists()
@@ -176,6 +184,7 @@ class Agent:
         else:
             self.fails += 1
             self.passes = 0
+            self.log.probe_failed(self.fails, self.cfg.fail_after, self._why(res))
         self.step_drain()
         if self.state != "drained":
             self._step(res)
@@ -224,6 +233,7 @@ class Agent:
                     self._set_routes(True)
                     self.wants_suspend = not res.ok
                     err = self.slots.last_error or "slot lost"
+                    self.log.slot_lost(err)
                     self._transition("wants-suspend" if not res.ok else "serving",
                                      f"announced again: {err}")
                     return
@@ -267,23 +277,25 @@ class Agent:
             try:
                 slot = self.slots.acquire()
             except CoordUnavailable as exc:
-                self._set_routes(True)
-                self._transition("wants-suspend", f"etcd unreachable, may not suspend ({exc}); "
-                                 f"{why}")
-                return
+                return self._slot_refused(f"etcd unreachable, may not suspend ({exc})", why)
             if slot is None:
-                self._set_routes(True)
-                self._transition("wants-suspend", f"no free suspension slot "
-                                 f"({self.slots.last_error}); {why}")
-                return
+                return self._slot_refused(f"no free suspension slot ({self.slots.last_error})",
+                                          why)
+            self.log.slot_taken(slot, self.cfg.etcd.slots if self.cfg.etcd else None)
         if not self._set_routes(False):
             self._release_slot()
             self._transition("wants-suspend", f"withdraw failed ({self.route_error}); {why}")
             return
         self.wants_suspend = False
-        self._transition("suspended", f"self-suspended" +
+        self._transition("suspended", "self-suspended" +
                          (f" holding slot {slot}" if slot is not None else
                           " (no cluster limit configured)") + f": {why}")
+
+    def _slot_refused(self, what: str, why: str) -> None:
+        """No slot to suspend with: stay announced and say why (the cluster limit, §4.2.1)."""
+        self.log.slot_refused(what)
+        self._set_routes(True)
+        self._transition("wants-suspend", f"{what}; {why}")
 
     # status
     def status(self) -> dict:
@@ -355,6 +367,9 @@ class Agent:
 def run_agent(cfg: AgentConfig, *, max_rounds: int | None = None) -> int:
     """`pop53 agent run`: run until SIGTERM/SIGINT.  The routes stay as they are on exit (a
     suspended machine's slot frees when its lease expires, §4.2.1 via pop53.anycast.coord)."""
+    from pop53 import __version__, logs
+
+    logs.configure(cfg.log_format)
     agent = Agent(cfg)
     if cfg.metrics:
         agent.metrics.serve(cfg.metrics)
@@ -365,7 +380,9 @@ def run_agent(cfg: AgentConfig, *, max_rounds: int | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    agent.log.lifecycle("start", f"pop53 {__version__} agent starting, pid {os.getpid()}")
     agent.run(stop, max_rounds=max_rounds)
+    agent.log.lifecycle("stop", f"stopped in state {agent.state}")
     return 0
 
 

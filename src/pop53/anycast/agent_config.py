@@ -72,6 +72,7 @@ class AgentConfig:
     never_suspend: bool = False
     state_dir: str = "/run/pop53-agent"
     metrics: str | None = None           # "127.0.0.1:9154": Prometheus exposition
+    log_format: str = "text"             # "text" | "json": the decision lines (pop53.logs)
     routes: RoutesConfig | None = None
     etcd: EtcdConfig | None = None
     staleness: StalenessConfig = field(default_factory=StalenessConfig)
@@ -126,8 +127,8 @@ def load_config(path: str | os.PathLike) -> AgentConfig:
 
 
 _TOP_KEYS = {"name", "server", "zones", "cases", "interval", "timeout", "slow_ms", "fail_after",
-             "pass_after", "udp", "tcp", "never_suspend", "state_dir", "metrics", "routes",
-             "etcd", "staleness"}
+             "pass_after", "udp", "tcp", "never_suspend", "state_dir", "metrics", "log_format",
+             "routes", "etcd", "staleness"}
 
 
 def _only(table: dict, known, path: str, file: str) -> None:
@@ -193,6 +194,10 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
     cfg.never_suspend = g("never_suspend", bool, cfg.never_suspend)
     cfg.state_dir = g("state_dir", str, cfg.state_dir)
     cfg.metrics = g("metrics", str, None)
+    cfg.log_format = g("log_format", str, cfg.log_format)
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"must be \"text\" or \"json\", not {cfg.log_format!r}", file=file,
+                          key="log_format")
     if cfg.metrics:
         parse_hostport(cfg.metrics, 9154, key="metrics", file=file)
     r = g("routes", dict, None)

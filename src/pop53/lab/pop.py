@@ -28,13 +28,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pop53.anycast import bird as birdmod
-from pop53.lab.process import (DNS_PORT, ETCD_PORT, LAB_ZONE, MACHINE_AS, NS_PREFIX, ROUTER_AS,
-                               SERVICE4, SERVICE6, LabError, Proc, child_env, dns_server_command,
-                               run_command, server_kind, write_lab_zone)
+from pop53.lab.machine import Machine, agent_config, node_config
+from pop53.lab.netns import Namespaces
+from pop53.lab.process import (ETCD_PORT, MACHINE_AS, NS_PREFIX, ROUTER_AS, SERVICE4, SERVICE6,
+                               LabError, Proc, child_env, dns_server_command, server_kind,
+                               write_lab_zone)
 
 @dataclass
 class LabConfig:
@@ -58,23 +60,6 @@ class LabConfig:
     keep_dir: bool = False
 
 
-@dataclass
-class Machine:
-    index: int
-    ns: str
-    link4: str
-    link6: str
-    router4: str
-    router6: str
-    workdir: Path
-    procs: dict[str, Proc] = field(default_factory=dict)
-    bird: birdmod.BirdProcess | None = None
-
-    @property
-    def name(self) -> str:
-        return f"m{self.index}"
-
-
 class Lab:
     def __init__(self, cfg: LabConfig, workdir: str | os.PathLike | None = None):
         if not 1 <= cfg.machines <= 99:
@@ -87,13 +72,17 @@ class Lab:
         base.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{NS_PREFIX}-{self.tag}-", dir=base))
         self.router_ns = f"{NS_PREFIX}-{self.tag}-r"
-        self.namespaces: list[str] = []
+        self.net = Namespaces()
         self.machines: list[Machine] = []
         self.clients: list[str] = []
         self.router_bird: birdmod.BirdProcess | None = None
         self.router_procs: dict[str, Proc] = {}
         self.server = cfg.server or server_kind()
         self.zone = self.workdir / "pop53.lab.zone"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return self.net.names
 
     # context manager: teardown always runs
     def __enter__(self) -> "Lab":
@@ -108,48 +97,18 @@ class Lab:
         self.teardown()
 
     # -- building --------------------------------------------------------------------------
-    def _ns(self, name: str) -> str:
-        run_command(["ip", "netns", "add", name])
-        self.namespaces.append(name)
-        run_command(["ip", "-n", name, "link", "set", "lo", "up"])
-        return name
-
-    def _sysctl(self, ns: str, *kv: str) -> None:
-        run_command(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *kv])
-
-    def _link(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
-        run_command(["ip", "-n", ns_a, "link", "add", name_a, "type", "veth", "peer", "name", name_b,
-              "netns", ns_b])
-        run_command(["ip", "-n", ns_a, "link", "set", name_a, "up"])
-        run_command(["ip", "-n", ns_b, "link", "set", name_b, "up"])
-
-    def _addr(self, ns: str, dev: str, cidr: str) -> None:
-        extra = ["nodad"] if ":" in cidr else []
-        run_command(["ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra])
-
-    def _attach(self, router: str, name: str, ns: str, net4: str, net6: str) -> None:
-        """Link `ns` to the router as interface `name`: the router is .1 / ::1 of the /24 and
-        /64, `ns` is .2 / ::2 with its default routes via the router."""
-        self._link(router, name, ns, "up0")
-        self._addr(router, name, f"{net4}.1/24")
-        self._addr(router, name, f"{net6}::1/64")
-        self._addr(ns, "up0", f"{net4}.2/24")
-        self._addr(ns, "up0", f"{net6}::2/64")
-        run_command(["ip", "-n", ns, "route", "add", "default", "via", f"{net4}.1"])
-        run_command(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"{net6}::1"])
-
     def build(self) -> None:
         cfg = self.cfg
         write_lab_zone(self.zone)
-        r = self._ns(self.router_ns)
+        r = self.net.add(self.router_ns)
         # The router forwards and hashes flows by L4 too (src/dst address and port), §3.1.
-        self._sysctl(r, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+        self.net.sysctl(r, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
                      "net.ipv4.fib_multipath_hash_policy=1",
                      "net.ipv6.fib_multipath_hash_policy=1")
         peers = []
         for i in range(1, cfg.machines + 1):
-            ns = self._ns(f"{NS_PREFIX}-{self.tag}-m{i}")
-            self._attach(r, f"m{i}", ns, f"10.53.{i}", f"fd53:0:{i}")
+            ns = self.net.add(f"{NS_PREFIX}-{self.tag}-m{i}")
+            self.net.attach(r, f"m{i}", ns, f"10.53.{i}", f"fd53:0:{i}")
             wd = self.workdir / f"m{i}"
             wd.mkdir()
             m = Machine(i, ns, f"10.53.{i}.2", f"fd53:0:{i}::2", f"10.53.{i}.1",
@@ -158,8 +117,8 @@ class Lab:
             peers.append(birdmod.RouterPeer(f"m{i}_v4", m.link4, MACHINE_AS, m.router4))
             peers.append(birdmod.RouterPeer(f"m{i}_v6", m.link6, MACHINE_AS, m.router6))
         for j in range(1, cfg.clients + 1):
-            ns = self._ns(f"{NS_PREFIX}-{self.tag}-c{j}")
-            self._attach(r, f"c{j}", ns, f"10.53.{100 + j}", f"fd53:1:{j}")
+            ns = self.net.add(f"{NS_PREFIX}-{self.tag}-c{j}")
+            self.net.attach(r, f"c{j}", ns, f"10.53.{100 + j}", f"fd53:1:{j}")
             self.clients.append(ns)
         rcfg = birdmod.RouterConfig(router_id="10.53.0.1", local_as=ROUTER_AS, peers=peers,
                                     hold_time=cfg.hold_time, keepalive_time=cfg.keepalive_time,
@@ -201,16 +160,6 @@ class Lab:
             time.sleep(0.3)
         raise LabError(f"etcd did not become healthy: {p.tail()}")
 
-    def _machine_node_config(self, m: Machine) -> birdmod.NodeConfig:
-        cfg = self.cfg
-        return birdmod.NodeConfig(
-            router_id=m.link4, local_as=MACHINE_AS,
-            neighbors=[birdmod.Neighbor(m.link4, m.router4, ROUTER_AS, "up_v4"),
-                       birdmod.Neighbor(m.link6, m.router6, ROUTER_AS, "up_v6")],
-            service=[SERVICE4, SERVICE6], signal=cfg.signal, interface="lo",
-            role="input-delayed" if m.index in cfg.input_delayed else "normal",
-            hold_time=cfg.hold_time, keepalive_time=cfg.keepalive_time, bfd=cfg.bfd)
-
     def _start_machine(self, m: Machine) -> None:
         from pop53.anycast.routes import ServiceRoutes
 
@@ -230,7 +179,7 @@ class Lab:
                                  identity=m.name, workdir=m.workdir)
         m.procs["dns"] = Proc("dns", cmd, log=m.workdir / "dns.log", netns=m.ns)
         m.bird = birdmod.BirdProcess(m.workdir / "bird", birdmod.render_node_config(
-            self._machine_node_config(m)), netns=m.ns, name="bird")
+            node_config(self.cfg, m)), netns=m.ns, name="bird")
         m.bird.start()
         self.wait_dns(m)
         if cfg.agents:
@@ -247,39 +196,9 @@ class Lab:
         cfg = self.cfg
         state = m.workdir / "agent"
         state.mkdir(exist_ok=True)
-        lines = [
-            f'name = "{m.name}"',
-            f"interval = {cfg.agent_interval}",
-            "timeout = 0.5",
-            "slow_ms = 400",
-            f"fail_after = {cfg.fail_after}",
-            f"pass_after = {cfg.pass_after}",
-            f'state_dir = "{state}"',
-            f"never_suspend = {'true' if m.index in cfg.never_suspend else 'false'}",
-            f'server = "127.0.0.1:{DNS_PORT}"',
-            f'zones = ["{LAB_ZONE}"]',
-            "tcp = true",
-            "",
-            "[routes]",
-            f'addresses = ["{SERVICE4}", "{SERVICE6}"]',
-            f'mode = "{cfg.signal}"',
-            'interface = "lo"',
-            "",
-            "[[cases]]",
-            f'qname = "www.{LAB_ZONE}"',
-            'qtype = "A"',
-            'expect = ["10.53.200.1"]',
-        ]
-        if cfg.etcd:
-            lines += ["", "[etcd]", f'endpoints = ["http://{m.router4}:{ETCD_PORT}"]',
-                      'prefix = "/pop53/lab"', f"slots = {cfg.slots}",
-                      f"lease_ttl = {cfg.lease_ttl}"]
         if cfg.max_zone_age > 0:
-            lines += ["", "[staleness]", 'source = "file-mtime"',
-                      f'files = {{ "{LAB_ZONE}" = "{m.workdir / "zone-stamp"}" }}',
-                      f"max_age = {cfg.max_zone_age}"]
             (m.workdir / "zone-stamp").touch()
-        self.agent_config_path(m).write_text("\n".join(lines) + "\n")
+        self.agent_config_path(m).write_text(agent_config(cfg, m, state))
         m.procs["agent"] = Proc("agent", [sys.executable, "-m", "pop53", "agent", "run",
                                           "--config", str(self.agent_config_path(m))],
                                 log=m.workdir / "agent.log", netns=m.ns)
@@ -392,9 +311,7 @@ class Lab:
             p.stop()
         if self.router_bird:
             self.router_bird.stop()
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-        self.namespaces.clear()
+        self.net.delete_all()
         if not self.cfg.keep_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

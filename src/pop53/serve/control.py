@@ -7,6 +7,7 @@ one JSON object.  Commands (knotc's names where knotc has one):
   zone-notify ZONE     NOTIFY the zone's secondaries now
   zone-refresh ZONE    an SOA check of a secondary zone now (also `refresh`)
   zone-retransfer ZONE a full transfer now (also `retransfer`)
+  zone-flush [ZONE] [-o DIR]  write transferred zones to zone files (pop53.xfr.flush)
   xfr                  transferred zones' freshness, the machine's stale flag and role
   stop                 stop the server (as SIGTERM)
   target NAME up|down  a mapped answer target's liveness, published at once
@@ -26,8 +27,8 @@ import dns.name
 
 log = logging.getLogger("pop53.control")
 COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
-            "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "stop", "target",
-            "mapping")
+            "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "zone-flush", "stop",
+            "target", "mapping")
 ALIASES = {"zone-refresh": "refresh", "zone-retransfer": "retransfer"}
 
 
@@ -104,6 +105,9 @@ class ControlServer:
             return _mapping_command(s, verb, arg.split())
         if verb == "zone-status":
             return zone_status(s, _zone_name(arg) if arg else None)
+        if verb == "zone-flush":
+            from pop53.xfr.flush import flush
+            return flush(s, arg)
         if verb in ("xfr", "refresh", "retransfer", "zone-notify"):
             svc = getattr(getattr(s, "control_handler", None), "service", None)
             if svc is None:
@@ -273,6 +277,9 @@ def format_reply(command: str, reply: dict) -> str:
         return "\n".join(r.rstrip() for r in _rows(rows)) or "no zones"
     if verb == "stop":
         return "stopping"
+    if verb == "zone-flush":
+        from pop53.xfr.flush import format_flush
+        return format_flush(reply)
     if verb == "zones":
         return "\n".join(_zones(reply))
     if verb == "status":

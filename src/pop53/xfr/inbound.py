@@ -200,9 +200,9 @@ def receipt_clock() -> ReceiptClock:
 
 
 def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, serial: int | None,
-                     timeout: float, lifetime: float, max_bytes: int) -> None:
+                     timeout: float, lifetime: float, max_bytes: int) -> int:
     """AXFR/IXFR over TCP into `txn_manager` (dns.xfr.Inbound does the RFC 1995/5936 state
-    machine and TSIG chaining, as in dns.query.inbound_xfr).  Unlike dns.query.inbound_xfr, a
+    machine and TSIG chaining, as in dns.query.inbound_xfr); returns the octets received.  Unlike dns.query.inbound_xfr, a
     reader thread drains the socket into memory while messages are parsed: a primary does not
     wait for a slow consumer (Knot drops a client that has not read for `tcp-io-timeout`,
     500 ms by default, which a Python parser of a large zone always hits)."""
@@ -212,6 +212,7 @@ def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, ser
     sock = socket.create_connection((primary.host, primary.port), timeout=timeout)
     frames: queue.Queue = queue.Queue()
     stop = threading.Event()
+    received_bytes = [0]
 
     def reader():
         total = 0
@@ -226,6 +227,7 @@ def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, ser
                 if len(body) < n:
                     raise EOFError("EOF inside a message")
                 total += n + 2
+                received_bytes[0] += n     # message octets, as the sender logs them
                 if total > max_bytes:
                     raise UpdateRejected(f"transfer exceeds {max_bytes} octets ([xfr] max_transfer_bytes)")
                 frames.put((time.time(), body))
@@ -275,3 +277,4 @@ def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, ser
         sock.close()
         if t is not None:
             t.join(timeout)
+    return received_bytes[0]

@@ -315,7 +315,16 @@ def record_from_json(origin: dns.name.Name, obj) -> Record:
 
 # --- the files ----------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, write) -> None:
+def file_label(origin: dns.name.Name) -> str:
+    """A zone's name as a file or directory name.  Zone names are case-insensitive and may hold
+    any octet: keep it unambiguous and safe (only letters, digits, "-_." and %xx escapes)."""
+    label = origin.to_text(omit_final_dot=True) or "root"
+    return "".join(c if (c.isalnum() or c in "-_.") else f"%{ord(c):02x}" for c in label.lower())
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write `path` through `write(file)` so that readers see the old file or the whole new one,
+    also after a crash (write a temporary file, fsync it, rename it over, fsync the directory)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         write(f)
@@ -335,11 +344,7 @@ class ZoneStore:
 
     def __init__(self, state_dir: str | os.PathLike, origin: dns.name.Name):
         self.origin = origin
-        label = origin.to_text(omit_final_dot=True) or "root"
-        # Zone names are case-insensitive and may hold any octet: keep the directory name
-        # unambiguous and safe.
-        safe = "".join(c if (c.isalnum() or c in "-_.") else f"%{ord(c):02x}" for c in label.lower())
-        self.dir = Path(state_dir) / safe
+        self.dir = Path(state_dir) / file_label(origin)
         self.snapshot = self.dir / "snapshot.zone"
         self.journal = self.dir / "journal"
         self.meta = self.dir / "meta.json"
@@ -350,7 +355,7 @@ class ZoneStore:
     # snapshot
     def save_snapshot(self, zone: dns.zone.Zone) -> None:
         self.ensure()
-        _atomic_write(self.snapshot, lambda f: zone.to_file(f, sorted=True, relativize=False,
+        atomic_write(self.snapshot, lambda f: zone.to_file(f, sorted=True, relativize=False,
                                                           want_origin=True))
 
     def save_snapshot_isolated(self, zone: dns.zone.Zone, timeout: float = 900.0) -> None:
@@ -385,7 +390,7 @@ class ZoneStore:
             for rec in recs:
                 body = json.dumps(record_to_json(self.origin, rec), separators=(",", ":"))
                 f.write(f"{zlib.crc32(body.encode()):08x} {body}\n")
-        _atomic_write(self.journal, write)
+        atomic_write(self.journal, write)
 
     def load_journal(self) -> list[Record]:
         """Every intact record, in order.  Stops at the first damaged line (a crash mid-append
@@ -413,7 +418,7 @@ class ZoneStore:
     # meta
     def save_meta(self, meta: dict) -> None:
         self.ensure()
-        _atomic_write(self.meta, lambda f: json.dump(meta, f))
+        atomic_write(self.meta, lambda f: json.dump(meta, f))
 
     def load_meta(self) -> dict:
         try:

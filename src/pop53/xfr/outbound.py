@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 
 import dns.asyncquery
@@ -26,6 +27,7 @@ from pop53.xfr.metrics import count
 from pop53.xfr.protocol import (OUR_PAYLOAD, TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
                                 simple_reply)
 from pop53.xfr.state import EnginePart, ZoneState
+from pop53.xfr.translog import log_transfer
 
 log = logging.getLogger("pop53.xfr")
 
@@ -132,11 +134,14 @@ class Outbound(EnginePart):
             return "ixfr", self._ixfr_rrs(zone, steps)
         return "axfr", self._axfr_rrs(zone)
 
-    def _served_out(self, msg, st, kind: str, peer) -> None:
+    def _served_out(self, msg, st, kind: str, peer, client_serial, zone, out, t0) -> None:
         count(self.stats, f"xfr_out.{kind}", "pop53_xfr_out_total", "transfers served",
               zone=st.name, kind=kind)
-        log.info("%s of %s to %s (%s)", dns.rdatatype.to_text(msg.question[0].rdtype), st.name,
-                 peer[0], kind)
+        # the type as answered: an IXFR the journal cannot serve goes out as an AXFR (RFC 1995 §4)
+        log_transfer("out", "AXFR" if kind == "axfr" else "IXFR", st.name, client_serial,
+                     jr.serial_of(zone), sum(len(m) for m in out or ()),
+                     time.monotonic() - t0, Peer(peer[0], peer[1]) if len(peer) > 1 else peer[0],
+                     msg.keyname if msg.had_tsig else None)
 
     def handle_tcp_query(self, wire: bytes, peer) -> list[bytes] | None:
         """AXFR (RFC 5936) / IXFR (RFC 1995) of our zones to allowed secondaries.
@@ -145,9 +150,11 @@ class Outbound(EnginePart):
         if req is None or isinstance(req, list):
             return req
         msg, st, zone, client_serial = req
+        t0 = time.monotonic()
         kind, rrs = self._plan(st, zone, client_serial)
-        self._served_out(msg, st, kind, peer)
-        return self._render(msg, rrs)
+        out = self._render(msg, rrs)
+        self._served_out(msg, st, kind, peer, client_serial, zone, out, t0)
+        return out
 
     def handle_udp_ixfr(self, wire: bytes, peer) -> bytes | None:
         """IXFR over UDP (RFC 1995 §2): the IXFR when it fits in one datagram, else a reply
@@ -159,11 +166,12 @@ class Outbound(EnginePart):
             return req[0] if req else None
         msg, st, zone, client_serial = req
         limit = max(512, msg.payload) if msg.edns >= 0 else 512
+        t0 = time.monotonic()
         kind, rrs = self._plan(st, zone, client_serial)
         out = self._render(msg, rrs, limit, single=True) if kind != "axfr" else None
         if out is None:
             kind, out = "udp_soa", self._render(msg, iter([jr.soa_of(zone)]), limit, single=True)
-        self._served_out(msg, st, kind, peer)
+        self._served_out(msg, st, kind, peer, client_serial, zone, out, t0)
         return out[0] if out else None
 
     @staticmethod

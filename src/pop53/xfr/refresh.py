@@ -25,6 +25,7 @@ from pop53.xfr.inbound import Collector, inbound_transfer
 from pop53.xfr.metrics import count
 from pop53.xfr.protocol import Refuse, check_key, parse_control, reply_msg, sign
 from pop53.xfr.state import EnginePart, ZoneState
+from pop53.xfr.translog import log_transfer
 from pop53.xfr.versions import UpdateRejected
 
 log = logging.getLogger("pop53.xfr")
@@ -294,10 +295,11 @@ class Refresher(EnginePart):
             keyname=key.name if key else None,
             keyalgorithm=key.algorithm if key else dns.tsig.default_algorithm)
         kind = "ixfr" if serial is not None else "axfr"
+        t0 = time.monotonic()
         try:
-            await asyncio.to_thread(inbound_transfer, primary, coll, query, serial,
-                                    self.config.timeout, self.config.transfer_lifetime,
-                                    self.config.max_transfer_bytes)
+            nbytes = await asyncio.to_thread(inbound_transfer, primary, coll, query, serial,
+                                             self.config.timeout, self.config.transfer_lifetime,
+                                             self.config.max_transfer_bytes)
         except UpdateRejected as exc:
             self.svc.keeper.reject(st, f"{kind.upper()} from {primary}: {exc}", "size")
             raise
@@ -313,9 +315,21 @@ class Refresher(EnginePart):
             log.warning("zone %s: %s from %s failed: %s: %s", st.name, kind.upper(), primary,
                         type(exc).__name__, exc)
             raise
+        got = kind if coll.result is None else "axfr" if coll.result[0] == "full" else "ixfr"
+        log_transfer("in", got.upper(), st.name, jr.serial_of(base) if base is not None else None,
+                     _new_serial(coll.result, base), nbytes, time.monotonic() - t0, primary,
+                     key.name if key else None)
         if coll.result is None:
             return None
-        got = "ixfr" if coll.result[0] == "steps" else "axfr"
         count(self.stats, f"xfr_in.{got}.ok", "pop53_xfr_in_total", "transfers received",
                zone=st.name, kind=got, result="ok")
         return coll.result
+
+
+def _new_serial(result, base) -> int | None:
+    """The serial a transfer delivered: the last IXFR step's, the full zone's, or (None: the
+    primary answered with our own SOA, RFC 1995 §4) the serial we already had."""
+    if result is None:
+        return jr.serial_of(base) if base is not None else None
+    kind, payload = result
+    return payload[-1].new_serial if kind == "steps" else jr.serial_of(payload)

@@ -22,9 +22,9 @@ twice the size (filled in C; the old one becomes garbage).  What `patch_image` s
 full compile (it returns None): the apex deleted, a name at or below another zone of the image,
 a zone absent or expired in the old image, an RRset or image over the format's limits.
 
-Here: the patch's plan (`_Patch.run`: which records change, which cuts move); the writing of
-the patched image is `patch_layout.py`, the shared pieces (patch index, spare buffer, node
-encoding) `patchkit.py`.
+Here: the patch's plan (`_Patch.run`: which records change, which cuts move); the reads of the
+old image are `oldimage.py`, the writing of the patched image `patch_layout.py`, the shared
+pieces (patch index, spare buffer, node encoding) `patchkit.py`.
 """
 from __future__ import annotations
 
@@ -33,90 +33,35 @@ import heapq
 import dns.name
 import dns.rdataclass
 import dns.rdatatype
-import numpy as np
-
-from pop53 import _core
-from pop53.zone.compiler import HEADER, NODE, RRSET, ZONE, _labels, _parent
+from pop53.zone.compiler import _labels, _parent
 from pop53.zone.images import Image
 from pop53.zone import zonefile
 from pop53.zone.zonefile import _AT_CUT_OK, _GLUE, ZoneData, occluded, validate
 from pop53.zone.patch_layout import layout
-from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX, _SIGNED,
-                                 _SPARE, _T_A, _T_AAAA, _U32, _WC, _WCC, _Fallback, _New,
-                                 _encode_node, _is_below, _next_size, patch_index)
+from pop53.zone.oldimage import OldImage
+from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX,
+                                 _SIGNED, _SPARE, _WC, _WCC, _Fallback, _New, _encode_node,
+                                 _is_below, _next_size)
 
 class _Patch:
+    """The plan of one patch: which records of zone `origin` change, which cut pointers and
+    flags move; `patch_layout.layout` writes it."""
+
     def __init__(self, old: Image, origin: dns.name.Name, data: ZoneData, changed):
-        self.old = old
+        self.img = OldImage(old)
         self.next_index = None
-        self.src = memoryview(old._data) if not isinstance(old._data, (bytes, bytearray)) else old._data
-        h = HEADER.unpack_from(self.src, 0)
-        (_m, _v, _hs, self.size, self.n_zones, self.zones_off, self.ztab_off, self.ztab_mask,
-         self.seed, _fl, self.h_nodes, self.h_rrsets, self.h_records, _ck) = h
         self.origin = origin
         self.okey = origin.to_wire().lower()
         self.data = data
         self.changed = changed
-        self.zones = []          # (key, zone record tuple)
-        self.zidx = None
-        for i in range(self.n_zones):
-            z = ZONE.unpack_from(self.src, self.zones_off + ZONE.size * i)
-            key = bytes(self.src[z[0]:z[0] + z[1]])
-            self.zones.append((key, z))
-            if key == self.okey:
-                self.zidx = i
-        self.zone_keys = {k: i for i, (k, _z) in enumerate(self.zones)}
-
-    # ------------------------------------------------------------------ reads of the old image
-    def node(self, off: int):
-        return NODE.unpack_from(self.src, off)
-
-    def lookup_old(self, zi: int, key: bytes) -> int:
-        """Offset of `key`'s node in zone zi of the *old* image, 0 when absent."""
-        z = self.zones[zi][1]
-        ntab_off, mask = z[5], z[6]
-        h = _core.hash_name(key, self.seed)
-        slot = h & mask
-        src = self.src
-        while True:
-            off = _U32.unpack_from(src, ntab_off + 4 * slot)[0]
-            if off == 0:
-                return 0
-            n = NODE.unpack_from(src, off)
-            if n[8] == h and n[1] == len(key) and bytes(src[n[0]:n[0] + n[1]]) == key:
-                return off
-            slot = (slot + 1) & mask
-
-    def zone_of(self, key: bytes) -> int | None:
-        """The longest zone of the image holding `key` (as the compiler's find_node)."""
-        k = key
-        while True:
-            zi = self.zone_keys.get(k)
-            if zi is not None:
-                return zi
-            if not k or k == b"\x00":
-                return None
-            k = _parent(k)
-
-    def old_has_addr(self, off: int) -> bool:
-        n = self.node(off)
-        for i in range(n[6]):
-            t = RRSET.unpack_from(self.src, n[5] + RRSET.size * i)[0]
-            if t in (_T_A, _T_AAAA):
-                return True
-        return False
-
-    def old_counts(self, off: int) -> tuple[int, int]:
-        n = self.node(off)
-        recs = sum(RRSET.unpack_from(self.src, n[5] + RRSET.size * i)[1] for i in range(n[6]))
-        return n[6], recs
+        self.zidx = self.img.zone_keys.get(self.okey)
 
     # ------------------------------------------------------------------ the patch
     def run(self) -> bytearray:
         if self.zidx is None:
             raise _Fallback("zone not in the image")
         zi = self.zidx
-        zrec = self.zones[zi][1]
+        zrec = self.img.zones[zi][1]
         if zrec[3] & _EXPIRED:
             raise _Fallback("zone was expired")
         if zrec[3] & _SIGNED or _is_signed(self.data):
@@ -124,7 +69,7 @@ class _Patch:
             raise _Fallback("signed zone")
         okey = self.okey
         olabels = _labels(okey)
-        inner = [k for k in self.zone_keys if k != okey and k.endswith(okey)
+        inner = [k for k in self.img.zone_keys if k != okey and k.endswith(okey)
                  and _labels(k) > olabels]
         nodes = self.data.zone.nodes
         keys = {}
@@ -138,7 +83,7 @@ class _Patch:
             keys[key] = name
 
         # The patch index (node offsets, cut pointers, parent hashes, NS/MX/SRV refs).
-        self.s_nodes, self.s_cuts, self.s_parents, r_rrsets, r_hashes = patch_index(self.old)
+        r_rrsets, r_hashes = self.img.load_index()
 
         new: dict[bytes, _New] = {}      # records to append (changed names, new ENTs)
         removed: set[bytes] = set()      # names leaving the table
@@ -152,18 +97,18 @@ class _Patch:
                 return True
             if key in removed:
                 return False
-            return self.lookup_old(zi, key) != 0
+            return self.img.lookup_old(zi, key) != 0
 
         # 1. changed names that have data in the new version: rewritten records
         for key, name in keys.items():
             node = nodes.get(name)
             if node is None:
                 continue
-            old_off = self.lookup_old(zi, key)
+            old_off = self.img.lookup_old(zi, key)
             rrsets, flags, nt = _encode_node(name, node, okey, self.data)
             if nt is not None:
                 neg_ttl = nt
-            old_flags = self.node(old_off)[3] if old_off else 0
+            old_flags = self.img.node(old_off)[3] if old_off else 0
             if key == okey:
                 flags |= _APEX
             if (flags & _CUT) != (old_flags & _CUT):
@@ -178,7 +123,7 @@ class _Patch:
                 flags |= _WC
             n = new[key] = _New(key, rrsets, flags, old_off)
             if old_off:
-                on = self.node(old_off)
+                on = self.img.node(old_off)
                 n.cut_key = ("off", on[4]) if on[4] else None
         # 2. new names need their ancestors (empty non-terminals, RFC 4592 §2.2.2)
         for key in list(new):
@@ -189,7 +134,7 @@ class _Patch:
             while labels > olabels:
                 k = _parent(k)
                 labels -= 1
-                if k in new or self.lookup_old(zi, k):
+                if k in new or self.img.lookup_old(zi, k):
                     break
                 new[k] = _New(k, [], _ENT)
         # 3. changed names without data: gone, or kept as an empty non-terminal when they still
@@ -202,12 +147,12 @@ class _Patch:
             if key in seen:
                 continue
             seen.add(key)
-            old_off = self.lookup_old(zi, key)
+            old_off = self.img.lookup_old(zi, key)
             if not old_off:
                 continue
             if key == okey:
                 raise _Fallback("apex deleted")
-            on = self.node(old_off)
+            on = self.img.node(old_off)
             if self.has_children_new(key, old_off, new, removed):
                 ent_inplace.add(old_off)
                 inplace[old_off] = (on[3] | _ENT) & ~(_CNAME_F | _DNAME_F | _CUT)
@@ -216,9 +161,9 @@ class _Patch:
                 continue
             removed.add(key)
             parent = _parent(key)
-            poff = self.lookup_old(zi, parent)
+            poff = self.img.lookup_old(zi, parent)
             if poff and parent not in new and parent != okey:
-                pn = self.node(poff)
+                pn = self.img.node(poff)
                 pname = dns.name.from_wire(parent, 0)[0]
                 if pn[3] & _ENT and nodes.get(pname) is None:
                     # the parent ENT disappears too unless it has other children
@@ -235,10 +180,10 @@ class _Patch:
                 else:
                     new[parent].flags &= ~_WCC
             else:
-                poff = self.lookup_old(zi, parent)
+                poff = self.img.lookup_old(zi, parent)
                 if not poff:
                     continue
-                fl = inplace.get(poff, self.node(poff)[3])
+                fl = inplace.get(poff, self.img.node(poff)[3])
                 inplace[poff] = (fl | _WCC) if want else (fl & ~_WCC)
         # 5. cut pointers of new names (below an existing delegation: glue or occluded)
         for key, n in new.items():
@@ -249,9 +194,9 @@ class _Patch:
                 if k in new and new[k].old_off == 0:
                     k = _parent(k)
                     continue
-                off = self.lookup_old(zi, k) if k not in new else new[k].old_off
+                off = self.img.lookup_old(zi, k) if k not in new else new[k].old_off
                 if off:
-                    c = self.node(off)[4]
+                    c = self.img.node(off)[4]
                     if c:
                         n.cut_key = ("off", c)
                         n.flags |= _BELOW
@@ -284,8 +229,8 @@ class _Patch:
             n = new.get(k)
             if n is not None:
                 return n.flags
-            o = self.lookup_old(zi, k)
-            return inplace.get(o, self.node(o)[3])
+            o = self.img.lookup_old(zi, k)
+            return inplace.get(o, self.img.node(o)[3])
 
         for x in tops:
             if x in removed:
@@ -297,9 +242,9 @@ class _Patch:
             while _labels(k) > olabels:
                 k = _parent(k)
                 n = new.get(k)
-                o = n.old_off if n is not None else self.lookup_old(zi, k)
+                o = n.old_off if n is not None else self.img.lookup_old(zi, k)
                 if o:
-                    above = self.node(o)[4]
+                    above = self.img.node(o)[4]
                     break
             if above:
                 continue        # occluded below a higher cut: only x's own record changes
@@ -313,49 +258,20 @@ class _Patch:
                     n.cut_key = ("key", cut) if cut is not None else None
                     n.flags = (n.flags & ~_BELOW) | below
                 else:
-                    fix[self.lookup_old(zi, k)] = (cut, below)
-                for o in self.children_fast(k).tolist():
-                    nd = self.node(o)
-                    ck = bytes(self.src[nd[0]:nd[0] + nd[1]])
+                    fix[self.img.lookup_old(zi, k)] = (cut, below)
+                for o in self.img.children_fast(k).tolist():
+                    nd = self.img.node(o)
+                    ck = bytes(self.img.src[nd[0]:nd[0] + nd[1]])
                     if ck not in removed:
                         stack.append((ck, cut))
                 for ck in added_kids.get(k, ()):
                     stack.append((ck, cut))
         return fix
 
-    def children_fast(self, key: bytes) -> np.ndarray:
-        """children(), through an index of the parent hashes sorted once (a subtree walk
-        below a new cut asks for many names' children)."""
-        if getattr(self, "_p_order", None) is None:
-            self._p_order = np.argsort(self.s_parents, kind="stable")
-            self._p_sorted = self.s_parents[self._p_order]
-        h = _core.hash_name(key, self.seed)
-        lo = np.searchsorted(self._p_sorted, h, "left")
-        hi = np.searchsorted(self._p_sorted, h, "right")
-        out = []
-        for off in self.s_nodes[self._p_order[lo:hi]].tolist():
-            n = self.node(off)
-            nm = bytes(self.src[n[0]:n[0] + n[1]])
-            if nm[nm[0] + 1:] == key:
-                out.append(off)
-        return np.array(out, dtype=np.uint32)
-
-    def children(self, key: bytes) -> np.ndarray:
-        """Old-image node offsets whose parent is `key` (hash match, then name check)."""
-        h = _core.hash_name(key, self.seed)
-        cand = self.s_nodes[self.s_parents == h]
-        out = []
-        for off in cand.tolist():
-            n = self.node(off)
-            nm = bytes(self.src[n[0]:n[0] + n[1]])
-            if nm[nm[0] + 1:] == key:
-                out.append(off)
-        return np.array(out, dtype=np.uint32)
-
     def has_children_new(self, key, old_off, new, removed) -> bool:
-        for off in self.children(key).tolist():
-            n = self.node(off)
-            ck = bytes(self.src[n[0]:n[0] + n[1]])
+        for off in self.img.children(key).tolist():
+            n = self.img.node(off)
+            ck = bytes(self.img.src[n[0]:n[0] + n[1]])
             if ck not in removed:
                 return True
         return any(_parent(k) == key for k, n in new.items() if not n.old_off)

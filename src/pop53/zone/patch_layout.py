@@ -16,7 +16,7 @@ from pop53.zone.patchkit import (MAX_LOAD, _BELOW, _CUT, _Fallback, _New, _REFS,
 
 def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
            r_rrsets, r_hashes, keys, cut_fix) -> memoryview:
-    base = _align4(p.size)
+    base = _align4(p.img.size)
     off = base
     for n in new.values():
         n.off = off
@@ -30,7 +30,7 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     # Lookups in the new version (for additional targets): this zone's changes override.
     def lookup_new(tkey: bytes):
         """(offset, has A/AAAA) of a target in the new image, or None."""
-        tz = p.zone_of(tkey)
+        tz = p.img.zone_of(tkey)
         if tz is None:
             return None
         if tz == zi:
@@ -39,12 +39,12 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
                 return n.off, any(rr[0] in (_T_A, _T_AAAA) for rr in n.rrsets)
             if tkey in removed:
                 return None
-        o = p.lookup_old(tz, tkey)
+        o = p.img.lookup_old(tz, tkey)
         if not o:
             return None
         if o in ent_inplace:
             return o, False
-        return o, p.old_has_addr(o)
+        return o, p.img.old_has_addr(o)
 
     def add_list(targets) -> list[int]:
         seen, hits = set(), []
@@ -65,23 +65,23 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     # Existing NS/MX/SRV RRsets that name a changed name: their lists are recomputed.
     dead = []   # rrset_t ranges of records that are replaced or emptied
     for o in list(moved) + list(ent_inplace):
-        on = p.node(o)
+        on = p.img.node(o)
         dead.append((on[5], on[5] + RRSET.size * on[6]))
     for k in removed:
-        o = p.lookup_old(zi, k)
-        on = p.node(o)
+        o = p.img.lookup_old(zi, k)
+        on = p.img.node(o)
         dead.append((on[5], on[5] + RRSET.size * on[6]))
-    hashes = np.array([_core.hash_name(k, p.seed) for k in keys], dtype=np.uint32)
+    hashes = np.array([_core.hash_name(k, p.img.seed) for k in keys], dtype=np.uint32)
     refs = np.unique(r_rrsets[np.isin(r_hashes, hashes)]).tolist() if len(keys) else []
     ref_updates = []   # (rrset offset, [node offsets])
     for ro in refs:
         if any(a <= ro < b for a, b in dead):
             continue
-        rs = RRSET.unpack_from(p.src, ro)
+        rs = RRSET.unpack_from(p.img.src, ro)
         pos, targets = rs[3], []
         for _j in range(rs[1]):
-            rl = int.from_bytes(p.src[pos:pos + 2], "big")
-            targets.append(_lower_name(p.src, pos + 2 + _TARGET_POS[rs[0]]))
+            rl = int.from_bytes(p.img.src[pos:pos + 2], "big")
+            targets.append(_lower_name(p.img.src, pos + 2 + _TARGET_POS[rs[0]]))
             pos += 2 + rl
         ref_updates.append((ro, rs, add_list(targets)))
 
@@ -107,21 +107,21 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     arr = _SPARE.take(total)
     if arr is None:
         arr = np.empty(total, np.uint8)
-    arr[:p.size] = np.frombuffer(p.src, np.uint8, count=p.size)
-    arr[p.size:] = 0
+    arr[:p.img.size] = np.frombuffer(p.img.src, np.uint8, count=p.img.size)
+    arr[p.img.size:] = 0
     buf = memoryview(arr)
     node_pack, rrset_pack = NODE.pack_into, RRSET.pack_into
     d_nodes = d_rrsets = d_records = 0
     for o in moved:
-        a, b = p.old_counts(o)
+        a, b = p.img.old_counts(o)
         d_rrsets -= a
         d_records -= b
     for o in ent_inplace:
-        a, b = p.old_counts(o)
+        a, b = p.img.old_counts(o)
         d_rrsets -= a
         d_records -= b
     for k in removed:
-        a, b = p.old_counts(p.lookup_old(zi, k))
+        a, b = p.img.old_counts(p.img.lookup_old(zi, k))
         d_rrsets -= a
         d_records -= b
         d_nodes -= 1
@@ -129,7 +129,7 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     def key_off(k: bytes) -> int:
         """The new image's record of a name of this zone."""
         n = new.get(k)
-        return n.off if n is not None else p.lookup_old(zi, k)
+        return n.off if n is not None else p.img.lookup_old(zi, k)
 
     def resolve_cut(n: _New) -> int:
         if n.cut_key is None:
@@ -160,7 +160,7 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
 
         n.cut_off = resolve_cut(n)
         soa_off = write_node(buf, n.off, n.key, n.labels, n.flags, n.cut_off, n.rrsets, zi,
-                             p.seed, adds) or soa_off
+                             p.img.seed, adds) or soa_off
         d_rrsets += len(n.rrsets)
         d_records += sum(len(rr[2]) for rr in n.rrsets)
     for ro, rs, hits in ref_updates:
@@ -177,14 +177,14 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     for o, fl in inplace.items():
         if o in moved:
             continue
-        n = p.node(o)
+        n = p.img.node(o)
         nrr = 0 if o in ent_inplace else n[6]
         node_pack(buf, o, n[0], n[1], n[2], fl, n[4], n[5], nrr, n[7], n[8])
     # cut pointers at a replaced delegation point (RFC 1034 §4.2.1: referrals use its NS)
-    cut_moves = [o for o in moved if p.node(o)[3] & _CUT]
+    cut_moves = [o for o in moved if p.img.node(o)[3] & _CUT]
     if cut_moves:
         for o in cut_moves:
-            for no in p.s_nodes[p.s_cuts == o].tolist():
+            for no in p.img.s_nodes[p.img.s_cuts == o].tolist():
                 if no not in moved:
                     struct.pack_into("<I", buf, no + 8, moved[o])
     # names below a cut that appeared or disappeared, rewritten in place (the copy is ours):
@@ -197,7 +197,7 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     if regrow:
         live = tab[tab != 0]
         if removed:
-            gone = np.array([p.lookup_old(zi, k) for k in removed], dtype=np.uint32)
+            gone = np.array([p.img.lookup_old(zi, k) for k in removed], dtype=np.uint32)
             live = live[~np.isin(live, gone)]
         if moved:
             mo = np.array(list(moved), dtype=np.uint32)
@@ -216,7 +216,7 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
         ntab_off, mask = new_tab_off, new_mask
         tab = None
     for o, no in (moved.items() if tab is not None else ()):
-        h = p.node(o)[8]
+        h = p.img.node(o)[8]
         slot = h & mask
         while int(tab[slot]) != o:
             if tab[slot] == 0:
@@ -224,8 +224,8 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
             slot = (slot + 1) & mask
         tab[slot] = no
     for k in (removed if tab is not None else ()):
-        o = p.lookup_old(zi, k)
-        h = p.node(o)[8]
+        o = p.img.lookup_old(zi, k)
+        h = p.img.node(o)[8]
         slot = h & mask
         while int(tab[slot]) != o:
             slot = (slot + 1) & mask
@@ -233,19 +233,19 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     for n in (new.values() if tab is not None else ()):
         if n.old_off:
             continue
-        slot = _core.hash_name(n.key, p.seed) & mask
+        slot = _core.hash_name(n.key, p.img.seed) & mask
         while tab[slot]:
             slot = (slot + 1) & mask
         tab[slot] = n.off
     del tab
     if soa_off == 0:
         soa_off = zrec[9]
-    ZONE.pack_into(buf, p.zones_off + ZONE.size * zi, zrec[0], zrec[1], zrec[2], zrec[3],
+    ZONE.pack_into(buf, p.img.zones_off + ZONE.size * zi, zrec[0], zrec[1], zrec[2], zrec[3],
                    apex_off, ntab_off, mask, n_nodes, neg_ttl, soa_off)
     HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total,
-                     p.n_zones, p.zones_off, p.ztab_off, p.ztab_mask, p.seed,
-                     HEADER.unpack_from(p.src, 0)[9], p.h_nodes + d_nodes,
-                     p.h_rrsets + d_rrsets, p.h_records + d_records, 0)
+                     p.img.n_zones, p.img.zones_off, p.img.ztab_off, p.img.ztab_mask, p.img.seed,
+                     HEADER.unpack_from(p.img.src, 0)[9], p.img.h_nodes + d_nodes,
+                     p.img.h_rrsets + d_rrsets, p.img.h_records + d_records, 0)
     struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
     p.next_index = carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix,
                                        key_off, r_rrsets, r_hashes)
@@ -256,8 +256,8 @@ def carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_o
     """The patched image's patch index, from ours: the records replaced or removed leave
     it, the appended ones join it, and the cut pointers rewritten in place change (what a
     fresh `scan_image` of the result gives; the property test compares the two)."""
-    nodes, cuts, parents = p.s_nodes, p.s_cuts, p.s_parents
-    dropped = list(moved) + [p.lookup_old(zi, k) for k in removed]
+    nodes, cuts, parents = p.img.s_nodes, p.img.s_cuts, p.img.s_parents
+    dropped = list(moved) + [p.img.lookup_old(zi, k) for k in removed]
     if dropped:
         keep = ~np.isin(nodes, np.array(dropped, dtype=np.uint32))
         nodes, cuts, parents = nodes[keep], cuts[keep], parents[keep]
@@ -272,7 +272,7 @@ def carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_o
     add = list(new.values())
     n_offs = np.array([n.off for n in add], dtype=np.uint32)
     n_cuts = np.array([n.cut_off for n in add], dtype=np.uint32)
-    n_par = np.array([_core.hash_name(n.key[n.key[0] + 1:], p.seed) if len(n.key) > 1 else 0
+    n_par = np.array([_core.hash_name(n.key[n.key[0] + 1:], p.img.seed) if len(n.key) > 1 else 0
                       for n in add], dtype=np.uint32)
     nodes = np.concatenate([nodes, n_offs])
     cuts = np.concatenate([cuts, n_cuts])
@@ -294,7 +294,7 @@ def carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_o
             if rr[0] in _REFS:
                 for t in rr[3]:
                     ro.append(base + RRSET.size * i)
-                    rh.append(_core.hash_name(t, p.seed))
+                    rh.append(_core.hash_name(t, p.img.seed))
     if ro:
         r_rrsets = np.concatenate([r_rrsets, np.array(ro, dtype=np.uint32)])
         r_hashes = np.concatenate([r_hashes, np.array(rh, dtype=np.uint32)])
