@@ -45,6 +45,21 @@ async def publish(servers: list[str], subj: str, wire: bytes, *, stream: str, pr
         await nc.close()
 
 
+async def fetch_last(servers: list[str], subj: str, *, stream: str, timeout: float = 10.0
+                     ) -> bytes | None:
+    """The stream's last message on `subj` (the publisher's base for a map delta), or None."""
+    nc = await nats.connect(servers=servers, connect_timeout=timeout, max_reconnect_attempts=2,
+                            allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=timeout)
+        try:
+            return (await js.get_last_msg(stream, subj)).data
+        except nats.js.errors.NotFoundError:
+            return None
+    finally:
+        await nc.close()
+
+
 class Subscriber:
     """A thread with its own event loop: connects (and reconnects, forever), follows the stream
     with an ordered consumer, hands every message to the Receiver, applies delayed messages when
