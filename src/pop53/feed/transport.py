@@ -20,10 +20,12 @@ log = logging.getLogger("pop53.feed")
 STATUS_FILE = "feed-status.json"
 
 
-async def ensure_stream(js, name: str, prefix: str) -> None:
-    """The publisher's side: create the stream once (idempotent)."""
+async def ensure_stream(js, name: str, prefix: str, replicas: int = 1) -> None:
+    """The publisher's side: create the stream once (idempotent).  On a NATS cluster,
+    `replicas` = 3 keeps it available with one node down (JetStream's Raft quorum)."""
     cfg = StreamConfig(name=name, subjects=[f"{prefix}.>"], max_msgs_per_subject=1,
-                       storage=StorageType.FILE, max_msg_size=MAX_MESSAGE)
+                       storage=StorageType.FILE, max_msg_size=MAX_MESSAGE,
+                       num_replicas=replicas)
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:

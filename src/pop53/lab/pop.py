@@ -54,6 +54,8 @@ class LabConfig:
     max_zone_age: float = 0.0        # > 0: agents flag the zone file as stale beyond this age
     never_suspend: tuple[int, ...] = ()
     input_delayed: tuple[int, ...] = ()
+    feed_nodes: int = 0              # > 0: a NATS cluster and machines on the feed (lab/feed.py)
+    feed_stale_after: float = 30.0
     server: str | None = None        # "pop53" | "knot" | None (auto)
     keep_dir: bool = False
 
@@ -92,6 +94,7 @@ class Lab:
         self.clients: list[str] = []
         self.router_bird: birdmod.BirdProcess | None = None
         self.router_procs: dict[str, Proc] = {}
+        self.feed = None                 # pop53.lab.feed.NatsCluster with cfg.feed_nodes
         self.server = cfg.server or server_kind()
         self.zone = self.workdir / "pop53.lab.zone"
 
@@ -170,6 +173,10 @@ class Lab:
         self.router_bird.start()
         if cfg.agents and cfg.etcd:
             self._start_etcd()
+        if cfg.feed_nodes:
+            from pop53.lab.feed import NatsCluster
+            self.feed = NatsCluster(self, cfg.feed_nodes)
+            self.feed.build()
         for m in self.machines:
             self._start_machine(m)
 
@@ -228,6 +235,9 @@ class Lab:
         listens = [SERVICE4.split("/")[0], SERVICE6.split("/")[0], "127.0.0.1"]
         cmd = dns_server_command(self.server, zone=self.zone, listens=listens,
                                  identity=m.name, workdir=m.workdir)
+        if self.feed is not None:
+            from pop53.lab.feed import machine_command
+            cmd = machine_command(self, m)
         m.procs["dns"] = Proc("dns", cmd, log=m.workdir / "dns.log", netns=m.ns)
         m.bird = birdmod.BirdProcess(m.workdir / "bird", birdmod.render_node_config(
             self._machine_node_config(m)), netns=m.ns, name="bird")
@@ -390,6 +400,8 @@ class Lab:
                 m.bird.stop()
         for p in self.router_procs.values():
             p.stop()
+        if self.feed is not None:
+            self.feed.stop()
         if self.router_bird:
             self.router_bird.stop()
         for ns in reversed(self.namespaces):
