@@ -122,9 +122,11 @@ class Portal:
                                      reconnect_time_wait=0.1, max_reconnect_attempts=-1)
         self.js = self.nc.jetstream(timeout=2)
 
-    async def send(self, kind: str, name: str, payload: bytes, attempts: int = 30) -> int:
-        """Sign and publish; returns the version applied-to-be.  Raises after `attempts`."""
-        for _ in range(attempts):
+    async def send(self, kind: str, name: str, payload: bytes, within: float = 30.0) -> int:
+        """Sign and publish; returns the version applied-to-be.  Raises after `within` seconds
+        of failures (a stream leader election after a node is killed takes a few)."""
+        end = time.monotonic() + within
+        while time.monotonic() < end:
             subj, wire = self.pub.sign(kind, name, payload)
             try:
                 await self.js.publish(subj, wire, stream="POP53")
@@ -133,7 +135,7 @@ class Portal:
                 self.retries += 1
                 print(f"publish retry: {type(exc).__name__}: {exc}", file=sys.stderr)
                 await asyncio.sleep(0.1)
-        raise RuntimeError(f"publish of {kind} {name} failed {attempts} times")
+        raise RuntimeError(f"publish of {kind} {name} failed for {within} s")
 
 
 async def _run(args) -> int:
@@ -176,8 +178,8 @@ async def _run(args) -> int:
             size = len(variants[state])
         published = time.monotonic() - t0
         lat = prober.wait(ANSWERS[state], t0, args.timeout)
-        changes.append({"i": i, "state": state, "bytes": size, "published": published,
-                        "served": lat})
+        changes.append({"i": i, "state": state, "bytes": size, "t0": t0,
+                        "published": published, "served": lat})
         if args.interval:
             await asyncio.sleep(args.interval)
     await portal.nc.close()
