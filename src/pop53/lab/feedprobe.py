@@ -158,6 +158,8 @@ async def _run(args) -> int:
     if None in ready:
         print(f"machines never reached the starting state: {ready}", file=sys.stderr)
         return 1
+    ready_at = time.monotonic()
+    await asyncio.sleep(args.settle)       # an idle stretch: the steady state before changes
     variants = {s: base + f"{PROBE} {s}\n".encode() for s in ("ap", "us")} \
         if args.kind != "liveness" else {}
     for i in range(args.count):
@@ -185,7 +187,8 @@ async def _run(args) -> int:
     await portal.nc.close()
     out = {"kind": args.kind, "machines": machines, "prefixes": args.prefixes,
            "changes": changes, "publish_retries": portal.retries, "queries": prober.queries,
-           "unanswered": prober.unanswered, "seconds": time.monotonic() - started}
+           "unanswered": prober.unanswered, "seconds": time.monotonic() - started,
+           "ready_at": ready_at}
     with open(args.out, "w") as f:
         json.dump(out, f)
     return 0
@@ -207,6 +210,7 @@ def main(argv=None) -> int:
     r.add_argument("--interval", type=float, default=0.02)
     r.add_argument("--timeout", type=float, default=10.0)
     r.add_argument("--deadline", type=float, default=600.0)
+    r.add_argument("--settle", type=float, default=0.0)
     r.add_argument("--example-map", required=True)
     r.add_argument("--out", required=True)
     args = p.parse_args(argv)
