@@ -2,6 +2,7 @@
 
     pop53 publish --server nats://HOST:PORT --key DIR/NAME.key target NAME up|down
     pop53 publish --server ... --key ... map NAME FILE [-c pop53.toml] [--delta-max N]
+    pop53 publish --server ... --key ... resolvers FILE [--name known]
     pop53 publish --server ... --key ... heartbeat [--every SECONDS --count N]
 """
 from __future__ import annotations
@@ -29,6 +30,10 @@ def add_parser(sub) -> None:
                    help="send a delta when at most N prefixes change (0: always the full map)")
     m.add_argument("-c", "--config", metavar="FILE", help="a server config: check the map "
                    "against its [[map]] (default region, declared regions) as well")
+    r = what.add_parser("resolvers", help="the fleet's known-resolver table (the format of "
+                        "[scoring] known_resolvers; checked here as the servers will)")
+    r.add_argument("file")
+    r.add_argument("--name", default="known", help="the table's name (one per name)")
     h = what.add_parser("heartbeat", help="the feed's heartbeat (subscribers go stale without it)")
     h.add_argument("--every", type=float, default=0.0, metavar="SECONDS")
     h.add_argument("--count", type=int, default=1)
@@ -60,6 +65,17 @@ def run(args) -> int:
         kind, size, seq = asyncio.run(pub.send_map(args.name, data, max_changes=args.delta_max))
         what = "map" if kind == "map" else "map delta"
         print(f"published {what} {args.name} ({size} bytes, stream sequence {seq})")
+        return 0
+    if args.what == "resolvers":
+        from pop53.scoring.known import read_known
+        if not NAME_RE.match(args.name):
+            raise ConfigError(f"invalid name {args.name!r}")
+        known = read_known(args.file)
+        with open(args.file, "rb") as f:
+            data = f.read()
+        seq = pub.send_sync("resolvers", args.name, data)
+        print(f"published known resolvers {args.name} ({len(known.v4)} IPv4 /24s, "
+              f"{len(known.v6)} IPv6 /56s; stream sequence {seq})")
         return 0
     asyncio.run(beats())
     print(f"published {args.count} heartbeat(s)")

@@ -43,6 +43,17 @@ def filler(n: int) -> bytes:
                    for i in range(n)).encode()
 
 
+def ordered(example: bytes, n: int) -> tuple[bytes, bytes]:
+    """The map around the probe line, in address order as generated maps are (the compiler
+    skips its sort for a file already in order): the example's IPv4 prefixes below 20.0.0.0,
+    [the probe line], the filler, the rest of the example."""
+    low, high = [], []
+    for line in example.splitlines(keepends=True):
+        first = line.split(b".", 1)[0]
+        (low if first.isdigit() and int(first) < 20 else high).append(line)
+    return b"".join(low), filler(n) + b"".join(high)
+
+
 class Prober:
     """One UDP socket per machine; `answer(i)` = the A addresses machine i serves now."""
 
@@ -148,11 +159,11 @@ async def _run(args) -> int:
     await portal.connect()
     started = time.monotonic()
     example = open(args.example_map, "rb").read()
-    base = filler(args.prefixes) + example if args.kind != "liveness" else b""
     changes = []
     # a known starting point: eu1 up; for maps, the snapshot with 1.2.4.0/24 in eu
     await portal.send("target", "eu1", b'{"state": "up"}')
-    snap = base + f"{PROBE} eu\n".encode()
+    pieces = ordered(example, args.prefixes) if args.kind != "liveness" else (b"", b"")
+    snap = pieces[0] + f"{PROBE} eu\n".encode() + pieces[1]
     snap_version = await portal.send("map", "world", snap) if args.kind != "liveness" else 0
     ready = prober.wait(ANSWERS["eu"], time.monotonic(), 60)
     if None in ready:
@@ -160,7 +171,7 @@ async def _run(args) -> int:
         return 1
     ready_at = time.monotonic()
     await asyncio.sleep(args.settle)       # an idle stretch: the steady state before changes
-    variants = {s: base + f"{PROBE} {s}\n".encode() for s in ("ap", "us")} \
+    variants = {s: pieces[0] + f"{PROBE} {s}\n".encode() + pieces[1] for s in ("ap", "us")} \
         if args.kind != "liveness" else {}
     for i in range(args.count):
         if time.monotonic() - started > args.deadline:
