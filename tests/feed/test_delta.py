@@ -166,3 +166,27 @@ def test_publisher_sends_a_delta_for_a_small_change_and_a_late_subscriber_catche
         assert served(sink) == fd.entries(last)
     finally:
         sub.stop()
+
+
+def test_a_large_snapshot_travels_compressed_and_deltas_apply_to_its_text():
+    big = BASE + b"".join(b"10.%d.%d.0/24 eu\n" % (i // 256, i % 256) for i in range(60000))
+    wire_payload = fd.deflate(big)
+    assert wire_payload.startswith(fd.GZIP) and len(wire_payload) < len(big) // 3
+    assert fd.deflate(BASE) == BASE                        # small maps go as text
+    r, sink = receiver()
+    assert r.receive(subj("map"), wire("map", 10, wire_payload))
+    assert served(sink) == fd.entries(big)
+    d = fd.make(10, big, big + b"9.9.9.0/24 ap\n", 5)     # the base digest is of the text
+    assert r.receive(subj("mapdelta"), wire("mapdelta", 11, d))
+    assert served(sink)[b"9.9.9.0/24"] == b"ap"
+
+
+def test_broken_or_oversized_compressed_payloads_are_refused():
+    r, sink = receiver()
+    r.receive(subj("map"), wire("map", 10, BASE))
+    good = fd.deflate(BASE * 40000)
+    for bad in (good[:-9], good + b"x", fd.GZIP + b"\x08\x00garbage"):
+        assert r.receive(subj("map"), wire("map", 11, bad)) is None
+    assert r.refused["content"] == 3 and served(sink) == fd.entries(BASE)
+    with pytest.raises(fd.DeltaError, match="more than 1000 bytes"):
+        fd.inflate(good, limit=1000)                       # a bomb stops at the limit

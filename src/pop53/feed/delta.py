@@ -14,17 +14,26 @@ replay, no gap to fill.  The payload is strict text::
 A server applies a delta only on top of exactly that base (same version, same bytes); anything
 else is refused with reason ``base`` and the server keeps serving what it has until the next
 snapshot (it never guesses).  The resulting map is then checked exactly as a full map file.
+
+A large snapshot travels gzip-compressed (a map file never starts with the gzip magic, a
+control character): a 1,000,000-prefix map is ~18 MB of text, and every byte is stored on each
+NATS node and sent to each server.  It is inflated only after its signature is checked, and
+never beyond MAX_MAP bytes.
 """
 from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 
 from pop53.errors import Pop53Error
 
 _HEAD = re.compile(rb"^base ([1-9][0-9]{0,18}) ([0-9a-f]{64})$")
 _KEY = re.compile(rb"^[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}$")
 _FEW = 32             # up to this many changed prefixes, find them with bytes.find (fast, in C)
+GZIP = b"\x1f\x8b"
+MAX_MAP = 256 << 20   # inflated: ten times the largest map we know of
+COMPRESS_FROM = 1 << 20
 
 
 class DeltaError(Pop53Error):
@@ -33,6 +42,31 @@ class DeltaError(Pop53Error):
     def __init__(self, reason: str, detail: str):
         self.reason = reason
         super().__init__(detail)
+
+
+def deflate(data: bytes) -> bytes:
+    """A map's payload on the wire: gzip (level 1: the fastest) from COMPRESS_FROM bytes."""
+    if len(data) < COMPRESS_FROM:
+        return data
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+def inflate(payload: bytes, limit: int = MAX_MAP) -> bytes:
+    """The map text of a payload (compressed or not).  Raises DeltaError('content') for a
+    broken stream, trailing bytes, or more than `limit` bytes of text (a bomb)."""
+    if not payload.startswith(GZIP):
+        return payload
+    d = zlib.decompressobj(31)
+    try:
+        out = d.decompress(payload, limit + 1)
+    except zlib.error as exc:
+        raise DeltaError("content", f"broken gzip payload: {exc}") from None
+    if len(out) > limit:
+        raise DeltaError("content", f"inflates to more than {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise DeltaError("content", "gzip payload truncated or followed by other bytes")
+    return out
 
 
 def digest(payload: bytes) -> str:

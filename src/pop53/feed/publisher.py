@@ -56,7 +56,10 @@ class Publisher:
             return None
         if msg.stream != self.stream or msg.kind != "map" or msg.name != name:
             return None
-        return msg.version, msg.payload
+        try:
+            return msg.version, fdelta.inflate(msg.payload)
+        except fdelta.DeltaError:
+            return None
 
     async def send_map(self, name: str, data: bytes, *, max_changes: int = 1000
                        ) -> tuple[str, int, int]:
@@ -65,7 +68,8 @@ class Publisher:
         base = await self.base(name) if max_changes > 0 else None
         payload = fdelta.make(base[0], base[1], data, max_changes) if base else None
         if payload is None:
-            return "map", len(data), await self.send("map", name, data)
+            wire = fdelta.deflate(data)
+            return "map", len(wire), await self.send("map", name, wire)
         return "mapdelta", len(payload), await self.send("mapdelta", name, payload)
 
 

@@ -10,6 +10,7 @@ saved, so a restart maps the last good data even with NATS down.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -108,7 +109,10 @@ class Receiver:
             return msg, None
         kind, payload = msg.kind, msg.payload
         try:
-            if kind == "mapdelta":
+            if kind == "map":           # (a large snapshot is compressed; the text is kept)
+                msg = dataclasses.replace(msg, payload=fdelta.inflate(payload))
+                payload = msg.payload
+            elif kind == "mapdelta":
                 kind, payload = "map", self._undelta(msg)
             prepared = self.sink.validate(kind, msg.name, payload,
                                           f"<feed {msg.kind} {msg.name} v{msg.version}>")

@@ -187,8 +187,9 @@ async def _run(args) -> int:
             await portal.send("mapdelta", "world", d)
             size = len(d)
         else:
-            await portal.send("map", "world", variants[state])
-            size = len(variants[state])
+            wire = fdelta.deflate(variants[state])     # as Publisher.send_map sends it
+            await portal.send("map", "world", wire)
+            size = len(wire)
         published = time.monotonic() - t0
         lat = prober.wait(ANSWERS[state], t0, args.timeout)
         changes.append({"i": i, "state": state, "bytes": size, "t0": t0,
