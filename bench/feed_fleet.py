@@ -92,16 +92,22 @@ def summarize(res: dict) -> dict:
 
 
 def memory(samples, res: dict) -> dict:
+    """Per machine: steady (median, idle with a 1M map) before the swaps and after them
+    (the allocator may or may not have given the last swap's memory back), and the peak."""
     first = min(c["t0"] for c in res["changes"])
-    last = max(c["t0"] + max(x for x in c["served"] if x is not None) for c in res["changes"])
+    last = res["done_at"]
     out = {}
     for name in sorted({s[1] for s in samples}):
-        steady = [s for s in samples if s[1] == name and res["ready_at"] + 0.5 <= s[0] < first]
-        during = [s for s in samples if s[1] == name and first <= s[0] <= last + 0.5]
-        if not steady or not during:
+        mine = [s for s in samples if s[1] == name]
+        before = [s for s in mine if res["ready_at"] + 0.5 <= s[0] < first]
+        after = [s for s in mine if last + 1.0 <= s[0]]
+        during = [s for s in mine if first <= s[0] <= last + 0.5]
+        if not before or not after or not during:
             continue
-        out[name] = {"rss_steady": statistics.median(s[2] for s in steady),
-                     "pss_steady": statistics.median(s[3] for s in steady),
+        out[name] = {"rss_before": statistics.median(s[2] for s in before),
+                     "rss_after": statistics.median(s[2] for s in after),
+                     "pss_before": statistics.median(s[3] for s in before),
+                     "pss_after": statistics.median(s[3] for s in after),
                      "rss_peak": max(s[2] for s in during), "pss_peak": max(s[3] for s in during)}
     return out
 
@@ -172,15 +178,20 @@ def markdown(r: dict) -> str:
                  f"{int(x['bytes']):,} B | {x['unanswered']} of {x['queries']} |")
     if r.get("memory"):
         L += ["", f"## Memory during the {p['prefixes']:,}-prefix map swaps ({s['full']['n']} "
-              "swaps)\n", "Steady: median while idle with the same map; peak: highest sample "
-              "(every 50 ms) during the swaps.\n",
-              "| machine | RSS steady | RSS peak | ratio | PSS steady | PSS peak | ratio |",
-              "|---|---|---|---|---|---|---|"]
+              "swaps)\n", "Steady: median while idle with a 1M-prefix map, for 3 s before the "
+              "first swap and after the last one (the allocator may keep or return the last "
+              "swap's memory, so both are shown); peak: the highest sample (every 50 ms) during "
+              "the swaps; ratio: peak / steady.\n",
+              "| machine | RSS steady before / after | RSS peak | ratio | PSS steady before / "
+              "after | PSS peak | ratio |", "|---|---|---|---|---|---|---|"]
+        mib = lambda v: f"{v / 2**20:.0f}"  # noqa: E731
         for name, m in r["memory"].items():
-            L.append(f"| {name} | {m['rss_steady'] / 2**20:.0f} MiB | {m['rss_peak'] / 2**20:.0f}"
-                     f" MiB | {m['rss_peak'] / m['rss_steady']:.2f}x | "
-                     f"{m['pss_steady'] / 2**20:.0f} MiB | {m['pss_peak'] / 2**20:.0f} MiB | "
-                     f"{m['pss_peak'] / m['pss_steady']:.2f}x |")
+            L.append(f"| {name} | {mib(m['rss_before'])} / {mib(m['rss_after'])} MiB | "
+                     f"{mib(m['rss_peak'])} MiB | {m['rss_peak'] / m['rss_before']:.2f}x / "
+                     f"{m['rss_peak'] / m['rss_after']:.2f}x | {mib(m['pss_before'])} / "
+                     f"{mib(m['pss_after'])} MiB | {mib(m['pss_peak'])} MiB | "
+                     f"{m['pss_peak'] / m['pss_before']:.2f}x / "
+                     f"{m['pss_peak'] / m['pss_after']:.2f}x |")
         L.append("\nTarget: peak <= 2x steady.")
     L += ["", "![latency CDFs](feed_fleet.png)", ""]
     return "\n".join(L)

@@ -196,11 +196,13 @@ async def _run(args) -> int:
                         "published": published, "served": lat})
         if args.interval:
             await asyncio.sleep(args.interval)
+    done_at = time.monotonic()
+    await asyncio.sleep(args.settle)       # and after: the steady state with the last map
     await portal.nc.close()
     out = {"kind": args.kind, "machines": machines, "prefixes": args.prefixes,
            "changes": changes, "publish_retries": portal.retries, "queries": prober.queries,
            "unanswered": prober.unanswered, "seconds": time.monotonic() - started,
-           "ready_at": ready_at}
+           "ready_at": ready_at, "done_at": done_at}
     with open(args.out, "w") as f:
         json.dump(out, f)
     return 0
