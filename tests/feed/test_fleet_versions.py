@@ -26,7 +26,7 @@ import dns.edns
 import dns.message
 import pytest
 
-from feed_support import NatsServer, free_port, wait_for
+from feed_support import NatsServer, free_port, server_toml, wait_for
 from pop53.feed import message as fm
 from pop53.feed.publisher import Publisher
 
@@ -100,17 +100,7 @@ def fleet(tmp_path):
     for k in range(2):
         port = free_port()
         conf = tmp_path / f"s{k}.toml"
-        conf.write_text(f"""[server]
-listen = ["127.0.0.1:{port}"]
-workers = 2
-state = "{tmp_path / f'state{k}'}"
-[[zone]]
-name = "example.net."
-file = "example.net.zone"
-[feed]
-servers = ["{nats.url}"]
-trusted_keys = ["keys/ops.pub"]
-{mapping}""")
+        conf.write_text(server_toml(port, tmp_path / f"state{k}", nats.url, mapping, workers=2))
         procs.append(subprocess.Popen([sys.executable, "-m", "pop53", "serve", "-c", str(conf)],
                                       stdout=subprocess.DEVNULL,
                                       stderr=open(tmp_path / f"s{k}.log", "ab")))
