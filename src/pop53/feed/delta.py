@@ -58,15 +58,23 @@ def inflate(payload: bytes, limit: int = MAX_MAP) -> bytes:
     if not payload.startswith(GZIP):
         return payload
     d = zlib.decompressobj(31)
+    parts, total, data = [], 0, payload
     try:
-        out = d.decompress(payload, limit + 1)
+        # in 4 MiB pieces: one growing buffer would peak at several times the text
+        while True:
+            part = d.decompress(data, 4 << 20)
+            total += len(part)
+            if total > limit:
+                raise DeltaError("content", f"inflates to more than {limit} bytes")
+            parts.append(part)
+            data = d.unconsumed_tail
+            if d.eof or (not data and not part):     # (no input left: flush what zlib holds)
+                break
     except zlib.error as exc:
         raise DeltaError("content", f"broken gzip payload: {exc}") from None
-    if len(out) > limit:
-        raise DeltaError("content", f"inflates to more than {limit} bytes")
     if not d.eof or d.unused_data:
         raise DeltaError("content", "gzip payload truncated or followed by other bytes")
-    return out
+    return b"".join(parts)
 
 
 def digest(payload: bytes) -> str:
