@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from feed_support import NatsServer, wait_for
 from pop53 import config as cfgmod
@@ -37,7 +36,7 @@ def v4(*nets: str) -> set[int]:
 
 def test_known_resolvers_from_the_feed(tmp_path):
     nats = NatsServer(tmp_path).start()
-    _, _, _ = fm.keygen(str(tmp_path / "keys"), "ops")
+    fm.keygen(str(tmp_path / "keys"), "ops")
     key = fm.read_private(str(tmp_path / "keys" / "ops.key"))
     pub = Publisher([nats.url], key, sender="portal")
     s = server(tmp_path, nats.url)
