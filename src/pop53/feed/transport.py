@@ -104,9 +104,13 @@ class Subscriber:
         async def reconnected():
             self.connected = True
 
+        async def error(exc):
+            # one line, not the client's default traceback on stderr for every failed attempt
+            log.debug("feed: NATS: %s", exc or type(exc).__name__)
+
         nc = await nats.connect(servers=self.servers, connect_timeout=2, reconnect_time_wait=0.2,
                                 max_reconnect_attempts=-1, disconnected_cb=disconnected,
-                                reconnected_cb=reconnected)
+                                reconnected_cb=reconnected, error_cb=error)
         try:
             js = nc.jetstream()
             prefix = self.receiver.settings.prefix
