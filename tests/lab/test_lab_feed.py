@@ -57,3 +57,36 @@ def test_a_nats_node_killed_while_publishing_stops_nothing(tmp_path):
         worst = max(max(c["served"]) for c in after)
         print(f"leader {leader} killed; {len(after)} changes after it, slowest {worst:.3f} s, "
               f"{res['publish_retries']} publish retries")
+
+
+def test_a_stale_feed_suspends_one_machine_per_slot_and_never_the_input_delayed_one(tmp_path):
+    """Agents read feed-status.json beside their probes (etcd, K = 1 slot).  The heartbeat
+    publisher is stopped (by PID): the two normal machines go stale, one suspends holding the
+    slot, the other may not and keeps answering; the input-delayed machine (announced as a
+    backup, so not in the router's FIB while a normal one is) never suspends.  Heartbeats
+    again: both normal machines announce."""
+    cfg = LabConfig(machines=3, clients=1, agents=True, slots=1, feed_nodes=3,
+                    input_delayed=(3,), feed_stale_after=2.0, server="pop53")
+    with Lab(cfg, workdir=tmp_path) as lab:
+        m1, m2, m3 = lab.machines
+        lab.wait_fib(lambda ms: ms == ["m1", "m2"], timeout=40)
+        lab.wait_agent(m3, lambda st: st["state"] == "serving" and st["announced"])
+        lab.feed.heartbeat.stop()
+        deadline = time.monotonic() + 30
+        states: list = []
+        while time.monotonic() < deadline:
+            states = [lab.agent_state(m) or {} for m in (m1, m2)]
+            if sorted(st.get("state", "") for st in states) == ["suspended", "wants-suspend"]:
+                break
+            time.sleep(0.1)
+        assert sorted(st.get("state", "") for st in states) == ["suspended", "wants-suspend"], \
+            states
+        held = [st for st in states if st["state"] == "suspended"][0]
+        other = [st for st in states if st["state"] == "wants-suspend"][0]
+        assert held["slot"] is not None and "feed-status.json" in held["reason"], held
+        assert "no free suspension slot" in other["reason"] and other["announced"], other
+        lab.wait_fib(lambda ms: ms == [other["name"]], timeout=20)
+        st3 = lab.agent_state(m3)
+        assert st3["state"] == "serving" and st3["announced"] and st3["last_probe"]["ok"], st3
+        lab.feed.start_heartbeats()
+        lab.wait_fib(lambda ms: ms == ["m1", "m2"], timeout=40)

@@ -44,6 +44,7 @@ class NatsCluster:
         self.n = n
         self.namespaces: list[str] = []
         self.procs: dict[int, Proc] = {}
+        self.heartbeat: Proc | None = None
         self.dir = lab.workdir / "nats"
 
     @property
@@ -59,6 +60,21 @@ class NatsCluster:
         for k in range(1, self.n + 1):
             self.start(k)
         self.wait_ready()
+        if lab.cfg.agents:       # the agents read the feed's staleness: keep it fresh
+            self.start_heartbeats()
+
+    def start_heartbeats(self, every: float = 0.5) -> Proc:
+        """`pop53 publish heartbeat` every `every` s from the first client (stop it by PID:
+        `self.heartbeat.stop()`, and every normal machine's feed goes stale)."""
+        priv, _ = key_paths(self.lab)
+        cmd = [sys.executable, "-m", "pop53", "publish", "--key", str(priv), "--sender",
+               "lab-heartbeat"]
+        for u in self.urls:
+            cmd += ["--server", u]
+        self.heartbeat = Proc("heartbeat", cmd + ["heartbeat", "--every", str(every), "--count",
+                                                  "1000000"],
+                              log=self.dir / "heartbeat.log", netns=self.lab.clients[0])
+        return self.heartbeat
 
     def _conf(self, k: int) -> Path:
         d = self.dir / f"n{k}"
@@ -122,6 +138,8 @@ class NatsCluster:
                     log=out.with_suffix(".log"), netns=self.lab.clients[0])
 
     def stop(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         for p in self.procs.values():
             p.stop()
 
@@ -135,6 +153,15 @@ def key_paths(lab) -> tuple[Path, Path]:
     if not priv.exists():
         keygen(str(d), KEY_NAME)
     return priv, pub
+
+
+def agent_staleness(lab, m) -> list[str]:
+    """The agent's [staleness] lines: the feed's status file as a source (stale beyond
+    `feed_stale_after`), beside the zone stamp when the lab has one."""
+    path = m.workdir / "state" / "feed-status.json"
+    src = (f'sources = [{{ source = "xfr-status", path = "{path}", '
+           f"max_age = {lab.cfg.feed_stale_after} }}]")
+    return [src] if lab.cfg.max_zone_age > 0 else ["", "[staleness]", src]
 
 
 def machine_command(lab, m) -> list[str]:
@@ -161,5 +188,6 @@ file = "example.net.zone"
 servers = [{servers}]
 trusted_keys = ["{pub}"]
 stale_after = {lab.cfg.feed_stale_after}
+{f"delay = {lab.cfg.feed_delay}" if m.index in lab.cfg.input_delayed else ""}
 {(DATA / 'example-mapping.toml').read_text()}""")
     return [sys.executable, "-m", "pop53", "serve", "-c", str(conf), "--identity", m.name]

@@ -55,7 +55,8 @@ class LabConfig:
     never_suspend: tuple[int, ...] = ()
     input_delayed: tuple[int, ...] = ()
     feed_nodes: int = 0              # > 0: a NATS cluster and machines on the feed (lab/feed.py)
-    feed_stale_after: float = 30.0
+    feed_stale_after: float = 30.0   # also the agents' max_age for feed-status.json
+    feed_delay: float = 600.0        # [feed] delay of the input_delayed machines
     server: str | None = None        # "pop53" | "knot" | None (auto)
     keep_dir: bool = False
 
@@ -289,6 +290,9 @@ class Lab:
                       f'files = {{ "{LAB_ZONE}" = "{m.workdir / "zone-stamp"}" }}',
                       f"max_age = {cfg.max_zone_age}"]
             (m.workdir / "zone-stamp").touch()
+        if self.feed is not None:
+            from pop53.lab.feed import agent_staleness
+            lines += agent_staleness(self, m)
         self.agent_config_path(m).write_text("\n".join(lines) + "\n")
         m.procs["agent"] = Proc("agent", [sys.executable, "-m", "pop53", "agent", "run",
                                           "--config", str(self.agent_config_path(m))],
