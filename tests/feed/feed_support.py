@@ -85,6 +85,24 @@ class TargetSink:
         self.applies += 1
 
 
+def server_toml(port: int, state: Path, nats_url: str, mapping: str, *, workers: int = 1,
+                feed_extra: str = "") -> str:
+    """A `pop53 serve` config: example.net. (relative zone file), the mapping tables given, and
+    a [feed] on `nats_url` trusting keys/ops.pub."""
+    return f"""[server]
+listen = ["127.0.0.1:{port}"]
+workers = {workers}
+state = "{state}"
+[[zone]]
+name = "example.net."
+file = "example.net.zone"
+[feed]
+servers = ["{nats_url}"]
+trusted_keys = ["keys/ops.pub"]
+{feed_extra}
+{mapping}"""
+
+
 def wait_for(pred, timeout=10.0, step=0.01):
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -16,7 +16,7 @@ import dns.message
 import dns.query
 import pytest
 
-from feed_support import NatsServer, free_port, wait_for
+from feed_support import NatsServer, free_port, server_toml, wait_for
 from pop53.feed import message as fm
 from pop53.feed.publisher import Publisher
 
@@ -46,19 +46,8 @@ def setup(tmp_path):
         shutil.copy(DATA / f, tmp_path / f)
     port = free_port()
     mapping = (DATA / "example-mapping.toml").read_text()
-    (tmp_path / "pop53.toml").write_text(f"""
-[server]
-listen = ["127.0.0.1:{port}"]
-workers = 1
-state = "{tmp_path / 'state'}"
-[[zone]]
-name = "example.net."
-file = "example.net.zone"
-[feed]
-servers = ["{nats.url}"]
-trusted_keys = ["keys/ops.pub"]
-stale_after = 5
-{mapping}""")
+    (tmp_path / "pop53.toml").write_text(server_toml(port, tmp_path / "state", nats.url, mapping,
+                                                     feed_extra="stale_after = 5"))
     procs = []
 
     def serve():

@@ -54,6 +54,9 @@ class StalenessConfig:
     max_age: float = 0.0                 # seconds; 0 = do not check
     files: dict[str, str] = field(default_factory=dict)   # file-mtime: zone -> path
     path: str | None = None              # xfr-status: the engine's state file
+    # More sources (the transfer engine's status, the feed's feed-status.json, ...): each
+    # with its own source/max_age/files/path; the machine is stale if any of them is.
+    sources: list["StalenessConfig"] = field(default_factory=list)
 
 
 @dataclass
@@ -238,15 +241,29 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
         cfg.etcd = ec
     s = g("staleness", dict, None)
     if s is not None:
-        _only(s, {"source", "max_age", "files", "path"}, "staleness.", file)
-        sc = StalenessConfig(_typed(s, "source", str, "none", file=file, path="staleness."),
-                             _typed(s, "max_age", float, 0.0, file=file, path="staleness."),
-                             dict(_typed(s, "files", dict, {}, file=file, path="staleness.")),
-                             _typed(s, "path", str, None, file=file, path="staleness."))
-        if sc.source not in STALENESS_SOURCES:
-            raise ConfigError(f"unknown source {sc.source!r} (known: {sorted(STALENESS_SOURCES)})",
-                              file=file, key="staleness.source")
-        cfg.staleness = sc
+        cfg.staleness = _staleness(s, "staleness.", file, None)
+        for i, sub in enumerate(_typed(s, "sources", list, [], file=file, path="staleness.")):
+            k = f"staleness.sources[{i}]"
+            if not isinstance(sub, dict):
+                raise ConfigError("must be a table", file=file, key=k)
+            cfg.staleness.sources.append(_staleness(sub, k + ".", file, cfg.staleness.max_age))
     return cfg
+
+
+def _staleness(s: dict, path: str, file: str, max_age: float | None) -> StalenessConfig:
+    """One staleness source; a listed one (`max_age` given) inherits the table's max_age."""
+    _only(s, {"source", "max_age", "files", "path"} | ({"sources"} if max_age is None else set()),
+          path, file)
+    sc = StalenessConfig(_typed(s, "source", str, "none", file=file, path=path),
+                         _typed(s, "max_age", float, max_age or 0.0, file=file, path=path),
+                         dict(_typed(s, "files", dict, {}, file=file, path=path)),
+                         _typed(s, "path", str, None, file=file, path=path))
+    if sc.source not in STALENESS_SOURCES:
+        raise ConfigError(f"unknown source {sc.source!r} (known: {sorted(STALENESS_SOURCES)})",
+                          file=file, key=path + "source")
+    if max_age is not None and sc.source != "none" and sc.max_age <= 0:
+        raise ConfigError("must be > 0 (set it here or in [staleness])", file=file,
+                          key=path + "max_age")
+    return sc
 
 

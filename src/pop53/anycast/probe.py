@@ -122,7 +122,13 @@ class Prober:
     def __init__(self, cfg: AgentConfig, staleness: StalenessSource | None = None):
         self.cfg = cfg
         self.host, self.port = cfg.server_addr()
-        self.staleness = staleness or STALENESS_SOURCES[cfg.staleness.source](cfg.staleness)
+        sc = cfg.staleness
+        self.staleness = staleness or STALENESS_SOURCES[sc.source](sc)
+        # (label, source, max_age): the main one and every listed one; stale if any is
+        self.sources: list[tuple[str, StalenessSource, float]] = [("", self.staleness, sc.max_age)]
+        for sub in sc.sources:
+            label = sub.path or ", ".join(sorted(sub.files.values())) or sub.source
+            self.sources.append((label, STALENESS_SOURCES[sub.source](sub), sub.max_age))
 
     def _query(self, proto: str, qname: str, qtype: str) -> tuple[dns.message.Message | None,
                                                                   float, str | None]:
@@ -166,14 +172,21 @@ class Prober:
                 problem = self._check(r, qname, qtype, case)
                 if problem:
                     fails.append(Failure("wrong", what, problem))
-        if self.cfg.staleness.max_age > 0:
-            for zone, age in sorted(self.staleness.ages().items()):
-                if age is None:
-                    fails.append(Failure("stale", zone, "age unknown (no data or source silent)"))
-                elif age > self.cfg.staleness.max_age:
-                    fails.append(Failure("stale", zone, f"data is {age:.1f} s old > "
-                                                       f"{self.cfg.staleness.max_age:g} s"))
+        for label, source, max_age in self.sources:
+            if max_age > 0:
+                fails += self._stale(label, source, max_age)
         return ProbeResult(time.time(), not fails, fails, n, max_rtt)
+
+    @staticmethod
+    def _stale(label: str, source: StalenessSource, max_age: float) -> list[Failure]:
+        out = []
+        for zone, age in sorted(source.ages().items()):
+            what = f"{zone} ({label})" if label else zone
+            if age is None:
+                out.append(Failure("stale", what, "age unknown (no data or source silent)"))
+            elif age > max_age:
+                out.append(Failure("stale", what, f"data is {age:.1f} s old > {max_age:g} s"))
+        return out
 
     @staticmethod
     def _check(r: dns.message.Message, qname: str, qtype: str, case: Case | None) -> str | None:

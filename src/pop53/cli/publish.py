@@ -1,7 +1,8 @@
 """`pop53 publish`: sign and publish to the metadata feed (NATS JetStream).
 
     pop53 publish --server nats://HOST:PORT --key DIR/NAME.key target NAME up|down
-    pop53 publish --server ... --key ... map NAME FILE [-c pop53.toml]
+    pop53 publish --server ... --key ... map NAME FILE [-c pop53.toml] [--delta-max N]
+    pop53 publish --server ... --key ... resolvers FILE [--name known]
     pop53 publish --server ... --key ... heartbeat [--every SECONDS --count N]
 """
 from __future__ import annotations
@@ -21,11 +22,18 @@ def add_parser(sub) -> None:
     t = what.add_parser("target", help="a target's liveness")
     t.add_argument("name")
     t.add_argument("state", choices=("up", "down"))
-    m = what.add_parser("map", help="a full map (checked here as the servers will check it)")
+    m = what.add_parser("map", help="a map (checked here as the servers will check it): a "
+                        "delta against the current snapshot when the change is small")
     m.add_argument("name")
     m.add_argument("file")
+    m.add_argument("--delta-max", type=int, default=1000, metavar="N",
+                   help="send a delta when at most N prefixes change (0: always the full map)")
     m.add_argument("-c", "--config", metavar="FILE", help="a server config: check the map "
                    "against its [[map]] (default region, declared regions) as well")
+    r = what.add_parser("resolvers", help="the fleet's known-resolver table (the format of "
+                        "[scoring] known_resolvers; checked here as the servers will)")
+    r.add_argument("file")
+    r.add_argument("--name", default="known", help="the table's name (one per name)")
     h = what.add_parser("heartbeat", help="the feed's heartbeat (subscribers go stale without it)")
     h.add_argument("--every", type=float, default=0.0, metavar="SECONDS")
     h.add_argument("--count", type=int, default=1)
@@ -54,8 +62,20 @@ def run(args) -> int:
 
     if args.what == "map":
         data = check_map(args.name, args.file, args.config)
-        seq = pub.send_sync("map", args.name, data)
-        print(f"published map {args.name} ({len(data)} bytes, stream sequence {seq})")
+        kind, size, seq = asyncio.run(pub.send_map(args.name, data, max_changes=args.delta_max))
+        what = "map" if kind == "map" else "map delta"
+        print(f"published {what} {args.name} ({size} bytes, stream sequence {seq})")
+        return 0
+    if args.what == "resolvers":
+        from pop53.scoring.known import read_known
+        if not NAME_RE.match(args.name):
+            raise ConfigError(f"invalid name {args.name!r}")
+        known = read_known(args.file)
+        with open(args.file, "rb") as f:
+            data = f.read()
+        seq = pub.send_sync("resolvers", args.name, data)
+        print(f"published known resolvers {args.name} ({len(known.v4)} IPv4 /24s, "
+              f"{len(known.v6)} IPv6 /56s; stream sequence {seq})")
         return 0
     asyncio.run(beats())
     print(f"published {args.count} heartbeat(s)")

@@ -5,7 +5,9 @@
 
 The signature is checked before the header is parsed, so untrusted JSON is never read.  The
 header has exactly these fields: stream, kind, name, version, issued, sender.  A message is
-about one subject: a map (`kind` "map", payload = the map file's text), a target's liveness
+about one subject: a map (`kind` "map", payload = the map file's text; or "mapdelta", a small
+change against a snapshot: pop53.feed.delta), the known-resolver table (`kind` "resolvers",
+payload = a `[scoring] known_resolvers` file's text), a target's liveness
 (`kind` "target", payload = {"state": "up"|"down"}) or the publisher's heartbeat (`kind`
 "heartbeat", empty payload).  `version` must rise per subject: receivers drop replays and
 messages that go back.
@@ -31,7 +33,7 @@ MAGIC = b"P53F"
 FORMAT = 1
 SIG = 64
 MAX_MESSAGE = 64 << 20          # a full 1M-prefix map is ~20 MB of text
-KINDS = ("map", "target", "heartbeat")
+KINDS = ("map", "mapdelta", "target", "resolvers", "heartbeat")
 HEADER_FIELDS = {"stream": str, "kind": str, "name": str, "version": int, "issued": float,
                  "sender": str}
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

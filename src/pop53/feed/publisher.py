@@ -10,8 +10,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from pop53.feed import delta as fdelta
 from pop53.feed import message as fm
-from pop53.feed.transport import publish
+from pop53.feed.transport import fetch_last, publish
 
 
 @dataclass
@@ -40,6 +41,36 @@ class Publisher:
 
     def send_sync(self, kind: str, name: str, payload: bytes = b"") -> int:
         return asyncio.run(self.send(kind, name, payload))
+
+    async def base(self, name: str) -> tuple[int, bytes] | None:
+        """The map's current snapshot in the stream (version, payload), if this key signed it
+        (a delta is only computed against a snapshot we can verify)."""
+        wire = await fetch_last(self.servers, fm.subject(self.prefix, "map", name),
+                                stream=self.nats_stream)
+        if wire is None:
+            return None
+        pub = self.key.public_key()
+        try:
+            msg = fm.decode(wire, fm.KeyRing({fm.key_id(pub): pub}))
+        except fm.Refused:
+            return None
+        if msg.stream != self.stream or msg.kind != "map" or msg.name != name:
+            return None
+        try:
+            return msg.version, fdelta.inflate(msg.payload)
+        except fdelta.DeltaError:
+            return None
+
+    async def send_map(self, name: str, data: bytes, *, max_changes: int = 1000
+                       ) -> tuple[str, int, int]:
+        """A delta against the current snapshot when at most `max_changes` prefixes change,
+        else the full map.  Returns (kind sent, payload bytes, stream sequence)."""
+        base = await self.base(name) if max_changes > 0 else None
+        payload = fdelta.make(base[0], base[1], data, max_changes) if base else None
+        if payload is None:
+            wire = fdelta.deflate(data)
+            return "map", len(wire), await self.send("map", name, wire)
+        return "mapdelta", len(payload), await self.send("mapdelta", name, payload)
 
 
 def target_payload(up: bool) -> bytes:

@@ -10,6 +10,7 @@ saved, so a restart maps the last good data even with NATS down.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pop53.errors import Pop53Error
+from pop53.feed import delta as fdelta
 from pop53.feed.message import KeyRing, Message, Refused, decode, subject
 from pop53.xfr.metrics import metric   # the process-wide default registry /metrics serves
 
@@ -52,6 +54,7 @@ class Receiver:
         self.applied = collections.Counter()              # kind -> messages applied
         self.refused = collections.Counter()              # reason -> messages dropped
         self.heartbeat: float | None = None               # receipt time of the last heartbeat
+        self.bases: dict[str, tuple[int, bytes]] = {}     # map -> last snapshot (deltas' base)
         self.delayed: list[tuple[float, Message, Any, bytes]] = []
         self._lock = threading.Lock()
         self._dir = Path(settings.state) / "feed" if settings.state else None
@@ -75,6 +78,8 @@ class Receiver:
                 self.refused["replay"] += 1
                 return None
             self.last[msg.subject_key] = msg.version
+            if msg.kind == "map":
+                self.bases[msg.name] = (msg.version, msg.payload)
             if self.settings.delay > 0 and msg.kind != "heartbeat":
                 self.delayed.append((now + self.settings.delay, msg, prepared, wire))
             else:
@@ -91,6 +96,10 @@ class Receiver:
             raise Refused("subject", f"{msg.kind} {msg.name!r} from {msg.sender} (key "
                                      f"{msg.key_id}) arrived on {subj}, expected {want}")
         last = self.last.get(msg.subject_key, 0)
+        if msg.kind in ("map", "mapdelta"):
+            # a map's content version is its snapshot's or its delta's, whichever is newer
+            last = max(last, self.last.get(("map", msg.name), 0),
+                       self.last.get(("mapdelta", msg.name), 0))
         if msg.version <= last:
             raise Refused("replay", f"{msg.kind} {msg.name!r} version {msg.version} from "
                                     f"{msg.sender} (key {msg.key_id}); version {last} is applied")
@@ -98,18 +107,34 @@ class Receiver:
             if msg.payload:
                 raise Refused("content", f"heartbeat from {msg.sender} carries a payload")
             return msg, None
+        kind, payload = msg.kind, msg.payload
         try:
-            prepared = self.sink.validate(msg.kind, msg.name, msg.payload,
+            if kind == "map":           # (a large snapshot is compressed; the text is kept)
+                msg = dataclasses.replace(msg, payload=fdelta.inflate(payload))
+                payload = msg.payload
+            elif kind == "mapdelta":
+                kind, payload = "map", self._undelta(msg)
+            prepared = self.sink.validate(kind, msg.name, payload,
                                           f"<feed {msg.kind} {msg.name} v{msg.version}>")
+        except fdelta.DeltaError as exc:
+            raise Refused(exc.reason, f"{msg.kind} {msg.name!r} version {msg.version} from "
+                                      f"{msg.sender} (key {msg.key_id}): {exc}") from None
         except Pop53Error as exc:
             raise Refused("content", f"from {msg.sender} (key {msg.key_id}): {exc}") from None
         return msg, prepared
+
+    def _undelta(self, msg: Message) -> bytes:
+        """The full map a delta makes, on top of exactly the snapshot it names."""
+        base = self.bases.get(msg.name)
+        if base is None:
+            raise fdelta.DeltaError("base", "no snapshot of this map yet (waiting for one)")
+        return fdelta.apply(base[0], base[1], msg.payload)
 
     def _apply(self, msg: Message, prepared: Any, wire: bytes | None, now: float) -> None:
         if msg.kind == "heartbeat":
             self.heartbeat = now
         else:
-            self.sink.apply(msg.kind, msg.name, prepared)
+            self.sink.apply("map" if msg.kind == "mapdelta" else msg.kind, msg.name, prepared)
             log.info("feed: applied %s %s version %d from %s (key %s)", msg.kind, msg.name,
                      msg.version, msg.sender, msg.key_id)
         self.applied[msg.kind] += 1
@@ -132,6 +157,8 @@ class Receiver:
         return self._dir / f"{msg.kind}.{msg.name or '-'}.msg"
 
     def _save(self, msg: Message, wire: bytes) -> None:
+        if msg.kind == "map":       # a new snapshot: the saved delta (on an older base) is moot
+            (self._dir / f"mapdelta.{msg.name}.msg").unlink(missing_ok=True)
         path = self._path(msg)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -158,8 +185,10 @@ class Receiver:
                 log.warning("feed: saved %s not restored: %s", path, exc)
                 continue
             self.last[msg.subject_key] = msg.version
+            if msg.kind == "map":
+                self.bases[msg.name] = (msg.version, msg.payload)
             if msg.kind != "heartbeat":
-                self.sink.apply(msg.kind, msg.name, prepared)
+                self.sink.apply("map" if msg.kind == "mapdelta" else msg.kind, msg.name, prepared)
                 n += 1
         return n
 

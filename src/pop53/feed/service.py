@@ -1,5 +1,6 @@
-"""The feed inside `pop53 serve`: `[feed]` parsed, the mapping state as the sink (map messages
-checked exactly like map files, target messages set liveness), the last applied messages
+"""The feed inside `pop53 serve`: `[feed]` parsed, the server as the sink (map messages checked
+exactly like map files, target messages set liveness, resolvers messages checked like the
+`[scoring] known_resolvers` file and published with it), the last applied messages
 restored from the state directory before NATS is reached, and the subscriber started."""
 from __future__ import annotations
 
@@ -15,16 +16,28 @@ from pop53.feed.transport import Subscriber
 log = logging.getLogger("pop53.feed")
 
 
-class MappingSink:
-    """Feeds a server's pop53.mapping.service.MappingState."""
+class ServerSink:
+    """Feeds a server: maps and liveness into its pop53.mapping.service.MappingState, the
+    known-resolver table into its pop53.scoring.service.ScoringService."""
 
-    def __init__(self, state):
-        self.state = state
+    def __init__(self, server):
+        self.server = server
+        self.state = server.mapping
 
     def validate(self, kind: str, name: str, payload: bytes, source: str):
         from pop53.mapping.mapfile import compile_map_bytes
         from pop53.mapping.snapshot import SnapshotBuilder
 
+        if kind == "resolvers":
+            from pop53.scoring.known import parse_known
+            if self.server.scoring is None:
+                raise Pop53Error(f"{source}: this server has no [scoring]")
+            try:
+                return parse_known(payload.decode("utf-8"), source)
+            except UnicodeDecodeError as exc:
+                raise Pop53Error(f"{source}: not UTF-8 text: {exc.reason}") from None
+        if self.state is None:
+            raise Pop53Error(f"{source}: this server has no [[map]] / [[target]]")
         cfg = self.state.cfg
         if kind == "target":
             if name not in self.state.live:
@@ -38,7 +51,9 @@ class MappingSink:
         return table
 
     def apply(self, kind: str, name: str, prepared) -> None:
-        if kind == "target":
+        if kind == "resolvers":
+            self.server.scoring.install_feed(self.server, prepared)
+        elif kind == "target":
             self.state.set_target(name, prepared)
         else:
             self.state.install(name, prepared)
@@ -90,11 +105,12 @@ def attach(server) -> Subscriber | None:
     parsed = parse(cfg.doc, cfg.source, base, cfg.state)
     if parsed is None:
         return None
-    if server.mapping is None:
-        raise ConfigError("a [feed] carries maps and liveness: configure [[map]], [[target]] and "
-                          "[[mapped]] first", file=cfg.source, key="feed")
+    if server.mapping is None and server.scoring is None:
+        raise ConfigError("a [feed] carries maps, liveness and known resolvers: configure "
+                          "[[map]], [[target]] and [[mapped]], or [scoring], first",
+                          file=cfg.source, key="feed")
     servers, settings, keys, nats_stream = parsed
-    receiver = Receiver(settings, keys, MappingSink(server.mapping))
+    receiver = Receiver(settings, keys, ServerSink(server))
     n = receiver.restore()
     if n:
         log.info("feed: %d saved message(s) restored from %s", n, cfg.state)

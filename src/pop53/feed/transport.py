@@ -20,10 +20,12 @@ log = logging.getLogger("pop53.feed")
 STATUS_FILE = "feed-status.json"
 
 
-async def ensure_stream(js, name: str, prefix: str) -> None:
-    """The publisher's side: create the stream once (idempotent)."""
+async def ensure_stream(js, name: str, prefix: str, replicas: int = 1) -> None:
+    """The publisher's side: create the stream once (idempotent).  On a NATS cluster,
+    `replicas` = 3 keeps it available with one node down (JetStream's Raft quorum)."""
     cfg = StreamConfig(name=name, subjects=[f"{prefix}.>"], max_msgs_per_subject=1,
-                       storage=StorageType.FILE, max_msg_size=MAX_MESSAGE)
+                       storage=StorageType.FILE, max_msg_size=MAX_MESSAGE,
+                       num_replicas=replicas)
     try:
         await js.stream_info(name)
     except nats.js.errors.NotFoundError:
@@ -41,6 +43,21 @@ async def publish(servers: list[str], subj: str, wire: bytes, *, stream: str, pr
         await ensure_stream(js, stream, prefix)
         ack = await js.publish(subj, wire, stream=stream)
         return ack.seq
+    finally:
+        await nc.close()
+
+
+async def fetch_last(servers: list[str], subj: str, *, stream: str, timeout: float = 10.0
+                     ) -> bytes | None:
+    """The stream's last message on `subj` (the publisher's base for a map delta), or None."""
+    nc = await nats.connect(servers=servers, connect_timeout=timeout, max_reconnect_attempts=2,
+                            allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=timeout)
+        try:
+            return (await js.get_last_msg(stream, subj)).data
+        except nats.js.errors.NotFoundError:
+            return None
     finally:
         await nc.close()
 
@@ -87,9 +104,13 @@ class Subscriber:
         async def reconnected():
             self.connected = True
 
+        async def error(exc):
+            # one line, not the client's default traceback on stderr for every failed attempt
+            log.debug("feed: NATS: %s", exc or type(exc).__name__)
+
         nc = await nats.connect(servers=self.servers, connect_timeout=2, reconnect_time_wait=0.2,
                                 max_reconnect_attempts=-1, disconnected_cb=disconnected,
-                                reconnected_cb=reconnected)
+                                reconnected_cb=reconnected, error_cb=error)
         try:
             js = nc.jetstream()
             prefix = self.receiver.settings.prefix

@@ -56,6 +56,9 @@ class LabConfig:
     max_zone_age: float = 0.0        # > 0: agents flag the zone file as stale beyond this age
     never_suspend: tuple[int, ...] = ()
     input_delayed: tuple[int, ...] = ()
+    feed_nodes: int = 0              # > 0: a NATS cluster and machines on the feed (lab/feed.py)
+    feed_stale_after: float = 30.0   # also the agents' max_age for feed-status.json
+    feed_delay: float = 600.0        # [feed] delay of the input_delayed machines
     server: str | None = None        # "pop53" | "knot" | None (auto)
     keep_dir: bool = False
 
@@ -77,6 +80,7 @@ class Lab:
         self.clients: list[str] = []
         self.router_bird: birdmod.BirdProcess | None = None
         self.router_procs: dict[str, Proc] = {}
+        self.feed = None                 # pop53.lab.feed.NatsCluster with cfg.feed_nodes
         self.server = cfg.server or server_kind()
         self.zone = self.workdir / "pop53.lab.zone"
 
@@ -129,6 +133,10 @@ class Lab:
         self.router_bird.start()
         if cfg.agents and cfg.etcd:
             self._start_etcd()
+        if cfg.feed_nodes:
+            from pop53.lab.feed import NatsCluster
+            self.feed = NatsCluster(self, cfg.feed_nodes)
+            self.feed.build()
         for m in self.machines:
             self._start_machine(m)
 
@@ -177,6 +185,9 @@ class Lab:
         listens = [SERVICE4.split("/")[0], SERVICE6.split("/")[0], "127.0.0.1"]
         cmd = dns_server_command(self.server, zone=self.zone, listens=listens,
                                  identity=m.name, workdir=m.workdir)
+        if self.feed is not None:
+            from pop53.lab.feed import machine_command
+            cmd = machine_command(self, m)
         m.procs["dns"] = Proc("dns", cmd, log=m.workdir / "dns.log", netns=m.ns)
         m.bird = birdmod.BirdProcess(m.workdir / "bird", birdmod.render_node_config(
             node_config(self.cfg, m)), netns=m.ns, name="bird")
@@ -198,7 +209,11 @@ class Lab:
         state.mkdir(exist_ok=True)
         if cfg.max_zone_age > 0:
             (m.workdir / "zone-stamp").touch()
-        self.agent_config_path(m).write_text(agent_config(cfg, m, state))
+        text = agent_config(cfg, m, state)
+        if self.feed is not None:
+            from pop53.lab.feed import agent_staleness
+            text += "\n".join(agent_staleness(self, m)) + "\n"
+        self.agent_config_path(m).write_text(text)
         m.procs["agent"] = Proc("agent", [sys.executable, "-m", "pop53", "agent", "run",
                                           "--config", str(self.agent_config_path(m))],
                                 log=m.workdir / "agent.log", netns=m.ns)
@@ -309,6 +324,8 @@ class Lab:
                 m.bird.stop()
         for p in self.router_procs.values():
             p.stop()
+        if self.feed is not None:
+            self.feed.stop()
         if self.router_bird:
             self.router_bird.stop()
         self.net.delete_all()

@@ -22,6 +22,7 @@ class ScoringService:
         self.known = KnownPrefixes(frozenset(), frozenset())      # published: file + learned
         self.from_file = KnownPrefixes(frozenset(), frozenset())
         self.learned = KnownPrefixes(frozenset(), frozenset())
+        self.from_feed = KnownPrefixes(frozenset(), frozenset())   # the fleet's, by the feed
         self.last_error: str | None = None
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
@@ -39,7 +40,7 @@ class ScoringService:
         learned = self.learner.step(server.workers)
         if learned is not None and learned != self.learned:
             self.learned = learned
-            self.publish(server, self.from_file.union(learned))
+            self.publish(server, self.from_file.union(learned).union(self.from_feed))
             log.info("learned %d known resolver prefix(es)", len(learned))
 
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
@@ -85,11 +86,19 @@ class ScoringService:
             return False
         self.last_error = None
         self.from_file = known
-        known = known.union(self.learned)
+        known = known.union(self.learned).union(self.from_feed)
         if known != self.known:
             self.publish(server, known)
             log.info("known resolvers: %d IPv4 /24s, %d IPv6 /56s", len(known.v4), len(known.v6))
         return True
+
+    def install_feed(self, server, known: KnownPrefixes) -> None:
+        """The fleet's known-resolver table from the metadata feed (checked like the file),
+        published with the file's and the learned prefixes."""
+        self.from_feed = known
+        self.publish(server, self.from_file.union(self.learned).union(known))
+        log.info("known resolvers from the feed: %d IPv4 /24s, %d IPv6 /56s", len(known.v4),
+                 len(known.v6))
 
     @staticmethod
     def stats(workers) -> dict:
