@@ -54,8 +54,8 @@ class NatsCluster:
     def build(self) -> None:
         lab = self.lab
         for k in range(1, self.n + 1):
-            ns = lab._ns(f"{lab.router_ns[:-2]}-n{k}")
-            lab._attach(lab.router_ns, f"n{k}", ns, f"10.53.{150 + k}", f"fd53:2:{k}")
+            ns = lab.net.add(f"{lab.router_ns[:-2]}-n{k}")
+            lab.net.attach(lab.router_ns, f"n{k}", ns, f"10.53.{150 + k}", f"fd53:2:{k}")
             self.namespaces.append(ns)
         for k in range(1, self.n + 1):
             self.start(k)
