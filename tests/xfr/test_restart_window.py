@@ -41,7 +41,7 @@ def test_a_secondary_zone_answers_servfail_until_its_first_transfer(tmp_path, fa
         assert query(port, "example.org.", "SOA").rcode() == dns.rcode.SERVFAIL
         assert query(port, "ns.file.example.", "A").rcode() == dns.rcode.NOERROR
         assert query(port, "elsewhere.test.", "A").rcode() == dns.rcode.REFUSED
-        assert server.zone_waiting == ["example.org."] and not server._served("example.org.")
+        assert server.zone_waiting == ["example.org."] and not server.zones.served("example.org.")
 
         # the primary gets the zone: it transfers and serves, the stand-in is gone
         primary.versions[1] = dns.zone.from_text(zone_text(serial=1), "example.org.", relativize=False)
@@ -49,7 +49,7 @@ def test_a_secondary_zone_answers_servfail_until_its_first_transfer(tmp_path, fa
         service.refresh_now("example.org.")
         wait_for(lambda: query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR, 20,
                  what="the first transfer")
-        assert server.zone_waiting == [] and server._served("example.org.")
+        assert server.zone_waiting == [] and server.zones.served("example.org.")
     finally:
         service.stop()
         server.stop()

@@ -89,15 +89,12 @@ class ControlServer:
             s.on_stop()
             return {"ok": True, "stopping": True}
         # zones that did not load answer SERVFAIL: listed apart with their error, no serial
-        zones = {k: v for k, v in s.zone_serials.items() if s._served(k)}
+        state = s.zones.status()
         if cmd == "status":
-            return {"ok": True, "generation": s.shared.generation, "zones": zones,
-                    "failed": s.zone_failed, "waiting": s.zone_waiting,
-                    "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
-                    "reload_failures": s.reload_failures, "last_error": s.last_error}
+            return {"ok": True, **state, "workers": len(s.net.workers),
+                    "listen": [list(a) for a in s.net.addresses]}
         if cmd == "zones":
-            return {"ok": True, "zones": zones, "failed": s.zone_failed,
-                    "waiting": s.zone_waiting}
+            return {"ok": True, **{k: state[k] for k in ("zones", "failed", "waiting")}}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         if verb in ("target", "mapping"):
@@ -171,6 +168,7 @@ def zone_status(s, only: str | None) -> dict:
     """Per zone, as `knotc zone-status`: serial, state (ok, failed, waiting, expired), kind,
     and for a secondary its primaries and transfer freshness."""
     svc = getattr(getattr(s, "control_handler", None), "service", None)
+    zs = s.zones
     xfr = svc.status()["zones"] if svc is not None else {}
     out = {}
     members = svc.catalog.owned() if svc is not None else {}
@@ -181,14 +179,14 @@ def zone_status(s, only: str | None) -> dict:
         if only is not None and name != only:
             continue
         row = {"kind": "file" if file is not None else "secondary",
-               "serial": s.zone_serials.get(name) if s._served(name) else None,
+               "serial": zs.serials.get(name) if zs.served(name) else None,
                "state": "ok"}
         if catalog is not None:           # a member of this catalog zone (RFC 9432)
             info = svc.catalog.members[dns.name.from_text(catalog)][dns.name.from_text(name)]
             row.update(catalog=catalog, group=info["group"])
-        if name in s.zone_failed:
-            row.update(state="failed", error=s.zone_failed[name])
-        elif name in s.zone_waiting:
+        if name in zs.failed:
+            row.update(state="failed", error=zs.failed[name])
+        elif name in zs.waiting:
             row["state"] = "waiting"
         if name in xfr:
             x = xfr[name]

@@ -90,7 +90,8 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     holder: dict = {}
     server = Server(cfg)
     failed: dict[str, str] = {}
-    files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
+    zset = server.zones     # the server's zone state: loads, failures, waiting zones
+    files = zset.load_files(failed)   # a bad file zone answers SERVFAIL, the others serve
     catalogs = CatalogProducer()             # RFC 9432 catalogs of our file zones
     files.update({d.origin.to_text(): d for d in catalogs.build(cfg)})
 
@@ -103,13 +104,13 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         have = {d.origin.to_text() for d in zones}
         secondaries = [st.name for st in list(holder["service"].zones.values())
                        if st.conf.secondary]
-        server.zone_waiting = [n for n in secondaries if n not in have]
-        stand_ins = set(server.zone_waiting) | set(server.zone_failed)
+        zset.waiting = [n for n in secondaries if n not in have]
+        stand_ins = set(zset.waiting) | set(zset.failed)
         return compile_zone_data(with_stand_ins(zones, stand_ins),
                                  expired=sorted(set(expired) | stand_ins))
 
-    publisher = ImagePublisher(server.publish, static=list(files.values()),
-                                   compile_zone_data=compile_, check_image=server._check_size)
+    publisher = ImagePublisher(server.slot.publish, static=list(files.values()),
+                               compile_zone_data=compile_, check_image=zset.check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
     service = XfrService(xcfg, publisher)
     holder["service"] = service
@@ -117,16 +118,16 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
-    server._note_failed(failed)
+    zset.note_failed(failed)
     image = compile_(files.values())
-    server._check_size(image)
-    server.zone_data = dict(files)
-    server.zone_files = {n: d.files for n, d in files.items()}
-    server.publish(image)
+    zset.check_size(image)
+    zset.data = dict(files)
+    zset.files = {n: d.files for n, d in files.items()}
+    server.slot.publish(image)
 
     def reload_files(only: str | None = None) -> dict[str, str]:
         bad: dict[str, str] = {}
-        new = server.load_zone_files(bad, only)
+        new = zset.load_files(bad, only)
         old = {d.origin.to_text(): d for d in publisher.static}
         files = {z.name for z in server.config.zones if z.file is not None}
         for name, data in old.items():   # the zones not re-read keep their version
@@ -145,13 +146,13 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
-            failed = {**{n: e for n, e in server.zone_failed.items() if n in files}, **failed}
-        server._note_failed(failed)
+            failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
+        zset.note_failed(failed)
         # recompile the file zones together with the transferred ones (the next IXFR patch
         # starts from this image)
         publisher.recompile(static=list(new.values()))
-        server.zone_files.update({n: d.files for n, d in new.items()})
+        zset.files.update({n: d.files for n, d in new.items()})
         return bad
 
-    server.reload_hook = reload_files
+    zset.reload_hook = reload_files
     return server, service
