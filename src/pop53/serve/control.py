@@ -12,7 +12,9 @@ one JSON object.  Commands (knotc's names where knotc has one):
   target NAME up|down  a mapped answer target's liveness, published at once
   mapping              maps, targets and the mapping generation
 
-Root-owned by default (mode 0600), so only the operator can drive it.
+Root-owned by default (mode 0600), so only the operator can drive it.  Each connection is
+served on its own thread, so `status` answers (with the reload's progress) while a reload is
+compiling (issue 14 point 2); reloads themselves run one at a time (serve/reconfig.py).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import threading
 import dns.name
 
 log = logging.getLogger("pop53.control")
+MAX_CONNECTIONS = 16      # connections served at once; more wait in the listen queue
+RELOADS = ("reload", "zone-reload")
 COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
             "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "stop", "target",
             "mapping")
@@ -38,6 +42,7 @@ class ControlServer:
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def start(self) -> None:
         try:
@@ -62,13 +67,26 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
+            while not self._slots.acquire(timeout=0.2):
+                if self._stop.is_set():
+                    conn.close()
+                    return
+            threading.Thread(target=self._serve, args=(conn,), name="pop53-control-conn",
+                             daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
             with conn:
                 conn.settimeout(2)
                 try:
                     cmd = conn.recv(256).decode("ascii", "replace").strip()
-                    conn.sendall(json.dumps(self.handle(cmd)).encode() + b"\n")
+                    reply = self.handle(cmd)
+                    conn.settimeout(10)
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     pass
+        finally:
+            self._slots.release()
 
     def handle(self, cmd: str) -> dict:
         s = self.server
@@ -199,14 +217,25 @@ def zone_status(s, only: str | None) -> dict:
     return {"ok": True, "zones": out}
 
 
-def send(path: str, cmd: str, timeout: float = 60.0) -> dict:
+class NoReply(Exception):
+    """The server took the command but did not answer in time (it is alive: it accepted)."""
+
+
+def send(path: str, cmd: str, timeout: float | None = 60.0) -> dict:
+    """One command, its reply.  OSError: the socket cannot be reached; NoReply: it was reached
+    but the reply did not come within `timeout` seconds (None: wait as long as it takes, for a
+    reload)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+        s.settimeout(5.0)
         s.connect(path)
+        s.settimeout(timeout)
         s.sendall(cmd.encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise NoReply(f"no reply to {cmd.split()[0]!r} within {timeout:.0f} s") from None
             if not chunk:
                 break
             data += chunk
@@ -280,6 +309,11 @@ def format_reply(command: str, reply: dict) -> str:
                  f"reload failures: {reply['reload_failures']}"
                  + (f", last error: {reply['last_error']}" if reply.get("last_error") else ""),
                  *_zones(reply)]
+        p = reply.get("progress")
+        if p:
+            step = f" {p['done']}/{p['total']}" if "total" in p else ""
+            zone = f" ({p['zone']})" if p.get("zone") else ""
+            lines.insert(1, f"reloading for {p['seconds']:.1f} s: {p['phase']}{step}{zone}")
         return "\n".join(lines)
     if verb == "stats":
         return "\n".join(_rows(sorted(reply["stats"].items()))) or "no counters yet"

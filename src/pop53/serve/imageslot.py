@@ -48,8 +48,13 @@ class ImageSlot:
             self._retired.append((holder, {id(w): w.epoch for w in self.readers()}))
 
     def reclaim(self) -> int:
-        """Release retired holders no reader can still hold.  Returns how many are left."""
+        """Release retired holders no reader can still hold.  Returns how many are left.  Never
+        waits for a publisher (a reload holds the lock while it compiles): it tries again on the
+        next round."""
+        if not self.lock.acquire(blocking=False):
+            return len(self._retired)
         with self.lock:
+            self.lock.release()      # held once, by the `with`
             readers = self.readers()
             # two quiescent points past the publish: the worker has reloaded the pointer
             self._retired = [(h, epochs) for h, epochs in self._retired

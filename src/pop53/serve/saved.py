@@ -18,6 +18,7 @@ import os
 
 from pop53.errors import Pop53Error
 from pop53.zone.images import Image, load_image
+from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.server")
 
@@ -70,3 +71,28 @@ class SavedImage:
             os.replace(tmp, self.meta_path)
         except OSError as exc:
             log.warning("could not save the image to %s: %s", self.image_path, exc)
+
+
+def _for(config) -> SavedImage | None:
+    """The saved image in the state directory, for file zones only (transferred zones are
+    restored by pop53.xfr from their own snapshots and xfr/restart.py)."""
+    if not config.state or any(z.file is None for z in config.zones):
+        return None
+    return SavedImage(config.state, [(z.name, z.file) for z in config.zones])
+
+
+def load_saved_image(config) -> tuple[Image, dict[str, str], dict[str, dict]] | None:
+    """A restart serves at once: when no file the saved image was compiled from changed, map
+    that image instead of parsing again.  (image, failed zones, files of each zone)."""
+    saved = _for(config)
+    return saved.load() if saved is not None else None
+
+
+def save_image(config, image: Image, files: dict, failed: dict[str, str]) -> None:
+    """files: origin -> {path: sha256} of every zone in `image`; a zone that did not load is
+    recorded with its file as it is now (a fix invalidates the image)."""
+    saved = _for(config)
+    if saved is not None:
+        paths = {z.name: z.file for z in config.zones}
+        bad = {name: file_digests(paths[name], config.zone_dir) for name in failed}
+        saved.save(image, {**files, **bad}, failed)

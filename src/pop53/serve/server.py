@@ -182,6 +182,7 @@ class Server:
                 raise _start_error(exc, f"cannot create the control socket {cfg.control}") from None
 
     def stop(self) -> None:
+        self.zones.stop()
         self.net.stop(before_join=lambda: self.feed is not None and self.feed.stop())
         if self.control is not None:
             self.control.stop()

@@ -21,11 +21,12 @@ from pop53.config import Config
 from pop53.errors import Pop53Error, ZoneError
 from pop53.serve.imageslot import ImageSlot
 from pop53.serve.loads import check_loads
-from pop53.serve.saved import SavedImage
-from pop53.zone.compiler import (CompilerUnavailable, compile_files_isolated, compile_zone_data,
-                                 load_or_fail, with_stand_ins)
-from pop53.zone.images import Image, load_image
-from pop53.zone.zonefile import ZoneData, file_digests, load_zone_file
+from pop53.serve.childcompile import ChildCompile
+from pop53.serve.saved import load_saved_image, save_image
+from pop53.serve.zonepatch import try_patch
+from pop53.zone.compiler import CompilerUnavailable, compile_zone_data, load_or_fail, with_stand_ins
+from pop53.zone.images import Image
+from pop53.zone.zonefile import ZoneData, load_zone_file
 
 log = logging.getLogger("pop53.server")
 
@@ -51,6 +52,12 @@ class ZoneSet:
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
         # of the file zones goes through it; returns {origin: error}
         self.reload_hook: Callable[[str | None], dict] | None = None
+        # zone files parsed and zones patched into the served image, since start
+        self.counts = {"parsed": 0, "patched": 0}
+        self.full_size = 0         # bytes of the last full compile (patches add garbage)
+        # what a reload is doing, for `ctl status` while it runs (issue 14 point 2)
+        self.progress: dict | None = None
+        self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         slot.listeners.append(self._published)
 
     @property
@@ -66,7 +73,19 @@ class ZoneSet:
         return {"generation": self.slot.generation,
                 "zones": {k: v for k, v in self.serials.items() if self.served(k)},
                 "failed": dict(self.failed), "waiting": list(self.waiting),
-                "reload_failures": self.reload_failures, "last_error": self.last_error}
+                "reload_failures": self.reload_failures, "last_error": self.last_error,
+                "loads": dict(self.counts), "progress": self._progress()}
+
+    def _progress(self) -> dict | None:
+        p = self.progress
+        if p is None:
+            return None
+        return {**{k: v for k, v in p.items() if k != "since"},
+                "seconds": round(time.monotonic() - p["since"], 3)}
+
+    def stop(self) -> None:
+        """At process stop: a compile in flight is cancelled at once."""
+        self.child.stop()
 
     def record_failure(self, error: str) -> None:
         self.reload_failures += 1
@@ -88,11 +107,20 @@ class ZoneSet:
         zone raises; with it, a bad zone is left out, its error recorded there, and the others
         load."""
         zone_dir = self.config.zone_dir
-        if failed is None:
-            datas = [load_zone_file(f, n, zone_dir) for f, n in self._file_specs(only)]
-        else:
-            datas, bad = load_or_fail(self._file_specs(only), zone_dir)
-            failed.update(bad)
+        specs = self._file_specs(only)
+        datas = []
+        for i, spec in enumerate(specs):
+            if self.progress is not None:
+                self.progress.update(phase="parsing", zone=spec[1], done=i, total=len(specs))
+            if self.child.stopping:
+                raise Pop53Error("stopping")
+            if failed is None:
+                datas.append(load_zone_file(spec[0], spec[1], zone_dir))
+            else:
+                loaded, bad = load_or_fail([spec], zone_dir)
+                datas += loaded
+                failed.update(bad)
+        self.counts["parsed"] += len(specs)
         out = {}
         for d in datas:
             out[d.origin.to_text()] = d
@@ -101,13 +129,13 @@ class ZoneSet:
         if failed is not None:
             # one line per zone; a changed zone whose serial did not increase is refused when
             # server.serial_check says so (it then keeps its previous version, like a bad file)
-            refused = self._check_loads({n: d.summary() for n, d in out.items()})
+            refused = self.check_loads({n: d.summary() for n, d in out.items()})
             for name, err in refused.items():
                 del out[name]
                 failed[name] = err
         return out
 
-    def _check_loads(self, loaded: dict[str, dict]) -> dict[str, str]:
+    def check_loads(self, loaded: dict[str, dict]) -> dict[str, str]:
         served = {n: s for n, s in self.serials.items() if self.served(n)}
         return check_loads(loaded, served, self.files, self.config.serial_check)
 
@@ -124,42 +152,19 @@ class ZoneSet:
             raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
                             f"({limit})")
 
-    # -- the saved image -----------------------------------------------------------------------
-    def _saved(self) -> SavedImage | None:
-        """The saved image in the state directory, for file zones only (transferred zones are
-        restored by pop53.xfr from their own snapshots)."""
-        cfg = self.config
-        if not cfg.state or any(z.file is None for z in cfg.zones):
-            return None
-        return SavedImage(cfg.state, [(z.name, z.file) for z in cfg.zones])
-
-    def _load_cached(self) -> Image | None:
-        """A restart serves at once: when no file the saved image was compiled from changed,
-        map that image instead of parsing again."""
-        saved = self._saved()
-        loaded = saved.load() if saved is not None else None
-        if loaded is None:
-            return None
-        self.note_failed(loaded[1])
-        self.files = loaded[2]
-        return loaded[0]
-
-    def _save_cached(self, image: Image, files: dict[str, dict]) -> None:
+    # -- the saved image (serve/saved.py) -----------------------------------------------------
+    def save_cached(self, image: Image, files: dict[str, dict]) -> None:
         """files: origin -> {path: sha256} of the zones in `image`."""
         self.files = {**self.files, **files}
-        saved = self._saved()
-        if saved is not None:
-            # a zone that did not load: its file as it is now (a fix invalidates the image)
-            paths = {z.name: z.file for z in self.config.zones}
-            failed = {name: file_digests(paths[name], self.config.zone_dir)
-                      for name in self.failed}
-            saved.save(image, {**self.files, **failed}, self.failed)
+        save_image(self.config, image, self.files, self.failed)
 
     # -- compiling and publishing --------------------------------------------------------------
     def set_zones(self, zones: dict[str, ZoneData], failed: dict[str, str] | None = None) -> Image:
         """Compile the given zones (replacing all) and publish; `failed` zones (origin -> error)
         answer SERVFAIL.  Raises on a bad zone, and then nothing changes."""
         failed = failed or {}
+        if self.progress is not None:
+            self.progress.update(phase="compiling", zone=None)
         image = compile_zone_data(with_stand_ins(list(zones.values()), failed),
                                   expired=sorted(failed))
         self.check_size(image)
@@ -171,10 +176,11 @@ class ZoneSet:
             self.data = dict(zones)
             self.note_failed(failed)
             self.slot.publish(image)
+            self.full_size = len(image)
             now = time.time()
             for name in zones:
                 self.fresh[name] = now
-        self._save_cached(image, {n: d.files for n, d in zones.items()})
+        self.save_cached(image, {n: d.files for n, d in zones.items()})
         return image
 
     def update_zone(self, data: ZoneData) -> Image:
@@ -196,21 +202,19 @@ class ZoneSet:
             return False
 
     def compile_files(self) -> tuple[Image, dict[str, str], dict]:
-        """Compile every file zone in a child process (see compiler.compile_files_isolated) into
-        a new image file, map it and check its size: (the image, {origin: error} of the zones
-        that did not load, SERVFAIL stand-ins in it, {path: sha256} of the files read).
-        Nothing is published."""
-        d = self.config.state or tempfile.gettempdir()
-        os.makedirs(d, exist_ok=True)
-        fd, path = tempfile.mkstemp(prefix=".pop53-compile-", suffix=".img", dir=d)
-        os.close(fd)
+        """Compile every file zone in a child process (serve/childcompile.py) into a new image,
+        map it and check its size: (the image, {origin: error} of the zones that did not load,
+        SERVFAIL stand-ins in it, {path: sha256} of the files read).  Nothing is published."""
+        specs = self._file_specs()
+        if self.progress is not None:
+            self.progress.update(phase="compiling in a child process", done=0, total=len(specs))
         try:
-            result = compile_files_isolated(self._file_specs(), path, skip_bad=True,
-                                            include_dir=self.config.zone_dir)
+            image, result = self.child.compile(specs, self.config.state or tempfile.gettempdir(),
+                                               self.config.zone_dir)
+            self.counts["parsed"] += len(specs)
             failed = result["failed"]
             files = {n: z["files"] for n, z in result["loaded"].items()}
-            image = load_image(path)
-            refused = self._check_loads(result["loaded"])
+            refused = self.check_loads(result["loaded"])
             if refused:       # the image holds the refused version: keep the old one whole
                 raise Pop53Error(next(iter(refused.values())))
         except CompilerUnavailable as exc:
@@ -220,8 +224,6 @@ class ZoneSet:
             image = compile_zone_data(with_stand_ins(list(loaded.values()), failed),
                                       expired=sorted(failed))
             files = {n: d.files for n, d in loaded.items()}
-        finally:
-            os.unlink(path)        # the mapping keeps the data; no file is left behind
         self.check_size(image)
         return image, failed, files
 
@@ -235,19 +237,23 @@ class ZoneSet:
             self.data = {}
             self.note_failed(failed)
             self.slot.publish(image)
+            self.full_size = len(image)
             now = time.time()
             for name in self.serials:
                 self.fresh[name] = now
-        self._save_cached(image, files)
+        self.save_cached(image, files)
 
     def load_first(self) -> None:
         """At start, before the sockets: the saved image when nothing changed, else a compile.
         A zone that does not load answers SERVFAIL; the others serve."""
         cached = None
-        if self.reload_hook is None and all(z.file for z in self.config.zones):
-            cached = self._load_cached()
+        if self.reload_hook is None:
+            cached = load_saved_image(self.config)
         if cached is not None:
-            self.slot.publish(cached)
+            self.note_failed(cached[1])
+            self.files = cached[2]
+            self.slot.publish(cached[0])
+            self.full_size = len(cached[0])
         elif self.isolate_compile():
             self.publish_files_image(*self.compile_files())
         else:
@@ -262,6 +268,18 @@ class ZoneSet:
         not held in memory (child compile, saved image) the whole reload is rejected and
         everything keeps serving.  Raises Pop53Error for a rejected reload; returns whether
         every zone loaded."""
+        self.progress = {"phase": "checking", "since": time.monotonic()}
+        try:
+            return self._reload(only)
+        finally:
+            self.progress = None
+
+    def _reload(self, only: str | None) -> bool:
+        failed = try_patch(self, only)    # only the changed zones, patched in
+        if failed is not None:
+            self.last_error = "; ".join(failed.values()) or None
+            self.reload_failures += bool(failed)
+            return not failed
         if only is not None and self.reload_hook is None and not self.data:
             only = None     # the other zones' parsed versions are not held here: read them all
         if self.reload_hook is not None:

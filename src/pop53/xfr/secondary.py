@@ -14,6 +14,7 @@ from pop53.xfr.catalog import CatalogProducer
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.protocol import answer_signed
 from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.restart import TransferImage
 from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
@@ -87,7 +88,9 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     if not needs_engine(cfg):
         return Server(cfg), None
     xcfg = parse_xfr_config(cfg.doc, cfg.source)
-    holder: dict = {}
+    # the engine (for compile_), whether publishes are held while the saved image serves, the
+    # zones waiting for data in the image compiled last
+    holder: dict = {"hold": False, "waiting": []}
     server = Server(cfg)
     failed: dict[str, str] = {}
     zset = server.zones     # the server's zone state: loads, failures, waiting zones
@@ -104,12 +107,25 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         have = {d.origin.to_text() for d in zones}
         secondaries = [st.name for st in list(holder["service"].zones.values())
                        if st.conf.secondary]
-        zset.waiting = [n for n in secondaries if n not in have]
-        stand_ins = set(zset.waiting) | set(zset.failed)
+        waiting = holder["waiting"] = [n for n in secondaries if n not in have]
+        if not holder["hold"]:
+            zset.waiting = waiting
+        stand_ins = set(waiting) | set(zset.failed)
         return compile_zone_data(with_stand_ins(zones, stand_ins),
                                  expired=sorted(set(expired) | stand_ins))
 
-    publisher = ImagePublisher(server.slot.publish, static=list(files.values()),
+    saved = TransferImage(cfg.state, cfg) if cfg.state else None
+
+    def publish(image):
+        if holder["hold"]:        # the saved image serves until the restore is complete
+            holder["held"] = image
+            return
+        zset.waiting = holder["waiting"]
+        server.slot.publish(image)
+        if saved is not None:
+            saved.saved(image, saved.meta(zset, server.config))
+
+    publisher = ImagePublisher(publish, static=list(files.values()),
                                compile_zone_data=compile_, check_image=zset.check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
     service = XfrService(xcfg, publisher)
@@ -119,11 +135,35 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         service.set_local_zone(name, data.zone)
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
     zset.note_failed(failed)
-    image = compile_(files.values())
-    zset.check_size(image)
     zset.data = dict(files)
     zset.files = {n: d.files for n, d in files.items()}
+    restored = saved.load(cfg) if saved is not None else None
+    if restored is not None and saved.usable(restored[1], zset):
+        # the transferred zones answer at once from the image served before the restart
+        # (mapped); the engine's restore of their snapshots replaces it (issue 14 point 5)
+        image = restored[0]
+        zset.waiting = holder["waiting"] = list(restored[1].get("waiting", []))
+        holder["hold"] = True
+        restore_publish = service.keeper.initial_publish
+
+        def initial_publish():
+            # the engine's restore publishes zone by zone (a catalog's members after it): the
+            # saved image keeps serving until the last of them, which is then published
+            try:
+                restore_publish()
+            finally:
+                holder["hold"] = False
+                if "held" in holder:
+                    publish(holder.pop("held"))
+
+        service.keeper.initial_publish = initial_publish
+        log.info("serving the saved transfer image %s (%d zone(s)) while the saved zones "
+                 "are restored", saved.path, image.n_zones)
+    else:
+        image = compile_(files.values())
+    zset.check_size(image)
     server.slot.publish(image)
+    zset.full_size = len(image)
 
     def reload_files(only: str | None = None) -> dict[str, str]:
         bad: dict[str, str] = {}
