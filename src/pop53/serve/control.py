@@ -24,8 +24,6 @@ import os
 import socket
 import threading
 
-import dns.name
-
 log = logging.getLogger("pop53.control")
 MAX_CONNECTIONS = 16      # connections served at once; more wait in the listen queue
 RELOADS = ("reload", "zone-reload")
@@ -172,6 +170,8 @@ def _zone_name(text: str) -> str:
 
 def notify_now(svc, name: str) -> None:
     """`zone-notify ZONE`: NOTIFY the zone's secondaries now (RFC 1996), as after a change."""
+    import dns.name     # here, not at the top: `pop53 ctl` imports this module and starts faster
+
     st = svc.zones.get(dns.name.from_text(name))
     if st is None:
         raise KeyError(f"zone {_zone_name(name)} is not configured")
@@ -185,6 +185,8 @@ def notify_now(svc, name: str) -> None:
 def zone_status(s, only: str | None) -> dict:
     """Per zone, as `knotc zone-status`: serial, state (ok, failed, waiting, expired), kind,
     and for a secondary its primaries and transfer freshness."""
+    import dns.name
+
     svc = getattr(getattr(s, "control_handler", None), "service", None)
     zs = s.zones
     xfr = svc.status()["zones"] if svc is not None else {}

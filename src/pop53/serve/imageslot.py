@@ -22,15 +22,18 @@ class ImageSlot:
         self.readers = readers
         self.current: Image | None = None
         self.lock = threading.RLock()      # one publisher at a time (zones, maps, scorer)
-        self.listeners: list[Callable[[Image], None]] = []   # called after each publish
+        # called after each publish with the image and, when the publisher knows them (a
+        # patch), the serials of the zones it changed: {origin: serial}
+        self.listeners: list[Callable[[Image, dict | None], None]] = []
         self._retired: list[tuple[object, dict]] = []
 
     @property
     def generation(self) -> int:
         return self.shared.generation
 
-    def publish(self, image: Image) -> int:
-        """Make `image` the one every worker answers from.  One atomic store."""
+    def publish(self, image: Image, changed: dict | None = None) -> int:
+        """Make `image` the one every worker answers from.  One atomic store.  `changed`:
+        {origin: serial} of the only zones that differ from the previous image, if known."""
         with self.lock:
             old = self.current
             gen = self.shared.publish(image.view)
@@ -38,7 +41,7 @@ class ImageSlot:
             if old is not None:
                 self.retire(old)
             for fn in self.listeners:
-                fn(image)
+                fn(image, changed)
             return gen
 
     def retire(self, holder) -> None:

@@ -60,7 +60,7 @@ class Server:
         self.feed = None             # pop53.feed.transport.Subscriber ([feed])
         self.started = False
 
-    def _seed_maps(self, image: Image) -> None:
+    def _seed_maps(self, image: Image, _changed=None) -> None:
         if self.mapping is not None and self.mapping.seed != image.view.seed:
             self.mapping.publish(image.view.seed)    # names hashed with the image's seed
 

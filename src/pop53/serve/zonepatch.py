@@ -116,7 +116,7 @@ def try_patch(zs, only: str | None) -> dict | None:
     good = {n: d for n, d in loaded.items() if n not in bad}
     with zs.slot.lock:
         if good:
-            zs.slot.publish(new)
+            zs.slot.publish(new, {n: d.serial for n, d in good.items()})
             zs.counts["patched"] += len(good)
         now = time.time()
         for name, d in good.items():
