@@ -179,10 +179,13 @@ class Pop53Socket(Pop53):
     def stop(self) -> None:
         pass
 
+    verb = "zone-reload"
+
     def reload(self, zone: str) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(str(self.work / "pop53.sock"))
-            s.sendall(f"zone-reload {zone}\n".encode())
+            s.sendall((f"{self.verb} {zone}" if self.verb == "zone-reload" else self.verb).encode()
+                      + b"\n")
             reply = b""
             while not reply.endswith(b"\n"):
                 chunk = s.recv(65536)
@@ -193,12 +196,47 @@ class Pop53Socket(Pop53):
             raise RuntimeError(reply)
 
 
+class Pop53Baseline(Pop53):
+    """Another pop53 tree (e.g. /work/main/src, before this change), `zone-reload` on its
+    control socket."""
+    key = "pop53-baseline"
+
+    def __init__(self, work: Path, zones: list[str], src: str):
+        super().__init__(work, zones)
+        self.src = src
+
+    def env(self):
+        return dict(os.environ, PYTHONPATH=self.src)
+
+    reload = Pop53Socket.reload
+    verb = "zone-reload"
+
+
+class Pop53SocketAll(Pop53Socket):
+    """`reload` on the control socket: the config file read again and every zone's files
+    hashed to find the one that changed."""
+    key = "pop53-socket-all"
+    verb = "reload"
+
+
+def interpreter_start(n: int = 5) -> float:
+    """Median wall time of `python3 -c pass` now: what any Python CLI pays before its code."""
+    out = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        out.append(time.monotonic() - t0)
+    return statistics.median(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--zones", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--seed", type=int, default=53)
     p.add_argument("--work", default=str(REPO / "bench" / "results" / "raw" / "zone_reload"))
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also a pop53 run from this source tree (PYTHONPATH), e.g. the main branch")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "zone_reload"))
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
@@ -206,7 +244,10 @@ def main(argv=None) -> int:
     work = Path(args.work)
     load_before = os.getloadavg()
     pop = Pop53(work / "pop53", zones)
-    servers = [pop, Pop53Socket(pop), Knot(work / "knot", zones), NSD(work / "nsd", zones)]
+    servers = [pop, Pop53Socket(pop), Pop53SocketAll(pop), Knot(work / "knot", zones),
+               NSD(work / "nsd", zones)]
+    if args.baseline:
+        servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline))
     started = []
     times: dict[str, list[float]] = {s.key: [] for s in servers}
     serial = 1
@@ -233,17 +274,21 @@ def main(argv=None) -> int:
         for s in started:
             s.stop()
     load_after = os.getloadavg()
+    python = interpreter_start()
     versions = {"knot": subprocess.run(["knotd", "-V"], capture_output=True, text=True).stdout.splitlines()[0],
                 "nsd": subprocess.run(["nsd", "-v"], capture_output=True, text=True).stderr.splitlines()[0]}
     result = {"zones": args.zones, "rounds": args.rounds, "times": times,
               "load_before": load_before, "load_after": load_after, "versions": versions,
+              "python_start": python,
               "command": "python3 -m bench.zone_reload " + " ".join(argv or sys.argv[1:])}
     write(result, Path(args.out))
     return 0
 
 
 LABELS = {"pop53": "pop53 (`pop53 ctl zone-reload`)",
-          "pop53-socket": "pop53 (control socket, no CLI start-up)",
+          "pop53-socket": "pop53 (`zone-reload` on the control socket, no CLI start-up)",
+          "pop53-socket-all": "pop53 (`reload` on the control socket: config + every zone hashed)",
+          "pop53-baseline": "pop53 before (`zone-reload` on the control socket, --baseline tree)",
           "knot": "Knot (`knotc zone-reload`)", "nsd": "NSD (`nsd-control reload`)"}
 
 
@@ -266,7 +311,9 @@ def write(result: dict, out: Path) -> None:
     for k in t:
         lines.append(f"| {LABELS[k]} | {med[k]:.4f} | {min(t[k]):.4f} | {max(t[k]):.4f} | "
                      f"{med[k] / med['knot']:.2f}x |")
-    lines += ["", "Per round (s): " + "; ".join(
+    lines += ["", f"`{sys.executable} -c pass` alone took {result['python_start']:.3f} s (median of 5, "
+              "same load): most of the CLI row is the interpreter's start-up, which knotc and "
+              "nsd-control (C) do not pay.", "", "Per round (s): " + "; ".join(
         f"{k}: " + ", ".join(f"{x:.4f}" for x in v) for k, v in t.items()), ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     try:
@@ -278,7 +325,9 @@ def write(result: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     keys = list(t)
     ax.boxplot([[x * 1000 for x in t[k]] for k in keys], orientation="horizontal")
-    ax.set_yticks(range(1, len(keys) + 1), [LABELS[k].split(" (")[0] + ("\n(socket)" if k == "pop53-socket" else "") for k in keys])
+    short = {"pop53": "pop53 ctl", "pop53-socket": "pop53 socket\nzone-reload",
+             "pop53-socket-all": "pop53 socket\nreload (all)", "pop53-baseline": "pop53 before\nzone-reload", "knot": "knotc", "nsd": "nsd-control"}
+    ax.set_yticks(range(1, len(keys) + 1), [short[k] for k in keys])
     ax.set_xscale("log")
     ax.set_xlabel("reload command -> new serial answered (ms, log scale)")
     ax.set_title(f"One changed zone among {result['zones']} (load {lb[0]:.1f}-{la[0]:.1f})")
