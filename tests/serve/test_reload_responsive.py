@@ -88,3 +88,27 @@ def test_ctl_answers_during_a_long_compile_and_sigterm_stops_it(serve, tmp_path)
     assert wait_for(lambda: not [p for p in os.listdir(state) if p.startswith(".pop53-compile-")],
                     5), os.listdir(state)
     assert "stopped after" in sp.log_text()
+
+
+def test_a_slow_reply_is_not_reported_as_an_unreachable_socket(tmp_path):
+    """A server that accepted the command but has not answered yet is up: ctl says so."""
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "slow.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    try:
+        env = dict(os.environ)
+        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", str(path), "--timeout",
+                            "1", "status"], capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 1
+        assert "no reply to 'status' within 1 s" in r.stderr and "the server is up" in r.stderr
+        assert "cannot reach" not in r.stderr
+        r = subprocess.run([sys.executable, "-m", "pop53", "ctl", "-s", str(tmp_path / "none"),
+                            "status"], capture_output=True, text=True, timeout=30, env=env)
+        assert r.returncode == 1 and "cannot reach the control socket" in r.stderr
+    finally:
+        srv.close()
