@@ -3,16 +3,14 @@ from the image it served before (mapped from the state directory), not after re-
 snapshots, and never REFUSED; here with the primary down."""
 from __future__ import annotations
 
-import errno
 import json
 
 import dns.rcode
 import dns.zone
 
 from pop53 import config as cfgmod
-from pop53.xfr import secondary
 
-from xfr_support import query, wait_for, zone_text
+from xfr_support import query, start_secondary as start, wait_for, zone_text
 
 FILE_ZONE = "$ORIGIN file.example.\n$TTL 300\n@ SOA ns h 1 3600 600 86400 60\n@ NS ns\nns A 192.0.2.5\n"
 
@@ -28,25 +26,10 @@ def saved_with_data(state) -> None:
     wait_for(ready, 10, what="the saved image and snapshot")
 
 
-def start(cfg, with_engine=True):
-    for attempt in range(5):
-        server, service = secondary.build(cfg)
-        try:
-            server.start()
-            break
-        except OSError as exc:
-            server.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
-    if with_engine:
-        service.start()
-    return server, service
-
-
-def test_a_restarted_secondary_answers_from_its_saved_image_with_the_primary_down(
-        tmp_path, fake_primary):
-    primary = fake_primary()
-    primary.set(dns.zone.from_text(zone_text(serial=7), "example.org.", relativize=False))
+def first_run(tmp_path, primary, serial: int):
+    """A secondary of example.org. (serial `serial` at `primary`) with a file zone and a state
+    directory: transfers, saves, stops.  Returns its config and the answer for www."""
+    primary.set(dns.zone.from_text(zone_text(serial=serial), "example.org.", relativize=False))
     (tmp_path / "file.zone").write_text(FILE_ZONE)
     cfg = cfgmod.from_dict({
         "server": {"listen": ["127.0.0.1:0"], "workers": 1, "state": str(tmp_path / "state")},
@@ -64,6 +47,12 @@ def test_a_restarted_secondary_answers_from_its_saved_image_with_the_primary_dow
         service.stop()
         server.stop()
     primary.stop()            # the primary is down for the restart
+    return cfg, before
+
+
+def test_a_restarted_secondary_answers_from_its_saved_image_with_the_primary_down(
+        tmp_path, fake_primary):
+    cfg, before = first_run(tmp_path, fake_primary(), 7)
 
     # restarted: before the engine restores anything, the zone answers from the saved image
     server, service = start(cfg, with_engine=False)
@@ -86,24 +75,7 @@ def test_a_restarted_secondary_answers_from_its_saved_image_with_the_primary_dow
 
 
 def test_a_changed_file_zone_makes_the_saved_image_unusable(tmp_path, fake_primary):
-    primary = fake_primary()
-    primary.set(dns.zone.from_text(zone_text(serial=3), "example.org.", relativize=False))
-    (tmp_path / "file.zone").write_text(FILE_ZONE)
-    cfg = cfgmod.from_dict({
-        "server": {"listen": ["127.0.0.1:0"], "workers": 1, "state": str(tmp_path / "state")},
-        "xfr": {"min_refresh": 0.1, "timeout": 1.0},
-        "zone": [{"name": "example.org.", "primaries": [f"127.0.0.1:{primary.port}"]},
-                 {"name": "file.example.", "file": str(tmp_path / "file.zone")}]})
-    server, service = start(cfg)
-    try:
-        port = server.addresses[0][1]
-        wait_for(lambda: query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR, 20,
-                 what="the first transfer")
-        saved_with_data(tmp_path / "state")
-    finally:
-        service.stop()
-        server.stop()
-    primary.stop()
+    cfg, _ = first_run(tmp_path, fake_primary(), 3)
     (tmp_path / "file.zone").write_text(FILE_ZONE.replace("192.0.2.5", "192.0.2.6"))
     server, service = start(cfg, with_engine=False)
     try:
