@@ -311,6 +311,9 @@ def format_reply(command: str, reply: dict) -> str:
                  f"reload failures: {reply['reload_failures']}"
                  + (f", last error: {reply['last_error']}" if reply.get("last_error") else ""),
                  *_zones(reply)]
+        if reply.get("loads"):
+            lines.insert(2, f"zone files parsed since start: {reply['loads']['parsed']}, "
+                            f"zones patched in by a reload: {reply['loads']['patched']}")
         p = reply.get("progress")
         if p:
             step = f" {p['done']}/{p['total']}" if "total" in p else ""
