@@ -128,3 +128,22 @@ def test_a_zone_set_change_compiles_in_full(tmp_path, change):
     assert s.zones.counts["patched"] == 0
     assert ("z000.test." in s.zone_serials) is (change == "add")
     assert ("extra.test." in s.zone_serials) is (change == "add")
+
+
+def test_with_transfers_on_only_the_changed_zone_is_parsed_again(tmp_path):
+    """A server with transfers (the engine owns the image): a reload reads again only the file
+    zones whose files changed; the others keep their parsed version."""
+    from pop53.xfr import secondary
+
+    s = make_server(tmp_path)      # writes the files
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1, "zone_dir": str(tmp_path)},
+           "zone": [{"name": z.name, "file": z.file, "allow_transfer": ["127.0.0.1"]}
+                    for z in s.config.zones]}
+    server, service = secondary.build(cfgmod.from_dict(doc, file="<test>"))
+    assert service is not None and server.zones.counts["parsed"] == N
+    (tmp_path / "z005.zone").write_text(zone_text(5, 9))
+    assert server.reload() is True
+    assert server.zones.counts["parsed"] == N + 1
+    assert server.zone_serials["z005.test."] == 9 and server.zone_serials["z006.test."] == 1
+    assert answers(server.current_image, server.responder) == \
+        answers(full_compile(tmp_path, server.current_image.view.seed), server.responder)

@@ -19,6 +19,7 @@ from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
 from pop53.zone.compiler import compile_zone_data, with_stand_ins
+from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.secondary")
 
@@ -167,8 +168,15 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
 
     def reload_files(only: str | None = None) -> dict[str, str]:
         bad: dict[str, str] = {}
-        new = zset.load_files(bad, only)
         old = {d.origin.to_text(): d for d in publisher.static}
+        new: dict = {}
+        for z in server.config.zones:
+            if z.file is None or only not in (None, z.name):
+                continue
+            if z.name in old and z.name not in zset.failed and \
+                    file_digests(z.file, server.config.zone_dir) == zset.files.get(z.name):
+                continue     # unchanged (content hashes of every file it reads): not parsed again
+            new.update(zset.load_files(bad, z.name))
         files = {z.name for z in server.config.zones if z.file is not None}
         for name, data in old.items():   # the zones not re-read keep their version
             if name in files and name not in new and name not in bad:
