@@ -16,11 +16,7 @@ MAX_CLASS = 300
 
 # Known exceptions, "path relative to src/pop53:Class" -> why.  Keep this list empty but for
 # work in flight: each entry is a debt with an owner, removed when it is paid.
-ALLOWED_CLASSES = {
-    # reload14 is splitting Server (zone loading, reload, start-up) on its own branch; the lead
-    # removes this entry when that branch is merged.
-    "serve/server.py:Server",
-}
+ALLOWED_CLASSES: set = set()
 
 
 def _modules():

@@ -57,7 +57,7 @@ def test_known_table_scores_in_the_worker_and_reloads(tmp_path):
         st = server.workers[0].scoring_stats()
         assert st["admitted"]["top"] == 2 and st["admitted"]["normal"] == 2
         # the old table is released once the worker has passed its batch boundaries
-        assert wait_for(lambda: all(entry[0] is not first for entry in server._retired), 5)
+        assert wait_for(lambda: all(entry[0] is not first for entry in server.slot._retired), 5)
         # a bad file at reload: one error naming the line, the table in service stays
         current = server.scoring.scorer.holder
         path.write_text("127.3.0.0/24\nnot-a-prefix\n")

@@ -11,7 +11,7 @@ import dns.rcode
 import pytest
 
 from pop53 import config as cfgmod
-from pop53.serve import server as servermod
+from pop53.serve import zones as servermod
 from pop53.serve.server import Server
 
 from integ_support import (EXAMPLE_ZONE, RELOAD_V1, RELOAD_V2, make_query, start_with_retry,
@@ -139,7 +139,7 @@ def test_start_with_a_bad_zone_then_fix(tmp_path, servers, monkeypatch, isolated
     ctl = str(tmp_path / "ctl.sock")
     s = _start(_config(tmp_path, broken, reload_zone, control=ctl))
     servers.append(s)
-    assert s._isolate_compile() is isolated
+    assert s.zones.isolate_compile() is isolated
     addr = s.addresses[0]
     assert list(s.zone_failed) == ["broken.example."] and f"{broken}:6" in s.zone_failed["broken.example."]
     assert rcode_of(addr, "ns1.broken.example.").rcode() == dns.rcode.SERVFAIL

@@ -119,11 +119,11 @@ def test_serial_not_increased_is_warned(tmp_path, caplog, text, new):
 @pytest.mark.parametrize("isolated", [False, True], ids=["in-process", "child-compile"])
 def test_serial_not_increased_is_refused_when_configured(tmp_path, monkeypatch, isolated):
     if isolated:
-        from pop53.serve import server as servermod
+        from pop53.serve import zones as servermod
         monkeypatch.setattr(servermod, "ISOLATE_BYTES", 0)
     s, zone = _start(tmp_path, "refuse")
     try:
-        assert s._isolate_compile() is isolated
+        assert s.zones.isolate_compile() is isolated
         zone.write_text(CHANGED_SAME_SERIAL)
         assert s.reload() is False
         assert "(1001 -> 1001)" in s.last_error and "refused" in s.last_error

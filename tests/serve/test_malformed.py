@@ -142,7 +142,7 @@ def test_flood_leaves_every_worker_alive_and_answering(server):
         assert st["udp"] > b["udp"] + 100, (w.index, b["udp"], st["udp"])
         assert st["dropped"] > b["dropped"], "malformed packets were counted as dropped"
         assert w.running
-    assert all(t.is_alive() for t in server._threads)
+    assert all(t.is_alive() for t in server.net.threads)
     answer_from_each_worker(server, make_query("www.integ.example.", "A", qid=0x1234))
     answer_from_each_worker(server, make_query("big.integ.example.", "TXT", qid=0x4321))
 

@@ -343,4 +343,4 @@ def test_query_answered_from_exactly_one_image_during_swaps(start_server):
     assert results["seen"][1] > 0 and results["seen"][2] > 0, (results["seen"], publishes)
     assert not tcp.lost and not tcp.wrong and tcp.sent >= 100
     # every retired image is released once the workers have passed a batch boundary
-    assert wait_for(lambda: s.reclaim() == 0, 3.0), f"{len(s._retired)} images never reclaimed"
+    assert wait_for(lambda: s.reclaim() == 0, 3.0), f"{len(s.slot._retired)} images never reclaimed"

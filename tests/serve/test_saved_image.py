@@ -12,7 +12,7 @@ import dns.message
 import pytest
 
 from pop53 import config as cfgmod
-from pop53.serve import server as servermod
+from pop53.serve import zones as servermod
 from pop53.serve.server import Server
 
 from integ_support import make_query, start_with_retry, udp_exchange, udp_socket

@@ -3,16 +3,13 @@ first transfer (or the restore of its snapshot after a restart) it answers SERVF
 file zone that did not load, and `pop53 ctl zones` says it is waiting; then it serves."""
 from __future__ import annotations
 
-import errno
-
 import dns.rcode
 import dns.zone
 
 from pop53 import config as cfgmod
 from pop53.serve.control import format_reply
-from pop53.xfr import secondary
 
-from xfr_support import query, wait_for, zone_text
+from xfr_support import query, start_secondary, wait_for, zone_text
 
 FILE_ZONE = "$ORIGIN file.example.\n$TTL 300\n@ SOA ns h 1 3600 600 86400 60\n@ NS ns\nns A 192.0.2.5\n"
 
@@ -25,23 +22,14 @@ def test_a_secondary_zone_answers_servfail_until_its_first_transfer(tmp_path, fa
         "xfr": {"min_refresh": 0.1, "timeout": 1.0},
         "zone": [{"name": "example.org.", "primaries": [f"127.0.0.1:{primary.port}"]},
                  {"name": "file.example.", "file": str(tmp_path / "file.zone")}]})
-    for attempt in range(5):
-        server, service = secondary.build(cfg)
-        try:
-            server.start()
-            break
-        except OSError as exc:
-            server.stop()
-            if exc.errno != errno.EADDRINUSE or attempt == 4:
-                raise
-    service.start()
+    server, service = start_secondary(cfg)
     try:
         port = server.addresses[0][1]
         assert query(port, "www.example.org.", "A").rcode() == dns.rcode.SERVFAIL
         assert query(port, "example.org.", "SOA").rcode() == dns.rcode.SERVFAIL
         assert query(port, "ns.file.example.", "A").rcode() == dns.rcode.NOERROR
         assert query(port, "elsewhere.test.", "A").rcode() == dns.rcode.REFUSED
-        assert server.zone_waiting == ["example.org."] and not server._served("example.org.")
+        assert server.zone_waiting == ["example.org."] and not server.zones.served("example.org.")
 
         # the primary gets the zone: it transfers and serves, the stand-in is gone
         primary.versions[1] = dns.zone.from_text(zone_text(serial=1), "example.org.", relativize=False)
@@ -49,7 +37,7 @@ def test_a_secondary_zone_answers_servfail_until_its_first_transfer(tmp_path, fa
         service.refresh_now("example.org.")
         wait_for(lambda: query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR, 20,
                  what="the first transfer")
-        assert server.zone_waiting == [] and server._served("example.org.")
+        assert server.zone_waiting == [] and server.zones.served("example.org.")
     finally:
         service.stop()
         server.stop()

@@ -430,3 +430,24 @@ def a_records(port: int, name: str) -> list[str] | None:
     except Exception:
         return None
     return sorted(rd.address for rrset in r.answer for rd in rrset if rrset.rdtype == 1)
+
+
+def start_secondary(cfg, with_engine: bool = True):
+    """secondary.build(cfg), started on port 0 (retried on the port-0 TCP/UDP race); the
+    transfer engine too unless with_engine is False.  (server, service)."""
+    import errno
+
+    from pop53.xfr import secondary
+
+    for attempt in range(5):
+        server, service = secondary.build(cfg)
+        try:
+            server.start()
+            break
+        except OSError as exc:
+            server.stop()
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+    if with_engine:
+        service.start()
+    return server, service

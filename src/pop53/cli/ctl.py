@@ -19,19 +19,26 @@ def add_parser(sub) -> None:
                    help="zone-flush: write the zone files here (default <[server] state>/zone)")
     p.add_argument("-s", "--socket", default="/run/pop53.sock", help="control socket path")
     p.add_argument("--json", action="store_true", help="the server's JSON reply (for scripts)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for a reply (reload waits until it is done)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pop53.serve.control import format_reply, send
+    from pop53.serve.control import RELOADS, NoReply, format_reply, send
     from pop53.errors import Pop53Error
 
+    command = " ".join([args.command, *args.zone])
     try:
-        command = " ".join([args.command, *args.zone])
         if args.command == "zone-flush":
-            from pop53.xfr.flush import command
-            command = command(args.zone, args.output)
-        reply = send(args.socket, command)
+            from pop53.xfr.flush import command as flush_command
+            command = flush_command(args.zone, args.output)
+        # a reload replies when it is done (a big zone compiles for minutes; `ctl status`
+        # shows its progress meanwhile); anything else answers at once
+        reply = send(args.socket, command, None if args.command in RELOADS else args.timeout)
+    except NoReply as exc:
+        raise Pop53Error(f"{exc} from {args.socket}; the server is up (`pop53 ctl status` "
+                         "shows what it is doing)") from None
     except OSError as exc:
         raise Pop53Error(f"cannot reach the control socket {args.socket}: {exc.strerror or exc}") from None
     if args.json:

@@ -136,16 +136,24 @@ def run(args) -> int:
     sdnotify.notify("READY=1", f"MAINPID={os.getpid()}",
                     f"STATUS=pop53 {__version__}: serving {len(server.zone_serials)} zone(s)")
     watchdog = sdnotify.Watchdog()
+    def reload_on_hup() -> None:
+        sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        ok = reconfig.reload(server)["ok"]
+        sdnotify.notify("READY=1", f"STATUS=pop53 {__version__}: serving "
+                        f"{len(server.zone_serials)} zone(s)"
+                        + ("" if ok else f"; last reload rejected: {server.last_error}"))
+
+    reloading = None
     try:
+        # SIGHUP reloads on a thread: this loop keeps watching for SIGTERM, which stops the
+        # process within a second even while a reload compiles (issue 14 point 2)
         while not stop.wait(0.2):
             watchdog.tick()
-            if hup.is_set():
+            if hup.is_set() and (reloading is None or not reloading.is_alive()):
                 hup.clear()
-                sdnotify.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                ok = reconfig.reload(server)["ok"]
-                sdnotify.notify("READY=1", f"STATUS=pop53 {__version__}: serving "
-                                f"{len(server.zone_serials)} zone(s)"
-                                + ("" if ok else f"; last reload rejected: {server.last_error}"))
+                reloading = threading.Thread(target=reload_on_hup, name="pop53-reload",
+                                             daemon=True)
+                reloading.start()
     finally:
         sdnotify.notify("STOPPING=1")
         if service is not None:

@@ -124,14 +124,14 @@ def attach(server) -> MappingState | None:
     published = [0]
 
     def on_publish(snap, seq):
-        with server._lock:
+        with server.slot.lock:
             if seq <= published[0]:
                 return
             published[0] = seq
             old = server.shared.maps_holder
             server.shared.publish_maps(snap)
             if old is not None:
-                server._retired.append((old, {id(w): w.epoch for w in server._readers()}))
+                server.slot.retire(old)
 
     state = MappingState(mcfg, on_publish)
     image = server.current_image

@@ -60,7 +60,7 @@ class ScoringService:
     def publish(self, server, known: KnownPrefixes) -> None:
         """Compile and publish `known` to the server's workers; retire the previous table."""
         table = compile_table(known) if known else None
-        with server._lock:
+        with server.slot.lock:
             old = self.scorer.holder
             self.scorer.publish(table)
             self.known = known
@@ -69,7 +69,7 @@ class ScoringService:
                 for sock, workers in self.groups:
                     steer.attach(sock, workers, known.v4)
             if old is not None:
-                server._retired.append((old, {id(w): w.epoch for w in server.workers}))
+                server.slot.retire(old)
 
     def load(self, server, *, strict: bool) -> bool:
         """(Re)read the known-resolvers file and publish it.  strict (at start): a bad file is

@@ -13,7 +13,9 @@ one JSON object.  Commands (knotc's names where knotc has one):
   target NAME up|down  a mapped answer target's liveness, published at once
   mapping              maps, targets and the mapping generation
 
-Root-owned by default (mode 0600), so only the operator can drive it.
+Root-owned by default (mode 0600), so only the operator can drive it.  Each connection is
+served on its own thread, so `status` answers (with the reload's progress) while a reload is
+compiling (issue 14 point 2); reloads themselves run one at a time (serve/reconfig.py).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ import os
 import socket
 import threading
 
-import dns.name
-
 log = logging.getLogger("pop53.control")
+MAX_CONNECTIONS = 16      # connections served at once; more wait in the listen queue
+RELOADS = ("reload", "zone-reload")
 COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
             "zone-reload", "zone-notify", "zone-refresh", "zone-retransfer", "zone-flush", "stop",
             "target", "mapping")
@@ -39,6 +41,7 @@ class ControlServer:
         self.sock: socket.socket | None = None
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
 
     def start(self) -> None:
         try:
@@ -63,13 +66,26 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except (socket.timeout, OSError):
                 continue
+            while not self._slots.acquire(timeout=0.2):
+                if self._stop.is_set():
+                    conn.close()
+                    return
+            threading.Thread(target=self._serve, args=(conn,), name="pop53-control-conn",
+                             daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
             with conn:
                 conn.settimeout(2)
                 try:
                     cmd = conn.recv(256).decode("ascii", "replace").strip()
-                    conn.sendall(json.dumps(self.handle(cmd)).encode() + b"\n")
+                    reply = self.handle(cmd)
+                    conn.settimeout(10)
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
                 except OSError:
                     pass
+        finally:
+            self._slots.release()
 
     def handle(self, cmd: str) -> dict:
         s = self.server
@@ -90,15 +106,12 @@ class ControlServer:
             s.on_stop()
             return {"ok": True, "stopping": True}
         # zones that did not load answer SERVFAIL: listed apart with their error, no serial
-        zones = {k: v for k, v in s.zone_serials.items() if s._served(k)}
+        state = s.zones.status()
         if cmd == "status":
-            return {"ok": True, "generation": s.shared.generation, "zones": zones,
-                    "failed": s.zone_failed, "waiting": s.zone_waiting,
-                    "workers": len(s.workers), "listen": [list(a) for a in s.addresses],
-                    "reload_failures": s.reload_failures, "last_error": s.last_error}
+            return {"ok": True, **state, "workers": len(s.net.workers),
+                    "listen": [list(a) for a in s.net.addresses]}
         if cmd == "zones":
-            return {"ok": True, "zones": zones, "failed": s.zone_failed,
-                    "waiting": s.zone_waiting}
+            return {"ok": True, **{k: state[k] for k in ("zones", "failed", "waiting")}}
         if cmd == "stats":
             return {"ok": True, "stats": s.stats()}
         if verb in ("target", "mapping"):
@@ -161,6 +174,8 @@ def _zone_name(text: str) -> str:
 
 def notify_now(svc, name: str) -> None:
     """`zone-notify ZONE`: NOTIFY the zone's secondaries now (RFC 1996), as after a change."""
+    import dns.name     # here, not at the top: `pop53 ctl` imports this module and starts faster
+
     st = svc.zones.get(dns.name.from_text(name))
     if st is None:
         raise KeyError(f"zone {_zone_name(name)} is not configured")
@@ -174,7 +189,10 @@ def notify_now(svc, name: str) -> None:
 def zone_status(s, only: str | None) -> dict:
     """Per zone, as `knotc zone-status`: serial, state (ok, failed, waiting, expired), kind,
     and for a secondary its primaries and transfer freshness."""
+    import dns.name
+
     svc = getattr(getattr(s, "control_handler", None), "service", None)
+    zs = s.zones
     xfr = svc.status()["zones"] if svc is not None else {}
     out = {}
     members = svc.catalog.owned() if svc is not None else {}
@@ -185,14 +203,14 @@ def zone_status(s, only: str | None) -> dict:
         if only is not None and name != only:
             continue
         row = {"kind": "file" if file is not None else "secondary",
-               "serial": s.zone_serials.get(name) if s._served(name) else None,
+               "serial": zs.serials.get(name) if zs.served(name) else None,
                "state": "ok"}
         if catalog is not None:           # a member of this catalog zone (RFC 9432)
             info = svc.catalog.members[dns.name.from_text(catalog)][dns.name.from_text(name)]
             row.update(catalog=catalog, group=info["group"])
-        if name in s.zone_failed:
-            row.update(state="failed", error=s.zone_failed[name])
-        elif name in s.zone_waiting:
+        if name in zs.failed:
+            row.update(state="failed", error=zs.failed[name])
+        elif name in zs.waiting:
             row["state"] = "waiting"
         if name in xfr:
             x = xfr[name]
@@ -205,14 +223,25 @@ def zone_status(s, only: str | None) -> dict:
     return {"ok": True, "zones": out}
 
 
-def send(path: str, cmd: str, timeout: float = 60.0) -> dict:
+class NoReply(Exception):
+    """The server took the command but did not answer in time (it is alive: it accepted)."""
+
+
+def send(path: str, cmd: str, timeout: float | None = 60.0) -> dict:
+    """One command, its reply.  OSError: the socket cannot be reached; NoReply: it was reached
+    but the reply did not come within `timeout` seconds (None: wait as long as it takes, for a
+    reload)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
+        s.settimeout(5.0)
         s.connect(path)
+        s.settimeout(timeout)
         s.sendall(cmd.encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                raise NoReply(f"no reply to {cmd.split()[0]!r} within {timeout:.0f} s") from None
             if not chunk:
                 break
             data += chunk
@@ -289,6 +318,14 @@ def format_reply(command: str, reply: dict) -> str:
                  f"reload failures: {reply['reload_failures']}"
                  + (f", last error: {reply['last_error']}" if reply.get("last_error") else ""),
                  *_zones(reply)]
+        if reply.get("loads"):
+            lines.insert(2, f"zone files parsed since start: {reply['loads']['parsed']}, "
+                            f"zones patched in by a reload: {reply['loads']['patched']}")
+        p = reply.get("progress")
+        if p:
+            step = f" {p['done']}/{p['total']}" if "total" in p else ""
+            zone = f" ({p['zone']})" if p.get("zone") else ""
+            lines.insert(1, f"reloading for {p['seconds']:.1f} s: {p['phase']}{step}{zone}")
         return "\n".join(lines)
     if verb == "stats":
         return "\n".join(_rows(sorted(reply["stats"].items()))) or "no counters yet"

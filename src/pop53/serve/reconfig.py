@@ -127,8 +127,7 @@ def _reload(server, only: str | None) -> dict:
         try:
             new, xcfg = load_new(server)
         except ConfigError as exc:
-            server.reload_failures += 1
-            server.last_error = str(exc)
+            server.zones.record_failure(str(exc))
             log.error("config reload rejected, the previous configuration keeps serving: %s", exc)
             return {"ok": False, "error": str(exc), "config": "rejected"}
         report = apply(server, new, xcfg)
@@ -138,5 +137,5 @@ def _reload(server, only: str | None) -> dict:
                      len(report["added"]), ", ".join(report["added"]) or "-",
                      len(report["removed"]), ", ".join(report["removed"]) or "-")
     ok = server.reload(only)
-    return {"ok": ok, "generation": server.shared.generation, "error": server.last_error,
+    return {"ok": ok, "generation": server.slot.generation, "error": server.zones.last_error,
             **report}

@@ -15,9 +15,11 @@ import hashlib
 import json
 import logging
 import os
+import threading
 
 from pop53.errors import Pop53Error
 from pop53.zone.images import Image, load_image
+from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.server")
 
@@ -70,3 +72,66 @@ class SavedImage:
             os.replace(tmp, self.meta_path)
         except OSError as exc:
             log.warning("could not save the image to %s: %s", self.image_path, exc)
+
+
+def _for(config) -> SavedImage | None:
+    """The saved image in the state directory, for file zones only (transferred zones are
+    restored by pop53.xfr from their own snapshots and xfr/restart.py)."""
+    if not config.state or any(z.file is None for z in config.zones):
+        return None
+    return SavedImage(config.state, [(z.name, z.file) for z in config.zones])
+
+
+def load_saved_image(config) -> tuple[Image, dict[str, str], dict[str, dict]] | None:
+    """A restart serves at once: when no file the saved image was compiled from changed, map
+    that image instead of parsing again.  (image, failed zones, files of each zone)."""
+    saved = _for(config)
+    return saved.load() if saved is not None else None
+
+
+def save_image(config, image: Image, files: dict, failed: dict[str, str]) -> None:
+    """files: origin -> {path: sha256} of every zone in `image`; a zone that did not load is
+    recorded with its file as it is now (a fix invalidates the image)."""
+    saved = _for(config)
+    if saved is not None:
+        paths = {z.name: z.file for z in config.zones}
+        bad = {name: file_digests(paths[name], config.zone_dir) for name in failed}
+        saved.save(image, {**files, **bad}, failed)
+
+
+class BackgroundSave:
+    """Writes the saved image on its own thread, the latest request only (a burst of reloads
+    writes once or twice), so a reload's new serial is answered before its image is on disk."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._job = None
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job) -> None:
+        with self._cv:
+            self._job = job
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pop53-save", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if not self._cv.wait_for(lambda: self._job is not None, timeout=5):
+                    self._thread = None
+                    return
+                job, self._job, self._busy = self._job, None, True
+            try:
+                job()
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until nothing is pending or being written; False if that took over `timeout`."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._job is None and not self._busy, timeout)

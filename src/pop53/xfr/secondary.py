@@ -14,10 +14,12 @@ from pop53.xfr.catalog import CatalogProducer
 from pop53.xfr.config import parse_xfr_config
 from pop53.xfr.protocol import answer_signed
 from pop53.xfr.publisher import ImagePublisher
+from pop53.xfr.restart import TransferImage
 from pop53.xfr.service import XfrService
 from pop53.config import Config
 from pop53.serve.server import Server
 from pop53.zone.compiler import compile_zone_data, with_stand_ins
+from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.secondary")
 
@@ -87,10 +89,13 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     if not needs_engine(cfg):
         return Server(cfg), None
     xcfg = parse_xfr_config(cfg.doc, cfg.source)
-    holder: dict = {}
+    # the engine (for compile_), whether publishes are held while the saved image serves, the
+    # zones waiting for data in the image compiled last
+    holder: dict = {"hold": False, "waiting": []}
     server = Server(cfg)
     failed: dict[str, str] = {}
-    files = server.load_zone_files(failed)   # a bad file zone answers SERVFAIL, the others serve
+    zset = server.zones     # the server's zone state: loads, failures, waiting zones
+    files = zset.load_files(failed)   # a bad file zone answers SERVFAIL, the others serve
     catalogs = CatalogProducer()             # RFC 9432 catalogs of our file zones
     files.update({d.origin.to_text(): d for d in catalogs.build(cfg)})
 
@@ -103,13 +108,26 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         have = {d.origin.to_text() for d in zones}
         secondaries = [st.name for st in list(holder["service"].zones.values())
                        if st.conf.secondary]
-        server.zone_waiting = [n for n in secondaries if n not in have]
-        stand_ins = set(server.zone_waiting) | set(server.zone_failed)
+        waiting = holder["waiting"] = [n for n in secondaries if n not in have]
+        if not holder["hold"]:
+            zset.waiting = waiting
+        stand_ins = set(waiting) | set(zset.failed)
         return compile_zone_data(with_stand_ins(zones, stand_ins),
                                  expired=sorted(set(expired) | stand_ins))
 
-    publisher = ImagePublisher(server.publish, static=list(files.values()),
-                                   compile_zone_data=compile_, check_image=server._check_size)
+    saved = TransferImage(cfg.state, cfg) if cfg.state else None
+
+    def publish(image):
+        if holder["hold"]:        # the saved image serves until the restore is complete
+            holder["held"] = image
+            return
+        zset.waiting = holder["waiting"]
+        server.slot.publish(image)
+        if saved is not None:
+            saved.saved(image, saved.meta(zset, server.config))
+
+    publisher = ImagePublisher(publish, static=list(files.values()),
+                               compile_zone_data=compile_, check_image=zset.check_size)
     publisher.MAX_GROWTH = xcfg.compact_growth
     service = XfrService(xcfg, publisher)
     holder["service"] = service
@@ -117,17 +135,48 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     for name, data in files.items():
         service.set_local_zone(name, data.zone)
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
-    server._note_failed(failed)
-    image = compile_(files.values())
-    server._check_size(image)
-    server.zone_data = dict(files)
-    server.zone_files = {n: d.files for n, d in files.items()}
-    server.publish(image)
+    zset.note_failed(failed)
+    zset.data = dict(files)
+    zset.files = {n: d.files for n, d in files.items()}
+    restored = saved.load(cfg) if saved is not None else None
+    if restored is not None and saved.usable(restored[1], zset):
+        # the transferred zones answer at once from the image served before the restart
+        # (mapped); the engine's restore of their snapshots replaces it (issue 14 point 5)
+        image = restored[0]
+        zset.waiting = holder["waiting"] = list(restored[1].get("waiting", []))
+        holder["hold"] = True
+        restore_publish = service.keeper.initial_publish
+
+        def initial_publish():
+            # the engine's restore publishes zone by zone (a catalog's members after it): the
+            # saved image keeps serving until the last of them, which is then published
+            try:
+                restore_publish()
+            finally:
+                holder["hold"] = False
+                if "held" in holder:
+                    publish(holder.pop("held"))
+
+        service.keeper.initial_publish = initial_publish
+        log.info("serving the saved transfer image %s (%d zone(s)) while the saved zones "
+                 "are restored", saved.path, image.n_zones)
+    else:
+        image = compile_(files.values())
+    zset.check_size(image)
+    server.slot.publish(image)
+    zset.full_size = len(image)
 
     def reload_files(only: str | None = None) -> dict[str, str]:
         bad: dict[str, str] = {}
-        new = server.load_zone_files(bad, only)
         old = {d.origin.to_text(): d for d in publisher.static}
+        new: dict = {}
+        for z in server.config.zones:
+            if z.file is None or only not in (None, z.name):
+                continue
+            if z.name in old and z.name not in zset.failed and \
+                    file_digests(z.file, server.config.zone_dir) == zset.files.get(z.name):
+                continue     # unchanged (content hashes of every file it reads): not parsed again
+            new.update(zset.load_files(bad, z.name))
         files = {z.name for z in server.config.zones if z.file is not None}
         for name, data in old.items():   # the zones not re-read keep their version
             if name in files and name not in new and name not in bad:
@@ -145,13 +194,13 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
             service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
-            failed = {**{n: e for n, e in server.zone_failed.items() if n in files}, **failed}
-        server._note_failed(failed)
+            failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
+        zset.note_failed(failed)
         # recompile the file zones together with the transferred ones (the next IXFR patch
         # starts from this image)
         publisher.recompile(static=list(new.values()))
-        server.zone_files.update({n: d.files for n, d in new.items()})
+        zset.files.update({n: d.files for n, d in new.items()})
         return bad
 
-    server.reload_hook = reload_files
+    zset.reload_hook = reload_files
     return server, service

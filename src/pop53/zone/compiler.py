@@ -411,7 +411,7 @@ class CompilerUnavailable(Exception):
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
                            timeout: float | None = None, skip_bad: bool = False,
-                           include_dir: str | None = None) -> dict:
+                           include_dir: str | None = None, on_child=None) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
@@ -419,6 +419,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     serving threads for the GIL.  Raises ZoneError with the child's message on a bad zone;
     with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
     Returns {"failed": {origin: error}, "loaded": {origin: ZoneData.summary()}}.
+    on_child(Popen): told the child as it starts (the server kills it when it stops).
     """
     import json
     import subprocess
@@ -431,11 +432,20 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
         args += ["--include-dir", include_dir]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
+    err = ""
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if on_child is not None:
+            on_child(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        result = json.loads(out.strip().splitlines()[-1])
     except (OSError, IndexError, ValueError, subprocess.SubprocessError) as exc:
-        detail = proc.stderr.strip()[-500:] if "proc" in locals() else str(exc)
+        detail = err.strip()[-500:] or str(exc)
         raise CompilerUnavailable(f"the zone compiler process failed: {detail}") from None
     if not result.get("ok"):
         e = result.get("error", {})

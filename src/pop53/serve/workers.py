@@ -1,0 +1,187 @@
+"""The listening side: sockets, the UDP worker threads, the TCP server and the housekeeping
+thread.
+
+Workers are threads, one per core and listen address, each running the nogil batch loop of
+`_core.Worker` over its own SO_REUSEPORT socket; they read the image published in the
+`ImageSlot`.  What the data plane sets aside (NOTIFY, transfers, TSIG-signed queries) is taken
+from each worker by the housekeeping thread and handed to the control plane.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+from pop53 import _core
+from pop53.config import Config, Listen
+from pop53.serve.imageslot import ImageSlot
+from pop53.serve.sockets import _start_error, tcp_socket, udp_socket
+
+log = logging.getLogger("pop53.server")
+
+
+class Workers:
+    def __init__(self, slot: ImageSlot, responder, limiter, scoring=None):
+        self.slot = slot
+        self.responder = responder
+        self.limiter = limiter            # one RRL table for all UDP workers (TCP is never limited)
+        self.scoring = scoring            # pop53.scoring.service.ScoringService or None
+        self.workers: list[_core.Worker] = []
+        self.udp_socks: list[socket.socket] = []
+        self.tcp_socks: list[socket.socket] = []
+        self.tcp = None
+        self.threads: list[threading.Thread] = []
+        self.housekeeping: list[Callable[[], None]] = []    # run every 20 ms
+        self._stop = threading.Event()
+
+    def readers(self) -> list:
+        """Every loop that reads the published image: UDP workers and TCP loops."""
+        return self.workers + (self.tcp.loops if self.tcp is not None else [])
+
+    # -- sockets -------------------------------------------------------------------------------
+    def bind(self, config: Config) -> None:
+        for addr in config.listen:
+            try:
+                self._bind(addr, config)
+            except OSError as exc:
+                raise _start_error(exc, f"cannot listen on {addr}") from None
+
+    def _bind(self, addr: Listen, cfg: Config) -> None:
+        # with port 0 the first UDP socket picks the port and TCP and the rest of the group
+        # follow it; if that port is taken for TCP, pick again
+        for attempt in range(20):
+            first = udp_socket(addr)
+            a = Listen(addr.host, first.getsockname()[1])
+            try:
+                tsock = tcp_socket(a)
+                break
+            except OSError as exc:
+                first.close()
+                if addr.port != 0 or exc.errno != errno.EADDRINUSE or attempt == 19:
+                    raise
+        addr = a
+        try:
+            group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
+        except OSError:
+            first.close()
+            tsock.close()
+            raise
+        if self.scoring is not None and self.scoring.steer:
+            # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
+            group += [udp_socket(addr) for _ in range(cfg.workers)]
+            self.scoring.attach(group, cfg.workers)
+        elif cfg.reuseport_bpf:
+            from pop53.ecmp import reuseport
+            reuseport.attach_cbpf(group[0], len(group))
+        if self.scoring is not None:
+            for i, s in enumerate(group):
+                self.scoring.prepare_socket(s, priority=i >= cfg.workers)
+        self.udp_socks.extend(group)
+        self.tcp_socks.append(tsock)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of every listen address (ports resolved when 0 was given)."""
+        return [s.getsockname()[:2] for s in self.tcp_socks]
+
+    # -- threads -------------------------------------------------------------------------------
+    def _thread(self, i: int, w) -> threading.Thread:
+        return threading.Thread(target=w.run, args=(self.slot.shared, self.responder, self.limiter,
+                                                    self.scoring and self.scoring.scorer),
+                                name=f"pop53-udp-{i}", daemon=True)
+
+    def start(self, server, control_plane: Callable[[], object]) -> None:
+        """Run a worker per UDP socket, the TCP loops (pop53.serve.tcp, given the server whose
+        image and control plane they use) and the housekeeping thread."""
+        from pop53.serve.tcp import TcpServer
+
+        self._control_plane = control_plane
+        for i, s in enumerate(self.udp_socks):
+            w = _core.Worker(s.fileno(), i, True)
+            self.workers.append(w)
+            self.threads.append(self._thread(i, w))
+        self.tcp = TcpServer(server, self.tcp_socks)
+        for t in self.threads:
+            t.start()
+        self.tcp.start()
+        hk = threading.Thread(target=self._housekeeping, name="pop53-housekeeping", daemon=True)
+        hk.start()
+        self.threads.append(hk)
+
+    def restart(self, responder, limiter) -> None:
+        """New answer settings from a config reload (identity, NSID, CHAOS, EDNS size, cookies;
+        RRL): each UDP worker stops at a batch boundary and runs again with them, one at a
+        time; its socket queues what arrives meanwhile, so no query is lost."""
+        self.responder, self.limiter = responder, limiter
+        for i, w in enumerate(self.workers):
+            w.stop()
+            self.threads[i].join(2)
+            self.threads[i] = self._thread(i, w)
+            self.threads[i].start()
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(0.02):
+            self.slot.reclaim()
+            for fn in self.housekeeping:
+                fn()
+            for i, w in enumerate(self.workers):
+                for msg, addr in w.take_control():
+                    self._control_udp(self.udp_socks[i], msg, addr)
+
+    def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
+        peer = _sockaddr(rawaddr)
+        try:
+            reply = self._control_plane().handle_udp(msg, peer)
+        except Exception:
+            log.exception("control handler failed on a message from %s", peer)
+            reply = None
+        if reply is None:
+            image = self.slot.current
+            _act, reply = _core.answer(image.view if image else None, msg, self.responder, False)
+        if reply:
+            try:
+                sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+    def stop(self, before_join: Callable[[], None] = lambda: None) -> None:
+        self._stop.set()
+        for w in self.workers:
+            w.stop()
+        before_join()
+        if self.tcp is not None:
+            self.tcp.stop()
+        deadline = time.monotonic() + 2
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for s in self.udp_socks + self.tcp_socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def stats(self) -> dict:
+        total: dict = {}
+        counters = [w.stats() for w in self.workers]
+        if self.tcp is not None:
+            counters.append(self.tcp.counters.stats())
+        for c in counters:
+            for k, v in c.items():
+                if isinstance(v, int):
+                    total[k] = total.get(k, 0) + v
+        return total
+
+
+def _sockaddr(raw: bytes) -> tuple:
+    family = struct.unpack_from("=H", raw, 0)[0]
+    if family == socket.AF_INET:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
+    if family == socket.AF_INET6:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, 0, 0)
+    raise ValueError(f"unknown address family {family}")
