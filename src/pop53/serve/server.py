@@ -81,6 +81,7 @@ class Server:
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.feed = None             # pop53.feed.transport.Subscriber ([feed])
+        self.xdp = None              # pop53.serve.xdp.XdpService ([server] xdp)
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -425,6 +426,9 @@ class Server:
         # server without transfers still owes TSIG-signed queries NOTAUTH/BADKEY (RFC 8945 §5.2)
         from pop53.xfr.secondary import ControlPlane
         self.control_plane = self.control_handler or ControlPlane(None, self)
+        if self.config.xdp:
+            from pop53.serve import xdp
+            self.xdp = xdp.attach(self)     # needs root: programs and AF_XDP sockets
         drop_privileges(self.config.user)
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, True)
@@ -433,6 +437,8 @@ class Server:
                                                      self.scoring and self.scoring.scorer),
                                  name=f"pop53-udp-{i}", daemon=True)
             self._threads.append(t)
+        if self.xdp is not None:
+            self.xdp.join(self)             # its workers and threads after the socket ones
         from pop53.serve.tcp import TcpServer
         self.tcp = TcpServer(self, self.tcp_socks)
         for t in self._threads:
@@ -485,7 +491,8 @@ class Server:
                 self.scoring.housekeeping(self)
             for i, w in enumerate(self.workers):
                 for msg, addr in w.take_control():
-                    self._control_udp(self.udp_socks[i], msg, addr)
+                    self._control_udp(self.udp_socks[i] if i < len(self.udp_socks)
+                                      else self.xdp.control_socket(addr), msg, addr)
 
     def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
         peer = _sockaddr(rawaddr)
@@ -514,6 +521,8 @@ class Server:
         deadline = time.monotonic() + 2
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self.xdp is not None:
+            self.xdp.close()                # detach the XDP programs
         for s in self.udp_socks + self.tcp_socks:
             try:
                 s.close()
