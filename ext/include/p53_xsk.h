@@ -183,9 +183,20 @@ static inline void p53_xsk_complete(p53_xsk_t *x) {
     p53_cons_release(&x->comp, n);
 }
 
+/* Copy mode sends at most 32 frames per sendto (the kernel's TX_BATCH_SIZE) and says EAGAIN
+ * while more wait; kick until the ring is taken (bounded: a busy peer may say EBUSY/ENOBUFS). */
 static inline void p53_xsk_kick_tx(p53_xsk_t *x) {
-    if (p53_needs_wakeup(&x->tx))
-        sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+    int i;
+    if (!p53_needs_wakeup(&x->tx))
+        return;
+    for (i = 0; i < 16; i++) {
+        if (sendto(x->fd, NULL, 0, MSG_DONTWAIT, NULL, 0) >= 0)
+            return;
+        if (errno != EAGAIN && errno != EBUSY && errno != EINTR)
+            return;
+        if (__atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE) == x->tx.local)
+            return;
+    }
 }
 
 /* Wait for frames (idle) at most ms milliseconds; also the wake-up a fill ring may ask for. */
