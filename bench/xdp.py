@@ -231,8 +231,9 @@ def markdown(res: dict, summ: dict) -> str:
              "time of every server thread + the server-end NAPI thread, per answered query** "
              "(the receive path, XDP program and copy into the UMEM included).  One worker "
              "(one queue) per server.", ""]
-    for load, title in (("dnsperf", f"dnsperf at {a['rate']} q/s (moderate)"),
-                        ("kxdpgun", f"kxdpgun at {a['flood']} q/s offered (overload)")):
+    for load, title in (("dnsperf", f"dnsperf -Q {a['rate']} (moderate)"),
+                        ("kxdpgun", f"kxdpgun -Q {a['flood']} (overload: the client core sends what it can, "
+                                   "see 'offered')")):
         s = summ.get(load, {})
         ref = s.get("knot-xdp", {})
         lines += [f"## {title}", "", "| server | µs/query (median) | answered q/s | offered q/s "
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
     query_file(qfile)
     res = {"command": "python -m bench.xdp " + " ".join(argv if argv is not None else sys.argv[1:]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-           "load_before": os.getloadavg()[0], "args": vars(a), "runs": []}
+           "load_before": round(os.getloadavg()[0], 1), "args": vars(a), "runs": []}
     rig = VethRig("b").up()
     try:
         for rnd in range(a.rounds):
@@ -323,7 +324,7 @@ def main(argv=None) -> int:
     finally:
         rig.down()
         shutil.rmtree(work, ignore_errors=True)
-    res["load_after"] = os.getloadavg()[0]
+    res["load_after"] = round(os.getloadavg()[0], 1)
     summ = summarize(res["runs"])
     res["summary"] = summ
     out = Path(a.out)

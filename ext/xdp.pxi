@@ -42,6 +42,7 @@ cdef extern from "p53_xsk.h" nogil:
     uint64_t* p53_addr(p53_ring_t* r, uint32_t i)
     void p53_xsk_complete(p53_xsk_t* x)
     void p53_xsk_kick_tx(p53_xsk_t* x)
+    bint p53_tx_pending(p53_xsk_t* x)
     int p53_xsk_wait(p53_xsk_t* x, int ms)
     int p53_pkt_parse(const uint8_t* f, uint32_t len, uint16_t port_be, p53_pkt_t* k, void* sa)
     uint32_t p53_pkt_reply(const uint8_t* q, uint8_t* out, const p53_pkt_t* k, uint32_t plen)
@@ -90,6 +91,14 @@ cdef class XdpWorker(Worker):
         self.queue = queue
         self.port_be = ((port & 0xff) << 8) | ((port >> 8) & 0xff)
         self.mtu = mtu
+
+    def close(self):
+        """Release the socket and the UMEM (after the loop has returned)."""
+        if self.running:
+            raise RuntimeError("XDP worker still running")
+        if self.x.umem != NULL or self.x.fd >= 0:
+            p53_xsk_close(&self.x)
+        self.fd = -1
 
     @property
     def xsk_fd(self):
@@ -145,7 +154,7 @@ cdef class XdpWorker(Worker):
             if n == 0:
                 # quiescent point; the poll is also the wake-up a fill ring may ask for
                 p53_store_u64(&self.epoch, self.epoch + 1)
-                if p53_needs_wakeup(&x.tx) and x.nfree < x.nframes // 2:
+                if p53_tx_pending(x):        # frames a kick left on the ring (EBUSY)
                     p53_xsk_kick_tx(x)
                 p53_xsk_wait(x, XSK_IDLE_MS)
                 continue

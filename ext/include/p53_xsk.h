@@ -183,6 +183,11 @@ static inline void p53_xsk_complete(p53_xsk_t *x) {
     p53_cons_release(&x->comp, n);
 }
 
+/* Frames on the TX ring the kernel has not taken yet. */
+static inline int p53_tx_pending(p53_xsk_t *x) {
+    return __atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE) != x->tx.local;
+}
+
 /* Copy mode sends at most 32 frames per sendto (the kernel's TX_BATCH_SIZE) and says EAGAIN
  * while more wait; kick until the ring is taken (bounded: a busy peer may say EBUSY/ENOBUFS). */
 static inline void p53_xsk_kick_tx(p53_xsk_t *x) {
@@ -194,7 +199,7 @@ static inline void p53_xsk_kick_tx(p53_xsk_t *x) {
             return;
         if (errno != EAGAIN && errno != EBUSY && errno != EINTR)
             return;
-        if (__atomic_load_n(x->tx.consumer, __ATOMIC_ACQUIRE) == x->tx.local)
+        if (!p53_tx_pending(x))
             return;
     }
 }

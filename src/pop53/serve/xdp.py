@@ -96,10 +96,13 @@ class XdpService:
         return self.server.udp_socks[0]
 
     def close(self) -> None:
-        """Detach every program (after the workers stopped)."""
+        """Detach every program and release the sockets (after the workers stopped)."""
         for prog in self.programs.values():
             prog.close()
         self.programs.clear()
+        for w in self.workers:
+            if not w.running:
+                w.close()
 
 
 def attach(server) -> XdpService | None:
