@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pop53 import _core
+from pop53 import config as cfgmod
 from pop53.lab.veth import VethRig, netns_of_thread
 from pop53.serve.server import Server
 from pop53.serve.xdp_prog import OBJECT
@@ -28,11 +29,14 @@ def require_xdp() -> None:
     assert os.path.exists(OBJECT), f"{OBJECT} not built: apt-get install clang libbpf-dev, rebuild"
 
 
-def start_xdp_server(rig: VethRig, **keys) -> Server:
+def start_xdp_server(rig: VethRig, tables: dict | None = None, **keys) -> Server:
+    """tables: other top-level tables of the config ([rrl], [scoring])."""
     with netns_of_thread(rig.srv):
         cfg = server_config([INTEG_ZONE, EXAMPLE_ZONE],
                             listen=[f"{rig.srv4}:{PORT}", f"[{rig.srv6}]:{PORT}"],
                             workers=1, xdp=[rig.srv_if], **keys)
+        if tables:
+            cfg = cfgmod.from_dict({**cfg.doc, **tables}, file="<xdp test>")
         s = Server(cfg)
         try:
             s.start()
