@@ -11,6 +11,9 @@ import sysconfig
 import time
 from pathlib import Path
 
+import dns.flags
+import dns.message
+import dns.opcode
 import pytest
 
 import pop53
@@ -146,3 +149,39 @@ def test_foreign_program_is_kept_and_sockets_serve(rig, tmp_path, caplog):
     finally:
         s.stop()
     assert rig.xdp_attached()       # still theirs
+
+
+def test_one_worker_per_queue_and_restart_on_reload():
+    """Two queues: two XDP workers, each answering the flows the veth puts on its queue; a
+    config-reload restart (Server.restart_workers) keeps XDP serving; NOTIFY goes to the
+    control plane and its reply comes back."""
+    require_xdp()
+    with VethRig("m", queues=2) as rig:
+        s = start_xdp_server(rig)
+        try:
+            ws = xdp_workers(s)
+            assert sorted(w.queue for w in ws) == [0, 1]
+            wire = make_query("www.integ.example.", "A", qid=11)
+            for _ in range(64):               # flows spread over the peer's two TX queues
+                with client_socket(rig, rig.srv4) as sock:
+                    assert udp_exchange(sock, wire) == pop53.answer(
+                        s.current_image, wire, sock.getsockname()[:2], responder=s.responder)
+                if all(w.stats()["replies"] for w in ws):
+                    break
+            assert all(w.stats()["replies"] for w in ws), [w.stats()["replies"] for w in ws]
+            s.restart_workers(s.responder, s.limiter)
+            assert _wait(lambda: all(w.running for w in ws), 5)
+            before = sum(w.stats()["replies"] for w in ws)
+            assert _answers(rig)
+            assert sum(w.stats()["replies"] for w in ws) > before
+            notify = dns.message.make_query("integ.example.", "SOA")
+            notify.set_opcode(dns.opcode.NOTIFY)
+            notify.flags |= dns.flags.AA
+            control = sum(w.stats()["control"] for w in ws)
+            with client_socket(rig, rig.srv4) as sock:
+                reply = udp_exchange(sock, notify.to_wire())
+            assert reply is not None and dns.message.from_wire(reply).opcode() == dns.opcode.NOTIFY
+            assert sum(w.stats()["control"] for w in ws) == control + 1
+        finally:
+            s.stop()
+        assert not rig.xdp_attached()
