@@ -11,6 +11,7 @@ import struct
 import subprocess
 import time
 
+import dns.edns
 import dns.message
 import pytest
 
@@ -70,7 +71,7 @@ def test_answers_over_xdp_equal_in_process(rig, server, family):
     assert server.xdp.modes[rig.srv_if] in ("copy", "zerocopy")
 
 
-def test_kernel_keeps_tcp_icmp_and_other_ports(rig, server):
+def test_kernel_keeps_tcp_icmp_other_ports_and_fragments(rig, server):
     before = sum(w.stats()["udp"] for w in xdp_workers(server))
     for host in (rig.srv4, rig.srv6):
         ping = subprocess.run(["ip", "netns", "exec", rig.cli, "ping", "-c", "1", "-W", "2", host],
@@ -90,6 +91,18 @@ def test_kernel_keeps_tcp_icmp_and_other_ports(rig, server):
             other.settimeout(2)
             c.sendto(b"not dns, port 5300", (host, 5300))
             assert other.recv(100) == b"not dns, port 5300"
+    # a query in IPv4 fragments (3 kB of EDNS padding): the kernel reassembles it and a socket
+    # worker answers
+    big = dns.message.make_query("www.integ.example.", "A", use_edns=0,
+                                 options=[dns.edns.GenericOption(12, bytes(3000))])
+    big.id = 78
+    wire = big.to_wire(max_size=65535)
+    sockets_before = _replies(server)[1]
+    with client_socket(rig, rig.srv4) as sock:
+        assert udp_exchange(sock, wire) == pop53.answer(server.current_image, wire,
+                                                        sock.getsockname()[:2],
+                                                        responder=server.responder)
+    assert _replies(server)[1] == sockets_before + 1
     assert sum(w.stats()["udp"] for w in xdp_workers(server)) == before
 
 
