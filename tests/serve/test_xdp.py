@@ -5,7 +5,6 @@ frames with lying lengths never stop a worker, and every reply parses."""
 from __future__ import annotations
 
 import json
-import random
 import socket
 import struct
 import subprocess
