@@ -84,6 +84,8 @@ cdef class XdpWorker(Worker):
         cdef int rc
         if self.x.umem != NULL:
             raise RuntimeError("XDP worker already open")
+        if mtu < 576:       # RFC 791's minimum; below it no 512-octet answer fits a frame
+            raise OSError(22, f"AF_XDP: MTU {mtu} is below 576")
         rc = p53_xsk_open(&self.x, ifindex, queue, XSK_FRAMES, XSK_FRAME, force_copy, &step)
         if rc < 0:
             raise OSError(-rc, f"AF_XDP {step.decode()}: {strerror(-rc).decode()}")
