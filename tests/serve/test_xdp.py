@@ -148,6 +148,7 @@ def _mac(ns: str, dev: str) -> bytes:
 
 
 def _csum(b: bytes) -> int:
+    b += b"\0" * (len(b) % 2)
     s = sum(struct.unpack(f"!{len(b) // 2}H", b))
     s = (s & 0xFFFF) + (s >> 16)
     return ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF
@@ -183,3 +184,55 @@ def test_frames_with_lying_lengths_are_dropped(rig, server):
     with client_socket(rig, rig.srv4) as sock:
         assert udp_exchange(sock, q) == pop53.answer(server.current_image, q, sock.getsockname()[:2],
                                                     responder=server.responder)
+
+
+def _udp_ok(src: bytes, dst: bytes, udp: bytes) -> bool:
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, len(udp))
+    data = pseudo + udp + (b"\0" if len(udp) % 2 else b"")
+    return struct.unpack_from("!H", udp, 6)[0] != 0 and _csum(data) == 0
+
+
+def test_reply_frames_mirror_the_query_with_correct_checksums(rig, server):
+    """Captured on the client's end of the veth: MACs, addresses and ports mirrored, lengths
+    right, the IPv4 header checksum and the UDP checksum (RFC 768; mandatory over IPv6, RFC
+    8200 §8.1) verify -- checked here, not left to the receiving kernel."""
+    with netns_of_thread(rig.cli):
+        cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    srv_mac, cli_mac = _mac(rig.srv, rig.srv_if), _mac(rig.cli, rig.cli_if)
+    with cap:
+        cap.bind((rig.cli_if, 0))
+        cap.settimeout(2)
+        for host, qid in ((rig.srv4, 301), (rig.srv6, 302)):
+            wire = make_query("www.integ.example.", "TXT", qid=qid)
+            with client_socket(rig, host) as sock:
+                cport = sock.getsockname()[1]
+                assert udp_exchange(sock, wire) is not None
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                f = cap.recv(65535)
+                if f[:6] != cli_mac or f[6:12] != srv_mac:
+                    continue
+                if f[12:14] == b"\x08\x00" and host == rig.srv4:
+                    ip, udp = f[14:34], f[34:]
+                    if struct.unpack_from("!H", udp, 2)[0] != cport:
+                        continue
+                    assert _csum(ip) == 0, "IPv4 header checksum"
+                    assert ip[12:16] == socket.inet_aton(rig.srv4) and ip[16:20] == socket.inet_aton(rig.cli4)
+                    assert struct.unpack_from("!H", ip, 2)[0] == len(f) - 14
+                    assert _udp_ok(ip[12:16], ip[16:20], udp)
+                elif f[12:14] == b"\x86\xdd" and host == rig.srv6:
+                    ip, udp = f[14:54], f[54:]
+                    if struct.unpack_from("!H", udp, 2)[0] != cport:
+                        continue
+                    assert ip[8:24] == socket.inet_pton(socket.AF_INET6, rig.srv6)
+                    assert ip[24:40] == socket.inet_pton(socket.AF_INET6, rig.cli6)
+                    assert struct.unpack_from("!H", ip, 4)[0] == len(udp)
+                    assert _udp_ok(ip[8:24], ip[24:40], udp)
+                else:
+                    continue
+                assert struct.unpack_from("!HH", udp, 0) == (PORT, cport)
+                assert struct.unpack_from("!H", udp, 4)[0] == len(udp)
+                assert udp[8:10] == struct.pack("!H", qid)
+                break
+            else:
+                raise AssertionError(f"no reply frame to {host} captured")
