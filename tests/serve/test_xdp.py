@@ -180,6 +180,23 @@ def test_frames_with_lying_lengths_are_dropped(rig, server):
     time.sleep(0.3)
     ws = xdp_workers(server)
     assert sum(w.stats()["dropped"] for w in ws) - before >= len(bad) * 20
+    # IPv4 options and an 802.1Q tag: the program passes them to the kernel; the options one
+    # is a good query that a socket worker answers
+    udp = struct.pack("!HHHH", 40001, PORT, 8 + len(q), 0) + q
+    ip = struct.pack("!BBHHHBBH4s4s", 0x46, 0, 24 + len(udp), 2, 0, 64, 17, 0, a4, b4) + b"\x01" * 4
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    with_options = dst + src + b"\x08\x00" + ip + udp
+    vlan = dst + src + b"\x81\x00\x00\x05" + frame()[12:]
+    xdp_udp, sockets = sum(w.stats()["udp"] for w in ws), _replies(server)[1]
+    with netns_of_thread(rig.cli):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with raw:
+        raw.bind((rig.cli_if, 0))
+        raw.send(with_options)
+        raw.send(vlan)
+    time.sleep(0.3)
+    assert sum(w.stats()["udp"] for w in ws) == xdp_udp
+    assert _replies(server)[1] == sockets + 1
     assert all(w.running for w in ws)
     with client_socket(rig, rig.srv4) as sock:
         assert udp_exchange(sock, q) == pop53.answer(server.current_image, q, sock.getsockname()[:2],
