@@ -43,6 +43,7 @@ cdef extern from "p53_xsk.h" nogil:
     void p53_xsk_complete(p53_xsk_t* x)
     void p53_xsk_kick_tx(p53_xsk_t* x)
     bint p53_tx_pending(p53_xsk_t* x)
+    int p53_xsk_drops(p53_xsk_t* x, uint64_t* drops)
     int p53_xsk_wait(p53_xsk_t* x, int ms)
     int p53_pkt_parse(const uint8_t* f, uint32_t len, uint16_t port_be, p53_pkt_t* k, void* sa)
     uint32_t p53_pkt_reply(const uint8_t* q, uint8_t* out, const p53_pkt_t* k, uint32_t plen)
@@ -66,6 +67,7 @@ cdef class XdpWorker(Worker):
     cdef p53_xsk_t x
     cdef uint16_t port_be
     cdef uint32_t mtu
+    cdef uint64_t drops_last
     cdef readonly int queue
 
     def __cinit__(self, *args, **kwargs):
@@ -102,6 +104,13 @@ cdef class XdpWorker(Worker):
             p53_xsk_close(&self.x)
         self.fd = -1
 
+    def xdp_stats(self):
+        """The kernel's counters for this socket (XDP_STATISTICS)."""
+        cdef uint64_t d = 0
+        if self.x.fd < 0 or p53_xsk_drops(&self.x, &d) != 0:
+            return {"kernel_drops": 0}
+        return {"kernel_drops": d}
+
     @property
     def xsk_fd(self):
         return self.x.fd
@@ -135,7 +144,7 @@ cdef class XdpWorker(Worker):
         cdef const uint8_t* cl
         cdef const uint8_t* f
         cdef uint8_t* t
-        cdef uint64_t ta
+        cdef uint64_t ta, kd = 0
         cdef xdp_desc* d
         cdef p53_pkt_t* k
         cdef p53_pkt_t pk[BATCH]
@@ -164,6 +173,12 @@ cdef class XdpWorker(Worker):
             self.st.batches += 1
             if scorer is not None:
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH, NULL)
+                if n == BATCH and p53_xsk_drops(x, &kd) == 0 and kd != self.drops_last:
+                    # the kernel's drops before our ring feed the overload controller (at its
+                    # next tick) like SO_RXQ_OVFL does for a socket; read on full batches only
+                    self.sc.drops_tick += <uint32_t>(kd - self.drops_last)
+                    self.sc.kernel_drops += kd - self.drops_last
+                    self.drops_last = kd
             for i in range(n):
                 d = p53_desc(&x.rx, i)
                 if not p53_pkt_parse(x.umem + d.addr, d.len, self.port_be, &pk[i], &self.addrs[i]):

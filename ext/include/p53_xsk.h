@@ -210,6 +210,17 @@ static inline int p53_xsk_wait(p53_xsk_t *x, int ms) {
     return poll(&p, 1, ms);
 }
 
+/* Frames the kernel dropped before our RX ring: ring full, or no fill frame / invalid. */
+static inline int p53_xsk_drops(p53_xsk_t *x, uint64_t *drops) {
+    struct xdp_statistics st;
+    socklen_t l = sizeof(st);
+    memset(&st, 0, sizeof(st));
+    if (getsockopt(x->fd, SOL_XDP, XDP_STATISTICS, &st, &l) != 0)
+        return -1;
+    *drops = st.rx_dropped + st.rx_ring_full;
+    return 0;
+}
+
 /* -- frames ---------------------------------------------------------------------------------- */
 static inline uint16_t p53_rd16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 

@@ -66,3 +66,30 @@ def test_cookies_rrl_and_scoring_over_xdp(server):
     assert admitted >= 121        # every query was scored before its answer
     # and none of it went through the kernel's sockets
     assert sum(w.stats()["replies"] for w in s.workers if w not in xdp_workers(s)) == 0
+
+
+def test_kernel_drops_reach_the_overload_controller(server):
+    """A stopped XDP worker: its RX ring (2048) fills and the kernel drops the rest
+    (XDP_STATISTICS); when it runs again its first full batches hand those drops to the scoring
+    controller, as SO_RXQ_OVFL does for a socket worker."""
+    rig, s = server
+    (w,) = xdp_workers(s)
+    w.stop()
+    deadline = time.monotonic() + 3
+    while w.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not w.running
+    wire = query(None, 7)
+    with client_socket(rig, rig.srv4) as sock:
+        for _ in range(3000):
+            sock.send(wire)
+    deadline = time.monotonic() + 3
+    while w.xdp_stats()["kernel_drops"] < 900 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    drops = w.xdp_stats()["kernel_drops"]
+    assert 900 <= drops <= 3000 - 2048 + 16
+    s.restart_workers(s.responder, s.limiter)
+    deadline = time.monotonic() + 3
+    while w.scoring_stats()["kernel_drops"] < drops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.scoring_stats()["kernel_drops"] == drops
