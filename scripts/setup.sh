@@ -17,6 +17,8 @@ APT_PACKAGES=(
   pdns-server pdns-backend-bind  # bench
   gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
+  clang libbpf-dev           # the XDP program (ext/bpf/, clang -target bpf) and libbpf1 to load it
+  ethtool                    # bench/xdp.py: GRO (threaded NAPI) on the veth pair; kxdpgun is in knot-dnsutils
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
   nats-server                # the metadata feed (JetStream)

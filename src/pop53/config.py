@@ -77,6 +77,7 @@ class Config:
     tcp_busy_timeout: float = 0.2       # the same when over half the connection slots are taken
     tcp_write_timeout: float = 5.0      # a peer that does not read its answers
     reuseport_bpf: bool = False
+    xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
     rrl: dict | None = None             # [rrl]: response rate limiting (RateLimiter's arguments)
@@ -155,6 +156,18 @@ def _typed(doc: dict, name: str, kind, default, key: str, file):
         raise ConfigError(f"expected {kind.__name__}, got {type(v).__name__} {v!r}", file=file,
                           key=f"{key}.{name}")
     return v
+
+
+def _xdp(server: dict, file) -> list[str]:
+    """[server] xdp: interface names to serve UDP on over AF_XDP (pop53.serve.xdp)."""
+    names = server.get("xdp", [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) < 16 for n in names):
+        raise ConfigError("expected a list of interface names", file=file, key="server.xdp")
+    if len(set(names)) != len(names):
+        raise ConfigError("an interface is listed twice", file=file, key="server.xdp")
+    return names
 
 
 # [rrl] key -> (default, minimum, maximum)
@@ -280,6 +293,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         tcp_max_queries=_typed(server, "tcp_max_queries", int, 1000, "server", file),
         **_tcp(server, file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
+        xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),
         serial_check=_one_of(server, "serial_check", ("warn", "refuse", "off"), file),

@@ -217,6 +217,9 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("tcp_write_timeout", "number (seconds)", 5.0, "a TCP peer that takes none of its answers for "
       "this long is reset")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
+ .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
+      "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
+      "support: a warning and the socket path")
  .key("max_image_bytes", "integer", 0, "reject a load whose compiled image is larger (0: no limit)")
  .key("cookies", "boolean", Computed("true when cookie_secret is set"), "DNS COOKIEs (RFC 7873)")
  .key("cookie_secret", "string (32 hex digits)", None, "RFC 9018 server-cookie secret, shared by "

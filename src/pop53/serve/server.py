@@ -58,6 +58,7 @@ class Server:
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.feed = None             # pop53.feed.transport.Subscriber ([feed])
+        self.xdp = None              # pop53.serve.xdp.XdpService ([server] xdp)
         self.started = False
 
     def _seed_maps(self, image: Image, _changed=None) -> None:
@@ -142,6 +143,9 @@ class Server:
         # server without transfers still owes TSIG-signed queries NOTAUTH/BADKEY (RFC 8945 §5.2)
         from pop53.xfr.secondary import ControlPlane
         self.control_plane = self.control_handler or ControlPlane(None, self)
+        if self.config.xdp:
+            from pop53.serve import xdp
+            self.xdp = xdp.attach(self)     # needs root: programs and AF_XDP sockets
         drop_privileges(self.config.user)
         self.net.start(self, lambda: self.control_plane)
         self.started = True

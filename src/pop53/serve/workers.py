@@ -34,6 +34,7 @@ class Workers:
         self.udp_socks: list[socket.socket] = []
         self.tcp_socks: list[socket.socket] = []
         self.tcp = None
+        self.xdp = None                   # pop53.serve.xdp.XdpService (its workers join these)
         self.threads: list[threading.Thread] = []
         self.housekeeping: list[Callable[[], None]] = []    # run every 20 ms
         self._stop = threading.Event()
@@ -89,10 +90,10 @@ class Workers:
         return [s.getsockname()[:2] for s in self.tcp_socks]
 
     # -- threads -------------------------------------------------------------------------------
-    def _thread(self, i: int, w) -> threading.Thread:
+    def _thread(self, i: int, w, name: str | None = None) -> threading.Thread:
         return threading.Thread(target=w.run, args=(self.slot.shared, self.responder, self.limiter,
                                                     self.scoring and self.scoring.scorer),
-                                name=f"pop53-udp-{i}", daemon=True)
+                                name=name or f"pop53-udp-{i}", daemon=True)
 
     def start(self, server, control_plane: Callable[[], object]) -> None:
         """Run a worker per UDP socket, the TCP loops (pop53.serve.tcp, given the server whose
@@ -104,6 +105,9 @@ class Workers:
             w = _core.Worker(s.fileno(), i, True)
             self.workers.append(w)
             self.threads.append(self._thread(i, w))
+        if server.xdp is not None:
+            server.xdp.join(self)           # its workers and threads after the socket ones
+        self.xdp = server.xdp
         self.tcp = TcpServer(server, self.tcp_socks)
         for t in self.threads:
             t.start()
@@ -120,7 +124,7 @@ class Workers:
         for i, w in enumerate(self.workers):
             w.stop()
             self.threads[i].join(2)
-            self.threads[i] = self._thread(i, w)
+            self.threads[i] = self._thread(i, w, self.threads[i].name)
             self.threads[i].start()
 
     def _housekeeping(self) -> None:
@@ -130,7 +134,8 @@ class Workers:
                 fn()
             for i, w in enumerate(self.workers):
                 for msg, addr in w.take_control():
-                    self._control_udp(self.udp_socks[i], msg, addr)
+                    self._control_udp(self.udp_socks[i] if i < len(self.udp_socks)
+                                      else self.xdp.control_socket(addr), msg, addr)
 
     def _control_udp(self, sock: socket.socket, msg: bytes, rawaddr: bytes) -> None:
         peer = _sockaddr(rawaddr)
@@ -158,6 +163,8 @@ class Workers:
         deadline = time.monotonic() + 2
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self.xdp is not None:
+            self.xdp.close()                # detach the XDP programs
         for s in self.udp_socks + self.tcp_socks:
             try:
                 s.close()

@@ -1,0 +1,95 @@
+"""Issue 16: the XDP worker applies what the socket worker applies -- server cookies (RFC 7873
+/ 9018), response rate limiting that a proven cookie lifts, query scoring -- and counts it in
+its own counters."""
+from __future__ import annotations
+
+import socket
+import time
+
+import dns.message
+import pytest
+
+from pop53 import _core
+from pop53.lab.veth import VethRig
+
+from test_cookies_serve import SECRET, cookie_of, query
+from xdp_support import client_socket, require_xdp, start_xdp_server, xdp_workers
+
+pytestmark = pytest.mark.root
+
+
+def burst(sock, wire_for, n: int) -> int:
+    """n queries in a burst; how many full answers came back."""
+    for i in range(n):
+        sock.send(wire_for(i + 1))
+    full = 0
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            full += bool(dns.message.from_wire(sock.recv(4096)).answer)
+        except (socket.timeout, TimeoutError):
+            break
+    return full
+
+
+@pytest.fixture
+def server():
+    require_xdp()
+    with VethRig("p") as rig:
+        s = start_xdp_server(rig, cookie_secret=SECRET,
+                             tables={"rrl": {"rate": 5, "slip": 0, "exempt": []}, "scoring": {}})
+        try:
+            yield rig, s
+        finally:
+            s.stop()
+
+
+def test_cookies_rrl_and_scoring_over_xdp(server):
+    rig, s = server
+    client = bytes.fromhex("a1a2a3a4a5a6a7a8")
+    with client_socket(rig, rig.srv4) as sock:
+        sock.send(query(client, 1))
+        m = dns.message.from_wire(sock.recv(4096))
+        got = cookie_of(m)
+        assert m.answer and got is not None and got[:8] == client and len(got) == 24
+        responder = _core.Responder(cookie_secret=bytes.fromhex(SECRET))
+        assert _core.cookie_check(responder, got, socket.inet_aton(rig.cli4), int(time.time()))
+        # RRL (rate 5, no slip) answers a handful of a burst; a valid server cookie, every one
+        assert burst(sock, lambda i: query(None, i), 60) <= 15
+        assert burst(sock, lambda i: query(got, i), 60) == 60
+    st = [w.stats() for w in xdp_workers(s)]
+    assert sum(x["rrl_dropped"] for x in st) >= 40
+    assert sum(x["cookies_valid"] for x in st) >= 60
+    assert sum(x["replies"] for x in st) >= 121
+    admitted = sum(sum(w.scoring_stats()["admitted"].values()) for w in xdp_workers(s))
+    assert admitted >= 121        # every query was scored before its answer
+    # and none of it went through the kernel's sockets
+    assert sum(w.stats()["replies"] for w in s.workers if w not in xdp_workers(s)) == 0
+
+
+def test_kernel_drops_reach_the_overload_controller(server):
+    """A stopped XDP worker: its RX ring (2048) fills and the kernel drops the rest
+    (XDP_STATISTICS); when it runs again its first full batches hand those drops to the scoring
+    controller, as SO_RXQ_OVFL does for a socket worker."""
+    rig, s = server
+    (w,) = xdp_workers(s)
+    w.stop()
+    deadline = time.monotonic() + 3
+    while w.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not w.running
+    wire = query(None, 7)
+    with client_socket(rig, rig.srv4) as sock:
+        for _ in range(3000):
+            sock.send(wire)
+    deadline = time.monotonic() + 3
+    while w.xdp_stats()["kernel_drops"] < 900 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    drops = w.xdp_stats()["kernel_drops"]
+    assert 900 <= drops <= 3000 - 2048 + 16
+    s.restart_workers(s.responder, s.limiter)
+    deadline = time.monotonic() + 3
+    while w.scoring_stats()["kernel_drops"] < drops and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.scoring_stats()["kernel_drops"] == drops
