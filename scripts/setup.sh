@@ -17,6 +17,7 @@ APT_PACKAGES=(
   pdns-server pdns-backend-bind  # bench
   gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
+  fstrm-bin knot-module-dnstap  # dnstap: fstrm_capture reads the socket output (tests/serve), Knot mod-dnstap (bench)
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
   nats-server                # the metadata feed (JetStream)

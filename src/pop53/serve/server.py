@@ -81,6 +81,7 @@ class Server:
         self.pidfile: str | None = None     # written (and given to the run user) before the drop
         self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.feed = None             # pop53.feed.transport.Subscriber ([feed])
+        self.observe = None          # pop53.serve.observe.Observe: zone counters, dnstap
         self.started = False
 
     # -- zones and images ------------------------------------------------------------------
@@ -155,6 +156,8 @@ class Server:
         """Make `image` the one every worker answers from.  One atomic store."""
         with self._lock:
             old = self.current_image
+            if self.observe is not None:
+                self.observe.label(image)       # per-zone counter slots, before it is seen
             gen = self.shared.publish(image.view)
             self.current_image = image
             if old is not None:
@@ -435,6 +438,9 @@ class Server:
             self._threads.append(t)
         from pop53.serve.tcp import TcpServer
         self.tcp = TcpServer(self, self.tcp_socks)
+        from pop53.serve.observe import Observe
+        self.observe = Observe(self)
+        self.observe.attach()
         for t in self._threads:
             t.start()
         self.tcp.start()
@@ -511,6 +517,8 @@ class Server:
             self.feed.stop()
         if self.tcp is not None:
             self.tcp.stop()
+        if self.observe is not None:
+            self.observe.stop()
         deadline = time.monotonic() + 2
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))

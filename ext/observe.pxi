@@ -1,0 +1,417 @@
+# The control plane's side of observability: per-zone counters and latency summed on scrape
+# (zstats.pxi counts them), the dnstap rings and their writer (dnstap.pxi fills them), the build
+# info.  Python-facing; the drain and the protobuf encoder run without the GIL in the writer's
+# thread (pop53/serve/dnstap.py), never in a worker.
+
+cdef extern from *:
+    """
+    #define P53_CYTHON_VERSION CYTHON_HEX_VERSION
+    """
+    unsigned long P53_CYTHON_VERSION
+
+# ---------------------------------------------------------------------------------------------
+# Readers: the objects whose stats_t the data plane counts into.
+# ---------------------------------------------------------------------------------------------
+cdef stats_t* reader_stats(object reader) except NULL:
+    if isinstance(reader, Worker):
+        return &(<Worker>reader).st
+    if isinstance(reader, TcpLoop):
+        return &(<TcpLoop>reader).L.st
+    if isinstance(reader, Counters):
+        return &(<Counters>reader).st
+    raise TypeError(f"not a data-plane reader: {type(reader).__name__}")
+
+
+def latency(list readers not None):
+    """The answer-latency histogram summed over readers: (counts per bucket, sum in ns).  Bucket
+    k < LAT_N - 1 counts replies whose batch took under 2**(10+k) ns; the last one the rest."""
+    cdef uint64_t counts[LAT_N]
+    cdef uint64_t total = 0
+    cdef stats_t* st
+    cdef int k
+    memset(counts, 0, sizeof(counts))
+    for r in readers:
+        st = reader_stats(r)
+        for k in range(LAT_N):
+            counts[k] += st.lat[k]
+        total += st.lat_sum_ns
+    return [counts[k] for k in range(LAT_N)], total
+
+
+LATENCY_BOUNDS_NS = tuple(1 << (10 + k) for k in range(LAT_N - 1))
+_v = P53_CYTHON_VERSION
+BUILD = {
+    "cython": f"{_v >> 24}.{(_v >> 16) & 0xFF}.{(_v >> 8) & 0xFF}",
+    "debug": bool(P53_DEBUG_BUILD),
+    "features": ("udp-mmsg", "tcp-epoll", "rrl", "cookies", "dnssec", "mapping", "scoring",
+                 "zone-stats", "dnstap"),
+}
+
+
+cdef class ZoneStats:
+    """Per-zone counters: slots by zone name (stable across reloads), one array per reader."""
+    cdef uint32_t cap
+    cdef list readers
+    cdef list arrays                # uint64_t* as ints, one per reader (freed in __dealloc__)
+    cdef dict slots
+    cdef readonly list names        # slot -> zone name; slot 0 is "(other)"
+
+    def __cinit__(self, uint32_t capacity=65536):
+        if capacity < 2:
+            raise ValueError("at least two zone slots")
+        self.cap = capacity
+        self.readers = []
+        self.arrays = []
+        self.slots = {}
+        self.names = ["(other)"]
+
+    def __dealloc__(self):
+        cdef stats_t* st
+        for r, a in zip(self.readers, self.arrays):
+            st = reader_stats(r)
+            st.zs = NULL
+            st.zs_cap = 0
+            free(<void*><size_t>a)
+
+    def attach(self, reader):
+        """Count reader's replies per zone from now on (before its loop starts).  The array is
+        calloc'd: pages are touched only as zones get slots, so capacity costs address space."""
+        cdef stats_t* st = reader_stats(reader)
+        cdef uint64_t* a
+        if st.zs != NULL:
+            raise RuntimeError("zone counters already attached")
+        a = <uint64_t*>calloc(<size_t>self.cap * ZS_WIDTH, sizeof(uint64_t))
+        if a == NULL:
+            raise MemoryError()
+        st.zs_cap = self.cap
+        st.zs = a
+        self.readers.append(reader)
+        self.arrays.append(<size_t>a)
+
+    def label(self, ImageView view not None, list zone_names not None):
+        """Give the image its zone index -> slot table (zone_names in image order), before it is
+        published.  A view that has one keeps it (a published table never changes)."""
+        cdef bytes table
+        cdef uint32_t* t
+        cdef Py_ssize_t i
+        if view.img.zslot != NULL:
+            return
+        if len(zone_names) != view.img.n_zones:
+            raise ValueError("one name per zone of the image")
+        table = PyBytes_FromStringAndSize(NULL, 4 * len(zone_names) or 4)
+        t = <uint32_t*>PyBytes_AS_STRING(table)
+        for i, name in enumerate(zone_names):
+            slot = self.slots.get(name)
+            if slot is None:
+                slot = len(self.names) if len(self.names) < self.cap else 0
+                if slot:
+                    self.names.append(name)
+                    self.slots[name] = slot
+            t[i] = slot
+        view.zslots = table             # lives as long as the view
+        view.img.zslot = t
+
+    def snapshot(self):
+        """[(zone, rcode counts, type counts)] summed over readers, zones with counts only."""
+        cdef Py_ssize_t n = len(self.names), s
+        cdef int k
+        cdef uint64_t acc[ZS_WIDTH]
+        cdef uint64_t* a
+        cdef bint any_
+        out = []
+        for s in range(n):
+            memset(acc, 0, sizeof(acc))
+            for ai in self.arrays:
+                a = <uint64_t*><size_t>ai + s * ZS_WIDTH
+                for k in range(ZS_WIDTH):
+                    acc[k] += a[k]
+            any_ = False
+            for k in range(ZS_RCODES):
+                any_ = any_ or acc[k] != 0
+            if any_:
+                out.append((self.names[s], [acc[k] for k in range(ZS_RCODES)],
+                            [acc[ZS_RCODES + k] for k in range(ZS_TYPES)]))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# dnstap: the rings (one per reader) and the writer that drains them.
+# ---------------------------------------------------------------------------------------------
+cdef class DnstapRing:
+    """One reader's dnstap ring (dnstap.pxi)."""
+    cdef dt_ring_t r
+    cdef object reader
+
+    def __cinit__(self, uint64_t size=1 << 20, uint32_t sample=1, bint queries=True,
+                  bint responses=True, bint tcp=False, bytes server=None, int port=0):
+        """size: bytes (rounded up to a power of two, at least 64 KiB); server: our address (4 or
+        16 bytes) written as response_address."""
+        cdef uint64_t cap = 1 << 16
+        if sample < 1:
+            raise ValueError("sample is 1 in N, N >= 1")
+        while cap < size:
+            cap <<= 1
+        self.r.buf = <uint8_t*>malloc(cap)
+        if self.r.buf == NULL:
+            raise MemoryError()
+        self.r.cap = cap
+        self.r.sample = sample
+        self.r.countdown = sample
+        self.r.kinds = (DT_QUERY if queries else 0) | (DT_RESPONSE if responses else 0)
+        self.r.proto = DT_TCP if tcp else DT_UDP
+        if server is not None and len(server) in (4, 16):
+            self.r.srv_family = 4 if len(server) == 4 else 6
+            memcpy(self.r.srv_addr, <const char*>server, len(server))
+        self.r.srv_port = port
+
+    def __dealloc__(self):
+        cdef stats_t* st
+        if self.reader is not None:
+            st = reader_stats(self.reader)
+            st.dt = NULL
+        free(self.r.buf)
+
+    def attach(self, reader):
+        """reader (a Worker or TcpLoop, before its loop starts) logs through this ring."""
+        cdef stats_t* st = reader_stats(reader)
+        if st.dt != NULL:
+            raise RuntimeError("a dnstap ring is already attached")
+        st.dt = &self.r
+        self.reader = reader
+
+    def push(self, bytes query, bytes reply, bytes client not None, int port=0):
+        """Log one exchange as a worker would (sampling included); for tests and tools.
+        Returns False when the ring was full (the record dropped and counted)."""
+        cdef const uint8_t* q = <const uint8_t*>(<char*>query) if query is not None else NULL
+        cdef const uint8_t* rp = <const uint8_t*>(<char*>reply) if reply is not None else NULL
+        if len(client) not in (4, 16):
+            raise ValueError("client: 4 or 16 address bytes")
+        if not dt_sampled(&self.r):
+            return True
+        return dt_push(&self.r, self.r.proto, 4 if len(client) == 4 else 6,
+                       <const uint8_t*>(<char*>client), port, q,
+                       len(query) if query is not None else 0, rp,
+                       len(reply) if reply is not None else 0, NULL)
+
+    def stats(self):
+        return {"sampled": p53_load_u64(&self.r.sampled),
+                "dropped": p53_load_u64(&self.r.dropped),
+                "pending_bytes": p53_load_u64(&self.r.head) - p53_load_u64(&self.r.tail)}
+
+
+cdef enum:
+    DT_OUT = 1 << 20              # the writer's output buffer
+    DT_FRAME_MAX = 65535 * 2 + 1024
+
+
+cdef inline uint8_t* pb_varint(uint8_t* p, uint64_t v) noexcept nogil:
+    while v >= 0x80:
+        p[0] = <uint8_t>(v | 0x80)
+        v >>= 7
+        p += 1
+    p[0] = <uint8_t>v
+    return p + 1
+
+
+cdef inline uint8_t* pb_bytes(uint8_t* p, uint8_t key, const uint8_t* b, uint32_t n) noexcept nogil:
+    p[0] = key
+    p = pb_varint(p + 1, n)
+    memcpy(p, b, n)
+    return p + n
+
+
+cdef inline uint8_t* pb_fixed32(uint8_t* p, uint8_t key, uint32_t v) noexcept nogil:
+    p[0] = key
+    p[1] = <uint8_t>v
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>(v >> 16)
+    p[4] = <uint8_t>(v >> 24)
+    return p + 5
+
+
+cdef struct dt_writer_t:
+    uint8_t* out
+    uint32_t len
+    uint8_t ident[255]
+    uint8_t ident_len
+    uint8_t version[255]
+    uint8_t version_len
+    uint64_t frames
+    uint64_t bytes
+    uint64_t lost                 # frames encoded but not written (the output failed)
+
+
+cdef uint32_t dt_encode(dt_writer_t* w, const dt_rec_t* rec, bint response) noexcept nogil:
+    """One Frame Streams data frame (4-byte length, then a dnstap.Dnstap protobuf) at w.out +
+    w.len: a Message of type AUTH_QUERY (1) or AUTH_RESPONSE (2) (dnstap.proto).  Returns its
+    size."""
+    cdef uint8_t* f = w.out + w.len
+    cdef uint8_t* p = f + 4
+    cdef uint8_t* m
+    cdef uint8_t* body
+    cdef uint32_t alen = 4 if rec.family == 4 else 16, mlen, hl, size
+    cdef const uint8_t* data = (<const uint8_t*>rec) + sizeof(dt_rec_t)
+    if w.ident_len:
+        p = pb_bytes(p, 0x0A, w.ident, w.ident_len)               # identity = 1
+    if w.version_len:
+        p = pb_bytes(p, 0x12, w.version, w.version_len)           # version = 2
+    p[0] = 0x78                                                   # type = 15: MESSAGE
+    p[1] = 1
+    p[2] = 0x72                                                   # message = 14
+    m = p + 3                                                     # its length, at most 3 bytes,
+    body = m + 3                                                  # is written once known
+    p = body
+    p[0] = 0x08                                                   # Message.type = 1
+    p[1] = 2 if response else 1                                   # AUTH_RESPONSE / AUTH_QUERY
+    p[2] = 0x10                                                   # socket_family = 2
+    p[3] = 1 if rec.family == 4 else 2                            # INET / INET6
+    p[4] = 0x18                                                   # socket_protocol = 3
+    p[5] = rec.proto                                              # UDP / TCP
+    p += 6
+    p = pb_bytes(p, 0x22, rec.caddr, alen)                        # query_address = 4
+    if rec.pad:                                                   # our address is known
+        p = pb_bytes(p, 0x2A, rec.saddr, alen)                    # response_address = 5
+    p[0] = 0x30                                                   # query_port = 6
+    p = pb_varint(p + 1, rec.cport)
+    p[0] = 0x38                                                   # response_port = 7
+    p = pb_varint(p + 1, rec.sport)
+    p[0] = 0x40                                                   # query_time_sec = 8
+    p = pb_varint(p + 1, <uint64_t>rec.qsec)
+    p = pb_fixed32(p, 0x4D, rec.qnsec)                            # query_time_nsec = 9
+    if response:
+        p[0] = 0x60                                               # response_time_sec = 12
+        p = pb_varint(p + 1, <uint64_t>rec.rsec)
+        p = pb_fixed32(p, 0x6D, rec.rnsec)                        # response_time_nsec = 13
+        p = pb_bytes(p, 0x72, data + rec.qlen, rec.rlen)          # response_message = 14
+    else:
+        p = pb_bytes(p, 0x52, data, rec.qlen)                     # query_message = 10
+    mlen = <uint32_t>(p - body)
+    hl = <uint32_t>(pb_varint(m, mlen) - m)
+    if hl < 3:
+        memmove(m + hl, body, mlen)
+        p -= 3 - hl
+    size = <uint32_t>(p - f - 4)
+    f[0] = <uint8_t>(size >> 24)
+    f[1] = <uint8_t>(size >> 16)
+    f[2] = <uint8_t>(size >> 8)
+    f[3] = <uint8_t>size
+    w.len += size + 4
+    return size + 4
+
+
+cdef int dt_flush(dt_writer_t* w, int fd, const int* stop) noexcept nogil:
+    """Write the output buffer to fd (blocking; a send timeout on the socket wakes us to look
+    at stop).  0, or -errno (the buffer is then discarded and its frames counted lost)."""
+    cdef uint32_t off = 0
+    cdef ssize_t k
+    while off < w.len:
+        k = write(fd, w.out + off, w.len - off)
+        if k < 0:
+            if errno == EINTR or ((errno == EAGAIN or errno == EWOULDBLOCK)
+                                  and not p53_load_int(stop)):
+                continue
+            return -errno
+        off += <uint32_t>k
+    w.bytes += w.len
+    w.len = 0
+    return 0
+
+
+cdef int64_t dt_drain(dt_writer_t* w, dt_ring_t** rings, int n, int fd,
+                      const int* stop) noexcept nogil:
+    """Encode and write everything the rings hold now.  Returns frames written, or -errno."""
+    cdef int i, rc
+    cdef uint64_t tail, head, pos, mask
+    cdef dt_ring_t* r
+    cdef const dt_rec_t* rec
+    cdef int64_t frames = 0, pending = 0
+    for i in range(n):
+        r = rings[i]
+        mask = r.cap - 1
+        tail = r.tail
+        head = p53_load_u64(&r.head)
+        while tail < head:
+            pos = tail & mask
+            rec = <const dt_rec_t*>(r.buf + pos)
+            if rec.size == DT_PAD:
+                tail += r.cap - pos
+                continue
+            if w.len + DT_FRAME_MAX > DT_OUT:
+                rc = dt_flush(w, fd, stop)
+                if rc < 0:
+                    w.lost += pending
+                    p53_store_u64(&r.tail, tail)
+                    return rc
+                frames += pending
+                pending = 0
+            if rec.kinds & DT_QUERY:
+                dt_encode(w, rec, False)
+                pending += 1
+            if rec.kinds & DT_RESPONSE:
+                dt_encode(w, rec, True)
+                pending += 1
+            tail += rec.size
+        p53_store_u64(&r.tail, tail)
+    rc = dt_flush(w, fd, stop)
+    if rc < 0:
+        w.lost += pending
+        return rc
+    frames += pending
+    w.frames += frames
+    return frames
+
+
+cdef class DnstapWriter:
+    """Drains dnstap rings into Frame Streams data frames on a file descriptor (the control
+    frames and the handshake are pop53/serve/dnstap.py's)."""
+    cdef dt_writer_t w
+    cdef list rings
+    cdef dt_ring_t** ptrs
+    cdef int n
+    cdef int stop_flag
+
+    def __cinit__(self, list rings not None, identity=b"", version=b""):
+        cdef Py_ssize_t i
+        identity = identity.encode() if isinstance(identity, str) else bytes(identity)
+        version = version.encode() if isinstance(version, str) else bytes(version)
+        if len(identity) > 255 or len(version) > 255:
+            raise ValueError("identity and version are at most 255 bytes")
+        self.rings = list(rings)
+        self.n = len(self.rings)
+        self.ptrs = <dt_ring_t**>calloc(self.n or 1, sizeof(dt_ring_t*))
+        self.w.out = <uint8_t*>malloc(DT_OUT)
+        if self.ptrs == NULL or self.w.out == NULL:
+            raise MemoryError()
+        for i in range(self.n):
+            self.ptrs[i] = &(<DnstapRing?>self.rings[i]).r
+        memcpy(self.w.ident, <const char*>identity, len(identity))
+        self.w.ident_len = len(identity)
+        memcpy(self.w.version, <const char*>version, len(version))
+        self.w.version_len = len(version)
+
+    def __dealloc__(self):
+        free(self.ptrs)
+        free(self.w.out)
+
+    def drain(self, int fd):
+        """Write every record the rings hold as data frames to fd; returns the frames written.
+        Raises OSError when the output fails (those frames are counted lost)."""
+        cdef int64_t rc
+        with nogil:
+            rc = dt_drain(&self.w, self.ptrs, self.n, fd, &self.stop_flag)
+        if rc < 0:
+            raise OSError(-rc, "dnstap output failed")
+        return rc
+
+    def stop(self):
+        """A drain blocked on a full socket gives up at its next send timeout."""
+        p53_store_int(&self.stop_flag, 1)
+
+    def stats(self):
+        out = {"frames": self.w.frames, "bytes": self.w.bytes, "lost": self.w.lost,
+               "sampled": 0, "dropped": 0}
+        for r in self.rings:
+            st = r.stats()
+            out["sampled"] += st["sampled"]
+            out["dropped"] += st["dropped"]
+        return out
