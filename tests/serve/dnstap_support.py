@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 # 03-Dec-2026 10:32:41.455 AQ 127.0.0.1:33435 -> 127.0.0.1:58873 UDP 35b www.integ.example/IN/A
-_LINE = re.compile(r"^\S+ \S+ (A[QR]) (\S+):(\d+) (->|<-) (\S+):(\d+) (UDP|TCP) (\d+)b (\S+)/(\S+)/(\S+)$")
+# (an address dnstap does not carry is printed as "?")
+_LINE = re.compile(r"^\S+ \S+ (A[QR]) (\S+):(\d+) (->|<-) (?:(\S+):(\d+)|\?) (UDP|TCP) (\d+)b "
+                   r"(\S+)/(\S+)/(\S+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +21,8 @@ class Tap:
     kind: str          # "AQ" (AUTH_QUERY) or "AR" (AUTH_RESPONSE)
     client: str
     client_port: int
-    server: str
-    server_port: int
+    server: str | None
+    server_port: int | None
     proto: str
     size: int
     qname: str         # as dnstap-read prints it: no trailing dot
@@ -36,7 +38,8 @@ def read(path: str | Path) -> list[Tap]:
         m = _LINE.match(line)
         assert m, f"dnstap-read printed an unexpected line: {line!r}"
         g = m.groups()
-        taps.append(Tap(g[0], g[1], int(g[2]), g[4], int(g[5]), g[6], int(g[7]), g[8], g[10]))
+        taps.append(Tap(g[0], g[1], int(g[2]), g[4], int(g[5]) if g[5] else None, g[6], int(g[7]),
+                        g[8], g[10]))
     return taps
 
 
