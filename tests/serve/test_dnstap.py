@@ -169,3 +169,14 @@ def test_bad_dnstap_config_names_the_key(table, key):
     with pytest.raises(ConfigError) as e:
         dnstap.parse({"dnstap": table}, "pop53.toml", "id")
     assert key in str(e.value)
+
+
+def test_check_rejects_a_bad_dnstap_table(tmp_path):
+    import subprocess
+    import sys
+    conf = tmp_path / "pop53.toml"
+    conf.write_text('[server]\nlisten = ["127.0.0.1:0"]\n[dnstap]\nfile = "t.dnstap"\nsample = 0\n')
+    r = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"{conf}:dnstap.sample: must be 1 or more" in r.stderr
