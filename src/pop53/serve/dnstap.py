@@ -23,6 +23,7 @@ import struct
 import threading
 
 from pop53 import __version__, _core
+from pop53.config import _typed
 from pop53.errors import ConfigError
 
 log = logging.getLogger("pop53.dnstap")
@@ -55,12 +56,7 @@ def parse(doc: dict, file: str | None, identity: str) -> Settings | None:
         raise ConfigError("must be a table", file=file, key="dnstap")
 
     def typed(name, kind, default):
-        v = raw.get(name, default)
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            raise ConfigError(f"expected {kind.__name__}, got {v!r}", file=file, key=f"dnstap.{name}")
-        return v
+        return _typed(raw, name, kind, default, "dnstap", file)
 
     sock, path = raw.get("socket"), raw.get("file")
     if (sock is None) == (path is None):
