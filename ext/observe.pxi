@@ -337,10 +337,10 @@ cdef int64_t dt_drain(dt_writer_t* w, dt_ring_t** rings, int n, int fd,
                 tail += r.cap - pos
                 continue
             if w.len + DT_FRAME_MAX > DT_OUT:
+                p53_store_u64(&r.tail, tail)        # encoded: the producer may reuse the room
                 rc = dt_flush(w, fd, stop)
                 if rc < 0:
                     w.lost += pending
-                    p53_store_u64(&r.tail, tail)
                     return rc
                 frames += pending
                 pending = 0

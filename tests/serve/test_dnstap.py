@@ -180,3 +180,20 @@ def test_check_rejects_a_bad_dnstap_table(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert f"{conf}:dnstap.sample: must be 1 or more" in r.stderr
+
+
+def test_output_that_cannot_be_written_drops_and_counts(dnstap_server):
+    # /dev/full: every write fails (ENOSPC); the workers keep answering, the ring fills, and
+    # what does not fit is dropped and counted
+    s, addr, maddr = dnstap_server({"file": "/dev/full", "ring_size": 65536, "reconnect": 0.05})
+    n = 600
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(2)
+        for i in range(n):
+            c.sendto(make_query("www.integ.example.", "A", qid=i), addr)
+            c.recv(65535)
+    m = scrape(maddr)
+    assert metric(m, "pop53_dnstap_connected") == 0
+    assert metric(m, "pop53_dnstap_frames") == 0
+    assert metric(m, "pop53_dnstap_sampled") == n
+    assert 0 < metric(m, "pop53_dnstap_dropped") < n

@@ -134,6 +134,7 @@ class Output:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned = False
+        self._failed = False      # a file output failed: not reopened (it would be truncated)
 
     def attach(self, reader, tcp: bool, server: tuple | None) -> None:
         """Give a reader (Worker or TcpLoop, before it runs) a ring; server: our (host, port)."""
@@ -176,6 +177,13 @@ class Output:
             try:
                 n = self.writer.drain(self._fd)
             except OSError as exc:
+                if self.settings.file is not None:
+                    # reopening would truncate what was written: stop writing until a restart
+                    log.error("dnstap: writing %s failed (%s); dnstap is off until a restart, "
+                              "messages are dropped and counted", self._target(), exc)
+                    self._close(clean=False)
+                    self._failed = True
+                    continue
                 log.warning("dnstap: output %s failed (%s); reconnecting", self._target(), exc)
                 self._close(clean=False)
                 continue
@@ -193,6 +201,8 @@ class Output:
 
     def _open(self) -> bool:
         s = self.settings
+        if self._failed:
+            return False
         try:
             if s.file is not None:
                 self._fd = os.open(s.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
