@@ -1,6 +1,6 @@
 # dnstap, the producer's half (issue 14 point 11): a worker copies a sampled query and its
 # reply, with the addresses and timestamps, into its own ring; a writer thread drains the rings
-# off the hot path, encodes the dnstap protobuf and writes Frame Streams (observe.pxi,
+# off the hot path, encodes the dnstap protobuf and writes Frame Streams (dnstap_out.pxi,
 # pop53/serve/dnstap.py).
 #
 # The ring is single-producer single-consumer, preallocated, lock-free: the producer owns

@@ -2,7 +2,7 @@
 protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file.
 
 The workers copy sampled exchanges into their own lock-free rings (ext/dnstap.pxi); one writer
-thread here drains them (the encoder and the writes run without the GIL, ext/observe.pxi) and
+thread here drains them (the encoder and the writes run without the GIL, ext/dnstap_out.pxi) and
 owns the output: the Frame Streams control frames, the bidirectional handshake on a socket
 (READY -> ACCEPT -> START ... STOP -> FINISH) and reconnecting when the reader goes away.
 While the output is down the rings fill and further messages are dropped and counted; a worker
@@ -236,7 +236,7 @@ class Output:
                 raise ConnectionError(f"the reader did not accept {CONTENT_TYPE.decode()}")
             sock.sendall(control_frame(START))
             sock.settimeout(None)
-            # blocking writes that wake twice a second, so that stop is noticed (observe.pxi)
+            # blocking writes that wake twice a second, so that stop is noticed (dnstap_out.pxi)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 500_000))
             return sock
         except BaseException:
