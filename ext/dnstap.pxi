@@ -105,10 +105,11 @@ cdef inline void dt_sockaddr(dt_ring_t* r, uint8_t proto, const uint8_t* sa,
                              const uint8_t* query, uint32_t qlen, const uint8_t* reply,
                              uint32_t rlen, const timespec* tq) noexcept nogil:
     """dt_push for a peer given as a struct sockaddr (AF_INET or AF_INET6), if sampled."""
-    cdef uint16_t fam = (<const uint16_t*>sa)[0]
-    cdef uint16_t port = (<uint16_t>sa[2] << 8) | sa[3]
+    cdef uint16_t fam, port
     if not dt_sampled(r):
         return
+    fam = (<const uint16_t*>sa)[0]
+    port = (<uint16_t>sa[2] << 8) | sa[3]
     if fam == 2:                                  # AF_INET: sin_addr at 4
         dt_push(r, proto, 4, sa + 4, port, query, qlen, reply, rlen, tq)
     elif fam == 10:                               # AF_INET6: sin6_addr at 8
