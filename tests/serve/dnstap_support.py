@@ -44,11 +44,11 @@ def read(path: str | Path) -> list[Tap]:
 
 
 def read_yaml_field(path: str | Path, field: str) -> list[str]:
-    """The values of one field of every message in `dnstap-read -y` output."""
+    """The values of one field (at any depth) of every message in `dnstap-read -y` output."""
     out = subprocess.run(["dnstap-read", "-y", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [ln.split(":", 1)[1].strip() for ln in out.stdout.splitlines()
-            if ln.startswith(field + ":") or ln.startswith("  " + field + ":")]
+            if ln.lstrip().startswith(field + ":")]
 
 
 class Capture:

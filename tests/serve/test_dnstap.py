@@ -91,6 +91,10 @@ def test_file_pairs_every_query_and_response(dnstap_server, tmp_path):
     assert pair[1].size == len(tcp_reply)
     assert not by_port
     assert set(tap.read_yaml_field(out, "identity")) == {"tap-test"}
+    # the DNS messages themselves: each query and its response carry the id that was sent
+    ids = sorted(int(x) for x in tap.read_yaml_field(out, "id"))
+    sent_ids = [i + 1 for i in range(12)] + [99, q.id]
+    assert ids == sorted(sent_ids * 2)
 
 
 def test_sampling_keeps_exactly_one_in_n(dnstap_server, tmp_path):
