@@ -18,6 +18,9 @@
 cdef extern from "<time.h>" nogil:
     int CLOCK_REALTIME
 
+cdef extern from "p53_dnstap.h" nogil:
+    int p53_pktinfo_dst(const void* control, size_t len, uint8_t* out)
+
 cdef enum:
     DT_QUERY = 1              # dt_ring_t.kinds
     DT_RESPONSE = 2
@@ -55,9 +58,10 @@ cdef inline bint dt_sampled(dt_ring_t* r) noexcept nogil:
 
 cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* caddr,
                   uint16_t cport, const uint8_t* query, uint32_t qlen, const uint8_t* reply,
-                  uint32_t rlen, const timespec* tq) noexcept nogil:
+                  uint32_t rlen, const timespec* tq, const uint8_t* saddr=NULL) noexcept nogil:
     """Copy one sampled exchange (query and/or reply, as r.kinds says) into the ring.  tq: when
-    the query was received (CLOCK_REALTIME), NULL: now.  False (and counted) when it is full."""
+    the query was received (CLOCK_REALTIME), NULL: now.  saddr: the address the query was sent
+    to (same family), NULL: the ring's (the listen address).  False (and counted) when full."""
     cdef uint64_t head = r.head, pos, to_end, need, total
     cdef uint32_t ql = qlen if (r.kinds & DT_QUERY) and qlen <= 65535 else 0
     cdef uint32_t rl = rlen if (r.kinds & DT_RESPONSE) and reply != NULL and rlen <= 65535 else 0
@@ -84,11 +88,11 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
     rec.family = family
     rec.proto = proto
     rec.kinds = (DT_QUERY if ql else 0) | (DT_RESPONSE if rl else 0)
-    rec.pad = r.srv_family == family
+    rec.pad = saddr != NULL or r.srv_family == family
     rec.cport = cport
     rec.sport = r.srv_port
     memcpy(rec.caddr, caddr, 4 if family == 4 else 16)
-    memcpy(rec.saddr, r.srv_addr, 16)
+    memcpy(rec.saddr, saddr if saddr != NULL else r.srv_addr, 4 if saddr != NULL and family == 4 else 16)
     rec.qsec = tq.tv_sec if tq != NULL else now.tv_sec
     rec.qnsec = <uint32_t>(tq.tv_nsec if tq != NULL else now.tv_nsec)
     rec.rsec = now.tv_sec
@@ -103,14 +107,21 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
 
 cdef inline void dt_sockaddr(dt_ring_t* r, uint8_t proto, const uint8_t* sa,
                              const uint8_t* query, uint32_t qlen, const uint8_t* reply,
-                             uint32_t rlen, const timespec* tq) noexcept nogil:
-    """dt_push for a peer given as a struct sockaddr (AF_INET or AF_INET6), if sampled."""
+                             uint32_t rlen, const timespec* tq, const void* control=NULL,
+                             size_t control_len=0) noexcept nogil:
+    """dt_push for a peer given as a struct sockaddr (AF_INET or AF_INET6), if sampled.
+    control: the datagram's control data (IP_PKTINFO gives the address it was sent to)."""
     cdef uint16_t fam, port
+    cdef uint8_t dst[16]
+    cdef int dfam
     if not dt_sampled(r):
         return
     fam = (<const uint16_t*>sa)[0]
     port = (<uint16_t>sa[2] << 8) | sa[3]
+    dfam = p53_pktinfo_dst(control, control_len, dst)
     if fam == 2:                                  # AF_INET: sin_addr at 4
-        dt_push(r, proto, 4, sa + 4, port, query, qlen, reply, rlen, tq)
+        dt_push(r, proto, 4, sa + 4, port, query, qlen, reply, rlen, tq,
+                dst if dfam == 4 else NULL)
     elif fam == 10:                               # AF_INET6: sin6_addr at 8
-        dt_push(r, proto, 6, sa + 8, port, query, qlen, reply, rlen, tq)
+        dt_push(r, proto, 6, sa + 8, port, query, qlen, reply, rlen, tq,
+                dst if dfam == 6 else NULL)

@@ -245,7 +245,9 @@ cdef class Worker:
                 if self.st.dt != NULL:      # dnstap: sampled, copied to the ring (dnstap.pxi)
                     dt_sockaddr(self.st.dt, DT_UDP, <const uint8_t*>&self.addrs[i],
                                 self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
-                                self.sbuf + m * self.sslot, outlen, &tq)
+                                self.sbuf + m * self.sslot, outlen, &tq,
+                                self.rmsgs[i].msg_hdr.msg_control,
+                                self.rmsgs[i].msg_hdr.msg_controllen)
                 self.siov[m].iov_base = self.sbuf + m * self.sslot
                 self.siov[m].iov_len = outlen
                 self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]

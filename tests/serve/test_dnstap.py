@@ -25,9 +25,9 @@ from integ_support import (EXAMPLE_ZONE, INTEG_ZONE, free_port, make_query, metr
 def dnstap_server():
     servers = []
 
-    def start(dnstap: dict, workers: int = 1):
+    def start(dnstap: dict, workers: int = 1, listen: str = "127.0.0.1:0"):
         mport = free_port()
-        doc = {"server": {"listen": ["127.0.0.1:0"], "workers": workers, "identity": "tap-test",
+        doc = {"server": {"listen": [listen], "workers": workers, "identity": "tap-test",
                           "metrics": f"127.0.0.1:{mport}"},
                "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)},
                         {"name": "example.com.", "file": str(EXAMPLE_ZONE)}],
@@ -38,7 +38,7 @@ def dnstap_server():
             servers.append(s)
             return s
         s = start_with_retry(make)
-        return s, s.addresses[0], ("127.0.0.1", mport)
+        return s, ("127.0.0.1", s.addresses[0][1]), ("127.0.0.1", mport)
 
     yield start
     for s in servers:
@@ -201,3 +201,14 @@ def test_output_that_cannot_be_written_drops_and_counts(dnstap_server):
     assert metric(m, "pop53_dnstap_frames") == 0
     assert metric(m, "pop53_dnstap_sampled") == n
     assert 0 < metric(m, "pop53_dnstap_dropped") < n
+
+
+def test_wildcard_listen_logs_the_address_asked(dnstap_server, tmp_path):
+    # on 0.0.0.0 the reply's source comes from IP_PKTINFO; dnstap logs that address too
+    out = tmp_path / "wild.dnstap"
+    s, addr, maddr = dnstap_server({"file": str(out)}, listen="0.0.0.0:0")
+    port, _ = _udp(addr, "www.integ.example.")
+    wait_for(lambda: _frames(maddr) >= 2, 5)
+    s.stop()
+    assert [(t.kind, t.client_port, t.server, t.server_port) for t in tap.read(out)] == [
+        ("AQ", port, "127.0.0.1", addr[1]), ("AR", port, "127.0.0.1", addr[1])]
