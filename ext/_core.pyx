@@ -19,6 +19,8 @@ include "wire.pxi"
 include "image.pxi"
 include "answer.pxi"
 include "cookie.pxi"
+include "zstats.pxi"
+include "dnstap.pxi"
 include "query.pxi"
 include "dnssec.pxi"
 include "mapping.pxi"
@@ -32,6 +34,8 @@ include "tcp.pxi"
 include "patch.pxi"
 include "zonescan.pxi"
 include "layout.pxi"
+include "observe.pxi"
+include "dnstap_out.pxi"
 
 import sys as _sys
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
@@ -63,6 +67,7 @@ cdef class ImageView:
     cdef Py_buffer view
     cdef bint has_view
     cdef readonly object owner
+    cdef object zslots             # img.zslot's storage (observe.pxi: ZoneStats.label)
 
     def __cinit__(self, object data, bint full=True):
         cdef int rc

@@ -165,7 +165,7 @@ cdef class Worker:
         cdef int n, i, m, sent, k, act
         cdef uint32_t outlen, now = 0, slip_ctr = 0, cl_len
         cdef const uint8_t* cl
-        cdef timespec ts
+        cdef timespec ts, t0, tq       # t0: batch start (latency); tq: received (dnstap)
         cdef const image_t* img
         cdef const map_snap_t* maps
         cdef query_t q
@@ -190,6 +190,9 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            if self.st.dt != NULL:
+                clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[n - 1].msg_hdr)
                 kn = scorer.begin(&self.sc)
@@ -239,6 +242,12 @@ cdef class Worker:
                         p53_store_u64(&self.ring_head, self.ring_head + 1)
                         continue
                     # ring full: the fallback reply goes out instead
+                if self.st.dt != NULL:      # dnstap: sampled, copied to the ring (dnstap.pxi)
+                    dt_sockaddr(self.st.dt, DT_UDP, <const uint8_t*>&self.addrs[i],
+                                self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
+                                self.sbuf + m * self.sslot, outlen, &tq,
+                                self.rmsgs[i].msg_hdr.msg_control,
+                                self.rmsgs[i].msg_hdr.msg_controllen)
                 self.siov[m].iov_base = self.sbuf + m * self.sslot
                 self.siov[m].iov_len = outlen
                 self.smsgs[m].msg_hdr.msg_name = &self.addrs[i]
@@ -262,6 +271,7 @@ cdef class Worker:
                     sent += 1
                     continue
                 sent += k
+            lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
 

@@ -124,6 +124,7 @@ cdef struct image_t:
     uint32_t ztab_mask
     uint32_t seed
     uint32_t n_zones
+    const uint32_t* zslot     # zone index -> per-zone counter slot (zstats.pxi); NULL: none
 
 # ---------------------------------------------------------------------------------------------
 # Wire: the parsed query.
@@ -217,6 +218,7 @@ cdef struct query_t:
     bint tsig
     uint8_t ctl               # CTL_* when the action is ACT_CONTROL
     bint cookie_ok            # it carried a valid server cookie of ours (the address is proven)
+    uint32_t zone             # index of the zone that answered it; ZONE_NONE: none (zstats.pxi)
 
 # ---------------------------------------------------------------------------------------------
 # Responder configuration (identity for NSID and CHAOS, limits).  Owned by a Responder object.
@@ -257,6 +259,32 @@ cdef struct wmark_t:
     uint16_t ar
 
 # ---------------------------------------------------------------------------------------------
+# Observability attached to a reader's counters (zstats.pxi, dnstap.pxi): per-zone counters,
+# the answer latency histogram and the dnstap ring.
+# ---------------------------------------------------------------------------------------------
+cdef enum:
+    ZONE_NONE = 0xFFFFFFFF
+    ZS_RCODES = 8             # NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED YXDOMAIN other
+    ZS_TYPES = 16             # the common types (zstats.pxi: ZS_TYPE_NAMES) and "other"
+    ZS_WIDTH = 24             # ZS_RCODES + ZS_TYPES counters per zone slot
+    LAT_N = 22                # latency buckets: k < 21 holds < 2**(10+k) ns, 21 the rest
+
+cdef struct dt_ring_t:        # one producer (a worker or TCP loop), one consumer (the writer)
+    uint8_t* buf
+    uint64_t cap              # bytes, a power of two
+    uint64_t head             # bytes written (the producer's)
+    uint64_t tail             # bytes consumed (the writer's)
+    uint64_t sampled          # queries sampled (the producer's)
+    uint64_t dropped          # sampled but the ring was full (the producer's)
+    uint32_t sample           # 1 in `sample` queries
+    uint32_t countdown
+    uint8_t kinds             # DT_QUERY | DT_RESPONSE
+    uint8_t proto             # DT_UDP, DT_TCP
+    uint8_t srv_family        # 4 or 6 (0: unknown)
+    uint16_t srv_port
+    uint8_t srv_addr[16]
+
+# ---------------------------------------------------------------------------------------------
 # Per-worker counters (plain C, summed by the control plane on scrape).
 # ---------------------------------------------------------------------------------------------
 cdef struct stats_t:
@@ -280,6 +308,11 @@ cdef struct stats_t:
                               # 2 none (the map's default region), 3 ECS not trusted (source)
     uint64_t rcode[24]        # index: rcode (0..23), BADVERS at 16
     uint64_t qtype[257]       # index: qtype for 0..255, 256 = other
+    uint64_t lat[22]          # LAT_N answer-latency buckets (per batch, zstats.pxi)
+    uint64_t lat_sum_ns
+    uint64_t* zs              # per-zone counters, ZS_WIDTH per slot (zstats.pxi); NULL: off
+    uint32_t zs_cap           # slots in zs
+    dt_ring_t* dt             # dnstap (dnstap.pxi); NULL: off
 
 
 # ---------------------------------------------------------------------------------------------

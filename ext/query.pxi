@@ -260,6 +260,8 @@ cdef void resolve(ctx_t* c, const uint8_t* name, uint32_t nlen, const uint8_t* l
             c.rcode = RC_REFUSED
             c.aa = False
         return              # a chain that leaves our zones ends here (RFC 1034 §4.3.2 step 3a)
+    if c.depth == 0:
+        c.q.zone = <uint32_t>(z - c.img.zones)      # per-zone counters (zstats.pxi)
     if z.flags & Z_EXPIRED:
         # a secondary whose data expired must not answer from it (RFC 1035 §3.3.13, RFC 1996)
         c.rcode = RC_SERVFAIL
@@ -505,6 +507,7 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     q.ctl = 0
     q.qtype = 0
     q.cookie_ok = False
+    q.zone = ZONE_NONE
     c.cookie = False
     c.img = img
     c.cfg = cfg
@@ -585,6 +588,8 @@ cdef int core_answer(const image_t* img, const rcfg_t* cfg, const uint8_t* pkt, 
     st.rcode[c.rcode if c.rcode < 24 else 23] += 1
     st.qtype[q.qtype if q.qtype < 256 else 256] += 1
     st.bytes_out += outlen[0]
+    if st.zs != NULL and q.zone != ZONE_NONE:
+        zs_count(st, img, q.zone, c.rcode, q.qtype)
     if c.w.tc:
         st.truncated += 1
     if c.mapkey:

@@ -6,8 +6,12 @@ cdef void tl_loop(tloop_t* lp, const void* const* current, const void* const* ma
     cdef uint64_t tag, last_sweep = 0
     cdef tconn_t* c
     cdef uint32_t i32
+    cdef timespec t0
+    cdef uint64_t replies
     while not p53_load_int(&lp.stop_flag):
         n = epoll_wait(lp.ep, lp.evs, TCP_EVENTS, 50)
+        clock_gettime(CLOCK_MONOTONIC, &t0)          # answer latency per batch (zstats.pxi)
+        replies = lp.st.replies
         p53_store_u64(&lp.epoch, lp.epoch + 1)     # quiescent: no image held
         lp.now = now_ms()
         lp.img = <const image_t*>p53_load_ptr(current)
@@ -23,6 +27,7 @@ cdef void tl_loop(tloop_t* lp, const void* const* current, const void* const* ma
             tl_event(lp, c, lp.evs[i].events)
         lp.img = NULL
         lp.maps = NULL
+        lat_add(&lp.st, &t0, lp.st.replies - replies)
         if lp.now - last_sweep >= TCP_SWEEP_MS:
             tl_sweep(lp)
             last_sweep = lp.now
@@ -269,6 +274,9 @@ cdef void tl_serve(tloop_t* lp, tconn_t* c) noexcept nogil:
                 if tl_handoff(lp, c, rs + off, L - off, wlen):
                     return
                 # the ring is full: the fallback reply goes out instead
+            if lp.st.dt != NULL and act != ACT_DROP:   # dnstap (dnstap.pxi)
+                dt_sockaddr(lp.st.dt, DT_TCP, <const uint8_t*>&c.addr, rs + off + 2, m,
+                            ws + wlen + 2, outlen, NULL)
             c.queries += 1
             off += 2 + m
             consumed = True

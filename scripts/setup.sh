@@ -19,6 +19,7 @@ APT_PACKAGES=(
   dnsperf                    # bench load generator
   clang libbpf-dev           # the XDP program (ext/bpf/, clang -target bpf) and libbpf1 to load it
   ethtool                    # bench/xdp.py: GRO (threaded NAPI) on the veth pair; kxdpgun is in knot-dnsutils
+  fstrm-bin knot-module-dnstap  # dnstap: fstrm_capture reads the socket output (tests/serve), Knot mod-dnstap (bench)
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
   nats-server                # the metadata feed (JetStream)

@@ -364,6 +364,22 @@ _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness ov
  .key("delay", "number (seconds)", 0.0, "input-delayed role: apply every message this much later; never stale")
  .key("stale_after", "number (seconds)", 30.0, "no heartbeat for this long: the machine is stale"))
 
+_dnstap = SCHEMA.table("dnstap", doc="dnstap (docs/dnstap.md): sampled queries and responses as "
+                                     "AUTH_QUERY / AUTH_RESPONSE messages over Frame Streams, to a "
+                                     "unix socket or a file.  Off unless this table is present.")
+(_dnstap
+ .key("socket", "string", None, "path of a Frame Streams reader's unix socket (bidirectional "
+      "handshake; reconnects every `reconnect` seconds); set this or `file`")
+ .key("file", "string", None, "a Frame Streams file, truncated at start (`dnstap-read FILE`)")
+ .key("sample", "integer", 1, "log 1 in N queries (per worker, a countdown: exactly every Nth)")
+ .key("queries", "boolean", True, "log the queries (AUTH_QUERY)")
+ .key("responses", "boolean", True, "log the responses (AUTH_RESPONSE)")
+ .key("identity", "string", Computed("[server] identity"), "the dnstap identity field")
+ .key("version", "string", Computed("\"pop53 VERSION\""), "the dnstap version field")
+ .key("ring_size", "integer (bytes)", 1 << 20, "each worker's ring; when the writer falls behind "
+      "(or the output is down) further messages are dropped and counted, never waited for")
+ .key("reconnect", "number (seconds)", 1.0, "how often a closed or missing socket is retried"))
+
 
 if __name__ == "__main__":
     sys.stdout.write(markdown())

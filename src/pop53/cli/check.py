@@ -32,6 +32,8 @@ def run(args) -> int:
         try:
             from pop53.xfr.config import parse_xfr_config
             parse_xfr_config(cfg.doc, args.config)
+            from pop53.serve.dnstap import parse as parse_dnstap
+            parse_dnstap(cfg.doc, args.config, cfg.identity)
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1

@@ -25,6 +25,7 @@ class ImageSlot:
         # called after each publish with the image and, when the publisher knows them (a
         # patch), the serials of the zones it changed: {origin: serial}
         self.listeners: list[Callable[[Image, dict | None], None]] = []
+        self.before: list[Callable[[Image], None]] = []     # run before the store (observe)
         self._retired: list[tuple[object, dict]] = []
 
     @property
@@ -36,6 +37,8 @@ class ImageSlot:
         {origin: serial} of the only zones that differ from the previous image, if known."""
         with self.lock:
             old = self.current
+            for fn in self.before:
+                fn(image)
             gen = self.shared.publish(image.view)
             self.current = image
             if old is not None:

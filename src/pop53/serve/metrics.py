@@ -9,6 +9,8 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from pop53.serve import observe
+
 
 def _rcode_name(i: int) -> str:
     try:
@@ -113,6 +115,9 @@ class ServerCollector:
             age.add_metric([zone], now - s.zone_fresh.get(zone, now))
         yield serial
         yield age
+        if getattr(s, "observe", None) is not None:
+            yield from s.observe.families()     # per zone, latency, dnstap (serve/observe.py)
+        yield observe.build_info()
 
 
 def _tcp_metrics(tcp: dict):

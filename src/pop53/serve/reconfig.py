@@ -58,6 +58,8 @@ def load_new(server) -> tuple:
            for k in COOKIE_KEYS):
         new.cookie_secret = old.cookie_secret
         new.cookie_secret_previous = old.cookie_secret_previous
+    from pop53.serve import dnstap
+    dnstap.parse(new.doc, new.source, new.identity)     # a bad [dnstap] rejects the reload
     xcfg = None
     if _engine(server) is not None:
         xcfg = parse_xfr_config(new.doc, new.source)
@@ -79,6 +81,9 @@ def apply(server, new, xcfg) -> dict:
                     k, getattr(old, k))
         setattr(new, k, getattr(old, k))
     report: dict = {"restart": [f"server.{k}" for k in restart]}
+    if new.doc.get("dnstap") != old.doc.get("dnstap"):    # the rings are made at start
+        log.warning("config reload: [dnstap] changed; it needs a restart")
+        report["restart"].append("dnstap")
     before = {z.name for z in old.zones}
     after = {z.name for z in new.zones}
     report["added"] = sorted(after - before)

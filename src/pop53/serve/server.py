@@ -59,6 +59,7 @@ class Server:
         self.mapping = None          # pop53.mapping.service.MappingState ([[mapped]])
         self.feed = None             # pop53.feed.transport.Subscriber ([feed])
         self.xdp = None              # pop53.serve.xdp.XdpService ([server] xdp)
+        self.observe = None          # pop53.serve.observe.Observe: zone counters, dnstap
         self.started = False
 
     def _seed_maps(self, image: Image, _changed=None) -> None:
@@ -147,7 +148,7 @@ class Server:
             from pop53.serve import xdp
             self.xdp = xdp.attach(self)     # needs root: programs and AF_XDP sockets
         drop_privileges(self.config.user)
-        self.net.start(self, lambda: self.control_plane)
+        self.net.start(self, lambda: self.control_plane, prepare=self._observe)
         self.started = True
         log.info("serving %d zone(s) on %s with %d worker(s) per address",
                  len(self.zones.serials), ", ".join(str(Listen(h, p)) for h, p in self.addresses),
@@ -185,9 +186,23 @@ class Server:
             except OSError as exc:
                 raise _start_error(exc, f"cannot create the control socket {cfg.control}") from None
 
+    def _observe(self) -> None:
+        """Per-zone counters, latency and dnstap on every reader, before its thread runs; each
+        image gets its zone -> counter slot table before it is published."""
+        from pop53.serve.observe import Observe
+        self.observe = Observe(self)
+        self.observe.attach()
+        self.slot.before.append(self.observe.label)
+
     def stop(self) -> None:
         self.zones.stop()
-        self.net.stop(before_join=lambda: self.feed is not None and self.feed.stop())
+        self.net.stop(before_join=self._stop_feeds)
+
+    def _stop_feeds(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+        if self.observe is not None:
+            self.observe.stop()
         if self.control is not None:
             self.control.stop()
         if self.pidfile and self.started:

@@ -95,7 +95,8 @@ class Workers:
                                                     self.scoring and self.scoring.scorer),
                                 name=name or f"pop53-udp-{i}", daemon=True)
 
-    def start(self, server, control_plane: Callable[[], object]) -> None:
+    def start(self, server, control_plane: Callable[[], object],
+              prepare: Callable[[], None] = lambda: None) -> None:
         """Run a worker per UDP socket, the TCP loops (pop53.serve.tcp, given the server whose
         image and control plane they use) and the housekeeping thread."""
         from pop53.serve.tcp import TcpServer
@@ -109,6 +110,7 @@ class Workers:
             server.xdp.join(self)           # its workers and threads after the socket ones
         self.xdp = server.xdp
         self.tcp = TcpServer(server, self.tcp_socks)
+        prepare()                           # every reader exists; no thread runs yet
         for t in self.threads:
             t.start()
         self.tcp.start()

@@ -1,0 +1,261 @@
+"""dnstap output (issue 14 point 11; docs/dnstap.md): sampled queries and responses as dnstap
+protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file.
+
+The workers copy sampled exchanges into their own lock-free rings (ext/dnstap.pxi); one writer
+thread here drains them (the encoder and the writes run without the GIL, ext/dnstap_out.pxi) and
+owns the output: the Frame Streams control frames, the bidirectional handshake on a socket
+(READY -> ACCEPT -> START ... STOP -> FINISH) and reconnecting when the reader goes away.
+While the output is down the rings fill and further messages are dropped and counted; a worker
+never waits for the writer.
+
+PyPI has `fstrm` and `dnstap-pb`: the first frames but leaves the socket and the handshake to us,
+the second needs a protobuf object per message in Python.  The writer must keep up with every
+worker at sample 1, so the few dnstap fields are encoded by hand in C and the five control
+frames are built here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import struct
+import threading
+
+from pop53 import __version__, _core
+from pop53.config import _typed
+from pop53.errors import ConfigError
+
+log = logging.getLogger("pop53.dnstap")
+
+CONTENT_TYPE = b"protobuf:dnstap.Dnstap"
+# Frame Streams control frame types (fstrm/control.h)
+ACCEPT, START, STOP, READY, FINISH = 1, 2, 3, 4, 5
+FIELD_CONTENT_TYPE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    socket: str | None
+    file: str | None
+    sample: int = 1
+    queries: bool = True
+    responses: bool = True
+    identity: str = ""
+    version: str = f"pop53 {__version__}"
+    ring_size: int = 1 << 20
+    reconnect: float = 1.0
+
+
+def parse(doc: dict, file: str | None, identity: str) -> Settings | None:
+    """[dnstap] -> Settings, or None when the table is absent.  Errors name the key."""
+    raw = doc.get("dnstap")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a table", file=file, key="dnstap")
+
+    def typed(name, kind, default):
+        return _typed(raw, name, kind, default, "dnstap", file)
+
+    sock, path = raw.get("socket"), raw.get("file")
+    if (sock is None) == (path is None):
+        raise ConfigError("set exactly one of socket (a unix socket path) or file", file=file,
+                          key="dnstap")
+    for name, v in (("socket", sock), ("file", path)):
+        if v is not None and (not isinstance(v, str) or not v):
+            raise ConfigError("expected a path", file=file, key=f"dnstap.{name}")
+    s = Settings(socket=sock, file=path, sample=typed("sample", int, 1),
+                 queries=typed("queries", bool, True), responses=typed("responses", bool, True),
+                 identity=typed("identity", str, identity),
+                 version=typed("version", str, f"pop53 {__version__}"),
+                 ring_size=typed("ring_size", int, 1 << 20), reconnect=typed("reconnect", float, 1.0))
+    if s.sample < 1:
+        raise ConfigError(f"must be 1 or more (1 in N queries), got {s.sample}", file=file,
+                          key="dnstap.sample")
+    if not (s.queries or s.responses):
+        raise ConfigError("queries and responses are both false: nothing to log", file=file,
+                          key="dnstap")
+    if not (1 << 16) <= s.ring_size <= (1 << 30):
+        raise ConfigError(f"must be within 65536..1073741824 bytes, got {s.ring_size}", file=file,
+                          key="dnstap.ring_size")
+    if s.reconnect <= 0:
+        raise ConfigError("must be positive", file=file, key="dnstap.reconnect")
+    for name in ("identity", "version"):
+        if len(getattr(s, name).encode()) > 255:
+            raise ConfigError("at most 255 bytes", file=file, key=f"dnstap.{name}")
+    return s
+
+
+def control_frame(ctype: int, content_type: bytes | None = CONTENT_TYPE) -> bytes:
+    """A Frame Streams control frame: escape (0), length, type, optional content-type field."""
+    body = struct.pack(">I", ctype)
+    if content_type is not None:
+        body += struct.pack(">II", FIELD_CONTENT_TYPE, len(content_type)) + content_type
+    return struct.pack(">II", 0, len(body)) + body
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        b = sock.recv(n - len(out))
+        if not b:
+            raise ConnectionError("the dnstap reader closed the connection")
+        out += b
+    return out
+
+
+def read_control(sock: socket.socket) -> tuple[int, list[bytes]]:
+    """One control frame from the reader: (type, content types)."""
+    escape, length = struct.unpack(">II", _recv_exact(sock, 8))
+    if escape != 0 or not 4 <= length <= 512:
+        raise ConnectionError("the dnstap reader sent no control frame")
+    body = _recv_exact(sock, length)
+    ctype, types, off = struct.unpack_from(">I", body)[0], [], 4
+    while off + 8 <= len(body):
+        field, flen = struct.unpack_from(">II", body, off)
+        if field == FIELD_CONTENT_TYPE:
+            types.append(body[off + 8:off + 8 + flen])
+        off += 8 + flen
+    return ctype, types
+
+
+class Output:
+    """The writer thread: rings of the readers -> Frame Streams."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.rings: list = []
+        self.writer = None
+        self.connected = False
+        self.opens = 0            # times the output was opened (connected)
+        self._sock: socket.socket | None = None
+        self._fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+        self._failed = False      # a file output failed: not reopened (it would be truncated)
+
+    def attach(self, reader, tcp: bool, server: tuple | None) -> None:
+        """Give a reader (Worker or TcpLoop, before it runs) a ring; server: our (host, port)."""
+        s = self.settings
+        packed, port = None, 0
+        if server:
+            try:
+                host = server[0].split("%")[0]
+                packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+                port = server[1]
+            except (OSError, IndexError):
+                packed = None
+        ring = _core.DnstapRing(s.ring_size, s.sample, s.queries, s.responses, tcp, packed, port)
+        ring.attach(reader)
+        self.rings.append(ring)
+
+    def start(self) -> None:
+        self.writer = _core.DnstapWriter(self.rings, self.settings.identity, self.settings.version)
+        self._thread = threading.Thread(target=self._run, name="pop53-dnstap", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self.writer is not None:
+            self.writer.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stats(self) -> dict:
+        out = self.writer.stats() if self.writer is not None else {}
+        out.update(connected=int(self.connected), opens=self.opens)
+        return out
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._fd is None and not self._open():
+                self._stop.wait(self.settings.reconnect)
+                continue
+            try:
+                n = self.writer.drain(self._fd)
+            except OSError as exc:
+                if self.settings.file is not None:
+                    # reopening would truncate what was written: stop writing until a restart
+                    log.error("dnstap: writing %s failed (%s); dnstap is off until a restart, "
+                              "messages are dropped and counted", self._target(), exc)
+                    self._close(clean=False)
+                    self._failed = True
+                    continue
+                log.warning("dnstap: output %s failed (%s); reconnecting", self._target(), exc)
+                self._close(clean=False)
+                continue
+            if n == 0:
+                self._stop.wait(0.005)
+        if self._fd is not None:
+            try:
+                self.writer.drain(self._fd)
+            except OSError:
+                pass
+            self._close(clean=True)
+
+    def _target(self) -> str:
+        return self.settings.socket or self.settings.file
+
+    def _open(self) -> bool:
+        s = self.settings
+        if self._failed:
+            return False
+        try:
+            if s.file is not None:
+                self._fd = os.open(s.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+                os.write(self._fd, control_frame(START))
+            else:
+                self._sock = self._handshake(s.socket)
+                self._fd = self._sock.fileno()
+        except (OSError, ConnectionError) as exc:
+            if not self._warned:
+                log.warning("dnstap: cannot open %s (%s); retrying every %gs, messages are "
+                            "dropped meanwhile", self._target(), exc, s.reconnect)
+                self._warned = True
+            self._fd = None
+            return False
+        if self._warned or self.opens:
+            log.info("dnstap: writing to %s", self._target())
+        self._warned = False
+        self.connected = True
+        self.opens += 1
+        return True
+
+    def _handshake(self, path: str) -> socket.socket:
+        """Bidirectional Frame Streams: READY, wait for ACCEPT with our content type, START."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(2.0)
+            sock.connect(path)
+            sock.sendall(control_frame(READY))
+            ctype, types = read_control(sock)
+            if ctype != ACCEPT or (types and CONTENT_TYPE not in types):
+                raise ConnectionError(f"the reader did not accept {CONTENT_TYPE.decode()}")
+            sock.sendall(control_frame(START))
+            sock.settimeout(None)
+            # blocking writes that wake twice a second, so that stop is noticed (dnstap_out.pxi)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 500_000))
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    def _close(self, clean: bool) -> None:
+        try:
+            if clean:
+                os.write(self._fd, control_frame(STOP, None))
+                if self._sock is not None:
+                    self._sock.settimeout(1.0)
+                    read_control(self._sock)       # FINISH
+        except (OSError, ConnectionError):
+            pass
+        if self._sock is not None:
+            self._sock.close()
+        elif self._fd is not None:
+            os.close(self._fd)
+        self._sock = None
+        self._fd = None
+        self.connected = False

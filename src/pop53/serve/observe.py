@@ -1,0 +1,99 @@
+"""Wiring of the data plane's observability into a server (issue 14 points 11 and 12): per-zone
+counters and dnstap attached to every reader before it runs, the zone slot table written into
+each image before it is published, and the Prometheus families of both plus latency and build
+info.  serve/server.py calls attach(), label() and stop(); serve/metrics.py calls families()."""
+from __future__ import annotations
+
+import platform
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from pop53 import __version__, _core
+from pop53.serve import dnstap
+
+
+class Observe:
+    def __init__(self, server):
+        self.server = server
+        self.zones = _core.ZoneStats()
+        cfg = server.config
+        settings = dnstap.parse(cfg.doc, cfg.source, cfg.identity)
+        self.dnstap = dnstap.Output(settings) if settings is not None else None
+        self.readers: list = []
+
+    def attach(self) -> None:
+        """Every reader counts per zone and (with [dnstap]) logs through its own ring."""
+        s = self.server
+        self.readers = s.workers + s.tcp.loops + [s.tcp.counters.handed]
+        for r in self.readers:
+            self.zones.attach(r)
+        if s.current_image is not None:
+            self.label(s.current_image)
+        if self.dnstap is not None:
+            for i, w in enumerate(s.workers):
+                if i < len(s.net.udp_socks):      # (XDP workers: not logged yet)
+                    self.dnstap.attach(w, False, s.net.udp_socks[i].getsockname())
+            for lp in s.tcp.loops:
+                self.dnstap.attach(lp, True, s.net.tcp_socks[0].getsockname() if s.net.tcp_socks else None)
+            self.dnstap.start()
+
+    def label(self, image) -> None:
+        """Before `image` is published: its zone index -> counter slot table."""
+        self.zones.label(image.view, list(image.zones()))
+
+    def stop(self) -> None:
+        if self.dnstap is not None:
+            self.dnstap.stop()
+
+    # -- metrics ---------------------------------------------------------------------------
+    def families(self):
+        rc = CounterMetricFamily("pop53_zone_responses", "Responses per zone, by rcode",
+                                 labels=["zone", "rcode"])
+        qt = CounterMetricFamily("pop53_zone_queries", "Answered queries per zone, by query type "
+                                 "(common types, else other)", labels=["zone", "qtype"])
+        for zone, rcodes, types in self.zones.snapshot():
+            for name, v in zip(_core.ZS_RCODE_NAMES, rcodes):
+                if v:
+                    rc.add_metric([zone, name], v)
+            for name, v in zip(_core.ZS_TYPE_NAMES, types):
+                if v:
+                    qt.add_metric([zone, name], v)
+        yield rc
+        yield qt
+        h = HistogramMetricFamily(
+            "pop53_answer_latency_seconds", "Time from a batch's receive to its replies' send, "
+            "counted once per reply (UDP: per recvmmsg batch; TCP: per epoll batch)",
+            labels=["proto"])
+        s = self.server
+        for proto, readers in (("udp", s.workers), ("tcp", s.tcp.loops if s.tcp else [])):
+            counts, total_ns = _core.latency(readers)
+            buckets, acc = [], 0
+            for bound, n in zip(_core.LATENCY_BOUNDS_NS, counts):
+                acc += n
+                buckets.append((repr(bound / 1e9), acc))
+            buckets.append(("+Inf", acc + counts[-1]))
+            h.add_metric([proto], buckets, total_ns / 1e9)
+        yield h
+        if self.dnstap is not None:
+            st = self.dnstap.stats()
+            for key, doc in (("sampled", "Queries sampled for dnstap"),
+                             ("dropped", "Sampled messages dropped: a worker's ring was full"),
+                             ("frames", "dnstap frames written"),
+                             ("lost", "dnstap frames encoded but lost when the output failed"),
+                             ("opens", "Times the dnstap output was opened or reconnected")):
+                c = CounterMetricFamily(f"pop53_dnstap_{key}", doc)
+                c.add_metric([], st.get(key, 0))
+                yield c
+            g = GaugeMetricFamily("pop53_dnstap_connected", "1 while the dnstap output is open")
+            g.add_metric([], st["connected"])
+            yield g
+
+
+def build_info():
+    """pop53_build_info: version, Cython, Python, features, as labels of a constant 1."""
+    b = _core.BUILD
+    g = GaugeMetricFamily("pop53_build_info", "pop53's build", labels=[
+        "version", "cython", "python", "features", "debug"])
+    g.add_metric([__version__, b["cython"], platform.python_version(), ",".join(b["features"]),
+                  str(b["debug"]).lower()], 1)
+    return g
