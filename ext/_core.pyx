@@ -32,6 +32,7 @@ include "patch.pxi"
 include "zonescan.pxi"
 include "layout.pxi"
 include "zonebuild.pxi"
+include "xfrwire.pxi"
 
 import sys as _sys
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton
