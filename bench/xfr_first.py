@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from . import data
-from .coldload import _PeakRSS
+from .coldload import _PeakRSS, first_answer
 from .peers import dnsperf, procs
 from .peers.run import free_port
 from .peers.servers import REPO, Knot
@@ -39,31 +39,31 @@ from .peers.servers import REPO, Knot
 ORIGIN = data.ORIGIN
 
 
-def _knot_primary(work: Path, zone: Path, port: int) -> subprocess.Popen:
+def _knot_conf(work: Path, port: int, server: str, body: str) -> list[str]:
+    """A Knot configuration in `work` listening on `port` (stock but paths; `server`: more
+    server lines; `body`: acl/remote/template/zone sections); returns its command line."""
     (work / "db").mkdir(parents=True, exist_ok=True)
     (work / "knot.conf").write_text(
-        f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n"
+        f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n{server}"
         f"log:\n  - target: stderr\n    any: warning\n"
-        f"database:\n    storage: \"{work / 'db'}\"\n"
+        f"database:\n    storage: \"{work / 'db'}\"\n" + body)
+    return ["knotd", "-c", str(work / "knot.conf")]
+
+
+def _knot_primary(work: Path, zone: Path, port: int) -> subprocess.Popen:
+    return _spawn(_knot_conf(work, port, "", (
         f"acl:\n  - id: xfr\n    address: 127.0.0.0/8\n    action: transfer\n"
         f"template:\n  - id: default\n    storage: \"{work}\"\n    zonefile-sync: -1\n"
         f"    zonefile-load: whole\n    journal-content: none\n"
-        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n    acl: xfr\n")
-    return _spawn(["knotd", "-c", str(work / "knot.conf")], work)
+        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n    acl: xfr\n")), work)
 
 
 def _knot_secondary(work: Path, port: int, primary: int) -> list[str]:
-    (work / "db").mkdir(parents=True, exist_ok=True)
-    (work / "knot.conf").write_text(
-        f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n"
-        f"    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
-        f"log:\n  - target: stderr\n    any: warning\n"
-        f"database:\n    storage: \"{work / 'db'}\"\n"
+    return _knot_conf(work, port, "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n", (
         f"remote:\n  - id: primary\n    address: 127.0.0.1@{primary}\n"
         f"template:\n  - id: default\n    storage: \"{work}\"\n    zonefile-sync: -1\n"
         f"    journal-content: none\n"
-        f"zone:\n  - domain: {ORIGIN}\n    file: \"{work / 'sec.zone'}\"\n    master: primary\n")
-    return ["knotd", "-c", str(work / "knot.conf")]
+        f"zone:\n  - domain: {ORIGIN}\n    file: \"{work / 'sec.zone'}\"\n    master: primary\n"))
 
 
 def _nsd_secondary(work: Path, port: int, primary: int) -> list[str]:
@@ -93,19 +93,10 @@ def _spawn(argv: list[str], work: Path, env: dict | None = None) -> subprocess.P
 def _secondary(label: str, argv: list[str], work: Path, port: int, probe: str,
                timeout: float) -> dict:
     t0 = time.monotonic()
-    proc = _spawn(argv, work)
-    sampler = _PeakRSS(proc.pid)
-    sampler.start()
-    try:
-        ready = dnsperf.wait_ready(proc, port, probe, timeout)
-        return {"ok": True, "visible_s": ready - t0, "peak_mib": sampler.peak_kib / 1024}
-    except BaseException as exc:
-        tail = (work / "server.log").read_text(errors="replace")[-300:]
-        return {"ok": False, "error": f"{label}: {exc}; log {tail!r}"}
-    finally:
-        sampler.done.set()
-        sampler.join()
-        procs.stop(proc)
+    r = first_answer(_spawn(argv, work), work, port, probe, timeout)
+    if not r["ok"]:
+        return {"ok": False, "error": f"{label}: {r['error']}"}
+    return {"ok": True, "visible_s": r["ready"] - t0, "peak_mib": r["peak_rss_mib"]}
 
 
 def _pop53(work: Path, primary: int, probe: str, timeout: float) -> dict:

@@ -7,8 +7,24 @@
 # rule here mirrors a line of compiler._ZoneBuild / compiler._compile; signed zones (NSEC or
 # NSEC3 records) still go through that path, whose DNSSEC plan (pop53.dnssec.index) needs nodes.
 
-cdef enum:
-    _ZB_SEED = 0x5bd1e995      # the build's own name tables (not the image's hash seed)
+cdef inline uint32_t _zb_hash(const uint8_t* k, Py_ssize_t n) noexcept:
+    """The build's own name tables: FNV-1a of the lowercased name (names are kept as the
+    scanner read them, case and all: no lowercased copy of a million names)."""
+    cdef uint32_t h = 2166136261u
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <uint32_t>zs_lower(k[i])) * 16777619u
+    return h ^ (h >> 15)
+
+
+cdef inline bint _zb_eq(const uint8_t* a, const uint8_t* b, Py_ssize_t n) noexcept:
+    """Case-insensitive equality of two wire names of length n (label lengths are < 64, so
+    lowering every octet leaves them alone)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i] and zs_lower(a[i]) != zs_lower(b[i]):
+            return False
+    return True
 
 
 cdef inline uint32_t _zb_pow2(uint64_t n) noexcept nogil:
@@ -40,7 +56,7 @@ cdef class FlatZone:
     cdef readonly uint32_t neg_ttl
     cdef readonly uint32_t n_nodes, n_rrsets, n_records
     cdef readonly int64_t apex
-    cdef bytes keys                           # every scanner name, lowercased, concatenated
+    cdef bytes keys                           # every scanner name as read, concatenated
     cdef bytes rdata
     cdef const uint64_t[::1] rdoff
     cdef const uint16_t[::1] rdlen
@@ -70,7 +86,7 @@ cdef class FlatZone:
         free(self.rtype); free(self.rcov); free(self.rttl); free(self.rfirst); free(self.rcount)
         free(self.radd); free(self.radd_n); free(self.rec); free(self.slots)
 
-    def __init__(self, bytes names_lower, const uint32_t[::1] node_off not None,
+    def __init__(self, bytes names, const uint32_t[::1] node_off not None,
                  const uint8_t[::1] node_len not None, const int64_t[::1] order not None,
                  const uint32_t[::1] node not None, const uint16_t[::1] rtype not None,
                  const uint16_t[::1] cov not None, const uint32_t[::1] ttl not None,
@@ -82,7 +98,7 @@ cdef class FlatZone:
         cdef uint32_t tt, r, first
         cdef const uint8_t* rd = <const uint8_t*>PyBytes_AS_STRING(rdata)
         cdef bint dup
-        self.key, self.olabels, self.keys, self.rdata = okey, olabels, names_lower, rdata
+        self.key, self.olabels, self.keys, self.rdata = okey, olabels, names, rdata
         self.rdoff, self.rdlen = rdoff, rdlen
         self.rtype = <uint16_t*>_zb_grow(NULL, 2 * m)
         self.rcov = <uint16_t*>_zb_grow(NULL, 2 * m)
@@ -170,19 +186,19 @@ cdef class FlatZone:
         return <const uint8_t*>PyBytes_AS_STRING(self.keys) + self.nkoff[i]
 
     cdef inline uint32_t _hash(self, uint64_t i) noexcept:
-        return name_hash(self._kp(i), self.nklen[i], _ZB_SEED)
+        return _zb_hash(self._kp(i), self.nklen[i])
 
     cdef bint _is(self, uint64_t i, bytes k):
-        return self.nklen[i] == len(k) and memcmp(self._kp(i), PyBytes_AS_STRING(k), len(k)) == 0
+        return self.nklen[i] == len(k) and _zb_eq(self._kp(i), <const uint8_t*>PyBytes_AS_STRING(k), len(k))
 
     cdef int64_t find(self, const uint8_t* k, Py_ssize_t n) noexcept:
-        """The node whose key is exactly k[:n], or -1."""
-        cdef uint32_t s = name_hash(k, <uint32_t>n, _ZB_SEED) & self.mask, v
+        """The node whose name is k[:n] (case-insensitively), or -1."""
+        cdef uint32_t s = _zb_hash(k, n) & self.mask, v
         while True:
             v = self.slots[s]
             if v == 0:
                 return -1
-            if self.nklen[v - 1] == n and memcmp(self._kp(v - 1), k, n) == 0:
+            if self.nklen[v - 1] == n and _zb_eq(self._kp(v - 1), k, n):
                 return v - 1
             s = (s + 1) & self.mask
 
@@ -269,7 +285,8 @@ cdef class FlatZone:
         return 0
 
     def key_of(self, uint32_t i) -> bytes:
-        return PyBytes_FromStringAndSize(<const char*>self._kp(i), self.nklen[i])
+        """Node i's key: its lowercased wire name."""
+        return PyBytes_FromStringAndSize(<const char*>self._kp(i), self.nklen[i]).lower()
 
     cdef bint has_address(self, uint32_t i) noexcept:
         cdef uint32_t a
@@ -309,8 +326,10 @@ cdef class FlatZone:
         nd.rrsets_off = rrsets_off
         nd.n_rrsets = <uint16_t>n
         nd.zone_idx = <uint16_t>zone_idx
-        nd.hash = name_hash(self._kp(i), klen, seed) if klen else 0
         memcpy(b + name_off, self._kp(i), klen)
+        for k in range(klen):                       # the key: the lowercased name
+            b[name_off + k] = zs_lower(b[name_off + k])
+        nd.hash = name_hash(b + name_off, klen, seed) if klen else 0
         for a in range(n):
             r = self.nrr[i] + a
             rdata_off = data
@@ -358,14 +377,14 @@ cdef class FlatImage:
             raise MemoryError()
         for z in range(len(zones)):
             fz = zones[z]
-            s = name_hash(<const uint8_t*>PyBytes_AS_STRING(fz.key), len(fz.key), _ZB_SEED) & self.zmask
+            s = _zb_hash(<const uint8_t*>PyBytes_AS_STRING(fz.key), len(fz.key)) & self.zmask
             while self.zslots[s]:
                 s = (s + 1) & self.zmask
             self.zslots[s] = z + 1
         self._targets()
 
     cdef int64_t _zone_of(self, const uint8_t* k, Py_ssize_t n) noexcept:
-        cdef uint32_t s = name_hash(k, <uint32_t>n, _ZB_SEED) & self.zmask, v
+        cdef uint32_t s = _zb_hash(k, n) & self.zmask, v
         cdef FlatZone fz
         while True:
             v = self.zslots[s]

@@ -199,6 +199,28 @@ def receipt_clock() -> ReceiptClock:
     return clock
 
 
+# The receive buffer asked for before connecting (the kernel caps it at net.core.rmem_max): a
+# primary that finds the window full for too long drops the transfer (Knot: tcp-io-timeout,
+# 500 ms), and autotuning grows the window only as fast as a busy reader drains it.
+RCVBUF = 4 << 20
+
+
+def _connect(primary: Peer, timeout: float) -> socket.socket:
+    err = None
+    for family, kind, proto, _name, addr in socket.getaddrinfo(primary.host, primary.port, 0,
+                                                              socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            err = exc
+    raise err if err is not None else OSError(f"cannot resolve {primary.host}")
+
+
 class _Stream:
     """A transfer's TCP connection: the query sent, then a reader thread that drains the socket
     into memory while messages are parsed, so a primary does not wait for a slow consumer (Knot
@@ -213,7 +235,7 @@ class _Stream:
         self.frames: queue.Queue = queue.Queue()
         self.stop = threading.Event()
         self.thread = None
-        self.sock = socket.create_connection((primary.host, primary.port), timeout=timeout)
+        self.sock = _connect(primary, timeout)
         try:
             self.sock.sendall(struct.pack("!H", len(wire)) + wire)
             self.thread = threading.Thread(target=self._read, name="pop53-xfr-reader", daemon=True)
