@@ -40,8 +40,8 @@ class _PeakRSS(threading.Thread):
 
     def run(self) -> None:
         while not self.done.is_set():
-            m = procs.memory(procs.tree(self.pid))
-            self.peak_kib = max(self.peak_kib, m.rss_kib)
+            # statm, not smaps_rollup: sampling must not stall the process it measures
+            self.peak_kib = max(self.peak_kib, procs.rss_kib(procs.tree(self.pid)))
             self.done.wait(self.interval)
 
 

@@ -14,14 +14,16 @@ The primary is Knot on a free loopback port serving bench/data.py's zone (AXFR a
   pop53.answer.  This is the path a pop53 secondary's first transfer is to take; the secondary
   engine (pop53.xfr.keeper) does not use it yet (it keeps dnspython zones), so this row is the
   records path in one process, not `pop53 serve`.
-Times are from process start; peak memory is the largest RSS of the process tree sampled every
-20 ms.  Results: bench/results/xfr_first.md and .png.  Not a test: nothing here asserts a time.
+Times are from process start; CPU is the process tree's user + system seconds up to the first
+answer (steadier than wall time on a loaded machine); peak memory is the largest RSS of the
+process tree sampled every 20 ms.  Results: bench/results/xfr_first.md and .png.  Not a test: nothing here asserts a time.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
+import resource
 import os
 import shutil
 import statistics
@@ -39,13 +41,13 @@ from .peers.servers import REPO, Knot
 ORIGIN = data.ORIGIN
 
 
-def _knot_conf(work: Path, port: int, server: str, body: str) -> list[str]:
+def _knot_conf(work: Path, port: int, server: str, body: str, log: str = "warning") -> list[str]:
     """A Knot configuration in `work` listening on `port` (stock but paths; `server`: more
     server lines; `body`: acl/remote/template/zone sections); returns its command line."""
     (work / "db").mkdir(parents=True, exist_ok=True)
     (work / "knot.conf").write_text(
         f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n{server}"
-        f"log:\n  - target: stderr\n    any: warning\n"
+        f"log:\n  - target: stderr\n    any: {log}\n"
         f"database:\n    storage: \"{work / 'db'}\"\n" + body)
     return ["knotd", "-c", str(work / "knot.conf")]
 
@@ -55,7 +57,7 @@ def _knot_primary(work: Path, zone: Path, port: int) -> subprocess.Popen:
         f"acl:\n  - id: xfr\n    address: 127.0.0.0/8\n    action: transfer\n"
         f"template:\n  - id: default\n    storage: \"{work}\"\n    zonefile-sync: -1\n"
         f"    zonefile-load: whole\n    journal-content: none\n"
-        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n    acl: xfr\n")), work)
+        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n    acl: xfr\n"), log="info"), work)
 
 
 def _knot_secondary(work: Path, port: int, primary: int) -> list[str]:
@@ -96,7 +98,7 @@ def _secondary(label: str, argv: list[str], work: Path, port: int, probe: str,
     r = first_answer(_spawn(argv, work), work, port, probe, timeout)
     if not r["ok"]:
         return {"ok": False, "error": f"{label}: {r['error']}"}
-    return {"ok": True, "visible_s": r["ready"] - t0, "peak_mib": r["peak_rss_mib"]}
+    return {"ok": True, "visible_s": r["ready"] - t0, "peak_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"]}
 
 
 def _pop53(work: Path, primary: int, probe: str, timeout: float) -> dict:
@@ -124,7 +126,8 @@ def _pop53(work: Path, primary: int, probe: str, timeout: float) -> dict:
         return {"ok": False, "error": f"pop53: {r.get('error')}"}
     # visible: the child's own clock from its start (its exit and our reaping are not counted)
     return {"ok": True, "visible_s": done - t0 - (r["exit_s"] - r["visible_s"]),
-            "peak_mib": sampler.peak_kib / 1024, "phases": r["phases"], "records": r["records"],
+            "peak_mib": sampler.peak_kib / 1024, "cpu_s": r["cpu_s"], "phases": r["phases"],
+            "records": r["records"],
             "image_mib": r["image_mib"]}
 
 
@@ -154,7 +157,9 @@ def pop53_child(primary: int, probe: str) -> int:
         if r.rcode() != dns.rcode.NOERROR or not r.answer:
             raise RuntimeError(f"probe not answered: {r}")
         visible = time.monotonic() - t_start
+        ru = resource.getrusage(resource.RUSAGE_SELF)
         out = {"ok": True, "phases": ph, "records": len(d.columns), "visible_s": visible,
+               "cpu_s": ru.ru_utime + ru.ru_stime,
                "image_mib": len(image) / 2**20}
     except Exception as exc:  # noqa: BLE001  (reported to the parent)
         out = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -237,18 +242,23 @@ def main(argv=None) -> int:
         "the zone-file checks, the C compile, one answer from the image); the secondary engine "
         "does not take that path yet (see docs/xfr_records.md).  Knot and NSD are real "
         "secondaries, timed from their start to their first answer.", "",
-        "| secondary | start to first answer (median) | runs | vs Knot | peak RSS (median) |",
-        "|---|---:|---|---:|---:|",
+        "| secondary | start to first answer (median) | runs | vs Knot | CPU to first answer "
+        "(median) | vs Knot | peak RSS (median) |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for label, rs in rows.items():
         if not rs:
-            lines.append(f"| {label} | failed | | | |")
+            lines.append(f"| {label} | failed | | | | | |")
             continue
         med = statistics.median(r["visible_s"] for r in rs)
         ratio = f"{med / knot:.2f}x" if knot else ""
+        cpu = statistics.median(r["cpu_s"] for r in rs)
+        kcpu = statistics.median(r["cpu_s"] for r in rows["knot"]) if rows["knot"] else None
+        cratio = f"{cpu / kcpu:.2f}x" if kcpu else ""
         runs = ", ".join(f"{r['visible_s']:.2f}" for r in rs)
         lines.append(f"| {label} | {med:.2f} s | {runs} | "
-                     f"{ratio} | {statistics.median(r['peak_mib'] for r in rs):.0f} MiB |")
+                     f"{ratio} | {cpu:.2f} s | {cratio} | "
+                     f"{statistics.median(r['peak_mib'] for r in rs):.0f} MiB |")
     pop = rows["pop53 (records path)"]
     if pop:
         ph = {k: statistics.median(r["phases"][k] for r in pop) for k in pop[0]["phases"]}
