@@ -156,3 +156,20 @@ def test_unsigned_answer_to_a_signed_query_is_refused():
     q.to_wire()
     with pytest.raises(dns.exception.FormError, match="no TSIG"):
         _parse([_msg(q, SOA + SOA, 2)], q)
+
+
+def test_transferred_records_get_the_zone_file_checks():
+    from pop53.errors import ZoneError
+    from pop53.zone.checks import validate_records
+    from pop53.zone.zonefile import ZoneData
+
+    q = axfr_query(ORIGIN, None)
+    ns = b"\xc0\x0c\x00\x02\x00\x01\x00\x00\x00\x3c\x00\x02\xc0\x0c"
+    cname = b"\x03www\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x02\xc0\x0c"
+    www = 12 + 17 + len(SOA) + len(ns)
+    a = b"\xc0" + bytes([www]) + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x01\x02\x03\x04"
+    r = _parse([_msg(q, SOA + ns + cname + a + SOA, 5)], q)
+    assert len(r) == 4
+    with pytest.raises(ZoneError, match="CNAME") as e:
+        validate_records(ZoneData(origin=ORIGIN, source="<AXFR>", columns=r))
+    assert e.value.owner == "www.example.org."
