@@ -36,6 +36,8 @@ include "zonescan.pxi"
 include "layout.pxi"
 include "observe.pxi"
 include "dnstap_out.pxi"
+include "zonebuild.pxi"
+include "xfrwire.pxi"
 
 import sys as _sys
 from socket import AF_INET as _AF_INET, AF_INET6 as _AF_INET6, inet_pton as _inet_pton

@@ -79,6 +79,14 @@ cdef bytes zsb_bytes(zs_buf_t* b):
     return PyBytes_FromStringAndSize(<char*>b.data, b.len) if b.len else b""
 
 
+cdef bytes zsb_take(zs_buf_t* b):
+    """zsb_bytes, then the buffer is freed (empty again)."""
+    cdef bytes out = zsb_bytes(b)
+    free(b.data)
+    b.data, b.len, b.cap = NULL, 0, 0
+    return out
+
+
 cdef inline int zs_lower(int c) noexcept nogil:
     return c + 32 if 65 <= c <= 90 else c
 

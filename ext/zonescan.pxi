@@ -74,13 +74,17 @@ cdef class ZoneScanner:
     # -- output -----------------------------------------------------------------------------
     def result(self):
         """The buffers as bytes: dict of names, node_off (u32), node_len (u8), node (u32),
-        type (u16), ttl (u32), rdoff (u64), rdlen (u16), line (u32), file (u16), rdata."""
-        return {"names": zsb_bytes(&self.names), "node_off": zsb_bytes(&self.node_off),
-                "node_len": zsb_bytes(&self.node_len), "node": zsb_bytes(&self.r_node),
-                "type": zsb_bytes(&self.r_type), "ttl": zsb_bytes(&self.r_ttl),
-                "rdoff": zsb_bytes(&self.r_rdoff), "rdlen": zsb_bytes(&self.r_rdlen),
-                "line": zsb_bytes(&self.r_line), "file": zsb_bytes(&self.r_file),
-                "rdata": zsb_bytes(&self.rdata), "files": list(self.files)}
+        type (u16), ttl (u32), rdoff (u64), rdlen (u16), line (u32), file (u16), rdata.
+        Called once, after the scan: each buffer is freed as soon as it is copied, so a big
+        zone is not held twice at the load's peak (issue 15)."""
+        free(self.htab)
+        self.htab, self.hcap = NULL, 0
+        return {"names": zsb_take(&self.names), "node_off": zsb_take(&self.node_off),
+                "node_len": zsb_take(&self.node_len), "node": zsb_take(&self.r_node),
+                "type": zsb_take(&self.r_type), "ttl": zsb_take(&self.r_ttl),
+                "rdoff": zsb_take(&self.r_rdoff), "rdlen": zsb_take(&self.r_rdlen),
+                "line": zsb_take(&self.r_line), "file": zsb_take(&self.r_file),
+                "rdata": zsb_take(&self.rdata), "files": list(self.files)}
 
     cdef uint32_t node_of(self, const unsigned char* w, int n) except 0xFFFFFFFFLL:
         """The node index of wire name w (case-insensitive), adding it when new."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -107,6 +108,19 @@ def memory(pids: list[int]) -> Memory:
             elif key == "Pss":
                 pss += int(rest.split()[0])
     return Memory(rss, pss, n)
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Summed resident memory of `pids` from /proc/PID/statm: the kernel's counters, no walk
+    of the page tables (smaps_rollup walks them under the target's mmap lock, which stalls a
+    process that maps memory while it is sampled every few ms)."""
+    total = 0
+    for p in pids:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total * PAGE_KIB
 
 
 def core_busy() -> dict[int, float]:

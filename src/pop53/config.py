@@ -76,6 +76,7 @@ class Config:
     tcp_message_timeout: float = 2.0    # an incomplete message, from its first byte
     tcp_busy_timeout: float = 0.2       # the same when over half the connection slots are taken
     tcp_write_timeout: float = 5.0      # a peer that does not read its answers
+    tcp_max_control_connections: int = 64  # handed to the control plane (NOTIFY/XFR/TSIG)
     reuseport_bpf: bool = False
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
@@ -99,7 +100,11 @@ class Config:
 def _tcp(server: dict, file) -> dict:
     """The TCP loop's keys beyond the three original ones (docs/tcp.md)."""
     out = {"tcp_workers": _typed(server, "tcp_workers", int, 1, "server", file),
-           "tcp_max_per_ip": _typed(server, "tcp_max_per_ip", int, 256, "server", file)}
+           "tcp_max_per_ip": _typed(server, "tcp_max_per_ip", int, 256, "server", file),
+           "tcp_max_control_connections": _typed(server, "tcp_max_control_connections", int, 64,
+                                                 "server", file)}
+    if out["tcp_max_control_connections"] < 1:
+        raise ConfigError("must be >= 1", file=file, key="server.tcp_max_control_connections")
     if not 1 <= out["tcp_workers"] <= 64:
         raise ConfigError(f"must be within 1..64, got {out['tcp_workers']}", file=file,
                           key="server.tcp_workers")

@@ -216,6 +216,8 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
       "are taken")
  .key("tcp_write_timeout", "number (seconds)", 5.0, "a TCP peer that takes none of its answers for "
       "this long is reset")
+ .key("tcp_max_control_connections", "integer", 64, "TCP connections handed to the control plane "
+      "(NOTIFY, AXFR/IXFR, TSIG) held at once; a handoff past it is closed (docs/tcp.md)")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "

@@ -7,6 +7,7 @@ import socket
 import time
 
 import dns.message
+import dns.opcode
 import pytest
 
 import pop53.config as cfgmod
@@ -182,3 +183,55 @@ def test_bad_tcp_keys_are_rejected_with_the_key(key, value, message):
     with pytest.raises(ConfigError) as exc:
         cfgmod.from_dict({"server": {key: value}, "zone": []}, file="pop53.toml")
     assert str(exc.value).startswith("pop53.toml:") and message in str(exc.value)
+
+
+def _notify(qid: int) -> bytes:
+    m = dns.message.make_query("integ.example.", "SOA")
+    m.set_opcode(dns.opcode.NOTIFY)
+    m.id = qid
+    return m.to_wire()
+
+
+def test_control_plane_connections_are_limited(start_server):
+    # NOTIFY/XFR/TSIG messages hand their connection to the asyncio side, one Python object and
+    # task each: tcp_max_control_connections bounds them; past it a handoff is closed unanswered
+    server = start_server([INTEG_ZONE], workers=1, tcp_max_control_connections=2,
+                          tcp_idle_timeout=30.0)
+    addr = server.addresses[0]
+    held = []
+    try:
+        for qid in (21, 22):
+            s = tcp_connect(addr, timeout=5)
+            s.sendall(frame(_notify(qid)))
+            a = read_frame(s)
+            assert a is not None and msg_id(a) == qid      # answered by the control plane
+            held.append(s)
+        assert wait_for(lambda: server.tcp.handed_connections == 2, 3.0)
+        with tcp_connect(addr, timeout=5) as s:
+            s.sendall(frame(_notify(23)))
+            try:
+                a = read_frame(s)
+            except ConnectionResetError:
+                a = None
+            assert a is None                                # closed, not answered
+        assert wait_for(lambda: server.tcp.counters.stats()["tcp_control_refused"] == 1, 3.0)
+        assert server.tcp.counters.stats()["tcp_control_connections"] == 2
+        assert _answered(addr, 24)                      # ordinary queries are not affected
+        held.pop().close()
+        assert wait_for(lambda: server.tcp.handed_connections == 1, 5.0)
+        with tcp_connect(addr, timeout=5) as s:
+            s.sendall(frame(_notify(25)))
+            a = read_frame(s)
+            assert a is not None and msg_id(a) == 25
+        from pop53.serve.metrics import _tcp_metrics
+        closed = list(_tcp_metrics(server.tcp.counters.stats()))[1]
+        assert [s.value for s in closed.samples if s.labels == {"reason": "control_refused"}] == [1]
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_control_connection_limit_is_checked():
+    with pytest.raises(ConfigError, match="tcp_max_control_connections"):
+        cfgmod.from_dict({"server": {"listen": ["127.0.0.1:0"], "tcp_max_control_connections": 0}},
+                         file="<t>")

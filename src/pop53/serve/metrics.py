@@ -129,7 +129,7 @@ def _tcp_metrics(tcp: dict):
                             labels=["reason"])
     for reason, key in (("refused", "tcp_refused"), ("refused_per_ip", "tcp_refused_per_ip"),
                         ("evicted", "tcp_evicted"), ("incomplete_timeout", "tcp_timed_out"),
-                        ("write_timeout", "tcp_stalled")):
+                        ("write_timeout", "tcp_stalled"), ("control_refused", "tcp_control_refused")):
         c.add_metric([reason], tcp.get(key, 0))
     yield c
 

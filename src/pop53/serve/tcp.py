@@ -54,6 +54,8 @@ class TcpCounters:
                     for kk, vv in v.items():
                         d[kk] = d.get(kk, 0) + vv
         out.update(self.tcp.group.stats())
+        out["tcp_control_connections"] = self.tcp.handed_connections
+        out["tcp_control_refused"] = self.tcp.control_refused
         return out
 
 
@@ -75,6 +77,7 @@ class TcpServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.threads: list[threading.Thread] = []
         self.handed_connections = 0       # connections now served here (handed over)
+        self.control_refused = 0          # handoffs closed: tcp_max_control_connections
         self._ready = threading.Event()
         self._stopping = None
 
@@ -139,8 +142,16 @@ class TcpServer:
                 pass
         except BlockingIOError:
             pass
+        limit = self.server.config.tcp_max_control_connections
         for lp in self.loops:
             for fd, _addr, out, rest, queries in lp.take_handoffs():
+                if self.handed_connections >= limit:
+                    # every one is a Python object and an asyncio task: a flood of NOTIFYs or
+                    # signed queries must not grow them without bound (issue 15)
+                    self.control_refused += 1
+                    os.close(fd)
+                    continue
+                self.handed_connections += 1      # counted now: the task starts later
                 self.loop.create_task(self._adopt(fd, out, rest, queries))
 
     async def _adopt(self, fd: int, out: bytes, rest: bytes, queries: int) -> None:
@@ -149,20 +160,22 @@ class TcpServer:
         reader = asyncio.StreamReader(limit=65536 + 2)
         reader.feed_data(rest)     # before the transport reads anything: order is kept
         try:
-            transport, protocol = await self.loop.connect_accepted_socket(
-                lambda: asyncio.StreamReaderProtocol(reader), sock)
-        except OSError:
-            sock.close()
-            return
-        writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
-        if out:
-            writer.write(out)
-        await self._handle(reader, writer, queries)
+            try:
+                transport, protocol = await self.loop.connect_accepted_socket(
+                    lambda: asyncio.StreamReaderProtocol(reader), sock)
+            except OSError:
+                sock.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            if out:
+                writer.write(out)
+            await self._handle(reader, writer, queries)
+        finally:
+            self.handed_connections -= 1
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       done: int) -> None:
         cfg = self.server.config
-        self.handed_connections += 1
         peer = writer.get_extra_info("peername")
         try:
             for _ in range(max(0, cfg.tcp_max_queries - done)):
@@ -178,7 +191,6 @@ class TcpServer:
         except ConnectionError:
             pass
         finally:
-            self.handed_connections -= 1
             try:
                 writer.close()
             except Exception:

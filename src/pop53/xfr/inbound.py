@@ -199,26 +199,57 @@ def receipt_clock() -> ReceiptClock:
     return clock
 
 
-def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, serial: int | None,
-                     timeout: float, lifetime: float, max_bytes: int) -> int:
-    """AXFR/IXFR over TCP into `txn_manager` (dns.xfr.Inbound does the RFC 1995/5936 state
-    machine and TSIG chaining, as in dns.query.inbound_xfr); returns the octets received.  Unlike dns.query.inbound_xfr, a
-    reader thread drains the socket into memory while messages are parsed: a primary does not
-    wait for a slow consumer (Knot drops a client that has not read for `tcp-io-timeout`,
-    500 ms by default, which a Python parser of a large zone always hits)."""
+# The receive buffer asked for before connecting (the kernel caps it at net.core.rmem_max): a
+# primary that finds the window full for too long drops the transfer (Knot: tcp-io-timeout,
+# 500 ms), and autotuning grows the window only as fast as a busy reader drains it.
+RCVBUF = 4 << 20
 
-    deadline = time.monotonic() + lifetime
-    wire = query.to_wire()
-    sock = socket.create_connection((primary.host, primary.port), timeout=timeout)
-    frames: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    received_bytes = [0]
 
-    def reader():
+def _connect(primary: Peer, timeout: float) -> socket.socket:
+    err = None
+    for family, kind, proto, _name, addr in socket.getaddrinfo(primary.host, primary.port, 0,
+                                                              socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.settimeout(timeout)
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            err = exc
+    raise err if err is not None else OSError(f"cannot resolve {primary.host}")
+
+
+class _Stream:
+    """A transfer's TCP connection: the query sent, then a reader thread that drains the socket
+    into memory while messages are parsed, so a primary does not wait for a slow consumer (Knot
+    drops a client that has not read for `tcp-io-timeout`, 500 ms by default, which a Python
+    parser of a large zone always hits).  Iterating gives (time received, message) until the
+    caller stops; a closed or silent connection raises."""
+
+    def __init__(self, primary: Peer, wire: bytes, timeout: float, lifetime: float, max_bytes: int):
+        self.deadline = time.monotonic() + lifetime
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.frames: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self.thread = None
+        self.received = 0        # message octets, as the sender logs them (xfr/translog.py)
+        self.sock = _connect(primary, timeout)
+        try:
+            self.sock.sendall(struct.pack("!H", len(wire)) + wire)
+            self.thread = threading.Thread(target=self._read, name="pop53-xfr-reader", daemon=True)
+            self.thread.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self) -> None:
         total = 0
         try:
-            f = sock.makefile("rb")
-            while not stop.is_set():
+            f = self.sock.makefile("rb")
+            while not self.stop.is_set():
                 hdr = f.read(2)
                 if len(hdr) < 2:
                     raise EOFError("EOF")
@@ -227,35 +258,51 @@ def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, ser
                 if len(body) < n:
                     raise EOFError("EOF inside a message")
                 total += n + 2
-                received_bytes[0] += n     # message octets, as the sender logs them
-                if total > max_bytes:
-                    raise UpdateRejected(f"transfer exceeds {max_bytes} octets ([xfr] max_transfer_bytes)")
-                frames.put((time.time(), body))
+                self.received += n
+                if total > self.max_bytes:
+                    raise UpdateRejected(f"transfer exceeds {self.max_bytes} octets "
+                                         "([xfr] max_transfer_bytes)")
+                self.frames.put((time.time(), body))
         except BaseException as exc:  # handed to the parser; it decides
-            frames.put(exc)
+            self.frames.put(exc)
 
-    t = None
+    def __iter__(self):
+        while True:
+            remaining = min(self.timeout, self.deadline - time.monotonic())
+            if remaining <= 0:
+                raise dns.exception.Timeout("transfer lifetime exceeded")
+            try:
+                item = self.frames.get(timeout=remaining)
+            except queue.Empty:
+                raise dns.exception.Timeout(f"no message for {remaining:.1f} s") from None
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if self.thread is not None:
+            self.thread.join(self.timeout)
+
+
+def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, serial: int | None,
+                     timeout: float, lifetime: float, max_bytes: int) -> int:
+    """AXFR/IXFR over TCP into `txn_manager` (dns.xfr.Inbound does the RFC 1995/5936 state
+    machine and TSIG chaining, as in dns.query.inbound_xfr), read through a _Stream; returns
+    the octets received."""
+    stream = _Stream(primary, query.to_wire(), timeout, lifetime, max_bytes)
     clock = receipt_clock()
     try:
-        sock.sendall(struct.pack("!H", len(wire)) + wire)
-        t = threading.Thread(target=reader, name="pop53-xfr-reader", daemon=True)
-        t.start()
         rdtype = query.question[0].rdtype
         with dns.xfr.Inbound(txn_manager, rdtype, serial) as inbound:
             tsig_ctx = None
             first = True
-            done = False
-            while not done:
-                remaining = min(timeout, deadline - time.monotonic())
-                if remaining <= 0:
-                    raise dns.exception.Timeout("transfer lifetime exceeded")
-                try:
-                    item = frames.get(timeout=remaining)
-                except queue.Empty:
-                    raise dns.exception.Timeout(f"no message for {remaining:.1f} s") from None
-                if isinstance(item, BaseException):
-                    raise item
-                received, body = item
+            for received, body in stream:
                 clock.local.t = received
                 try:
                     r = dns.message.from_wire(body, keyring=query.keyring, request_mac=query.mac,
@@ -266,15 +313,9 @@ def inbound_transfer(primary: Peer, txn_manager, query: dns.message.Message, ser
                 if not query.is_response(r, xfr_continuation=not first):
                     raise dns.query.BadResponse
                 first = False
-                done = inbound.process_message(r)
                 tsig_ctx = r.tsig_ctx
+                if inbound.process_message(r):
+                    break
     finally:
-        stop.set()
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        sock.close()
-        if t is not None:
-            t.join(timeout)
-    return received_bytes[0]
+        stream.close()
+    return stream.received

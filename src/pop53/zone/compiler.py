@@ -25,7 +25,7 @@ from pop53 import _core
 from pop53.dnssec import index as dnssec_index
 from pop53.errors import ZoneError
 from pop53.zone.images import Image
-from pop53.zone.zonefile import ZoneData, load_zone_file, zone_from_text
+from pop53.zone.zonefile import ZoneData, load_zone_file, zone_from_bytes
 
 HEADER = struct.Struct("<8sIIQIIIIIIIIII")
 CHECKSUM_OFFSET = 60   # the header's last field
@@ -247,6 +247,8 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
             raise ZoneError(f"zone {z.origin} is given twice ({origins[z.origin]} and {z.source})",
                             zone=z.origin.to_text())
         origins[z.origin] = z.source
+    if zones and all(_flat_ok(z) for z in zones):
+        return _compile_flat(sorted(zones, key=lambda z: z.origin), seed, expired)
     builds = [_ZoneBuild(i, z) for i, z in enumerate(sorted(zones, key=lambda z: z.origin))]
     for b in builds:
         b.build()
@@ -351,15 +353,62 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
         _core.fill_table(buf, b.ntab_off, b.ntab_size - 1,
                          np.fromiter((n.off for n in b.nodes.values()), dtype=np.uint32,
                                      count=len(b.nodes)))
-    # zone table: slot -> zone index + 1
-    for b in builds:
-        slot = _core.hash_name(b.key, seed) & (ztab_size - 1)
-        while struct.unpack_from("<I", buf, ztab_off + 4 * slot)[0]:
-            slot = (slot + 1) & (ztab_size - 1)
-        struct.pack_into("<I", buf, ztab_off + 4 * slot, b.index + 1)
+    _fill_zone_table(buf, [b.key for b in builds], ztab_off, ztab_size, seed)
     struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
     # the buffer itself (no second copy of a 100 MB image at the peak); nothing else holds it
     return Image(buf)
+
+
+def _flat_ok(z: ZoneData) -> bool:
+    """Whether the C compile (ext/zonebuild.pxi) takes this zone: scanner records of an unsigned
+    zone (a signed zone's DNSSEC plan, pop53.dnssec.index, works on node objects)."""
+    r = z.columns
+    return r is not None and not np.isin(r.type, _DNSSEC_CHAIN).any()
+
+
+_DNSSEC_CHAIN = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.uint16)
+
+
+def _flat_zone(z: ZoneData) -> "_core.FlatZone":
+    r = z.columns
+    cov = r.covers()
+    order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+    key = z.origin.to_wire().lower()
+    try:
+        return _core.FlatZone(r.names, r.node_off, r.node_len, order, r.node, r.type,
+                              cov, r.ttl, r.rdoff, r.rdlen, r.rdata, key, len(z.origin) - 1)
+    except OverflowError as exc:
+        raise ZoneError("RRset or RDATA too large for the wire format",
+                        owner=dns.name.from_wire(exc.args[0], 0)[0].to_text(),
+                        zone=z.origin.to_text(), file=z.source) from None
+
+
+def _compile_flat(zones: list[ZoneData], seed: int, expired: set) -> Image:
+    """_compile's image, byte for byte, from scanner records without a Python object per name
+    (issue 15): the zones are built and written by ext/zonebuild.pxi."""
+    flat = [_flat_zone(z) for z in zones]
+    img = _core.FlatImage(flat)
+    try:
+        buf, zones_off, ztab_off, ztab_size, n_nodes, n_rrsets, n_records = img.write(
+            HEADER.size, ZONE.size, seed, [z.origin in expired for z in zones],
+            _core.ZONE_FLAGS["EXPIRED"], _MAX_IMAGE)
+    except OverflowError as exc:
+        raise ZoneError(f"image would be {exc.args[0]} bytes; the format's limit is 4 GiB") from None
+    del img
+    HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, len(buf), len(zones),
+                     zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, 0)
+    _fill_zone_table(buf, [f.key for f in flat], ztab_off, ztab_size, seed)
+    struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
+    return Image(buf)
+
+
+def _fill_zone_table(buf, keys: list, ztab_off: int, ztab_size: int, seed: int) -> None:
+    """The zone table: slot -> zone index + 1 (linear probing on the image's name hash)."""
+    for i, key in enumerate(keys):
+        slot = _core.hash_name(key, seed) & (ztab_size - 1)
+        while struct.unpack_from("<I", buf, ztab_off + 4 * slot)[0]:
+            slot = (slot + 1) & (ztab_size - 1)
+        struct.pack_into("<I", buf, ztab_off + 4 * slot, i + 1)
 
 
 def failed_zone(origin: str | dns.name.Name) -> ZoneData:
@@ -367,8 +416,9 @@ def failed_zone(origin: str | dns.name.Name) -> ZoneData:
     origin in `expired`), so its names get SERVFAIL, as Knot answers for a zone it could not
     load, rather than REFUSED (not ours); none of this data is ever answered."""
     origin = dns.name.from_text(origin) if isinstance(origin, str) else origin
-    return zone_from_text("@ 0 IN SOA invalid. invalid. 0 0 0 0 0\n@ 0 IN NS invalid.\n", origin,
-                          source="<failed to load>")
+    # read by the scanner: an image with a stand-in still takes the C compile (issue 15)
+    return zone_from_bytes(b"@ 0 IN SOA invalid. invalid. 0 0 0 0 0\n@ 0 IN NS invalid.\n", origin,
+                           source="<failed to load>")
 
 
 def load_or_fail(zones: list[tuple[str, str]], include_dir: str | None = None

@@ -195,6 +195,20 @@ class Records:
             self._keys = [names[o:o + n] for o, n in zip(offs, lens)]
         return self._keys
 
+    def owner_key(self, node: int) -> bytes:
+        """One node's lowercased wire name (keys()[node] without making them all)."""
+        return self.owner_wire(node).lower()
+
+    def find(self, key: bytes) -> int:
+        """The node whose lowercased wire name is `key`, or -1; without a Python object per
+        name (the apex is looked up on every load: it is almost always among the first)."""
+        cand = np.nonzero(self.node_len == len(key))[0]
+        for start in range(0, len(cand), 1024):
+            for nd in cand[start:start + 1024].tolist():
+                if self.owner_key(nd) == key:
+                    return nd
+        return -1
+
     def rdata_of(self, i: int) -> bytes:
         o = int(self.rdoff[i])
         return self.rdata[o:o + int(self.rdlen[i])]

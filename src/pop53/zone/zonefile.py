@@ -39,6 +39,22 @@ _SINGLETONS = {dns.rdatatype.CNAME, dns.rdatatype.DNAME, dns.rdatatype.SOA}
 _ORIGIN_RE = re.compile(r"^\$ORIGIN\s+(\S+)", re.MULTILINE | re.IGNORECASE)
 _SOA_RE = re.compile(r"^(\S+\.)\s+(?:[^;\n]*\s)?SOA\s", re.MULTILINE | re.IGNORECASE)
 _INCLUDE_RE = re.compile(r'^\$INCLUDE\s+("[^"\n]*"|\S+)', re.MULTILINE | re.IGNORECASE)
+# the same on the file's bytes (no decoded copy of a 50 MB file just to look for these)
+_ORIGIN_RE_B = re.compile(_ORIGIN_RE.pattern.encode(), re.MULTILINE | re.IGNORECASE)
+_SOA_RE_B = re.compile(_SOA_RE.pattern.encode(), re.MULTILINE | re.IGNORECASE)
+_INCLUDE_RE_B = re.compile(_INCLUDE_RE.pattern.encode(), re.MULTILINE | re.IGNORECASE)
+
+
+def _searchable(data: bytes):
+    """What the regexes above search: the bytes, or with a CR in them the text as read in text
+    mode (universal newlines)."""
+    if b"\r" in data:
+        return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    return data
+
+
+def _as_text(b) -> str:
+    return b if isinstance(b, str) else b.decode("utf-8", "surrogateescape")
 
 
 class _OutOfZone(Exception):
@@ -172,13 +188,15 @@ class ZoneData:
         return None
 
 
-def _guess_origin(text: str, path: str) -> dns.name.Name:
-    m = _ORIGIN_RE.search(text)
+def _guess_origin(text, path: str) -> dns.name.Name:
+    """From $ORIGIN or an absolute SOA owner; `text` is str or (no CR in it) the file's bytes."""
+    b = not isinstance(text, str)
+    m = (_ORIGIN_RE_B if b else _ORIGIN_RE).search(text)
     if m:
-        return dns.name.from_text(m.group(1))
-    m = _SOA_RE.search(text)
+        return dns.name.from_text(_as_text(m.group(1)))
+    m = (_SOA_RE_B if b else _SOA_RE).search(text)
     if m:
-        return dns.name.from_text(m.group(1))
+        return dns.name.from_text(_as_text(m.group(1)))
     raise ZoneError("cannot tell the zone's origin: no $ORIGIN and no SOA with an absolute owner; "
                     "give the zone name explicitly", file=path)
 
@@ -187,11 +205,13 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _included(text: str, out: dict, include_dir: str | None, depth: int = 0) -> None:
+def _included(text, out: dict, include_dir: str | None, depth: int = 0) -> None:
     """Add the files `text` $INCLUDEs, recursively, to out {absolute path: SHA-256, or None
-    when unreadable}.  Relative names resolve against include_dir (else the working directory)."""
-    for m in _INCLUDE_RE.finditer(text):
-        path = os.path.abspath(_resolve(m.group(1).strip('"'), include_dir))
+    when unreadable}.  Relative names resolve against include_dir (else the working directory).
+    `text` is str or (no CR in it) the file's bytes."""
+    rx = _INCLUDE_RE if isinstance(text, str) else _INCLUDE_RE_B
+    for m in rx.finditer(text):
+        path = os.path.abspath(_resolve(_as_text(m.group(1)).strip('"'), include_dir))
         if path in out or depth > 16:
             continue
         try:
@@ -201,7 +221,7 @@ def _included(text: str, out: dict, include_dir: str | None, depth: int = 0) -> 
             out[path] = None
             continue
         out[path] = _digest(data)
-        _included(data.decode("utf-8", "surrogateescape"), out, include_dir, depth + 1)
+        _included(_searchable(data), out, include_dir, depth + 1)
 
 
 def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dict:
@@ -215,7 +235,7 @@ def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dic
     except OSError:
         return {path: None}
     out[path] = _digest(data)
-    _included(data.decode("utf-8", "surrogateescape"), out, include_dir)
+    _included(_searchable(data), out, include_dir)
     return out
 
 
@@ -230,8 +250,9 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             raw = f.read()
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
-    # as text mode reads it (universal newlines); the digest is of the bytes that were parsed
-    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    # as text mode reads it (universal newlines); the digest is of the bytes that were parsed.
+    # Without a CR the bytes themselves are searched: no decoded copies of a big file (issue 15)
+    text = _searchable(raw)
     files = {os.path.abspath(path): _digest(raw)}
     _included(text, files, include_dir)
     if origin is None:
@@ -241,6 +262,7 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
             origin = dns.name.from_text(origin)
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
+    del text
     data = zone_from_bytes(raw, origin, source=path, include_dir=include_dir)
     data.files = files
     data.seconds = time.monotonic() - t0
