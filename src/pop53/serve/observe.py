@@ -30,9 +30,12 @@ class Observe:
         if s.current_image is not None:
             self.label(s.current_image)
         if self.dnstap is not None:
+            socks = s.net.udp_socks
             for i, w in enumerate(s.workers):
-                if i < len(s.net.udp_socks):      # (XDP workers: not logged yet)
-                    self.dnstap.attach(w, False, s.net.udp_socks[i].getsockname())
+                # an XDP worker writes the address asked from each frame; the ring's own
+                # address (the first listen socket) is only its default
+                sock = socks[i] if i < len(socks) else socks[0]
+                self.dnstap.attach(w, False, sock.getsockname())
             for lp in s.tcp.loops:
                 self.dnstap.attach(lp, True, s.net.tcp_socks[0].getsockname() if s.net.tcp_socks else None)
             self.dnstap.start()
