@@ -509,6 +509,8 @@ class Server:
             w.stop()
         if self.feed is not None:
             self.feed.stop()
+        if self.mapping is not None:
+            self.mapping.stop()         # its signature-renewal thread
         if self.tcp is not None:
             self.tcp.stop()
         deadline = time.monotonic() + 2
