@@ -78,18 +78,23 @@ def load_key(key_path: str) -> SigningKey:
     fields = _read_private(priv_path)
     try:
         alg = int(fields.get("Algorithm", "").split()[0])
-        raw = base64.b64decode(fields["PrivateKey"], validate=True)
-    except (KeyError, IndexError, ValueError):
-        _fail(priv_path, "not a BIND private key (Algorithm and PrivateKey lines)")
+    except (IndexError, ValueError):
+        _fail(priv_path, "not a BIND private key (no Algorithm line)")
     if alg != dnskey.algorithm:
         _fail(priv_path, f"algorithm {alg} does not match its .key ({dnskey.algorithm})")
+    if alg not in (ALG_P256, ALG_ED25519):
+        _fail(priv_path, f"algorithm {alg}: only ECDSAP256SHA256 (13) and ED25519 (15) are signed "
+                         "online")
+    try:
+        raw = base64.b64decode(fields["PrivateKey"], validate=True)
+    except (KeyError, ValueError):
+        _fail(priv_path, "not a BIND private key (no PrivateKey line)")
     if alg == ALG_P256 and len(raw) == 32:
         private = ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
     elif alg == ALG_ED25519 and len(raw) == 32:
         private = ed25519.Ed25519PrivateKey.from_private_bytes(raw)
     else:
-        _fail(priv_path, f"algorithm {alg}: only ECDSAP256SHA256 (13) and ED25519 (15) are signed "
-                         "online")
+        _fail(priv_path, f"a {len(raw)}-byte private key is not one of algorithm {alg}")
     # the private key must be the one the DNSKEY publishes, or every signature is bogus
     if dns.dnssec.make_dnskey(private.public_key(), alg, dnskey.flags).key != dnskey.key:
         _fail(priv_path, "the private key does not match the DNSKEY of its .key file")
