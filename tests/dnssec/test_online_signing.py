@@ -217,8 +217,26 @@ def test_a_mapped_name_missing_from_the_signed_chain_is_refused(served, tmp_path
     (tmp_path / "world.map").write_text(MAP)
     (tmp_path / "pop53.toml").write_text(CONFIG.format(ctl=tmp_path / "ctl.sock"))
     import sys
-    r = subprocess.run([sys.executable, "-m", "pop53", "serve", "-c", "pop53.toml"],
+    for cmd in ("serve", "check"):
+        r = subprocess.run([sys.executable, "-m", "pop53", cmd, "-c", "pop53.toml"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0
+        assert "mapped[0].name" in r.stderr and "e1.cdn.example." in r.stderr and \
+            "signed A RRset" in r.stderr, r.stderr[-2000:]
+
+
+def test_check_accepts_the_served_configuration_and_names_bad_keys(served, tmp_path):
+    """`pop53 check`: the mapped types at a mapped name of a zone signed online are expected
+    (they are its chain entry), not a clash; a missing key directory names the key."""
+    import sys
+    p, cwd, s = served
+    r = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", "pop53.toml"], cwd=cwd,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    text = open(cwd + "/pop53.toml").read().replace('dnssec_keys = "keys"', 'dnssec_keys = "nokeys"')
+    (tmp_path / "pop53.toml").write_text(text.replace('file = "cdn.signed"',
+                                                      f'file = "{cwd}/cdn.signed"')
+                                         .replace('file = "world.map"', f'file = "{cwd}/world.map"'))
+    r = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", "pop53.toml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0
-    assert "mapped[0].name" in r.stderr and "e1.cdn.example." in r.stderr and \
-        "signed A RRset" in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 1 and "zone[0].dnssec_keys" in r.stderr and "nokeys" in r.stderr, r.stderr
