@@ -240,3 +240,10 @@ def test_check_accepts_the_served_configuration_and_names_bad_keys(served, tmp_p
     r = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", "pop53.toml"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "zone[0].dnssec_keys" in r.stderr and "nokeys" in r.stderr, r.stderr
+    # no keys at all: mapped answers in a signed zone would go out unsigned (bogus)
+    (tmp_path / "pop53.toml").write_text((tmp_path / "pop53.toml").read_text().replace(
+        'dnssec_keys = "nokeys"\ndnssec_validity = 90\ndnssec_refresh = 84\n', ""))
+    r = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", "pop53.toml"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "mapped[0].name" in r.stderr and \
+        "give the zone's signing keys" in r.stderr, r.stderr

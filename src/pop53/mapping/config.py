@@ -295,6 +295,12 @@ def check_zones(mcfg: MappingConfig, zones, online=()) -> None:
                  key=lambda z: len(z.origin.labels), default=None)
         if zd is None:
             continue
+        if zd.origin not in online and zd.zone.get_rdataset(zd.origin, T.DNSKEY) is not None \
+                and res.type != "NS":
+            # an unsigned answer in a signed zone is bogus to every validator (RFC 4035 §5)
+            raise ConfigError(f"{res.name} is mapped in the signed zone {zd.origin}: give the "
+                              f"zone's signing keys (dnssec_keys) so its answers are signed",
+                              file=mcfg.source, key=key)
         n = name
         while n != zd.origin:
             node = zd.zone.get_node(n)
