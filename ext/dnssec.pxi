@@ -214,12 +214,12 @@ cdef void dnssec_nxdomain(ctx_t* c, const zone_t* z, const node_t* ce, const uin
     if d.mode == DS_NSEC:
         dnssec_pend(c, z, nsec_cover(c.img, d, name, loff, labels))
     elif info != NULL and info.nc != 0:
-        # opt-out left the closest encloser without an NSEC3: the closest provable encloser
-        # and the opt-out NSEC3 covering its next closer name, which is also the query name's
-        # (RFC 5155 §7.2.2 with §6: the answer is insecure, and needs no wildcard proof)
+        # opt-out left the closest encloser without an NSEC3: the closest provable encloser,
+        # the opt-out NSEC3 covering its next closer name (also the query name's), and (below)
+        # the NSEC3 covering the wildcard at that encloser, which index.py stored as this
+        # name's (RFC 5155 §7.2.1-2, §8.4; the answer is insecure, §9.2, but whole, as Knot's)
         dnssec_pend(c, z, info.match)
         dnssec_pend(c, z, info.nc)
-        return
     elif k > 0:
         if info != NULL:
             dnssec_pend(c, z, info.match)

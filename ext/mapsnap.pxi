@@ -176,7 +176,7 @@ cdef class MapSnapshot:
             if table[i] >= v.n_ans or v.ans[table[i]].flags & ANS_PICK:
                 raise ValueError("pick table names a bad answer")
 
-    cdef void _check_rrset(self, uint32_t off) except *:
+    cdef void _check_rrset(self, uint32_t off, bint sig=False) except *:
         cdef const rrset_t* rs
         if off == 0:
             return
@@ -185,6 +185,13 @@ cdef class MapSnapshot:
         rs = <const rrset_t*>(self.s.base + off)
         if rs.count == 0 or rs.rdata_off < 8 or <uint64_t>rs.rdata_off + rs.rdata_len > self.s.size:
             raise ValueError("rrset data out of bounds")
+        if rs.add_count != 0 or (sig and (rs.type != T_RRSIG or rs.add_off != 0)):
+            raise ValueError("bad answer signature")
+        if rs.add_off:
+            # an answer signed online (pop53.dnssec.online): add_off is its RRSIG rrset_t
+            if sig:
+                raise ValueError("bad answer signature")
+            self._check_rrset(rs.add_off, True)
 
     def __dealloc__(self):
         free(self.views)

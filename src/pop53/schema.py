@@ -246,7 +246,14 @@ _zone = SCHEMA.table("zone", array=True, doc="One zone: loaded from a file (a pr
       "(a producer): generated here, listing every file zone of this server")
  .key("notify", "list of strings", [], '"ADDRESS[:PORT]" of secondaries sent a NOTIFY on each change (RFC 1996)')
  .key("allow_transfer", "list of strings", Computed("the notify addresses"),
-      "addresses or prefixes allowed to transfer the zone (AXFR/IXFR)"))
+      "addresses or prefixes allowed to transfer the zone (AXFR/IXFR)")
+ .key("dnssec_keys", "string", None, "directory of BIND key files (K<zone>+<alg>+<id>.key/.private, "
+      "ECDSAP256SHA256 or ED25519) whose zone-signing keys sign this zone's mapped answers online "
+      "(the zone itself arrives signed; docs/dnssec-online.md); relative to the config file")
+ .key("dnssec_validity", "integer (seconds)", 1209600, "validity of online signatures (inception "
+      "one hour back)")
+ .key("dnssec_refresh", "integer (seconds)", Computed("half of dnssec_validity"),
+      "an online signature is renewed when less than this is left"))
 
 _rrl = SCHEMA.table("rrl", doc="Response rate limiting on UDP (TCP is never limited): responses "
                                "per second per client prefix, response kind and name.")

@@ -70,8 +70,9 @@ def knot_path(tmp_path_factory):
 
 # a few examples per CI run (each signs a zone and starts Knot), the same ones every run
 # (derandomize: CI must not depend on luck); POP53_DNSSEC_EXAMPLES=200 with
-# POP53_DNSSEC_RANDOM=1 hunts.  A hunt found an opt-out NXDOMAIN below an ENT where pop53 sends
-# one NSEC3 more than Knot (issue 12 note): not yet settled which side is minimal.
+# POP53_DNSSEC_RANDOM=1 hunts.  A hunt found an opt-out NXDOMAIN below a bare ENT where the
+# proofs differed: settled for RFC 5155 §7.2.2 (the wildcard at the closest provable encloser
+# is proven, as Knot does), test_optout_ent.py.
 @settings(max_examples=int(os.environ.get("POP53_DNSSEC_EXAMPLES", "6")), deadline=None,
           derandomize=os.environ.get("POP53_DNSSEC_RANDOM") != "1",
           suppress_health_check=list(HealthCheck), database=None)

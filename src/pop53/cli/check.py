@@ -60,6 +60,7 @@ def run(args) -> int:
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
+    image = None
     if not errors and zones:
         try:
             image = compile_zone_data(zones)
@@ -68,21 +69,27 @@ def run(args) -> int:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
     if args.config and cfg.mapping is not None:
-        errors += _check_mapping(cfg.mapping, zones if not errors else [])
+        errors += _check_mapping(cfg, zones if not errors else [], image if not errors else None)
     return 1 if errors else 0
 
 
-def _check_mapping(mcfg, zones) -> int:
-    """Map files (file:line errors), region coverage, static data at mapped names."""
+def _check_mapping(cfg, zones, image) -> int:
+    """Map files (file:line errors), region coverage, static data at mapped names, and for
+    zones signed online (dnssec_keys) the key files and the mapped names' chain entries."""
+    from pop53.dnssec import online
     from pop53.errors import Pop53Error
     from pop53.mapping.config import check_zones
     from pop53.mapping.service import load_tables
     from pop53.mapping.snapshot import SnapshotBuilder
 
+    mcfg = cfg.mapping
     try:
+        signer = online.from_config(cfg)
         tables = load_tables(mcfg)
-        SnapshotBuilder(mcfg, tables).build(lambda t: mcfg.targets[t].up, 0)
-        check_zones(mcfg, zones)
+        SnapshotBuilder(mcfg, tables).build(lambda t: mcfg.targets[t].up, 0, signer)
+        check_zones(mcfg, zones, {z.origin for z in signer.zones} if signer else ())
+        if signer is not None and image is not None:
+            online.check_mapped_names(image, mcfg, signer)
     except Pop53Error as exc:
         print(f"pop53 check: {exc}", file=sys.stderr)
         return 1

@@ -174,17 +174,21 @@ def _plan_nsec3(auth: list, nsec3_nodes: dict, params: tuple) -> Plan:
     for n in auth:
         match = by_hash.get(hash_of(n.key), 0)
         nc = 0
+        wild = cover(hash_of(b"\x01*" + n.key))
         if not match:
             # opt-out left this name without an NSEC3 (an insecure delegation, or an empty
             # non-terminal above only such): the closest provable encloser and the next
-            # closer's cover prove NODATA here (RFC 5155 §7.2.3, §7.2.4)
+            # closer's cover prove NODATA here (RFC 5155 §7.2.3, §7.2.4).  A name error below
+            # it is proven against that encloser too, so its wildcard proof is the one of
+            # "*.<closest provable encloser>" (§7.2.2; the validator's §8.4 checks exactly it)
             child, anc = n.key, _parent(n.key)
             while anc:
                 m = by_hash.get(hash_of(anc))
                 if m:
                     match, nc = m, cover(hash_of(child))
+                    wild = cover(hash_of(b"\x01*" + anc))
                     break
                 child, anc = anc, _parent(anc)
-        info.append((n.off, match, cover(hash_of(b"\x01*" + n.key)), nc))
+        info.append((n.off, match, wild, nc))
     info.sort()
     return Plan(MODE_NSEC3, iterations, salt, chain, info)

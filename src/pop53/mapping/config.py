@@ -302,10 +302,12 @@ def parse(doc: dict, file: str | None = None, base_dir: str | None = None,
     return MappingConfig(maps, targets, mapped, source=file)
 
 
-def check_zones(mcfg: MappingConfig, zones) -> None:
+def check_zones(mcfg: MappingConfig, zones, online=()) -> None:
     """Mapped names against the zones' static data (ZoneData list): CNAME exclusivity (RFC 2181
     §10.1) holds with mapped data too, a mapped type is not also static, and no mapped name
-    lies at or below a static delegation."""
+    lies at or below a static delegation.  In a zone signed online (`online`: origins with
+    dnssec_keys) the mapped types are expected at the name: they put it in the NSEC/NSEC3 chain
+    (docs/dnssec-online.md) and are never served."""
     import dns.rdataclass
     import dns.rdatatype as T
 
@@ -316,6 +318,12 @@ def check_zones(mcfg: MappingConfig, zones) -> None:
                  key=lambda z: len(z.origin.labels), default=None)
         if zd is None:
             continue
+        if zd.origin not in online and zd.zone.get_rdataset(zd.origin, T.DNSKEY) is not None \
+                and res.type != "NS":
+            # an unsigned answer in a signed zone is bogus to every validator (RFC 4035 §5)
+            raise ConfigError(f"{res.name} is mapped in the signed zone {zd.origin}: give the "
+                              f"zone's signing keys (dnssec_keys) so its answers are signed",
+                              file=mcfg.source, key=key)
         n = name
         while n != zd.origin:
             node = zd.zone.get_node(n)
@@ -335,6 +343,8 @@ def check_zones(mcfg: MappingConfig, zones) -> None:
             clash = types - {T.RRSIG, T.NSEC, T.NSEC3}
         elif T.CNAME in types:
             clash = {T.CNAME}
+        if zd.origin in online:
+            clash -= mapped
         if clash:
             what = ", ".join(sorted(T.to_text(t) for t in clash))
             raise ConfigError(f"{res.name} is mapped ({res.type or 'A/AAAA'}) and has static "

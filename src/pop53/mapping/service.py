@@ -38,8 +38,11 @@ class MappingState:
     """Maps + liveness -> snapshots.  Thread-safe; `on_publish(snapshot)` is called with each
     new snapshot."""
 
-    def __init__(self, mcfg: MappingConfig, on_publish=None):
+    def __init__(self, mcfg: MappingConfig, on_publish=None, signer=None):
         self.cfg = mcfg
+        self.signer = signer            # pop53.dnssec.online.OnlineSigner, or None
+        self._stop = threading.Event()
+        self._refresher = None
         self.live = {t.name: t.up for t in mcfg.targets.values()}
         self.manifest = _manifest(mcfg)
         self.builder = SnapshotBuilder(mcfg, load_tables(mcfg))
@@ -58,7 +61,7 @@ class MappingState:
             if seed is not None:
                 self.seed = seed
             t0 = time.perf_counter()
-            snap = self.builder.build(lambda t: self.live[t], self.seed)
+            snap = self.builder.build(lambda t: self.live[t], self.seed, self.signer)
             self.last_build_ms = (time.perf_counter() - t0) * 1e3
             self.snapshot = snap
             self.generation += 1
@@ -66,6 +69,34 @@ class MappingState:
         if self.on_publish is not None:
             self.on_publish(snap, seq)
         return snap
+
+    def start_refresh(self) -> None:
+        """Renew online signatures before they expire: republish (off the hot path) when the
+        earliest one reaches its refresh time (pop53.dnssec.online)."""
+        if self.signer is None or self._refresher is not None:
+            return
+        self._refresher = threading.Thread(target=self._refresh_loop, name="pop53-mapsign",
+                                           daemon=True)
+        self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            due = self.signer.next_refresh()
+            wait = 3600.0 if due is None else max(0.0, min(3600.0, due - self.signer.clock()))
+            if self._stop.wait(wait):
+                return
+            due = self.signer.next_refresh()
+            if due is not None and due <= self.signer.clock():
+                try:
+                    self.publish()
+                    log.info("mapped-answer signatures renewed (mapping generation %d)",
+                             self.generation)
+                except Exception:   # a failed renewal keeps the old snapshot; retried later
+                    log.exception("renewing mapped-answer signatures failed")
+                    self._stop.wait(60.0)
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def set_target(self, name: str, up: bool):
         """Mark a target up or down and publish.  KeyError for an unknown target."""
@@ -111,6 +142,8 @@ class MappingState:
                          "bytes": t.nbytes} for n, t in b.tables.items()},
             "resources": len(self.cfg.mapped),
             "last_build_ms": round(self.last_build_ms, 3),
+            "signatures_made": self.signer.made if self.signer is not None else None,
+            "next_signature_refresh": self.signer.next_refresh() if self.signer is not None else None,
         }
 
 
@@ -133,7 +166,12 @@ def attach(server) -> MappingState | None:
             if old is not None:
                 server.slot.retire(old)
 
-    state = MappingState(mcfg, on_publish)
+    from pop53.dnssec import online
+    signer = online.from_config(server.config)
+    state = MappingState(mcfg, on_publish, signer)
     image = server.current_image
+    if signer is not None and image is not None:
+        online.check_mapped_names(image, mcfg, signer)
     state.publish(image.view.seed if image is not None else 0)
+    state.start_refresh()
     return state

@@ -29,7 +29,7 @@ _KEY = struct.Struct("<BBBB32s32s512s")
 _PICK = struct.Struct("<BBHIQ")
 assert (_RES.size, _ANS.size, _GLUE.size, _KEY.size, _PICK.size) == tuple(
     _core.MAP_SIZEOF[k] for k in ("res", "ans", "glue", "keycfg", "pick"))
-T_A, T_NS, T_CNAME, T_AAAA = 1, 2, 5, 28
+T_A, T_NS, T_CNAME, T_AAAA, T_RRSIG = 1, 2, 5, 28, 46
 MAPF_A, MAPF_AAAA = 1, 2
 ANS_SERVFAIL, ANS_PICK, GLUE_REQUIRED = 1, 2, 1
 PICK_BITS = 10           # 1,024 buckets per sticky/weighted answer: weights to about 0.1%
@@ -182,11 +182,14 @@ def merged_view(table: RegionTable, fn: np.ndarray) -> tuple:
 
 
 class _Blob:
-    """The snapshot's byte arena: names, RRsets, answers, glue.  Offset 0 means none."""
+    """The snapshot's byte arena: names, RRsets, answers, glue.  Offset 0 means none.
+    With a signer (pop53.dnssec.online), an answer RRset of a zone signed online carries its
+    RRSIG RRset: rrset_t.add_off points at it (mapping RRsets have no additional targets)."""
 
-    def __init__(self):
+    def __init__(self, signer=None):
         self.buf = bytearray(8)
         self.names: dict[bytes, int] = {}
+        self.signer = signer
 
     def add(self, data: bytes, align: int = 4) -> int:
         self.buf += b"\0" * (-len(self.buf) % align)
@@ -200,12 +203,22 @@ class _Blob:
             off = self.names[wire] = self.add(wire, 1)
         return off
 
-    def rrset(self, rtype: int, ttl: int, rdatas: list[bytes]) -> int:
+    def rrset(self, rtype: int, ttl: int, rdatas: list[bytes], owner: bytes | None = None) -> int:
+        """An RRset; `owner` (wire) given: an answer, signed when its zone is signed online."""
         if not rdatas:
             return 0
+        sig_off = 0
+        if owner is not None and self.signer is not None:
+            sigs = self.signer.sign(owner, rtype, ttl, rdatas)
+            if sigs:
+                # RFC 4034 §3: the RRSIG RRset of the answer; aux = the type covered
+                sdata = b"".join(struct.pack(">H", len(r)) + r for r in sigs)
+                soff = self.add(sdata, 1)
+                sig_off = self.add(_RRSET.pack(T_RRSIG, len(sigs), ttl, soff, len(sdata), 0, 0,
+                                               rtype))
         data = b"".join(struct.pack(">H", len(r)) + r for r in rdatas)
         rdata_off = self.add(data, 1)
-        return self.add(_RRSET.pack(rtype, len(rdatas), ttl, rdata_off, len(data), 0, 0, 0))
+        return self.add(_RRSET.pack(rtype, len(rdatas), ttl, rdata_off, len(data), sig_off, 0, 0))
 
 
 def _wire(text: str) -> bytes:
@@ -246,10 +259,10 @@ class SnapshotBuilder:
         ttl = res.ttl
         if family in ("A", "AAAA"):
             rs = blob.rrset(T_A if family == "A" else T_AAAA, ttl,
-                            [ipaddress.ip_address(a).packed for a in content])
+                            [ipaddress.ip_address(a).packed for a in content], _wire(res.name))
             return _ANS.pack(rs, 0, 0, 0)
         if family == "CNAME":
-            return _ANS.pack(blob.rrset(T_CNAME, ttl, [_wire(content)]), 0, 0, 0)
+            return _ANS.pack(blob.rrset(T_CNAME, ttl, [_wire(content)], _wire(res.name)), 0, 0, 0)
         rs = blob.rrset(T_NS, ttl, [_wire(h) for h, _ in content])
         owner = dns.name.from_text(res.name)
         glue = b""
@@ -293,10 +306,13 @@ class SnapshotBuilder:
             got = self._score_cache[key] = bucket_scores(res, self.cfg.targets)
         return got
 
-    def build(self, live, seed: int) -> _core.MapSnapshot:
+    def build(self, live, seed: int, signer=None) -> _core.MapSnapshot:
         """A snapshot for the liveness function `live(target) -> bool`, hashing names with the
-        zone image's seed."""
-        blob = _Blob()
+        zone image's seed; `signer` (pop53.dnssec.online.OnlineSigner) signs the answers of
+        zones signed online, so an answer and its RRSIG always come from one snapshot."""
+        blob = _Blob(signer)
+        if signer is not None:
+            signer.begin()
         map_index = {name: i for i, name in enumerate(self.cfg.maps)}
         keys = b"".join(self._keycfg(m) for m in self.cfg.maps.values())
         views: list = []
@@ -335,6 +351,8 @@ class SnapshotBuilder:
             va = vidx.get("A", vidx.get("CNAME", vidx.get("NS", -1)))
             res_bytes += _RES.pack(blob.name(wire), len(wire), labels, kind, flags, h,
                                    map_index[res.map], va, vidx.get("AAAA", -1))
+        if signer is not None:
+            signer.end()       # signatures of answers no longer given are dropped
         # tables no view uses any more (an old liveness) are dropped
         self._views = {k: v for k, v in self._views.items() if k in used}
         size = 8

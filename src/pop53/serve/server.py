@@ -201,6 +201,8 @@ class Server:
     def _stop_feeds(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+        if self.mapping is not None:
+            self.mapping.stop()         # its signature-renewal thread
         if self.observe is not None:
             self.observe.stop()
         if self.control is not None:

@@ -1,0 +1,159 @@
+"""Online signing in process (pop53/dnssec/online.py, keys.py): the data plane only copies the
+RRSIG made at snapshot build time (the count of signatures made does not grow with queries);
+every variant the snapshot can return is signed and verifies; DO=0 answers carry no RRSIG;
+signatures are cached by content and renewed when their refresh time comes; bad key files are
+one-line errors naming the file."""
+from __future__ import annotations
+
+import subprocess
+import tomllib
+
+import dns.dnssec
+import dns.edns
+import dns.message
+import dns.name
+import dns.rdatatype
+import pytest
+
+from pop53 import _core, compile_zones
+from pop53.dnssec import keys as dkeys
+from pop53.dnssec import online
+from pop53.errors import ConfigError
+from pop53.mapping import config as mconfig
+from pop53.mapping.service import MappingState
+from signing import sign
+from test_online_signing import CONFIG, MAP, ORIGIN, ZONE, keygen
+
+CLIENT = b"\x7f\x00\x00\x01"
+
+
+class Clock:
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("online-inproc")
+    keygen(d / "keys", "p256")
+    (d / "cdn.zone").write_text(ZONE)
+    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
+    (d / "world.map").write_text(MAP)
+    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
+    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
+    image = compile_zones([(str(d / "cdn.signed"), ORIGIN)])
+    return d, mcfg, image
+
+
+def make_state(d, mcfg, image, clock, validity=3600, refresh=600):
+    ks = dkeys.zone_signing_keys(dkeys.load_dir(str(d / "keys"), dns.name.from_text(ORIGIN)))
+    signer = online.OnlineSigner([online.ZoneSigning(dns.name.from_text(ORIGIN), ks, validity,
+                                                     refresh)], clock=clock)
+    state = MappingState(mcfg, None, signer)
+    state.publish(image.view.seed)
+    return state, signer
+
+
+def ask(image, snap, name, qtype, ecs=None, do=True):
+    opts = [dns.edns.ECSOption(*ecs)] if ecs else []
+    q = dns.message.make_query(name, qtype, want_dnssec=do, options=opts)
+    _, wire = _core.answer(image.view, q.to_wire(), _core.Responder(), False, CLIENT, snap)
+    return dns.message.from_wire(wire)
+
+
+def test_queries_never_sign_and_every_variant_verifies(setup):
+    d, mcfg, image = setup
+    import time
+    state, signer = make_state(d, mcfg, image, Clock(time.time()))
+    snap = state.snapshot
+    made = signer.made
+    # distinct answers: e1 A eu/us, e1 AAAA eu (us has none: NODATA), www CNAME eu/us
+    assert made == 5
+    zone_keys = {dns.name.from_text(ORIGIN): ask(image, snap, ORIGIN, "DNSKEY").answer[0]}
+    seen = set()
+    for i in range(300):
+        ecs = (f"10.{i % 256}.0.0", 16) if i % 2 else (f"192.0.{i % 256}.0", 24)
+        for name, qtype in (("e1." + ORIGIN, "A"), ("e1." + ORIGIN, "AAAA"), ("www." + ORIGIN, "CNAME")):
+            r = ask(image, snap, name, qtype, ecs)
+            rrs = [x for x in r.answer if x.rdtype != dns.rdatatype.RRSIG]
+            if not rrs:                 # us has no IPv6 target: NODATA with the NSEC proof
+                assert r.authority and any(x.rdtype == dns.rdatatype.NSEC for x in r.authority)
+                continue
+            sig = r.find_rrset(r.answer, rrs[0].name, 1, dns.rdatatype.RRSIG, rrs[0].rdtype)
+            if i < 4:
+                dns.dnssec.validate(rrs[0], sig, zone_keys)
+            seen.add(rrs[0].to_text())
+    assert len(seen) == 5
+    assert signer.made == made, "a query made a signature"
+    # without DO nothing changes: no RRSIG
+    r = ask(image, snap, "e1." + ORIGIN, "A", ("10.0.0.0", 8), do=False)
+    assert r.answer and all(x.rdtype != dns.rdatatype.RRSIG for x in r.answer)
+
+
+def test_cache_by_content_and_renewal(setup):
+    d, mcfg, image = setup
+    clock = Clock(1_900_000_000)
+    state, signer = make_state(d, mcfg, image, clock, validity=3600, refresh=600)
+    assert signer.made == 5 and signer.next_refresh() == clock.t + 3000
+    state.set_target("eu1", False)      # eu's answers become us's: nothing new to sign
+    assert signer.made == 5
+    state.set_target("eu1", True)       # back: signatures of the dropped answers are made again
+    assert signer.made == 8             # e1 A, e1 AAAA and www CNAME of eu
+    clock.t += 2999
+    state.publish()
+    assert signer.made == 8             # more than `refresh` left: reused
+    clock.t += 2
+    state.publish()
+    assert signer.made == 13            # renewed
+    r = ask(image, state.snapshot, "e1." + ORIGIN, "A", ("10.0.0.0", 8))
+    sig = r.find_rrset(r.answer, dns.name.from_text("e1." + ORIGIN), 1, dns.rdatatype.RRSIG,
+                       dns.rdatatype.A)
+    assert sig[0].expiration == clock.t + 3600 and sig[0].inception == clock.t - online.SKEW
+
+
+def test_bad_key_files_are_one_line_errors(tmp_path):
+    k = tmp_path / "k"
+    k.mkdir()
+    with pytest.raises(ConfigError, match="no Kcdn.example"):
+        dkeys.load_dir(str(k), dns.name.from_text(ORIGIN))
+    subprocess.run(["dnssec-keygen", "-q", "-K", str(k), "-a", "RSASHA256", "-b", "1024", ORIGIN],
+                   check=True, capture_output=True)
+    with pytest.raises(ConfigError, match=r"\.private: algorithm 8: only ECDSAP256SHA256"):
+        dkeys.load_dir(str(k), dns.name.from_text(ORIGIN))
+    for p in k.iterdir():
+        p.unlink()
+    keygen(k, "p256")
+    keygen(tmp_path / "other", "p256")
+    # a .private that is not the .key's: every signature would be bogus
+    mine = sorted(k.glob("*.private"))[0]
+    mine.write_text(sorted((tmp_path / "other").glob("*.private"))[0].read_text())
+    with pytest.raises(ConfigError, match="does not match the DNSKEY"):
+        dkeys.load_dir(str(k), dns.name.from_text(ORIGIN))
+
+
+def test_snapshot_rejects_a_bad_signature_offset(setup):
+    """The snapshot is checked before a worker may read it: an RRSIG pointer that leads out of
+    the arena, or to something that is not an RRSIG RRset, is refused."""
+    d, mcfg, image = setup
+    import time
+    state, _ = make_state(d, mcfg, image, Clock(time.time()))
+    blob, res, rtab, keys, views = state.snapshot.refs
+    import struct
+    b = bytearray(blob)
+    # find a signed answer rrset: add_off (offset 16 of rrset_t) pointing at a type-46 rrset
+    pos = None
+    for off in range(8, len(b) - 24, 1):
+        t, cnt, ttl, rdo, rdl, add, addc, aux = struct.unpack_from("<HHIIIIHH", b, off)
+        if t == 1 and cnt == 1 and add and add + 24 <= len(b) and \
+                struct.unpack_from("<H", b, add)[0] == 46 and addc == 0:
+            pos = off
+            break
+    assert pos is not None
+    for bad in (len(b) - 4, pos):         # out of the arena; an A rrset, not an RRSIG
+        c = bytearray(b)
+        struct.pack_into("<I", c, pos + 16, bad)
+        with pytest.raises(ValueError):
+            _core.MapSnapshot(bytes(c), res, rtab, state.snapshot.seed, 0, keys, views)
