@@ -383,6 +383,7 @@ class Server:
         if self.scoring is not None:
             for i, s in enumerate(group):
                 self.scoring.prepare_socket(s, priority=i >= cfg.workers)
+            group = group[:cfg.workers]     # priority sockets belong to their workers (scoring)
         self.udp_socks.extend(group)
         self.tcp_socks.append(tsock)
 
@@ -428,6 +429,8 @@ class Server:
         drop_privileges(self.config.user)
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, True)
+            if self.scoring is not None:
+                self.scoring.worker(w, s)
             self.workers.append(w)
             t = threading.Thread(target=w.run, args=(self.shared, self.responder, self.limiter,
                                                      self.scoring and self.scoring.scorer),
@@ -519,6 +522,8 @@ class Server:
                 s.close()
             except OSError:
                 pass
+        if self.scoring is not None:
+            self.scoring.close()
         if self.control is not None:
             self.control.stop()
         if self.pidfile and self.started:
