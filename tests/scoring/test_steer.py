@@ -1,15 +1,17 @@
 """The kernel stage: with `steer = true` each worker has a priority socket, and the reuseport
-program sends known resolvers' datagrams (IPv4, by /24) there and nothing else; it follows the
-known table across reloads."""
+program sends known resolvers' datagrams there and nothing else: the eBPF program with LPM tries
+(IPv4 by /24, IPv6 by /56) where the kernel allows it, else classic BPF (IPv4 only); it follows
+the known table across reloads."""
 from __future__ import annotations
 
+import logging
 import socket
 
 import dns.flags
 import dns.message
 
 from pop53 import config as cfgmod
-from pop53.scoring import steer
+from pop53.scoring import ebpf, steer
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
@@ -21,7 +23,7 @@ def _ask(addr, src: str, n: int) -> int:
     q.flags &= ~dns.flags.RD
     got = 0
     for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((src, 0))
         s.settimeout(2)
         try:
@@ -51,6 +53,7 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         addr = server.addresses[0]
         # each worker serves its normal socket and its priority socket, the latter first
         assert len(server.workers) == 2 and len(server.scoring.priority) == 2
+        assert server.scoring.steering == "ebpf"
         assert _ask(addr, "127.1.0.7", 20) == 20
         assert _per_worker(server) == (0, 20)
         assert _ask(addr, "127.2.0.7", 20) == 20
@@ -63,6 +66,60 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         assert _per_worker(server) == (30, 30)
     finally:
         server.stop()
+
+
+def test_ebpf_steers_ipv6_by_56(tmp_path):
+    known = tmp_path / "known.txt"
+    known.write_text("::1\n192.0.2.0/24\n")          # ::1 stands for ::/56
+    doc = {"server": {"listen": ["[::1]:0"], "workers": 2},
+           "scoring": {"known_resolvers": str(known), "steer": True},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        addr = server.addresses[0]
+        assert server.scoring.steering == "ebpf"
+        assert _ask(addr, "::1", 12) == 12
+        assert _per_worker(server) == (0, 12)
+        known.write_text("2001:db8::/56\n")           # ::1 no longer known
+        server.reload()
+        assert _ask(addr, "::1", 12) == 12
+        assert _per_worker(server) == (12, 12)
+    finally:
+        server.stop()
+
+
+def test_without_ebpf_classic_bpf_steers_ipv4_and_says_so(tmp_path, monkeypatch, caplog):
+    def refuse(*a):
+        raise ebpf.EbpfUnavailable("bpf(2): Operation not permitted")
+    monkeypatch.setattr(ebpf, "load", refuse)
+    monkeypatch.setattr(steer, "_warned", False)
+    known = tmp_path / "known.txt"
+    known.write_text("127.1.0.0/24\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"known_resolvers": str(known), "steer": True},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
+        server.start()
+    try:
+        assert server.scoring.steering == "cbpf"
+        assert any("eBPF steering not allowed" in r.message and "no IPv6" in r.message
+                   for r in caplog.records)
+        addr = server.addresses[0]
+        assert _ask(addr, "127.1.0.9", 5) == 5 and _ask(addr, "127.2.0.9", 5) == 5
+        assert _per_worker(server) == (5, 5)
+    finally:
+        server.stop()
+
+
+def test_ebpf_program_verifies_for_many_prefixes():
+    v4 = set(range(0x010000, 0x010000 + 50_000))                  # 50,000 /24s
+    v6 = {ebpf.v6_key(f"2001:db8:{i:x}::") for i in range(1000)}
+    fd = ebpf.load(8, v4, v6)
+    assert fd >= 0
+    import os
+    os.close(fd)
 
 
 def test_prologue_stays_within_the_classic_bpf_limits():

@@ -65,6 +65,7 @@ class ScoringService:
         self.queue_ms = settings.get("queue_ms", 0.0) if self.steer and not self.queue_bytes else 0.0
         self.truesize = datagram_truesize() if self.queue_ms else 0
         self.groups: list[tuple[socket.socket, int]] = []
+        self.steering = ""                               # "ebpf" or "cbpf" once attached
         self.priority: dict[int, socket.socket] = {}     # normal socket's fd -> its priority socket
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
@@ -137,7 +138,7 @@ class ScoringService:
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
         from pop53.scoring import steer
-        steer.attach(group[0], workers, self.known.v4)
+        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6)
         self.groups.append((group[0], workers))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
@@ -152,7 +153,7 @@ class ScoringService:
             if self.groups:
                 from pop53.scoring import steer
                 for sock, workers in self.groups:
-                    steer.attach(sock, workers, known.v4)
+                    self.steering = steer.attach(sock, workers, known.v4, known.v6)
             if old is not None:
                 server._retired.append((old, {id(w): w.epoch for w in server.workers}))
 
