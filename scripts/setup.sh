@@ -17,7 +17,7 @@ APT_PACKAGES=(
   pdns-server pdns-backend-bind  # bench
   gdnsd knot-module-geoip pdns-backend-geoip  # mapping peers (tests/support/mapping_peers.py)
   dnsperf                    # bench load generator
-  dnsdist=1.7.3-2            # bench/attack: dynamic blocks in front of NSD (issue 13)
+  dnsdist                    # (1.7.3 on bookworm) bench/attack: dynamic blocks in front of NSD (issue 13)
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
   nats-server                # the metadata feed (JetStream)
