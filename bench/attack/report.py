@@ -34,6 +34,9 @@ def _f(x: float, fmt: str) -> str:
 def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) -> None:
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
+    fcpus = getattr(args, "flood_cpus", "1")
+    if fcpus != "1":
+        cmd += f" --flood-cpus {fcpus}"
     if args.servers != "pop53,knot,nsd,dnsdist":
         cmd += f" --servers {args.servers}"
     lines = ["# Known resolvers under a flood, side by side (bench/attack)", "",
@@ -44,7 +47,7 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              f"- Servers: pinned to CPU 0"
              + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
                 if args.quota else "")
-             + "; the flood (bench/attack/flood.c) and the resolvers on CPU 1",
+             + f"; the flood (bench/attack/flood.c) on CPU {fcpus}, the resolvers on CPU 1",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24; every server is told the "
              "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
              f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
@@ -57,20 +60,24 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
         lines.append(f"| {LABEL[n]} | {caps[n][0]:,.0f} | {caps[n][1]:,.0f} |")
     lines += ["", f"Offered load below is in multiples of pop53's capacity, {unit:,.0f} q/s.", "",
               "## Known resolvers' queries answered: worst second (mean), known p99 ms (worst second)", "",
-              "| attack | load | flood sent/s | " + " | ".join(LABEL[n] for n in names) + " |",
+              "The flood core may not reach the load asked for: `sent` is what it sent (x the unit), "
+              "the median over the servers' runs.", "",
+              "| attack | load asked | flood sent/s (x unit) | " + " | ".join(LABEL[n] for n in names) + " |",
               "|---|---|---|" + "---|" * len(names)]
     for attack in attacks:
         for load in ([0.0] if attack == "no attack" else loads):
-            cells, sent = [], float("nan")
+            cells, sents = [], []
             for n in names:
                 r = runs.get((n, attack, load))
                 if not r:
                     cells.append("-")
                     continue
                 worst, mean, p50, p99, sent_n = _row(r)
-                sent = sent_n if math.isnan(sent) else sent
+                sents.append(sent_n)
                 cells.append(f"{worst:.3f} ({mean:.3f}), p99 {_f(p99, '.1f')}")
-            lines.append(f"| {attack} | {load:g}x | {_f(sent, ',.0f')} | " + " | ".join(cells) + " |")
+            sent = statistics.median(sents) if sents else float("nan")
+            lines.append(f"| {attack} | {load:g}x | {_f(sent, ',.0f')} ({_f(sent / unit, '.1f')}x) | "
+                         + " | ".join(cells) + " |")
     lines += ["", "## Per second (share answered, p50 ms, p99 ms), every round", ""]
     for (n, attack, load), r in sorted(runs.items()):
         for i, (sent, secs) in enumerate(r):
@@ -79,10 +86,10 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
     lines.append("")
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
-    _plot(args.out.with_suffix(".png"), loads, names, attacks, runs, cmd)
+    _plot(args.out.with_suffix(".png"), loads, names, attacks, runs, cmd, unit)
 
 
-def _plot(path: Path, loads, names, attacks, runs, cmd) -> None:
+def _plot(path: Path, loads, names, attacks, runs, cmd, unit: float) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -95,10 +102,11 @@ def _plot(path: Path, loads, names, attacks, runs, cmd) -> None:
     fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.4), sharey=True, squeeze=False)
     for ax, attack in zip(axes[0], kinds):
         for n in names:
-            ys = [(_row(runs[(n, attack, ld)])[0] if (n, attack, ld) in runs else float("nan")) for ld in loads]
-            ax.plot(loads, ys, marker="o", label=LABEL[n])
+            pts = [_row(runs[(n, attack, ld)]) for ld in loads if (n, attack, ld) in runs]
+            # x: the load the flood actually sent, in multiples of pop53's capacity
+            ax.plot([p[4] / unit for p in pts], [p[0] for p in pts], marker="o", label=LABEL[n])
         ax.set_title(attack, fontsize=8)
-        ax.set_xlabel("offered load (x pop53 capacity)", fontsize=7)
+        ax.set_xlabel("flood sent (x pop53 capacity)", fontsize=7)
         ax.axhline(0.99, color="grey", lw=0.5, ls="--")
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)

@@ -121,11 +121,13 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
 
 
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
-          name_wire: str, count: bool = False) -> subprocess.Popen:
+          name_wire: str, cpus: list[int]) -> list[subprocess.Popen]:
+    """One flood process per CPU in `cpus`, each sending its share of `rate`."""
     mode, src, nsrc = ATTACKS[attack]
-    return subprocess.Popen(["taskset", "-c", "1", str(binary), str(port), str(seconds),
-                             str(rate), str(nsrc), str(mode), name_wire if mode else zone_wire,
-                             str(src), "1" if count else "0"], stdout=subprocess.PIPE)
+    return [subprocess.Popen(["taskset", "-c", str(cpu), str(binary), str(port), str(seconds),
+                              str(rate / len(cpus)), str(nsrc), str(mode),
+                              name_wire if mode else zone_wire, str(src), "0"],
+                             stdout=subprocess.PIPE) for cpu in cpus]
 
 
 def capacity(binary: Path, port: int, seconds: float, name_wire: str) -> tuple[float, float]:
@@ -150,12 +152,15 @@ def main(argv=None) -> int:
     ap.add_argument("--loads", default="1,3,5", help="offered flood, multiples of pop53's capacity")
     ap.add_argument("--quota", type=float, default=0.25, help="share of CPU 0 the servers get (0: all)")
     ap.add_argument("--servers", default=",".join(sv.SERVERS))
+    ap.add_argument("--flood-cpus", default="1", help="CPUs running a flood process each (the "
+                    "resolvers stay on CPU 1; on CPU 0 a flood competes with the capped server)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)
     if not shutil.which("taskset") or not shutil.which("gcc"):
         raise SystemExit("needs taskset and gcc")
     loads = [float(x) for x in args.loads.split(",")]
+    cpus = [int(x) for x in args.flood_cpus.split(",")]
     names_ = [n for n in args.servers.split(",") if n]
     attacks = [a for a in args.attacks.split(",") if a]
     skipped = {n: why for n in names_ if (why := sv.missing(n))}
@@ -195,17 +200,19 @@ def main(argv=None) -> int:
                         for attack in attacks:
                             for load in ([0.0] if ATTACKS[attack] is None else loads):
                                 time.sleep(1.0)                # calm between rows
-                                fl = None
+                                fls = []
                                 if ATTACKS[attack] is not None:
-                                    fl = flood(binary, srv.port, args.seconds, load * unit, attack,
-                                               zone_wire, name_wire)
+                                    fls = flood(binary, srv.port, args.seconds, load * unit, attack,
+                                                zone_wire, name_wire, cpus)
                                 try:
                                     rows = resolvers(srv.port, names, args.seconds)
-                                    sent = int(fl.communicate(timeout=args.seconds + 10)[0].split()[0]) if fl else 0
+                                    sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
+                                               for f in fls)
                                 finally:
-                                    if fl is not None and fl.poll() is None:
-                                        fl.kill()
-                                        fl.wait()
+                                    for f in fls:
+                                        if f.poll() is None:
+                                            f.kill()
+                                            f.wait()
                                 secs = per_second(rows, args.seconds)
                                 runs.setdefault((name, attack, load), []).append(
                                     (sent / args.seconds, secs))
