@@ -35,6 +35,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
     fcpus = getattr(args, "flood_cpus", "1")
+    if getattr(args, "cookies", False):
+        cmd += " --cookies"
     if fcpus != "1":
         cmd += f" --flood-cpus {fcpus}"
     if args.servers != "pop53,knot,nsd,dnsdist":
@@ -48,7 +50,10 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
                 if args.quota else "")
              + f"; the flood (bench/attack/flood.c) on CPU {fcpus}, the resolvers on CPU 1",
-             f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24; every server is told the "
+             f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
+             + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
+                if getattr(args, "cookies", False) else ", no DNS COOKIEs")
+             + "; every server is told the "
              "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
              f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
              f"{args.seconds} s per row", ""]

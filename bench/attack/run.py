@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dns.edns
 import dns.message
 import dns.name
 
@@ -58,8 +59,27 @@ ATTACKS = {
 }
 
 
-def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, float | None]]:
-    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each."""
+def _server_cookie(s: socket.socket, port: int, client_cookie: bytes) -> bytes:
+    """Ask once with a client cookie; the server cookie from the reply (b"" without one)."""
+    q = dns.message.make_query("version.bind.", "TXT", use_edns=0,
+                               options=[dns.edns.CookieOption(client_cookie, b"")])
+    for _ in range(20):
+        s.sendto(q.to_wire(), ("127.0.0.1", port))
+        ready, _, _ = select.select([s], [], [], 0.2)
+        if ready:
+            r = dns.message.from_wire(s.recv(4096))
+            for o in r.options:
+                if o.otype == dns.edns.COOKIE:
+                    return o.server
+            return b""
+    return b""
+
+
+def resolvers(port: int, names: list[str], seconds: float,
+              cookies: bool = False) -> list[tuple[float, float | None]]:
+    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each.  With
+    cookies, each resolver first gets a server cookie (RFC 7873) and sends it with every query,
+    as BIND and Unbound do."""
     socks = []
     for i in range(RESOLVERS):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -67,10 +87,17 @@ def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, 
         s.setblocking(False)
         socks.append(s)
     wires = []
-    for n in names[:200]:
-        q = dns.message.make_query(n, "A")
-        q.flags = 0
-        wires.append(bytearray(q.to_wire()))
+    for i in range(RESOLVERS):
+        opts = []
+        if cookies:
+            cc = os.urandom(8)
+            opts = [dns.edns.CookieOption(cc, _server_cookie(socks[i], port, cc))]
+        mine = []
+        for n in names[:200]:
+            q = dns.message.make_query(n, "A", use_edns=0 if cookies else False, options=opts)
+            q.flags = 0
+            mine.append(bytearray(q.to_wire()))
+        wires.append(mine)
     sent: dict[tuple[int, int], float] = {}
     got: dict[tuple[int, int], float] = {}
     t0 = time.monotonic()
@@ -83,7 +110,7 @@ def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, 
                 break
             while now < t0 + seconds and k * interval <= now - t0:
                 i, qid = k % RESOLVERS, (k // RESOLVERS) & 0xFFFF
-                w = wires[k % len(wires)]
+                w = wires[i][k % len(wires[i])]
                 w[0], w[1] = qid >> 8, qid & 0xFF
                 try:
                     socks[i].sendto(w, ("127.0.0.1", port))
@@ -152,6 +179,8 @@ def main(argv=None) -> int:
     ap.add_argument("--loads", default="1,3,5", help="offered flood, multiples of pop53's capacity")
     ap.add_argument("--quota", type=float, default=0.25, help="share of CPU 0 the servers get (0: all)")
     ap.add_argument("--servers", default=",".join(sv.SERVERS))
+    ap.add_argument("--cookies", action="store_true", help="the resolvers send DNS COOKIEs; "
+                    "pop53 and Knot (mod-cookies) answer them")
     ap.add_argument("--flood-cpus", default="1", help="CPUs running a flood process each (the "
                     "resolvers stay on CPU 1; on CPU 0 a flood competes with the capped server)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
@@ -195,7 +224,8 @@ def main(argv=None) -> int:
             for rnd in range(args.rounds):
                 order = names_ if rnd % 2 == 0 else names_[::-1]      # alternate
                 for name in order:
-                    srv = sv.Running(name, tmp / f"{name}-{rnd}", zonefile, names[0], cap)
+                    srv = sv.Running(name, tmp / f"{name}-{rnd}", zonefile, names[0], cap,
+                                     cookies=args.cookies)
                     try:
                         for attack in attacks:
                             for load in ([0.0] if ATTACKS[attack] is None else loads):
@@ -205,7 +235,7 @@ def main(argv=None) -> int:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
                                                 zone_wire, name_wire, cpus)
                                 try:
-                                    rows = resolvers(srv.port, names, args.seconds)
+                                    rows = resolvers(srv.port, names, args.seconds, args.cookies)
                                     sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
                                                for f in fls)
                                 finally:

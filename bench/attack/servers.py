@@ -7,7 +7,9 @@
 - dnsdist in front of NSD (RRL off behind it): dynamic blocks, query rate 200/s and NXDOMAIN
   rate 100/s per source for 10 s, the known prefixes excluded.
 
-The "plain" variant of each (no scoring, no RRL, no blocks) is what the capacity run uses.
+With cookies (`--cookies`) pop53 answers DNS COOKIEs (`[server] cookies = true`) and Knot
+loads mod-cookies (whose valid cookies exempt a client from mod-rrl); NSD 4.6 and dnsdist 1.7
+have no cookie knob here.  The "plain" variant of each (no scoring, no RRL, no blocks) is what the capacity run uses.
 Every server gets the same information: the known resolvers' prefixes (KNOWN)."""
 from __future__ import annotations
 
@@ -75,22 +77,25 @@ class CpuCap:
                     time.sleep(0.1)
 
 
-def _pop53(work: Path, zone: Path, port: int, plain: bool) -> list[str]:
+def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
     known = work / "known.txt"
     known.write_text("".join(f"{p}\n" for p in KNOWN))
     scoring = "" if plain else f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
     (work / "pop53.toml").write_text(
-        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n\n{scoring}\n'
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
+        + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
         f'[[zone]]\nname = "{ORIGIN}"\nfile = "{zone}"\n')
     return [sys.executable, "-m", "pop53", "serve", "--config", str(work / "pop53.toml")]
 
 
-def _knot(work: Path, zone: Path, port: int, plain: bool) -> list[str]:
+def _knot(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
     (work / "db").mkdir(exist_ok=True)
     rrl = "" if plain else (
         "mod-rrl:\n  - id: default\n    rate-limit: 200\n    slip: 2\n"
         f"    whitelist: [{', '.join(KNOWN)}]\n")
-    module = "" if plain else "    module: mod-rrl/default\n"
+    mods = ([] if plain else ["mod-rrl/default"]) + (["mod-cookies"] if cookies else [])
+    # mod-cookies first: a valid server cookie exempts the client from mod-rrl
+    module = f"    module: [{', '.join(reversed(mods))}]\n" if mods else ""
     (work / "knot.conf").write_text(
         f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n"
         "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
@@ -118,11 +123,11 @@ def _nsd_conf(work: Path, zone: Path, port: int, rrl: bool) -> Path:
     return conf
 
 
-def _nsd(work: Path, zone: Path, port: int, plain: bool) -> list[str]:
+def _nsd(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
     return ["nsd", "-d", "-c", str(_nsd_conf(work, zone, port, not plain))]
 
 
-def _dnsdist(work: Path, zone: Path, port: int, plain: bool) -> list[list[str]]:
+def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[list[str]]:
     back = free_port()
     blocks = "" if plain else (
         "local dbr = dynBlockRulesGroup()\n"
@@ -149,11 +154,11 @@ class Running:
     """A started server (one or two processes), stopped by PID."""
 
     def __init__(self, name: str, work: Path, zone: Path, probe: str, cap: CpuCap,
-                 plain: bool = False):
+                 plain: bool = False, cookies: bool = False):
         self.name, self.port = name, free_port()
         work.mkdir(parents=True, exist_ok=True)
         argvs = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist}[name](
-            work, zone, self.port, plain)
+            work, zone, self.port, plain, cookies)
         if not isinstance(argvs[0], list):
             argvs = [argvs]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))

@@ -273,7 +273,7 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
-      "0: sized from queue_ms.  Priority sockets keep 4 MiB")
+      "0: sized from queue_ms.  Priority sockets: 4 x queue_ms, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 2, "with steer: size the normal sockets' receive buffers to this "
       "much of the worker's measured work per query (re-sized each second; 0: keep the server's 4 MiB)")
  .key("delay_target_us", "integer (us)", 2000, "queue delay (kernel receive timestamp to the batch) that "

@@ -112,8 +112,12 @@ def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
         inf = [s.value for s in fam.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
         assert inf == [sum(st["queue_delay"])]
         # the queue was sized from the measured work: far below the server's 4 MiB
-        rcv = server.udp_socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        assert rcv < 4 << 20 and rcv == 2 * max(2304, server.scoring.sized[server.udp_socks[0].fileno()] // 2)
+        svc, normal = server.scoring, server.udp_socks[0]
+        prio = svc.priority[normal.fileno()]
+        rcv = normal.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert rcv < 4 << 20 and rcv == 2 * max(2304, svc.sized[normal.fileno()] // 2)
+        # the priority queue: four times as much, also bounded
+        assert abs(svc.sized[prio.fileno()] - min(4 << 20, 4 * svc.sized[normal.fileno()])) <= 4
     finally:
         c.close()
         server.stop()

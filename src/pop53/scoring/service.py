@@ -16,6 +16,9 @@ log = logging.getLogger("pop53.scoring")
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measured its own
+# The priority socket's queue: a few times the normal one's (known resolvers' bursts must fit,
+# but spoofed known sources filling it must not queue seconds of work ahead of the real ones)
+PRIORITY_FACTOR = 4
 MAX_QUEUE = 4 << 20           # the server's default receive buffer
 
 
@@ -80,7 +83,11 @@ class ScoringService:
             self._next_sizing = time.monotonic() + 1.0
             for i, w in enumerate(server.workers):
                 if i < len(server.udp_socks):
-                    self.size_queue(server.udp_socks[i], w.scoring_stats()["cost_ns"])
+                    cost = w.scoring_stats()["cost_ns"]
+                    self.size_queue(server.udp_socks[i], cost)
+                    prio = self.priority.get(server.udp_socks[i].fileno())
+                    if prio is not None:
+                        self.size_queue(prio, cost, PRIORITY_FACTOR)
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
@@ -98,20 +105,20 @@ class ScoringService:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
-        elif self.queue_ms and not priority:
-            self.size_queue(sock, 0.0)
+        elif self.queue_ms:
+            self.size_queue(sock, 0.0, PRIORITY_FACTOR if priority else 1)
 
-    def queue_for(self, cost_ns: float) -> int:
-        """The receive buffer (as the kernel counts it) holding `queue_ms` of work at `cost_ns`
-        per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
-        datagrams = self.queue_ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
+    def queue_for(self, cost_ns: float, factor: int = 1) -> int:
+        """The receive buffer (as the kernel counts it) holding `factor` x `queue_ms` of work at
+        `cost_ns` per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
+        datagrams = factor * self.queue_ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
         return int(min(MAX_QUEUE, max(64, datagrams) * self.truesize))
 
-    def size_queue(self, sock: socket.socket, cost_ns: float) -> None:
+    def size_queue(self, sock: socket.socket, cost_ns: float, factor: int = 1) -> None:
         """Size a normal socket's queue to `queue_ms` of its worker's measured work (a longer
         queue only delays answers under a flood; a shorter one drops bursts).  Re-set only when
         the size moves by more than a quarter."""
-        want = self.queue_for(cost_ns)
+        want = self.queue_for(cost_ns, factor)
         fd = sock.fileno()
         old = self.sized.get(fd, 0)
         if fd < 0 or (old and abs(want - old) * 4 < old):
