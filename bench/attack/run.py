@@ -75,11 +75,9 @@ def _server_cookie(s: socket.socket, port: int, client_cookie: bytes) -> bytes:
     return b""
 
 
-def resolvers(port: int, names: list[str], seconds: float,
-              cookies: bool = False) -> list[tuple[float, float | None]]:
-    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each.  With
-    cookies, each resolver first gets a server cookie (RFC 7873) and sends it with every query,
-    as BIND and Unbound do."""
+def prepare(port: int, names: list[str], cookies: bool = False) -> tuple[list, list]:
+    """The resolvers' sockets and queries, before the flood starts.  With cookies, each first
+    gets a server cookie (RFC 7873) and sends it with every query, as BIND and Unbound do."""
     socks = []
     for i in range(RESOLVERS):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -98,6 +96,12 @@ def resolvers(port: int, names: list[str], seconds: float,
             q.flags = 0
             mine.append(bytearray(q.to_wire()))
         wires.append(mine)
+    return socks, wires
+
+
+def resolvers(port: int, ready: tuple[list, list], seconds: float) -> list[tuple[float, float | None]]:
+    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each."""
+    socks, wires = ready
     sent: dict[tuple[int, int], float] = {}
     got: dict[tuple[int, int], float] = {}
     t0 = time.monotonic()
@@ -230,12 +234,13 @@ def main(argv=None) -> int:
                         for attack in attacks:
                             for load in ([0.0] if ATTACKS[attack] is None else loads):
                                 time.sleep(1.0)                # calm between rows
+                                ready = prepare(srv.port, names, args.cookies)   # before the flood
                                 fls = []
                                 if ATTACKS[attack] is not None:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
                                                 zone_wire, name_wire, cpus)
                                 try:
-                                    rows = resolvers(srv.port, names, args.seconds, args.cookies)
+                                    rows = resolvers(srv.port, ready, args.seconds)
                                     sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
                                                for f in fls)
                                 finally:
