@@ -41,13 +41,18 @@ def _per_worker(server) -> tuple[int, int]:
     return udp - prio, prio
 
 
-def test_known_resolvers_reach_the_priority_sockets(tmp_path):
+def _steered(tmp_path, listen: str, workers: int, known_text: str):
+    """A server with the kernel stage on, not started yet, and its known-resolvers file."""
     known = tmp_path / "known.txt"
-    known.write_text("127.1.0.0/24\n10.9.8.0/24\n")
-    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 2},
+    known.write_text(known_text)
+    doc = {"server": {"listen": [listen], "workers": workers},
            "scoring": {"known_resolvers": str(known), "steer": True},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
-    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    return Server(cfgmod.from_dict(doc, file="<test>")), known
+
+
+def test_known_resolvers_reach_the_priority_sockets(tmp_path):
+    server, known = _steered(tmp_path, "127.0.0.1:0", 2, "127.1.0.0/24\n10.9.8.0/24\n")
     server.start()
     try:
         addr = server.addresses[0]
@@ -69,12 +74,8 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
 
 
 def test_ebpf_steers_ipv6_by_56(tmp_path):
-    known = tmp_path / "known.txt"
-    known.write_text("::1\n192.0.2.0/24\n")          # ::1 stands for ::/56
-    doc = {"server": {"listen": ["[::1]:0"], "workers": 2},
-           "scoring": {"known_resolvers": str(known), "steer": True},
-           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
-    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    # ::1 stands for ::/56
+    server, known = _steered(tmp_path, "[::1]:0", 2, "::1\n192.0.2.0/24\n")
     server.start()
     try:
         addr = server.addresses[0]
@@ -94,12 +95,7 @@ def test_without_ebpf_classic_bpf_steers_ipv4_and_says_so(tmp_path, monkeypatch,
         raise ebpf.EbpfUnavailable("bpf(2): Operation not permitted")
     monkeypatch.setattr(ebpf, "load", refuse)
     monkeypatch.setattr(steer, "_warned", False)
-    known = tmp_path / "known.txt"
-    known.write_text("127.1.0.0/24\n")
-    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
-           "scoring": {"known_resolvers": str(known), "steer": True},
-           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
-    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server, known = _steered(tmp_path, "127.0.0.1:0", 1, "127.1.0.0/24\n")
     with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
         server.start()
     try:
