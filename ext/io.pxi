@@ -43,6 +43,14 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_CTRUNC
     int MSG_DONTWAIT
 
+cdef extern from "<poll.h>" nogil:
+    cdef struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd* fds, unsigned long nfds, int timeout)
+    short POLLIN
+
 cdef extern from "p53_sys.h" nogil:
     const void* p53_load_ptr(const void* const* p)
     void p53_store_ptr(const void** p, const void* v)
@@ -55,7 +63,7 @@ cdef extern from "p53_sys.h" nogil:
 cdef enum:
     BATCH = 64
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
-    CTRL_SLOT = 64            # IP_PKTINFO / IPV6_PKTINFO
+    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; with scoring SO_RXQ_OVFL, SO_TIMESTAMPNS
     CTL_RING = 64             # control-plane messages waiting per worker
     CTL_MAX = 4096
 
@@ -93,6 +101,7 @@ cdef class Shared:
 cdef class Worker:
     """One UDP worker: its socket, its batch arrays (allocated once), its counters."""
     cdef int fd
+    cdef int pfd                   # the priority socket (scoring's kernel stage), or -1
     cdef readonly int index
     cdef stats_t st
     cdef uint64_t epoch
@@ -116,6 +125,7 @@ cdef class Worker:
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
+        self.pfd = -1
         self.index = index
         self.control_enabled = control
         memset(&self.st, 0, sizeof(stats_t))
@@ -136,6 +146,35 @@ cdef class Worker:
     def __dealloc__(self):
         free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
         free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
+
+    def set_priority(self, int fd):
+        """Also serve `fd`, the priority socket known resolvers are steered to: drained first,
+        before every batch of the normal socket (pop53.scoring.steer)."""
+        if self.running:
+            raise RuntimeError("worker already running")
+        self.pfd = fd
+
+    cdef int _receive(self, int* rfd) noexcept nogil:
+        """One batch: the priority socket first (never waited on), then the normal socket;
+        with both empty, wait for either (at most RECV_TIMEOUT) and return 0."""
+        cdef int n
+        cdef pollfd pf[2]
+        if self.pfd < 0:
+            rfd[0] = self.fd
+            return recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
+        rfd[0] = self.pfd
+        n = recvmmsg(self.pfd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
+        if n > 0:
+            return n
+        rfd[0] = self.fd
+        n = recvmmsg(self.fd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
+        if n > 0:
+            return n
+        pf[0].fd = self.pfd
+        pf[1].fd = self.fd
+        pf[0].events = pf[1].events = POLLIN
+        poll(pf, 2, 100)
+        return 0
 
     def run(self, Shared shared, Responder responder, RateLimiter limiter=None,
             Scorer scorer=None):
@@ -162,7 +201,8 @@ cdef class Worker:
 
     cdef void _loop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl,
                     Scorer scorer) noexcept nogil:
-        cdef int n, i, m, sent, k, act
+        cdef int n, i, m, sent, k, act, rfd = self.fd, c = 0
+        cdef uint64_t tw = 0        # the batch's work start in ns, receive included (sc_cost)
         cdef uint32_t outlen, now = 0, slip_ctr = 0, cl_len
         cdef const uint8_t* cl
         cdef timespec ts, t0, tq       # t0: batch start (latency); tq: received (dnstap)
@@ -182,7 +222,9 @@ cdef class Worker:
                 self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_controllen = CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_flags = 0
-            n = recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
+            if scorer is not None:
+                tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
+            n = self._receive(&rfd)
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
             if n <= 0:
@@ -194,7 +236,8 @@ cdef class Worker:
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[n - 1].msg_hdr)
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[0].msg_hdr,
+                         &self.rmsgs[n - 1].msg_hdr, rfd == self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
@@ -210,14 +253,18 @@ cdef class Worker:
                     self.st.dropped += 1
                     continue
                 cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
-                if scorer is not None and not sc_admit(&scorer.cfg, kn, &self.sc, cfg,
-                                                       self.rbuf + i * RECV_SLOT,
-                                                       self.rmsgs[i].msg_len, cl, cl_len):
-                    continue
+                if scorer is not None:
+                    c = sc_admit(&scorer.cfg, kn, &self.sc, cfg, self.rbuf + i * RECV_SLOT,
+                                 self.rmsgs[i].msg_len, cl, cl_len)
+                    if c < 0:
+                        continue
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
                                   &self.st, cl, cl_len, maps)
                 if act == ACT_DROP:
+                    continue
+                if scorer is not None and sc_nx_drop(&scorer.cfg, &self.sc, c, &q,
+                                                     self.sbuf + m * self.sslot, outlen):
                     continue
                 # a valid server cookie proves the address: not a reflection, never limited
                 if rl != NULL and act == ACT_REPLY and not q.cookie_ok:
@@ -262,7 +309,7 @@ cdef class Worker:
                 m += 1
             sent = 0
             while sent < m:
-                k = sendmmsg(self.fd, self.smsgs + sent, m - sent, 0)
+                k = sendmmsg(rfd, self.smsgs + sent, m - sent, 0)
                 if k <= 0:
                     if k < 0 and errno == EINTR:
                         continue
@@ -272,6 +319,8 @@ cdef class Worker:
                     continue
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
+            if scorer is not None:
+                sc_cost(&self.sc, n, BATCH, p53_mono_ns() - tw)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
 

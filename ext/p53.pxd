@@ -354,6 +354,12 @@ cdef struct sc_cfg_t:
     uint32_t full_run         # consecutive full batches that mean "overloaded"
     uint32_t recover          # share regained per calm tick (of SC_ONE), best class first
     bint rd_odd               # RD=1 counts as an oddity (resolvers send RD=0 to authorities)
+    uint32_t delay_target_us  # queue delay (kernel receive timestamp to batch start) meaning overload
+    uint32_t nx_rate          # NXDOMAINs per zone per window above which the zone is under pressure
+
+cdef enum:
+    SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
+    SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
 
 cdef struct sc_state_t:       # one per worker, written by that worker only
     uint16_t sketch[2][4096]
@@ -373,6 +379,18 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t overload_ticks
     uint64_t ticks
     seen_t* seen              # learning: the window's seen set (loaded per batch), or NULL
+    uint32_t ovfl_last_p      # the priority socket's drop counter at the last look
+    uint64_t kernel_drops_p   # SO_RXQ_OVFL on the priority socket
+    uint64_t prio_rx          # datagrams received from the priority socket
+    uint64_t qd_hist[18]      # queue delay of each batch's oldest datagram (SC_QD_BUCKETS)
+    uint64_t qd_min           # the smallest queue delay in this tick (ns); UINT64_MAX: none yet
+    uint64_t qd_last          # the last batch's (ns)
+    uint64_t delay_ticks      # ticks overloaded by queue delay
+    uint64_t cost_ps          # measured work per query (picoseconds, EWMA over full batches)
+    uint16_t nx[1024]         # NXDOMAINs per zone in this window (SC_NX_SLOTS, by apex hash)
+    uint32_t nx_allow         # share of a known resolver's NXDOMAINs for zones under pressure
+    uint32_t nx_acc
+    uint64_t nx_dropped[4]    # NXDOMAIN answers dropped after the answer, per class
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

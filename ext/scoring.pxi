@@ -30,6 +30,12 @@
 
 cdef extern from "p53_score.h" nogil:
     int p53_rxq_ovfl(const void* m, uint32_t* out)
+    uint64_t p53_rx_stamp_ns(const void* m)
+    uint64_t p53_real_ns()
+    uint64_t p53_mono_ns()
+
+cdef enum:
+    SC_NONE_YET = 0xFFFFFFFF  # qd_min's "no delay seen in this tick" (compared as uint64)
 
 
 cdef extern from *:
@@ -195,9 +201,10 @@ cdef void sc_mark_seen(seen_t* sn, const uint8_t* a, uint32_t alen) noexcept nog
         i = (i + 1) & (SC_SEEN6 - 1)
 
 
-cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const rcfg_t* rcfg,
-                   const uint8_t* p, uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
-    """Score one query and decide: True = go on to the answer, False = drop it unanswered."""
+cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const rcfg_t* rcfg,
+                  const uint8_t* p, uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Score one query and decide: its class (SC_*) = go on to the answer, -1 = drop it
+    unanswered."""
     cdef int c = sc_score(cfg, kn, s, p, n, a, alen)
     cdef uint32_t share = s.allow[c]
     if share < SC_ONE:
@@ -209,18 +216,20 @@ cdef bint sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const 
             c = SC_TOP
         else:
             s.dropped[c] += 1
-            return False
+            return -1
     s.admitted[c] += 1
     # learning: a source answered while nothing is cut (frozen under overload), not flooding
     if s.seen != NULL and c <= SC_NORMAL and s.allow[SC_FLOOD] == SC_ONE:
         sc_mark_seen(s.seen, a, alen)
-    return True
+    return c
 
 
 cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
     memset(s, 0, sizeof(sc_state_t))
     for c in range(SC_CLASSES):
         s.allow[c] = SC_ONE
+    s.nx_allow = SC_ONE
+    s.qd_min = SC_NONE_YET
     s.window_start = now
     s.tick_start = now if now else 1
 
@@ -231,6 +240,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over) noexcept nogil:
     than a better one), or let the best cut class recover additively.  SC_TOP is never cut."""
     cdef int c
     cdef uint64_t seen[4]
+    cdef bint all_cut = s.allow[SC_NORMAL] == 0 and s.allow[SC_ODD] == 0 and s.allow[SC_FLOOD] == 0
     for c in range(SC_CLASSES):
         seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
         s.mark[c] = s.admitted[c] + s.dropped[c]
@@ -247,21 +257,41 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over) noexcept nogil:
             if s.allow[c] < SC_ONE // 64:
                 s.allow[c] = 0
             return
+        if not all_cut:
+            return              # this tick cut the idle classes: the next one goes on
+        # every class but SC_TOP is cut and the worker is still overloaded: the known
+        # resolvers' NXDOMAINs for zones under pressure (water torture relayed by them) go next
+        s.nx_allow >>= 1
+        if s.nx_allow < SC_ONE // 64:
+            s.nx_allow = 0
         return
+    # calm: the known resolvers' NXDOMAIN share recovers alongside the best cut class
+    if s.nx_allow < SC_ONE:
+        s.nx_allow = s.nx_allow + cfg.recover if s.nx_allow + cfg.recover < SC_ONE else SC_ONE
     for c in range(SC_NORMAL, SC_CLASSES):
         if s.allow[c] < SC_ONE:
             s.allow[c] = s.allow[c] + cfg.recover if s.allow[c] + cfg.recover < SC_ONE else SC_ONE
             return
 
 
-cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
-                   const void* last_msghdr) noexcept nogil:
-    """After each recvmmsg (n datagrams, `full` the batch size): the controller's inputs, and
-    its tick and the sketch's window when due."""
+cdef inline int sc_qd_bucket(uint64_t ns) noexcept nogil:
+    """The queue-delay histogram's bucket: b for ns < 16 us << b (b < SC_QD_BUCKETS - 1)."""
+    cdef int b = 0
+    cdef uint64_t lim = 16000
+    while b < SC_QD_BUCKETS - 1 and ns >= lim:
+        lim <<= 1
+        b += 1
+    return b
+
+
+cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t delay_ns,
+                     bint has_delay, uint32_t ovfl, bint has_ovfl, bint prio) noexcept nogil:
+    """The controller's inputs from one receive batch: n datagrams (`full` = a full batch), the
+    queue delay of its oldest datagram (kernel receive timestamp to now), the socket's
+    cumulative kernel drop counter; then the tick and the sketch's window when due."""
     cdef uint64_t now = sc_now_ms()
     cdef uint64_t missed
-    cdef uint32_t ovfl = 0
-    cdef bint over
+    cdef bint over, late
     if s.tick_start == 0:
         sc_state_init(s, now)
     if n >= full:
@@ -270,25 +300,125 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full,
             s.run_max = s.run
     else:
         s.run = 0
-    if last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl) and ovfl != s.ovfl_last:
-        s.drops_tick += ovfl - s.ovfl_last      # the counter wraps at 2^32: unsigned difference
-        s.kernel_drops += ovfl - s.ovfl_last
-        s.ovfl_last = ovfl
+    if has_delay:
+        s.qd_hist[sc_qd_bucket(delay_ns)] += 1
+        s.qd_last = delay_ns
+        if delay_ns < s.qd_min:
+            s.qd_min = delay_ns
+    if n < full and not prio:
+        # the normal queue emptied: no standing queue in this tick, whatever the delays (a late
+        # wake-up of an idle worker on a busy machine is not a queue that shedding would shorten)
+        s.qd_min = 0
+    if prio:
+        s.prio_rx += n
+    if has_ovfl:
+        # the counter is per socket and wraps at 2^32: unsigned difference
+        if prio and ovfl != s.ovfl_last_p:
+            s.drops_tick += ovfl - s.ovfl_last_p
+            s.kernel_drops_p += ovfl - s.ovfl_last_p
+            s.ovfl_last_p = ovfl
+        elif not prio and ovfl != s.ovfl_last:
+            s.drops_tick += ovfl - s.ovfl_last
+            s.kernel_drops += ovfl - s.ovfl_last
+            s.ovfl_last = ovfl
     if now - s.tick_start >= cfg.tick_ms:
-        over = s.run_max >= cfg.full_run or s.drops_tick > 0
+        # queue delay (CoDel's idea, RFC 8289): overloaded when even the least delayed batch of
+        # the tick waited longer than the target and the normal queue never emptied, i.e. a
+        # standing queue, not a burst
+        late = s.qd_min != SC_NONE_YET and s.qd_min > <uint64_t>cfg.delay_target_us * 1000
+        over = s.run_max >= cfg.full_run or s.drops_tick > 0 or late
+        if late:
+            s.delay_ticks += 1
         sc_tick(cfg, s, over)
         if not over:
             # an idle worker ticks only when a batch comes: the calm ticks it missed count
             missed = (now - s.tick_start) // cfg.tick_ms - 1
-            while missed > 0 and s.allow[SC_FLOOD] < SC_ONE:
+            while missed > 0 and (s.allow[SC_FLOOD] < SC_ONE or s.nx_allow < SC_ONE):
                 sc_tick(cfg, s, False)
                 missed -= 1
         s.tick_start = now
         s.run_max = 0                  # a run going on counts again at its next full batch
         s.drops_tick = 0
+        s.qd_min = SC_NONE_YET
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
+        memset(s.nx, 0, sizeof(s.nx))
         s.window_start = now
+
+
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const void* first_msghdr,
+                   const void* last_msghdr, bint prio) noexcept nogil:
+    """After each recvmmsg (n datagrams, `full` the batch size): read the oldest datagram's
+    receive timestamp (SO_TIMESTAMPNS) and the last one's drop counter (SO_RXQ_OVFL), then
+    sc_observe.  One clock read per batch."""
+    cdef uint32_t ovfl = 0
+    cdef bint has_ovfl = last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl)
+    cdef uint64_t stamp = p53_rx_stamp_ns(first_msghdr) if first_msghdr != NULL else 0
+    cdef uint64_t real = p53_real_ns() if stamp else 0
+    sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
+               prio)
+
+
+cdef inline void sc_cost(sc_state_t* s, int n, int full, uint64_t ns) noexcept nogil:
+    """The worker's measured work per query: an EWMA (1/8) over full batches, from the receive
+    to the end of the send (the queue is sized from it, pop53.scoring.service)."""
+    cdef uint64_t ps
+    if n < full or n <= 0:
+        return
+    ps = ns * 1000 // <uint64_t>n
+    s.cost_ps = ps if s.cost_ps == 0 else s.cost_ps - s.cost_ps // 8 + ps // 8
+
+
+cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r,
+                         uint32_t rlen) noexcept nogil:
+    """Count an NXDOMAIN answer for its zone; returns the zone's count in this window (0 when
+    the reply is not a plain NXDOMAIN).  The zone is the owner of the authority section's SOA
+    (RFC 2308 §2.1), which our writer compresses to a pointer into the question: the apex is
+    that suffix of the (lowercased) query name.  No lookup, a few byte reads."""
+    cdef uint32_t pos = q.qend, off, i
+    cdef uint64_t h = 14695981039346656037u
+    cdef uint32_t slot, cnt
+    if rlen < 12 or (r[3] & 0x0F) != RC_NXDOMAIN or r[6] != 0 or r[7] != 0 or \
+            (r[8] == 0 and r[9] == 0) or pos < 12 or pos + 2 > rlen:
+        return 0
+    if r[pos] & 0xC0 == 0xC0:
+        off = ((<uint32_t>(r[pos] & 0x3F) << 8) | r[pos + 1]) - 12
+        if off >= q.qname_len:
+            return 0
+        for i in range(off, q.qname_len):
+            h = (h ^ q.qname[i]) * 1099511628211u
+    else:
+        # an uncompressed owner (the root zone): hash the reply's bytes up to its end
+        i = pos
+        while i < rlen and i < pos + 255 and r[i] != 0:
+            h = (h ^ r[i]) * 1099511628211u
+            i += 1
+    slot = <uint32_t>(mix64(h) & (SC_NX_SLOTS - 1))
+    cnt = s.nx[slot]
+    if cnt < 65535:
+        cnt += 1
+        s.nx[slot] = <uint16_t>cnt
+    return cnt
+
+
+cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q,
+                     const uint8_t* r, uint32_t rlen) noexcept nogil:
+    """The second check, after the answer: drop an NXDOMAIN for a zone under pressure (over
+    `nx_rate` NXDOMAINs in this window: random subdomains) while the controller cuts the
+    query's class (or, for a known resolver, its NXDOMAIN share: water torture they relay).
+    Saves the send; the class's worst queries were already cut before the lookup."""
+    cdef uint32_t share
+    if sc_zone_nx(s, q, r, rlen) <= cfg.nx_rate:
+        return False
+    share = s.nx_allow if c == SC_TOP else s.allow[c]
+    if share >= SC_ONE:
+        return False
+    s.nx_acc += share
+    if s.nx_acc >= SC_ONE:
+        s.nx_acc -= SC_ONE
+        return False
+    s.nx_dropped[c] += 1
+    return True
 
 
 cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
@@ -301,6 +431,7 @@ cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
 
 
 SCORE_CLASSES = ("top", "normal", "odd", "flood")
+QUEUE_DELAY_BOUNDS_US = tuple(16 << b for b in range(SC_QD_BUCKETS - 1))
 
 
 cdef dict sc_stats_dict(const sc_state_t* s):
@@ -311,239 +442,12 @@ cdef dict sc_stats_dict(const sc_state_t* s):
                  if s.tick_start else {k: 1.0 for k in SCORE_CLASSES},
         "level": sc_level(s) / <double>SC_ONE if s.tick_start else 0.0,
         "lifted": s.lifted, "kernel_drops": s.kernel_drops,
-        "overload_ticks": s.overload_ticks, "ticks": s.ticks,
+        "kernel_drops_priority": s.kernel_drops_p, "priority_received": s.prio_rx,
+        "overload_ticks": s.overload_ticks, "ticks": s.ticks, "delay_ticks": s.delay_ticks,
+        # bucket b counts batches whose oldest datagram waited < 16 us << b (the last: longer)
+        "queue_delay": [s.qd_hist[b] for b in range(SC_QD_BUCKETS)],
+        "queue_delay_last_us": s.qd_last / 1000.0,
+        "cost_ns": s.cost_ps / 1000.0,
+        "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
+        "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
     }
-
-
-cdef class KnownTable:
-    """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
-    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, an open-addressing table
-    of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
-    here on; any buffer (bytes, mmap) works."""
-    cdef known_t kn
-    cdef Py_buffer b4
-    cdef Py_buffer b6
-    cdef bint has4, has6
-    cdef readonly object owner4, owner6
-    cdef readonly uint64_t n_v4
-
-    def __cinit__(self, object v4, object v6):
-        cdef uint64_t i
-        self.has4 = self.has6 = False
-        memset(&self.kn, 0, sizeof(known_t))
-        if v4 is not None:
-            PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
-            self.has4 = True
-            if self.b4.len != (1 << 24):
-                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
-            self.kn.v4 = <const uint8_t*>self.b4.buf
-            self.owner4 = v4
-        if v6 is not None:
-            PyObject_GetBuffer(v6, &self.b6, PyBUF_SIMPLE)
-            self.has6 = True
-            slots = self.b6.len // 8
-            if self.b6.len % 8 or slots < 2 or slots & (slots - 1):
-                raise ValueError("the IPv6 table is a power of two (>= 2) of 8-byte slots")
-            self.kn.v6 = <const uint64_t*>self.b6.buf
-            self.kn.v6_mask = slots - 1
-            self.owner6 = v6
-            for i in range(slots):
-                if self.kn.v6[i] == 0:
-                    continue
-                if not self.kn.v6[i] & SC_V6_TAG:
-                    raise ValueError("an IPv6 slot without its tag")
-                self.kn.n_v6 += 1
-            if self.kn.n_v6 == slots:
-                raise ValueError("the IPv6 table needs an empty slot")
-
-    def __dealloc__(self):
-        if self.has4:
-            PyBuffer_Release(&self.b4)
-        if self.has6:
-            PyBuffer_Release(&self.b6)
-
-    @property
-    def n_v6(self):
-        return self.kn.n_v6
-
-    def known(self, bytes address not None):
-        """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
-        if len(address) not in (4, 16):
-            raise ValueError("a 4- or 16-byte address")
-        return bool(sc_known(&self.kn, <const uint8_t*>(<char*>address), len(address)))
-
-    cdef const known_t* ptr(self):
-        return &self.kn
-
-
-cdef class Scorer:
-    """Query scoring for every UDP worker of a server: the settings, and the published known
-    table (one atomic pointer, as Shared does for images).  The per-query state is each
-    worker's; this object also keeps one scratch state for the Python entry points below
-    (tests, tools), which run the same C functions as the worker loop."""
-    cdef sc_cfg_t cfg
-    cdef const void* known          # const known_t*
-    cdef readonly object holder     # keeps the published KnownTable alive
-    cdef readonly uint64_t generation
-    cdef sc_state_t probe
-    cdef void* seen                 # seen_t* of the current learning window, or NULL
-    cdef readonly object seen_holder
-
-    def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
-                  uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
-                  uint32_t recover=32, bint rd_odd=True):
-        cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
-        cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
-        if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:
-            raise ValueError("window_ms within 10..60000, tick_ms within 1..1000")
-        if not 1 <= per4 < 65535 or not 1 <= perk < 65535:
-            raise ValueError("a rate times the window must be within 1..65534 queries")
-        if not 1 <= full_run <= 1000 or not 1 <= recover <= SC_ONE:
-            raise ValueError(f"full_run within 1..1000, recover within 1..{SC_ONE}")
-        self.cfg.source_rate = <uint32_t>per4
-        self.cfg.known_rate = <uint32_t>perk
-        self.cfg.window_ms = window_ms
-        self.cfg.tick_ms = tick_ms
-        self.cfg.full_run = full_run
-        self.cfg.recover = recover
-        self.cfg.rd_odd = rd_odd
-        sc_state_init(&self.probe, 1)
-
-    def publish(self, KnownTable table):
-        """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
-        generation; the caller keeps the previous table alive until every worker has passed a
-        batch boundary (as for images)."""
-        p53_store_ptr(&self.known, <const void*>(table.ptr() if table is not None else NULL))
-        self.holder = table
-        self.generation += 1
-        return self.generation
-
-    cdef const known_t* current(self) noexcept nogil:
-        return <const known_t*>p53_load_ptr(&self.known)
-
-    cdef const known_t* begin(self, sc_state_t* s) noexcept nogil:
-        """A worker's batch start: the known table and the learning window's seen set."""
-        s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
-        return <const known_t*>p53_load_ptr(&self.known)
-
-    def swap_seen(self, SeenSet fresh):
-        """Start a learning window: publish `fresh` (or None: learning off) with one atomic
-        store; returns the previous set, which workers may still write to until each has
-        passed a batch boundary (the caller waits for that before reading it)."""
-        old = self.seen_holder
-        p53_store_ptr(<const void**>&self.seen, <const void*>(fresh.ptr() if fresh is not None else NULL))
-        self.seen_holder = fresh
-        return old
-
-    # -- entry points for tests and tools: the worker loop's functions on the probe state --
-    def classify(self, object packet, bytes client not None):
-        """The class ("top", "normal", "odd", "flood") the worker loop gives this packet from
-        this packed client address now (it counts in the probe's sketch)."""
-        cdef const uint8_t[::1] p = packet
-        cdef uint32_t n = <uint32_t>p.shape[0]
-        if len(client) not in (4, 16):
-            raise ValueError("a 4- or 16-byte address")
-        return SCORE_CLASSES[sc_score(&self.cfg, self.current(),
-                                      &self.probe, &p[0] if n else <const uint8_t*>b"", n,
-                                      <const uint8_t*>(<char*>client), len(client))]
-
-    def admit(self, object packet, bytes client not None, Responder responder=None):
-        """Score and decide as the worker loop does (counting): True = answered, False = dropped."""
-        cdef const uint8_t[::1] p = packet
-        cdef uint32_t n = <uint32_t>p.shape[0]
-        if responder is None:
-            responder = _default_responder
-        if len(client) not in (4, 16):
-            raise ValueError("a 4- or 16-byte address")
-        return bool(sc_admit(&self.cfg, self.begin(&self.probe), &self.probe, &responder.cfg,
-                             &p[0] if n else <const uint8_t*>b"", n,
-                             <const uint8_t*>(<char*>client), len(client)))
-
-    def tick(self, bint overloaded):
-        """One controller step on the probe state."""
-        sc_tick(&self.cfg, &self.probe, overloaded)
-
-    def batch(self, int n):
-        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
-        controller's inputs, and its tick when tick_ms has passed (real clock)."""
-        sc_batch(&self.cfg, &self.probe, n, 64, NULL)
-
-    def new_window(self):
-        """Start a new sketch window on the probe state."""
-        memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
-
-    def stats(self):
-        """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""
-        return sc_stats_dict(&self.probe)
-
-    def bench(self, object packet, bytes first not None, uint32_t n, uint32_t spread=65536,
-              bint prefetch=True):
-        """Nanoseconds per scoring decision for n queries in batches of 64 as the worker loop
-        makes them (sc_prefetch over the batch, then sc_admit each), the client address varied
-        over `spread` prefixes from `first` (its first three bytes for IPv4: /24s over the whole
-        table; bytes 4..6 for IPv6: /56s).  For bench/micro/scoring.py."""
-        cdef const uint8_t[::1] p = packet
-        cdef uint8_t sas[64][28]
-        cdef uint32_t i, j, k, alen = len(first), cl_len
-        cdef const uint8_t* cl
-        cdef uint8_t* a
-        cdef int sink = 0
-        cdef timespec t0, t1
-        cdef const known_t* kn = self.current()
-        cdef sc_state_t* st = &self.probe
-        cdef Responder responder = Responder()
-        cdef rcfg_t* rc = &responder.cfg
-        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or n < 64:
-            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1, n >= 64")
-        memset(sas, 0, sizeof(sas))
-        for j in range(64):
-            (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
-            memcpy(sas[j] + (4 if alen == 4 else 8), <const char*>first, alen)
-        with nogil:
-            clock_gettime(CLOCK_MONOTONIC, &t0)
-            for i in range(0, n - 63, 64):
-                for j in range(64):
-                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) % spread)
-                    a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
-                    a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
-                if prefetch:
-                    sc_prefetch(kn, &sas[0][0], 28, 64)
-                for j in range(64):
-                    cl = client_addr(sas[j], &cl_len)
-                    sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], cl, cl_len)
-            clock_gettime(CLOCK_MONOTONIC, &t1)
-        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (n - n % 64) + 0 * sink
-
-
-cdef class SeenSet:
-    """One learning window's sources (IPv4 /24s as a bitmap, IPv6 /56s in a small table), written
-    by the workers, read by pop53.scoring.learn once they have all left it."""
-    cdef seen_t sn
-
-    def __cinit__(self):
-        self.sn.v4 = <uint8_t*>calloc(1 << 21, 1)
-        self.sn.v6 = <uint64_t*>calloc(SC_SEEN6, sizeof(uint64_t))
-        if self.sn.v4 == NULL or self.sn.v6 == NULL:
-            raise MemoryError()
-
-    def __dealloc__(self):
-        free(self.sn.v4)
-        free(self.sn.v6)
-
-    cdef seen_t* ptr(self):
-        return &self.sn
-
-    def keys(self):
-        """(IPv4 /24 keys, IPv6 /56 keys) seen: two lists of ints."""
-        cdef list v4 = [], v6 = []
-        cdef uint32_t i, b
-        cdef const uint64_t* w = <const uint64_t*>self.sn.v4
-        for i in range((1 << 21) // 8):
-            if w[i]:
-                for b in range(64):
-                    if w[i] >> b & 1:
-                        v4.append(i * 64 + b)     # little-endian: byte k, bit j = bit 8k+j
-        for i in range(SC_SEEN6):
-            if self.sn.v6[i]:
-                v6.append(self.sn.v6[i] & ~SC_V6_TAG)
-        return v4, v6

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   clang libbpf-dev           # the XDP program (ext/bpf/, clang -target bpf) and libbpf1 to load it
   ethtool                    # bench/xdp.py: GRO (threaded NAPI) on the veth pair; kxdpgun is in knot-dnsutils
   fstrm-bin knot-module-dnstap  # dnstap: fstrm_capture reads the socket output (tests/serve), Knot mod-dnstap (bench)
+  dnsdist                    # (1.7.3 on bookworm) bench/attack: dynamic blocks in front of NSD (issue 13)
   bird2                      # BGP speaker (anycast)
   etcd-server etcd-client    # cluster-wide suspension slots
   nats-server                # the metadata feed (JetStream)

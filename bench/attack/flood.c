@@ -1,9 +1,14 @@
 /* A bounded loopback flood for bench/attack: DNS queries to 127.0.0.1:PORT from SOURCES
- * sockets bound to 127.2.X.Y (one /24 each while SOURCES <= 256), sendmmsg batches of 64, for
- * at most SECONDS and at most RATE datagrams a second (0: as fast as it goes).
- *   MODE 0: random subdomains of ZONE (a fresh 12-hex-digit label each)
- *   MODE 1: one repeated name (www.ZONE)
- * Prints the number of datagrams sent.  Loopback only: the destination is fixed. */
+ * sockets, sendmmsg batches of 64, for at most SECONDS and at most RATE datagrams a second
+ * (0: as fast as it goes).
+ *   MODE 0: random subdomains of NAME (a fresh 12-hex-digit label each)
+ *   MODE 1: NAME itself, repeated
+ *   SRC 0: 127.2.X.Y (one /24 each while SOURCES <= 256)
+ *   SRC 1: bots, one per /24: 127.(16 + i / 256).(i % 256).1
+ *   SRC 2: spoofed known sources: 127.1.0.(100 + i % 150), the known resolvers' own /24
+ *   SRC 3: relaying known resolvers: 127.3.(i % 256).1 (listed as known)
+ *   COUNT 1: drain and count the replies (the capacity measurement)
+ * Prints the datagrams sent and the replies counted.  Loopback only: the destination is fixed. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -36,8 +41,6 @@ static int build(uint8_t *p, int mode, const uint8_t *zone, int zlen, uint16_t i
         uint64_t r = next();
         p[n++] = 12;
         for (int i = 0; i < 12; i++) p[n++] = hex[(r >> (4 * i)) & 15];
-    } else {
-        memcpy(p + n, "\x03www", 4); n += 4;
     }
     memcpy(p + n, zone, zlen); n += zlen;
     p[n++] = 0; p[n++] = 1; p[n++] = 0; p[n++] = 1;
@@ -45,11 +48,12 @@ static int build(uint8_t *p, int mode, const uint8_t *zone, int zlen, uint16_t i
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: flood PORT SECONDS RATE SOURCES MODE ZONE(wire, hex)\n");
+    if (argc != 9) {
+        fprintf(stderr, "usage: flood PORT SECONDS RATE SOURCES MODE NAME(wire, hex) SRC COUNT\n");
         return 2;
     }
     int port = atoi(argv[1]), nsrc = atoi(argv[4]), mode = atoi(argv[5]);
+    int srcmode = atoi(argv[7]), count = atoi(argv[8]);
     double seconds = atof(argv[2]), rate = atof(argv[3]);
     uint8_t zone[256];
     int zlen = strlen(argv[6]) / 2;
@@ -59,9 +63,14 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nsrc; i++) {
         struct sockaddr_in a = {.sin_family = AF_INET};
         char ip[32];
-        snprintf(ip, sizeof ip, "127.2.%d.%d", i & 255, (i >> 8) + 1);
+        if (srcmode == 1) snprintf(ip, sizeof ip, "127.%d.%d.1", 16 + (i >> 8), i & 255);
+        else if (srcmode == 2) snprintf(ip, sizeof ip, "127.1.0.%d", 100 + i % 150);
+        else if (srcmode == 3) snprintf(ip, sizeof ip, "127.3.%d.1", i & 255);
+        else snprintf(ip, sizeof ip, "127.2.%d.%d", i & 255, (i >> 8) + 1);
         inet_pton(AF_INET, ip, &a.sin_addr);
         socks[i] = socket(AF_INET, SOCK_DGRAM, 0);
+        int one = 1;
+        setsockopt(socks[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (socks[i] < 0 || bind(socks[i], (struct sockaddr *)&a, sizeof a) < 0) { perror(ip); return 1; }
     }
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -69,7 +78,10 @@ int main(int argc, char **argv) {
     static uint8_t bufs[BATCH][300];
     struct iovec iov[BATCH];
     struct mmsghdr msgs[BATCH];
-    uint64_t sent = 0;
+    uint64_t sent = 0, got = 0;
+    static uint8_t rbufs[BATCH][512];
+    struct iovec riov[BATCH];
+    struct mmsghdr rmsgs[BATCH];
     double t0 = now(), end = t0 + seconds;
     for (uint64_t b = 0;; b++) {
         double t = now();
@@ -90,7 +102,20 @@ int main(int argc, char **argv) {
         }
         int k = sendmmsg(socks[b % nsrc], msgs, BATCH, MSG_DONTWAIT);
         if (k > 0) sent += k;
+        if (count) {
+            int s = socks[(b + nsrc - 1) % nsrc];       /* the previous socket's replies */
+            for (;;) {
+                for (int i = 0; i < BATCH; i++) {
+                    riov[i].iov_base = rbufs[i]; riov[i].iov_len = sizeof rbufs[i];
+                    memset(&rmsgs[i], 0, sizeof rmsgs[i]);
+                    rmsgs[i].msg_hdr.msg_iov = &riov[i]; rmsgs[i].msg_hdr.msg_iovlen = 1;
+                }
+                int r = recvmmsg(s, rmsgs, BATCH, MSG_DONTWAIT, NULL);
+                if (r <= 0) break;
+                got += r;
+            }
+        }
     }
-    printf("%llu\n", (unsigned long long)sent);
+    printf("%llu %llu\n", (unsigned long long)sent, (unsigned long long)got);
     return 0;
 }

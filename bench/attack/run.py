@@ -1,22 +1,29 @@
-"""Known resolvers under a flood: the share of their queries answered, per second, and their
-latency, with scoring off, with the batch-loop stage, and with the kernel stage too (issue 13).
+"""Known resolvers under a flood, side by side: the share of their queries answered, per second,
+and their latency, for pop53 (scoring with the kernel stage), Knot (mod-rrl), NSD (RRL) and
+dnsdist (dynamic blocks) in front of NSD (issue 13).
 
-    python -m bench.attack.run [--seconds 5] [--rate 0]
+    python -m bench.attack.run [--seconds 3] [--rounds 2] [--loads 1,3,5] [--quota 0.25]
 
-One `pop53 serve` worker pinned to CPU 0 (`taskset`); 20 known resolvers (127.1.0.1-20, each
-100 q/s of A queries at names of the 1,000-name benchmark zone, RD=0) and the flood
-(bench/attack/flood.c, compiled here: random subdomains from 256 sources 127.2.X.1, one /24
-each, sendmmsg, `--rate` datagrams a second or as fast as it goes) on CPU 1.  Loopback only,
-bounded in time.  Writes bench/results/attack.md.  The machine is shared: read the load.
+First the capacity: each server in its plain setup (no scoring, no RRL, no blocks) answers a
+flood of one existing name from 64 sources as fast as one flood core sends; the replies per
+second are its capacity, and pop53's is the unit of offered load.  Then, per round (servers
+alternate within a round, rows are medians over rounds), each server runs every attack at each
+load (a multiple of that unit) for `--seconds`: 20 known resolvers (127.1.0.1-20, each 100 q/s
+of A queries at names of the 1,000-name benchmark zone, RD=0) ask meanwhile.  Attacks
+(bench/attack/flood.c): random subdomains from 256 sources; one repeated existing name from 256
+sources; bots one per /24 (4,096 /24s) asking random subdomains; spoofed known sources (the
+resolvers' own /24) repeating a name; water torture relayed by known resolvers (256 /24s in
+127.3.0.0/16, listed as known) asking random subdomains; and no attack.
 
-Not built yet (issue 13's bench/attack): the other attacks (a repeated name, bots one per /24,
-spoofed known sources, water torture through known resolvers), and Knot/NSD/dnsdist beside.
+Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that core per 1 ms
+(so that one flood core, CPU 1, can offer 5x and more: without the cap the flood core is the
+bottleneck), the flood and the resolvers on CPU 1.  Loopback only, bounded in time and count.
+Writes bench/results/attack.md and attack.png.  The machine is shared: read the load average.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import select
 import shutil
 import socket
@@ -27,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dns.edns
 import dns.message
 import dns.name
 
@@ -35,51 +43,41 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import data  # noqa: E402
+from bench.attack import servers as sv  # noqa: E402
 from bench.micro.rrl import image_names  # noqa: E402
 
 RESOLVERS = 20
 QPS = 100
-VARIANTS = {
-    "scoring off": "",
-    "batch stage": "[scoring]\nknown_resolvers = \"{known}\"\n",
-    "batch stage, 128 KiB queue": "[scoring]\nknown_resolvers = \"{known}\"\nqueue_bytes = 131072\n",
-    "batch + kernel stage": "[scoring]\nknown_resolvers = \"{known}\"\nsteer = true\n",
+# attack -> (flood mode: 0 random subdomains / 1 the name itself, source layout, sources)
+ATTACKS = {
+    "no attack": None,
+    "random subdomains": (0, 0, 256),
+    "repeated name": (1, 0, 256),
+    "bots one per /24": (0, 1, 4096),
+    "spoofed known sources": (1, 2, 150),
+    "water torture via known resolvers": (0, 3, 256),
 }
 
 
-def serve(tmp: Path, zonefile: Path, variant: str) -> tuple[subprocess.Popen, int, Path]:
-    known = tmp / "known.txt"
-    known.write_text("127.1.0.0/24\n")
-    conf = tmp / "pop53.toml"
-    conf.write_text(f"""[server]
-listen = ["127.0.0.1:0"]
-workers = 1
-
-{VARIANTS[variant].format(known=known)}
-[[zone]]
-name = "{data.ORIGIN}"
-file = "{zonefile}"
-""")
-    log = tmp / "serve.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    with open(log, "wb") as err:
-        p = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "pop53", "serve",
-                              "--config", str(conf)], stderr=err, stdout=subprocess.DEVNULL,
-                             stdin=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        m = re.search(r"listening on \S+ port (\d+)", log.read_text(errors="replace"))
-        if m:
-            return p, int(m.group(1)), log
-        if p.poll() is not None:
-            break
-        time.sleep(0.05)
-    p.kill()
-    raise SystemExit(f"pop53 serve did not start:\n{log.read_text()}")
+def _server_cookie(s: socket.socket, port: int, client_cookie: bytes) -> bytes:
+    """Ask once with a client cookie; the server cookie from the reply (b"" without one)."""
+    q = dns.message.make_query("version.bind.", "TXT", use_edns=0,
+                               options=[dns.edns.CookieOption(client_cookie, b"")])
+    for _ in range(20):
+        s.sendto(q.to_wire(), ("127.0.0.1", port))
+        ready, _, _ = select.select([s], [], [], 0.2)
+        if ready:
+            r = dns.message.from_wire(s.recv(4096))
+            for o in r.options:
+                if o.otype == dns.edns.COOKIE:
+                    return o.server
+            return b""
+    return b""
 
 
-def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, float | None]]:
-    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each."""
+def prepare(port: int, names: list[str], cookies: bool = False) -> tuple[list, list]:
+    """The resolvers' sockets and queries, before the flood starts.  With cookies, each first
+    gets a server cookie (RFC 7873) and sends it with every query, as BIND and Unbound do."""
     socks = []
     for i in range(RESOLVERS):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -87,10 +85,23 @@ def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, 
         s.setblocking(False)
         socks.append(s)
     wires = []
-    for n in names[:200]:
-        q = dns.message.make_query(n, "A")
-        q.flags = 0
-        wires.append(bytearray(q.to_wire()))
+    for i in range(RESOLVERS):
+        opts = []
+        if cookies:
+            cc = os.urandom(8)
+            opts = [dns.edns.CookieOption(cc, _server_cookie(socks[i], port, cc))]
+        mine = []
+        for n in names[:200]:
+            q = dns.message.make_query(n, "A", use_edns=0 if cookies else False, options=opts)
+            q.flags = 0
+            mine.append(bytearray(q.to_wire()))
+        wires.append(mine)
+    return socks, wires
+
+
+def resolvers(port: int, ready: tuple[list, list], seconds: float) -> list[tuple[float, float | None]]:
+    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each."""
+    socks, wires = ready
     sent: dict[tuple[int, int], float] = {}
     got: dict[tuple[int, int], float] = {}
     t0 = time.monotonic()
@@ -103,7 +114,7 @@ def resolvers(port: int, names: list[str], seconds: float) -> list[tuple[float, 
                 break
             while now < t0 + seconds and k * interval <= now - t0:
                 i, qid = k % RESOLVERS, (k // RESOLVERS) & 0xFFFF
-                w = wires[k % len(wires)]
+                w = wires[i][k % len(wires[i])]
                 w[0], w[1] = qid >> 8, qid & 0xFF
                 try:
                     socks[i].sendto(w, ("127.0.0.1", port))
@@ -140,68 +151,114 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
     return out
 
 
+def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
+          name_wire: str, cpus: list[int]) -> list[subprocess.Popen]:
+    """One flood process per CPU in `cpus`, each sending its share of `rate`."""
+    mode, src, nsrc = ATTACKS[attack]
+    return [subprocess.Popen(["taskset", "-c", str(cpu), str(binary), str(port), str(seconds),
+                              str(rate / len(cpus)), str(nsrc), str(mode),
+                              name_wire if mode else zone_wire, str(src), "0"],
+                             stdout=subprocess.PIPE) for cpu in cpus]
+
+
+def capacity(binary: Path, port: int, seconds: float, name_wire: str) -> tuple[float, float]:
+    """(replies a second, datagrams offered a second) for one existing name at full speed."""
+    p = subprocess.Popen(["taskset", "-c", "1", str(binary), str(port), str(seconds), "0", "64",
+                          "1", name_wire, "0", "1"], stdout=subprocess.PIPE)
+    sent, got = map(int, p.communicate(timeout=seconds + 20)[0].split())
+    return got / seconds, sent / seconds
+
+
+def summary(secs) -> tuple[float, float, float, float]:
+    """(worst second's share, mean share, worst p50 ms, worst p99 ms) of one run."""
+    shares = [s for s, _, _ in secs]
+    return (min(shares), statistics.mean(shares), max(p for _, p, _ in secs),
+            max(p for _, _, p in secs))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--rate", type=float, default=0, help="flood datagrams/s (0: as fast as it goes)")
+    ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--loads", default="1,3,5", help="offered flood, multiples of pop53's capacity")
+    ap.add_argument("--quota", type=float, default=0.25, help="share of CPU 0 the servers get (0: all)")
+    ap.add_argument("--servers", default=",".join(sv.SERVERS))
+    ap.add_argument("--cookies", action="store_true", help="the resolvers send DNS COOKIEs; "
+                    "pop53 and Knot (mod-cookies) answer them")
+    ap.add_argument("--flood-cpus", default="1", help="CPUs running a flood process each (the "
+                    "resolvers stay on CPU 1; on CPU 0 a flood competes with the capped server)")
+    ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)
     if not shutil.which("taskset") or not shutil.which("gcc"):
         raise SystemExit("needs taskset and gcc")
+    loads = [float(x) for x in args.loads.split(",")]
+    cpus = [int(x) for x in args.flood_cpus.split(",")]
+    names_ = [n for n in args.servers.split(",") if n]
+    attacks = [a for a in args.attacks.split(",") if a]
+    skipped = {n: why for n in names_ if (why := sv.missing(n))}
+    names_ = [n for n in names_ if n not in skipped]
     zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
     if not zonefile.exists():
         data.DATA_DIR.mkdir(parents=True, exist_ok=True)
         data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
     names = image_names(zonefile)
     zone_wire = dns.name.from_text(data.ORIGIN).to_wire().hex()
+    name_wire = dns.name.from_text(names[0]).to_wire().hex()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
-    results = []
-    with tempfile.TemporaryDirectory() as tmpd:
-        tmp = Path(tmpd)
-        flood_bin = tmp / "flood"
-        subprocess.run(["gcc", "-O2", "-o", str(flood_bin), str(HERE / "flood.c")], check=True)
-        for attack in ("no attack", "random subdomains"):
-            for variant in VARIANTS:
-                p, port, log = serve(tmp, zonefile, variant)
-                flood = None
+    cap = sv.CpuCap(args.quota)
+    caps: dict[str, tuple[float, float]] = {}
+    runs: dict[tuple[str, str, float], list] = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmpd:
+            tmp = Path(tmpd)
+            binary = tmp / "flood"
+            subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
+            for name in names_:
+                srv = sv.Running(name, tmp / f"{name}-plain", zonefile, names[0], cap, plain=True)
                 try:
-                    if attack != "no attack":
-                        flood = subprocess.Popen(["taskset", "-c", "1", str(flood_bin), str(port),
-                                                  str(args.seconds), str(args.rate), "256", "0", zone_wire],
-                                                 stdout=subprocess.PIPE)
-                    rows = resolvers(port, names, args.seconds)
-                    sent = int(flood.communicate(timeout=args.seconds + 10)[0]) if flood else 0
+                    time.sleep(0.5)
+                    caps[name] = capacity(binary, srv.port, args.seconds, name_wire)
                 finally:
-                    if flood is not None and flood.poll() is None:
-                        flood.kill()
-                    p.terminate()
-                    p.wait(10)
-                secs = per_second(rows, args.seconds)
-                results.append((attack, variant, sent / args.seconds, secs))
-                print(attack, variant, f"{sent / args.seconds:.0f}/s", secs, flush=True)
-    lines = ["# Known resolvers under a flood (bench/attack)", "",
-             f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-             f"- Command (from the repository root): `python -m bench.attack.run --seconds {args.seconds}"
-             + (f" --rate {args.rate:g}" if args.rate else "") + "`",
-             f"- Machine: {os.cpu_count()} CPUs (shared with other work), load average {load0:.2f} at "
-             f"start, {os.getloadavg()[0]:.2f} at end; server: one worker pinned to CPU 0; flood and "
-             "resolvers on CPU 1",
-             f"- Known resolvers: {RESOLVERS} x {QPS} q/s from 127.1.0.0/24; flood: random subdomains, "
-             "256 sources (one /24 each), sendmmsg", "",
-             "| attack | pop53 | flood sent/s | answered share, worst second | mean share | p50 ms (worst s) | p99 ms (worst s) |",
-             "|---|---|---|---|---|---|---|"]
-    for attack, variant, rate, secs in results:
-        shares = [s for s, _, _ in secs]
-        lines.append(f"| {attack} | {variant} | {rate:,.0f} | {min(shares):.3f} | "
-                     f"{statistics.mean(shares):.3f} | {max(p for _, p, _ in secs):.1f} | "
-                     f"{max(p for _, _, p in secs):.1f} |")
-    lines += ["", "Per second (share answered, p50 ms, p99 ms):", ""]
-    for attack, variant, rate, secs in results:
-        lines.append(f"- {attack}, {variant}: " + "; ".join(f"{s:.3f} {a:.1f} {b:.1f}" for s, a, b in secs))
-    lines.append("")
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
+                    srv.stop()
+                print(f"capacity {name}: {caps[name][0]:,.0f} replies/s "
+                      f"(offered {caps[name][1]:,.0f}/s)", flush=True)
+            unit = caps.get("pop53", next(iter(caps.values())))[0]
+            for rnd in range(args.rounds):
+                order = names_ if rnd % 2 == 0 else names_[::-1]      # alternate
+                for name in order:
+                    srv = sv.Running(name, tmp / f"{name}-{rnd}", zonefile, names[0], cap,
+                                     cookies=args.cookies)
+                    try:
+                        for attack in attacks:
+                            for load in ([0.0] if ATTACKS[attack] is None else loads):
+                                time.sleep(1.0)                # calm between rows
+                                ready = prepare(srv.port, names, args.cookies)   # before the flood
+                                fls = []
+                                if ATTACKS[attack] is not None:
+                                    fls = flood(binary, srv.port, args.seconds, load * unit, attack,
+                                                zone_wire, name_wire, cpus)
+                                try:
+                                    rows = resolvers(srv.port, ready, args.seconds)
+                                    sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
+                                               for f in fls)
+                                finally:
+                                    for f in fls:
+                                        if f.poll() is None:
+                                            f.kill()
+                                            f.wait()
+                                secs = per_second(rows, args.seconds)
+                                runs.setdefault((name, attack, load), []).append(
+                                    (sent / args.seconds, secs))
+                                print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
+                                      [f"{a:.3f} {b:.1f} {c:.1f}" for a, b, c in secs], flush=True)
+                    finally:
+                        srv.stop()
+    finally:
+        cap.close()
+    from bench.attack.report import write
+    write(args, loads, names_, attacks, skipped, caps, unit, runs, load0, os.getloadavg()[0])
     return 0
 
 

@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #ifndef SO_RXQ_OVFL
 #define SO_RXQ_OVFL 40
@@ -26,5 +27,41 @@ static inline int p53_rxq_ovfl(const void *mv, uint32_t *out) {
         }
     }
     return 0;
+}
+#ifndef SO_TIMESTAMPNS
+#define SO_TIMESTAMPNS 35
+#endif
+#ifndef SCM_TIMESTAMPNS
+#define SCM_TIMESTAMPNS SO_TIMESTAMPNS
+#endif
+
+/* The kernel's receive timestamp of a datagram (SO_TIMESTAMPNS, socket(7): CLOCK_REALTIME at
+ * the moment the stack queued it) in ns, or 0 when the message carries none. */
+static inline uint64_t p53_rx_stamp_ns(const void *mv) {
+    const struct msghdr *m = (const struct msghdr *)mv;
+    struct cmsghdr *c;
+    struct timespec ts;
+    if (m->msg_controllen == 0 || m->msg_control == NULL)
+        return 0;
+    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS
+                && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            memcpy(&ts, CMSG_DATA(c), sizeof ts);
+            return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* CLOCK_REALTIME and CLOCK_MONOTONIC in ns (vDSO calls). */
+static inline uint64_t p53_real_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+static inline uint64_t p53_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 #endif

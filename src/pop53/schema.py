@@ -284,8 +284,14 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
- .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it; "
-      "~256 KiB is a few ms of one worker's work); 0: the server's 4 MiB.  Priority sockets keep 4 MiB")
+ .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
+      "0: sized from queue_ms.  Priority sockets: 4 x queue_ms, or 4 MiB")
+ .key("queue_ms", "number (ms) 0..1000", 2, "with steer: size the normal sockets' receive buffers to this "
+      "much of the worker's measured work per query (re-sized each second; 0: keep the server's 4 MiB)")
+ .key("delay_target_us", "integer (us)", 2000, "queue delay (kernel receive timestamp to the batch) that "
+      "means overload when even the least delayed batch of a tick waited longer")
+ .key("nx_rate", "integer", 1000, "NXDOMAINs per second per zone, per worker, above which the zone is "
+      "under pressure: under overload its NXDOMAIN answers are dropped after the answer, worst class first")
  .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "
       "answered in learn_min of the last learn_windows windows becomes known; frozen under overload")
  .key("learn_windows", "integer 1..1000", 7, "learning: windows remembered")

@@ -1,15 +1,17 @@
 """The kernel stage: with `steer = true` each worker has a priority socket, and the reuseport
-program sends known resolvers' datagrams (IPv4, by /24) there and nothing else; it follows the
-known table across reloads."""
+program sends known resolvers' datagrams there and nothing else: the eBPF program with LPM tries
+(IPv4 by /24, IPv6 by /56) where the kernel allows it, else classic BPF (IPv4 only); it follows
+the known table across reloads."""
 from __future__ import annotations
 
+import logging
 import socket
 
 import dns.flags
 import dns.message
 
 from pop53 import config as cfgmod
-from pop53.scoring import steer
+from pop53.scoring import ebpf, steer
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
@@ -21,7 +23,7 @@ def _ask(addr, src: str, n: int) -> int:
     q.flags &= ~dns.flags.RD
     got = 0
     for _ in range(n):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
         s.bind((src, 0))
         s.settimeout(2)
         try:
@@ -32,37 +34,88 @@ def _ask(addr, src: str, n: int) -> int:
     return got
 
 
-def _per_worker(server) -> list[int]:
-    return [w.stats()["udp"] for w in server.workers]
+def _per_worker(server) -> tuple[int, int]:
+    """(datagrams the workers took from their normal sockets, from their priority sockets)."""
+    udp = sum(w.stats()["udp"] for w in server.workers)
+    prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
+    return udp - prio, prio
+
+
+def _steered(tmp_path, listen: str, workers: int, known_text: str):
+    """A server with the kernel stage on, not started yet, and its known-resolvers file."""
+    known = tmp_path / "known.txt"
+    known.write_text(known_text)
+    doc = {"server": {"listen": [listen], "workers": workers},
+           "scoring": {"known_resolvers": str(known), "steer": True},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    return Server(cfgmod.from_dict(doc, file="<test>")), known
 
 
 def test_known_resolvers_reach_the_priority_sockets(tmp_path):
-    known = tmp_path / "known.txt"
-    known.write_text("127.1.0.0/24\n10.9.8.0/24\n")
-    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 2},
-           "scoring": {"known_resolvers": str(known), "steer": True},
-           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
-    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server, known = _steered(tmp_path, "127.0.0.1:0", 2, "127.1.0.0/24\n10.9.8.0/24\n")
     server.start()
     try:
         addr = server.addresses[0]
-        assert len(server.workers) == 4                   # 2 normal + 2 priority sockets
+        # each worker serves its normal socket and its priority socket, the latter first
+        assert len(server.workers) == 2 and len(server.scoring.priority) == 2
+        assert server.scoring.steering == "ebpf"
         assert _ask(addr, "127.1.0.7", 20) == 20
-        counts = _per_worker(server)
-        assert counts[:2] == [0, 0] and sum(counts[2:]) == 20, counts
+        assert _per_worker(server) == (0, 20)
         assert _ask(addr, "127.2.0.7", 20) == 20
-        counts = _per_worker(server)
-        assert sum(counts[:2]) == 20 and sum(counts[2:]) == 20, counts
-        assert server.workers[2].scoring_stats()["admitted"]["top"] + \
-            server.workers[3].scoring_stats()["admitted"]["top"] == 20
+        assert _per_worker(server) == (20, 20)
+        assert sum(w.scoring_stats()["admitted"]["top"] for w in server.workers) == 20
         # a new table re-attaches the program
         known.write_text("127.3.0.0/24\n")
         server.reload()
         assert _ask(addr, "127.3.0.7", 10) == 10 and _ask(addr, "127.1.0.7", 10) == 10
-        counts = _per_worker(server)
-        assert sum(counts[2:]) == 30 and sum(counts[:2]) == 30, counts
+        assert _per_worker(server) == (30, 30)
     finally:
         server.stop()
+
+
+def test_ebpf_steers_ipv6_by_56(tmp_path):
+    # ::1 stands for ::/56
+    server, known = _steered(tmp_path, "[::1]:0", 2, "::1\n192.0.2.0/24\n")
+    server.start()
+    try:
+        addr = server.addresses[0]
+        assert server.scoring.steering == "ebpf"
+        assert _ask(addr, "::1", 12) == 12
+        assert _per_worker(server) == (0, 12)
+        known.write_text("2001:db8::/56\n")           # ::1 no longer known
+        server.reload()
+        assert _ask(addr, "::1", 12) == 12
+        assert _per_worker(server) == (12, 12)
+    finally:
+        server.stop()
+
+
+def test_without_ebpf_classic_bpf_steers_ipv4_and_says_so(tmp_path, monkeypatch, caplog):
+    def refuse(*a):
+        raise ebpf.EbpfUnavailable("bpf(2): Operation not permitted")
+    monkeypatch.setattr(ebpf, "load", refuse)
+    monkeypatch.setattr(steer, "_warned", False)
+    server, known = _steered(tmp_path, "127.0.0.1:0", 1, "127.1.0.0/24\n")
+    with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
+        server.start()
+    try:
+        assert server.scoring.steering == "cbpf"
+        assert any("eBPF steering not allowed" in r.message and "no IPv6" in r.message
+                   for r in caplog.records)
+        addr = server.addresses[0]
+        assert _ask(addr, "127.1.0.9", 5) == 5 and _ask(addr, "127.2.0.9", 5) == 5
+        assert _per_worker(server) == (5, 5)
+    finally:
+        server.stop()
+
+
+def test_ebpf_program_verifies_for_many_prefixes():
+    v4 = set(range(0x010000, 0x010000 + 50_000))                  # 50,000 /24s
+    v6 = {ebpf.v6_key(f"2001:db8:{i:x}::") for i in range(1000)}
+    fd = ebpf.load(8, v4, v6)
+    assert fd >= 0
+    import os
+    os.close(fd)
 
 
 def test_prologue_stays_within_the_classic_bpf_limits():

@@ -1,7 +1,9 @@
 """Prometheus families of query scoring (yielded by pop53.serve.metrics on scrape)."""
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from pop53 import _core
 
 from pop53.scoring.service import ScoringService
 
@@ -27,8 +29,12 @@ def families(workers):
     lv.add_metric([], st["level"])
     yield lv
     for name, key, doc in (
-        ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the UDP "
-         "sockets' receive queues (SO_RXQ_OVFL)"),
+        ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the normal "
+         "UDP sockets' receive queues (SO_RXQ_OVFL)"),
+        ("pop53_scoring_kernel_drops_priority", "kernel_drops_priority", "Datagrams the kernel "
+         "dropped on the priority sockets' receive queues (SO_RXQ_OVFL)"),
+        ("pop53_scoring_delay_ticks", "delay_ticks", "Controller ticks overloaded by queue delay "
+         "(even the least delayed batch waited longer than delay_target_us)"),
         ("pop53_scoring_cookie_lifted", "lifted", "Queries a valid server cookie saved from an "
          "overload drop"),
         ("pop53_scoring_overload_ticks", "overload_ticks", "Controller ticks that found a worker "
@@ -37,3 +43,18 @@ def families(workers):
         c = CounterMetricFamily(name, doc)
         c.add_metric([], st[key])
         yield c
+    nx = CounterMetricFamily("pop53_scoring_nx_dropped", "NXDOMAIN answers dropped after the answer "
+                             "for zones under NXDOMAIN pressure, by scoring class", labels=["class"])
+    for c in sorted(st["nx_dropped"]):
+        nx.add_metric([c], st["nx_dropped"][c])
+    yield nx
+    # one observation per receive batch: its oldest datagram's wait (kernel timestamp to batch)
+    qd = HistogramMetricFamily("pop53_scoring_queue_delay_seconds", "Queue delay of each UDP "
+                               "receive batch's oldest datagram (SO_TIMESTAMPNS to the batch)")
+    cum, buckets = 0, []
+    for le, n in zip(_core.QUEUE_DELAY_BOUNDS_US, st["queue_delay"]):
+        cum += n
+        buckets.append((str(le / 1e6), cum))
+    buckets.append(("+Inf", cum + st["queue_delay"][-1]))
+    qd.add_metric([], buckets, None)
+    yield qd

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 from pop53 import _core
 from pop53.errors import Pop53Error
@@ -13,6 +14,42 @@ from pop53.scoring.known import KnownPrefixes, compile_table, read_known
 log = logging.getLogger("pop53.scoring")
 
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measured its own
+# The priority socket's queue: a few times the normal one's (known resolvers' bursts must fit,
+# but spoofed known sources filling it must not queue seconds of work ahead of the real ones)
+PRIORITY_FACTOR = 4
+MAX_QUEUE = 4 << 20           # the server's default receive buffer
+
+
+def datagram_truesize() -> int:
+    """What the kernel charges a receive buffer per small datagram (the skb's truesize, which
+    SO_RCVBUF counts, not the payload): measured once on loopback by filling a small buffer."""
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    w = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        r.bind(("127.0.0.1", 0))
+        r.setblocking(False)
+        w.setblocking(False)
+        for _ in range(4000):
+            try:
+                w.sendto(b"\0" * 40, r.getsockname())
+            except OSError:
+                break
+        n = 0
+        while True:
+            try:
+                r.recv(64)
+                n += 1
+            except OSError:
+                break
+        return max(256, r.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // max(n, 1))
+    except OSError:
+        return 1024
+    finally:
+        r.close()
+        w.close()
 
 
 class ScoringService:
@@ -27,14 +64,31 @@ class ScoringService:
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
         self.queue_bytes = settings.get("queue_bytes", 0)
+        # a short queue only with the kernel stage: without it known resolvers share the normal
+        # socket, and a short queue would have the kernel drop them with the flood
+        self.queue_ms = settings.get("queue_ms", 0.0) if self.steer and not self.queue_bytes else 0.0
+        self.truesize = datagram_truesize() if self.queue_ms else 0
         self.groups: list[tuple[socket.socket, int]] = []
+        self.steering = ""                               # "ebpf" or "cbpf" once attached
+        self.priority: dict[int, socket.socket] = {}     # normal socket's fd -> its priority socket
+        self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
+        self._next_sizing = 0.0
         self.learner = None
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
             self.learner = Learner(self.scorer, **settings["learn"])
 
     def housekeeping(self, server) -> None:
-        """Called by the server's housekeeping thread: learning windows."""
+        """Called by the server's housekeeping thread: queue sizing, learning windows."""
+        if self.queue_ms and time.monotonic() >= self._next_sizing:
+            self._next_sizing = time.monotonic() + 1.0
+            for i, w in enumerate(server.workers):
+                if i < len(server.udp_socks):
+                    cost = w.scoring_stats()["cost_ns"]
+                    self.size_queue(server.udp_socks[i], cost)
+                    prio = self.priority.get(server.udp_socks[i].fileno())
+                    if prio is not None:
+                        self.size_queue(prio, cost, PRIORITY_FACTOR)
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
@@ -48,14 +102,54 @@ class ScoringService:
         bound a normal socket's queue to `queue_bytes` (a queue longer than a few ms of work
         only delays answers under a flood); a priority socket keeps the server's default."""
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        # the controller's queue-delay input: the kernel's receive time of each datagram
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
+        elif self.queue_ms:
+            self.size_queue(sock, 0.0, PRIORITY_FACTOR if priority else 1)
+
+    def queue_for(self, cost_ns: float, factor: int = 1) -> int:
+        """The receive buffer (as the kernel counts it) holding `factor` x `queue_ms` of work at
+        `cost_ns` per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
+        datagrams = factor * self.queue_ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
+        return int(min(MAX_QUEUE, max(64, datagrams) * self.truesize))
+
+    def size_queue(self, sock: socket.socket, cost_ns: float, factor: int = 1) -> None:
+        """Size a normal socket's queue to `queue_ms` of its worker's measured work (a longer
+        queue only delays answers under a flood; a shorter one drops bursts).  Re-set only when
+        the size moves by more than a quarter."""
+        want = self.queue_for(cost_ns, factor)
+        fd = sock.fileno()
+        old = self.sized.get(fd, 0)
+        if fd < 0 or (old and abs(want - old) * 4 < old):
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, max(2304, want // 2))  # the kernel doubles it
+            self.sized[fd] = want
+        except OSError:
+            pass
+
+    def worker(self, w, sock: socket.socket) -> None:
+        """Give a new worker its priority socket (drained before every batch of `sock`)."""
+        prio = self.priority.get(sock.fileno())
+        if prio is not None:
+            w.set_priority(prio.fileno())
+
+    def close(self) -> None:
+        for s in self.priority.values():
+            try:
+                s.close()
+            except OSError:
+                pass
 
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
         from pop53.scoring import steer
-        steer.attach(group[0], workers, self.known.v4)
+        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6)
         self.groups.append((group[0], workers))
+        for k in range(workers):
+            self.priority[group[k].fileno()] = group[workers + k]
 
     def publish(self, server, known: KnownPrefixes) -> None:
         """Compile and publish `known` to the server's workers; retire the previous table."""
@@ -67,7 +161,7 @@ class ScoringService:
             if self.groups:
                 from pop53.scoring import steer
                 for sock, workers in self.groups:
-                    steer.attach(sock, workers, known.v4)
+                    self.steering = steer.attach(sock, workers, known.v4, known.v6)
             if old is not None:
                 server.slot.retire(old)
 
@@ -105,15 +199,18 @@ class ScoringService:
         """The workers' scoring counters summed; the controller level and shares: the highest
         level of any worker and the matching shares."""
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
-                       "overload_ticks": 0, "level": 0.0, "share": {}, "workers": []}
+                       "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
+                       "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
+                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
         for w in workers:
             st = w.scoring_stats()
             total["workers"].append(st)
-            for k in ("admitted", "dropped"):
+            for k in ("admitted", "dropped", "nx_dropped"):
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
-            for k in ("lifted", "kernel_drops", "overload_ticks"):
+            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks"):
                 total[k] += st[k]
+            total["queue_delay"] = [a + b for a, b in zip(total["queue_delay"], st["queue_delay"])]
             if st["level"] >= total["level"]:
                 total["level"], total["share"] = st["level"], st["share"]
         return total

@@ -13,6 +13,8 @@ LIMITS = {
     "tick_ms": (10, 1, 1000),
     "full_run": (4, 1, 1000),
     "recover": (32, 1, 1024),
+    "delay_target_us": (2000, 1, 10_000_000),
+    "nx_rate": (1000, 1, 1_000_000),
 }
 
 
@@ -38,7 +40,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
         if not lo <= v <= hi:
             raise ConfigError(f"must be within {lo}..{hi}, got {v}", file=file, key=f"scoring.{name}")
         scorer[name] = v
-    for name in ("source_rate", "known_rate"):
+    for name in ("source_rate", "known_rate", "nx_rate"):
         if not 1 <= scorer[name] * scorer["window_ms"] // 1000 < 65535:
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")
@@ -48,6 +50,10 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
         raise ConfigError(f"must be 0 or within 4096..{1 << 30}, got {queue_bytes}", file=file,
                           key="scoring.queue_bytes")
+    queue_ms = raw.get("queue_ms", 2)
+    if isinstance(queue_ms, bool) or not isinstance(queue_ms, (int, float)) or not 0 <= queue_ms <= 1000:
+        raise ConfigError(f"expected milliseconds within 0..1000, got {queue_ms!r}", file=file,
+                          key="scoring.queue_ms")
     window = raw.get("learn_window", 0)
     if isinstance(window, bool) or not isinstance(window, (int, float)) or window < 0:
         raise ConfigError(f"expected seconds >= 0, got {window!r}", file=file, key="scoring.learn_window")
@@ -63,4 +69,4 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
     return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer,
-            "queue_bytes": queue_bytes}
+            "queue_bytes": queue_bytes, "queue_ms": float(queue_ms)}

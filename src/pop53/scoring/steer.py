@@ -3,12 +3,14 @@ their own, so a flood filling the normal sockets' queues cannot delay or drop th
 
 With `[scoring] steer = true` each listen address gets a second block of SO_REUSEPORT sockets,
 one per worker (sockets W..2W-1 of the group, each served by its own worker thread), and the
-group's classic BPF program (pop53.ecmp.reuseport) gets a prologue: when the datagram is IPv4
-and its source /24 is known, the socket index base is W, else 0; the flow hash then picks the
-socket within the block.  Classic BPF compares one /24 per two instructions within the 4,096
-instruction limit, so at most MAX_V4 /24s are steered (the issue's eBPF LPM-trie map for a full
-list is not built); IPv6 sources are not steered.  The program is re-attached whenever the
-known table changes."""
+group gets a reuseport program that returns an index in the second block for a known source:
+the eBPF program with LPM-trie maps of every known IPv4 /24 and IPv6 /56 (pop53.scoring.ebpf)
+when the kernel allows it; else classic BPF, pop53.ecmp.reuseport's program with a prologue
+(when the datagram is IPv4 and its source /24 is known, the socket index base is W, else 0; the
+flow hash then picks the socket within the block), which compares one /24 per two instructions
+within the 4,096 instruction limit, so at most MAX_V4 /24s and no IPv6.  Each worker drains its
+priority socket before every batch of its normal one (Worker.set_priority).  The program is
+re-attached whenever the known table changes."""
 from __future__ import annotations
 
 import logging
@@ -47,9 +49,26 @@ def prologue(base: int, v4_keys) -> list:
     return prog
 
 
-def attach(sock, workers: int, v4_keys) -> None:
-    """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to."""
+def attach(sock, workers: int, v4_keys, v6_keys=()) -> str:
+    """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to: the
+    eBPF LPM-trie program (pop53.scoring.ebpf: every known /24 and /56) when the kernel allows
+    it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
+    so.  Returns "ebpf" or "cbpf"."""
+    from pop53.scoring import ebpf
+    global _warned
+    try:
+        ebpf.attach(sock, workers, v4_keys, v6_keys)
+        return "ebpf"
+    except ebpf.EbpfUnavailable as exc:
+        if not _warned:
+            _warned = True
+            log.warning("eBPF steering not allowed (%s): classic BPF steers at most %d known "
+                        "IPv4 /24s and no IPv6", exc, MAX_V4)
     if len(v4_keys) > MAX_V4:
         log.warning("%d known /24s: only the first %d are steered to the priority sockets "
                     "(classic BPF limit)", len(v4_keys), MAX_V4)
     rp.attach_cbpf(sock, 2 * workers, rp.build_program(workers, prologue(workers, v4_keys)))
+    return "cbpf"
+
+
+_warned = False

@@ -81,6 +81,7 @@ class Workers:
         if self.scoring is not None:
             for i, s in enumerate(group):
                 self.scoring.prepare_socket(s, priority=i >= cfg.workers)
+            group = group[:cfg.workers]     # priority sockets belong to their workers (scoring)
         self.udp_socks.extend(group)
         self.tcp_socks.append(tsock)
 
@@ -104,6 +105,8 @@ class Workers:
         self._control_plane = control_plane
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, True)
+            if self.scoring is not None:
+                self.scoring.worker(w, s)   # its priority socket, drained first
             self.workers.append(w)
             self.threads.append(self._thread(i, w))
         if server.xdp is not None:
@@ -172,6 +175,8 @@ class Workers:
                 s.close()
             except OSError:
                 pass
+        if self.scoring is not None:
+            self.scoring.close()
 
     def stats(self) -> dict:
         total: dict = {}

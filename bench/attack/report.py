@@ -1,0 +1,122 @@
+"""bench/results/attack.md and attack.png from a bench.attack.run run."""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+LABEL = {"pop53": "pop53 (scoring + steering)", "knot": "Knot mod-rrl", "nsd": "NSD RRL",
+         "dnsdist": "dnsdist blocks + NSD"}
+
+
+def _worst(xs) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return max(xs) if xs else float("nan")
+
+
+def _row(runs) -> tuple[float, float, float, float, float]:
+    """Medians over rounds of (worst second's share, mean share, worst p50, worst p99, sent/s)."""
+    worst = [min(s for s, _, _ in secs) for _, secs in runs]
+    mean = [statistics.mean(s for s, _, _ in secs) for _, secs in runs]
+    p50 = [_worst([p for _, p, _ in secs]) for _, secs in runs]
+    p99 = [_worst([p for _, _, p in secs]) for _, secs in runs]
+    sent = [r for r, _ in runs]
+    med = lambda xs: statistics.median(xs) if xs else float("nan")   # noqa: E731
+    return med(worst), med(mean), med(p50), med(p99), med(sent)
+
+
+def _f(x: float, fmt: str) -> str:
+    return "-" if math.isnan(x) else format(x, fmt)
+
+
+def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) -> None:
+    cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
+           f"--loads {args.loads} --quota {args.quota:g}")
+    fcpus = getattr(args, "flood_cpus", "1")
+    if getattr(args, "cookies", False):
+        cmd += " --cookies"
+    if fcpus != "1":
+        cmd += f" --flood-cpus {fcpus}"
+    if args.servers != "pop53,knot,nsd,dnsdist":
+        cmd += f" --servers {args.servers}"
+    lines = ["# Known resolvers under a flood, side by side (bench/attack)", "",
+             f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+             f"- Command (from the repository root): `{cmd}`",
+             f"- Machine: {os.cpu_count()} CPUs shared with other work, load average {load0:.2f} at "
+             f"start, {load1:.2f} at end",
+             f"- Servers: pinned to CPU 0"
+             + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
+                if args.quota else "")
+             + f"; the flood (bench/attack/flood.c) on CPU {fcpus}, the resolvers on CPU 1",
+             f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
+             + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
+                if getattr(args, "cookies", False) else ", no DNS COOKIEs")
+             + "; every server is told the "
+             "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
+             f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
+             f"{args.seconds} s per row", ""]
+    if skipped:
+        lines += [f"- Not run: {', '.join(f'{n} ({w})' for n, w in skipped.items())}", ""]
+    lines += ["## Capacity (plain setups: no scoring, no RRL, no blocks; one existing name from 64 "
+              "sources at full speed)", "", "| server | replies/s | offered/s |", "|---|---|---|"]
+    for n in names:
+        lines.append(f"| {LABEL[n]} | {caps[n][0]:,.0f} | {caps[n][1]:,.0f} |")
+    lines += ["", f"Offered load below is in multiples of pop53's capacity, {unit:,.0f} q/s.", "",
+              "## Known resolvers' queries answered: worst second (mean), known p99 ms (worst second)", "",
+              "The flood core may not reach the load asked for: `sent` is what it sent (x the unit), "
+              "the median over the servers' runs.", "",
+              "| attack | load asked | flood sent/s (x unit) | " + " | ".join(LABEL[n] for n in names) + " |",
+              "|---|---|---|" + "---|" * len(names)]
+    for attack in attacks:
+        for load in ([0.0] if attack == "no attack" else loads):
+            cells, sents = [], []
+            for n in names:
+                r = runs.get((n, attack, load))
+                if not r:
+                    cells.append("-")
+                    continue
+                worst, mean, p50, p99, sent_n = _row(r)
+                sents.append(sent_n)
+                cells.append(f"{worst:.3f} ({mean:.3f}), p99 {_f(p99, '.1f')}")
+            sent = statistics.median(sents) if sents else float("nan")
+            lines.append(f"| {attack} | {load:g}x | {_f(sent, ',.0f')} ({_f(sent / unit, '.1f')}x) | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "## Per second (share answered, p50 ms, p99 ms), every round", ""]
+    for (n, attack, load), r in sorted(runs.items()):
+        for i, (sent, secs) in enumerate(r):
+            lines.append(f"- {LABEL[n]}, {attack}, {load:g}x, round {i + 1} ({sent:,.0f}/s): "
+                         + "; ".join(f"{s:.3f} {_f(a, '.1f')} {_f(b, '.1f')}" for s, a, b in secs))
+    lines.append("")
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    _plot(args.out.with_suffix(".png"), loads, names, attacks, runs, cmd, unit)
+
+
+def _plot(path: Path, loads, names, attacks, runs, cmd, unit: float) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    kinds = [a for a in attacks if a != "no attack"]
+    if not kinds:
+        return
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds), 3.4), sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], kinds):
+        for n in names:
+            pts = [_row(runs[(n, attack, ld)]) for ld in loads if (n, attack, ld) in runs]
+            # x: the load the flood actually sent, in multiples of pop53's capacity
+            ax.plot([p[4] / unit for p in pts], [p[0] for p in pts], marker="o", label=LABEL[n])
+        ax.set_title(attack, fontsize=8)
+        ax.set_xlabel("flood sent (x pop53 capacity)", fontsize=7)
+        ax.axhline(0.99, color="grey", lw=0.5, ls="--")
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("known resolvers answered, worst second", fontsize=7)
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    fig.suptitle(cmd, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,202 @@
+"""The servers bench/attack puts under a flood, each on one loopback port, pinned to CPU 0 and
+(with a quota) inside one cgroup that caps them to a fraction of that core:
+
+- pop53: one worker, `[scoring]` with the known list and the kernel stage (`steer = true`);
+- Knot: one UDP worker, mod-rrl (rate-limit 200, slip 2, the known prefixes whitelisted);
+- NSD: one server process, RRL (rrl-ratelimit 200, slip 2; NSD has no source whitelist);
+- dnsdist in front of NSD (RRL off behind it): dynamic blocks, query rate 200/s and NXDOMAIN
+  rate 100/s per source for 10 s, the known prefixes excluded.
+
+With cookies (`--cookies`) pop53 answers DNS COOKIEs (`[server] cookies = true`) and Knot
+loads mod-cookies (whose valid cookies exempt a client from mod-rrl); NSD 4.6 and dnsdist 1.7
+have no cookie knob here.  The "plain" variant of each (no scoring, no RRL, no blocks) is what the capacity run uses.
+Every server gets the same information: the known resolvers' prefixes (KNOWN)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.message
+
+from bench.data import ORIGIN
+
+ROOT = Path(__file__).resolve().parents[2]
+KNOWN = ("127.1.0.0/24", "127.3.0.0/16")     # the resolvers we ask from, the relaying ones
+SERVERS = ("pop53", "knot", "nsd", "dnsdist")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t.bind(("127.0.0.1", port))
+        return port
+
+
+class CpuCap:
+    """A cgroup (v1 cpu controller) giving its processes `share` of one CPU (a 1 ms quota per
+    1/share ms period: the kernel's smallest quota is 1 ms, so a throttled server may stall up
+    to period - 1 ms), so that one flood core can offer several times the servers' capacity.
+    Removed on close."""
+
+    def __init__(self, share: float):
+        self.path = None
+        if share <= 0:
+            return
+        base = Path("/sys/fs/cgroup/cpu")
+        self.path = base / f"pop53-bench-attack-{os.getpid()}"
+        self.path.mkdir()
+        self.period_us = int(round(1000 / share))
+        try:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (self.path / "cpu.cfs_quota_us").write_text("1000")
+        except OSError:
+            self.close()
+            raise
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """argv run pinned to CPU 0 inside the cgroup (children inherit both)."""
+        pinned = ["taskset", "-c", "0"] + argv
+        if self.path is None:
+            return pinned
+        return ["sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "cap"] + pinned
+
+    def close(self):
+        if self.path is not None:
+            for _ in range(50):
+                try:
+                    self.path.rmdir()
+                    return
+                except OSError:
+                    time.sleep(0.1)
+
+
+def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
+    known = work / "known.txt"
+    known.write_text("".join(f"{p}\n" for p in KNOWN))
+    scoring = "" if plain else f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
+    (work / "pop53.toml").write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
+        + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
+        f'[[zone]]\nname = "{ORIGIN}"\nfile = "{zone}"\n')
+    return [sys.executable, "-m", "pop53", "serve", "--config", str(work / "pop53.toml")]
+
+
+def _knot(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
+    (work / "db").mkdir(exist_ok=True)
+    rrl = "" if plain else (
+        "mod-rrl:\n  - id: default\n    rate-limit: 200\n    slip: 2\n"
+        f"    whitelist: [{', '.join(KNOWN)}]\n")
+    mods = ([] if plain else ["mod-rrl/default"]) + (["mod-cookies"] if cookies else [])
+    # mod-cookies first: a valid server cookie exempts the client from mod-rrl
+    module = f"    module: [{', '.join(reversed(mods))}]\n" if mods else ""
+    (work / "knot.conf").write_text(
+        f"server:\n    rundir: \"{work}\"\n    listen: 127.0.0.1@{port}\n"
+        "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
+        "log:\n  - target: stderr\n    any: warning\n"
+        f"database:\n    storage: \"{work / 'db'}\"\n{rrl}"
+        f"template:\n  - id: default\n    storage: \"{work}\"\n    zonefile-sync: -1\n"
+        "    zonefile-load: whole\n    journal-content: none\n"
+        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n{module}")
+    return ["knotd", "-c", str(work / "knot.conf")]
+
+
+def _nsd_conf(work: Path, zone: Path, port: int, rrl: bool) -> Path:
+    limits = ("    rrl-ratelimit: 200\n    rrl-slip: 2\n    rrl-whitelist-ratelimit: 2000\n"
+              if rrl else "    rrl-ratelimit: 0\n    rrl-whitelist-ratelimit: 0\n")
+    conf = work / "nsd.conf"
+    conf.write_text(
+        f"server:\n    server-count: 1\n    ip-address: 127.0.0.1@{port}\n"
+        f"    do-ip6: no\n    username: \"\"\n    chroot: \"\"\n    zonesdir: \"{work}\"\n"
+        f"    database: \"\"\n    zonelistfile: \"{work / 'zone.list'}\"\n"
+        f"    xfrdfile: \"{work / 'xfrd.state'}\"\n    xfrdir: \"{work}\"\n"
+        f"    pidfile: \"{work / 'nsd.pid'}\"\n    logfile: \"{work / 'nsd.log'}\"\n"
+        f"    verbosity: 0\n{limits}"
+        f"remote-control:\n    control-enable: no\n"
+        f"zone:\n    name: {ORIGIN}\n    zonefile: \"{zone}\"\n")
+    return conf
+
+
+def _nsd(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
+    return ["nsd", "-d", "-c", str(_nsd_conf(work, zone, port, not plain))]
+
+
+def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[list[str]]:
+    back = free_port()
+    blocks = "" if plain else (
+        "local dbr = dynBlockRulesGroup()\n"
+        'dbr:setQueryRate(200, 1, "query rate", 10, DNSAction.Drop)\n'
+        'dbr:setRCodeRate(DNSRCode.NXDOMAIN, 100, 1, "nxdomain rate", 10, DNSAction.Drop)\n'
+        f"dbr:excludeRange({{{', '.join(repr(p) for p in KNOWN)}}})\n"
+        "function maintenance() dbr:apply() end\n")
+    (work / "dnsdist.conf").write_text(
+        f'setLocal("127.0.0.1:{port}", {{reusePort=true}})\n'
+        'setACL({"0.0.0.0/0"})\n'
+        f'local s = newServer({{address="127.0.0.1:{back}", checkInterval=3600}})\n'
+        "s:setUp()\n" + blocks)
+    nsd = ["nsd", "-d", "-c", str(_nsd_conf(work, zone, back, False))]
+    return [nsd, ["dnsdist", "--supervised", "--disable-syslog", "-C", str(work / "dnsdist.conf")]]
+
+
+def missing(name: str) -> str | None:
+    need = {"pop53": [], "knot": ["knotd"], "nsd": ["nsd"], "dnsdist": ["nsd", "dnsdist"]}[name]
+    gone = [b for b in need if not shutil.which(b)]
+    return f"{', '.join(gone)} not installed" if gone else None
+
+
+class Running:
+    """A started server (one or two processes), stopped by PID."""
+
+    def __init__(self, name: str, work: Path, zone: Path, probe: str, cap: CpuCap,
+                 plain: bool = False, cookies: bool = False):
+        self.name, self.port = name, free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        argvs = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist}[name](
+            work, zone, self.port, plain, cookies)
+        if not isinstance(argvs[0], list):
+            argvs = [argvs]
+        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        self.procs = []
+        self.log = work / "server.log"
+        with open(self.log, "ab") as err:
+            for argv in argvs:
+                self.procs.append(subprocess.Popen(cap.wrap(argv), stdin=subprocess.DEVNULL,
+                                                   stdout=err, stderr=err, env=env, cwd=work))
+                time.sleep(0.3)
+        if not self._ready(probe):
+            self.stop()
+            raise RuntimeError(f"{name} did not answer:\n{self.log.read_text(errors='replace')[-2000:]}")
+
+    def _ready(self, probe: str, timeout: float = 30) -> bool:
+        q = dns.message.make_query(probe, "A").to_wire()
+        end = time.monotonic() + timeout
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.9.0.1", 0))
+            s.settimeout(0.2)
+            while time.monotonic() < end:
+                if any(p.poll() is not None for p in self.procs):
+                    return False
+                try:
+                    s.sendto(q, ("127.0.0.1", self.port))
+                    s.recvfrom(4096)
+                    return True
+                except OSError:
+                    time.sleep(0.1)
+        return False
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,267 @@
+# Query scoring's Python-facing objects (scoring.pxi has the data-plane functions): the known
+# table as published to the workers, the Scorer every UDP worker of a server shares (settings,
+# the published table, entry points that run the worker loop's functions for tests and tools),
+# and a learning window's seen set.
+
+
+cdef class KnownTable:
+    """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
+    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, an open-addressing table
+    of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
+    here on; any buffer (bytes, mmap) works."""
+    cdef known_t kn
+    cdef Py_buffer b4
+    cdef Py_buffer b6
+    cdef bint has4, has6
+    cdef readonly object owner4, owner6
+    cdef readonly uint64_t n_v4
+
+    def __cinit__(self, object v4, object v6):
+        cdef uint64_t i
+        self.has4 = self.has6 = False
+        memset(&self.kn, 0, sizeof(known_t))
+        if v4 is not None:
+            PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
+            self.has4 = True
+            if self.b4.len != (1 << 24):
+                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
+            self.kn.v4 = <const uint8_t*>self.b4.buf
+            self.owner4 = v4
+        if v6 is not None:
+            PyObject_GetBuffer(v6, &self.b6, PyBUF_SIMPLE)
+            self.has6 = True
+            slots = self.b6.len // 8
+            if self.b6.len % 8 or slots < 2 or slots & (slots - 1):
+                raise ValueError("the IPv6 table is a power of two (>= 2) of 8-byte slots")
+            self.kn.v6 = <const uint64_t*>self.b6.buf
+            self.kn.v6_mask = slots - 1
+            self.owner6 = v6
+            for i in range(slots):
+                if self.kn.v6[i] == 0:
+                    continue
+                if not self.kn.v6[i] & SC_V6_TAG:
+                    raise ValueError("an IPv6 slot without its tag")
+                self.kn.n_v6 += 1
+            if self.kn.n_v6 == slots:
+                raise ValueError("the IPv6 table needs an empty slot")
+
+    def __dealloc__(self):
+        if self.has4:
+            PyBuffer_Release(&self.b4)
+        if self.has6:
+            PyBuffer_Release(&self.b6)
+
+    @property
+    def n_v6(self):
+        return self.kn.n_v6
+
+    def known(self, bytes address not None):
+        """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_known(&self.kn, <const uint8_t*>(<char*>address), len(address)))
+
+    cdef const known_t* ptr(self):
+        return &self.kn
+
+
+cdef class Scorer:
+    """Query scoring for every UDP worker of a server: the settings, and the published known
+    table (one atomic pointer, as Shared does for images).  The per-query state is each
+    worker's; this object also keeps one scratch state for the Python entry points below
+    (tests, tools), which run the same C functions as the worker loop."""
+    cdef sc_cfg_t cfg
+    cdef const void* known          # const known_t*
+    cdef readonly object holder     # keeps the published KnownTable alive
+    cdef readonly uint64_t generation
+    cdef sc_state_t probe
+    cdef void* seen                 # seen_t* of the current learning window, or NULL
+    cdef readonly object seen_holder
+
+    def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
+                  uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
+                  uint32_t recover=32, bint rd_odd=True, uint32_t delay_target_us=2000,
+                  uint32_t nx_rate=1000):
+        cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
+        cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
+        if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:
+            raise ValueError("window_ms within 10..60000, tick_ms within 1..1000")
+        if not 1 <= per4 < 65535 or not 1 <= perk < 65535:
+            raise ValueError("a rate times the window must be within 1..65534 queries")
+        if not 1 <= full_run <= 1000 or not 1 <= recover <= SC_ONE:
+            raise ValueError(f"full_run within 1..1000, recover within 1..{SC_ONE}")
+        if not 1 <= delay_target_us <= 10_000_000:
+            raise ValueError("delay_target_us within 1..10000000")
+        cdef uint64_t pernx = <uint64_t>nx_rate * window_ms // 1000
+        if not 1 <= pernx < 65535:
+            raise ValueError("nx_rate times the window must be within 1..65534 NXDOMAINs")
+        self.cfg.source_rate = <uint32_t>per4
+        self.cfg.known_rate = <uint32_t>perk
+        self.cfg.window_ms = window_ms
+        self.cfg.tick_ms = tick_ms
+        self.cfg.full_run = full_run
+        self.cfg.recover = recover
+        self.cfg.rd_odd = rd_odd
+        self.cfg.delay_target_us = delay_target_us
+        self.cfg.nx_rate = <uint32_t>pernx
+        sc_state_init(&self.probe, 1)
+
+    def publish(self, KnownTable table):
+        """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
+        generation; the caller keeps the previous table alive until every worker has passed a
+        batch boundary (as for images)."""
+        p53_store_ptr(&self.known, <const void*>(table.ptr() if table is not None else NULL))
+        self.holder = table
+        self.generation += 1
+        return self.generation
+
+    cdef const known_t* current(self) noexcept nogil:
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    cdef const known_t* begin(self, sc_state_t* s) noexcept nogil:
+        """A worker's batch start: the known table and the learning window's seen set."""
+        s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
+        return <const known_t*>p53_load_ptr(&self.known)
+
+    def swap_seen(self, SeenSet fresh):
+        """Start a learning window: publish `fresh` (or None: learning off) with one atomic
+        store; returns the previous set, which workers may still write to until each has
+        passed a batch boundary (the caller waits for that before reading it)."""
+        old = self.seen_holder
+        p53_store_ptr(<const void**>&self.seen, <const void*>(fresh.ptr() if fresh is not None else NULL))
+        self.seen_holder = fresh
+        return old
+
+    # -- entry points for tests and tools: the worker loop's functions on the probe state --
+    def classify(self, object packet, bytes client not None):
+        """The class ("top", "normal", "odd", "flood") the worker loop gives this packet from
+        this packed client address now (it counts in the probe's sketch)."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return SCORE_CLASSES[sc_score(&self.cfg, self.current(),
+                                      &self.probe, &p[0] if n else <const uint8_t*>b"", n,
+                                      <const uint8_t*>(<char*>client), len(client))]
+
+    def admit(self, object packet, bytes client not None, Responder responder=None):
+        """Score and decide as the worker loop does (counting): True = answered, False = dropped."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint32_t n = <uint32_t>p.shape[0]
+        if responder is None:
+            responder = _default_responder
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return sc_admit(&self.cfg, self.begin(&self.probe), &self.probe, &responder.cfg,
+                        &p[0] if n else <const uint8_t*>b"", n,
+                        <const uint8_t*>(<char*>client), len(client)) >= 0
+
+    def tick(self, bint overloaded):
+        """One controller step on the probe state."""
+        sc_tick(&self.cfg, &self.probe, overloaded)
+
+    def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False):
+        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
+        controller's inputs (the oldest datagram's queue delay in us and the socket's
+        cumulative kernel drop counter, when given), and its tick when tick_ms has passed
+        (real clock)."""
+        sc_observe(&self.cfg, &self.probe, n, 64, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
+                   delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
+
+    def nx_check(self, object query, object reply, str klass="normal"):
+        """The second check after the answer, as the worker loop makes it for a query of
+        `klass` and our reply to it: True = the reply is dropped (counts the zone's NXDOMAIN)."""
+        cdef const uint8_t[::1] qb = query
+        cdef const uint8_t[::1] rb = reply
+        cdef query_t q
+        if qb.shape[0] < 12 or rb.shape[0] < 12:
+            raise ValueError("a query and a reply of at least a header each")
+        q.qend = 0
+        q.edns = q.nsid = q.ecs = q.tsig = q.cookie_ok = False
+        q.cookie_len = 0
+        q.ctl = 0
+        q.qtype = 0
+        if wire_parse_query(&qb[0], <uint32_t>qb.shape[0], &q, True) != PARSE_OK:
+            raise ValueError("the query does not parse")
+        return bool(sc_nx_drop(&self.cfg, &self.probe, SCORE_CLASSES.index(klass), &q,
+                               &rb[0], <uint32_t>rb.shape[0]))
+
+    def new_window(self):
+        """Start a new sketch window on the probe state."""
+        memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
+
+    def stats(self):
+        """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""
+        return sc_stats_dict(&self.probe)
+
+    def bench(self, object packet, bytes first not None, uint32_t n, uint32_t spread=65536,
+              bint prefetch=True):
+        """Nanoseconds per scoring decision for n queries in batches of 64 as the worker loop
+        makes them (sc_prefetch over the batch, then sc_admit each), the client address varied
+        over `spread` prefixes from `first` (its first three bytes for IPv4: /24s over the whole
+        table; bytes 4..6 for IPv6: /56s).  For bench/micro/scoring.py."""
+        cdef const uint8_t[::1] p = packet
+        cdef uint8_t sas[64][28]
+        cdef uint32_t i, j, k, alen = len(first), cl_len
+        cdef const uint8_t* cl
+        cdef uint8_t* a
+        cdef int sink = 0
+        cdef timespec t0, t1
+        cdef const known_t* kn = self.current()
+        cdef sc_state_t* st = &self.probe
+        cdef Responder responder = Responder()
+        cdef rcfg_t* rc = &responder.cfg
+        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or n < 64:
+            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1, n >= 64")
+        memset(sas, 0, sizeof(sas))
+        for j in range(64):
+            (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
+            memcpy(sas[j] + (4 if alen == 4 else 8), <const char*>first, alen)
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            for i in range(0, n - 63, 64):
+                for j in range(64):
+                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) % spread)
+                    a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
+                    a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
+                if prefetch:
+                    sc_prefetch(kn, &sas[0][0], 28, 64)
+                for j in range(64):
+                    cl = client_addr(sas[j], &cl_len)
+                    sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], cl, cl_len) >= 0
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (n - n % 64) + 0 * sink
+
+
+cdef class SeenSet:
+    """One learning window's sources (IPv4 /24s as a bitmap, IPv6 /56s in a small table), written
+    by the workers, read by pop53.scoring.learn once they have all left it."""
+    cdef seen_t sn
+
+    def __cinit__(self):
+        self.sn.v4 = <uint8_t*>calloc(1 << 21, 1)
+        self.sn.v6 = <uint64_t*>calloc(SC_SEEN6, sizeof(uint64_t))
+        if self.sn.v4 == NULL or self.sn.v6 == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.sn.v4)
+        free(self.sn.v6)
+
+    cdef seen_t* ptr(self):
+        return &self.sn
+
+    def keys(self):
+        """(IPv4 /24 keys, IPv6 /56 keys) seen: two lists of ints."""
+        cdef list v4 = [], v6 = []
+        cdef uint32_t i, b
+        cdef const uint64_t* w = <const uint64_t*>self.sn.v4
+        for i in range((1 << 21) // 8):
+            if w[i]:
+                for b in range(64):
+                    if w[i] >> b & 1:
+                        v4.append(i * 64 + b)     # little-endian: byte k, bit j = bit 8k+j
+        for i in range(SC_SEEN6):
+            if self.sn.v6[i]:
+                v6.append(self.sn.v6[i] & ~SC_V6_TAG)
+        return v4, v6
