@@ -5,7 +5,6 @@ pressure are dropped after the answer only while the query's class is being cut.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -71,14 +70,13 @@ def test_kernel_drops_are_counted_per_socket():
 def _held(server, seconds: float, send) -> None:
     """Stop the only worker at a batch boundary, `send` while it is held, then run it again:
     what queued meanwhile waited `seconds` in the socket."""
-    w, t = server.workers[0], server._threads[0]
+    w, t = server.workers[0], server.net.threads[0]
     w.stop()
     t.join(2)
     send()
     time.sleep(seconds)
-    t = threading.Thread(target=w.run, args=(server.shared, server.responder, server.limiter,
-                                             server.scoring.scorer), daemon=True)
-    server._threads[0] = t
+    t = server.net._thread(0, w)
+    server.net.threads[0] = t
     t.start()
 
 
@@ -112,7 +110,7 @@ def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
         inf = [s.value for s in fam.samples if s.name.endswith("_bucket") and s.labels["le"] == "+Inf"]
         assert inf == [sum(st["queue_delay"])]
         # the queue was sized from the measured work: far below the server's 4 MiB
-        svc, normal = server.scoring, server.udp_socks[0]
+        svc, normal = server.scoring, server.net.udp_socks[0]
         prio = svc.priority[normal.fileno()]
         rcv = normal.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         assert rcv < 4 << 20 and rcv == 2 * max(2304, svc.sized[normal.fileno()] // 2)

@@ -83,10 +83,10 @@ class ScoringService:
         if self.queue_ms and time.monotonic() >= self._next_sizing:
             self._next_sizing = time.monotonic() + 1.0
             for i, w in enumerate(server.workers):
-                if i < len(server.udp_socks):
+                if i < len(server.net.udp_socks):
                     cost = w.scoring_stats()["cost_ns"]
-                    self.size_queue(server.udp_socks[i], cost)
-                    prio = self.priority.get(server.udp_socks[i].fileno())
+                    self.size_queue(server.net.udp_socks[i], cost)
+                    prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
         if self.learner is None:
