@@ -93,3 +93,30 @@ def test_kernel_drops_reach_the_overload_controller(server):
     while w.scoring_stats()["kernel_drops"] < drops and time.monotonic() < deadline:
         time.sleep(0.01)
     assert w.scoring_stats()["kernel_drops"] == drops
+
+
+def test_dnstap_over_xdp_logs_peer_and_address_asked(tmp_path):
+    """dnstap (issue 14) covers the XDP workers: each query/response pair read back by
+    dnstap-read has the client's address and port and the address it asked (from the frame)."""
+    import dnstap_support as tap
+    require_xdp()
+    out = tmp_path / "x.dnstap"
+    with VethRig("t") as rig:
+        s = start_xdp_server(rig, tables={"dnstap": {"file": str(out)}})
+        try:
+            ports = []
+            for i in range(5):
+                with client_socket(rig, rig.srv4) as sock:
+                    sock.send(dns.message.make_query(f"w{i}.integ.example.", "A").to_wire())
+                    assert dns.message.from_wire(sock.recv(4096))
+                    ports.append(sock.getsockname()[1])
+            assert sum(w.stats()["udp"] for w in xdp_workers(s)) >= 5
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and s.observe.dnstap.stats()["frames"] < 10:
+                time.sleep(0.05)
+        finally:
+            s.stop()
+    taps = tap.read(out)
+    assert sorted(t.client_port for t in taps) == sorted(ports * 2)
+    assert all(t.proto == "UDP" and t.server == rig.srv4 and t.client == rig.cli4 for t in taps)
+    assert sorted(t.kind for t in taps) == ["AQ"] * 5 + ["AR"] * 5
