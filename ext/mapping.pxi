@@ -278,9 +278,11 @@ cdef const map_res_t* map_find_res(const ctx_t* c, const uint8_t* name, uint32_t
 
 
 cdef void map_referral(ctx_t* c, const map_ans_t* a, uint32_t owner_ptr,
-                       const uint8_t* owner_name) noexcept nogil:
+                       const uint8_t* owner_name, const node_t* cut) noexcept nogil:
     """A mapped delegation (the toplevel role): the NS set and glue chosen for this client, in
-    authority and additional, AA clear (RFC 1034 §4.3.2 step 3b)."""
+    authority and additional, AA clear (RFC 1034 §4.3.2 step 3b).  cut: the signed zone's own
+    node for the delegation (DO=1), whose DS or NSEC/NSEC3 no-DS proof goes with the NS set
+    (RFC 4035 §3.1.4)."""
     cdef const uint8_t* base = c.maps.base
     cdef const rrset_t* rs
     cdef const map_glue_t* g
@@ -291,6 +293,10 @@ cdef void map_referral(ctx_t* c, const map_ans_t* a, uint32_t owner_ptr,
     if w_rrset(&c.w, 1, owner_ptr, owner_name, base, rs, rs.ttl, NULL) != 0:
         c.w.tc = True
         return
+    if cut != NULL:
+        dnssec_referral(c, cut)
+        if c.proof.n:
+            dnssec_flush(c)         # the proof in authority now: the glue follows in additional
     g = <const map_glue_t*>(base + a.glue_off)
     for i in range(a.glue_count):
         for j in range(2):
@@ -357,14 +363,21 @@ cdef int map_resolve(ctx_t* c, const zone_t* z, const uint8_t* name, uint32_t nl
     if r == NULL:
         return 0
     if r.kind == MAP_NS:
+        # DO=1: the zone's own node for the cut (a signed zone holds the mapped delegation as a
+        # static one, docs/dnssec-online.md), whose DS or no-DS proof the referral carries
+        node = NULL
+        if c.dnssec or (k == 0 and qtype == T_DS):
+            node = zone_find(c.img, z, name + loff[k], nlen - loff[k], sh[k])
         if k == 0 and qtype == T_DS:
+            if node != NULL:
+                return 0        # the zone's own delegation answers: its DS, or NODATA + proof
             add_soa(c, z)       # the parent side of an unsigned delegation: NODATA
             return 1
         a = map_pick(c, r, r.view_a)
         if a.flags & ANS_SERVFAIL or a.rs_off == 0:
             c.rcode = RC_SERVFAIL
             return 1
-        map_referral(c, a, suffix_ptr(c.w.buf, owner_ptr, k), m.base + r.name_off)
+        map_referral(c, a, suffix_ptr(c.w.buf, owner_ptr, k), m.base + r.name_off, node)
         return 1
     if r.kind == MAP_CNAME:
         vi = r.view_a

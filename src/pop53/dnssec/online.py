@@ -173,6 +173,25 @@ def from_config(cfg) -> OnlineSigner | None:
     return OnlineSigner(zones) if zones else None
 
 
+def _check_mapped_cut(image, responder, owner, mcfg, i) -> None:
+    """A mapped delegation in a signed zone: the zone must hold it as a static delegation (an NS
+    placeholder at the cut), so that its NSEC/NSEC3 record proves the DS's absence (RFC 4035
+    §3.1.4); its NS and glue are never served (the mapped ones are)."""
+    import dns.message
+
+    from pop53 import _core
+    q = dns.message.make_query(owner, "NS", want_dnssec=True)
+    _, wire = _core.answer(image.view, q.to_wire(), responder, True, b"\x7f\0\0\1")
+    r = dns.message.from_wire(wire) if wire else None
+    if r is None or not any(rr.name == owner and rr.rdtype == dns.rdatatype.NS
+                            for rr in r.authority):
+        raise ConfigError(
+            f"{owner} is a mapped delegation in a zone signed online, but the signed zone does "
+            f"not delegate it, so no NSEC/NSEC3 record can prove it has no DS: add an NS record "
+            f"at the name before signing the zone (docs/dnssec-online.md)",
+            file=mcfg.source, key=f"mapped[{i}].name")
+
+
 def check_mapped_names(image, mcfg, signer: OnlineSigner) -> None:
     """Every mapped name of a zone signed online must be in the zone's NSEC/NSEC3 chain with
     the types it answers (else a validator finds its positive answer contradicted by the
@@ -185,7 +204,10 @@ def check_mapped_names(image, mcfg, signer: OnlineSigner) -> None:
     responder = _core.Responder()
     for i, res in enumerate(mcfg.mapped):
         owner = dns.name.from_text(res.name)
-        if signer.zone_of(owner) is None or res.type == "NS":
+        if signer.zone_of(owner) is None:
+            continue
+        if res.type == "NS":
+            _check_mapped_cut(image, responder, owner, mcfg, i)
             continue
         types = {None: ("A", "AAAA"), "A": ("A",), "AAAA": ("AAAA",), "CNAME": ("CNAME",)}[res.type]
         for t in types:
