@@ -373,6 +373,11 @@ _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness ov
  .key("servers", "list of strings", REQUIRED, 'NATS servers, e.g. ["nats://127.0.0.1:4222"]')
  .key("trusted_keys", "list of strings", REQUIRED, "Ed25519 public keys (PEM) whose messages are applied")
  .key("revoked_keys", "list of strings", [], "key ids (16 hex digits) or public key files never accepted")
+ .key("resolver_keys", "list of strings", [], "Ed25519 public keys (PEM) of other servers, trusted for "
+      "`resolvers` messages only (their learned resolvers; never maps or liveness)")
+ .key("publish_key", "string", None, "this server's Ed25519 private key (PEM): with [scoring] learn_window, "
+      "its learned resolvers are published as a `resolvers` message named [feed] name whenever they change")
+ .key("name", "string", "the host name", "this server's name in the feed (letters, digits, '-', '_')")
  .key("stream", "string", "pop53", "the stream name every message must carry")
  .key("prefix", "string", "pop53", "NATS subject prefix (PREFIX.map.NAME, PREFIX.target.NAME, PREFIX.heartbeat)")
  .key("nats_stream", "string", "POP53", "the JetStream stream followed")
