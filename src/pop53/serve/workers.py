@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pop53 import _core
 from pop53.config import Config, Listen
+from pop53.serve import dnstap
 from pop53.serve.imageslot import ImageSlot
 from pop53.serve.sockets import _start_error, tcp_socket, udp_socket
 
@@ -152,6 +153,7 @@ class Workers:
         if reply is None:
             image = self.slot.current
             _act, reply = _core.answer(image.view if image else None, msg, self.responder, False)
+        dnstap.control(dnstap.AUTH, False, sock.getsockname(), peer, msg, [reply] if reply else ())
         if reply:
             try:
                 sock.sendto(reply, peer)
