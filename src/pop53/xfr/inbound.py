@@ -239,6 +239,7 @@ class _Stream:
         self.received = 0        # message octets, as the sender logs them (xfr/translog.py)
         self.sock = _connect(primary, timeout)
         self.t0 = time.time()
+        self.ends = (self.sock.getsockname()[:2], self.sock.getpeername()[:2])   # for dnstap
         try:
             self.sock.sendall(struct.pack("!H", len(wire)) + wire)
             self._tap(wire, ())                 # dnstap: RESOLVER_QUERY (docs/dnstap.md)
@@ -272,11 +273,7 @@ class _Stream:
 
     def _tap(self, query, replies) -> None:
         if dnstap._current is not None:
-            try:
-                dnstap.control(dnstap.RESOLVER, True, self.sock.getsockname()[:2],
-                               self.sock.getpeername()[:2], query, replies, self.t0)
-            except OSError:
-                pass
+            dnstap.control(dnstap.RESOLVER, True, *self.ends, query, replies, self.t0)
 
     def __iter__(self):
         while True:
