@@ -30,8 +30,9 @@ PASSES = 2          # short calls: their minimum over many rounds finds the quie
 
 def kernel_control() -> tuple[bytes, bytes]:
     """A datagram's control data as recvmmsg writes it (64-bit cmsghdr: size_t len, int level,
-    int type, data padded to 8): a receive stamp alone (a socket on one address), and
-    IP_PKTINFO first (a wildcard socket), stamped one second before the bench runs."""
+    int type, data padded to 8): a receive stamp alone (a socket on one address), and the stamp
+    then IP_PKTINFO (a wildcard socket: udp_recvmsg puts the socket-level cmsgs, the stamp and
+    SO_RXQ_OVFL, before the IP-level ones), stamped one second before the bench runs."""
     import struct
     import time
     now = time.time() - 1.0
@@ -39,7 +40,7 @@ def kernel_control() -> tuple[bytes, bytes]:
     stamp = struct.pack("Qii", 16 + len(ts), 1, 35) + ts                # SOL_SOCKET, SO_TIMESTAMPNS
     info = struct.pack("i4s4s", 1, bytes(4), bytes(4))                  # struct in_pktinfo
     pkt = struct.pack("Qii", 16 + len(info), 0, 8) + info + bytes(4)    # IPPROTO_IP, IP_PKTINFO
-    return stamp, pkt + stamp
+    return stamp, stamp + pkt
 
 
 def main(argv=None) -> int:
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         "answer alone": lambda: _core.bench_observe(image.view, wires, PASSES),
         "+ latency from the kernel stamp (SO_TIMESTAMPNS cmsg)": lambda: _core.bench_observe(
             image.view, wires, PASSES, control=stamp),
-        "+ latency from the kernel stamp (IP_PKTINFO + SO_TIMESTAMPNS cmsgs)":
+        "+ latency from the kernel stamp (SO_TIMESTAMPNS + IP_PKTINFO cmsgs)":
             lambda: _core.bench_observe(image.view, wires, PASSES, control=both),
         "+ per-zone counters": lambda: _core.bench_observe(image.view, wires, PASSES, zones),
         "+ counters + dnstap push, 1 in 100": lambda: _core.bench_observe(
