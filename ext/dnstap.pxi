@@ -47,6 +47,7 @@ cdef struct dt_rec_t:
     uint32_t qnsec
     uint32_t rnsec
     uint8_t mt                # the query's Message.Type (DT_AUTH, DT_RESOLVER); response: mt + 1
+    uint8_t zlen              # query_zone bytes after the reply (a name in wire form), 0: none
 
 
 cdef inline bint dt_sampled(dt_ring_t* r) noexcept nogil:
@@ -62,12 +63,14 @@ cdef inline bint dt_sampled(dt_ring_t* r) noexcept nogil:
 cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* caddr,
                   uint16_t cport, const uint8_t* query, uint32_t qlen, const uint8_t* reply,
                   uint32_t rlen, const timespec* tq, const uint8_t* saddr=NULL,
-                  uint8_t kinds=0, uint8_t mt=DT_AUTH) noexcept nogil:
+                  uint8_t kinds=0, uint8_t mt=DT_AUTH, const uint8_t* zone=NULL,
+                  uint8_t zlen=0) noexcept nogil:
     """Copy one sampled exchange (query and/or reply, as r.kinds says) into the ring.  tq: when
     the query was received (CLOCK_REALTIME), NULL: now.  saddr: the address the query was sent
     to (same family), NULL: the ring's (the listen address).  kinds: what to copy instead of
     r.kinds (a dropped query: DT_QUERY alone).  mt: the query's dnstap type (DT_AUTH: we answer;
-    DT_RESOLVER: we asked, caddr is ours).  False (and counted) when full."""
+    DT_RESOLVER: we asked, caddr is ours).  zone: query_zone (a wire-form name, zlen bytes).
+    False (and counted) when full."""
     cdef uint64_t head = r.head, pos, to_end, need, total
     cdef uint8_t k = kinds if kinds and r.kinds else r.kinds     # r.kinds 0: dnstap is off
     cdef uint32_t ql = qlen if (k & DT_QUERY) and query != NULL and qlen <= 65535 else 0
@@ -76,7 +79,9 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
     cdef timespec now
     if ql == 0 and rl == 0:
         return True
-    need = (sizeof(dt_rec_t) + ql + rl + 7) & ~(<uint64_t>7)
+    if zone == NULL:
+        zlen = 0
+    need = (sizeof(dt_rec_t) + ql + rl + zlen + 7) & ~(<uint64_t>7)
     pos = head & (r.cap - 1)
     to_end = r.cap - pos
     total = need if need <= to_end else to_end + need
@@ -105,10 +110,13 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
     rec.rsec = now.tv_sec
     rec.rnsec = <uint32_t>now.tv_nsec
     rec.mt = mt
+    rec.zlen = zlen
     if ql:
         memcpy(r.buf + pos + sizeof(dt_rec_t), query, ql)
     if rl:
         memcpy(r.buf + pos + sizeof(dt_rec_t) + ql, reply, rl)
+    if zlen:
+        memcpy(r.buf + pos + sizeof(dt_rec_t) + ql + rl, zone, zlen)
     p53_store_u64(&r.head, head + need)
     return True
 

@@ -72,11 +72,11 @@ cdef class DnstapRing:
             self.r.countdown = sample
 
     def log(self, int mt, bint tcp, bytes client not None, int cport, bytes server, int sport,
-            bytes query=None, bytes reply=None, double qtime=0.0):
+            bytes query=None, bytes reply=None, double qtime=0.0, bytes zone=None):
         """One control-plane message, not sampled (the caller holds a lock: one producer):
         mt DT_AUTH (1: we answer; client = the peer) or DT_RESOLVER (3: we asked; client = our
         address, server = the peer).  qtime: when the query was sent or received (time.time()),
-        0: now.  False when the ring was full (counted)."""
+        0: now.  zone: query_zone, a name in wire form.  False when the ring was full (counted)."""
         cdef timespec tq
         cdef uint8_t kinds = (DT_QUERY if query is not None else 0) | \
             (DT_RESPONSE if reply is not None else 0)
@@ -87,6 +87,8 @@ cdef class DnstapRing:
             raise ValueError("client and server: 4 or 16 address bytes, the same family")
         if mt != DT_AUTH and mt != DT_RESOLVER:
             raise ValueError("mt: 1 (AUTH) or 3 (RESOLVER)")
+        if zone is not None and not 0 < len(zone) <= 255:
+            raise ValueError("zone: a wire-form name, 1..255 bytes")
         if qtime > 0:
             tq.tv_sec = <time_t>qtime
             tq.tv_nsec = <long>((qtime - <double>tq.tv_sec) * 1e9)
@@ -98,7 +100,9 @@ cdef class DnstapRing:
                        <const uint8_t*>(<char*>reply) if reply is not None else NULL,
                        len(reply) if reply is not None else 0, &tq if qtime > 0 else NULL,
                        <const uint8_t*>(<char*>server) if server is not None else NULL,
-                       kinds, <uint8_t>mt)
+                       kinds, <uint8_t>mt,
+                       <const uint8_t*>(<char*>zone) if zone is not None else NULL,
+                       len(zone) if zone is not None else 0)
 
     def stats(self):
         return {"sampled": p53_load_u64(&self.r.sampled),
@@ -185,6 +189,8 @@ cdef uint32_t dt_encode(dt_writer_t* w, const dt_rec_t* rec, bint response) noex
     p[0] = 0x40                                                   # query_time_sec = 8
     p = pb_varint(p + 1, <uint64_t>rec.qsec)
     p = pb_fixed32(p, 0x4D, rec.qnsec)                            # query_time_nsec = 9
+    if rec.zlen:
+        p = pb_bytes(p, 0x5A, data + rec.qlen + rec.rlen, rec.zlen)   # query_zone = 11
     if response:
         p[0] = 0x60                                               # response_time_sec = 12
         p = pb_varint(p + 1, <uint64_t>rec.rsec)

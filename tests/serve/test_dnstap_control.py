@@ -136,6 +136,10 @@ def test_control_plane_messages_and_dropped_queries(tmp_path):
         ["www.example.com"] * 2
     # NOTIFY in (P -> S: AUTH) and out (S -> P: RESOLVER), told apart by their opcode.  (P's
     # own NOTIFY is in the file too, as RQ: one process, one dnstap output.)
+    # RESOLVER_* carry query_zone (dnstap.proto recommends it); AUTH_* do not
+    zones = tap.read_yaml_field(out, "query_zone")
+    assert len(zones) == len(by(kind="RQ")) + len(by(kind="RR")), zones
+    assert {"reload.example.", "example.com."} <= {z.strip('"') for z in zones}, zones
     ops = _opcodes(out)
     for kind, zone in (("AQ", "reload.example"), ("AR", "reload.example"),
                        ("RQ", "example.com"), ("RR", "example.com")):

@@ -126,14 +126,31 @@ _current: "Output | None" = None     # the running server's output (control-plan
 
 
 def control(mt: int, tcp: bool, ours, peer, query: bytes | None, replies=(),
-            qtime: float = 0.0) -> None:
+            qtime: float = 0.0, zone: bytes | None = None) -> None:
     """Log one control-plane exchange (docs/dnstap.md), every one (not sampled): mt AUTH (a
     NOTIFY, a transfer or a query on a handed-over TCP connection, answered by us) or RESOLVER
     (an SOA query, a transfer request or a NOTIFY we sent).  ours / peer: (host, port) tuples
-    (ours may be None: the address the kernel would use toward peer).  No-op without [dnstap]."""
+    (ours may be None: the address the kernel would use toward peer).  RESOLVER messages carry
+    query_zone: `zone` (wire form) or the query's (else the first reply's) question name.  No-op
+    without [dnstap]."""
     out = _current
     if out is not None:
-        out.control(mt, tcp, ours, peer, query, replies, qtime)
+        if mt == RESOLVER and zone is None:
+            zone = qname_wire(query if query is not None else (replies[0] if replies else b""))
+        out.control(mt, tcp, ours, peer, query, replies, qtime, zone if mt == RESOLVER else None)
+
+
+def qname_wire(msg: bytes) -> bytes | None:
+    """The first question's name of a DNS message in wire form (uncompressed, as a question's
+    first name always is), or None."""
+    if len(msg) < 13 or msg[4:6] == b"\0\0":
+        return None
+    pos = 12
+    while pos < len(msg) and msg[pos] != 0:
+        if msg[pos] & 0xC0:
+            return None
+        pos += msg[pos] + 1
+    return msg[12:pos + 1] if pos < len(msg) and pos - 12 < 255 else None
 
 
 def _pack(addr) -> tuple[bytes, int] | None:
@@ -201,7 +218,7 @@ class Output:
         _current = self
 
     def control(self, mt: int, tcp: bool, ours, peer, query: bytes | None, replies=(),
-                qtime: float = 0.0) -> None:
+                qtime: float = 0.0, zone: bytes | None = None) -> None:
         """See control(): query and replies as separate records (one AUTH_QUERY / RESOLVER_QUERY,
         then one response message each: a transfer is many)."""
         if self.ctl_ring is None or self._pending_off():
@@ -216,10 +233,10 @@ class Output:
         with self._ctl_lock:
             if query is not None:
                 self.ctl_ring.log(mt, tcp, client[0], client[1], server[0], server[1], query,
-                                  None, qtime)
+                                  None, qtime, zone)
             for r in replies:
                 self.ctl_ring.log(mt, tcp, client[0], client[1], server[0], server[1], None,
-                                  bytes(r), qtime)
+                                  bytes(r), qtime, zone)
 
     def _pending_off(self) -> bool:
         return self.settings.sample == OFF_SAMPLE

@@ -240,6 +240,7 @@ class _Stream:
         self.sock = _connect(primary, timeout)
         self.t0 = time.time()
         self.ends = (self.sock.getsockname()[:2], self.sock.getpeername()[:2])   # for dnstap
+        self.zone = dnstap.qname_wire(wire)
         try:
             self.sock.sendall(struct.pack("!H", len(wire)) + wire)
             self._tap(wire, ())                 # dnstap: RESOLVER_QUERY (docs/dnstap.md)
@@ -273,7 +274,7 @@ class _Stream:
 
     def _tap(self, query, replies) -> None:
         if dnstap._current is not None:
-            dnstap.control(dnstap.RESOLVER, True, *self.ends, query, replies, self.t0)
+            dnstap.control(dnstap.RESOLVER, True, *self.ends, query, replies, self.t0, self.zone)
 
     def __iter__(self):
         while True:
