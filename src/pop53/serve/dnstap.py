@@ -1,5 +1,8 @@
 """dnstap output (issue 14 point 11; docs/dnstap.md): sampled queries and responses as dnstap
-protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file.
+protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file;
+the control plane's messages (NOTIFY, transfers, SOA queries, handed-over TCP connections) through
+control(), every one, as AUTH_* (answered by us) or RESOLVER_* (sent by us); a `[dnstap]` change
+applied by a reload (Output.reconfigure).
 
 The workers copy sampled exchanges into their own lock-free rings (ext/dnstap.pxi); one writer
 thread here drains them (the encoder and the writes run without the GIL, ext/dnstap_out.pxi) and
