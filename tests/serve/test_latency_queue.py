@@ -56,3 +56,21 @@ def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
             "inside the server nothing waited that long"
     finally:
         s.stop()
+
+
+def test_receive_timestamps_off_leaves_the_total_empty():
+    mport = free_port()
+    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
+                                                      metrics=f"127.0.0.1:{mport}",
+                                                      receive_timestamps=False)))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            for i in range(5):
+                c.sendto(make_query("www.example.com.", "A", qid=i + 1), s.addresses[0])
+                c.recv(4096)
+        m = ("127.0.0.1", mport)
+        assert wait_for(lambda: _le(scrape(m), "pop53_answer_latency_seconds", "+Inf") == 5, 5)
+        assert _le(scrape(m), "pop53_answer_latency_total_seconds", "+Inf") == 0
+    finally:
+        s.stop()

@@ -56,7 +56,7 @@ class Workers:
         # with port 0 the first UDP socket picks the port and TCP and the rest of the group
         # follow it; if that port is taken for TCP, pick again
         for attempt in range(20):
-            first = udp_socket(addr)
+            first = udp_socket(addr, cfg.receive_timestamps)
             a = Listen(addr.host, first.getsockname()[1])
             try:
                 tsock = tcp_socket(a)
@@ -67,7 +67,8 @@ class Workers:
                     raise
         addr = a
         try:
-            group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
+            group = [first] + [udp_socket(addr, cfg.receive_timestamps)
+                               for _ in range(cfg.workers - 1)]
         except OSError:
             first.close()
             tsock.close()
