@@ -194,3 +194,50 @@ def test_reload_changes_sampling_and_path(tmp_path):
         s.stop()
     b = tap.read(second)
     assert [t.kind for t in b] == ["AR"] * 4, b
+
+
+def test_queries_the_overload_controller_drops_are_logged(tmp_path):
+    """A standing queue of one flooding source: the controller cuts its class and the worker
+    drops the rest before any lookup; each dropped query is an AUTH_QUERY with no response."""
+    from pop53.serve.server import Server
+    out = tmp_path / "o.dnstap"
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"source_rate": 1, "full_run": 1, "tick_ms": 1, "recover": 1},
+           "zone": [{"name": "example.com.", "file": str(EXAMPLE_ZONE)}],
+           "dnstap": {"file": str(out)}}
+    s = start_with_retry(lambda: Server(cfgmod.from_dict(doc, file="<test>")))
+    sent = answered = 0
+    try:
+        w = s.workers[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            c.bind(("127.0.0.1", 0))
+            port = c.getsockname()[1]
+            for _ in range(5):                # a loaded machine may need another try
+                t = s.net.threads[0]
+                w.stop()
+                t.join(2)
+                for i in range(2000):         # queued while the worker is held
+                    c.sendto(make_query("www.example.com.", "A", qid=i % 65536), s.addresses[0])
+                sent += 2000
+                s.net.threads[0] = s.net._thread(0, w, t.name)
+                s.net.threads[0].start()
+                c.settimeout(0.5)
+                try:
+                    while True:
+                        c.recv(4096)
+                        answered += 1
+                except (socket.timeout, TimeoutError):
+                    pass
+                if sum(w.scoring_stats()["dropped"].values()) > 0:
+                    break
+        st = w.scoring_stats()
+        dropped = sum(st["dropped"].values()) + sum(st["nx_dropped"].values())
+        assert dropped > 0, st
+        assert wait_for(lambda: s.observe.dnstap.stats()["frames"] >= 2 * sent - dropped, 10)
+    finally:
+        s.stop()
+    taps = [t for t in tap.read(out) if t.client_port == port]
+    assert sum(t.kind == "AQ" for t in taps) == sent
+    assert sum(t.kind == "AR" for t in taps) == sent - dropped
+    assert answered <= sent - dropped and w.stats()["rrl_dropped"] == 0
