@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from pop53 import _core  # noqa: E402
-from bench.micro.rrl import bench_args, bench_queries, report_head  # noqa: E402
+from bench.micro.rrl import bench_args, bench_queries, report_head, write_report  # noqa: E402
 
 PASSES = 2          # short calls: their minimum over many rounds finds the quiet moments
 
@@ -88,9 +88,7 @@ def main(argv=None) -> int:
               "alternating order.  The push copies an 80-byte header, the query and the reply "
               "into the worker's ring; encoding and writing run in the writer thread in a server "
               "(here in the same thread, to price them).", ""]
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return write_report(args, lines)
 
 
 if __name__ == "__main__":

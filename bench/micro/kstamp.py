@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench.micro.rrl import bench_args, report_head  # noqa: E402
+from bench.micro.rrl import bench_args, report_head, write_report  # noqa: E402
 
 BATCHES = 300          # per run: 19,200 datagrams
 
@@ -49,9 +49,7 @@ def main(argv=None) -> int:
         f"{BATCHES} x 64 datagrams, the order alternating.  Whether the system's receive "
         "timestamping was already on (another socket asking for it enables it for every "
         "packet) is not controlled: the added cost is then the stamp's cmsg alone.", ""]
-    args.out.write_text("\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return write_report(args, lines)
 
 
 if __name__ == "__main__":
