@@ -237,16 +237,21 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
             gc.enable()
 
 
-def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
-    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
+def check_origins(zones: list[ZoneData]) -> None:
+    """Raises ZoneError when one origin is given twice."""
     origins = {}
     for z in zones:
         if z.origin in origins:
             raise ZoneError(f"zone {z.origin} is given twice ({origins[z.origin]} and {z.source})",
                             zone=z.origin.to_text())
         origins[z.origin] = z.source
+
+
+def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
+    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    check_origins(zones)
     if zones and all(_flat_ok(z) for z in zones):
         return _compile_flat(sorted(zones, key=lambda z: z.origin), seed, expired)
     builds = [_ZoneBuild(i, z) for i, z in enumerate(sorted(zones, key=lambda z: z.origin))]
@@ -527,9 +532,11 @@ def main(argv=None) -> int:
         else:
             datas, failed = [load_zone_file(path, origin or None, args.include_dir)
                              for path, origin in specs], {}
-        image = compile_zone_data(datas, expired=sorted(failed))
-        image.save(args.out)
-        print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
+        # straight to the file: the image is never held whole in this process (issue 15)
+        from pop53.zone.imagefile import compile_to_file, fixed_mmap_threshold
+        fixed_mmap_threshold()
+        size = compile_to_file(datas, args.out, expired=sorted(failed))
+        print(json.dumps({"ok": True, "bytes": size, "failed": failed,
                           "loaded": {d.origin.to_text(): d.summary() for d in datas
                                      if d.origin.to_text() not in failed},
                           "warnings": [w for d in datas for w in d.warnings]}))
