@@ -40,8 +40,8 @@ try:
 except ImportError:
     pass
 path, out = sys.argv[1], sys.argv[2]
-raw = open(path, "rb").read()
-mark("read file")
+raw = zonefile._read(path) if hasattr(zonefile, "_read") else open(path, "rb").read()
+mark("read file (a mapping: nothing read yet)")
 origin = zonefile._guess_origin(raw, path)
 recs = records.scan_bytes(raw, origin, path)
 del raw
@@ -50,6 +50,8 @@ data = zonefile.ZoneData(origin=origin, source=path, columns=recs)
 checks.validate_records(data)
 mark("checks")
 summary = data.summary()
+if hasattr(recs, "drop_locations"):
+    recs.drop_locations()       # as the compiler child does once the checks are done
 mark("summary")
 try:
     from pop53.zone import imagefile
@@ -61,8 +63,18 @@ if imagefile is None:
     image.save(out)
     mark("save")
 else:
-    imagefile.compile_to_file([data], out)
-    mark("compile to file")
+    from pop53 import _core
+    cov = recs.covers()
+    order = recs.order(cov)
+    mark("compile: record order")
+    del order, cov
+    flat = [compiler._flat_zone(data)]
+    recs.drop_build_inputs()    # compile_to_file(consume=True), as the child
+    mark("compile: FlatZone (names, RRsets)")
+    img = _core.FlatImage(flat)
+    mark("compile: FlatImage (additional targets)")
+    imagefile.write_flat(out, [data], flat, img, 53, set())
+    mark("compile: image streamed to its file")
 """
 
 

@@ -9,10 +9,10 @@
 
 from posix.unistd cimport write as _zst_write
 from libc.errno cimport errno, EINTR
-from libc.stdlib cimport realloc
+from libc.stdlib cimport realloc, qsort
 from libc.string cimport memmove
 
-DEF ZST_CHUNK = 4 << 20
+DEF ZST_CHUNK = 1 << 20
 
 
 cdef struct zst_out:
@@ -208,3 +208,71 @@ def flat_stream(FlatImage img, int fd, bytearray head, dict lay, uint32_t seed, 
         return ck_final(&o.ck, o.buf + h, o.fill - h, lay["size"])
     finally:
         free(o.buf)
+
+
+# -- the build's record order, without numpy's sort temporaries ---------------------------------
+cdef const uint16_t* _zfo_type
+cdef const uint16_t* _zfo_cov
+
+cdef inline bint _zfo_less(uint32_t a, uint32_t b) noexcept nogil:
+    if _zfo_type[a] != _zfo_type[b]:
+        return _zfo_type[a] < _zfo_type[b]
+    if _zfo_cov[a] != _zfo_cov[b]:
+        return _zfo_cov[a] < _zfo_cov[b]
+    return a < b
+
+
+cdef int _zfo_cmp(const void* x, const void* y) noexcept nogil:
+    cdef uint32_t a = (<const uint32_t*>x)[0], b = (<const uint32_t*>y)[0]
+    return -1 if _zfo_less(a, b) else (1 if _zfo_less(b, a) else 0)
+
+
+def flat_order(const uint32_t[::1] node not None, const uint16_t[::1] rtype not None,
+               const uint16_t[::1] cov not None, uint32_t n_nodes):
+    """np.lexsort((np.arange(n), cov, rtype, node)) as a bytearray of uint32: records by name,
+    type, covered type and file order.  A counting sort by name (file order kept), then each
+    name's few records by (type, covers, index); a lexsort of a million-name zone allocates
+    several arrays the size of the zone (issue 15)."""
+    global _zfo_type, _zfo_cov
+    cdef Py_ssize_t m = node.shape[0], i, j, s, e, k
+    cdef uint32_t v
+    if rtype.shape[0] != m or cov.shape[0] != m:
+        raise ValueError("column lengths differ")
+    out = bytearray(4 * m)
+    if m == 0:
+        return out
+    if m > 0xFFFFFFFFLL:
+        raise OverflowError("too many records")
+    cdef uint32_t[::1] o = memoryview(out).cast("I")
+    cdef uint32_t* start = <uint32_t*>calloc(<size_t>n_nodes + 1, 4)
+    if start == NULL:
+        raise MemoryError()
+    try:
+        for i in range(m):
+            if node[i] >= n_nodes:
+                raise ValueError("node index out of range")
+            start[node[i] + 1] += 1
+        for i in range(n_nodes):
+            start[i + 1] += start[i]
+        for i in range(m):
+            o[start[node[i]]] = i
+            start[node[i]] += 1
+        _zfo_type, _zfo_cov = &rtype[0], &cov[0]
+        s = 0
+        for j in range(n_nodes):              # start[j] is now the end of name j's records
+            e = start[j]
+            if e - s > 32:
+                qsort(&o[s], e - s, 4, _zfo_cmp)
+            else:
+                for i in range(s + 1, e):     # insertion sort: a name's records are few
+                    v = o[i]
+                    k = i - 1
+                    while k >= s and _zfo_less(v, o[k]):
+                        o[k + 1] = o[k]
+                        k -= 1
+                    o[k + 1] = v
+            s = e
+    finally:
+        free(start)
+        _zfo_type = _zfo_cov = NULL
+    return out

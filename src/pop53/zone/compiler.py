@@ -125,7 +125,7 @@ class _ZoneBuild:
         dropped."""
         r = self.data.columns
         cov = r.covers()
-        order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+        order = r.order(cov).astype(np.int64)     # layout.pxi takes int64
         try:
             self.neg_ttl, self.with_targets = _core.layout_nodes_from_records(
                 self.nodes, r.keys(), order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen, r.rdata,
@@ -377,7 +377,7 @@ _DNSSEC_CHAIN = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.u
 def _flat_zone(z: ZoneData) -> "_core.FlatZone":
     r = z.columns
     cov = r.covers()
-    order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+    order = r.order(cov)
     key = z.origin.to_wire().lower()
     try:
         return _core.FlatZone(r.names, r.node_off, r.node_len, order, r.node, r.type,
@@ -524,6 +524,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--include-dir")
     args = p.parse_args(argv)
+    from pop53.zone.imagefile import fixed_mmap_threshold
+    fixed_mmap_threshold()     # freed phase arrays go back to the system (issue 15)
     try:
         specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
         if args.skip_bad:
@@ -532,13 +534,15 @@ def main(argv=None) -> int:
         else:
             datas, failed = [load_zone_file(path, origin or None, args.include_dir)
                              for path, origin in specs], {}
+        loaded = {d.origin.to_text(): d.summary() for d in datas
+                  if d.origin.to_text() not in failed}
+        for d in datas:        # checked: the compile needs no file or line (issue 15)
+            if d.columns is not None:
+                d.columns.drop_locations()
         # straight to the file: the image is never held whole in this process (issue 15)
-        from pop53.zone.imagefile import compile_to_file, fixed_mmap_threshold
-        fixed_mmap_threshold()
-        size = compile_to_file(datas, args.out, expired=sorted(failed))
-        print(json.dumps({"ok": True, "bytes": size, "failed": failed,
-                          "loaded": {d.origin.to_text(): d.summary() for d in datas
-                                     if d.origin.to_text() not in failed},
+        from pop53.zone.imagefile import compile_to_file
+        size = compile_to_file(datas, args.out, expired=sorted(failed), consume=True)
+        print(json.dumps({"ok": True, "bytes": size, "failed": failed, "loaded": loaded,
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
     except ZoneError as exc:

@@ -47,9 +47,11 @@ def fixed_mmap_threshold(size: int = 256 << 10) -> None:
 
 
 def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | None = None,
-                    expired=()) -> int:
+                    expired=(), consume: bool = False) -> int:
     """compile_zone_data(zones, seed, expired).save(path), without holding the image in memory
-    when the C compile takes every zone.  Atomic (a temp file renamed).  Returns its size."""
+    when the C compile takes every zone.  Atomic (a temp file renamed).  Returns its size.
+    consume: the zones' record columns the build has read are freed as it goes (the zones are
+    of no use after that but for their warnings; for a process that compiles and exits)."""
     path = os.fspath(path)
     if not zones or not all(_streamable(z) for z in zones):
         image = compiler.compile_zone_data(zones, seed=seed, expired=expired)
@@ -63,28 +65,37 @@ def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | 
     enabled = gc.isenabled()
     gc.disable()
     try:
-        flat = [compiler._flat_zone(z) for z in zones]
-        img = _core.FlatImage(flat)
-        try:
-            lay = _core.flat_layout(img, compiler.HEADER.size, compiler.ZONE.size,
-                                    compiler._MAX_IMAGE)
-        except OverflowError as exc:
-            raise ZoneError(f"image would be {exc.args[0]} bytes; the format's limit is 4 GiB"
-                            ) from None
-        head = bytearray(lay["ztab_off"] + 4 * lay["ztab_size"])
-        compiler.HEADER.pack_into(
-            head, 0, b"POP53IMG", _core.IMAGE_VERSION, compiler.HEADER.size, lay["size"],
-            len(zones), lay["zones_off"], lay["ztab_off"], lay["ztab_size"] - 1, seed, 0,
-            lay["nodes"], lay["rrsets"], lay["records"], 0)
-        compiler._fill_zone_table(head, [f.key for f in flat], lay["ztab_off"],
-                                  lay["ztab_size"], seed)
-        _write(path, lambda fd: _core.flat_stream(
-            img, fd, head, lay, seed, [z.origin in expired for z in zones],
-            _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size))
-        return lay["size"]
+        flat = []
+        for z in zones:
+            flat.append(compiler._flat_zone(z))
+            if consume:
+                z.columns.drop_build_inputs()
+        return write_flat(path, zones, flat, _core.FlatImage(flat), seed, expired)
     finally:
         if enabled:
             gc.enable()
+
+
+def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set) -> int:
+    """The image of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
+    written to path.  Returns its size."""
+    try:
+        lay = _core.flat_layout(img, compiler.HEADER.size, compiler.ZONE.size,
+                                compiler._MAX_IMAGE)
+    except OverflowError as exc:
+        raise ZoneError(f"image would be {exc.args[0]} bytes; the format's limit is 4 GiB"
+                        ) from None
+    head = bytearray(lay["ztab_off"] + 4 * lay["ztab_size"])
+    compiler.HEADER.pack_into(
+        head, 0, b"POP53IMG", _core.IMAGE_VERSION, compiler.HEADER.size, lay["size"],
+        len(zones), lay["zones_off"], lay["ztab_off"], lay["ztab_size"] - 1, seed, 0,
+        lay["nodes"], lay["rrsets"], lay["records"], 0)
+    compiler._fill_zone_table(head, [f.key for f in flat], lay["ztab_off"], lay["ztab_size"],
+                              seed)
+    _write(path, lambda fd: _core.flat_stream(
+        img, fd, head, lay, seed, [z.origin in expired for z in zones],
+        _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size))
+    return lay["size"]
 
 
 def _write(path: str, stream) -> None:
