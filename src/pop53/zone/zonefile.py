@@ -48,7 +48,7 @@ _INCLUDE_RE_B = re.compile(_INCLUDE_RE.pattern.encode(), re.MULTILINE | re.IGNOR
 def _searchable(data: bytes):
     """What the regexes above search: the bytes, or with a CR in them the text as read in text
     mode (universal newlines)."""
-    if b"\r" in data:
+    if data.find(b"\r") >= 0:       # find: `in` walks an mmap item by item
         return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
     return data
 
