@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f}")
     rows = phases(str(ds.zone), out, env)
     img = os.path.getsize(out) / 2**20
-    print(f"| phase | seconds | RSS at end | peak in phase |\n|---|---:|---:|---:|")
+    print("| phase | seconds | RSS at end | peak in phase |\n|---|---:|---:|---:|")
     for name, secs, end, top in rows:
         print(f"| {name} | {secs:.2f} | {end:.0f} MiB | {top:.0f} MiB |")
     print(f"image {img:.0f} MiB; child peak / image {max(r[3] for r in rows) / img:.2f}x; "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import struct
-import tempfile
 
 import dns.name
 import numpy as np
@@ -21,6 +20,7 @@ from pop53 import _core
 from pop53.dnssec import index as dnssec_index
 from pop53.errors import ZoneError
 from pop53.zone import compiler
+from pop53.zone.images import write_atomically
 from pop53.zone.zonefile import ZoneData
 
 _SIGNED = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.uint16)
@@ -99,20 +99,7 @@ def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, exp
 
 
 def _write(path: str, stream) -> None:
-    """stream(fd) writes the image and returns its checksum; the file appears whole or not at
-    all (temp file, fsync, rename), as Image.save."""
-    fd, tmp = tempfile.mkstemp(prefix=".pop53-img-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        try:
-            checksum = stream(fd)
-            os.pwrite(fd, struct.pack("<I", checksum), compiler.CHECKSUM_OFFSET)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """stream(fd) writes the image and returns its checksum, stored into the header last."""
+    def fill(fd: int) -> None:
+        os.pwrite(fd, struct.pack("<I", stream(fd)), compiler.CHECKSUM_OFFSET)
+    write_atomically(path, fill)
