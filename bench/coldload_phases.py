@@ -40,6 +40,7 @@ try:
 except ImportError:
     pass
 path, out = sys.argv[1], sys.argv[2]
+getattr(zonefile, "map_big_files", lambda: None)()     # as the compiler child does
 raw = zonefile._read(path) if hasattr(zonefile, "_read") else open(path, "rb").read()
 mark("read file (a mapping: nothing read yet)")
 origin = zonefile._guess_origin(raw, path)

@@ -17,11 +17,12 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pop53 import config as cfgmod
     from pop53.errors import Pop53Error
-    from pop53.zone.zonefile import load_zone_file
+    from pop53.zone.zonefile import load_zone_file, map_big_files
     from pop53.dnssec.check import check_signatures
 
     from pop53.zone.imagefile import fixed_mmap_threshold
     fixed_mmap_threshold()      # a big zone's phases take turns in memory (issue 15)
+    map_big_files()             # and its file is not held whole while it is scanned
     errors = 0
     zones = []
     if args.config:

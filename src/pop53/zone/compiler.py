@@ -525,7 +525,9 @@ def main(argv=None) -> int:
     p.add_argument("--include-dir")
     args = p.parse_args(argv)
     from pop53.zone.imagefile import fixed_mmap_threshold
+    from pop53.zone.zonefile import map_big_files
     fixed_mmap_threshold()     # freed phase arrays go back to the system (issue 15)
+    map_big_files()            # a big file is not held whole (a SIGBUS here is a failed child)
     try:
         specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
         if args.skip_bad:

@@ -239,16 +239,24 @@ def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dic
     return out
 
 
-_MAP_AT_LEAST = 1 << 20
+_MAP_AT_LEAST = None       # off unless map_big_files() (see there)
+
+
+def map_big_files(at_least: int = 1 << 20) -> None:
+    """Read master files of `at_least` bytes through a mapping (see _read).  Only for processes
+    that may die of a file truncated while it is read (SIGBUS): the compiler child (its parent
+    then compiles in-process) and `pop53 check`; never the server."""
+    global _MAP_AT_LEAST
+    _MAP_AT_LEAST = at_least
 
 
 def _read(path: str):
     """A master file's content: bytes, or for a big file without CR octets a read-only mmap
-    (the scanner drops its pages as it passes them, so a 50 MB file is not held whole while its
-    records are made; issue 15)."""
+    when map_big_files() is on (the scanner drops its pages as it passes them, so a 50 MB file
+    is not held whole while its records are made; issue 15)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size >= _MAP_AT_LEAST:
+        if _MAP_AT_LEAST is not None and size >= _MAP_AT_LEAST:
             import mmap
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             if m.find(b"\r") < 0:
