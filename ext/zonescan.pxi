@@ -12,10 +12,11 @@
 
 
 include "zonelex.pxi"
+include "zonetok.pxi"
 
 from posix.mman cimport madvise, MADV_DONTNEED
 
-cdef class ZoneScanner:
+cdef class ZoneScanner(ZoneTokenizer):
     """Scan master-file bytes for one zone into flat record buffers.
 
     `hooks` is a control-plane object (pop53.zone.records._Hooks) with: rdata(rdtype, text,
@@ -23,17 +24,6 @@ cdef class ZoneScanner:
     int (-1 unknown), rdclass(text) -> int (-1 not a class), name_error(text, origin_wire) -> str
     (dnspython's reason), name_text(wire) -> str, is_generic(rdtype) -> bool, include_path(name)
     -> str, generate(tokens, implicit_ttl) -> (bytes, bool)."""
-    # tokenizer
-    cdef const unsigned char* p
-    cdef const unsigned char* end
-    cdef int line
-    cdef int multiline
-    cdef int rec_line
-    cdef int kind
-    cdef const unsigned char* ts
-    cdef Py_ssize_t tl
-    cdef bint tesc
-    cdef bint pending
     # reader state (dns.zonefile.Reader)
     cdef unsigned char origin[256]
     cdef int origin_len
@@ -44,9 +34,8 @@ cdef class ZoneScanner:
     cdef unsigned char nbuf[256]
     cdef long long default_ttl, last_ttl
     cdef bint default_known, default_from_soa, last_known
-    cdef int file_idx, depth, pin_line
+    cdef int depth, pin_line
     cdef object hooks
-    cdef public list files
     # outputs
     cdef zs_buf_t names, node_off, node_len, r_node, r_type, r_ttl, r_rdoff, r_rdlen, r_line, r_file
     cdef zs_buf_t rdata, rd
@@ -165,151 +154,6 @@ cdef class ZoneScanner:
         zsb_put(&self.r_file, &f, 2)
         zsb_put(&self.rdata, self.rd.data, self.rd.len)
         self.count += 1
-        return 0
-
-    # -- errors -----------------------------------------------------------------------------
-    cdef int fail(self, msg, owner=None) except -1:
-        raise ZoneScanError(msg, self.files[self.file_idx], self.rec_line, owner)
-
-    cdef int nul(self) except -1:
-        """A raw NUL octet in a token is an error unless written \\000 (RFC 1035 §5.1; NSD cuts
-        the name there, Knot rejects the file).  The line is the token's own."""
-        raise ZoneScanError("a raw NUL octet; write it as \\000 (RFC 1035 §5.1)",
-                            self.files[self.file_idx], self.line, None)
-
-    cdef str tok_text(self):
-        return (<const char*>self.ts)[:self.tl].decode("ascii")
-
-    # -- tokenizer (dns.tokenizer.Tokenizer.get) ----------------------------------------------
-    cdef inline void skip_ws(self) noexcept:
-        cdef int c
-        while self.p < self.end:
-            c = self.p[0]
-            if c == 32 or c == 9:
-                self.p += 1
-            elif c == 10 and self.multiline:
-                self.p += 1
-                self.line += 1
-            else:
-                return
-
-    cdef int tok(self, bint want_leading=False) except -1:
-        """Next token into (kind, ts, tl, tesc); returns its kind."""
-        cdef const unsigned char* start
-        cdef int c
-        if self.pending:
-            self.pending = False
-            if self.kind != ZT_WS or want_leading:
-                return self.kind
-        start = self.p
-        self.skip_ws()
-        if want_leading and self.p != start:
-            self.kind = ZT_WS
-            return ZT_WS
-        self.tesc = False
-        while True:
-            if self.p >= self.end:
-                if self.multiline:
-                    self.fail("unbalanced parentheses")
-                self.kind = ZT_EOF
-                self.tl = 0
-                return ZT_EOF
-            c = self.p[0]
-            if c == 40:                              # '('
-                self.multiline += 1
-                self.p += 1
-                self.skip_ws()
-                continue
-            if c == 41:                              # ')'
-                if self.multiline <= 0:
-                    self.fail("unbalanced parentheses")
-                self.multiline -= 1
-                self.p += 1
-                self.skip_ws()
-                continue
-            if c == 10:
-                self.p += 1
-                self.line += 1
-                self.kind = ZT_EOL
-                self.tl = 0
-                return ZT_EOL
-            if c == 59:                              # ';' to the end of the line
-                while self.p < self.end and self.p[0] != 10:
-                    self.p += 1
-                if self.p >= self.end:
-                    if self.multiline:
-                        self.fail("unbalanced parentheses")
-                    self.kind = ZT_EOF
-                    self.tl = 0
-                    return ZT_EOF
-                self.p += 1
-                self.line += 1
-                if self.multiline:
-                    self.skip_ws()
-                    continue
-                self.kind = ZT_EOL
-                self.tl = 0
-                return ZT_EOL
-            if c == 34:                              # '"'
-                self.p += 1
-                self.ts = self.p
-                while True:
-                    if self.p >= self.end:
-                        self.fail("unexpected end of input")
-                    c = self.p[0]
-                    if c == 34:
-                        break
-                    if c == 10:
-                        self.fail("newline in quoted string")
-                    if c >= 0x80:
-                        raise ZoneScanFallback("non-ASCII text")
-                    if c == 0:
-                        self.nul()
-                    if c == 92:
-                        self.tesc = True
-                        self.p += 1
-                        if self.p >= self.end:
-                            self.fail("unexpected end of input")
-                        if self.p[0] == 10:
-                            self.line += 1
-                        elif self.p[0] >= 0x80:
-                            raise ZoneScanFallback("non-ASCII text")
-                    self.p += 1
-                self.tl = self.p - self.ts
-                self.p += 1
-                self.skip_ws()
-                self.kind = ZT_QSTR
-                return ZT_QSTR
-            self.ts = self.p
-            while self.p < self.end:
-                c = self.p[0]
-                if c == 32 or c == 9 or c == 10 or c == 59 or c == 40 or c == 41 or c == 34:
-                    break
-                if c >= 0x80:       # dnspython decodes UTF-8 and applies IDNA to names
-                    raise ZoneScanFallback("non-ASCII text")
-                if c == 0:
-                    self.nul()
-                if c == 92:
-                    self.tesc = True
-                    self.p += 1
-                    if self.p >= self.end or self.p[0] == 10:
-                        self.fail("unexpected end of input")
-                    if self.p[0] >= 0x80:
-                        raise ZoneScanFallback("non-ASCII text")
-                self.p += 1
-            self.tl = self.p - self.ts
-            self.kind = ZT_WORD
-            return ZT_WORD
-
-    cdef int ident(self) except -1:
-        if self.tok() != ZT_WORD:
-            self.fail("expecting an identifier")
-        return 0
-
-    cdef int want_eol(self) except -1:
-        cdef int k = self.tok()
-        if k != ZT_EOL and k != ZT_EOF:
-            self.fail("expected EOL or EOF, got " + self.tok_text())
         return 0
 
     cdef int name_here(self, const unsigned char* org, int olen, bint owner) except -1:
