@@ -5,6 +5,7 @@ signatures are cached by content and renewed when their refresh time comes; bad 
 one-line errors naming the file."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import tomllib
 
@@ -187,3 +188,41 @@ def test_sticky_variants_are_each_signed(setup):
         seen[rrs.to_text()] = True
     assert len(seen) == 3 and all(len(k.splitlines()) == 1 for k in seen)
     assert signer.made == made
+
+
+def test_rrsig_query_at_a_mapped_name(setup):
+    """QTYPE=RRSIG at a mapped name: the signatures of one RRset, as at a static name (Knot
+    3.2 answers the first RRset's; pop53 agrees, test_signed_vs_knot.py), the RRset being the
+    mapped answer this client gets, signed online: never the zone's placeholder signatures.
+    A client with no mapped answer gets the name's static RRset's signatures (here the TXT)."""
+    import copy
+    import time
+    d, mcfg, image = setup
+    state, _ = make_state(d, mcfg, image, Clock(time.time()))
+    snap = state.snapshot
+    zone_keys = {dns.name.from_text(ORIGIN): ask(image, snap, ORIGIN, "DNSKEY").answer[0]}
+    placeholder = ask(image, None, "e1." + ORIGIN, "RRSIG").answer[0]      # the zone's own
+    assert placeholder.covers == dns.rdatatype.A
+    for ecs in (("10.0.0.0", 8), ("192.0.2.0", 24)):
+        for name, covered in (("e1." + ORIGIN, "A"), ("www." + ORIGIN, "CNAME")):
+            for do in (True, False):      # RRSIG is data: answered with DO=0 too, as Knot does
+                r = ask(image, snap, name, "RRSIG", ecs, do=do)
+                assert [x.rdtype for x in r.answer] == [dns.rdatatype.RRSIG], r
+                sig = r.answer[0]
+                assert sig.covers == dns.rdatatype.from_text(covered)
+                assert not set(sig) & set(placeholder)
+                # the signature covers the very answer this client gets for that type
+                ans = ask(image, snap, name, covered, ecs)
+                rrs = ans.find_rrset(ans.answer, sig.name, 1, sig.covers)
+                assert sig.ttl == rrs.ttl
+                dns.dnssec.validate(rrs, sig, zone_keys)
+    # every target down and all_down = "nodata": no mapped answer, the TXT's signatures
+    cfg = copy.deepcopy(mcfg)
+    cfg.mapped = [dataclasses.replace(r, all_down="nodata") for r in cfg.mapped]
+    state, _ = make_state(d, cfg, image, Clock(time.time()))
+    state.set_target("eu1", False)
+    state.set_target("us1", False)
+    r = ask(image, state.snapshot, "e1." + ORIGIN, "RRSIG", ("10.0.0.0", 8))
+    assert [(x.rdtype, x.covers) for x in r.answer] == [(dns.rdatatype.RRSIG, dns.rdatatype.TXT)]
+    txt = ask(image, state.snapshot, "e1." + ORIGIN, "TXT").answer
+    dns.dnssec.validate(txt[0], r.answer[0], zone_keys)
