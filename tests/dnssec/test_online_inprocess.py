@@ -226,3 +226,47 @@ def test_rrsig_query_at_a_mapped_name(setup):
     assert [(x.rdtype, x.covers) for x in r.answer] == [(dns.rdatatype.RRSIG, dns.rdatatype.TXT)]
     txt = ask(image, state.snapshot, "e1." + ORIGIN, "TXT").answer
     dns.dnssec.validate(txt[0], r.answer[0], zone_keys)
+
+
+@pytest.mark.parametrize("alg", ["RSASHA256", "RSASHA512"])
+def test_rsa_bind_keys_sign_answers_that_verify(tmp_path, alg):
+    """BIND-format RSA keys (RFC 5702): the keys chosen from the zone (online.choose: published,
+    signing the SOA) sign the mapped answers, which verify against the served DNSKEY."""
+    import time
+    d = tmp_path
+    (d / "keys").mkdir()
+    for extra in (["-f", "KSK"], []):
+        subprocess.run(["dnssec-keygen", "-q", "-K", str(d / "keys"), "-a", alg, "-b", "1024",
+                        *extra, ORIGIN], check=True, capture_output=True)
+    (d / "cdn.zone").write_text(ZONE)
+    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
+    (d / "world.map").write_text(MAP)
+    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
+    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
+    image = compile_zones([(str(d / "cdn.signed"), ORIGIN)])
+    (d / "pop53.toml").write_text(CONFIG.format(ctl=d / "ctl.sock"))
+    from pop53 import config as cfgmod
+    signer = online.from_config(cfgmod.load(str(d / "pop53.toml")), image)
+    (z,) = signer.zones
+    assert [k.ksk for k in z.keys] == [False] and len(z.read) == 2
+    state = MappingState(mcfg, None, signer)
+    state.publish(image.view.seed)
+    zone_keys = {dns.name.from_text(ORIGIN): ask(image, state.snapshot, ORIGIN, "DNSKEY").answer[0]}
+    for ecs in (("10.0.0.0", 8), ("192.0.2.0", 24)):
+        r = ask(image, state.snapshot, "e1." + ORIGIN, "A", ecs)
+        rrs = r.find_rrset(r.answer, dns.name.from_text("e1." + ORIGIN), 1, dns.rdatatype.A)
+        sig = r.find_rrset(r.answer, rrs.name, 1, dns.rdatatype.RRSIG, dns.rdatatype.A)
+        assert sig[0].algorithm == {"RSASHA256": 8, "RSASHA512": 10}[alg]
+        dns.dnssec.validate(rrs, sig, zone_keys, now=time.time())
+    # keys none of which the zone publishes: one error naming the directory and the key
+    other = tmp_path / "other"
+    keygen(other, "p256")
+    cfg = cfgmod.load(str(d / "pop53.toml"))
+    cfg.zones[0].raw["dnssec_keys"] = str(other)
+    with pytest.raises(ConfigError, match=r"zone\[0\]\.dnssec_keys: .*other: none of its keys is "
+                                          r"in the DNSKEY RRset"):
+        online.from_config(cfg, image)
+    # a key store file that is no key
+    (other / "0123.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match=r"0123\.pem: not an unencrypted PKCS#8 PEM"):
+        online.from_config(cfg, image)

@@ -168,15 +168,53 @@ def load_key(key_path: str) -> SigningKey:
     return SigningKey(key_path, owner, dnskey, private, dns.dnssec.key_id(dnskey))
 
 
+_P256_ALGID = bytes.fromhex("301306072a8648ce3d020106082a8648ce3d030107")   # ecPublicKey, P-256
+
+
+def _der(buf: bytes, pos: int, tag: int) -> tuple[int, int]:
+    """(start, end) of the DER value of `tag` at pos (ValueError when it is not there)."""
+    if pos + 2 > len(buf) or buf[pos] != tag:
+        raise ValueError("unexpected DER")
+    n, pos = buf[pos + 1], pos + 2
+    if n & 0x80:
+        n, pos = int.from_bytes(buf[pos:pos + (n & 0x7F)], "big"), pos + (n & 0x7F)
+    if pos + n > len(buf):
+        raise ValueError("truncated DER")
+    return pos, pos + n
+
+
+def _gnutls_p256(pem: bytes):
+    """A P-256 PKCS#8 key as GnuTLS (Knot) writes it: the private value with a leading zero
+    octet (33 bytes), which cryptography refuses (RFC 5915 §3 says 32)."""
+    body = b"".join(ln for ln in pem.splitlines() if ln and not ln.startswith(b"-----"))
+    der = base64.b64decode(body)
+    start, _ = _der(der, 0, 0x30)               # PrivateKeyInfo
+    _, p = _der(der, start, 0x02)               # version
+    _, b = _der(der, p, 0x30)                   # AlgorithmIdentifier
+    if der[p:b] != _P256_ALGID:
+        raise ValueError("not a P-256 key")
+    o, _ = _der(der, b, 0x04)                   # privateKey: ECPrivateKey
+    q, _ = _der(der, o, 0x30)
+    _, q = _der(der, q, 0x02)                   # version 1
+    k, ke = _der(der, q, 0x04)
+    value = int.from_bytes(der[k:ke], "big")
+    return ec.derive_private_key(value, ec.SECP256R1())
+
+
 def load_pem(path: str) -> StoreKey:
     """A Knot key store key: an unencrypted PKCS#8 PEM of a supported algorithm."""
     try:
         with open(path, "rb") as f:
-            private = serialization.load_pem_private_key(f.read(), password=None)
+            pem = f.read()
     except OSError as exc:
         _fail(path, f"cannot read: {exc}")
+    try:
+        private = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
-        _fail(path, f"not an unencrypted PKCS#8 PEM private key: {exc}")
+        try:
+            private = _gnutls_p256(pem)
+        except (ValueError, TypeError, IndexError):
+            _fail(path, f"not an unencrypted PKCS#8 PEM private key: {exc}")
     if isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name != "secp256r1":
         _fail(path, f"ECDSA curve {private.curve.name}: only P-256 (algorithm 13) is signed online")
     if not isinstance(private, tuple(_KINDS.values())):
