@@ -1,6 +1,6 @@
 """DNSSEC answers in process (pop53.answer on the compiled image): nothing changes without DO;
 NSEC3 owner names are not names of the zone; truncation keeps RRsets whole with their RRSIGs;
-the data plane's NSEC3 hash; the image's DNSSEC block is validated; IXFR patches of signed
+the data plane's NSEC3 hash; the image's DNSSEC block is validated; IXFR patches of NSEC3
 zones fall back to a full compile."""
 from __future__ import annotations
 
@@ -183,13 +183,16 @@ def test_a_corrupt_dnssec_block_is_rejected(images, variant):
         Image(bytes(bad), full_check=True)
 
 
-def test_signed_zones_are_not_patched(signed, images):
+def test_nsec3_zones_are_not_patched(signed, images):
+    """NSEC3 zones still compile in full on IXFR (NSEC zones are patched:
+    test_signed_ixfr_patch.py)."""
     from pop53.zone.incremental import patch_image
     from pop53.zone.zonefile import load_zone_file
-    s = signed["nsec"]
-    data = load_zone_file(str(s.path), s.origin)
-    assert patch_image(images["nsec"], s.origin, data, [dns.name.from_text("www." + s.origin)]) is None
-    assert patch_image.last_reason == "signed zone"
+    for v in ("nsec3", "optout"):
+        s = signed[v]
+        data = load_zone_file(str(s.path), s.origin)
+        assert patch_image(images[v], s.origin, data, [dns.name.from_text("www." + s.origin)]) is None
+        assert patch_image.last_reason == "NSEC3-signed zone"
 
 
 def test_ds_at_a_served_child_is_answered_by_the_parent(signed):
