@@ -1,11 +1,11 @@
-"""IXFR to an NSEC-signed zone patched into the image instead of compiled in full
+"""IXFR to a signed zone patched into the image instead of compiled in full
 (pop53/zone/patch_dnssec.py): the zone's DNSSEC block is written after a copy of its node table
 with the offsets of the rewritten records remapped.  A full re-sign with a new record value, a
 pre-published ZSK (new DNSKEY RRset, every RRSIG new) and a one-signature change (a few names)
 are each patched, and the patched image passes the data plane's full validation and answers
 every DO=1 query of the corpus exactly like a full compile of the new version, with signatures
-that verify.  Changes of the name set, and NSEC3 zones, still compile in full (the patcher says
-why)."""
+that verify; NSEC3 and opt-out zones too (their hashed owners found through the chain).
+Changes of the name set or of the chain still compile in full (the patcher says why)."""
 from __future__ import annotations
 
 import subprocess
@@ -65,11 +65,11 @@ def patched_like_full(old_path, new_path) -> tuple:
     return patched, changed
 
 
-def resign(src_text: str, signed, tmp_path, serial: int, name: str):
+def resign(src_text: str, signed, tmp_path, serial: int, name: str, variant="nsec"):
     src = tmp_path / f"{name}.zone"
     src.write_text(src_text.replace(" 2026120301 7200 ", f" {2026120300 + serial} 7200 ", 1))
     out = tmp_path / f"{name}.signed"
-    sign(src, signed.keydir, out, "nsec")
+    sign(src, signed.keydir, out, variant)
     return out
 
 
@@ -131,7 +131,27 @@ def test_structural_changes_and_nsec3_compile_in_full(signed, unsigned_text, tmp
     data = load_zone_file(v2, ORIGIN)
     assert patch_image(old, O, data, changed_names(signed["nsec"].path, v2)) is None
     assert "names" in patch_image.last_reason
+    # NSEC -> NSEC3 at once, and new NSEC3 parameters: the chain itself changes
     n3 = signed["nsec3"].path
+    assert patch_image(old, O, load_zone_file(n3, ORIGIN), changed_names(signed["nsec"].path, n3)) is None
+    assert patch_image.last_reason == "signed zone: NSEC <-> NSEC3"
+    salted = tmp_path / "salted.zone"
+    salted.write_text(unsigned_text)
+    out = tmp_path / "salted.signed"
+    subprocess.run(["dnssec-signzone", "-S", "-K", str(signed["nsec3"].keydir), "-o", ORIGIN,
+                    "-f", str(out), "-3", "ab", "-H", "0", str(salted)], check=True,
+                   capture_output=True, cwd=signed["nsec3"].keydir)
     old = compile_zone_data([load_zone_file(n3, ORIGIN)])
-    assert patch_image(old, O, load_zone_file(n3, ORIGIN), {O}) is None
-    assert patch_image.last_reason == "NSEC3-signed zone"
+    assert patch_image(old, O, load_zone_file(out, ORIGIN), changed_names(n3, out)) is None
+    assert patch_image.last_reason in ("signed zone: new NSEC3 parameters",
+                                       "signed zone: an NSEC3 owner appears or goes")
+
+
+@pytest.mark.parametrize("variant", ["nsec3", "optout"])
+def test_nsec3_resign_is_patched(signed, unsigned_text, tmp_path, variant):
+    """NSEC3 (and opt-out): a full re-sign with a changed record rewrites every NSEC3 record's
+    RRSIG too; the hashed owners, outside the node table, are found through the chain."""
+    v2 = resign(unsigned_text.replace("192.0.2.80", "192.0.2.81"), signed[variant], tmp_path, 2,
+                "v2", variant)
+    _, changed = patched_like_full(signed[variant].path, v2)
+    assert sum(1 for n in changed if len(n) == len(O) + 1 and len(n.labels[0]) == 32) > 5

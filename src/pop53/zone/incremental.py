@@ -84,6 +84,9 @@ class _Patch:
                     raise _Fallback(f"{name} is at or below another zone of the image")
             keys[key] = name
 
+        # NSEC3 owners are found through the zone's chain, not its table (zone/patch_dnssec.py)
+        owners = patch_dnssec.nsec3_owners(self, zrec, keys) if self.signed else {}
+
         # The patch index (node offsets, cut pointers, parent hashes, NS/MX/SRV refs).
         r_rrsets, r_hashes = self.img.load_index()
 
@@ -211,6 +214,7 @@ class _Patch:
         n_nodes = zrec[7] + sum(1 for n in new.values() if not n.old_off) - len(removed)
         if self.signed:         # the DNSSEC block's offsets are remapped (zone/patch_dnssec.py)
             patch_dnssec.check(self, zrec, new, removed, inplace, ent_inplace, toggled)
+            new.update(owners)
         return layout(self, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
                            r_rrsets, r_hashes, keys, cut_fix)
 

@@ -277,7 +277,7 @@ def carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_o
         where = np.flatnonzero(np.isin(nodes, np.array(list(fix), dtype=np.uint32)))
         for i in where.tolist():
             cuts[i] = fix[int(nodes[i])]
-    add = list(new.values())
+    add = [n for n in new.values() if not n.flags & patch_dnssec.N3_OWNER]   # not in a table
     n_offs = np.array([n.off for n in add], dtype=np.uint32)
     n_cuts = np.array([n.cut_off for n in add], dtype=np.uint32)
     n_par = np.array([_core.hash_name(n.key[n.key[0] + 1:], p.img.seed) if len(n.key) > 1 else 0
