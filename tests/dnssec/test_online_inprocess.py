@@ -36,17 +36,22 @@ class Clock:
         return self.t
 
 
+def signed_setup(d):
+    """The test zone signed with the keys in d/keys, its map and config; (mapping, image)."""
+    (d / "cdn.zone").write_text(ZONE)
+    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
+    (d / "world.map").write_text(MAP)
+    (d / "pop53.toml").write_text(CONFIG.format(ctl=d / "ctl.sock"))
+    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
+    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
+    return mcfg, compile_zones([(str(d / "cdn.signed"), ORIGIN)])
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("online-inproc")
     keygen(d / "keys", "p256")
-    (d / "cdn.zone").write_text(ZONE)
-    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
-    (d / "world.map").write_text(MAP)
-    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
-    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
-    image = compile_zones([(str(d / "cdn.signed"), ORIGIN)])
-    return d, mcfg, image
+    return (d, *signed_setup(d))
 
 
 def make_state(d, mcfg, image, clock, validity=3600, refresh=600):
@@ -238,13 +243,7 @@ def test_rsa_bind_keys_sign_answers_that_verify(tmp_path, alg):
     for extra in (["-f", "KSK"], []):
         subprocess.run(["dnssec-keygen", "-q", "-K", str(d / "keys"), "-a", alg, "-b", "1024",
                         *extra, ORIGIN], check=True, capture_output=True)
-    (d / "cdn.zone").write_text(ZONE)
-    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
-    (d / "world.map").write_text(MAP)
-    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
-    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
-    image = compile_zones([(str(d / "cdn.signed"), ORIGIN)])
-    (d / "pop53.toml").write_text(CONFIG.format(ctl=d / "ctl.sock"))
+    mcfg, image = signed_setup(d)
     from pop53 import config as cfgmod
     signer = online.from_config(cfgmod.load(str(d / "pop53.toml")), image)
     (z,) = signer.zones
