@@ -121,6 +121,7 @@ def test_zsk_roll_without_restart(tmp_path):
         made = ctl(str(d), "mapping")["signatures_made"]
         os.kill(p.p.pid, signal.SIGHUP)
         assert wait_tags(p.port, {tag(zsk2)}) == {tag(zsk2)}
+        assert ctl(str(d), "mapping")["signing_keys"] == {ORIGIN: [tag(zsk2)]}
         assert tag(zsk1) in answer_tags(p.port)[1]
         assert ctl(str(d), "mapping")["signatures_made"] >= made + 5   # every answer re-signed
         validated(p.port, s.anchor)

@@ -8,6 +8,7 @@ reload`), keeps the mapped answers validating, signed by the key Knot signs with
 from __future__ import annotations
 
 import base64
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,9 @@ def test_knot_key_store_signs_mapped_answers(tmp_path, alg):
             CONFIG.format(ctl=tmp_path / "ctl.sock")
             .replace('dnssec_keys = "keys"', f'dnssec_keys = "{store}"')
             .replace("dnssec_validity = 90\ndnssec_refresh = 84\n", ""))
+        check = subprocess.run([sys.executable, "-m", "pop53", "check", "-c", "pop53.toml"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stderr
         p = Proc(["serve", "-c", "pop53.toml"], str(tmp_path))
         zsk0 = keys_of(z, ksk=False)
         assert answer_tags(p.port)[0] == zsk0 == soa_signers(z)

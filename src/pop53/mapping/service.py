@@ -173,6 +173,9 @@ class MappingState:
             "last_build_ms": round(self.last_build_ms, 3),
             "signatures_made": self.signer.made if self.signer is not None else None,
             "next_signature_refresh": self.signer.next_refresh() if self.signer is not None else None,
+            # the key tags signing each zone's mapped answers (chosen from the zone: docs/dnssec-online.md)
+            "signing_keys": {z.origin.to_text(): [k.tag for k in z.keys] for z in self.signer.zones}
+            if self.signer is not None else None,
         }
 
 
