@@ -269,3 +269,24 @@ def test_rsa_bind_keys_sign_answers_that_verify(tmp_path, alg):
     (other / "0123.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
     with pytest.raises(ConfigError, match=r"0123\.pem: not an unencrypted PKCS#8 PEM"):
         online.from_config(cfg, image)
+
+
+def test_p256_private_key_without_leading_zero_octets(tmp_path):
+    """BIND writes a P-256 private scalar with its leading zero octets dropped (a 31-byte
+    PrivateKey once in 256 keys): it is the same key and must load."""
+    import base64
+    keygen(tmp_path, "p256")
+    priv = sorted(tmp_path.glob("*.private"))[-1]
+    k = dkeys.load_key(str(priv)[:-8] + ".key")
+    # a key whose scalar has a zero first octet, written as BIND does, matching its DNSKEY
+    from cryptography.hazmat.primitives.asymmetric import ec
+    scalar = int.from_bytes(b"\x00" + bytes(range(1, 32)), "big")
+    new = ec.derive_private_key(scalar, ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(new.public_key(), 13, k.dnskey.flags)
+    keyfile = tmp_path / "Kcdn.example.+013+00002.key"
+    keyfile.write_text(f"cdn.example. IN DNSKEY {dnskey.to_text()}\n")
+    (tmp_path / "Kcdn.example.+013+00002.private").write_text(
+        "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\nPrivateKey: "
+        + base64.b64encode(scalar.to_bytes(31, "big")).decode() + "\n")
+    got = dkeys.load_key(str(keyfile))
+    assert got.private.private_numbers().private_value == scalar

@@ -123,7 +123,8 @@ def _bind_private(alg: int, fields: dict, path: str):
         raw = base64.b64decode(fields["PrivateKey"], validate=True)
     except (KeyError, ValueError):
         _fail(path, "not a BIND private key (no PrivateKey line)")
-    if alg == ALG_P256 and len(raw) == 32:
+    if alg == ALG_P256 and 0 < len(raw) <= 32:
+        # BIND writes the scalar without leading zero octets (31 bytes once in 256 keys)
         return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
     if alg == ALG_ED25519 and len(raw) == 32:
         return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
