@@ -80,6 +80,7 @@ cdef class MapSnapshot:
             if isinstance(t[2], MapDir4):
                 # a large IPv4 table: the direct index replaces the ranges (maptable.pxi)
                 (<MapDir4>t[2]).attach(v)
+                self.s.n_dir += 1
             else:
                 lo4, val4 = t[0], t[1]
                 if lo4.shape[0] < 1 or lo4.shape[0] != val4.shape[0] or lo4[0] != 0:
