@@ -254,3 +254,20 @@ def map_bench_lookup(MapSnapshot snap not None, int view, const uint32_t[::1] ke
                 acc += j + scope
         clock_gettime(CLOCK_MONOTONIC, &t1)
     return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (<double>n * repeat), acc
+
+
+def map_prefetch_hint(MapSnapshot snap not None, const uint8_t[::1] wire not None):
+    """(view index, key) map_prefetch would take a head start on for this query (key 1 << 32:
+    the source address), or None.  For tests: any bytes, never read beyond them."""
+    cdef uint64_t key = 0
+    cdef const map_view_t* v
+    cdef uint8_t* copy = <uint8_t*>malloc(wire.shape[0] + 1)
+    if copy == NULL:
+        raise MemoryError()
+    try:
+        if wire.shape[0]:
+            memcpy(copy, &wire[0], wire.shape[0])      # exactly sized: a checker sees overreads
+        v = mpf_view(&snap.s, copy, <uint32_t>wire.shape[0], &key)
+        return None if v == NULL else (<int>(v - snap.s.views), key)
+    finally:
+        free(copy)

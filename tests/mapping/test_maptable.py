@@ -84,3 +84,38 @@ def test_bad_tables_are_refused():
         _core.MapDir4(lo, val, 12)              # cells keep 16 low bits
     d = _core.MapDir4(lo, val, 16)
     assert d.max_val == 2 and d.n_cells == 4   # one block of three ranges: header + 3
+
+
+def test_prefetch_hint_finds_the_view_and_key_and_reads_any_bytes(monkeypatch):
+    """The worker's batch prefetch (map_prefetch) guesses each query's view and key from the
+    raw packet: right for the plain cases, and any truncated or garbled packet is read safely
+    (a wrong guess only costs the head start)."""
+    import dns.edns
+    import dns.message
+
+    monkeypatch.setattr(snapshot, "DIR_MIN", 1)
+    m = Mapping(_lines(9, 50), "a", TARGETS, MAPPED)
+
+    def wire(name, qtype="A", ecs=None):
+        opts = [dns.edns.ECSOption(*ecs)] if ecs else []
+        return dns.message.make_query(name, qtype, use_edns=0 if ecs else None,
+                                      options=opts).to_wire()
+
+    hint = lambda w: _core.map_prefetch_hint(m.snap, w)  # noqa: E731
+    assert hint(wire("www.cdn.example.", ecs=("10.1.2.3", 24))) == (0, 0x0A010200)
+    assert hint(wire("WwW.CDN.example.", ecs=("10.1.2.3", 16))) == (0, 0x0A010000)
+    assert hint(wire("www.cdn.example.", ecs=("10.1.2.3", 32))) == (0, 0x0A010200)  # max /24
+    assert hint(wire("www.cdn.example.")) == (0, 1 << 32)          # the source address keys it
+    assert hint(wire("www.cdn.example.", "AAAA", ("10.1.2.3", 24))) is None   # no AAAA view
+    assert hint(wire("sta.cdn.example.", ecs=("10.1.2.3", 24))) is None
+    rng = random.Random(9)
+    good = wire("www.cdn.example.", ecs=("10.1.2.3", 24))
+    for i in range(len(good) + 1):
+        hint(good[:i])
+    for _ in range(3000):
+        b = bytearray(good[:rng.randrange(len(good) + 8)])
+        for _ in range(rng.randrange(1, 4)):
+            if b:
+                b[rng.randrange(len(b))] = rng.getrandbits(8)
+        got = hint(bytes(b))
+        assert got is None or (got[0] == 0 and 0 <= got[1] <= 1 << 32)
