@@ -80,7 +80,6 @@ cdef class MapSnapshot:
             if isinstance(t[2], MapDir4):
                 # a large IPv4 table: the direct index replaces the ranges (maptable.pxi)
                 (<MapDir4>t[2]).attach(v)
-                self.s.n_dir += 1
             else:
                 lo4, val4 = t[0], t[1]
                 if lo4.shape[0] < 1 or lo4.shape[0] != val4.shape[0] or lo4[0] != 0:
@@ -103,6 +102,8 @@ cdef class MapSnapshot:
             v.ans = <const map_ans_t*>(self.s.base + <uint32_t>ans_off)
             v.n_ans = n_ans
             v.dflt = dflt
+            if v.dir4 != NULL or v.idx4 != NULL:
+                self.s.n_pf += 1
             if v.dir4 != NULL and (<MapDir4>t[2]).max_val >= n_ans:
                 raise ValueError(f"view {i}: IPv4 values out of bounds")
             for j in range(v.n4):
@@ -261,7 +262,7 @@ def map_prefetch_hint(MapSnapshot snap not None, const uint8_t[::1] wire not Non
     the source address), or None.  For tests: any bytes, never read beyond them."""
     cdef uint64_t key = 0
     cdef const map_view_t* v
-    cdef uint8_t* copy = <uint8_t*>malloc(wire.shape[0] + 1)
+    cdef uint8_t* copy = <uint8_t*>malloc(wire.shape[0] if wire.shape[0] else 1)
     if copy == NULL:
         raise MemoryError()
     try:

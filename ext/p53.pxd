@@ -512,4 +512,4 @@ cdef struct map_snap_t:
     uint32_t n_views
     const map_keycfg_t* keys
     uint32_t n_keys
-    uint32_t n_dir            # views with a direct IPv4 index (maptable.pxi: map_prefetch)
+    uint32_t n_pf             # views with an IPv4 index (direct or not): map_prefetch helps

@@ -119,3 +119,11 @@ def test_prefetch_hint_finds_the_view_and_key_and_reads_any_bytes(monkeypatch):
                 b[rng.randrange(len(b))] = rng.getrandbits(8)
         got = hint(bytes(b))
         assert got is None or (got[0] == 0 and 0 <= got[1] <= 1 << 32)
+    # the indexed search of smaller tables gets the head start too; tables without an index
+    # (under 64 ranges: a few cache lines) do not
+    monkeypatch.setattr(snapshot, "DIR_MIN", 1 << 40)
+    m = Mapping(_lines(9, 400), "a", TARGETS, MAPPED)
+    assert m.snap.refs[4][0][2] is not None
+    assert hint(good) == (0, 0x0A010200)
+    m = Mapping(_lines(9, 3), "a", TARGETS, MAPPED)
+    assert m.snap.refs[4][0][2] is None and hint(good) is None
