@@ -6,11 +6,6 @@
 # answer (the compiler merged adjacent ranges with equal answers, so that run is the range).
 # Everything here runs without the GIL and allocates nothing; the snapshot is immutable.
 
-cdef extern from *:
-    int __builtin_clz(unsigned int x) nogil
-    int __builtin_clzll(unsigned long long x) nogil
-
-
 cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
     """\\brief the index of the range holding IPv4 key k (the largest i with lo4[i] <= k)."""
     cdef uint32_t a = 0, n = v.n4, half, h
@@ -28,6 +23,16 @@ cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
             a += half
         n -= half
     return a
+
+
+cdef inline uint32_t map_get4(const map_view_t* v, uint32_t k, uint32_t* scope) noexcept nogil:
+    """\\brief the answer for IPv4 key k; *scope its ECS scope."""
+    cdef uint32_t i
+    if v.dir4 != NULL:
+        return map_dir4(v, k, scope)
+    i = map_find4(v, k)
+    scope[0] = map_scope4(v, i, k)
+    return v.val4[i]
 
 
 cdef inline uint32_t map_find6(const map_view_t* v, uint64_t k) noexcept nogil:
@@ -237,9 +242,7 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
     cdef uint32_t cap, base, i, a, scope = 0
     cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &klo, &cap, &base, &c.mapkey)
     if fam == 4:
-        i = map_find4(v, <uint32_t>key)
-        a = v.val4[i]
-        scope = map_scope4(v, i, <uint32_t>key)
+        a = map_get4(v, <uint32_t>key, &scope)
     elif fam == 6:
         i = map_find6(v, key)
         a = v.val6[i]

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from pop53.mapping.config import MappingConfig
+from pop53.mapping.config import MappingConfig, check_image
 from pop53.mapping.mapfile import load_map
 from pop53.mapping.snapshot import SnapshotBuilder
 
@@ -202,6 +202,12 @@ def attach(server) -> MappingState | None:
     image = server.current_image
     signer = online.from_config(server.config, image)
     state = MappingState(mcfg, on_publish, signer)
+    origins = {z.origin for z in signer.zones} if signer is not None else ()
+    if image is not None:
+        # static data clashing with a mapped name: refused at start as `pop53 check` does,
+        # and in every reloaded image (before it is published)
+        check_image(mcfg, image, origins)
+    server.zones.image_checks.append(lambda img: check_image(mcfg, img, origins))
     if signer is not None and image is not None:
         online.check_mapped_names(image, mcfg, signer)
     state.publish(image.view.seed if image is not None else 0)

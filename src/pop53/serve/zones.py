@@ -52,6 +52,9 @@ class ZoneSet:
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
         # of the file zones goes through it; returns {origin: error}
         self.reload_hook: Callable[[str | None], dict] | None = None
+        # more checks of a new image before it is published (raise to reject it): the
+        # mapping's static clashes (pop53.mapping.service)
+        self.image_checks: list[Callable[[Image], None]] = []
         # zone files parsed and zones patched into the served image, since start
         self.counts = {"parsed": 0, "patched": 0}
         self.full_size = 0         # bytes of the last full compile (patches add garbage)
@@ -155,6 +158,8 @@ class ZoneSet:
         if limit and len(image) > limit:
             raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
                             f"({limit})")
+        for check in self.image_checks:
+            check(image)
 
     # -- the saved image (serve/saved.py) -----------------------------------------------------
     def save_cached(self, image: Image, files: dict[str, dict]) -> None:
