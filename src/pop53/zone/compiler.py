@@ -461,7 +461,8 @@ class CompilerUnavailable(Exception):
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
                            timeout: float | None = None, skip_bad: bool = False,
-                           include_dir: str | None = None, on_child=None) -> dict:
+                           include_dir: str | None = None, on_child=None,
+                           seed: int | None = None) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
@@ -470,6 +471,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
     Returns {"failed": {origin: error}, "loaded": {origin: ZoneData.summary()}}.
     on_child(Popen): told the child as it starts (the server kills it when it stops).
+    seed: the name hash seed (a zone spliced into a served image needs that image's).
     """
     import json
     import subprocess
@@ -480,6 +482,8 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
         args.append("--skip-bad")
     if include_dir:
         args += ["--include-dir", include_dir]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
     err = ""
@@ -518,6 +522,7 @@ def main(argv=None) -> int:
     p.add_argument("--zone", action="append", default=[])
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--include-dir")
+    p.add_argument("--seed", type=int)
     args = p.parse_args(argv)
     try:
         specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
@@ -527,7 +532,7 @@ def main(argv=None) -> int:
         else:
             datas, failed = [load_zone_file(path, origin or None, args.include_dir)
                              for path, origin in specs], {}
-        image = compile_zone_data(datas, expired=sorted(failed))
+        image = compile_zone_data(datas, seed=args.seed, expired=sorted(failed))
         image.save(args.out)
         print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
                           "loaded": {d.origin.to_text(): d.summary() for d in datas
