@@ -5,6 +5,8 @@
 # section references that cross into or out of the zones being replaced (which the splice cannot
 # rewrite: the caller compiles in full then).
 
+from libc.stdlib cimport realloc
+
 
 cdef inline uint32_t _rel(uint32_t v, int64_t delta) noexcept nogil:
     return <uint32_t>(<int64_t>v + delta) if v else 0
@@ -89,28 +91,70 @@ def zone_counts(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t nta
     return nn, nr, nrec
 
 
-def splice_cross_refs(const uint8_t[::1] buf not None, const uint8_t[::1] marked not None):
-    """How many NS/MX/SRV records of a (validated) image name a target, with an A or AAAA, in
-    another zone than their own, when one of the two zones is marked (marked[zone index] != 0).
-    A full compile lists such a target in the record's additional section
-    (compiler._compile: find_node across zones); a splice of a marked zone would leave the list
-    stale, so the caller compiles in full when this is not 0."""
+def zone_ref_rrsets(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t ntab_mask):
+    """The rrset_t offsets (uint32, as bytes) of a zone's NS/MX/SRV RRsets: what
+    splice_cross_refs checks.  pop53.zone.splice keeps them per zone and image (an unchanged
+    zone's stay where they were), so a splice never walks a million names for them again."""
+    cdef const uint8_t* base = &buf[0]
+    cdef const uint32_t* tab = <const uint32_t*>(base + ntab_off)
+    cdef const node_t* node
+    cdef const rrset_t* rs
+    cdef uint32_t s, i
+    cdef uint32_t* out = NULL
+    cdef uint32_t* grown
+    cdef size_t n = 0, cap = 0
+    cdef int oom = 0
+    with nogil:
+        for s in range(ntab_mask + 1):
+            if tab[s] == 0:
+                continue
+            node = <const node_t*>(base + tab[s])
+            rs = <const rrset_t*>(base + node.rrsets_off)
+            for i in range(node.n_rrsets):
+                if rs[i].type != T_NS and rs[i].type != T_MX and rs[i].type != T_SRV:
+                    continue
+                if n == cap:
+                    cap = cap * 2 if cap else 64
+                    grown = <uint32_t*>realloc(out, cap * 4)
+                    if grown == NULL:
+                        oom = 1
+                        break
+                    out = grown
+                out[n] = <uint32_t>(<const uint8_t*>&rs[i] - base)
+                n += 1
+            if oom:
+                break
+    try:
+        if oom:
+            raise MemoryError()
+        return PyBytes_FromStringAndSize(<char*>out, n * 4) if n else b""
+    finally:
+        free(out)
+
+
+def splice_cross_refs(const uint8_t[::1] buf not None, const uint32_t[::1] rrsets not None,
+                      const uint32_t[::1] zone_of not None, const uint8_t[::1] marked not None):
+    """How many of the given NS/MX/SRV RRsets (rrset_t offsets; zone_of: the index of the zone
+    holding each) of a validated image name a target, with an A or AAAA, in another zone than
+    their own, when one of the two zones is marked (marked[zone index] != 0).  A full compile
+    lists such a target in the record's additional section (compiler._compile: find_node across
+    zones); a splice of a marked zone would leave the list stale, so the caller compiles in full
+    when this is not 0."""
     cdef const uint8_t* base = &buf[0]
     cdef image_t img
     cdef const img_header_t* h = <const img_header_t*>base
     cdef const zone_t* z
     cdef const zone_t* tz
-    cdef const uint32_t* tab
-    cdef const node_t* node
     cdef const node_t* tn
     cdef const rrset_t* rs
-    cdef uint32_t zi, s, i, j, p, q, k, rl2, labels, tzi
+    cdef Py_ssize_t r
+    cdef uint32_t zi, j, p, q, k, rl2, labels, tzi
     cdef uint8_t lname[256]
     cdef uint8_t loff[130]
     cdef uint32_t sh[130]
     cdef uint64_t hits = 0
-    if <uint64_t>marked.shape[0] < h.n_zones:
-        raise ValueError("splice_cross_refs: marked is shorter than the zone table")
+    if <uint64_t>marked.shape[0] < h.n_zones or zone_of.shape[0] != rrsets.shape[0]:
+        raise ValueError("splice_cross_refs: array sizes differ")
     img.base = base
     img.size = buf.shape[0]
     img.hdr = h
@@ -121,41 +165,36 @@ def splice_cross_refs(const uint8_t[::1] buf not None, const uint8_t[::1] marked
     img.n_zones = h.n_zones
     img.zslot = NULL
     with nogil:
-        for zi in range(h.n_zones):
+        for r in range(rrsets.shape[0]):
+            zi = zone_of[r]
+            if zi >= h.n_zones:
+                continue
             z = img.zones + zi
-            tab = <const uint32_t*>(base + z.ntab_off)
-            for s in range(z.ntab_mask + 1):
-                if tab[s] == 0:
+            rs = <const rrset_t*>(base + rrsets[r])
+            p = rs.rdata_off
+            for j in range(rs.count):
+                q = p + 2 + _patch_target_pos(rs.type)
+                k = 0
+                labels = 0
+                while base[q + k] != 0 and k < 255 and labels < 128:
+                    loff[labels] = <uint8_t>k
+                    labels += 1
+                    lname[k] = base[q + k]
+                    for rl2 in range(1, base[q + k] + 1):
+                        lname[k + rl2] = LOWER[base[q + k + rl2]]
+                    k += base[q + k] + 1
+                lname[k] = 0
+                loff[labels] = <uint8_t>k
+                p += 2 + rd16(base + p)
+                name_suffix_hashes(lname, k + 1, loff, labels, img.seed, sh)
+                tz = image_find_zone(&img, lname, k + 1, loff, labels, sh, 0)
+                if tz == NULL or tz == z:
                     continue
-                node = <const node_t*>(base + tab[s])
-                rs = <const rrset_t*>(base + node.rrsets_off)
-                for i in range(node.n_rrsets):
-                    if rs[i].type != T_NS and rs[i].type != T_MX and rs[i].type != T_SRV:
-                        continue
-                    p = rs[i].rdata_off
-                    for j in range(rs[i].count):
-                        q = p + 2 + _patch_target_pos(rs[i].type)
-                        k = 0
-                        labels = 0
-                        while base[q + k] != 0 and k < 255 and labels < 128:
-                            loff[labels] = <uint8_t>k
-                            labels += 1
-                            lname[k] = base[q + k]
-                            for rl2 in range(1, base[q + k] + 1):
-                                lname[k + rl2] = LOWER[base[q + k + rl2]]
-                            k += base[q + k] + 1
-                        lname[k] = 0
-                        loff[labels] = <uint8_t>k
-                        p += 2 + rd16(base + p)
-                        name_suffix_hashes(lname, k + 1, loff, labels, img.seed, sh)
-                        tz = image_find_zone(&img, lname, k + 1, loff, labels, sh, 0)
-                        if tz == NULL or tz == z:
-                            continue
-                        tzi = <uint32_t>(tz - img.zones)
-                        if not marked[zi] and not marked[tzi]:
-                            continue
-                        tn = zone_find(&img, tz, lname, k + 1, sh[0])
-                        if tn != NULL and (node_find_rrset(&img, tn, T_A) != NULL or
-                                           node_find_rrset(&img, tn, T_AAAA) != NULL):
-                            hits += 1
+                tzi = <uint32_t>(tz - img.zones)
+                if not marked[zi] and not marked[tzi]:
+                    continue
+                tn = zone_find(&img, tz, lname, k + 1, sh[0])
+                if tn != NULL and (node_find_rrset(&img, tn, T_A) != NULL or
+                                   node_find_rrset(&img, tn, T_AAAA) != NULL):
+                    hits += 1
     return hits

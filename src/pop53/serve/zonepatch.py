@@ -9,11 +9,16 @@ answers exactly as a full compile of the new zone set.  With one changed zone am
 reload costs that zone's parse and patch plus ~0.1 ms per zone for the digests, instead of a
 parse and compile of every zone.
 
-What still goes through the full reload (ZoneSet.reload): zones added or removed, a zone that
-answered SERVFAIL (a stand-in) or was signed, a changed zone file over PATCH_BYTES, a change the
-patcher does not take (an apex deleted, a name at or below another zone), the transfer engine
-owning the image, and an image grown past MAX_GROWTH times its last full compile by the
-patches' garbage (the full compile compacts it).
+What this patch does not take goes to serve/zonesplice.py (the zone compiled alone and spliced
+in whole): zones added or removed, a zone that answered SERVFAIL (a stand-in), a changed zone
+file over PATCH_BYTES, and a change the patcher turns down (an apex deleted, a name at or below
+another zone).  Why PATCH_BYTES: this path parses the zone in the server process and hands the
+patcher every old and new owner name as a dns.name object (zone_names, _encode_node), which for
+a million names is gigabytes held in the server and minutes of Python; the splice parses and
+compiles such a zone in a child process and the server only copies bytes.  The full reload
+(ZoneSet.reload) remains for signed zones, the transfer engine owning the image, and an image
+grown past MAX_GROWTH times its last full compile by the patches' garbage (the full compile
+compacts it).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.server")
 
-PATCH_BYTES = 1 << 20     # a changed zone file bigger than this is compiled in full (as ISOLATE_BYTES)
+PATCH_BYTES = 1 << 20     # a changed zone file bigger than this is compiled alone in a child and spliced
 MAX_GROWTH = 2.0          # patches' garbage allowed before a full compile compacts
 
 

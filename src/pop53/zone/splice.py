@@ -19,6 +19,7 @@ across zones; `_core.splice_cross_refs` counts them before and after).
 from __future__ import annotations
 
 import struct
+import weakref
 
 import numpy as np
 
@@ -26,9 +27,33 @@ from pop53 import _core
 from pop53.zone.compiler import (CHECKSUM_OFFSET, HEADER, ZONE, _MAX_IMAGE, _align4,
                                  _fill_zone_table, _pow2_at_least)
 from pop53.zone.images import Image
-from pop53.zone.patchkit import _is_below
+from pop53.zone.patchkit import _SPARE, _is_below, _next_size
 
 _SIGNED = _core.ZONE_FLAGS["SIGNED"]
+
+# image -> {zone key: uint32 rrset_t offsets of its NS/MX/SRV RRsets}: found once per zone by a
+# walk of its node table (~0.2 s for a million names), then carried from each splice to its
+# result (an unchanged zone's records stay at the same offsets)
+_REFS: "weakref.WeakKeyDictionary[Image, dict]" = weakref.WeakKeyDictionary()
+
+
+def _refs(image: Image, zones) -> dict[bytes, np.ndarray]:
+    have = _REFS.get(image)
+    if have is None:
+        have = _REFS[image] = {}
+    src = _u8(image._data)
+    for key, z in zones:
+        if key not in have:
+            have[key] = np.frombuffer(_core.zone_ref_rrsets(src, z[5], z[6]), np.uint32)
+    return have
+
+
+def _cross(src, refs: dict, keys: list[bytes], marked: np.ndarray) -> int:
+    """splice_cross_refs over the RRsets of the zones `keys` (in zone-table order)."""
+    arrays = [refs[k] for k in keys]
+    rr = np.concatenate(arrays) if arrays else np.empty(0, np.uint32)
+    zi = np.repeat(np.arange(len(keys), dtype=np.uint32), [len(a) for a in arrays])
+    return _core.splice_cross_refs(_u8(src), rr, zi, marked)
 
 
 class _Fallback(Exception):
@@ -92,7 +117,8 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
             marked[index[k]] = 1
             if zones[index[k]][1][3] & _SIGNED:
                 raise _Fallback("signed zone")
-    if marked.any() and _core.splice_cross_refs(_u8(src), marked):
+    old_refs = _refs(old, zones)
+    if marked.any() and _cross(src, old_refs, [k for k, _z in zones], marked):
         raise _Fallback("an additional-section target crosses zones")
 
     # New zone indices: a removed zone's slot takes the last zone (only its nodes move).
@@ -127,8 +153,13 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     if total > _MAX_IMAGE:
         raise _Fallback("image would exceed the format's 4 GiB limit")
 
-    arr = np.zeros(total, np.uint8)
+    # into the spare buffer the patcher keeps faulted in (patchkit._Spare): a fresh 100 MB
+    # costs its page faults, which dominate a small splice into a big image
+    arr = _SPARE.take(total)
+    if arr is None:
+        arr = np.empty(total, np.uint8)
     arr[:h[3]] = np.frombuffer(src, np.uint8, count=h[3])
+    arr[h[3]:] = 0
     buf = memoryview(arr)
     d_nodes = d_rrsets = d_records = 0
     records = {i: zones[i][1] for i in order}
@@ -137,6 +168,7 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
         if i is not None:
             n, r, c = _core.zone_counts(_u8(src), zones[i][1][5], zones[i][1][6])
             d_nodes, d_rrsets, d_records = d_nodes - n, d_rrsets - r, d_records - c
+    new_refs = {k: old_refs[k] for k, _z in zones if k not in put and k not in remove}
     new_index = {zones[old_i][0]: new_i for new_i, old_i in enumerate(order)}
     for j, k in enumerate(added):
         new_index[k] = len(order) + j
@@ -148,6 +180,8 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
         zi = new_index[key]
         n, r, c = _core.splice_relocate(arr, z[5] + delta, z[6], delta, zi, z[5] + delta)
         d_nodes, d_rrsets, d_records = d_nodes + n, d_rrsets + r, d_records + c
+        z_refs = _refs(img, [(key, z)])[key]
+        new_refs[key] = (z_refs.astype(np.int64) + delta).astype(np.uint32)
         rec = (z[0] + delta, z[1], z[2], z[3], z[4] + delta, z[5] + delta, z[6], z[7], z[8],
                z[9] + delta)
         if key in index:
@@ -175,8 +209,10 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     marked = np.zeros(n_new, np.uint8)
     for k in put:
         marked[new_index[k]] = 1
-    if _core.splice_cross_refs(_u8(buf), marked):
+    if _cross(arr, new_refs, keys, marked):
         raise _Fallback("an additional-section target crosses zones")
+    _REFS[new] = new_refs
+    _SPARE.refill(_next_size(total))
     return new
 
 
