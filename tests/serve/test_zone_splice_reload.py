@@ -30,7 +30,7 @@ def small_patch_limit(monkeypatch):
     # "big" here is over 2 kB, so the child-compile path runs on a small file (the default
     # limit is 1 MiB; the bench runs a million-record zone)
     monkeypatch.setattr(zonepatch, "PATCH_BYTES", 2000)
-    monkeypatch.setattr(zonesplice, "PATCH_BYTES", 2000)
+    monkeypatch.setattr(zonesplice, "CHILD_BYTES", 2000)
 
 
 def zone_entry(tmp_path, name: str) -> dict:
@@ -86,9 +86,10 @@ def test_a_big_changed_zone_is_compiled_alone_and_spliced(tmp_path, small_patch_
     assert s.zones.counts["parsed"] == parsed + 1 and s.zones.counts["spliced"] == 1
     assert s.zone_serials[BIG] == 2 and s.zone_serials["z003.test."] == 1
     assert_as_full_compile(s, tmp_path, zones)
-    # and a small one after it still patches name by name
+    # and a small one after it is compiled alone in-process and spliced too
     (tmp_path / "z003.test.zone").write_text(zone_text("z003.test.", 2, "new IN A 192.0.2.9\n"))
-    assert s.reload() is True and s.zones.counts["patched"] == 1
+    assert s.reload() is True and s.zones.counts["spliced"] == 2
+    assert s.zones.counts["patched"] == 0 and s.zones.counts["parsed"] == parsed + 2
     assert_as_full_compile(s, tmp_path, zones)
 
 

@@ -80,10 +80,11 @@ def changed_files(zs, only: str | None) -> dict[str, tuple[str, dict]] | None:
     return out
 
 
-def try_patch(zs, only: str | None) -> dict | None:
+def try_patch(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     """Reload by patching the changed zones into the served image.  Returns {origin: error} of
     the changed zones that did not load (their previous version keeps serving), or None when
-    this reload needs the full path (nothing has changed then)."""
+    this reload needs the full path (nothing has changed then).  parsed: {origin: ZoneData}
+    the splice already read (serve/zonesplice.py), not read again."""
     image = zs.slot.current
     if image is None or zs.reload_hook is not None:
         return None
@@ -96,13 +97,15 @@ def try_patch(zs, only: str | None) -> dict | None:
             return None
     except OSError:
         return None
-    datas, bad = load_or_fail([(path, name) for name, (path, _) in changed.items()],
-                              zs.config.zone_dir)
-    zs.counts["parsed"] += len(changed)
-    loaded = {d.origin.to_text(): d for d in datas}
+    parsed = parsed or {}
+    datas, bad = load_or_fail([(path, name) for name, (path, _) in changed.items()
+                               if name not in parsed], zs.config.zone_dir)
+    zs.counts["parsed"] += len(changed) - sum(1 for n in changed if n in parsed)
     for d in datas:
         for w in d.warnings:
             log.warning("%s", w)
+    loaded = {d.origin.to_text(): d for d in datas}
+    loaded.update({n: parsed[n] for n in changed if n in parsed})
     bad.update(zs.check_loads({n: d.summary() for n, d in loaded.items()}))
     new = image
     for name, d in loaded.items():

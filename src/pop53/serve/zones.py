@@ -283,9 +283,11 @@ class ZoneSet:
             self.progress = None
 
     def _reload(self, only: str | None) -> bool:
-        failed = try_patch(self, only)    # only the changed zones, patched in
-        if failed is None:                # whole zones: big, added, removed, stand-ins
-            failed = try_splice(self, only)
+        parsed: dict = {}
+        # whole zones compiled alone and spliced in: changed, big, added, removed, stand-ins
+        failed = try_splice(self, only, parsed)
+        if failed is None:                # name by name (targets across zones, nested zones)
+            failed = try_patch(self, only, parsed)
         if failed is not None:
             self.last_error = "; ".join(failed.values()) or None
             self.reload_failures += bool(failed)

@@ -1,18 +1,21 @@
-"""A reload that splices whole zones into the served image (issue 14 point 2): what the name-by-
-name patch (serve/zonepatch.py) does not take.
+"""A reload that splices whole zones into the served image (issue 14 point 2), tried first:
 
-- a changed zone whose file is over PATCH_BYTES: the patcher needs every old and new name as a
-  Python object (a million names: gigabytes in the server and minutes of Python), so such a zone
-  is compiled alone in a child process (serve/childcompile.py) with the served image's hash seed
+- a changed zone whose file is over CHILD_BYTES: the patcher needs every old and new name as
+  a Python object (a million names: gigabytes in the server and minutes of Python), so such a
+  zone is compiled alone in a child process (serve/childcompile.py) with the served image's hash seed
   and spliced in (zone/splice.py: bytes copied, offsets moved in C);
 - zones added to or removed from the configuration (`ctl reload` re-reads it);
 - a SERVFAIL stand-in whose file now loads, and a new zone that does not (it joins as one);
-- a change the patcher turned down (a structural one, such as an apex deleted).
+- any other changed zone: compiled alone in C and spliced, it costs a fraction of the name-by-
+  name patch (serve/zonepatch.py), which builds every name of the zone as a Python object
+  (measured: 0.009 s against 0.255 s of CPU for a 2,000-record zone, 0.05 s against 3.0 s
+  for 20,000).  The patch remains for what a splice turns down (a target crossing zones, a
+  nested zone), with the zones this path already parsed.
 
 Small zones compile alone in-process.  Unchanged zones are neither parsed nor compiled.  What a
-splice leaves to the full reload: a signed zone changing or moving, nested zones, additional-
-section targets crossing between a spliced zone and another (zone/splice.py), transfers owning
-the image, and an image grown past SPLICE_GROWTH times its last full compile.
+splice leaves to the patch or the full reload: a signed zone changing or moving, nested zones,
+additional-section targets crossing between a spliced zone and another (zone/splice.py),
+transfers owning the image, and an image grown past SPLICE_GROWTH times its last full compile.
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import time
 import dns.name
 
 from pop53.errors import ZoneError
-from pop53.serve.zonepatch import PATCH_BYTES
 from pop53.zone.compiler import (CompilerUnavailable, compile_zone_data, failed_zone,
                                  load_or_fail)
 from pop53.zone.splice import splice
@@ -32,6 +34,8 @@ from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.server")
 
+# zone files bigger than this compile alone in a child process (their parse never in the server)
+CHILD_BYTES = 1 << 20
 # a replaced big zone stays in the image as garbage until a full compile: at most one more copy
 SPLICE_GROWTH = 2.5
 
@@ -57,10 +61,11 @@ def _plan(zs, only: str | None):
     return todo, removed
 
 
-def try_splice(zs, only: str | None) -> dict | None:
+def try_splice(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     """Reload by splicing the changed, added and removed zones.  Returns {origin: error} of the
     zones that did not load (a served one keeps its version; a new one joins as a SERVFAIL
-    stand-in), or None when the full reload is needed (nothing has changed then)."""
+    stand-in), or None when another path is needed (nothing has changed then; `parsed` gets
+    {origin: ZoneData} of the zones read in-process, for the name-by-name patch)."""
     image = zs.slot.current
     if image is None or zs.reload_hook is not None:
         return None
@@ -76,7 +81,7 @@ def try_splice(zs, only: str | None) -> dict | None:
         if zs.progress is not None:
             zs.progress.update(phase="compiling changed zones", zone=name, done=i, total=len(todo))
         try:
-            big = os.path.getsize(path) > PATCH_BYTES
+            big = os.path.getsize(path) > CHILD_BYTES
         except OSError:
             big = False
         if big:
@@ -113,6 +118,8 @@ def try_splice(zs, only: str | None) -> dict | None:
                 bad[name] = str(exc)
                 continue
             datas[name] = d
+            if parsed is not None:
+                parsed[name] = d
         put[_key(name)] = img
         serials[name] = summary["serial"]
         files[name] = summary["files"]
