@@ -24,6 +24,7 @@ from pop53.serve.loads import check_loads
 from pop53.serve.childcompile import ChildCompile
 from pop53.serve.saved import BackgroundSave, load_saved_image, save_image
 from pop53.serve.zonepatch import try_patch
+from pop53.serve.zonesplice import try_splice
 from pop53.zone.compiler import CompilerUnavailable, compile_zone_data, load_or_fail, with_stand_ins
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file
@@ -55,8 +56,9 @@ class ZoneSet:
         # more checks of a new image before it is published (raise to reject it): the
         # mapping's static clashes (pop53.mapping.service)
         self.image_checks: list[Callable[[Image], None]] = []
-        # zone files parsed and zones patched into the served image, since start
-        self.counts = {"parsed": 0, "patched": 0}
+        # zone files parsed, zones patched into the served image name by name, and zones
+        # spliced in whole (added, removed, big, stand-ins: serve/zonesplice.py), since start
+        self.counts = {"parsed": 0, "patched": 0, "spliced": 0}
         self.full_size = 0         # bytes of the last full compile (patches add garbage)
         # what a reload is doing, for `ctl status` while it runs (issue 14 point 2)
         self.progress: dict | None = None
@@ -286,7 +288,11 @@ class ZoneSet:
             self.progress = None
 
     def _reload(self, only: str | None) -> bool:
-        failed = try_patch(self, only)    # only the changed zones, patched in
+        parsed: dict = {}
+        # whole zones compiled alone and spliced in: changed, big, added, removed, stand-ins
+        failed = try_splice(self, only, parsed)
+        if failed is None:                # name by name (targets across zones, nested zones)
+            failed = try_patch(self, only, parsed)
         if failed is not None:
             self.last_error = "; ".join(failed.values()) or None
             self.reload_failures += bool(failed)
