@@ -548,8 +548,9 @@ def main(argv=None) -> int:
                 d.columns.drop_locations()
         # straight to the file: the image is never held whole in this process (issue 15)
         from pop53.zone.imagefile import compile_to_file
+        # a scratch file the parent maps once this process has exited: no fsync owed to it
         size = compile_to_file(datas, args.out, seed=args.seed, expired=sorted(failed),
-                               consume=True)
+                               consume=True, sync=False)
         print(json.dumps({"ok": True, "bytes": size, "failed": failed, "loaded": loaded,
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
