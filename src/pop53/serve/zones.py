@@ -34,6 +34,14 @@ log = logging.getLogger("pop53.server")
 ISOLATE_BYTES = 1 << 20   # zone files larger than this in all compile in a child process
 
 
+def _progress(p: dict | None) -> dict | None:
+    """A reload's progress for `ctl status`: its phase and zone counts, seconds since it began."""
+    if p is None:
+        return None
+    return {**{k: v for k, v in p.items() if k != "since"},
+            "seconds": round(time.monotonic() - p["since"], 3)}
+
+
 class ZoneSet:
     def __init__(self, config: Callable[[], Config], slot: ImageSlot):
         """config(): the running configuration (a config reload replaces it)."""
@@ -80,14 +88,7 @@ class ZoneSet:
                 "zones": {k: v for k, v in self.serials.items() if self.served(k)},
                 "failed": dict(self.failed), "waiting": list(self.waiting),
                 "reload_failures": self.reload_failures, "last_error": self.last_error,
-                "loads": dict(self.counts), "progress": self._progress()}
-
-    def _progress(self) -> dict | None:
-        p = self.progress
-        if p is None:
-            return None
-        return {**{k: v for k, v in p.items() if k != "since"},
-                "seconds": round(time.monotonic() - p["since"], 3)}
+                "loads": dict(self.counts), "progress": _progress(self.progress)}
 
     def stop(self) -> None:
         """At process stop: a compile in flight is cancelled at once; a saved image being
