@@ -79,8 +79,13 @@ class ImagePublisher:
         # in between would make the changed names incomplete)
         if prev is None or version.steps[0].old_serial != prev.serial:
             return None
+        data = version.view
+        if data is None:
+            if getattr(version.data, "_zone", True) is None:
+                return None     # records form without a view: data.zone would build it all
+            data = version.data
         from pop53.zone.incremental import patch_image
-        image = patch_image(self.last_image, name, version.data, version.changed)
+        image = patch_image(self.last_image, name, data, version.changed)
         if image is None:
             self.last_fallback = patch_image.last_reason
         return image
@@ -229,6 +234,9 @@ class ImagePublisher:
         for name, data in self.zones.items():
             if data is zones[name]:
                 continue
+            if since.get(name) and getattr(data, "_zone", True) is None:
+                from pop53.xfr.recversion import view_of
+                data = view_of(data, since[name])     # records form: the changed names only
             image = patch_image(image, name, data, since.get(name, ())) if since.get(name) else None
             if image is None:
                 log.info("compaction dropped: zone %s changed meanwhile and did not patch", name)
