@@ -226,7 +226,7 @@ def main(argv=None) -> int:
         order = list(rows)
         for rnd in range(a.rounds):
             for label in (order if rnd % 2 == 0 else order[::-1]):
-                work = root / f"{label.split()[0]}-{rnd}"
+                work = root / f"{label.replace(' ', '-').strip('()').replace('(', '')}-{rnd}"
                 work.mkdir(parents=True)
                 port = free_port()
                 if label == "knot":

@@ -73,6 +73,11 @@ cdef class XfrReader:
     cdef uint32_t client, step_new
     cdef readonly int style
     cdef int phase              # incremental: 0 deletions, 1 additions
+    # the previous record's owner as sent and its node: a transfer sends a name's records
+    # together, so most owners skip the name table
+    cdef uint8_t prev[256]
+    cdef int prev_len
+    cdef uint32_t prev_node
 
     def __init__(self, bytes origin_wire, str source, object hooks, client_serial=None):
         """client_serial: None for an AXFR; the serial of our version for an IXFR, whose every
@@ -250,7 +255,11 @@ cdef class XfrReader:
                 if not xw_is_sub(nm, n, self.zone, self.zone_len):
                     raise XfrWireError("out-of-zone data in transfer: "
                                        + self.hooks.name_text(PyBytes_FromStringAndSize(<const char*>nm, n)))
-                self.out.emit(nm, n, rtype, ttl)
+                if n != self.prev_len or memcmp(nm, self.prev, n) != 0:
+                    self.prev_node = self.out.node_of(nm, n)
+                    memcpy(self.prev, nm, n)
+                    self.prev_len = n
+                self.out.emit_at(self.prev_node, rtype, ttl)
                 self.records += 1
         if p != mlen:
             raise XfrWireError("trailing junk after the message")
