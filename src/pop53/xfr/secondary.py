@@ -195,10 +195,11 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
             failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
+        same = set(failed) == set(zset.failed)
         zset.note_failed(failed)
-        # recompile the file zones together with the transferred ones (the next IXFR patch
-        # starts from this image)
-        publisher.recompile(static=list(new.values()))
+        # the changed file zones patched into the image beside the transferred ones, or all
+        # compiled again (the next IXFR patch starts from this image)
+        publisher.update_static(list(new.values()), same)
         zset.files.update({n: d.files for n, d in new.items()})
         return bad
 
