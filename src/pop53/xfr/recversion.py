@@ -197,18 +197,19 @@ def find_many(r: Records, keys) -> dict[bytes, int]:
         by_len.setdefault(len(k), set()).add(k)
     names = np.frombuffer(r.names, dtype=np.uint8)
     for n, want in by_len.items():
-        cand = np.nonzero(r.node_len == n)[0]
-        if not len(cand):
-            continue
-        rows = names[r.node_off[cand].astype(np.int64)[:, None] + np.arange(n)]
-        upper = (rows >= 65) & (rows <= 90)     # label lengths are < 64: never folded
-        rows = rows + upper.astype(np.uint8) * 32
-        flat = np.ascontiguousarray(rows).view(f"V{n}").ravel()
         targets = np.array([np.frombuffer(k, dtype=np.uint8) for k in want]).view(f"V{n}").ravel()
-        hit = np.nonzero(np.isin(flat, targets))[0]
-        for i in hit.tolist():
-            out[bytes(flat[i])] = int(cand[i])
+        cands = np.nonzero(r.node_len == n)[0]
+        for a in range(0, len(cands), _SLICE):      # bounded temporaries (8 octets per index)
+            cand = cands[a:a + _SLICE]
+            rows = names[r.node_off[cand].astype(np.int64)[:, None] + np.arange(n)]
+            rows += ((rows >= 65) & (rows <= 90)).astype(np.uint8) * 32   # label lengths < 64
+            flat = np.ascontiguousarray(rows).view(f"V{n}").ravel()
+            for i in np.nonzero(np.isin(flat, targets))[0].tolist():
+                out[bytes(flat[i])] = int(cand[i])
     return out
+
+
+_SLICE = 1 << 16
 
 
 def apply_steps(base: ZoneData, steps, source: str):
