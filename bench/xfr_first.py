@@ -111,6 +111,30 @@ def _pop53_serve(work: Path, port: int, primary: int) -> list[str]:
     return [sys.executable, "-m", "pop53", "serve", "-c", str(work / "pop53.toml")]
 
 
+def _serve_phases(log: Path) -> dict:
+    """From a `pop53 serve` secondary's log (millisecond timestamps): seconds from its start
+    line to the transfer's start, the transfer (its own log line), and from the transfer's end to
+    the image published (the publisher's line: checks, compile, publish)."""
+    import re
+
+    def ts(line: str) -> float:
+        return _dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    start = axfr_end = axfr_s = published = None
+    for line in log.read_text(errors="replace").splitlines():
+        if " starting, pid " in line and start is None:
+            start = ts(line)
+        m = re.search(r"AXFR in from .*, ([0-9.]+) s, key", line)
+        if m and axfr_end is None:
+            axfr_end, axfr_s = ts(line), float(m.group(1))
+        if ": image compiled and published in " in line and published is None:
+            published = ts(line)
+    if None in (start, axfr_end, published):
+        return {}
+    return {"start->axfr": axfr_end - axfr_s - start, "axfr": axfr_s,
+            "axfr->published": published - axfr_end}
+
+
 def _pop53(work: Path, primary: int, probe: str, timeout: float) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     t0 = time.monotonic()
@@ -237,6 +261,8 @@ def main(argv=None) -> int:
                     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
                     r = _secondary(label, _pop53_serve(work, port, pport), work, port, ds.probe,
                                    a.timeout, env)
+                    if r["ok"]:
+                        r["phases"] = _serve_phases(work / "server.log")
                 else:
                     r = _pop53(work, pport, ds.probe, a.timeout)
                 print(label, rnd, r, flush=True)
@@ -274,10 +300,16 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {med:.2f} s | {runs} | "
                      f"{ratio} | {cpu:.2f} s | {cratio} | "
                      f"{statistics.median(r['peak_mib'] for r in rs):.0f} MiB |")
+    serve = [r for r in rows["pop53 serve"] if r.get("phases")]
+    if serve:
+        ph = {k: statistics.median(r["phases"][k] for r in serve) for k in serve[0]["phases"]}
+        lines += ["", "pop53 serve phases from its log (median s; imports come before its start "
+                  "line): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())]
     pop = rows["pop53 (records path)"]
     if pop:
         ph = {k: statistics.median(r["phases"][k] for r in pop) for k in pop[0]["phases"]}
-        lines += ["", "pop53 phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+        lines += ["", "pop53 records path phases (median s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
                   + f"; image {pop[0]['image_mib']:.0f} MiB, {pop[0]['records']:,} records"]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(e[:200] for e in errors)]

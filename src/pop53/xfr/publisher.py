@@ -100,6 +100,7 @@ class ImagePublisher:
               "images published for transferred zones, by how they were made", path=path)
 
     def _publish(self, name: str, version: ZoneVersion | None) -> None:
+        t0 = time.monotonic()
         zones = dict(self.zones)
         expired = set(self.expired)
         if version is None:
@@ -129,6 +130,8 @@ class ImagePublisher:
             if self.check_image is not None:
                 self.check_image(image)
         self.server_publish(image)
+        log.info("zone %s: image %s and published in %.3f s (%d bytes)", name,
+                 "patched" if patched else "compiled", time.monotonic() - t0, len(image))
         self.zones = zones
         self.expired = expired
         self.last_image = image

@@ -237,14 +237,8 @@ def apply_steps(base: ZoneData, steps, source: str):
             if key not in owners:
                 ancestors.add(key)
     found = find_many(r, set(owners) | ancestors)
-    wanted = np.array(sorted(found.values()), dtype=np.uint32)
-    sel = np.nonzero(np.isin(r.node, wanted))[0]
-    node_key = {v: k for k, v in found.items()}
-    model: dict[bytes, dict] = {k: {} for k in list(owners) + list(ancestors)}
-    for i in sel.tolist():
-        t, rd = int(r.type[i]), r.rdata_of(i)
-        rs = model[node_key[int(r.node[i])]].setdefault((t, _covers(t, rd)), [int(r.ttl[i]), []])
-        rs[1].append(rd)
+    sel, read = _read(r, found)
+    model: dict[bytes, dict] = {k: read.get(k, {}) for k in list(owners) + list(ancestors)}
     for key, nd in found.items():
         if key in owners:
             owners[key] = r.owner_wire(nd)          # the name as the zone has it
@@ -413,16 +407,21 @@ def view_of(data: ZoneData, names) -> ZoneData:
             keys.add(k)
             k = _parent(k)
     found = find_many(r, keys)
-    node_key = {v: k for k, v in found.items()}
-    model: dict[bytes, dict] = {}
     owners = {k: r.owner_wire(nd) for k, nd in found.items()}
+    return _view(origin, data.source, owners, _read(r, found)[1])
+
+
+def _read(r: Records, found: dict[bytes, int]):
+    """(indexes of the records of the nodes in `found`, {key: {(type, covers): [ttl, [rdata]]}})."""
+    node_key = {v: k for k, v in found.items()}
     sel = np.nonzero(np.isin(r.node, np.array(sorted(found.values()), dtype=np.uint32)))[0]
+    model: dict[bytes, dict] = {}
     for i in sel.tolist():
         t, rd = int(r.type[i]), r.rdata_of(i)
         rs = model.setdefault(node_key[int(r.node[i])], {}).setdefault((t, _covers(t, rd)),
                                                                        [int(r.ttl[i]), []])
         rs[1].append(rd)
-    return _view(origin, data.source, owners, model)
+    return sel, model
 
 
 def validate_applied(new: ZoneData, view: ZoneData, changed) -> list[str]:
