@@ -4,6 +4,7 @@ compiled again with every zone; the patched image answers as a full compile does
 from __future__ import annotations
 
 import dns.message
+import dns.name
 import dns.rcode
 import dns.zone
 
@@ -48,6 +49,10 @@ def test_reload_and_axfr_patch_one_zone(tmp_path, fake_primary):
         assert [rd.address for rd in query(port, "a.file.example.", "A").answer[0]] == ["192.0.2.2"]
         assert query(port, "b.deep.file.example.", "TXT").answer
         assert query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR
+        # the engine keeps the file zone in the records form, and its reload as a diff (IXFR out)
+        fst = service.zones[dns.name.from_text("file.example.")]
+        assert hasattr(fst.zone, "columns") and fst.zone._zone is None
+        assert [(s.old_serial, s.new_serial) for s in fst.history[-1].steps] == [(1, 2)]
 
         # a full transfer (retransfer) of the secondary zone: that zone alone patched
         primary.set(dns.zone.from_text(zone_text(serial=2, extra="new 300 IN A 192.0.2.77\n"),
@@ -56,6 +61,11 @@ def test_reload_and_axfr_patch_one_zone(tmp_path, fake_primary):
         wait_for(lambda: query(port, "new.example.org.", "A").answer, 20, what="the AXFR")
         assert pub.stats["patched"] == patched + 2 and pub.stats["compiled"] == compiled
         assert service.stats["xfr_in.axfr.ok"] == 2
+        # the full transfer became one diff in the journal (records form, a small zone)
+        sst = service.zones[dns.name.from_text("example.org.")]
+        step = sst.history[-1].steps[0]
+        assert (step.old_serial, step.new_serial) == (1, 2)
+        assert [str(n) for n, _t, _r in step.added] == ["new.example.org."] and not step.deleted
 
         # the patched image answers as a full compile of the same zones
         img = server.slot.current

@@ -110,7 +110,7 @@ class ImagePublisher:
             expired.discard(name)
         try:
             image = self._try_patch(name, version) if version is not None else None
-            if image is None and version is not None and not version.steps \
+            if image is None and version is not None and not version.changed \
                     and self.incremental and name not in self.expired:
                 # a full transfer: that zone alone is patched in (xfr/wholepatch.py)
                 image = patch_whole_zone(self.last_image, version.data, self.zones.get(name))

@@ -484,6 +484,47 @@ def load(path: Path, origin: dns.name.Name) -> ZoneData:
         raise jr.JournalError(f"{path}: {exc}") from None
 
 
+DIFF_RECORDS = 50_000
+
+
+def diff(old, new) -> jr.Diff | None:
+    """The single IXFR step from `old` to `new` (either form), as jr.diff_zones makes it, for
+    versions of up to DIFF_RECORDS records each (one Python tuple per record); None beyond
+    (the new version then starts a new chain: IXFR-out answers older serials with an AXFR)."""
+    if not is_records(old) and not is_records(new):
+        return jr.diff_zones(old, new)
+    if jr.count_records(old) > DIFF_RECORDS or jr.count_records(new) > DIFF_RECORDS:
+        return None
+    a, b = _rrsets(old), _rrsets(new)
+    deleted, added = [], []
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if x is not None and y is not None and x[0] == y[0] and set(x[1]) == set(y[1]):
+            continue
+        if x is not None:
+            deleted.extend(x[1])
+        if y is not None:
+            added.extend(y[1])
+    return to_diff(WireStep(_soa_wire(old), _soa_wire(new), tuple(deleted), tuple(added)))
+
+
+def _rrsets(version) -> dict:
+    """{(owner key, type, covers): (ttl, [wire RR])} without the SOA."""
+    rrs = wire_rrs(version) if is_records(version) else (
+        (name.to_wire(), int(rd.rdtype), int(ttl), rd.to_wire())
+        for name, ttl, rd in jr.iter_rrs(version) if rd.rdtype != _SOA)
+    out: dict = {}
+    for rr in rrs:
+        key = (rr[0].lower(), rr[1], _covers(rr[1], rr[3]))
+        out.setdefault(key, (rr[2], []))[1].append(rr)
+    return out
+
+
+def _soa_wire(version) -> WireRR:
+    name, ttl, rd = jr.soa_of(version)
+    return (name.to_wire(), _SOA, int(ttl), rd.to_wire())
+
+
 # ------------------------------------------------------------------------------- the engine's
 def apply_any(base, steps, source: str):
     """Steps applied to a version of either form: (new, changed names, delta, view or None)."""

@@ -273,17 +273,18 @@ class Refresher(EnginePart):
                                          source, view)
             return True
         # A full transfer.  Against our previous version it becomes one diff, so that the
-        # journal, a restart and our own IXFR service cover it like any other change.  (Not
-        # for the records form: the diff would need the whole zone as dnspython objects; the
-        # version starts a new chain, and IXFR-out answers older serials with an AXFR.)
+        # journal, a restart and our own IXFR service cover it like any other change.  (For
+        # the records form only up to recversion.DIFF_RECORDS records: beyond, the version
+        # starts a new chain, and IXFR-out answers older serials with an AXFR.)
         new = payload
         steps = None
-        if base is not None and not rv.is_records(new) and not rv.is_records(base):
+        if base is not None:
             try:
-                steps = (await asyncio.to_thread(jr.diff_zones, base, new),)
+                d = await asyncio.to_thread(rv.diff, base, new)
             except jr.DiffError as exc:
                 self.svc.keeper.reject(st, f"{source}: {exc}", "validation")
                 raise UpdateRejected(str(exc)) from None
+            steps = (d,) if d is not None else None
         records = await asyncio.to_thread(jr.count_records, new)
         tm["applied"] = time.monotonic()
         rec = jr.Record(steps, time.time(), full=True) if steps else None

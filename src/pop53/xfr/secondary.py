@@ -84,6 +84,12 @@ class ControlPlane:
         return reply
 
 
+def _version(data):
+    """What the engine keeps of a file zone: the scanner's columns (the records form, no
+    dnspython object per record), else its dnspython zone."""
+    return data if data.columns is not None else data.zone
+
+
 def build(cfg: Config) -> tuple[Server, XfrService | None]:
     """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
     if not needs_engine(cfg):
@@ -133,7 +139,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     holder["service"] = service
     server.control_handler = ControlPlane(service, server)
     for name, data in files.items():
-        service.set_local_zone(name, data.zone)
+        service.set_local_zone(name, _version(data))
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
     zset.note_failed(failed)
     zset.data = dict(files)
@@ -191,7 +197,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         else:
             new.update({n: d for n, d in old.items() if n in catalogs.made})
         for name, data in new.items():
-            service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
+            service.set_local_zone(name, _version(data))   # journals the diff, NOTIFYs secondaries
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
             failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
