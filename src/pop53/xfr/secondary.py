@@ -114,6 +114,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         have = {d.origin.to_text() for d in zones}
         secondaries = [st.name for st in list(holder["service"].zones.values())
                        if st.conf.secondary]
+        holder["secondaries"] = set(secondaries)     # the zone set this image was made for
         waiting = holder["waiting"] = [n for n in secondaries if n not in have]
         if not holder["hold"]:
             zset.waiting = waiting
@@ -201,7 +202,10 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
             failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
-        same = set(failed) == set(zset.failed)
+        # a patch only when neither the stand-ins nor the engine's zone set changed (a config
+        # reload adds or removes zones before it calls this)
+        same = set(failed) == set(zset.failed) and holder.get("secondaries") == {
+            st.name for st in list(service.zones.values()) if st.conf.secondary}
         zset.note_failed(failed)
         # the changed file zones patched into the image beside the transferred ones, or all
         # compiled again (the next IXFR patch starts from this image)
