@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gc
 
+import dns.message
 import dns.name
 import dns.rdata
 import dns.rdatatype
