@@ -308,10 +308,13 @@ def patch_image(old: Image, zone_origin, new_data: ZoneData, changed_names) -> I
         patch_image.last_reason = str(exc)
         return None
     patch_image.last_reason = None
-    # the image holds the numpy array, not the memoryview over it: the garbage collector may
-    # clear a memoryview in a reference cycle while ImageView still holds its exported buffer,
-    # and releasing that buffer then crashes (CPython memoryobject.c, mbuf already cleared)
-    image = Image(buf.obj if isinstance(buf, memoryview) else buf, full_check=False)
+    # the image holds the numpy array itself, not the memoryview the patch wrote through: an
+    # export of a memoryview held by the image's view crashes the garbage collector when both
+    # end up in unreachable cycles (CPython's memory_clear drops the view's buffer while it is
+    # still exported; seen as a segfault or "deallocated bytearray object has exported buffers"
+    # at the exit of the xfr tests)
+    image = Image(buf.obj if isinstance(buf, memoryview) and buf.obj is not None else buf,
+                  full_check=False)
     _INDEX[image] = p.next_index
     _SPARE.refill(_next_size(len(image)))
     return image
