@@ -213,9 +213,8 @@ class Refresher(EnginePart):
         # UDP first, TCP when truncated (RFC 1035 §4.2); dnspython verifies the response's TSIG
         # against our key and request MAC and raises on a missing or bad one.
         t0 = time.time()
-        r, tcp = await dns.asyncquery.udp_with_fallback(q, primary.host,
-                                                        timeout=self.config.timeout,
-                                                        port=primary.port)
+        r, tcp = await dns.asyncquery.udp_with_fallback(
+            q, primary.host, timeout=self.config.timeout, port=primary.port)
         dnstap.control(dnstap.RESOLVER, tcp, None, (primary.host, primary.port), q.wire,
                        [r.wire], t0)
         if r.rcode() != dns.rcode.NOERROR:
