@@ -38,6 +38,7 @@ include "layout.pxi"
 include "observe.pxi"
 include "dnstap_out.pxi"
 include "zonebuild.pxi"
+include "zonebuild_dsec.pxi"
 include "xfrwire.pxi"
 
 import sys as _sys
