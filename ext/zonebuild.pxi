@@ -152,9 +152,9 @@ cdef class FlatZone:
         self.radd_n = <uint32_t*>calloc(self.n_rrsets or 1, 4)
         if self.radd == NULL or self.radd_n == NULL:
             raise MemoryError()
-        self._split_nsec3()
+        zone_split_nsec3(self)                    # zonebuild_dsec.pxi
         self._structure()
-        self._write_order()
+        zone_write_order(self)
 
     # -- names -----------------------------------------------------------------------------
     cdef int _reserve(self, uint64_t n) except -1:
@@ -180,7 +180,7 @@ cdef class FlatZone:
             raise MemoryError()
         self.mask = size - 1
         for i in range(self.n_nodes):
-            if self.nflags[i] & N_NSEC:           # not a name of the zone (_split_nsec3)
+            if self.nflags[i] & N_NSEC:           # not a name of the zone (zone_split_nsec3)
                 continue
             s = self._hash(i) & self.mask
             while self.slots[s]:
@@ -231,7 +231,7 @@ cdef class FlatZone:
         return i
 
     cdef int _structure(self) except -1:
-        """compiler._ZoneBuild._structure after its NSEC3 split (_split_nsec3)."""
+        """compiler._ZoneBuild._structure after its NSEC3 split (zone_split_nsec3)."""
         cdef uint32_t n_orig = self.n_nodes, i, a
         cdef int64_t p, found
         cdef uint64_t koff
@@ -294,41 +294,6 @@ cdef class FlatZone:
                     p = self.rec[self.rfirst[a]]
                     self.neg_ttl = min(self.rttl[a], rd32(<const uint8_t*>PyBytes_AS_STRING(
                         self.rdata) + self.rdoff[p] + self.rdlen[p] - 4))
-        return 0
-
-    cdef int _split_nsec3(self) except -1:
-        """dnssec.index.split_nsec3_owners: a name holding only NSEC3 (and its RRSIG) is a hashed
-        owner, not a name of the zone (RFC 5155 §7.1): N_NSEC, out of the name table."""
-        cdef uint32_t i, a
-        cdef bint n3, other
-        for i in range(self.n_nodes):
-            n3 = other = False
-            for a in range(self.nrr[i], self.nrr[i] + self.nnrr[i]):
-                if self.rtype[a] == 50:
-                    n3 = True
-                elif self.rtype[a] != 46:
-                    other = True
-            if n3 and not other:
-                self.nflags[i] |= N_NSEC
-                self.n_nsec3 += 1
-        if self.n_nsec3:
-            self._rehash(self.mask + 1)
-        return 0
-
-    cdef int _write_order(self) except -1:
-        """The node compile writes a zone's names (in its dict's order), then its NSEC3 owners."""
-        cdef uint32_t i, k = 0, h
-        if not self.n_nsec3:
-            return 0
-        self.worder = <uint32_t*>_zb_grow(NULL, 4 * <size_t>self.n_nodes)
-        h = self.n_nodes - self.n_nsec3
-        for i in range(self.n_nodes):
-            if self.nflags[i] & N_NSEC:
-                self.worder[h] = i
-                h += 1
-            else:
-                self.worder[k] = i
-                k += 1
         return 0
 
     cdef inline uint32_t wnode(self, uint32_t j) noexcept:

@@ -13,6 +13,43 @@ cdef extern from "stdlib.h" nogil:
                  int (*compar)(const void*, const void*, void*) noexcept nogil, void* arg)
 
 
+cdef int zone_split_nsec3(FlatZone fz) except -1:
+    """dnssec.index.split_nsec3_owners: a name holding only NSEC3 (and its RRSIG) is a hashed
+    owner, not a name of the zone (RFC 5155 §7.1): N_NSEC, out of the name table."""
+    cdef uint32_t i, a
+    cdef bint n3, other
+    for i in range(fz.n_nodes):
+        n3 = other = False
+        for a in range(fz.nrr[i], fz.nrr[i] + fz.nnrr[i]):
+            if fz.rtype[a] == 50:
+                n3 = True
+            elif fz.rtype[a] != 46:
+                other = True
+        if n3 and not other:
+            fz.nflags[i] |= N_NSEC
+            fz.n_nsec3 += 1
+    if fz.n_nsec3:
+        fz._rehash(fz.mask + 1)
+    return 0
+
+
+cdef int zone_write_order(FlatZone fz) except -1:
+    """The node compile writes a zone's names (in its dict's order), then its NSEC3 owners."""
+    cdef uint32_t i, k = 0, h
+    if not fz.n_nsec3:
+        return 0
+    fz.worder = <uint32_t*>_zb_grow(NULL, 4 * <size_t>fz.n_nodes)
+    h = fz.n_nodes - fz.n_nsec3
+    for i in range(fz.n_nodes):
+        if fz.nflags[i] & N_NSEC:
+            fz.worder[h] = i
+            h += 1
+        else:
+            fz.worder[k] = i
+            k += 1
+    return 0
+
+
 cdef inline int _zd_labels(const uint8_t* k, Py_ssize_t n, uint16_t* at) noexcept nogil:
     """The start of each label of a wire name (not the root's); returns how many (at most 130:
     a 255-octet name has 127, "*." before it one more)."""

@@ -206,7 +206,7 @@ def _digest(data: bytes) -> str:
 
 
 def _at_dollars(rx, text):
-    """rx.finditer(text) for a pattern that starts with `^\$` (MULTILINE): tried only where a
+    """rx.finditer(text) for a MULTILINE pattern that starts at a line's "$": tried only where a
     "$" is, since re tries every position (0.9 s per 50 MB with IGNORECASE; a signed zone of a
     million names is 550 MB of text with no "$" past its first lines)."""
     dollar = "$" if isinstance(text, str) else b"$"
