@@ -39,6 +39,7 @@ include "observe.pxi"
 include "dnstap_out.pxi"
 include "zonebuild.pxi"
 include "zonebuild_dsec.pxi"
+include "zonestream.pxi"
 include "xfrwire.pxi"
 
 import sys as _sys

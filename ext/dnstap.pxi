@@ -27,6 +27,8 @@ cdef enum:
     DT_UDP = 1                # dnstap SocketProtocol
     DT_TCP = 2
     DT_PAD = 0xFFFFFFFF       # dt_rec_t.size: skip to the end of the buffer
+    DT_AUTH = 1               # dnstap Message.Type of the query: AUTH_QUERY (response: +1)
+    DT_RESOLVER = 3           # RESOLVER_QUERY: what our control plane sends (docs/dnstap.md)
 
 cdef struct dt_rec_t:
     uint32_t size             # the whole record, header included, a multiple of 8; or DT_PAD
@@ -44,6 +46,8 @@ cdef struct dt_rec_t:
     int64_t rsec
     uint32_t qnsec
     uint32_t rnsec
+    uint8_t mt                # the query's Message.Type (DT_AUTH, DT_RESOLVER); response: mt + 1
+    uint8_t zlen              # query_zone bytes after the reply (a name in wire form), 0: none
 
 
 cdef inline bint dt_sampled(dt_ring_t* r) noexcept nogil:
@@ -58,18 +62,26 @@ cdef inline bint dt_sampled(dt_ring_t* r) noexcept nogil:
 
 cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* caddr,
                   uint16_t cport, const uint8_t* query, uint32_t qlen, const uint8_t* reply,
-                  uint32_t rlen, const timespec* tq, const uint8_t* saddr=NULL) noexcept nogil:
+                  uint32_t rlen, const timespec* tq, const uint8_t* saddr=NULL,
+                  uint8_t kinds=0, uint8_t mt=DT_AUTH, const uint8_t* zone=NULL,
+                  uint8_t zlen=0) noexcept nogil:
     """Copy one sampled exchange (query and/or reply, as r.kinds says) into the ring.  tq: when
     the query was received (CLOCK_REALTIME), NULL: now.  saddr: the address the query was sent
-    to (same family), NULL: the ring's (the listen address).  False (and counted) when full."""
+    to (same family), NULL: the ring's (the listen address).  kinds: what to copy instead of
+    r.kinds (a dropped query: DT_QUERY alone).  mt: the query's dnstap type (DT_AUTH: we answer;
+    DT_RESOLVER: we asked, caddr is ours).  zone: query_zone (a wire-form name, zlen bytes).
+    False (and counted) when full."""
     cdef uint64_t head = r.head, pos, to_end, need, total
-    cdef uint32_t ql = qlen if (r.kinds & DT_QUERY) and qlen <= 65535 else 0
-    cdef uint32_t rl = rlen if (r.kinds & DT_RESPONSE) and reply != NULL and rlen <= 65535 else 0
+    cdef uint8_t k = kinds if kinds and r.kinds else r.kinds     # r.kinds 0: dnstap is off
+    cdef uint32_t ql = qlen if (k & DT_QUERY) and query != NULL and qlen <= 65535 else 0
+    cdef uint32_t rl = rlen if (k & DT_RESPONSE) and reply != NULL and rlen <= 65535 else 0
     cdef dt_rec_t* rec
     cdef timespec now
     if ql == 0 and rl == 0:
         return True
-    need = (sizeof(dt_rec_t) + ql + rl + 7) & ~(<uint64_t>7)
+    if zone == NULL:
+        zlen = 0
+    need = (sizeof(dt_rec_t) + ql + rl + zlen + 7) & ~(<uint64_t>7)
     pos = head & (r.cap - 1)
     to_end = r.cap - pos
     total = need if need <= to_end else to_end + need
@@ -97,10 +109,14 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
     rec.qnsec = <uint32_t>(tq.tv_nsec if tq != NULL else now.tv_nsec)
     rec.rsec = now.tv_sec
     rec.rnsec = <uint32_t>now.tv_nsec
+    rec.mt = mt
+    rec.zlen = zlen
     if ql:
         memcpy(r.buf + pos + sizeof(dt_rec_t), query, ql)
     if rl:
         memcpy(r.buf + pos + sizeof(dt_rec_t) + ql, reply, rl)
+    if zlen:
+        memcpy(r.buf + pos + sizeof(dt_rec_t) + ql + rl, zone, zlen)
     p53_store_u64(&r.head, head + need)
     return True
 
@@ -108,9 +124,10 @@ cdef bint dt_push(dt_ring_t* r, uint8_t proto, uint8_t family, const uint8_t* ca
 cdef inline void dt_sockaddr(dt_ring_t* r, uint8_t proto, const uint8_t* sa,
                              const uint8_t* query, uint32_t qlen, const uint8_t* reply,
                              uint32_t rlen, const timespec* tq, const void* control=NULL,
-                             size_t control_len=0) noexcept nogil:
+                             size_t control_len=0, uint8_t kinds=0) noexcept nogil:
     """dt_push for a peer given as a struct sockaddr (AF_INET or AF_INET6), if sampled.
-    control: the datagram's control data (IP_PKTINFO gives the address it was sent to)."""
+    control: the datagram's control data (IP_PKTINFO gives the address it was sent to).
+    kinds: as dt_push's (DT_QUERY: a query dropped without a reply)."""
     cdef uint16_t fam, port
     cdef uint8_t dst[16]
     cdef int dfam
@@ -121,7 +138,7 @@ cdef inline void dt_sockaddr(dt_ring_t* r, uint8_t proto, const uint8_t* sa,
     dfam = p53_pktinfo_dst(control, control_len, dst)
     if fam == 2:                                  # AF_INET: sin_addr at 4
         dt_push(r, proto, 4, sa + 4, port, query, qlen, reply, rlen, tq,
-                dst if dfam == 4 else NULL)
+                dst if dfam == 4 else NULL, kinds)
     elif fam == 10:                               # AF_INET6: sin6_addr at 8
         dt_push(r, proto, 6, sa + 8, port, query, qlen, reply, rlen, tq,
-                dst if dfam == 6 else NULL)
+                dst if dfam == 6 else NULL, kinds)

@@ -61,6 +61,49 @@ cdef class DnstapRing:
                        len(query) if query is not None else 0, rp,
                        len(reply) if reply is not None else 0, NULL)
 
+    def configure(self, uint32_t sample, bint queries, bint responses):
+        """New sampling and kinds while the reader runs (`ctl reload`): plain stores the reader
+        sees at its next sampled query; a countdown above the new rate is cut to it."""
+        if sample < 1:
+            raise ValueError("sample is 1 in N, N >= 1")
+        self.r.kinds = (DT_QUERY if queries else 0) | (DT_RESPONSE if responses else 0)
+        self.r.sample = sample
+        if self.r.countdown > sample:
+            self.r.countdown = sample
+
+    def log(self, int mt, bint tcp, bytes client not None, int cport, bytes server, int sport,
+            bytes query=None, bytes reply=None, double qtime=0.0, bytes zone=None):
+        """One control-plane message, not sampled (the caller holds a lock: one producer):
+        mt DT_AUTH (1: we answer; client = the peer) or DT_RESOLVER (3: we asked; client = our
+        address, server = the peer).  qtime: when the query was sent or received (time.time()),
+        0: now.  zone: query_zone, a name in wire form.  False when the ring was full (counted)."""
+        cdef timespec tq
+        cdef uint8_t kinds = (DT_QUERY if query is not None else 0) | \
+            (DT_RESPONSE if reply is not None else 0)
+        kinds &= self.r.kinds                 # `queries` / `responses` hold here too
+        if not kinds:
+            return True
+        if len(client) not in (4, 16) or (server is not None and len(server) != len(client)):
+            raise ValueError("client and server: 4 or 16 address bytes, the same family")
+        if mt != DT_AUTH and mt != DT_RESOLVER:
+            raise ValueError("mt: 1 (AUTH) or 3 (RESOLVER)")
+        if zone is not None and not 0 < len(zone) <= 255:
+            raise ValueError("zone: a wire-form name, 1..255 bytes")
+        if qtime > 0:
+            tq.tv_sec = <time_t>qtime
+            tq.tv_nsec = <long>((qtime - <double>tq.tv_sec) * 1e9)
+        self.r.srv_port = <uint16_t>sport
+        return dt_push(&self.r, DT_TCP if tcp else DT_UDP, 4 if len(client) == 4 else 6,
+                       <const uint8_t*>(<char*>client), <uint16_t>cport,
+                       <const uint8_t*>(<char*>query) if query is not None else NULL,
+                       len(query) if query is not None else 0,
+                       <const uint8_t*>(<char*>reply) if reply is not None else NULL,
+                       len(reply) if reply is not None else 0, &tq if qtime > 0 else NULL,
+                       <const uint8_t*>(<char*>server) if server is not None else NULL,
+                       kinds, <uint8_t>mt,
+                       <const uint8_t*>(<char*>zone) if zone is not None else NULL,
+                       len(zone) if zone is not None else 0)
+
     def stats(self):
         return {"sampled": p53_load_u64(&self.r.sampled),
                 "dropped": p53_load_u64(&self.r.dropped),
@@ -130,7 +173,7 @@ cdef uint32_t dt_encode(dt_writer_t* w, const dt_rec_t* rec, bint response) noex
     body = m + 3                                                  # is written once known
     p = body
     p[0] = 0x08                                                   # Message.type = 1
-    p[1] = 2 if response else 1                                   # AUTH_RESPONSE / AUTH_QUERY
+    p[1] = rec.mt + 1 if response else rec.mt                     # e.g. AUTH_RESPONSE / AUTH_QUERY
     p[2] = 0x10                                                   # socket_family = 2
     p[3] = 1 if rec.family == 4 else 2                            # INET / INET6
     p[4] = 0x18                                                   # socket_protocol = 3
@@ -146,6 +189,8 @@ cdef uint32_t dt_encode(dt_writer_t* w, const dt_rec_t* rec, bint response) noex
     p[0] = 0x40                                                   # query_time_sec = 8
     p = pb_varint(p + 1, <uint64_t>rec.qsec)
     p = pb_fixed32(p, 0x4D, rec.qnsec)                            # query_time_nsec = 9
+    if rec.zlen:
+        p = pb_bytes(p, 0x5A, data + rec.qlen + rec.rlen, rec.zlen)   # query_zone = 11
     if response:
         p[0] = 0x60                                               # response_time_sec = 12
         p = pb_varint(p + 1, <uint64_t>rec.rsec)
@@ -287,11 +332,16 @@ cdef class DnstapWriter:
 
 def bench_observe(ImageView image not None, list wires not None, int repeat=100,
                   ZoneStats zones=None, DnstapRing ring=None, DnstapWriter writer=None,
-                  int devnull=-1):
+                  int devnull=-1, bytes control=None):
     """Time the C loop of bench_answer_batch with what a worker adds per query: per-zone counting
     (zones: its first reader's array; the image labelled first) and a dnstap push (ring; the
     consumer is emulated by discarding the ring after each pass, or with writer and devnull by
-    encoding and writing each pass to that fd).  Nanoseconds per query.  For bench/ only."""
+    encoding and writing each pass to that fd).  control: a datagram's control data (cmsgs, as
+    recvmmsg writes them): each query's kernel stamp is read from it and counted per 64 as a
+    worker does (klat_add).  Nanoseconds per query.  For bench/ only."""
+    cdef msghdr mh
+    cdef uint64_t ks[BATCH]
+    cdef int nk = 0
     cdef int n = len(wires), i, r
     cdef const uint8_t** bufs = <const uint8_t**>malloc(n * sizeof(uint8_t*))
     cdef uint32_t* lens = <uint32_t*>malloc(n * sizeof(uint32_t))
@@ -320,6 +370,10 @@ def bench_observe(ImageView image not None, list wires not None, int repeat=100,
     sa[4] = 192
     sa[6] = 2
     sa[7] = 1
+    memset(&mh, 0, sizeof(mh))
+    if control is not None:
+        mh.msg_control = <void*>(<char*>control)
+        mh.msg_controllen = len(control)
     if zones is not None:
         st.zs = <uint64_t*><size_t>zones.arrays[0]
         st.zs_cap = zones.cap
@@ -332,6 +386,12 @@ def bench_observe(ImageView image not None, list wires not None, int repeat=100,
                             &outlen, &q, &st, NULL, 0, NULL)
                 if dt != NULL:
                     dt_sockaddr(dt, DT_UDP, sa, bufs[i], lens[i], out, outlen, &tq)
+                if mh.msg_controllen:
+                    ks[nk] = p53_rx_stamp_ns(&mh)
+                    nk += 1
+                    if nk == BATCH:
+                        klat_add(&st, ks, nk)
+                        nk = 0
             if dt != NULL:
                 if w != NULL:
                     dt_drain(w, wr, wn, devnull, &stop)

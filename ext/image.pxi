@@ -235,37 +235,59 @@ cdef int image_check_node(const uint8_t* base, uint64_t size, uint32_t off, uint
     return 0
 
 
-cdef uint32_t image_checksum(const uint8_t* base, uint64_t size) noexcept nogil:
-    """A fast 4-lane multiply-xor hash of the whole image, the checksum field counted as zero.
-    Detects corruption of a saved image (not forgery: images come from our own compiler)."""
-    cdef uint64_t h0 = 0x9E3779B97F4A7C15, h1 = 0xC2B2AE3D27D4EB4F
-    cdef uint64_t h2 = 0x165667B19E3779F9, h3 = 0x27D4EB2F165667C5
-    cdef uint64_t w0, w1, w2, w3, i = 0, n = size & ~(<uint64_t>31), tail = 0
+cdef struct ck_state:
+    uint64_t h0, h1, h2, h3
+
+
+cdef inline void ck_init(ck_state* s) noexcept nogil:
+    s.h0, s.h1 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
+    s.h2, s.h3 = 0x165667B19E3779F9, 0x27D4EB2F165667C5
+
+
+cdef void ck_blocks(ck_state* s, const uint8_t* p, uint64_t pos, uint64_t n) noexcept nogil:
+    """image_checksum's lanes over n bytes (a multiple of 32) that sit at offset pos of the image
+    (pos a multiple of 32): the whole image at once, or streamed (ext/zonestream.pxi)."""
+    cdef uint64_t w0, w1, w2, w3, i = 0
     cdef uint64_t K = 0xFF51AFD7ED558CCD
     while i < n:
-        memcpy(&w0, base + i, 8)
-        memcpy(&w1, base + i + 8, 8)
-        memcpy(&w2, base + i + 16, 8)
-        memcpy(&w3, base + i + 24, 8)
-        if i == 32:
+        memcpy(&w0, p + i, 8)
+        memcpy(&w1, p + i + 8, 8)
+        memcpy(&w2, p + i + 16, 8)
+        memcpy(&w3, p + i + 24, 8)
+        if pos + i == 32:
             # the checksum field is bytes 60..63 of the header (compiler.CHECKSUM_OFFSET): the
             # high half of lane 3's word in this block (little-endian); count it as zero
             w3 = w3 & <uint64_t>0xFFFFFFFF
-        h0 = (h0 ^ w0) * K
-        h1 = (h1 ^ w1) * K
-        h2 = (h2 ^ w2) * K
-        h3 = (h3 ^ w3) * K
-        h0 ^= h0 >> 29
-        h1 ^= h1 >> 29
-        h2 ^= h2 >> 29
-        h3 ^= h3 >> 29
+        s.h0 = (s.h0 ^ w0) * K
+        s.h1 = (s.h1 ^ w1) * K
+        s.h2 = (s.h2 ^ w2) * K
+        s.h3 = (s.h3 ^ w3) * K
+        s.h0 ^= s.h0 >> 29
+        s.h1 ^= s.h1 >> 29
+        s.h2 ^= s.h2 >> 29
+        s.h3 ^= s.h3 >> 29
         i += 32
-    while i < size:
-        tail = (tail << 8) | base[i]
-        i += 1
-    h0 = (h0 ^ h1 * 31 ^ h2 * 131 ^ h3 * 1031 ^ tail ^ size) * K
-    h0 ^= h0 >> 32
-    return <uint32_t>h0
+
+
+cdef uint32_t ck_final(ck_state* s, const uint8_t* tail, uint64_t n, uint64_t size) noexcept nogil:
+    """The checksum, given the image's last size % 32 bytes (n of them) and its size."""
+    cdef uint64_t t = 0, i, h
+    cdef uint64_t K = 0xFF51AFD7ED558CCD
+    for i in range(n):
+        t = (t << 8) | tail[i]
+    h = (s.h0 ^ s.h1 * 31 ^ s.h2 * 131 ^ s.h3 * 1031 ^ t ^ size) * K
+    h ^= h >> 32
+    return <uint32_t>h
+
+
+cdef uint32_t image_checksum(const uint8_t* base, uint64_t size) noexcept nogil:
+    """A fast 4-lane multiply-xor hash of the whole image, the checksum field counted as zero.
+    Detects corruption of a saved image (not forgery: images come from our own compiler)."""
+    cdef ck_state s
+    cdef uint64_t n = size & ~(<uint64_t>31)
+    ck_init(&s)
+    ck_blocks(&s, base, 0, n)
+    return ck_final(&s, base + n, size - n, size)
 
 
 cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, bint full) noexcept nogil:

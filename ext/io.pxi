@@ -211,6 +211,7 @@ cdef class Worker:
         cdef query_t q
         cdef ctl_msg_t* cm
         cdef const known_t* kn = NULL
+        cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
         while not p53_load_int(&self.stop_flag):
             for i in range(BATCH):
                 self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
@@ -257,6 +258,7 @@ cdef class Worker:
                     c = sc_admit(&scorer.cfg, kn, &self.sc, cfg, self.rbuf + i * RECV_SLOT,
                                  self.rmsgs[i].msg_len, cl, cl_len)
                     if c < 0:
+                        self._dt_dropped(i, &tq)
                         continue
                 act = core_answer(img, cfg, self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len,
                                   self.sbuf + m * self.sslot, self.sslot, False, &outlen, &q,
@@ -265,6 +267,7 @@ cdef class Worker:
                     continue
                 if scorer is not None and sc_nx_drop(&scorer.cfg, &self.sc, c, &q,
                                                      self.sbuf + m * self.sslot, outlen):
+                    self._dt_dropped(i, &tq)
                     continue
                 # a valid server cookie proves the address: not a reflection, never limited
                 if rl != NULL and act == ACT_REPLY and not q.cookie_ok:
@@ -273,6 +276,7 @@ cdef class Worker:
                                      self.sbuf + m * self.sslot, outlen, &slip_ctr)
                     if act == RRL_DROP:
                         self.st.rrl_dropped += 1
+                        self._dt_dropped(i, &tq)
                         continue
                     if act == RRL_SLIP:
                         outlen = rrl_truncate(self.sbuf + m * self.sslot, outlen, q.edns,
@@ -306,6 +310,7 @@ cdef class Worker:
                 if self.smsgs[m].msg_hdr.msg_controllen == 0:
                     self.smsgs[m].msg_hdr.msg_control = NULL
                 self.smsgs[m].msg_hdr.msg_flags = 0
+                ks[m] = p53_rx_stamp_ns(&self.rmsgs[i].msg_hdr)
                 m += 1
             sent = 0
             while sent < m:
@@ -319,10 +324,20 @@ cdef class Worker:
                     continue
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
+            klat_add(&self.st, ks, m)       # and from the kernel's receive, queue included
             if scorer is not None:
                 sc_cost(&self.sc, n, BATCH, p53_mono_ns() - tw)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
+
+    cdef inline void _dt_dropped(self, int i, const timespec* tq) noexcept nogil:
+        """dnstap: a query dropped without a reply (scoring, the overload controller, RRL) is
+        logged as AUTH_QUERY alone, sampled like the rest (docs/dnstap.md)."""
+        if self.st.dt != NULL:
+            dt_sockaddr(self.st.dt, DT_UDP, <const uint8_t*>&self.addrs[i],
+                        self.rbuf + i * RECV_SLOT, self.rmsgs[i].msg_len, NULL, 0, tq,
+                        self.rmsgs[i].msg_hdr.msg_control, self.rmsgs[i].msg_hdr.msg_controllen,
+                        DT_QUERY)
 
     def stop(self):
         p53_store_int(&self.stop_flag, 1)

@@ -86,7 +86,7 @@ cdef int layout_labels(bytes key) except -1:
 def layout_nodes_from_records(dict nodes, list keys, const int64_t[::1] order not None,
                               const uint32_t[::1] node not None, const uint16_t[::1] rtype not None,
                               const uint16_t[::1] cov not None, const uint32_t[::1] ttl not None,
-                              const uint64_t[::1] rdoff not None, const uint16_t[::1] rdlen not None,
+                              const uint32_t[::1] rdoff not None, const uint16_t[::1] rdlen not None,
                               bytes rdata, bytes okey, make_node, int f_cut, int f_cname,
                               int f_dname):
     """The compiler's nodes from the scanner's columns (pop53.zone.compiler._ZoneBuild): in

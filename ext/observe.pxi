@@ -37,6 +37,22 @@ def latency(list readers not None):
     return [counts[k] for k in range(LAT_N)], total
 
 
+def latency_from_kernel(list readers not None):
+    """As latency(), from each query's kernel receive stamp (SO_TIMESTAMPNS) to its batch's
+    send: the socket's receive queue included.  UDP workers on sockets with stamps only."""
+    cdef uint64_t counts[LAT_N]
+    cdef uint64_t total = 0
+    cdef stats_t* st
+    cdef int k
+    memset(counts, 0, sizeof(counts))
+    for r in readers:
+        st = reader_stats(r)
+        for k in range(LAT_N):
+            counts[k] += st.klat[k]
+        total += st.klat_sum_ns
+    return [counts[k] for k in range(LAT_N)], total
+
+
 LATENCY_BOUNDS_NS = tuple(1 << (10 + k) for k in range(LAT_N - 1))
 _v = P53_CYTHON_VERSION
 BUILD = {

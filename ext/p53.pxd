@@ -313,6 +313,8 @@ cdef struct stats_t:
     uint64_t* zs              # per-zone counters, ZS_WIDTH per slot (zstats.pxi); NULL: off
     uint32_t zs_cap           # slots in zs
     dt_ring_t* dt             # dnstap (dnstap.pxi); NULL: off
+    uint64_t klat[22]         # LAT_N buckets from each query's kernel receive stamp
+    uint64_t klat_sum_ns      # (SO_TIMESTAMPNS) to its batch's send: queue included (zstats.pxi)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,6 +135,15 @@ cdef class XdpWorker(Worker):
             self._xloop(shared, cfg, rl, scorer)
         self.running = 0
 
+    cdef void _dt_dropped_frame(self, uint32_t i, const uint8_t* f, const p53_pkt_t* k,
+                                const timespec* tq) noexcept nogil:
+        """dnstap: a query dropped without a reply, AUTH_QUERY alone (io.pxi: _dt_dropped)."""
+        cdef const uint8_t* sa = <const uint8_t*>&self.addrs[i]
+        if self.st.dt != NULL and dt_sampled(self.st.dt):
+            dt_push(self.st.dt, DT_UDP, 6 if k.v6 else 4, sa + (8 if k.v6 else 4),
+                    (<uint16_t>sa[2] << 8) | sa[3], f + k.hdrlen, k.plen, NULL, 0, tq,
+                    f + 14 + (24 if k.v6 else 16), DT_QUERY)
+
     cdef void _xloop(self, Shared shared, const rcfg_t* cfg, rrl_t* rl,
                      Scorer scorer) noexcept nogil:
         cdef p53_xsk_t* x = &self.x
@@ -208,6 +217,7 @@ cdef class XdpWorker(Worker):
                 cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
                 if scorer is not None and not sc_admit(&scorer.cfg, kn, &self.sc, cfg,
                                                        f + k.hdrlen, k.plen, cl, cl_len):
+                    self._dt_dropped_frame(i, f, k, &tq)
                     continue
                 if x.nfree == 0:
                     p53_xsk_complete(x)
@@ -229,6 +239,7 @@ cdef class XdpWorker(Worker):
                                      outlen, &slip_ctr)
                     if act == RRL_DROP:
                         self.st.rrl_dropped += 1
+                        self._dt_dropped_frame(i, f, k, &tq)
                         continue
                     if act == RRL_SLIP:
                         outlen = rrl_truncate(t + k.hdrlen, outlen, q.edns, cfg.edns_max)

@@ -59,14 +59,14 @@ cdef class FlatZone:
     cdef readonly int64_t apex
     cdef bytes keys                           # every scanner name as read, concatenated
     cdef bytes rdata
-    cdef const uint64_t[::1] rdoff
+    cdef const uint32_t[::1] rdoff
     cdef const uint16_t[::1] rdlen
     cdef uint32_t cap
-    cdef uint64_t* nkoff
+    cdef uint32_t* nkoff                      # into keys (the scanner keeps it under 4 GiB)
     cdef uint8_t* nklen
     cdef uint8_t* nlabels
     cdef uint16_t* nflags
-    cdef int64_t* ncut
+    cdef int32_t* ncut
     cdef uint32_t* nrr                        # first RRset
     cdef uint32_t* nnrr                       # RRset count
     cdef uint32_t* noff                       # image offset (pass 1)
@@ -89,10 +89,10 @@ cdef class FlatZone:
         free(self.radd); free(self.radd_n); free(self.rec); free(self.slots); free(self.worder)
 
     def __init__(self, bytes names, const uint32_t[::1] node_off not None,
-                 const uint8_t[::1] node_len not None, const int64_t[::1] order not None,
+                 const uint8_t[::1] node_len not None, const uint32_t[::1] order not None,
                  const uint32_t[::1] node not None, const uint16_t[::1] rtype not None,
                  const uint16_t[::1] cov not None, const uint32_t[::1] ttl not None,
-                 const uint64_t[::1] rdoff not None, const uint16_t[::1] rdlen not None,
+                 const uint32_t[::1] rdoff not None, const uint16_t[::1] rdlen not None,
                  bytes rdata, bytes okey, int olabels):
         cdef Py_ssize_t m = order.shape[0], j, i, k
         cdef int64_t pn = -1, nd, cur = -1
@@ -103,7 +103,11 @@ cdef class FlatZone:
         self.key, self.olabels, self.keys, self.rdata = okey, olabels, names, rdata
         self.rdoff, self.rdlen = rdoff, rdlen
         self.rtype = <uint16_t*>_zb_grow(NULL, 2 * m)
-        self.rcov = <uint16_t*>_zb_grow(NULL, 2 * m)
+        # zeroed pages, written only for an RRSIG's covered type: an unsigned zone's stay
+        # unmapped (issue 15)
+        self.rcov = <uint16_t*>calloc(m or 1, 2)
+        if self.rcov == NULL:
+            raise MemoryError()
         self.rttl = <uint32_t*>_zb_grow(NULL, 4 * m)
         self.rfirst = <uint32_t*>_zb_grow(NULL, 4 * m)
         self.rcount = <uint32_t*>_zb_grow(NULL, 4 * m)
@@ -135,7 +139,9 @@ cdef class FlatZone:
             pt, pc = t, c
             r = self.n_rrsets
             self.n_rrsets += 1
-            self.rtype[r], self.rcov[r], self.rttl[r] = <uint16_t>t, <uint16_t>c, tt
+            self.rtype[r], self.rttl[r] = <uint16_t>t, tt
+            if c:
+                self.rcov[r] = <uint16_t>c
             self.rfirst[r], self.rcount[r] = self.n_records, 1
             self.rec[self.n_records] = <uint32_t>i
             self.n_records += 1
@@ -160,11 +166,11 @@ cdef class FlatZone:
     cdef int _reserve(self, uint64_t n) except -1:
         if n <= self.cap:
             return 0
-        self.nkoff = <uint64_t*>_zb_grow(self.nkoff, 8 * n)
+        self.nkoff = <uint32_t*>_zb_grow(self.nkoff, 4 * n)
         self.nklen = <uint8_t*>_zb_grow(self.nklen, n)
         self.nlabels = <uint8_t*>_zb_grow(self.nlabels, n)
         self.nflags = <uint16_t*>_zb_grow(self.nflags, 2 * n)
-        self.ncut = <int64_t*>_zb_grow(self.ncut, 8 * n)
+        self.ncut = <int32_t*>_zb_grow(self.ncut, 4 * n)
         self.nrr = <uint32_t*>_zb_grow(self.nrr, 4 * n)
         self.nnrr = <uint32_t*>_zb_grow(self.nnrr, 4 * n)
         self.noff = <uint32_t*>_zb_grow(self.noff, 4 * n)
@@ -218,7 +224,7 @@ cdef class FlatZone:
         while p < klen and k[p]:
             p += k[p] + 1
             labels += 1
-        self.nkoff[i], self.nklen[i], self.nlabels[i] = koff, klen, <uint8_t>labels
+        self.nkoff[i], self.nklen[i], self.nlabels[i] = <uint32_t>koff, klen, <uint8_t>labels
         self.nflags[i], self.ncut[i], self.nrr[i], self.nnrr[i], self.noff[i] = 0, -1, 0, 0, 0
         self.n_nodes += 1
         if 2 * <uint64_t>self.n_nodes > self.mask:
@@ -279,7 +285,7 @@ cdef class FlatZone:
                 while labels > self.olabels:
                     p = self.find(k, klen)
                     if p >= 0 and self.nflags[p] & N_CUT:
-                        self.ncut[i] = p
+                        self.ncut[i] = <int32_t>p
                     klen -= k[0] + 1
                     k += k[0] + 1
                     labels -= 1

@@ -13,6 +13,8 @@
 
 include "zonelex.pxi"
 
+from posix.mman cimport madvise, MADV_DONTNEED
+
 cdef class ZoneScanner:
     """Scan master-file bytes for one zone into flat record buffers.
 
@@ -74,7 +76,7 @@ cdef class ZoneScanner:
     # -- output -----------------------------------------------------------------------------
     def result(self):
         """The buffers as bytes: dict of names, node_off (u32), node_len (u8), node (u32),
-        type (u16), ttl (u32), rdoff (u64), rdlen (u16), line (u32), file (u16), rdata.
+        type (u16), ttl (u32), rdoff (u32), rdlen (u16), line (u32), file (u16), rdata.
         Called once, after the scan: each buffer is freed as soon as it is copied, so a big
         zone is not held twice at the load's peak (issue 15)."""
         free(self.htab)
@@ -145,17 +147,19 @@ cdef class ZoneScanner:
         cdef uint32_t node = self.node_of(owner, olen)
         cdef uint16_t t = <uint16_t>rtype
         cdef uint32_t tt = <uint32_t>ttl
-        cdef uint64_t off = self.rdata.len
+        cdef uint32_t off = <uint32_t>self.rdata.len
         cdef uint16_t rl
         cdef uint32_t ln = <uint32_t>self.rec_line
         cdef uint16_t f = <uint16_t>self.file_idx
         if self.rd.len > 65535:
             self.fail("RDATA too large for the wire format (over 65535 bytes)")
+        if self.rdata.len + self.rd.len > 0xFFFFFFFFLL:     # offsets are 32-bit, as the image's
+            raise ZoneScanError("too much RDATA for one zone (over 4 GiB)", None, self.rec_line, None)
         rl = <uint16_t>self.rd.len
         zsb_put(&self.r_node, &node, 4)
         zsb_put(&self.r_type, &t, 2)
         zsb_put(&self.r_ttl, &tt, 4)
-        zsb_put(&self.r_rdoff, &off, 8)
+        zsb_put(&self.r_rdoff, &off, 4)
         zsb_put(&self.r_rdlen, &rl, 2)
         zsb_put(&self.r_line, &ln, 4)
         zsb_put(&self.r_file, &f, 2)
@@ -324,23 +328,41 @@ cdef class ZoneScanner:
                                         (<const char*>org)[:olen]))
 
     # -- the reader ---------------------------------------------------------------------------
-    def scan(self, bytes data, str filename):
-        """Scan one file's bytes (the zone's own file).  Raises ZoneScanError or
-        ZoneScanFallback."""
+    def scan(self, data, str filename):
+        """Scan one file's bytes (the zone's own file): bytes, or a read-only mmap of a file
+        without CR octets, whose pages are dropped from this process as the scan passes them
+        (a big file is not held whole while its records are made; issue 15).  Raises
+        ZoneScanError or ZoneScanFallback."""
+        cdef const unsigned char[::1] view
         self.files.append(filename)
         self.file_idx = 0
-        self._scan_buffer(data)
+        if isinstance(data, bytes):
+            self._scan_buffer(data)
+        else:
+            view = data
+            if view.shape[0]:
+                if memchr(&view[0], 13, view.shape[0]) != NULL:
+                    raise ValueError("a mapped zone file must not hold CR octets")
+                self._scan_text(&view[0], view.shape[0], True)
         return self.count
 
     cdef int _scan_buffer(self, bytes data) except -1:
         cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i
-        cdef int k
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         # CR: Python's universal newlines rewrite CRLF and CR before dnspython sees the text
         if memchr(b, 13, n) != NULL:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             b = <const unsigned char*>PyBytes_AS_STRING(data)
             n = PyBytes_GET_SIZE(data)
+        return self._scan_text(b, n, False)
+
+    cdef int _scan_text(self, const unsigned char* b, Py_ssize_t n, bint mapped) except -1:
+        """The reader over b[:n].  mapped: b is the page-aligned start of a file mapping; every
+        8 MiB the pages before the current record are dropped (MADV_DONTNEED: a later touch
+        would read them again from the page cache; the scan never goes back before a record)."""
+        cdef int k
+        cdef const unsigned char* dropped = b
+        cdef size_t cut
         self.p = b
         self.end = b + n
         self.line = 1
@@ -348,17 +370,21 @@ cdef class ZoneScanner:
         self.pending = False
         while True:
             self.rec_line = self.line
+            if mapped and self.p - dropped > (8 << 20):
+                cut = <size_t>(self.p - dropped) & ~(<size_t>0xFFFF)
+                madvise(<void*>dropped, cut, MADV_DONTNEED)
+                dropped += cut
             k = self.tok(True)
             if k == ZT_EOF:
                 return 0
             if k == ZT_EOL:
                 continue
             if k == ZT_WORD and self.ts[0] == 36:       # '$'
-                self.directive(data)
+                self.directive()
                 continue
             self.rr_line()
 
-    cdef int directive(self, bytes data) except -1:
+    cdef int directive(self) except -1:
         cdef int n
         if zs_ieq(self.ts, self.tl, b"$TTL"):
             if self.tok() != ZT_WORD:

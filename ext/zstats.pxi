@@ -75,3 +75,20 @@ cdef inline void lat_add(stats_t* st, const timespec* t0, uint64_t n) noexcept n
         ns = 0
     st.lat[p53_lat_bucket(<uint64_t>ns)] += n
     st.lat_sum_ns += <uint64_t>ns * n
+
+
+cdef inline void klat_add(stats_t* st, const uint64_t* stamps, int n) noexcept nogil:
+    """Count n replies from each one's kernel receive stamp (CLOCK_REALTIME ns, 0: none) until
+    now: the socket's queue plus the server.  One clock read per batch; per reply a subtraction,
+    a bucket and two adds."""
+    cdef uint64_t now, ns
+    cdef int j
+    if n <= 0:
+        return
+    now = p53_real_ns()
+    for j in range(n):
+        if stamps[j] == 0:
+            continue
+        ns = now - stamps[j] if now > stamps[j] else 0
+        st.klat[p53_lat_bucket(ns)] += 1
+        st.klat_sum_ns += ns

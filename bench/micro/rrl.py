@@ -119,6 +119,13 @@ def report_head(title: str, name: str, args, load: str) -> list[str]:
     ]
 
 
+def write_report(args, lines: list[str]) -> int:
+    """Write a results file (args.out) and print it; the exit status."""
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
 def bench_queries() -> tuple[pop53.Image, list[bytes]]:
     """The 1,000-name benchmark zone compiled, and an A query (EDNS) for each of its names."""
     zonefile = data.bench_zone(1000)

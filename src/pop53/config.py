@@ -78,6 +78,7 @@ class Config:
     tcp_write_timeout: float = 5.0      # a peer that does not read its answers
     tcp_max_control_connections: int = 64  # handed to the control plane (NOTIFY/XFR/TSIG)
     reuseport_bpf: bool = False
+    receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
@@ -298,6 +299,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         tcp_max_queries=_typed(server, "tcp_max_queries", int, 1000, "server", file),
         **_tcp(server, file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
+        receive_timestamps=_typed(server, "receive_timestamps", bool, True, "server", file),
         xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

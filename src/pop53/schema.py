@@ -219,6 +219,9 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("tcp_max_control_connections", "integer", 64, "TCP connections handed to the control plane "
       "(NOTIFY, AXFR/IXFR, TSIG) held at once; a handoff past it is closed (docs/tcp.md)")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
+ .key("receive_timestamps", "boolean", True, "the kernel's receive time of each UDP query (SO_TIMESTAMPNS) "
+      "for pop53_answer_latency_total_seconds, the latency with the socket's queue (docs/dnstap.md; "
+      "about 0.17 us of kernel CPU per datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
       "support: a warning and the socket path")
@@ -373,6 +376,11 @@ _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness ov
  .key("servers", "list of strings", REQUIRED, 'NATS servers, e.g. ["nats://127.0.0.1:4222"]')
  .key("trusted_keys", "list of strings", REQUIRED, "Ed25519 public keys (PEM) whose messages are applied")
  .key("revoked_keys", "list of strings", [], "key ids (16 hex digits) or public key files never accepted")
+ .key("resolver_keys", "list of strings", [], "Ed25519 public keys (PEM) of other servers, trusted for "
+      "`resolvers` messages only (their learned resolvers; never maps or liveness)")
+ .key("publish_key", "string", None, "this server's Ed25519 private key (PEM): with [scoring] learn_window, "
+      "its learned resolvers are published as a `resolvers` message named [feed] name whenever they change")
+ .key("name", "string", "the host name", "this server's name in the feed (letters, digits, '-', '_')")
  .key("stream", "string", "pop53", "the stream name every message must carry")
  .key("prefix", "string", "pop53", "NATS subject prefix (PREFIX.map.NAME, PREFIX.target.NAME, PREFIX.heartbeat)")
  .key("nats_stream", "string", "POP53", "the JetStream stream followed")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 # 03-Dec-2026 10:32:41.455 AQ 127.0.0.1:33435 -> 127.0.0.1:58873 UDP 35b www.integ.example/IN/A
 # (an address dnstap does not carry is printed as "?")
-_LINE = re.compile(r"^\S+ \S+ (A[QR]) (\S+):(\d+) (->|<-) (?:(\S+):(\d+)|\?) (UDP|TCP) (\d+)b "
-                   r"(\S+)/(\S+)/(\S+)$")
+_LINE = re.compile(r"^\S+ \S+ ([ARCFST][QR]) (\S+):(\d+) (->|<-) (?:(\S+):(\d+)|\?) (UDP|TCP) "
+                   r"(\d+)b (\S+)/(\S+)/(\S+)$")
 
 
 @dataclasses.dataclass(frozen=True)
 class Tap:
-    kind: str          # "AQ" (AUTH_QUERY) or "AR" (AUTH_RESPONSE)
+    kind: str          # "AQ" (AUTH_QUERY), "AR" (AUTH_RESPONSE), "RQ"/"RR" (RESOLVER_*), ...
     client: str
     client_port: int
     server: str | None

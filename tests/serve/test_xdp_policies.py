@@ -88,6 +88,11 @@ def test_kernel_drops_reach_the_overload_controller(server):
         time.sleep(0.01)
     drops = w.xdp_stats()["kernel_drops"]
     assert 900 <= drops <= 3000 - 2048 + 16
+    # and in /metrics (issue 14): the socket's XDP_STATISTICS by reason
+    from pop53.serve.observe import xdp_families
+    (fam,) = list(xdp_families(s))
+    got = {x.labels["reason"]: x.value for x in fam.samples if x.labels["worker"] == str(w.index)}
+    assert got["rx_dropped"] + got["rx_ring_full"] == drops and "rx_invalid_descs" in got
     s.restart_workers(s.responder, s.limiter)
     deadline = time.monotonic() + 3
     while w.scoring_stats()["kernel_drops"] < drops and time.monotonic() < deadline:
@@ -120,3 +125,27 @@ def test_dnstap_over_xdp_logs_peer_and_address_asked(tmp_path):
     assert sorted(t.client_port for t in taps) == sorted(ports * 2)
     assert all(t.proto == "UDP" and t.server == rig.srv4 and t.client == rig.cli4 for t in taps)
     assert sorted(t.kind for t in taps) == ["AQ"] * 5 + ["AR"] * 5
+
+
+def test_dnstap_over_xdp_logs_dropped_queries(tmp_path):
+    """A query RRL drops on the XDP path is logged as AUTH_QUERY without a response."""
+    import dnstap_support as tap
+    require_xdp()
+    out = tmp_path / "d.dnstap"
+    with VethRig("d") as rig:
+        s = start_xdp_server(rig, tables={"dnstap": {"file": str(out)},
+                                          "rrl": {"rate": 1, "slip": 0, "exempt": []}})
+        try:
+            with client_socket(rig, rig.srv4) as sock:
+                port = sock.getsockname()[1]
+                burst(sock, lambda i: query(None, i), 30)
+            dropped = sum(w.stats()["rrl_dropped"] for w in xdp_workers(s))
+            assert dropped >= 20
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and s.observe.dnstap.stats()["frames"] < 60 - dropped:
+                time.sleep(0.05)
+        finally:
+            s.stop()
+    taps = [t for t in tap.read(out) if t.client_port == port]
+    assert sum(t.kind == "AQ" for t in taps) == 30
+    assert sum(t.kind == "AR" for t in taps) == 30 - dropped

@@ -205,7 +205,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
         parse_hostport(cfg.metrics, 9154, key="metrics", file=file)
     r = g("routes", dict, None)
     if r is not None:
-        _only(r, {"addresses", "mode", "interface", "table", "netns"}, "routes.", file)
+        _only(r, {"addresses", "mode", "interface", "table", "netns", "plan", "pop"}, "routes.", file)
         addrs = _typed(r, "addresses", list, [], file=file, path="routes.")
         for i, a in enumerate(addrs):
             try:
@@ -223,6 +223,7 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
                                                        path="routes."),
                                   _typed(r, "table", int, 53, file=file, path="routes."),
                                   _typed(r, "netns", str, None, file=file, path="routes."))
+        _check_clouds(r, addrs, file)
     e = g("etcd", dict, None)
     if e is not None:
         _only(e, {"endpoints", "prefix", "slots", "lease_ttl", "timeout"}, "etcd.", file)
@@ -248,6 +249,25 @@ def config_from_dict(raw: dict, *, file: str = "<config>") -> AgentConfig:
                 raise ConfigError("must be a table", file=file, key=k)
             cfg.staleness.sources.append(_staleness(sub, k + ".", file, cfg.staleness.max_age))
     return cfg
+
+
+def _check_clouds(r: dict, addrs: list[str], file: str) -> None:
+    """`[routes] plan` + `pop`: refuse to announce a prefix of no cloud, or a cloud that would
+    make this PoP advertise more than the plan's `max_per_pop` (issue 13; pop53.clouds)."""
+    plan_path = _typed(r, "plan", str, None, file=file, path="routes.")
+    pop = _typed(r, "pop", str, None, file=file, path="routes.")
+    if plan_path is None and pop is None:
+        return
+    if plan_path is None or pop is None:
+        raise ConfigError("give both plan and pop", file=file, key="routes.plan" if plan_path is None else "routes.pop")
+    from pop53.clouds.check import check_machine
+    from pop53.clouds.plan import load_plan
+    if not Path(plan_path).is_absolute() and file and not file.startswith("<"):
+        plan_path = str(Path(file).parent / plan_path)
+    problems = check_machine(load_plan(plan_path), pop, addrs)
+    if problems:
+        raise ConfigError(f"the cloud plan refuses these routes: {problems[0]}", file=file,
+                          key="routes.addresses")
 
 
 def _staleness(s: dict, path: str, file: str, max_age: float | None) -> StalenessConfig:

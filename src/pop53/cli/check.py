@@ -16,11 +16,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from pop53 import config as cfgmod
-    from pop53.zone.compiler import compile_zone_data
     from pop53.errors import Pop53Error
-    from pop53.zone.zonefile import load_zone_file
+    from pop53.zone.zonefile import load_zone_file, map_big_files
     from pop53.dnssec.check import check_signatures
 
+    from pop53.zone.imagefile import fixed_mmap_threshold
+    fixed_mmap_threshold()      # a big zone's phases take turns in memory (issue 15)
+    map_big_files()             # and its file is not held whole while it is scanned
     errors = 0
     zones = []
     if args.config:
@@ -60,17 +62,41 @@ def run(args) -> int:
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
+    z = None        # the last zone is not held through the compile but by `zones` (issue 15)
     image = None
     if not errors and zones:
         try:
-            image = compile_zone_data(zones)
-            print(f"ok: {len(zones)} zone(s) compile to {len(image)} bytes")
+            n = len(zones)
+            image = _compile(zones, keep=bool(args.config and cfg.mapping is not None))
+            print(f"ok: {n} zone(s) compile to {len(image)} bytes")
         except Pop53Error as exc:
             print(f"pop53 check: {exc}", file=sys.stderr)
             errors += 1
     if args.config and cfg.mapping is not None:
         errors += _check_mapping(cfg, zones if not errors else [], image if not errors else None)
     return 1 if errors else 0
+
+
+def _compile(zones: list, keep: bool):
+    """The image of `zones`, mapped: compiled straight to a temp file, never held in memory
+    beside the arrays it is made from (issue 15), then checked in full (every node, name and
+    RDATA) as an in-memory compile is.  Unless `keep` (the mapping checks read them), the
+    zones' records are freed as the build reads them and the list is emptied before the image
+    is mapped."""
+    import os
+    import tempfile
+    from pop53.zone.imagefile import compile_to_file
+    from pop53.zone.images import load_image
+
+    fd, path = tempfile.mkstemp(prefix="pop53-check-", suffix=".img")
+    os.close(fd)
+    try:
+        compile_to_file(zones, path, consume=not keep)
+        if not keep:
+            zones.clear()
+        return load_image(path, full_check=True)
+    finally:
+        os.unlink(path)
 
 
 def _check_mapping(cfg, zones, image) -> int:

@@ -21,6 +21,11 @@ def add_parser(subparsers) -> None:
     u.add_argument("--clients", type=int, default=2)
     u.add_argument("--duration", type=float, default=0.0)
     u.add_argument("--signal", choices=("route", "address"), default="route")
+    u.add_argument("--service", action="append", default=[], metavar="PREFIX",
+                   help="a further anycast prefix (another cloud) every machine announces")
+    u.add_argument("--plan", metavar="FILE", help="cloud plan (clouds.toml): refuse a PoP that "
+                   "would advertise more clouds than its max_per_pop")
+    u.add_argument("--pop", default="lab", help="this PoP's name in the plan")
     u.set_defaults(func=_up)
 
     f = sub.add_parser("failover", help="§4.1: withdraw/announce machines in turn; CSV + CDF")
@@ -76,7 +81,8 @@ def _up(args) -> int:
 
     _need_root()
     cfg = LabConfig(machines=args.machines, clients=args.clients, signal=args.signal,
-                    agents=False, etcd=False)
+                    agents=False, etcd=False, services=tuple(args.service),
+                    plan=args.plan, pop=args.pop)
     with Lab(cfg) as lab:
         fib = lab.wait_fib(lambda ms: len(ms) == args.machines, timeout=60)
         _log(f"lab {lab.tag} up (server={lab.server}); router FIB {SERVICE4}: {fib}, "

@@ -103,16 +103,29 @@ def pop_clouds(plan: Plan, pop: Pop) -> tuple[set[int], list[Problem]]:
     return clouds, problems
 
 
+def pop_problems(plan: Plan, pop: Pop) -> list[Problem]:
+    """One PoP: unplanned prefixes, and more than `max_per_pop` clouds."""
+    clouds, out = pop_clouds(plan, pop)
+    if len(clouds) > plan.max_per_pop:
+        names = ", ".join(plan.clouds[i].name for i in sorted(clouds))
+        out.append(Problem(f"pop {pop.name}", f"advertises {len(clouds)} clouds ({names}); "
+                                              f"at most {plan.max_per_pop} per PoP"))
+    return out
+
+
 def check_pops(plan: Plan) -> list[Problem]:
     """No PoP advertises more than `max_per_pop` clouds (a volumetric attack on one cloud that
     saturates a PoP then hurts at most one other)."""
-    out: list[Problem] = []
-    for pop in plan.pops:
-        clouds, problems = pop_clouds(plan, pop)
-        out += problems
-        if len(clouds) > plan.max_per_pop:
-            names = ", ".join(plan.clouds[i].name for i in sorted(clouds))
-            out.append(Problem(f"pop {pop.name}", f"advertises {len(clouds)} clouds ({names}); "
-                                                  f"at most {plan.max_per_pop} per PoP"))
-    return out
+    return [p for pop in plan.pops for p in pop_problems(plan, pop)]
+
+
+def check_machine(plan: Plan, pop_name: str, prefixes: list[str]) -> list[Problem]:
+    """A machine about to announce `prefixes` in PoP `pop_name` (the agent's routes, the lab's
+    BIRD configs): what the plan already places in that PoP plus these prefixes must stay within
+    `max_per_pop` clouds, and every prefix must belong to a cloud."""
+    mine = next((p for p in plan.pops if p.name == pop_name), None)
+    if mine is None:
+        return [Problem(f"pop {pop_name}", f"is not in the cloud plan {plan.file}")]
+    return pop_problems(plan, Pop(mine.name, mine.clouds, mine.prefixes + tuple(prefixes),
+                                  mine.bird))
 

@@ -140,16 +140,38 @@ def decode(wire: bytes, trusted: "KeyRing") -> Message:
     except InvalidSignature:
         raise Refused("signature", f"bad signature for key {kid.hex()}") from None
     h = _strict_header(wire[_FIXED.size:off])
+    if not trusted.allows(kid, h["kind"]):
+        raise Refused("key", f"key {kid.hex()} is trusted for {', '.join(sorted(trusted.kinds[kid]))} "
+                             f"messages only, not {h['kind']}")
     return Message(h["stream"], h["kind"], h["name"], h["version"], h["issued"], h["sender"],
                    kid.hex(), wire[off + 4:off + 4 + plen])
 
 
 class KeyRing:
-    """The public keys a subscriber trusts, and the revoked ones (by key id or file)."""
+    """The public keys a subscriber trusts, and the revoked ones (by key id or file).  A key in
+    `kinds` is trusted only for those message kinds (another server's key: `resolvers`)."""
 
-    def __init__(self, keys: dict[bytes, Ed25519PublicKey], revoked: set[bytes] = frozenset()):
+    def __init__(self, keys: dict[bytes, Ed25519PublicKey], revoked: set[bytes] = frozenset(),
+                 kinds: dict[bytes, frozenset[str]] | None = None):
         self.keys = dict(keys)
         self.revoked = set(revoked)
+        self.kinds = dict(kinds or {})
+
+    def allows(self, kid: bytes, kind: str) -> bool:
+        allowed = self.kinds.get(kid)
+        return allowed is None or kind in allowed
+
+    def limited(self, paths: list[str], kinds: frozenset[str], *, key: str) -> "KeyRing":
+        """This ring plus the keys in `paths`, each trusted for `kinds` only (a key also in
+        the full list keeps its full trust)."""
+        keys, limits = dict(self.keys), dict(self.kinds)
+        for i, path in enumerate(paths):
+            pub = read_public(path, f"{key}[{i}]")
+            kid = key_id(pub)
+            if kid not in self.keys:
+                keys[kid] = pub
+                limits[kid] = kinds
+        return KeyRing(keys, self.revoked, limits)
 
     def lookup(self, kid: bytes) -> Ed25519PublicKey:
         if kid in self.revoked:

@@ -5,11 +5,13 @@ restored from the state directory before NATS is reached, and the subscriber sta
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from pathlib import Path
 
 from pop53.errors import ConfigError, Pop53Error
-from pop53.feed.message import KeyRing
-from pop53.feed.publisher import parse_target_payload
+from pop53.feed.message import NAME_RE, KeyRing, read_private
+from pop53.feed.publisher import Publisher, parse_target_payload
 from pop53.feed.receiver import FeedSettings, Receiver
 from pop53.feed.transport import Subscriber
 
@@ -23,6 +25,7 @@ class ServerSink:
     def __init__(self, server):
         self.server = server
         self.state = server.mapping
+        self.resolvers: dict = {}       # message name -> KnownPrefixes (the operator's, each server's)
 
     def validate(self, kind: str, name: str, payload: bytes, source: str):
         from pop53.mapping.mapfile import compile_map_bytes
@@ -52,7 +55,13 @@ class ServerSink:
 
     def apply(self, kind: str, name: str, prepared) -> None:
         if kind == "resolvers":
-            self.server.scoring.install_feed(self.server, prepared)
+            # one table per name (the operator's list, each server's learned prefixes): the
+            # fleet's table is their union, so a server's update replaces only its own part
+            self.resolvers[name] = prepared
+            fleet = None
+            for known in self.resolvers.values():
+                fleet = known if fleet is None else fleet.union(known)
+            self.server.scoring.install_feed(self.server, fleet)
         elif kind == "target":
             self.state.set_target(name, prepared)
         else:
@@ -93,8 +102,33 @@ def parse(doc: dict, file: str | None, base: str | None, state: str | None):
         if not isinstance(v, str) or not v or " " in v:
             raise ConfigError("must be a non-empty word", file=file, key=f"feed.{k}")
         strs[k] = v
+    keys = keys.limited([rel(p) for p in _list(f, "resolver_keys", file, False)],
+                        frozenset({"resolvers"}), key="feed.resolver_keys")
     settings = FeedSettings(stream=strs["stream"], prefix=strs["prefix"], state=state, **nums)
     return servers, settings, keys, strs["nats_stream"]
+
+
+def publishing(doc: dict, file: str | None, base: str | None) -> tuple[object, str] | None:
+    """([feed] publish_key's private key, this server's name) or None: the server publishes
+    its learned resolvers (pop53.feed.learned)."""
+    f = doc.get("feed") or {}
+    path = f.get("publish_key")
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path:
+        raise ConfigError("must be a path", file=file, key="feed.publish_key")
+    name = f.get("name", re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "server")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{name!r}: use 1-64 letters, digits, '-' and '_'", file=file, key="feed.name")
+    try:
+        key = read_private(str(Path(base) / path) if base else path)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), file=file, key="feed.publish_key") from None
+    scoring = doc.get("scoring")
+    if not isinstance(scoring, dict) or not scoring.get("learn_window"):
+        raise ConfigError("publishes learned resolvers: set [scoring] learn_window too",
+                          file=file, key="feed.publish_key")
+    return key, name
 
 
 def attach(server) -> Subscriber | None:
@@ -110,8 +144,17 @@ def attach(server) -> Subscriber | None:
                           "[[map]], [[target]] and [[mapped]], or [scoring], first",
                           file=cfg.source, key="feed")
     servers, settings, keys, nats_stream = parsed
+    pub = publishing(cfg.doc, cfg.source, base)
     receiver = Receiver(settings, keys, ServerSink(server))
     n = receiver.restore()
     if n:
         log.info("feed: %d saved message(s) restored from %s", n, cfg.state)
-    return Subscriber(servers, receiver, stream=nats_stream).start()
+    sub = Subscriber(servers, receiver, stream=nats_stream).start()
+    if pub is not None and server.scoring is not None and server.scoring.learner is not None:
+        from pop53.feed.learned import LearnedPublisher
+        publisher = Publisher(servers, pub[0], stream=settings.stream, prefix=settings.prefix,
+                              nats_stream=nats_stream, sender=pub[1])
+        sub.learned = LearnedPublisher(publisher, pub[1]).start()
+        server.scoring.on_learned = sub.learned.offer
+        sub.on_stop.append(sub.learned.stop)
+    return sub

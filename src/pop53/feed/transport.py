@@ -72,6 +72,8 @@ class Subscriber:
         self.receiver = receiver
         self.stream = stream
         self.connected = False
+        self.learned = None                  # pop53.feed.learned.LearnedPublisher, if any
+        self.on_stop: list = []              # called by stop(), before the thread is joined
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -83,6 +85,8 @@ class Subscriber:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        for hook in self.on_stop:
+            hook()
         if self._thread:
             self._thread.join(timeout)
 

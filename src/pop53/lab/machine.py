@@ -27,13 +27,19 @@ class Machine:
         return f"m{self.index}"
 
 
+def services(cfg) -> list[str]:
+    """The anycast prefixes every machine announces: the lab's service and `cfg.services` (the
+    further clouds a PoP may advertise)."""
+    return [SERVICE4, SERVICE6, *cfg.services]
+
+
 def node_config(cfg, m: Machine) -> birdmod.NodeConfig:
     """The machine's BIRD: eBGP to the router over both families, announcing the service."""
     return birdmod.NodeConfig(
         router_id=m.link4, local_as=MACHINE_AS,
         neighbors=[birdmod.Neighbor(m.link4, m.router4, ROUTER_AS, "up_v4"),
                    birdmod.Neighbor(m.link6, m.router6, ROUTER_AS, "up_v6")],
-        service=[SERVICE4, SERVICE6], signal=cfg.signal, interface="lo",
+        service=services(cfg), signal=cfg.signal, interface="lo",
         role="input-delayed" if m.index in cfg.input_delayed else "normal",
         hold_time=cfg.hold_time, keepalive_time=cfg.keepalive_time, bfd=cfg.bfd)
 
@@ -55,9 +61,10 @@ def agent_config(cfg, m: Machine, state: Path) -> str:
         "tcp = true",
         "",
         "[routes]",
-        f'addresses = ["{SERVICE4}", "{SERVICE6}"]',
+        "addresses = [" + ", ".join(f'"{p}"' for p in services(cfg)) + "]",
         f'mode = "{cfg.signal}"',
         'interface = "lo"',
+        *([f'plan = "{cfg.plan}"', f'pop = "{cfg.pop}"'] if cfg.plan else []),
         "",
         "[[cases]]",
         f'qname = "www.{LAB_ZONE}"',

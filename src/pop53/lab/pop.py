@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pop53.anycast import bird as birdmod
-from pop53.lab.machine import Machine, agent_config, node_config
+from pop53.lab.machine import Machine, agent_config, node_config, services
 from pop53.lab.netns import Namespaces
-from pop53.lab.process import (ETCD_PORT, MACHINE_AS, NS_PREFIX, ROUTER_AS, SERVICE4, SERVICE6,
+from pop53.lab.process import (ETCD_PORT, MACHINE_AS, NS_PREFIX, ROUTER_AS, SERVICE4,
                                LabError, Proc, child_env, dns_server_command, server_kind,
                                write_lab_zone)
 
@@ -61,6 +61,29 @@ class LabConfig:
     feed_delay: float = 600.0        # [feed] delay of the input_delayed machines
     server: str | None = None        # "pop53" | "knot" | None (auto)
     keep_dir: bool = False
+    services: tuple[str, ...] = ()   # more anycast prefixes (other clouds) every machine announces
+    plan: str | None = None          # a cloud plan (clouds.toml): the PoP must keep to it
+    pop: str = "lab"                 # this PoP's name in the plan
+
+
+def check_plan(cfg: LabConfig) -> None:
+    """Refuse a PoP whose machines' BIRD configs would advertise more clouds than the plan's
+    `max_per_pop` (or a prefix of no cloud), before anything is built (issue 13).  The check
+    reads the BIRD config a machine would load, as `pop53 clouds check` reads deployed ones."""
+    if cfg.plan is None:
+        return
+    from pop53.clouds.check import check_machine
+    from pop53.clouds.plan import load_plan
+    from pop53.errors import ConfigError
+
+    m = Machine(1, "-", "10.53.1.2", "fd53:0:1::2", "10.53.1.1", "fd53:0:1::1", Path("-"))
+    announced = birdmod.service_prefixes(birdmod.render_node_config(node_config(cfg, m)))
+    try:
+        problems = check_machine(load_plan(cfg.plan), cfg.pop, announced)
+    except ConfigError as exc:
+        raise LabError(str(exc)) from None
+    if problems:
+        raise LabError(f"the cloud plan refuses this PoP: {problems[-1]}")
 
 
 class Lab:
@@ -69,6 +92,7 @@ class Lab:
             raise LabError("machines must be between 1 and 99")
         if not 1 <= cfg.clients <= 99:
             raise LabError("clients must be between 1 and 99")
+        check_plan(cfg)
         self.cfg = cfg
         self.tag = secrets.token_hex(2)
         base = Path(workdir) if workdir else Path(tempfile.gettempdir())
@@ -172,17 +196,15 @@ class Lab:
         from pop53.anycast.routes import ServiceRoutes
 
         cfg = self.cfg
-        routes = ServiceRoutes([SERVICE4, SERVICE6], mode=cfg.signal, interface="lo",
-                               netns=m.ns)
+        routes = ServiceRoutes(services(cfg), mode=cfg.signal, interface="lo", netns=m.ns)
         # The server binds the service addresses, so they must exist before it starts.  Without
         # an agent the machine announces right away; with one, the agent announces once its
         # first probe round passes, so here only the addresses are put in place.
         if cfg.agents:
-            ServiceRoutes([SERVICE4, SERVICE6], mode="address", interface="lo",
-                          netns=m.ns).announce()
+            ServiceRoutes(services(cfg), mode="address", interface="lo", netns=m.ns).announce()
         else:
             routes.announce()
-        listens = [SERVICE4.split("/")[0], SERVICE6.split("/")[0], "127.0.0.1"]
+        listens = [p.split("/")[0] for p in services(cfg)] + ["127.0.0.1"]
         cmd = dns_server_command(self.server, zone=self.zone, listens=listens,
                                  identity=m.name, workdir=m.workdir)
         if self.feed is not None:

@@ -62,6 +62,14 @@ def parse_known(text: str, path: str = "<known resolvers>") -> KnownPrefixes:
     return KnownPrefixes(frozenset(v4), frozenset(v6))
 
 
+def format_known(known: KnownPrefixes, comment: str = "") -> str:
+    """The table as a file `parse_known` reads back to the same keys (sorted, one a line)."""
+    lines = [f"# {comment}"] if comment else []
+    lines += [f"{ipaddress.IPv4Address(k << (32 - V4_BITS))}/{V4_BITS}" for k in sorted(known.v4)]
+    lines += [f"{ipaddress.IPv6Address(k << (128 - V6_BITS))}/{V6_BITS}" for k in sorted(known.v6)]
+    return "\n".join(lines) + "\n"
+
+
 def read_known(path: str) -> KnownPrefixes:
     try:
         with open(path, encoding="utf-8") as f:

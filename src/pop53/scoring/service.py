@@ -74,6 +74,7 @@ class ScoringService:
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
         self.learner = None
+        self.on_learned = None            # called with each new learned table (the feed's publisher)
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
             self.learner = Learner(self.scorer, **settings["learn"])
@@ -96,6 +97,8 @@ class ScoringService:
             self.learned = learned
             self.publish(server, self.from_file.union(learned).union(self.from_feed))
             log.info("learned %d known resolver prefix(es)", len(learned))
+            if self.on_learned is not None:
+                self.on_learned(learned)
 
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
         """Ask the kernel for its drop counter with each datagram (the controller's input);

@@ -35,7 +35,9 @@ class ChildCompile:
         try:
             result = compile_files_isolated(specs, path, skip_bad=True, include_dir=include_dir,
                                             on_child=self._started)
-            return load_image(path), result
+            # checked in full here: the child writes the image straight to its file and never
+            # holds it to check it (issue 15)
+            return load_image(path, full_check=True), result
         except CompilerUnavailable:
             if self.stopping:
                 raise Pop53Error("stopping: the compile was cancelled") from None

@@ -1,5 +1,8 @@
 """dnstap output (issue 14 point 11; docs/dnstap.md): sampled queries and responses as dnstap
-protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file.
+protobuf messages (AUTH_QUERY, AUTH_RESPONSE) over Frame Streams, to a unix socket or a file;
+the control plane's messages (NOTIFY, transfers, SOA queries, handed-over TCP connections) through
+control(), every one, as AUTH_* (answered by us) or RESOLVER_* (sent by us); a `[dnstap]` change
+applied by a reload (Output.reconfigure).
 
 The workers copy sampled exchanges into their own lock-free rings (ext/dnstap.pxi); one writer
 thread here drains them (the encoder and the writes run without the GIL, ext/dnstap_out.pxi) and
@@ -120,12 +123,68 @@ def read_control(sock: socket.socket) -> tuple[int, list[bytes]]:
     return ctype, types
 
 
+AUTH, RESOLVER = 1, 3      # dnstap Message.Type of a query (its response: + 1)
+OFF_SAMPLE = 0xFFFFFFFF    # a ring's sample while [dnstap] is removed by a reload
+_current: "Output | None" = None     # the running server's output (control-plane messages)
+
+
+def control(mt: int, tcp: bool, ours, peer, query: bytes | None, replies=(),
+            qtime: float = 0.0, zone: bytes | None = None) -> None:
+    """Log one control-plane exchange (docs/dnstap.md), every one (not sampled): mt AUTH (a
+    NOTIFY, a transfer or a query on a handed-over TCP connection, answered by us) or RESOLVER
+    (an SOA query, a transfer request or a NOTIFY we sent).  ours / peer: (host, port) tuples
+    (ours may be None: the address the kernel would use toward peer).  RESOLVER messages carry
+    query_zone: `zone` (wire form) or the query's (else the first reply's) question name.  No-op
+    without [dnstap]."""
+    out = _current
+    if out is not None:
+        if mt == RESOLVER and zone is None:
+            zone = qname_wire(query if query is not None else (replies[0] if replies else b""))
+        out.control(mt, tcp, ours, peer, query, replies, qtime, zone if mt == RESOLVER else None)
+
+
+def qname_wire(msg: bytes) -> bytes | None:
+    """The first question's name of a DNS message in wire form (uncompressed, as a question's
+    first name always is), or None."""
+    if len(msg) < 13 or msg[4:6] == b"\0\0":
+        return None
+    pos = 12
+    while pos < len(msg) and msg[pos] != 0:
+        if msg[pos] & 0xC0:
+            return None
+        pos += msg[pos] + 1
+    return msg[12:pos + 1] if pos < len(msg) and pos - 12 < 255 else None
+
+
+def _pack(addr) -> tuple[bytes, int] | None:
+    try:
+        host = addr[0].split("%")[0]
+        return socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host), addr[1]
+    except (OSError, IndexError, TypeError, AttributeError):
+        return None
+
+
+def _local_toward(peer) -> tuple | None:
+    """Our address the kernel picks toward peer (a UDP connect sends nothing)."""
+    try:
+        fam = socket.AF_INET6 if ":" in peer[0] else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((peer[0], peer[1] or 53))
+            return s.getsockname()[:2]
+    except (OSError, IndexError, TypeError):
+        return None
+
+
 class Output:
     """The writer thread: rings of the readers -> Frame Streams."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.rings: list = []
+        self.ctl_ring = None      # the control plane's messages (one producer: _ctl_lock)
+        self._ctl_lock = threading.Lock()
+        self._pending: Settings | None = None     # a reload's new target, for the thread
+        self._base: dict = {}     # counters of writers replaced by a reload
         self.writer = None
         self.connected = False
         self.opens = 0            # times the output was opened (connected)
@@ -152,11 +211,62 @@ class Output:
         self.rings.append(ring)
 
     def start(self) -> None:
+        global _current
+        s = self.settings
+        self.ctl_ring = _core.DnstapRing(s.ring_size, 1, s.queries, s.responses)
+        self.rings.append(self.ctl_ring)
         self.writer = _core.DnstapWriter(self.rings, self.settings.identity, self.settings.version)
         self._thread = threading.Thread(target=self._run, name="pop53-dnstap", daemon=True)
         self._thread.start()
+        _current = self
+
+    def control(self, mt: int, tcp: bool, ours, peer, query: bytes | None, replies=(),
+                qtime: float = 0.0, zone: bytes | None = None) -> None:
+        """See control(): query and replies as separate records (one AUTH_QUERY / RESOLVER_QUERY,
+        then one response message each: a transfer is many)."""
+        if self.ctl_ring is None or self._pending_off():
+            return
+        p = _pack(peer)
+        o = _pack(ours) if ours is not None and ours[0] not in ("0.0.0.0", "::") else None
+        if o is None and p is not None:
+            o = _pack(_local_toward(peer) or ("::" if len(p[0]) == 16 else "0.0.0.0", 0))
+        if p is None or o is None or len(o[0]) != len(p[0]):
+            return
+        client, server = (p, o) if mt == AUTH else (o, p)
+        with self._ctl_lock:
+            if query is not None:
+                self.ctl_ring.log(mt, tcp, client[0], client[1], server[0], server[1], query,
+                                  None, qtime, zone)
+            for r in replies:
+                self.ctl_ring.log(mt, tcp, client[0], client[1], server[0], server[1], None,
+                                  bytes(r), qtime, zone)
+
+    def _pending_off(self) -> bool:
+        return self.settings.sample == OFF_SAMPLE
+
+    def reconfigure(self, new: Settings | None) -> list[str]:
+        """A `ctl reload` with a changed (already validated) [dnstap]: sampling and kinds at once
+        in every ring; a new target, identity or version re-opens the output in the writer's
+        thread; None (the table removed) turns logging off.  Returns what still needs a restart
+        (ring_size)."""
+        if new is None:
+            for r in self.rings:
+                r.configure(OFF_SAMPLE, False, False)
+            self._pending = dataclasses.replace(self.settings, sample=OFF_SAMPLE)
+            return []
+        for r in self.rings:
+            r.configure(1 if r is self.ctl_ring else new.sample, new.queries, new.responses)
+        restart = []
+        if new.ring_size != self.settings.ring_size:
+            restart.append("dnstap.ring_size")
+            new = dataclasses.replace(new, ring_size=self.settings.ring_size)
+        self._pending = new
+        return restart
 
     def stop(self, timeout: float = 2.0) -> None:
+        global _current
+        if _current is self:
+            _current = None
         self._stop.set()
         if self.writer is not None:
             self.writer.stop()
@@ -165,12 +275,42 @@ class Output:
 
     def stats(self) -> dict:
         out = self.writer.stats() if self.writer is not None else {}
+        for k in ("frames", "bytes", "lost"):
+            out[k] = out.get(k, 0) + self._base.get(k, 0)
         out.update(connected=int(self.connected), opens=self.opens)
         return out
+
+    def _apply_pending(self) -> None:
+        """In the writer's thread: close the output (STOP, FINISH) and switch to the new
+        settings; the next loop opens the new target.  What the rings hold is written to the new
+        one."""
+        new, self._pending = self._pending, None
+        old = self.settings
+        if (new.socket, new.file, new.identity, new.version) == (old.socket, old.file,
+                                                                  old.identity, old.version) \
+                and OFF_SAMPLE not in (new.sample, old.sample):
+            self.settings = new
+            return
+        if self._fd is not None:
+            self._close(clean=True)
+        if (new.identity, new.version) != (old.identity, old.version):
+            st = self.writer.stats()
+            for k in ("frames", "bytes", "lost"):
+                self._base[k] = self._base.get(k, 0) + st[k]
+            self.writer = _core.DnstapWriter(self.rings, new.identity, new.version)
+        self.settings = new
+        self._failed = False
+        self._warned = False
+        log.info("dnstap: reconfigured (%s, 1 in %d)", self._target() or "off", new.sample)
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._pending is not None:
+                self._apply_pending()
+            if self._pending_off():
+                self._stop.wait(0.05)
+                continue
             if self._fd is None and not self._open():
                 self._stop.wait(self.settings.reconnect)
                 continue

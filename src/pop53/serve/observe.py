@@ -4,6 +4,7 @@ each image before it is published, and the Prometheus families of both plus late
 info.  serve/server.py calls attach(), label() and stop(); serve/metrics.py calls families()."""
 from __future__ import annotations
 
+import ctypes
 import platform
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -40,6 +41,16 @@ class Observe:
                 self.dnstap.attach(lp, True, s.net.tcp_socks[0].getsockname() if s.net.tcp_socks else None)
             self.dnstap.start()
 
+    def reconfigure_dnstap(self, cfg) -> list[str]:
+        """A reload's (validated) config: apply a changed [dnstap]; returns what needs a
+        restart (dnstap on a server started without it, dnstap.ring_size)."""
+        settings = dnstap.parse(cfg.doc, cfg.source, cfg.identity)
+        if self.dnstap is None:
+            return ["dnstap"] if settings is not None else []
+        if settings == self.dnstap.settings:
+            return []
+        return self.dnstap.reconfigure(settings)
+
     def label(self, image) -> None:
         """Before `image` is published: its zone index -> counter slot table."""
         self.zones.label(image.view, list(image.zones()))
@@ -69,14 +80,15 @@ class Observe:
             labels=["proto"])
         s = self.server
         for proto, readers in (("udp", s.workers), ("tcp", s.tcp.loops if s.tcp else [])):
-            counts, total_ns = _core.latency(readers)
-            buckets, acc = [], 0
-            for bound, n in zip(_core.LATENCY_BOUNDS_NS, counts):
-                acc += n
-                buckets.append((repr(bound / 1e9), acc))
-            buckets.append(("+Inf", acc + counts[-1]))
-            h.add_metric([proto], buckets, total_ns / 1e9)
+            h.add_metric([proto], *_buckets(*_core.latency(readers)))
         yield h
+        h = HistogramMetricFamily(
+            "pop53_answer_latency_total_seconds", "Time from each query's kernel receive "
+            "timestamp (SO_TIMESTAMPNS) to its batch's send: the socket's receive queue plus the "
+            "server (UDP socket workers)", labels=["proto"])
+        h.add_metric(["udp"], *_buckets(*_core.latency_from_kernel(s.workers)))
+        yield h
+        yield from xdp_families(s)
         if self.dnstap is not None:
             st = self.dnstap.stats()
             for key, doc in (("sampled", "Queries sampled for dnstap"),
@@ -90,6 +102,53 @@ class Observe:
             g = GaugeMetricFamily("pop53_dnstap_connected", "1 while the dnstap output is open")
             g.add_metric([], st["connected"])
             yield g
+
+
+def _buckets(counts, total_ns):
+    """A latency array (_core.latency) as cumulative Prometheus buckets and the sum in s."""
+    buckets, acc = [], 0
+    for bound, n in zip(_core.LATENCY_BOUNDS_NS, counts):
+        acc += n
+        buckets.append((repr(bound / 1e9), acc))
+    buckets.append(("+Inf", acc + counts[-1]))
+    return buckets, total_ns / 1e9
+
+
+# struct xdp_statistics (linux/if_xdp.h), in order; older kernels give the first three
+XDP_STATS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_full",
+             "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
+SOL_XDP, XDP_STATISTICS = 283, 7
+_libc = None
+
+
+def xsk_statistics(fd: int) -> dict[str, int]:
+    """An AF_XDP socket's XDP_STATISTICS counters (getsockopt; Python's socket module cannot
+    wrap an AF_XDP descriptor).  {} when the kernel does not answer."""
+    global _libc
+    if fd < 0:
+        return {}
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    buf = (ctypes.c_uint64 * len(XDP_STATS))()
+    size = ctypes.c_uint32(ctypes.sizeof(buf))
+    if _libc.getsockopt(fd, SOL_XDP, XDP_STATISTICS, buf, ctypes.byref(size)) != 0:
+        return {}
+    return {name: buf[i] for i, name in enumerate(XDP_STATS) if (i + 1) * 8 <= size.value}
+
+
+def xdp_families(server):
+    """pop53_xdp_kernel_drops_total{queue, reason}: what the kernel dropped or could not hand to
+    an AF_XDP socket (the overload controller reads rx_dropped + rx_ring_full; docs/xdp.md)."""
+    xdp = getattr(server, "xdp", None)
+    if xdp is None or not getattr(xdp, "workers", None):
+        return
+    c = CounterMetricFamily("pop53_xdp_kernel_drops", "AF_XDP socket counters "
+                            "(XDP_STATISTICS): frames dropped or descriptors refused, by reason",
+                            labels=["worker", "queue", "reason"])
+    for w in xdp.workers:
+        for reason, v in xsk_statistics(w.xsk_fd).items():
+            c.add_metric([str(w.index), str(w.queue), reason], v)
+    yield c
 
 
 def build_info():

@@ -10,7 +10,9 @@ serving, unchanged.  Then, without a restart:
     the transfer engine (pop53.xfr.zoneset.reconfigure);
   - identity, version, nsid, chaos, edns_max, cookies and [rrl]: the UDP workers restart one at
     a time with the new settings (Server.restart_workers);
-  - serial_check, max_image_bytes, zone_dir, [log] apply from the next load / line.
+  - serial_check, max_image_bytes, zone_dir, [log] apply from the next load / line;
+  - [dnstap]: sampling and kinds at once, a new path, identity or version re-opens the output
+    (serve/dnstap.py; not ring_size, nor turning it on in a server started without it).
 What is bound or dropped at start (listen, workers, user, control, metrics, state,
 reuseport_bpf, the TCP limits) cannot change live: such a change is reported as "needs a
 restart" (in the log and ctl's reply) and the running value stays.  Settings given on the
@@ -30,7 +32,7 @@ log = logging.getLogger("pop53.server")
 
 # bound, opened or dropped at start
 RESTART = ("listen", "workers", "user", "control", "metrics", "state", "reuseport_bpf",
-           "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries")
+           "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries", "receive_timestamps")
 # what the data plane's Responder holds
 ANSWER = ("identity", "version", "chaos", "nsid", "edns_max", "cookie_secret",
           "cookie_secret_previous")
@@ -81,9 +83,10 @@ def apply(server, new, xcfg) -> dict:
                     k, getattr(old, k))
         setattr(new, k, getattr(old, k))
     report: dict = {"restart": [f"server.{k}" for k in restart]}
-    if new.doc.get("dnstap") != old.doc.get("dnstap"):    # the rings are made at start
-        log.warning("config reload: [dnstap] changed; it needs a restart")
-        report["restart"].append("dnstap")
+    if getattr(server, "observe", None) is not None:       # [dnstap]: serve/observe.py
+        for k in server.observe.reconfigure_dnstap(new):
+            log.warning("config reload: %s changed; it needs a restart", k)
+            report["restart"].append(k)
     before = {z.name for z in old.zones}
     after = {z.name for z in new.zones}
     report["added"] = sorted(after - before)

@@ -17,14 +17,19 @@ log = logging.getLogger("pop53.server")
 # Linux constants Python's socket module may not name
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 RECV_TIMEOUT = 0.1        # how often an idle worker passes a quiescent point and checks for stop
 
 
-def udp_socket(addr: Listen) -> socket.socket:
+def udp_socket(addr: Listen, stamps: bool = True) -> socket.socket:
     s = socket.socket(addr.family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(RECV_TIMEOUT * 1e6)))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if stamps:
+        # the kernel's receive time of every datagram: answer latency with the socket's queue
+        # (pop53_answer_latency_total_seconds, docs/dnstap.md)
+        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
     if addr.family == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if addr.wildcard:

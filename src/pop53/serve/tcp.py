@@ -22,6 +22,7 @@ import struct
 import threading
 
 from pop53 import _core
+from pop53.serve import dnstap
 
 log = logging.getLogger("pop53.tcp")
 
@@ -177,6 +178,7 @@ class TcpServer:
                       done: int) -> None:
         cfg = self.server.config
         peer = writer.get_extra_info("peername")
+        ours = writer.get_extra_info("sockname")
         try:
             for _ in range(max(0, cfg.tcp_max_queries - done)):
                 try:
@@ -185,7 +187,10 @@ class TcpServer:
                     msg = await asyncio.wait_for(reader.readexactly(n), cfg.tcp_message_timeout)
                 except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
                     break           # EOF (possibly a half-close after the last query), idle, reset
-                for reply in self._answer(msg, peer):
+                replies = self._answer(msg, peer)
+                # dnstap: every message of a handed-over connection, AUTH_QUERY + AUTH_RESPONSE(s)
+                dnstap.control(dnstap.AUTH, True, ours, peer, msg, replies)
+                for reply in replies:
                     writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
         except ConnectionError:

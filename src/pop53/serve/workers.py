@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from pop53 import _core
 from pop53.config import Config, Listen
+from pop53.serve import dnstap
 from pop53.serve.imageslot import ImageSlot
 from pop53.serve.sockets import _start_error, tcp_socket, udp_socket
 
@@ -55,7 +56,7 @@ class Workers:
         # with port 0 the first UDP socket picks the port and TCP and the rest of the group
         # follow it; if that port is taken for TCP, pick again
         for attempt in range(20):
-            first = udp_socket(addr)
+            first = udp_socket(addr, cfg.receive_timestamps)
             a = Listen(addr.host, first.getsockname()[1])
             try:
                 tsock = tcp_socket(a)
@@ -66,7 +67,8 @@ class Workers:
                     raise
         addr = a
         try:
-            group = [first] + [udp_socket(addr) for _ in range(cfg.workers - 1)]
+            group = [first] + [udp_socket(addr, cfg.receive_timestamps)
+                               for _ in range(cfg.workers - 1)]
         except OSError:
             first.close()
             tsock.close()
@@ -152,6 +154,7 @@ class Workers:
         if reply is None:
             image = self.slot.current
             _act, reply = _core.answer(image.view if image else None, msg, self.responder, False)
+        dnstap.control(dnstap.AUTH, False, sock.getsockname(), peer, msg, [reply] if reply else ())
         if reply:
             try:
                 sock.sendto(reply, peer)

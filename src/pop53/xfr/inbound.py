@@ -22,6 +22,7 @@ import dns.transaction
 import dns.xfr
 import dns.zone
 
+from pop53.serve import dnstap
 from pop53.xfr import journal as jr
 from pop53.xfr.config import Peer
 from pop53.xfr.versions import UpdateRejected
@@ -237,8 +238,12 @@ class _Stream:
         self.thread = None
         self.received = 0        # message octets, as the sender logs them (xfr/translog.py)
         self.sock = _connect(primary, timeout)
+        self.t0 = time.time()
+        self.ends = (self.sock.getsockname()[:2], self.sock.getpeername()[:2])   # for dnstap
+        self.zone = dnstap.qname_wire(wire)
         try:
             self.sock.sendall(struct.pack("!H", len(wire)) + wire)
+            self._tap(wire, ())                 # dnstap: RESOLVER_QUERY (docs/dnstap.md)
             self.thread = threading.Thread(target=self._read, name="pop53-xfr-reader", daemon=True)
             self.thread.start()
         except BaseException:
@@ -263,8 +268,13 @@ class _Stream:
                     raise UpdateRejected(f"transfer exceeds {self.max_bytes} octets "
                                          "([xfr] max_transfer_bytes)")
                 self.frames.put((time.time(), body))
+                self._tap(None, (body,))        # each message: RESOLVER_RESPONSE
         except BaseException as exc:  # handed to the parser; it decides
             self.frames.put(exc)
+
+    def _tap(self, query, replies) -> None:
+        if dnstap._current is not None:
+            dnstap.control(dnstap.RESOLVER, True, *self.ends, query, replies, self.t0, self.zone)
 
     def __iter__(self):
         while True:

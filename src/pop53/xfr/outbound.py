@@ -21,6 +21,7 @@ import dns.renderer
 import dns.tsig
 import dns.zone
 
+from pop53.serve import dnstap
 from pop53.xfr import journal as jr
 from pop53.xfr.config import Peer
 from pop53.xfr.metrics import count
@@ -295,8 +296,11 @@ class Outbound(EnginePart):
             name, ttl, rd = jr.soa_of(zone)
             q.find_rrset(q.answer, name, IN, SOA, create=True).add(rd, ttl)
             sign(q, st.conf.key)
+            t0 = time.time()
             try:
                 r = await dns.asyncquery.udp(q, peer.host, timeout=timeout, port=peer.port)
+                dnstap.control(dnstap.RESOLVER, False, None, (peer.host, peer.port), q.wire,
+                               [r.wire], t0)
                 if r.rcode() == dns.rcode.NOERROR:
                     count(self.stats, "notify.sent", "pop53_xfr_notify_sent_total",
                            "NOTIFY acknowledged by secondaries", zone=st.name)
@@ -306,6 +310,9 @@ class Outbound(EnginePart):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if q.wire is not None:      # sent, no (valid) answer: the query alone
+                    dnstap.control(dnstap.RESOLVER, False, None, (peer.host, peer.port), q.wire,
+                                   (), t0)
                 log.debug("zone %s: NOTIFY to %s attempt %d: %s: %s", st.name, peer, attempt,
                           type(exc).__name__, exc)
                 if attempt == self.config.notify_retries:

@@ -19,6 +19,7 @@ import dns.tsig
 import dns.xfr
 import dns.zone
 
+from pop53.serve import dnstap
 from pop53.xfr import journal as jr
 from pop53.xfr.config import Peer
 from pop53.xfr.inbound import Collector, inbound_transfer
@@ -210,8 +211,12 @@ class Refresher(EnginePart):
         sign(q, st.conf.key)
         # UDP first, TCP when truncated (RFC 1035 §4.2); dnspython verifies the response's TSIG
         # against our key and request MAC and raises on a missing or bad one.
-        r, _ = await dns.asyncquery.udp_with_fallback(q, primary.host, timeout=self.config.timeout,
-                                                      port=primary.port)
+        t0 = time.time()
+        r, tcp = await dns.asyncquery.udp_with_fallback(q, primary.host,
+                                                        timeout=self.config.timeout,
+                                                        port=primary.port)
+        dnstap.control(dnstap.RESOLVER, tcp, None, (primary.host, primary.port), q.wire,
+                       [r.wire], t0)
         if r.rcode() != dns.rcode.NOERROR:
             raise dns.exception.FormError(f"rcode {dns.rcode.to_text(r.rcode())}")
         if st.conf.key is not None and not r.had_tsig:

@@ -53,10 +53,9 @@ class _Checker:
     # -- what dnspython's reader and transaction refuse, in file order -------------------------
     def reading(self, cov: np.ndarray) -> None:
         r = self.r
-        n = len(r)
-        idx = np.arange(n)
         problems = []                 # (record index, message, node)
-        order = np.lexsort((idx, r.type, r.node))
+        # by name, type, covers, file order: a singleton type's records are adjacent
+        order = r.order(cov)
         sn, st = r.node[order], r.type[order]
         again = (sn[1:] == sn[:-1]) & (st[1:] == st[:-1]) & np.isin(st[1:], _SINGLETONS)
         if again.any():

@@ -125,7 +125,7 @@ class _ZoneBuild:
         dropped."""
         r = self.data.columns
         cov = r.covers()
-        order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+        order = r.order(cov).astype(np.int64)     # layout.pxi takes int64
         try:
             self.neg_ttl, self.with_targets = _core.layout_nodes_from_records(
                 self.nodes, r.keys(), order, r.node, r.type, cov, r.ttl, r.rdoff, r.rdlen, r.rdata,
@@ -237,16 +237,21 @@ def compile_zone_data(zones: list[ZoneData], seed: int | None = None, expired=()
             gc.enable()
 
 
-def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
-    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
+def check_origins(zones: list[ZoneData]) -> None:
+    """Raises ZoneError when one origin is given twice."""
     origins = {}
     for z in zones:
         if z.origin in origins:
             raise ZoneError(f"zone {z.origin} is given twice ({origins[z.origin]} and {z.source})",
                             zone=z.origin.to_text())
         origins[z.origin] = z.source
+
+
+def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
+    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    check_origins(zones)
     if zones and all(_flat_ok(z) for z in zones):
         return _compile_flat(sorted(zones, key=lambda z: z.origin), seed, expired)
     builds = [_ZoneBuild(i, z) for i, z in enumerate(sorted(zones, key=lambda z: z.origin))]
@@ -368,7 +373,7 @@ def _flat_ok(z: ZoneData) -> bool:
 def _flat_zone(z: ZoneData) -> "_core.FlatZone":
     r = z.columns
     cov = r.covers()
-    order = np.lexsort((np.arange(len(r)), cov, r.type, r.node))
+    order = r.order(cov)
     key = z.origin.to_wire().lower()
     try:
         return _core.FlatZone(r.names, r.node_off, r.node_len, order, r.node, r.type,
@@ -515,6 +520,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--include-dir")
     args = p.parse_args(argv)
+    from pop53.zone.imagefile import fixed_mmap_threshold
+    from pop53.zone.zonefile import map_big_files
+    fixed_mmap_threshold()     # freed phase arrays go back to the system (issue 15)
+    map_big_files()            # a big file is not held whole (a SIGBUS here is a failed child)
     try:
         specs = [(path, origin) for origin, _, path in (s.partition("=") for s in args.zone)]
         if args.skip_bad:
@@ -523,11 +532,15 @@ def main(argv=None) -> int:
         else:
             datas, failed = [load_zone_file(path, origin or None, args.include_dir)
                              for path, origin in specs], {}
-        image = compile_zone_data(datas, expired=sorted(failed))
-        image.save(args.out)
-        print(json.dumps({"ok": True, "bytes": len(image), "failed": failed,
-                          "loaded": {d.origin.to_text(): d.summary() for d in datas
-                                     if d.origin.to_text() not in failed},
+        loaded = {d.origin.to_text(): d.summary() for d in datas
+                  if d.origin.to_text() not in failed}
+        for d in datas:        # checked: the compile needs no file or line (issue 15)
+            if d.columns is not None:
+                d.columns.drop_locations()
+        # straight to the file: the image is never held whole in this process (issue 15)
+        from pop53.zone.imagefile import compile_to_file
+        size = compile_to_file(datas, args.out, expired=sorted(failed), consume=True)
+        print(json.dumps({"ok": True, "bytes": size, "failed": failed, "loaded": loaded,
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0
     except ZoneError as exc:

@@ -60,21 +60,30 @@ class Image:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (temp file + rename), so a reader never sees half an image."""
-        path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".pop53-img-", dir=d)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def fill(fd: int) -> None:
+            with os.fdopen(fd, "wb", closefd=False) as f:
                 f.write(memoryview(self._data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomically(path, fill)
+
+
+def write_atomically(path: str | os.PathLike, fill) -> None:
+    """fill(fd) writes an image into a temp file beside `path`, which is then synced and
+    renamed to it: a reader sees the whole image or none of it."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".pop53-img-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        try:
+            fill(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load_image(path: str | os.PathLike, *, full_check: bool = False) -> Image:

@@ -165,7 +165,7 @@ class Records:
         self.node = np.frombuffer(cols["node"], dtype=np.uint32)
         self.type = np.frombuffer(cols["type"], dtype=np.uint16)
         self.ttl = np.frombuffer(cols["ttl"], dtype=np.uint32)
-        self.rdoff = np.frombuffer(cols["rdoff"], dtype=np.uint64)
+        self.rdoff = np.frombuffer(cols["rdoff"], dtype=np.uint32)
         self.rdlen = np.frombuffer(cols["rdlen"], dtype=np.uint16)
         self.line = np.frombuffer(cols["line"], dtype=np.uint32)
         self.file = np.frombuffer(cols["file"], dtype=np.uint16)
@@ -222,6 +222,25 @@ class Records:
             off = self.rdoff[sig].astype(np.int64)
             out[sig] = (rd[off].astype(np.uint16) << 8) | rd[off + 1]
         return out
+
+    def order(self, cov: np.ndarray) -> np.ndarray:
+        """Record indices by name, type, covered type (`cov`, covers()) and file order: what
+        np.lexsort((np.arange(n), cov, type, node)) gives, without its temporaries the size of
+        the zone (ext/zonestream.pxi flat_order)."""
+        return np.frombuffer(_core.flat_order(self.node, self.type, cov, self.n_nodes),
+                             dtype=np.uint32)
+
+    def drop_locations(self) -> None:
+        """Free the file and line columns once the checks are done (a compile that only
+        writes the image needs neither; where() cannot answer after this)."""
+        self.line = self.file = None
+
+    def drop_build_inputs(self) -> None:
+        """Free what a built FlatZone no longer reads (it keeps names, rdata, rdoff, rdlen):
+        node, type, TTL, node offsets and lengths, and the file and line columns.  Nothing
+        but those four columns answers after this."""
+        self.node = self.type = self.ttl = self.node_off = self.node_len = None
+        self.drop_locations()
 
     def where(self, i: int) -> tuple[str, int]:
         return self.files[int(self.file[i])], int(self.line[i])

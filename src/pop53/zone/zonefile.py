@@ -48,7 +48,7 @@ _INCLUDE_RE_B = re.compile(_INCLUDE_RE.pattern.encode(), re.MULTILINE | re.IGNOR
 def _searchable(data: bytes):
     """What the regexes above search: the bytes, or with a CR in them the text as read in text
     mode (universal newlines)."""
-    if b"\r" in data:
+    if data.find(b"\r") >= 0:       # find: `in` walks an mmap item by item
         return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
     return data
 
@@ -252,6 +252,41 @@ def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dic
     return out
 
 
+_MAP_AT_LEAST = None       # off unless map_big_files() (see there)
+
+
+def map_big_files(at_least: int = 1 << 20) -> None:
+    """Read master files of `at_least` bytes through a mapping (see _read).  Only for processes
+    that may die of a file truncated while it is read (SIGBUS): the compiler child (its parent
+    then compiles in-process) and `pop53 check`; never the server."""
+    global _MAP_AT_LEAST
+    _MAP_AT_LEAST = at_least
+
+
+def _read(path: str):
+    """A master file's content: bytes, or for a big file without CR octets a read-only mmap
+    when map_big_files() is on (the scanner drops its pages as it passes them, so a 50 MB file
+    is not held whole while its records are made; issue 15)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if _MAP_AT_LEAST is not None and size >= _MAP_AT_LEAST:
+            import mmap
+            m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if m.find(b"\r") < 0:
+                _drop_pages(m)
+                return m
+            m.close()
+        return f.read()
+
+
+def _drop_pages(raw) -> None:
+    """Drop a mapped file's pages from this process after a pass over it (the digest, the
+    searches): they are read again from the page cache when the scanner gets there."""
+    if not isinstance(raw, bytes):
+        import mmap
+        raw.madvise(mmap.MADV_DONTNEED)
+
+
 def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None = None,
                    include_dir: str | None = None) -> ZoneData:
     """Read and validate one master file.  Raises ZoneError naming file, line and owner.
@@ -259,8 +294,7 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
     path = os.fspath(path)
     t0 = time.monotonic()
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = _read(path)
     except OSError as exc:
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None
     # as text mode reads it (universal newlines); the digest is of the bytes that were parsed.
@@ -276,7 +310,13 @@ def load_zone_file(path: str | os.PathLike, origin: str | dns.name.Name | None =
         except dns.exception.DNSException as exc:
             raise ZoneError(f"bad zone name {origin!r}: {exc}", file=path) from None
     del text
-    data = zone_from_bytes(raw, origin, source=path, include_dir=include_dir)
+    _drop_pages(raw)
+    recs = _scan(raw, origin, path, include_dir)
+    if recs is not None:
+        del raw         # not held while the checks and the compile run (issue 15)
+        data = _validated(recs, origin, path)
+    else:
+        data = zone_from_text(_universal(raw), origin, path, include_dir=include_dir)
     data.files = files
     data.seconds = time.monotonic() - t0
     return data
@@ -288,25 +328,40 @@ def zone_from_bytes(raw: bytes, origin: dns.name.Name, source: str = "<string>",
     for the files the scanner hands back (non-ASCII text, $UNICODE) and when
     POP53_ZONE_PARSER=dnspython (the reference path the differential tests compare with).
     Relative $INCLUDE names resolve against include_dir (else the working directory)."""
-    if os.environ.get("POP53_ZONE_PARSER") != "dnspython":
-        from pop53.zone import records as _records
-        try:
-            recs = _records.scan_bytes(raw, origin, source, include_dir)
-        except _records.ZoneScanFallback:
-            recs = None
-        except _records.ZoneScanError as exc:
-            from pop53.zone.checks import check_reading
-            check_reading(ZoneData(origin=origin, source=source, columns=exc.records))
-            msg, fname, line, owner = exc.args
-            raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
-        if recs is not None:
-            from pop53.zone.checks import validate_records
-            data = ZoneData(origin=origin, source=source, columns=recs)
-            validate_records(data)
-            return data
-    # what open() in text mode gave dnspython: universal newlines
-    text = raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
-    return zone_from_text(text, origin, source, include_dir=include_dir)
+    recs = _scan(raw, origin, source, include_dir)
+    if recs is not None:
+        return _validated(recs, origin, source)
+    return zone_from_text(_universal(raw), origin, source, include_dir=include_dir)
+
+
+def _scan(raw: bytes, origin: dns.name.Name, source: str, include_dir: str | None):
+    """The scanner's records, or None when dnspython reads this file (see zone_from_bytes).
+    Raises ZoneError."""
+    if os.environ.get("POP53_ZONE_PARSER") == "dnspython":
+        return None
+    from pop53.zone import records as _records
+    try:
+        return _records.scan_bytes(raw, origin, source, include_dir)
+    except _records.ZoneScanFallback:
+        return None
+    except _records.ZoneScanError as exc:
+        from pop53.zone.checks import check_reading
+        check_reading(ZoneData(origin=origin, source=source, columns=exc.records))
+        msg, fname, line, owner = exc.args
+        raise ZoneError(msg, file=fname, line=line, owner=owner, zone=str(origin)) from None
+
+
+def _validated(recs, origin: dns.name.Name, source: str) -> ZoneData:
+    from pop53.zone.checks import validate_records
+    data = ZoneData(origin=origin, source=source, columns=recs)
+    validate_records(data)
+    return data
+
+
+def _universal(raw: bytes) -> str:
+    """What open() in text mode gave dnspython: universal newlines."""
+    raw = raw if isinstance(raw, bytes) else raw[:]       # a mapped file
+    return raw.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def zone_from_text(text: str, origin: dns.name.Name, source: str = "<string>",

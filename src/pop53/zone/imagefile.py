@@ -1,0 +1,105 @@
+"""A compile written straight to an image file (issue 15: a cold load of a million-name zone
+peaks at most 2x its image).
+
+The C compile of unsigned scanner-read zones (ext/zonebuild.pxi) is laid out in memory as
+arrays; its image is written to the file a few MiB at a time (ext/zonestream.pxi) instead of
+into a buffer the size of the image, so the compiler child (and `pop53 check`) never hold the
+image and the arrays it is made from at once.  The bytes are compile_zone_data's.  Any other
+compile (signed zones, zones dnspython read) is compiled in memory and saved.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import struct
+
+import dns.name
+import numpy as np
+
+from pop53 import _core
+from pop53.dnssec import index as dnssec_index
+from pop53.errors import ZoneError
+from pop53.zone import compiler
+from pop53.zone.images import write_atomically
+from pop53.zone.zonefile import ZoneData
+
+_SIGNED = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.uint16)
+
+
+def _streamable(z: ZoneData) -> bool:
+    """Scanner records of an unsigned zone (a signed zone's DNSSEC block is written by
+    FlatImage.write only)."""
+    r = z.columns
+    return r is not None and not np.isin(r.type, _SIGNED).any()
+
+
+def fixed_mmap_threshold(size: int = 256 << 10) -> None:
+    """glibc raises its mmap threshold to the size of every big block freed (up to 32 MiB), so
+    the next phase's arrays come from the heap and freed ones stay in the process: a compile's
+    phases then add up instead of taking turns.  A fixed threshold keeps big blocks mapped and
+    returns them when freed (mallopt M_MMAP_THRESHOLD).  For processes that compile a big zone
+    and exit (the compiler child, `pop53 check`)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(-3, size)     # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | None = None,
+                    expired=(), consume: bool = False) -> int:
+    """compile_zone_data(zones, seed, expired).save(path), without holding the image in memory
+    when the C compile takes every zone.  Atomic (a temp file renamed).  Returns its size.
+    consume: the zones' record columns the build has read are freed as it goes (the zones are
+    of no use after that but for their warnings; for a process that compiles and exits)."""
+    path = os.fspath(path)
+    if not zones or not all(_streamable(z) for z in zones):
+        image = compiler.compile_zone_data(zones, seed=seed, expired=expired)
+        image.save(path)
+        return len(image)
+    compiler.check_origins(zones)
+    expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    zones = sorted(zones, key=lambda z: z.origin)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        flat = []
+        for z in zones:
+            flat.append(compiler._flat_zone(z))
+            if consume:
+                z.columns.drop_build_inputs()
+        return write_flat(path, zones, flat, _core.FlatImage(flat), seed, expired)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set) -> int:
+    """The image of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
+    written to path.  Returns its size."""
+    try:
+        lay = _core.flat_layout(img, compiler.HEADER.size, compiler.ZONE.size,
+                                compiler._MAX_IMAGE)
+    except OverflowError as exc:
+        raise ZoneError(f"image would be {exc.args[0]} bytes; the format's limit is 4 GiB"
+                        ) from None
+    head = bytearray(lay["ztab_off"] + 4 * lay["ztab_size"])
+    compiler.HEADER.pack_into(
+        head, 0, b"POP53IMG", _core.IMAGE_VERSION, compiler.HEADER.size, lay["size"],
+        len(zones), lay["zones_off"], lay["ztab_off"], lay["ztab_size"] - 1, seed, 0,
+        lay["nodes"], lay["rrsets"], lay["records"], 0)
+    compiler._fill_zone_table(head, [f.key for f in flat], lay["ztab_off"], lay["ztab_size"],
+                              seed)
+    _write(path, lambda fd: _core.flat_stream(
+        img, fd, head, lay, seed, [z.origin in expired for z in zones],
+        _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size))
+    return lay["size"]
+
+
+def _write(path: str, stream) -> None:
+    """stream(fd) writes the image and returns its checksum, stored into the header last."""
+    def fill(fd: int) -> None:
+        os.pwrite(fd, struct.pack("<I", stream(fd)), compiler.CHECKSUM_OFFSET)
+    write_atomically(path, fill)
