@@ -1,6 +1,6 @@
 """First AXFR of a big zone from a Knot primary: time from a secondary's start to the zone being
-answerable, and its peak memory, for pop53's records path beside Knot and NSD as secondaries of
-the same Knot primary, in one run (issue 15 point 3).
+answerable, and its peak memory, for `pop53 serve` as a secondary (and its records path alone)
+beside Knot and NSD as secondaries of the same Knot primary, in one run (issue 15 point 3).
 
     PYTHONPATH=src python3 -m bench.xfr_first --names 1000000 --rounds 2
 
@@ -8,12 +8,12 @@ The primary is Knot on a free loopback port serving bench/data.py's zone (AXFR a
 127.0.0.1).  Each round starts, in alternating order:
 - Knot and NSD as secondaries (empty work directory: the first thing each does is an AXFR),
   polled over UDP until they answer an A query for a host of the zone;
-- pop53: a fresh `python3 -m bench.xfr_first --pop53-child` process that runs
-  pop53.xfr.axfr_records.axfr_zone (AXFR parsed from wire into records, TSIG-capable, the
-  zone-file checks) and the compiler, then answers the same query from the image with
-  pop53.answer.  This is the path a pop53 secondary's first transfer is to take; the secondary
-  engine (pop53.xfr.keeper) does not use it yet (it keeps dnspython zones), so this row is the
-  records path in one process, not `pop53 serve`.
+- `pop53 serve -c` with the zone as a secondary of the primary (one worker, a state
+  directory), polled like Knot and NSD;
+- pop53's records path alone: a fresh `python3 -m bench.xfr_first --pop53-child` process that
+  runs pop53.xfr.axfr_records.axfr_zone (AXFR parsed from wire into records, the zone-file
+  checks) and the compiler, then answers the same query from the image with pop53.answer, and
+  reports its phases.
 Times are from process start; CPU is the process tree's user + system seconds up to the first
 answer (steadier than wall time on a loaded machine); peak memory is the largest RSS of the
 process tree sampled every 20 ms.  Results: bench/results/xfr_first.md and .png.  Not a test: nothing here asserts a time.
@@ -93,12 +93,46 @@ def _spawn(argv: list[str], work: Path, env: dict | None = None) -> subprocess.P
 
 
 def _secondary(label: str, argv: list[str], work: Path, port: int, probe: str,
-               timeout: float) -> dict:
+               timeout: float, env: dict | None = None) -> dict:
     t0 = time.monotonic()
-    r = first_answer(_spawn(argv, work), work, port, probe, timeout)
+    r = first_answer(_spawn(argv, work, env), work, port, probe, timeout)
     if not r["ok"]:
         return {"ok": False, "error": f"{label}: {r['error']}"}
     return {"ok": True, "visible_s": r["ready"] - t0, "peak_mib": r["peak_rss_mib"], "cpu_s": r["cpu_s"]}
+
+
+def _pop53_serve(work: Path, port: int, primary: int) -> list[str]:
+    """`pop53 serve` as a secondary of the primary (one worker, a state directory: what an
+    operator runs; its first transfer goes through the engine, pop53.xfr.refresh)."""
+    (work / "pop53.toml").write_text(
+        f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\nstate = "{work / "state"}"\n'
+        f'[xfr]\nmax_records = 50000000\n'
+        f'[[zone]]\nname = "{ORIGIN}"\nprimaries = ["127.0.0.1:{primary}"]\n')
+    return [sys.executable, "-m", "pop53", "serve", "-c", str(work / "pop53.toml")]
+
+
+def _serve_phases(log: Path) -> dict:
+    """From a `pop53 serve` secondary's log (millisecond timestamps): seconds from its start
+    line to the transfer's start, the transfer (its own log line), and from the transfer's end to
+    the image published (the publisher's line: checks, compile, publish)."""
+    import re
+
+    def ts(line: str) -> float:
+        return _dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    start = axfr_end = axfr_s = published = None
+    for line in log.read_text(errors="replace").splitlines():
+        if " starting, pid " in line and start is None:
+            start = ts(line)
+        m = re.search(r"AXFR in from .*, ([0-9.]+) s, key", line)
+        if m and axfr_end is None:
+            axfr_end, axfr_s = ts(line), float(m.group(1))
+        if ": image compiled and published in " in line and published is None:
+            published = ts(line)
+    if None in (start, axfr_end, published):
+        return {}
+    return {"start->axfr": axfr_end - axfr_s - start, "axfr": axfr_s,
+            "axfr->published": published - axfr_end}
 
 
 def _pop53(work: Path, primary: int, probe: str, timeout: float) -> dict:
@@ -173,10 +207,10 @@ def _plot(rows: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = list(rows)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, key, unit in ((a, "visible_s", "s"), (b, "peak_mib", "MiB")):
         vals = [statistics.median(x[key] for x in rows[k]) if rows[k] else 0 for k in labels]
-        ax.bar(labels, vals, color=["#1f77b4", "#7f7f7f", "#bcbd22"][:len(labels)])
+        ax.bar(labels, vals, color=["#1f77b4", "#aec7e8", "#7f7f7f", "#bcbd22"][:len(labels)])
         for i, v in enumerate(vals):
             ax.text(i, v, f"{v:.1f}" if unit == "s" else f"{v:.0f}", ha="center", va="bottom")
         ax.set_title({"visible_s": "start to first answer (median)", "peak_mib": "peak RSS (median)"}[key])
@@ -208,20 +242,27 @@ def main(argv=None) -> int:
     pport = free_port()
     primary = _knot_primary(root / "primary", ds.zone, pport)
     load0 = os.getloadavg()
-    rows: dict[str, list] = {"pop53 (records path)": [], "knot": [], "nsd": []}
+    rows: dict[str, list] = {"pop53 serve": [], "pop53 (records path)": [], "knot": [],
+                             "nsd": []}
     errors = []
     try:
         dnsperf.wait_ready(primary, pport, ds.probe, a.timeout)
         order = list(rows)
         for rnd in range(a.rounds):
             for label in (order if rnd % 2 == 0 else order[::-1]):
-                work = root / f"{label.split()[0]}-{rnd}"
+                work = root / f"{label.replace(' ', '-').strip('()').replace('(', '')}-{rnd}"
                 work.mkdir(parents=True)
                 port = free_port()
                 if label == "knot":
                     r = _secondary(label, _knot_secondary(work, port, pport), work, port, ds.probe, a.timeout)
                 elif label == "nsd":
                     r = _secondary(label, _nsd_secondary(work, port, pport), work, port, ds.probe, a.timeout)
+                elif label == "pop53 serve":
+                    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+                    r = _secondary(label, _pop53_serve(work, port, pport), work, port, ds.probe,
+                                   a.timeout, env)
+                    if r["ok"]:
+                        r["phases"] = _serve_phases(work / "server.log")
                 else:
                     r = _pop53(work, pport, ds.probe, a.timeout)
                 print(label, rnd, r, flush=True)
@@ -238,10 +279,10 @@ def main(argv=None) -> int:
         f"load average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end (2 cores shared "
         "with other work).", "",
         f"Command: `PYTHONPATH=src python3 -m bench.xfr_first --names {a.names} --rounds {a.rounds}`", "",
-        "pop53's row is the records path in one process (AXFR parsed from wire into records, "
-        "the zone-file checks, the C compile, one answer from the image); the secondary engine "
-        "does not take that path yet (see docs/xfr_records.md).  Knot and NSD are real "
-        "secondaries, timed from their start to their first answer.", "",
+        "`pop53 serve` is the real secondary (one worker, a state directory), timed from its "
+        "start to its first answer like Knot and NSD: its engine reads the AXFR from wire into "
+        "the records form, checks it, compiles the image in C and publishes it (docs/xfr_records.md). "
+        "`pop53 (records path)` is the same work in one bare process, with its phases.", "",
         "| secondary | start to first answer (median) | runs | vs Knot | CPU to first answer "
         "(median) | vs Knot | peak RSS (median) |",
         "|---|---:|---|---:|---:|---:|---:|",
@@ -259,10 +300,16 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {med:.2f} s | {runs} | "
                      f"{ratio} | {cpu:.2f} s | {cratio} | "
                      f"{statistics.median(r['peak_mib'] for r in rs):.0f} MiB |")
+    serve = [r for r in rows["pop53 serve"] if r.get("phases")]
+    if serve:
+        ph = {k: statistics.median(r["phases"][k] for r in serve) for k in serve[0]["phases"]}
+        lines += ["", "pop53 serve phases from its log (median s; imports come before its start "
+                  "line): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())]
     pop = rows["pop53 (records path)"]
     if pop:
         ph = {k: statistics.median(r["phases"][k] for r in pop) for k in pop[0]["phases"]}
-        lines += ["", "pop53 phases (median s): " + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
+        lines += ["", "pop53 records path phases (median s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in ph.items())
                   + f"; image {pop[0]['image_mib']:.0f} MiB, {pop[0]['records']:,} records"]
     if errors:
         lines += ["", "Failed runs: " + "; ".join(e[:200] for e in errors)]

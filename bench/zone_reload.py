@@ -14,6 +14,15 @@ Python interpreter's start-up, ~0.1-0.3 s here) and the same command sent on the
 from this process (what knotc and nsd-control, small C programs, cost).  Medians over the
 rounds; the machine's load average is recorded before and after.  Not a test: nothing here
 asserts a time.
+
+With `--big RECORDS` every server also serves `big.bench.` (RECORDS A records) and three cases
+are measured side by side: one small zone changed (as above, the big zone present), the big
+zone changed (`knotc zone-reload big.bench.`, `nsd-control reload big.bench.`, `pop53 ctl
+zone-reload big.bench.`), and a zone added to the configuration (`knotc reload` after knot.conf
+gained it, `nsd-control reconfig` after nsd.conf did, `pop53 ctl reload` after the TOML did),
+each until the changed or added zone's SOA answers.
+
+    python3 -m bench.zone_reload --zones 1000 --big 1000000 --rounds 5 --big-rounds 2 --add-rounds 3
 """
 from __future__ import annotations
 
@@ -46,6 +55,20 @@ def zone_text(name: str, serial: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+BIG = "big.bench."
+
+
+def big_zone_text(serial: int, records: int) -> str:
+    head = (f"$ORIGIN {BIG}\n$TTL 300\n@ IN SOA ns1 hostmaster {serial} 3600 600 86400 300\n"
+            "@ IN NS ns1\nns1 IN A 192.0.2.1\n")
+    return head + "".join(f"h{i} IN A 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}\n"
+                          for i in range(records))
+
+
+def write_big(d: Path, serial: int, records: int) -> None:
+    (d / f"{BIG}zone").write_text(big_zone_text(serial, records))
+
+
 def names(n: int) -> list[str]:
     return [f"z{i:04d}.bench." for i in range(n)]
 
@@ -76,10 +99,13 @@ def wait_serial(port: int, zone: str, serial: int, limit: float = 120.0) -> floa
 class Server:
     key = ""
 
-    def __init__(self, work: Path, zones: list[str]):
-        self.work, self.zones, self.port = work, zones, free_port()
+    def __init__(self, work: Path, zones: list[str], big: int = 0):
+        self.work, self.zones, self.port = work, list(zones), free_port()
         shutil.rmtree(work, ignore_errors=True)
         write_zones(work / "zones", zones)
+        if big:
+            write_big(work / "zones", 1, big)
+            self.zones.append(BIG)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -87,7 +113,7 @@ class Server:
         self.log = open(self.work / "server.log", "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                      cwd=self.work, start_new_session=True, env=self.env())
-        if wait_serial(self.port, self.zones[-1], 1, 300) is None:
+        if wait_serial(self.port, self.zones[-1], 1, 1800) is None:
             raise SystemExit(f"{self.key} did not start: see {self.work / 'server.log'}")
 
     def env(self):
@@ -99,7 +125,13 @@ class Server:
             self.log.close()
 
     def reload(self, zone: str) -> None:
-        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=300)
+        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=900)
+
+    def add_zone(self, zone: str) -> None:
+        """The zone's file is written; the configuration gains it, then the reload command."""
+        self.zones.append(zone)
+        self.configure()
+        subprocess.run(self.add_command(), check=True, capture_output=True, timeout=900)
 
 
 class Knot(Server):
@@ -123,6 +155,9 @@ class Knot(Server):
     def command(self, zone):
         return ["knotc", "-c", str(self.work / "knot.conf"), "zone-reload", zone]
 
+    def add_command(self):
+        return ["knotc", "-c", str(self.work / "knot.conf"), "reload"]
+
 
 class NSD(Server):
     key = "nsd"
@@ -145,6 +180,9 @@ class NSD(Server):
     def command(self, zone):
         return ["nsd-control", "-c", str(self.work / "nsd.conf"), "reload", zone]
 
+    def add_command(self):
+        return ["nsd-control", "-c", str(self.work / "nsd.conf"), "reconfig"]
+
 
 class Pop53(Server):
     key = "pop53"
@@ -165,6 +203,10 @@ class Pop53(Server):
         return [sys.executable, "-m", "pop53", "ctl", "-s", str(self.work / "pop53.sock"),
                 "zone-reload", zone]
 
+    def add_command(self):
+        return [sys.executable, "-m", "pop53", "ctl", "-s", str(self.work / "pop53.sock"),
+                "reload"]
+
 
 class Pop53Socket(Pop53):
     """The same server's control socket from this process (no interpreter start-up)."""
@@ -172,6 +214,7 @@ class Pop53Socket(Pop53):
 
     def __init__(self, of: Pop53):
         self.work, self.zones, self.port, self.proc = of.work, of.zones, of.port, None
+        self.of = of
 
     def start(self) -> None:
         pass
@@ -180,6 +223,15 @@ class Pop53Socket(Pop53):
         pass
 
     verb = "zone-reload"
+
+    def add_zone(self, zone: str) -> None:
+        self.zones.append(zone)
+        self.configure()
+        verb, self.verb = self.verb, "reload"
+        try:
+            self.reload(zone)
+        finally:
+            self.verb = verb
 
     def reload(self, zone: str) -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -233,6 +285,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--zones", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--big", type=int, default=0, metavar="RECORDS",
+                   help="also serve big.bench. with this many records; measure its change and "
+                        "a zone added by config reload too")
+    p.add_argument("--big-rounds", type=int, default=2)
+    p.add_argument("--add-rounds", type=int, default=2)
     p.add_argument("--seed", type=int, default=53)
     p.add_argument("--work", default=str(REPO / "bench" / "results" / "raw" / "zone_reload"))
     p.add_argument("--baseline", metavar="SRC",
@@ -243,33 +300,56 @@ def main(argv=None) -> int:
     zones = names(args.zones)
     work = Path(args.work)
     load_before = os.getloadavg()
-    pop = Pop53(work / "pop53", zones)
-    servers = [pop, Pop53Socket(pop), Pop53SocketAll(pop), Knot(work / "knot", zones),
-               NSD(work / "nsd", zones)]
+    pop = Pop53(work / "pop53", zones, args.big)
+    servers = [pop, Pop53Socket(pop), Pop53SocketAll(pop), Knot(work / "knot", zones, args.big),
+               NSD(work / "nsd", zones, args.big)]
     if args.baseline:
         servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline))
     started = []
-    times: dict[str, list[float]] = {s.key: [] for s in servers}
+    cases = {"small": {s.key: [] for s in servers}}
+    if args.big:
+        cases["big"] = {s.key: [] for s in servers if s.key not in ("pop53-socket-all", "pop53-baseline")}
+        cases["add"] = {s.key: [] for s in servers if s.key not in ("pop53-socket-all", "pop53-baseline")}
+    startup = {}
     serial = 1
+    added = 0
     try:
         for s in servers:
             t0 = time.monotonic()
             s.start()
             started.append(s)
+            if s.proc is not None:
+                startup[s.key] = time.monotonic() - t0
             print(f"{s.key}: up in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        for r in range(args.rounds):
-            order = servers[r % len(servers):] + servers[:r % len(servers)]
-            for s in order:
-                zone = rng.choice(zones)
-                serial += 1
-                (s.work / "zones" / f"{zone}zone").write_text(zone_text(zone, serial))
-                t0 = time.monotonic()
-                s.reload(zone)
-                seen = wait_serial(s.port, zone, serial)
-                if seen is None:
-                    raise SystemExit(f"{s.key}: serial {serial} of {zone} never answered")
-                times[s.key].append(seen - t0)
-                print(f"round {r} {s.key:13s} {zone} {seen - t0:.4f} s", file=sys.stderr)
+        plan = [("small", args.rounds)] + ([("big", args.big_rounds), ("add", args.add_rounds)]
+                                           if args.big else [])
+        for case, rounds in plan:
+            members = [s for s in servers if s.key in cases[case]]
+            for r in range(rounds):
+                order = members[r % len(members):] + members[:r % len(members)]
+                for s in order:
+                    serial += 1
+                    if case == "small":
+                        zone = rng.choice(zones)
+                        (s.work / "zones" / f"{zone}zone").write_text(zone_text(zone, serial))
+                        t0 = time.monotonic()
+                        s.reload(zone)
+                    elif case == "big":
+                        zone = BIG
+                        write_big(s.work / "zones", serial, args.big)
+                        t0 = time.monotonic()
+                        s.reload(zone)
+                    else:
+                        added += 1
+                        zone = f"added{added:03d}.bench."
+                        (s.work / "zones" / f"{zone}zone").write_text(zone_text(zone, serial))
+                        t0 = time.monotonic()
+                        s.add_zone(zone)
+                    seen = wait_serial(s.port, zone, serial, 1800)
+                    if seen is None:
+                        raise SystemExit(f"{s.key}: serial {serial} of {zone} never answered")
+                    cases[case][s.key].append(seen - t0)
+                    print(f"{case} round {r} {s.key:13s} {zone} {seen - t0:.4f} s", file=sys.stderr)
     finally:
         for s in started:
             s.stop()
@@ -277,7 +357,8 @@ def main(argv=None) -> int:
     python = interpreter_start()
     versions = {"knot": subprocess.run(["knotd", "-V"], capture_output=True, text=True).stdout.splitlines()[0],
                 "nsd": subprocess.run(["nsd", "-v"], capture_output=True, text=True).stderr.splitlines()[0]}
-    result = {"zones": args.zones, "rounds": args.rounds, "times": times,
+    result = {"zones": args.zones, "big": args.big, "rounds": args.rounds, "times": cases["small"],
+              "cases": cases, "startup": startup,
               "load_before": load_before, "load_after": load_after, "versions": versions,
               "python_start": python,
               "command": "python3 -m bench.zone_reload " + " ".join(argv or sys.argv[1:])}
@@ -285,36 +366,58 @@ def main(argv=None) -> int:
     return 0
 
 
-LABELS = {"pop53": "pop53 (`pop53 ctl zone-reload`)",
-          "pop53-socket": "pop53 (`zone-reload` on the control socket, no CLI start-up)",
+LABELS = {"pop53": "pop53 (`pop53 ctl ...` CLI)",
+          "pop53-socket": "pop53 (the same command on the control socket, no CLI start-up)",
           "pop53-socket-all": "pop53 (`reload` on the control socket: config + every zone hashed)",
           "pop53-baseline": "pop53 before (`zone-reload` on the control socket, --baseline tree)",
-          "knot": "Knot (`knotc zone-reload`)", "nsd": "NSD (`nsd-control reload`)"}
+          "knot": "Knot (`knotc ...`)", "nsd": "NSD (`nsd-control ...`)"}
+SHORT = {"pop53": "pop53 ctl", "pop53-socket": "pop53 socket", "pop53-socket-all":
+         "pop53 socket\nreload (all)", "pop53-baseline": "pop53 before", "knot": "knotc",
+         "nsd": "nsd-control"}
+
+
+def _titles(result: dict) -> dict:
+    n, big = result["zones"], result.get("big", 0)
+    with_big = f" (and big.bench., {big:,} records)" if big else ""
+    return {"small": (f"One small zone changed among {n}{with_big}: `zone-reload ZONE` "
+                      "(`nsd-control reload ZONE`)"),
+            "big": f"big.bench. ({big:,} records) changed among {n + 1}: `zone-reload big.bench.`",
+            "add": (f"A zone added to the configuration ({n + 1} zones{with_big} before): "
+                    "`knotc reload`, `nsd-control reconfig`, `pop53 ctl reload`")}
 
 
 def write(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    t = result["times"]
-    med = {k: statistics.median(v) for k, v in t.items()}
+    cases = result.get("cases") or {"small": result["times"]}
     lb, la = result["load_before"], result["load_after"]
-    lines = [f"# One changed zone among {result['zones']}: reload command -> new serial answered",
+    lines = [f"# Reload command -> new serial answered: pop53, Knot, NSD ({result['zones']} zones"
+             + (f" + one of {result['big']:,} records)" if result.get("big") else ")"),
              "", f"Command: `{result['command']}`  ",
              f"Machine: {os.cpu_count()} cores shared with other work; load average "
              f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} before, {la[0]:.2f} / {la[1]:.2f} / "
              f"{la[2]:.2f} after (1 / 5 / 15 min).  ",
              f"{result['versions']['knot']}; {result['versions']['nsd']}.  ",
-             f"{result['rounds']} rounds, servers alternated (the order rotates each round); "
-             "each zone 21 records; the time is from the command's start to the first UDP SOA "
-             "answer with the new serial (polled every 1 ms).", "",
-             "| server | median (s) | min | max | vs Knot |", "|---|---|---|---|---|"]
-    for k in t:
-        lines.append(f"| {LABELS[k]} | {med[k]:.4f} | {min(t[k]):.4f} | {max(t[k]):.4f} | "
-                     f"{med[k] / med['knot']:.2f}x |")
-    lines += ["", f"`{sys.executable} -c pass` alone took {result['python_start']:.3f} s (median of 5, "
-              "same load): most of the CLI row is the interpreter's start-up, which knotc and "
-              "nsd-control (C) do not pay.", "", "Per round (s): " + "; ".join(
-        f"{k}: " + ", ".join(f"{x:.4f}" for x in v) for k, v in t.items()), ""]
+             "Servers alternated (the order rotates each round); small zones 21 records; the "
+             "time is from the command's start to the first UDP SOA answer with the new serial "
+             "(polled every 1 ms)."]
+    titles = _titles(result)
+    for case, t in cases.items():
+        med = {k: statistics.median(v) for k, v in t.items() if v}
+        lines += ["", f"## {titles[case]}", "", f"{len(next(iter(t.values())))} rounds.", "",
+                  "| server | median (s) | min | max | vs Knot |", "|---|---|---|---|---|"]
+        for k, v in t.items():
+            if v:
+                lines.append(f"| {LABELS[k]} | {med[k]:.4f} | {min(v):.4f} | {max(v):.4f} | "
+                             f"{med[k] / med['knot']:.2f}x |")
+        lines += ["", "Per round (s): " + "; ".join(
+            f"{k}: " + ", ".join(f"{x:.4f}" for x in v) for k, v in t.items())]
+    if result.get("startup"):
+        lines += ["", "Start-up to the last zone answered (s): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in result["startup"].items())]
+    lines += ["", f"`{sys.executable} -c pass` alone took {result['python_start']:.3f} s "
+              "(median of 5, same load): most of the CLI row is the interpreter's start-up "
+              "(with its site-packages .pth files), which knotc and nsd-control (C) do not pay.", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     try:
         import matplotlib
@@ -322,15 +425,17 @@ def write(result: dict, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    keys = list(t)
-    ax.boxplot([[x * 1000 for x in t[k]] for k in keys], orientation="horizontal")
-    short = {"pop53": "pop53 ctl", "pop53-socket": "pop53 socket\nzone-reload",
-             "pop53-socket-all": "pop53 socket\nreload (all)", "pop53-baseline": "pop53 before\nzone-reload", "knot": "knotc", "nsd": "nsd-control"}
-    ax.set_yticks(range(1, len(keys) + 1), [short[k] for k in keys])
-    ax.set_xscale("log")
-    ax.set_xlabel("reload command -> new serial answered (ms, log scale)")
-    ax.set_title(f"One changed zone among {result['zones']} (load {lb[0]:.1f}-{la[0]:.1f})")
+    fig, axes = plt.subplots(len(cases), 1, figsize=(7.5, 2.6 * len(cases)), squeeze=False)
+    for ax, (case, t) in zip(axes[:, 0], cases.items()):
+        keys = [k for k in t if t[k]]
+        ax.boxplot([[x * 1000 for x in t[k]] for k in keys], orientation="horizontal")
+        ax.set_yticks(range(1, len(keys) + 1), [SHORT[k] for k in keys])
+        ax.set_xscale("log")
+        ax.set_title({"small": "one small zone changed", "big": "the big zone changed",
+                      "add": "a zone added by config reload"}[case], fontsize=10)
+    axes[-1, 0].set_xlabel("reload command -> new serial answered (ms, log scale)")
+    fig.suptitle(f"{result['zones']} zones" + (f" + {result['big']:,} records" if result.get("big")
+                                                else "") + f" (load {lb[0]:.1f}-{la[0]:.1f})")
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=110)
 

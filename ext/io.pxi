@@ -246,6 +246,8 @@ cdef class Worker:
                 now = <uint32_t>ts.tv_sec
             img = <const image_t*>p53_load_ptr(&shared.current)
             maps = <const map_snap_t*>p53_load_ptr(&shared.maps)
+            map_prefetch(maps, self.rbuf, RECV_SLOT, &self.rmsgs[0].msg_len, sizeof(mmsghdr),
+                         <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             m = 0
             for i in range(n):
                 self.st.udp += 1

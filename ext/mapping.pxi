@@ -6,11 +6,6 @@
 # answer (the compiler merged adjacent ranges with equal answers, so that run is the range).
 # Everything here runs without the GIL and allocates nothing; the snapshot is immutable.
 
-cdef extern from *:
-    int __builtin_clz(unsigned int x) nogil
-    int __builtin_clzll(unsigned long long x) nogil
-
-
 cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
     """\\brief the index of the range holding IPv4 key k (the largest i with lo4[i] <= k)."""
     cdef uint32_t a = 0, n = v.n4, half, h
@@ -28,6 +23,16 @@ cdef inline uint32_t map_find4(const map_view_t* v, uint32_t k) noexcept nogil:
             a += half
         n -= half
     return a
+
+
+cdef inline uint32_t map_get4(const map_view_t* v, uint32_t k, uint32_t* scope) noexcept nogil:
+    """\\brief the answer for IPv4 key k; *scope its ECS scope."""
+    cdef uint32_t i
+    if v.dir4 != NULL:
+        return map_dir4(v, k, scope)
+    i = map_find4(v, k)
+    scope[0] = map_scope4(v, i, k)
+    return v.val4[i]
 
 
 cdef inline uint32_t map_find6(const map_view_t* v, uint64_t k) noexcept nogil:
@@ -237,9 +242,7 @@ cdef const map_ans_t* map_pick(ctx_t* c, const map_res_t* r, int32_t vi) noexcep
     cdef uint32_t cap, base, i, a, scope = 0
     cdef int fam = map_client_key(c, &m.keys[r.keycfg], &key, &klo, &cap, &base, &c.mapkey)
     if fam == 4:
-        i = map_find4(v, <uint32_t>key)
-        a = v.val4[i]
-        scope = map_scope4(v, i, <uint32_t>key)
+        a = map_get4(v, <uint32_t>key, &scope)
     elif fam == 6:
         i = map_find6(v, key)
         a = v.val6[i]
@@ -335,6 +338,61 @@ cdef int map_w_answer(ctx_t* c, const zone_t* z, uint32_t owner_ptr, const uint8
     return 0
 
 
+cdef int map_rrsig(ctx_t* c, const zone_t* z, const map_res_t* r, const uint8_t* name,
+                   uint32_t nlen, uint32_t h, uint32_t owner_ptr) noexcept nogil:
+    """QTYPE=RRSIG at a mapped name of a zone signed online (docs/dnssec-online.md): the
+    signatures of one RRset, as Knot 3.2 and pop53 answer RRSIG at a static name (the first
+    RRset's; RFC 8482 §4.1 style), the RRset being the mapped answer this client gets (its A,
+    else its AAAA; its CNAME), signed online.  The zone's placeholder RRsets of the mapped types
+    are never served, so neither are their signatures; a client with no mapped answer gets the
+    signatures of the name's first other static RRset, else NODATA.  \\brief 1: answered,
+    0: the zone answers (a zone not signed online)."""
+    cdef const map_ans_t* a = NULL
+    cdef const rrset_t* rs
+    cdef const rrset_t* all_rs
+    cdef const node_t* node
+    cdef uint32_t i, k
+    cdef uint16_t skip[2]
+    if not (z.flags & Z_SIGNED):
+        return 0
+    for k in range(2):
+        if r.kind == MAP_CNAME and k == 1:
+            break
+        if r.kind != MAP_CNAME and not (r.flags & (MAPF_A if k == 0 else MAPF_AAAA)):
+            continue
+        a = map_pick(c, r, r.view_a if k == 0 else r.view_aaaa)
+        if a.flags & ANS_SERVFAIL:
+            c.rcode = RC_SERVFAIL
+            return 1
+        if a.rs_off != 0:
+            break
+        a = NULL
+    if a != NULL:
+        rs = <const rrset_t*>(c.maps.base + a.rs_off)
+        if rs.add_off == 0:
+            return 0            # not signed online (a zone signed without dnssec_keys)
+        if w_rrset(&c.w, 0, owner_ptr, name, c.maps.base,
+                   <const rrset_t*>(c.maps.base + rs.add_off), rs.ttl, NULL) != 0:
+            c.w.tc = True
+        return 1
+    # no mapped answer for this client: the name's other static RRsets' signatures
+    skip[0] = T_CNAME if r.kind == MAP_CNAME else (T_A if r.flags & MAPF_A else 0)
+    skip[1] = 0 if r.kind == MAP_CNAME else (T_AAAA if r.flags & MAPF_AAAA else 0)
+    node = zone_find(c.img, z, name, nlen, h)
+    if node != NULL:
+        all_rs = node_rrsets(c.img, node)
+        for i in range(node.n_rrsets):
+            if all_rs[i].type == T_RRSIG and all_rs[i].aux != skip[0] and all_rs[i].aux != skip[1]:
+                if w_rrset(&c.w, 0, owner_ptr, name, c.img.base, &all_rs[i], all_rs[i].ttl,
+                           NULL) != 0:
+                    c.w.tc = True
+                return 1
+    add_soa(c, z)
+    if node != NULL:
+        dnssec_nodata(c, z, node)
+    return 1
+
+
 cdef int map_resolve(ctx_t* c, const zone_t* z, const uint8_t* name, uint32_t nlen,
                      const uint8_t* loff, uint32_t labels, const uint32_t* sh,
                      uint32_t owner_ptr) noexcept nogil:
@@ -378,6 +436,14 @@ cdef int map_resolve(ctx_t* c, const zone_t* z, const uint8_t* name, uint32_t nl
             c.rcode = RC_SERVFAIL
             return 1
         map_referral(c, a, suffix_ptr(c.w.buf, owner_ptr, k), m.base + r.name_off, node)
+        return 1
+    if qtype == T_RRSIG:
+        k = map_rrsig(c, z, r, name, nlen, sh[0], owner_ptr)
+        if k != 0:
+            return 1
+        if zone_find(c.img, z, name, nlen, sh[0]) != NULL:
+            return 0
+        add_soa(c, z)
         return 1
     if r.kind == MAP_CNAME:
         vi = r.view_a

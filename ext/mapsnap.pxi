@@ -76,13 +76,19 @@ cdef class MapSnapshot:
         for i in range(nv):
             t = views[i]
             v = &self.views[i]
-            lo4, val4, lo6, val6 = t[0], t[1], t[3], t[4]
-            if lo4.shape[0] < 1 or lo4.shape[0] != val4.shape[0] or lo4[0] != 0 or \
-                    lo6.shape[0] < 1 or lo6.shape[0] != val6.shape[0] or lo6[0] != 0:
+            lo6, val6 = t[3], t[4]
+            if isinstance(t[2], MapDir4):
+                # a large IPv4 table: the direct index replaces the ranges (maptable.pxi)
+                (<MapDir4>t[2]).attach(v)
+            else:
+                lo4, val4 = t[0], t[1]
+                if lo4.shape[0] < 1 or lo4.shape[0] != val4.shape[0] or lo4[0] != 0:
+                    raise ValueError(f"view {i}: ranges must start at 0 with one value each")
+                v.lo4, v.val4, v.n4 = &lo4[0], &val4[0], lo4.shape[0]
+            if lo6.shape[0] < 1 or lo6.shape[0] != val6.shape[0] or lo6[0] != 0:
                 raise ValueError(f"view {i}: ranges must start at 0 with one value each")
-            v.lo4, v.val4, v.n4 = &lo4[0], &val4[0], lo4.shape[0]
             v.lo6, v.val6, v.n6 = &lo6[0], &val6[0], lo6.shape[0]
-            if t[2] is not None:
+            if t[2] is not None and v.dir4 == NULL:
                 idx4 = t[2]
                 v.shift4 = 32 - _index_bits(idx4, v.n4, 32)
                 v.idx4 = &idx4[0]
@@ -96,6 +102,10 @@ cdef class MapSnapshot:
             v.ans = <const map_ans_t*>(self.s.base + <uint32_t>ans_off)
             v.n_ans = n_ans
             v.dflt = dflt
+            if v.dir4 != NULL or v.idx4 != NULL:
+                self.s.n_pf += 1
+            if v.dir4 != NULL and (<MapDir4>t[2]).max_val >= n_ans:
+                raise ValueError(f"view {i}: IPv4 values out of bounds")
             for j in range(v.n4):
                 if v.val4[j] >= n_ans or (j and v.lo4[j] <= v.lo4[j - 1]):
                     raise ValueError(f"view {i}: IPv4 ranges unsorted or values out of bounds")
@@ -212,9 +222,8 @@ cdef class MapSnapshot:
             raise IndexError(view)
         v = &self.views[view]
         if len(key) == 4:
-            k = be32(<const uint8_t*>(<char*>key))
-            i = map_find4(v, <uint32_t>k)
-            return v.val4[i], map_scope4(v, i, <uint32_t>k)
+            i = map_get4(v, be32(<const uint8_t*>(<char*>key)), &scope)
+            return i, scope
         if len(key) == 16:
             k = be64(<const uint8_t*>(<char*>key))
             i = map_find6(v, k)
@@ -233,7 +242,7 @@ def map_bench_lookup(MapSnapshot snap not None, int view, const uint32_t[::1] ke
     cdef Py_ssize_t i, n = keys4.shape[0]
     cdef int r
     cdef uint64_t acc = 0
-    cdef uint32_t j
+    cdef uint32_t j, scope
     cdef timespec t0, t1
     if not 0 <= view < <int>snap.s.n_views or n == 0:
         raise ValueError("bad view or no keys")
@@ -242,7 +251,24 @@ def map_bench_lookup(MapSnapshot snap not None, int view, const uint32_t[::1] ke
         clock_gettime(CLOCK_MONOTONIC, &t0)
         for r in range(repeat):
             for i in range(n):
-                j = map_find4(v, keys4[i])
-                acc += v.val4[j] + map_scope4(v, j, keys4[i])
+                j = map_get4(v, keys4[i], &scope)
+                acc += j + scope
         clock_gettime(CLOCK_MONOTONIC, &t1)
     return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (<double>n * repeat), acc
+
+
+def map_prefetch_hint(MapSnapshot snap not None, const uint8_t[::1] wire not None):
+    """(view index, key) map_prefetch would take a head start on for this query (key 1 << 32:
+    the source address), or None.  For tests: any bytes, never read beyond them."""
+    cdef uint64_t key = 0
+    cdef const map_view_t* v
+    cdef uint8_t* copy = <uint8_t*>malloc(wire.shape[0] if wire.shape[0] else 1)
+    if copy == NULL:
+        raise MemoryError()
+    try:
+        if wire.shape[0]:
+            memcpy(copy, &wire[0], wire.shape[0])      # exactly sized: a checker sees overreads
+        v = mpf_view(&snap.s, copy, <uint32_t>wire.shape[0], &key)
+        return None if v == NULL else (<int>(v - snap.s.views), key)
+    finally:
+        free(copy)

@@ -495,6 +495,11 @@ cdef struct map_view_t:
     const uint16_t* sub_val
     const uint32_t* sub_off
     uint32_t n_sub
+    # large IPv4 tables (maptable.pxi): a direct index over the top B bits whose slot holds
+    # the answer and scope of a uniform block, else the block's ranges in cell4; lo4/val4 NULL
+    const uint32_t* dir4
+    const uint32_t* cell4
+    uint32_t dshift4          # 32 - B
 
 cdef struct map_snap_t:
     const uint8_t* base
@@ -509,3 +514,4 @@ cdef struct map_snap_t:
     uint32_t n_views
     const map_keycfg_t* keys
     uint32_t n_keys
+    uint32_t n_pf             # views with an IPv4 index (direct or not): map_prefetch helps

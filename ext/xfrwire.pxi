@@ -67,8 +67,24 @@ cdef class XfrReader:
     cdef bint started, done
     cdef uint32_t serial
     cdef readonly uint64_t records
+    # IXFR (RFC 1995 §4): ixfr set; client serial; style 0 undecided, 1 AXFR-style, 2
+    # incremental, 3 up to date; step_new: the serial the current step ends at
+    cdef bint ixfr
+    cdef uint32_t client, step_new
+    cdef readonly int style
+    cdef int phase              # incremental: 0 deletions, 1 additions
+    # the previous record's owner as sent and its node: a transfer sends a name's records
+    # together, so most owners skip the name table
+    cdef uint8_t prev[256]
+    cdef int prev_len
+    cdef uint32_t prev_node
 
-    def __init__(self, bytes origin_wire, str source, object hooks):
+    def __init__(self, bytes origin_wire, str source, object hooks, client_serial=None):
+        """client_serial: None for an AXFR; the serial of our version for an IXFR, whose every
+        record (the SOAs that open each step's deletions and additions too) is kept in
+        arrival order; the caller splits them into steps (pop53.xfr.ixfr_records)."""
+        self.ixfr = client_serial is not None
+        self.client = <uint32_t>(client_serial or 0)
         self.out = ZoneScanner(origin_wire, hooks)
         self.out.files.append(source)
         self.hooks = hooks
@@ -139,6 +155,27 @@ cdef class XfrReader:
         zsb_put(rd, PyBytes_AS_STRING(w), len(w))
         return 0
 
+    cdef bint _ixfr_soa(self, uint32_t serial) except -1:
+        """An SOA of the zone after the first one in an incremental answer (RFC 1995 §4): the
+        old SOA opening a step's deletions, the new SOA opening its additions, or the closing
+        SOA.  Returns True when it ends the transfer (it is then not kept)."""
+        if self.style == 0:
+            if serial != self.client:
+                raise XfrWireError(f"IXFR starts at serial {serial}, ours is {self.client}")
+            self.style, self.phase = 2, 0
+        elif self.phase == 0:
+            self.phase = 1
+            self.step_new = serial
+        elif serial == self.serial and self.step_new == self.serial:
+            self.done = True
+            return True
+        elif serial != self.step_new:
+            raise XfrWireError(f"IXFR step starts at serial {serial} after a step to "
+                               f"{self.step_new}")
+        else:
+            self.phase = 0
+        return False
+
     def feed(self, bytes msg):
         """Parse one response message.  Returns {"id", "flags", "qname" (wire or None), "qtype",
         "qclass", "tsig" (start of the TSIG RR or -1), "tsig_owner_end", "done"}."""
@@ -198,6 +235,13 @@ cdef class XfrReader:
                     if not self.started:
                         self.started = True
                         self.serial = serial
+                        if self.ixfr and not xw_serial_gt(serial, self.client):
+                            self.style = 3              # up to date: our SOA alone
+                            self.done = True
+                            continue
+                    elif self.ixfr and self.style != 1:
+                        if self._ixfr_soa(serial):
+                            continue
                     else:
                         if serial != self.serial:    # an IXFR-style answer, or a broken stream
                             raise XfrWireError("unexpected SOA in AXFR (serial "
@@ -206,15 +250,26 @@ cdef class XfrReader:
                         continue
                 elif not self.started:
                     raise XfrWireError("first record of an AXFR is not the zone's SOA")
+                elif self.ixfr and self.style == 0:
+                    self.style = 1                      # AXFR-style answer (RFC 1995 §4)
                 if not xw_is_sub(nm, n, self.zone, self.zone_len):
                     raise XfrWireError("out-of-zone data in transfer: "
                                        + self.hooks.name_text(PyBytes_FromStringAndSize(<const char*>nm, n)))
-                self.out.emit(nm, n, rtype, ttl)
+                if n != self.prev_len or memcmp(nm, self.prev, n) != 0:
+                    self.prev_node = self.out.node_of(nm, n)
+                    memcpy(self.prev, nm, n)
+                    self.prev_len = n
+                self.out.emit_at(self.prev_node, rtype, ttl)
                 self.records += 1
         if p != mlen:
             raise XfrWireError("trailing junk after the message")
         return {"id": (m[0] << 8) | m[1], "flags": (m[2] << 8) | m[3], "qname": qname,
                 "qtype": qtype, "qclass": qclass, "tsig": tsig, "done": self.done}
+
+
+cdef inline bint xw_serial_gt(uint32_t a, uint32_t b) noexcept:
+    """a > b in RFC 1982 serial arithmetic."""
+    return a != b and <uint32_t>(a - b) < 0x80000000u
 
 
 cdef bint xw_is_sub(const uint8_t* nm, int n, const uint8_t* z, int zn) noexcept:

@@ -250,9 +250,11 @@ _zone = SCHEMA.table("zone", array=True, doc="One zone: loaded from a file (a pr
  .key("notify", "list of strings", [], '"ADDRESS[:PORT]" of secondaries sent a NOTIFY on each change (RFC 1996)')
  .key("allow_transfer", "list of strings", Computed("the notify addresses"),
       "addresses or prefixes allowed to transfer the zone (AXFR/IXFR)")
- .key("dnssec_keys", "string", None, "directory of BIND key files (K<zone>+<alg>+<id>.key/.private, "
-      "ECDSAP256SHA256 or ED25519) whose zone-signing keys sign this zone's mapped answers online "
-      "(the zone itself arrives signed; docs/dnssec-online.md); relative to the config file")
+ .key("dnssec_keys", "string", None, "directory of BIND key files (K<zone>+<alg>+<id>.key/.private) "
+      "or a Knot key store (PKCS#8 *.pem), RSASHA256, RSASHA512, ECDSAP256SHA256 or ED25519: the "
+      "keys of it that the zone publishes and that sign its SOA sign this zone's mapped answers "
+      "online (the zone itself arrives signed; docs/dnssec-online.md); read again on reload; "
+      "relative to the config file")
  .key("dnssec_validity", "integer (seconds)", 1209600, "validity of online signatures (inception "
       "one hour back)")
  .key("dnssec_refresh", "integer (seconds)", Computed("half of dnssec_validity"),

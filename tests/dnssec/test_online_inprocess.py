@@ -5,6 +5,7 @@ signatures are cached by content and renewed when their refresh time comes; bad 
 one-line errors naming the file."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import tomllib
 
@@ -35,17 +36,22 @@ class Clock:
         return self.t
 
 
+def signed_setup(d):
+    """The test zone signed with the keys in d/keys, its map and config; (mapping, image)."""
+    (d / "cdn.zone").write_text(ZONE)
+    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
+    (d / "world.map").write_text(MAP)
+    (d / "pop53.toml").write_text(CONFIG.format(ctl=d / "ctl.sock"))
+    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
+    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
+    return mcfg, compile_zones([(str(d / "cdn.signed"), ORIGIN)])
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("online-inproc")
     keygen(d / "keys", "p256")
-    (d / "cdn.zone").write_text(ZONE)
-    sign(d / "cdn.zone", d / "keys", d / "cdn.signed", "nsec", ORIGIN)
-    (d / "world.map").write_text(MAP)
-    doc = tomllib.loads(CONFIG.format(ctl=d / "ctl.sock"))
-    mcfg = mconfig.parse(doc, str(d / "pop53.toml"), str(d), zones=[ORIGIN])
-    image = compile_zones([(str(d / "cdn.signed"), ORIGIN)])
-    return d, mcfg, image
+    return (d, *signed_setup(d))
 
 
 def make_state(d, mcfg, image, clock, validity=3600, refresh=600):
@@ -119,9 +125,9 @@ def test_bad_key_files_are_one_line_errors(tmp_path):
     k.mkdir()
     with pytest.raises(ConfigError, match="no Kcdn.example"):
         dkeys.load_dir(str(k), dns.name.from_text(ORIGIN))
-    subprocess.run(["dnssec-keygen", "-q", "-K", str(k), "-a", "RSASHA256", "-b", "1024", ORIGIN],
+    subprocess.run(["dnssec-keygen", "-q", "-K", str(k), "-a", "ECDSAP384SHA384", ORIGIN],
                    check=True, capture_output=True)
-    with pytest.raises(ConfigError, match=r"\.private: algorithm 8: only ECDSAP256SHA256"):
+    with pytest.raises(ConfigError, match=r"\.private: algorithm 14: only RSASHA256 \(8\)"):
         dkeys.load_dir(str(k), dns.name.from_text(ORIGIN))
     for p in k.iterdir():
         p.unlink()
@@ -187,3 +193,100 @@ def test_sticky_variants_are_each_signed(setup):
         seen[rrs.to_text()] = True
     assert len(seen) == 3 and all(len(k.splitlines()) == 1 for k in seen)
     assert signer.made == made
+
+
+def test_rrsig_query_at_a_mapped_name(setup):
+    """QTYPE=RRSIG at a mapped name: the signatures of one RRset, as at a static name (Knot
+    3.2 answers the first RRset's; pop53 agrees, test_signed_vs_knot.py), the RRset being the
+    mapped answer this client gets, signed online: never the zone's placeholder signatures.
+    A client with no mapped answer gets the name's static RRset's signatures (here the TXT)."""
+    import copy
+    import time
+    d, mcfg, image = setup
+    state, _ = make_state(d, mcfg, image, Clock(time.time()))
+    snap = state.snapshot
+    zone_keys = {dns.name.from_text(ORIGIN): ask(image, snap, ORIGIN, "DNSKEY").answer[0]}
+    placeholder = ask(image, None, "e1." + ORIGIN, "RRSIG").answer[0]      # the zone's own
+    assert placeholder.covers == dns.rdatatype.A
+    for ecs in (("10.0.0.0", 8), ("192.0.2.0", 24)):
+        for name, covered in (("e1." + ORIGIN, "A"), ("www." + ORIGIN, "CNAME")):
+            for do in (True, False):      # RRSIG is data: answered with DO=0 too, as Knot does
+                r = ask(image, snap, name, "RRSIG", ecs, do=do)
+                assert [x.rdtype for x in r.answer] == [dns.rdatatype.RRSIG], r
+                sig = r.answer[0]
+                assert sig.covers == dns.rdatatype.from_text(covered)
+                assert not set(sig) & set(placeholder)
+                # the signature covers the very answer this client gets for that type
+                ans = ask(image, snap, name, covered, ecs)
+                rrs = ans.find_rrset(ans.answer, sig.name, 1, sig.covers)
+                assert sig.ttl == rrs.ttl
+                dns.dnssec.validate(rrs, sig, zone_keys)
+    # every target down and all_down = "nodata": no mapped answer, the TXT's signatures
+    cfg = copy.deepcopy(mcfg)
+    cfg.mapped = [dataclasses.replace(r, all_down="nodata") for r in cfg.mapped]
+    state, _ = make_state(d, cfg, image, Clock(time.time()))
+    state.set_target("eu1", False)
+    state.set_target("us1", False)
+    r = ask(image, state.snapshot, "e1." + ORIGIN, "RRSIG", ("10.0.0.0", 8))
+    assert [(x.rdtype, x.covers) for x in r.answer] == [(dns.rdatatype.RRSIG, dns.rdatatype.TXT)]
+    txt = ask(image, state.snapshot, "e1." + ORIGIN, "TXT").answer
+    dns.dnssec.validate(txt[0], r.answer[0], zone_keys)
+
+
+@pytest.mark.parametrize("alg", ["RSASHA256", "RSASHA512"])
+def test_rsa_bind_keys_sign_answers_that_verify(tmp_path, alg):
+    """BIND-format RSA keys (RFC 5702): the keys chosen from the zone (online.choose: published,
+    signing the SOA) sign the mapped answers, which verify against the served DNSKEY."""
+    import time
+    d = tmp_path
+    (d / "keys").mkdir()
+    for extra in (["-f", "KSK"], []):
+        subprocess.run(["dnssec-keygen", "-q", "-K", str(d / "keys"), "-a", alg, "-b", "1024",
+                        *extra, ORIGIN], check=True, capture_output=True)
+    mcfg, image = signed_setup(d)
+    from pop53 import config as cfgmod
+    signer = online.from_config(cfgmod.load(str(d / "pop53.toml")), image)
+    (z,) = signer.zones
+    assert [k.ksk for k in z.keys] == [False] and len(z.read) == 2
+    state = MappingState(mcfg, None, signer)
+    state.publish(image.view.seed)
+    zone_keys = {dns.name.from_text(ORIGIN): ask(image, state.snapshot, ORIGIN, "DNSKEY").answer[0]}
+    for ecs in (("10.0.0.0", 8), ("192.0.2.0", 24)):
+        r = ask(image, state.snapshot, "e1." + ORIGIN, "A", ecs)
+        rrs = r.find_rrset(r.answer, dns.name.from_text("e1." + ORIGIN), 1, dns.rdatatype.A)
+        sig = r.find_rrset(r.answer, rrs.name, 1, dns.rdatatype.RRSIG, dns.rdatatype.A)
+        assert sig[0].algorithm == {"RSASHA256": 8, "RSASHA512": 10}[alg]
+        dns.dnssec.validate(rrs, sig, zone_keys, now=time.time())
+    # keys none of which the zone publishes: one error naming the directory and the key
+    other = tmp_path / "other"
+    keygen(other, "p256")
+    cfg = cfgmod.load(str(d / "pop53.toml"))
+    cfg.zones[0].raw["dnssec_keys"] = str(other)
+    with pytest.raises(ConfigError, match=r"zone\[0\]\.dnssec_keys: .*other: none of its keys is "
+                                          r"in the DNSKEY RRset"):
+        online.from_config(cfg, image)
+    # a key store file that is no key
+    (other / "0123.pem").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match=r"0123\.pem: not an unencrypted PKCS#8 PEM"):
+        online.from_config(cfg, image)
+
+
+def test_p256_private_key_without_leading_zero_octets(tmp_path):
+    """BIND writes a P-256 private scalar with its leading zero octets dropped (a 31-byte
+    PrivateKey once in 256 keys): it is the same key and must load."""
+    import base64
+    keygen(tmp_path, "p256")
+    priv = sorted(tmp_path.glob("*.private"))[-1]
+    k = dkeys.load_key(str(priv)[:-8] + ".key")
+    # a key whose scalar has a zero first octet, written as BIND does, matching its DNSKEY
+    from cryptography.hazmat.primitives.asymmetric import ec
+    scalar = int.from_bytes(b"\x00" + bytes(range(1, 32)), "big")
+    new = ec.derive_private_key(scalar, ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(new.public_key(), 13, k.dnskey.flags)
+    keyfile = tmp_path / "Kcdn.example.+013+00002.key"
+    keyfile.write_text(f"cdn.example. IN DNSKEY {dnskey.to_text()}\n")
+    (tmp_path / "Kcdn.example.+013+00002.private").write_text(
+        "Private-key-format: v1.3\nAlgorithm: 13 (ECDSAP256SHA256)\nPrivateKey: "
+        + base64.b64encode(scalar.to_bytes(31, "big")).decode() + "\n")
+    got = dkeys.load_key(str(keyfile))
+    assert got.private.private_numbers().private_value == scalar

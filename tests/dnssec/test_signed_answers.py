@@ -1,7 +1,7 @@
 """DNSSEC answers in process (pop53.answer on the compiled image): nothing changes without DO;
 NSEC3 owner names are not names of the zone; truncation keeps RRsets whole with their RRSIGs;
-the data plane's NSEC3 hash; the image's DNSSEC block is validated; IXFR patches of signed
-zones fall back to a full compile."""
+the data plane's NSEC3 hash; the image's DNSSEC block is validated (IXFR patches of signed
+zones: test_signed_ixfr_patch.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -181,15 +181,6 @@ def test_a_corrupt_dnssec_block_is_rejected(images, variant):
     struct.pack_into("<I", bad, info_off + 4, len(buf) - 2)
     with pytest.raises(ImageError, match="check 16"):
         Image(bytes(bad), full_check=True)
-
-
-def test_signed_zones_are_not_patched(signed, images):
-    from pop53.zone.incremental import patch_image
-    from pop53.zone.zonefile import load_zone_file
-    s = signed["nsec"]
-    data = load_zone_file(str(s.path), s.origin)
-    assert patch_image(images["nsec"], s.origin, data, [dns.name.from_text("www." + s.origin)]) is None
-    assert patch_image.last_reason == "signed zone"
 
 
 def test_ds_at_a_served_child_is_answered_by_the_parent(signed):

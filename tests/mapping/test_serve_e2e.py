@@ -161,6 +161,30 @@ def test_mapped_answers_liveness_and_reload(served):
     assert addrs(r) == ["192.0.2.10"] and scope(r) == 8
 
 
+def test_static_clash_refused_at_start_and_on_reload(served):
+    """Static data clashing with a mapped name (CNAME exclusivity, RFC 2181 §10.1): a reload
+    bringing it is rejected and the old data keeps serving; `serve` refuses to start with it,
+    naming the config key as `pop53 check` does.  Another type beside the name is fine."""
+    p, cwd = served
+    zone = os.path.join(cwd, "cdn.zone")
+    with open(zone, "w") as f:
+        f.write(ZONE.replace(" 1 7200", " 2 7200") + "e1 TXT \"beside\"\n")
+    assert ctl(cwd, "reload")["ok"] is True
+    with open(zone, "w") as f:
+        f.write(ZONE.replace(" 1 7200", " 3 7200") + "e1 CNAME elsewhere.example.\n")
+    rep = ctl(cwd, "reload")
+    assert rep["ok"] is False and "mapped[0].name" in rep["error"] and \
+        "has static CNAME" in rep["error"]
+    assert addrs(ask(p.port, "e1.cdn.example.", ecs=("10.9.0.0", 24))) == ["192.0.2.10"]
+    r = ask(p.port, "e1.cdn.example.", "TXT")
+    assert [x.to_text() for x in r.answer[0]] == ['"beside"']
+    p.stop()
+    out = subprocess.run([sys.executable, "-m", "pop53", "serve", "-c", "pop53.toml"], cwd=cwd,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "mapped[0].name" in out.stderr and \
+        "has static CNAME" in out.stderr, out.stderr[-500:]
+
+
 def test_example_cdn_chain(tmp_path):
     p = Proc(["serve", "--example", "--listen", "127.0.0.1:0", "--workers", "1"], str(tmp_path))
     try:

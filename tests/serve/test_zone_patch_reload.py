@@ -66,20 +66,20 @@ def seed_of(image) -> int:
 
 def test_one_changed_zone_is_the_only_one_parsed_and_answers_as_a_full_compile(tmp_path):
     s = make_server(tmp_path)
-    assert s.zones.counts == {"parsed": N, "patched": 0}
+    assert s.zones.counts == {"parsed": N, "patched": 0, "spliced": 0}
     # zone 7 changes: serial, a name added, one removed (mail), the MX target elsewhere
     (tmp_path / "z007.zone").write_text(
         zone_text(7, 2, "new IN A 192.0.2.99\nnew IN AAAA 2001:db8::99\n").replace(
             "mail IN A", "; mail IN A"))
     assert s.reload() is True
-    assert s.zones.counts == {"parsed": N + 1, "patched": 1}
+    assert s.zones.counts == {"parsed": N + 1, "patched": 1, "spliced": 0}
     assert s.zone_serials["z007.test."] == 2 and s.zone_serials["z008.test."] == 1
     assert answers(s.current_image, s.responder) == \
         answers(full_compile(tmp_path, seed_of(s.current_image)), s.responder)
     # nothing changed: nothing parsed, nothing published
     gen = s.slot.generation
     assert s.reload() is True
-    assert s.zones.counts == {"parsed": N + 1, "patched": 1} and s.slot.generation == gen
+    assert s.zones.counts == {"parsed": N + 1, "patched": 1, "spliced": 0} and s.slot.generation == gen
 
 
 def test_a_changed_include_is_a_change(tmp_path):

@@ -22,7 +22,7 @@ def saved_with_data(state) -> None:
             meta = json.loads((state / "xfr.img.json").read_text())
         except (OSError, ValueError):
             return False
-        return meta["waiting"] == [] and (state / "example.org" / "snapshot.zone").exists()
+        return meta["waiting"] == [] and (state / "example.org" / "snapshot.rec").exists()
     wait_for(ready, 10, what="the saved image and snapshot")
 
 

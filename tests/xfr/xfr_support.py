@@ -220,7 +220,8 @@ class Recorder:
         v = self.versions.get(name)
         if v is None:
             return None
-        node = v.zone.nodes.get(dns.name.from_text(owner))
+        from pop53.xfr.recversion import dns_zone
+        node = dns_zone(v.zone).nodes.get(dns.name.from_text(owner))
         if node is None:
             return None
         rds = node.get_rdataset(1, dns.rdatatype.from_text(rdtype))

@@ -6,14 +6,14 @@ subcommands can be added without touching this file.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import pkgutil
 import sys
 
 
+def build_parser(argv: list[str] | None = None):
+    import argparse
+    import importlib
+    import pkgutil
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from pop53 import __version__
 
     parser = argparse.ArgumentParser(prog="pop53", description="anycast authoritative DNS server")
@@ -31,6 +31,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ctl"]:
+        # `pop53 ctl`: the lean client (it hands help and bad options back to full_main)
+        from pop53.serve.ctlclient import main as ctl_main
+        return ctl_main(argv[1:])
+    return full_main(argv)
+
+
+def full_main(argv: list[str]) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -110,7 +110,7 @@ def _check_mapping(cfg, zones, image) -> int:
 
     mcfg = cfg.mapping
     try:
-        signer = online.from_config(cfg)
+        signer = online.from_config(cfg, image)     # keys chosen from the zone served
         tables = load_tables(mcfg)
         SnapshotBuilder(mcfg, tables).build(lambda t: mcfg.targets[t].up, 0, signer)
         check_zones(mcfg, zones, {z.origin for z in signer.zones} if signer else ())

@@ -1,12 +1,12 @@
-"""`pop53 ctl COMMAND`: drive a running server through its control socket."""
+"""`pop53 ctl COMMAND`: drive a running server through its control socket.  The usual forms
+never come here: `python3 -m pop53 ctl` and `pop53-ctl` take the lean path
+(pop53.serve.ctlclient.main), which hands over help, bad options and zone-flush."""
 from __future__ import annotations
 
-import json
-import sys
 
 
 def add_parser(sub) -> None:
-    from pop53.serve.control import COMMANDS
+    from pop53.serve.ctlclient import COMMANDS
 
     p = sub.add_parser("ctl", help="control a running server (reload [ZONE], status, zones, "
                                    "stats, zone-status [ZONE], zone-reload ZONE, zone-notify "
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pop53.serve.control import RELOADS, NoReply, format_reply, send
+    from pop53.serve.ctlclient import RELOADS, NoReply, emit, send
     from pop53.errors import Pop53Error
 
     command = " ".join([args.command, *args.zone])
@@ -41,9 +41,5 @@ def run(args) -> int:
                          "shows what it is doing)") from None
     except OSError as exc:
         raise Pop53Error(f"cannot reach the control socket {args.socket}: {exc.strerror or exc}") from None
-    if args.json:
-        json.dump(reply, sys.stdout, indent=2)
-        print()
-    else:
-        print(format_reply(command, reply), file=sys.stdout if reply.get("ok") else sys.stderr)
+    emit(command, reply, args.json)
     return 0 if reply.get("ok") else 1

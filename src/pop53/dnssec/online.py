@@ -16,14 +16,17 @@ back (clock skew), expiration `dnssec_validity` later; a signature is renewed on
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import struct
 import threading
 import time
 
+import dns.flags
 import dns.name
+import dns.rdatatype
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from pop53.dnssec import keys as dkeys
@@ -34,14 +37,26 @@ DEFAULT_VALIDITY = 14 * 86400     # as Knot's rrsig-lifetime
 T_RRSIG, T_CNAME = 46, 5
 # RFC 6979 deterministic nonces: the same RRset signed twice gives the same RRSIG
 _ECDSA = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+# RFC 5702 §3: RSASSA-PKCS1-v1_5 (deterministic too)
+_RSA_HASH = {dkeys.ALG_RSASHA256: hashes.SHA256(), dkeys.ALG_RSASHA512: hashes.SHA512()}
+log = logging.getLogger("pop53.dnssec")
 
 
 @dataclasses.dataclass
 class ZoneSigning:
     origin: dns.name.Name
-    keys: list                    # [dkeys.SigningKey] that sign answers (ZSKs)
+    keys: list                    # [dkeys.SigningKey] that sign answers (dkeys.select)
     validity: int
     refresh: int                  # renew when less than this is left
+    read: list = dataclasses.field(default_factory=list)  # every key of the directory
+    where: str = ""               # the directory, for errors
+    cfgkey: str = ""              # zone[i].dnssec_keys
+
+    @property
+    def ident(self) -> tuple:
+        """What the signatures depend on besides the RRset: a change re-signs everything."""
+        return (tuple((k.tag, k.dnskey.algorithm, k.dnskey.flags) for k in self.keys),
+                self.validity, self.refresh)
 
 
 class OnlineSigner:
@@ -63,6 +78,36 @@ class OnlineSigner:
                 return z
         return None
 
+    def update(self, zones: list[ZoneSigning]) -> bool:
+        """Sign with new keys/settings (a reload): returns whether anything changed.  The
+        published snapshot keeps its signatures until the next build replaces it; the old
+        signatures leave the cache at that build's end() (their ident no longer matches)."""
+        zones = sorted(zones, key=lambda z: -len(z.origin.labels))
+        with self._lock:
+            before = {z.origin: z.ident for z in self.zones}
+            self.zones = zones
+            self._zones = {}
+        changed = before != {z.origin: z.ident for z in zones}
+        for z in zones:
+            if before.get(z.origin) != z.ident:
+                log.info("zone %s: mapped answers are signed by key tags %s", z.origin,
+                         [k.tag for k in z.keys])
+        return changed
+
+    def reselect(self, image) -> bool:
+        """The zones' signing keys again, from the keys already read and the DNSKEY RRset and
+        SOA signatures `image` serves (a zone reloaded or transferred, e.g. one step of a key
+        roll).  A zone whose keys cannot be chosen keeps its current ones (logged)."""
+        out = []
+        for z in self.zones:
+            try:
+                keys = dkeys.select(z.read, z.origin, *zone_keyinfo(image, z.origin), z.where)
+            except ConfigError as exc:
+                log.error("zone %s: keeping the current online signing keys: %s", z.origin, exc)
+                keys = z.keys
+            out.append(dataclasses.replace(z, keys=keys))
+        return self.update(out)
+
     def begin(self) -> None:
         """A snapshot build starts: signatures it does not use are dropped at end()."""
         with self._lock:
@@ -80,7 +125,7 @@ class OnlineSigner:
             z = self._zones[owner_wire] = self.zone_of(dns.name.from_wire(owner_wire, 0)[0]) or False
         if z is False:
             return []
-        key = (owner_wire.lower(), rtype, ttl, tuple(rdatas))
+        key = (owner_wire.lower(), rtype, ttl, tuple(rdatas), z.ident)
         now = int(self.clock())
         with self._lock:
             self._used.add(key)
@@ -132,17 +177,21 @@ def rrsig(owner_wire: bytes, rtype: int, ttl: int, rdatas: list[bytes], key, sig
     rrs = sorted(_canonical_rdata(rtype, rd) for rd in rdatas)
     data = head + b"".join(owner + struct.pack("!HHIH", rtype, 1, ttl, len(rd)) + rd
                            for i, rd in enumerate(rrs) if i == 0 or rd != rrs[i - 1])
-    if key.dnskey.algorithm == dkeys.ALG_P256:
+    alg = key.dnskey.algorithm
+    if alg == dkeys.ALG_P256:
         r, s = decode_dss_signature(key.private.sign(data, _ECDSA))
         sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")     # RFC 6605 §4
+    elif alg in _RSA_HASH:
+        sig = key.private.sign(data, padding.PKCS1v15(), _RSA_HASH[alg])    # RFC 5702 §3
     else:
         sig = key.private.sign(data)                             # RFC 8080 §3
     return head + sig
 
 
-def from_config(cfg) -> OnlineSigner | None:
-    """The signer of a Config: every [[zone]] with `dnssec_keys`; None when there is none.
-    Raises ConfigError (naming the key) for a bad directory, key file or validity."""
+def read_config(cfg) -> list[ZoneSigning]:
+    """Every [[zone]] with `dnssec_keys`, its key files read (keys not chosen yet).  Raises
+    ConfigError naming the key file and `zone[i].dnssec_keys` for a bad directory, key file
+    or validity."""
     zones = []
     base = os.path.dirname(os.path.abspath(cfg.source)) if getattr(cfg, "source", None) else ""
     for i, zc in enumerate(getattr(cfg, "zones", ())):
@@ -166,11 +215,59 @@ def from_config(cfg) -> OnlineSigner | None:
         path = d if os.path.isabs(d) else os.path.join(base, d)
         origin = dns.name.from_text(zc.name)
         try:
-            ks = dkeys.zone_signing_keys(dkeys.load_dir(path, origin))
+            read = dkeys.load_dir(path, origin)
         except ConfigError as exc:
             raise ConfigError(exc.message, file=cfg.source, key=f"{where}.dnssec_keys") from None
-        zones.append(ZoneSigning(origin, ks, validity, refresh))
-    return OnlineSigner(zones) if zones else None
+        zones.append(ZoneSigning(origin, [], validity, refresh, read, path,
+                                 f"{where}.dnssec_keys"))
+    return zones
+
+
+def choose(zones: list[ZoneSigning], image, source=None) -> list[ZoneSigning]:
+    """The signing keys of each zone (dkeys.select) from what `image` (or None) serves.
+    Raises ConfigError naming the key directory when none of its keys is published.  A zone
+    with no key chosen yet (only key store keys, zone not loaded) signs nothing until
+    reselect() finds its DNSKEY."""
+    out = []
+    for z in zones:
+        try:
+            keys = dkeys.select(z.read, z.origin, *zone_keyinfo(image, z.origin), z.where)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, file=source, key=z.cfgkey) from None
+        out.append(dataclasses.replace(z, keys=keys))
+    return out
+
+
+def from_config(cfg, image=None) -> OnlineSigner | None:
+    """The signer of a Config: every [[zone]] with `dnssec_keys`; None when there is none.
+    Raises ConfigError (naming the key) for a bad directory, key file or validity, or keys
+    none of which the zone in `image` publishes."""
+    zones = read_config(cfg)
+    return OnlineSigner(choose(zones, image, cfg.source)) if zones else None
+
+
+def zone_keyinfo(image, origin: dns.name.Name) -> tuple:
+    """(the DNSKEY RDATAs at the zone's apex, {(tag, algorithm)} of the RRSIGs over its SOA)
+    as `image` answers them; (None, set()) when the image has no signed zone there."""
+    import dns.message
+
+    from pop53 import _core
+    if image is None:
+        return None, set()
+    found = {}
+    for t in ("DNSKEY", "SOA"):
+        q = dns.message.make_query(origin, t, want_dnssec=True)
+        _, wire = _core.answer(image.view, q.to_wire(), _core.Responder(), True, b"\x7f\0\0\1")
+        r = dns.message.from_wire(wire) if wire else None
+        if r is None or not r.flags & dns.flags.AA:
+            return None, set()
+        found[t] = [rr for rr in r.answer if rr.name == origin]
+    dnskeys = [rd for rr in found["DNSKEY"] if rr.rdtype == dns.rdatatype.DNSKEY for rd in rr]
+    signers = {(rd.key_tag, rd.algorithm) for rr in found["SOA"]
+               if rr.rdtype == T_RRSIG and rr.covers == dns.rdatatype.SOA for rd in rr}
+    if not dnskeys:
+        return None, set()
+    return dnskeys, signers
 
 
 def _check_mapped_cut(image, responder, owner, mcfg, i) -> None:

@@ -335,18 +335,73 @@ def check_zones(mcfg: MappingConfig, zones, online=()) -> None:
         node = zd.zone.get_node(name)
         if node is None:
             continue
-        types = {rds.rdtype for rds in node}
-        mapped = {None: {T.A, T.AAAA}, "A": {T.A}, "AAAA": {T.AAAA}, "CNAME": {T.CNAME},
-                  "NS": {T.NS}}[res.type]
-        clash = types & mapped
-        if res.type == "CNAME":
-            clash = types - {T.RRSIG, T.NSEC, T.NSEC3}
-        elif T.CNAME in types:
-            clash = {T.CNAME}
-        if zd.origin in online:
-            clash -= mapped
-        if clash:
-            what = ", ".join(sorted(T.to_text(t) for t in clash))
-            raise ConfigError(f"{res.name} is mapped ({res.type or 'A/AAAA'}) and has static "
-                              f"{what} in {zd.source}:{zd.where(name) or '?'}",
-                              file=mcfg.source, key=key)
+        _no_clash(mcfg, i, {rds.rdtype for rds in node}, zd.origin in online,
+                  f"{zd.source}:{zd.where(name) or '?'}")
+
+
+def _no_clash(mcfg: MappingConfig, i: int, types: set, online: bool, where: str) -> None:
+    """The static types at mapped resource i's name against what it maps: CNAME exclusivity
+    (RFC 2181 §10.1) and no type both mapped and static (in a zone signed online the mapped
+    types are expected there: they only put the name in the chain)."""
+    import dns.rdatatype as T
+
+    res = mcfg.mapped[i]
+    mapped = {None: {T.A, T.AAAA}, "A": {T.A}, "AAAA": {T.AAAA}, "CNAME": {T.CNAME},
+              "NS": {T.NS}}[res.type]
+    clash = types & mapped
+    if res.type == "CNAME":
+        clash = types - {T.RRSIG, T.NSEC, T.NSEC3}
+    elif T.CNAME in types:
+        clash = {T.CNAME}
+    if online:
+        clash -= mapped
+    if clash:
+        what = ", ".join(sorted(T.to_text(t) for t in clash))
+        raise ConfigError(f"{res.name} is mapped ({res.type or 'A/AAAA'}) and has static "
+                          f"{what} in {where}", file=mcfg.source, key=f"mapped[{i}].name")
+
+
+def check_image(mcfg: MappingConfig, image, online=()) -> None:
+    """check_zones for a server, which holds compiled images rather than parsed zones: every
+    static RRset at a mapped name is read back from the image (ANY over TCP gives them all,
+    RFC 8482 §4.1), and a referral there means a static delegation at or above it.  Raises
+    ConfigError naming the resource's config key; `serve` and every zone reload call it."""
+    import dns.flags
+    import dns.message
+    import dns.rdatatype as T
+
+    from pop53 import _core
+    responder = _core.Responder()
+
+    def ask(name):
+        q = dns.message.make_query(name, T.ANY)
+        _, wire = _core.answer(image.view, q.to_wire(), responder, True, b"\x7f\0\0\1")
+        return dns.message.from_wire(wire) if wire else None
+
+    def rdatas(r, name):
+        return sorted((rr.rdtype, sorted(x.to_text() for x in rr)) for rr in r.answer
+                      if rr.name == name)
+
+    for i, res in enumerate(mcfg.mapped):
+        name = dns.name.from_text(res.name)
+        r = ask(name)
+        if r is None:
+            continue
+        if r.answer and name.labels[0] != b"*":
+            # a wildcard's synthesis is not data at the name: a made-up sibling gets the same
+            sib = dns.name.Name((b"pop53-check-no-such-name",) + name.labels[1:])
+            s = ask(sib)
+            if s is not None and rdatas(s, sib) == rdatas(r, name):
+                continue
+        cut = next((rr.name for rr in r.authority if rr.rdtype == T.NS), None)
+        if cut is not None and not r.flags & dns.flags.AA:
+            if not (res.type == "NS" and cut == name):
+                raise ConfigError(f"{res.name} is at or below the static delegation {cut}",
+                                  file=mcfg.source, key=f"mapped[{i}].name")
+            types = {T.NS}
+        else:
+            types = {rr.rdtype for rr in r.answer if rr.name == name}
+        _no_clash(mcfg, i, types, any(name.is_subdomain(o) for o in online),
+                  "the served zone's data")
+
+

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-from pop53.mapping.config import MappingConfig
+from pop53.mapping.config import MappingConfig, check_image
 from pop53.mapping.mapfile import load_map
 from pop53.mapping.snapshot import SnapshotBuilder
 
@@ -42,6 +42,7 @@ class MappingState:
         self.cfg = mcfg
         self.signer = signer            # pop53.dnssec.online.OnlineSigner, or None
         self._stop = threading.Event()
+        self._wake = threading.Event()     # republish now (new signing keys), off the caller
         self._refresher = None
         self.live = {t.name: t.up for t in mcfg.targets.values()}
         self.manifest = _manifest(mcfg)
@@ -83,20 +84,48 @@ class MappingState:
         while not self._stop.is_set():
             due = self.signer.next_refresh()
             wait = 3600.0 if due is None else max(0.0, min(3600.0, due - self.signer.clock()))
-            if self._stop.wait(wait):
+            self._wake.wait(wait)
+            if self._stop.is_set():
                 return
+            woken = self._wake.is_set()
+            self._wake.clear()
             due = self.signer.next_refresh()
-            if due is not None and due <= self.signer.clock():
+            if woken or (due is not None and due <= self.signer.clock()):
                 try:
                     self.publish()
-                    log.info("mapped-answer signatures renewed (mapping generation %d)",
-                             self.generation)
+                    log.info("mapped-answer signatures %s (mapping generation %d)",
+                             "made with the new keys" if woken else "renewed", self.generation)
                 except Exception:   # a failed renewal keeps the old snapshot; retried later
-                    log.exception("renewing mapped-answer signatures failed")
+                    log.exception("signing mapped answers failed")
                     self._stop.wait(60.0)
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def rekey(self, cfg, image) -> bool:
+        """Config reload / `ctl reload` / SIGHUP: read `dnssec_keys` again (pop53.dnssec.online)
+        and choose the keys from what `image` serves.  A new key set re-signs the mapped answers
+        in the background (the refresher publishes a snapshot signed with it; the old one, and
+        its signatures, retire when it is replaced).  Raises ConfigError naming the key file:
+        then nothing changes and the current keys keep signing."""
+        from pop53.dnssec import online
+        zones = online.choose(online.read_config(cfg), image, cfg.source)
+        if self.signer is None:
+            if not zones:
+                return False
+            self.signer = online.OnlineSigner([])
+        changed = self.signer.update(zones)
+        if changed:
+            self.start_refresh()
+            self._wake.set()
+        return changed
+
+    def on_image(self, image, _changed=None) -> None:
+        """An image was published (a zone reloaded or transferred): the signing keys follow
+        the zone's DNSKEY RRset and SOA signatures (one step of a key roll)."""
+        if self.signer is not None and self.signer.reselect(image):
+            self._wake.set()
 
     def set_target(self, name: str, up: bool):
         """Mark a target up or down and publish.  KeyError for an unknown target."""
@@ -144,6 +173,9 @@ class MappingState:
             "last_build_ms": round(self.last_build_ms, 3),
             "signatures_made": self.signer.made if self.signer is not None else None,
             "next_signature_refresh": self.signer.next_refresh() if self.signer is not None else None,
+            # the key tags signing each zone's mapped answers (chosen from the zone: docs/dnssec-online.md)
+            "signing_keys": {z.origin.to_text(): [k.tag for k in z.keys] for z in self.signer.zones}
+            if self.signer is not None else None,
         }
 
 
@@ -167,11 +199,18 @@ def attach(server) -> MappingState | None:
                 server.slot.retire(old)
 
     from pop53.dnssec import online
-    signer = online.from_config(server.config)
-    state = MappingState(mcfg, on_publish, signer)
     image = server.current_image
+    signer = online.from_config(server.config, image)
+    state = MappingState(mcfg, on_publish, signer)
+    origins = {z.origin for z in signer.zones} if signer is not None else ()
+    if image is not None:
+        # static data clashing with a mapped name: refused at start as `pop53 check` does,
+        # and in every reloaded image (before it is published)
+        check_image(mcfg, image, origins)
+    server.zones.image_checks.append(lambda img: check_image(mcfg, img, origins))
     if signer is not None and image is not None:
         online.check_mapped_names(image, mcfg, signer)
     state.publish(image.view.seed if image is not None else 0)
     state.start_refresh()
+    server.slot.listeners.append(state.on_image)
     return state

@@ -23,7 +23,7 @@ class ChildCompile:
         self._path = None       # the image it writes
 
     def compile(self, specs: list[tuple[str, str]], directory: str,
-                include_dir: str | None) -> tuple[Image, dict]:
+                include_dir: str | None, seed: int | None = None) -> tuple[Image, dict]:
         """(the new image, mapped; compile_files_isolated's result).  Raises ZoneError,
         CompilerUnavailable (compile in-process instead), Pop53Error when stopped."""
         if self.stopping:
@@ -34,7 +34,7 @@ class ChildCompile:
         self._path = path
         try:
             result = compile_files_isolated(specs, path, skip_bad=True, include_dir=include_dir,
-                                            on_child=self._started)
+                                            on_child=self._started, seed=seed)
             # checked in full here: the child writes the image straight to its file and never
             # holds it to check it (issue 15)
             return load_image(path, full_check=True), result

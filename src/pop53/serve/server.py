@@ -108,7 +108,11 @@ class Server:
         try:
             if self.mapping is not None:
                 self.mapping.reload_maps()      # a bad map raises: the old maps keep serving
-            return self.zones.reload(only)
+            ok = self.zones.reload(only)
+            if self.mapping is not None and only is None:
+                # dnssec_keys read again (a key roll); a bad key file raises: the old keys sign
+                self.mapping.rekey(self.config, self.current_image)
+            return ok
         except Pop53Error as exc:
             self.zones.record_failure(str(exc))
             log.error("reload rejected, previous data keeps serving: %s", exc)

@@ -9,11 +9,16 @@ answers exactly as a full compile of the new zone set.  With one changed zone am
 reload costs that zone's parse and patch plus ~0.1 ms per zone for the digests, instead of a
 parse and compile of every zone.
 
-What still goes through the full reload (ZoneSet.reload): zones added or removed, a zone that
-answered SERVFAIL (a stand-in) or was signed, a changed zone file over PATCH_BYTES, a change the
-patcher does not take (an apex deleted, a name at or below another zone), the transfer engine
-owning the image, and an image grown past MAX_GROWTH times its last full compile by the
-patches' garbage (the full compile compacts it).
+What this patch does not take goes to serve/zonesplice.py (the zone compiled alone and spliced
+in whole): zones added or removed, a zone that answered SERVFAIL (a stand-in), a changed zone
+file over PATCH_BYTES, and a change the patcher turns down (an apex deleted, a name at or below
+another zone).  Why PATCH_BYTES: this path parses the zone in the server process and hands the
+patcher every old and new owner name as a dns.name object (zone_names, _encode_node), which for
+a million names is gigabytes held in the server and minutes of Python; the splice parses and
+compiles such a zone in a child process and the server only copies bytes.  The full reload
+(ZoneSet.reload) remains for signed zones, the transfer engine owning the image, and an image
+grown past MAX_GROWTH times its last full compile by the patches' garbage (the full compile
+compacts it).
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from pop53.zone.zonefile import file_digests
 
 log = logging.getLogger("pop53.server")
 
-PATCH_BYTES = 1 << 20     # a changed zone file bigger than this is compiled in full (as ISOLATE_BYTES)
+PATCH_BYTES = 1 << 20     # a changed zone file bigger than this is compiled alone in a child and spliced
 MAX_GROWTH = 2.0          # patches' garbage allowed before a full compile compacts
 
 
@@ -75,10 +80,11 @@ def changed_files(zs, only: str | None) -> dict[str, tuple[str, dict]] | None:
     return out
 
 
-def try_patch(zs, only: str | None) -> dict | None:
+def try_patch(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     """Reload by patching the changed zones into the served image.  Returns {origin: error} of
     the changed zones that did not load (their previous version keeps serving), or None when
-    this reload needs the full path (nothing has changed then)."""
+    this reload needs the full path (nothing has changed then).  parsed: {origin: ZoneData}
+    the splice already read (serve/zonesplice.py), not read again."""
     image = zs.slot.current
     if image is None or zs.reload_hook is not None:
         return None
@@ -91,13 +97,15 @@ def try_patch(zs, only: str | None) -> dict | None:
             return None
     except OSError:
         return None
-    datas, bad = load_or_fail([(path, name) for name, (path, _) in changed.items()],
-                              zs.config.zone_dir)
-    zs.counts["parsed"] += len(changed)
-    loaded = {d.origin.to_text(): d for d in datas}
+    parsed = parsed or {}
+    datas, bad = load_or_fail([(path, name) for name, (path, _) in changed.items()
+                               if name not in parsed], zs.config.zone_dir)
+    zs.counts["parsed"] += len(changed) - sum(1 for n in changed if n in parsed)
     for d in datas:
         for w in d.warnings:
             log.warning("%s", w)
+    loaded = {d.origin.to_text(): d for d in datas}
+    loaded.update({n: parsed[n] for n in changed if n in parsed})
     bad.update(zs.check_loads({n: d.summary() for n, d in loaded.items()}))
     new = image
     for name, d in loaded.items():

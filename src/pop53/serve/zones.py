@@ -24,6 +24,7 @@ from pop53.serve.loads import check_loads
 from pop53.serve.childcompile import ChildCompile
 from pop53.serve.saved import BackgroundSave, load_saved_image, save_image
 from pop53.serve.zonepatch import try_patch
+from pop53.serve.zonesplice import try_splice
 from pop53.zone.compiler import CompilerUnavailable, compile_zone_data, load_or_fail, with_stand_ins
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file
@@ -31,6 +32,14 @@ from pop53.zone.zonefile import ZoneData, load_zone_file
 log = logging.getLogger("pop53.server")
 
 ISOLATE_BYTES = 1 << 20   # zone files larger than this in all compile in a child process
+
+
+def _progress(p: dict | None) -> dict | None:
+    """A reload's progress for `ctl status`: its phase and zone counts, seconds since it began."""
+    if p is None:
+        return None
+    return {**{k: v for k, v in p.items() if k != "since"},
+            "seconds": round(time.monotonic() - p["since"], 3)}
 
 
 class ZoneSet:
@@ -52,8 +61,12 @@ class ZoneSet:
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
         # of the file zones goes through it; returns {origin: error}
         self.reload_hook: Callable[[str | None], dict] | None = None
-        # zone files parsed and zones patched into the served image, since start
-        self.counts = {"parsed": 0, "patched": 0}
+        # more checks of a new image before it is published (raise to reject it): the
+        # mapping's static clashes (pop53.mapping.service)
+        self.image_checks: list[Callable[[Image], None]] = []
+        # zone files parsed, zones patched into the served image name by name, and zones
+        # spliced in whole (added, removed, big, stand-ins: serve/zonesplice.py), since start
+        self.counts = {"parsed": 0, "patched": 0, "spliced": 0}
         self.full_size = 0         # bytes of the last full compile (patches add garbage)
         # what a reload is doing, for `ctl status` while it runs (issue 14 point 2)
         self.progress: dict | None = None
@@ -75,14 +88,7 @@ class ZoneSet:
                 "zones": {k: v for k, v in self.serials.items() if self.served(k)},
                 "failed": dict(self.failed), "waiting": list(self.waiting),
                 "reload_failures": self.reload_failures, "last_error": self.last_error,
-                "loads": dict(self.counts), "progress": self._progress()}
-
-    def _progress(self) -> dict | None:
-        p = self.progress
-        if p is None:
-            return None
-        return {**{k: v for k, v in p.items() if k != "since"},
-                "seconds": round(time.monotonic() - p["since"], 3)}
+                "loads": dict(self.counts), "progress": _progress(self.progress)}
 
     def stop(self) -> None:
         """At process stop: a compile in flight is cancelled at once; a saved image being
@@ -155,6 +161,8 @@ class ZoneSet:
         if limit and len(image) > limit:
             raise ZoneError(f"image would be {len(image)} bytes, over server.max_image_bytes "
                             f"({limit})")
+        for check in self.image_checks:
+            check(image)
 
     # -- the saved image (serve/saved.py) -----------------------------------------------------
     def save_cached(self, image: Image, files: dict[str, dict]) -> None:
@@ -281,7 +289,11 @@ class ZoneSet:
             self.progress = None
 
     def _reload(self, only: str | None) -> bool:
-        failed = try_patch(self, only)    # only the changed zones, patched in
+        parsed: dict = {}
+        # whole zones compiled alone and spliced in: changed, big, added, removed, stand-ins
+        failed = try_splice(self, only, parsed)
+        if failed is None:                # name by name (targets across zones, nested zones)
+            failed = try_patch(self, only, parsed)
         if failed is not None:
             self.last_error = "; ".join(failed.values()) or None
             self.reload_failures += bool(failed)

@@ -70,20 +70,37 @@ class _Tsig:
         self.unsigned = 0
 
 
-def axfr_query(origin: dns.name.Name, key: KeyConf | None) -> dns.message.Message:
-    q = dns.message.make_query(origin, dns.rdatatype.AXFR, dns.rdataclass.IN, use_edns=False)
+def xfr_query(origin: dns.name.Name, key: KeyConf | None,
+              serial: int | None = None) -> dns.message.Message:
+    """The AXFR query, or (serial: ours) the IXFR query with our SOA in the authority section
+    (RFC 1995 §3; the SOA's other fields are not read by the primary)."""
+    rdtype = dns.rdatatype.AXFR if serial is None else dns.rdatatype.IXFR
+    q = dns.message.make_query(origin, rdtype, dns.rdataclass.IN, use_edns=False)
     q.flags = 0
+    if serial is not None:
+        soa = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.SOA,
+                                  f". . {serial} 0 0 0 0")
+        q.find_rrset(q.authority, origin, dns.rdataclass.IN, dns.rdatatype.SOA,
+                     create=True).add(soa, 0)
     if key is not None:
         q.use_tsig(key.tsig_key())
     return q
 
 
+def axfr_query(origin: dns.name.Name, key: KeyConf | None) -> dns.message.Message:
+    return xfr_query(origin, key)
+
+
 def parse_messages(origin: dns.name.Name, query: dns.message.Message, messages,
-                   source: str, max_records: int) -> Records:
+                   source: str, max_records: int, client_serial: int | None = None,
+                   max_diff: int | None = None):
     """Records of the AXFR whose response messages `messages` yields as (time received, wire).
+    With `client_serial` (an IXFR), the reader itself: its `style` says what came (1 a full
+    zone, 2 steps, 3 up to date) and its records are every record in arrival order.
     Raises dns.exception.FormError (malformed), dns.xfr.TransferError (an error rcode),
-    dns.tsig errors, UpdateRejected (over max_records)."""
-    reader = _core.XfrReader(origin.to_wire(), source, _Hooks(origin))
+    dns.tsig errors, UpdateRejected (over max_records, or max_diff for IXFR steps)."""
+    reader = _core.XfrReader(origin.to_wire(), source, _Hooks(origin), client_serial)
+    qtype = query.question[0].rdtype
     tsig = _Tsig(query)
     qkey = origin.to_wire().lower()
     first = True
@@ -101,37 +118,63 @@ def parse_messages(origin: dns.name.Name, query: dns.message.Message, messages,
         if flags & _TC:
             raise dns.exception.FormError("truncated transfer message")
         if info["qname"] is not None and (info["qname"].lower() != qkey or
-                                          info["qtype"] != dns.rdatatype.AXFR or
+                                          info["qtype"] != qtype or
                                           info["qclass"] != dns.rdataclass.IN):
             raise dns.exception.FormError("the question does not match the transfer query")
         if first and info["qname"] is None:
             raise dns.exception.FormError("first message without the question")
         first = False
         tsig.check(msg, info["tsig"], received, info["done"])
-        if reader.records > max_records:
+        if client_serial is not None and reader.style == 2:
+            if reader.records > max_diff:
+                raise UpdateRejected(f"IXFR of {origin} exceeds [xfr] max_diff ({max_diff})")
+        elif reader.records > max_records:
             raise UpdateRejected(f"transfer of {origin} exceeds [xfr] max_records ({max_records})")
         if info["done"]:
-            return Records(reader.result())
+            return reader if client_serial is not None else Records(reader.result())
     raise EOFError("the transfer ended before its closing SOA")
 
 
-def axfr_zone(primary: Peer, origin: dns.name.Name, key: KeyConf | None, timeout: float,
-              lifetime: float, max_bytes: int, max_records: int) -> ZoneData:
-    """A full transfer of `origin` from `primary`, as checked zone data in column form (what
-    the compiler's C path takes).  Raises as parse_messages, ZoneError for a zone that fails
-    the zone-file checks, OSError, EOFError."""
+def _checked(origin: dns.name.Name, source: str, records: Records) -> ZoneData:
     from pop53.zone.checks import validate_records
 
-    query = axfr_query(origin, key)
-    stream = _Stream(primary, query.to_wire(), timeout, lifetime, max_bytes)
-    source = f"<AXFR from {primary.host}#{primary.port}>"
-    try:
-        records = parse_messages(origin, query, stream, source, max_records)
-    finally:
-        stream.close()
     data = ZoneData(origin=origin, source=source, columns=records)
     try:
         validate_records(data)
     except ZoneError as exc:
         raise UpdateRejected(str(exc)) from None
     return data
+
+
+def xfr_records(primary: Peer, origin: dns.name.Name, key: KeyConf | None, timeout: float,
+                lifetime: float, max_bytes: int, max_records: int, serial: int | None = None,
+                max_diff: int = 0):
+    """A transfer of `origin` from `primary` read from wire: AXFR, or IXFR from our `serial`.
+    Returns (kind, payload, octets received): ("full", checked ZoneData in column form), ("steps",
+    tuple of pop53.xfr.recversion.WireStep) or ("uptodate", None).  Raises as parse_messages,
+    UpdateRejected for a zone that fails the zone-file checks, OSError, EOFError."""
+    from pop53.xfr.recversion import split_steps
+
+    query = xfr_query(origin, key, serial)
+    stream = _Stream(primary, query.to_wire(), timeout, lifetime, max_bytes)
+    source = f"<{'AXFR' if serial is None else 'IXFR'} from {primary.host}#{primary.port}>"
+    try:
+        got = parse_messages(origin, query, stream, source, max_records, serial, max_diff)
+    finally:
+        stream.close()
+    if serial is None:
+        return "full", _checked(origin, source, got), stream.received
+    if got.style == 3:
+        return "uptodate", None, stream.received
+    records = Records(got.result())
+    if got.style == 1:
+        return "full", _checked(origin, source, records), stream.received
+    return "steps", split_steps(records, origin), stream.received
+
+
+def axfr_zone(primary: Peer, origin: dns.name.Name, key: KeyConf | None, timeout: float,
+              lifetime: float, max_bytes: int, max_records: int) -> ZoneData:
+    """A full transfer of `origin` from `primary`, as checked zone data in column form (what
+    the compiler's C path takes).  Raises as parse_messages, UpdateRejected for a zone that
+    fails the zone-file checks, OSError, EOFError."""
+    return xfr_records(primary, origin, key, timeout, lifetime, max_bytes, max_records)[1]

@@ -16,6 +16,8 @@ engine a file zone is refused: its file is its content.
 from __future__ import annotations
 
 import datetime
+
+import dns.rdatatype
 import os
 import shlex
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import dns.name
 
 from pop53.xfr import journal as jr
+from pop53.xfr import recversion as rv
 
 
 def parse(arg: str) -> tuple[str | None, str | None]:
@@ -60,7 +63,14 @@ def write_zone(zone, path: Path) -> int:
 
     def write(f):
         f.write(f"; zone {zone.origin} serial {serial}, written by pop53 zone-flush at {now}\n")
-        zone.to_file(f, sorted=True, relativize=True, want_origin=True)
+        if not rv.is_records(zone):
+            zone.to_file(f, sorted=True, relativize=True, want_origin=True)
+            return
+        # the records form: one record at a time (no dnspython zone of it all), absolute names
+        f.write(f"$ORIGIN {zone.origin}\n")
+        for name, ttl, rd in rv.iter_rrs(zone):
+            f.write(f"{name} {ttl} IN {dns.rdatatype.to_text(rd.rdtype)} "
+                    f"{rd.to_text(origin=zone.origin, relativize=False)}\n")
 
     jr.atomic_write(path, write)
     return path.stat().st_size

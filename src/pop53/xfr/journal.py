@@ -11,7 +11,8 @@ A `Record` is what one transfer or one local change delivered: one or more steps
 published as one unit.
 
 On disk, under `<state>/<zone>/`:
-  snapshot.zone   the zone text of one applied version (written atomically: tmp, fsync, rename)
+  snapshot.zone   the zone text of one applied version (written atomically: tmp, fsync, rename);
+  snapshot.rec    instead, for a version in the records form: its columns (xfr/recversion.py)
   journal         one line per Record: "<crc32 hex> <json>\\n"; a torn or corrupt tail is cut off
                   on load (the primary is then asked for what is missing)
   meta.json       serial of the snapshot, time of the last successful check with the primary
@@ -107,7 +108,11 @@ class Record:
         return sum(len(s.deleted) + len(s.added) for s in self.steps)
 
 
-def soa_of(zone: dns.zone.Zone) -> RR:
+def soa_of(zone) -> RR:
+    """The apex SOA of a version: a dnspython zone, or a ZoneData in the records form."""
+    if not isinstance(zone, dns.zone.Zone):
+        from pop53.xfr import recversion
+        return recversion.soa_of(zone)
     node = zone.nodes.get(zone.origin)
     rds = node.get_rdataset(IN, SOA) if node is not None else None
     if rds is None or len(rds) != 1:
@@ -115,15 +120,21 @@ def soa_of(zone: dns.zone.Zone) -> RR:
     return (zone.origin, rds.ttl, next(iter(rds)))
 
 
-def serial_of(zone: dns.zone.Zone) -> int:
+def serial_of(zone) -> int:
     return soa_of(zone)[2].serial
 
 
-def count_records(zone: dns.zone.Zone) -> int:
+def count_records(zone) -> int:
+    if not isinstance(zone, dns.zone.Zone):
+        return len(zone.columns)
     return sum(len(rds) for node in zone.nodes.values() for rds in node.rdatasets)
 
 
-def iter_rrs(zone: dns.zone.Zone) -> Iterator[RR]:
+def iter_rrs(zone) -> Iterator[RR]:
+    if not isinstance(zone, dns.zone.Zone):
+        from pop53.xfr import recversion
+        yield from recversion.iter_rrs(zone)
+        return
     for name, node in zone.nodes.items():
         for rds in node.rdatasets:
             for rd in rds:
@@ -322,11 +333,11 @@ def file_label(origin: dns.name.Name) -> str:
     return "".join(c if (c.isalnum() or c in "-_.") else f"%{ord(c):02x}" for c in label.lower())
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, binary: bool = False) -> None:
     """Write `path` through `write(file)` so that readers see the old file or the whole new one,
     also after a crash (write a temporary file, fsync it, rename it over, fsync the directory)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with (open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8")) as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
@@ -346,25 +357,44 @@ class ZoneStore:
         self.origin = origin
         self.dir = Path(state_dir) / file_label(origin)
         self.snapshot = self.dir / "snapshot.zone"
+        self.snapshot_rec = self.dir / "snapshot.rec"
         self.journal = self.dir / "journal"
         self.meta = self.dir / "meta.json"
 
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    # snapshot
-    def save_snapshot(self, zone: dns.zone.Zone) -> None:
+    # snapshot: zone text of a dnspython version, or (snapshot.rec) the raw columns of a version
+    # in the records form (pop53.xfr.recversion: no dnspython object per record either way)
+    def save_snapshot(self, zone) -> None:
         self.ensure()
-        atomic_write(self.snapshot, lambda f: zone.to_file(f, sorted=True, relativize=False,
-                                                          want_origin=True))
+        if isinstance(zone, dns.zone.Zone):
+            atomic_write(self.snapshot, lambda f: zone.to_file(f, sorted=True, relativize=False,
+                                                              want_origin=True))
+            stale = self.snapshot_rec
+        else:
+            from pop53.xfr import recversion
+            atomic_write(self.snapshot_rec, lambda f: recversion.save(zone, f), binary=True)
+            stale = self.snapshot
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
 
-    def save_snapshot_isolated(self, zone: dns.zone.Zone, timeout: float = 900.0) -> None:
+    def save_snapshot_isolated(self, zone, timeout: float = 900.0) -> None:
         """save_snapshot() in a forked child (pop53.xfr.isolate): the child inherits the zone
-        copy-on-write and writes it while the engine keeps the GIL."""
+        copy-on-write and writes it while the engine keeps the GIL.  A records-form version is
+        written in place (its buffers go out in well under a second)."""
         self.ensure()
+        if not isinstance(zone, dns.zone.Zone):
+            self.save_snapshot(zone)
+            return
         run_in_fork(lambda: self.save_snapshot(zone), f"{self.snapshot}: snapshot writer", timeout)
 
-    def load_snapshot(self) -> dns.zone.Zone | None:
+    def load_snapshot(self):
+        if self.snapshot_rec.exists():
+            from pop53.xfr import recversion
+            return recversion.load(self.snapshot_rec, self.origin)
         if not self.snapshot.exists():
             return None
         try:

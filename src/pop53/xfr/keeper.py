@@ -12,6 +12,7 @@ import dns.zone
 
 from pop53.errors import Pop53Error
 from pop53.xfr import journal as jr
+from pop53.xfr import recversion as rv
 from pop53.xfr.metrics import count
 from pop53.xfr.state import EnginePart, Pending, ZoneState
 from pop53.xfr.versions import UpdateRejected, ZoneVersion, validate_version
@@ -64,14 +65,14 @@ class ZoneKeeper(EnginePart):
         else:
             history = recs[:start]
         records = jr.count_records(zone)
-        data = validate_version(zone, f"{st.store.snapshot}", records, self.config.max_records)
+        data = rv.check_full(zone, f"{st.store.snapshot}", records, self.config.max_records)
         now = time.time()
         served = (zone, data, records)
         latest = zone
         pending: list[Pending] = []
         for rec in recs[start:]:
             try:
-                new, changed, delta = jr.apply_steps(latest, rec.steps)
+                new, changed, delta, _view = rv.apply_any(latest, rec.steps, "journal replay")
             except jr.DiffError as exc:
                 log.warning("zone %s: journal record %d->%d does not apply (%s); ignoring the rest",
                             st.name, rec.old_serial, rec.new_serial, exc)
@@ -86,10 +87,10 @@ class ZoneKeeper(EnginePart):
                 served = (new, None, n)
             latest = new
         if served[1] is None:
-            served = (served[0], validate_version(served[0], "journal replay", served[2],
-                                                  self.config.max_records), served[2])
+            served = (served[0], rv.check_full(served[0], "journal replay", served[2],
+                                               self.config.max_records), served[2])
         for p in pending:
-            p.data = validate_version(p.zone, "journal replay", p.records, self.config.max_records)
+            p.data = rv.check_full(p.zone, "journal replay", p.records, self.config.max_records)
         st.zone, st.data, st.records = served
         st.latest = latest
         st.latest_records = pending[-1].records if pending else st.records
@@ -117,17 +118,32 @@ class ZoneKeeper(EnginePart):
 
 
     # ---------------------------------------------------------------- accept / publish
-    def version(self, st, zone, data, records, steps=None, changed=None) -> ZoneVersion:
-        return ZoneVersion(st.name, jr.serial_of(zone), zone, data, records, steps, changed)
+    def version(self, st, zone, data, records, steps=None, changed=None, view=None) -> ZoneVersion:
+        return ZoneVersion(st.name, jr.serial_of(zone), zone, data, records, steps, changed, view)
 
-    async def accept(self, st: ZoneState, new: dns.zone.Zone, rec: jr.Record | None, records: int,
-                      changed: frozenset | None, source: str) -> None:
-        """Validate; then publish now, or queue for later in the input-delayed role."""
-        try:
+    def _validate(self, st: ZoneState, new, source: str, records: int, changed, view, incremental):
+        if not rv.is_records(new):
             # an IXFR diff on a validated version: only the changed names need checking
-            data = await asyncio.to_thread(validate_version, new, f"{source} serial {jr.serial_of(new)}",
-                                           records, self.config.max_records,
-                                           changed if rec is not None and st.latest is not None else None)
+            return validate_version(new, source, records, self.config.max_records,
+                                    changed if incremental else None)
+        if view is not None:
+            return rv.check_changes(new, view, changed, source, records, self.config.max_records)
+        if getattr(new, "checked", False):    # a full transfer read and checked from wire
+            if records > self.config.max_records:
+                raise UpdateRejected(f"{source}: {records} records exceed the limit of "
+                                     f"{self.config.max_records} ([xfr] max_records)")
+            return new
+        return rv.check_full(new, source, records, self.config.max_records)
+
+    async def accept(self, st: ZoneState, new, rec: jr.Record | None, records: int,
+                      changed: frozenset | None, source: str, view=None) -> None:
+        """Validate; then publish now, or queue for later in the input-delayed role.  `new` is a
+        dnspython zone or (the records form, pop53.xfr.recversion) a ZoneData; `view`: for a
+        records-form version made by applying steps, the changed names' view."""
+        try:
+            data = await asyncio.to_thread(self._validate, st, new,
+                                           f"{source} serial {jr.serial_of(new)}", records, changed,
+                                           view, rec is not None and st.latest is not None)
         except UpdateRejected as exc:
             self.reject(st, str(exc), "validation")
             raise
@@ -141,7 +157,7 @@ class ZoneKeeper(EnginePart):
             rec_for_pending = rec
         if self.config.delay and st.zone is not None:
             p = Pending(rec_for_pending.received + self.config.delay, new, data, rec_for_pending,
-                         records, changed)
+                         records, changed, view)
             st.pending.append(p)
             st.latest, st.latest_records = new, records
             if rec is not None and st.store is not None:
@@ -153,14 +169,14 @@ class ZoneKeeper(EnginePart):
             log.info("zone %s: serial %d queued, applies in %.0f s (input-delayed role)",
                      st.name, jr.serial_of(new), self.config.delay)
             return
-        await self._apply(st, new, data, rec, records, changed, journaled=False)
+        await self._apply(st, new, data, rec, records, changed, journaled=False, view=view)
 
     async def apply_due(self, st: ZoneState, now: float) -> None:
         while st.pending and st.pending[0].due <= now:
             p = st.pending[0]
             try:
                 await self._apply(st, p.zone, p.data, p.record if p.record.steps else None,
-                                  p.records, p.changed, journaled=True)
+                                  p.records, p.changed, journaled=True, view=p.view)
             except UpdateRejected:
                 # Everything queued after it was built on it: drop it all, fetch again later.
                 st.pending.clear()
@@ -171,8 +187,8 @@ class ZoneKeeper(EnginePart):
                 return
             st.pending.popleft()
 
-    async def _apply(self, st, new, data, rec, records, changed, journaled: bool) -> None:
-        version = self.version(st, new, data, records, rec.steps if rec else None, changed)
+    async def _apply(self, st, new, data, rec, records, changed, journaled: bool, view=None) -> None:
+        version = self.version(st, new, data, records, rec.steps if rec else None, changed, view)
         try:
             await self.publish(st.name, version)
         except Pop53Error as exc:
@@ -205,7 +221,7 @@ class ZoneKeeper(EnginePart):
             self.svc.publish_cb(name, version)
         st = self.zones.get(dns.name.from_text(name))
         if version is not None and st is not None and st.conf.catalog:
-            self.svc.catalog.changed(st.conf.name, version.zone)   # RFC 9432 members
+            self.svc.catalog.changed(st.conf.name, rv.dns_zone(version.zone))   # RFC 9432 members
 
     @staticmethod
     def _journal_append(st: ZoneState, rec) -> None:

@@ -23,6 +23,7 @@ import dns.zone
 
 from pop53.serve import dnstap
 from pop53.xfr import journal as jr
+from pop53.xfr import recversion as rv
 from pop53.xfr.config import Peer
 from pop53.xfr.metrics import count
 from pop53.xfr.protocol import (OUR_PAYLOAD, TSIG_FUDGE, Refuse, check_key, parse_control, reply_msg, sign,
@@ -187,9 +188,18 @@ class Outbound(EnginePart):
         return None
 
     @staticmethod
-    def _axfr_rrs(zone: dns.zone.Zone):
+    def _axfr_rrs(zone):
         soa = jr.soa_of(zone)
         yield soa
+        if rv.is_records(zone):
+            # the records form: each RR encoded once, its owner compressed against the
+            # question (RFC 1035 §4.1.4; every owner is at or below it), no dnspython object
+            cut = len(zone.origin.to_wire())
+            pack = struct.Struct("!HHIH").pack
+            for owner, t, ttl, rd in rv.wire_rrs(zone):
+                yield b"".join((owner[:-cut], b"\xc0\x0c", pack(t, IN, ttl, len(rd)), rd))
+            yield soa
+            return
         for name, node in zone.nodes.items():
             for rds in node.rdatasets:
                 if rds.rdtype == SOA:
@@ -239,6 +249,19 @@ class Outbound(EnginePart):
         r = new()
         n = 0
         for item in items:
+            if isinstance(item, bytes):         # an encoded RR (_axfr_rrs, records form)
+                if r.output.tell() + len(item) > r.max_size:
+                    if n == 0 or single:
+                        if single:
+                            return None
+                        raise dns.exception.TooBig
+                    finish(r)
+                    r, n = new(), 0
+                r._set_section(dns.renderer.ANSWER)
+                r.output.write(item)
+                r.counts[dns.renderer.ANSWER] += 1
+                n += 1
+                continue
             if len(item) == 3:
                 name, ttl, rd = item
                 rds = dns.rdataset.Rdataset(IN, rd.rdtype, rd.covers(), ttl)

@@ -14,6 +14,7 @@ from pop53.xfr.inbound import CollectTxn
 from pop53.xfr.isolate import run_in_fork
 from pop53.xfr.metrics import count
 from pop53.xfr.versions import UpdateRejected, ZoneVersion
+from pop53.xfr.wholepatch import patch_whole_zone
 
 log = logging.getLogger("pop53.xfr")
 
@@ -79,8 +80,13 @@ class ImagePublisher:
         # in between would make the changed names incomplete)
         if prev is None or version.steps[0].old_serial != prev.serial:
             return None
+        data = version.view
+        if data is None:
+            if getattr(version.data, "_zone", True) is None:
+                return None     # records form without a view: data.zone would build it all
+            data = version.data
         from pop53.zone.incremental import patch_image
-        image = patch_image(self.last_image, name, version.data, version.changed)
+        image = patch_image(self.last_image, name, data, version.changed)
         if image is None:
             self.last_fallback = patch_image.last_reason
         return image
@@ -94,6 +100,7 @@ class ImagePublisher:
               "images published for transferred zones, by how they were made", path=path)
 
     def _publish(self, name: str, version: ZoneVersion | None) -> None:
+        t0 = time.monotonic()
         zones = dict(self.zones)
         expired = set(self.expired)
         if version is None:
@@ -103,6 +110,10 @@ class ImagePublisher:
             expired.discard(name)
         try:
             image = self._try_patch(name, version) if version is not None else None
+            if image is None and version is not None and not version.changed \
+                    and self.incremental and name not in self.expired:
+                # a full transfer: that zone alone is patched in (xfr/wholepatch.py)
+                image = patch_whole_zone(self.last_image, version.data, self.zones.get(name))
         except Exception as exc:  # a patcher bug must not cost the update: compile in full
             log.exception("zone %s: incremental patch failed, compiling in full: %s", name, exc)
             image = None
@@ -119,13 +130,16 @@ class ImagePublisher:
             if self.check_image is not None:
                 self.check_image(image)
         self.server_publish(image)
+        log.info("zone %s: image %s and published in %.3f s (%d bytes)", name,
+                 "patched" if patched else "compiled", time.monotonic() - t0, len(image))
         self.zones = zones
         self.expired = expired
         self.last_image = image
         if patched:
             self._counted("patched")
             if self._compacting is not None:
-                self._since.setdefault(name, set()).update(version.changed)
+                # (a whole-zone patch adds none: the compaction is then dropped)
+                self._since.setdefault(name, set()).update(version.changed or ())
             elif len(image) > self.MAX_GROWTH * self._full_size:
                 self._start_compaction()
         else:
@@ -138,6 +152,31 @@ class ImagePublisher:
             if self.incremental:    # the next update's patch starts from a ready index
                 from pop53.zone.patchkit import patch_index
                 patch_index(image)
+
+    def update_static(self, static: list, same_stand_ins: bool) -> Any:
+        """The file zones changed (a reload): each changed one is patched into the image
+        (xfr/wholepatch.py) when the zone set and the stand-ins are unchanged; else, or when a
+        patch is not possible, recompile()."""
+        with self._lock:
+            old = {d.origin: d for d in self.static}
+            new = {d.origin: d for d in static}
+            image = self.last_image
+            if not (self.incremental and same_stand_ins and image is not None
+                    and set(old) == set(new)):
+                return self.recompile(static)
+            for origin, data in new.items():
+                if data is not old[origin]:
+                    image = patch_whole_zone(image, data, old[origin])
+                    if image is None:
+                        return self.recompile(static)
+            if self.check_image is not None:
+                self.check_image(image)
+            self.server_publish(image)
+            self.static, self.last_image = list(static), image
+            self._counted("patched")
+            if self._compacting is None and len(image) > self.MAX_GROWTH * self._full_size:
+                self._start_compaction()
+            return image
 
     def recompile(self, static: list | None = None, drop: tuple = ()) -> Any:
         """Publish a full compile of the current zone set: after the file zones changed
@@ -229,6 +268,9 @@ class ImagePublisher:
         for name, data in self.zones.items():
             if data is zones[name]:
                 continue
+            if since.get(name) and getattr(data, "_zone", True) is None:
+                from pop53.xfr.recversion import view_of
+                data = view_of(data, since[name])     # records form: the changed names only
             image = patch_image(image, name, data, since.get(name, ())) if since.get(name) else None
             if image is None:
                 log.info("compaction dropped: zone %s changed meanwhile and did not patch", name)

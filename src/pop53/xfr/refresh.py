@@ -21,8 +21,9 @@ import dns.zone
 
 from pop53.serve import dnstap
 from pop53.xfr import journal as jr
+from pop53.xfr import recversion as rv
+from pop53.xfr.axfr_records import xfr_records
 from pop53.xfr.config import Peer
-from pop53.xfr.inbound import Collector, inbound_transfer
 from pop53.xfr.metrics import count
 from pop53.xfr.protocol import Refuse, check_key, parse_control, reply_msg, sign
 from pop53.xfr.state import EnginePart, ZoneState
@@ -263,7 +264,8 @@ class Refresher(EnginePart):
             if base is None:
                 raise jr.DiffError("incremental transfer without a base version")
             try:
-                new, changed, delta = await asyncio.to_thread(jr.apply_steps, base, payload)
+                new, changed, delta, view = await asyncio.to_thread(rv.apply_any, base, payload,
+                                                                    source)
             except jr.BadData as exc:
                 self.svc.keeper.reject(st, f"{source}: {exc}", "validation")
                 raise UpdateRejected(str(exc)) from None
@@ -271,19 +273,23 @@ class Refresher(EnginePart):
                 self.svc.keeper.reject(st, f"{source}: {exc}", "diff")
                 raise
             tm["applied"] = time.monotonic()
-            rec = jr.Record(tuple(payload), time.time())
-            await self.svc.keeper.accept(st, new, rec, st.latest_records + delta, frozenset(changed), source)
+            rec = jr.Record(rv.journal_steps(payload), time.time())
+            await self.svc.keeper.accept(st, new, rec, st.latest_records + delta, frozenset(changed),
+                                         source, view)
             return True
         # A full transfer.  Against our previous version it becomes one diff, so that the
-        # journal, a restart and our own IXFR service cover it like any other change.
+        # journal, a restart and our own IXFR service cover it like any other change.  (For
+        # the records form only up to recversion.DIFF_RECORDS records: beyond, the version
+        # starts a new chain, and IXFR-out answers older serials with an AXFR.)
         new = payload
         steps = None
         if base is not None:
             try:
-                steps = (await asyncio.to_thread(jr.diff_zones, base, new),)
+                d = await asyncio.to_thread(rv.diff, base, new)
             except jr.DiffError as exc:
                 self.svc.keeper.reject(st, f"{source}: {exc}", "validation")
                 raise UpdateRejected(str(exc)) from None
+            steps = (d,) if d is not None else None
         records = await asyncio.to_thread(jr.count_records, new)
         tm["applied"] = time.monotonic()
         rec = jr.Record(steps, time.time(), full=True) if steps else None
@@ -291,44 +297,46 @@ class Refresher(EnginePart):
         return True
 
     async def _xfr(self, st: ZoneState, primary: Peer, base, incremental: bool):
-        coll = Collector(st.conf.name, base, self.config.max_records, self.config.max_diff)
+        """One transfer read from wire into the records form (pop53.xfr.axfr_records; TSIG
+        verified by dnspython over the raw messages).  Returns None (current), ("full",
+        ZoneData) or ("steps", WireSteps)."""
         serial = jr.serial_of(base) if (incremental and base is not None) else None
         key = st.conf.key
-        query, serial = dns.xfr.make_query(
-            coll, serial=serial,
-            keyring=key.tsig_key() if key else None,
-            keyname=key.name if key else None,
-            keyalgorithm=key.algorithm if key else dns.tsig.default_algorithm)
         kind = "ixfr" if serial is not None else "axfr"
         t0 = time.monotonic()
         try:
-            nbytes = await asyncio.to_thread(inbound_transfer, primary, coll, query, serial,
-                                             self.config.timeout, self.config.transfer_lifetime,
-                                             self.config.max_transfer_bytes)
+            got, payload, nbytes = await asyncio.to_thread(
+                xfr_records, primary, st.conf.name, key, self.config.timeout,
+                self.config.transfer_lifetime, self.config.max_transfer_bytes,
+                self.config.max_records, serial, self.config.max_diff)
         except UpdateRejected as exc:
-            self.svc.keeper.reject(st, f"{kind.upper()} from {primary}: {exc}", "size")
+            self.svc.keeper.reject(st, f"{kind.upper()} from {primary}: {exc}",
+                                   "validation" if "max_" not in str(exc) else "size")
             raise
         except dns.xfr.TransferError:
             count(self.stats, f"xfr_in.{kind}.error", "pop53_xfr_in_total", "transfers received",
                    zone=st.name, kind=kind, result="error")
             raise
         except (dns.exception.DNSException, EOFError, ConnectionError, ValueError, KeyError,
-                AttributeError, TypeError) as exc:
+                AttributeError, TypeError, jr.DiffError) as exc:
             # Malformed or cut-short transfer (bad TSIG, wrong SOA, junk, EOF): nothing applied.
             count(self.stats, f"xfr_in.{kind}.malformed", "pop53_xfr_in_total", "transfers received",
                    zone=st.name, kind=kind, result="malformed")
             log.warning("zone %s: %s from %s failed: %s: %s", st.name, kind.upper(), primary,
                         type(exc).__name__, exc)
             raise
-        got = kind if coll.result is None else "axfr" if coll.result[0] == "full" else "ixfr"
+        result = None if got == "uptodate" else (got, payload)
+        if got == "full":
+            payload.checked = True      # the zone-file checks ran on it (xfr_records)
+        got = kind if result is None else "axfr" if got == "full" else "ixfr"
         log_transfer("in", got.upper(), st.name, jr.serial_of(base) if base is not None else None,
-                     _new_serial(coll.result, base), nbytes, time.monotonic() - t0, primary,
+                     _new_serial(result, base), nbytes, time.monotonic() - t0, primary,
                      key.name if key else None)
-        if coll.result is None:
+        if result is None:
             return None
         count(self.stats, f"xfr_in.{got}.ok", "pop53_xfr_in_total", "transfers received",
                zone=st.name, kind=got, result="ok")
-        return coll.result
+        return result
 
 
 def _new_serial(result, base) -> int | None:

@@ -84,6 +84,12 @@ class ControlPlane:
         return reply
 
 
+def _version(data):
+    """What the engine keeps of a file zone: the scanner's columns (the records form, no
+    dnspython object per record), else its dnspython zone."""
+    return data if data.columns is not None else data.zone
+
+
 def build(cfg: Config) -> tuple[Server, XfrService | None]:
     """A server for `cfg`; with the metadata engine attached when any zone needs transfers."""
     if not needs_engine(cfg):
@@ -108,6 +114,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         have = {d.origin.to_text() for d in zones}
         secondaries = [st.name for st in list(holder["service"].zones.values())
                        if st.conf.secondary]
+        holder["secondaries"] = set(secondaries)     # the zone set this image was made for
         waiting = holder["waiting"] = [n for n in secondaries if n not in have]
         if not holder["hold"]:
             zset.waiting = waiting
@@ -133,7 +140,7 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
     holder["service"] = service
     server.control_handler = ControlPlane(service, server)
     for name, data in files.items():
-        service.set_local_zone(name, data.zone)
+        service.set_local_zone(name, _version(data))
     # the file zones serve at once; transferred ones join on start (SERVFAIL until then)
     zset.note_failed(failed)
     zset.data = dict(files)
@@ -191,14 +198,18 @@ def build(cfg: Config) -> tuple[Server, XfrService | None]:
         else:
             new.update({n: d for n, d in old.items() if n in catalogs.made})
         for name, data in new.items():
-            service.set_local_zone(name, data.zone)     # journals the diff, NOTIFYs secondaries
+            service.set_local_zone(name, _version(data))   # journals the diff, NOTIFYs secondaries
         failed = {n: e for n, e in bad.items() if n not in new}
         if only is not None:
             failed = {**{n: e for n, e in zset.failed.items() if n in files}, **failed}
+        # a patch only when neither the stand-ins nor the engine's zone set changed (a config
+        # reload adds or removes zones before it calls this)
+        same = set(failed) == set(zset.failed) and holder.get("secondaries") == {
+            st.name for st in list(service.zones.values()) if st.conf.secondary}
         zset.note_failed(failed)
-        # recompile the file zones together with the transferred ones (the next IXFR patch
-        # starts from this image)
-        publisher.recompile(static=list(new.values()))
+        # the changed file zones patched into the image beside the transferred ones, or all
+        # compiled again (the next IXFR patch starts from this image)
+        publisher.update_static(list(new.values()), same)
         zset.files.update({n: d.files for n, d in new.items()})
         return bad
 

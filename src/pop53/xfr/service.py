@@ -44,6 +44,7 @@ import dns.zone
 from pop53.anycast import staleness
 from pop53.errors import Pop53Error
 from pop53.xfr import journal as jr
+from pop53.xfr import recversion as rv
 from pop53.xfr import outbound
 from pop53.xfr.catalog import CatalogConsumer
 from pop53.xfr.config import XfrConfig, ZoneConf
@@ -149,24 +150,29 @@ class XfrService:
 
 
     # ---------------------------------------------------------------- primary role (local zones)
-    def set_local_zone(self, name: str, zone: dns.zone.Zone) -> None:
+    def set_local_zone(self, name: str, zone) -> None:
         """A zone we are primary for changed (or appeared): record the diff in the journal so
-        secondaries can IXFR, and NOTIFY them.  `zone` must have absolute names and must not be
-        changed afterwards."""
+        secondaries can IXFR, and NOTIFY them.  `zone` (a dnspython zone with absolute names,
+        or a ZoneData in the records form, pop53.xfr.recversion) must not be changed
+        afterwards."""
         origin = dns.name.from_text(name)
         st = self.zones.get(origin)
         if st is None:
             st = self.zones[origin] = ZoneState(ZoneConf(origin), None)
         if st.conf.secondary:
             raise Pop53Error(f"zone {name} is a secondary here; its data comes from its primaries")
-        if zone.relativize:
+        if getattr(zone, "relativize", False):
             raise Pop53Error("set_local_zone needs a zone with absolute names (relativize=False)")
         old = st.zone
         if old is not None and jr.serial_of(old) == jr.serial_of(zone):
             return
         if old is not None:
-            rec = jr.Record((jr.diff_zones(old, zone),), time.time(), full=True)
-            st.history = (st.history + [rec])[-self.config.journal_keep:] if self.config.journal_keep else []
+            d = rv.diff(old, zone)
+            if d is None:       # too big to diff in the records form: a new chain (AXFR out)
+                st.history = []
+            else:
+                rec = jr.Record((d,), time.time(), full=True)
+                st.history = (st.history + [rec])[-self.config.journal_keep:] if self.config.journal_keep else []
         st.zone = st.latest = zone
         st.records = st.latest_records = jr.count_records(zone)
         st.last_ok = time.time()

@@ -20,6 +20,7 @@ class Pending:
     record: jr.Record
     records: int
     changed: frozenset | None
+    view: Any = None        # records form: the changed names' view (pop53.xfr.recversion)
 
 
 class ZoneState:
@@ -27,6 +28,8 @@ class ZoneState:
         self.conf = conf
         self.name = conf.name.to_text()
         self.store = store
+        # a version is a dnspython zone or, for transfers read from wire, a ZoneData in the
+        # records form (pop53.xfr.recversion)
         self.zone: dns.zone.Zone | None = None       # published (served) version
         self.data: Any = None
         self.records = 0

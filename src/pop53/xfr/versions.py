@@ -30,7 +30,8 @@ class ZoneVersion:
     """One version of one zone, as handed to `publish`.  `zone` has absolute names and is never
     changed after it is created (the journal and old readers may still hold it).  `data` is the
     validated `pop53.zone.zonefile.ZoneData`.  `steps` is what changed since the previously published
-    version (None after a full load), for an incremental compiler; `changed` the owner names."""
+    version (None after a full load), for an incremental compiler; `changed` the owner names.
+    For a transfer read from wire `zone` and `data` are one ZoneData in the records form."""
 
     name: str
     serial: int
@@ -39,6 +40,9 @@ class ZoneVersion:
     records: int
     steps: tuple[jr.Diff, ...] | None = None
     changed: frozenset | None = None
+    # records form (pop53.xfr.recversion): a ZoneData of the changed names, their ancestors and
+    # the apex, which is what the image patcher reads (data.zone would build the whole zone)
+    view: Any = None
 
 
 Publish = Callable[[str, "ZoneVersion | None"], None]

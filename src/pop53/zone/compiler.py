@@ -462,7 +462,8 @@ class CompilerUnavailable(Exception):
 
 def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
                            timeout: float | None = None, skip_bad: bool = False,
-                           include_dir: str | None = None, on_child=None) -> dict:
+                           include_dir: str | None = None, on_child=None,
+                           seed: int | None = None) -> dict:
     """Compile zone files in a fresh child process and write the image to out_path.
 
     The server uses this so that its own memory never holds the parse (dnspython keeps several
@@ -471,6 +472,7 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
     with skip_bad a zone that fails to load is compiled as a SERVFAIL stand-in instead.
     Returns {"failed": {origin: error}, "loaded": {origin: ZoneData.summary()}}.
     on_child(Popen): told the child as it starts (the server kills it when it stops).
+    seed: the name hash seed (a zone spliced into a served image needs that image's).
     """
     import json
     import subprocess
@@ -481,6 +483,8 @@ def compile_files_isolated(zones: list[tuple[str, str | None]], out_path: str,
         args.append("--skip-bad")
     if include_dir:
         args += ["--include-dir", include_dir]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     for path, origin in zones:
         args += ["--zone", f"{origin or ''}={path}"]
     err = ""
@@ -519,6 +523,7 @@ def main(argv=None) -> int:
     p.add_argument("--zone", action="append", default=[])
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--include-dir")
+    p.add_argument("--seed", type=int)
     args = p.parse_args(argv)
     from pop53.zone.imagefile import fixed_mmap_threshold
     from pop53.zone.zonefile import map_big_files
@@ -539,7 +544,9 @@ def main(argv=None) -> int:
                 d.columns.drop_locations()
         # straight to the file: the image is never held whole in this process (issue 15)
         from pop53.zone.imagefile import compile_to_file
-        size = compile_to_file(datas, args.out, expired=sorted(failed), consume=True)
+        # a scratch file the parent maps once this process has exited: no fsync owed to it
+        size = compile_to_file(datas, args.out, seed=args.seed, expired=sorted(failed),
+                               consume=True, sync=False)
         print(json.dumps({"ok": True, "bytes": size, "failed": failed, "loaded": loaded,
                           "warnings": [w for d in datas for w in d.warnings]}))
         return 0

@@ -47,7 +47,7 @@ def fixed_mmap_threshold(size: int = 256 << 10) -> None:
 
 
 def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | None = None,
-                    expired=(), consume: bool = False) -> int:
+                    expired=(), consume: bool = False, sync: bool = True) -> int:
     """compile_zone_data(zones, seed, expired).save(path), without holding the image in memory
     when the C compile takes every zone.  Atomic (a temp file renamed).  Returns its size.
     consume: the zones' record columns the build has read are freed as it goes (the zones are
@@ -55,7 +55,7 @@ def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | 
     path = os.fspath(path)
     if not zones or not all(_streamable(z) for z in zones):
         image = compiler.compile_zone_data(zones, seed=seed, expired=expired)
-        image.save(path)
+        image.save(path, sync)
         return len(image)
     compiler.check_origins(zones)
     expired = {dns.name.from_text(e) if isinstance(e, str) else e for e in expired}
@@ -70,13 +70,14 @@ def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | 
             flat.append(compiler._flat_zone(z))
             if consume:
                 z.columns.drop_build_inputs()
-        return write_flat(path, zones, flat, _core.FlatImage(flat), seed, expired)
+        return write_flat(path, zones, flat, _core.FlatImage(flat), seed, expired, sync)
     finally:
         if enabled:
             gc.enable()
 
 
-def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set) -> int:
+def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set,
+               sync: bool = True) -> int:
     """The image of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
     written to path.  Returns its size."""
     try:
@@ -94,12 +95,12 @@ def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, exp
                               seed)
     _write(path, lambda fd: _core.flat_stream(
         img, fd, head, lay, seed, [z.origin in expired for z in zones],
-        _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size))
+        _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size), sync)
     return lay["size"]
 
 
-def _write(path: str, stream) -> None:
+def _write(path: str, stream, sync: bool = True) -> None:
     """stream(fd) writes the image and returns its checksum, stored into the header last."""
     def fill(fd: int) -> None:
         os.pwrite(fd, struct.pack("<I", stream(fd)), compiler.CHECKSUM_OFFSET)
-    write_atomically(path, fill)
+    write_atomically(path, fill, sync)

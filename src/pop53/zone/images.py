@@ -58,23 +58,26 @@ class Image:
             out[name.to_text()] = serial
         return out
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, sync: bool = True) -> None:
         """Write atomically (temp file + rename), so a reader never sees half an image."""
         def fill(fd: int) -> None:
             with os.fdopen(fd, "wb", closefd=False) as f:
                 f.write(memoryview(self._data))
-        write_atomically(path, fill)
+        write_atomically(path, fill, sync)
 
 
-def write_atomically(path: str | os.PathLike, fill) -> None:
+def write_atomically(path: str | os.PathLike, fill, sync: bool = True) -> None:
     """fill(fd) writes an image into a temp file beside `path`, which is then synced and
-    renamed to it: a reader sees the whole image or none of it."""
+    renamed to it: a reader sees the whole image or none of it.  sync=False: a scratch file
+    read back once by a parent process (no crash-safety owed to it; the fsync of ~80 MB costs
+    about half a second)."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(prefix=".pop53-img-", dir=os.path.dirname(os.path.abspath(path)))
     try:
         try:
             fill(fd)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -39,6 +39,7 @@ from pop53.zone import zonefile
 from pop53.zone.zonefile import _AT_CUT_OK, _GLUE, ZoneData, occluded, validate
 from pop53.zone.patch_layout import layout
 from pop53.zone.oldimage import OldImage
+from pop53.zone import patch_dnssec
 from pop53.zone.patchkit import (_APEX, _BELOW, _CNAME_F, _CUT, _DNAME_F, _ENT, _EXPIRED, _INDEX,
                                  _SIGNED, _SPARE, _WC, _WCC, _Fallback, _New, _encode_node,
                                  _is_below, _next_size)
@@ -55,6 +56,7 @@ class _Patch:
         self.data = data
         self.changed = changed
         self.zidx = self.img.zone_keys.get(self.okey)
+        self.signed = False
 
     # ------------------------------------------------------------------ the patch
     def run(self) -> bytearray:
@@ -64,9 +66,9 @@ class _Patch:
         zrec = self.img.zones[zi][1]
         if zrec[3] & _EXPIRED:
             raise _Fallback("zone was expired")
-        if zrec[3] & _SIGNED or _is_signed(self.data):
-            # the DNSSEC block (pop53/dnssec/index.py) indexes every node: compile in full
-            raise _Fallback("signed zone")
+        self.signed = bool(zrec[3] & _SIGNED)
+        if self.signed != _is_signed(self.data):
+            raise _Fallback("zone becomes signed or unsigned")
         okey = self.okey
         olabels = _labels(okey)
         inner = [k for k in self.img.zone_keys if k != okey and k.endswith(okey)
@@ -81,6 +83,9 @@ class _Patch:
                 if _is_below(key, ik):
                     raise _Fallback(f"{name} is at or below another zone of the image")
             keys[key] = name
+
+        # NSEC3 owners are found through the zone's chain, not its table (zone/patch_dnssec.py)
+        owners = patch_dnssec.nsec3_owners(self, zrec, keys) if self.signed else {}
 
         # The patch index (node offsets, cut pointers, parent hashes, NS/MX/SRV refs).
         r_rrsets, r_hashes = self.img.load_index()
@@ -207,6 +212,9 @@ class _Patch:
         # 6. the node count (past MAX_LOAD of its table, layout() gives the zone a new table,
         #    sized as the compiler sizes it and filled in C; the old one becomes garbage)
         n_nodes = zrec[7] + sum(1 for n in new.values() if not n.old_off) - len(removed)
+        if self.signed:         # the DNSSEC block's offsets are remapped (zone/patch_dnssec.py)
+            patch_dnssec.check(self, zrec, new, removed, inplace, ent_inplace, toggled)
+            new.update(owners)
         return layout(self, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
                            r_rrsets, r_hashes, keys, cut_fix)
 
@@ -300,7 +308,13 @@ def patch_image(old: Image, zone_origin, new_data: ZoneData, changed_names) -> I
         patch_image.last_reason = str(exc)
         return None
     patch_image.last_reason = None
-    image = Image(buf, full_check=False)
+    # the image holds the numpy array itself, not the memoryview the patch wrote through: an
+    # export of a memoryview held by the image's view crashes the garbage collector when both
+    # end up in unreachable cycles (CPython's memory_clear drops the view's buffer while it is
+    # still exported; seen as a segfault or "deallocated bytearray object has exported buffers"
+    # at the exit of the xfr tests)
+    image = Image(buf.obj if isinstance(buf, memoryview) and buf.obj is not None else buf,
+                  full_check=False)
     _INDEX[image] = p.next_index
     _SPARE.refill(_next_size(len(image)))
     return image

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 
 from pop53 import _core
+from pop53.zone import patch_dnssec
 from pop53.zone.compiler import (CHECKSUM_OFFSET, HEADER, NODE, RRSET, ZONE, _MAX_IMAGE, _align4,
                                  _pow2_at_least, write_node)
 from pop53.zone.patchkit import (MAX_LOAD, _BELOW, _CUT, _Fallback, _New, _REFS, _SPARE,
@@ -95,10 +96,15 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
     adds_end = off
     ntab_off, mask = zrec[5], zrec[6]
     regrow = n_nodes > MAX_LOAD * (mask + 1)
-    if regrow:
-        new_mask = _pow2_at_least(2 * n_nodes + 1) - 1
+    if regrow or p.signed:
+        # a signed zone's DNSSEC block follows its node table: both are written anew
+        new_mask = _pow2_at_least(2 * n_nodes + 1) - 1 if regrow else mask
+        regrow = True
         new_tab_off = off
         off += 4 * (new_mask + 1)
+        if p.signed:
+            dsec_off = off
+            off += patch_dnssec.block_size(p, zrec)
     total = off
     if total > _MAX_IMAGE:
         raise _Fallback("image would exceed the format's 4 GiB limit")
@@ -213,6 +219,8 @@ def layout(p, zi, zrec, new, removed, inplace, ent_inplace, neg_ttl, n_nodes,
         if len(live) != n_nodes:
             raise _Fallback("node count mismatch while regrowing the table")
         _core.fill_table(buf, new_tab_off, new_mask, live)
+        if p.signed:
+            patch_dnssec.write_block(p, zrec, buf, dsec_off, moved)
         ntab_off, mask = new_tab_off, new_mask
         tab = None
     for o, no in (moved.items() if tab is not None else ()):
@@ -269,7 +277,7 @@ def carry_index(p, buf, zi, new, removed, moved, dead, cut_moves, cut_fix, key_o
         where = np.flatnonzero(np.isin(nodes, np.array(list(fix), dtype=np.uint32)))
         for i in where.tolist():
             cuts[i] = fix[int(nodes[i])]
-    add = list(new.values())
+    add = [n for n in new.values() if not n.flags & patch_dnssec.N3_OWNER]   # not in a table
     n_offs = np.array([n.off for n in add], dtype=np.uint32)
     n_cuts = np.array([n.cut_off for n in add], dtype=np.uint32)
     n_par = np.array([_core.hash_name(n.key[n.key[0] + 1:], p.img.seed) if len(n.key) > 1 else 0
