@@ -30,6 +30,7 @@ import dns.rdatatype
 import dns.zone
 import numpy as np
 
+from pop53.errors import ZoneError
 from pop53.xfr import journal as jr
 from pop53.zone.records import Records
 from pop53.zone.zonefile import ZoneData
@@ -340,7 +341,7 @@ def _rebuild(r: Records, sel, found, owners, model, changed_keys) -> Records:
         "node": node.astype(np.uint32).tobytes(),
         "type": np.concatenate([r.type[keep], np.array(a_type, dtype=np.uint16)]).tobytes(),
         "ttl": np.concatenate([r.ttl[keep], np.array(a_ttl, dtype=np.uint32)]).tobytes(),
-        "rdoff": np.concatenate([r.rdoff[keep], np.array(a_rdoff, dtype=np.uint64)]).tobytes(),
+        "rdoff": np.concatenate([r.rdoff[keep], _offsets(a_rdoff)]).tobytes(),
         "rdlen": np.concatenate([r.rdlen[keep], np.array(a_rdlen, dtype=np.uint16)]).tobytes(),
         "line": np.concatenate([r.line[keep], np.zeros(len(a_node), dtype=np.uint32)]).tobytes(),
         "file": np.concatenate([r.file[keep], np.zeros(len(a_node), dtype=np.uint16)]).tobytes(),
@@ -351,6 +352,14 @@ def _rebuild(r: Records, sel, found, owners, model, changed_keys) -> Records:
     if len(out.rdata) > 2 * max(1 << 20, int(out.rdlen.sum(dtype=np.int64))):
         out = compact(out)      # the replaced records' RDATA is garbage: drop it
     return out
+
+
+def _offsets(values) -> np.ndarray:
+    """RDATA offsets in the records' own width (u32, as the scanner's and the image's)."""
+    a = np.asarray(values, dtype=np.int64)
+    if len(a) and int(a.max()) > 0xFFFFFFFF:
+        raise ZoneError("too much RDATA for one zone (over 4 GiB)")
+    return a.astype(np.uint32)
 
 
 def compact(r: Records) -> Records:
@@ -366,7 +375,7 @@ def compact(r: Records) -> Records:
         if total:
             start = np.cumsum(ln) - ln
             parts.append(src[np.repeat(of - start, ln) + np.arange(total)].tobytes())
-    new_off = (np.cumsum(lens) - lens).astype(np.uint64)
+    new_off = _offsets(np.cumsum(lens) - lens)
     cols = _cols(r)
     cols["rdata"] = b"".join(parts)
     cols["rdoff"] = new_off.tobytes()
