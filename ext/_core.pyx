@@ -40,6 +40,7 @@ include "layout.pxi"
 include "observe.pxi"
 include "dnstap_out.pxi"
 include "zonebuild.pxi"
+include "zonebuild_dsec.pxi"
 include "zonestream.pxi"
 include "xfrwire.pxi"
 

@@ -4,8 +4,8 @@
 # name its key (a slice of one lowercased copy of the scanner's names), labels, flags, cut and
 # RRset range; per RRset its type, covers, TTL and record range; per record the scanner's index.
 # The bytes written are pop53.zone.compiler's (its differential tests compare images), so every
-# rule here mirrors a line of compiler._ZoneBuild / compiler._compile; signed zones (NSEC or
-# NSEC3 records) still go through that path, whose DNSSEC plan (pop53.dnssec.index) needs nodes.
+# rule here mirrors a line of compiler._ZoneBuild / compiler._compile.  Signed zones too: NSEC3
+# owners are kept out of the name table, and their DNSSEC block is ext/zonebuild_dsec.pxi's.
 
 cdef inline uint32_t _zb_hash(const uint8_t* k, Py_ssize_t n) noexcept:
     """The build's own name tables: FNV-1a of the lowercased name (names are kept as the
@@ -55,6 +55,7 @@ cdef class FlatZone:
     cdef readonly int olabels
     cdef readonly uint32_t neg_ttl
     cdef readonly uint32_t n_nodes, n_rrsets, n_records
+    cdef readonly uint32_t n_nsec3            # NSEC3 owners (N_NSEC): written after the names
     cdef readonly int64_t apex
     cdef bytes keys                           # every scanner name as read, concatenated
     cdef bytes rdata
@@ -78,13 +79,14 @@ cdef class FlatZone:
     cdef uint32_t* radd_n
     cdef uint32_t* rec                        # scanner record index, per distinct record
     cdef uint32_t* slots                      # node index + 1, 0 = empty
+    cdef uint32_t* worder                     # write order when n_nsec3: names, then NSEC3 owners
     cdef uint32_t mask
 
     def __dealloc__(self):
         free(self.nkoff); free(self.nklen); free(self.nlabels); free(self.nflags)
         free(self.ncut); free(self.nrr); free(self.nnrr); free(self.noff)
         free(self.rtype); free(self.rcov); free(self.rttl); free(self.rfirst); free(self.rcount)
-        free(self.radd); free(self.radd_n); free(self.rec); free(self.slots)
+        free(self.radd); free(self.radd_n); free(self.rec); free(self.slots); free(self.worder)
 
     def __init__(self, bytes names, const uint32_t[::1] node_off not None,
                  const uint8_t[::1] node_len not None, const uint32_t[::1] order not None,
@@ -156,7 +158,9 @@ cdef class FlatZone:
         self.radd_n = <uint32_t*>calloc(self.n_rrsets or 1, 4)
         if self.radd == NULL or self.radd_n == NULL:
             raise MemoryError()
+        zone_split_nsec3(self)                    # zonebuild_dsec.pxi
         self._structure()
+        zone_write_order(self)
 
     # -- names -----------------------------------------------------------------------------
     cdef int _reserve(self, uint64_t n) except -1:
@@ -182,6 +186,8 @@ cdef class FlatZone:
             raise MemoryError()
         self.mask = size - 1
         for i in range(self.n_nodes):
+            if self.nflags[i] & N_NSEC:           # not a name of the zone (zone_split_nsec3)
+                continue
             s = self._hash(i) & self.mask
             while self.slots[s]:
                 s = (s + 1) & self.mask
@@ -231,7 +237,7 @@ cdef class FlatZone:
         return i
 
     cdef int _structure(self) except -1:
-        """compiler._ZoneBuild._structure without the NSEC3 split (no NSEC3 here)."""
+        """compiler._ZoneBuild._structure after its NSEC3 split (zone_split_nsec3)."""
         cdef uint32_t n_orig = self.n_nodes, i, a
         cdef int64_t p, found
         cdef uint64_t koff
@@ -241,6 +247,8 @@ cdef class FlatZone:
         cdef bint cuts = False
         # Empty non-terminals: every ancestor between a name and the apex exists (RFC 4592 §2.2.2)
         for i in range(n_orig):
+            if self.nflags[i] & N_NSEC:
+                continue
             koff, klen, labels = self.nkoff[i], self.nklen[i], self.nlabels[i]
             while labels > self.olabels + 1:
                 k = <const uint8_t*>PyBytes_AS_STRING(self.keys) + koff
@@ -251,6 +259,8 @@ cdef class FlatZone:
                     break
                 self._add(koff, klen)
         for i in range(self.n_nodes):
+            if self.nflags[i] & N_NSEC:
+                continue
             if self.nnrr[i] == 0:
                 self.nflags[i] |= N_ENT
             k = self._kp(i)
@@ -269,6 +279,8 @@ cdef class FlatZone:
         # Zone cuts: a node at a cut points at itself; below a cut, at the (highest) cut.
         if cuts:
             for i in range(self.n_nodes):
+                if self.nflags[i] & N_NSEC:
+                    continue
                 k, klen, labels = self._kp(i), self.nklen[i], self.nlabels[i]
                 while labels > self.olabels:
                     p = self.find(k, klen)
@@ -289,6 +301,14 @@ cdef class FlatZone:
                     self.neg_ttl = min(self.rttl[a], rd32(<const uint8_t*>PyBytes_AS_STRING(
                         self.rdata) + self.rdoff[p] + self.rdlen[p] - 4))
         return 0
+
+    cdef inline uint32_t wnode(self, uint32_t j) noexcept:
+        """The j-th node written (the first n_names are the zone's names, in its table)."""
+        return self.worder[j] if self.worder != NULL else j
+
+    @property
+    def n_names(self) -> int:
+        return self.n_nodes - self.n_nsec3
 
     def key_of(self, uint32_t i) -> bytes:
         """Node i's key: its lowercased wire name."""
@@ -475,12 +495,13 @@ cdef class FlatImage:
         """The image (a bytearray) but its header, zone table hash and checksum, which the
         compiler writes: returns (buffer, zones_off, ztab_off, ztab_size, n_nodes, n_rrsets,
         n_records)."""
-        cdef uint32_t n_zones = len(self.zones), z, i, soa_off, s
+        cdef uint32_t n_zones = len(self.zones), z, i, j, soa_off, s
         cdef uint32_t ztab_size = _zb_pow2(2 * n_zones + 1)
         cdef uint64_t off = header_size, zones_off, ztab_off, add_base, nodes = 0, rrsets = 0
         cdef uint64_t records = 0
         cdef FlatZone fz
-        cdef list name_offs = [], ntab_offs = [], ntab_sizes = []
+        cdef list name_offs = [], ntab_offs = [], ntab_sizes = [], dsec_offs = []
+        cdef list dsecs = [zone_dsec_plan(fz) for fz in self.zones]   # zonebuild_dsec.pxi
         zones_off = off
         off += zone_size * n_zones
         ztab_off = off
@@ -489,7 +510,8 @@ cdef class FlatImage:
             fz = self.zones[z]
             name_offs.append(off)
             off = _zb_align4(off + len(fz.key))
-            for i in range(fz.n_nodes):
+            for j in range(fz.n_nodes):
+                i = fz.wnode(j)
                 fz.noff[i] = <uint32_t>off if off <= max_image else 0
                 off += fz.node_size(i)
             nodes += fz.n_nodes
@@ -499,9 +521,12 @@ cdef class FlatImage:
         off += 4 * self.n_hits
         for z in range(n_zones):
             fz = self.zones[z]
-            ntab_sizes.append(_zb_pow2(2 * fz.n_nodes + 1))
+            ntab_sizes.append(_zb_pow2(2 * <uint64_t>fz.n_names + 1))
             ntab_offs.append(off)
             off += 4 * <uint64_t>ntab_sizes[z]
+            dsec_offs.append(off)                # a signed zone's DNSSEC block follows its table
+            if dsecs[z] is not None:
+                off += (<FlatDsec>dsecs[z]).size
         if off > max_image:
             raise OverflowError(off)
         buf = bytearray(off)
@@ -517,8 +542,8 @@ cdef class FlatImage:
             fz = self.zones[z]
             memcpy(b + <uint64_t>name_offs[z], PyBytes_AS_STRING(fz.key), len(fz.key))
             soa_off = 0
-            for i in range(fz.n_nodes):
-                s = fz.write_node(b, i, z, seed, <uint32_t>add_base)
+            for j in range(fz.n_nodes):
+                s = fz.write_node(b, fz.wnode(j), z, seed, <uint32_t>add_base)
                 if s:
                     soa_off = s
             zt = <zone_t*>(b + zones_off + zone_size * z)
@@ -529,13 +554,17 @@ cdef class FlatImage:
             zt.apex_off = fz.noff[fz.apex]
             zt.ntab_off = <uint32_t>ntab_offs[z]
             zt.ntab_mask = <uint32_t>ntab_sizes[z] - 1
-            zt.n_nodes = fz.n_nodes
+            zt.n_nodes = fz.n_names
             zt.neg_ttl = fz.neg_ttl
             zt.soa_off = soa_off
             tab = <uint32_t*>(b + <uint64_t>ntab_offs[z])
-            for i in range(fz.n_nodes):           # compiler's fill_table, same probe order
+            for j in range(fz.n_names):           # compiler's fill_table, same probe order
+                i = fz.wnode(j)
                 s = (<node_t*>(b + fz.noff[i])).hash & zt.ntab_mask
                 while tab[s]:
                     s = (s + 1) & zt.ntab_mask
                 tab[s] = fz.noff[i]
+            if dsecs[z] is not None:
+                (<FlatDsec>dsecs[z]).write(b, <uint64_t>dsec_offs[z])
+                zt.flags |= Z_SIGNED
         return buf, zones_off, ztab_off, ztab_size, nodes, rrsets, records

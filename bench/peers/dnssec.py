@@ -86,6 +86,9 @@ def one_run(peer, work: Path, zone: Path, queries: Path, duration: float, record
     sampler.start()
     try:
         ready = dnsperf.wait_ready(proc, port, f"h0.{ORIGIN}", load_limit)
+        # pop53 writes its saved image on a thread after it answers (serve/saved.py): wait for
+        # it, so neither its writes nor a half-written file are measured (the peak keeps counting)
+        saved = _wait_saved(state, time.monotonic() + load_limit) if state is not None else None
         stop.set()
         sampler.join()
         time.sleep(0.5)
@@ -102,11 +105,21 @@ def one_run(peer, work: Path, zone: Path, queries: Path, duration: float, record
         nx = res.rcodes.get("NXDOMAIN", 0) / max(1, res.completed)
         return {"qps": res.qps, "completed": res.completed, "lost": res.lost, "nx": nx,
                 "us_per_query": (cpu1 - cpu0) / max(1, res.completed) * 1e6,
-                "load_s": ready - t0, "rss_mib": rss / 1024, "peak_mib": max(peak[0], rss) / 1024,
+                "load_s": ready - t0, "saved_s": saved and saved - t0, "rss_mib": rss / 1024, "peak_mib": max(peak[0], rss) / 1024,
                 "image_b_per_record": image / records if image else None}
     finally:
         stop.set()
         procs.stop(proc)
+
+
+def _wait_saved(state: Path, deadline: float) -> float | None:
+    """When the saved image's metadata (written after the image) appeared, or None at the
+    deadline."""
+    while time.monotonic() < deadline:
+        if (state / "zones.img.json").exists():
+            return time.monotonic()
+        time.sleep(0.1)
+    return None
 
 
 def _records(zone: Path) -> int:
@@ -139,26 +152,28 @@ def report(sizes: dict, signing: dict, args, loads) -> str:
            "iterations).  Medians of the runs; the servers' order alternates between runs.", "",
            "- **CPU µs/query**: the server's utime+stime over the dnsperf run / answered queries.",
            "- **load s**: from the process start to the first good answer (pop53: cold, an empty "
-           "state directory, so the zone file is parsed and compiled).",
+           "state directory, so the zone file is parsed and compiled).  pop53 then writes its "
+           "saved image on a thread; the RSS and the queries are measured after that.",
            "- **RSS MiB**: the server's process tree after load; **peak**: the largest seen during "
            "load, sampled every 0.1 s (pop53 compiles in a child process that exits: counted).",
            "- **image B/record**: pop53's saved image (state directory) / records in the signed "
-           "zone file.", ""]
+           "zone file; **RSS B/record**: RSS after load / records, for every server.", ""]
     for n, (rows, meta) in sizes.items():
         out += [f"## {n:,} names ({meta['records']:,} records signed; dnssec-signzone "
                 f"{meta['sign_s']:.0f} s{' (cached)' if meta['cached'] else ''})", "",
                 "| server | answered q/s | CPU µs/query | vs Knot | NXDOMAIN share | lost | load s | "
-                "RSS MiB | peak MiB | image B/record |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "RSS MiB | peak MiB | image B/record | RSS B/record |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         knot = med([x["us_per_query"] for x in rows.get("knot", [])])
         for key, rs in rows.items():
             us = med([x["us_per_query"] for x in rs])
             img = med([x["image_b_per_record"] for x in rs])
+            rss = med([x["rss_mib"] for x in rs])
             out.append(f"| {key} | {med([x['qps'] for x in rs]):,.0f} | {us:.2f} | "
                        f"{us / knot:.2f}x | {med([x['nx'] for x in rs]):.3f} | "
                        f"{sum(x['lost'] for x in rs)} | {med([x['load_s'] for x in rs]):.1f} | "
-                       f"{med([x['rss_mib'] for x in rs]):.0f} | {med([x['peak_mib'] for x in rs]):.0f} | "
-                       f"{'' if img is None else f'{img:.0f}'} |")
+                       f"{rss:.0f} | {med([x['peak_mib'] for x in rs]):.0f} | "
+                       f"{'' if img is None else f'{img:.0f}'} | {rss * 2 ** 20 / meta['records']:.0f} |")
         out.append("")
     out += ["## Online signing of mapped answers (signatures per CPU second, one core)", "",
             f"`python -m bench.micro.signing --n {args.sign_n}` (thread CPU time, best of 3; every "

@@ -82,10 +82,11 @@ def test_mixed_sources_use_the_node_compile():
     assert bytes(a) == bytes(b)
 
 
-def test_signed_zone_keeps_the_node_compile():
+def test_signed_zone_takes_the_c_compile():
+    # (signed zones in depth: test_flat_compile_signed.py)
     text = CHILD + "@ NSEC ns1 SOA NS NSEC RRSIG\nns1 NSEC @ A NSEC RRSIG\n"
     new, ref = _both(text, "child.ex.test.")
-    assert not compiler._flat_ok(new)
+    assert compiler._flat_ok(new)
     assert bytes(pop53.compile_zone_data([new], seed=5)) == bytes(pop53.compile_zone_data([ref], seed=5))
 
 

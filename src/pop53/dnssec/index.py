@@ -13,6 +13,8 @@ Everything a denial of existence needs that can be known at load time is found h
   next closer name.
 NSEC3 owner names are not names of the zone (RFC 5155 §7.1): the compiler keeps their nodes out
 of the zone's lookup table, so a query for one is NXDOMAIN.
+This is the node compile's block; the C compile of scanner records writes the same bytes
+(ext/zonebuild_dsec.pxi, tests/zone/test_flat_compile_signed.py): a rule changed here changes there.
 """
 from __future__ import annotations
 

@@ -365,13 +365,9 @@ def _compile(zones: list[ZoneData], seed: int | None, expired) -> Image:
 
 
 def _flat_ok(z: ZoneData) -> bool:
-    """Whether the C compile (ext/zonebuild.pxi) takes this zone: scanner records of an unsigned
-    zone (a signed zone's DNSSEC plan, pop53.dnssec.index, works on node objects)."""
-    r = z.columns
-    return r is not None and not np.isin(r.type, _DNSSEC_CHAIN).any()
-
-
-_DNSSEC_CHAIN = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.uint16)
+    """Whether the C compile (ext/zonebuild.pxi) takes this zone: scanner records, signed or not
+    (a signed zone's DNSSEC block is ext/zonebuild_dsec.pxi's, pop53.dnssec.index's bytes)."""
+    return z.columns is not None
 
 
 def _flat_zone(z: ZoneData) -> "_core.FlatZone":
