@@ -263,7 +263,7 @@ cdef class Worker:
                                   &self.st, cl, cl_len, maps)
                 if act == ACT_DROP:
                     continue
-                if scorer is not None and sc_nx_drop(&scorer.cfg, &self.sc, c, &q,
+                if scorer is not None and sc_nx_drop(&scorer.cfg, &self.sc, c, &q, cl, cl_len,
                                                      self.sbuf + m * self.sslot, outlen):
                     continue
                 # a valid server cookie proves the address: not a reflection, never limited

@@ -141,12 +141,123 @@ cdef bint sc_odd(const sc_cfg_t* cfg, const uint8_t* p, uint32_t n) noexcept nog
             or p[10] != 0 or p[11] > 2)
 
 
+cdef extern from *:
+    """
+    #define p53_or_u64(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
+    #define p53_and_u64(p, v) __atomic_fetch_and((p), (v), __ATOMIC_RELAXED)
+    static inline uint32_t p53_le32(const uint8_t* p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+    """
+    uint64_t p53_or_u64(uint64_t* p, uint64_t v) nogil
+    uint64_t p53_and_u64(uint64_t* p, uint64_t v) nogil
+    uint32_t p53_le32(const uint8_t* p) nogil
+
+
+cdef inline uint32_t sc_addr_key(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """A source address folded to 32 bits as the kernel stage folds it (scoring/ebpf.py): the
+    IPv4 address read as a little-endian word; the XOR of an IPv6 address's four words."""
+    if alen == 4:
+        return p53_le32(a)
+    if alen == 16:
+        return p53_le32(a) ^ p53_le32(a + 4) ^ p53_le32(a + 8) ^ p53_le32(a + 12)
+    return 0
+
+
+cdef inline uint32_t sc_prefix_key(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The /24 (its three bytes) or /56 (word 0 XOR the next three bytes) folded the same way."""
+    if alen == 4:
+        return p53_le32(a) & 0xFFFFFF
+    if alen == 16:
+        return p53_le32(a) ^ (p53_le32(a + 4) & 0xFFFFFF)
+    return 0
+
+
+cdef inline uint32_t sc_golden(uint32_t key, int shift) noexcept nogil:
+    return <uint32_t>(key * <uint32_t>0x9E3779B1u) >> shift
+
+
+cdef inline bint sc_bit(const uint64_t* w, uint32_t i) noexcept nogil:
+    return (w[i >> 6] >> (i & 63)) & 1
+
+
+cdef uint32_t sc_addr_count(uint16_t (*sk)[4096], uint32_t key, bint add) noexcept nogil:
+    """A count-min sketch over exact addresses (two rows): count one (add) and/or estimate."""
+    cdef uint64_t h = mix64(<uint64_t>key | (<uint64_t>1 << 40))
+    cdef uint32_t i0 = <uint32_t>(h & (SC_COLS - 1)), i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
+    if add:
+        if sk[0][i0] < 65535:
+            sk[0][i0] += 1
+        if sk[1][i1] < 65535:
+            sk[1][i1] += 1
+    return sk[0][i0] if sk[0][i0] < sk[1][i1] else sk[1][i1]
+
+
+cdef void sc_addr_saturate(uint16_t (*sk)[4096], uint32_t key) noexcept nogil:
+    """Pin an address's estimate at the top for the rest of the window (a sticky demotion)."""
+    cdef uint64_t h = mix64(<uint64_t>key | (<uint64_t>1 << 40))
+    sk[0][h & (SC_COLS - 1)] = 65535
+    sk[1][(h >> 32) & (SC_COLS - 1)] = 65535
+
+
+cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot) noexcept nogil:
+    """History per address inside known prefixes: an address becomes trusted when it is seen
+    again trust_after_ms after its first sighting with no overload tick in between (a spoofed
+    address appears with an attack, and the attack makes the overload that resets it).  Only
+    while nothing is cut."""
+    cdef uint32_t now32 = <uint32_t>s.now_ms | 1, first, age
+    if s.trust_first == NULL or s.allow[SC_NORMAL] != SC_ONE:
+        return
+    first = s.trust_first[slot]
+    age = now32 - first
+    if first == 0 or <uint64_t>age > s.now_ms - s.last_over:
+        s.trust_first[slot] = now32            # first sighting in this calm stretch
+    elif age >= cfg.trust_after_ms:
+        p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+        s.trusted_marks += 1
+
+
+cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
+    if s.trust != NULL and sc_bit(s.trust, slot):
+        p53_and_u64(&s.trust[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
+
+
+cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, const uint8_t* a,
+                        uint32_t alen) noexcept nogil:
+    """The class of a query from a known prefix (count: the prefix's queries in this window).
+    Per address: mostly NXDOMAIN answers (water torture it relays) or over known_addr_rate ->
+    normal and no longer trusted; within a prefix over known_rate (spoofed sources inside it)
+    only trusted addresses stay top, and the prefix is marked strict so the kernel stage steers
+    only its trusted addresses to the priority socket."""
+    cdef uint32_t key = sc_addr_key(a, alen)
+    cdef uint32_t acount = sc_addr_count(s.asketch, key, True)
+    cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
+    cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT), ps
+    cdef bint trusted = s.trust != NULL and sc_bit(s.trust, slot)
+    if (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share) \
+            or acount > cfg.known_addr_rate:
+        sc_untrust(s, slot)
+        sc_addr_saturate(s.nxsrc, key)          # demoted for the rest of the window
+        s.nx_demoted += 1
+        return SC_NORMAL
+    if count <= cfg.known_rate:
+        if not trusted and s.trust != NULL:
+            sc_trust_mark(cfg, s, slot)
+        return SC_TOP
+    if s.trust != NULL:
+        ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
+        if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
+            p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+        if trusted:
+            return SC_TOP
+    s.untrusted += 1
+    return SC_NORMAL
+
+
 cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const uint8_t* p,
                   uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
     """The query's class (SC_*), counting it in the sketch."""
     cdef uint32_t count = sc_count(s, a, alen)
     if sc_known(kn, a, alen):
-        return SC_TOP if count <= cfg.known_rate else SC_NORMAL
+        return sc_known_class(cfg, s, count, a, alen)
     if count > cfg.source_rate:
         return SC_FLOOD
     if sc_odd(cfg, p, n):
@@ -294,6 +405,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     cdef bint over, late
     if s.tick_start == 0:
         sc_state_init(s, now)
+    s.now_ms = now
     if n >= full:
         s.run += 1
         if s.run > s.run_max:
@@ -330,6 +442,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         if late:
             s.delay_ticks += 1
         sc_tick(cfg, s, over)
+        if over:
+            s.last_over = now
         if not over:
             # an idle worker ticks only when a batch comes: the calm ticks it missed count
             missed = (now - s.tick_start) // cfg.tick_ms - 1
@@ -343,6 +457,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
+        memset(s.asketch, 0, sizeof(s.asketch))
+        memset(s.nxsrc, 0, sizeof(s.nxsrc))
         s.window_start = now
 
 
@@ -402,13 +518,17 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r,
 
 
 cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q,
-                     const uint8_t* r, uint32_t rlen) noexcept nogil:
+                     const uint8_t* a, uint32_t alen, const uint8_t* r,
+                     uint32_t rlen) noexcept nogil:
     """The second check, after the answer: drop an NXDOMAIN for a zone under pressure (over
     `nx_rate` NXDOMAINs in this window: random subdomains) while the controller cuts the
     query's class (or, for a known resolver, its NXDOMAIN share: water torture they relay).
     Saves the send; the class's worst queries were already cut before the lookup."""
-    cdef uint32_t share
-    if sc_zone_nx(s, q, r, rlen) <= cfg.nx_rate:
+    cdef uint32_t share, zn = sc_zone_nx(s, q, r, rlen)
+    if zn and c == SC_TOP:
+        # the source's NXDOMAINs, read before its next query's lookup (sc_known_class)
+        sc_addr_count(s.nxsrc, sc_addr_key(a, alen), True)
+    if zn <= cfg.nx_rate:
         return False
     share = s.nx_allow if c == SC_TOP else s.allow[c]
     if share >= SC_ONE:
@@ -431,6 +551,9 @@ cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
 
 
 SCORE_CLASSES = ("top", "normal", "odd", "flood")
+# the trust map's layout, which the kernel stage's program must index the same way (scoring/ebpf.py):
+# (address words, all words, address shift, prefix shift, golden multiplier)
+TRUST_LAYOUT = (SC_TRUST_WORDS, SC_ALL_WORDS, SC_TRUST_SHIFT, SC_STRICT_SHIFT, 0x9E3779B1)
 QUEUE_DELAY_BOUNDS_US = tuple(16 << b for b in range(SC_QD_BUCKETS - 1))
 
 
@@ -450,4 +573,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
+        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "trusted_marks": s.trusted_marks,
     }

@@ -206,8 +206,8 @@ cdef class XdpWorker(Worker):
                     continue
                 k = &pk[i]
                 cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
-                if scorer is not None and not sc_admit(&scorer.cfg, kn, &self.sc, cfg,
-                                                       f + k.hdrlen, k.plen, cl, cl_len):
+                if scorer is not None and sc_admit(&scorer.cfg, kn, &self.sc, cfg,
+                                                   f + k.hdrlen, k.plen, cl, cl_len) < 0:
                     continue
                 if x.nfree == 0:
                     p53_xsk_complete(x)

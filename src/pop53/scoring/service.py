@@ -73,6 +73,16 @@ class ScoringService:
         self.priority: dict[int, socket.socket] = {}     # normal socket's fd -> its priority socket
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
+        self.trust_map = None        # the kernel stage's trust bits (ebpf.TrustMap), with steer
+        if self.steer:
+            from pop53.scoring import ebpf
+            try:
+                self.trust_map = ebpf.TrustMap()
+                self.scorer.use_trust_buffer(self.trust_map.buf)
+            except ebpf.EbpfUnavailable as exc:
+                log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
+        self._next_strict = 0.0
+        self._cut_seen = False
         self.learner = None
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
@@ -89,6 +99,17 @@ class ScoringService:
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
+        if time.monotonic() >= self._next_strict:
+            # prefixes that went over known_rate stay strict (only their trusted addresses are
+            # top and steered) until an overload is over: every worker's controller has
+            # nothing cut any more at a check (once a second)
+            self._next_strict = time.monotonic() + 1.0
+            level = max((w.scoring_stats()["level"] for w in server.workers), default=0.0)
+            if level > 0:
+                self._cut_seen = True
+            elif self._cut_seen:
+                self._cut_seen = False
+                self.scorer.clear_strict()
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
@@ -130,6 +151,10 @@ class ScoringService:
         except OSError:
             pass
 
+    @property
+    def trust_fd(self) -> int:
+        return self.trust_map.fd if self.trust_map is not None else -1
+
     def worker(self, w, sock: socket.socket) -> None:
         """Give a new worker its priority socket (drained before every batch of `sock`)."""
         prio = self.priority.get(sock.fileno())
@@ -137,6 +162,8 @@ class ScoringService:
             w.set_priority(prio.fileno())
 
     def close(self) -> None:
+        if self.trust_map is not None:
+            self.trust_map.close()
         for s in self.priority.values():
             try:
                 s.close()
@@ -146,7 +173,7 @@ class ScoringService:
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
         from pop53.scoring import steer
-        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6)
+        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6, self.trust_fd)
         self.groups.append((group[0], workers))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
@@ -161,7 +188,7 @@ class ScoringService:
             if self.groups:
                 from pop53.scoring import steer
                 for sock, workers in self.groups:
-                    self.steering = steer.attach(sock, workers, known.v4, known.v6)
+                    self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd)
             if old is not None:
                 server.slot.retire(old)
 

@@ -1,0 +1,149 @@
+"""Per-address history inside known prefixes (issue 13, spoofed known sources and water torture
+relayed by known resolvers): an address of a known prefix becomes trusted when it is seen again
+`trust_after_ms` into a calm stretch; when its prefix goes over `known_rate` only trusted
+addresses stay top, in admit() and in the kernel stage (the eBPF program reads the same bits
+through the mmapped trust map); a known address whose answers are mostly NXDOMAIN is demoted."""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+
+import pop53
+from pop53 import _core
+from pop53 import config as cfgmod
+from pop53.scoring.known import KnownPrefixes, compile_table
+from pop53.serve.server import Server
+
+from integ_support import INTEG_ZONE
+
+CORE_ZONE = Path(__file__).resolve().parents[1] / "data" / "core.test.zone"
+KNOWN = KnownPrefixes(frozenset({0x7F0100}), frozenset())      # 127.1.0.0/24
+
+
+def _query(name: str = "www.integ.example.") -> bytes:
+    q = dns.message.make_query(name, "A")
+    q.flags &= ~dns.flags.RD
+    return q.to_wire()
+
+
+def _ip(a: str) -> bytes:
+    return socket.inet_aton(a)
+
+
+def _scorer(**kw) -> _core.Scorer:
+    s = _core.Scorer(**kw)
+    s.publish(compile_table(KNOWN))
+    return s
+
+
+def test_spoofed_addresses_in_a_known_prefix_do_not_demote_its_trusted_resolver():
+    s = _scorer(known_rate=50, trust_after_ms=40)
+    w = _query()
+    assert s.classify(w, _ip("127.1.0.1")) == "top" and not s.trusted(_ip("127.1.0.1"))
+    time.sleep(0.06)
+    assert s.classify(w, _ip("127.1.0.1")) == "top" and s.trusted(_ip("127.1.0.1"))
+    # spoofed sources elsewhere in the /24 push it over known_rate ...
+    got = [s.classify(w, _ip(f"127.1.0.{100 + i % 150}")) for i in range(300)]
+    assert got[:40] == ["top"] * 40 and set(got[60:]) == {"normal"}
+    assert s.strict(_ip("127.1.0.9")) and not s.strict(_ip("127.2.0.9"))
+    # ... the trusted resolver stays top, an untrusted address of the prefix does not
+    assert s.classify(w, _ip("127.1.0.1")) == "top"
+    assert s.classify(w, _ip("127.1.0.2")) == "normal"
+    assert s.stats()["untrusted"] >= 241
+    s.clear_strict()
+    assert not s.strict(_ip("127.1.0.9"))
+
+
+def test_an_overload_between_two_sightings_withholds_trust():
+    s = _scorer(trust_after_ms=30, tick_ms=1)
+    w = _query()
+    s.batch(1)                                    # starts the clock
+    assert s.classify(w, _ip("127.1.0.50")) == "top"          # first sighting (a spoofer's)
+    time.sleep(0.005)
+    s.batch(64, ovfl=0)
+    time.sleep(0.005)
+    s.batch(64, ovfl=500)                         # kernel drops: an overload tick
+    assert s.stats()["overload_ticks"] >= 1
+    for _ in range(30):                           # nothing is cut any more (the tick cut only
+        s.tick(False)                             # idle classes) and the address is back
+    time.sleep(0.04)
+    s.batch(1)
+    assert s.classify(w, _ip("127.1.0.50")) == "top"
+    assert not s.trusted(_ip("127.1.0.50"))       # its first sighting was before the overload
+    time.sleep(0.04)
+    s.batch(1)
+    assert s.classify(w, _ip("127.1.0.50")) == "top"
+    assert s.trusted(_ip("127.1.0.50"))           # a whole calm stretch later: trusted
+
+
+def test_a_known_address_answered_mostly_nxdomain_is_demoted():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0)
+    relay, real = _ip("127.1.0.30"), _ip("127.1.0.31")
+    good = _query("www.integ.example.")
+    for i in range(32):
+        # water torture relayed by .30: random names, every answer NXDOMAIN (32: the minimum)
+        q = _query(f"r{i}x.integ.example.")
+        assert s.classify(q, relay) == "top"
+        r = pop53.answer(image, q, ("127.1.0.30", 5353))
+        assert dns.message.from_wire(r).rcode() == dns.rcode.NXDOMAIN
+        assert not s.nx_check(q, r, "top", relay)
+        assert s.classify(good, real) == "top"
+    assert s.classify(_query("r99x.integ.example."), relay) == "normal"
+    assert s.stats()["nx_demoted"] >= 1 and not s.trusted(relay)
+    # sticky for the window, even for its good names; the other resolver is untouched
+    assert s.classify(good, relay) == "normal"
+    assert s.classify(good, real) == "top" and s.trusted(real)
+    s.new_window()
+    assert s.classify(good, relay) == "top"
+
+
+def _per_worker(server) -> tuple[int, int]:
+    udp = sum(w.stats()["udp"] for w in server.workers)
+    prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
+    return udp - prio, prio
+
+
+def _ask(addr, src: str, n: int) -> int:
+    got = 0
+    for _ in range(n):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((src, 0))
+            s.settimeout(2)
+            s.sendto(_query(), addr)
+            got += bool(dns.message.from_wire(s.recvfrom(4096)[0]).answer)
+    return got
+
+
+def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_path):
+    known = tmp_path / "known.txt"
+    known.write_text("127.1.0.0/24\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"known_resolvers": str(known), "steer": True, "known_rate": 2,
+                       "window_ms": 10000, "trust_after_ms": 50, "known_addr_rate": 100},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        addr = server.addresses[0]
+        assert server.scoring.steering == "ebpf" and server.scoring.trust_map is not None
+        sc = server.scoring.scorer
+        assert _ask(addr, "127.1.0.7", 3) == 3
+        time.sleep(0.1)
+        assert _ask(addr, "127.1.0.7", 3) == 3 and sc.trusted(_ip("127.1.0.7"))
+        assert _per_worker(server) == (0, 6)       # not strict yet: the whole /24 is steered
+        assert _ask(addr, "127.1.0.99", 30) == 30  # over 20 a window: the /24 turns strict
+        assert sc.strict(_ip("127.1.0.99"))
+        n0, p0 = _per_worker(server)
+        assert _ask(addr, "127.1.0.7", 5) == 5     # trusted: still the priority socket
+        assert _ask(addr, "127.1.0.98", 5) == 5    # untrusted in a strict /24: the normal one
+        assert _per_worker(server) == (n0 + 5, p0 + 5)
+        assert _ask(addr, "127.2.0.5", 4) == 4     # unknown: normal
+        assert _per_worker(server) == (n0 + 9, p0 + 5)
+    finally:
+        server.stop()
