@@ -220,6 +220,28 @@ cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
         p53_and_u64(&s.trust[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
 
 
+cdef inline void sc_trust_proven(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """A valid server cookie of ours proved the address (RFC 7873 §5.3): trust it at once, so
+    the kernel stage steers it to the priority socket even inside a strict prefix."""
+    cdef uint32_t slot
+    if s.trust == NULL or alen == 0:
+        return
+    slot = sc_golden(sc_addr_key(a, alen), SC_TRUST_SHIFT)
+    if not sc_bit(s.trust, slot):
+        p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+        s.trusted_marks += 1
+
+
+cdef inline void sc_strict(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Mark the address's prefix strict: the kernel stage steers only its trusted addresses."""
+    cdef uint32_t ps
+    if s.trust == NULL:
+        return
+    ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
+    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
+        p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+
+
 cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, const uint8_t* a,
                         uint32_t alen) noexcept nogil:
     """The class of a query from a known prefix (count: the prefix's queries in this window).
@@ -230,24 +252,24 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
     cdef uint32_t key = sc_addr_key(a, alen)
     cdef uint32_t acount = sc_addr_count(s.asketch, key, True)
     cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
-    cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT), ps
+    cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT)
     cdef bint trusted = s.trust != NULL and sc_bit(s.trust, slot)
     if (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share) \
             or acount > cfg.known_addr_rate:
+        # demoted for the rest of the window, and out of the priority socket in the kernel
+        # stage (its prefix strict, the address untrusted) until the overload is over
         sc_untrust(s, slot)
-        sc_addr_saturate(s.nxsrc, key)          # demoted for the rest of the window
+        sc_strict(s, a, alen)
+        sc_addr_saturate(s.nxsrc, key)
         s.nx_demoted += 1
         return SC_NORMAL
     if count <= cfg.known_rate:
         if not trusted and s.trust != NULL:
             sc_trust_mark(cfg, s, slot)
         return SC_TOP
-    if s.trust != NULL:
-        ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
-        if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
-            p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
-        if trusted:
-            return SC_TOP
+    sc_strict(s, a, alen)
+    if trusted:
+        return SC_TOP
     s.untrusted += 1
     return SC_NORMAL
 
@@ -324,6 +346,7 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
             s.acc[c] -= SC_ONE
         elif sc_cookie_lifts(rcfg, p, n, a, alen):
             s.lifted += 1
+            sc_trust_proven(s, a, alen)
             c = SC_TOP
         else:
             s.dropped[c] += 1

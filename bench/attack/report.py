@@ -34,10 +34,10 @@ def _f(x: float, fmt: str) -> str:
 def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) -> None:
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
-    fcpus = getattr(args, "flood_cpus", "1")
+    fcpus = getattr(args, "flood_cpus", "0,1")
     if getattr(args, "cookies", False):
         cmd += " --cookies"
-    if fcpus != "1":
+    if fcpus != "0,1":
         cmd += f" --flood-cpus {fcpus}"
     if args.servers != "pop53,knot,nsd,dnsdist":
         cmd += f" --servers {args.servers}"
@@ -49,7 +49,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              f"- Servers: pinned to CPU 0"
              + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
                 if args.quota else "")
-             + f"; the flood (bench/attack/flood.c) on CPU {fcpus}, the resolvers on CPU 1",
+             + f"; the flood (bench/attack/flood.c, SCHED_IDLE: only CPU time nothing else wants) on "
+             f"CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
              + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
                 if getattr(args, "cookies", False) else ", no DNS COOKIEs")

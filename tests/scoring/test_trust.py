@@ -96,6 +96,9 @@ def test_a_known_address_answered_mostly_nxdomain_is_demoted():
         assert s.classify(good, real) == "top"
     assert s.classify(_query("r99x.integ.example."), relay) == "normal"
     assert s.stats()["nx_demoted"] >= 1 and not s.trusted(relay)
+    # out of the priority socket too: its prefix is strict (the kernel stage steers only the
+    # prefix's trusted addresses), the other resolver of the /24 is trusted
+    assert s.strict(relay) and s.trusted(real)
     # sticky for the window, even for its good names; the other resolver is untouched
     assert s.classify(good, relay) == "normal"
     assert s.classify(good, real) == "top" and s.trusted(real)
@@ -147,3 +150,31 @@ def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_p
         assert _per_worker(server) == (n0 + 9, p0 + 5)
     finally:
         server.stop()
+
+
+def test_a_valid_cookie_trusts_its_address():
+    import dns.edns
+    secret = bytes(range(16))
+    responder = _core.Responder(cookie_secret=secret)
+    s = _scorer(known_rate=20)
+    for _ in range(60):
+        s.tick(True)                       # everything but top cut
+    for i in range(40):                    # spoofed sources put the known /24 over its rate
+        s.classify(_query(), _ip(f"127.1.0.{100 + i}"))
+    real, other = _ip("127.1.0.5"), _ip("127.1.0.6")
+    cc = b"\x02" * 8
+
+    def with_cookie(client):
+        sc = _core.server_cookie(secret, cc, client, int(time.time()))
+        q = dns.message.make_query("www.integ.example.", "A", use_edns=0,
+                                   options=[dns.edns.CookieOption(cc, sc)])
+        q.flags &= ~dns.flags.RD
+        return q.to_wire()
+
+    assert not s.admit(_query(), real, responder)          # untrusted in a strict /24: cut
+    assert not s.admit(with_cookie(other), real, responder)  # another address's cookie
+    assert not s.trusted(real)
+    assert s.admit(with_cookie(real), real, responder) and s.trusted(real)
+    # from now on top without a cookie too, and steered (its trust bit is the kernel's)
+    assert s.classify(_query(), real) == "top"
+    assert s.admit(_query(), real, responder) and not s.admit(_query(), other, responder)
