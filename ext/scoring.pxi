@@ -191,20 +191,29 @@ cdef uint32_t sc_addr_count(uint16_t (*sk)[4096], uint32_t key, bint add) noexce
     return sk[0][i0] if sk[0][i0] < sk[1][i1] else sk[1][i1]
 
 
-cdef void sc_addr_saturate(uint16_t (*sk)[4096], uint32_t key) noexcept nogil:
-    """Pin an address's estimate at the top for the rest of the window (a sticky demotion)."""
-    cdef uint64_t h = mix64(<uint64_t>key | (<uint64_t>1 << 40))
-    sk[0][h & (SC_COLS - 1)] = 65535
-    sk[1][(h >> 32) & (SC_COLS - 1)] = 65535
+cdef void sc_addr_decay(sc_state_t* s) noexcept nogil:
+    """A new window for the per-address sketches: halved, not zeroed, so a demoted relaying
+    address stays demoted for a few windows instead of coming back top (and into the priority
+    socket) at every window."""
+    cdef int i
+    for i in range(SC_COLS):
+        s.asketch[0][i] >>= 1
+        s.asketch[1][i] >>= 1
+        s.nxsrc[0][i] >>= 1
+        s.nxsrc[1][i] >>= 1
 
 
-cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot) noexcept nogil:
+cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot, const uint8_t* a,
+                        uint32_t alen) noexcept nogil:
     """History per address inside known prefixes: an address becomes trusted when it is seen
     again trust_after_ms after its first sighting with no overload tick in between (a spoofed
     address appears with an attack, and the attack makes the overload that resets it).  Only
-    while nothing is cut."""
+    while nothing is cut and the prefix is not strict (a flood inside it that the server
+    absorbs without overload still sends it over known_rate, and its addresses earn nothing)."""
     cdef uint32_t now32 = <uint32_t>s.now_ms | 1, first, age
     if s.trust_first == NULL or s.allow[SC_NORMAL] != SC_ONE:
+        return
+    if sc_bit(s.trust + SC_TRUST_WORDS, sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)):
         return
     first = s.trust_first[slot]
     age = now32 - first
@@ -254,22 +263,28 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
     cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
     cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT)
     cdef bint trusted = s.trust != NULL and sc_bit(s.trust, slot)
+    s.last_known = True
     if (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share) \
             or acount > cfg.known_addr_rate:
-        # demoted for the rest of the window, and out of the priority socket in the kernel
-        # stage (its prefix strict, the address untrusted) until the overload is over
+        # demoted, and out of the priority socket in the kernel stage (its prefix strict, the
+        # address untrusted) until the overload is over
         sc_untrust(s, slot)
         sc_strict(s, a, alen)
-        sc_addr_saturate(s.nxsrc, key)
+        if s.allow[SC_NORMAL] < SC_ONE:
+            # it will likely be cut, so its answer is not seen: count it as its last ones were
+            # (else its share of NXDOMAINs would fall by itself and it would come back top)
+            sc_addr_count(s.nxsrc, key, True)
         s.nx_demoted += 1
         return SC_NORMAL
     if count <= cfg.known_rate:
         if not trusted and s.trust != NULL:
-            sc_trust_mark(cfg, s, slot)
+            sc_trust_mark(cfg, s, slot, a, alen)
         return SC_TOP
     sc_strict(s, a, alen)
     if trusted:
         return SC_TOP
+    if s.trust_first != NULL and s.trust_first[slot] != 0:
+        s.trust_first[slot] = 0     # its history starts again after its prefix calms down
     s.untrusted += 1
     return SC_NORMAL
 
@@ -278,6 +293,7 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
                   uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
     """The query's class (SC_*), counting it in the sketch."""
     cdef uint32_t count = sc_count(s, a, alen)
+    s.last_known = False
     if sc_known(kn, a, alen):
         return sc_known_class(cfg, s, count, a, alen)
     if count > cfg.source_rate:
@@ -480,8 +496,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
-        memset(s.asketch, 0, sizeof(s.asketch))
-        memset(s.nxsrc, 0, sizeof(s.nxsrc))
+        sc_addr_decay(s)
         s.window_start = now
 
 
@@ -548,8 +563,8 @@ cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q
     query's class (or, for a known resolver, its NXDOMAIN share: water torture they relay).
     Saves the send; the class's worst queries were already cut before the lookup."""
     cdef uint32_t share, zn = sc_zone_nx(s, q, r, rlen)
-    if zn and c == SC_TOP:
-        # the source's NXDOMAINs, read before its next query's lookup (sc_known_class)
+    if zn and s.last_known:
+        # a known source's NXDOMAINs, read before its next query's lookup (sc_known_class)
         sc_addr_count(s.nxsrc, sc_addr_key(a, alen), True)
     if zn <= cfg.nx_rate:
         return False

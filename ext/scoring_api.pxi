@@ -265,8 +265,7 @@ cdef class Scorer:
     def new_window(self):
         """Start a new sketch window on the probe state."""
         memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
-        memset(self.probe.asketch, 0, sizeof(self.probe.asketch))
-        memset(self.probe.nxsrc, 0, sizeof(self.probe.nxsrc))
+        sc_addr_decay(&self.probe)
 
     def stats(self):
         """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""

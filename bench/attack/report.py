@@ -57,7 +57,11 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              + "; every server is told the "
              "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
              f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
-             f"{args.seconds} s per row", ""]
+             f"{args.seconds} s per row, in the order of the table: each server keeps running "
+             f"through a round's rows (1 s of calm between them), so pop53 has seen the resolvers "
+             + ("during the no-attack row first (its per-address trust, docs/scoring.md)"
+                if attacks and attacks[0] == "no attack" else
+                "only during the attacks (no calm history: its per-address trust is cold)"), ""]
     if skipped:
         lines += [f"- Not run: {', '.join(f'{n} ({w})' for n, w in skipped.items())}", ""]
     lines += ["## Capacity (plain setups: no scoring, no RRL, no blocks; one existing name from 64 "

@@ -55,8 +55,18 @@ def test_spoofed_addresses_in_a_known_prefix_do_not_demote_its_trusted_resolver(
     assert s.classify(w, _ip("127.1.0.1")) == "top"
     assert s.classify(w, _ip("127.1.0.2")) == "normal"
     assert s.stats()["untrusted"] >= 241
-    s.clear_strict()
+    # a new window: the prefix is under its rate again but still strict, so the spoofed
+    # addresses, seen again a calm trust_after_ms later, earn no trust (no overload needed)
+    s.new_window()
+    assert s.classify(w, _ip("127.1.0.100")) == "top"
+    time.sleep(0.06)
+    assert s.classify(w, _ip("127.1.0.100")) == "top" and not s.trusted(_ip("127.1.0.100"))
+    s.clear_strict()                              # the overload is over
     assert not s.strict(_ip("127.1.0.9"))
+    time.sleep(0.06)
+    assert s.classify(w, _ip("127.1.0.100")) == "top"
+    time.sleep(0.06)
+    assert s.classify(w, _ip("127.1.0.100")) == "top" and s.trusted(_ip("127.1.0.100"))
 
 
 def test_an_overload_between_two_sightings_withholds_trust():
@@ -86,24 +96,47 @@ def test_a_known_address_answered_mostly_nxdomain_is_demoted():
     s = _scorer(trust_after_ms=0)
     relay, real = _ip("127.1.0.30"), _ip("127.1.0.31")
     good = _query("www.integ.example.")
-    for i in range(32):
-        # water torture relayed by .30: random names, every answer NXDOMAIN (32: the minimum)
+    klasses = []
+    for i in range(64):
+        # water torture relayed by .30: random names, every answer NXDOMAIN
         q = _query(f"r{i}x.integ.example.")
-        assert s.classify(q, relay) == "top"
+        klasses.append(s.classify(q, relay))
         r = pop53.answer(image, q, ("127.1.0.30", 5353))
         assert dns.message.from_wire(r).rcode() == dns.rcode.NXDOMAIN
-        assert not s.nx_check(q, r, "top", relay)
+        assert not s.nx_check(q, r, klasses[-1], relay)     # nothing cut: answered, counted
         assert s.classify(good, real) == "top"
-    assert s.classify(_query("r99x.integ.example."), relay) == "normal"
-    assert s.stats()["nx_demoted"] >= 1 and not s.trusted(relay)
+    # demoted from its 33rd query on (32 NXDOMAINs, more than half of its answers)
+    assert klasses == ["top"] * 32 + ["normal"] * 32
+    assert s.stats()["nx_demoted"] == 32 and not s.trusted(relay)
     # out of the priority socket too: its prefix is strict (the kernel stage steers only the
     # prefix's trusted addresses), the other resolver of the /24 is trusted
     assert s.strict(relay) and s.trusted(real)
-    # sticky for the window, even for its good names; the other resolver is untouched
+    assert s.classify(good, relay) == "normal"          # its good names too: no telling apart
+    assert s.classify(good, real) == "top"
+    # counts halve at each window: still demoted in the next one, back in the one after
+    s.new_window()
     assert s.classify(good, relay) == "normal"
-    assert s.classify(good, real) == "top" and s.trusted(real)
     s.new_window()
     assert s.classify(good, relay) == "top"
+
+
+def test_a_demoted_relay_stays_demoted_while_it_is_cut():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer()
+    relay = _ip("127.1.0.30")
+    for i in range(40):
+        q = _query(f"r{i}x.integ.example.")
+        c = s.classify(q, relay)
+        s.nx_check(q, pop53.answer(image, q, ("127.1.0.30", 5353)), c, relay)
+    assert s.classify(_query(), relay) == "normal"
+    for _ in range(60):
+        s.tick(True)                       # everything but top cut
+    # its queries are dropped unanswered: counted as NXDOMAINs like its last answers, so its
+    # share does not fall by itself window after window
+    for _ in range(4):
+        assert not any(s.admit(_query(), relay) for _ in range(80))
+        s.new_window()
+    assert s.classify(_query(), relay) == "normal"
 
 
 def _per_worker(server) -> tuple[int, int]:
