@@ -181,6 +181,11 @@ def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_p
         assert _per_worker(server) == (n0 + 5, p0 + 5)
         assert _ask(addr, "127.2.0.5", 4) == 4     # unknown: normal
         assert _per_worker(server) == (n0 + 9, p0 + 5)
+        from pop53.scoring import metrics
+        fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
+                if f.samples and not f.samples[0].labels}
+        assert fams["pop53_scoring_trusted_marks"] == 1
+        assert fams["pop53_scoring_known_untrusted"] >= 10 + 5    # .99 past the rate, and .98
     finally:
         server.stop()
 

@@ -227,6 +227,7 @@ class ScoringService:
         level of any worker and the matching shares."""
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
+                       "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
                        "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
         for w in workers:
@@ -235,7 +236,8 @@ class ScoringService:
             for k in ("admitted", "dropped", "nx_dropped"):
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
-            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks"):
+            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
+                      "untrusted", "nx_demoted", "trusted_marks"):
                 total[k] += st[k]
             total["queue_delay"] = [a + b for a, b in zip(total["queue_delay"], st["queue_delay"])]
             if st["level"] >= total["level"]:
