@@ -100,18 +100,20 @@ def known_v6_slot(uint64_t key, uint64_t mask):
     return mix64(k) & mask, k
 
 
+cdef inline uint64_t sc_prefix_hash(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The sketch key of the client's /24 or /56 (before mix64)."""
+    if alen == 4:
+        return (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
+    if alen == 16:
+        return (<uint64_t>6 << 56) | sc_v6_key(a)
+    return 0
+
+
 cdef uint32_t sc_count(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
     """Count one query for the client's prefix in the count-min sketch; returns the estimate
     (the smaller of the two rows, saturating at 65535)."""
-    cdef uint64_t h
+    cdef uint64_t h = mix64(sc_prefix_hash(a, alen))
     cdef uint32_t i0, i1, c0, c1
-    if alen == 4:
-        h = (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
-    elif alen == 16:
-        h = (<uint64_t>6 << 56) | sc_v6_key(a)
-    else:
-        h = 0
-    h = mix64(h)
     i0 = <uint32_t>(h & (SC_COLS - 1))
     i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
     c0 = s.sketch[0][i0]
@@ -241,6 +243,33 @@ cdef inline void sc_trust_proven(sc_state_t* s, const uint8_t* a, uint32_t alen)
         s.trusted_marks += 1
 
 
+cdef void sc_prefix_over(sc_state_t* s, const uint8_t* a, uint32_t alen, uint32_t v) noexcept nogil:
+    """Raise the prefix's count in this window to at least v (both cells of its sketch)."""
+    cdef uint64_t h = mix64(sc_prefix_hash(a, alen))
+    cdef uint16_t w = <uint16_t>(v if v < 65535 else 65535)
+    if s.sketch[0][h & (SC_COLS - 1)] < w:
+        s.sketch[0][h & (SC_COLS - 1)] = w
+    if s.sketch[1][(h >> 32) & (SC_COLS - 1)] < w:
+        s.sketch[1][(h >> 32) & (SC_COLS - 1)] = w
+
+
+cdef void sc_unstrict(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
+                      uint32_t alen) noexcept nogil:
+    """A strict prefix stays strict until a whole window passed under known_rate: cleared here
+    when the previous window's count for it was under the rate too (in the window an attack
+    stops, and not at every window start while it goes on)."""
+    cdef uint32_t ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
+    cdef uint64_t h
+    cdef uint32_t c0, c1
+    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
+        return
+    h = mix64(sc_prefix_hash(a, alen))
+    c0 = s.sketch_prev[0][h & (SC_COLS - 1)]
+    c1 = s.sketch_prev[1][(h >> 32) & (SC_COLS - 1)]
+    if (c0 if c0 < c1 else c1) <= cfg.known_rate:
+        p53_and_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], ~(<uint64_t>1 << (ps & 63)))
+
+
 cdef inline void sc_strict(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
     """Mark the address's prefix strict: the kernel stage steers only its trusted addresses."""
     cdef uint32_t ps
@@ -270,6 +299,9 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
         # address untrusted) until the overload is over
         sc_untrust(s, slot)
         sc_strict(s, a, alen)
+        # and its prefix counts as over its rate in this window: so the strict mark is not
+        # cleared by its neighbours' queries before a whole window passed without it
+        sc_prefix_over(s, a, alen, cfg.known_rate + 1)
         if s.allow[SC_NORMAL] < SC_ONE:
             # it will likely be cut, so its answer is not seen: count it as its last ones were
             # (else its share of NXDOMAINs would fall by itself and it would come back top)
@@ -277,8 +309,10 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
         s.nx_demoted += 1
         return SC_NORMAL
     if count <= cfg.known_rate:
-        if not trusted and s.trust != NULL:
-            sc_trust_mark(cfg, s, slot, a, alen)
+        if s.trust != NULL:
+            sc_unstrict(cfg, s, a, alen)
+            if not trusted:
+                sc_trust_mark(cfg, s, slot, a, alen)
         return SC_TOP
     sc_strict(s, a, alen)
     if trusted:
@@ -494,6 +528,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         s.drops_tick = 0
         s.qd_min = SC_NONE_YET
     if now - s.window_start >= cfg.window_ms:
+        memcpy(s.sketch_prev, s.sketch, sizeof(s.sketch))
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
         sc_addr_decay(s)

@@ -61,12 +61,18 @@ def test_spoofed_addresses_in_a_known_prefix_do_not_demote_its_trusted_resolver(
     assert s.classify(w, _ip("127.1.0.100")) == "top"
     time.sleep(0.06)
     assert s.classify(w, _ip("127.1.0.100")) == "top" and not s.trusted(_ip("127.1.0.100"))
-    s.clear_strict()                              # the overload is over
-    assert not s.strict(_ip("127.1.0.9"))
-    time.sleep(0.06)
-    assert s.classify(w, _ip("127.1.0.100")) == "top"
+    assert s.strict(_ip("127.1.0.9"))             # the previous window was over the rate
+    # a whole window under the rate: the next query of the prefix clears it, and history counts
+    s.new_window()
+    assert s.classify(w, _ip("127.1.0.100")) == "top" and not s.strict(_ip("127.1.0.9"))
     time.sleep(0.06)
     assert s.classify(w, _ip("127.1.0.100")) == "top" and s.trusted(_ip("127.1.0.100"))
+    s.publish(compile_table(KNOWN))
+    for i in range(300):
+        s.classify(w, _ip(f"127.1.0.{100 + i % 150}"))
+    assert s.strict(_ip("127.1.0.9"))
+    s.clear_strict()
+    assert not s.strict(_ip("127.1.0.9"))
 
 
 def test_an_overload_between_two_sightings_withholds_trust():

@@ -81,8 +81,6 @@ class ScoringService:
                 self.scorer.use_trust_buffer(self.trust_map.buf)
             except ebpf.EbpfUnavailable as exc:
                 log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
-        self._next_strict = 0.0
-        self._cut_seen = False
         self.learner = None
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
@@ -99,17 +97,6 @@ class ScoringService:
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
-        if time.monotonic() >= self._next_strict:
-            # prefixes that went over known_rate stay strict (only their trusted addresses are
-            # top and steered) until an overload is over: every worker's controller has
-            # nothing cut any more at a check (once a second)
-            self._next_strict = time.monotonic() + 1.0
-            level = max((w.scoring_stats()["level"] for w in server.workers), default=0.0)
-            if level > 0:
-                self._cut_seen = True
-            elif self._cut_seen:
-                self._cut_seen = False
-                self.scorer.clear_strict()
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
