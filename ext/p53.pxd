@@ -408,7 +408,6 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t nx_demoted       # known-prefix queries classed normal: mostly NXDOMAIN (relaying)
     uint64_t trusted_marks    # addresses this worker marked trusted
     bint last_known           # the query just scored came from a known prefix (sc_nx_drop)
-    uint16_t sketch_prev[2][4096]   # the previous window's prefix sketch (strict prefixes)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

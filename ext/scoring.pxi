@@ -349,7 +349,6 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         s.drops_tick = 0
         s.qd_min = SC_NONE_YET
     if now - s.window_start >= cfg.window_ms:
-        memcpy(s.sketch_prev, s.sketch, sizeof(s.sketch))
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
         sc_addr_decay(s)

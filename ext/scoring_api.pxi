@@ -264,7 +264,6 @@ cdef class Scorer:
 
     def new_window(self):
         """Start a new sketch window on the probe state."""
-        memcpy(self.probe.sketch_prev, self.probe.sketch, sizeof(self.probe.sketch))
         memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
         sc_addr_decay(&self.probe)
 

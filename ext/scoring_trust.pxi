@@ -6,9 +6,9 @@
 #            into a calm stretch (no overload tick, nothing cut, its prefix not strict), or at
 #            once by a valid server cookie of ours; shared by the workers and, with the kernel
 #            stage, by the eBPF steering program (a mmapped BPF array map, scoring/ebpf.py)
-#   strict   one bit per prefix slot (2^18): the prefix went over known_rate or holds a relaying
-#            address; only its trusted addresses are top and steered to the priority socket;
-#            cleared after a whole window under the rate (the previous window's sketch)
+#   strict   one bit per prefix slot (2^18): the prefix has a trusted address, went over
+#            known_rate or holds a relaying address; only its trusted addresses are steered to
+#            the priority socket, and over known_rate only they are top
 #   per-address sketches of queries and NXDOMAIN answers (halved each window): an address
 #            whose answers are mostly NXDOMAIN (water torture it relays) or over known_addr_rate
 #            is demoted to normal
@@ -80,13 +80,11 @@ cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot, const
                         uint32_t alen) noexcept nogil:
     """History per address inside known prefixes: an address becomes trusted when it is seen
     again trust_after_ms after its first sighting with no overload tick in between (a spoofed
-    address appears with an attack, and the attack makes the overload that resets it).  Only
-    while nothing is cut and the prefix is not strict (a flood inside it that the server
-    absorbs without overload still sends it over known_rate, and its addresses earn nothing)."""
+    address appears with an attack, and the attack makes the overload that resets it; a flood
+    the server absorbs still sends the prefix over known_rate, which restarts the first
+    sightings of its untrusted addresses).  Only while nothing is cut."""
     cdef uint32_t now32 = <uint32_t>s.now_ms | 1, first, age
     if s.trust_first == NULL or s.allow[SC_NORMAL] != SC_ONE:
-        return
-    if sc_bit(s.trust + SC_TRUST_WORDS, sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)):
         return
     first = s.trust_first[slot]
     age = now32 - first
@@ -94,6 +92,7 @@ cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot, const
         s.trust_first[slot] = now32            # first sighting in this calm stretch
     elif age >= cfg.trust_after_ms:
         p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+        sc_strict(s, a, alen)        # the prefix has history now: only trusted ones are steered
         s.trusted_marks += 1
 
 
@@ -122,23 +121,6 @@ cdef void sc_prefix_over(sc_state_t* s, const uint8_t* a, uint32_t alen, uint32_
         s.sketch[0][h & (SC_COLS - 1)] = w
     if s.sketch[1][(h >> 32) & (SC_COLS - 1)] < w:
         s.sketch[1][(h >> 32) & (SC_COLS - 1)] = w
-
-
-cdef void sc_unstrict(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
-                      uint32_t alen) noexcept nogil:
-    """A strict prefix stays strict until a whole window passed under known_rate: cleared here
-    when the previous window's count for it was under the rate too (in the window an attack
-    stops, and not at every window start while it goes on)."""
-    cdef uint32_t ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
-    cdef uint64_t h
-    cdef uint32_t c0, c1
-    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
-        return
-    h = mix64(sc_prefix_hash(a, alen))
-    c0 = s.sketch_prev[0][h & (SC_COLS - 1)]
-    c1 = s.sketch_prev[1][(h >> 32) & (SC_COLS - 1)]
-    if (c0 if c0 < c1 else c1) <= cfg.known_rate:
-        p53_and_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], ~(<uint64_t>1 << (ps & 63)))
 
 
 cdef inline void sc_strict(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
@@ -180,10 +162,8 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
         s.nx_demoted += 1
         return SC_NORMAL
     if count <= cfg.known_rate:
-        if s.trust != NULL:
-            sc_unstrict(cfg, s, a, alen)
-            if not trusted:
-                sc_trust_mark(cfg, s, slot, a, alen)
+        if not trusted and s.trust != NULL:
+            sc_trust_mark(cfg, s, slot, a, alen)
         return SC_TOP
     sc_strict(s, a, alen)
     if trusted:
