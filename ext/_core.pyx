@@ -7,7 +7,7 @@ Responder (identity and limits), answer() (one packet; tests and TCP), the worke
 counters (io.pxi), and two compiler helpers (name_hash, fill_table).
 """
 
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset
@@ -29,6 +29,7 @@ include "mapsnap.pxi"
 include "mapbuild.pxi"
 include "rrl.pxi"
 include "scoring.pxi"
+include "scoring_trust.pxi"
 include "scoring_api.pxi"
 include "io.pxi"
 include "xdp.pxi"

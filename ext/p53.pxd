@@ -358,10 +358,17 @@ cdef struct sc_cfg_t:
     bint rd_odd               # RD=1 counts as an oddity (resolvers send RD=0 to authorities)
     uint32_t delay_target_us  # queue delay (kernel receive timestamp to batch start) meaning overload
     uint32_t nx_rate          # NXDOMAINs per zone per window above which the zone is under pressure
+    uint32_t known_addr_rate  # queries per known address per window (above it: normal class)
+    uint32_t trust_after_ms   # a known address is trusted once seen this long into a calm stretch
+    uint32_t known_nx_share   # of 1024: a known address whose answers are more NXDOMAINs is demoted
 
 cdef enum:
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
+    SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
+    SC_STRICT_SHIFT = 14      # prefixes over their rate: (key * golden) >> 14, 1 << 18 bits
+    SC_TRUST_WORDS = 16384    # u64 words of address trust bits; the strict bits follow
+    SC_ALL_WORDS = 20480      # both regions (the kernel stage's array map, scoring/ebpf.py)
 
 cdef struct sc_state_t:       # one per worker, written by that worker only
     uint16_t sketch[2][4096]
@@ -393,6 +400,16 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint32_t nx_allow         # share of a known resolver's NXDOMAINs for zones under pressure
     uint32_t nx_acc
     uint64_t nx_dropped[4]    # NXDOMAIN answers dropped after the answer, per class
+    uint16_t asketch[2][4096] # queries per known source ADDRESS in this window
+    uint16_t nxsrc[2][4096]   # NXDOMAIN answers per source address in this window
+    uint64_t now_ms           # this batch's clock (sc_observe)
+    uint64_t last_over        # ms of the last overload tick (a calm stretch starts there)
+    uint64_t* trust           # address trust + strict prefix bits (loaded per batch), or NULL
+    uint32_t* trust_first     # per trust slot: the low 32 bits of the first calm sighting's ms
+    uint64_t untrusted        # known-prefix queries classed normal: prefix over rate, untrusted
+    uint64_t nx_demoted       # known-prefix queries classed normal: mostly NXDOMAIN (relaying)
+    uint64_t trusted_marks    # addresses this worker marked trusted
+    bint last_known           # the query just scored came from a known prefix (sc_nx_drop)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -5,7 +5,8 @@
 # from a few small filters, with no lookup and no parse:
 #
 #   SC_TOP     the source's /24 (IPv4) or /56 (IPv6) is a known resolver (the known table),
-#              unless that prefix is itself over `known_rate` (spoofed known sources); or, when
+#              unless the address is demoted or, in a prefix over `known_rate` (spoofed known
+#              sources), not trusted (per address: scoring_trust.pxi); or, when
 #              the query is about to be dropped, it carries a valid server cookie of ours
 #              (RFC 7873/9018: the address is proven, so it cannot be spoofed)
 #   SC_FLOOD   the source prefix is over `source_rate` in this window (a count-min sketch)
@@ -100,18 +101,20 @@ def known_v6_slot(uint64_t key, uint64_t mask):
     return mix64(k) & mask, k
 
 
+cdef inline uint64_t sc_prefix_hash(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The sketch key of the client's /24 or /56 (before mix64)."""
+    if alen == 4:
+        return (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
+    if alen == 16:
+        return (<uint64_t>6 << 56) | sc_v6_key(a)
+    return 0
+
+
 cdef uint32_t sc_count(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
     """Count one query for the client's prefix in the count-min sketch; returns the estimate
     (the smaller of the two rows, saturating at 65535)."""
-    cdef uint64_t h
+    cdef uint64_t h = mix64(sc_prefix_hash(a, alen))
     cdef uint32_t i0, i1, c0, c1
-    if alen == 4:
-        h = (<uint64_t>4 << 56) | (<uint64_t>a[0] << 16) | (<uint64_t>a[1] << 8) | a[2]
-    elif alen == 16:
-        h = (<uint64_t>6 << 56) | sc_v6_key(a)
-    else:
-        h = 0
-    h = mix64(h)
     i0 = <uint32_t>(h & (SC_COLS - 1))
     i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
     c0 = s.sketch[0][i0]
@@ -145,8 +148,9 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
                   uint32_t n, const uint8_t* a, uint32_t alen) noexcept nogil:
     """The query's class (SC_*), counting it in the sketch."""
     cdef uint32_t count = sc_count(s, a, alen)
+    s.last_known = False
     if sc_known(kn, a, alen):
-        return SC_TOP if count <= cfg.known_rate else SC_NORMAL
+        return sc_known_class(cfg, s, count, a, alen)
     if count > cfg.source_rate:
         return SC_FLOOD
     if sc_odd(cfg, p, n):
@@ -213,6 +217,7 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
             s.acc[c] -= SC_ONE
         elif sc_cookie_lifts(rcfg, p, n, a, alen):
             s.lifted += 1
+            sc_trust_proven(s, a, alen)
             c = SC_TOP
         else:
             s.dropped[c] += 1
@@ -294,6 +299,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     cdef bint over, late
     if s.tick_start == 0:
         sc_state_init(s, now)
+    s.now_ms = now
     if n >= full:
         s.run += 1
         if s.run > s.run_max:
@@ -330,6 +336,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         if late:
             s.delay_ticks += 1
         sc_tick(cfg, s, over)
+        if over:
+            s.last_over = now
         if not over:
             # an idle worker ticks only when a batch comes: the calm ticks it missed count
             missed = (now - s.tick_start) // cfg.tick_ms - 1
@@ -343,6 +351,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
+        sc_addr_decay(s)
         s.window_start = now
 
 
@@ -402,13 +411,17 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r,
 
 
 cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q,
-                     const uint8_t* r, uint32_t rlen) noexcept nogil:
+                     const uint8_t* a, uint32_t alen, const uint8_t* r,
+                     uint32_t rlen) noexcept nogil:
     """The second check, after the answer: drop an NXDOMAIN for a zone under pressure (over
     `nx_rate` NXDOMAINs in this window: random subdomains) while the controller cuts the
     query's class (or, for a known resolver, its NXDOMAIN share: water torture they relay).
     Saves the send; the class's worst queries were already cut before the lookup."""
-    cdef uint32_t share
-    if sc_zone_nx(s, q, r, rlen) <= cfg.nx_rate:
+    cdef uint32_t share, zn = sc_zone_nx(s, q, r, rlen)
+    if zn and s.last_known:
+        # a known source's NXDOMAINs, read before its next query's lookup (sc_known_class)
+        sc_addr_count(s.nxsrc, sc_addr_key(a, alen), True)
+    if zn <= cfg.nx_rate:
         return False
     share = s.nx_allow if c == SC_TOP else s.allow[c]
     if share >= SC_ONE:
@@ -431,6 +444,9 @@ cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
 
 
 SCORE_CLASSES = ("top", "normal", "odd", "flood")
+# the trust map's layout, which the kernel stage's program must index the same way (scoring/ebpf.py):
+# (address words, all words, address shift, prefix shift, golden multiplier)
+TRUST_LAYOUT = (SC_TRUST_WORDS, SC_ALL_WORDS, SC_TRUST_SHIFT, SC_STRICT_SHIFT, 0x9E3779B1)
 QUEUE_DELAY_BOUNDS_US = tuple(16 << b for b in range(SC_QD_BUCKETS - 1))
 
 
@@ -450,4 +466,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
+        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "trusted_marks": s.trusted_marks,
     }

@@ -77,13 +77,37 @@ cdef class Scorer:
     cdef sc_state_t probe
     cdef void* seen                 # seen_t* of the current learning window, or NULL
     cdef readonly object seen_holder
+    # per-address history in known prefixes (sc_known_class): SC_ALL_WORDS u64 words, address
+    # trust bits then strict prefix bits; our own until use_trust_buffer() hands us the kernel
+    # stage's shared map, which the steering program reads
+    cdef uint64_t* trust_own
+    cdef void* trust                # uint64_t*, published
+    cdef uint32_t* trust_first
+    cdef Py_buffer tb
+    cdef bint has_tb
+    cdef readonly object trust_holder
 
     def __cinit__(self, uint32_t source_rate=2000, uint32_t known_rate=20000,
                   uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
                   uint32_t recover=32, bint rd_odd=True, uint32_t delay_target_us=2000,
-                  uint32_t nx_rate=1000):
+                  uint32_t nx_rate=1000, uint32_t known_addr_rate=20000,
+                  uint32_t trust_after_ms=1000, uint32_t known_nx_percent=50):
         cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
         cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
+        cdef uint64_t pera = <uint64_t>known_addr_rate * window_ms // 1000
+        self.has_tb = False
+        self.trust_own = <uint64_t*>calloc(SC_ALL_WORDS, sizeof(uint64_t))
+        self.trust_first = <uint32_t*>calloc(1 << (32 - SC_TRUST_SHIFT), sizeof(uint32_t))
+        if self.trust_own == NULL or self.trust_first == NULL:
+            raise MemoryError()
+        self.trust = self.trust_own
+        if not 1 <= pera < 65535:
+            raise ValueError("known_addr_rate times the window must be within 1..65534 queries")
+        if not 1 <= known_nx_percent <= 100 or trust_after_ms > 86_400_000:
+            raise ValueError("known_nx_percent within 1..100, trust_after_ms within 0..86400000")
+        self.cfg.known_addr_rate = <uint32_t>pera
+        self.cfg.trust_after_ms = trust_after_ms
+        self.cfg.known_nx_share = known_nx_percent * 1024 // 100
         if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:
             raise ValueError("window_ms within 10..60000, tick_ms within 1..1000")
         if not 1 <= per4 < 65535 or not 1 <= perk < 65535:
@@ -106,6 +130,49 @@ cdef class Scorer:
         self.cfg.nx_rate = <uint32_t>pernx
         sc_state_init(&self.probe, 1)
 
+    def __dealloc__(self):
+        # the kernel stage's buffer is released last: workers have stopped with the server
+        if self.has_tb:
+            PyBuffer_Release(&self.tb)
+        free(self.trust_own)
+        free(self.trust_first)
+
+    def use_trust_buffer(self, object buf):
+        """Keep the trust bits in `buf` (writable, SC_ALL_WORDS * 8 bytes: the kernel stage's
+        mmapped array map) from now on, with the bits learned so far; once, before workers run."""
+        if self.has_tb:
+            raise ValueError("the trust buffer is already set")
+        PyObject_GetBuffer(buf, &self.tb, PyBUF_WRITABLE)
+        if self.tb.len != SC_ALL_WORDS * 8:
+            PyBuffer_Release(&self.tb)
+            raise ValueError(f"the trust buffer is {SC_ALL_WORDS * 8} bytes")
+        self.has_tb = True
+        self.trust_holder = buf
+        memcpy(self.tb.buf, self.trust_own, SC_ALL_WORDS * 8)
+        p53_store_ptr(<const void**>&self.trust, <const void*>self.tb.buf)
+
+    def trusted(self, bytes address not None):
+        """Whether a packed address (4 or 16 bytes) is trusted (per-address history)."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_bit(<const uint64_t*>self.trust, sc_golden(sc_addr_key(
+            <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
+
+    def strict(self, bytes address not None):
+        """Whether the address's /24 or /56 is marked strict (it went over known_rate)."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_bit(<const uint64_t*>self.trust + SC_TRUST_WORDS, sc_golden(sc_prefix_key(
+            <const uint8_t*>(<char*>address), len(address)), SC_STRICT_SHIFT)))
+
+    def clear_strict(self):
+        """Forget which prefixes went over their rate (the control plane, once calm)."""
+        cdef uint64_t* w = <uint64_t*>self.trust
+        cdef int i
+        for i in range(SC_TRUST_WORDS, SC_ALL_WORDS):
+            if w[i]:
+                p53_store_u64(&w[i], 0)
+
     def publish(self, KnownTable table):
         """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
         generation; the caller keeps the previous table alive until every worker has passed a
@@ -121,6 +188,8 @@ cdef class Scorer:
     cdef const known_t* begin(self, sc_state_t* s) noexcept nogil:
         """A worker's batch start: the known table and the learning window's seen set."""
         s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
+        s.trust = <uint64_t*>p53_load_ptr(<const void**>&self.trust)
+        s.trust_first = self.trust_first
         return <const known_t*>p53_load_ptr(&self.known)
 
     def swap_seen(self, SeenSet fresh):
@@ -140,6 +209,8 @@ cdef class Scorer:
         cdef uint32_t n = <uint32_t>p.shape[0]
         if len(client) not in (4, 16):
             raise ValueError("a 4- or 16-byte address")
+        self.begin(&self.probe)
+        self.probe.now_ms = sc_now_ms()
         return SCORE_CLASSES[sc_score(&self.cfg, self.current(),
                                       &self.probe, &p[0] if n else <const uint8_t*>b"", n,
                                       <const uint8_t*>(<char*>client), len(client))]
@@ -152,6 +223,7 @@ cdef class Scorer:
             responder = _default_responder
         if len(client) not in (4, 16):
             raise ValueError("a 4- or 16-byte address")
+        self.probe.now_ms = sc_now_ms()
         return sc_admit(&self.cfg, self.begin(&self.probe), &self.probe, &responder.cfg,
                         &p[0] if n else <const uint8_t*>b"", n,
                         <const uint8_t*>(<char*>client), len(client)) >= 0
@@ -168,9 +240,10 @@ cdef class Scorer:
         sc_observe(&self.cfg, &self.probe, n, 64, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
                    delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
 
-    def nx_check(self, object query, object reply, str klass="normal"):
+    def nx_check(self, object query, object reply, str klass="normal", bytes client=b"\0\0\0\0"):
         """The second check after the answer, as the worker loop makes it for a query of
-        `klass` and our reply to it: True = the reply is dropped (counts the zone's NXDOMAIN)."""
+        `klass` from `client` (packed) and our reply to it: True = the reply is dropped (counts
+        the zone's NXDOMAIN, and the client's when it is top)."""
         cdef const uint8_t[::1] qb = query
         cdef const uint8_t[::1] rb = reply
         cdef query_t q
@@ -183,12 +256,16 @@ cdef class Scorer:
         q.qtype = 0
         if wire_parse_query(&qb[0], <uint32_t>qb.shape[0], &q, True) != PARSE_OK:
             raise ValueError("the query does not parse")
+        if len(client) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
         return bool(sc_nx_drop(&self.cfg, &self.probe, SCORE_CLASSES.index(klass), &q,
+                               <const uint8_t*>(<char*>client), len(client),
                                &rb[0], <uint32_t>rb.shape[0]))
 
     def new_window(self):
         """Start a new sketch window on the probe state."""
         memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
+        sc_addr_decay(&self.probe)
 
     def stats(self):
         """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""

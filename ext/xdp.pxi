@@ -215,8 +215,8 @@ cdef class XdpWorker(Worker):
                     continue
                 k = &pk[i]
                 cl = client_addr(<const uint8_t*>&self.addrs[i], &cl_len)
-                if scorer is not None and not sc_admit(&scorer.cfg, kn, &self.sc, cfg,
-                                                       f + k.hdrlen, k.plen, cl, cl_len):
+                if scorer is not None and sc_admit(&scorer.cfg, kn, &self.sc, cfg,
+                                                   f + k.hdrlen, k.plen, cl, cl_len) < 0:
                     self._dt_dropped_frame(i, f, k, &tq)
                     continue
                 if x.nfree == 0:

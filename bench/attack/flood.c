@@ -8,7 +8,11 @@
  *   SRC 2: spoofed known sources: 127.1.0.(100 + i % 150), the known resolvers' own /24
  *   SRC 3: relaying known resolvers: 127.3.(i % 256).1 (listed as known)
  *   COUNT 1: drain and count the replies (the capacity measurement)
- * Prints the datagrams sent and the replies counted.  Loopback only: the destination is fixed. */
+ *   SHARED (optional): a file several flood processes map to share one budget: each sends while
+ *     the sum of all of them is behind RATE (the one that gets CPU time sends; RATE is the total)
+ * Prints the datagrams sent and the replies counted.  Loopback only: the destination is fixed.
+ * Every source socket is connected (no route lookup per datagram) and a batch is built once: per
+ * datagram only the ID and, in MODE 0, the random label are rewritten. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,16 +37,22 @@ static double now(void) {
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint64_t next(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng; }
 
+static const char hex[] = "0123456789abcdef";
+
+static void relabel(uint8_t *p) {           /* a fresh random label at offset 13 */
+    uint64_t r = next();
+    for (int i = 0; i < 12; i++) p[13 + i] = hex[(r >> (4 * i)) & 15];
+}
+
 static int build(uint8_t *p, int mode, const uint8_t *zone, int zlen, uint16_t id) {
-    static const char hex[] = "0123456789abcdef";
     int n = 0;
     p[n++] = id >> 8; p[n++] = id & 0xFF;
     p[n++] = 0; p[n++] = 0;                 /* RD=0: as a resolver asks an authority */
     p[n++] = 0; p[n++] = 1; memset(p + n, 0, 6); n += 6;
     if (mode == 0) {
-        uint64_t r = next();
         p[n++] = 12;
-        for (int i = 0; i < 12; i++) p[n++] = hex[(r >> (4 * i)) & 15];
+        relabel(p);
+        n += 12;
     }
     memcpy(p + n, zone, zlen); n += zlen;
     p[n++] = 0; p[n++] = 1; p[n++] = 0; p[n++] = 1;
@@ -48,9 +60,17 @@ static int build(uint8_t *p, int mode, const uint8_t *zone, int zlen, uint16_t i
 }
 
 int main(int argc, char **argv) {
-    if (argc != 9) {
-        fprintf(stderr, "usage: flood PORT SECONDS RATE SOURCES MODE NAME(wire, hex) SRC COUNT\n");
+    if (argc != 9 && argc != 10) {
+        fprintf(stderr, "usage: flood PORT SECONDS RATE SOURCES MODE NAME(wire, hex) SRC COUNT [SHARED]\n");
         return 2;
+    }
+    uint64_t own = 0, *total = &own;         /* the budget's counter: ours, or shared */
+    if (argc == 10) {
+        int fd = open(argv[9], O_RDWR | O_CREAT, 0600);
+        if (fd < 0 || ftruncate(fd, 64) < 0) { perror(argv[9]); return 1; }
+        total = mmap(NULL, 64, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (total == MAP_FAILED) { perror("mmap"); return 1; }
+        close(fd);
     }
     int port = atoi(argv[1]), nsrc = atoi(argv[4]), mode = atoi(argv[5]);
     int srcmode = atoi(argv[7]), count = atoi(argv[8]);
@@ -75,6 +95,8 @@ int main(int argc, char **argv) {
     }
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+    for (int i = 0; i < nsrc; i++)
+        if (connect(socks[i], (struct sockaddr *)&dst, sizeof dst) < 0) { perror("connect"); return 1; }
     static uint8_t bufs[BATCH][300];
     struct iovec iov[BATCH];
     struct mmsghdr msgs[BATCH];
@@ -83,25 +105,32 @@ int main(int argc, char **argv) {
     struct iovec riov[BATCH];
     struct mmsghdr rmsgs[BATCH];
     double t0 = now(), end = t0 + seconds;
+    for (int i = 0; i < BATCH; i++) {
+        iov[i].iov_base = bufs[i];
+        iov[i].iov_len = build(bufs[i], mode, zone, zlen, (uint16_t)i);
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
     for (uint64_t b = 0;; b++) {
         double t = now();
         if (t >= end) break;
-        if (rate > 0 && sent > (t - t0) * rate) {
+        if (rate > 0 && __atomic_load_n(total, __ATOMIC_RELAXED) > (t - t0) * rate) {
             struct timespec ts = {0, 200000};
             nanosleep(&ts, NULL);
             continue;
         }
         for (int i = 0; i < BATCH; i++) {
-            iov[i].iov_base = bufs[i];
-            iov[i].iov_len = build(bufs[i], mode, zone, zlen, (uint16_t)(sent + i));
-            memset(&msgs[i], 0, sizeof msgs[i]);
-            msgs[i].msg_hdr.msg_name = &dst;
-            msgs[i].msg_hdr.msg_namelen = sizeof dst;
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
+            uint16_t id = (uint16_t)(sent + i);
+            bufs[i][0] = id >> 8; bufs[i][1] = id & 0xFF;
+            if (mode == 0) relabel(bufs[i]);
         }
         int k = sendmmsg(socks[b % nsrc], msgs, BATCH, MSG_DONTWAIT);
-        if (k > 0) sent += k;
+        if (k > 0) {
+            sent += k;
+            if (total != &own) __atomic_fetch_add(total, (uint64_t)k, __ATOMIC_RELAXED);
+            else own = sent;
+        }
         if (count) {
             int s = socks[(b + nsrc - 1) % nsrc];       /* the previous socket's replies */
             for (;;) {

@@ -34,10 +34,10 @@ def _f(x: float, fmt: str) -> str:
 def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) -> None:
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
-    fcpus = getattr(args, "flood_cpus", "1")
+    fcpus = getattr(args, "flood_cpus", "0,1")
     if getattr(args, "cookies", False):
         cmd += " --cookies"
-    if fcpus != "1":
+    if fcpus != "0,1":
         cmd += f" --flood-cpus {fcpus}"
     if args.servers != "pop53,knot,nsd,dnsdist":
         cmd += f" --servers {args.servers}"
@@ -49,14 +49,19 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              f"- Servers: pinned to CPU 0"
              + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
                 if args.quota else "")
-             + f"; the flood (bench/attack/flood.c) on CPU {fcpus}, the resolvers on CPU 1",
+             + f"; the flood (bench/attack/flood.c, SCHED_IDLE: only CPU time nothing else wants) on "
+             f"CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
              + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
                 if getattr(args, "cookies", False) else ", no DNS COOKIEs")
              + "; every server is told the "
              "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
              f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
-             f"{args.seconds} s per row", ""]
+             f"{args.seconds} s per row, in the order of the table: each server keeps running "
+             f"through a round's rows (1 s of calm between them), so pop53 has seen the resolvers "
+             + ("during the no-attack row first (its per-address trust, docs/scoring.md)"
+                if attacks and attacks[0] == "no attack" else
+                "only during the attacks (no calm history: its per-address trust is cold)"), ""]
     if skipped:
         lines += [f"- Not run: {', '.join(f'{n} ({w})' for n, w in skipped.items())}", ""]
     lines += ["## Capacity (plain setups: no scoring, no RRL, no blocks; one existing name from 64 "

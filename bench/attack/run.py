@@ -15,9 +15,11 @@ sources; bots one per /24 (4,096 /24s) asking random subdomains; spoofed known s
 resolvers' own /24) repeating a name; water torture relayed by known resolvers (256 /24s in
 127.3.0.0/16, listed as known) asking random subdomains; and no attack.
 
-Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that core per 1 ms
-(so that one flood core, CPU 1, can offer 5x and more: without the cap the flood core is the
-bottleneck), the flood and the resolvers on CPU 1.  Loopback only, bounded in time and count.
+Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that core (1 ms per
+1/quota ms), so that the flood can offer 5x and more (without the cap the flood core is the
+bottleneck); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
+default both) as SCHED_IDLE, so they take only the CPU time the resolvers and the capped server
+leave.  Latency is measured to the kernel's receive timestamp of each reply.  Loopback only, bounded in time and count.
 Writes bench/results/attack.md and attack.png.  The machine is shared: read the load average.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import select
 import shutil
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +51,10 @@ from bench.micro.rrl import image_names  # noqa: E402
 
 RESOLVERS = 20
 QPS = 100
+# The flood runs as SCHED_IDLE: it takes only CPU time nothing else wants, so the measuring
+# resolvers (and, on CPU 0, the capped server) preempt it at once instead of waiting for a
+# CFS slice behind it (that wait was milliseconds of the resolvers' measured latency)
+IDLE = ["chrt", "--idle", "0"]
 # attack -> (flood mode: 0 random subdomains / 1 the name itself, source layout, sources)
 ATTACKS = {
     "no attack": None,
@@ -99,12 +106,20 @@ def prepare(port: int, names: list[str], cookies: bool = False) -> tuple[list, l
     return socks, wires
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
 def resolvers(port: int, ready: tuple[list, list], seconds: float) -> list[tuple[float, float | None]]:
-    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each."""
+    """Every query: (send time, latency or None), from RESOLVERS sockets at QPS each.  A reply's
+    arrival is the kernel's receive timestamp (SO_TIMESTAMPNS), so the latency is the server's
+    and the network's, not how late this Python loop got the CPU to read it."""
     socks, wires = ready
-    sent: dict[tuple[int, int], float] = {}
+    sent: dict[tuple[int, int], float] = {}        # wall clock (the kernel stamps are too)
     got: dict[tuple[int, int], float] = {}
+    for s in socks:
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     t0 = time.monotonic()
+    w0 = time.time()
     interval = 1.0 / (RESOLVERS * QPS)
     k = 0
     try:
@@ -116,27 +131,32 @@ def resolvers(port: int, ready: tuple[list, list], seconds: float) -> list[tuple
                 i, qid = k % RESOLVERS, (k // RESOLVERS) & 0xFFFF
                 w = wires[i][k % len(wires[i])]
                 w[0], w[1] = qid >> 8, qid & 0xFF
+                sent[(i, qid)] = time.time()
                 try:
                     socks[i].sendto(w, ("127.0.0.1", port))
-                    sent[(i, qid)] = time.monotonic()
                 except BlockingIOError:
-                    sent[(i, qid)] = time.monotonic()
+                    pass
                 k += 1
             ready, _, _ = select.select(socks, [], [], 0.0005)
             for s in ready:
                 i = socks.index(s)
                 while True:
                     try:
-                        r = s.recv(4096)
+                        r, anc, _, _ = s.recvmsg(4096, 64)
                     except BlockingIOError:
                         break
+                    at = time.time()
+                    for level, kind, data in anc:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                            sec, nsec = struct.unpack("qq", data[:16])
+                            at = sec + nsec / 1e9
                     key = (i, r[0] << 8 | r[1])
                     if key in sent and key not in got:
-                        got[key] = time.monotonic() - sent[key]
+                        got[key] = at - sent[key]
     finally:
         for s in socks:
             s.close()
-    return [(t - t0, got.get(key)) for key, t in sent.items()]
+    return [(t - w0, got.get(key)) for key, t in sent.items()]
 
 
 def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
@@ -153,16 +173,20 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
 
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
           name_wire: str, cpus: list[int]) -> list[subprocess.Popen]:
-    """One flood process per CPU in `cpus`, each sending its share of `rate`."""
+    """One flood process per CPU in `cpus`, sharing one budget of `rate` datagrams a second (a
+    file they map: whichever process gets CPU time sends what the total is behind)."""
     mode, src, nsrc = ATTACKS[attack]
-    return [subprocess.Popen(["taskset", "-c", str(cpu), str(binary), str(port), str(seconds),
-                              str(rate / len(cpus)), str(nsrc), str(mode),
-                              name_wire if mode else zone_wire, str(src), "0"],
+    budget = binary.parent / f"budget-{time.monotonic_ns()}"
+    return [subprocess.Popen(IDLE + ["taskset", "-c", str(cpu), str(binary), str(port), str(seconds),
+                              str(rate), str(nsrc), str(mode),
+                              name_wire if mode else zone_wire, str(src), "0", str(budget)],
                              stdout=subprocess.PIPE) for cpu in cpus]
 
 
 def capacity(binary: Path, port: int, seconds: float, name_wire: str) -> tuple[float, float]:
     """(replies a second, datagrams offered a second) for one existing name at full speed."""
+    # not SCHED_IDLE: nothing of ours to protect here, and an idle flood on a busy machine
+    # would not fill the server
     p = subprocess.Popen(["taskset", "-c", "1", str(binary), str(port), str(seconds), "0", "64",
                           "1", name_wire, "0", "1"], stdout=subprocess.PIPE)
     sent, got = map(int, p.communicate(timeout=seconds + 20)[0].split())
@@ -185,8 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--servers", default=",".join(sv.SERVERS))
     ap.add_argument("--cookies", action="store_true", help="the resolvers send DNS COOKIEs; "
                     "pop53 and Knot (mod-cookies) answer them")
-    ap.add_argument("--flood-cpus", default="1", help="CPUs running a flood process each (the "
-                    "resolvers stay on CPU 1; on CPU 0 a flood competes with the capped server)")
+    ap.add_argument("--flood-cpus", default="0,1", help="CPUs running a flood process each (the "
+                    "resolvers stay on CPU 1; the flood is SCHED_IDLE, so on CPU 0 it takes only "
+                    "what the capped server leaves)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)

@@ -280,7 +280,15 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "(# comments), known by /24 and /56; re-read on reload")
  .key("source_rate", "integer", 2000, "queries per second per source /24 or /56, per worker, above which "
       "an unknown source is flooding")
- .key("known_rate", "integer", 20000, "the same for a known resolver's prefix (above it: normal class)")
+ .key("known_rate", "integer", 20000, "the same for a known resolver's prefix (above it: normal class, "
+      "except its trusted addresses)")
+ .key("known_addr_rate", "integer", 20000, "queries per second per address of a known prefix, per worker "
+      "(above it: normal class and no longer trusted)")
+ .key("trust_after_ms", "integer (ms)", 1000, "an address of a known prefix becomes trusted when seen again "
+      "this long after its first sighting with no overload in between (spoofed sources come with the "
+      "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
+ .key("known_nx_percent", "integer 1..100", 50, "a known address whose answers in the window are more than "
+      "this share NXDOMAIN (water torture it relays; at least 32) is demoted to normal for the window")
  .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")
  .key("tick_ms", "integer 1..1000", 10, "the overload controller's period")
  .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "

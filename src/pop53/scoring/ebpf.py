@@ -14,7 +14,14 @@ Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at 
     version = load_bytes_relative(skb, 0, 1 byte, NET) >> 4
     4: key = {32, saddr (net offset 12, 4 bytes)};  lookup v4 trie
     6: key = {128, saddr (net offset 8, 16 bytes)}; lookup v6 trie
-    base = W if found else 0;  return base + (hash(last address word) % W)
+    known and a trust map: the prefix's strict bit set (it went over known_rate: spoofed sources
+        inside it) and the address's trust bit clear -> not steered
+    base = W if steered else 0;  return base + (hash(last address word) % W)
+
+The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
+sc_known_class): address trust bits (per-address history inside known prefixes) and strict
+prefix bits, both indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), so the kernel
+and the workers agree on every bit without a system call per change.
 """
 from __future__ import annotations
 
@@ -31,7 +38,8 @@ _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 
 # bpf(2) commands, types and flags (include/uapi/linux/bpf.h)
 _MAP_CREATE, _MAP_UPDATE_ELEM, _PROG_LOAD = 0, 2, 5
-_MAP_TYPE_LPM_TRIE = 11
+_MAP_TYPE_ARRAY, _MAP_TYPE_LPM_TRIE = 2, 11
+_F_MMAPABLE = 1 << 10
 _PROG_TYPE_SOCKET_FILTER = 1
 _F_NO_PREALLOC = 1
 _FUNC_MAP_LOOKUP_ELEM = 1
@@ -43,7 +51,7 @@ _LD, _LDX, _ST, _STX, _ALU, _JMP, _ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0
 _W, _B, _DW = 0x00, 0x10, 0x18
 _IMM, _MEM = 0x00, 0x60
 _K, _X = 0x00, 0x08
-_ADD, _MUL, _RSH, _MOD, _MOV = 0x00, 0x20, 0x70, 0x90, 0xB0
+_ADD, _MUL, _AND, _RSH, _MOD, _XOR, _MOV = 0x00, 0x20, 0x50, 0x70, 0x90, 0xA0, 0xB0
 _JA, _JEQ, _JNE, _CALL, _EXIT = 0x00, 0x10, 0x50, 0x80, 0x90
 _PSEUDO_MAP_FD = 1
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = range(11)
@@ -82,13 +90,14 @@ class _Asm:
         return b"".join(out)
 
 
-def program(workers: int, fd4: int, fd6: int) -> bytes:
-    """The steering program for a group of 2 x `workers` sockets (see the module text)."""
+def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1) -> bytes:
+    """The steering program for a group of 2 x `workers` sockets (see the module text); with a
+    trust map (`trust_fd`), a strict prefix steers only its trusted addresses."""
     if not 1 <= workers <= 32768:
         raise ValueError("workers within 1..32768")
     a = _Asm()
     a.op(_ALU64 | _MOV | _X, R6, R1)
-    for off in (-24, -16, -8):                                   # the key area starts zeroed
+    for off in (-32, -24, -16, -8):                              # the key area starts zeroed
         a.op(_ST | _MEM | _DW, FP, 0, off, 0)
     a.op(_ALU64 | _MOV | _K, R8, 0, 0, 0)                        # base: the normal block
     a.op(_ALU64 | _MOV | _K, R9, 0, 0, 0)                        # hash input
@@ -103,15 +112,50 @@ def program(workers: int, fd4: int, fd6: int) -> bytes:
         a.op(_JMP | _CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
         a.jmp(_JMP | _JNE | _K, R0, "pick", 0)                   # cannot read it: not steered
 
-    def lookup(fd, hash_off):
+    def lookup(fd, hash_off, known):
         a.op(_LDX | _MEM | _W, R9, FP, hash_off)                 # the address word to hash
         a.ld_map(R1, fd)
         a.op(_ALU64 | _MOV | _X, R2, FP)
         a.op(_ALU64 | _ADD | _K, R2, 0, 0, -24)
         a.op(_JMP | _CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
         a.jmp(_JMP | _JEQ | _K, R0, "pick", 0)
-        a.op(_ALU64 | _MOV | _K, R8, 0, 0, workers)              # known: the priority block
-        a.jmp(_JMP | _JA, 0, "pick")
+        a.jmp(_JMP | _JA, 0, known if trust_fd >= 0 else "prio")
+
+    def key_v4(prefix):          # r1 = the folded address (or /24), as scoring.pxi folds it
+        a.op(_LDX | _MEM | _W, R1, FP, -20)
+        if prefix:
+            a.op(_ALU | _AND | _K, R1, 0, 0, 0xFFFFFF)
+
+    def key_v6(prefix):          # r1 = w0 ^ w1 ^ w2 ^ w3 (or w0 ^ (w1 & 0xFFFFFF): the /56)
+        a.op(_LDX | _MEM | _W, R1, FP, -20)
+        for off in ((-16,) if prefix else (-16, -12, -8)):
+            a.op(_LDX | _MEM | _W, R2, FP, off)
+            if prefix:
+                a.op(_ALU | _AND | _K, R2, 0, 0, 0xFFFFFF)
+            a.op(_ALU | _XOR | _X, R1, R2)
+
+    def bit(key, shift, base, clear):
+        """Jump to `clear` unless bit ((key * golden) >> shift) of the region at word `base`
+        is set (a missing element counts as clear)."""
+        key()
+        a.op(_ALU | _MUL | _K, R1, 0, 0, _GOLDEN - (1 << 32))
+        a.op(_ALU | _RSH | _K, R1, 0, 0, shift)
+        a.op(_ALU64 | _MOV | _X, R2, R1)
+        a.op(_ALU64 | _RSH | _K, R2, 0, 0, 6)
+        a.op(_ALU64 | _ADD | _K, R2, 0, 0, base)
+        a.op(_STX | _MEM | _W, FP, R2, -32)                      # the array index
+        a.op(_ALU64 | _AND | _K, R1, 0, 0, 63)
+        a.op(_STX | _MEM | _W, FP, R1, -28)                      # the bit in the word
+        a.ld_map(R1, trust_fd)
+        a.op(_ALU64 | _MOV | _X, R2, FP)
+        a.op(_ALU64 | _ADD | _K, R2, 0, 0, -32)
+        a.op(_JMP | _CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(_JMP | _JEQ | _K, R0, clear, 0)
+        a.op(_LDX | _MEM | _DW, R1, R0, 0)
+        a.op(_LDX | _MEM | _W, R2, FP, -28)
+        a.op(_ALU64 | _RSH | _X, R1, R2)
+        a.op(_ALU64 | _AND | _K, R1, 0, 0, 1)
+        a.jmp(_JMP | _JEQ | _K, R1, clear, 0)
 
     load(0, -24, 1)                                              # the version nibble
     a.op(_LDX | _MEM | _B, R7, FP, -24)
@@ -122,11 +166,22 @@ def program(workers: int, fd4: int, fd6: int) -> bytes:
     a.label("v4")
     a.op(_ST | _MEM | _W, FP, 0, -24, 32)                        # prefixlen
     load(12, -20, 4)                                             # saddr
-    lookup(fd4, -20)
+    lookup(fd4, -20, "known4")
     a.label("v6")
     a.op(_ST | _MEM | _W, FP, 0, -24, 128)
     load(8, -20, 16)
-    lookup(fd6, -8)                                              # hash the last word
+    lookup(fd6, -8, "known6")                                    # hash the last word
+    if trust_fd >= 0:
+        from pop53._core import TRUST_LAYOUT
+        words, _all, addr_shift, prefix_shift, _g = TRUST_LAYOUT
+        for v, key in (("4", key_v4), ("6", key_v6)):
+            # a prefix that is not strict: every address of it; a strict one: trusted only
+            a.label("known" + v)
+            bit(lambda: key(True), prefix_shift, words, "prio")
+            bit(lambda: key(False), addr_shift, 0, "pick")
+            a.jmp(_JMP | _JA, 0, "prio")
+    a.label("prio")
+    a.op(_ALU64 | _MOV | _K, R8, 0, 0, workers)                  # the priority block
     a.label("pick")
     # r0 = base + (hash32(word) % W): Fibonacci hashing spreads sources over the block
     a.op(_ALU | _MOV | _X, R0, R9)
@@ -136,6 +191,9 @@ def program(workers: int, fd4: int, fd6: int) -> bytes:
     a.op(_ALU64 | _ADD | _X, R0, R8)
     a.op(_JMP | _EXIT)
     return a.assemble()
+
+
+_GOLDEN = 0x9E3779B1
 
 
 _libc = None
@@ -154,10 +212,38 @@ def _bpf(cmd: int, attr: ctypes.Array) -> int:
     return r
 
 
-def _map(key_size: int, entries: int) -> int:
+def _map(key_size: int, entries: int, kind: int = _MAP_TYPE_LPM_TRIE, value_size: int = 1,
+         flags: int = _F_NO_PREALLOC) -> int:
     attr = ctypes.create_string_buffer(128)
-    struct.pack_into("<IIIII", attr, 0, _MAP_TYPE_LPM_TRIE, key_size, 1, max(1, entries), _F_NO_PREALLOC)
+    struct.pack_into("<IIIII", attr, 0, kind, key_size, value_size, max(1, entries), flags)
     return _bpf(_MAP_CREATE, attr)
+
+
+class TrustMap:
+    """The trust bits shared by the workers and the steering program: a BPF array map of
+    _core.TRUST_LAYOUT's words, mmapped (the Scorer writes it, Scorer.use_trust_buffer).
+    Raises EbpfUnavailable when the kernel does not allow it."""
+
+    def __init__(self):
+        import mmap
+        from pop53._core import TRUST_LAYOUT
+        words = TRUST_LAYOUT[1]
+        try:
+            self.fd = _map(4, words, _MAP_TYPE_ARRAY, 8, _F_MMAPABLE)
+        except OSError as exc:
+            raise EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
+        try:
+            self.buf = mmap.mmap(self.fd, words * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            os.close(self.fd)
+            raise EbpfUnavailable(f"mmap of the trust map: {exc.strerror}") from None
+
+    def close(self) -> None:
+        """Close the fd (the mapping and the programs keep the map); the mapping goes with
+        the last reference to `buf` (the Scorer's)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _update(fd: int, key: bytes) -> None:
@@ -186,7 +272,7 @@ def _load(insns: bytes) -> int:
         raise
 
 
-def load(workers: int, v4_keys, v6_keys) -> int:
+def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> int:
     """Build the tries from known /24 keys (the top 24 bits of the address) and /56 keys (the
     top 56 bits) and load the program; returns its fd (the caller closes it after attaching).
     Raises EbpfUnavailable when the kernel does not allow it."""
@@ -200,7 +286,7 @@ def load(workers: int, v4_keys, v6_keys) -> int:
             _update(fd4, struct.pack("<I", 24) + (k << 8).to_bytes(4, "big"))
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
-        return _load(program(workers, fd4, fd6))
+        return _load(program(workers, fd4, fd6, trust_fd))
     except OSError as exc:
         raise EbpfUnavailable(f"bpf(2): {exc.strerror}") from None
     finally:
@@ -208,10 +294,10 @@ def load(workers: int, v4_keys, v6_keys) -> int:
             os.close(fd)          # the loaded program holds its maps
 
 
-def attach(sock: socket.socket, workers: int, v4_keys, v6_keys) -> None:
+def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> None:
     """Load and attach the program to the group of 2 x `workers` sockets `sock` belongs to
     (attaching again replaces the group's program atomically)."""
-    fd = load(workers, v4_keys, v6_keys)
+    fd = load(workers, v4_keys, v6_keys, trust_fd)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", fd))
     except OSError as exc:

@@ -39,6 +39,12 @@ def families(workers):
          "overload drop"),
         ("pop53_scoring_overload_ticks", "overload_ticks", "Controller ticks that found a worker "
          "overloaded"),
+        ("pop53_scoring_known_untrusted", "untrusted", "Queries from a known prefix over its rate "
+         "classed normal because their address was not trusted (spoofed known sources)"),
+        ("pop53_scoring_known_demoted", "nx_demoted", "Queries from a known address classed normal "
+         "for mostly NXDOMAIN answers or its own rate (water torture it relays)"),
+        ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses of known prefixes trusted by "
+         "calm history or a valid server cookie"),
     ):
         c = CounterMetricFamily(name, doc)
         c.add_metric([], st[key])

@@ -73,6 +73,14 @@ class ScoringService:
         self.priority: dict[int, socket.socket] = {}     # normal socket's fd -> its priority socket
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
+        self.trust_map = None        # the kernel stage's trust bits (ebpf.TrustMap), with steer
+        if self.steer:
+            from pop53.scoring import ebpf
+            try:
+                self.trust_map = ebpf.TrustMap()
+                self.scorer.use_trust_buffer(self.trust_map.buf)
+            except ebpf.EbpfUnavailable as exc:
+                log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
         self.learner = None
         self.on_learned = None            # called with each new learned table (the feed's publisher)
         if settings.get("learn"):
@@ -133,6 +141,10 @@ class ScoringService:
         except OSError:
             pass
 
+    @property
+    def trust_fd(self) -> int:
+        return self.trust_map.fd if self.trust_map is not None else -1
+
     def worker(self, w, sock: socket.socket) -> None:
         """Give a new worker its priority socket (drained before every batch of `sock`)."""
         prio = self.priority.get(sock.fileno())
@@ -140,6 +152,8 @@ class ScoringService:
             w.set_priority(prio.fileno())
 
     def close(self) -> None:
+        if self.trust_map is not None:
+            self.trust_map.close()
         for s in self.priority.values():
             try:
                 s.close()
@@ -149,7 +163,7 @@ class ScoringService:
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
         from pop53.scoring import steer
-        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6)
+        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6, self.trust_fd)
         self.groups.append((group[0], workers))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
@@ -164,7 +178,7 @@ class ScoringService:
             if self.groups:
                 from pop53.scoring import steer
                 for sock, workers in self.groups:
-                    self.steering = steer.attach(sock, workers, known.v4, known.v6)
+                    self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd)
             if old is not None:
                 server.slot.retire(old)
 
@@ -203,6 +217,7 @@ class ScoringService:
         level of any worker and the matching shares."""
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
+                       "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
                        "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
         for w in workers:
@@ -211,7 +226,8 @@ class ScoringService:
             for k in ("admitted", "dropped", "nx_dropped"):
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
-            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks"):
+            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
+                      "untrusted", "nx_demoted", "trusted_marks"):
                 total[k] += st[k]
             total["queue_delay"] = [a + b for a, b in zip(total["queue_delay"], st["queue_delay"])]
             if st["level"] >= total["level"]:

@@ -15,6 +15,9 @@ LIMITS = {
     "recover": (32, 1, 1024),
     "delay_target_us": (2000, 1, 10_000_000),
     "nx_rate": (1000, 1, 1_000_000),
+    "known_addr_rate": (20000, 1, 1_000_000),
+    "trust_after_ms": (1000, 0, 86_400_000),
+    "known_nx_percent": (50, 1, 100),
 }
 
 
@@ -40,7 +43,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
         if not lo <= v <= hi:
             raise ConfigError(f"must be within {lo}..{hi}, got {v}", file=file, key=f"scoring.{name}")
         scorer[name] = v
-    for name in ("source_rate", "known_rate", "nx_rate"):
+    for name in ("source_rate", "known_rate", "nx_rate", "known_addr_rate"):
         if not 1 <= scorer[name] * scorer["window_ms"] // 1000 < 65535:
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")

@@ -1,0 +1,174 @@
+# Query scoring per ADDRESS inside known prefixes (issue 13; scoring.pxi has the classes and
+# the controller): a known prefix is a /24 or /56, and an attacker who knows it can spoof any
+# address in it, so sc_known_class judges the address too, from small shared and per-worker
+# filters, no lookup:
+#   trust    one bit per address slot (2^20), set when the address is seen again trust_after_ms
+#            into a calm stretch (no overload tick, nothing cut, its prefix not strict), or at
+#            once by a valid server cookie of ours; shared by the workers and, with the kernel
+#            stage, by the eBPF steering program (a mmapped BPF array map, scoring/ebpf.py)
+#   strict   one bit per prefix slot (2^18): the prefix has a trusted address, went over
+#            known_rate or holds a relaying address; only its trusted addresses are steered to
+#            the priority socket, and over known_rate only they are top
+#   per-address sketches of queries and NXDOMAIN answers (halved each window): an address
+#            whose answers are mostly NXDOMAIN (water torture it relays) or over known_addr_rate
+#            is demoted to normal
+# Both bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
+
+cdef extern from *:
+    """
+    #define p53_or_u64(p, v) __atomic_fetch_or((p), (v), __ATOMIC_RELAXED)
+    #define p53_and_u64(p, v) __atomic_fetch_and((p), (v), __ATOMIC_RELAXED)
+    static inline uint32_t p53_le32(const uint8_t* p) { uint32_t v; __builtin_memcpy(&v, p, 4); return v; }
+    """
+    uint64_t p53_or_u64(uint64_t* p, uint64_t v) nogil
+    uint64_t p53_and_u64(uint64_t* p, uint64_t v) nogil
+    uint32_t p53_le32(const uint8_t* p) nogil
+
+
+cdef inline uint32_t sc_addr_key(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """A source address folded to 32 bits as the kernel stage folds it (scoring/ebpf.py): the
+    IPv4 address read as a little-endian word; the XOR of an IPv6 address's four words."""
+    if alen == 4:
+        return p53_le32(a)
+    if alen == 16:
+        return p53_le32(a) ^ p53_le32(a + 4) ^ p53_le32(a + 8) ^ p53_le32(a + 12)
+    return 0
+
+
+cdef inline uint32_t sc_prefix_key(const uint8_t* a, uint32_t alen) noexcept nogil:
+    """The /24 (its three bytes) or /56 (word 0 XOR the next three bytes) folded the same way."""
+    if alen == 4:
+        return p53_le32(a) & 0xFFFFFF
+    if alen == 16:
+        return p53_le32(a) ^ (p53_le32(a + 4) & 0xFFFFFF)
+    return 0
+
+
+cdef inline uint32_t sc_golden(uint32_t key, int shift) noexcept nogil:
+    return <uint32_t>(key * <uint32_t>0x9E3779B1u) >> shift
+
+
+cdef inline bint sc_bit(const uint64_t* w, uint32_t i) noexcept nogil:
+    return (w[i >> 6] >> (i & 63)) & 1
+
+
+cdef uint32_t sc_addr_count(uint16_t (*sk)[4096], uint32_t key, bint add) noexcept nogil:
+    """A count-min sketch over exact addresses (two rows): count one (add) and/or estimate."""
+    cdef uint64_t h = mix64(<uint64_t>key | (<uint64_t>1 << 40))
+    cdef uint32_t i0 = <uint32_t>(h & (SC_COLS - 1)), i1 = <uint32_t>((h >> 32) & (SC_COLS - 1))
+    if add:
+        if sk[0][i0] < 65535:
+            sk[0][i0] += 1
+        if sk[1][i1] < 65535:
+            sk[1][i1] += 1
+    return sk[0][i0] if sk[0][i0] < sk[1][i1] else sk[1][i1]
+
+
+cdef void sc_addr_decay(sc_state_t* s) noexcept nogil:
+    """A new window for the per-address sketches: halved, not zeroed, so a demoted relaying
+    address stays demoted for a few windows instead of coming back top (and into the priority
+    socket) at every window."""
+    cdef int i
+    for i in range(SC_COLS):
+        s.asketch[0][i] >>= 1
+        s.asketch[1][i] >>= 1
+        s.nxsrc[0][i] >>= 1
+        s.nxsrc[1][i] >>= 1
+
+
+cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot, const uint8_t* a,
+                        uint32_t alen) noexcept nogil:
+    """History per address inside known prefixes: an address becomes trusted when it is seen
+    again trust_after_ms after its first sighting with no overload tick in between (a spoofed
+    address appears with an attack, and the attack makes the overload that resets it; a flood
+    the server absorbs still sends the prefix over known_rate, which restarts the first
+    sightings of its untrusted addresses).  Only while nothing is cut."""
+    cdef uint32_t now32 = <uint32_t>s.now_ms | 1, first, age
+    if s.trust_first == NULL or s.allow[SC_NORMAL] != SC_ONE:
+        return
+    first = s.trust_first[slot]
+    age = now32 - first
+    if first == 0 or <uint64_t>age > s.now_ms - s.last_over:
+        s.trust_first[slot] = now32            # first sighting in this calm stretch
+    elif age >= cfg.trust_after_ms:
+        p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+        sc_strict(s, a, alen)        # the prefix has history now: only trusted ones are steered
+        s.trusted_marks += 1
+
+
+cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
+    if s.trust != NULL and sc_bit(s.trust, slot):
+        p53_and_u64(&s.trust[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
+
+
+cdef inline void sc_trust_proven(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """A valid server cookie of ours proved the address (RFC 7873 §5.3): trust it at once, so
+    the kernel stage steers it to the priority socket even inside a strict prefix."""
+    cdef uint32_t slot
+    if s.trust == NULL or alen == 0:
+        return
+    slot = sc_golden(sc_addr_key(a, alen), SC_TRUST_SHIFT)
+    if not sc_bit(s.trust, slot):
+        p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+        s.trusted_marks += 1
+
+
+cdef void sc_prefix_over(sc_state_t* s, const uint8_t* a, uint32_t alen, uint32_t v) noexcept nogil:
+    """Raise the prefix's count in this window to at least v (both cells of its sketch)."""
+    cdef uint64_t h = mix64(sc_prefix_hash(a, alen))
+    cdef uint16_t w = <uint16_t>(v if v < 65535 else 65535)
+    if s.sketch[0][h & (SC_COLS - 1)] < w:
+        s.sketch[0][h & (SC_COLS - 1)] = w
+    if s.sketch[1][(h >> 32) & (SC_COLS - 1)] < w:
+        s.sketch[1][(h >> 32) & (SC_COLS - 1)] = w
+
+
+cdef inline void sc_strict(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Mark the address's prefix strict: the kernel stage steers only its trusted addresses."""
+    cdef uint32_t ps
+    if s.trust == NULL:
+        return
+    ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
+    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
+        p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+
+
+cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, const uint8_t* a,
+                        uint32_t alen) noexcept nogil:
+    """The class of a query from a known prefix (count: the prefix's queries in this window).
+    Per address: mostly NXDOMAIN answers (water torture it relays) or over known_addr_rate ->
+    normal and no longer trusted; within a prefix over known_rate (spoofed sources inside it)
+    only trusted addresses stay top, and the prefix is marked strict so the kernel stage steers
+    only its trusted addresses to the priority socket."""
+    cdef uint32_t key = sc_addr_key(a, alen)
+    cdef uint32_t acount = sc_addr_count(s.asketch, key, True)
+    cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
+    cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT)
+    cdef bint trusted = s.trust != NULL and sc_bit(s.trust, slot)
+    s.last_known = True
+    if (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share) \
+            or acount > cfg.known_addr_rate:
+        # demoted, and out of the priority socket in the kernel stage (its prefix strict, the
+        # address untrusted) until the overload is over
+        sc_untrust(s, slot)
+        sc_strict(s, a, alen)
+        # and its prefix counts as over its rate in this window: so the strict mark is not
+        # cleared by its neighbours' queries before a whole window passed without it
+        sc_prefix_over(s, a, alen, cfg.known_rate + 1)
+        if s.allow[SC_NORMAL] < SC_ONE:
+            # it will likely be cut, so its answer is not seen: count it as its last ones were
+            # (else its share of NXDOMAINs would fall by itself and it would come back top)
+            sc_addr_count(s.nxsrc, key, True)
+        s.nx_demoted += 1
+        return SC_NORMAL
+    if count <= cfg.known_rate:
+        if not trusted and s.trust != NULL:
+            sc_trust_mark(cfg, s, slot, a, alen)
+        return SC_TOP
+    sc_strict(s, a, alen)
+    if trusted:
+        return SC_TOP
+    if s.trust_first != NULL and s.trust_first[slot] != 0:
+        s.trust_first[slot] = 0     # its history starts again after its prefix calms down
+    s.untrusted += 1
+    return SC_NORMAL
