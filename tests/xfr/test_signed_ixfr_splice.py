@@ -3,7 +3,7 @@ the zone itself (NSEC3), so a name added or removed on the primary also adds or 
 owner and changes its neighbours' next hashes.  The name-by-name patcher turns such a change
 down; the publisher then compiles that zone alone and splices it into the image
 (xfr/wholepatch.py) instead of compiling every zone: the publisher's counters show each IXFR
-spliced and no full compile, and every image answers DO=1 queries exactly as a full compile of
+spliced and no full compile (a retransfer's AXFR too), and every image answers DO=1 queries exactly as a full compile of
 the same zones (a file zone beside it names the added host in its MX: a target crossing zones),
 with signatures that verify against the image's DNSKEY RRset."""
 from __future__ import annotations
@@ -81,3 +81,10 @@ def test_ixfr_adding_and_removing_names_of_a_signed_zone_is_spliced(knot_factory
     assert pub.stats["compiled"] == compiled, pub.stats
     # Knot may send the re-signing of a change as a second IXFR (patched: names kept)
     assert pub.stats["spliced"] >= spliced + 3, pub.stats
+    # a full transfer of the signed zone (retransfer): spliced as well
+    spliced, axfrs = pub.stats["spliced"], e.stats["xfr_in.axfr.ok"]
+    e.refresher.retransfer_now(ZONE)
+    wait_for(lambda: pub.stats["spliced"] > spliced and e.stats["xfr_in.axfr.ok"] > axfrs, 20,
+             what="the AXFR")
+    like_full(pub, images[-1])
+    assert pub.stats["compiled"] == compiled, pub.stats
