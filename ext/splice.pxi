@@ -220,12 +220,28 @@ cdef int _target(const uint8_t* base, const rrset_t* rs, uint32_t p, uint8_t* ln
     return k + 1
 
 
+cdef inline int _push(uint32_t** arr, size_t* n, size_t* cap, uint32_t v) noexcept nogil:
+    """Append v to a growable malloc'd array.  \\brief 0, or -1 when out of memory."""
+    cdef uint32_t* grown
+    if n[0] == cap[0]:
+        cap[0] = cap[0] * 2 if cap[0] else 64
+        grown = <uint32_t*>realloc(arr[0], cap[0] * 4)
+        if grown == NULL:
+            return -1
+        arr[0] = grown
+    arr[0][n[0]] = v
+    n[0] += 1
+    return 0
+
+
 def zone_ref_rrsets(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t ntab_mask,
-                    bytes origin not None):
+                    bytes origin not None, uint32_t seed):
     """A zone's NS/MX/SRV RRsets (rrset_t offsets, uint32 as bytes): (all of them, those with a
-    target outside the zone's name space, records of all, records of those).  pop53.zone.splice
-    keeps them per zone and image (an unchanged zone's stay where they were): only the foreign
-    ones can resolve into another zone unless a zone is nested in this one."""
+    target outside the zone's name space, records of all, records of those, the image hashes of
+    every suffix of those outside targets).  pop53.zone.splice keeps them per zone and image (an
+    unchanged zone's stay where they were): only the foreign ones can resolve into another zone
+    unless a zone is nested in this one, and only when a changed zone's origin is one of those
+    suffixes."""
     cdef const uint8_t* base = &buf[0]
     cdef const uint32_t* tab = <const uint32_t*>(base + ntab_off)
     cdef const uint8_t* org = origin
@@ -235,14 +251,16 @@ def zone_ref_rrsets(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t
     cdef uint32_t s, i, j, p, tlen, labels, l
     cdef uint8_t lname[256]
     cdef uint8_t loff[130]
-    cdef uint32_t* out[2]
-    cdef size_t n[2]
-    cdef size_t cap[2]
+    cdef uint32_t sh[130]
+    cdef uint32_t* out[3]
+    cdef size_t n[3]
+    cdef size_t cap[3]
     cdef uint64_t recs[2]
-    cdef uint32_t* grown
-    cdef int oom = 0, which, foreign
-    out[0] = out[1] = NULL
-    n[0] = n[1] = cap[0] = cap[1] = 0
+    cdef uint32_t off
+    cdef int oom = 0, foreign, inside
+    for l in range(3):
+        out[l] = NULL
+        n[l] = cap[l] = 0
     recs[0] = recs[1] = 0
     with nogil:
         for s in range(ntab_mask + 1):
@@ -260,24 +278,26 @@ def zone_ref_rrsets(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t
                     p += 2 + rd16(base + p)
                     if tlen == 0:
                         continue
-                    foreign = 1
+                    inside = 0
                     for l in range(labels + 1):
                         if tlen - loff[l] == olen:
-                            foreign = memcmp(lname + loff[l], org, olen) != 0
+                            inside = memcmp(lname + loff[l], org, olen) == 0
                             break
-                    if foreign:
-                        break
-                for which in range(1 + foreign):
-                    if n[which] == cap[which]:
-                        cap[which] = cap[which] * 2 if cap[which] else 64
-                        grown = <uint32_t*>realloc(out[which], cap[which] * 4)
-                        if grown == NULL:
+                    if inside:
+                        continue
+                    foreign = 1
+                    name_suffix_hashes(lname, tlen, loff, labels, seed, sh)
+                    for l in range(labels + 1):
+                        if _push(&out[2], &n[2], &cap[2], sh[l]) != 0:
                             oom = 1
-                            break
-                        out[which] = grown
-                    out[which][n[which]] = <uint32_t>(<const uint8_t*>&rs[i] - base)
-                    n[which] += 1
-                    recs[which] += rs[i].count
+                off = <uint32_t>(<const uint8_t*>&rs[i] - base)
+                if _push(&out[0], &n[0], &cap[0], off) != 0:
+                    oom = 1
+                recs[0] += rs[i].count
+                if foreign:
+                    if _push(&out[1], &n[1], &cap[1], off) != 0:
+                        oom = 1
+                    recs[1] += rs[i].count
                 if oom:
                     break
             if oom:
@@ -287,20 +307,36 @@ def zone_ref_rrsets(const uint8_t[::1] buf not None, uint32_t ntab_off, uint32_t
             raise MemoryError()
         return (PyBytes_FromStringAndSize(<char*>out[0], n[0] * 4) if n[0] else b"",
                 PyBytes_FromStringAndSize(<char*>out[1], n[1] * 4) if n[1] else b"",
-                recs[0], recs[1])
+                recs[0], recs[1],
+                PyBytes_FromStringAndSize(<char*>out[2], n[2] * 4) if n[2] else b"")
     finally:
-        free(out[0])
-        free(out[1])
+        for l in range(3):
+            free(out[l])
+
+
+cdef inline bint _in_sorted(const uint32_t[::1] a, uint32_t v) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = a.shape[0], mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < a.shape[0] and a[lo] == v
 
 
 def splice_fix_adds(uint8_t[::1] buf not None, const uint32_t[::1] rrsets not None,
+                    Py_ssize_t n_always, const uint32_t[::1] changed not None,
                     uint64_t area_off):
     """Give each listed NS/MX/SRV RRset (rrset_t offsets) of a spliced image the additional-
     target list a full compile of its zone set writes (compiler._compile, zonebuild.pxi
     _targets): per record in RDATA order, the target's node in the longest zone holding it, if
     that node has an A or AAAA, each node once.  A list that differs is written at area_off
-    onward (the old one becomes garbage).  The image's header, zones and zone table must be
-    final.  Returns (bytes written after area_off, lists rewritten)."""
+    onward (the old one becomes garbage).  The first n_always RRsets are always looked at (a
+    zone compiled alone); the others (unchanged zones) only when a target has a suffix whose
+    image hash is in `changed` (sorted: the changed zones' origins; else no target can have
+    moved).  The image's header, zones and zone table must be final.  Returns (bytes written
+    after area_off, lists rewritten)."""
     cdef uint8_t* base = &buf[0]
     cdef uint64_t size = buf.shape[0]
     cdef image_t img
@@ -314,8 +350,8 @@ def splice_fix_adds(uint8_t[::1] buf not None, const uint32_t[::1] rrsets not No
     cdef uint8_t loff[130]
     cdef uint32_t sh[130]
     cdef uint32_t* hits = <uint32_t*>malloc(4 * 65536)
-    cdef uint64_t cur = area_off, changed = 0
-    cdef int bad = 0
+    cdef uint64_t cur = area_off, rewritten = 0
+    cdef int bad = 0, hit
     img.base = base
     img.size = size
     img.hdr = h
@@ -333,6 +369,23 @@ def splice_fix_adds(uint8_t[::1] buf not None, const uint32_t[::1] rrsets not No
                 bad = 1
                 break
             rs = <rrset_t*>(base + rrsets[r])
+            if r >= n_always:
+                p = rs.rdata_off
+                hit = 0
+                for j in range(rs.count):
+                    k = _target(base, rs, p, lname, loff, &labels)
+                    p += 2 + rd16(base + p)
+                    if k == 0:
+                        continue
+                    name_suffix_hashes(lname, k, loff, labels, img.seed, sh)
+                    for m in range(labels + 1):
+                        if _in_sorted(changed, sh[m]):
+                            hit = 1
+                            break
+                    if hit:
+                        break
+                if not hit:
+                    continue
             p = rs.rdata_off
             nh = 0
             for j in range(rs.count):
@@ -357,7 +410,7 @@ def splice_fix_adds(uint8_t[::1] buf not None, const uint32_t[::1] rrsets not No
                     nh += 1
             if nh == rs.add_count and (nh == 0 or memcmp(base + rs.add_off, hits, 4 * nh) == 0):
                 continue
-            changed += 1
+            rewritten += 1
             if nh == 0:
                 rs.add_off = 0
                 rs.add_count = 0
@@ -374,4 +427,4 @@ def splice_fix_adds(uint8_t[::1] buf not None, const uint32_t[::1] rrsets not No
         raise ValueError("splice_fix_adds: RRset out of bounds")
     if bad == 2:
         raise ValueError("splice_fix_adds: no room for the lists")
-    return cur - area_off, changed
+    return cur - area_off, rewritten

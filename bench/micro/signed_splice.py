@@ -148,6 +148,7 @@ def main() -> None:
                 print(f"round {r} {how:6s}: {t:7.3f} s wall, {c:7.3f} s CPU  {counts}",
                       flush=True)
         image = len(s.zones.slot.current)
+        s.zones.saver.flush(120.0)     # the saved image is written in the background
         s.zones.stop()
     res = {"args": vars(a), "setup_s": round(setup, 1), "image_bytes": image,
            "load_before": [round(x, 2) for x in load0],

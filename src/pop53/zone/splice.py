@@ -43,20 +43,31 @@ _EMPTY = np.empty(0, np.uint32)
 
 
 class _Refs:
-    """One zone's NS/MX/SRV RRsets in one image (rrset_t offsets) and its record counts."""
-    __slots__ = ("all", "foreign", "n_all", "n_foreign", "counts")
+    """One zone's NS/MX/SRV RRsets in one image (rrset_t offsets), the image hashes of every
+    suffix of their targets outside the zone (sorted), and the zone's record counts."""
+    __slots__ = ("all", "foreign", "n_all", "n_foreign", "hashes", "counts")
 
     def __init__(self, refs: tuple, counts=None):
         self.all = np.frombuffer(refs[0], np.uint32)
         self.foreign = np.frombuffer(refs[1], np.uint32)
         self.n_all, self.n_foreign = refs[2], refs[3]
+        self.hashes = np.unique(np.frombuffer(refs[4], np.uint32))
         self.counts = counts        # (nodes, rrsets, records), found when first needed
 
     def moved(self, delta: int, counts) -> "_Refs":
-        out = _Refs((b"", b"", self.n_all, self.n_foreign), counts)
+        out = _Refs((b"", b"", self.n_all, self.n_foreign, b""), counts)
         out.all = (self.all.astype(np.int64) + delta).astype(np.uint32)
         out.foreign = (self.foreign.astype(np.int64) + delta).astype(np.uint32)
+        out.hashes = self.hashes
         return out
+
+    def touches(self, hashes: np.ndarray) -> bool:
+        """Whether a changed zone's origin (its hash in `hashes`) is a suffix of a target
+        outside this zone: else none of those targets can resolve differently."""
+        if not len(self.hashes) or not len(hashes):
+            return False
+        i = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+        return bool((self.hashes[i] == hashes).any())
 
 
 # image -> {zone key: _Refs}: found once per zone by a walk of its node table (~0.2 s for a
@@ -72,7 +83,7 @@ def _refs(image: Image, zones) -> dict[bytes, _Refs]:
     src = _u8(image._data)
     for key, z in zones:
         if key not in have:
-            have[key] = _Refs(_core.zone_ref_rrsets(src, z[5], z[6], key))
+            have[key] = _Refs(_core.zone_ref_rrsets(src, z[5], z[6], key, image.view.seed))
     return have
 
 
@@ -161,8 +172,16 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     nest_old = _holders(changed, set(index) - changed)      # unchanged zones holding a changed one
     nest_new = _holders(keys, set(put))                     # spliced zones holding another
     new_refs = {k: old_refs[k] for k, _z in zones if k not in changed}
-    fix = [new_refs[k].all if k in nest_old else new_refs[k].foreign for k in new_refs]
-    reserve = sum(new_refs[k].n_all if k in nest_old else new_refs[k].n_foreign for k in new_refs)
+    hashes = np.unique(np.array([_core.hash_name(k, seed) for k in changed], np.uint32))
+    keep, reserve = [], 0   # unchanged zones' RRsets that may resolve differently
+    for k, r in new_refs.items():
+        if k in nest_old:
+            keep.append(r.all)
+            reserve += r.n_all
+        elif r.touches(hashes):
+            keep.append(r.foreign)
+            reserve += r.n_foreign
+    fix = []                # the spliced zones' RRsets: always looked at, before `keep`
 
     # Sizes: the old image, each spliced region, the zone table and its hash table, then room
     # for the rewritten target lists.
@@ -227,9 +246,10 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     header = [b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, area, n_new, zones_off, ztab_off,
               ztab_size - 1, seed, h[9], h[10] + d_nodes, h[11] + d_rrsets, h[12] + d_records, 0]
     HEADER.pack_into(buf, 0, *header)
-    # the additional section as a full compile resolves it, across zones
-    cands = np.concatenate(fix) if fix else _EMPTY
-    used, rewritten = _core.splice_fix_adds(arr, cands, area)
+    # the additional section as a full compile resolves it, across zones; an unchanged zone's
+    # RRset only when a target lies at or below a changed zone's origin
+    cands = np.concatenate(fix + keep) if fix or keep else _EMPTY
+    used, rewritten = _core.splice_fix_adds(arr, cands, sum(len(a) for a in fix), hashes, area)
     total = area + used
     header[3] = total
     buf.release()
