@@ -73,6 +73,7 @@ def try_splice(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     plan = _plan(zs, only)
     if plan is None:
         return None
+    t_plan = time.monotonic()
     todo, removed = plan
     seed = image.view.seed
     put, serials, files, datas, bad = {}, {}, {}, {}, {}
@@ -134,7 +135,9 @@ def try_splice(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     if not put and not removed:
         _report(zs, bad, stand_ins)
         return bad
+    t_compile = time.monotonic()
     new = splice(image, put, [_key(n) for n in removed])
+    t_splice = time.monotonic()
     if new is None:
         log.info("zones compiled in full (%s)", splice.last_reason)
         return None
@@ -159,10 +162,13 @@ def try_splice(zs, only: str | None, parsed: dict | None = None) -> dict | None:
         keep = {n: e for n, e in zs.failed.items() if n not in gone and n not in files}
         zs.note_failed({**keep, **stand_ins})
         zs.counts["spliced"] += len(put)
+    t_publish = time.monotonic()
     _report(zs, bad, stand_ins)
     zs.save_cached(new, files)
-    log.info("reloaded %d zone(s) of %d (%d spliced, %d removed in %.3f s), generation %d",
+    log.info("reloaded %d zone(s) of %d (%d spliced, %d removed in %.3f s: files checked "
+             "%.3f, compiled %.3f, spliced %.3f, published %.3f), generation %d",
              len(todo), len(zs.config.zones), len(put), len(removed), time.monotonic() - t0,
+             t_plan - t0, t_compile - t_plan, t_splice - t_compile, t_publish - t_splice,
              zs.slot.generation)
     return bad
 
