@@ -24,7 +24,7 @@ from pop53.serve.loads import check_loads
 from pop53.serve.childcompile import ChildCompile
 from pop53.serve.saved import BackgroundSave, load_saved_image, save_image
 from pop53.serve.zonepatch import try_patch
-from pop53.serve.zonesplice import try_splice
+from pop53.serve.zonesplice import try_splice, warm
 from pop53.zone.compiler import CompilerUnavailable, compile_zone_data, load_or_fail, with_stand_ins
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file
@@ -56,6 +56,8 @@ class ZoneSet:
         self.waiting: list[str] = []
         # origin -> {path: sha256} of the files the served version was read from
         self.files: dict[str, dict] = {}
+        # origin -> (zone_dir, the stat of its files when their content last matched, self.files[origin])
+        self.file_stats: dict[str, tuple] = {}
         self.reload_failures = 0
         self.last_error: str | None = None
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
@@ -73,6 +75,8 @@ class ZoneSet:
         self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         self.saver = BackgroundSave()  # writes the saved image (serve/saved.py)
         slot.listeners.append(self._published)
+        # a splice's look-ups, ahead of the first reload (serve/zonesplice.py)
+        slot.listeners.append(lambda image, changed: warm(self, image, changed))
 
     @property
     def config(self) -> Config:
