@@ -22,6 +22,7 @@ from pop53.errors import Pop53Error, ZoneError
 from pop53.serve.imageslot import ImageSlot
 from pop53.serve.loads import check_loads
 from pop53.serve.childcompile import ChildCompile
+from pop53.serve.compact import Compactor
 from pop53.serve.saved import BackgroundSave, load_saved_image, save_image
 from pop53.serve.zonepatch import try_patch
 from pop53.serve.zonesplice import try_splice, warm
@@ -74,6 +75,8 @@ class ZoneSet:
         self.progress: dict | None = None
         self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         self.saver = BackgroundSave()  # writes the saved image (serve/saved.py)
+        # drops the garbage splices leave, in the background (serve/compact.py)
+        self.compactor = Compactor(self, ChildCompile())
         slot.listeners.append(self._published)
         # a splice's look-ups, ahead of the first reload (serve/zonesplice.py)
         slot.listeners.append(lambda image, changed: warm(self, image, changed))
@@ -98,6 +101,7 @@ class ZoneSet:
         """At process stop: a compile in flight is cancelled at once; a saved image being
         written is finished (bounded)."""
         self.child.stop()
+        self.compactor.child.stop()
         self.saver.flush(2.0)
 
     def record_failure(self, error: str) -> None:

@@ -38,7 +38,8 @@ log = logging.getLogger("pop53.server")
 
 # zone files bigger than this compile alone in a child process (their parse never in the server)
 CHILD_BYTES = 1 << 20
-# a replaced big zone stays in the image as garbage until a full compile: at most one more copy
+# a replaced zone stays in the image as garbage: serve/compact.py drops it in the background
+# past 1.5x the last full compile; past this, a reload compiles everything (at most 1.5 copies)
 SPLICE_GROWTH = 2.5
 
 
@@ -204,6 +205,7 @@ def try_splice(zs, only: str | None, parsed: dict | None = None) -> dict | None:
     t_publish = time.monotonic()
     _report(zs, bad, stand_ins)
     zs.save_cached(new, files)
+    zs.compactor.maybe()        # a replaced zone's old version is garbage (serve/compact.py)
     log.info("reloaded %d zone(s) of %d (%d spliced, %d removed in %.3f s: files checked "
              "%.3f, compiled %.3f, spliced %.3f, published %.3f), generation %d",
              len(todo), len(zs.config.zones), len(put), len(removed), time.monotonic() - t0,
