@@ -5,8 +5,9 @@ A splice appends the new version of a zone and leaves the old one in the image, 
 path only compiles everything again when the image has grown past SPLICE_GROWTH times its last
 full compile (serve/zonesplice.py).  Before that, once it has grown past COMPACT_AT times (at
 least a third of it garbage), a thread compiles the same zone files in a child process
-(serve/childcompile.py: its own, so a reload's big-zone compile is not held up) and publishes
-the result in place of the spliced image: the same zones, the same versions, no garbage.
+(serve/childcompile.py: its own, so a reload's big-zone compile is not held up, at a lower CPU
+priority) and publishes the result in place of the spliced image: the same zones, the same
+versions, no garbage.
 
 The compact image is only published if nothing changed while it compiled: no publish in the
 meantime (a reload, a config change), the same files read (a zone file edited but not reloaded
@@ -21,6 +22,7 @@ import threading
 import time
 
 from pop53.errors import Pop53Error, ZoneError
+from pop53.zone import arena
 from pop53.zone.compiler import CompilerUnavailable
 
 log = logging.getLogger("pop53.server")
@@ -64,6 +66,9 @@ class Compactor:
             log.info("compaction of the zone image not done: %s", exc)
             return
         files = {n: z["files"] for n, z in result["loaded"].items()}
+        # it is compacted because splices are happening: the next one starts from a memory
+        # file (zone/arena.py) copied here, not on that reload's path
+        arena.prepare(image)
         with zs.slot.lock:
             why = None
             if zs.slot.generation != generation:

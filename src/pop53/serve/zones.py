@@ -76,7 +76,7 @@ class ZoneSet:
         self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         self.saver = BackgroundSave()  # writes the saved image (serve/saved.py)
         # drops the garbage splices leave, in the background (serve/compact.py)
-        self.compactor = Compactor(self, ChildCompile())
+        self.compactor = Compactor(self, ChildCompile(nice=10))
         slot.listeners.append(self._published)
         # a splice's look-ups, ahead of the first reload (serve/zonesplice.py)
         slot.listeners.append(lambda image, changed: warm(self, image, changed))

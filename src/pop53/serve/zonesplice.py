@@ -39,8 +39,10 @@ log = logging.getLogger("pop53.server")
 # zone files bigger than this compile alone in a child process (their parse never in the server)
 CHILD_BYTES = 1 << 20
 # a replaced zone stays in the image as garbage: serve/compact.py drops it in the background
-# past 1.5x the last full compile; past this, a reload compiles everything (at most 1.5 copies)
-SPLICE_GROWTH = 2.5
+# past 1.5x the last full compile; past this, a reload compiles everything.  3.5: a big zone
+# replaced twice before the compaction of the first is done still splices (the full compile
+# of a million-record zone set on the reload's path is seconds)
+SPLICE_GROWTH = 3.5
 
 
 def _plan(zs, only: str | None):
