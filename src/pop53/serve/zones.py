@@ -57,8 +57,7 @@ class ZoneSet:
         self.waiting: list[str] = []
         # origin -> {path: sha256} of the files the served version was read from
         self.files: dict[str, dict] = {}
-        # origin -> (zone_dir, the stat of its files when their content last matched, self.files[origin])
-        self.file_stats: dict[str, tuple] = {}
+        self.file_stats: dict[str, tuple] = {}    # serve/zonesplice.unchanged's stat cache
         self.reload_failures = 0
         self.last_error: str | None = None
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
@@ -75,11 +74,9 @@ class ZoneSet:
         self.progress: dict | None = None
         self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         self.saver = BackgroundSave()  # writes the saved image (serve/saved.py)
-        # drops the garbage splices leave, in the background (serve/compact.py)
-        self.compactor = Compactor(self, ChildCompile(nice=10))
+        self.compactor = Compactor(self, ChildCompile(nice=10))   # drops splices' garbage
         slot.listeners.append(self._published)
-        # a splice's look-ups, ahead of the first reload (serve/zonesplice.py)
-        slot.listeners.append(lambda image, changed: warm(self, image, changed))
+        slot.listeners.append(lambda image, changed: warm(self, image, changed))  # splice look-ups
 
     @property
     def config(self) -> Config:

@@ -87,7 +87,9 @@ def unchanged(zs, name: str, path: str, zone_dir: str | None) -> bool:
     """Whether the files of zone `name` (its master file `path` and what it $INCLUDEs) are those
     its served version was read from.  By content (issue 14 point 9), but a file whose stat is
     the one seen, settled, at its last hash is not read again: `ctl reload` with a 1M-record
-    zone among 1,000 hashed ~30 MB in ~1,000 files each time (0.12-0.15 s measured)."""
+    zone among 1,000 hashed ~30 MB in ~1,000 files each time (0.12-0.15 s measured).
+    zs.file_stats: origin -> (zone_dir, the stat of its files when their content last matched,
+    zs.files[origin] then)."""
     files = zs.files.get(name)
     if not files or os.path.abspath(path) not in files:
         return False
