@@ -40,20 +40,27 @@ class Compactor:
 
     def maybe(self) -> bool:
         """After a splice: start a compaction if the image holds enough garbage and none is
-        running.  Returns whether one started."""
+        running (one running compacts again if a splice published meanwhile).  Returns whether
+        one started."""
+        if not self._due() or (self.thread is not None and self.thread.is_alive()):
+            return False
+        self.thread = threading.Thread(target=self._loop, name="pop53-compact", daemon=True)
+        self.thread.start()
+        return True
+
+    def _due(self) -> bool:
         zs = self.zs
         image = zs.slot.current
         if image is None or not zs.full_size or len(image) <= COMPACT_AT * zs.full_size:
             return False
-        if zs.reload_hook is not None or any(z.file is None for z in zs.config.zones):
-            return False
-        if self.thread is not None and self.thread.is_alive():
-            return False
-        self.thread = threading.Thread(target=self._run, name="pop53-compact", daemon=True)
-        self.thread.start()
-        return True
+        return zs.reload_hook is None and all(z.file is not None for z in zs.config.zones)
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
+        while self._run() and not self.child.stopping and self._due():
+            pass
+
+    def _run(self) -> bool:
+        """One compaction; True when it was dropped for a publish meanwhile (try again)."""
         zs = self.zs
         t0 = time.monotonic()
         generation, before = zs.slot.generation, len(zs.slot.current)
@@ -64,7 +71,7 @@ class Compactor:
                                                cfg.zone_dir)
         except (CompilerUnavailable, Pop53Error, ZoneError, OSError) as exc:
             log.info("compaction of the zone image not done: %s", exc)
-            return
+            return False
         files = {n: z["files"] for n, z in result["loaded"].items()}
         # it is compacted because splices are happening: the next one starts from a memory
         # file (zone/arena.py) copied here, not on that reload's path
@@ -84,8 +91,9 @@ class Compactor:
                     why = str(exc)
         if why is not None:
             log.info("compacted zone image dropped: %s", why)
-            return
+            return zs.slot.generation != generation
         self.done += 1
         log.info("zone image compacted: %d -> %d bytes in %.1f s (the garbage of replaced "
                  "zones dropped), generation %d", before, len(image), time.monotonic() - t0,
                  zs.slot.generation)
+        return False
