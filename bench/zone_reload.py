@@ -263,8 +263,8 @@ class Pop53Baseline(Pop53):
     control socket."""
     key = "pop53-baseline"
 
-    def __init__(self, work: Path, zones: list[str], src: str):
-        super().__init__(work, zones)
+    def __init__(self, work: Path, zones: list[str], src: str, big: int = 0):
+        super().__init__(work, zones, big)      # the same zones, the big one too
         self.src = src
 
     def env(self):
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     servers = [pop, Pop53Socket(pop), Pop53SocketAll(pop), Knot(work / "knot", zones, args.big),
                NSD(work / "nsd", zones, args.big)]
     if args.baseline:
-        servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline))
+        servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline, args.big))
     started = []
     cases = {"small": {s.key: [] for s in servers}}
     if args.big:
