@@ -27,8 +27,11 @@ from pop53.zone.compiler import CompilerUnavailable
 
 log = logging.getLogger("pop53.server")
 
-# compact in the background once the image is this many times its last full compile
+# compact in the background once the image is this many times its last full compile, and at
+# least COMPACT_MIN bytes over it (a small image is compiled again in-process when it passes
+# SPLICE_GROWTH, which costs less than a child process)
 COMPACT_AT = 1.5
+COMPACT_MIN = 16 << 20
 
 
 class Compactor:
@@ -51,9 +54,12 @@ class Compactor:
     def _due(self) -> bool:
         zs = self.zs
         image = zs.slot.current
-        if image is None or not zs.full_size or len(image) <= COMPACT_AT * zs.full_size:
+        if image is None or not zs.full_size or len(image) <= COMPACT_AT * zs.full_size \
+                or len(image) - zs.full_size < COMPACT_MIN:
             return False
-        return zs.reload_hook is None and all(z.file is not None for z in zs.config.zones)
+        # zone sets compiled in-process keep their parsed zones (zs.data), which the
+        # published child compile would drop: those reach the full compile instead
+        return zs.isolate_compile()
 
     def _loop(self) -> None:
         while self._run() and not self.child.stopping and self._due():
