@@ -7,7 +7,7 @@ from __future__ import annotations
 from pop53.zone import arena
 from pop53.zone.compiler import compile_zone_data
 from pop53.zone.images import Image, load_image
-from pop53.zone.splice import splice
+from pop53.zone.splice import _zones, splice
 
 from tests.zone.test_splice import ALL, ORIGINS, SEED, alone, check, key, zone
 
@@ -53,3 +53,24 @@ def test_chain_keeps_every_image_and_answers_as_a_full_compile(tmp_path):
     check(loaded, list(datas.values()))
     assert len(cur) == len(Image(cur._data, full_check=True))
     assert set(ALL) - {"z1.test."} <= set(cur.zones())
+
+
+def test_a_write_below_the_old_size_reaches_the_next_image():
+    """Whatever a splice writes below the old size (not only the header it declares) is held
+    privately by its image and copied into the next one (found in /proc/self/pagemap)."""
+    datas = {o: zone(o, 1) for o in ORIGINS}
+    first = compile_zone_data(list(datas.values()), seed=SEED)
+    # z2's first version: garbage once z2 is replaced
+    z2 = [z for k, z in _zones(first._data) if k == key("z2.test.")][0]
+    datas["z2.test."] = zone("z2.test.", 2)
+    s1 = splice(first, {key("z2.test."): alone(datas["z2.test."])})
+    draft = arena.Draft(s1, len(s1))
+    off = z2[5] + 4 * z2[6] // 2          # inside z2's old node table
+    draft.arr[off] ^= 0xA5
+    s2 = draft.finish([(0, 64)])
+    assert bytes(s1)[off] != bytes(s2)[off]
+    assert arena.has_file(s2)
+    draft = arena.Draft(s2, len(s2) + 4096)
+    assert draft.arr[off] == bytes(s2)[off]
+    datas["z4.test."] = zone("z4.test.", 3)
+    check(splice(s2, {key("z4.test."): alone(datas["z4.test."])}), list(datas.values()))

@@ -11,8 +11,9 @@ image is a private copy-on-write mapping of it:
 - the file's bytes below an image's size are never written again once that image exists: an
   older image still being answered from reads them;
 - a new image maps the file privately at its new size, gets back the pages its predecessor
-  holds privately (the header page: `pages`), writes the new header there (copying one page)
-  and its tail (the spliced zones and tables) past the old size;
+  holds privately (`pages`: the header page, and any other page a splice wrote below its old
+  size, found in /proc/self/pagemap), writes the new header there (copying one page) and its
+  tail (the spliced zones and tables) past the old size;
 - `finish` writes the tail into the file and drops the mapping's private copies of it, so the
   next image maps the same pages.
 
@@ -112,10 +113,14 @@ class Draft:
         self.arr[self.old_size:] = 0
 
     def finish(self, written: list[tuple[int, int]] | None) -> Image:
-        """The image (its checks: the header and the zone table).  `written`: the byte ranges
-        below the old size the splice wrote (the header), or None when it cannot say (the next
-        splice then copies the image into a new file)."""
+        """The image (its checks: the header and the zone table).  The pages below the old size
+        it holds privately are found in /proc/self/pagemap (whatever the splice wrote there);
+        without it, `written` says: the byte ranges below the old size the splice wrote, or
+        None when it cannot say.  The next splice copies those pages from this image, or, when
+        they are many or unknown, copies the image into a new file."""
         total = len(self.arr)
+        n_old = -(-self.old_size // PAGE)
+        private = _private_pages(self.arr, n_old)
         tail = memoryview(self.map)[self.old_size:total]
         done = 0
         while done < len(tail):
@@ -126,10 +131,33 @@ class Draft:
         if first < total:
             self.map.madvise(mmap.MADV_DONTNEED, first, total - first)
         image = Image(self.arr, built=True)
-        if written is not None:
-            pages = set(self.pages)
+        pages = set(self.pages)
+        if private is not None:
+            pages.update(private.tolist())
+        elif written is not None:
             for lo, hi in written:
                 pages.update(range(lo // PAGE, (hi - 1) // PAGE + 1))
+        else:
+            return image
+        if len(pages) <= max(64, n_old // 8):
             with _LOCK:
                 _CHAIN[image] = (self.file, frozenset(pages))
         return image
+
+
+def _private_pages(arr: np.ndarray, n: int) -> np.ndarray | None:
+    """The page numbers among the first n of `arr`'s mapping (page-aligned) that this process
+    holds privately, copied on write (Linux /proc/self/pagemap: present and not a file page,
+    or swapped); None when that cannot be read."""
+    addr = arr.__array_interface__["data"][0]
+    try:
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek(addr // PAGE * 8)
+            raw = f.read(8 * n)
+    except OSError:
+        return None
+    if len(raw) != 8 * n or addr % PAGE:
+        return None
+    e = np.frombuffer(raw, np.uint64)
+    present, swapped, file_page = (e >> 63) & 1, (e >> 62) & 1, (e >> 61) & 1
+    return np.flatnonzero(((present == 1) & (file_page == 0)) | (swapped == 1))
