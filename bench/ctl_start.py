@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .zone_reload import REPO, Knot, Pop53, names
+from .zone_reload import REPO, Knot, Pop53, cli_env, names
 
 
 def _time(argv, env) -> float:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     work = Path(args.work)
     zones = names(10)
     pop, knot = Pop53(work / "pop53", zones), Knot(work / "knot", zones)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env(work / "pycache")      # byte-compiled once, as an installed package is
     sock = str(pop.work / "pop53.sock")
     script = shutil.which("pop53", path=os.path.dirname(sys.executable)) or "pop53"
     # scripts/pop53-ctl as installed: beside a `pop53` console script naming this interpreter

@@ -126,13 +126,18 @@ class Server:
             self.log.close()
 
     def reload(self, zone: str) -> None:
-        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=900)
+        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=900,
+                       env=self.cli_env())
+
+    def cli_env(self):
+        return None
 
     def add_zone(self, zone: str) -> None:
         """The zone's file is written; the configuration gains it, then the reload command."""
         self.zones.append(zone)
         self.configure()
-        subprocess.run(self.add_command(), check=True, capture_output=True, timeout=900)
+        subprocess.run(self.add_command(), check=True, capture_output=True, timeout=900,
+                       env=self.cli_env())
 
 
 class Knot(Server):
@@ -185,6 +190,15 @@ class NSD(Server):
         return ["nsd-control", "-c", str(self.work / "nsd.conf"), "reconfig"]
 
 
+def cli_env(pycache: Path) -> dict:
+    """The environment of a pop53 CLI run: this tree's sources, byte-compiled once into
+    `pycache` as pip byte-compiles an installed package (with PYTHONDONTWRITEBYTECODE, as on
+    this machine, every start would compile them again: ~20 ms at load 7)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 class Pop53(Server):
     key = "pop53"
 
@@ -210,6 +224,9 @@ class Pop53(Server):
             shutil.copyfile(REPO / "scripts" / "pop53-ctl", bin_ / "pop53-ctl")
             (bin_ / "pop53-ctl").chmod(0o755)
         return str(bin_ / "pop53-ctl")
+
+    def cli_env(self):
+        return cli_env(self.work / "pycache")
 
     def command(self, zone):
         return [self.ctl(), "-s", str(self.work / "pop53.sock"), "zone-reload", zone]
