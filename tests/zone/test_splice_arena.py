@@ -74,3 +74,19 @@ def test_a_write_below_the_old_size_reaches_the_next_image():
     assert draft.arr[off] == bytes(s2)[off]
     datas["z4.test."] = zone("z4.test.", 3)
     check(splice(s2, {key("z4.test."): alone(datas["z4.test."])}), list(datas.values()))
+
+
+def test_two_splices_of_the_same_image():
+    """A second splice of an image already spliced (its successor in the same memory file
+    extends past it) goes to a new file: the first result keeps its bytes."""
+    datas = {o: zone(o, 1) for o in ORIGINS}
+    first = compile_zone_data(list(datas.values()), seed=SEED)
+    # tails of several pages (a tail within the page the old image ends in stays private)
+    za = zone("z1.test.", 2, "".join(f"a{i} IN A 192.0.2.{i % 250}\n" for i in range(300)))
+    zb = zone("z1.test.", 3, "".join(f"b{i} IN TXT \"other {i}\"\n" for i in range(300)))
+    a = splice(first, {key("z1.test."): alone(za)})
+    was = bytes(a)
+    b = splice(first, {key("z1.test."): alone(zb)})
+    assert bytes(a) == was
+    check(a, list({**datas, "z1.test.": za}.values()))
+    check(b, list({**datas, "z1.test.": zb}.values()))

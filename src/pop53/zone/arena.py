@@ -65,12 +65,16 @@ def _u8(data) -> np.ndarray:
 
 
 def _file_of(image: Image) -> tuple[_File, frozenset]:
+    """The memory file `image` is in and its private pages; a new file with a copy of it when
+    it is in none, or when an image in its file already extends past it (a second splice of the
+    same image would write its tail over that image's)."""
+    n = len(image)
     with _LOCK:
         have = _CHAIN.get(image)
-    if have is not None:
-        return have
+        if have is not None and not any(f is have[0] and len(other) > n
+                                        for other, (f, _p) in list(_CHAIN.items())):
+            return have
     f = _File("pop53-image")
-    n = len(image)
     f.grow(n)
     view = memoryview(_u8(image._data)[:n])
     done = 0
@@ -78,7 +82,8 @@ def _file_of(image: Image) -> tuple[_File, frozenset]:
         done += os.pwrite(f.fd, view[done:], done)
     have = (f, frozenset())
     with _LOCK:
-        return _CHAIN.setdefault(image, have)
+        _CHAIN[image] = have
+    return have
 
 
 def prepare(image: Image) -> None:
