@@ -18,16 +18,16 @@ across zones; `_core.splice_cross_refs` counts them before and after).
 """
 from __future__ import annotations
 
-import struct
 import weakref
 
 import numpy as np
 
 from pop53 import _core
-from pop53.zone.compiler import (CHECKSUM_OFFSET, HEADER, ZONE, _MAX_IMAGE, _align4,
+from pop53.zone.compiler import (HEADER, ZONE, _MAX_IMAGE, _align4,
                                  _fill_zone_table, _pow2_at_least)
+from pop53.zone.arena import Draft
 from pop53.zone.images import Image
-from pop53.zone.patchkit import _SPARE, _is_below, _next_size
+from pop53.zone.patchkit import _is_below
 
 _SIGNED = _core.ZONE_FLAGS["SIGNED"]
 
@@ -153,13 +153,10 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     if total > _MAX_IMAGE:
         raise _Fallback("image would exceed the format's 4 GiB limit")
 
-    # into the spare buffer the patcher keeps faulted in (patchkit._Spare): a fresh 100 MB
-    # costs its page faults, which dominate a small splice into a big image
-    arr = _SPARE.take(total)
-    if arr is None:
-        arr = np.empty(total, np.uint8)
-    arr[:h[3]] = np.frombuffer(src, np.uint8, count=h[3])
-    arr[h[3]:] = 0
+    # old's bytes are not copied: a copy-on-write mapping of the memory file they are in
+    # (zone/arena.py; fastsplice14), so a splice costs its own zones, not the image
+    draft = Draft(old, total)
+    arr = draft.arr
     buf = memoryview(arr)
     d_nodes = d_rrsets = d_records = 0
     records = {i: zones[i][1] for i in order}
@@ -203,8 +200,8 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, total, n_new,
                      zones_off, ztab_off, ztab_size - 1, seed, h[9], h[10] + d_nodes,
                      h[11] + d_rrsets, h[12] + d_records, 0)
-    struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
-    new = Image(buf, full_check=False)
+    # below the old size only the header was written, unless a zone moved in the zone table
+    new = draft.finish(None if moved else [(0, HEADER.size)])
     # the spliced zones must not name targets in other zones either (checked on the result)
     marked = np.zeros(n_new, np.uint8)
     for k in put:
@@ -212,7 +209,6 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     if _cross(arr, new_refs, keys, marked):
         raise _Fallback("an additional-section target crosses zones")
     _REFS[new] = new_refs
-    _SPARE.refill(_next_size(total))
     return new
 
 
