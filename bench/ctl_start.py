@@ -4,7 +4,9 @@ point 13): what an operator waits for, interpreter start-up included.
     python3 -m bench.ctl_start --runs 21 [--baseline /work/main/src]
 
 Starts a pop53 server (10 small zones) and knotd on loopback, then runs, interleaved, each
-command `--runs` times and reports medians: `pop53 ctl status` (the installed console script),
+command `--runs` times and reports medians: `pop53-ctl status` (scripts/pop53-ctl, the launcher
+that runs the client under `python -S`, set up as pip installs it), `pop53 ctl status` (the
+installed console script),
 `python3 -m pop53 ctl status`, the same from a --baseline tree, `knotc status`, and the
 interpreter alone (`python3 -c pass`, and `-S` without site-packages' .pth files).  Not a test:
 nothing asserts a time.
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .zone_reload import REPO, Knot, Pop53, names
+from .zone_reload import REPO, Knot, Pop53, cli_env, names
 
 
 def _time(argv, env) -> float:
@@ -39,10 +41,20 @@ def main(argv=None) -> int:
     work = Path(args.work)
     zones = names(10)
     pop, knot = Pop53(work / "pop53", zones), Knot(work / "knot", zones)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env = cli_env(work / "pycache")      # byte-compiled once, as an installed package is
     sock = str(pop.work / "pop53.sock")
     script = shutil.which("pop53", path=os.path.dirname(sys.executable)) or "pop53"
+    # scripts/pop53-ctl as installed: beside a `pop53` console script naming this interpreter
+    # (what pip writes), in a directory of its own
+    bin_ = work / "bin"
+    bin_.mkdir(parents=True, exist_ok=True)
+    (bin_ / "pop53").write_text(f"#!{sys.executable}\n")
+    launcher = bin_ / "pop53-ctl"
+    shutil.copyfile(REPO / "scripts" / "pop53-ctl", launcher)
+    launcher.chmod(0o755)
     cmds = {
+        "pop53-ctl status (scripts/pop53-ctl: python -S)": ([str(launcher), "-s", sock,
+                                                              "status"], env),
         "pop53 ctl status (console script)": ([script, "ctl", "-s", sock, "status"], env),
         "python3 -m pop53 ctl status": ([sys.executable, "-m", "pop53", "ctl", "-s", sock,
                                          "status"], env),
@@ -50,6 +62,11 @@ def main(argv=None) -> int:
         "python3 -c pass": ([sys.executable, "-c", "pass"], None),
         "python3 -S -c pass (no site-packages .pth)": ([sys.executable, "-S", "-c", "pass"], None),
     }
+    installed = shutil.which("pop53-ctl", path=os.path.dirname(sys.executable))
+    if installed and b"python" in Path(installed).read_bytes().split(b"\n", 1)[0]:
+        # a console script (`#!/path/python`, site and its .pth files run): before the launcher
+        cmds["pop53-ctl status (pip console script: site runs)"] = (
+            [installed, "-s", sock, "status"], env)
     if args.baseline:
         cmds["python3 -m pop53 ctl status (--baseline tree)"] = (
             [sys.executable, "-m", "pop53", "ctl", "-s", sock, "status"],
@@ -84,8 +101,25 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines))
+    _plot(times, out.with_suffix(".png"), load_after[0])
     print("\n".join(lines))
     return 0
+
+
+def _plot(times: dict, path: Path, load: float) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(times)
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(keys) + 1.2))
+    ax.barh(range(len(keys)), [statistics.median(times[k]) * 1000 for k in keys],
+            color=["tab:red" if k.startswith("knotc") else "tab:blue" for k in keys])
+    ax.set_yticks(range(len(keys)), keys, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("median wall time of the whole command (ms)")
+    ax.set_title(f"pop53 ctl start beside knotc (load {load:.1f})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ A round picks a zone at random, rewrites its file with the next serial in every 
 then, one server after the other (the order rotates each round), runs that server's reload
 command for the zone and polls the zone's SOA over UDP (every 1 ms) until the new serial is
 answered: the time is from just before the command starts to that answer.  pop53 is measured
-two ways: `python3 -m pop53 ctl zone-reload ZONE` (what an operator types; it includes the
-Python interpreter's start-up, ~0.1-0.3 s here) and the same command sent on the control socket
-from this process (what knotc and nsd-control, small C programs, cost).  Medians over the
+two ways: `pop53-ctl zone-reload ZONE` (what an operator types: scripts/pop53-ctl set up as pip
+installs it, which runs the client under `python -S`; it includes the interpreter's start-up)
+and the same command sent on the control socket from this process (what knotc and
+nsd-control, small C programs, cost).  Medians over the
 rounds; the machine's load average is recorded before and after.  Not a test: nothing here
 asserts a time.
 
@@ -125,13 +126,18 @@ class Server:
             self.log.close()
 
     def reload(self, zone: str) -> None:
-        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=900)
+        subprocess.run(self.command(zone), check=True, capture_output=True, timeout=900,
+                       env=self.cli_env())
+
+    def cli_env(self):
+        return None
 
     def add_zone(self, zone: str) -> None:
         """The zone's file is written; the configuration gains it, then the reload command."""
         self.zones.append(zone)
         self.configure()
-        subprocess.run(self.add_command(), check=True, capture_output=True, timeout=900)
+        subprocess.run(self.add_command(), check=True, capture_output=True, timeout=900,
+                       env=self.cli_env())
 
 
 class Knot(Server):
@@ -184,6 +190,15 @@ class NSD(Server):
         return ["nsd-control", "-c", str(self.work / "nsd.conf"), "reconfig"]
 
 
+def cli_env(pycache: Path) -> dict:
+    """The environment of a pop53 CLI run: this tree's sources, byte-compiled once into
+    `pycache` as pip byte-compiles an installed package (with PYTHONDONTWRITEBYTECODE, as on
+    this machine, every start would compile them again: ~20 ms at load 7)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONPYCACHEPREFIX=str(pycache))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 class Pop53(Server):
     key = "pop53"
 
@@ -199,13 +214,25 @@ class Pop53(Server):
     def env(self):
         return dict(os.environ, PYTHONPATH=str(REPO / "src"))
 
+    def ctl(self) -> str:
+        """scripts/pop53-ctl as pip installs it: beside a `pop53` console script naming this
+        interpreter; it runs the client under `python -S` (docs/splice-publish.md)."""
+        bin_ = self.work / "bin"
+        if not (bin_ / "pop53-ctl").exists():
+            bin_.mkdir(parents=True, exist_ok=True)
+            (bin_ / "pop53").write_text(f"#!{sys.executable}\n")
+            shutil.copyfile(REPO / "scripts" / "pop53-ctl", bin_ / "pop53-ctl")
+            (bin_ / "pop53-ctl").chmod(0o755)
+        return str(bin_ / "pop53-ctl")
+
+    def cli_env(self):
+        return cli_env(self.work / "pycache")
+
     def command(self, zone):
-        return [sys.executable, "-m", "pop53", "ctl", "-s", str(self.work / "pop53.sock"),
-                "zone-reload", zone]
+        return [self.ctl(), "-s", str(self.work / "pop53.sock"), "zone-reload", zone]
 
     def add_command(self):
-        return [sys.executable, "-m", "pop53", "ctl", "-s", str(self.work / "pop53.sock"),
-                "reload"]
+        return [self.ctl(), "-s", str(self.work / "pop53.sock"), "reload"]
 
 
 class Pop53Socket(Pop53):
@@ -253,8 +280,8 @@ class Pop53Baseline(Pop53):
     control socket."""
     key = "pop53-baseline"
 
-    def __init__(self, work: Path, zones: list[str], src: str):
-        super().__init__(work, zones)
+    def __init__(self, work: Path, zones: list[str], src: str, big: int = 0):
+        super().__init__(work, zones, big)      # the same zones, the big one too
         self.src = src
 
     def env(self):
@@ -304,7 +331,7 @@ def main(argv=None) -> int:
     servers = [pop, Pop53Socket(pop), Pop53SocketAll(pop), Knot(work / "knot", zones, args.big),
                NSD(work / "nsd", zones, args.big)]
     if args.baseline:
-        servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline))
+        servers.append(Pop53Baseline(work / "pop53-baseline", zones, args.baseline, args.big))
     started = []
     cases = {"small": {s.key: [] for s in servers}}
     if args.big:
@@ -366,7 +393,7 @@ def main(argv=None) -> int:
     return 0
 
 
-LABELS = {"pop53": "pop53 (`pop53 ctl ...` CLI)",
+LABELS = {"pop53": "pop53 (`pop53-ctl ...` CLI: scripts/pop53-ctl, python -S)",
           "pop53-socket": "pop53 (the same command on the control socket, no CLI start-up)",
           "pop53-socket-all": "pop53 (`reload` on the control socket: config + every zone hashed)",
           "pop53-baseline": "pop53 before (`zone-reload` on the control socket, --baseline tree)",

@@ -70,14 +70,15 @@ FLAGS = {
 
 
 cdef class ImageView:
-    """A validated, read-only view of a compiled image held in any buffer (bytes, mmap)."""
+    """A validated, read-only view of a compiled image held in any buffer (bytes, mmap).  full:
+    the check level (image_open: 1 every record, 0 tables and checksum, 2 header and zones)."""
     cdef image_t img
     cdef Py_buffer view
     cdef bint has_view
     cdef readonly object owner
     cdef object zslots             # img.zslot's storage (observe.pxi: ZoneStats.label)
 
-    def __cinit__(self, object data, bint full=True):
+    def __cinit__(self, object data, int full=1):
         cdef int rc
         self.has_view = False
         PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)

@@ -290,11 +290,15 @@ cdef uint32_t image_checksum(const uint8_t* base, uint64_t size) noexcept nogil:
     return ck_final(&s, base + n, size - n, size)
 
 
-cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, bint full) noexcept nogil:
-    """Validate an image and fill the view.  full: every node, name and RDATA is checked
-    (O(records)); otherwise the header, the tables (every slot points inside the image) and the
-    checksum are (for saved images: fast, and corruption changes the checksum).
+cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, int level) noexcept nogil:
+    """Validate an image and fill the view.  level 1 (full): every node, name and RDATA is
+    checked (O(records)); level 0: the header, the tables (every slot points inside the image)
+    and the checksum (for saved images: fast, and corruption changes the checksum); level 2: the
+    header and the zone table only, for an image spliced in this process from parts checked when
+    they were compiled (pop53.zone.arena: no pass over ~100 MB on the reload's path; its
+    checksum is written when it is saved).
     \brief 0, or a negative step number telling which check failed."""
+    cdef bint full = level == 1
     cdef const img_header_t* h
     cdef const zone_t* z
     cdef const uint32_t* tab
@@ -314,7 +318,7 @@ cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, bint full)
         return -6
     if (h.ztab_mask + 1) & h.ztab_mask or h.n_zones > h.ztab_mask:
         return -6       # a power of two with at least one empty slot: probing terminates
-    if not full and image_checksum(base, size) != h.checksum:
+    if level == 0 and image_checksum(base, size) != h.checksum:
         return -15
     tab = <const uint32_t*>(base + h.ztab_off)
     for s in range(h.ztab_mask + 1):
@@ -337,6 +341,8 @@ cdef int image_open(image_t* img, const uint8_t* base, uint64_t size, bint full)
             return -11
         if z.flags & Z_SIGNED and dnssec_check(base, size, z, h.n_zones, full) != 0:
             return -16
+        if level == 2:
+            continue
         tab = <const uint32_t*>(base + z.ntab_off)
         count = 0
         for s in range(z.ntab_mask + 1):

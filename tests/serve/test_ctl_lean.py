@@ -85,3 +85,31 @@ def test_help_and_bad_arguments_go_to_the_full_parser(capsys):
     with pytest.raises(SystemExit) as e:
         ctlclient.main(["-h"])
     assert e.value.code == 0 and "zone-reload" in capsys.readouterr().out
+
+
+LAUNCHER = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "pop53-ctl")
+
+
+def test_launcher_runs_the_client_under_dash_s(control, tmp_path):
+    """scripts/pop53-ctl as installed: beside the `pop53` console script, whose interpreter it
+    runs with -S (no site-packages .pth files); the full CLI (help) still works under -S."""
+    path, seen = control
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    # an interpreter that records its options, named like one (the launcher checks the name)
+    rec = bin_ / "python-rec"
+    rec.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "args"}\nexec {sys.executable} "$@"\n')
+    rec.chmod(0o755)
+    (bin_ / "pop53").write_text(f"#!{rec}\nraise SystemExit('not this one')\n")
+    ctl = bin_ / "pop53-ctl"
+    ctl.write_bytes(open(LAUNCHER, "rb").read())
+    ctl.chmod(0o755)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(ctlclient.__file__)))
+    env = dict(os.environ, PYTHONPATH=src)
+    r = subprocess.run([str(ctl), "-s", path, "zones"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["a.test.", "serial", "7", "ok"] and seen == ["zones"]
+    assert (tmp_path / "args").read_text().split()[:2] == ["-S", str(ctl)]
+    r = subprocess.run([str(ctl), "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "zone-reload" in r.stdout, r.stderr

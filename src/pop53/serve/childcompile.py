@@ -17,7 +17,10 @@ from pop53.zone.images import Image, load_image
 
 
 class ChildCompile:
-    def __init__(self):
+    def __init__(self, nice: int = 0):
+        """nice: the child's scheduling priority is lowered by this much (a background
+        compaction, serve/compact.py, yields the CPU to serving and reloads)."""
+        self.nice = nice
         self.stopping = False
         self._child = None      # the compiler process in flight
         self._path = None       # the image it writes
@@ -48,6 +51,11 @@ class ChildCompile:
 
     def _started(self, proc) -> None:
         self._child = proc
+        if self.nice:
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, min(19, os.nice(0) + self.nice))
+            except OSError:
+                pass
         if self.stopping:
             proc.kill()
 

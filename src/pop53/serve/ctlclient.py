@@ -1,6 +1,8 @@
 """The control socket's client side: the commands, one request and its reply, and the reply
-for a human.  `pop53 ctl` imports only this (and json and socket): its start is part of what an
-operator waits for after a reload (issue 14 points 2 and 13), like `knotc`.
+for a human.  `pop53 ctl` imports only this (and the C modules _socket and _json): its start is
+part of what an operator waits for after a reload (issue 14 points 2 and 13), like `knotc`.
+The `socket` and `json` packages would pull in enum and re (~20 ms of a ~40 ms start under -S,
+measured); `--json` output and a reply that does not parse still use json.
 
 `main` is the lean entry (`python3 -m pop53 ctl ...` and the `pop53-ctl` script come here
 without argparse or the server's modules); anything it does not parse itself (help, a bad
@@ -8,9 +10,9 @@ option, zone-flush) goes to the full command line (pop53.cli.ctl), which prints 
 """
 from __future__ import annotations
 
-import json
-import socket
 import sys
+
+import _socket
 
 RELOADS = ("reload", "zone-reload")
 COMMANDS = ("reload", "status", "zones", "stats", "xfr", "refresh", "retransfer", "zone-status",
@@ -27,7 +29,8 @@ def send(path: str, cmd: str, timeout: float | None = 60.0) -> dict:
     """One command, its reply.  OSError: the socket cannot be reached; NoReply: it was reached
     but the reply did not come within `timeout` seconds (None: wait as long as it takes, for a
     reload)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         s.settimeout(5.0)
         s.connect(path)
         s.settimeout(timeout)
@@ -36,12 +39,37 @@ def send(path: str, cmd: str, timeout: float | None = 60.0) -> dict:
         while not data.endswith(b"\n"):
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise NoReply(f"no reply to {cmd.split()[0]!r} within {timeout:.0f} s") from None
             if not chunk:
                 break
             data += chunk
-    return json.loads(data)
+    finally:
+        s.close()
+    return loads(data)
+
+
+class _Plain:
+    """What json's C scanner reads from its decoder: the defaults of json.loads."""
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
+                      "-Infinity": float("-inf")}.__getitem__
+
+
+def loads(data: bytes):
+    """json.loads of the server's one-line reply, through json's own C scanner (no `re`)."""
+    try:
+        from _json import make_scanner
+        text = data.decode()
+        value, end = make_scanner(_Plain)(text, 0)
+        if text[end:].strip() == "":
+            return value
+    except (ImportError, StopIteration, UnicodeDecodeError, ValueError):
+        pass
+    import json
+    return json.loads(data)     # the same value, or json's own error
 
 
 def _rows(rows: list[tuple]) -> list[str]:
@@ -182,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def emit(command: str, reply: dict, as_json: bool) -> None:
     if as_json:
+        import json
         json.dump(reply, sys.stdout, indent=2)
         print()
     else:
@@ -189,5 +218,8 @@ def emit(command: str, reply: dict, as_json: bool) -> None:
 
 
 def _full(argv: list[str]) -> int:
+    if sys.flags.no_site:     # scripts/pop53-ctl runs under -S: the full CLI needs site-packages
+        import site
+        site.main()
     from pop53.cli import full_main
     return full_main(["ctl", *argv])

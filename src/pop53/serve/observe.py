@@ -53,7 +53,7 @@ class Observe:
 
     def label(self, image) -> None:
         """Before `image` is published: its zone index -> counter slot table."""
-        self.zones.label(image.view, list(image.zones()))
+        self.zones.label(image.view, image.zone_names())
 
     def stop(self) -> None:
         if self.dnstap is not None:

@@ -22,9 +22,10 @@ from pop53.errors import Pop53Error, ZoneError
 from pop53.serve.imageslot import ImageSlot
 from pop53.serve.loads import check_loads
 from pop53.serve.childcompile import ChildCompile
+from pop53.serve.compact import Compactor
 from pop53.serve.saved import BackgroundSave, load_saved_image, save_image
 from pop53.serve.zonepatch import try_patch
-from pop53.serve.zonesplice import try_splice
+from pop53.serve.zonesplice import try_splice, warm
 from pop53.zone.compiler import CompilerUnavailable, compile_zone_data, load_or_fail, with_stand_ins
 from pop53.zone.images import Image
 from pop53.zone.zonefile import ZoneData, load_zone_file
@@ -56,6 +57,7 @@ class ZoneSet:
         self.waiting: list[str] = []
         # origin -> {path: sha256} of the files the served version was read from
         self.files: dict[str, dict] = {}
+        self.file_stats: dict[str, tuple] = {}    # serve/zonesplice.unchanged's stat cache
         self.reload_failures = 0
         self.last_error: str | None = None
         # set when the transfer engine owns the image (pop53.xfr.secondary.build): a reload
@@ -72,7 +74,9 @@ class ZoneSet:
         self.progress: dict | None = None
         self.child = ChildCompile()    # big zone sets compile there; stop() cancels it
         self.saver = BackgroundSave()  # writes the saved image (serve/saved.py)
+        self.compactor = Compactor(self, ChildCompile(nice=10))   # drops splices' garbage
         slot.listeners.append(self._published)
+        slot.listeners.append(lambda image, changed: warm(self, image, changed))  # splice look-ups
 
     @property
     def config(self) -> Config:
@@ -94,6 +98,7 @@ class ZoneSet:
         """At process stop: a compile in flight is cancelled at once; a saved image being
         written is finished (bounded)."""
         self.child.stop()
+        self.compactor.child.stop()
         self.saver.flush(2.0)
 
     def record_failure(self, error: str) -> None:

@@ -27,16 +27,15 @@ than one zone, a zone count out of range, and an image past the format's 4 GiB.
 """
 from __future__ import annotations
 
-import struct
 import weakref
 
 import numpy as np
 
 from pop53 import _core
-from pop53.zone.compiler import (CHECKSUM_OFFSET, HEADER, ZONE, _MAX_IMAGE, _align4,
+from pop53.zone.compiler import (HEADER, ZONE, _MAX_IMAGE, _align4,
                                  _fill_zone_table, _pow2_at_least)
+from pop53.zone.arena import Draft
 from pop53.zone.images import Image
-from pop53.zone.patchkit import _SPARE, _next_size
 
 _SIGNED = _core.ZONE_FLAGS["SIGNED"]
 _EMPTY = np.empty(0, np.uint32)
@@ -202,13 +201,10 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     if area + 4 * reserve > _MAX_IMAGE:
         raise _Fallback("image would exceed the format's 4 GiB limit")
 
-    # into the spare buffer the patcher keeps faulted in (patchkit._Spare): a fresh 100 MB
-    # costs its page faults, which dominate a small splice into a big image
-    arr = _SPARE.take(area + 4 * reserve)
-    if arr is None:
-        arr = np.empty(area + 4 * reserve, np.uint8)
-    arr[:h[3]] = np.frombuffer(src, np.uint8, count=h[3])
-    arr[h[3]:] = 0
+    # old's bytes are not copied: a copy-on-write mapping of the memory file they are in
+    # (zone/arena.py; fastsplice14), so a splice costs its own zones, not the image
+    draft = Draft(old, area + 4 * reserve)
+    arr = draft.arr
     buf = memoryview(arr)
     d_nodes = d_rrsets = d_records = 0
     records = {i: zones[i][1] for i in order}
@@ -248,22 +244,24 @@ def _splice(old: Image, put: dict[bytes, Image], remove: set) -> Image:
     HEADER.pack_into(buf, 0, *header)
     # the additional section as a full compile resolves it, across zones; an unchanged zone's
     # RRset only when a target lies at or below a changed zone's origin
-    cands = np.concatenate(fix + keep) if fix or keep else _EMPTY
-    used, rewritten = _core.splice_fix_adds(arr, cands, sum(len(a) for a in fix), hashes, area)
+    keep_cands = np.concatenate(keep) if keep else _EMPTY
+    cands = np.concatenate(fix + [keep_cands]) if fix else keep_cands
+    used, rewritten = _core.splice_fix_adds(arr, cands, len(cands) - len(keep_cands), hashes,
+                                            area)
     total = area + used
     header[3] = total
+    HEADER.pack_into(buf, 0, *header)
     buf.release()
-    # the image holds the numpy array, not a memoryview: an exported memoryview in an
-    # unreachable cycle crashes the garbage collector (zone/incremental.py patch_image)
-    arr = arr[:total]
-    HEADER.pack_into(arr, 0, *header)
-    struct.pack_into("<I", arr, CHECKSUM_OFFSET, _core.checksum(arr))
-    new = Image(arr, full_check=False)
+    draft.arr = arr[:total]        # the room not used for target lists is not the image's
+    # below the old size: the header, a moved zone's nodes, unchanged zones' rewritten RRsets
+    # (rrset_t, 24 bytes); the arena reads the pages from /proc/self/pagemap when it can
+    written = None if moved or len(keep_cands) > 4096 else \
+        [(0, HEADER.size)] + [(o, o + 24) for o in keep_cands.tolist()]
+    new = draft.finish(written)
     _REFS[new] = new_refs
     splice.last_stats = {"zones": len(put), "removed": len(remove), "signed":
                          sum(1 for z, _h in put_zone.values() if z[3] & _SIGNED),
                          "targets_checked": len(cands), "lists_rewritten": rewritten}
-    _SPARE.refill(_next_size(total))
     return new
 
 
