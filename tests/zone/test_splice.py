@@ -30,13 +30,13 @@ def alone(data, expired=()) -> Image:
     return compile_zone_data([data], seed=SEED, expired=expired)
 
 
-def answers(image, origins) -> list[bytes]:
+def answers(image, origins, names=NAMES, types=TYPES) -> list[bytes]:
     r = _core.Responder()
     out = []
     for o in origins:
-        for n in NAMES:
+        for n in names:
             qname = o if n == "@" else f"{n}.{o}"
-            for t in TYPES:
+            for t in types:
                 q = dns.message.make_query(qname, t)
                 q.id = 7
                 out.append(_core.answer(image.view, q.to_wire(), r, True)[1])

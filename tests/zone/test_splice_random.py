@@ -6,15 +6,15 @@ name answers byte for byte as a full compile of the resulting zone set, and the 
 list and counts agree."""
 from __future__ import annotations
 
-import dns.message
 import dns.name
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pop53 import _core
 from pop53.zone.compiler import compile_zone_data
 from pop53.zone.images import Image
 from pop53.zone.splice import splice
 from pop53.zone.zonefile import zone_from_bytes
+
+from tests.zone.test_splice import answers as splice_answers, key
 
 SEED = 0x0BADCAFE
 ORIGINS = ["t.", "a.t.", "b.a.t.", "c.t.", "u."]
@@ -51,19 +51,7 @@ def parse(origin: str, text: str):
 
 
 def answers(image) -> list[bytes]:
-    r = _core.Responder()
-    out = []
-    for o in ORIGINS:
-        for name in [o] + [f"{l}.{o}" for l in LABELS] + [f"ns.{l}.{o}" for l in LABELS]:
-            for t in TYPES:
-                q = dns.message.make_query(name, t)
-                q.id = 1
-                out.append(_core.answer(image.view, q.to_wire(), r, True)[1])
-    return out
-
-
-def key(o: str) -> bytes:
-    return dns.name.from_text(o).to_wire()
+    return splice_answers(image, ORIGINS, ["@", *LABELS, *(f"ns.{l}" for l in LABELS)], TYPES)
 
 
 @st.composite
