@@ -122,6 +122,7 @@ cdef class Worker:
     cdef uint64_t ring_head        # written by the worker
     cdef uint64_t ring_tail        # written by the control plane
     cdef sc_state_t sc             # query scoring: sketch, controller, counters (scoring.pxi)
+    cdef kstamp_t kst              # sampled receive stamps (kstamp.pxi)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -153,6 +154,19 @@ cdef class Worker:
         if self.running:
             raise RuntimeError("worker already running")
         self.pfd = fd
+
+    def sample_stamps(self, int every):
+        """Kernel receive stamps on one receive batch in `every` (kstamp.pxi); the socket must
+        have SO_TIMESTAMPNS on.  0 or 1: every batch as the socket is set."""
+        if self.running:
+            raise RuntimeError("worker already running")
+        self.kst.every = every if every > 0 else 0
+        self.kst.count = 0
+        self.kst.on = 1
+
+    @property
+    def stamp_every(self):
+        return self.kst.every if self.kst.every > 1 else 1
 
     cdef int _receive(self, int* rfd) noexcept nogil:
         """One batch: the priority socket first (never waited on), then the normal socket;
@@ -225,6 +239,7 @@ cdef class Worker:
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
+            kstamp_gate(&self.kst, self.fd)
             n = self._receive(&rfd)
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
@@ -233,6 +248,7 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            kstamp_done(&self.kst)
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)

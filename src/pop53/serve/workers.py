@@ -31,6 +31,7 @@ class Workers:
         self.responder = responder
         self.limiter = limiter            # one RRL table for all UDP workers (TCP is never limited)
         self.scoring = scoring            # pop53.scoring.service.ScoringService or None
+        self.stamp_every = 1              # UDP receive batches per stamped one (bind)
         self.workers: list[_core.Worker] = []
         self.udp_socks: list[socket.socket] = []
         self.tcp_socks: list[socket.socket] = []
@@ -46,6 +47,9 @@ class Workers:
 
     # -- sockets -------------------------------------------------------------------------------
     def bind(self, config: Config) -> None:
+        # kernel receive stamps on one batch in N (ext/kstamp.pxi); scoring reads every batch's
+        self.stamp_every = (config.receive_timestamp_every if config.receive_timestamps and
+                            self.scoring is None else 1)
         for addr in config.listen:
             try:
                 self._bind(addr, config)
@@ -107,6 +111,7 @@ class Workers:
         self._control_plane = control_plane
         for i, s in enumerate(self.udp_socks):
             w = _core.Worker(s.fileno(), i, True)
+            w.sample_stamps(self.stamp_every)
             if self.scoring is not None:
                 self.scoring.worker(w, s)   # its priority socket, drained first
             self.workers.append(w)
