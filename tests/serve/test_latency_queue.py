@@ -24,6 +24,21 @@ def _le(families, name, bound: str) -> float:
     return metric(families, name, proto="udp", le=bound)
 
 
+def _queue_while_stopped(s, c, qid0: int) -> None:
+    """No reader for PAUSE seconds: N queries wait in the socket's receive queue, then the
+    worker runs again and answers them all."""
+    w, t = s.workers[0], s.net.threads[0]
+    w.stop()
+    t.join(2)
+    assert not t.is_alive()
+    for i in range(N):
+        c.sendto(make_query("www.example.com.", "A", qid=qid0 + i), s.addresses[0])
+    time.sleep(PAUSE)
+    s.net.threads[0] = s.net._thread(0, w, t.name)
+    s.net.threads[0].start()
+    assert len({c.recv(4096)[:2] for _ in range(N)}) == N
+
+
 def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
     mport = free_port()
     s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
@@ -31,20 +46,9 @@ def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
                                                       receive_timestamp_every=1)))
     try:
         addr = s.addresses[0]
-        w, t = s.workers[0], s.net.threads[0]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
-            # no reader for PAUSE seconds: the queries wait in the socket's receive queue
-            w.stop()
-            t.join(2)
-            assert not t.is_alive()
-            for i in range(N):
-                c.sendto(make_query("www.example.com.", "A", qid=i + 1), addr)
-            time.sleep(PAUSE)
-            s.net.threads[0] = s.net._thread(0, w, t.name)
-            s.net.threads[0].start()
-            got = {c.recv(4096)[:2] for _ in range(N)}
-            assert len(got) == N
+            _queue_while_stopped(s, c, 1)
             # and N more with no queue
             for i in range(N):
                 c.sendto(make_query("www.example.com.", "A", qid=1000 + i), addr)
@@ -91,7 +95,6 @@ def test_sampled_stamps_count_one_batch_in_n_and_keep_the_queue():
                                                       receive_timestamp_every=4)))
     try:
         addr = s.addresses[0]
-        w, t = s.workers[0], s.net.threads[0]
         m = ("127.0.0.1", mport)
         total = "pop53_answer_latency_total_seconds"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
@@ -104,15 +107,7 @@ def test_sampled_stamps_count_one_batch_in_n_and_keep_the_queue():
             assert _le(scrape(m), total, "+Inf") == 10
             assert metric(scrape(m), "pop53_answer_latency_total_sample_every", proto="udp") == 4
             # the 41st batch is stamped: N queries queued for PAUSE seconds, read in one batch
-            w.stop()
-            t.join(2)
-            assert not t.is_alive()
-            for i in range(N):
-                c.sendto(make_query("www.example.com.", "A", qid=100 + i), addr)
-            time.sleep(PAUSE)
-            s.net.threads[0] = s.net._thread(0, w, t.name)
-            s.net.threads[0].start()
-            assert len({c.recv(4096)[:2] for _ in range(N)}) == N
+            _queue_while_stopped(s, c, 100)
         assert wait_for(lambda: _le(scrape(m), total, "+Inf") == 10 + N, 5)
         assert _le(scrape(m), total, "0.134217728") <= 10, "the queued batch waited >= 0.27 s"
     finally:
