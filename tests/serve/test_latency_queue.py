@@ -24,6 +24,13 @@ def _le(families, name, bound: str) -> float:
     return metric(families, name, proto="udp", le=bound)
 
 
+def _server(mport: int, **server_keys) -> Server:
+    """One UDP worker on the example zone, metrics on mport."""
+    return start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
+                                                         metrics=f"127.0.0.1:{mport}",
+                                                         **server_keys)))
+
+
 def _queue_while_stopped(s, c, qid0: int) -> None:
     """No reader for PAUSE seconds: N queries wait in the socket's receive queue, then the
     worker runs again and answers them all."""
@@ -41,9 +48,7 @@ def _queue_while_stopped(s, c, qid0: int) -> None:
 
 def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
     mport = free_port()
-    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
-                                                      metrics=f"127.0.0.1:{mport}",
-                                                      receive_timestamp_every=1)))
+    s = _server(mport, receive_timestamp_every=1)
     try:
         addr = s.addresses[0]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
@@ -69,9 +74,7 @@ def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
 
 def test_receive_timestamps_off_leaves_the_total_empty():
     mport = free_port()
-    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
-                                                      metrics=f"127.0.0.1:{mport}",
-                                                      receive_timestamps=False)))
+    s = _server(mport, receive_timestamps=False)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
@@ -90,9 +93,7 @@ def test_sampled_stamps_count_one_batch_in_n_and_keep_the_queue():
     read with SO_TIMESTAMPNS off, ext/kstamp.pxi), and a stamped batch still carries the time
     its queries stood in the socket's queue."""
     mport = free_port()
-    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
-                                                      metrics=f"127.0.0.1:{mport}",
-                                                      receive_timestamp_every=4)))
+    s = _server(mport, receive_timestamp_every=4)
     try:
         addr = s.addresses[0]
         m = ("127.0.0.1", mport)
