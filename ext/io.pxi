@@ -60,6 +60,9 @@ cdef extern from "p53_sys.h" nogil:
     void p53_store_int(int* p, int v)
     size_t p53_reply_control(msghdr* m)
 
+cdef extern from "p53_wake.h" nogil:
+    void p53_wake(int fd)
+
 cdef enum:
     BATCH = 64
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
@@ -122,10 +125,13 @@ cdef class Worker:
     cdef uint64_t ring_head        # written by the worker
     cdef uint64_t ring_tail        # written by the control plane
     cdef sc_state_t sc             # query scoring: sketch, controller, counters (scoring.pxi)
+    cdef kstamp_t kst              # sampled receive stamps (kstamp.pxi)
+    cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
         self.pfd = -1
+        self.wake_fd = -1
         self.index = index
         self.control_enabled = control
         memset(&self.st, 0, sizeof(stats_t))
@@ -153,6 +159,24 @@ cdef class Worker:
         if self.running:
             raise RuntimeError("worker already running")
         self.pfd = fd
+
+    def set_wake(self, int fd):
+        """An eventfd written whenever a control-plane message is set aside (take_control), so
+        the housekeeping thread need not poll for them; -1: none."""
+        self.wake_fd = fd
+
+    def sample_stamps(self, int every):
+        """Kernel receive stamps on one receive batch in `every` (kstamp.pxi); the socket must
+        have SO_TIMESTAMPNS on.  0 or 1: every batch as the socket is set."""
+        if self.running:
+            raise RuntimeError("worker already running")
+        self.kst.every = every if every > 0 else 0
+        self.kst.count = 0
+        self.kst.on = 1
+
+    @property
+    def stamp_every(self):
+        return self.kst.every if self.kst.every > 1 else 1
 
     cdef int _receive(self, int* rfd) noexcept nogil:
         """One batch: the priority socket first (never waited on), then the normal socket;
@@ -225,6 +249,7 @@ cdef class Worker:
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
+            kstamp_gate(&self.kst, self.fd)
             n = self._receive(&rfd)
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
@@ -233,6 +258,7 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            kstamp_done(&self.kst)
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
@@ -295,6 +321,7 @@ cdef class Worker:
                         memcpy(&cm.addr, &self.addrs[i], sizeof(sockaddr_storage))
                         cm.addrlen = self.rmsgs[i].msg_hdr.msg_namelen
                         p53_store_u64(&self.ring_head, self.ring_head + 1)
+                        p53_wake(self.wake_fd)
                         continue
                     # ring full: the fallback reply goes out instead
                 if self.st.dt != NULL:      # dnstap: sampled, copied to the ring (dnstap.pxi)

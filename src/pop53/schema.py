@@ -219,9 +219,11 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("tcp_max_control_connections", "integer", 64, "TCP connections handed to the control plane "
       "(NOTIFY, AXFR/IXFR, TSIG) held at once; a handoff past it is closed (docs/tcp.md)")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
- .key("receive_timestamps", "boolean", True, "the kernel's receive time of each UDP query (SO_TIMESTAMPNS) "
+ .key("receive_timestamps", "boolean", True, "the kernel's receive time of UDP queries (SO_TIMESTAMPNS) "
       "for pop53_answer_latency_total_seconds, the latency with the socket's queue (docs/dnstap.md; "
-      "about 0.17 us of kernel CPU per datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
+      "about 0.12-0.17 us of kernel CPU per stamped datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
+ .key("receive_timestamp_every", "integer 1..65536", 16, "stamp the queries of one UDP receive batch in "
+      "N (the histogram is a sample; 1: every query); with [scoring] every batch is stamped")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
       "support: a warning and the socket path")
