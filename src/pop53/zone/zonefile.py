@@ -188,6 +188,37 @@ class ZoneData:
         return None
 
 
+def guess_file_origin(path: str, chunk: int = 1 << 20) -> dns.name.Name:
+    """_guess_origin of the file at path (as text mode reads it), a chunk of lines at a time:
+    the first $ORIGIN, else the first SOA with an absolute owner.  A big file is never held
+    whole (`pop53 serve --zone FILE` held a million-name signed zone twice, as bytes and as
+    text, before its compile: issue 12)."""
+    soa = None
+    carry = ""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        while True:
+            block = f.read(chunk)
+            text = carry + block
+            end = text.rfind("\n") + 1 if block else len(text)     # whole lines, all at EOF
+            pos = text.find("$", 0, end)     # find: memchr speed; the regex tries every line
+            while pos != -1:
+                m = _ORIGIN_RE.match(text, pos, end) if pos == 0 or text[pos - 1] == "\n" \
+                    else None
+                if m:
+                    return dns.name.from_text(m.group(1))
+                pos = text.find("$", pos + 1, end)
+            if soa is None:
+                soa = _SOA_RE.search(text, 0, end)
+                soa = soa and soa.group(1)
+            if not block:
+                break
+            # the last whole line again with the rest: a match that spans the cut is found
+            carry = text[text.rfind("\n", 0, max(end - 1, 0)) + 1:]
+    if soa:
+        return dns.name.from_text(soa)
+    return _guess_origin("", path)       # its error
+
+
 def _guess_origin(text, path: str) -> dns.name.Name:
     """From $ORIGIN or an absolute SOA owner; `text` is str or (no CR in it) the file's bytes."""
     b = not isinstance(text, str)
