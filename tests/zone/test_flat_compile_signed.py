@@ -90,6 +90,18 @@ def test_signed_parent_child_and_unsigned_in_one_image(signed):
     assert len(_blocks(img)) == 2
 
 
+def test_signed_zones_through_the_compiler_child(signed, tmp_path):
+    """The cold load's path: `python -m pop53.zone.compiler` streams the image to its file
+    (imagefile.compile_to_file, consuming the columns) and the server maps it."""
+    files = [(str(signed[v].path), signed[v].origin) for v in ("optout", "child")]
+    out = tmp_path / "z.img"
+    res = compiler.compile_files_isolated(files, str(out), seed=5)
+    assert sorted(res["loaded"]) == sorted(o for _, o in files) and not res["failed"]
+    ref = pop53.compile_zone_data([zonefile.load_zone_file(p, o) for p, o in files], seed=5)
+    assert out.read_bytes() == bytes(ref)
+    assert len(_blocks(bytes(ref))) == 2
+
+
 def test_nsec3_with_salt_and_iterations(signed, tmp_path):
     """RFC 9276 says no salt and no extra iterations, but older zones have both."""
     s = signed["nsec"]
