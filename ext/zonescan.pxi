@@ -11,10 +11,10 @@
 # ZoneScanFallback so the caller parses the file with dnspython.  RDATA parsers: zonerdata.pxi.
 
 
+from posix.mman cimport madvise, MADV_DONTNEED
+
 include "zonelex.pxi"
 include "zonetok.pxi"
-
-from posix.mman cimport madvise, MADV_DONTNEED
 
 cdef class ZoneScanner(ZoneTokenizer):
     """Scan master-file bytes for one zone into flat record buffers.
