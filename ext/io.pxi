@@ -329,6 +329,8 @@ cdef class Worker:
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
             klat_add(&self.st, ks, m)       # and from the kernel's receive, queue included
+            if scorer is not None and rfd == self.pfd:
+                sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:
                 sc_cost(&self.sc, n, BATCH, p53_mono_ns() - tw)
             # batch boundary: done with img

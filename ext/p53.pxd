@@ -410,6 +410,8 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t nx_demoted       # known-prefix queries classed normal: mostly NXDOMAIN (relaying)
     uint64_t trusted_marks    # addresses this worker marked trusted
     bint last_known           # the query just scored came from a known prefix (sc_nx_drop)
+    uint64_t pw_hist[18]      # priority batches: the oldest datagram's wait (stamp to batch)
+    uint64_t pl_hist[18]      # priority replies: kernel receive stamp to send (SC_QD_BUCKETS)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -307,6 +307,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     else:
         s.run = 0
     if has_delay:
+        if prio:
+            s.pw_hist[sc_qd_bucket(delay_ns)] += 1
         s.qd_hist[sc_qd_bucket(delay_ns)] += 1
         s.qd_last = delay_ns
         if delay_ns < s.qd_min:
@@ -366,6 +368,19 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const vo
     cdef uint64_t real = p53_real_ns() if stamp else 0
     sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
                prio)
+
+
+cdef void sc_prio_sent(sc_state_t* s, const uint64_t* stamps, int m) noexcept nogil:
+    """After sending a priority batch's m replies: each one's kernel receive stamp to now (what a
+    known resolver waited on our side: the priority queue, the batch ahead, the answer)."""
+    cdef uint64_t now
+    cdef int j
+    if m <= 0:
+        return
+    now = p53_real_ns()
+    for j in range(m):
+        if stamps[j]:
+            s.pl_hist[sc_qd_bucket(now - stamps[j] if now > stamps[j] else 0)] += 1
 
 
 cdef inline void sc_cost(sc_state_t* s, int n, int full, uint64_t ns) noexcept nogil:
@@ -463,6 +478,8 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         # bucket b counts batches whose oldest datagram waited < 16 us << b (the last: longer)
         "queue_delay": [s.qd_hist[b] for b in range(SC_QD_BUCKETS)],
         "queue_delay_last_us": s.qd_last / 1000.0,
+        "priority_wait": [s.pw_hist[b] for b in range(SC_QD_BUCKETS)],
+        "priority_latency": [s.pl_hist[b] for b in range(SC_QD_BUCKETS)],
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,

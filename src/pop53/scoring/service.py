@@ -219,7 +219,9 @@ class ScoringService:
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
                        "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
-                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
+                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
+                       "priority_wait": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
+                       "priority_latency": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
         for w in workers:
             st = w.scoring_stats()
             total["workers"].append(st)
@@ -229,7 +231,8 @@ class ScoringService:
             for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
                       "untrusted", "nx_demoted", "trusted_marks"):
                 total[k] += st[k]
-            total["queue_delay"] = [a + b for a, b in zip(total["queue_delay"], st["queue_delay"])]
+            for k in ("queue_delay", "priority_wait", "priority_latency"):
+                total[k] = [a + b for a, b in zip(total[k], st[k])]
             if st["level"] >= total["level"]:
                 total["level"], total["share"] = st["level"], st["share"]
         return total
