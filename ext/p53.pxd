@@ -363,6 +363,7 @@ cdef struct sc_cfg_t:
     uint32_t known_nx_share   # of 1024: a known address whose answers are more NXDOMAINs is demoted
 
 cdef enum:
+    SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
@@ -412,6 +413,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     bint last_known           # the query just scored came from a known prefix (sc_nx_drop)
     uint64_t pw_hist[18]      # priority batches: the oldest datagram's wait (stamp to batch)
     uint64_t pl_hist[18]      # priority replies: kernel receive stamp to send (SC_QD_BUCKETS)
+    uint32_t run_q            # datagrams of full short batches not yet a whole run step
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

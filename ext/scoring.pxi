@@ -301,11 +301,16 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         sc_state_init(s, now)
     s.now_ms = now
     if n >= full:
-        s.run += 1
-        if s.run > s.run_max:
-            s.run_max = s.run
+        # a run counts whole 64-datagram batches: short batches (sc_normal_batch) add up to one
+        s.run_q += <uint32_t>full
+        if s.run_q >= 64:
+            s.run_q -= 64
+            s.run += 1
+            if s.run > s.run_max:
+                s.run_max = s.run
     else:
         s.run = 0
+        s.run_q = 0
     if has_delay:
         if prio:
             s.pw_hist[sc_qd_bucket(delay_ns)] += 1
@@ -368,6 +373,16 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const vo
     cdef uint64_t real = p53_real_ns() if stamp else 0
     sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
                prio)
+
+
+cdef inline int sc_normal_batch(const sc_state_t* s, int full) noexcept nogil:
+    """How many datagrams to take from the normal socket next: while the controller cuts any
+    class (a flood is on), SC_SUB_BATCH, so the worker is back at the priority socket after a
+    quarter of a batch of flood (a known resolver's query waits behind at most that much work,
+    not 64 queries' receive, scoring and answers); else the whole batch."""
+    if s.tick_start != 0 and s.allow[SC_FLOOD] < SC_ONE:
+        return SC_SUB_BATCH
+    return full
 
 
 cdef void sc_prio_sent(sc_state_t* s, const uint64_t* stamps, int m) noexcept nogil:

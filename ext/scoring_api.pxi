@@ -232,13 +232,18 @@ cdef class Scorer:
         """One controller step on the probe state."""
         sc_tick(&self.cfg, &self.probe, overloaded)
 
-    def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False):
-        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
-        controller's inputs (the oldest datagram's queue delay in us and the socket's
+    def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False,
+              int full=64):
+        """After a receive batch of n datagrams (`full` asked for), as the worker loop calls it:
+        the controller's inputs (the oldest datagram's queue delay in us and the socket's
         cumulative kernel drop counter, when given), and its tick when tick_ms has passed
         (real clock)."""
-        sc_observe(&self.cfg, &self.probe, n, 64, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
+        sc_observe(&self.cfg, &self.probe, n, full, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
                    delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
+
+    def normal_batch(self):
+        """How many datagrams the worker loop would take from its normal socket next."""
+        return sc_normal_batch(&self.probe, 64)
 
     def nx_check(self, object query, object reply, str klass="normal", bytes client=b"\0\0\0\0"):
         """The second check after the answer, as the worker loop makes it for a query of
