@@ -166,12 +166,29 @@ cdef class Scorer:
             <const uint8_t*>(<char*>address), len(address)), SC_STRICT_SHIFT)))
 
     def clear_strict(self):
-        """Forget which prefixes went over their rate (the control plane, once calm)."""
+        """Relax every strict prefix (pop53.scoring.aging, after a calm stretch): those with a
+        trusted address still asking are strict again at its next query.  Returns how many
+        words had bits."""
         cdef uint64_t* w = <uint64_t*>self.trust
-        cdef int i
+        cdef int i, n = 0
         for i in range(SC_TRUST_WORDS, SC_ALL_WORDS):
             if w[i]:
                 p53_store_u64(&w[i], 0)
+                n += 1
+        return n
+
+    def age(self, double ttl_seconds):
+        """Clear the trust of addresses not seen for longer than ttl_seconds (at most 30 days:
+        the last-seen times are 32-bit milliseconds); returns how many slots lost it."""
+        cdef uint32_t ttl
+        cdef uint64_t n
+        if not 0 <= ttl_seconds <= 30 * 86400:
+            raise ValueError("ttl_seconds within 0..2592000")
+        ttl = <uint32_t>(ttl_seconds * 1000)
+        with nogil:
+            n = sc_trust_age(<uint64_t*>p53_load_ptr(<const void**>&self.trust), self.trust_first,
+                             ttl, <uint32_t>sc_now_ms() | 1)
+        return n
 
     def publish(self, KnownTable table):
         """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
@@ -240,6 +257,13 @@ cdef class Scorer:
         (real clock)."""
         sc_observe(&self.cfg, &self.probe, n, full, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
                    delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
+
+    def cookie_proven(self, bytes address not None):
+        """A valid server cookie from this packed address, as the worker loop marks it."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        self.begin(&self.probe)
+        sc_trust_proven(&self.probe, <const uint8_t*>(<char*>address), len(address))
 
     def normal_batch(self):
         """How many datagrams the worker loop would take from its normal socket next."""

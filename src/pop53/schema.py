@@ -287,6 +287,11 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("trust_after_ms", "integer (ms)", 1000, "an address of a known prefix becomes trusted when seen again "
       "this long after its first sighting with no overload in between (spoofed sources come with the "
       "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
+ .key("trust_ttl", "number (seconds) 1..2592000", 86400, "a trusted address of a known prefix not seen "
+      "for this long loses its trust (its history starts again)")
+ .key("strict_calm", "number (seconds) 1..2592000", 600, "strict known prefixes (only trusted addresses "
+      "steered and top over known_rate) relax after this long without overload; one whose trusted "
+      "address still asks is strict again at its next query")
  .key("known_nx_percent", "integer 1..100", 50, "a known address whose answers in the window are more than "
       "this share NXDOMAIN (water torture it relays; at least 32) is demoted to normal for the window")
  .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")

@@ -81,6 +81,9 @@ class ScoringService:
                 self.scorer.use_trust_buffer(self.trust_map.buf)
             except ebpf.EbpfUnavailable as exc:
                 log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
+        from pop53.scoring.aging import TrustAging
+        aging = settings.get("aging") or {"trust_ttl": 86400.0, "strict_calm": 600.0}
+        self.aging = TrustAging(self.scorer, **aging)
         self.learner = None
         self.on_learned = None            # called with each new learned table (the feed's publisher)
         if settings.get("learn"):
@@ -98,6 +101,7 @@ class ScoringService:
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
+        self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
