@@ -46,7 +46,7 @@ cdef extern from *:
 
 cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n) noexcept nogil:
     """Ask for the known-table lines of a whole batch's sources before scoring the first (a
-    flood's sources are scattered over the 16 MiB table: one cache and TLB miss each, which
+    flood's sources are scattered over the 2 MiB bitmap: a cache (and TLB) miss each, which
     overlap when issued together)."""
     cdef const uint8_t* a
     cdef uint32_t alen
@@ -56,7 +56,7 @@ cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n
     for i in range(n):
         a = client_addr(sa + i * stride, &alen)
         if alen == 4 and kn.v4 != NULL:
-            p53_prefetch(kn.v4 + ((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]))
+            p53_prefetch(kn.v4 + (((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]) >> 3))
         elif alen == 16 and kn.n_v6:
             p53_prefetch(kn.v6 + (mix64(sc_v6_key(a) | SC_V6_TAG) & kn.v6_mask))
 
@@ -74,13 +74,15 @@ cdef inline uint64_t sc_v6_key(const uint8_t* a) noexcept nogil:
 
 
 cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
-    """Whether the client's /24 or /56 is in the known table (one byte read for IPv4, one or
-    two probes of a hash table for IPv6)."""
+    """Whether the client's /24 or /56 is in the known table (one bit of a 2 MiB bitmap for
+    IPv4, one or two probes of a hash table for IPv6)."""
     cdef uint64_t key, i, slot
+    cdef uint32_t idx
     if kn == NULL:
         return False
     if alen == 4:
-        return kn.v4 != NULL and kn.v4[(<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]] != 0
+        idx = (<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]
+        return kn.v4 != NULL and (kn.v4[idx >> 3] >> (idx & 7)) & 1
     if alen != 16 or kn.n_v6 == 0:
         return False
     key = sc_v6_key(a) | SC_V6_TAG

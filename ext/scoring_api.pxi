@@ -6,7 +6,7 @@
 
 cdef class KnownTable:
     """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
-    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, an open-addressing table
+    1 << 21 bytes, a bit per IPv4 /24 (bit k & 7 of byte k >> 3 for /24 number k), or None; `v6`, an open-addressing table
     of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
     here on; any buffer (bytes, mmap) works."""
     cdef known_t kn
@@ -23,8 +23,10 @@ cdef class KnownTable:
         if v4 is not None:
             PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
             self.has4 = True
-            if self.b4.len != (1 << 24):
-                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
+            if self.b4.len != (1 << 21):
+                PyBuffer_Release(&self.b4)
+                self.has4 = False
+                raise ValueError("the IPv4 table is 1 << 21 bytes, one bit per /24")
             self.kn.v4 = <const uint8_t*>self.b4.buf
             self.owner4 = v4
         if v6 is not None:
@@ -317,8 +319,8 @@ cdef class Scorer:
         cdef sc_state_t* st = &self.probe
         cdef Responder responder = Responder()
         cdef rcfg_t* rc = &responder.cfg
-        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or n < 64:
-            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1, n >= 64")
+        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or spread & (spread - 1) or n < 64:
+            raise ValueError("a 4- or 16-byte address, a packet, spread a power of two, n >= 64")
         memset(sas, 0, sizeof(sas))
         for j in range(64):
             (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
@@ -327,7 +329,9 @@ cdef class Scorer:
             clock_gettime(CLOCK_MONOTONIC, &t0)
             for i in range(0, n - 63, 64):
                 for j in range(64):
-                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) % spread)
+                    # a mask, not a division (a 64-bit divide per query would be counted as
+                    # scoring, which the worker never does): spread is a power of two
+                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) & (spread - 1))
                     a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
                     a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
                 if prefetch:
