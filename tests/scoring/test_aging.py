@@ -125,3 +125,28 @@ def test_aging_settings():
         with pytest.raises(ConfigError) as e:
             parse_settings(bad, "f.toml")
         assert "scoring." + next(iter(bad)) in str(e.value)
+
+
+def test_a_running_server_relaxes_strict_prefixes_after_calm(tmp_path):
+    """The wiring: the server's housekeeping thread runs the aging (strict_calm = 1 s here)."""
+    from pop53 import config as cfgmod
+    from pop53.serve.server import Server
+    from integ_support import INTEG_ZONE
+    known = tmp_path / "known.txt"
+    known.write_text("127.2.0.0/24\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"known_resolvers": str(known), "known_rate": 20, "strict_calm": 1},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        s = server.scoring.scorer
+        for i in range(40):                                   # over its rate: strict
+            s.classify(_wire(), _ip(f"127.2.0.{10 + i}"))
+        assert s.strict(_ip("127.2.0.9"))
+        end = time.monotonic() + 5
+        while s.strict(_ip("127.2.0.9")) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not s.strict(_ip("127.2.0.9")) and server.scoring.aging.relaxed >= 1
+    finally:
+        server.stop()

@@ -84,6 +84,7 @@ class ScoringService:
         from pop53.scoring.aging import TrustAging
         aging = settings.get("aging") or {"trust_ttl": 86400.0, "strict_calm": 600.0}
         self.aging = TrustAging(self.scorer, **aging)
+        self._next_aging = 0.0
         self.learner = None
         self.on_learned = None            # called with each new learned table (the feed's publisher)
         if settings.get("learn"):
@@ -101,7 +102,9 @@ class ScoringService:
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
-        self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
+        if time.monotonic() >= self._next_aging:        # once a second: stats build dicts
+            self._next_aging = time.monotonic() + 1.0
+            self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
