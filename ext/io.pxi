@@ -336,6 +336,8 @@ cdef class Worker:
                 sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:
                 sc_cost(&self.sc, n, BATCH if rfd == self.pfd else self.vlen, p53_mono_ns() - tw)
+                if self.pfd >= 0 and rfd != self.pfd:
+                    sc_yield(&scorer.cfg, &self.sc)     # under a CPU quota (scoring.pxi)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
 

@@ -361,6 +361,7 @@ cdef struct sc_cfg_t:
     uint32_t known_addr_rate  # queries per known address per window (above it: normal class)
     uint32_t trust_after_ms   # a known address is trusted once seen this long into a calm stretch
     uint32_t known_nx_share   # of 1024: a known address whose answers are more NXDOMAINs is demoted
+    bint yield_cut            # sched_yield after each normal batch while a class is cut (sc_yield)
 
 cdef enum:
     SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
@@ -414,6 +415,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t pw_hist[18]      # priority batches: the oldest datagram's wait (stamp to batch)
     uint64_t pl_hist[18]      # priority replies: kernel receive stamp to send (SC_QD_BUCKETS)
     uint32_t run_q            # datagrams of full short batches not yet a whole run step
+    uint64_t yields           # sched_yield calls while cut (sc_yield)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -29,6 +29,9 @@
 # SO_REUSEPORT a source's queries spread over the workers, so a per-worker sketch sees about
 # 1/workers of a source's rate: `source_rate` is per worker.
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "p53_score.h" nogil:
     int p53_rxq_ovfl(const void* m, uint32_t* out)
     uint64_t p53_rx_stamp_ns(const void* m)
@@ -387,6 +390,19 @@ cdef inline int sc_normal_batch(const sc_state_t* s, int full) noexcept nogil:
     return full
 
 
+cdef inline void sc_yield(const sc_cfg_t* cfg, sc_state_t* s) noexcept nogil:
+    """After a normal batch while a class is cut, with `yield_when_cut`: enter the scheduler.  A
+    worker under a flood never sleeps, so under a CPU quota (containers' CPU limits, the
+    bench's cgroup) the kernel accounts its runtime only at its ticks (4 ms at HZ=250): it
+    overruns its quota and is throttled for several periods, stalls of 4-12 ms at half a core
+    (bench/attack/stalls.py).  Entering the scheduler every 16 queries stops it near its quota.
+    Only with the kernel stage (known resolvers in their own queue, drained first): without it
+    they share the normal queue, and handing the CPU away slows their way through it."""
+    if cfg.yield_cut and s.tick_start != 0 and s.allow[SC_FLOOD] < SC_ONE:
+        sched_yield()
+        s.yields += 1
+
+
 cdef void sc_prio_sent(sc_state_t* s, const uint64_t* stamps, int m) noexcept nogil:
     """After sending a priority batch's m replies: each one's kernel receive stamp to now (what a
     known resolver waited on our side: the priority queue, the batch ahead, the answer)."""
@@ -501,4 +517,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "trusted_marks": s.trusted_marks,
+        "yields": s.yields,
     }

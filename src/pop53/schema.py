@@ -299,6 +299,10 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "
       "(as do kernel receive-queue drops)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
+ .key("yield_when_cut", "boolean", True, "with steer, while a class is cut the UDP workers enter the scheduler "
+      "(sched_yield) after each normal batch: under a CPU quota (containers' CPU limits) the kernel then "
+      "stops a worker near its quota instead of at its next tick and throttling it for several periods "
+      "(bench/attack/stalls.py, docs/scoring.md)")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")

@@ -45,6 +45,8 @@ def families(workers):
          "for mostly NXDOMAIN answers or its own rate (water torture it relays)"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses of known prefixes trusted by "
          "calm history or a valid server cookie"),
+        ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "
+         "while a class was cut (yield_when_cut: stopped near a CPU quota, not a tick past it)"),
     ):
         c = CounterMetricFamily(name, doc)
         c.add_metric([], st[key])

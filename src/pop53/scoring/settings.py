@@ -48,6 +48,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
+    scorer["yield_when_cut"] = typed("yield_when_cut", bool, True)
     steer = typed("steer", bool, False)
     queue_bytes = typed("queue_bytes", int, 0)
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
