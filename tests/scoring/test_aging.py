@@ -5,7 +5,6 @@ same C functions as the worker loop (`Scorer.classify` on the probe state), and 
 plane's `TrustAging` on a scripted clock."""
 from __future__ import annotations
 
-import socket
 import time
 
 import dns.flags
@@ -19,17 +18,17 @@ from pop53.scoring.known import KnownPrefixes, compile_table
 from pop53.scoring.service import ScoringService
 from pop53.scoring.settings import parse_settings
 
-KNOWN = KnownPrefixes(frozenset({0x7F0100, 0x7F0200}), frozenset())   # 127.1.0.0/24, 127.2.0.0/24
+from test_trust import _ip
 
-
-def _ip(a: str) -> bytes:
-    return socket.inet_aton(a)
+# 127.1.0.0/24 and 127.2.0.0/24
+TABLE = compile_table(KnownPrefixes(frozenset({0x7F0100, 0x7F0200}), frozenset()))
 
 
 def _scorer(**kw) -> _core.Scorer:
-    s = _core.Scorer(**kw)
-    s.publish(compile_table(KNOWN))
-    return s
+    """A scorer reading TABLE."""
+    scorer = _core.Scorer(**kw)
+    scorer.publish(TABLE)
+    return scorer
 
 
 def _wire() -> bytes:
