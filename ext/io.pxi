@@ -127,11 +127,13 @@ cdef class Worker:
     cdef sc_state_t sc             # query scoring: sketch, controller, counters (scoring.pxi)
     cdef kstamp_t kst              # sampled receive stamps (kstamp.pxi)
     cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
+    cdef int vlen                  # the normal socket's batch now (sc_normal_batch)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
         self.pfd = -1
         self.wake_fd = -1
+        self.vlen = BATCH
         self.index = index
         self.control_enabled = control
         memset(&self.st, 0, sizeof(stats_t))
@@ -191,7 +193,7 @@ cdef class Worker:
         if n > 0:
             return n
         rfd[0] = self.fd
-        n = recvmmsg(self.fd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
+        n = recvmmsg(self.fd, self.rmsgs, self.vlen, MSG_DONTWAIT, NULL)
         if n > 0:
             return n
         pf[0].fd = self.pfd
@@ -250,6 +252,7 @@ cdef class Worker:
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
             kstamp_gate(&self.kst, self.fd)
+            self.vlen = sc_normal_batch(&self.sc, BATCH) if scorer is not None else BATCH
             n = self._receive(&rfd)
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
@@ -263,7 +266,7 @@ cdef class Worker:
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[0].msg_hdr,
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen, &self.rmsgs[0].msg_hdr,
                          &self.rmsgs[n - 1].msg_hdr, rfd == self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
@@ -356,8 +359,12 @@ cdef class Worker:
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
             klat_add(&self.st, ks, m)       # and from the kernel's receive, queue included
+            if scorer is not None and rfd == self.pfd:
+                sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:
-                sc_cost(&self.sc, n, BATCH, p53_mono_ns() - tw)
+                sc_cost(&self.sc, n, BATCH if rfd == self.pfd else self.vlen, p53_mono_ns() - tw)
+                if self.pfd >= 0 and rfd != self.pfd:
+                    sc_yield(&scorer.cfg, &self.sc)     # under a CPU quota (scoring.pxi)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
 
