@@ -1,6 +1,7 @@
 """Where a cold load's memory goes, phase by phase (issue 15: peak at most 2x the image).
 
     python3 -m bench.coldload_phases --names 1000000
+    python3 -m bench.coldload_phases --zone /tmp/dz/z1000000/signed.zone    # any zone file
 
 Runs the compiler child's work (`python -m pop53.zone.compiler`: read and scan, checks, the C
 build, the image, the saved file) in a fresh process, one phase after another, with stage
@@ -167,12 +168,15 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     p.add_argument("--names", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
+    p.add_argument("--zone", help="phases of this zone file only (e.g. a signed zone of "
+                   "bench.peers.dnssec --cache), no server run")
     a = p.parse_args(argv)
-    ds = data.dataset(a.names, a.seed)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     out = str(data.RAW_DIR / "coldload_phases.img")
+    os.makedirs(data.RAW_DIR, exist_ok=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
-    rows = phases(str(ds.zone), out, env)
+    ds = None if a.zone else data.dataset(a.names, a.seed)
+    rows = phases(a.zone or str(ds.zone), out, env)
     img = os.path.getsize(out) / 2**20
     print("| phase | seconds | RSS at end | peak in phase |\n|---|---:|---:|---:|")
     for name, secs, end, top in rows:
@@ -180,6 +184,8 @@ def main(argv=None) -> int:
     print(f"image {img:.0f} MiB; child peak / image {max(r[3] for r in rows) / img:.2f}x; "
           f"load average {os.getloadavg()[0]:.2f}")
     os.unlink(out)
+    if ds is None:
+        return 0
     s = server_split(ds, env)
     print("pop53 serve, cold start: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in s.items())
           + f"; sum peak / image {s['sum_peak'] / img:.2f}x")

@@ -60,6 +60,9 @@ cdef extern from "p53_sys.h" nogil:
     void p53_store_int(int* p, int v)
     size_t p53_reply_control(msghdr* m)
 
+cdef extern from "p53_wake.h" nogil:
+    void p53_wake(int fd)
+
 cdef enum:
     BATCH = 64
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
@@ -122,10 +125,15 @@ cdef class Worker:
     cdef uint64_t ring_head        # written by the worker
     cdef uint64_t ring_tail        # written by the control plane
     cdef sc_state_t sc             # query scoring: sketch, controller, counters (scoring.pxi)
+    cdef kstamp_t kst              # sampled receive stamps (kstamp.pxi)
+    cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
+    cdef int vlen                  # the normal socket's batch now (sc_normal_batch)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
         self.pfd = -1
+        self.wake_fd = -1
+        self.vlen = BATCH
         self.index = index
         self.control_enabled = control
         memset(&self.st, 0, sizeof(stats_t))
@@ -154,6 +162,24 @@ cdef class Worker:
             raise RuntimeError("worker already running")
         self.pfd = fd
 
+    def set_wake(self, int fd):
+        """An eventfd written whenever a control-plane message is set aside (take_control), so
+        the housekeeping thread need not poll for them; -1: none."""
+        self.wake_fd = fd
+
+    def sample_stamps(self, int every):
+        """Kernel receive stamps on one receive batch in `every` (kstamp.pxi); the socket must
+        have SO_TIMESTAMPNS on.  0 or 1: every batch as the socket is set."""
+        if self.running:
+            raise RuntimeError("worker already running")
+        self.kst.every = every if every > 0 else 0
+        self.kst.count = 0
+        self.kst.on = 1
+
+    @property
+    def stamp_every(self):
+        return self.kst.every if self.kst.every > 1 else 1
+
     cdef int _receive(self, int* rfd) noexcept nogil:
         """One batch: the priority socket first (never waited on), then the normal socket;
         with both empty, wait for either (at most RECV_TIMEOUT) and return 0."""
@@ -167,7 +193,7 @@ cdef class Worker:
         if n > 0:
             return n
         rfd[0] = self.fd
-        n = recvmmsg(self.fd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
+        n = recvmmsg(self.fd, self.rmsgs, self.vlen, MSG_DONTWAIT, NULL)
         if n > 0:
             return n
         pf[0].fd = self.pfd
@@ -225,6 +251,8 @@ cdef class Worker:
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
+            kstamp_gate(&self.kst, self.fd)
+            self.vlen = sc_normal_batch(&self.sc, BATCH) if scorer is not None else BATCH
             n = self._receive(&rfd)
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
@@ -233,11 +261,12 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
+            kstamp_done(&self.kst)
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH, &self.rmsgs[0].msg_hdr,
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen, &self.rmsgs[0].msg_hdr,
                          &self.rmsgs[n - 1].msg_hdr, rfd == self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
@@ -295,6 +324,7 @@ cdef class Worker:
                         memcpy(&cm.addr, &self.addrs[i], sizeof(sockaddr_storage))
                         cm.addrlen = self.rmsgs[i].msg_hdr.msg_namelen
                         p53_store_u64(&self.ring_head, self.ring_head + 1)
+                        p53_wake(self.wake_fd)
                         continue
                     # ring full: the fallback reply goes out instead
                 if self.st.dt != NULL:      # dnstap: sampled, copied to the ring (dnstap.pxi)
@@ -329,8 +359,12 @@ cdef class Worker:
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
             klat_add(&self.st, ks, m)       # and from the kernel's receive, queue included
+            if scorer is not None and rfd == self.pfd:
+                sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:
-                sc_cost(&self.sc, n, BATCH, p53_mono_ns() - tw)
+                sc_cost(&self.sc, n, BATCH if rfd == self.pfd else self.vlen, p53_mono_ns() - tw)
+                if self.pfd >= 0 and rfd != self.pfd:
+                    sc_yield(&scorer.cfg, &self.sc)     # under a CPU quota (scoring.pxi)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
 

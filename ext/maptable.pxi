@@ -260,10 +260,10 @@ cdef void map_prefetch(const map_snap_t* m, const uint8_t* buf, size_t stride,
                        size_t sastride, int n) noexcept nogil:
     """Ask for the index words, then the cells (or range starts and answers), of a whole
     batch's mapped queries before answering the first: with a 1M-prefix map each is a cache
-    miss (the index alone is 4 MiB), and even a 1k-prefix map's few KiB have left the caches
-    after the kernel's network path (the lookup was 2% of the server's CPU there); issued
-    together the misses overlap instead of stalling one query after another.  A hint only: a
-    query it misjudges is answered the same, just without the head start."""
+    miss (the index alone is 4 MiB); issued together the misses overlap instead of stalling
+    one query after another.  Only views of 1 MiB and more count (m.n_pf, mapsnap.pxi): at 1k
+    prefixes this pass cost more than the L2 hits it saved.  A hint only: a query it misjudges
+    is answered the same, just without the head start."""
     cdef const map_view_t* vs[64]
     cdef const map_view_t* v
     cdef uint32_t ks[64]

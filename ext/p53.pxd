@@ -361,8 +361,10 @@ cdef struct sc_cfg_t:
     uint32_t known_addr_rate  # queries per known address per window (above it: normal class)
     uint32_t trust_after_ms   # a known address is trusted once seen this long into a calm stretch
     uint32_t known_nx_share   # of 1024: a known address whose answers are more NXDOMAINs is demoted
+    bint yield_cut            # sched_yield after each normal batch while a class is cut (sc_yield)
 
 cdef enum:
+    SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
@@ -410,6 +412,10 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t nx_demoted       # known-prefix queries classed normal: mostly NXDOMAIN (relaying)
     uint64_t trusted_marks    # addresses this worker marked trusted
     bint last_known           # the query just scored came from a known prefix (sc_nx_drop)
+    uint64_t pw_hist[18]      # priority batches: the oldest datagram's wait (stamp to batch)
+    uint64_t pl_hist[18]      # priority replies: kernel receive stamp to send (SC_QD_BUCKETS)
+    uint32_t run_q            # datagrams of full short batches not yet a whole run step
+    uint64_t yields           # sched_yield calls while cut (sc_yield)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

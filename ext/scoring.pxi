@@ -29,6 +29,9 @@
 # SO_REUSEPORT a source's queries spread over the workers, so a per-worker sketch sees about
 # 1/workers of a source's rate: `source_rate` is per worker.
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "p53_score.h" nogil:
     int p53_rxq_ovfl(const void* m, uint32_t* out)
     uint64_t p53_rx_stamp_ns(const void* m)
@@ -46,7 +49,7 @@ cdef extern from *:
 
 cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n) noexcept nogil:
     """Ask for the known-table lines of a whole batch's sources before scoring the first (a
-    flood's sources are scattered over the 16 MiB table: one cache and TLB miss each, which
+    flood's sources are scattered over the 2 MiB bitmap: a cache (and TLB) miss each, which
     overlap when issued together)."""
     cdef const uint8_t* a
     cdef uint32_t alen
@@ -56,7 +59,7 @@ cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n
     for i in range(n):
         a = client_addr(sa + i * stride, &alen)
         if alen == 4 and kn.v4 != NULL:
-            p53_prefetch(kn.v4 + ((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]))
+            p53_prefetch(kn.v4 + (((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]) >> 3))
         elif alen == 16 and kn.n_v6:
             p53_prefetch(kn.v6 + (mix64(sc_v6_key(a) | SC_V6_TAG) & kn.v6_mask))
 
@@ -74,13 +77,15 @@ cdef inline uint64_t sc_v6_key(const uint8_t* a) noexcept nogil:
 
 
 cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
-    """Whether the client's /24 or /56 is in the known table (one byte read for IPv4, one or
-    two probes of a hash table for IPv6)."""
+    """Whether the client's /24 or /56 is in the known table (one bit of a 2 MiB bitmap for
+    IPv4, one or two probes of a hash table for IPv6)."""
     cdef uint64_t key, i, slot
+    cdef uint32_t idx
     if kn == NULL:
         return False
     if alen == 4:
-        return kn.v4 != NULL and kn.v4[(<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]] != 0
+        idx = (<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]
+        return kn.v4 != NULL and (kn.v4[idx >> 3] >> (idx & 7)) & 1
     if alen != 16 or kn.n_v6 == 0:
         return False
     key = sc_v6_key(a) | SC_V6_TAG
@@ -301,12 +306,19 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         sc_state_init(s, now)
     s.now_ms = now
     if n >= full:
-        s.run += 1
-        if s.run > s.run_max:
-            s.run_max = s.run
+        # a run counts whole 64-datagram batches: short batches (sc_normal_batch) add up to one
+        s.run_q += <uint32_t>full
+        if s.run_q >= 64:
+            s.run_q -= 64
+            s.run += 1
+            if s.run > s.run_max:
+                s.run_max = s.run
     else:
         s.run = 0
+        s.run_q = 0
     if has_delay:
+        if prio:
+            s.pw_hist[sc_qd_bucket(delay_ns)] += 1
         s.qd_hist[sc_qd_bucket(delay_ns)] += 1
         s.qd_last = delay_ns
         if delay_ns < s.qd_min:
@@ -366,6 +378,42 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const vo
     cdef uint64_t real = p53_real_ns() if stamp else 0
     sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
                prio)
+
+
+cdef inline int sc_normal_batch(const sc_state_t* s, int full) noexcept nogil:
+    """How many datagrams to take from the normal socket next: while the controller cuts any
+    class (a flood is on), SC_SUB_BATCH, so the worker is back at the priority socket after a
+    quarter of a batch of flood (a known resolver's query waits behind at most that much work,
+    not 64 queries' receive, scoring and answers); else the whole batch."""
+    if s.tick_start != 0 and s.allow[SC_FLOOD] < SC_ONE:
+        return SC_SUB_BATCH
+    return full
+
+
+cdef inline void sc_yield(const sc_cfg_t* cfg, sc_state_t* s) noexcept nogil:
+    """After a normal batch while a class is cut, with `yield_when_cut`: enter the scheduler.  A
+    worker under a flood never sleeps, so under a CPU quota (containers' CPU limits, the
+    bench's cgroup) the kernel accounts its runtime only at its ticks (4 ms at HZ=250): it
+    overruns its quota and is throttled for several periods, stalls of 4-12 ms at half a core
+    (bench/attack/stalls.py).  Entering the scheduler every 16 queries stops it near its quota.
+    Only with the kernel stage (known resolvers in their own queue, drained first): without it
+    they share the normal queue, and handing the CPU away slows their way through it."""
+    if cfg.yield_cut and s.tick_start != 0 and s.allow[SC_FLOOD] < SC_ONE:
+        sched_yield()
+        s.yields += 1
+
+
+cdef void sc_prio_sent(sc_state_t* s, const uint64_t* stamps, int m) noexcept nogil:
+    """After sending a priority batch's m replies: each one's kernel receive stamp to now (what a
+    known resolver waited on our side: the priority queue, the batch ahead, the answer)."""
+    cdef uint64_t now
+    cdef int j
+    if m <= 0:
+        return
+    now = p53_real_ns()
+    for j in range(m):
+        if stamps[j]:
+            s.pl_hist[sc_qd_bucket(now - stamps[j] if now > stamps[j] else 0)] += 1
 
 
 cdef inline void sc_cost(sc_state_t* s, int n, int full, uint64_t ns) noexcept nogil:
@@ -463,8 +511,11 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         # bucket b counts batches whose oldest datagram waited < 16 us << b (the last: longer)
         "queue_delay": [s.qd_hist[b] for b in range(SC_QD_BUCKETS)],
         "queue_delay_last_us": s.qd_last / 1000.0,
+        "priority_wait": [s.pw_hist[b] for b in range(SC_QD_BUCKETS)],
+        "priority_latency": [s.pl_hist[b] for b in range(SC_QD_BUCKETS)],
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "trusted_marks": s.trusted_marks,
+        "yields": s.yields,
     }

@@ -6,7 +6,7 @@
 
 cdef class KnownTable:
     """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
-    1 << 24 bytes, one per IPv4 /24 (nonzero = known), or None; `v6`, an open-addressing table
+    1 << 21 bytes, a bit per IPv4 /24 (bit k & 7 of byte k >> 3 for /24 number k), or None; `v6`, an open-addressing table
     of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
     here on; any buffer (bytes, mmap) works."""
     cdef known_t kn
@@ -23,8 +23,10 @@ cdef class KnownTable:
         if v4 is not None:
             PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
             self.has4 = True
-            if self.b4.len != (1 << 24):
-                raise ValueError("the IPv4 table is 1 << 24 bytes, one per /24")
+            if self.b4.len != (1 << 21):
+                PyBuffer_Release(&self.b4)
+                self.has4 = False
+                raise ValueError("the IPv4 table is 1 << 21 bytes, one bit per /24")
             self.kn.v4 = <const uint8_t*>self.b4.buf
             self.owner4 = v4
         if v6 is not None:
@@ -91,7 +93,8 @@ cdef class Scorer:
                   uint32_t window_ms=1000, uint32_t tick_ms=10, uint32_t full_run=4,
                   uint32_t recover=32, bint rd_odd=True, uint32_t delay_target_us=2000,
                   uint32_t nx_rate=1000, uint32_t known_addr_rate=20000,
-                  uint32_t trust_after_ms=1000, uint32_t known_nx_percent=50):
+                  uint32_t trust_after_ms=1000, uint32_t known_nx_percent=50,
+                  bint yield_when_cut=True):
         cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
         cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
         cdef uint64_t pera = <uint64_t>known_addr_rate * window_ms // 1000
@@ -126,6 +129,7 @@ cdef class Scorer:
         self.cfg.full_run = full_run
         self.cfg.recover = recover
         self.cfg.rd_odd = rd_odd
+        self.cfg.yield_cut = yield_when_cut
         self.cfg.delay_target_us = delay_target_us
         self.cfg.nx_rate = <uint32_t>pernx
         sc_state_init(&self.probe, 1)
@@ -166,12 +170,29 @@ cdef class Scorer:
             <const uint8_t*>(<char*>address), len(address)), SC_STRICT_SHIFT)))
 
     def clear_strict(self):
-        """Forget which prefixes went over their rate (the control plane, once calm)."""
+        """Relax every strict prefix (pop53.scoring.aging, after a calm stretch): those with a
+        trusted address still asking are strict again at its next query.  Returns how many
+        words had bits."""
         cdef uint64_t* w = <uint64_t*>self.trust
-        cdef int i
+        cdef int i, n = 0
         for i in range(SC_TRUST_WORDS, SC_ALL_WORDS):
             if w[i]:
                 p53_store_u64(&w[i], 0)
+                n += 1
+        return n
+
+    def age(self, double ttl_seconds):
+        """Clear the trust of addresses not seen for longer than ttl_seconds (at most 30 days:
+        the last-seen times are 32-bit milliseconds); returns how many slots lost it."""
+        cdef uint32_t ttl
+        cdef uint64_t n
+        if not 0 <= ttl_seconds <= 30 * 86400:
+            raise ValueError("ttl_seconds within 0..2592000")
+        ttl = <uint32_t>(ttl_seconds * 1000)
+        with nogil:
+            n = sc_trust_age(<uint64_t*>p53_load_ptr(<const void**>&self.trust), self.trust_first,
+                             ttl, <uint32_t>sc_now_ms() | 1)
+        return n
 
     def publish(self, KnownTable table):
         """Make `table` (or None) the one every worker reads: one atomic store.  Returns the
@@ -232,13 +253,25 @@ cdef class Scorer:
         """One controller step on the probe state."""
         sc_tick(&self.cfg, &self.probe, overloaded)
 
-    def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False):
-        """After a receive batch of n datagrams (64 = full), as the worker loop calls it: the
-        controller's inputs (the oldest datagram's queue delay in us and the socket's
+    def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False,
+              int full=64):
+        """After a receive batch of n datagrams (`full` asked for), as the worker loop calls it:
+        the controller's inputs (the oldest datagram's queue delay in us and the socket's
         cumulative kernel drop counter, when given), and its tick when tick_ms has passed
         (real clock)."""
-        sc_observe(&self.cfg, &self.probe, n, 64, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
+        sc_observe(&self.cfg, &self.probe, n, full, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
                    delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
+
+    def cookie_proven(self, bytes address not None):
+        """A valid server cookie from this packed address, as the worker loop marks it."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        self.begin(&self.probe)
+        sc_trust_proven(&self.probe, <const uint8_t*>(<char*>address), len(address))
+
+    def normal_batch(self):
+        """How many datagrams the worker loop would take from its normal socket next."""
+        return sc_normal_batch(&self.probe, 64)
 
     def nx_check(self, object query, object reply, str klass="normal", bytes client=b"\0\0\0\0"):
         """The second check after the answer, as the worker loop makes it for a query of
@@ -288,8 +321,8 @@ cdef class Scorer:
         cdef sc_state_t* st = &self.probe
         cdef Responder responder = Responder()
         cdef rcfg_t* rc = &responder.cfg
-        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or n < 64:
-            raise ValueError("a 4- or 16-byte address, a packet, spread >= 1, n >= 64")
+        if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or spread & (spread - 1) or n < 64:
+            raise ValueError("a 4- or 16-byte address, a packet, spread a power of two, n >= 64")
         memset(sas, 0, sizeof(sas))
         for j in range(64):
             (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
@@ -298,7 +331,9 @@ cdef class Scorer:
             clock_gettime(CLOCK_MONOTONIC, &t0)
             for i in range(0, n - 63, 64):
                 for j in range(64):
-                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) % spread)
+                    # a mask, not a division (a 64-bit divide per query would be counted as
+                    # scoring, which the worker never does): spread is a power of two
+                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) & (spread - 1))
                     a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
                     a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
                 if prefetch:

@@ -13,6 +13,10 @@
 #            whose answers are mostly NXDOMAIN (water torture it relays) or over known_addr_rate
 #            is demoted to normal
 # Both bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
+# Aging (the control plane, pop53.scoring.aging): a trusted slot's trust_first holds when it was
+# last seen (refreshed at most four times a second), and Scorer.age clears the trust of slots not seen
+# for trust_ttl; strict bits are cleared after a calm stretch (Scorer.clear_strict) and come back
+# at the next query of a trusted address of the prefix (sc_trust_seen) or its next flood.
 
 cdef extern from *:
     """
@@ -91,6 +95,7 @@ cdef void sc_trust_mark(const sc_cfg_t* cfg, sc_state_t* s, uint32_t slot, const
     if first == 0 or <uint64_t>age > s.now_ms - s.last_over:
         s.trust_first[slot] = now32            # first sighting in this calm stretch
     elif age >= cfg.trust_after_ms:
+        s.trust_first[slot] = now32              # from now on: when it was last seen (aging)
         p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
         sc_strict(s, a, alen)        # the prefix has history now: only trusted ones are steered
         s.trusted_marks += 1
@@ -108,6 +113,8 @@ cdef inline void sc_trust_proven(sc_state_t* s, const uint8_t* a, uint32_t alen)
     if s.trust == NULL or alen == 0:
         return
     slot = sc_golden(sc_addr_key(a, alen), SC_TRUST_SHIFT)
+    if s.trust_first != NULL:
+        s.trust_first[slot] = <uint32_t>sc_now_ms() | 1     # last seen (aging)
     if not sc_bit(s.trust, slot):
         p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
         s.trusted_marks += 1
@@ -131,6 +138,40 @@ cdef inline void sc_strict(sc_state_t* s, const uint8_t* a, uint32_t alen) noexc
     ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
     if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
         p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+
+
+cdef inline void sc_trust_seen(sc_state_t* s, uint32_t slot, const uint8_t* a,
+                               uint32_t alen) noexcept nogil:
+    """A trusted address asked: remember when (at most four stores a second, for Scorer.age) and
+    keep its prefix strict (the control plane relaxes strict prefixes after calm; those with a
+    trusted address still asking are strict again at its next query, before any flood)."""
+    cdef uint32_t now32 = <uint32_t>s.now_ms | 1, ps
+    if s.trust_first != NULL and now32 - s.trust_first[slot] >= 256:
+        s.trust_first[slot] = now32
+    ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
+    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
+        p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+
+
+cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
+                           uint32_t now32) noexcept nogil:
+    """Clear the trust of every trusted slot not seen for longer than ttl_ms (its history then
+    starts again); returns how many.  The workers go on reading and setting bits meanwhile
+    (atomic AND/OR on the same words)."""
+    cdef uint64_t w, n = 0
+    cdef uint32_t i, b, slot
+    for i in range(SC_TRUST_WORDS):
+        w = p53_load_u64(&trust[i])
+        if w == 0:
+            continue
+        for b in range(64):
+            if (w >> b) & 1:
+                slot = (i << 6) | b
+                if now32 - first[slot] > ttl_ms:
+                    p53_and_u64(&trust[i], ~(<uint64_t>1 << b))
+                    first[slot] = 0
+                    n += 1
+    return n
 
 
 cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, const uint8_t* a,
@@ -161,6 +202,8 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
             sc_addr_count(s.nxsrc, key, True)
         s.nx_demoted += 1
         return SC_NORMAL
+    if trusted:
+        sc_trust_seen(s, slot, a, alen)
     if count <= cfg.known_rate:
         if not trusted and s.trust != NULL:
             sc_trust_mark(cfg, s, slot, a, alen)

@@ -9,7 +9,7 @@ cdef void tl_loop(tloop_t* lp, const void* const* current, const void* const* ma
     cdef timespec t0
     cdef uint64_t replies
     while not p53_load_int(&lp.stop_flag):
-        n = epoll_wait(lp.ep, lp.evs, TCP_EVENTS, 50)
+        n = epoll_wait(lp.ep, lp.evs, TCP_EVENTS, TCP_SWEEP_MS)
         clock_gettime(CLOCK_MONOTONIC, &t0)          # answer latency per batch (zstats.pxi)
         replies = lp.st.replies
         p53_store_u64(&lp.epoch, lp.epoch + 1)     # quiescent: no image held

@@ -253,6 +253,7 @@ cdef class XdpWorker(Worker):
                         memcpy(&cm.addr, &self.addrs[i], sizeof(sockaddr_storage))
                         cm.addrlen = 28 if k.v6 else 16
                         p53_store_u64(&self.ring_head, self.ring_head + 1)
+                        p53_wake(self.wake_fd)
                         continue
                 if self.st.dt != NULL and dt_sampled(self.st.dt):
                     # dnstap (dnstap.pxi): the peer from the parsed frame, the address asked

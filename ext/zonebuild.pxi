@@ -381,8 +381,9 @@ cdef class FlatZone:
 
 cdef class FlatImage:
     """compiler._compile for zones that are all FlatZones (sorted by origin): additional-section
-    targets resolved across every zone of the image (the longest zone holding the name), pass 1
-    (offsets), then the bytes.  `expired`: per zone, whether it gets Z_EXPIRED."""
+    targets resolved across every zone of the image (the longest zone holding the name).  Its
+    offsets and bytes are ext/zonestream.pxi's (flat_layout, flat_stream: to a file or a
+    buffer)."""
     cdef list zones
     cdef uint32_t* hit_zone
     cdef uint32_t* hit_node
@@ -489,82 +490,3 @@ cdef class FlatImage:
                     if self.n_hits > first:
                         fz.radd[a], fz.radd_n[a] = first, <uint32_t>(self.n_hits - first)
         return 0
-
-    def write(self, uint32_t header_size, uint32_t zone_size, uint32_t seed, list expired,
-              int f_expired, uint64_t max_image):
-        """The image (a bytearray) but its header, zone table hash and checksum, which the
-        compiler writes: returns (buffer, zones_off, ztab_off, ztab_size, n_nodes, n_rrsets,
-        n_records)."""
-        cdef uint32_t n_zones = len(self.zones), z, i, j, soa_off, s
-        cdef uint32_t ztab_size = _zb_pow2(2 * n_zones + 1)
-        cdef uint64_t off = header_size, zones_off, ztab_off, add_base, nodes = 0, rrsets = 0
-        cdef uint64_t records = 0
-        cdef FlatZone fz
-        cdef list name_offs = [], ntab_offs = [], ntab_sizes = [], dsec_offs = []
-        cdef list dsecs = [zone_dsec_plan(fz) for fz in self.zones]   # zonebuild_dsec.pxi
-        zones_off = off
-        off += zone_size * n_zones
-        ztab_off = off
-        off += 4 * ztab_size
-        for z in range(n_zones):                 # pass 1: offsets
-            fz = self.zones[z]
-            name_offs.append(off)
-            off = _zb_align4(off + len(fz.key))
-            for j in range(fz.n_nodes):
-                i = fz.wnode(j)
-                fz.noff[i] = <uint32_t>off if off <= max_image else 0
-                off += fz.node_size(i)
-            nodes += fz.n_nodes
-            rrsets += fz.n_rrsets
-            records += fz.n_records
-        add_base = off
-        off += 4 * self.n_hits
-        for z in range(n_zones):
-            fz = self.zones[z]
-            ntab_sizes.append(_zb_pow2(2 * <uint64_t>fz.n_names + 1))
-            ntab_offs.append(off)
-            off += 4 * <uint64_t>ntab_sizes[z]
-            dsec_offs.append(off)                # a signed zone's DNSSEC block follows its table
-            if dsecs[z] is not None:
-                off += (<FlatDsec>dsecs[z]).size
-        if off > max_image:
-            raise OverflowError(off)
-        buf = bytearray(off)
-        cdef uint8_t[::1] view = buf
-        cdef uint8_t* b = &view[0]
-        cdef zone_t* zt
-        cdef uint32_t* tab
-        cdef uint64_t h
-        for h in range(self.n_hits):
-            (<uint32_t*>(b + add_base))[h] = (<FlatZone>self.zones[self.hit_zone[h]]).noff[
-                self.hit_node[h]]
-        for z in range(n_zones):
-            fz = self.zones[z]
-            memcpy(b + <uint64_t>name_offs[z], PyBytes_AS_STRING(fz.key), len(fz.key))
-            soa_off = 0
-            for j in range(fz.n_nodes):
-                s = fz.write_node(b, fz.wnode(j), z, seed, <uint32_t>add_base)
-                if s:
-                    soa_off = s
-            zt = <zone_t*>(b + zones_off + zone_size * z)
-            zt.name_off = <uint32_t>name_offs[z]
-            zt.name_len = <uint8_t>len(fz.key)
-            zt.labels = <uint8_t>fz.olabels
-            zt.flags = f_expired if expired[z] else 0
-            zt.apex_off = fz.noff[fz.apex]
-            zt.ntab_off = <uint32_t>ntab_offs[z]
-            zt.ntab_mask = <uint32_t>ntab_sizes[z] - 1
-            zt.n_nodes = fz.n_names
-            zt.neg_ttl = fz.neg_ttl
-            zt.soa_off = soa_off
-            tab = <uint32_t*>(b + <uint64_t>ntab_offs[z])
-            for j in range(fz.n_names):           # compiler's fill_table, same probe order
-                i = fz.wnode(j)
-                s = (<node_t*>(b + fz.noff[i])).hash & zt.ntab_mask
-                while tab[s]:
-                    s = (s + 1) & zt.ntab_mask
-                tab[s] = fz.noff[i]
-            if dsecs[z] is not None:
-                (<FlatDsec>dsecs[z]).write(b, <uint64_t>dsec_offs[z])
-                zt.flags |= Z_SIGNED
-        return buf, zones_off, ztab_off, ztab_size, nodes, rrsets, records

@@ -4,9 +4,9 @@
 # found once (RFC 4035 §3.1.3, RFC 5155 §7.2): the NSEC chain in canonical order (RFC 4034 §6.1)
 # or the NSEC3 owners sorted by hash, and per name of the zone the record proving its types, the
 # one covering "*.<name>" and, under NSEC3 opt-out, the closest provable encloser's and the next
-# closer cover.  The block is built in the image itself once the zone's nodes are written: the
-# chain is sorted in place and the names read back lowercased, so a million names cost no Python
-# object and no copy; SHA-1 (RFC 5155 §5) is the data plane's own (p53_sha1.h).
+# closer cover.  The block is built in a buffer of its own size from the FlatZone's names and
+# node offsets (never from the image: it is streamed to its file, ext/zonestream.pxi), so a
+# million names cost no Python object; SHA-1 (RFC 5155 §5) is the data plane's own (p53_sha1.h).
 
 cdef extern from "stdlib.h" nogil:
     void qsort_r(void* base, size_t nmemb, size_t size,
@@ -63,31 +63,39 @@ cdef inline int _zd_labels(const uint8_t* k, Py_ssize_t n, uint16_t* at) noexcep
 
 
 cdef int _zd_canon(const uint8_t* a, Py_ssize_t na, const uint8_t* b, Py_ssize_t nb) noexcept nogil:
-    """RFC 4034 §6.1's canonical order of two lowercased wire names (dnssec.index.canonical_key):
-    labels compared right to left as octet strings, a label that is a prefix of the other first,
-    then the name with fewer labels."""
+    """RFC 4034 §6.1's canonical order of two wire names (dnssec.index.canonical_key), ignoring
+    ASCII case: labels compared right to left as lowercased octet strings, a label that is a
+    prefix of the other first, then the name with fewer labels."""
     cdef uint16_t pa[130]
     cdef uint16_t pb[130]
-    cdef int ia = _zd_labels(a, na, pa), ib = _zd_labels(b, nb, pb), c
+    cdef int ia = _zd_labels(a, na, pa), ib = _zd_labels(b, nb, pb), c, n, x
     cdef uint8_t la, lb
     while ia > 0 and ib > 0:
         ia -= 1
         ib -= 1
         la, lb = a[pa[ia]], b[pb[ib]]
-        c = memcmp(a + pa[ia] + 1, b + pb[ib] + 1, la if la < lb else lb)
-        if c != 0:
-            return c
+        n = la if la < lb else lb
+        for x in range(n):
+            c = zs_lower(a[pa[ia] + 1 + x]) - zs_lower(b[pb[ib] + 1 + x])
+            if c != 0:
+                return c
         if la != lb:
             return <int>la - <int>lb
     return ia - ib
 
 
-cdef int _zd_chain_cmp(const void* x, const void* y, void* base) noexcept nogil:
-    """qsort_r order of NSEC owners given as node offsets into the image at `base`."""
-    cdef const uint8_t* b = <const uint8_t*>base
-    cdef const node_t* p = <const node_t*>(b + (<const uint32_t*>x)[0])
-    cdef const node_t* q = <const node_t*>(b + (<const uint32_t*>y)[0])
-    return _zd_canon(b + p.name_off, p.name_len, b + q.name_off, q.name_len)
+# a FlatZone's names for the C callbacks: node i is keys[koff[i]:koff[i] + klen[i]]
+cdef struct zd_names:
+    const uint8_t* keys
+    const uint32_t* koff
+    const uint8_t* klen
+
+
+cdef int _zd_chain_cmp(const void* x, const void* y, void* names) noexcept nogil:
+    """qsort_r order of NSEC owners given as node indices."""
+    cdef const zd_names* nm = <const zd_names*>names
+    cdef uint32_t p = (<const uint32_t*>x)[0], q = (<const uint32_t*>y)[0]
+    return _zd_canon(nm.keys + nm.koff[p], nm.klen[p], nm.keys + nm.koff[q], nm.klen[q])
 
 
 cdef int _zd_n3_cmp(const void* x, const void* y, void* unused) noexcept nogil:
@@ -170,52 +178,65 @@ cdef class FlatDsec:
     cdef inline bint _auth(self, uint32_t i) noexcept:
         return not (self.fz.nflags[i] & (N_BELOW_CUT | N_NSEC))
 
-    cdef void write(self, uint8_t* b, uint64_t off) noexcept:
-        cdef dsec_t* d = <dsec_t*>(b + off)
+    cdef int write(self, uint8_t* dst, uint64_t off) except -1:
+        """The block (self.size bytes, zeroed) into dst, which lands at image offset `off`;
+        the zone's node offsets (noff) are set."""
+        cdef dsec_t* d = <dsec_t*>dst
         cdef uint64_t entry = sizeof(uint32_t) if self.mode == DS_NSEC else sizeof(n3ent_t)
+        cdef uint64_t chain = sizeof(dsec_t), info = sizeof(dsec_t) + entry * self.n_chain
         d.mode = <uint8_t>self.mode
         d.salt_len = <uint8_t>len(self.salt)
         d.iterations = <uint16_t>self.iterations
         d.n_chain = self.n_chain
-        d.chain_off = <uint32_t>(off + sizeof(dsec_t))
+        d.chain_off = <uint32_t>(off + chain)
         d.n_info = self.n_info
-        d.info_off = <uint32_t>(off + sizeof(dsec_t) + entry * self.n_chain)
+        d.info_off = <uint32_t>(off + info)
         memcpy(d.salt, PyBytes_AS_STRING(self.salt), len(self.salt))
         if self.mode == DS_NSEC:
-            self._nsec(b, <uint32_t*>(b + d.chain_off), <dinfo_t*>(b + d.info_off))
+            self._nsec(<uint32_t*>(dst + chain), <dinfo_t*>(dst + info))
         else:
-            self._nsec3(b, <n3ent_t*>(b + d.chain_off), <dinfo_t*>(b + d.info_off))
+            self._nsec3(<n3ent_t*>(dst + chain), <dinfo_t*>(dst + info))
+        return 0
 
-    cdef void _nsec(self, uint8_t* b, uint32_t* chain, dinfo_t* info) noexcept:
+    cdef int _nsec(self, uint32_t* chain, dinfo_t* info) except -1:
         """dnssec.index._plan_nsec: the NSEC owners in canonical order; per name the NSEC that
         proves its types (its own, or for a name without one the covering NSEC) and the NSEC
-        covering "*.<name>"."""
+        covering "*.<name>".  The chain is sorted as node indices, then turned into offsets."""
         cdef FlatZone fz = self.fz
         cdef uint32_t j, i, k = 0
-        cdef const node_t* nd
         cdef uint8_t wild[260]
+        cdef zd_names nm
+        nm.keys = <const uint8_t*>PyBytes_AS_STRING(fz.keys)
+        nm.koff, nm.klen = fz.nkoff, fz.nklen
         for j in range(fz.n_names):
             i = fz.wnode(j)
             if self._auth(i) and _zd_has(fz, i, 47):
-                chain[k] = fz.noff[i]
+                chain[k] = i
                 k += 1
-        qsort_r(chain, k, sizeof(uint32_t), _zd_chain_cmp, b)
+        qsort_r(chain, k, sizeof(uint32_t), _zd_chain_cmp, &nm)
         k = 0
         wild[0], wild[1] = 1, 42
         for j in range(fz.n_names):
             i = fz.wnode(j)
             if not self._auth(i):
                 continue
-            nd = <const node_t*>(b + fz.noff[i])
             info[k].node_off = fz.noff[i]
-            info[k].match = fz.noff[i] if _zd_has(fz, i, 47) else \
-                _zd_nsec_cover(b, chain, self.n_chain, b + nd.name_off, nd.name_len)
-            memcpy(wild + 2, b + nd.name_off, nd.name_len)
-            info[k].wild = _zd_nsec_cover(b, chain, self.n_chain, wild, nd.name_len + 2)
+            if _zd_has(fz, i, 47):
+                info[k].match = fz.noff[i]
+            elif self.n_chain:
+                info[k].match = fz.noff[_zd_nsec_cover(&nm, chain, self.n_chain, fz._kp(i),
+                                                       fz.nklen[i])]
+            memcpy(wild + 2, fz._kp(i), fz.nklen[i])
+            if self.n_chain:
+                info[k].wild = fz.noff[_zd_nsec_cover(&nm, chain, self.n_chain, wild,
+                                                      fz.nklen[i] + 2)]
             info[k].nc = 0
             k += 1
+        for k in range(self.n_chain):
+            chain[k] = fz.noff[chain[k]]
+        return 0
 
-    cdef void _nsec3(self, uint8_t* b, n3ent_t* ent, dinfo_t* info) noexcept:
+    cdef int _nsec3(self, n3ent_t* ent, dinfo_t* info) except -1:
         """dnssec.index._plan_nsec3: the chain's owners sorted by hash; per name its matching
         NSEC3 and the one covering the hash of "*.<name>", or for a name opt-out left without an
         NSEC3 (an insecure delegation, or an empty non-terminal above only such, RFC 5155
@@ -224,13 +245,12 @@ cdef class FlatDsec:
         cdef FlatZone fz = self.fz
         cdef uint32_t j, i, k = 0, n = self.n_chain, m
         cdef const uint8_t* salt = <const uint8_t*>PyBytes_AS_STRING(self.salt)
-        cdef Py_ssize_t slen = len(self.salt), nl, cl, al
-        cdef const node_t* nd
-        cdef const uint8_t* name
+        cdef Py_ssize_t slen = len(self.salt), nl, cl, al, x
         cdef const uint8_t* child
         cdef const uint8_t* anc
         cdef uint8_t h[20]
         cdef uint8_t wild[260]
+        cdef uint8_t* name = wild + 2            # the name, lowercased (RFC 5155 §5)
         for j in range(fz.n_names, fz.n_nodes):
             i = fz.wnode(j)
             if _zd_n3_entry(fz, i, salt, slen, self.iterations, ent[k].hash):
@@ -238,19 +258,19 @@ cdef class FlatDsec:
                 k += 1
         qsort_r(ent, k, sizeof(n3ent_t), _zd_n3_cmp, NULL)
         if n == 0:
-            return
+            return 0
         k = 0
         wild[0], wild[1] = 1, 42
         for j in range(fz.n_names):
             i = fz.wnode(j)
             if not self._auth(i):
                 continue
-            nd = <const node_t*>(b + fz.noff[i])
-            name, nl = b + nd.name_off, nd.name_len
+            nl = fz.nklen[i]
+            for x in range(nl):
+                name[x] = zs_lower(fz._kp(i)[x])
             p53_nsec3_hash(name, nl, salt, slen, self.iterations, h)
             info[k].node_off = fz.noff[i]
             info[k].match = _zd_n3_find(ent, n, h)
-            memcpy(wild + 2, name, nl)
             p53_nsec3_hash(wild, nl + 2, salt, slen, self.iterations, h)
             info[k].wild = _zd_n3_cover(ent, n, h)
             info[k].nc = 0
@@ -264,7 +284,9 @@ cdef class FlatDsec:
                         info[k].match = m
                         p53_nsec3_hash(child, cl, salt, slen, self.iterations, h)
                         info[k].nc = _zd_n3_cover(ent, n, h)
-                        memcpy(wild + 2, anc, al)
+                        # "*.<encloser>": the encloser moved up to follow "*." (memmove: the
+                        # two overlap, and name is of no use after this)
+                        memmove(wild + 2, anc, al)
                         p53_nsec3_hash(wild, al + 2, salt, slen, self.iterations, h)
                         info[k].wild = _zd_n3_cover(ent, n, h)
                         break
@@ -272,20 +294,17 @@ cdef class FlatDsec:
                     al -= anc[0] + 1
                     anc += anc[0] + 1
             k += 1
-
-
-cdef uint32_t _zd_nsec_cover(const uint8_t* b, const uint32_t* chain, uint32_t n,
-                             const uint8_t* key, Py_ssize_t klen) noexcept:
-    """The last NSEC owner strictly before `key` in canonical order; before the first, the last
-    one (the chain wraps: dnssec.index's chain[bisect_left(...) - 1])."""
-    cdef uint32_t lo = 0, hi = n, mid
-    cdef const node_t* nd
-    if n == 0:
         return 0
+
+
+cdef uint32_t _zd_nsec_cover(const zd_names* nm, const uint32_t* chain, uint32_t n,
+                             const uint8_t* key, Py_ssize_t klen) noexcept:
+    """The last NSEC owner (a node index) strictly before `key` in canonical order; before the
+    first, the last one (the chain wraps: dnssec.index's chain[bisect_left(...) - 1]).  n > 0."""
+    cdef uint32_t lo = 0, hi = n, mid
     while lo < hi:
         mid = (lo + hi) >> 1
-        nd = <const node_t*>(b + chain[mid])
-        if _zd_canon(b + nd.name_off, nd.name_len, key, klen) < 0:
+        if _zd_canon(nm.keys + nm.koff[chain[mid]], nm.klen[chain[mid]], key, klen) < 0:
             lo = mid + 1
         else:
             hi = mid

@@ -1,11 +1,12 @@
 # zonestream.pxi: the flat compile's image (ext/zonebuild.pxi) written straight to a file, a few
 # MiB at a time, instead of into a buffer the size of the image (issue 15: the cold load of a
 # million-name zone must peak at most 2x its image; the compiler child held the build's arrays
-# and the whole image at once).  The bytes are FlatImage.write's, in file order: the head
+# and the whole image at once).  The bytes are compiler._compile's, in file order: the head
 # (header, zone table, zone hash table; built by the caller), each zone's name and nodes, the
 # additional-target lists, each zone's node hash table.  The checksum (ext/image.pxi) is
-# computed as the bytes go out; the caller writes it into the header.  Unsigned zones only: a
-# signed zone's DNSSEC block is FlatImage.write's.
+# computed as the bytes go out; the caller writes it into the header.  A signed zone's DNSSEC
+# block (ext/zonebuild_dsec.pxi) follows its node hash table, built in a buffer of its own size.
+# The in-memory compile (compiler.compile_zone_data) streams the same bytes into a bytearray.
 
 from posix.unistd cimport write as _zst_write
 from libc.errno cimport errno, EINTR
@@ -17,6 +18,8 @@ DEF ZST_CHUNK = 1 << 20
 
 cdef struct zst_out:
     int fd
+    uint8_t* mem          # the image in memory, when not a file (mem_size bytes)
+    uint64_t mem_size
     uint8_t* buf
     uint64_t cap          # bytes allocated at buf
     uint64_t fill         # bytes waiting in buf
@@ -29,6 +32,11 @@ cdef int _zst_flush(zst_out* o, bint final) except -1:
     cdef uint64_t n = o.fill if final else o.fill & ~(<uint64_t>31), done = 0
     cdef ssize_t w
     ck_blocks(&o.ck, o.buf, o.pos, n & ~(<uint64_t>31))
+    if o.mem != NULL:
+        if o.pos + n > o.mem_size:
+            raise ValueError("image larger than its layout")
+        memcpy(o.mem + o.pos, o.buf, n)
+        done = n
     while done < n:
         w = _zst_write(o.fd, o.buf + done, n - done)
         if w < 0:
@@ -80,14 +88,17 @@ cdef int _zst_pad(zst_out* o, uint64_t to) except -1:
 
 
 def flat_layout(FlatImage img, uint32_t header_size, uint32_t zone_size, uint64_t max_image):
-    """FlatImage.write's pass 1 (every node's offset, into its FlatZone) for unsigned zones:
-    {size, zones_off, ztab_off, ztab_size, name_offs, add_base, ntab_offs, ntab_sizes, nodes,
-    rrsets, records}.  Raises OverflowError(size) past max_image."""
-    cdef uint32_t n_zones = len(img.zones), z, i
+    """The image's pass 1 (every node's offset, into its FlatZone): {size, zones_off, ztab_off,
+    ztab_size, name_offs, add_base, ntab_offs, ntab_sizes, dsecs, dsec_offs, nodes, rrsets,
+    records}.  A signed zone's NSEC3 owners are written after its names and stay out of its
+    table; its DNSSEC block (dsecs[z], else None) follows the table.  Raises
+    OverflowError(size) past max_image."""
+    cdef uint32_t n_zones = len(img.zones), z, j, i
     cdef uint64_t off = header_size, nodes = 0, rrsets = 0, records = 0
     cdef FlatZone fz
     lay = {"zones_off": off, "ztab_size": _zb_pow2(2 * n_zones + 1), "name_offs": [],
-           "ntab_offs": [], "ntab_sizes": []}
+           "ntab_offs": [], "ntab_sizes": [], "dsec_offs": [],
+           "dsecs": [zone_dsec_plan(fz) for fz in img.zones]}     # zonebuild_dsec.pxi
     off += <uint64_t>zone_size * n_zones
     lay["ztab_off"] = off
     off += 4 * <uint64_t>lay["ztab_size"]
@@ -95,7 +106,8 @@ def flat_layout(FlatImage img, uint32_t header_size, uint32_t zone_size, uint64_
         fz = img.zones[z]
         lay["name_offs"].append(off)
         off = _zb_align4(off + len(fz.key))
-        for i in range(fz.n_nodes):
+        for j in range(fz.n_nodes):
+            i = fz.wnode(j)
             fz.noff[i] = <uint32_t>off if off <= max_image else 0
             off += fz.node_size(i)
         nodes += fz.n_nodes
@@ -105,9 +117,12 @@ def flat_layout(FlatImage img, uint32_t header_size, uint32_t zone_size, uint64_
     off += 4 * img.n_hits
     for z in range(n_zones):
         fz = img.zones[z]
-        lay["ntab_sizes"].append(_zb_pow2(2 * <uint64_t>fz.n_nodes + 1))
+        lay["ntab_sizes"].append(_zb_pow2(2 * <uint64_t>fz.n_names + 1))
         lay["ntab_offs"].append(off)
         off += 4 * <uint64_t>lay["ntab_sizes"][z]
+        lay["dsec_offs"].append(off)
+        if lay["dsecs"][z] is not None:
+            off += (<FlatDsec>lay["dsecs"][z]).size
     if off > max_image:
         raise OverflowError(off)
     lay.update(size=off, nodes=nodes, rrsets=rrsets, records=records)
@@ -115,9 +130,10 @@ def flat_layout(FlatImage img, uint32_t header_size, uint32_t zone_size, uint64_
 
 
 cdef uint32_t _zst_soa_off(FlatZone fz) noexcept:
-    """The zone's SOA rrset_t offset as write_node finds it (the last node holding one)."""
-    cdef uint32_t i, a, soa = 0
-    for i in range(fz.n_nodes):
+    """The zone's SOA rrset_t offset as write_node finds it (the last node written holding one)."""
+    cdef uint32_t i, j, a, soa = 0
+    for j in range(fz.n_nodes):
+        i = fz.wnode(j)
         for a in range(fz.nnrr[i]):
             if fz.rtype[fz.nrr[i] + a] == 6:
                 soa = ((fz.noff[i] + sizeof(node_t) + fz.nklen[i] + 3) & ~3u) + sizeof(rrset_t) * a
@@ -129,11 +145,12 @@ cdef int _zst_table(zst_out* o, FlatZone fz, uint32_t size, uint32_t seed) excep
     in node order), built apart and written out."""
     cdef uint32_t* tab = <uint32_t*>calloc(size, 4)
     cdef uint8_t key[256]
-    cdef uint32_t i, s, h, k, mask = size - 1
+    cdef uint32_t i, j, s, h, k, mask = size - 1
     if tab == NULL:
         raise MemoryError()
     try:
-        for i in range(fz.n_nodes):
+        for j in range(fz.n_names):
+            i = fz.wnode(j)
             for k in range(fz.nklen[i]):
                 key[k] = zs_lower(fz._kp(i)[k])
             h = name_hash(key, fz.nklen[i], seed) if fz.nklen[i] else 0
@@ -147,16 +164,31 @@ cdef int _zst_table(zst_out* o, FlatZone fz, uint32_t size, uint32_t seed) excep
     return 0
 
 
-def flat_stream(FlatImage img, int fd, bytearray head, dict lay, uint32_t seed, list expired,
+cdef int _zst_dsec(zst_out* o, FlatDsec d, uint64_t off) except -1:
+    """A signed zone's DNSSEC block, built apart (it is sorted and searched) and written out."""
+    cdef uint8_t* blk = <uint8_t*>calloc(d.size or 1, 1)
+    if blk == NULL:
+        raise MemoryError()
+    try:
+        d.write(blk, off)
+        _zst_put(o, blk, d.size)
+    finally:
+        free(blk)
+    return 0
+
+
+def flat_stream(FlatImage img, out, bytearray head, dict lay, uint32_t seed, list expired,
                 int f_expired, uint32_t zone_size):
-    """Write the image laid out by flat_layout to fd (at its current offset, which must be 0).
-    `head`: the header and zone hash table, filled by the caller (checksum field zero); the zone
-    table entries are filled here.  Returns the checksum to store in the header."""
-    cdef uint32_t n_zones = len(img.zones), z, i, need
+    """Write the image laid out by flat_layout to `out`: a file descriptor (at its current
+    offset, which must be 0) or a bytearray of the image's size.  `head`: the header and zone
+    hash table, filled by the caller (checksum field zero); the zone table entries are filled
+    here.  Returns the checksum to store in the header."""
+    cdef uint32_t n_zones = len(img.zones), z, i, j, need
     cdef uint64_t add_base = lay["add_base"], h
     cdef FlatZone fz
     cdef zone_t* zt
     cdef uint8_t[::1] hv = head
+    cdef uint8_t[::1] mv
     cdef uint8_t* p
     cdef uint32_t v
     cdef zst_out o
@@ -169,15 +201,24 @@ def flat_stream(FlatImage img, int fd, bytearray head, dict lay, uint32_t seed, 
         zt.name_len = <uint8_t>len(fz.key)
         zt.labels = <uint8_t>fz.olabels
         zt.flags = f_expired if expired[z] else 0
+        if lay["dsecs"][z] is not None:
+            zt.flags |= Z_SIGNED
         zt.apex_off = fz.noff[fz.apex]
         zt.ntab_off = <uint32_t>lay["ntab_offs"][z]
         zt.ntab_mask = <uint32_t>lay["ntab_sizes"][z] - 1
-        zt.n_nodes = fz.n_nodes
+        zt.n_nodes = fz.n_names
         zt.neg_ttl = fz.neg_ttl
         zt.soa_off = _zst_soa_off(fz)
     memset(&o, 0, sizeof(o))
     ck_init(&o.ck)
-    o.fd, o.cap = fd, ZST_CHUNK
+    if isinstance(out, bytearray):
+        if len(out) != <uint64_t>lay["size"]:
+            raise ValueError("buffer size differs from the layout")
+        mv = out
+        o.fd, o.mem, o.mem_size = -1, &mv[0], len(out)
+    else:
+        o.fd = out
+    o.cap = ZST_CHUNK
     o.buf = <uint8_t*>malloc(o.cap)
     if o.buf == NULL:
         raise MemoryError()
@@ -187,7 +228,8 @@ def flat_stream(FlatImage img, int fd, bytearray head, dict lay, uint32_t seed, 
             fz = img.zones[z]
             _zst_pad(&o, <uint64_t>lay["name_offs"][z])
             _zst_put(&o, <const uint8_t*>PyBytes_AS_STRING(fz.key), len(fz.key))
-            for i in range(fz.n_nodes):
+            for j in range(fz.n_nodes):
+                i = fz.wnode(j)
                 _zst_pad(&o, fz.noff[i])
                 need = <uint32_t>fz.node_size(i)
                 p = _zst_room(&o, need)
@@ -201,6 +243,8 @@ def flat_stream(FlatImage img, int fd, bytearray head, dict lay, uint32_t seed, 
         for z in range(n_zones):
             _zst_pad(&o, <uint64_t>lay["ntab_offs"][z])
             _zst_table(&o, img.zones[z], <uint32_t>lay["ntab_sizes"][z], seed)
+            if lay["dsecs"][z] is not None:
+                _zst_dsec(&o, lay["dsecs"][z], <uint64_t>lay["dsec_offs"][z])
         if o.pos + o.fill != <uint64_t>lay["size"]:
             raise ValueError("image size differs from its layout")
         h = o.fill & ~(<uint64_t>31)

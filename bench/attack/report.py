@@ -31,7 +31,7 @@ def _f(x: float, fmt: str) -> str:
     return "-" if math.isnan(x) else format(x, fmt)
 
 
-def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) -> None:
+def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, sched=None) -> None:
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
     fcpus = getattr(args, "flood_cpus", "0,1")
@@ -39,6 +39,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
         cmd += " --cookies"
     if fcpus != "0,1":
         cmd += f" --flood-cpus {fcpus}"
+    if getattr(args, "weight", 262144) != 262144:
+        cmd += f" --weight {args.weight}"
     if args.servers != "pop53,knot,nsd,dnsdist":
         cmd += f" --servers {args.servers}"
     lines = ["# Known resolvers under a flood, side by side (bench/attack)", "",
@@ -47,8 +49,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
              f"- Machine: {os.cpu_count()} CPUs shared with other work, load average {load0:.2f} at "
              f"start, {load1:.2f} at end",
              f"- Servers: pinned to CPU 0"
-             + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms)"
-                if args.quota else "")
+             + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms, "
+                f"cpu.shares {getattr(args, 'weight', 1024)})" if args.quota else "")
              + f"; the flood (bench/attack/flood.c, SCHED_IDLE: only CPU time nothing else wants) on "
              f"CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
@@ -88,6 +90,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
             sent = statistics.median(sents) if sents else float("nan")
             lines.append(f"| {attack} | {load:g}x | {_f(sent, ',.0f')} ({_f(sent / unit, '.1f')}x) | "
                          + " | ".join(cells) + " |")
+    if sched:
+        lines += _sched_table(loads, names, attacks, sched)
     lines += ["", "## Per second (share answered, p50 ms, p99 ms), every round", ""]
     for (n, attack, load), r in sorted(runs.items()):
         for i, (sent, secs) in enumerate(r):
@@ -97,6 +101,27 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1) 
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     _plot(args.out.with_suffix(".png"), loads, names, attacks, runs, cmd, unit)
+
+
+def _sched_table(loads, names, attacks, sched) -> list[str]:
+    """Where the time went during a row (medians over rounds, ms per second): the server's
+    busiest thread (the UDP worker) on CPU and runnable but waiting while another task had CPU
+    0 (ksoftirqd delivering the flood, the machine's other work), the cgroup's throttled time,
+    and ksoftirqd/0's CPU time.  A known resolver's query that arrives while the worker waits
+    or is throttled waits with it."""
+    out = ["", "## Where the time went (ms per second: the worker on CPU / waiting for CPU 0 / "
+           "throttled by the quota / ksoftirqd on CPU 0)", "",
+           "| attack | load asked | " + " | ".join(LABEL[n] for n in names) + " |",
+           "|---|---|" + "---|" * len(names)]
+    for attack in attacks:
+        for load in ([0.0] if attack == "no attack" else loads):
+            cells = []
+            for n in names:
+                r = sched.get((n, attack, load))
+                cells.append("-" if not r else " / ".join(
+                    f"{statistics.median(x[k] for x in r):.0f}" for k in range(4)))
+            out.append(f"| {attack} | {load:g}x | " + " | ".join(cells) + " |")
+    return out
 
 
 def _plot(path: Path, loads, names, attacks, runs, cmd, unit: float) -> None:

@@ -19,7 +19,9 @@ Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that 
 1/quota ms), so that the flood can offer 5x and more (without the cap the flood core is the
 bottleneck); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
 default both) as SCHED_IDLE, so they take only the CPU time the resolvers and the capped server
-leave.  Latency is measured to the kernel's receive timestamp of each reply.  Loopback only, bounded in time and count.
+leave; the cgroup's weight (`--weight`, cpu.shares) puts a woken server ahead of the machine's
+other work.  Latency is measured to the kernel's receive timestamp of each reply, and each row
+says where the worker's time went (on CPU, waiting for CPU 0, throttled by the quota).  Loopback only, bounded in time and count.
 Writes bench/results/attack.md and attack.png.  The machine is shared: read the load average.
 """
 from __future__ import annotations
@@ -206,6 +208,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loads", default="1,3,5", help="offered flood, multiples of pop53's capacity")
     ap.add_argument("--quota", type=float, default=0.25, help="share of CPU 0 the servers get (0: all)")
+    ap.add_argument("--weight", type=int, default=262144, help="cpu.shares of the servers' "
+                    "cgroup: 262144 (the most) makes a woken server run before the machine's "
+                    "other work, up to its quota, as on a core of its own; 1024: the same weight "
+                    "as every other task (the machine's load then shows in the latency)")
     ap.add_argument("--servers", default=",".join(sv.SERVERS))
     ap.add_argument("--cookies", action="store_true", help="the resolvers send DNS COOKIEs; "
                     "pop53 and Knot (mod-cookies) answer them")
@@ -232,9 +238,10 @@ def main(argv=None) -> int:
     name_wire = dns.name.from_text(names[0]).to_wire().hex()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
-    cap = sv.CpuCap(args.quota)
+    cap = sv.CpuCap(args.quota, args.weight)
     caps: dict[str, tuple[float, float]] = {}
     runs: dict[tuple[str, str, float], list] = {}
+    sched: dict[tuple[str, str, float], list] = {}
     try:
         with tempfile.TemporaryDirectory() as tmpd:
             tmp = Path(tmpd)
@@ -260,6 +267,7 @@ def main(argv=None) -> int:
                             for load in ([0.0] if ATTACKS[attack] is None else loads):
                                 time.sleep(1.0)                # calm between rows
                                 ready = prepare(srv.port, names, args.cookies)   # before the flood
+                                s0, c0, k0 = srv.sched_ns(), cap.throttled_ns(), sv.ksoftirqd_ns()
                                 fls = []
                                 if ATTACKS[attack] is not None:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
@@ -274,16 +282,23 @@ def main(argv=None) -> int:
                                             f.kill()
                                             f.wait()
                                 secs = per_second(rows, args.seconds)
+                                # where the worker's time went: on CPU, runnable but waiting for
+                                # CPU 0, throttled by the quota; and ksoftirqd/0's share of CPU 0
+                                sched.setdefault((name, attack, load), []).append(sv.busiest(
+                                    s0, srv.sched_ns(), args.seconds, cap.throttled_ns() - c0,
+                                    sv.ksoftirqd_ns() - k0))
                                 runs.setdefault((name, attack, load), []).append(
                                     (sent / args.seconds, secs))
                                 print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
-                                      [f"{a:.3f} {b:.1f} {c:.1f}" for a, b, c in secs], flush=True)
+                                      [f"{a:.3f} {b:.1f} {c:.1f}" for a, b, c in secs],
+                                      "worker cpu/wait, throttled, ksoftirqd, other threads ms/s %.0f/%.0f/%.0f/%.0f/%.0f" % sched[(name, attack, load)][-1],
+                                      flush=True)
                     finally:
                         srv.stop()
     finally:
         cap.close()
     from bench.attack.report import write
-    write(args, loads, names_, attacks, skipped, caps, unit, runs, load0, os.getloadavg()[0])
+    write(args, loads, names_, attacks, skipped, caps, unit, runs, load0, os.getloadavg()[0], sched)
     return 0
 
 

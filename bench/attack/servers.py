@@ -45,7 +45,7 @@ class CpuCap:
     to period - 1 ms), so that one flood core can offer several times the servers' capacity.
     Removed on close."""
 
-    def __init__(self, share: float):
+    def __init__(self, share: float, weight: int = 1024):
         self.path = None
         if share <= 0:
             return
@@ -56,9 +56,20 @@ class CpuCap:
         try:
             (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
             (self.path / "cpu.cfs_quota_us").write_text("1000")
+            # the group's weight against the machine's other work on CPU 0: a high weight makes
+            # a woken server run first, up to its quota (a core of its own, as a real server
+            # has); the default 1024 lets any busy task on CPU 0 delay it by a scheduler slice
+            (self.path / "cpu.shares").write_text(str(weight))
         except OSError:
             self.close()
             raise
+
+    def throttled_ns(self) -> int:
+        """The cgroup's time throttled so far (cpu.stat throttled_time), 0 without a cap."""
+        if self.path is None:
+            return 0
+        st = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
+        return int(st.get("throttled_time", 0))
 
     def wrap(self, argv: list[str]) -> list[str]:
         """argv run pinned to CPU 0 inside the cgroup (children inherit both)."""
@@ -173,6 +184,25 @@ class Running:
             self.stop()
             raise RuntimeError(f"{name} did not answer:\n{self.log.read_text(errors='replace')[-2000:]}")
 
+    def sched_ns(self) -> dict:
+        """Per thread of the server's processes: (CPU time, run-queue wait) so far in ns
+        (schedstat); the wait is time it was runnable while another task had its CPU."""
+        out = {}
+        for p in self.procs:
+            try:
+                tids = os.listdir(f"/proc/{p.pid}/task")
+            except OSError:
+                continue
+            for t in tids:
+                try:
+                    with open(f"/proc/{p.pid}/task/{t}/schedstat") as f:
+                        r, w, _ = map(int, f.read().split())
+                except (OSError, ValueError):
+                    continue
+                out[t] = (r, w)
+        return out
+
+
     def _ready(self, probe: str, timeout: float = 30) -> bool:
         q = dns.message.make_query(probe, "A").to_wire()
         end = time.monotonic() + timeout
@@ -200,3 +230,25 @@ class Running:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def ksoftirqd_ns(cpu: int = 0) -> int:
+    """CPU time so far of the CPU's softirq thread (network receive work the kernel deferred
+    from the senders' context: it competes with the server for that CPU)."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == f"ksoftirqd/{cpu}":
+                    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+            except OSError:
+                continue
+    return 0
+
+
+def busiest(s0: dict, s1: dict, seconds: float, throttled: float, softirq: float) -> tuple:
+    """ms a second of the busiest thread (the UDP worker) on CPU and waiting for CPU, the
+    cgroup's throttled time and ksoftirqd's CPU time, between two sched_ns samples."""
+    deltas = [(r - s0.get(t, (0, 0))[0], w - s0.get(t, (0, 0))[1]) for t, (r, w) in s1.items()]
+    run, wait = max(deltas, default=(0, 0))
+    others = sum(r for r, _ in deltas) - run
+    return tuple(x / 1e6 / seconds for x in (run, wait, throttled, softirq, others))

@@ -4,8 +4,8 @@
 
 Both loops run in C without the GIL: `_core.bench_answer_batch` (parse + lookup + write) and
 `Scorer.bench` (the worker loop's `sc_prefetch` over a batch of 64, then `sc_admit` for each:
-sketch update, known-table read, header check, admission share), on a realistic known table: 100,000 random IPv4 /24s (the 16 MiB byte
-table) and 20,000 IPv6 /56s.  Sources are scattered over every /24 (or 2^24 /56s), so the
+sketch update, known-table read, header check, admission share), on a realistic known table: 100,000 random IPv4 /24s (the 2 MiB
+bitmap) and 20,000 IPv6 /56s.  Sources are scattered over every /24 (or 2^24 /56s), so the
 table reads miss the cache the way a spoofed flood makes them ("cold"), or come from one /24
 ("warm").  Writes bench/results/scoring.md.  Not a test: nothing asserts a time.
 """
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     lines = report_head("Query scoring: cost per UDP query", "scoring", args,
                         f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end "
                         "(shared machine)") + [
-        "- Known table: 100,000 random IPv4 /24s (16 MiB byte table), 20,000 IPv6 /56s",
+        "- Known table: 100,000 random IPv4 /24s (2 MiB bitmap), 20,000 IPv6 /56s",
         "",
         "| measurement | median of rounds | min | max |",
         "|---|---|---|---|",

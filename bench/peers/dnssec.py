@@ -30,6 +30,7 @@ from .run import free_port
 from .servers import NSD, Knot, Pop53
 
 SERVER_CPU, CLIENT_CPU = 1, 0
+SERVERS = "knot,nsd,pop53"
 
 
 def signed_zone(work: Path, names: int) -> Path:
@@ -105,7 +106,8 @@ def one_run(peer, work: Path, zone: Path, queries: Path, duration: float, record
         nx = res.rcodes.get("NXDOMAIN", 0) / max(1, res.completed)
         return {"qps": res.qps, "completed": res.completed, "lost": res.lost, "nx": nx,
                 "us_per_query": (cpu1 - cpu0) / max(1, res.completed) * 1e6,
-                "load_s": ready - t0, "saved_s": saved and saved - t0, "rss_mib": rss / 1024, "peak_mib": max(peak[0], rss) / 1024,
+                "load_s": ready - t0, "saved_s": saved and saved - t0, "rss_mib": rss / 1024,
+                "peak_mib": max(peak[0], rss) / 1024, "image_mib": image / 2**20 if image else None,
                 "image_b_per_record": image / records if image else None}
     finally:
         stop.set()
@@ -144,7 +146,9 @@ def report(sizes: dict, signing: dict, args, loads) -> str:
     from ..micro.signing import table
     out = ["# DNSSEC: DO=1 on a signed zone, pop53 beside Knot and NSD (issue 12)", "",
            f"`python -m bench.peers.dnssec --names {args.names} --runs {args.runs} "
-           f"--duration {args.duration:g}` (repository root), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+           f"--duration {args.duration:g}"
+           f"{f' --cache {args.cache}' if args.cache else ''}"
+           f"{'' if args.servers == SERVERS else f' --servers {args.servers}'}` (repository root), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
            f"load average {loads[0]:.2f} at the start, {loads[1]:.2f} at the end, on the 2 "
            "cores shared with other agents.  One worker per server pinned to CPU 1, dnsperf "
            "(`-D`, 8 clients, 100 outstanding) on CPU 0; the mix is 70% positive, 20% NXDOMAIN, "
@@ -157,23 +161,27 @@ def report(sizes: dict, signing: dict, args, loads) -> str:
            "- **RSS MiB**: the server's process tree after load; **peak**: the largest seen during "
            "load, sampled every 0.1 s (pop53 compiles in a child process that exits: counted).",
            "- **image B/record**: pop53's saved image (state directory) / records in the signed "
-           "zone file; **RSS B/record**: RSS after load / records, for every server.", ""]
+           "zone file; **RSS B/record**: RSS after load / records, for every server; "
+           "**peak / image**: pop53's peak / its saved image (the cold load's bound is 2x).", ""]
     for n, (rows, meta) in sizes.items():
         out += [f"## {n:,} names ({meta['records']:,} records signed; dnssec-signzone "
                 f"{meta['sign_s']:.0f} s{' (cached)' if meta['cached'] else ''})", "",
                 "| server | answered q/s | CPU µs/query | vs Knot | NXDOMAIN share | lost | load s | "
-                "RSS MiB | peak MiB | image B/record | RSS B/record |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "RSS MiB | peak MiB | image B/record | RSS B/record | peak / image |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         knot = med([x["us_per_query"] for x in rows.get("knot", [])])
         for key, rs in rows.items():
             us = med([x["us_per_query"] for x in rs])
             img = med([x["image_b_per_record"] for x in rs])
             rss = med([x["rss_mib"] for x in rs])
+            peak = med([x["peak_mib"] for x in rs])
+            ratio = [x["peak_mib"] / x["image_mib"] for x in rs if x.get("image_mib")]
             out.append(f"| {key} | {med([x['qps'] for x in rs]):,.0f} | {us:.2f} | "
-                       f"{us / knot:.2f}x | {med([x['nx'] for x in rs]):.3f} | "
+                       f"{f'{us / knot:.2f}x' if knot else ''} | {med([x['nx'] for x in rs]):.3f} | "
                        f"{sum(x['lost'] for x in rs)} | {med([x['load_s'] for x in rs]):.1f} | "
-                       f"{rss:.0f} | {med([x['peak_mib'] for x in rs]):.0f} | "
-                       f"{'' if img is None else f'{img:.0f}'} | {rss * 2 ** 20 / meta['records']:.0f} |")
+                       f"{rss:.0f} | {peak:.0f} | {'' if img is None else f'{img:.0f}'} | "
+                       f"{rss * 2 ** 20 / meta['records']:.0f} | "
+                       f"{f'{med(ratio):.2f}x' if ratio else ''} |")
         out.append("")
     out += ["## Online signing of mapped answers (signatures per CPU second, one core)", "",
             f"`python -m bench.micro.signing --n {args.sign_n}` (thread CPU time, best of 3; every "
@@ -214,9 +222,11 @@ def main(argv=None) -> int:
     p.add_argument("--load-limit", type=float, default=1800.0)
     p.add_argument("--sign-n", type=int, default=2000)
     p.add_argument("--out", default="bench/results/dnssec")
+    p.add_argument("--servers", default=SERVERS,
+                   help=f"comma-separated, of {SERVERS} (pop53 alone: a quick intermediate run)")
     args = p.parse_args(argv)
     from ..micro.signing import measure
-    peers = [Knot(), NSD(), Pop53()]
+    peers = [{"knot": Knot, "nsd": NSD, "pop53": Pop53}[k]() for k in args.servers.split(",")]
     load0 = os.getloadavg()[0]
     signing = measure(args.sign_n)
     sizes = {}

@@ -79,6 +79,7 @@ class Config:
     tcp_max_control_connections: int = 64  # handed to the control plane (NOTIFY/XFR/TSIG)
     reuseport_bpf: bool = False
     receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
+    receive_timestamp_every: int = 16   # ... on one receive batch in N (ext/kstamp.pxi)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
@@ -150,6 +151,14 @@ def parse_listen(text, key: str, file: str | None, default_port: int = 53) -> Li
     except ValueError:
         raise ConfigError(f"bad port in {text!r}", file=file, key=key) from None
     return Listen(host, port)
+
+
+def _stamp_every(server: dict, file) -> int:
+    n = _typed(server, "receive_timestamp_every", int, 16, "server", file)
+    if not 1 <= n <= 65536:
+        raise ConfigError(f"must be within 1..65536, got {n}", file=file,
+                          key="server.receive_timestamp_every")
+    return n
 
 
 def _typed(doc: dict, name: str, kind, default, key: str, file):
@@ -300,6 +309,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         **_tcp(server, file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         receive_timestamps=_typed(server, "receive_timestamps", bool, True, "server", file),
+        receive_timestamp_every=_stamp_every(server, file),
         xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

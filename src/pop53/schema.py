@@ -219,9 +219,11 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("tcp_max_control_connections", "integer", 64, "TCP connections handed to the control plane "
       "(NOTIFY, AXFR/IXFR, TSIG) held at once; a handoff past it is closed (docs/tcp.md)")
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
- .key("receive_timestamps", "boolean", True, "the kernel's receive time of each UDP query (SO_TIMESTAMPNS) "
+ .key("receive_timestamps", "boolean", True, "the kernel's receive time of UDP queries (SO_TIMESTAMPNS) "
       "for pop53_answer_latency_total_seconds, the latency with the socket's queue (docs/dnstap.md; "
-      "about 0.17 us of kernel CPU per datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
+      "about 0.12-0.17 us of kernel CPU per stamped datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
+ .key("receive_timestamp_every", "integer 1..65536", 16, "stamp the queries of one UDP receive batch in "
+      "N (the histogram is a sample; 1: every query); with [scoring] every batch is stamped")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
       "support: a warning and the socket path")
@@ -287,6 +289,11 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("trust_after_ms", "integer (ms)", 1000, "an address of a known prefix becomes trusted when seen again "
       "this long after its first sighting with no overload in between (spoofed sources come with the "
       "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
+ .key("trust_ttl", "number (seconds) 1..2592000", 86400, "a trusted address of a known prefix not seen "
+      "for this long loses its trust (its history starts again)")
+ .key("strict_calm", "number (seconds) 1..2592000", 600, "strict known prefixes (only trusted addresses "
+      "steered and top over known_rate) relax after this long without overload; one whose trusted "
+      "address still asks is strict again at its next query")
  .key("known_nx_percent", "integer 1..100", 50, "a known address whose answers in the window are more than "
       "this share NXDOMAIN (water torture it relays; at least 32) is demoted to normal for the window")
  .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")
@@ -294,6 +301,10 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "
       "(as do kernel receive-queue drops)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
+ .key("yield_when_cut", "boolean", True, "with steer, while a class is cut the UDP workers enter the scheduler "
+      "(sched_yield) after each normal batch: under a CPU quota (containers' CPU limits) the kernel then "
+      "stops a worker near its quota instead of at its next tick and throttling it for several periods "
+      "(bench/attack/stalls.py, docs/scoring.md)")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")

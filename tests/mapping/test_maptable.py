@@ -127,3 +127,20 @@ def test_prefetch_hint_finds_the_view_and_key_and_reads_any_bytes(monkeypatch):
     assert hint(good) == (0, 0x0A010200)
     m = Mapping(_lines(9, 3), "a", TARGETS, MAPPED)
     assert m.snap.refs[4][0][2] is None and hint(good) is None
+
+
+def test_batch_prefetch_only_for_tables_larger_than_l2(monkeypatch):
+    """map_prefetch costs about as much as the lookup it helps while a view's IPv4 tables fit
+    in the core's L2 cache (the profile at 1k prefixes): the snapshot turns it on only for a
+    view of at least 1 MiB (mapsnap.pxi PF_MIN_BYTES), indexed search or direct index."""
+    monkeypatch.setattr(snapshot, "DIR_MIN", 1 << 40)
+    m = Mapping(_lines(9, 400), "a", TARGETS, MAPPED)
+    assert m.snap.refs[4][0][2] is not None and m.snap.prefetch_views == 0   # a few KiB
+    monkeypatch.setattr(snapshot, "DIR_MIN", 1)
+    m = Mapping(_lines(9, 400), "a", TARGETS, MAPPED)
+    d = m.snap.refs[4][0][2]
+    assert d.nbytes < 1 << 20 and m.snap.prefetch_views == 0                  # 2**16 words
+    monkeypatch.setattr(snapshot, "DIR_BITS", (18, 18))
+    m = Mapping(_lines(9, 400), "a", TARGETS, MAPPED)
+    d = m.snap.refs[4][0][2]
+    assert d.bits == 18 and d.nbytes >= 1 << 20 and m.snap.prefetch_views == 1

@@ -121,6 +121,9 @@ def test_flood_is_cut_known_resolver_answered(serve, tmp_path, steer):
     assert metric(fam, "pop53_scoring_overload_ticks") > 0, info
     assert dropped["normal"] + dropped["flood"] > 0, info
     assert dropped["top"] == 0, info
+    # with the kernel stage, while cut the worker entered the scheduler after its normal
+    # batches (yield_when_cut); without it known resolvers share the normal queue: no yield
+    assert (metric(fam, "pop53_scoring_yields") > 0) == steer, info
     # every known query that reached the socket was admitted (the kernel may drop some while
     # the server is stopped and the queue is full: the kernel stage is not built yet)
     assert admitted["top"] <= len(resolver.sent)

@@ -64,6 +64,11 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         assert _ask(addr, "127.2.0.7", 20) == 20
         assert _per_worker(server) == (20, 20)
         assert sum(w.scoring_stats()["admitted"]["top"] for w in server.workers) == 20
+        # the known resolvers' own latency (kernel stamp to send) counts priority replies only
+        from pop53.scoring.service import ScoringService
+        st = ScoringService.stats(server.workers)
+        assert sum(st["priority_latency"]) == 20 and sum(st["priority_wait"]) >= 1
+        assert sum(st["queue_delay"]) > sum(st["priority_wait"])
         # a new table re-attaches the program
         known.write_text("127.3.0.0/24\n")
         server.reload()

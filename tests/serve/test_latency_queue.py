@@ -7,6 +7,10 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
+from pop53 import config as cfgmod
+from pop53.errors import ConfigError
 from pop53.serve.server import Server
 
 from integ_support import (EXAMPLE_ZONE, free_port, make_query, metric, scrape, server_config,
@@ -20,26 +24,36 @@ def _le(families, name, bound: str) -> float:
     return metric(families, name, proto="udp", le=bound)
 
 
+def _server(mport: int, **server_keys) -> Server:
+    """One UDP worker on the example zone, metrics on mport."""
+    return start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
+                                                         metrics=f"127.0.0.1:{mport}",
+                                                         **server_keys)))
+
+
+def _queue_while_stopped(s, c, qid0: int) -> None:
+    """No reader for PAUSE seconds: N queries wait in the socket's receive queue, then the
+    worker runs again and answers them all."""
+    w, t = s.workers[0], s.net.threads[0]
+    w.stop()
+    t.join(2)
+    assert not t.is_alive()
+    for i in range(N):
+        c.sendto(make_query("www.example.com.", "A", qid=qid0 + i), s.addresses[0])
+    time.sleep(PAUSE)
+    s.net.threads[0] = s.net._thread(0, w, t.name)
+    s.net.threads[0].start()
+    assert len({c.recv(4096)[:2] for _ in range(N)}) == N
+
+
 def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
     mport = free_port()
-    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
-                                                      metrics=f"127.0.0.1:{mport}")))
+    s = _server(mport, receive_timestamp_every=1)
     try:
         addr = s.addresses[0]
-        w, t = s.workers[0], s.net.threads[0]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
-            # no reader for PAUSE seconds: the queries wait in the socket's receive queue
-            w.stop()
-            t.join(2)
-            assert not t.is_alive()
-            for i in range(N):
-                c.sendto(make_query("www.example.com.", "A", qid=i + 1), addr)
-            time.sleep(PAUSE)
-            s.net.threads[0] = s.net._thread(0, w, t.name)
-            s.net.threads[0].start()
-            got = {c.recv(4096)[:2] for _ in range(N)}
-            assert len(got) == N
+            _queue_while_stopped(s, c, 1)
             # and N more with no queue
             for i in range(N):
                 c.sendto(make_query("www.example.com.", "A", qid=1000 + i), addr)
@@ -60,9 +74,7 @@ def test_standing_queue_is_in_the_total_latency_not_in_the_server_time():
 
 def test_receive_timestamps_off_leaves_the_total_empty():
     mport = free_port()
-    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1,
-                                                      metrics=f"127.0.0.1:{mport}",
-                                                      receive_timestamps=False)))
+    s = _server(mport, receive_timestamps=False)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
@@ -74,3 +86,47 @@ def test_receive_timestamps_off_leaves_the_total_empty():
         assert _le(scrape(m), "pop53_answer_latency_total_seconds", "+Inf") == 0
     finally:
         s.stop()
+
+
+def test_sampled_stamps_count_one_batch_in_n_and_keep_the_queue():
+    """receive_timestamp_every = 4: the kernel stamps one receive batch in four (the others are
+    read with SO_TIMESTAMPNS off, ext/kstamp.pxi), and a stamped batch still carries the time
+    its queries stood in the socket's queue."""
+    mport = free_port()
+    s = _server(mport, receive_timestamp_every=4)
+    try:
+        addr = s.addresses[0]
+        m = ("127.0.0.1", mport)
+        total = "pop53_answer_latency_total_seconds"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            # one query per batch: batches 1, 5, 9, ... are stamped (10 of 40)
+            for i in range(40):
+                c.sendto(make_query("www.example.com.", "A", qid=i + 1), addr)
+                c.recv(4096)
+            assert wait_for(lambda: _le(scrape(m), "pop53_answer_latency_seconds", "+Inf") == 40, 5)
+            assert _le(scrape(m), total, "+Inf") == 10
+            assert metric(scrape(m), "pop53_answer_latency_total_sample_every", proto="udp") == 4
+            # the 41st batch is stamped: N queries queued for PAUSE seconds, read in one batch
+            _queue_while_stopped(s, c, 100)
+        assert wait_for(lambda: _le(scrape(m), total, "+Inf") == 10 + N, 5)
+        assert _le(scrape(m), total, "0.134217728") <= 10, "the queued batch waited >= 0.27 s"
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("value,message", [
+    (0, "server.receive_timestamp_every: must be within 1..65536"),
+    (70000, "server.receive_timestamp_every: must be within 1..65536"),
+    ("16", "server.receive_timestamp_every"),
+])
+def test_bad_stamp_sampling_is_rejected_with_the_key(value, message):
+    with pytest.raises(ConfigError) as exc:
+        cfgmod.from_dict({"server": {"receive_timestamp_every": value}, "zone": []},
+                         file="pop53.toml")
+    assert str(exc.value).startswith("pop53.toml:") and message in str(exc.value)
+
+
+def test_stamp_sampling_default():
+    """Sampled by default: one receive batch in 16."""
+    assert cfgmod.from_dict({"zone": []}).receive_timestamp_every == 16

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import dns.dnssec
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import pop53
 from pop53 import _core
 from pop53.dnssec.index import DSEC, MODE_NSEC, MODE_NSEC3
-from pop53.zone import compiler, zonefile
+from pop53.zone import compiler, imagefile, zonefile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dnssec"))
 import signing  # noqa: E402  (the DNSSEC suite's signer: tests/dnssec/signing.py)
@@ -52,10 +53,18 @@ def _blocks(img: bytes) -> list[tuple]:
 
 
 def _same(pairs, seed: int = 7, expired=()) -> bytes:
+    """The node compile, the C compile in memory and the C compile streamed to a file (the cold
+    load's path, imagefile.compile_to_file, its consumed columns freed as it goes): one image."""
     a = bytes(pop53.compile_zone_data([p[1] for p in pairs], seed=seed, expired=expired))
     b = bytes(pop53.compile_zone_data([p[0] for p in pairs], seed=seed, expired=expired))
     assert len(a) == len(b)
     assert a == b, f"first difference at byte {next(i for i in range(len(a)) if a[i] != b[i])}"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "z.img"
+        assert imagefile.compile_to_file([p[0] for p in pairs], out, seed=seed, expired=expired,
+                                         consume=True) == len(a)
+        c = out.read_bytes()
+    assert c == a, f"streamed: first difference at {next(i for i in range(len(a)) if a[i] != c[i])}"
     return b             # (compile_zone_data opened it: image_open checks every DNSSEC block)
 
 
@@ -79,6 +88,18 @@ def test_signed_parent_child_and_unsigned_in_one_image(signed):
     pairs.append(_both(OTHER, "other.test."))
     img = _same(pairs, seed=99, expired=("other.test.",))
     assert len(_blocks(img)) == 2
+
+
+def test_signed_zones_through_the_compiler_child(signed, tmp_path):
+    """The cold load's path: `python -m pop53.zone.compiler` streams the image to its file
+    (imagefile.compile_to_file, consuming the columns) and the server maps it."""
+    files = [(str(signed[v].path), signed[v].origin) for v in ("optout", "child")]
+    out = tmp_path / "z.img"
+    res = compiler.compile_files_isolated(files, str(out), seed=5)
+    assert sorted(res["loaded"]) == sorted(o for _, o in files) and not res["failed"]
+    ref = pop53.compile_zone_data([zonefile.load_zone_file(p, o) for p, o in files], seed=5)
+    assert out.read_bytes() == bytes(ref)
+    assert len(_blocks(bytes(ref))) == 2
 
 
 def test_nsec3_with_salt_and_iterations(signed, tmp_path):

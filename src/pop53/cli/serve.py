@@ -87,11 +87,10 @@ def _example_cdn(zones: list) -> dict:
 
 
 def _origin_of(path: str) -> str:
-    from pop53.zone.zonefile import _guess_origin
+    from pop53.zone.zonefile import guess_file_origin
 
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            return _guess_origin(f.read(), path).to_text()
+        return guess_file_origin(path).to_text()
     except OSError as exc:
         from pop53.errors import ZoneError
         raise ZoneError(f"cannot read zone file: {exc.strerror}", file=path) from None

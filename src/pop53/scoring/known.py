@@ -6,8 +6,9 @@ line; `#` starts a comment; blank lines are skipped.  The data plane knows resol
 an address stands for its /24 or /56 and a shorter prefix for every /24 or /56 inside it (at
 most a /8 or a /40: 65,536 entries).  A bad line is one error naming FILE:LINE.
 
-Compiled form (`_core.KnownTable`): 1 << 24 bytes, one per IPv4 /24 (16 MiB, one byte read per
-query; left out when the file has no IPv4 line), and the /56 keys of IPv6 (the first 7 address
+Compiled form (`_core.KnownTable`): a bitmap of every IPv4 /24 (2 MiB, one bit read per query,
+small enough to stay in the cache a flood's scattered sources hit; left out when the file has
+no IPv4 line), and the /56 keys of IPv6 (the first 7 address
 bytes as an integer) in an open-addressing hash table at most half full (one or two probes).
 """
 from __future__ import annotations
@@ -83,9 +84,9 @@ def compile_table(known: KnownPrefixes) -> _core.KnownTable:
     """The immutable structure the workers read (see the module's docstring)."""
     v4 = None
     if known.v4:
-        table = bytearray(1 << V4_BITS)
+        table = bytearray(1 << (V4_BITS - 3))
         for key in known.v4:
-            table[key] = 1
+            table[key >> 3] |= 1 << (key & 7)
         v4 = bytes(table)
     v6 = None
     if known.v6:

@@ -45,6 +45,8 @@ def families(workers):
          "for mostly NXDOMAIN answers or its own rate (water torture it relays)"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses of known prefixes trusted by "
          "calm history or a valid server cookie"),
+        ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "
+         "while a class was cut (yield_when_cut: stopped near a CPU quota, not a tick past it)"),
     ):
         c = CounterMetricFamily(name, doc)
         c.add_metric([], st[key])
@@ -54,13 +56,25 @@ def families(workers):
     for c in sorted(st["nx_dropped"]):
         nx.add_metric([c], st["nx_dropped"][c])
     yield nx
-    # one observation per receive batch: its oldest datagram's wait (kernel timestamp to batch)
-    qd = HistogramMetricFamily("pop53_scoring_queue_delay_seconds", "Queue delay of each UDP "
-                               "receive batch's oldest datagram (SO_TIMESTAMPNS to the batch)")
+    for name, key, doc in (
+        # one observation per receive batch: its oldest datagram's wait (kernel stamp to batch)
+        ("pop53_scoring_queue_delay_seconds", "queue_delay", "Queue delay of each UDP receive "
+         "batch's oldest datagram (SO_TIMESTAMPNS to the batch)"),
+        ("pop53_scoring_priority_wait_seconds", "priority_wait", "Queue delay of each priority "
+         "socket batch's oldest datagram (known resolvers steered by the kernel stage)"),
+        # one observation per reply
+        ("pop53_scoring_priority_latency_seconds", "priority_latency", "Each priority socket "
+         "reply's time from the query's kernel receive stamp to its send"),
+    ):
+        yield _histogram(name, doc, st[key])
+
+
+def _histogram(name: str, doc: str, counts: list) -> HistogramMetricFamily:
+    h = HistogramMetricFamily(name, doc)
     cum, buckets = 0, []
-    for le, n in zip(_core.QUEUE_DELAY_BOUNDS_US, st["queue_delay"]):
+    for le, n in zip(_core.QUEUE_DELAY_BOUNDS_US, counts):
         cum += n
         buckets.append((str(le / 1e6), cum))
-    buckets.append(("+Inf", cum + st["queue_delay"][-1]))
-    qd.add_metric([], buckets, None)
-    yield qd
+    buckets.append(("+Inf", cum + counts[-1]))
+    h.add_metric([], buckets, None)
+    return h

@@ -81,6 +81,10 @@ class ScoringService:
                 self.scorer.use_trust_buffer(self.trust_map.buf)
             except ebpf.EbpfUnavailable as exc:
                 log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
+        from pop53.scoring.aging import TrustAging
+        aging = settings.get("aging") or {"trust_ttl": 86400.0, "strict_calm": 600.0}
+        self.aging = TrustAging(self.scorer, **aging)
+        self._next_aging = 0.0
         self.learner = None
         self.on_learned = None            # called with each new learned table (the feed's publisher)
         if settings.get("learn"):
@@ -98,6 +102,9 @@ class ScoringService:
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
                         self.size_queue(prio, cost, PRIORITY_FACTOR)
+        if time.monotonic() >= self._next_aging:        # once a second: stats build dicts
+            self._next_aging = time.monotonic() + 1.0
+            self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
@@ -217,9 +224,11 @@ class ScoringService:
         level of any worker and the matching shares."""
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
-                       "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0,
+                       "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0, "yields": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
-                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
+                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
+                       "priority_wait": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
+                       "priority_latency": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
         for w in workers:
             st = w.scoring_stats()
             total["workers"].append(st)
@@ -227,9 +236,10 @@ class ScoringService:
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
             for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-                      "untrusted", "nx_demoted", "trusted_marks"):
+                      "untrusted", "nx_demoted", "trusted_marks", "yields"):
                 total[k] += st[k]
-            total["queue_delay"] = [a + b for a, b in zip(total["queue_delay"], st["queue_delay"])]
+            for k in ("queue_delay", "priority_wait", "priority_latency"):
+                total[k] = [a + b for a, b in zip(total[k], st[k])]
             if st["level"] >= total["level"]:
                 total["level"], total["share"] = st["level"], st["share"]
         return total

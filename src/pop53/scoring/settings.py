@@ -48,6 +48,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
             raise ConfigError(f"times window_ms must make 1..65534 queries per window",
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
+    scorer["yield_when_cut"] = typed("yield_when_cut", bool, True)
     steer = typed("steer", bool, False)
     queue_bytes = typed("queue_bytes", int, 0)
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
@@ -68,8 +69,15 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
         if not 1 <= need <= windows:
             raise ConfigError(f"must be within 1..learn_windows, got {need}", file=file, key="scoring.learn_min")
         learn = {"window": float(window), "windows": windows, "need": need}
+    aging = {}
+    for name, default, hi in (("trust_ttl", 86400, 30 * 86400), ("strict_calm", 600, 30 * 86400)):
+        v = raw.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= hi:
+            raise ConfigError(f"expected seconds within 1..{hi}, got {v!r}", file=file,
+                              key=f"scoring.{name}")
+        aging[name] = float(v)
     path = typed("known_resolvers", str, "") or None
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
     return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer,
-            "queue_bytes": queue_bytes, "queue_ms": float(queue_ms)}
+            "queue_bytes": queue_bytes, "queue_ms": float(queue_ms), "aging": aging}

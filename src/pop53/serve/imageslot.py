@@ -27,6 +27,7 @@ class ImageSlot:
         self.listeners: list[Callable[[Image, dict | None], None]] = []
         self.before: list[Callable[[Image], None]] = []     # run before the store (observe)
         self._retired: list[tuple[object, dict]] = []
+        self.wake: Callable[[], None] = lambda: None    # the housekeeping thread: reclaim soon
 
     @property
     def generation(self) -> int:
@@ -52,6 +53,7 @@ class ImageSlot:
         reader can still hold it."""
         with self.lock:
             self._retired.append((holder, {id(w): w.epoch for w in self.readers()}))
+        self.wake()
 
     def reclaim(self) -> int:
         """Release retired holders no reader can still hold.  Returns how many are left.  Never

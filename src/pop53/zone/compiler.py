@@ -386,21 +386,10 @@ def _flat_zone(z: ZoneData) -> "_core.FlatZone":
 
 def _compile_flat(zones: list[ZoneData], seed: int, expired: set) -> Image:
     """_compile's image, byte for byte, from scanner records without a Python object per name
-    (issue 15): the zones are built and written by ext/zonebuild.pxi."""
-    flat = [_flat_zone(z) for z in zones]
-    img = _core.FlatImage(flat)
-    try:
-        buf, zones_off, ztab_off, ztab_size, n_nodes, n_rrsets, n_records = img.write(
-            HEADER.size, ZONE.size, seed, [z.origin in expired for z in zones],
-            _core.ZONE_FLAGS["EXPIRED"], _MAX_IMAGE)
-    except OverflowError as exc:
-        raise ZoneError(f"image would be {exc.args[0]} bytes; the format's limit is 4 GiB") from None
-    del img
-    HEADER.pack_into(buf, 0, b"POP53IMG", _core.IMAGE_VERSION, HEADER.size, len(buf), len(zones),
-                     zones_off, ztab_off, ztab_size - 1, seed, 0, n_nodes, n_rrsets, n_records, 0)
-    _fill_zone_table(buf, [f.key for f in flat], ztab_off, ztab_size, seed)
-    struct.pack_into("<I", buf, CHECKSUM_OFFSET, _core.checksum(buf))
-    return Image(buf)
+    (issue 15): the zones are built by ext/zonebuild.pxi and streamed into a buffer by
+    ext/zonestream.pxi, as compile_to_file streams them into a file."""
+    from pop53.zone.imagefile import flat_image
+    return Image(flat_image(zones, [_flat_zone(z) for z in zones], seed, expired))
 
 
 def _fill_zone_table(buf, keys: list, ztab_off: int, ztab_size: int, seed: int) -> None:

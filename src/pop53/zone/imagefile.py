@@ -1,11 +1,12 @@
 """A compile written straight to an image file (issue 15: a cold load of a million-name zone
-peaks at most 2x its image).
+peaks at most 2x its image; issue 12: signed zones too).
 
-The C compile of unsigned scanner-read zones (ext/zonebuild.pxi) is laid out in memory as
-arrays; its image is written to the file a few MiB at a time (ext/zonestream.pxi) instead of
-into a buffer the size of the image, so the compiler child (and `pop53 check`) never hold the
-image and the arrays it is made from at once.  The bytes are compile_zone_data's.  Any other
-compile (signed zones, zones dnspython read) is compiled in memory and saved.
+The C compile of scanner-read zones, signed or not (ext/zonebuild.pxi, ext/zonebuild_dsec.pxi),
+is laid out in memory as arrays; its image is written to the file a few MiB at a time
+(ext/zonestream.pxi) instead of into a buffer the size of the image, so the compiler child (and
+`pop53 check`) never hold the image and the arrays it is made from at once.  The bytes are
+compile_zone_data's (which streams the same bytes into a buffer).  Zones dnspython read are
+compiled in memory by the node compiler and saved.
 """
 from __future__ import annotations
 
@@ -14,23 +15,13 @@ import os
 import struct
 
 import dns.name
-import numpy as np
 
 from pop53 import _core
-from pop53.dnssec import index as dnssec_index
 from pop53.errors import ZoneError
 from pop53.zone import compiler
 from pop53.zone.images import write_atomically
 from pop53.zone.zonefile import ZoneData
 
-_SIGNED = np.array([dnssec_index.T_NSEC, dnssec_index.T_NSEC3], dtype=np.uint16)
-
-
-def _streamable(z: ZoneData) -> bool:
-    """Scanner records of an unsigned zone (a signed zone's DNSSEC block is written by
-    FlatImage.write only)."""
-    r = z.columns
-    return r is not None and not np.isin(r.type, _SIGNED).any()
 
 
 def fixed_mmap_threshold(size: int = 256 << 10) -> None:
@@ -53,7 +44,7 @@ def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | 
     consume: the zones' record columns the build has read are freed as it goes (the zones are
     of no use after that but for their warnings; for a process that compiles and exits)."""
     path = os.fspath(path)
-    if not zones or not all(_streamable(z) for z in zones):
+    if not zones or not all(compiler._flat_ok(z) for z in zones):
         image = compiler.compile_zone_data(zones, seed=seed, expired=expired)
         image.save(path, sync)
         return len(image)
@@ -76,10 +67,9 @@ def compile_to_file(zones: list[ZoneData], path: str | os.PathLike, seed: int | 
             gc.enable()
 
 
-def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set,
-               sync: bool = True) -> int:
-    """The image of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
-    written to path.  Returns its size."""
+def flat_head(zones: list[ZoneData], flat: list, img, seed: int) -> tuple[dict, bytearray]:
+    """The layout of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
+    and the image's head: its header (checksum zero), zone table and zone hash table."""
     try:
         lay = _core.flat_layout(img, compiler.HEADER.size, compiler.ZONE.size,
                                 compiler._MAX_IMAGE)
@@ -93,9 +83,31 @@ def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, exp
         lay["nodes"], lay["rrsets"], lay["records"], 0)
     compiler._fill_zone_table(head, [f.key for f in flat], lay["ztab_off"], lay["ztab_size"],
                               seed)
-    _write(path, lambda fd: _core.flat_stream(
-        img, fd, head, lay, seed, [z.origin in expired for z in zones],
-        _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size), sync)
+    return lay, head
+
+
+def _stream(out, zones: list[ZoneData], img, lay: dict, head: bytearray, seed: int,
+            expired: set) -> int:
+    return _core.flat_stream(img, out, head, lay, seed, [z.origin in expired for z in zones],
+                             _core.ZONE_FLAGS["EXPIRED"], compiler.ZONE.size)
+
+
+def flat_image(zones: list[ZoneData], flat: list, seed: int, expired: set) -> bytearray:
+    """The image of built FlatZones in memory (compile_zone_data's C compile)."""
+    img = _core.FlatImage(flat)
+    lay, head = flat_head(zones, flat, img, seed)
+    buf = bytearray(lay["size"])
+    struct.pack_into("<I", buf, compiler.CHECKSUM_OFFSET,
+                     _stream(buf, zones, img, lay, head, seed, expired))
+    return buf
+
+
+def write_flat(path: str, zones: list[ZoneData], flat: list, img, seed: int, expired: set,
+               sync: bool = True) -> int:
+    """The image of built FlatZones (`flat`, of `zones` sorted by origin) and their FlatImage,
+    written to path.  Returns its size."""
+    lay, head = flat_head(zones, flat, img, seed)
+    _write(path, lambda fd: _stream(fd, zones, img, lay, head, seed, expired), sync)
     return lay["size"]
 
 

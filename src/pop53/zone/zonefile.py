@@ -25,6 +25,7 @@ import dns.zone
 import dns.zonefile
 
 from pop53.errors import ZoneError
+from pop53.zone import bigfile
 
 # Types that may sit at a delegation point beside NS (RFC 4035 §2.4: DS, RRSIG, NSEC); A/AAAA
 # there are glue when the cut's own name is a name server target.
@@ -48,6 +49,8 @@ _INCLUDE_RE_B = re.compile(_INCLUDE_RE.pattern.encode(), re.MULTILINE | re.IGNOR
 def _searchable(data: bytes):
     """What the regexes above search: the bytes, or with a CR in them the text as read in text
     mode (universal newlines)."""
+    if not isinstance(data, bytes):   # a mapping: _read found no CR in it
+        return data
     if data.find(b"\r") >= 0:       # find: `in` walks an mmap item by item
         return data.decode("utf-8", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
     return data
@@ -188,10 +191,45 @@ class ZoneData:
         return None
 
 
+def guess_file_origin(path: str, chunk: int = 1 << 20) -> dns.name.Name:
+    """_guess_origin of the file at path (as text mode reads it), a chunk of lines at a time:
+    the first $ORIGIN, else the first SOA with an absolute owner.  A big file is never held
+    whole (`pop53 serve --zone FILE` held a million-name signed zone twice, as bytes and as
+    text, before its compile: issue 12)."""
+    soa = None
+    carry = ""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        while True:
+            block = f.read(chunk)
+            text = carry + block
+            end = text.rfind("\n") + 1 if block else len(text)     # whole lines, all at EOF
+            pos = text.find("$", 0, end)     # find: memchr speed; the regex tries every line
+            while pos != -1:
+                m = _ORIGIN_RE.match(text, pos, end) if pos == 0 or text[pos - 1] == "\n" \
+                    else None
+                if m:
+                    return dns.name.from_text(m.group(1))
+                pos = text.find("$", pos + 1, end)
+            if soa is None:
+                soa = _SOA_RE.search(text, 0, end)
+                soa = soa and soa.group(1)
+            if not block:
+                break
+            # the last whole line again with the rest: a match that spans the cut is found
+            carry = text[text.rfind("\n", 0, max(end - 1, 0)) + 1:]
+    if soa:
+        return dns.name.from_text(soa)
+    return _guess_origin("", path)       # its error
+
+
 def _guess_origin(text, path: str) -> dns.name.Name:
     """From $ORIGIN or an absolute SOA owner; `text` is str or (no CR in it) the file's bytes."""
     b = not isinstance(text, str)
-    m = (_ORIGIN_RE_B if b else _ORIGIN_RE).search(text)
+    if b:                           # from each line-starting "$" (a mapping: a window at a time)
+        m = next(filter(None, (_ORIGIN_RE_B.match(text, p) for p in bigfile.line_dollars(text))),
+                 None)
+    else:
+        m = _ORIGIN_RE.search(text)
     if m:
         return dns.name.from_text(_as_text(m.group(1)))
     m = (_SOA_RE_B if b else _SOA_RE).search(text)
@@ -201,8 +239,8 @@ def _guess_origin(text, path: str) -> dns.name.Name:
                     "give the zone name explicitly", file=path)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest(data) -> str:
+    return hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else bigfile.sha256(data)
 
 
 def _included(text, out: dict, include_dir: str | None, depth: int = 0) -> None:
@@ -230,13 +268,11 @@ def _include_matches(text):
     if isinstance(text, str):
         yield from _INCLUDE_RE.finditer(text)
         return
-    pos = text.find(b"$")
-    while pos != -1:
-        if (pos == 0 or text[pos - 1] == 10) and text[pos:pos + 8].lower() == b"$include":
+    for pos in bigfile.line_dollars(text):
+        if text[pos:pos + 8].lower() == b"$include":
             m = _INCLUDE_RE_B.match(text, pos)
             if m:
                 yield m
-        pos = text.find(b"$", pos + 1)
 
 
 def file_digests(path: str | os.PathLike, include_dir: str | None = None) -> dict:
@@ -274,8 +310,7 @@ def _read(path: str):
         if _MAP_AT_LEAST is not None and size >= _MAP_AT_LEAST:
             import mmap
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            if m.find(b"\r") < 0:
-                _drop_pages(m)
+            if not bigfile.has_cr(m):
                 return m
             m.close()
         return f.read()
