@@ -209,3 +209,37 @@ def test_ctl_reload_of_a_signed_zone_splices_it_and_delv_validates(signed, tmp_p
         assert not bad, "\n".join(bad)
     finally:
         p.stop()
+
+
+def test_a_signed_zone_compiled_in_the_child_is_spliced(signed, tmp_path, monkeypatch):
+    """A signed zone file over CHILD_BYTES (lowered here) is compiled alone in the compiler
+    child (its image streamed to a file and mapped) and spliced: answers as a full compile."""
+    from pop53 import config as cfgmod
+    from pop53.serve import zonesplice
+    from pop53.serve.server import Server
+    monkeypatch.setattr(zonesplice, "CHILD_BYTES", 2000)
+    variant = "nsec3"
+    files = {ORIGIN: tmp_path / "parent.zone", CHILD: tmp_path / "child.zone"}
+    shutil.copy(signed[variant].path, files[ORIGIN])
+    shutil.copy(signed["child"].path, files[CHILD])
+    for origin, extra in UNSIGNED.items():
+        files[origin] = tmp_path / f"{origin}zone"
+        files[origin].write_text(f"$ORIGIN {origin}\n$TTL 300\n@ SOA ns1 h 1 3600 600 86400 300\n"
+                                 f"@ NS ns1\nns1 A 192.0.2.1\n{extra}")
+    s = Server(cfgmod.from_dict({"server": {"listen": ["127.0.0.1:0"], "workers": 1,
+                                            "zone_dir": str(tmp_path)},
+                                 "zone": [{"name": o, "file": str(f)} for o, f in files.items()]},
+                                file="<test>"))
+    s.zones.load_first()
+    before = dict(s.zones.counts)
+    shutil.copy(parent_v2(signed, tmp_path, variant), files[ORIGIN])
+    assert s.reload(ORIGIN) is True
+    assert s.zones.counts["spliced"] == before["spliced"] + 1
+    assert s.zones.counts["parsed"] == before["parsed"] + 1
+    datas = {o: load_zone_file(f, o) for o, f in files.items()}
+    full = compile_zone_data(list(datas.values()), seed=s.current_image.view.seed)
+    got = answers(s.current_image)
+    assert got == answers(full)
+    bad = [p for raw in got for p in signature_problems(raw, keys_of(s.current_image))]
+    assert not bad, bad[:5]
+    s.zones.stop()
