@@ -39,12 +39,13 @@ def normal_form(raw: bytes) -> dict:
     return out
 
 
-def signature_problems(raw: bytes, dnskey: dns.rrset.RRset, now: float | None = None) -> list[str]:
+def signature_problems(raw: bytes, dnskey: dns.rrset.RRset | dict, now: float | None = None) -> list[str]:
     """Every RRset of the reply that has RRSIGs beside it must verify against the zone's
-    DNSKEY; an RRset the zone signs must not travel without them (checked by the caller's
-    `must_sign`).  Returns the problems found (empty: all good)."""
+    DNSKEY (or {zone name: DNSKEY RRset} of several zones); an RRset the zone signs must not
+    travel without them (checked by the caller's `must_sign`).  Returns the problems found
+    (empty: all good)."""
     m = dns.message.from_wire(raw)
-    keys = {dnskey.name: dnskey}
+    keys = dnskey if isinstance(dnskey, dict) else {dnskey.name: dnskey}
     problems = []
     for sec in (m.answer, m.authority, m.additional):
         sigs = {(rr.name, rr.covers): rr for rr in sec if rr.rdtype == dns.rdatatype.RRSIG}

@@ -1,7 +1,8 @@
 """Issue 14 point 2: a reload compiles only the zones whose files changed.
 
-One changed zone among many is the only one parsed again (ZoneSet.counts) and is patched into
-the served image; the answers are byte for byte those of a full compile of the same files, for
+One changed zone among many is the only one parsed again (ZoneSet.counts) and is spliced into
+the served image (serve/zonesplice.py), or, with the splice turned off here, patched name by name
+(serve/zonepatch.py, what a splice turns down); the answers are byte for byte those of a full compile of the same files, for
 every name and type of every zone (cross-zone additional-section targets included).  A changed
 $INCLUDE counts as a change; a zone that breaks keeps its previous version.
 """
@@ -12,6 +13,7 @@ import dns.rdatatype
 import pytest
 
 from pop53 import _core, config as cfgmod
+from pop53.serve import zonesplice
 from pop53.serve.server import Server
 from pop53.zone.compiler import compile_zone_data
 from pop53.zone.zonefile import load_zone_file
@@ -64,7 +66,28 @@ def seed_of(image) -> int:
     return image.view.seed
 
 
-def test_one_changed_zone_is_the_only_one_parsed_and_answers_as_a_full_compile(tmp_path):
+@pytest.fixture
+def name_patch(monkeypatch):
+    """The splice turned down, as for a change it cannot take: the name-by-name patch runs."""
+    def refused(*_a, **_k):
+        return None
+    refused.last_reason = "turned off by the test"
+    monkeypatch.setattr(zonesplice, "splice", refused)
+
+
+def test_a_target_crossing_zones_is_spliced(tmp_path):
+    s = make_server(tmp_path)
+    # zone 7's MX names a host of zone 8, zone 6's names zone 7's: both lists rewritten
+    (tmp_path / "z007.zone").write_text(
+        zone_text(7, 2, "new IN A 192.0.2.99\n").replace("mail IN A", "; mail IN A"))
+    assert s.reload() is True
+    assert s.zones.counts == {"parsed": N + 1, "patched": 0, "spliced": 1}
+    assert answers(s.current_image, s.responder) == \
+        answers(full_compile(tmp_path, seed_of(s.current_image)), s.responder)
+
+
+def test_one_changed_zone_is_the_only_one_parsed_and_answers_as_a_full_compile(tmp_path,
+                                                                                name_patch):
     s = make_server(tmp_path)
     assert s.zones.counts == {"parsed": N, "patched": 0, "spliced": 0}
     # zone 7 changes: serial, a name added, one removed (mail), the MX target elsewhere
@@ -82,7 +105,7 @@ def test_one_changed_zone_is_the_only_one_parsed_and_answers_as_a_full_compile(t
     assert s.zones.counts == {"parsed": N + 1, "patched": 1, "spliced": 0} and s.slot.generation == gen
 
 
-def test_a_changed_include_is_a_change(tmp_path):
+def test_a_changed_include_is_a_change(tmp_path, name_patch):
     s = make_server(tmp_path)
     (tmp_path / "inc011.txt").write_text('txt IN TXT "changed"\n')
     (tmp_path / "z011.zone").write_text(zone_text(11, 5))

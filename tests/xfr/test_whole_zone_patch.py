@@ -1,6 +1,6 @@
 """Issue 14 point 2 with transfers on: a reloaded file zone and a full transfer (AXFR) of a
-transferred zone are patched into the served image zone by zone (xfr/wholepatch.py), not
-compiled again with every zone; the patched image answers as a full compile does."""
+transferred zone are spliced into the served image zone by zone (xfr/wholepatch.py), not
+compiled again with every zone; the spliced image answers as a full compile does."""
 from __future__ import annotations
 
 import dns.message
@@ -39,13 +39,13 @@ def test_reload_and_axfr_patch_one_zone(tmp_path, fake_primary):
         wait_for(lambda: query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR, 20,
                  what="the first transfer")
         compiled = pub.stats["compiled"]
-        patched = pub.stats["patched"]
+        spliced = pub.stats["spliced"]
 
-        # a reload with one changed file zone: patched, not compiled
+        # a reload with one changed file zone: spliced, not compiled
         (tmp_path / "file.zone").write_text(
             FILE_ZONE.format(serial=2, extra="a A 192.0.2.2\nb.deep TXT new\n"))
         server.zones.reload()
-        assert pub.stats["patched"] == patched + 1 and pub.stats["compiled"] == compiled
+        assert pub.stats["spliced"] == spliced + 1 and pub.stats["compiled"] == compiled
         assert [rd.address for rd in query(port, "a.file.example.", "A").answer[0]] == ["192.0.2.2"]
         assert query(port, "b.deep.file.example.", "TXT").answer
         assert query(port, "www.example.org.", "A").rcode() == dns.rcode.NOERROR
@@ -54,12 +54,12 @@ def test_reload_and_axfr_patch_one_zone(tmp_path, fake_primary):
         assert hasattr(fst.zone, "columns") and fst.zone._zone is None
         assert [(s.old_serial, s.new_serial) for s in fst.history[-1].steps] == [(1, 2)]
 
-        # a full transfer (retransfer) of the secondary zone: that zone alone patched
+        # a full transfer (retransfer) of the secondary zone: that zone alone spliced
         primary.set(dns.zone.from_text(zone_text(serial=2, extra="new 300 IN A 192.0.2.77\n"),
                                        "example.org.", relativize=False))
         service.refresher.retransfer_now("example.org.")
         wait_for(lambda: query(port, "new.example.org.", "A").answer, 20, what="the AXFR")
-        assert pub.stats["patched"] == patched + 2 and pub.stats["compiled"] == compiled
+        assert pub.stats["spliced"] == spliced + 2 and pub.stats["compiled"] == compiled
         assert service.stats["xfr_in.axfr.ok"] == 2
         # the full transfer became one diff in the journal (records form, a small zone)
         sst = service.zones[dns.name.from_text("example.org.")]
@@ -67,7 +67,7 @@ def test_reload_and_axfr_patch_one_zone(tmp_path, fake_primary):
         assert (step.old_serial, step.new_serial) == (1, 2)
         assert [str(n) for n, _t, _r in step.added] == ["new.example.org."] and not step.deleted
 
-        # the patched image answers as a full compile of the same zones
+        # the spliced image answers as a full compile of the same zones
         img = server.slot.current
         full = pub.recompile()
         for name in ("a.file.example.", "b.deep.file.example.", "deep.file.example.",

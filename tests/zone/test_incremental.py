@@ -522,22 +522,25 @@ def test_image_publisher_patches_ixfr_and_marks_expired_zones():
     pub(ORIGIN, version(d2, d1, _diff(model, m2)))          # IXFR: patched
     assert (pub.stats["patched"], pub.stats["compiled"]) == (1, 1)
     assert _answers(images[-1]) == _answers(compile_zone_data([d2, _other_zone()]))
-    # a diff that does not start at the published serial is compiled in full
+    # a diff that does not start at the published serial: the whole version is spliced in
+    # (xfr/wholepatch.py), not patched, and nothing is compiled in full
     m3 = {k: {t: set(v) for t, v in rr.items()} for k, rr in m2.items()}
     m3["new2"] = {"A": {"192.0.2.78"}}
     d3 = _data(m3, 3)
     pub(ORIGIN, version(d3, d1, _diff(m2, m3)))
-    assert (pub.stats["patched"], pub.stats["compiled"]) == (1, 2)
+    assert (pub.stats["patched"], pub.stats["spliced"], pub.stats["compiled"]) == (1, 1, 1)
+    assert _answers(images[-1]) == _answers(compile_zone_data([d3, _other_zone()]))
     # expired: the zone stays in the image and answers SERVFAIL (not REFUSED); others unaffected
     pub(ORIGIN, None)
     assert rcode(images[-1], "new." + ORIGIN) == dns.rcode.SERVFAIL
     assert rcode(images[-1], OTHER, "SOA") == dns.rcode.NOERROR
-    # back: the next version (an IXFR from the expired data) is compiled, not patched
+    assert (pub.stats["spliced"], pub.stats["compiled"]) == (2, 1)
+    # back: the next version (an IXFR from the expired data) is spliced, not patched
     m4 = {k: {t: set(v) for t, v in rr.items()} for k, rr in m3.items()}
     m4["a"]["A"] = {"192.0.2.200"}
     d4 = _data(m4, 4)
     pub(ORIGIN, version(d4, d3, _diff(m3, m4)))
-    assert pub.stats["compiled"] == 4
+    assert (pub.stats["patched"], pub.stats["spliced"], pub.stats["compiled"]) == (1, 3, 1)
     assert rcode(images[-1], "new." + ORIGIN) == dns.rcode.NOERROR
     assert _answers(images[-1]) == _answers(compile_zone_data([d4, _other_zone()]))
 

@@ -1,6 +1,7 @@
 """zone/splice.py: a zone compiled alone and spliced into an image (replaced, added, removed, a
-SERVFAIL stand-in replaced) answers byte for byte as a full compile of the resulting zone set;
-a target crossing zones falls back (None)."""
+SERVFAIL stand-in replaced) answers byte for byte as a full compile of the resulting zone set,
+zones nested in one another and NS/MX/SRV targets crossing zones included (the additional-target
+lists a full compile resolves across zones are rewritten: zone/splice.py)."""
 from __future__ import annotations
 
 import dns.message
@@ -14,7 +15,7 @@ from pop53.zone.zonefile import zone_from_bytes
 
 SEED = 0x1234ABCD
 TYPES = ("SOA", "NS", "A", "AAAA", "MX", "TXT", "CNAME", "ANY", "DS")
-NAMES = ("@", "www", "mail", "ns1", "h3", "new", "x.sub", "ns.sub", "nope")
+NAMES = ("@", "www", "mail", "ns1", "h3", "new", "x.sub", "ns.sub", "mail.sub", "c", "nope")
 
 
 def zone(name: str, serial: int, extra: str = "", mx: str = "mail"):
@@ -29,13 +30,13 @@ def alone(data, expired=()) -> Image:
     return compile_zone_data([data], seed=SEED, expired=expired)
 
 
-def answers(image, origins) -> list[bytes]:
+def answers(image, origins, names=NAMES, types=TYPES) -> list[bytes]:
     r = _core.Responder()
     out = []
     for o in origins:
-        for n in NAMES:
+        for n in names:
             qname = o if n == "@" else f"{n}.{o}"
-            for t in TYPES:
+            for t in types:
                 q = dns.message.make_query(qname, t)
                 q.id = 7
                 out.append(_core.answer(image.view, q.to_wire(), r, True)[1])
@@ -47,7 +48,7 @@ def key(o: str) -> bytes:
 
 
 ORIGINS = [f"z{i}.test." for i in range(6)]
-ALL = ORIGINS + ["added.test."]
+ALL = ORIGINS + ["added.test.", "sub.z2.test.", "p.test.", "c.p.test."]
 
 
 def check(spliced, datas, expired=()):
@@ -67,11 +68,8 @@ def test_replace_add_remove_and_stand_in():
     d = {**datas, "z2.test.": new2}
     s1 = splice(old, {key("z2.test."): alone(new2)})
     check(s1, list(d.values()))
-    # add a zone; one nested below z2 (names move between zones) is left to a full compile
+    # add a zone
     added = zone("added.test.", 5)
-    nested = zone("sub.z2.test.", 3)
-    assert splice(s1, {key("sub.z2.test."): alone(nested)}) is None
-    assert "nested" in splice.last_reason
     d2 = {**d, "added.test.": added}
     s2 = splice(s1, {key("added.test."): alone(added)})
     check(s2, list(d2.values()))
@@ -88,21 +86,64 @@ def test_replace_add_remove_and_stand_in():
     check(s5, list(d5.values()))
 
 
-def test_targets_crossing_zones_fall_back():
-    datas = [zone(o, 1) for o in ORIGINS]
-    old = compile_zone_data(datas, seed=SEED)
+def test_targets_crossing_zones_are_rewritten():
+    datas = {o: zone(o, 1) for o in ORIGINS}
+    old = compile_zone_data(list(datas.values()), seed=SEED)
     # z3 now names mail.z4.test. (which has an address): a full compile lists it
-    new3 = zone("z3.test.", 2, mx="mail.z4.test.")
-    assert splice(old, {key("z3.test."): alone(new3)}) is None
-    assert "crosses" in splice.last_reason
-    # and when z3 already did, replacing z4 (the target's zone) falls back too
-    datas[3] = new3
-    old = compile_zone_data(datas, seed=SEED)
-    assert splice(old, {key("z4.test."): alone(zone("z4.test.", 2))}) is None
-    assert splice(old, {}, [key("z4.test.")]) is None
-    # an unrelated zone still splices
-    check(splice(old, {key("z0.test."): alone(zone("z0.test.", 2))}),
-          [zone("z0.test.", 2)] + datas[1:])
+    datas["z3.test."] = zone("z3.test.", 2, mx="mail.z4.test.")
+    s1 = splice(old, {key("z3.test."): alone(datas["z3.test."])})
+    check(s1, list(datas.values()))
+    assert splice.last_stats["lists_rewritten"] == 1
+    # the target's zone replaced (mail.z4 gets a new address), then removed, then back
+    datas["z4.test."] = zone("z4.test.", 2, "mail IN AAAA 2001:db8::20\n")
+    s2 = splice(s1, {key("z4.test."): alone(datas["z4.test."])})
+    check(s2, list(datas.values()))
+    assert splice.last_stats["lists_rewritten"] == 1
+    gone = {k: v for k, v in datas.items() if k != "z4.test."}
+    s3 = splice(s2, {}, [key("z4.test.")])
+    check(s3, list(gone.values()))
+    s4 = splice(s3, {key("z4.test."): alone(datas["z4.test."])})
+    check(s4, list(datas.values()))
+    # a target in a zone that joins later; an unrelated zone rewrites nothing
+    datas["z0.test."] = zone("z0.test.", 2, mx="mail.added.test.")
+    s5 = splice(s4, {key("z0.test."): alone(datas["z0.test."])})
+    check(s5, list(datas.values()))
+    datas["added.test."] = zone("added.test.", 1)
+    s6 = splice(s5, {key("added.test."): alone(datas["added.test."])})
+    check(s6, list(datas.values()))
+    datas["z1.test."] = zone("z1.test.", 2, "new IN A 192.0.2.7\n")
+    check(splice(s6, {key("z1.test."): alone(datas["z1.test."])}), list(datas.values()))
+    assert splice.last_stats["lists_rewritten"] == 0
+
+
+def test_nested_zones_are_spliced():
+    """A zone served inside another: the parent's MX target below its cut is the parent's own
+    (glue-like) node until the child zone is served, then the child's node (the longest zone
+    holding the name); splicing the child in or out, or the parent while the child is there,
+    gives the full compile's lists."""
+    parent = lambda serial, extra="": zone("z2.test.", serial, extra +
+                                           "@ IN MX 20 mail.sub\nmail.sub IN A 203.0.113.9\n")
+    datas = {**{o: zone(o, 1) for o in ORIGINS}, "z2.test.": parent(1)}
+    old = compile_zone_data(list(datas.values()), seed=SEED)
+    datas["sub.z2.test."] = zone("sub.z2.test.", 3)
+    s1 = splice(old, {key("sub.z2.test."): alone(datas["sub.z2.test."])})
+    check(s1, list(datas.values()))
+    assert splice.last_stats["lists_rewritten"] >= 1
+    datas["sub.z2.test."] = zone("sub.z2.test.", 4, "mail IN AAAA 2001:db8::4\n")
+    s2 = splice(s1, {key("sub.z2.test."): alone(datas["sub.z2.test."])})
+    check(s2, list(datas.values()))
+    datas["z2.test."] = parent(2, "new IN A 192.0.2.99\n")
+    s3 = splice(s2, {key("z2.test."): alone(datas["z2.test."])})
+    check(s3, list(datas.values()))
+    del datas["sub.z2.test."]
+    s4 = splice(s3, {}, [key("sub.z2.test.")])
+    check(s4, list(datas.values()))
+    # a parent and its child spliced in at once (the parent new to the image)
+    datas["p.test."] = zone("p.test.", 1, "@ IN MX 5 mail.c\nc IN NS ns1.c\nmail.c IN A 1.2.3.4\n")
+    datas["c.p.test."] = zone("c.p.test.", 1)
+    s5 = splice(s4, {key("p.test."): alone(datas["p.test."]),
+                     key("c.p.test."): alone(datas["c.p.test."])})
+    check(s5, list(datas.values()))
 
 
 def test_seed_mismatch_falls_back():

@@ -297,7 +297,7 @@ class ZoneSet:
         parsed: dict = {}
         # whole zones compiled alone and spliced in: changed, big, added, removed, stand-ins
         failed = try_splice(self, only, parsed)
-        if failed is None:                # name by name (targets across zones, nested zones)
+        if failed is None:                # name by name (what a splice turns down)
             failed = try_patch(self, only, parsed)
         if failed is not None:
             self.last_error = "; ".join(failed.values()) or None

@@ -9,13 +9,13 @@
 - any other changed zone: compiled alone in C and spliced, it costs a fraction of the name-by-
   name patch (serve/zonepatch.py), which builds every name of the zone as a Python object
   (measured: 0.009 s against 0.255 s of CPU for a 2,000-record zone, 0.05 s against 3.0 s
-  for 20,000).  The patch remains for what a splice turns down (a target crossing zones, a
-  nested zone), with the zones this path already parsed.
+  for 20,000).  The patch remains for what a splice turns down, with the zones this path
+  already parsed.
 
-Small zones compile alone in-process.  Unchanged zones are neither parsed nor compiled.  What a
-splice leaves to the patch or the full reload: a signed zone changing or moving, nested zones,
-additional-section targets crossing between a spliced zone and another (zone/splice.py),
-transfers owning the image, and an image grown past SPLICE_GROWTH times its last full compile.
+Small zones compile alone in-process.  Unchanged zones are neither parsed nor compiled.  Signed
+zones, zones nested in another and NS/MX/SRV targets crossing zones are spliced like any other
+(docs/zone_splice.md).  What a splice leaves to the patch or the full reload: transfers owning
+the image, and an image grown past SPLICE_GROWTH times its last full compile.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pop53.xfr.inbound import CollectTxn
 from pop53.xfr.isolate import run_in_fork
 from pop53.xfr.metrics import count
 from pop53.xfr.versions import UpdateRejected, ZoneVersion
-from pop53.xfr.wholepatch import patch_whole_zone
+from pop53.xfr.wholepatch import splice_zone
 
 log = logging.getLogger("pop53.xfr")
 
@@ -26,7 +26,9 @@ class ImagePublisher:
 
     An IXFR update (`version.changed`, diff from the version we last published) is first tried
     as a patch of the current image (`pop53.zone.incremental.patch_image`: milliseconds instead of a
-    full compile); structural changes fall back to `compile_zone_data`.  Replaced records stay
+    full compile); a structural change, a full transfer or an expiry splices that zone, compiled
+    alone, into the image (xfr/wholepatch.py); a zone new to the image (or to its data) goes to
+    `compile_zone_data`.  Replaced records stay
     in a patched image as garbage: once it has grown past MAX_GROWTH times the last full
     compile, the patched image is still published at once, and a compaction starts in the
     background (a full compile in a forked child, so it does not take the GIL from the engine);
@@ -55,7 +57,8 @@ class ImagePublisher:
         self.compact_in_background = compact_in_background
         self.last_image = None
         self._full_size = 0
-        self.stats = {"patched": 0, "compiled": 0, "compacted": 0, "compactions_dropped": 0}
+        self.stats = {"patched": 0, "spliced": 0, "compiled": 0, "compacted": 0,
+                      "compactions_dropped": 0}
         self.last_fallback: str | None = None
         self._lock = threading.RLock()
         # the compaction in flight: its generation, and the names changed since its snapshot
@@ -91,6 +94,16 @@ class ImagePublisher:
             self.last_fallback = patch_image.last_reason
         return image
 
+    def _try_splice(self, name: str, version: ZoneVersion | None):
+        """The zone compiled alone and spliced in, when it already has data in the image (a zone
+        joining, or a stand-in replaced, goes through the full compile, which also settles which
+        zones wait for data)."""
+        if not self.incremental or self.zones.get(name) is None:
+            return None
+        if version is None:        # past its SOA expire: its last data, marked expired
+            return splice_zone(self.last_image, self.zones[name], expired=True)
+        return splice_zone(self.last_image, version.data)
+
     def __call__(self, name: str, version: ZoneVersion | None) -> None:
         with self._lock:
             self._publish(name, version)
@@ -108,12 +121,13 @@ class ImagePublisher:
         else:
             zones[name] = version.data
             expired.discard(name)
+        how = "patched"
         try:
             image = self._try_patch(name, version) if version is not None else None
-            if image is None and version is not None and not version.changed \
-                    and self.incremental and name not in self.expired:
-                # a full transfer: that zone alone is patched in (xfr/wholepatch.py)
-                image = patch_whole_zone(self.last_image, version.data, self.zones.get(name))
+            if image is None:
+                # a full transfer, an IXFR the patcher turns down, an expiry: that zone alone
+                # compiled and spliced in (xfr/wholepatch.py)
+                image, how = self._try_splice(name, version), "spliced"
         except Exception as exc:  # a patcher bug must not cost the update: compile in full
             log.exception("zone %s: incremental patch failed, compiling in full: %s", name, exc)
             image = None
@@ -131,15 +145,16 @@ class ImagePublisher:
                 self.check_image(image)
         self.server_publish(image)
         log.info("zone %s: image %s and published in %.3f s (%d bytes)", name,
-                 "patched" if patched else "compiled", time.monotonic() - t0, len(image))
+                 how if patched else "compiled", time.monotonic() - t0, len(image))
         self.zones = zones
         self.expired = expired
         self.last_image = image
         if patched:
-            self._counted("patched")
+            self._counted(how)
             if self._compacting is not None:
                 # (a whole-zone patch adds none: the compaction is then dropped)
-                self._since.setdefault(name, set()).update(version.changed or ())
+                self._since.setdefault(name, set()).update(
+                    (version.changed if version is not None else None) or ())
             elif len(image) > self.MAX_GROWTH * self._full_size:
                 self._start_compaction()
         else:
@@ -154,7 +169,7 @@ class ImagePublisher:
                 patch_index(image)
 
     def update_static(self, static: list, same_stand_ins: bool) -> Any:
-        """The file zones changed (a reload): each changed one is patched into the image
+        """The file zones changed (a reload): each changed one is spliced into the image
         (xfr/wholepatch.py) when the zone set and the stand-ins are unchanged; else, or when a
         patch is not possible, recompile()."""
         with self._lock:
@@ -166,14 +181,14 @@ class ImagePublisher:
                 return self.recompile(static)
             for origin, data in new.items():
                 if data is not old[origin]:
-                    image = patch_whole_zone(image, data, old[origin])
+                    image = splice_zone(image, data)
                     if image is None:
                         return self.recompile(static)
             if self.check_image is not None:
                 self.check_image(image)
             self.server_publish(image)
             self.static, self.last_image = list(static), image
-            self._counted("patched")
+            self._counted("spliced")
             if self._compacting is None and len(image) > self.MAX_GROWTH * self._full_size:
                 self._start_compaction()
             return image

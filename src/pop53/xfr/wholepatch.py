@@ -1,39 +1,27 @@
-"""One whole zone patched into the served image (issue 14 point 2, with transfers on): a full
-transfer (AXFR) of a zone, or a reloaded file zone, replaces that zone's names in the image with
-the IXFR patcher (pop53.zone.incremental.patch_image, every name of the old and the new version
-changed) instead of compiling every zone again.  For zones up to PATCH_RECORDS records (the
-patch works name by name in Python); bigger ones, a zone new to the image or a SERVFAIL
-stand-in (its data is marked expired), signed zones, and what the patcher does not take are
-compiled in full by the caller."""
+"""One whole zone put into the served image (issue 14 point 2, with transfers on) instead of
+compiling every zone again: a full transfer (AXFR) of a zone, an IXFR the name-by-name patcher
+(pop53.zone.incremental) turns down (names or NSEC3 owners added or removed in a signed zone, a
+new cut, a name at or below another zone), a reloaded file zone, and a zone passing its SOA
+expire.  The zone is compiled alone in C with the image's hash seed and spliced in
+(zone/splice.py): any size, signed or not, nested in another zone or naming targets in one.
+(It replaces the whole-zone patch, which rewrote every name of the zone through the IXFR patcher
+in Python and took unsigned zones up to 50,000 records only.)"""
 from __future__ import annotations
 
 from typing import Any
 
 from pop53.zone.zonefile import ZoneData
 
-PATCH_RECORDS = 50_000
 
-
-def _records(data) -> int:
-    if data.columns is not None and data._zone is None:
-        return len(data.columns)
-    return data.records
-
-
-def patch_whole_zone(image, data: ZoneData, prev: ZoneData | None) -> Any:
-    """`image` with zone `data.origin` replaced by `data`, or None (compile in full)."""
-    from pop53.serve.zonepatch import zone_names
-    from pop53.zone.incremental import patch_image
-
-    if image is None or prev is None or _records(data) > PATCH_RECORDS \
-            or _records(prev) > PATCH_RECORDS:
+def splice_zone(image, data: ZoneData | None, expired: bool = False) -> Any:
+    """`image` with zone `data.origin` compiled alone and spliced in whole; `expired` marks it
+    past its SOA expire (SERVFAIL, its data kept, as compile_zone_data(..., expired=[origin])).
+    None when the splice turns it down (zone/splice.py: `splice.last_reason`)."""
+    if image is None or data is None:
         return None
-    old = zone_names(image, data.origin)
-    if old is None:
-        return None
-    view = data
-    if data.columns is not None and data._zone is None:
-        # a dnspython view of the (small) zone for the patcher, not cached on the version
-        view = ZoneData(origin=data.origin, zone=data.columns.to_dnspython(data.origin),
-                        source=data.source)
-    return patch_image(image, data.origin, view, old | set(view.zone.nodes))
+    from pop53.zone.compiler import compile_zone_data
+    from pop53.zone.splice import splice
+
+    one = compile_zone_data([data], seed=image.view.seed,
+                            expired=[data.origin] if expired else ())
+    return splice(image, {data.origin.to_wire().lower(): one})

@@ -18,9 +18,11 @@ in place in the copy (the highest cut at or above a name wins, as in the compile
 
 A CNAME or DNAME that appears or goes at a name with descendants only rewrites that name's
 record.  When the zone's node table would pass MAX_LOAD, the patch gives the zone a new table
-twice the size (filled in C; the old one becomes garbage).  What `patch_image` still leaves to a
-full compile (it returns None): the apex deleted, a name at or below another zone of the image,
-a zone absent or expired in the old image, an RRset or image over the format's limits.
+twice the size (filled in C; the old one becomes garbage).  What `patch_image` leaves to its
+caller (it returns None; the publisher then splices the zone whole, xfr/wholepatch.py): the apex
+deleted, a name at or below another zone of the image, a zone absent or expired in the old
+image, an RRset or image over the format's limits, and the structural changes of a signed zone
+(zone/patch_dnssec.py).
 
 Here: the patch's plan (`_Patch.run`: which records change, which cuts move); the reads of the
 old image are `oldimage.py`, the writing of the patched image `patch_layout.py`, the shared

@@ -11,10 +11,12 @@ NSEC3 zones too: their hashed owners are not in the node table (RFC 5155 §7.1: 
 zone), so a changed one is found through the block's chain (by the hash its first label spells)
 and its new record is appended without entering the table or the patch index.
 
-Left to the full compile (incremental raises _Fallback): names added or removed, a name that
-becomes or stops being an empty non-terminal, a zone cut or wildcard appearing or going, a name
-gaining or losing its NSEC, an NSEC3 owner appearing or going, new NSEC3 parameters, and a zone
-becoming signed or unsigned or changing between NSEC and NSEC3."""
+Left to the splice of the whole zone (incremental raises _Fallback; the publisher then compiles
+the zone alone and splices it in, xfr/wholepatch.py and zone/splice.py, which moves the block
+with the zone): names added or removed, a name that becomes or stops being an empty
+non-terminal, a zone cut or wildcard appearing or going, a name gaining or losing its NSEC, an
+NSEC3 owner appearing or going, new NSEC3 parameters, and a zone becoming signed or unsigned or
+changing between NSEC and NSEC3."""
 from __future__ import annotations
 
 import base64
