@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("zones", nargs="+")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--tools", default="pop53,kzonecheck,kzonecheck-d-off",
+                    help="which of pop53, kzonecheck, kzonecheck-d-off to run (comma-separated)")
     args = ap.parse_args(argv)
     from pop53.zone.zonefile import guess_file_origin
 
@@ -48,10 +50,11 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for zone in args.zones:
         origin = guess_file_origin(zone).to_text()
-        tools = [("pop53 check", [sys.executable, "-m", "pop53", "check", "--zone", zone], env),
-                 ("kzonecheck", ["kzonecheck", "-o", origin, zone], None),
-                 ("kzonecheck -d off", ["kzonecheck", "-d", "off", "-o", origin, zone], None)]
-        for name, cmd, e in tools:
+        tools = {"pop53": ("pop53 check", [sys.executable, "-m", "pop53", "check", "--zone", zone], env),
+                 "kzonecheck": ("kzonecheck", ["kzonecheck", "-o", origin, zone], None),
+                 "kzonecheck-d-off": ("kzonecheck -d off",
+                                      ["kzonecheck", "-d", "off", "-o", origin, zone], None)}
+        for name, cmd, e in (tools[t] for t in args.tools.split(",")):
             for i in range(args.repeat):
                 r = _timed(cmd, args.timeout, e)
                 print(f"| {os.path.basename(os.path.dirname(zone))}/{os.path.basename(zone)} | "
