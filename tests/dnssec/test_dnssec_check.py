@@ -118,6 +118,7 @@ def _spoil(zone, origin, tmp_path):
     edit(o, "NS", expiration=int(now - 86400))                     # expired
     edit(o, "SOA", inception=int(now + 86400))                     # not valid yet
     edit("ns1." + o, "A", key_tag=(www.key_tag + 1) & 0xFFFF)     # a key the zone lacks
+    edit(o, "MX", signer=dns.name.from_text(o.upper()))            # the zone, in capitals: fine
     # an RRSIG covering TXT at a name with no TXT, and one by another zone's name
     orphan = www.replace(type_covered=dns.rdatatype.TXT)
     zone.find_rdataset("www." + o, dns.rdatatype.RRSIG, dns.rdatatype.TXT, create=True).add(orphan, 300)
