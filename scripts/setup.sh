@@ -10,6 +10,7 @@ cd "$here"
 
 APT_PACKAGES=(
   knot knot-dnsutils         # differential tests, XFR interop, bench
+  knot-dnssecutils           # kzonecheck beside `pop53 check` on signed zones (bench/results/check-signed.md)
   nsd                        # differential tests, XFR interop, bench
   bind9 bind9-dnsutils       # bench, XFR interop; delv validates signed answers (tests/dnssec)
   bind9-utils                # dnssec-keygen, dnssec-signzone sign the test zones (tests/dnssec)

@@ -86,3 +86,73 @@ def test_the_cli_exit_code_and_window(signed, tmp_path):
     zone.to_file(str(bad), relativize=False)
     res = run(str(bad))
     assert res.returncode == 1 and "does not hold" in res.stderr, res.stderr
+
+
+def _both(path, origin, **kw):
+    """Findings of the record-columns path (what `pop53 check` runs on a scanner-read file)
+    and of the dnspython path, on the same file."""
+    from pop53.dnssec.sigcols import check_columns
+    from pop53.zone.zonefile import load_zone_file
+
+    data = load_zone_file(str(path), origin)
+    assert data.columns is not None        # the scanner read it: the columns path is tested
+    name = dns.name.from_text(origin)
+    return (check_columns(data.columns, name, **kw),
+            check_signatures(dns.zone.from_file(str(path), origin, relativize=False), name, **kw))
+
+
+def _spoil(zone, origin, tmp_path):
+    """The signed zone with one signature of each kind of fault, written out."""
+    now = _expiry(zone, origin) - 20 * 86400
+
+    def edit(owner, rdtype, **change):
+        sigs = zone.find_rdataset(owner, dns.rdatatype.RRSIG, rdtype)
+        old, ttl = sigs[0], sigs.ttl
+        sigs.remove(old)
+        sigs.add(old.replace(**change), ttl)
+        return old
+
+    o = origin.to_text()
+    www = zone.find_rdataset("www." + o, dns.rdatatype.RRSIG, dns.rdatatype.A)[0]
+    edit("www." + o, "A", signature=bytes([www.signature[0] ^ 1]) + www.signature[1:])
+    edit(o, "NS", expiration=int(now - 86400))                     # expired
+    edit(o, "SOA", inception=int(now + 86400))                     # not valid yet
+    edit("ns1." + o, "A", key_tag=(www.key_tag + 1) & 0xFFFF)     # a key the zone lacks
+    edit(o, "MX", signer=dns.name.from_text(o.upper()))            # the zone, in capitals: fine
+    # an RRSIG covering TXT at a name with no TXT, and one by another zone's name
+    orphan = www.replace(type_covered=dns.rdatatype.TXT)
+    zone.find_rdataset("www." + o, dns.rdatatype.RRSIG, dns.rdatatype.TXT, create=True).add(orphan, 300)
+    zone.find_rdataset("www." + o, dns.rdatatype.RRSIG, dns.rdatatype.A).add(
+        www.replace(signer=dns.name.from_text("other.example."), signature=b"\x07" * 64), 300)
+    out = tmp_path / "spoiled.zone"
+    zone.to_file(str(out), relativize=False)
+    return out, now
+
+
+def test_the_columns_path_gives_the_dnspython_findings(signed, tmp_path):
+    for v in ("nsec", "nsec3", "optout"):
+        s = signed[v]
+        cols, old = _both(s.path, s.origin)
+        assert cols == old == [], (v, cols, old)
+    s = signed["nsec"]
+    path, now = _spoil(*_zone(s), tmp_path)
+    cols, old = _both(path, s.origin, now=now, window_days=30)
+    assert cols == old, (cols, old)
+    spoiled = cols
+    text = "\n".join(map(str, cols))
+    for part in ("2 signatures made by a key the DNSKEY RRset does not hold",
+                 "signed by other.example. (not the zone)", "have expired (first sec.example. NS",
+                 "not valid yet (first sec.example. SOA", "expire within 30 days",
+                 "RRSIGs without the RRset they cover: www.sec.example. TXT",
+                 "do not verify", "www.sec.example. A (key tag"):
+        assert part in text, (part, text)
+    # the even sample of the cryptographic check picks the same signatures in both paths
+    cols, old = _both(path, s.origin, now=now, verify_limit=7)
+    assert cols == old and "an even sample of" in str(cols[-1]), cols
+    # an RRSIG written twice is one signature in both forms (dnspython keeps one)
+    sig = dns.zone.from_file(str(path), s.origin, relativize=False).find_rdataset(
+        "ns1." + s.origin, dns.rdatatype.RRSIG, dns.rdatatype.A)[0]
+    with open(path, "a") as f:
+        f.write(f"ns1.{s.origin} 3600 IN RRSIG {sig.to_text()}\n")
+    again = _both(path, s.origin, now=now, window_days=30)
+    assert again[0] == again[1] == spoiled, again
