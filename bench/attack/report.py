@@ -31,7 +31,8 @@ def _f(x: float, fmt: str) -> str:
     return "-" if math.isnan(x) else format(x, fmt)
 
 
-def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, sched=None) -> None:
+def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, sched=None,
+          capab=None) -> None:
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
     fcpus = getattr(args, "flood_cpus", "0,1")
@@ -70,6 +71,20 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
               "sources at full speed)", "", "| server | replies/s | offered/s |", "|---|---|---|"]
     for n in names:
         lines.append(f"| {LABEL[n]} | {caps[n][0]:,.0f} | {caps[n][1]:,.0f} |")
+    if capab:
+        lines += ["", "pop53 with its scoring and steering on (the setup of the rows below) against "
+                  "its plain setup, alternated, one existing name from 256 /24s (each under "
+                  "`source_rate`), offered at the plain capacity above and at full speed; replies "
+                  "a second, medians of the runs (the runs in brackets):", "",
+                  "| offered | plain | scoring + steering | ratio |", "|---|---|---|---|"]
+        for load in ("1x", "full"):
+            pl, sc = capab.get(("plain", load), []), capab.get(("scored", load), [])
+            if not pl or not sc:
+                continue
+            mp, ms = (statistics.median(r for r, _ in x) for x in (pl, sc))
+            off = statistics.median(o for _, o in pl + sc)
+            lines.append(f"| {load} ({off:,.0f}/s) | {mp:,.0f} ({', '.join(f'{r:,.0f}' for r, _ in pl)}) "
+                         f"| {ms:,.0f} ({', '.join(f'{r:,.0f}' for r, _ in sc)}) | {ms / mp:.3f} |")
     lines += ["", f"Offered load below is in multiples of pop53's capacity, {unit:,.0f} q/s.", "",
               "## Known resolvers' queries answered: worst second (mean), known p99 ms (worst second)", "",
               "The flood core may not reach the load asked for: `sent` is what it sent (x the unit), "
@@ -98,6 +113,7 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
             lines.append(f"- {LABEL[n]}, {attack}, {load:g}x, round {i + 1} ({sent:,.0f}/s): "
                          + "; ".join(f"{s:.3f} {_f(a, '.1f')} {_f(b, '.1f')}" for s, a, b in secs))
     lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     _plot(args.out.with_suffix(".png"), loads, names, attacks, runs, cmd, unit)

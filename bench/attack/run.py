@@ -185,14 +185,42 @@ def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zon
                              stdout=subprocess.PIPE) for cpu in cpus]
 
 
-def capacity(binary: Path, port: int, seconds: float, name_wire: str) -> tuple[float, float]:
-    """(replies a second, datagrams offered a second) for one existing name at full speed."""
+def capacity(binary: Path, port: int, seconds: float, name_wire: str, rate: float = 0,
+             sources: int = 64) -> tuple[float, float]:
+    """(replies a second, datagrams offered a second) for one existing name from `sources`
+    /24s (127.2.X.1), at `rate` a second (0: full speed)."""
     # not SCHED_IDLE: nothing of ours to protect here, and an idle flood on a busy machine
     # would not fill the server
-    p = subprocess.Popen(["taskset", "-c", "1", str(binary), str(port), str(seconds), "0", "64",
-                          "1", name_wire, "0", "1"], stdout=subprocess.PIPE)
+    p = subprocess.Popen(["taskset", "-c", "1", str(binary), str(port), str(seconds),
+                          str(int(rate)), str(sources), "1", name_wire, "0", "1"],
+                         stdout=subprocess.PIPE)
     sent, got = map(int, p.communicate(timeout=seconds + 20)[0].split())
     return got / seconds, sent / seconds
+
+
+def capacity_ab(binary: Path, tmp: Path, zonefile: Path, probe: str, cap, seconds: float,
+                name_wire: str, rounds: int, unit: float) -> dict[tuple[str, str], list]:
+    """Issue 13's "no loss of capacity or of legitimate answers without an attack": pop53 with
+    its scoring and steering on against its plain setup, alternated `rounds` times, under one
+    existing name from 256 /24s (each under `source_rate`, so no source is a flood by rate),
+    offered at pop53's plain capacity (`unit`: no attack, nothing should be lost) and at full
+    speed (several times it: what the scored server still answers of unknown clients' load).
+    {(setup, "1x" | "full"): [(replies/s, offered/s), ...]}."""
+    out: dict[tuple[str, str], list] = {}
+    for rnd in range(rounds):
+        for kind in (("plain", "scored") if rnd % 2 == 0 else ("scored", "plain")):
+            srv = sv.Running("pop53", tmp / f"pop53-cap-{kind}-{rnd}", zonefile, probe, cap,
+                             plain=kind == "plain")
+            try:
+                for load, rate in (("1x", unit), ("full", 0)):
+                    time.sleep(0.5)
+                    r = capacity(binary, srv.port, seconds, name_wire, rate, 256)
+                    out.setdefault((kind, load), []).append(r)
+                    print(f"capacity pop53 {kind} {load} ({rnd}): {r[0]:,.0f} replies/s of "
+                          f"{r[1]:,.0f} offered", flush=True)
+            finally:
+                srv.stop()
+    return out
 
 
 def summary(secs) -> tuple[float, float, float, float]:
@@ -218,6 +246,8 @@ def main(argv=None) -> int:
     ap.add_argument("--flood-cpus", default="0,1", help="CPUs running a flood process each (the "
                     "resolvers stay on CPU 1; the flood is SCHED_IDLE, so on CPU 0 it takes only "
                     "what the capped server leaves)")
+    ap.add_argument("--capacity-ab", type=int, default=3, help="rounds of pop53's capacity with "
+                    "scoring and steering on against plain, alternated (0: skip)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)
@@ -240,6 +270,7 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     cap = sv.CpuCap(args.quota, args.weight)
     caps: dict[str, tuple[float, float]] = {}
+    capab: dict = {}
     runs: dict[tuple[str, str, float], list] = {}
     sched: dict[tuple[str, str, float], list] = {}
     try:
@@ -257,6 +288,9 @@ def main(argv=None) -> int:
                 print(f"capacity {name}: {caps[name][0]:,.0f} replies/s "
                       f"(offered {caps[name][1]:,.0f}/s)", flush=True)
             unit = caps.get("pop53", next(iter(caps.values())))[0]
+            if "pop53" in names_ and args.capacity_ab > 0:
+                capab = capacity_ab(binary, tmp, zonefile, names[0], cap, args.seconds,
+                                    name_wire, args.capacity_ab, unit)
             for rnd in range(args.rounds):
                 order = names_ if rnd % 2 == 0 else names_[::-1]      # alternate
                 for name in order:
@@ -298,7 +332,8 @@ def main(argv=None) -> int:
     finally:
         cap.close()
     from bench.attack.report import write
-    write(args, loads, names_, attacks, skipped, caps, unit, runs, load0, os.getloadavg()[0], sched)
+    write(args, loads, names_, attacks, skipped, caps, unit, runs, load0, os.getloadavg()[0], sched,
+          capab)
     return 0
 
 
