@@ -197,7 +197,7 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("user", "string", None, "drop privileges to this user after binding (when started as root)")
  .key("metrics", "string", None, '"ADDRESS:PORT" of the Prometheus endpoint (default port 9153)')
  .key("state", "string", None, "state directory: the saved image (a restart maps it instead of "
-      "parsing), transfer snapshots, journals, the status file")
+      "parsing), transfer snapshots, journals, the status file, the learned resolvers")
  .key("zone_dir", "string", Computed("the config file's directory"), "relative zone `file` "
       "paths and `$INCLUDE` names resolve here (itself relative to the config file's directory)")
  .key("control", "string", None, "path of the control socket for `pop53 ctl` (mode 0600)")

@@ -23,6 +23,7 @@ class Learner:
         self.scorer, self.window, self.need = scorer, window, need
         self.history: collections.deque = collections.deque(maxlen=windows)
         self.frozen = 0                 # windows not counted: overloaded
+        self.closed = 0                 # windows finished (counted or frozen): the saver's cue
         self._pending = None            # (old SeenSet, worker epochs, overloaded)
         self._started = None
         self._overload_mark = 0
@@ -52,6 +53,7 @@ class Learner:
 
     def close(self, seen: _core.SeenSet, overloaded: bool) -> KnownPrefixes | None:
         """Count one finished window (unless overloaded: frozen) and return what is known."""
+        self.closed += 1
         if overloaded:
             self.frozen += 1
             return None

@@ -4,6 +4,7 @@ passed a batch boundary), the kernel drop counter turned on, the counters summed
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 
@@ -53,7 +54,7 @@ def datagram_truesize() -> int:
 
 
 class ScoringService:
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, state: str | None = None):
         self.scorer = _core.Scorer(**settings["scorer"])
         self.path: str | None = settings["known_resolvers"]
         self.known = KnownPrefixes(frozenset(), frozenset())      # published: file + learned
@@ -90,6 +91,14 @@ class ScoringService:
         if settings.get("learn"):
             from pop53.scoring.learn import Learner
             self.learner = Learner(self.scorer, **settings["learn"])
+        # the learner's history survives a restart in the state directory (learnstate.py)
+        self.learn_path = None
+        if self.learner is not None and state:
+            from pop53.scoring import learnstate
+            self.learn_path = os.path.join(state, learnstate.FILE)
+            if learnstate.load(self.learn_path, self.learner):
+                self.learned = self.learner.learned()
+        self._saved = 0
 
     def housekeeping(self, server) -> None:
         """Called by the server's housekeeping thread: queue sizing, learning windows."""
@@ -108,6 +117,13 @@ class ScoringService:
         if self.learner is None:
             return
         learned = self.learner.step(server.workers)
+        if self.learn_path and self.learner.closed != self._saved:
+            self._saved = self.learner.closed
+            from pop53.scoring import learnstate
+            try:
+                learnstate.save(self.learn_path, self.learner)
+            except OSError as exc:
+                log.error("cannot save the learned resolvers to %s: %s", self.learn_path, exc)
         if learned is not None and learned != self.learned:
             self.learned = learned
             self.publish(server, self.from_file.union(learned).union(self.from_feed))
@@ -192,10 +208,8 @@ class ScoringService:
     def load(self, server, *, strict: bool) -> bool:
         """(Re)read the known-resolvers file and publish it.  strict (at start): a bad file is
         an error; else (reload) it is logged and the previous table keeps serving."""
-        if not self.path:
-            return True
         try:
-            known = read_known(self.path)
+            known = read_known(self.path) if self.path else KnownPrefixes(frozenset(), frozenset())
         except Pop53Error as exc:
             self.last_error = str(exc)
             if strict:

@@ -43,7 +43,7 @@ class Server:
         self.scoring = None
         if config.scoring:
             from pop53.scoring.service import ScoringService
-            self.scoring = ScoringService(config.scoring)
+            self.scoring = ScoringService(config.scoring, config.state)
         self.shared = _core.Shared()
         self.slot = ImageSlot(self.shared, lambda: self.net.readers())
         self.slot.listeners.append(self._seed_maps)
