@@ -8,17 +8,22 @@ cdef class KnownTable:
     """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
     1 << 21 bytes, a bit per IPv4 /24 (bit k & 7 of byte k >> 3 for /24 number k), or None; `v6`, an open-addressing table
     of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
-    here on; any buffer (bytes, mmap) works."""
+    here on; any buffer (bytes, mmap) works.  The IPv6 filter in front of the exact table
+    (sc_known) is derived here, at load time: a power of two of bits, at least 128 per key
+    (false positives under 1%, which the exact table then answers), 2^16 to 2^24 (2 MiB)."""
     cdef known_t kn
     cdef Py_buffer b4
     cdef Py_buffer b6
     cdef bint has4, has6
+    cdef uint8_t* filter6
     cdef readonly object owner4, owner6
     cdef readonly uint64_t n_v4
 
     def __cinit__(self, object v4, object v6):
-        cdef uint64_t i
+        cdef uint64_t i, b
+        cdef int lg = 16
         self.has4 = self.has6 = False
+        self.filter6 = NULL
         memset(&self.kn, 0, sizeof(known_t))
         if v4 is not None:
             PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
@@ -46,16 +51,45 @@ cdef class KnownTable:
                 self.kn.n_v6 += 1
             if self.kn.n_v6 == slots:
                 raise ValueError("the IPv6 table needs an empty slot")
+            if self.kn.n_v6:
+                while lg < 24 and (<uint64_t>1 << lg) < 128 * self.kn.n_v6:
+                    lg += 1
+                self.filter6 = <uint8_t*>calloc(<size_t>1 << (lg - 3), 1)
+                if self.filter6 == NULL:
+                    raise MemoryError()
+                self.kn.v6f_shift = 64 - lg
+                for i in range(slots):
+                    if self.kn.v6[i]:
+                        b = sc_v6_bit(&self.kn, self.kn.v6[i] & ~SC_V6_TAG)
+                        self.filter6[b >> 3] |= <uint8_t>(1 << (b & 7))
+                self.kn.v6f = self.filter6
 
     def __dealloc__(self):
         if self.has4:
             PyBuffer_Release(&self.b4)
         if self.has6:
             PyBuffer_Release(&self.b6)
+        free(self.filter6)
 
     @property
     def n_v6(self):
         return self.kn.n_v6
+
+    @property
+    def v6_filter_bits(self):
+        """The IPv6 filter's size in bits (0: no IPv6 key)."""
+        return (<uint64_t>1 << (64 - self.kn.v6f_shift)) if self.kn.v6f != NULL else 0
+
+    def v6_filter(self, bytes address not None):
+        """Whether a packed IPv6 address's /56 passes the filter (a known /56 always does; the
+        exact table decides)."""
+        cdef uint64_t b
+        if len(address) != 16:
+            raise ValueError("a 16-byte address")
+        if self.kn.v6f == NULL:
+            return False
+        b = sc_v6_bit(&self.kn, sc_v6_key(<const uint8_t*>(<char*>address)))
+        return bool((self.kn.v6f[b >> 3] >> (b & 7)) & 1)
 
     def known(self, bytes address not None):
         """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
