@@ -92,7 +92,7 @@ cdef inline uint64_t sc_v6_bit(const known_t* kn, uint64_t key) noexcept nogil:
     return (key * SC_V6_MUL) >> kn.v6f_shift
 
 
-cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
+cdef inline bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
     """Whether the client's /24 or /56 is in the known table: one bit of a 2 MiB bitmap for
     IPv4; for IPv6 one bit of the filter (the batch prefetched it), and only when it is set
     (every known /56, and under 1% of the others) one or two probes of the exact table."""
