@@ -340,8 +340,8 @@ cdef struct known_t:          # immutable once published; freed after every work
                               # big-endian) with SC_V6_TAG set; 0 = empty; linear probing
     uint64_t v6_mask          # slots - 1 (a power of two; at least one slot is empty)
     uint64_t n_v6
-    const uint8_t* v6f        # the filter in front of v6 (sc_known): bit sc_v6_bit(key) set for
-    uint32_t v6f_shift        # every key, 64 - log2(bits); NULL when v6 has no key
+    const uint64_t* v6f       # the filter in front of v6 (sc_v6_filter): two bits of one word per
+    uint32_t v6f_shift        # key; 64 - log2(words); NULL when v6 has no key
 
 cdef enum:
     SC_SEEN6 = 65536          # learning: IPv6 /56s remembered per window (open addressing)

@@ -9,13 +9,13 @@ cdef class KnownTable:
     1 << 21 bytes, a bit per IPv4 /24 (bit k & 7 of byte k >> 3 for /24 number k), or None; `v6`, an open-addressing table
     of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
     here on; any buffer (bytes, mmap) works.  The IPv6 filter in front of the exact table
-    (sc_known) is derived here, at load time: a power of two of bits, at least 128 per key
-    (false positives under 1%, which the exact table then answers), 2^16 to 2^24 (2 MiB)."""
+    (sc_v6_filter) is derived here, at load time: a power of two of bits, at least 128 per key,
+    2^16 to 2^24 (2 MiB); its false positives the exact table then answers."""
     cdef known_t kn
     cdef Py_buffer b4
     cdef Py_buffer b6
     cdef bint has4, has6
-    cdef uint8_t* filter6
+    cdef uint64_t* filter6
     cdef readonly object owner4, owner6
     cdef readonly uint64_t n_v4
 
@@ -54,14 +54,15 @@ cdef class KnownTable:
             if self.kn.n_v6:
                 while lg < 24 and (<uint64_t>1 << lg) < 128 * self.kn.n_v6:
                     lg += 1
-                self.filter6 = <uint8_t*>calloc(<size_t>1 << (lg - 3), 1)
+                self.filter6 = <uint64_t*>calloc(<size_t>1 << (lg - 6), 8)
                 if self.filter6 == NULL:
                     raise MemoryError()
-                self.kn.v6f_shift = 64 - lg
+                self.kn.v6f_shift = 64 - (lg - 6)
                 for i in range(slots):
                     if self.kn.v6[i]:
-                        b = sc_v6_bit(&self.kn, self.kn.v6[i] & ~SC_V6_TAG)
-                        self.filter6[b >> 3] |= <uint8_t>(1 << (b & 7))
+                        b = (self.kn.v6[i] & ~SC_V6_TAG) * SC_V6_MUL      # as sc_v6_filter
+                        self.filter6[b >> self.kn.v6f_shift] |= \
+                            (<uint64_t>1 << ((b >> 32) & 63)) | (<uint64_t>1 << ((b >> 38) & 63))
                 self.kn.v6f = self.filter6
 
     def __dealloc__(self):
@@ -78,18 +79,16 @@ cdef class KnownTable:
     @property
     def v6_filter_bits(self):
         """The IPv6 filter's size in bits (0: no IPv6 key)."""
-        return (<uint64_t>1 << (64 - self.kn.v6f_shift)) if self.kn.v6f != NULL else 0
+        return (<uint64_t>1 << (64 - self.kn.v6f_shift + 6)) if self.kn.v6f != NULL else 0
 
     def v6_filter(self, bytes address not None):
         """Whether a packed IPv6 address's /56 passes the filter (a known /56 always does; the
         exact table decides)."""
-        cdef uint64_t b
         if len(address) != 16:
             raise ValueError("a 16-byte address")
         if self.kn.v6f == NULL:
             return False
-        b = sc_v6_bit(&self.kn, sc_v6_key(<const uint8_t*>(<char*>address)))
-        return bool((self.kn.v6f[b >> 3] >> (b & 7)) & 1)
+        return bool(sc_v6_filter(&self.kn, sc_v6_key(<const uint8_t*>(<char*>address))))
 
     def known(self, bytes address not None):
         """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""

@@ -69,7 +69,9 @@ def main(argv=None) -> int:
     lines = report_head("Query scoring: cost per UDP query", "scoring", args,
                         f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end "
                         "(shared machine)") + [
-        "- Known table: 100,000 random IPv4 /24s (2 MiB bitmap), 20,000 IPv6 /56s",
+        "- Known table: 100,000 random IPv4 /24s (2 MiB bitmap), 20,000 IPv6 /56s"
+        + (f" (a filter of {table.v6_filter_bits:,} bits in front of the exact table)"
+           if getattr(table, "v6_filter_bits", 0) else " (a hash table)"),
         "",
         "| measurement | median of rounds | min | max |",
         "|---|---|---|---|",
