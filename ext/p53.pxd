@@ -335,11 +335,13 @@ cdef extern from *:
     const uint64_t SC_V6_TAG
 
 cdef struct known_t:          # immutable once published; freed after every worker passed a batch
-    const uint8_t* v4         # 1 << 24 bytes, one per IPv4 /24: nonzero = known
+    const uint8_t* v4         # 1 << 21 bytes, one bit per IPv4 /24: set = known
     const uint64_t* v6        # open addressing over IPv6 /56 keys (the first 7 address bytes,
                               # big-endian) with SC_V6_TAG set; 0 = empty; linear probing
     uint64_t v6_mask          # slots - 1 (a power of two; at least one slot is empty)
     uint64_t n_v6
+    const uint64_t* v6f       # the filter in front of v6 (sc_v6_filter): two bits of one word per
+    uint32_t v6f_shift        # key; 64 - log2(words); NULL when v6 has no key
 
 cdef enum:
     SC_SEEN6 = 65536          # learning: IPv6 /56s remembered per window (open addressing)

@@ -43,8 +43,16 @@ cdef enum:
 
 
 cdef extern from *:
-    """#define p53_prefetch(p) __builtin_prefetch((p), 0, 0)"""
+    """
+    #define p53_prefetch(p) __builtin_prefetch((p), 0, 0)
+    static inline uint64_t p53_be56(const uint8_t* p) {
+        uint64_t v; __builtin_memcpy(&v, p, 8); return __builtin_bswap64(v) >> 8;
+    }
+    #define SC_V6_MUL 0x9E3779B97F4A7C15ULL
+    """
     void p53_prefetch(const void* p) nogil
+    uint64_t p53_be56(const uint8_t* p) nogil
+    const uint64_t SC_V6_MUL
 
 
 cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n) noexcept nogil:
@@ -60,8 +68,8 @@ cdef void sc_prefetch(const known_t* kn, const uint8_t* sa, size_t stride, int n
         a = client_addr(sa + i * stride, &alen)
         if alen == 4 and kn.v4 != NULL:
             p53_prefetch(kn.v4 + (((<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]) >> 3))
-        elif alen == 16 and kn.n_v6:
-            p53_prefetch(kn.v6 + (mix64(sc_v6_key(a) | SC_V6_TAG) & kn.v6_mask))
+        elif alen == 16 and kn.v6f != NULL:
+            p53_prefetch(kn.v6f + ((sc_v6_key(a) * SC_V6_MUL) >> kn.v6f_shift))
 
 
 cdef inline uint64_t sc_now_ms() noexcept nogil:
@@ -71,14 +79,27 @@ cdef inline uint64_t sc_now_ms() noexcept nogil:
 
 
 cdef inline uint64_t sc_v6_key(const uint8_t* a) noexcept nogil:
-    """The /56 of an IPv6 address as an integer (its first 7 bytes, big-endian)."""
-    return ((<uint64_t>a[0] << 48) | (<uint64_t>a[1] << 40) | (<uint64_t>a[2] << 32)
-            | (<uint64_t>a[3] << 24) | (<uint64_t>a[4] << 16) | (<uint64_t>a[5] << 8) | a[6])
+    """The /56 of an IPv6 address as an integer (its first 7 bytes, big-endian): one 8-byte load
+    and a byte swap (the address has 16 bytes)."""
+    return p53_be56(a)
 
 
-cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
-    """Whether the client's /24 or /56 is in the known table (one bit of a 2 MiB bitmap for
-    IPv4, one or two probes of a hash table for IPv6)."""
+cdef inline bint sc_v6_filter(const known_t* kn, uint64_t key) noexcept nogil:
+    """Whether a /56 key passes the filter: a blocked Bloom filter of two bits in one 64-bit word
+    (one cache line read, which the batch prefetched), from one multiply (Fibonacci hashing): the
+    word from the product's top bits, the bits from bits 32..37 and 38..43 (each product bit
+    depends on every key bit below it).  At 128 bits a key, about 0.1% of unknown /56s pass
+    (a single bit: 0.8%; each costs an exact-table probe the batch did not prefetch); known /56s
+    always pass."""
+    cdef uint64_t h = key * SC_V6_MUL
+    cdef uint64_t w = kn.v6f[h >> kn.v6f_shift]
+    return (w >> ((h >> 32) & 63)) & (w >> ((h >> 38) & 63)) & 1
+
+
+cdef inline bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept nogil:
+    """Whether the client's /24 or /56 is in the known table: one bit of a 2 MiB bitmap for
+    IPv4; for IPv6 one word of the filter (the batch prefetched it), and only when it passes
+    (every known /56, and about 0.1% of the others) one or two probes of the exact table."""
     cdef uint64_t key, i, slot
     cdef uint32_t idx
     if kn == NULL:
@@ -86,9 +107,12 @@ cdef bint sc_known(const known_t* kn, const uint8_t* a, uint32_t alen) noexcept 
     if alen == 4:
         idx = (<uint32_t>a[0] << 16) | (<uint32_t>a[1] << 8) | a[2]
         return kn.v4 != NULL and (kn.v4[idx >> 3] >> (idx & 7)) & 1
-    if alen != 16 or kn.n_v6 == 0:
+    if alen != 16 or kn.v6f == NULL:
         return False
-    key = sc_v6_key(a) | SC_V6_TAG
+    key = sc_v6_key(a)
+    if not sc_v6_filter(kn, key):
+        return False
+    key |= SC_V6_TAG
     i = mix64(key) & kn.v6_mask
     while True:
         slot = kn.v6[i]

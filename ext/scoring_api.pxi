@@ -8,17 +8,22 @@ cdef class KnownTable:
     """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
     1 << 21 bytes, a bit per IPv4 /24 (bit k & 7 of byte k >> 3 for /24 number k), or None; `v6`, an open-addressing table
     of native uint64 slots (see known_t; slots from known_v6_slot()), or None.  Read-only from
-    here on; any buffer (bytes, mmap) works."""
+    here on; any buffer (bytes, mmap) works.  The IPv6 filter in front of the exact table
+    (sc_v6_filter) is derived here, at load time: a power of two of bits, at least 128 per key,
+    2^16 to 2^24 (2 MiB); its false positives the exact table then answers."""
     cdef known_t kn
     cdef Py_buffer b4
     cdef Py_buffer b6
     cdef bint has4, has6
+    cdef uint64_t* filter6
     cdef readonly object owner4, owner6
     cdef readonly uint64_t n_v4
 
     def __cinit__(self, object v4, object v6):
-        cdef uint64_t i
+        cdef uint64_t i, b
+        cdef int lg = 16
         self.has4 = self.has6 = False
+        self.filter6 = NULL
         memset(&self.kn, 0, sizeof(known_t))
         if v4 is not None:
             PyObject_GetBuffer(v4, &self.b4, PyBUF_SIMPLE)
@@ -46,16 +51,44 @@ cdef class KnownTable:
                 self.kn.n_v6 += 1
             if self.kn.n_v6 == slots:
                 raise ValueError("the IPv6 table needs an empty slot")
+            if self.kn.n_v6:
+                while lg < 24 and (<uint64_t>1 << lg) < 128 * self.kn.n_v6:
+                    lg += 1
+                self.filter6 = <uint64_t*>calloc(<size_t>1 << (lg - 6), 8)
+                if self.filter6 == NULL:
+                    raise MemoryError()
+                self.kn.v6f_shift = 64 - (lg - 6)
+                for i in range(slots):
+                    if self.kn.v6[i]:
+                        b = (self.kn.v6[i] & ~SC_V6_TAG) * SC_V6_MUL      # as sc_v6_filter
+                        self.filter6[b >> self.kn.v6f_shift] |= \
+                            (<uint64_t>1 << ((b >> 32) & 63)) | (<uint64_t>1 << ((b >> 38) & 63))
+                self.kn.v6f = self.filter6
 
     def __dealloc__(self):
         if self.has4:
             PyBuffer_Release(&self.b4)
         if self.has6:
             PyBuffer_Release(&self.b6)
+        free(self.filter6)
 
     @property
     def n_v6(self):
         return self.kn.n_v6
+
+    @property
+    def v6_filter_bits(self):
+        """The IPv6 filter's size in bits (0: no IPv6 key)."""
+        return (<uint64_t>1 << (64 - self.kn.v6f_shift + 6)) if self.kn.v6f != NULL else 0
+
+    def v6_filter(self, bytes address not None):
+        """Whether a packed IPv6 address's /56 passes the filter (a known /56 always does; the
+        exact table decides)."""
+        if len(address) != 16:
+            raise ValueError("a 16-byte address")
+        if self.kn.v6f == NULL:
+            return False
+        return bool(sc_v6_filter(&self.kn, sc_v6_key(<const uint8_t*>(<char*>address))))
 
     def known(self, bytes address not None):
         """Whether a packed address (4 or 16 bytes) is in a known /24 or /56."""
@@ -309,10 +342,13 @@ cdef class Scorer:
         """Nanoseconds per scoring decision for n queries in batches of 64 as the worker loop
         makes them (sc_prefetch over the batch, then sc_admit each), the client address varied
         over `spread` prefixes from `first` (its first three bytes for IPv4: /24s over the whole
-        table; bytes 4..6 for IPv6: /56s).  For bench/micro/scoring.py."""
+        table; bytes 4..6 for IPv6: /56s).  For bench/micro/scoring.py.  The addresses of the
+        next batch are written while this one is scored (timed too): the worker's come from the
+        kernel, written long before it reads them, and reading bytes still in the store queue
+        would stall on store forwarding, which the worker never does."""
         cdef const uint8_t[::1] p = packet
-        cdef uint8_t sas[64][28]
-        cdef uint32_t i, j, k, alen = len(first), cl_len
+        cdef uint8_t sas[2][64][28]
+        cdef uint32_t i, j, k, b, alen = len(first), cl_len
         cdef const uint8_t* cl
         cdef uint8_t* a
         cdef int sink = 0
@@ -324,22 +360,28 @@ cdef class Scorer:
         if alen not in (4, 16) or p.shape[0] < 12 or spread == 0 or spread & (spread - 1) or n < 64:
             raise ValueError("a 4- or 16-byte address, a packet, spread a power of two, n >= 64")
         memset(sas, 0, sizeof(sas))
-        for j in range(64):
-            (<uint16_t*>sas[j])[0] = 2 if alen == 4 else 10
-            memcpy(sas[j] + (4 if alen == 4 else 8), <const char*>first, alen)
+        for b in range(2):
+            for j in range(64):
+                (<uint16_t*>sas[b][j])[0] = 2 if alen == 4 else 10
+                memcpy(sas[b][j] + (4 if alen == 4 else 8), <const char*>first, alen)
         with nogil:
             clock_gettime(CLOCK_MONOTONIC, &t0)
-            for i in range(0, n - 63, 64):
-                for j in range(64):
-                    # a mask, not a division (a 64-bit divide per query would be counted as
-                    # scoring, which the worker never does): spread is a power of two
-                    k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) & (spread - 1))
-                    a = sas[j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
-                    a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
+            for i in range(0, n + 1, 64):
+                b = (i >> 6) & 1
+                if i + 64 <= n:
+                    for j in range(64):
+                        # a mask, not a division (a 64-bit divide per query would be counted as
+                        # scoring, which the worker never does): spread is a power of two
+                        k = <uint32_t>((<uint64_t>(i + j) * <uint64_t>2654435761u) & (spread - 1))
+                        a = sas[b][j] + (4 if alen == 4 else 12)   # IPv4: bytes 0..2; IPv6: 4..6
+                        a[0] = <uint8_t>(k >> 16); a[1] = <uint8_t>(k >> 8); a[2] = <uint8_t>k
+                if i == 0:
+                    continue
+                b ^= 1              # the batch written in the previous pass
                 if prefetch:
-                    sc_prefetch(kn, &sas[0][0], 28, 64)
+                    sc_prefetch(kn, &sas[b][0][0], 28, 64)
                 for j in range(64):
-                    cl = client_addr(sas[j], &cl_len)
+                    cl = client_addr(sas[b][j], &cl_len)
                     sink += sc_admit(&self.cfg, kn, st, rc, &p[0], <uint32_t>p.shape[0], cl, cl_len) >= 0
             clock_gettime(CLOCK_MONOTONIC, &t1)
         return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (n - n % 64) + 0 * sink

@@ -9,7 +9,9 @@ most a /8 or a /40: 65,536 entries).  A bad line is one error naming FILE:LINE.
 Compiled form (`_core.KnownTable`): a bitmap of every IPv4 /24 (2 MiB, one bit read per query,
 small enough to stay in the cache a flood's scattered sources hit; left out when the file has
 no IPv4 line), and the /56 keys of IPv6 (the first 7 address
-bytes as an integer) in an open-addressing hash table at most half full (one or two probes).
+bytes as an integer) in an open-addressing hash table at most half full (one or two probes),
+behind a filter bitmap that `_core.KnownTable` derives from it at load time (a flood's
+sources are answered "unknown" by one bit; docs/scoring.md).
 """
 from __future__ import annotations
 
