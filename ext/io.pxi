@@ -66,7 +66,7 @@ cdef extern from "p53_wake.h" nogil:
 cdef enum:
     BATCH = 64
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
-    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; with scoring SO_RXQ_OVFL, SO_TIMESTAMPNS
+    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64); with scoring SO_RXQ_OVFL
     CTL_RING = 64             # control-plane messages waiting per worker
     CTL_MAX = 4096
 
@@ -168,13 +168,13 @@ cdef class Worker:
         self.wake_fd = fd
 
     def sample_stamps(self, int every):
-        """Kernel receive stamps on one receive batch in `every` (kstamp.pxi); the socket must
-        have SO_TIMESTAMPNS on.  0 or 1: every batch as the socket is set."""
+        """Kernel receive stamps during one second in `every` (kstamp.pxi); the socket must not
+        have SO_TIMESTAMPNS on (it would hold the kernel's stamping on).  0 or 1: every batch
+        as the socket is set."""
         if self.running:
             raise RuntimeError("worker already running")
         self.kst.every = every if every > 0 else 0
-        self.kst.count = 0
-        self.kst.on = 1
+        self.kst.on = 0
 
     @property
     def stamp_every(self):
@@ -238,15 +238,18 @@ cdef class Worker:
         cdef ctl_msg_t* cm
         cdef const known_t* kn = NULL
         cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
+        cdef int used = BATCH          # headers the last receive may have written
+        for i in range(BATCH):
+            self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
+            self.riov[i].iov_len = RECV_SLOT
+            self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+            self.rmsgs[i].msg_hdr.msg_iovlen = 1
+            self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
         while not p53_load_int(&self.stop_flag):
-            for i in range(BATCH):
-                self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
-                self.riov[i].iov_len = RECV_SLOT
-                self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            # recvmmsg writes back only the lengths and flags of the messages it filled
+            for i in range(used):
                 self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
-                self.rmsgs[i].msg_hdr.msg_iovlen = 1
-                self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_controllen = CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
@@ -254,6 +257,7 @@ cdef class Worker:
             kstamp_gate(&self.kst, self.fd)
             self.vlen = sc_normal_batch(&self.sc, BATCH) if scorer is not None else BATCH
             n = self._receive(&rfd)
+            used = n if n > 0 else 0
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
             if n <= 0:
@@ -261,7 +265,6 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
-            kstamp_done(&self.kst)
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
@@ -344,7 +347,7 @@ cdef class Worker:
                 if self.smsgs[m].msg_hdr.msg_controllen == 0:
                     self.smsgs[m].msg_hdr.msg_control = NULL
                 self.smsgs[m].msg_hdr.msg_flags = 0
-                ks[m] = p53_rx_stamp_ns(&self.rmsgs[i].msg_hdr)
+                ks[m] = p53_kstamp_ns(&self.rmsgs[i].msg_hdr)
                 m += 1
             sent = 0
             while sent < m:

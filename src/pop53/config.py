@@ -79,7 +79,7 @@ class Config:
     tcp_max_control_connections: int = 64  # handed to the control plane (NOTIFY/XFR/TSIG)
     reuseport_bpf: bool = False
     receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
-    receive_timestamp_every: int = 16   # ... on one receive batch in N (ext/kstamp.pxi)
+    receive_timestamp_every: int = 16   # ... during one second in N (ext/kstamp.pxi)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None

@@ -35,7 +35,7 @@ class Workers:
         self.responder = responder
         self.limiter = limiter            # one RRL table for all UDP workers (TCP is never limited)
         self.scoring = scoring            # pop53.scoring.service.ScoringService or None
-        self.stamp_every = 1              # UDP receive batches per stamped one (bind)
+        self.stamp_every = 1              # seconds per stamped one (bind; 1: always)
         self.workers: list[_core.Worker] = []
         self.udp_socks: list[socket.socket] = []
         self.tcp_socks: list[socket.socket] = []
@@ -56,7 +56,7 @@ class Workers:
 
     # -- sockets -------------------------------------------------------------------------------
     def bind(self, config: Config) -> None:
-        # kernel receive stamps on one batch in N (ext/kstamp.pxi); scoring reads every batch's
+        # kernel receive stamps during one second in N (ext/kstamp.pxi); scoring reads every batch's
         self.stamp_every = (config.receive_timestamp_every if config.receive_timestamps and
                             self.scoring is None else 1)
         for addr in config.listen:
@@ -65,11 +65,16 @@ class Workers:
             except OSError as exc:
                 raise _start_error(exc, f"cannot listen on {addr}") from None
 
+    def _stamps_always(self, cfg: Config) -> bool:
+        """SO_TIMESTAMPNS on the socket for good: stamping every batch.  A sampled worker asks
+        with SO_TIMESTAMPING in its windows instead (ext/kstamp.pxi)."""
+        return cfg.receive_timestamps and self.stamp_every <= 1
+
     def _bind(self, addr: Listen, cfg: Config) -> None:
         # with port 0 the first UDP socket picks the port and TCP and the rest of the group
         # follow it; if that port is taken for TCP, pick again
         for attempt in range(20):
-            first = udp_socket(addr, cfg.receive_timestamps)
+            first = udp_socket(addr, self._stamps_always(cfg), cfg.edns_max)
             a = Listen(addr.host, first.getsockname()[1])
             try:
                 tsock = tcp_socket(a)
@@ -80,7 +85,7 @@ class Workers:
                     raise
         addr = a
         try:
-            group = [first] + [udp_socket(addr, cfg.receive_timestamps)
+            group = [first] + [udp_socket(addr, self._stamps_always(cfg), cfg.edns_max)
                                for _ in range(cfg.workers - 1)]
         except OSError:
             first.close()
@@ -88,7 +93,7 @@ class Workers:
             raise
         if self.scoring is not None and self.scoring.steer:
             # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
-            group += [udp_socket(addr) for _ in range(cfg.workers)]
+            group += [udp_socket(addr, edns_max=cfg.edns_max) for _ in range(cfg.workers)]
             self.scoring.attach(group, cfg.workers)
         elif cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
