@@ -44,3 +44,23 @@ def test_pmtu_mode_follows_edns_max(edns_max, fixed):
             assert c.recv(4096)[:2] == b"\x00\x07", "answers still leave"
     finally:
         s.stop()
+
+
+def test_pmtu_mode_follows_edns_max_across_a_reload():
+    """A config reload that changes edns_max restarts the workers with it (reconfig ->
+    Server.restart_workers): the sockets' mode follows, both ways."""
+    s = start_with_retry(lambda: Server(server_config([EXAMPLE_ZONE], workers=1)))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fresh:
+            default = fresh.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER)
+        assert default != PMTUDISC_PROBE and _modes(s) == [PMTUDISC_PROBE]
+        s.restart_workers(s.net.responder, s.net.limiter, 4096)
+        assert _modes(s) == [default]
+        s.restart_workers(s.net.responder, s.net.limiter, 1232)
+        assert _modes(s) == [PMTUDISC_PROBE]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            c.sendto(make_query("www.example.com.", "A", qid=9), s.addresses[0])
+            assert c.recv(4096)[:2] == b"\x00\x09"
+    finally:
+        s.stop()

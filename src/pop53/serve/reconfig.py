@@ -103,7 +103,7 @@ def apply(server, new, xcfg) -> dict:
         limiter = server.limiter
         if new.rrl != old.rrl:
             limiter = _core.RateLimiter(**new.rrl) if new.rrl else None
-        server.restart_workers(responder, limiter)
+        server.restart_workers(responder, limiter, new.edns_max)
         report["answers"] = True
     if (new.log_format, new.log_level) != (old.log_format, old.log_level):
         logs.configure(new.log_format, new.log_level)

@@ -37,7 +37,7 @@ def udp_socket(addr: Listen, stamps: bool = True,
     if addr.family == socket.AF_INET6:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if edns_max <= FIXED_MTU_EDNS_MAX:
-        _fixed_mtu(s, addr.family)
+        mtu_mode(s, edns_max)
     if addr.wildcard:
         # replies must leave from the address the query was sent to
         if addr.family == socket.AF_INET:
@@ -48,20 +48,30 @@ def udp_socket(addr: Listen, stamps: bool = True,
     return s
 
 
-def _fixed_mtu(s: socket.socket, family: int) -> None:
-    """Replies leave with DF set and the kernel ignores learned path MTUs (IP_PMTUDISC_PROBE):
-    no reply is ever fragmented (RFC 9715 R1: DNS responses with DF), a forged ICMP
-    "fragmentation needed" cannot shrink what the kernel sends to a victim resolver (the
-    fragmentation attacks on DNS), and the kernel skips the per-reply route MTU lookups and the
-    IP ID hash (about 50 ns of a ~6 us UDP reply in a perf profile, issue 10).  Only when every
-    reply fits any link: edns_max <= 1232 (the default; larger replies than the link would take
-    fail to send rather than fragment, so a larger edns_max keeps the kernel's default)."""
-    level, opt = ((socket.IPPROTO_IP, _IP_MTU_DISCOVER) if family == socket.AF_INET
-                  else (socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER))
+def _mtu_opt(family: int) -> tuple[int, int]:
+    return ((socket.IPPROTO_IP, _IP_MTU_DISCOVER) if family == socket.AF_INET
+            else (socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER))
+
+
+def mtu_mode(s: socket.socket, edns_max: int) -> None:
+    """With edns_max <= 1232 (the default) every reply fits any link, so replies leave with DF
+    set and the kernel ignores learned path MTUs (IP_PMTUDISC_PROBE): no reply is ever
+    fragmented (RFC 9715: DNS responses with DF), a forged ICMP "fragmentation needed" cannot
+    shrink what the kernel sends to a victim resolver (the fragmentation attacks on DNS), and
+    the kernel skips the per-reply route MTU lookups and the IP ID hash (about 50 ns of a
+    ~6 us UDP reply in a perf profile, issue 10).  A larger edns_max gets the kernel's default
+    for new sockets back (a reply larger than the link then fragments rather than failing to
+    send); a config reload that changes edns_max calls this again (Workers.restart)."""
+    level, opt = _mtu_opt(s.family)
     try:
-        s.setsockopt(level, opt, _PMTUDISC_PROBE)
+        if edns_max <= FIXED_MTU_EDNS_MAX:
+            mode = _PMTUDISC_PROBE
+        else:
+            with socket.socket(s.family, socket.SOCK_DGRAM) as fresh:
+                mode = fresh.getsockopt(level, opt)
+        s.setsockopt(level, opt, mode)
     except OSError as exc:       # a kernel without it keeps its default
-        log.debug("IP_PMTUDISC_PROBE not available: %s", exc)
+        log.debug("IP_MTU_DISCOVER not set: %s", exc)
 
 
 def tcp_socket(addr: Listen) -> socket.socket:

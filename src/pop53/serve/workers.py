@@ -22,7 +22,7 @@ from pop53 import _core
 from pop53.config import Config, Listen
 from pop53.serve import dnstap
 from pop53.serve.imageslot import ImageSlot
-from pop53.serve.sockets import _start_error, tcp_socket, udp_socket
+from pop53.serve.sockets import _start_error, mtu_mode, tcp_socket, udp_socket
 
 log = logging.getLogger("pop53.server")
 HOUSEKEEPING_MS = 20        # the housekeeping round while something waits
@@ -143,11 +143,15 @@ class Workers:
         hk.start()
         self.threads.append(hk)
 
-    def restart(self, responder, limiter) -> None:
+    def restart(self, responder, limiter, edns_max: int | None = None) -> None:
         """New answer settings from a config reload (identity, NSID, CHAOS, EDNS size, cookies;
         RRL): each UDP worker stops at a batch boundary and runs again with them, one at a
-        time; its socket queues what arrives meanwhile, so no query is lost."""
+        time; its socket queues what arrives meanwhile, so no query is lost.  edns_max: the
+        sockets' path-MTU mode follows it (sockets.mtu_mode)."""
         self.responder, self.limiter = responder, limiter
+        if edns_max is not None:
+            for s in self.udp_socks:
+                mtu_mode(s, edns_max)
         for i, w in enumerate(self.workers):
             w.stop()
             self.threads[i].join(2)
