@@ -347,7 +347,7 @@ cdef class Worker:
                 if self.smsgs[m].msg_hdr.msg_controllen == 0:
                     self.smsgs[m].msg_hdr.msg_control = NULL
                 self.smsgs[m].msg_hdr.msg_flags = 0
-                ks[m] = p53_kstamp_ns(&self.rmsgs[i].msg_hdr)
+                ks[m] = p53_rx_stamp_ns(&self.rmsgs[i].msg_hdr)
                 m += 1
             sent = 0
             while sent < m:

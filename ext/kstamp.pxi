@@ -14,7 +14,6 @@
 
 cdef extern from "p53_kstamp.h" nogil:
     int p53_set_rx_stamps(int fd, int on)
-    uint64_t p53_kstamp_ns(const void* m)
     uint64_t p53_kstamp_second()
 
 cdef struct kstamp_t:

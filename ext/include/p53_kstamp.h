@@ -9,7 +9,6 @@
 #ifndef P53_KSTAMP_H
 #define P53_KSTAMP_H
 #include <stdint.h>
-#include <string.h>
 #include <time.h>
 #include <sys/socket.h>
 #include <linux/net_tstamp.h>
@@ -17,36 +16,10 @@
 #ifndef SO_TIMESTAMPING
 #define SO_TIMESTAMPING 37
 #endif
-#ifndef SCM_TIMESTAMPING
-#define SCM_TIMESTAMPING SO_TIMESTAMPING
-#endif
-#ifndef SCM_TIMESTAMPNS
-#define SCM_TIMESTAMPNS 35
-#endif
 
 static inline int p53_set_rx_stamps(int fd, int on) {
     int v = on ? (SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE) : 0;
     return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &v, sizeof v);
-}
-
-/* A datagram's kernel receive stamp in ns (CLOCK_REALTIME when the stack queued it), from
- * SCM_TIMESTAMPNS (a socket stamping always) or SCM_TIMESTAMPING's software stamp (ts[0], a
- * sampled socket), or 0 when the message carries none. */
-static inline uint64_t p53_kstamp_ns(const void *mv) {
-    const struct msghdr *m = (const struct msghdr *)mv;
-    struct cmsghdr *c;
-    struct timespec ts;
-    if (m->msg_controllen == 0 || m->msg_control == NULL)
-        return 0;
-    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_len < CMSG_LEN(sizeof ts))
-            continue;
-        if (c->cmsg_type == SCM_TIMESTAMPNS || c->cmsg_type == SCM_TIMESTAMPING) {
-            memcpy(&ts, CMSG_DATA(c), sizeof ts);
-            return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-        }
-    }
-    return 0;
 }
 
 /* The stamp window of now: whole seconds of CLOCK_MONOTONIC_COARSE (no system call; the same
