@@ -80,6 +80,7 @@ class Config:
     reuseport_bpf: bool = False
     receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
     receive_timestamp_every: int = 16   # ... during one second in N (ext/kstamp.pxi)
+    udp_coalesce_us: int = 20           # a UDP worker's pause after a small batch (ext/io.pxi)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
@@ -151,6 +152,14 @@ def parse_listen(text, key: str, file: str | None, default_port: int = 53) -> Li
     except ValueError:
         raise ConfigError(f"bad port in {text!r}", file=file, key=key) from None
     return Listen(host, port)
+
+
+def _coalesce(server: dict, file) -> int:
+    n = _typed(server, "udp_coalesce_us", int, 20, "server", file)
+    if not 0 <= n <= 1000:
+        raise ConfigError(f"must be within 0..1000, got {n}", file=file,
+                          key="server.udp_coalesce_us")
+    return n
 
 
 def _stamp_every(server: dict, file) -> int:
@@ -310,6 +319,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         receive_timestamps=_typed(server, "receive_timestamps", bool, True, "server", file),
         receive_timestamp_every=_stamp_every(server, file),
+        udp_coalesce_us=_coalesce(server, file),
         xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

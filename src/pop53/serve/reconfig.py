@@ -33,7 +33,7 @@ log = logging.getLogger("pop53.server")
 # bound, opened or dropped at start
 RESTART = ("listen", "workers", "user", "control", "metrics", "state", "reuseport_bpf",
            "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries", "receive_timestamps",
-           "receive_timestamp_every")
+           "receive_timestamp_every", "udp_coalesce_us")
 # what the data plane's Responder holds
 ANSWER = ("identity", "version", "chaos", "nsid", "edns_max", "cookie_secret",
           "cookie_secret_previous")

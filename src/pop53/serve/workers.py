@@ -36,6 +36,7 @@ class Workers:
         self.limiter = limiter            # one RRL table for all UDP workers (TCP is never limited)
         self.scoring = scoring            # pop53.scoring.service.ScoringService or None
         self.stamp_every = 1              # seconds per stamped one (bind; 1: always)
+        self.coalesce_us = 0              # pause after a small UDP batch (bind)
         self.workers: list[_core.Worker] = []
         self.udp_socks: list[socket.socket] = []
         self.tcp_socks: list[socket.socket] = []
@@ -59,6 +60,8 @@ class Workers:
         # kernel receive stamps during one second in N (ext/kstamp.pxi); scoring reads every batch's
         self.stamp_every = (config.receive_timestamp_every if config.receive_timestamps and
                             self.scoring is None else 1)
+        # scoring's workers drain a priority socket and yield under a quota: no pause there
+        self.coalesce_us = config.udp_coalesce_us if self.scoring is None else 0
         for addr in config.listen:
             try:
                 self._bind(addr, config)
@@ -127,6 +130,7 @@ class Workers:
             w = _core.Worker(s.fileno(), i, True)
             w.set_wake(self._wakefd)
             w.sample_stamps(self.stamp_every)
+            w.set_coalesce(self.coalesce_us)
             if self.scoring is not None:
                 self.scoring.worker(w, s)   # its priority socket, drained first
             self.workers.append(w)
