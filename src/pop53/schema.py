@@ -228,7 +228,7 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
       "stamped")
  .key("udp_coalesce_us", "integer 0..1000", 20, "after a UDP receive batch of fewer than 16 "
       "queries a worker pauses this long before reading again, so replies and wake-ups come in "
-      "larger batches: about 8% less CPU per query at moderate load on loopback, at most this "
+      "larger batches: 8-13% less CPU per query at moderate load on loopback, at most this "
       "much added latency per query (docs/udp_cost.md); 0: no pause; off with [scoring]")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
