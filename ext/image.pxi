@@ -24,16 +24,20 @@ cdef inline uint32_t name_hash(const uint8_t* name, uint32_t n, uint32_t seed) n
 
 cdef inline void name_suffix_hashes(const uint8_t* name, uint32_t n, const uint8_t* loff,
                                     uint32_t labels, uint32_t seed, uint32_t* out) noexcept nogil:
-    """out[k] = hash of the suffix starting at label k (k = labels is the root)."""
+    """out[k] = hash of the suffix starting at label k (k = labels is the root).  Label by
+    label (loff strictly decreasing with k, loff[0] = 0): one tight byte loop per label rather
+    than a label check after every byte (issue 10: ~half of core_answer in a perf profile)."""
     cdef uint32_t h = <uint32_t>FNV_BASIS ^ seed
     cdef int64_t i = <int64_t>n - 1
     cdef int64_t k = labels
-    while i >= 0:
-        h = name_hash_step(h, name[i])
-        while k >= 0 and loff[k] == i:
-            out[k] = h
-            k -= 1
-        i -= 1
+    cdef int64_t stop
+    while k >= 0:
+        stop = loff[k]
+        while i >= stop:
+            h = name_hash_step(h, name[i])
+            i -= 1
+        out[k] = h
+        k -= 1
 
 
 cdef inline const zone_t* img_zone(const image_t* img, uint32_t idx) noexcept nogil:

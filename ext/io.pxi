@@ -65,8 +65,9 @@ cdef extern from "p53_wake.h" nogil:
 
 cdef enum:
     BATCH = 64
+    COALESCE_BELOW = 16       # a batch this full is read again at once (set_coalesce)
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
-    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; with scoring SO_RXQ_OVFL, SO_TIMESTAMPNS
+    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64); with scoring SO_RXQ_OVFL
     CTL_RING = 64             # control-plane messages waiting per worker
     CTL_MAX = 4096
 
@@ -101,6 +102,10 @@ cdef class Shared:
         self.maps_holder = snap
 
 
+cdef extern from "<unistd.h>" nogil:
+    int usleep(unsigned int usec)
+
+
 cdef class Worker:
     """One UDP worker: its socket, its batch arrays (allocated once), its counters."""
     cdef int fd
@@ -128,6 +133,7 @@ cdef class Worker:
     cdef kstamp_t kst              # sampled receive stamps (kstamp.pxi)
     cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
     cdef int vlen                  # the normal socket's batch now (sc_normal_batch)
+    cdef uint32_t coalesce_us      # pause after a batch of fewer than COALESCE_BELOW (set_coalesce)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -168,13 +174,26 @@ cdef class Worker:
         self.wake_fd = fd
 
     def sample_stamps(self, int every):
-        """Kernel receive stamps on one receive batch in `every` (kstamp.pxi); the socket must
-        have SO_TIMESTAMPNS on.  0 or 1: every batch as the socket is set."""
+        """Kernel receive stamps during one second in `every` (kstamp.pxi); the socket must not
+        have SO_TIMESTAMPNS on (it would hold the kernel's stamping on).  0 or 1: every batch
+        as the socket is set."""
         if self.running:
             raise RuntimeError("worker already running")
         self.kst.every = every if every > 0 else 0
-        self.kst.count = 0
-        self.kst.on = 1
+        self.kst.on = 0
+
+    def set_coalesce(self, int us):
+        """After a receive batch of fewer than COALESCE_BELOW queries, pause `us` microseconds
+        before reading again (0: never).  Under moderate load most of a UDP query's CPU is the
+        kernel's per-wake-up and per-batch work (the sleep and wake-up in recvmmsg, two system
+        calls, waking the client's reader for each burst of replies): letting the queue fill a
+        little trades at most `us` of latency per query for larger batches, 8-13% less CPU
+        per query in the mapping bench on loopback (issue 10, docs/udp_cost.md).  A full batch
+        is never followed by a pause, so a saturated worker runs as before; neither is an idle
+        wait, so the first query of a burst is answered at once."""
+        if self.running:
+            raise RuntimeError("worker already running")
+        self.coalesce_us = us if us > 0 else 0
 
     @property
     def stamp_every(self):
@@ -238,15 +257,18 @@ cdef class Worker:
         cdef ctl_msg_t* cm
         cdef const known_t* kn = NULL
         cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
+        cdef int used = BATCH          # headers the last receive may have written
+        for i in range(BATCH):
+            self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
+            self.riov[i].iov_len = RECV_SLOT
+            self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+            self.rmsgs[i].msg_hdr.msg_iovlen = 1
+            self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
         while not p53_load_int(&self.stop_flag):
-            for i in range(BATCH):
-                self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
-                self.riov[i].iov_len = RECV_SLOT
-                self.rmsgs[i].msg_hdr.msg_name = &self.addrs[i]
+            # recvmmsg writes back only the lengths and flags of the messages it filled
+            for i in range(used):
                 self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
-                self.rmsgs[i].msg_hdr.msg_iovlen = 1
-                self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_controllen = CTRL_SLOT
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
@@ -254,6 +276,7 @@ cdef class Worker:
             kstamp_gate(&self.kst, self.fd)
             self.vlen = sc_normal_batch(&self.sc, BATCH) if scorer is not None else BATCH
             n = self._receive(&rfd)
+            used = n if n > 0 else 0
             # quiescent point: this worker holds no image pointer here
             p53_store_u64(&self.epoch, self.epoch + 1)
             if n <= 0:
@@ -261,7 +284,6 @@ cdef class Worker:
                     self.st.recv_errors += 1
                 continue
             self.st.batches += 1
-            kstamp_done(&self.kst)
             clock_gettime(CLOCK_MONOTONIC, &t0)
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
@@ -367,6 +389,8 @@ cdef class Worker:
                     sc_yield(&scorer.cfg, &self.sc)     # under a CPU quota (scoring.pxi)
             # batch boundary: done with img
             p53_store_u64(&self.epoch, self.epoch + 1)
+            if self.coalesce_us and n < COALESCE_BELOW and self.pfd < 0:
+                usleep(self.coalesce_us)    # holding no image: a quiescent point (set_coalesce)
 
     cdef inline void _dt_dropped(self, int i, const timespec* tq) noexcept nogil:
         """dnstap: a query dropped without a reply (scoring, the overload controller, RRL) is

@@ -1,33 +1,42 @@
 # Sampled kernel receive stamps for the UDP workers (issue 10, the per-query cost every UDP query
-# pays).  With SO_TIMESTAMPNS on, the kernel writes a 16-byte control message for every datagram
-# read (about +120-170 ns of kernel CPU per datagram, bench/micro/kstamp.py); the stamps only feed
-# a latency histogram (pop53_answer_latency_total_seconds), for which a sample is enough.  So a
-# worker reads one receive batch in `every` with the flag on and the others with it off: two
-# setsockopt calls per `every` batches.  A batch is chosen by its count, never by its content, so
-# each query is stamped with probability 1/every and the sampled histogram is an unbiased picture
-# of the whole.  Query scoring reads a stamp from every batch (its queue-delay input) and keeps
-# them all: the workers are not sampled when it is on (pop53.serve.workers).
+# pays).  The stamps only feed a latency histogram (pop53_answer_latency_total_seconds), for
+# which a sample is enough, and they cost twice: the 16-byte control message per datagram read
+# (+120-170 ns, bench/micro/kstamp.py), and the kernel stamping *every* packet arriving on the
+# machine while any socket asks (the replies a server sends over loopback, a client's packets),
+# which SO_TIMESTAMPNS never stops once set (ext/include/p53_kstamp.h).  So a sampled worker asks
+# with SO_TIMESTAMPING during one whole second in `every` (CLOCK_MONOTONIC_COARSE seconds, the
+# same windows in every worker) and not at all otherwise: two setsockopt calls and about two
+# flips of the kernel's static key per `every` seconds, and no stamping cost in between.  The
+# window is chosen by the clock, never by the traffic, so the sampled histogram is an unbiased
+# picture of the time the server ran.  Query scoring reads a stamp from every batch (its
+# queue-delay input): the workers are not sampled when it is on (pop53.serve.workers), and the
+# socket keeps SO_TIMESTAMPNS as configured.
 
 cdef extern from "p53_kstamp.h" nogil:
     int p53_set_rx_stamps(int fd, int on)
+    uint64_t p53_kstamp_second()
 
 cdef struct kstamp_t:
-    uint32_t every            # one batch in `every` stamped; 0 or 1: the socket as configured
-    uint32_t count            # non-empty batches since the last stamped one
-    int on                    # the flag as last set on the socket
+    uint32_t every            # stamped one second in `every`; 0 or 1: the socket as configured
+    int on                    # the option as last set on the socket
+
+
+cdef inline int kstamp_want(uint32_t every, uint64_t second) noexcept nogil:
+    """1 when `second` is a stamped window: one in `every`, at multiples of `every`."""
+    return 1 if second % every == 0 else 0
 
 
 cdef inline void kstamp_gate(kstamp_t* k, int fd) noexcept nogil:
-    """Before a receive: the flag on for the batch whose turn it is, off for the others."""
+    """Before a receive (idle timeouts included, so an idle worker lets go too): stamps asked
+    for during a stamped window, not asked for outside one."""
     cdef int want
     if k.every <= 1:
         return
-    want = 1 if k.count == 0 else 0
+    want = kstamp_want(k.every, p53_kstamp_second())
     if want != k.on and p53_set_rx_stamps(fd, want) == 0:
         k.on = want
 
 
-cdef inline void kstamp_done(kstamp_t* k) noexcept nogil:
-    """After a batch that received something (an idle timeout keeps its turn)."""
-    if k.every > 1:
-        k.count = k.count + 1 if k.count + 1 < k.every else 0
+def kstamp_window(uint32_t every, uint64_t second):
+    """Whether a sampled worker stamps during CLOCK_MONOTONIC_COARSE second `second` (tests)."""
+    return bool(kstamp_want(every, second)) if every > 1 else True

@@ -34,9 +34,13 @@ static inline int p53_rxq_ovfl(const void *mv, uint32_t *out) {
 #ifndef SCM_TIMESTAMPNS
 #define SCM_TIMESTAMPNS SO_TIMESTAMPNS
 #endif
+#ifndef SCM_TIMESTAMPING
+#define SCM_TIMESTAMPING 37
+#endif
 
 /* The kernel's receive timestamp of a datagram (SO_TIMESTAMPNS, socket(7): CLOCK_REALTIME at
- * the moment the stack queued it) in ns, or 0 when the message carries none. */
+ * the moment the stack queued it; or SO_TIMESTAMPING's software stamp, ts[0], which the
+ * sampled UDP workers ask for, ext/kstamp.pxi) in ns, or 0 when the message carries none. */
 static inline uint64_t p53_rx_stamp_ns(const void *mv) {
     const struct msghdr *m = (const struct msghdr *)mv;
     struct cmsghdr *c;
@@ -44,7 +48,8 @@ static inline uint64_t p53_rx_stamp_ns(const void *mv) {
     if (m->msg_controllen == 0 || m->msg_control == NULL)
         return 0;
     for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS
+        if (c->cmsg_level == SOL_SOCKET
+                && (c->cmsg_type == SCM_TIMESTAMPNS || c->cmsg_type == SCM_TIMESTAMPING)
                 && c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
             memcpy(&ts, CMSG_DATA(c), sizeof ts);
             return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;

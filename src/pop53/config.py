@@ -79,7 +79,8 @@ class Config:
     tcp_max_control_connections: int = 64  # handed to the control plane (NOTIFY/XFR/TSIG)
     reuseport_bpf: bool = False
     receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
-    receive_timestamp_every: int = 16   # ... on one receive batch in N (ext/kstamp.pxi)
+    receive_timestamp_every: int = 16   # ... during one second in N (ext/kstamp.pxi)
+    udp_coalesce_us: int = 20           # a UDP worker's pause after a small batch (ext/io.pxi)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
@@ -153,11 +154,11 @@ def parse_listen(text, key: str, file: str | None, default_port: int = 53) -> Li
     return Listen(host, port)
 
 
-def _stamp_every(server: dict, file) -> int:
-    n = _typed(server, "receive_timestamp_every", int, 16, "server", file)
-    if not 1 <= n <= 65536:
-        raise ConfigError(f"must be within 1..65536, got {n}", file=file,
-                          key="server.receive_timestamp_every")
+def _server_int(server: dict, key: str, default: int, lo: int, hi: int, file) -> int:
+    """An integer [server] key within lo..hi."""
+    n = _typed(server, key, int, default, "server", file)
+    if not lo <= n <= hi:
+        raise ConfigError(f"must be within {lo}..{hi}, got {n}", file=file, key=f"server.{key}")
     return n
 
 
@@ -309,7 +310,9 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         **_tcp(server, file),
         reuseport_bpf=_typed(server, "reuseport_bpf", bool, False, "server", file),
         receive_timestamps=_typed(server, "receive_timestamps", bool, True, "server", file),
-        receive_timestamp_every=_stamp_every(server, file),
+        receive_timestamp_every=_server_int(server, "receive_timestamp_every", 16, 1, 65536,
+                                            file),
+        udp_coalesce_us=_server_int(server, "udp_coalesce_us", 20, 0, 1000, file),
         xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from pop53 import _core
 from pop53 import config as cfgmod
 from pop53.errors import ConfigError
 from pop53.serve.server import Server
@@ -88,29 +89,72 @@ def test_receive_timestamps_off_leaves_the_total_empty():
         s.stop()
 
 
-def test_sampled_stamps_count_one_batch_in_n_and_keep_the_queue():
-    """receive_timestamp_every = 4: the kernel stamps one receive batch in four (the others are
-    read with SO_TIMESTAMPNS off, ext/kstamp.pxi), and a stamped batch still carries the time
+SO_TIMESTAMPNS, SO_TIMESTAMPING = 35, 37
+STAMPING_RX = (1 << 3) | (1 << 4)     # SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)
+
+
+def _into_window(stamped: bool, every: int, lo: float = 0.2, hi: float = 0.45) -> None:
+    """Sleep until `lo` s into a CLOCK_MONOTONIC_COARSE second that is (or is not) a stamped
+    window (one in `every`, ext/kstamp.pxi); the idle worker re-decides every 100 ms."""
+    while True:
+        t = time.clock_gettime(CLOCK_MONOTONIC_COARSE)
+        sec, frac = int(t), t - int(t)
+        if _core.kstamp_window(every, sec) == stamped and lo <= frac <= hi:
+            return
+        time.sleep(0.01)
+
+
+def _asked(s) -> tuple[int, int]:
+    sock = s.net.udp_socks[0]
+    return (sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS),
+            sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING))
+
+
+def test_sampled_stamps_cover_one_second_in_n_and_keep_the_queue():
+    """receive_timestamp_every = 2: the worker asks for stamps (SO_TIMESTAMPING) during one
+    second in two and not at all in the others, never with SO_TIMESTAMPNS (which would keep the
+    kernel stamping every packet of the host for good); a stamped batch still carries the time
     its queries stood in the socket's queue."""
+    assert [_core.kstamp_window(2, t) for t in range(4)] == [True, False, True, False]
+    assert _core.kstamp_window(1, 7) and _core.kstamp_window(16, 32) and not _core.kstamp_window(16, 33)
     mport = free_port()
-    s = _server(mport, receive_timestamp_every=4)
+    s = _server(mport, receive_timestamp_every=2)
     try:
         addr = s.addresses[0]
         m = ("127.0.0.1", mport)
-        total = "pop53_answer_latency_total_seconds"
+        total, inside = "pop53_answer_latency_total_seconds", "pop53_answer_latency_seconds"
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
             c.settimeout(5)
-            # one query per batch: batches 1, 5, 9, ... are stamped (10 of 40)
-            for i in range(40):
-                c.sendto(make_query("www.example.com.", "A", qid=i + 1), addr)
-                c.recv(4096)
-            assert wait_for(lambda: _le(scrape(m), "pop53_answer_latency_seconds", "+Inf") == 40, 5)
-            assert _le(scrape(m), total, "+Inf") == 10
-            assert metric(scrape(m), "pop53_answer_latency_total_sample_every", proto="udp") == 4
-            # the 41st batch is stamped: N queries queued for PAUSE seconds, read in one batch
-            _queue_while_stopped(s, c, 100)
+
+            def ask(qid0: int, n: int) -> None:
+                for i in range(n):
+                    c.sendto(make_query("www.example.com.", "A", qid=qid0 + i), addr)
+                    c.recv(4096)
+
+            _into_window(False, 2)
+            assert _asked(s) == (0, 0), "outside its window the socket asks for no stamp"
+            ask(1, 10)
+            _into_window(True, 2)
+            assert _asked(s) == (0, STAMPING_RX)
+            ask(100, 10)
+            assert wait_for(lambda: _le(scrape(m), inside, "+Inf") == 20, 5)
+            assert _le(scrape(m), total, "+Inf") == 10, "the stamped window's queries only"
+            assert metric(scrape(m), "pop53_answer_latency_total_sample_every", proto="udp") == 2
+            # N queries queued for PAUSE seconds inside a stamped window, read in one batch
+            _into_window(True, 2, 0.15, 0.3)
+            _queue_while_stopped(s, c, 200)
         assert wait_for(lambda: _le(scrape(m), total, "+Inf") == 10 + N, 5)
         assert _le(scrape(m), total, "0.134217728") <= 10, "the queued batch waited >= 0.27 s"
+    finally:
+        s.stop()
+
+
+def test_stamping_every_batch_keeps_timestampns():
+    """receive_timestamp_every = 1: SO_TIMESTAMPNS on the socket for good (no switching)."""
+    s = _server(free_port(), receive_timestamp_every=1)
+    try:
+        assert _asked(s)[0] == 1
     finally:
         s.stop()
 
@@ -128,5 +172,5 @@ def test_bad_stamp_sampling_is_rejected_with_the_key(value, message):
 
 
 def test_stamp_sampling_default():
-    """Sampled by default: one receive batch in 16."""
+    """Sampled by default: one second in 16."""
     assert cfgmod.from_dict({"zone": []}).receive_timestamp_every == 16

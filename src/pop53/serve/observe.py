@@ -85,14 +85,14 @@ class Observe:
         h = HistogramMetricFamily(
             "pop53_answer_latency_total_seconds", "Time from each query's kernel receive "
             "timestamp (SO_TIMESTAMPNS) to its batch's send: the socket's receive queue plus the "
-            "server (UDP socket workers); a sample: the queries of one receive batch in "
+            "server (UDP socket workers); a sample: the queries read during one second in "
             "pop53_answer_latency_total_sample_every", labels=["proto"])
         h.add_metric(["udp"], *_buckets(*_core.latency_from_kernel(s.workers)))
         yield h
         g = GaugeMetricFamily(
             "pop53_answer_latency_total_sample_every", "pop53_answer_latency_total_seconds counts "
-            "the queries of one UDP receive batch in this many ([server] receive_timestamp_every; "
-            "1: every query)", labels=["proto"])
+            "the UDP queries read during one second in this many ([server] "
+            "receive_timestamp_every; 1: every query)", labels=["proto"])
         g.add_metric(["udp"], max((w.stamp_every for w in s.workers), default=1))
         yield g
         yield from xdp_families(s)

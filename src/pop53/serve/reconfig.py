@@ -33,7 +33,7 @@ log = logging.getLogger("pop53.server")
 # bound, opened or dropped at start
 RESTART = ("listen", "workers", "user", "control", "metrics", "state", "reuseport_bpf",
            "tcp_idle_timeout", "tcp_max_connections", "tcp_max_queries", "receive_timestamps",
-           "receive_timestamp_every")
+           "receive_timestamp_every", "udp_coalesce_us")
 # what the data plane's Responder holds
 ANSWER = ("identity", "version", "chaos", "nsid", "edns_max", "cookie_secret",
           "cookie_secret_previous")
@@ -103,7 +103,7 @@ def apply(server, new, xcfg) -> dict:
         limiter = server.limiter
         if new.rrl != old.rrl:
             limiter = _core.RateLimiter(**new.rrl) if new.rrl else None
-        server.restart_workers(responder, limiter)
+        server.restart_workers(responder, limiter, new.edns_max)
         report["answers"] = True
     if (new.log_format, new.log_level) != (old.log_format, old.log_level):
         logs.configure(new.log_format, new.log_level)

@@ -95,8 +95,8 @@ class Server:
     def stats(self) -> dict:
         return self.net.stats()
 
-    def restart_workers(self, responder, limiter) -> None:
-        self.net.restart(responder, limiter)
+    def restart_workers(self, responder, limiter, edns_max: int | None = None) -> None:
+        self.net.restart(responder, limiter, edns_max)
 
     # -- reload --------------------------------------------------------------------------------
     def reload(self, only: str | None = None) -> bool:

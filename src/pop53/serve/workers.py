@@ -22,7 +22,7 @@ from pop53 import _core
 from pop53.config import Config, Listen
 from pop53.serve import dnstap
 from pop53.serve.imageslot import ImageSlot
-from pop53.serve.sockets import _start_error, tcp_socket, udp_socket
+from pop53.serve.sockets import _start_error, mtu_mode, tcp_socket, udp_socket
 
 log = logging.getLogger("pop53.server")
 HOUSEKEEPING_MS = 20        # the housekeeping round while something waits
@@ -35,7 +35,8 @@ class Workers:
         self.responder = responder
         self.limiter = limiter            # one RRL table for all UDP workers (TCP is never limited)
         self.scoring = scoring            # pop53.scoring.service.ScoringService or None
-        self.stamp_every = 1              # UDP receive batches per stamped one (bind)
+        self.stamp_every = 1              # seconds per stamped one (bind; 1: always)
+        self.coalesce_us = 0              # pause after a small UDP batch (bind)
         self.workers: list[_core.Worker] = []
         self.udp_socks: list[socket.socket] = []
         self.tcp_socks: list[socket.socket] = []
@@ -56,20 +57,27 @@ class Workers:
 
     # -- sockets -------------------------------------------------------------------------------
     def bind(self, config: Config) -> None:
-        # kernel receive stamps on one batch in N (ext/kstamp.pxi); scoring reads every batch's
+        # kernel receive stamps during one second in N (ext/kstamp.pxi); scoring reads every batch's
         self.stamp_every = (config.receive_timestamp_every if config.receive_timestamps and
                             self.scoring is None else 1)
+        # scoring's workers drain a priority socket and yield under a quota: no pause there
+        self.coalesce_us = config.udp_coalesce_us if self.scoring is None else 0
         for addr in config.listen:
             try:
                 self._bind(addr, config)
             except OSError as exc:
                 raise _start_error(exc, f"cannot listen on {addr}") from None
 
+    def _stamps_always(self, cfg: Config) -> bool:
+        """SO_TIMESTAMPNS on the socket for good: stamping every batch.  A sampled worker asks
+        with SO_TIMESTAMPING in its windows instead (ext/kstamp.pxi)."""
+        return cfg.receive_timestamps and self.stamp_every <= 1
+
     def _bind(self, addr: Listen, cfg: Config) -> None:
         # with port 0 the first UDP socket picks the port and TCP and the rest of the group
         # follow it; if that port is taken for TCP, pick again
         for attempt in range(20):
-            first = udp_socket(addr, cfg.receive_timestamps)
+            first = udp_socket(addr, self._stamps_always(cfg), cfg.edns_max)
             a = Listen(addr.host, first.getsockname()[1])
             try:
                 tsock = tcp_socket(a)
@@ -80,7 +88,7 @@ class Workers:
                     raise
         addr = a
         try:
-            group = [first] + [udp_socket(addr, cfg.receive_timestamps)
+            group = [first] + [udp_socket(addr, self._stamps_always(cfg), cfg.edns_max)
                                for _ in range(cfg.workers - 1)]
         except OSError:
             first.close()
@@ -88,7 +96,7 @@ class Workers:
             raise
         if self.scoring is not None and self.scoring.steer:
             # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
-            group += [udp_socket(addr) for _ in range(cfg.workers)]
+            group += [udp_socket(addr, edns_max=cfg.edns_max) for _ in range(cfg.workers)]
             self.scoring.attach(group, cfg.workers)
         elif cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
@@ -122,6 +130,7 @@ class Workers:
             w = _core.Worker(s.fileno(), i, True)
             w.set_wake(self._wakefd)
             w.sample_stamps(self.stamp_every)
+            w.set_coalesce(self.coalesce_us)
             if self.scoring is not None:
                 self.scoring.worker(w, s)   # its priority socket, drained first
             self.workers.append(w)
@@ -138,11 +147,15 @@ class Workers:
         hk.start()
         self.threads.append(hk)
 
-    def restart(self, responder, limiter) -> None:
+    def restart(self, responder, limiter, edns_max: int | None = None) -> None:
         """New answer settings from a config reload (identity, NSID, CHAOS, EDNS size, cookies;
         RRL): each UDP worker stops at a batch boundary and runs again with them, one at a
-        time; its socket queues what arrives meanwhile, so no query is lost."""
+        time; its socket queues what arrives meanwhile, so no query is lost.  edns_max: the
+        sockets' path-MTU mode follows it (sockets.mtu_mode)."""
         self.responder, self.limiter = responder, limiter
+        if edns_max is not None:
+            for s in self.udp_socks:
+                mtu_mode(s, edns_max)
         for i, w in enumerate(self.workers):
             w.stop()
             self.threads[i].join(2)
