@@ -187,8 +187,10 @@ cdef class Worker:
         before reading again (0: never).  Under moderate load most of a UDP query's CPU is the
         kernel's per-wake-up and per-batch work (the sleep and wake-up in recvmmsg, two system
         calls, waking the client's reader for each burst of replies): letting the queue fill a
-        little trades at most `us` of latency per query for larger batches, 8-13% less CPU
-        per query in the mapping bench on loopback (issue 10, docs/udp_cost.md).  A full batch
+        little trades latency for larger batches, 8-13% less CPU per query in the mapping
+        bench on loopback (issue 10, docs/udp_cost.md); the latency is the sleep's real length,
+        the timer slack and the wake-up included (about 100 us for 20 asked here), so the server
+        leaves it off unless configured.  A full batch
         is never followed by a pause, so a saturated worker runs as before; neither is an idle
         wait, so the first query of a burst is answered at once."""
         if self.running:

@@ -80,7 +80,7 @@ class Config:
     reuseport_bpf: bool = False
     receive_timestamps: bool = True     # SO_TIMESTAMPNS: latency with the kernel queue (dnstap.md)
     receive_timestamp_every: int = 16   # ... during one second in N (ext/kstamp.pxi)
-    udp_coalesce_us: int = 20           # a UDP worker's pause after a small batch (ext/io.pxi)
+    udp_coalesce_us: int = 0            # a UDP worker's pause after a small batch (ext/io.pxi)
     xdp: list[str] = dataclasses.field(default_factory=list)   # AF_XDP interfaces (serve/xdp.py)
     max_image_bytes: int = 0
     control: str | None = None
@@ -312,7 +312,7 @@ def from_dict(doc: dict, file: str | None = None, base_dir: str | None = None) -
         receive_timestamps=_typed(server, "receive_timestamps", bool, True, "server", file),
         receive_timestamp_every=_server_int(server, "receive_timestamp_every", 16, 1, 65536,
                                             file),
-        udp_coalesce_us=_server_int(server, "udp_coalesce_us", 20, 0, 1000, file),
+        udp_coalesce_us=_server_int(server, "udp_coalesce_us", 0, 0, 1000, file),
         xdp=_xdp(server, file),
         max_image_bytes=_typed(server, "max_image_bytes", int, 0, "server", file),
         control=_typed(server, "control", str, None, "server", file),

@@ -226,10 +226,11 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
       "second in N (the histogram is a sample; outside those seconds the kernel stamps nothing, "
       "SO_TIMESTAMPING off); 1: every query, SO_TIMESTAMPNS for good; with [scoring] every batch is "
       "stamped")
- .key("udp_coalesce_us", "integer 0..1000", 20, "after a UDP receive batch of fewer than 16 "
-      "queries a worker pauses this long before reading again, so replies and wake-ups come in "
-      "larger batches: 8-13% less CPU per query at moderate load on loopback, at most this "
-      "much added latency per query (docs/udp_cost.md); 0: no pause; off with [scoring]")
+ .key("udp_coalesce_us", "integer 0..1000", 0, "opt-in: after a UDP receive batch of fewer than "
+      "16 queries a worker sleeps this long before reading again, so replies and wake-ups come in "
+      "larger batches: 8-13% less CPU per query at moderate load on loopback, but the sleep's real "
+      "length is the kernel's (20 asked: about 100 us median, ms tails on a busy machine) and a "
+      "query arriving meanwhile waits for it (docs/udp_cost.md); 0: no pause; off with [scoring]")
  .key("xdp", "string or list of strings", [], "interfaces whose UDP queries to the listen addresses "
       "are answered over AF_XDP, one socket and worker per queue (docs/xdp.md); without XDP "
       "support: a warning and the socket path")
