@@ -348,7 +348,6 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         sc_state_init(s, now)
     s.now_ms = now
     if prio:
-        s.prio_rx += n
         if n > 0:
             s.prio_ms = now | 1
     elif n >= full:
@@ -414,6 +413,10 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         s.drops_tick_p = 0
         s.qd_min = SC_NONE_YET
         s.pq_min = SC_NONE_YET
+    if prio:
+        # counted after the tick: the tick compares the known queries admitted so far with the
+        # priority datagrams of the batches they came from, not this one's (scored after it)
+        s.prio_rx += n
     if now - s.window_start >= cfg.window_ms:
         memset(s.sketch, 0, sizeof(s.sketch))
         memset(s.nx, 0, sizeof(s.nx))
@@ -455,16 +458,18 @@ cdef inline int sc_normal_batch(const sc_state_t* s, int full) noexcept nogil:
 
 
 cdef inline void sc_yield(const sc_cfg_t* cfg, sc_state_t* s) noexcept nogil:
-    """After a normal batch while a class is cut (the normal queue was overloaded), with
+    """After a normal batch while guarding the known resolvers (sc_protecting), with
     `yield_when_cut`: enter the scheduler.  A worker under a flood never sleeps, so under a CPU
     quota (containers' CPU limits, the bench's cgroup) the kernel accounts its runtime only at
     its ticks (4 ms at HZ=250): it overruns its quota and is throttled for several periods,
-    stalls of 4-12 ms at half a core (bench/attack/stalls.py): the known resolvers' queries wait
-    that long, and the normal queue overflows meanwhile.  Entering the scheduler after each
-    batch stops it near its quota.  The worker's CPU time is the same either way.  Only with
+    stalls of 4-12 ms at half a core (bench/attack/stalls.py) that the known resolvers' queries
+    wait out.  Entering the scheduler after each batch stops it near its quota.  Not while no
+    known resolver asks: without a quota, a yield hands the core to whatever else runs there
+    (the flood's own senders in tests/scoring/test_capacity.py, which then answered far fewer
+    of them).  Only with
     the kernel stage (known resolvers in their own queue, drained first): without it they share
     the normal queue, and handing the CPU away slows their way through it."""
-    if cfg.yield_cut and s.tick_start != 0 and (s.allow[SC_FLOOD] < SC_ONE or sc_protecting(s)):
+    if cfg.yield_cut and sc_protecting(s):
         sched_yield()
         s.yields += 1
 
