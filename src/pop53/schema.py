@@ -311,9 +311,10 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
- .key("queue_ms", "number (ms) 0..1000", 8, "with steer: size the normal sockets' receive buffers to this "
-      "much of the worker's measured work per query, enough to ride out its scheduling stalls without "
-      "dropping answers at capacity (re-sized each second; 0: keep the server's 4 MiB)")
+ .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "
+      "much of the worker's measured work per query (at most 4 MiB), enough to ride out its and its "
+      "clients' scheduling stalls without dropping answers at capacity; under a flood, how stale an "
+      "unknown client's answer may be (re-sized each second; 0: keep the server's 4 MiB)")
  .key("delay_target_us", "integer (us)", 2000, "queue delay (kernel receive timestamp to the batch) that "
       "means overload when even the least delayed batch of a tick waited longer; of the priority socket's "
       "batches: the known resolvers are at risk (then the normal class is cut too)")

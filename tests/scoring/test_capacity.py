@@ -5,9 +5,9 @@ under `source_rate`, as fast as bench/attack/flood.c sends (more than one worker
 known resolver asks, so there is nobody for the controller to protect, and the scored server
 must answer about as many as the plain one.  The controller before this split cut the normal
 class on every overload tick and read it in short batches, and answered 1-40% of plain's
-(bench/attack --capacity-ab); a ratio is not timed, so the bar is loose (0.7), and the
-controller's own counters say the why exactly: the normal class was never cut, though the
-server was overloaded."""
+(bench/attack --capacity-ab; here 0.01-0.08); on this shared machine the ratio moves with other
+work (0.93-0.94 when quiet), so its bar is loose (0.5), and the controller's own counters say
+the why exactly: the normal class was never cut, though the server was overloaded."""
 from __future__ import annotations
 
 import os
@@ -83,6 +83,6 @@ def test_unknown_load_above_capacity_is_answered_as_by_a_plain_server(serve, tmp
     assert metric(fam, "pop53_scoring_dropped", **{"class": "normal"}) == 0, info
     assert metric(fam, "pop53_scoring_admitted", **{"class": "normal"}) > 0, info
     # and it answered about what the plain server answered
-    assert sum(got["scored"]) >= 0.7 * sum(got["plain"]), info
+    assert sum(got["scored"]) >= 0.5 * sum(got["plain"]), info
     for sp, _, _ in setups.values():
         assert sp.proc.poll() is None
