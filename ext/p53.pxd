@@ -425,6 +425,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t lift_mark        # lifted at the last tick
     uint64_t risk_ticks       # ticks the known resolvers were at risk (only then is normal cut)
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
+    uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -369,6 +369,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
             s.pw_hist[sc_qd_bucket(delay_ns)] += 1
             if delay_ns < s.pq_min:
                 s.pq_min = delay_ns
+            if delay_ns > s.pq_max:
+                s.pq_max = delay_ns
         elif delay_ns < s.qd_min:
             s.qd_min = delay_ns
         s.qd_hist[sc_qd_bucket(delay_ns)] += 1
@@ -390,12 +392,16 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
     if now - s.tick_start >= cfg.tick_ms:
         # queue delay (CoDel's idea, RFC 8289): overloaded when even the least delayed batch of
         # the tick waited longer than the target and the normal queue never emptied, i.e. a
-        # standing queue, not a burst; the same of the priority queue puts the known resolvers
-        # at risk, as do its kernel drops
+        # standing queue, not a burst.  The known resolvers are at risk when their own queue
+        # drops, stands the same way, or, while the normal queue is overloaded, any of their
+        # batches waited longer than the target: a worker saturated by unknown clients under a
+        # CPU quota is throttled for the quota's gaps and longer, and only cutting the normal
+        # class gives it the idle time that keeps it under its quota
         late = s.qd_min != SC_NONE_YET and s.qd_min > <uint64_t>cfg.delay_target_us * 1000
         over = s.run_max >= cfg.full_run or s.drops_tick > 0 or late
         risk = s.drops_tick_p > 0 or (s.pq_min != SC_NONE_YET
-                                      and s.pq_min > <uint64_t>cfg.delay_target_us * 1000)
+                                      and s.pq_min > <uint64_t>cfg.delay_target_us * 1000) \
+            or (over and s.pq_max > <uint64_t>cfg.delay_target_us * 1000)
         if late:
             s.delay_ticks += 1
         sc_tick(cfg, s, over, risk)
@@ -413,6 +419,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         s.drops_tick_p = 0
         s.qd_min = SC_NONE_YET
         s.pq_min = SC_NONE_YET
+        s.pq_max = 0
     if prio:
         # counted after the tick: the tick compares the known queries admitted so far with the
         # priority datagrams of the batches they came from, not this one's (scored after it)

@@ -85,3 +85,19 @@ def test_priority_drops_and_delay_put_the_known_resolvers_at_risk():
     s.batch(64, delay_us=5000)
     st = s.stats()
     assert st["delay_ticks"] == 1 and st["risk_ticks"] == 2 and st["overload_ticks"] == 3
+    # ... but one of their batches waited 5 ms behind it (a throttled worker): at risk
+    for _ in range(3):
+        _unknown(s)
+        s.batch(64, delay_us=5000)
+        s.batch(1, delay_us=100, priority=True)
+    s.batch(1, delay_us=5000, priority=True)
+    time.sleep(0.03)
+    s.batch(64, delay_us=5000)
+    assert s.stats()["risk_ticks"] == 3 and s.stats()["overload_ticks"] == 4
+    # the same late batch with the normal queue fine is not (cutting it would not help)
+    s.batch(3, delay_us=100)
+    s.batch(1, delay_us=5000, priority=True)
+    s.batch(1, delay_us=100, priority=True)
+    time.sleep(0.03)
+    s.batch(3, delay_us=100)
+    assert s.stats()["risk_ticks"] == 3 and s.stats()["overload_ticks"] == 4
