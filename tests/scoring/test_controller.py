@@ -56,6 +56,19 @@ def test_known_queries_through_the_normal_socket_share_its_risk():
     assert p.stats()["share"]["normal"] == 1.0 and p.stats()["risk_ticks"] == 0
 
 
+def _standing(s, late: bool) -> None:
+    """A tick of a standing normal queue (every batch waited 5 ms), quick priority batches and,
+    when `late`, one that waited 5 ms."""
+    for _ in range(3):
+        _unknown(s)
+        s.batch(64, delay_us=5000)
+        s.batch(1, delay_us=100, priority=True)
+    if late:
+        s.batch(1, delay_us=5000, priority=True)
+    time.sleep(0.03)
+    s.batch(64, delay_us=5000)
+
+
 def test_priority_drops_and_delay_put_the_known_resolvers_at_risk():
     s = scorer(tick_ms=20, full_run=1000, source_rate=60000)
     s.batch(1, ovfl=0, priority=True)                # the first batch starts the clock
@@ -77,22 +90,11 @@ def test_priority_drops_and_delay_put_the_known_resolvers_at_risk():
     s.batch(1, delay_us=100, priority=True)
     assert s.stats()["risk_ticks"] == 2 and s.stats()["kernel_drops_priority"] == 9
     # a standing normal queue with the priority queue quick: overloaded, not at risk
-    for _ in range(3):
-        _unknown(s)
-        s.batch(64, delay_us=5000)
-        s.batch(1, delay_us=100, priority=True)
-    time.sleep(0.03)
-    s.batch(64, delay_us=5000)
+    _standing(s, late=False)
     st = s.stats()
     assert st["delay_ticks"] == 1 and st["risk_ticks"] == 2 and st["overload_ticks"] == 3
     # ... but one of their batches waited 5 ms behind it (a throttled worker): at risk
-    for _ in range(3):
-        _unknown(s)
-        s.batch(64, delay_us=5000)
-        s.batch(1, delay_us=100, priority=True)
-    s.batch(1, delay_us=5000, priority=True)
-    time.sleep(0.03)
-    s.batch(64, delay_us=5000)
+    _standing(s, late=True)
     assert s.stats()["risk_ticks"] == 3 and s.stats()["overload_ticks"] == 4
     # the same late batch with the normal queue fine is not (cutting it would not help)
     s.batch(3, delay_us=100)
