@@ -302,8 +302,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "that mean overload (as do its kernel receive-queue drops): flood and odd are cut; normal only while "
       "the known resolvers are at risk (docs/scoring.md)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
- .key("yield_when_cut", "boolean", True, "with steer, while a class is cut or known resolvers wait behind a "
-      "backlog the UDP workers enter the scheduler (sched_yield) after each normal batch: under a CPU quota "
+ .key("yield_when_cut", "boolean", True, "with steer, while known resolvers are asking and a class is cut or "
+      "the normal socket has a backlog, the UDP workers enter the scheduler (sched_yield) after each normal batch: under a CPU quota "
       "(containers' CPU limits) the kernel then stops a worker near its quota instead of at its next tick and "
       "throttling it for several periods (bench/attack/stalls.py, docs/scoring.md)")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
