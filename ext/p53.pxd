@@ -367,6 +367,7 @@ cdef struct sc_cfg_t:
 
 cdef enum:
     SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
+    SC_TOP_HOLD_MS = 1000     # known resolvers count as present this long after their last query
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
@@ -418,6 +419,15 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t pl_hist[18]      # priority replies: kernel receive stamp to send (SC_QD_BUCKETS)
     uint32_t run_q            # datagrams of full short batches not yet a whole run step
     uint64_t yields           # sched_yield calls while cut (sc_yield)
+    uint64_t prio_ms          # ms of the last priority batch: known resolvers being served
+    uint64_t top_shared_ms    # ms of the last tick with known queries from the normal socket
+    uint64_t pq_min           # the least priority-batch wait in this tick (ns); SC_NONE_YET: none
+    uint32_t drops_tick_p     # the priority socket's kernel drops in this tick
+    uint64_t prio_mark        # prio_rx at the last tick
+    uint64_t lift_mark        # lifted at the last tick
+    uint64_t risk_ticks       # ticks the known resolvers were at risk (only then is normal cut)
+    bint last_full            # the last normal batch was full: a backlog (sc_protecting)
+    uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

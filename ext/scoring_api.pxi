@@ -282,9 +282,13 @@ cdef class Scorer:
                         &p[0] if n else <const uint8_t*>b"", n,
                         <const uint8_t*>(<char*>client), len(client)) >= 0
 
-    def tick(self, bint overloaded):
-        """One controller step on the probe state."""
-        sc_tick(&self.cfg, &self.probe, overloaded)
+    def tick(self, bint overloaded, object top_at_risk=None):
+        """One controller step on the probe state: `overloaded`, the normal queue; `top_at_risk`,
+        the known resolvers' own queue (None: as `overloaded`, known resolvers sharing the
+        overloaded queue as without the kernel stage)."""
+        self.probe.now_ms = sc_now_ms()
+        sc_tick(&self.cfg, &self.probe, overloaded,
+                overloaded if top_at_risk is None else bool(top_at_risk))
 
     def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False,
               int full=64):

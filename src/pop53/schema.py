@@ -305,22 +305,26 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "this share NXDOMAIN (water torture it relays; at least 32) is demoted to normal for the window")
  .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")
  .key("tick_ms", "integer 1..1000", 10, "the overload controller's period")
- .key("full_run", "integer 1..1000", 4, "consecutive full receive batches in a tick that mean overload "
-      "(as do kernel receive-queue drops)")
+ .key("full_run", "integer 1..1000", 4, "consecutive full receive batches of the normal socket in a tick "
+      "that mean overload (as do its kernel receive-queue drops): flood and odd are cut; normal only while "
+      "the known resolvers are at risk (docs/scoring.md)")
  .key("recover", "integer 1..1024", 32, "admission share (of 1024) a cut class regains per calm tick")
- .key("yield_when_cut", "boolean", True, "with steer, while a class is cut the UDP workers enter the scheduler "
-      "(sched_yield) after each normal batch: under a CPU quota (containers' CPU limits) the kernel then "
-      "stops a worker near its quota instead of at its next tick and throttling it for several periods "
-      "(bench/attack/stalls.py, docs/scoring.md)")
+ .key("yield_when_cut", "boolean", True, "with steer, while known resolvers are asking and a class is cut or "
+      "the normal socket has a backlog, the UDP workers enter the scheduler (sched_yield) after each normal batch: under a CPU quota "
+      "(containers' CPU limits) the kernel then stops a worker near its quota instead of at its next tick and "
+      "throttling it for several periods (bench/attack/stalls.py, docs/scoring.md)")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
       "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
-      "0: sized from queue_ms.  Priority sockets: 4 x queue_ms, or 4 MiB")
- .key("queue_ms", "number (ms) 0..1000", 2, "with steer: size the normal sockets' receive buffers to this "
-      "much of the worker's measured work per query (re-sized each second; 0: keep the server's 4 MiB)")
+      "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
+ .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "
+      "much of the worker's measured work per query (at most 4 MiB), enough to ride out its and its "
+      "clients' scheduling stalls without dropping answers at capacity; under a flood, how stale an "
+      "unknown client's answer may be (re-sized each second; 0: keep the server's 4 MiB)")
  .key("delay_target_us", "integer (us)", 2000, "queue delay (kernel receive timestamp to the batch) that "
-      "means overload when even the least delayed batch of a tick waited longer")
+      "means overload when even the least delayed batch of a tick waited longer; of the priority socket's "
+      "batches: the known resolvers are at risk (then the normal class is cut too)")
  .key("nx_rate", "integer", 1000, "NXDOMAINs per second per zone, per worker, above which the zone is "
       "under pressure: under overload its NXDOMAIN answers are dropped after the answer, worst class first")
  .key("learn_window", "number (seconds)", 0, "learning: the window (e.g. 86400); 0: off.  A source /24 or /56 "

@@ -287,26 +287,38 @@ def test_runs_of_full_batches_mean_overload_and_idle_time_counts_as_calm():
     assert s.stats()["level"] == 0.0               # 3 classes x 32 ticks of recovery
 
 
-def test_short_normal_batches_while_cut_and_runs_count_whole_batches():
-    """While a class is cut the worker takes a quarter batch from its normal socket at a time (a
-    known resolver's query then waits behind 16 flood queries, not 64); four full short batches
-    are one step of a run, so the overload test means the same queue as before."""
+def test_short_normal_batches_only_while_guarding_known_resolvers():
+    """While known resolvers are served from the priority socket and the normal one has a
+    backlog (or a class is cut), the worker takes a quarter batch from its normal socket at a
+    time (a known resolver's query then waits behind 16 flood queries, not 64); with no known
+    resolver asking it reads whole batches even while a class is cut (nobody to guard: short
+    batches would only cost capacity).  Four full short batches are one step of a run, so the
+    overload test means the same queue as before."""
     s = scorer(tick_ms=20, full_run=2, recover=1024)
     s.batch(1)
     assert s.normal_batch() == 64
+    for _ in range(3):
+        s.batch(64)                                # a backlog, no known resolver asking
+    time.sleep(0.03)
+    s.batch(64)                                    # the tick: overloaded, flood and odd cut
+    st = s.stats()
+    assert st["overload_ticks"] == 1 and st["share"]["flood"] == 0.0
+    assert st["share"]["normal"] == 1.0 and s.normal_batch() == 64
+    s.batch(2, priority=True)                      # a known resolver is served
+    assert s.normal_batch() == 16
     for _ in range(7):
         s.batch(16, full=16)                       # 112 datagrams: one whole batch of run
     time.sleep(0.03)
     s.batch(16, full=16)                           # the tick: 128 = a run of 2 batches
-    assert s.stats()["overload_ticks"] == 1 and s.stats()["share"]["flood"] == 0.0
-    assert s.normal_batch() == 16
+    assert s.stats()["overload_ticks"] == 2
     s.batch(3, full=16)                            # the queue emptied: the run ends
     for _ in range(5):
         s.batch(16, full=16)                       # 80 datagrams: a run of one batch
     time.sleep(0.03)
-    s.batch(3, full=16)                            # calm: the best class comes back at once
-    assert s.stats()["overload_ticks"] == 1 and s.stats()["share"]["normal"] == 1.0
-    assert s.normal_batch() == 16                  # (the idle classes were cut too)
-    s.tick(False)
+    s.batch(3, full=16)                            # calm: the best cut class comes back at once
+    assert s.stats()["overload_ticks"] == 2 and s.stats()["share"]["odd"] == 1.0
+    assert s.normal_batch() == 16                  # (flood is still cut)
     s.tick(False)
     assert s.stats()["share"]["flood"] == 1.0 and s.normal_batch() == 64
+    s.batch(16, full=16)                           # a backlog again: short batches at once,
+    assert s.normal_batch() == 16                  # before a tick says so

@@ -82,7 +82,7 @@ def _held(server, seconds: float, send) -> None:
 
 def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
-           "scoring": {"steer": True},
+           "scoring": {"steer": True, "queue_ms": 2},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     server = Server(cfgmod.from_dict(doc, file="<test>"))
     server.start()

@@ -39,6 +39,9 @@ def families(workers):
          "overload drop"),
         ("pop53_scoring_overload_ticks", "overload_ticks", "Controller ticks that found a worker "
          "overloaded"),
+        ("pop53_scoring_top_risk_ticks", "risk_ticks", "Overload ticks with the known resolvers "
+         "at risk (their own queue dropping or waiting, or sharing the overloaded one): only "
+         "these cut the normal class"),
         ("pop53_scoring_known_untrusted", "untrusted", "Queries from a known prefix over its rate "
          "classed normal because their address was not trusted (spoofed known sources)"),
         ("pop53_scoring_known_demoted", "nx_demoted", "Queries from a known address classed normal "

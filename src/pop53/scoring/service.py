@@ -17,9 +17,9 @@ log = logging.getLogger("pop53.scoring")
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measured its own
-# The priority socket's queue: a few times the normal one's (known resolvers' bursts must fit,
-# but spoofed known sources filling it must not queue seconds of work ahead of the real ones)
-PRIORITY_FACTOR = 4
+# The priority socket's queue, in ms of work: room for the known resolvers' bursts, but spoofed
+# known sources filling it must not queue seconds of work ahead of the real ones
+PRIORITY_MS = 8.0
 MAX_QUEUE = 4 << 20           # the server's default receive buffer
 
 
@@ -110,7 +110,7 @@ class ScoringService:
                     self.size_queue(server.net.udp_socks[i], cost)
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
-                        self.size_queue(prio, cost, PRIORITY_FACTOR)
+                        self.size_queue(prio, cost, PRIORITY_MS)
         if time.monotonic() >= self._next_aging:        # once a second: stats build dicts
             self._next_aging = time.monotonic() + 1.0
             self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
@@ -141,19 +141,21 @@ class ScoringService:
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
         elif self.queue_ms:
-            self.size_queue(sock, 0.0, PRIORITY_FACTOR if priority else 1)
+            self.size_queue(sock, 0.0, PRIORITY_MS if priority else self.queue_ms)
 
-    def queue_for(self, cost_ns: float, factor: int = 1) -> int:
-        """The receive buffer (as the kernel counts it) holding `factor` x `queue_ms` of work at
-        `cost_ns` per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
-        datagrams = factor * self.queue_ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
+    def queue_for(self, cost_ns: float, ms: float | None = None) -> int:
+        """The receive buffer (as the kernel counts it) holding `ms` (default `queue_ms`) of work
+        at `cost_ns` per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
+        ms = self.queue_ms if ms is None else ms
+        datagrams = ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
         return int(min(MAX_QUEUE, max(64, datagrams) * self.truesize))
 
-    def size_queue(self, sock: socket.socket, cost_ns: float, factor: int = 1) -> None:
-        """Size a normal socket's queue to `queue_ms` of its worker's measured work (a longer
-        queue only delays answers under a flood; a shorter one drops bursts).  Re-set only when
-        the size moves by more than a quarter."""
-        want = self.queue_for(cost_ns, factor)
+    def size_queue(self, sock: socket.socket, cost_ns: float, ms: float | None = None) -> None:
+        """Size a socket's queue to `ms` (default `queue_ms`) of its worker's measured work: long
+        enough to ride out the worker's scheduling stalls (a CPU quota's gap, a preemption)
+        without dropping answers at its capacity, short enough that under a flood what is
+        answered is at most that stale.  Re-set only when the size moves by more than a quarter."""
+        want = self.queue_for(cost_ns, ms)
         fd = sock.fileno()
         old = self.sized.get(fd, 0)
         if fd < 0 or (old and abs(want - old) * 4 < old):
@@ -239,6 +241,7 @@ class ScoringService:
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
                        "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0, "yields": 0,
+                       "risk_ticks": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
                        "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
                        "priority_wait": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
@@ -250,7 +253,7 @@ class ScoringService:
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
             for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-                      "untrusted", "nx_demoted", "trusted_marks", "yields"):
+                      "untrusted", "nx_demoted", "trusted_marks", "yields", "risk_ticks"):
                 total[k] += st[k]
             for k in ("queue_delay", "priority_wait", "priority_latency"):
                 total[k] = [a + b for a, b in zip(total[k], st[k])]

@@ -54,7 +54,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
         raise ConfigError(f"must be 0 or within 4096..{1 << 30}, got {queue_bytes}", file=file,
                           key="scoring.queue_bytes")
-    queue_ms = raw.get("queue_ms", 2)
+    queue_ms = raw.get("queue_ms", 32)
     if isinstance(queue_ms, bool) or not isinstance(queue_ms, (int, float)) or not 0 <= queue_ms <= 1000:
         raise ConfigError(f"expected milliseconds within 0..1000, got {queue_ms!r}", file=file,
                           key="scoring.queue_ms")
