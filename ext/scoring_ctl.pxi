@@ -1,0 +1,289 @@
+# The overload controller runs every `tick_ms` in each worker from what the worker sees itself:
+# on the normal socket the longest run of full recvmmsg batches in the tick (its queue never
+# emptied), the kernel's drop counter (SO_RXQ_OVFL) and the queue delay; on the priority socket
+# (the kernel stage) its drops and delay.  Overloaded: the worst class worse than normal (flood,
+# odd) that had queries in the tick has its admission share halved (below 1/64 it is cut to
+# nothing; worse classes without queries are cut to nothing at once).  The normal class is cut
+# the same way only while the known resolvers are at risk: their own queue drops or waits, or
+# they share the overloaded normal queue (no kernel stage); otherwise unknown clients get what
+# is left.  Calm: the best class still cut regains `recover`/1024 of its share.  SC_TOP is
+# never cut.  A share below one admits every k-th query deterministically (an accumulator, no
+# random numbers).
+
+
+cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
+    memset(s, 0, sizeof(sc_state_t))
+    for c in range(SC_CLASSES):
+        s.allow[c] = SC_ONE
+    s.nx_allow = SC_ONE
+    s.qd_min = SC_NONE_YET
+    s.pq_min = SC_NONE_YET
+    s.window_start = now
+    s.tick_start = now if now else 1
+
+
+cdef inline bint sc_recent(const sc_state_t* s, uint64_t when) noexcept nogil:
+    """Whether `when` (ms, 0 = never) is within SC_TOP_HOLD_MS of this batch's clock."""
+    return when != 0 and s.now_ms < when + SC_TOP_HOLD_MS
+
+
+cdef inline void sc_regain(const sc_cfg_t* cfg, uint32_t* share) noexcept nogil:
+    if share[0] < SC_ONE:
+        share[0] = share[0] + cfg.recover if share[0] + cfg.recover < SC_ONE else SC_ONE
+
+
+cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noexcept nogil:
+    """One controller step.  `over`: the normal socket's queue is overloaded (runs of full
+    batches, its kernel drops, a standing queue delay); `risk`: the known resolvers' own queue
+    is (the priority socket's drops or delay).  Known resolvers whose queries came through the
+    normal socket in the last SC_TOP_HOLD_MS (no kernel stage, or not steered) share its queue,
+    so for them `over` is a risk too.
+
+    Overloaded, the classes worse than normal go first: the worst that had queries in this tick
+    is cut multiplicatively, worse ones without any to nothing at once (a class is never
+    admitted more than a better one).  The normal class is cut only while the known resolvers
+    are at risk: otherwise unknown clients get what is left (the worker answers them at its
+    full rate and the kernel drops what its queue cannot hold) and a normal class cut earlier
+    recovers.  Calm: the best class still cut recovers additively.  SC_TOP is never cut."""
+    cdef int c, last
+    cdef uint64_t seen[4]
+    cdef uint64_t prio = s.prio_rx - s.prio_mark, lifted = s.lifted - s.lift_mark
+    cdef bint all_cut = s.allow[SC_NORMAL] == 0 and s.allow[SC_ODD] == 0 and s.allow[SC_FLOOD] == 0
+    for c in range(SC_CLASSES):
+        seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
+        s.mark[c] = s.admitted[c] + s.dropped[c]
+    s.prio_mark = s.prio_rx
+    s.lift_mark = s.lifted
+    s.ticks += 1
+    # known queries beyond the priority socket's (and the cookies lifted from a cut class):
+    # they came through the normal socket and wait in its queue with everyone else
+    if seen[SC_TOP] > prio + lifted:
+        s.top_shared_ms = s.now_ms | 1
+    if over and sc_recent(s, s.top_shared_ms):
+        risk = True
+    if over or risk:
+        s.overload_ticks += 1
+        if risk:
+            s.risk_ticks += 1
+        last = SC_NORMAL if risk else SC_ODD
+        for c in range(SC_CLASSES - 1, last - 1, -1):
+            if s.allow[c] == 0:
+                continue
+            if seen[c] == 0:
+                s.allow[c] = 0
+                continue
+            s.allow[c] >>= 1
+            if s.allow[c] < SC_ONE // 64:
+                s.allow[c] = 0
+            return
+        if not risk:
+            # the known resolvers are safe in their own queue: unknown clients get what is left
+            sc_regain(cfg, &s.allow[SC_NORMAL])
+            sc_regain(cfg, &s.nx_allow)
+            return
+        if not all_cut:
+            return              # this tick cut the idle classes: the next one goes on
+        # every class but SC_TOP is cut and the known resolvers are still at risk: their
+        # NXDOMAINs for zones under pressure (water torture relayed by them) go next
+        s.nx_allow >>= 1
+        if s.nx_allow < SC_ONE // 64:
+            s.nx_allow = 0
+        return
+    # calm: the known resolvers' NXDOMAIN share recovers alongside the best cut class
+    sc_regain(cfg, &s.nx_allow)
+    for c in range(SC_NORMAL, SC_CLASSES):
+        if s.allow[c] < SC_ONE:
+            sc_regain(cfg, &s.allow[c])
+            return
+
+
+cdef inline int sc_qd_bucket(uint64_t ns) noexcept nogil:
+    """The queue-delay histogram's bucket: b for ns < 16 us << b (b < SC_QD_BUCKETS - 1)."""
+    cdef int b = 0
+    cdef uint64_t lim = 16000
+    while b < SC_QD_BUCKETS - 1 and ns >= lim:
+        lim <<= 1
+        b += 1
+    return b
+
+
+cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t delay_ns,
+                     bint has_delay, uint32_t ovfl, bint has_ovfl, bint prio) noexcept nogil:
+    """The controller's inputs from one receive batch: n datagrams (`full` = a full batch), the
+    queue delay of its oldest datagram (kernel receive timestamp to now), the socket's
+    cumulative kernel drop counter; then the tick and the sketch's window when due.  The
+    normal socket's batches say whether its queue is overloaded, the priority socket's whether
+    the known resolvers are at risk."""
+    cdef uint64_t now = sc_now_ms()
+    cdef uint64_t missed
+    cdef bint over, late, risk
+    if s.tick_start == 0:
+        sc_state_init(s, now)
+    s.now_ms = now
+    if prio:
+        if n > 0:
+            s.prio_ms = now | 1
+    elif n >= full:
+        # a run of the normal socket's full batches counts whole 64-datagram batches: short
+        # batches (sc_normal_batch) add up to one
+        s.last_full = True
+        s.run_q += <uint32_t>full
+        if s.run_q >= 64:
+            s.run_q -= 64
+            s.run += 1
+            if s.run > s.run_max:
+                s.run_max = s.run
+    else:
+        s.last_full = False
+        s.run = 0
+        s.run_q = 0
+    if has_delay:
+        if prio:
+            s.pw_hist[sc_qd_bucket(delay_ns)] += 1
+            if delay_ns < s.pq_min:
+                s.pq_min = delay_ns
+            if delay_ns > s.pq_max:
+                s.pq_max = delay_ns
+        elif delay_ns < s.qd_min:
+            s.qd_min = delay_ns
+        s.qd_hist[sc_qd_bucket(delay_ns)] += 1
+        s.qd_last = delay_ns
+    if n < full and not prio:
+        # the normal queue emptied: no standing queue in this tick, whatever the delays (a late
+        # wake-up of an idle worker on a busy machine is not a queue that shedding would shorten)
+        s.qd_min = 0
+    if has_ovfl:
+        # the counter is per socket and wraps at 2^32: unsigned difference
+        if prio and ovfl != s.ovfl_last_p:
+            s.drops_tick_p += ovfl - s.ovfl_last_p
+            s.kernel_drops_p += ovfl - s.ovfl_last_p
+            s.ovfl_last_p = ovfl
+        elif not prio and ovfl != s.ovfl_last:
+            s.drops_tick += ovfl - s.ovfl_last
+            s.kernel_drops += ovfl - s.ovfl_last
+            s.ovfl_last = ovfl
+    if now - s.tick_start >= cfg.tick_ms:
+        # queue delay (CoDel's idea, RFC 8289): overloaded when even the least delayed batch of
+        # the tick waited longer than the target and the normal queue never emptied, i.e. a
+        # standing queue, not a burst.  The known resolvers are at risk when their own queue
+        # drops, stands the same way, or, while the normal queue is overloaded, any of their
+        # batches waited longer than the target: a worker saturated by unknown clients under a
+        # CPU quota is throttled for the quota's gaps and longer, and only cutting the normal
+        # class gives it the idle time that keeps it under its quota
+        late = s.qd_min != SC_NONE_YET and s.qd_min > <uint64_t>cfg.delay_target_us * 1000
+        over = s.run_max >= cfg.full_run or s.drops_tick > 0 or late
+        risk = s.drops_tick_p > 0 or (s.pq_min != SC_NONE_YET
+                                      and s.pq_min > <uint64_t>cfg.delay_target_us * 1000) \
+            or (over and s.pq_max > <uint64_t>cfg.delay_target_us * 1000)
+        if late:
+            s.delay_ticks += 1
+        sc_tick(cfg, s, over, risk)
+        if over or risk:
+            s.last_over = now
+        else:
+            # an idle worker ticks only when a batch comes: the calm ticks it missed count
+            missed = (now - s.tick_start) // cfg.tick_ms - 1
+            while missed > 0 and (s.allow[SC_FLOOD] < SC_ONE or s.nx_allow < SC_ONE):
+                sc_tick(cfg, s, False, False)
+                missed -= 1
+        s.tick_start = now
+        s.run_max = 0                  # a run going on counts again at its next full batch
+        s.drops_tick = 0
+        s.drops_tick_p = 0
+        s.qd_min = SC_NONE_YET
+        s.pq_min = SC_NONE_YET
+        s.pq_max = 0
+    if prio:
+        # counted after the tick: the tick compares the known queries admitted so far with the
+        # priority datagrams of the batches they came from, not this one's (scored after it)
+        s.prio_rx += n
+    if now - s.window_start >= cfg.window_ms:
+        memset(s.sketch, 0, sizeof(s.sketch))
+        memset(s.nx, 0, sizeof(s.nx))
+        sc_addr_decay(s)
+        s.window_start = now
+
+
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const void* first_msghdr,
+                   const void* last_msghdr, bint prio) noexcept nogil:
+    """After each recvmmsg (n datagrams, `full` the batch size): read the oldest datagram's
+    receive timestamp (SO_TIMESTAMPNS) and the last one's drop counter (SO_RXQ_OVFL), then
+    sc_observe.  One clock read per batch."""
+    cdef uint32_t ovfl = 0
+    cdef bint has_ovfl = last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl)
+    cdef uint64_t stamp = p53_rx_stamp_ns(first_msghdr) if first_msghdr != NULL else 0
+    cdef uint64_t real = p53_real_ns() if stamp else 0
+    sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
+               prio)
+
+
+cdef inline bint sc_protecting(const sc_state_t* s) noexcept nogil:
+    """Whether the worker is guarding the known resolvers' latency: its priority socket served
+    known resolvers in the last SC_TOP_HOLD_MS and the normal socket has a backlog (its last
+    batch was full: at once, before a tick says so) or a class is cut (a flood is on).  Without
+    them (no kernel stage, or none asking) there is no one to guard, and the worker reads its
+    normal socket in whole batches."""
+    return s.tick_start != 0 and sc_recent(s, s.prio_ms) and (
+        s.last_full or s.allow[SC_FLOOD] < SC_ONE)
+
+
+cdef inline int sc_normal_batch(const sc_state_t* s, int full) noexcept nogil:
+    """How many datagrams to take from the normal socket next: while guarding the known
+    resolvers (sc_protecting), SC_SUB_BATCH, so the worker is back at the priority socket after
+    a quarter of a batch of flood (a known resolver's query waits behind at most that much
+    work, not 64 queries' receive, scoring and answers); else the whole batch."""
+    if sc_protecting(s):
+        return SC_SUB_BATCH
+    return full
+
+
+cdef inline void sc_yield(const sc_cfg_t* cfg, sc_state_t* s) noexcept nogil:
+    """After a normal batch while guarding the known resolvers (sc_protecting), with
+    `yield_when_cut`: enter the scheduler.  A worker under a flood never sleeps, so under a CPU
+    quota (containers' CPU limits, the bench's cgroup) the kernel accounts its runtime only at
+    its ticks (4 ms at HZ=250): it overruns its quota and is throttled for several periods,
+    stalls of 4-12 ms at half a core (bench/attack/stalls.py) that the known resolvers' queries
+    wait out.  Entering the scheduler after each batch stops it near its quota.  Not while no
+    known resolver asks: without a quota, a yield hands the core to whatever else runs there
+    (the flood's own senders in tests/scoring/test_capacity.py, which then answered far fewer
+    of them).  Only with
+    the kernel stage (known resolvers in their own queue, drained first): without it they share
+    the normal queue, and handing the CPU away slows their way through it."""
+    if cfg.yield_cut and sc_protecting(s):
+        sched_yield()
+        s.yields += 1
+
+
+cdef void sc_prio_sent(sc_state_t* s, const uint64_t* stamps, int m) noexcept nogil:
+    """After sending a priority batch's m replies: each one's kernel receive stamp to now (what a
+    known resolver waited on our side: the priority queue, the batch ahead, the answer)."""
+    cdef uint64_t now
+    cdef int j
+    if m <= 0:
+        return
+    now = p53_real_ns()
+    for j in range(m):
+        if stamps[j]:
+            s.pl_hist[sc_qd_bucket(now - stamps[j] if now > stamps[j] else 0)] += 1
+
+
+cdef inline void sc_cost(sc_state_t* s, int n, int full, uint64_t ns) noexcept nogil:
+    """The worker's measured work per query: an EWMA (1/8) over full batches, from the receive
+    to the end of the send (the queue is sized from it, pop53.scoring.service)."""
+    cdef uint64_t ps
+    if n < full or n <= 0:
+        return
+    ps = ns * 1000 // <uint64_t>n
+    s.cost_ps = ps if s.cost_ps == 0 else s.cost_ps - s.cost_ps // 8 + ps // 8
+
+
+cdef uint32_t sc_level(const sc_state_t* s) noexcept nogil:
+    """The controller's level: how much of the admission it has taken away, 0 (nothing) to
+    (SC_CLASSES - 1) * SC_ONE (every class but SC_TOP cut to nothing)."""
+    cdef uint32_t lv = 0
+    for c in range(SC_NORMAL, SC_CLASSES):
+        lv += SC_ONE - s.allow[c]
+    return lv
+
+
+SCORE_CLASSES = ("top", "normal", "odd", "flood")
