@@ -190,9 +190,9 @@ cdef class Worker:
         little trades latency for larger batches, 8-13% less CPU per query in the mapping
         bench on loopback (issue 10, docs/udp_cost.md); the latency is the sleep's real length,
         the timer slack and the wake-up included (about 100 us for 20 asked here), so the server
-        leaves it off unless configured.  A full batch
-        is never followed by a pause, so a saturated worker runs as before; neither is an idle
-        wait, so the first query of a burst is answered at once."""
+        leaves it off unless configured.  A full batch is never followed by a pause, so a
+        saturated worker runs as before; neither is an idle wait, so the first query of a burst
+        is answered at once."""
         if self.running:
             raise RuntimeError("worker already running")
         self.coalesce_us = us if us > 0 else 0

@@ -32,6 +32,13 @@ cdef inline void sc_regain(const sc_cfg_t* cfg, uint32_t* share) noexcept nogil:
         share[0] = share[0] + cfg.recover if share[0] + cfg.recover < SC_ONE else SC_ONE
 
 
+cdef inline void sc_halve(uint32_t* share) noexcept nogil:
+    """A multiplicative cut; below 1/64 a share goes to nothing."""
+    share[0] >>= 1
+    if share[0] < SC_ONE // 64:
+        share[0] = 0
+
+
 cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noexcept nogil:
     """One controller step.  `over`: the normal socket's queue is overloaded (runs of full
     batches, its kernel drops, a standing queue delay); `risk`: the known resolvers' own queue
@@ -72,9 +79,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
             if seen[c] == 0:
                 s.allow[c] = 0
                 continue
-            s.allow[c] >>= 1
-            if s.allow[c] < SC_ONE // 64:
-                s.allow[c] = 0
+            sc_halve(&s.allow[c])
             return
         if not risk:
             # the known resolvers are safe in their own queue: unknown clients get what is left
@@ -85,9 +90,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
             return              # this tick cut the idle classes: the next one goes on
         # every class but SC_TOP is cut and the known resolvers are still at risk: their
         # NXDOMAINs for zones under pressure (water torture relayed by them) go next
-        s.nx_allow >>= 1
-        if s.nx_allow < SC_ONE // 64:
-            s.nx_allow = 0
+        sc_halve(&s.nx_allow)
         return
     # calm: the known resolvers' NXDOMAIN share recovers alongside the best cut class
     sc_regain(cfg, &s.nx_allow)

@@ -10,6 +10,7 @@ import time
 
 from pop53 import _core
 from pop53.errors import Pop53Error
+from pop53.scoring import learnstate
 from pop53.scoring.known import KnownPrefixes, compile_table, read_known
 
 log = logging.getLogger("pop53.scoring")
@@ -94,7 +95,6 @@ class ScoringService:
         # the learner's history survives a restart in the state directory (learnstate.py)
         self.learn_path = None
         if self.learner is not None and state:
-            from pop53.scoring import learnstate
             self.learn_path = os.path.join(state, learnstate.FILE)
             if learnstate.load(self.learn_path, self.learner):
                 self.learned = self.learner.learned()
@@ -119,7 +119,6 @@ class ScoringService:
         learned = self.learner.step(server.workers)
         if self.learn_path and self.learner.closed != self._saved:
             self._saved = self.learner.closed
-            from pop53.scoring import learnstate
             try:
                 learnstate.save(self.learn_path, self.learner)
             except OSError as exc:
