@@ -59,6 +59,7 @@ cdef extern from "p53_sys.h" nogil:
     int p53_load_int(const int* p)
     void p53_store_int(int* p, int v)
     size_t p53_reply_control(msghdr* m)
+    int p53_wants_pktinfo(int fd)
 
 cdef extern from "p53_wake.h" nogil:
     void p53_wake(int fd)
@@ -67,7 +68,7 @@ cdef enum:
     BATCH = 64
     COALESCE_BELOW = 16       # a batch this full is read again at once (set_coalesce)
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
-    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64); with scoring SO_RXQ_OVFL
+    CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64)
     CTL_RING = 64             # control-plane messages waiting per worker
     CTL_MAX = 4096
 
@@ -134,6 +135,8 @@ cdef class Worker:
     cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
     cdef int vlen                  # the normal socket's batch now (sc_normal_batch)
     cdef uint32_t coalesce_us      # pause after a batch of fewer than COALESCE_BELOW (set_coalesce)
+    cdef size_t tail_want          # control space of datagrams 2..BATCH from the normal socket
+    cdef size_t tail_ctl           # ... as the headers are set now (_tail)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -201,6 +204,15 @@ cdef class Worker:
     def stamp_every(self):
         return self.kst.every if self.kst.every > 1 else 1
 
+    cdef inline void _tail(self, size_t clen) noexcept nogil:
+        """Give every receive header but the first `clen` bytes of control space."""
+        cdef int i
+        if self.tail_ctl == clen:
+            return
+        for i in range(1, BATCH):
+            self.rmsgs[i].msg_hdr.msg_controllen = clen
+        self.tail_ctl = clen
+
     cdef int _receive(self, int* rfd) noexcept nogil:
         """One batch: the priority socket first (never waited on), then the normal socket;
         with both empty, wait for either (at most RECV_TIMEOUT) and return 0."""
@@ -210,9 +222,11 @@ cdef class Worker:
             rfd[0] = self.fd
             return recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
         rfd[0] = self.pfd
+        self._tail(CTRL_SLOT)           # every known resolver's stamp (sc_prio_sent)
         n = recvmmsg(self.pfd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
         if n > 0:
             return n
+        self._tail(self.tail_want)
         rfd[0] = self.fd
         n = recvmmsg(self.fd, self.rmsgs, self.vlen, MSG_DONTWAIT, NULL)
         if n > 0:
@@ -240,6 +254,12 @@ cdef class Worker:
         if self.sbuf == NULL:
             raise MemoryError()
         self.sslot = slot
+        # With scoring the kernel stamps every datagram (the controller's queue delay), but only
+        # the oldest of a batch is read (sc_batch): the others get no control space, so the
+        # kernel skips their control messages (put_cmsg returns at once), part of the ~240 ns a
+        # reply the scored path cost at full speed.  Not on a wildcard bind: every reply needs
+        # its query's IP_PKTINFO.  Without scoring every stamp feeds the latency histogram.
+        self.tail_want = CTRL_SLOT if scorer is None or p53_wants_pktinfo(self.fd) else 0
         self.running = 1
         p53_store_int(&self.stop_flag, 0)
         with nogil:
@@ -267,12 +287,15 @@ cdef class Worker:
             self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
             self.rmsgs[i].msg_hdr.msg_iovlen = 1
             self.rmsgs[i].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
+            self.rmsgs[i].msg_hdr.msg_controllen = self.tail_want
+        self.tail_ctl = self.tail_want
         while not p53_load_int(&self.stop_flag):
             # recvmmsg writes back only the lengths and flags of the messages it filled
             for i in range(used):
                 self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
-                self.rmsgs[i].msg_hdr.msg_controllen = CTRL_SLOT
+                self.rmsgs[i].msg_hdr.msg_controllen = self.tail_ctl
                 self.rmsgs[i].msg_hdr.msg_flags = 0
+            self.rmsgs[0].msg_hdr.msg_controllen = CTRL_SLOT
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
             kstamp_gate(&self.kst, self.fd)
@@ -290,8 +313,8 @@ cdef class Worker:
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen, &self.rmsgs[0].msg_hdr,
-                         &self.rmsgs[n - 1].msg_hdr, rfd == self.pfd)
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen,
+                         &self.rmsgs[0].msg_hdr, rfd == self.pfd, self.fd, self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
@@ -363,12 +386,13 @@ cdef class Worker:
                 self.smsgs[m].msg_hdr.msg_namelen = self.rmsgs[i].msg_hdr.msg_namelen
                 self.smsgs[m].msg_hdr.msg_iov = &self.siov[m]
                 self.smsgs[m].msg_hdr.msg_iovlen = 1
+                # the stamp first: the reply's control data is made in place over it
+                ks[m] = p53_rx_stamp_ns(&self.rmsgs[i].msg_hdr)
                 self.smsgs[m].msg_hdr.msg_control = self.cbuf + i * CTRL_SLOT
                 self.smsgs[m].msg_hdr.msg_controllen = p53_reply_control(&self.rmsgs[i].msg_hdr)
                 if self.smsgs[m].msg_hdr.msg_controllen == 0:
                     self.smsgs[m].msg_hdr.msg_control = NULL
                 self.smsgs[m].msg_hdr.msg_flags = 0
-                ks[m] = p53_rx_stamp_ns(&self.rmsgs[i].msg_hdr)
                 m += 1
             sent = 0
             while sent < m:

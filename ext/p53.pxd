@@ -383,18 +383,18 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint32_t acc[4]           # fractional admission accumulators (no random numbers)
     uint32_t run              # consecutive full batches now
     uint32_t run_max          # the longest run in this tick
-    uint32_t ovfl_last        # the kernel's drop counter at the last look
+    uint32_t ovfl_last        # the kernel's drop counter at the last look (SO_MEMINFO)
     uint32_t drops_tick       # kernel drops seen in this tick
     uint64_t admitted[4]
     uint64_t dropped[4]
     uint64_t mark[4]          # admitted + dropped per class at the last tick
     uint64_t lifted           # queries a valid cookie lifted to SC_TOP under overload
-    uint64_t kernel_drops     # SO_RXQ_OVFL: datagrams the kernel dropped on this socket
+    uint64_t kernel_drops     # datagrams the kernel dropped on this socket (its sk_drops)
     uint64_t overload_ticks
     uint64_t ticks
     seen_t* seen              # learning: the window's seen set (loaded per batch), or NULL
     uint32_t ovfl_last_p      # the priority socket's drop counter at the last look
-    uint64_t kernel_drops_p   # SO_RXQ_OVFL on the priority socket
+    uint64_t kernel_drops_p   # the same on the priority socket
     uint64_t prio_rx          # datagrams received from the priority socket
     uint64_t qd_hist[18]      # queue delay of each batch's oldest datagram (SC_QD_BUCKETS)
     uint64_t qd_min           # the smallest queue delay in this tick (ns); UINT64_MAX: none yet
@@ -428,6 +428,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t risk_ticks       # ticks the known resolvers were at risk (only then is normal cut)
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
+    bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

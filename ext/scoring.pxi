@@ -27,7 +27,7 @@ cdef extern from "<sched.h>" nogil:
     int sched_yield()
 
 cdef extern from "p53_score.h" nogil:
-    int p53_rxq_ovfl(const void* m, uint32_t* out)
+    int p53_sock_drops(int fd, uint32_t* out)
     uint64_t p53_rx_stamp_ns(const void* m)
     uint64_t p53_real_ns()
     uint64_t p53_mono_ns()

@@ -1,6 +1,6 @@
 # The overload controller runs every `tick_ms` in each worker from what the worker sees itself:
 # on the normal socket the longest run of full recvmmsg batches in the tick (its queue never
-# emptied), the kernel's drop counter (SO_RXQ_OVFL) and the queue delay; on the priority socket
+# emptied), the kernel's drop counter (SO_MEMINFO, once a tick) and the queue delay; on the priority socket
 # (the kernel stage) its drops and delay.  Overloaded: the worst class worse than normal (flood,
 # odd) that had queries in the tick has its admission share halved (below 1/64 it is cut to
 # nothing; worse classes without queries are cut to nothing at once).  The normal class is cut
@@ -207,17 +207,37 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         s.window_start = now
 
 
+cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:
+    """The sockets' kernel drop counters, read once a tick (SO_MEMINFO: one system call each,
+    instead of SO_RXQ_OVFL's control message with every datagram, capacity13's perf: the
+    per-datagram control messages were ~240 ns of a reply at full speed); the first reading
+    is the baseline.  The counters are per socket and wrap at 2^32: unsigned differences."""
+    cdef uint32_t d
+    if p53_sock_drops(fd, &d):
+        if s.drops_known:
+            s.drops_tick += d - s.ovfl_last
+            s.kernel_drops += d - s.ovfl_last
+        s.ovfl_last = d
+    if pfd >= 0 and p53_sock_drops(pfd, &d):
+        if s.drops_known:
+            s.drops_tick_p += d - s.ovfl_last_p
+            s.kernel_drops_p += d - s.ovfl_last_p
+        s.ovfl_last_p = d
+    s.drops_known = True
+
+
 cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const void* first_msghdr,
-                   const void* last_msghdr, bint prio) noexcept nogil:
+                   bint prio, int fd, int pfd) noexcept nogil:
     """After each recvmmsg (n datagrams, `full` the batch size): read the oldest datagram's
-    receive timestamp (SO_TIMESTAMPNS) and the last one's drop counter (SO_RXQ_OVFL), then
-    sc_observe.  One clock read per batch."""
-    cdef uint32_t ovfl = 0
-    cdef bint has_ovfl = last_msghdr != NULL and p53_rxq_ovfl(last_msghdr, &ovfl)
+    receive timestamp (SO_TIMESTAMPNS: the worker asks for the control data of the batch's
+    first datagram only, Worker._loop), and when a tick is due the drop counters of the normal
+    socket `fd` and the priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops
+    itself), then sc_observe."""
     cdef uint64_t stamp = p53_rx_stamp_ns(first_msghdr) if first_msghdr != NULL else 0
     cdef uint64_t real = p53_real_ns() if stamp else 0
-    sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, ovfl, has_ovfl,
-               prio)
+    if fd >= 0 and s.tick_start != 0 and sc_now_ms() - s.tick_start >= cfg.tick_ms:
+        sc_drops(s, fd, pfd)
+    sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, 0, False, prio)
 
 
 cdef inline bint sc_protecting(const sc_state_t* s) noexcept nogil:

@@ -31,8 +31,8 @@ PASSES = 2          # short calls: their minimum over many rounds finds the quie
 def kernel_control() -> tuple[bytes, bytes]:
     """A datagram's control data as recvmmsg writes it (64-bit cmsghdr: size_t len, int level,
     int type, data padded to 8): a receive stamp alone (a socket on one address), and the stamp
-    then IP_PKTINFO (a wildcard socket: udp_recvmsg puts the socket-level cmsgs, the stamp and
-    SO_RXQ_OVFL, before the IP-level ones), stamped one second before the bench runs."""
+    then IP_PKTINFO (a wildcard socket: udp_recvmsg puts the socket-level cmsgs, the stamp,
+    before the IP-level ones), stamped one second before the bench runs."""
     import struct
     import time
     now = time.time() - 1.0

@@ -1,5 +1,5 @@
-/* Query scoring's C helpers: the kernel's receive-queue drop counter (SO_RXQ_OVFL, socket(7))
- * read from the control data of a received datagram. */
+/* Query scoring's C helpers: the kernel's receive-queue drop counter (SO_MEMINFO, socket(7)),
+ * a datagram's kernel receive stamp from its control data, the clocks. */
 #ifndef P53_SCORE_H
 #define P53_SCORE_H
 #include <stdint.h>
@@ -7,27 +7,26 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#ifndef SO_RXQ_OVFL
-#define SO_RXQ_OVFL 40
+#ifndef SO_MEMINFO
+#define SO_MEMINFO 55
 #endif
+#define P53_SK_MEMINFO_DROPS 8      /* SK_MEMINFO_DROPS, linux/sock_diag.h */
 
-/* The cumulative count of datagrams the kernel dropped on this socket before this one was
- * queued, when the socket has SO_RXQ_OVFL on (the cmsg comes once drops happened).  m: a
- * struct msghdr*.  Returns 1 and sets *out when the message carries it. */
-static inline int p53_rxq_ovfl(const void *mv, uint32_t *out) {
-    const struct msghdr *m = (const struct msghdr *)mv;
-    struct cmsghdr *c;
-    if (m->msg_controllen == 0 || m->msg_control == NULL)
+/* The socket's cumulative kernel drop counter now (sk_drops: datagrams dropped at a full
+ * receive queue or by a socket filter), one getsockopt(SO_MEMINFO).  The overload controller
+ * reads it once a tick instead of asking for it with every datagram (SO_RXQ_OVFL: a control
+ * message per datagram).  Returns 1 and sets *out, 0 when the kernel cannot say. */
+static inline int p53_sock_drops(int fd, uint32_t *out) {
+    uint32_t mi[16];
+    socklen_t len = sizeof mi;
+    memset(mi, 0, sizeof mi);
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mi, &len) < 0
+            || len < (P53_SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
         return 0;
-    for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR((struct msghdr *)m, c)) {
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL
-                && c->cmsg_len >= CMSG_LEN(sizeof(uint32_t))) {
-            memcpy(out, CMSG_DATA(c), sizeof(uint32_t));
-            return 1;
-        }
-    }
-    return 0;
+    *out = mi[P53_SK_MEMINFO_DROPS];
+    return 1;
 }
+
 #ifndef SO_TIMESTAMPNS
 #define SO_TIMESTAMPNS 35
 #endif

@@ -63,4 +63,15 @@ static inline size_t p53_reply_control(struct msghdr *m) {
     }
     return 0;
 }
+/* Whether the socket asks for the address each datagram was sent to (IP_PKTINFO or
+ * IPV6_RECVPKTINFO: a wildcard bind, every reply needs its query's control data). */
+static inline int p53_wants_pktinfo(int fd) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    if (getsockopt(fd, IPPROTO_IP, IP_PKTINFO, &on, &len) == 0 && on)
+        return 1;
+    on = 0;
+    len = sizeof on;
+    return getsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, &len) == 0 && on;
+}
 #endif

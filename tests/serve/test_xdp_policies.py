@@ -71,7 +71,7 @@ def test_cookies_rrl_and_scoring_over_xdp(server):
 def test_kernel_drops_reach_the_overload_controller(server):
     """A stopped XDP worker: its RX ring (2048) fills and the kernel drops the rest
     (XDP_STATISTICS); when it runs again its first full batches hand those drops to the scoring
-    controller, as SO_RXQ_OVFL does for a socket worker."""
+    controller, as SO_MEMINFO does for a socket worker."""
     rig, s = server
     (w,) = xdp_workers(s)
     w.stop()

@@ -30,9 +30,9 @@ def families(workers):
     yield lv
     for name, key, doc in (
         ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the normal "
-         "UDP sockets' receive queues (SO_RXQ_OVFL)"),
+         "UDP sockets' receive queues (SO_MEMINFO, read once a tick)"),
         ("pop53_scoring_kernel_drops_priority", "kernel_drops_priority", "Datagrams the kernel "
-         "dropped on the priority sockets' receive queues (SO_RXQ_OVFL)"),
+         "dropped on the priority sockets' receive queues (SO_MEMINFO, read once a tick)"),
         ("pop53_scoring_delay_ticks", "delay_ticks", "Controller ticks overloaded by queue delay "
          "(even the least delayed batch waited longer than delay_target_us)"),
         ("pop53_scoring_cookie_lifted", "lifted", "Queries a valid server cookie saved from an "

@@ -15,7 +15,6 @@ from pop53.scoring.known import KnownPrefixes, compile_table, read_known
 
 log = logging.getLogger("pop53.scoring")
 
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measured its own
 # The priority socket's queue, in ms of work: room for the known resolvers' bursts, but spoofed
@@ -131,11 +130,10 @@ class ScoringService:
                 self.on_learned(learned)
 
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
-        """Ask the kernel for its drop counter with each datagram (the controller's input);
-        bound a normal socket's queue to `queue_bytes` (a queue longer than a few ms of work
-        only delays answers under a flood); a priority socket keeps the server's default."""
-        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-        # the controller's queue-delay input: the kernel's receive time of each datagram
+        """Ask the kernel for each datagram's receive time (the controller's queue delay: the
+        worker reads the oldest of each batch, and the drop counter once a tick); bound a normal
+        socket's queue to `queue_bytes` (a queue longer than a few ms of work only delays
+        answers under a flood); a priority socket keeps the server's default."""
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
