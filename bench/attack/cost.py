@@ -1,0 +1,138 @@
+"""What scoring costs without an attack (issue 13's "no loss of capacity or of legitimate
+answers"): pop53 with scoring and the kernel stage against its plain setup, the same load, the
+server's CPU per reply.
+
+    python -m bench.attack.cost [--rounds 8] [--seconds 3] [--rates 60000,120000,0]
+
+One worker pinned to CPU 0 without a quota (the CPU it spends is the measure, not a cap's
+gaps), the load from CPU 1 (bench/attack/flood.c, counting the replies): one existing name from
+256 /24s (each under `source_rate`, so no source is a flood by rate), at each of `--rates`
+datagrams a second (0: as fast as one core sends, above the server's capacity).  Per round the
+two setups alternate (plain first in even rounds), each a fresh server; per run the server's
+CPU time (schedstat, every thread) over the run divided by the replies, and the replies a
+second.  Per rate: the medians, the per-round ratio scored / plain, in how many rounds the
+scored server was cheaper, a two-sided sign test.  Throughput ratios at full speed move with
+whatever else runs on this shared machine; CPU per reply at a fixed rate moves far less.
+Writes bench/results/attack-cost.md.  Loopback only, bounded in time and count."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from math import comb
+from pathlib import Path
+
+import dns.name
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import data  # noqa: E402
+from bench.attack import servers as sv  # noqa: E402
+from bench.attack.run import capacity  # noqa: E402
+from bench.micro.rrl import image_names  # noqa: E402
+
+SETUPS = ("plain", "scored")
+
+
+def cpu_ns(srv: sv.Running) -> int:
+    return sum(r for r, _ in srv.sched_ns().values())
+
+
+def sign_p(k: int, n: int) -> float:
+    """Two-sided sign test: k of n rounds one way, under "either way is as likely"."""
+    tail = sum(comb(n, j) for j in range(max(k, n - k), n + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def measure(args, binary: Path, tmp: Path, zonefile: Path, probe: str, name_wire: str) -> dict:
+    """{(setup, rate): [(ns per reply, replies/s), ...]} over the rounds."""
+    cap = sv.CpuCap(0)
+    out: dict[tuple[str, int], list] = {}
+    for rnd in range(args.rounds):
+        for setup in (SETUPS if rnd % 2 == 0 else SETUPS[::-1]):
+            srv = sv.Running("pop53", tmp / f"{setup}-{rnd}", zonefile, probe, cap,
+                             plain=setup == "plain")
+            try:
+                for rate in args.rates:
+                    time.sleep(0.5)
+                    c0 = cpu_ns(srv)
+                    got, offered = capacity(binary, srv.port, args.seconds, name_wire, rate, 256)
+                    used = cpu_ns(srv) - c0
+                    replies = got * args.seconds
+                    out.setdefault((setup, rate), []).append(
+                        (used / replies if replies else float("nan"), got))
+                    print(f"round {rnd} {setup} rate {rate or 'full'}: {used / 1e6:.0f} ms CPU, "
+                          f"{got:,.0f} replies/s of {offered:,.0f}, "
+                          f"{used / replies if replies else float('nan'):.0f} ns/reply", flush=True)
+            finally:
+                srv.stop()
+    return out
+
+
+def report(args, res: dict, load0: float, load1: float) -> str:
+    lines = ["# Scoring's cost without an attack (bench/attack/cost.py)", "",
+             f"- Date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+             f"- Command: `python -m bench.attack.cost --rounds {args.rounds} --seconds "
+             f"{args.seconds} --rates {','.join(str(r) for r in args.rates)}`",
+             f"- Machine: 2 CPUs shared with other work, load average {load0:.2f} at start, "
+             f"{load1:.2f} at end",
+             "- pop53, one worker pinned to CPU 0, no quota; plain (no scoring) against scoring + "
+             "the kernel stage (the attack bench's setup); one existing name from 256 /24s; "
+             "setups alternated per round, a fresh server each run", "",
+             "| offered/s | plain ns CPU/reply | scored ns CPU/reply | per-round ratio (median) "
+             "| scored cheaper | sign test p | plain replies/s | scored replies/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for rate in args.rates:
+        pl, sc = res.get(("plain", rate), []), res.get(("scored", rate), [])
+        n = min(len(pl), len(sc))
+        if not n:
+            continue
+        ratios = [sc[i][0] / pl[i][0] for i in range(n)]
+        k = sum(r < 1 for r in ratios)
+        label = f"{rate:,}" if rate else "full speed"
+        lines.append(
+            f"| {label} | {statistics.median(c for c, _ in pl):.0f} | "
+            f"{statistics.median(c for c, _ in sc):.0f} | {statistics.median(ratios):.3f} "
+            f"({', '.join(f'{r:.3f}' for r in ratios)}) | {k}/{n} | {sign_p(k, n):.3f} | "
+            f"{statistics.median(g for _, g in pl):,.0f} | {statistics.median(g for _, g in sc):,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=3)
+    ap.add_argument("--rates", default="60000,120000,0",
+                    type=lambda s: [int(x) for x in s.split(",")],
+                    help="offered datagrams a second per run (0: full speed)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-cost.md")
+    args = ap.parse_args(argv)
+    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
+    if not zonefile.exists():
+        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    names = image_names(zonefile)
+    name_wire = dns.name.from_text(names[0]).to_wire().hex()
+    os.sched_setaffinity(0, {1})
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        binary = tmp / "flood"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
+        res = measure(args, binary, tmp, zonefile, names[0], name_wire)
+    text = report(args, res, load0, os.getloadavg()[0])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
