@@ -60,6 +60,7 @@ cdef extern from "p53_sys.h" nogil:
     void p53_store_int(int* p, int v)
     size_t p53_reply_control(msghdr* m)
     int p53_wants_pktinfo(int fd)
+    int p53_rcv_stamps(int fd)
 
 cdef extern from "p53_wake.h" nogil:
     void p53_wake(int fd)
@@ -135,8 +136,9 @@ cdef class Worker:
     cdef int wake_fd               # the housekeeping thread's eventfd, or -1 (set_wake)
     cdef int vlen                  # the normal socket's batch now (sc_normal_batch)
     cdef uint32_t coalesce_us      # pause after a batch of fewer than COALESCE_BELOW (set_coalesce)
-    cdef size_t tail_want          # control space of datagrams 2..BATCH from the normal socket
+    cdef size_t tail_want          # control space of the normal socket's receive headers
     cdef size_t tail_ctl           # ... as the headers are set now (_tail)
+    cdef bint sock_stamp           # scored: the normal socket's stamp by ioctl (p53_sock_stamp_ns)
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -205,11 +207,11 @@ cdef class Worker:
         return self.kst.every if self.kst.every > 1 else 1
 
     cdef inline void _tail(self, size_t clen) noexcept nogil:
-        """Give every receive header but the first `clen` bytes of control space."""
+        """Give every receive header `clen` bytes of control space."""
         cdef int i
         if self.tail_ctl == clen:
             return
-        for i in range(1, BATCH):
+        for i in range(BATCH):
             self.rmsgs[i].msg_hdr.msg_controllen = clen
         self.tail_ctl = clen
 
@@ -254,12 +256,17 @@ cdef class Worker:
         if self.sbuf == NULL:
             raise MemoryError()
         self.sslot = slot
-        # With scoring the kernel stamps every datagram (the controller's queue delay), but only
-        # the oldest of a batch is read (sc_batch): the others get no control space, so the
-        # kernel skips their control messages (put_cmsg returns at once), part of the ~240 ns a
-        # reply the scored path cost at full speed.  Not on a wildcard bind: every reply needs
-        # its query's IP_PKTINFO.  Without scoring every stamp feeds the latency histogram.
-        self.tail_want = CTRL_SLOT if scorer is None or p53_wants_pktinfo(self.fd) else 0
+        # With scoring the controller's queue delay needs one stamp per full batch, not one
+        # per datagram: the normal socket has no SO_TIMESTAMPNS (pop53.scoring.service), keeps
+        # the last read datagram's stamp (SOCK_TIMESTAMP, turned on by a first ioctl here)
+        # and its receive headers get no control space (none to write but a wildcard bind's
+        # IP_PKTINFO), so the kernel converts no stamp and writes no control message per
+        # datagram: that was ~150-250 ns of a reply at full speed (docs/scoring.md).  Without
+        # scoring every stamp feeds the latency histogram.
+        self.sock_stamp = scorer is not None and not p53_rcv_stamps(self.fd)
+        if self.sock_stamp:
+            p53_sock_stamp_ns(self.fd)
+        self.tail_want = CTRL_SLOT if not self.sock_stamp or p53_wants_pktinfo(self.fd) else 0
         self.running = 1
         p53_store_int(&self.stop_flag, 0)
         with nogil:
@@ -279,6 +286,7 @@ cdef class Worker:
         cdef ctl_msg_t* cm
         cdef const known_t* kn = NULL
         cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
+        cdef uint64_t bstamp = 0       # the batch's stamp for the controller (sc_batch)
         cdef int used = BATCH          # headers the last receive may have written
         for i in range(BATCH):
             self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
@@ -295,7 +303,6 @@ cdef class Worker:
                 self.rmsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_storage)
                 self.rmsgs[i].msg_hdr.msg_controllen = self.tail_ctl
                 self.rmsgs[i].msg_hdr.msg_flags = 0
-            self.rmsgs[0].msg_hdr.msg_controllen = CTRL_SLOT
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
             kstamp_gate(&self.kst, self.fd)
@@ -313,8 +320,14 @@ cdef class Worker:
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
+                # the queue delay: the priority batch's oldest datagram; a full normal batch's
+                # newest (a short one emptied the queue); one stamp a batch either way
+                if rfd == self.pfd or not self.sock_stamp:
+                    bstamp = p53_rx_stamp_ns(&self.rmsgs[0].msg_hdr)
+                else:
+                    bstamp = p53_sock_stamp_ns(self.fd) if n >= self.vlen else 0
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen,
-                         &self.rmsgs[0].msg_hdr, rfd == self.pfd, self.fd, self.pfd)
+                         bstamp, rfd == self.pfd, self.fd, self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
@@ -407,6 +420,8 @@ cdef class Worker:
                 sent += k
             lat_add(&self.st, &t0, m)       # every reply of the batch waited this long
             klat_add(&self.st, ks, m)       # and from the kernel's receive, queue included
+            if self.sock_stamp and rfd != self.pfd and bstamp:
+                klat_add(&self.st, &bstamp, 1)  # scored: a full batch's newest reply
             if scorer is not None and rfd == self.pfd:
                 sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:

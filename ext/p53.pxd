@@ -396,7 +396,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint32_t ovfl_last_p      # the priority socket's drop counter at the last look
     uint64_t kernel_drops_p   # the same on the priority socket
     uint64_t prio_rx          # datagrams received from the priority socket
-    uint64_t qd_hist[18]      # queue delay of each batch's oldest datagram (SC_QD_BUCKETS)
+    uint64_t qd_hist[18]      # queue delay per batch with a stamp (SC_QD_BUCKETS, sc_batch)
     uint64_t qd_min           # the smallest queue delay in this tick (ns); UINT64_MAX: none yet
     uint64_t qd_last          # the last batch's (ns)
     uint64_t delay_ticks      # ticks overloaded by queue delay

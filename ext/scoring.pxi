@@ -29,6 +29,7 @@ cdef extern from "<sched.h>" nogil:
 cdef extern from "p53_score.h" nogil:
     int p53_sock_drops(int fd, uint32_t* out)
     uint64_t p53_rx_stamp_ns(const void* m)
+    uint64_t p53_sock_stamp_ns(int fd)
     uint64_t p53_real_ns()
     uint64_t p53_mono_ns()
 
@@ -324,7 +325,7 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "lifted": s.lifted, "kernel_drops": s.kernel_drops,
         "kernel_drops_priority": s.kernel_drops_p, "priority_received": s.prio_rx,
         "overload_ticks": s.overload_ticks, "ticks": s.ticks, "delay_ticks": s.delay_ticks,
-        # bucket b counts batches whose oldest datagram waited < 16 us << b (the last: longer)
+        # bucket b counts batches whose stamped datagram waited < 16 us << b (the last: longer)
         "queue_delay": [s.qd_hist[b] for b in range(SC_QD_BUCKETS)],
         "queue_delay_last_us": s.qd_last / 1000.0,
         "priority_wait": [s.pw_hist[b] for b in range(SC_QD_BUCKETS)],

@@ -113,7 +113,7 @@ cdef inline int sc_qd_bucket(uint64_t ns) noexcept nogil:
 cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t delay_ns,
                      bint has_delay, uint32_t ovfl, bint has_ovfl, bint prio) noexcept nogil:
     """The controller's inputs from one receive batch: n datagrams (`full` = a full batch), the
-    queue delay of its oldest datagram (kernel receive timestamp to now), the socket's
+    queue delay of a datagram of it (kernel receive timestamp to now, sc_batch), the socket's
     cumulative kernel drop counter; then the tick and the sketch's window when due.  The
     normal socket's batches say whether its queue is overloaded, the priority socket's whether
     the known resolvers are at risk."""
@@ -226,14 +226,13 @@ cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:
     s.drops_known = True
 
 
-cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, const void* first_msghdr,
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t stamp,
                    bint prio, int fd, int pfd) noexcept nogil:
-    """After each recvmmsg (n datagrams, `full` the batch size): read the oldest datagram's
-    receive timestamp (SO_TIMESTAMPNS: the worker asks for the control data of the batch's
-    first datagram only, Worker._loop), and when a tick is due the drop counters of the normal
-    socket `fd` and the priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops
+    """After each recvmmsg (n datagrams, `full` the batch size): the queue delay from `stamp`,
+    a kernel receive stamp of the batch (0: none; Worker._loop: the priority socket's oldest
+    datagram, a full normal batch's newest), and when a tick is due the drop counters of the
+    normal socket `fd` and the priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops
     itself), then sc_observe."""
-    cdef uint64_t stamp = p53_rx_stamp_ns(first_msghdr) if first_msghdr != NULL else 0
     cdef uint64_t real = p53_real_ns() if stamp else 0
     if fd >= 0 and s.tick_start != 0 and sc_now_ms() - s.tick_start >= cfg.tick_ms:
         sc_drops(s, fd, pfd)

@@ -185,7 +185,7 @@ cdef class XdpWorker(Worker):
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH, NULL, False, -1, -1)   # no stamps; drops below
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH, 0, False, -1, -1)   # no stamps; drops below
                 if n == BATCH and p53_xsk_drops(x, &kd) == 0 and kd != self.drops_last:
                     # the kernel's drops before our ring feed the overload controller (at its
                     # next tick) like sc_drops does for a socket; read on full batches only

@@ -4,8 +4,10 @@
 #define P53_SCORE_H
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <linux/sockios.h>
 
 #ifndef SO_MEMINFO
 #define SO_MEMINFO 55
@@ -25,6 +27,19 @@ static inline int p53_sock_drops(int fd, uint32_t *out) {
         return 0;
     *out = mi[P53_SK_MEMINFO_DROPS];
     return 1;
+}
+
+/* The kernel receive stamp of the last datagram read from a socket (ns since the epoch), 0 when
+ * it cannot say: ioctl(SIOCGSTAMPNS).  The first call turns the socket's stamp keeping on
+ * (SOCK_TIMESTAMP; it returns ENOENT then): from there every datagram read stores its stamp in
+ * the socket, a plain store, where SO_TIMESTAMPNS converts each one to a timespec and writes a
+ * control message (or finds no room for it).  Only for a socket without SO_TIMESTAMPNS, whose
+ * reads take that path instead and leave the stored stamp alone. */
+static inline uint64_t p53_sock_stamp_ns(int fd) {
+    struct timespec ts;
+    if (ioctl(fd, SIOCGSTAMPNS, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 #ifndef SO_TIMESTAMPNS

@@ -74,4 +74,17 @@ static inline int p53_wants_pktinfo(int fd) {
     len = sizeof on;
     return getsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &on, &len) == 0 && on;
 }
+/* Whether the socket has SO_TIMESTAMPNS (or SO_TIMESTAMP) on: a control message per datagram. */
+static inline int p53_rcv_stamps(int fd) {
+    int on = 0;
+    socklen_t len = sizeof on;
+#ifndef SO_TIMESTAMPNS_OLD
+#define SO_TIMESTAMPNS_OLD 35
+#endif
+    if (getsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS_OLD, &on, &len) == 0 && on)
+        return 1;
+    on = 0;
+    len = sizeof on;
+    return getsockopt(fd, SOL_SOCKET, SO_TIMESTAMP, &on, &len) == 0 && on;
+}
 #endif

@@ -1,20 +1,22 @@
-"""With scoring on, a worker asks the kernel for the control data of each normal batch's first
-datagram only (its receive stamp is the controller's queue delay) and reads the drop counter
-once a tick (SO_MEMINFO) instead of a control message with every datagram: the kernel's
-per-datagram put_cmsg was a share of the scored path's cost at full speed.  A wildcard bind
-still gets every query's IP_PKTINFO (replies leave from the address queried)."""
+"""With scoring on, the controller needs one kernel receive stamp per full batch, not one per
+datagram: a worker's normal socket has no SO_TIMESTAMPNS (no stamp converted and no control
+message written for each datagram, part of what scoring cost at full speed), it keeps the last
+read datagram's stamp (SIOCGSTAMPNS) and the worker reads it after each full batch; the drop
+counters are read once a tick (SO_MEMINFO).  A wildcard bind still gets every query's
+IP_PKTINFO (replies leave from the address queried)."""
 from __future__ import annotations
 
 import socket
-
-import dns.flags
-import dns.message
+import time
 
 from pop53 import _core
 from pop53 import config as cfgmod
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE, make_query, with_id
+
+PAUSE = 0.3
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
 def _scored(listen: str) -> Server:
@@ -24,32 +26,37 @@ def _scored(listen: str) -> Server:
     return Server(cfgmod.from_dict(doc, file="<test>"))
 
 
-def test_a_scored_batch_reads_its_first_datagrams_stamp_only():
+def test_a_full_batch_gives_the_controller_its_newest_datagrams_wait():
     server = _scored("127.0.0.1:0")
     server.start()
     try:
         addr = server.addresses[0]
-        q = dns.message.make_query("www.integ.example.", "A")
-        q.flags &= ~dns.flags.RD
-        wire = q.to_wire()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(2)
-            for _ in range(3):          # bursts: the worker reads several per batch
-                for k in range(100):
-                    s.sendto(with_id(wire, k), addr)
-                got = 0
-                for _ in range(100):
-                    s.recvfrom(4096)
-                    got += 1
-                assert got == 100
-        w = server.workers[0]
+        sock = server.net.udp_socks[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 0
+        w, t = server.workers[0], server.net.threads[0]
+        before = sum(w.scoring_stats()["queue_delay"])
+        # no reader for PAUSE: 200 queries queue (three full batches of 64 and 8)
+        w.stop()
+        t.join(2)
+        assert not t.is_alive()
+        base = make_query("www.integ.example.", "A")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(5)
+            for k in range(200):
+                c.sendto(with_id(base, k), addr)
+            time.sleep(PAUSE)
+            server.net.threads[0] = server.net._thread(0, w, t.name)
+            server.net.threads[0].start()
+            assert len({c.recv(4096)[:2] for _ in range(200)}) == 200
+        qd = w.scoring_stats()["queue_delay"]
         counts, _ = _core.latency_from_kernel([w])
-        batches, replies = w.stats()["batches"], w.stats()["replies"]
-        assert replies >= 300 and batches < replies, (batches, replies)
-        # one stamp per batch reaches the latency histogram: the others carried none
-        assert sum(counts) == batches, (sum(counts), batches, replies)
-        # the controller read every batch's delay from that one stamp
-        assert sum(w.scoring_stats()["queue_delay"]) == batches
+        # bucket b: < 16 us << b; b >= 14: >= 262 ms.  The three full batches each gave one
+        # delay, their newest datagram's PAUSE; the short batch emptied the queue: none
+        assert sum(qd) - before == 3, qd
+        assert sum(qd[14:]) == 3, qd
+        # the total-latency histogram: one reply per full batch (bounds 2**(10+k) ns: k >= 18
+        # is >= 0.268 s)
+        assert sum(counts) == 3 and sum(counts[18:]) == 3, counts
     finally:
         server.stop()
 

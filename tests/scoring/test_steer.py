@@ -68,7 +68,9 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         from pop53.scoring.service import ScoringService
         st = ScoringService.stats(server.workers)
         assert sum(st["priority_latency"]) == 20 and sum(st["priority_wait"]) >= 1
-        assert sum(st["queue_delay"]) > sum(st["priority_wait"])
+        # the queue-delay histogram has every priority batch, and of the normal socket's only
+        # full ones (a short batch emptied the queue; none here: one query at a time)
+        assert sum(st["queue_delay"]) == sum(st["priority_wait"])
         # a new table re-attaches the program
         known.write_text("127.3.0.0/24\n")
         server.reload()

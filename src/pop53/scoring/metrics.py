@@ -60,9 +60,12 @@ def families(workers):
         nx.add_metric([c], st["nx_dropped"][c])
     yield nx
     for name, key, doc in (
-        # one observation per receive batch: its oldest datagram's wait (kernel stamp to batch)
-        ("pop53_scoring_queue_delay_seconds", "queue_delay", "Queue delay of each UDP receive "
-         "batch's oldest datagram (SO_TIMESTAMPNS to the batch)"),
+        # one observation per full normal batch (its newest datagram's wait, SIOCGSTAMPNS) and
+        # per priority batch (its oldest's, SO_TIMESTAMPNS)
+        ("pop53_scoring_queue_delay_seconds", "queue_delay", "Queue delay (kernel receive "
+         "stamp to the batch) of each full receive batch of a normal UDP socket (its newest "
+         "datagram: a short batch emptied the queue) and of each priority-socket batch (its "
+         "oldest datagram)"),
         ("pop53_scoring_priority_wait_seconds", "priority_wait", "Queue delay of each priority "
          "socket batch's oldest datagram (known resolvers steered by the kernel stage)"),
         # one observation per reply

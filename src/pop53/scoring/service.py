@@ -130,11 +130,13 @@ class ScoringService:
                 self.on_learned(learned)
 
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
-        """Ask the kernel for each datagram's receive time (the controller's queue delay: the
-        worker reads the oldest of each batch, and the drop counter once a tick); bound a normal
-        socket's queue to `queue_bytes` (a queue longer than a few ms of work only delays
-        answers under a flood); a priority socket keeps the server's default."""
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        """A priority socket gets each datagram's kernel receive time (SO_TIMESTAMPNS: the known
+        resolvers' latency, per reply); a normal socket none (its worker reads one stamp per
+        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/io.pxi).  Bound a
+        normal socket's queue to `queue_bytes` (a queue longer than a few ms of work only
+        delays answers under a flood); a priority socket keeps the server's default."""
+        if priority:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
         elif self.queue_ms:

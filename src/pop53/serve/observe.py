@@ -86,8 +86,8 @@ class Observe:
             "pop53_answer_latency_total_seconds", "Time from each query's kernel receive "
             "timestamp (SO_TIMESTAMPNS) to its batch's send: the socket's receive queue plus the "
             "server (UDP socket workers); a sample: the queries read during one second in "
-            "pop53_answer_latency_total_sample_every (with [scoring]: each batch's oldest query "
-            "on the normal sockets, every query on the priority sockets)", labels=["proto"])
+            "pop53_answer_latency_total_sample_every (with [scoring]: the newest query of each full "
+            "batch on the normal sockets, every query on the priority sockets)", labels=["proto"])
         h.add_metric(["udp"], *_buckets(*_core.latency_from_kernel(s.workers)))
         yield h
         g = GaugeMetricFamily(
