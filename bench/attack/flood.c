@@ -1,7 +1,8 @@
 /* A bounded loopback flood for bench/attack: DNS queries to 127.0.0.1:PORT from SOURCES
  * addresses, batches of 64 datagrams (one source a batch), for at most SECONDS and at most RATE
  * datagrams a second (0: as fast as it goes).
- *   flood [-t sock|ring|pkt] [-u] [-s SHARED] PORT SECONDS RATE SOURCES MODE NAME SRC COUNT [SHARED]
+ *   flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] PORT SECONDS RATE SOURCES MODE NAME SRC
+ *         COUNT [SHARED]
  *   MODE 0: random subdomains of NAME (a fresh 12-hex-digit label each)
  *   MODE 1: NAME itself, repeated
  *   SRC 0: 127.2.X.Y (one /24 each while SOURCES <= 256)
@@ -14,8 +15,12 @@
  *     RATE is the total)
  *   -t sock (default): one connected UDP socket per source, sendmmsg.
  *   -t ring: prebuilt IPv4/UDP frames written into an AF_PACKET TX ring (TPACKET_V2) on `lo`,
- *     PACKET_QDISC_BYPASS, one sendto kick per 256 frames: the sender's socket, UDP, IP and route
- *     output are skipped; a source is a header field (UDP checksum 0, legal on IPv4, RFC 768).
+ *     PACKET_QDISC_BYPASS, one sendto kick per KICK frames (default 16: the kernel sends a kick
+ *     without a preemption point, so a server woken on this CPU waits for at most ~16 datagrams'
+ *     work; 16, 64 and 256 send within a few % of each other): the sender's socket, UDP, IP and
+ *     route output are skipped; a source is a header field (UDP checksum 0, legal on IPv4,
+ *     RFC 768).  Each frame is copied into the skb's head (a virtio-net header says so):
+ *     attached as ring pages, local delivery copies them into a fresh page each.
  *     The receive side is the same as a local sender's (loopback_xmit -> netif_rx -> ip_rcv) but
  *     for one route input lookup a datagram, and that needs net.ipv4.conf.lo.route_localnet = 1
  *     (else 127/8 arriving on lo is a martian): bench/attack/run.py sets it in a network
@@ -45,7 +50,6 @@
 #include <unistd.h>
 
 #define BATCH 64
-#define KICK 4                   /* batches a ring kick */
 #define FRAME 256                /* ring frame: tpacket2_hdr, sockaddr_ll room, then the frame */
 #define NFRAMES 4096
 #define HDRS 42                  /* Ethernet 14 + IPv4 20 + UDP 8 */
@@ -140,9 +144,10 @@ static int packet_socket(int ring, uint8_t **map) {
 
 int main(int argc, char **argv) {
     const char *tx = "sock", *shared = NULL;
-    int bound = 1, opt;
-    while ((opt = getopt(argc, argv, "+t:us:")) != -1) {
+    int bound = 1, kick = 16, opt;
+    while ((opt = getopt(argc, argv, "+t:us:k:")) != -1) {
         if (opt == 't') tx = optarg;
+        else if (opt == 'k') kick = atoi(optarg);
         else if (opt == 'u') bound = 0;
         else if (opt == 's') shared = optarg;
         else return 2;
@@ -150,11 +155,12 @@ int main(int argc, char **argv) {
     argc -= optind - 1; argv += optind - 1;
     int sockmode = !strcmp(tx, "sock"), ring = !strcmp(tx, "ring");
     if ((argc != 9 && argc != 10) || (!sockmode && !ring && strcmp(tx, "pkt"))) {
-        fprintf(stderr, "usage: flood [-t sock|ring|pkt] [-u] [-s SHARED] PORT SECONDS RATE "
+        fprintf(stderr, "usage: flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] PORT SECONDS RATE "
                 "SOURCES MODE NAME(wire, hex) SRC COUNT [SHARED]\n");
         return 2;
     }
     if (argc == 10) shared = argv[9];
+    if (kick < 1 || kick > NFRAMES / 2) return 2;
     if (sockmode) bound = 1;
     uint64_t own = 0, *total = &own;         /* the budget's counter: ours, or shared */
     if (shared) {
@@ -218,6 +224,7 @@ int main(int argc, char **argv) {
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
     uint64_t fill = 0, done = 0;             /* ring frames written, and sent */
+    int queued = 0;                          /* frames written since the last kick */
     const int toff = TPACKET2_HDRLEN - sizeof(struct sockaddr_ll);   /* where a TX frame starts */
     for (uint64_t b = 0;; b++) {
         double t = now();
@@ -229,9 +236,12 @@ int main(int argc, char **argv) {
         }
         int k = 0;
         if (ring) {
-            /* KICK batches (each from one source, as the socket path sends them), one kick */
-            for (int j = 0; j < KICK && fill - done <= NFRAMES - BATCH; j++) {
-                const uint8_t *h = hdr[(b * KICK + j) % nsrc];
+            /* one batch (one source, as the socket path sends them), kicked `kick` frames at a
+             * time: the kernel sends a kick's frames without a preemption point (with
+             * PREEMPT_NONE a woken server on this CPU waits for the kick to end; sendmmsg
+             * offers one every datagram, cond_resched) */
+            if (fill - done <= NFRAMES - BATCH) {
+                const uint8_t *h = hdr[b % nsrc];
                 for (int i = 0; i < BATCH; i++, fill++) {
                     struct tpacket2_hdr *f = frame(ringmap, fill);
                     struct virtio_net_hdr *vh = (void *)((uint8_t *)f + toff);
@@ -245,9 +255,18 @@ int main(int argc, char **argv) {
                     if (mode == 0) relabel(d + HDRS);
                     f->tp_len = VNET + HDRS + plen;
                     __atomic_store_n(&f->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
+                    if (++queued >= kick) {
+                        sendto(pfd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+                        queued = 0;
+                    }
                 }
             }
-            sendto(pfd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            /* the batch's rest (a kick of more than a batch waits for the next one), or the
+             * frames a full ring still holds */
+            if ((queued && kick <= BATCH) || fill - done > NFRAMES - BATCH) {
+                sendto(pfd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+                queued = 0;
+            }
             /* loopback_xmit orphans each skb, so a sent frame is available again by now; one
              * the kernel has not taken yet stays requested for the next kick */
             for (; done != fill; done++, k++) {
@@ -273,9 +292,7 @@ int main(int argc, char **argv) {
             else own = sent;
         }
         if (count) {
-          for (int j = 0; j < (ring ? KICK : 1); j++) {
-            /* the previous socket's replies, or the sockets of this kick's frames */
-            int s = ring ? socks[(b * KICK + j) % nsrc] : socks[(b + nsrc - 1) % nsrc];
+            int s = socks[(b + nsrc - 1) % nsrc];       /* the previous socket's replies */
             for (;;) {
                 for (int i = 0; i < BATCH; i++) {
                     riov[i].iov_base = rbufs[i]; riov[i].iov_len = sizeof rbufs[i];
@@ -286,7 +303,6 @@ int main(int argc, char **argv) {
                 if (r <= 0) break;
                 got += r;
             }
-          }
         }
     }
     printf("%llu %llu\n", (unsigned long long)sent, (unsigned long long)got);

@@ -34,7 +34,8 @@ from bench.attack import netns  # noqa: E402
 from bench.attack import servers as sv  # noqa: E402
 
 TRANSPORTS = {"sock": ["-t", "sock"], "pkt": ["-t", "pkt"], "ring": ["-t", "ring"],
-              "ring-u": ["-t", "ring", "-u"], "pkt-u": ["-t", "pkt", "-u"]}
+              "ring-u": ["-t", "ring", "-u"], "pkt-u": ["-t", "pkt", "-u"],
+              "ring-k64": ["-t", "ring", "-k", "64"], "ring-k256": ["-t", "ring", "-k", "256"]}
 
 
 def snmp() -> dict[str, int]:
@@ -141,7 +142,7 @@ def write(args, transports, attacks, res, load0, load1) -> None:
              f"{args.seconds:g} s a run, {args.rounds} rounds (transports alternate), medians",
              "- sock: a connected UDP socket per source, sendmmsg of 64; pkt: the same datagrams as "
              "IPv4 frames, sendmmsg of 64 on an AF_PACKET socket bound to lo; ring: the frames "
-             "through a TPACKET_V2 TX ring, one kick per 256; -u: no socket at the sources (each "
+             "through a TPACKET_V2 TX ring, one kick per 16 (-kN: per N); -u: no socket at the sources (each "
              "reply costs the server an ICMP port unreachable)", "",
              "| attack | transport | sent/s | flood CPU s/s | sent per flood CPU s | server "
              "replies/s | worker ms/s | ICMP unreach/s |", "|---|---|---|---|---|---|---|---|"]
