@@ -29,20 +29,20 @@ def enter() -> None:
         f.write("1")
 
 
-def injects(binary: str, port_probe_seconds: float = 0.5) -> bool:
+def injects(binary: str, seconds: float = 0.5) -> bool:
     """Whether a frame the flood writes into `lo` reaches a UDP socket on 127.0.0.1 here: one
-    ring flood of `port_probe_seconds` at 1,000 datagrams a second against a socket we read."""
+    ring flood of `seconds` at 1,000 datagrams a second against a socket we read."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        s.settimeout(port_probe_seconds + 1)
+        s.settimeout(seconds + 1)
         port = s.getsockname()[1]
         name = b"\x07example\x00".hex()
-        p = subprocess.Popen([binary, "-t", "ring", str(port), str(port_probe_seconds), "1000",
+        p = subprocess.Popen([binary, "-t", "ring", str(port), str(seconds), "1000",
                               "1", "1", name, "0", "0"], stdout=subprocess.DEVNULL)
         try:
             data, src = s.recvfrom(512)
         except OSError:
             return False
         finally:
-            p.wait(timeout=port_probe_seconds + 5)
+            p.wait(timeout=seconds + 5)
         return src[0] == "127.2.0.1" and data[12:21] == b"\x07example\x00"
