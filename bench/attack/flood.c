@@ -17,7 +17,7 @@
  *   -t ring: prebuilt IPv4/UDP frames written into an AF_PACKET TX ring (TPACKET_V2) on `lo`,
  *     PACKET_QDISC_BYPASS, one sendto kick per KICK frames (default 16: the kernel sends a kick
  *     without a preemption point, so a server woken on this CPU waits for at most ~16 datagrams'
- *     work; 16, 64 and 256 send within a few % of each other): the sender's socket, UDP, IP and
+ *     work; kicks of 64 sent -4% to +8% more a core): the sender's socket, UDP, IP and
  *     route output are skipped; a source is a header field (UDP checksum 0, legal on IPv4,
  *     RFC 768).  Each frame is copied into the skb's head (a virtio-net header says so):
  *     attached as ring pages, local delivery copies them into a fresh page each.

@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import data  # noqa: E402
 from bench.attack import netns  # noqa: E402
 from bench.attack import servers as sv  # noqa: E402
 
@@ -85,19 +84,11 @@ def main(argv=None) -> int:
                     "spoofed known sources,water torture via known resolvers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-flood-rate.md")
     args = ap.parse_args(argv)
-    from bench.attack.run import ATTACKS
-    import dns.name
-    from bench.micro.rrl import image_names
+    from bench.attack.run import ATTACKS, bench_zone
     netns.enter()
     transports = args.transports.split(",")
     attacks = [a for a in args.attacks.split(",") if a]
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    names = image_names(zonefile)
-    zone_wire = dns.name.from_text(data.ORIGIN).to_wire().hex()
-    name_wire = dns.name.from_text(names[0]).to_wire().hex()
+    zonefile, names, zone_wire, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
     res: dict[tuple[str, str], list[dict]] = {}

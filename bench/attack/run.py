@@ -227,6 +227,18 @@ def capacity_ab(binary: Path, tmp: Path, zonefile: Path, probe: str, cap, second
     return out
 
 
+def bench_zone() -> tuple[Path, list[str], str, str]:
+    """The 1,000-name benchmark zone (written once), its names, and in wire format (hex, as
+    flood.c takes them) its origin and its first name."""
+    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
+    if not zonefile.exists():
+        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    names = image_names(zonefile)
+    return (zonefile, names, dns.name.from_text(data.ORIGIN).to_wire().hex(),
+            dns.name.from_text(names[0]).to_wire().hex())
+
+
 def summary(secs) -> tuple[float, float, float, float]:
     """(worst second's share, mean share, worst p50 ms, worst p99 ms) of one run."""
     shares = [s for s, _, _ in secs]
@@ -272,13 +284,7 @@ def main(argv=None) -> int:
     if args.flood_tx != "sock":
         from bench.attack import netns
         netns.enter()             # first: every server, resolver and flood inherits it
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    names = image_names(zonefile)
-    zone_wire = dns.name.from_text(data.ORIGIN).to_wire().hex()
-    name_wire = dns.name.from_text(names[0]).to_wire().hex()
+    zonefile, names, zone_wire, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
     cap = sv.CpuCap(args.quota, args.weight)
