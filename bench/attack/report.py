@@ -36,6 +36,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
     cmd = (f"python -m bench.attack.run --seconds {args.seconds} --rounds {args.rounds} "
            f"--loads {args.loads} --quota {args.quota:g}")
     fcpus = getattr(args, "flood_cpus", "0,1")
+    tx = getattr(args, "flood_tx", "sock")
+    cmd += f" --flood-tx {tx}"
     if getattr(args, "cookies", False):
         cmd += " --cookies"
     if fcpus != "0,1":
@@ -52,8 +54,12 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
              f"- Servers: pinned to CPU 0"
              + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms, "
                 f"cpu.shares {getattr(args, 'weight', 1024)})" if args.quota else "")
-             + f"; the flood (bench/attack/flood.c, SCHED_IDLE: only CPU time nothing else wants) on "
-             f"CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
+             + f"; the flood (bench/attack/flood.c -t {tx}: "
+             + {"sock": "a UDP socket per source", "pkt": "IPv4 frames by sendmmsg on AF_PACKET",
+                "ring": "IPv4 frames through an AF_PACKET TX ring on lo"}.get(tx, tx)
+             + ("" if tx == "sock" else ", each source keeping a bound socket for its replies; the "
+                "bench in a network namespace of its own")
+             + f"; SCHED_IDLE: only CPU time nothing else wants) on CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
              + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
                 if getattr(args, "cookies", False) else ", no DNS COOKIEs")

@@ -20,7 +20,10 @@ Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that 
 bottleneck); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
 default both) as SCHED_IDLE, so they take only the CPU time the resolvers and the capped server
 leave; the cgroup's weight (`--weight`, cpu.shares) puts a woken server ahead of the machine's
-other work.  Latency is measured to the kernel's receive timestamp of each reply, and each row
+other work.  The attack floods write IPv4 frames into `lo` through an AF_PACKET TX ring
+(`--flood-tx ring`, the default: ~1.3x the datagrams a flood core sends through UDP sockets,
+bench/attack/floodrate.py), so the bench runs in a network namespace of its own
+(bench/attack/netns.py); the capacity floods stay on UDP sockets (they count the replies).  Latency is measured to the kernel's receive timestamp of each reply, and each row
 says where the worker's time went (on CPU, waiting for CPU 0, throttled by the quota).  Loopback only, bounded in time and count.
 Writes bench/results/attack.md and attack.png.  The machine is shared: read the load average.
 """
@@ -174,12 +177,13 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
 
 
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
-          name_wire: str, cpus: list[int]) -> list[subprocess.Popen]:
+          name_wire: str, cpus: list[int], tx: str = "ring") -> list[subprocess.Popen]:
     """One flood process per CPU in `cpus`, sharing one budget of `rate` datagrams a second (a
-    file they map: whichever process gets CPU time sends what the total is behind)."""
+    file they map: whichever process gets CPU time sends what the total is behind), sending
+    through `tx` (flood.c -t: sock, pkt or ring)."""
     mode, src, nsrc = ATTACKS[attack]
     budget = binary.parent / f"budget-{time.monotonic_ns()}"
-    return [subprocess.Popen(IDLE + ["taskset", "-c", str(cpu), str(binary), str(port), str(seconds),
+    return [subprocess.Popen(IDLE + ["taskset", "-c", str(cpu), str(binary), "-t", tx, str(port), str(seconds),
                               str(rate), str(nsrc), str(mode),
                               name_wire if mode else zone_wire, str(src), "0", str(budget)],
                              stdout=subprocess.PIPE) for cpu in cpus]
@@ -223,6 +227,18 @@ def capacity_ab(binary: Path, tmp: Path, zonefile: Path, probe: str, cap, second
     return out
 
 
+def bench_zone() -> tuple[Path, list[str], str, str]:
+    """The 1,000-name benchmark zone (written once), its names, and in wire format (hex, as
+    flood.c takes them) its origin and its first name."""
+    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
+    if not zonefile.exists():
+        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
+    names = image_names(zonefile)
+    return (zonefile, names, dns.name.from_text(data.ORIGIN).to_wire().hex(),
+            dns.name.from_text(names[0]).to_wire().hex())
+
+
 def summary(secs) -> tuple[float, float, float, float]:
     """(worst second's share, mean share, worst p50 ms, worst p99 ms) of one run."""
     shares = [s for s, _, _ in secs]
@@ -246,6 +262,12 @@ def main(argv=None) -> int:
     ap.add_argument("--flood-cpus", default="0,1", help="CPUs running a flood process each (the "
                     "resolvers stay on CPU 1; the flood is SCHED_IDLE, so on CPU 0 it takes only "
                     "what the capped server leaves)")
+    ap.add_argument("--flood-tx", default="ring", choices=("ring", "pkt", "sock"),
+                    help="how the attack floods send (flood.c -t): ring, IPv4 frames through an "
+                    "AF_PACKET TX ring on lo (the cheapest a datagram; the bench then runs in a "
+                    "network namespace of its own, bench/attack/netns.py); pkt, the frames by "
+                    "sendmmsg on AF_PACKET; sock, a UDP socket per source (the capacity floods "
+                    "always use sock)")
     ap.add_argument("--capacity-ab", type=int, default=3, help="rounds of pop53's capacity with "
                     "scoring and steering on against plain, alternated (0: skip)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
@@ -259,13 +281,10 @@ def main(argv=None) -> int:
     attacks = [a for a in args.attacks.split(",") if a]
     skipped = {n: why for n in names_ if (why := sv.missing(n))}
     names_ = [n for n in names_ if n not in skipped]
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    names = image_names(zonefile)
-    zone_wire = dns.name.from_text(data.ORIGIN).to_wire().hex()
-    name_wire = dns.name.from_text(names[0]).to_wire().hex()
+    if args.flood_tx != "sock":
+        from bench.attack import netns
+        netns.enter()             # first: every server, resolver and flood inherits it
+    zonefile, names, zone_wire, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
     cap = sv.CpuCap(args.quota, args.weight)
@@ -278,6 +297,8 @@ def main(argv=None) -> int:
             tmp = Path(tmpd)
             binary = tmp / "flood"
             subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
+            if args.flood_tx != "sock" and not netns.injects(str(binary)):
+                raise SystemExit("frames the flood writes into lo do not reach 127.0.0.1")
             for name in names_:
                 srv = sv.Running(name, tmp / f"{name}-plain", zonefile, names[0], cap, plain=True)
                 try:
@@ -305,7 +326,7 @@ def main(argv=None) -> int:
                                 fls = []
                                 if ATTACKS[attack] is not None:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
-                                                zone_wire, name_wire, cpus)
+                                                zone_wire, name_wire, cpus, args.flood_tx)
                                 try:
                                     rows = resolvers(srv.port, ready, args.seconds)
                                     sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
