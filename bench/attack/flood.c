@@ -9,7 +9,8 @@
  *   SRC 1: bots, one per /24: 127.(16 + i / 256).(i % 256).1
  *   SRC 2: spoofed known sources: 127.1.0.(100 + i % 150), the known resolvers' own /24
  *   SRC 3: relaying known resolvers: 127.3.(i % 256).1 (listed as known)
- *   COUNT 1: drain and count the replies (the capacity measurement)
+ *   COUNT 1: drain and count the replies (the capacity measurement), the last ones 10 ms after
+ *     the time is up; the sockets get 1 MiB receive buffers
  *   SHARED (-s, or the 9th argument): a file several flood processes map to share one budget:
  *     each sends while the sum of all of them is behind RATE (the one that gets CPU time sends;
  *     RATE is the total)
@@ -142,6 +143,22 @@ static int packet_socket(int ring, uint8_t **map) {
     return fd;
 }
 
+/* Read and count every reply queued on socket `s`. */
+static uint64_t drain(int s, struct mmsghdr *rmsgs, struct iovec *riov) {
+    static uint8_t rbufs[BATCH][512];
+    uint64_t got = 0;
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            riov[i].iov_base = rbufs[i]; riov[i].iov_len = sizeof rbufs[i];
+            memset(&rmsgs[i], 0, sizeof rmsgs[i]);
+            rmsgs[i].msg_hdr.msg_iov = &riov[i]; rmsgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int r = recvmmsg(s, rmsgs, BATCH, MSG_DONTWAIT, NULL);
+        if (r <= 0) return got;
+        got += r;
+    }
+}
+
 int main(int argc, char **argv) {
     const char *tx = "sock", *shared = NULL;
     int bound = 1, kick = 16, opt;
@@ -194,6 +211,12 @@ int main(int argc, char **argv) {
             socks[i] = socket(AF_INET, SOCK_DGRAM, 0);
             int one = 1;
             setsockopt(socks[i], SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (count) {
+                /* room for several batches of replies between two reads (root: past rmem_max) */
+                int rcv = 1 << 20;
+                if (setsockopt(socks[i], SOL_SOCKET, SO_RCVBUFFORCE, &rcv, sizeof rcv) < 0)
+                    setsockopt(socks[i], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+            }
             if (socks[i] < 0 || bind(socks[i], (struct sockaddr *)&a, sizeof a) < 0) { perror(ip); return 1; }
             /* connected: no route lookup a datagram, and the replies find it by early demux */
             if (connect(socks[i], (struct sockaddr *)&dst, sizeof dst) < 0) { perror("connect"); return 1; }
@@ -211,7 +234,6 @@ int main(int argc, char **argv) {
     struct iovec iov[BATCH];
     struct mmsghdr msgs[BATCH];
     uint64_t sent = 0, got = 0;
-    static uint8_t rbufs[BATCH][512];
     struct iovec riov[BATCH];
     struct mmsghdr rmsgs[BATCH];
     double t0 = now(), end = t0 + seconds;
@@ -291,19 +313,16 @@ int main(int argc, char **argv) {
             if (total != &own) __atomic_fetch_add(total, (uint64_t)k, __ATOMIC_RELAXED);
             else own = sent;
         }
-        if (count) {
-            int s = socks[(b + nsrc - 1) % nsrc];       /* the previous socket's replies */
-            for (;;) {
-                for (int i = 0; i < BATCH; i++) {
-                    riov[i].iov_base = rbufs[i]; riov[i].iov_len = sizeof rbufs[i];
-                    memset(&rmsgs[i], 0, sizeof rmsgs[i]);
-                    rmsgs[i].msg_hdr.msg_iov = &riov[i]; rmsgs[i].msg_hdr.msg_iovlen = 1;
-                }
-                int r = recvmmsg(s, rmsgs, BATCH, MSG_DONTWAIT, NULL);
-                if (r <= 0) break;
-                got += r;
-            }
-        }
+        if (count)
+            got += drain(socks[(b + nsrc - 1) % nsrc], rmsgs, riov);  /* the previous socket's */
+    }
+    if (count) {
+        /* the replies to the last batches of each source: a source is read only after the
+         * batch that follows its own, so at a low rate most sockets hold one batch's replies
+         * when the time is up (they were undercounted by up to SOURCES x 64) */
+        struct timespec grace = {0, 10000000};
+        nanosleep(&grace, NULL);
+        for (int i = 0; i < nsrc; i++) got += drain(socks[i], rmsgs, riov);
     }
     printf("%llu %llu\n", (unsigned long long)sent, (unsigned long long)got);
     return 0;
