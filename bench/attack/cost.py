@@ -13,7 +13,7 @@ CPU time (schedstat, every thread) over the run divided by the replies, and the 
 second.  Per rate: the medians, the per-round ratio scored / plain, in how many rounds the
 scored server was cheaper, a two-sided sign test.  Throughput ratios at full speed move with
 whatever else runs on this shared machine; CPU per reply at a fixed rate moves far less.
-Writes bench/results/attack-cost.md.  Loopback only, bounded in time and count."""
+Writes bench/results/attack-cost.md and .png.  Loopback only, bounded in time and count."""
 from __future__ import annotations
 
 import argparse
@@ -105,6 +105,30 @@ def report(args, res: dict, load0: float, load1: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(args, res: dict, path: Path) -> None:
+    """Bars: the median CPU per reply of each setup at each rate, every run as a dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for j, setup in enumerate(SETUPS):
+        for i, rate in enumerate(args.rates):
+            runs = [c for c, _ in res.get((setup, rate), [])]
+            if not runs:
+                continue
+            x = i + (j - 0.5) * 0.38
+            ax.bar(x, statistics.median(runs), 0.36, color=("#999999", "#3366aa")[j],
+                   label=setup if i == 0 else None)
+            ax.plot([x] * len(runs), runs, "k.", markersize=3)
+    ax.set_xticks(range(len(args.rates)),
+                  [f"{r // 1000}k/s" if r else "full speed" for r in args.rates])
+    ax.set_ylabel("server CPU ns per reply")
+    ax.set_title("pop53 plain vs scoring + kernel stage, no attack", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=8)
@@ -130,6 +154,7 @@ def main(argv=None) -> int:
     text = report(args, res, load0, os.getloadavg()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    plot(args, res, args.out.with_suffix(".png"))
     print(text)
     return 0
 
