@@ -296,8 +296,13 @@ cdef class Scorer:
         the controller's inputs (the oldest datagram's queue delay in us and the socket's
         cumulative kernel drop counter, when given), and its tick when tick_ms has passed
         (real clock)."""
-        sc_observe(&self.cfg, &self.probe, n, full, <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0,
-                   delay_us >= 0, <uint32_t>ovfl if ovfl >= 0 else 0, ovfl >= 0, priority)
+        cdef uint64_t now = sc_now_ms()
+        if self.probe.tick_start == 0:
+            sc_state_init(&self.probe, now)
+        if ovfl >= 0:
+            sc_count_drops(&self.probe, priority, <uint32_t>ovfl, True)
+        sc_observe(&self.cfg, &self.probe, now, n, full,
+                   <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0, delay_us >= 0, priority)
 
     def cookie_proven(self, bytes address not None):
         """A valid server cookie from this packed address, as the worker loop marks it."""

@@ -110,14 +110,29 @@ cdef inline int sc_qd_bucket(uint64_t ns) noexcept nogil:
     return b
 
 
-cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t delay_ns,
-                     bint has_delay, uint32_t ovfl, bint has_ovfl, bint prio) noexcept nogil:
-    """The controller's inputs from one receive batch: n datagrams (`full` = a full batch), the
-    queue delay of a datagram of it (kernel receive timestamp to now, sc_batch), the socket's
-    cumulative kernel drop counter; then the tick and the sketch's window when due.  The
-    normal socket's batches say whether its queue is overloaded, the priority socket's whether
-    the known resolvers are at risk."""
-    cdef uint64_t now = sc_now_ms()
+cdef inline void sc_count_drops(sc_state_t* s, bint prio, uint32_t d, bint count) noexcept nogil:
+    """A socket's cumulative kernel drop counter read now: what it moved by since the last
+    reading counts into the tick and the totals (unless `count` is false: a first reading, the
+    baseline).  The counters are per socket and wrap at 2^32: unsigned differences."""
+    if prio:
+        if count:
+            s.drops_tick_p += d - s.ovfl_last_p
+            s.kernel_drops_p += d - s.ovfl_last_p
+        s.ovfl_last_p = d
+    else:
+        if count:
+            s.drops_tick += d - s.ovfl_last
+            s.kernel_drops += d - s.ovfl_last
+        s.ovfl_last = d
+
+
+cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, int full,
+                     uint64_t delay_ns, bint has_delay, bint prio) noexcept nogil:
+    """The controller's inputs from one receive batch at `now` (sc_now_ms): n datagrams
+    (`full` = a full batch), the queue delay of a datagram of it (kernel receive timestamp to
+    now, sc_batch); then the tick and the sketch's window when due.  The normal socket's
+    batches say whether its queue is overloaded, the priority socket's whether the known
+    resolvers are at risk; the drop counters come in beforehand (sc_drops)."""
     cdef uint64_t missed
     cdef bint over, late, risk
     if s.tick_start == 0:
@@ -155,16 +170,6 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64
         # the normal queue emptied: no standing queue in this tick, whatever the delays (a late
         # wake-up of an idle worker on a busy machine is not a queue that shedding would shorten)
         s.qd_min = 0
-    if has_ovfl:
-        # the counter is per socket and wraps at 2^32: unsigned difference
-        if prio and ovfl != s.ovfl_last_p:
-            s.drops_tick_p += ovfl - s.ovfl_last_p
-            s.kernel_drops_p += ovfl - s.ovfl_last_p
-            s.ovfl_last_p = ovfl
-        elif not prio and ovfl != s.ovfl_last:
-            s.drops_tick += ovfl - s.ovfl_last
-            s.kernel_drops += ovfl - s.ovfl_last
-            s.ovfl_last = ovfl
     if now - s.tick_start >= cfg.tick_ms:
         # queue delay (CoDel's idea, RFC 8289): overloaded when even the least delayed batch of
         # the tick waited longer than the target and the normal queue never emptied, i.e. a
@@ -211,18 +216,12 @@ cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:
     """The sockets' kernel drop counters, read once a tick (SO_MEMINFO: one system call each,
     instead of SO_RXQ_OVFL's control message with every datagram, capacity13's perf: the
     per-datagram control messages were ~240 ns of a reply at full speed); the first reading
-    is the baseline.  The counters are per socket and wrap at 2^32: unsigned differences."""
+    is the baseline (sc_count_drops)."""
     cdef uint32_t d
     if p53_sock_drops(fd, &d):
-        if s.drops_known:
-            s.drops_tick += d - s.ovfl_last
-            s.kernel_drops += d - s.ovfl_last
-        s.ovfl_last = d
+        sc_count_drops(s, False, d, s.drops_known)
     if pfd >= 0 and p53_sock_drops(pfd, &d):
-        if s.drops_known:
-            s.drops_tick_p += d - s.ovfl_last_p
-            s.kernel_drops_p += d - s.ovfl_last_p
-        s.ovfl_last_p = d
+        sc_count_drops(s, True, d, s.drops_known)
     s.drops_known = True
 
 
@@ -234,9 +233,10 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t
     normal socket `fd` and the priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops
     itself), then sc_observe."""
     cdef uint64_t real = p53_real_ns() if stamp else 0
-    if fd >= 0 and s.tick_start != 0 and sc_now_ms() - s.tick_start >= cfg.tick_ms:
+    cdef uint64_t now = sc_now_ms()
+    if fd >= 0 and s.tick_start != 0 and now - s.tick_start >= cfg.tick_ms:
         sc_drops(s, fd, pfd)
-    sc_observe(cfg, s, n, full, real - stamp if real > stamp else 0, stamp != 0, 0, False, prio)
+    sc_observe(cfg, s, now, n, full, real - stamp if real > stamp else 0, stamp != 0, prio)
 
 
 cdef inline bint sc_protecting(const sc_state_t* s) noexcept nogil:
