@@ -45,14 +45,24 @@ def dnstap_server():
         s.stop()
 
 
-def _udp(addr, name, rdtype="A", qid=1):
-    """One query from its own socket: (client port, reply bytes)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def _udp(addr, name, rdtype="A", qid=1, keep: list | None = None):
+    """One query from its own socket: (client port, reply bytes).  With `keep`, the socket stays
+    open (appended there), so the kernel cannot hand its port to the next query's socket."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
         s.settimeout(2)
         s.bind(("127.0.0.1", 0))
         s.sendto(make_query(name, rdtype, qid=qid), addr)
         reply = s.recv(65535)
-        return s.getsockname()[1], reply
+        port = s.getsockname()[1]
+    except BaseException:
+        s.close()
+        raise
+    if keep is None:
+        s.close()
+    else:
+        keep.append(s)
+    return port, reply
 
 
 def _frames(maddr) -> float:
@@ -62,13 +72,20 @@ def _frames(maddr) -> float:
 def test_file_pairs_every_query_and_response(dnstap_server, tmp_path):
     out = tmp_path / "t.dnstap"
     s, addr, maddr = dnstap_server({"file": str(out)}, workers=2)
-    sent = [_udp(addr, f"w{i}.integ.example." if i % 3 else "www.integ.example.", "A", i + 1)
-            for i in range(12)]
-    sent.append(_udp(addr, "nx.example.com.", "AAAA", 99))
-    q = dns.message.make_query("www.example.com.", "MX")
-    with socket.create_connection(addr, timeout=2) as c:
-        tcp_port = c.getsockname()[1]
-        tcp_reply = dns.query.tcp(q, addr[0], port=addr[1], sock=c, timeout=2).to_wire()
+    # the taps are paired by client port: every socket stays open until the end, so no two
+    # queries can share an ephemeral port (a closed socket's port may be handed out again)
+    kept: list[socket.socket] = []
+    try:
+        sent = [_udp(addr, f"w{i}.integ.example." if i % 3 else "www.integ.example.", "A", i + 1,
+                     keep=kept) for i in range(12)]
+        sent.append(_udp(addr, "nx.example.com.", "AAAA", 99, keep=kept))
+        q = dns.message.make_query("www.example.com.", "MX")
+        with socket.create_connection(addr, timeout=2) as c:
+            tcp_port = c.getsockname()[1]
+            tcp_reply = dns.query.tcp(q, addr[0], port=addr[1], sock=c, timeout=2).to_wire()
+    finally:
+        for k in kept:
+            k.close()
     wait_for(lambda: _frames(maddr) >= 2 * (len(sent) + 1), 5)
     assert metric(scrape(maddr), "pop53_dnstap_dropped") == 0
     s.stop()
