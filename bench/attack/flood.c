@@ -1,8 +1,8 @@
 /* A bounded loopback flood for bench/attack: DNS queries to 127.0.0.1:PORT from SOURCES
  * addresses, batches of 64 datagrams (one source a batch), for at most SECONDS and at most RATE
  * datagrams a second (0: as fast as it goes).
- *   flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] PORT SECONDS RATE SOURCES MODE NAME SRC
- *         COUNT [SHARED]
+ *   flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] [-d SHARE:PERIOD_US:PID] PORT SECONDS
+ *         RATE SOURCES MODE NAME SRC COUNT [SHARED]
  *   MODE 0: random subdomains of NAME (a fresh 12-hex-digit label each)
  *   MODE 1: NAME itself, repeated
  *   SRC 0: 127.2.X.Y (one /24 each while SOURCES <= 256)
@@ -27,6 +27,11 @@
  *     (else 127/8 arriving on lo is a martian): bench/attack/run.py sets it in a network
  *     namespace of its own.
  *   -t pkt: the same frames through sendmmsg on the AF_PACKET socket (no ring), to compare.
+ *   -d SHARE:PERIOD_US:PID: this flood is the servers' CPU cap (bench/attack/steal.c) while it
+ *     runs on their CPU: at SCHED_FIFO it sends (or, held back by RATE, spins) until it has had
+ *     SHARE of the time since it started (a slice at most SHARE + 1/4 of PERIOD_US), then
+ *     sleeps to its next wake-up, PERIOD_US after the last; the stealer PID it replaces is stopped (SIGSTOP) when its loop starts and continued
+ *     when it ends, so the cap's idle half of the CPU floods instead of spinning.
  *   With ring or pkt every source still gets a UDP socket bound to its address (the frames use
  *   its port, the server's replies queue there and are dropped once its buffer is full, as with
  *   sock), unless -u: then no socket, and every reply costs the server an ICMP port unreachable.
@@ -45,6 +50,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -60,6 +67,33 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* -d: the share of the CPU this process takes, in slices that start every `period` s */
+struct duty {
+    double share, period, start, taken, slice, wake;
+    pid_t stealer;
+};
+
+static int duty_begin(struct duty *d) {
+    struct sched_param sp = {.sched_priority = 10};
+    if (sched_setscheduler(0, SCHED_FIFO, &sp)) { perror("flood: SCHED_FIFO"); return -1; }
+    if (d->stealer > 0) kill(d->stealer, SIGSTOP);
+    d->start = d->slice = d->wake = now();
+    return 0;
+}
+
+/* at a batch's end: once the slice has made the share, sleep to the next wake-up (a late one
+ * starts a slice at once, as steal.c does) */
+static void duty_tick(struct duty *d, double t) {
+    if (d->taken + (t - d->slice) < d->share * (t - d->start) &&
+        t - d->slice < d->share * d->period + d->period / 4) return;    /* as steal.c */
+    d->taken += t - d->slice;
+    d->wake += d->period;
+    if (d->wake < t) d->wake = t + d->period / 2;
+    struct timespec ts = {(time_t)d->wake, (long)((d->wake - (time_t)d->wake) * 1e9)};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    d->slice = now();
 }
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -162,8 +196,17 @@ static uint64_t drain(int s, struct mmsghdr *rmsgs, struct iovec *riov) {
 int main(int argc, char **argv) {
     const char *tx = "sock", *shared = NULL;
     int bound = 1, kick = 16, opt;
-    while ((opt = getopt(argc, argv, "+t:us:k:")) != -1) {
+    struct duty duty = {0};
+    while ((opt = getopt(argc, argv, "+t:us:k:d:")) != -1) {
         if (opt == 't') tx = optarg;
+        else if (opt == 'd') {
+            unsigned us = 0;
+            int pid = 0;
+            if (sscanf(optarg, "%lf:%u:%d", &duty.share, &us, &pid) < 2 || duty.share <= 0 ||
+                duty.share >= 1 || us < 20) return 2;
+            duty.period = us / 1e6;
+            duty.stealer = pid;
+        }
         else if (opt == 'k') kick = atoi(optarg);
         else if (opt == 'u') bound = 0;
         else if (opt == 's') shared = optarg;
@@ -172,7 +215,7 @@ int main(int argc, char **argv) {
     argc -= optind - 1; argv += optind - 1;
     int sockmode = !strcmp(tx, "sock"), ring = !strcmp(tx, "ring");
     if ((argc != 9 && argc != 10) || (!sockmode && !ring && strcmp(tx, "pkt"))) {
-        fprintf(stderr, "usage: flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] PORT SECONDS RATE "
+        fprintf(stderr, "usage: flood [-t sock|ring|pkt] [-k KICK] [-u] [-s SHARED] [-d SHARE:PERIOD_US:PID] PORT SECONDS RATE "
                 "SOURCES MODE NAME(wire, hex) SRC COUNT [SHARED]\n");
         return 2;
     }
@@ -236,6 +279,7 @@ int main(int argc, char **argv) {
     uint64_t sent = 0, got = 0;
     struct iovec riov[BATCH];
     struct mmsghdr rmsgs[BATCH];
+    if (duty.share > 0 && duty_begin(&duty)) return 1;
     double t0 = now(), end = t0 + seconds;
     for (int i = 0; i < BATCH; i++) {
         build(bufs[i], mode, zone, zlen, (uint16_t)i);
@@ -251,9 +295,10 @@ int main(int argc, char **argv) {
     for (uint64_t b = 0;; b++) {
         double t = now();
         if (t >= end) break;
+        if (duty.share > 0) duty_tick(&duty, t);
         if (rate > 0 && __atomic_load_n(total, __ATOMIC_RELAXED) > (t - t0) * rate) {
             struct timespec ts = {0, 200000};
-            nanosleep(&ts, NULL);
+            if (duty.share == 0) nanosleep(&ts, NULL);     /* a cap spins out its slice */
             continue;
         }
         int k = 0;
@@ -316,6 +361,7 @@ int main(int argc, char **argv) {
         if (count)
             got += drain(socks[(b + nsrc - 1) % nsrc], rmsgs, riov);  /* the previous socket's */
     }
+    if (duty.stealer > 0) kill(duty.stealer, SIGCONT);
     if (count) {
         /* the replies to the last batches of each source: a source is read only after the
          * batch that follows its own, so at a low rate most sockets hold one batch's replies

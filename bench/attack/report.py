@@ -42,6 +42,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
         cmd += " --cookies"
     if fcpus != "0,1":
         cmd += f" --flood-cpus {fcpus}"
+    if getattr(args, "cap", "steal") != "steal":
+        cmd += f" --cap {args.cap}"
     if getattr(args, "weight", 262144) != 262144:
         cmd += f" --weight {args.weight}"
     if args.servers != "pop53,knot,nsd,dnsdist":
@@ -52,8 +54,7 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
              f"- Machine: {os.cpu_count()} CPUs shared with other work, load average {load0:.2f} at "
              f"start, {load1:.2f} at end",
              f"- Servers: pinned to CPU 0"
-             + (f", capped to {args.quota:g} of it (cgroup cpu quota 1 ms per {1 / args.quota:g} ms, "
-                f"cpu.shares {getattr(args, 'weight', 1024)})" if args.quota else "")
+             + getattr(args, "cap_text", "")
              + f"; the flood (bench/attack/flood.c -t {tx}: "
              + {"sock": "a UDP socket per source", "pkt": "IPv4 frames by sendmmsg on AF_PACKET",
                 "ring": "IPv4 frames through an AF_PACKET TX ring on lo"}.get(tx, tx)
@@ -132,7 +133,7 @@ def _sched_table(loads, names, attacks, sched) -> list[str]:
     and ksoftirqd/0's CPU time.  A known resolver's query that arrives while the worker waits
     or is throttled waits with it."""
     out = ["", "## Where the time went (ms per second: the worker on CPU / waiting for CPU 0 / "
-           "throttled by the quota / ksoftirqd on CPU 0)", "",
+           "kept off by the cap (quota: throttled; steal: the stealer's CPU time) / ksoftirqd on CPU 0)", "",
            "| attack | load asked | " + " | ".join(LABEL[n] for n in names) + " |",
            "|---|---|" + "---|" * len(names)]
     for attack in attacks:

@@ -15,16 +15,19 @@ sources; bots one per /24 (4,096 /24s) asking random subdomains; spoofed known s
 resolvers' own /24) repeating a name; water torture relayed by known resolvers (256 /24s in
 127.3.0.0/16, listed as known) asking random subdomains; and no attack.
 
-Servers run pinned to CPU 0 inside a cgroup that caps them to `--quota` of that core (1 ms per
-1/quota ms), so that the flood can offer 5x and more (without the cap the flood core is the
-bottleneck); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
+Servers run pinned to CPU 0, capped to `--quota` of that core, so that the flood can offer 5x
+and more (without the cap the flood core is the bottleneck): by default (`--cap steal`) a
+SCHED_FIFO task on CPU 0 takes the rest in slices of a fraction of a millisecond
+(bench/attack/steal.c), as a slower core would; `--cap quota` uses a cgroup cpu quota (1 ms per
+1/quota ms), whose enforcement at the 4 ms ticks stalls a busy server 4-12 ms at a time
+(bench/attack/stalls.py); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
 default both) as SCHED_IDLE, so they take only the CPU time the resolvers and the capped server
 leave; the cgroup's weight (`--weight`, cpu.shares) puts a woken server ahead of the machine's
 other work.  The attack floods write IPv4 frames into `lo` through an AF_PACKET TX ring
 (`--flood-tx ring`, the default: ~1.3x the datagrams a flood core sends through UDP sockets,
 bench/attack/floodrate.py), so the bench runs in a network namespace of its own
 (bench/attack/netns.py); the capacity floods stay on UDP sockets (they count the replies).  Latency is measured to the kernel's receive timestamp of each reply, and each row
-says where the worker's time went (on CPU, waiting for CPU 0, throttled by the quota).  Loopback only, bounded in time and count.
+says where the worker's time went (on CPU, waiting for CPU 0, kept off by the cap).  Loopback only, bounded in time and count.
 Writes bench/results/attack.md and attack.png.  The machine is shared: read the load average.
 """
 from __future__ import annotations
@@ -177,16 +180,24 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
 
 
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
-          name_wire: str, cpus: list[int], tx: str = "ring") -> list[subprocess.Popen]:
+          name_wire: str, cpus: list[int], tx: str = "ring", duty: str | None = None
+          ) -> list[subprocess.Popen]:
     """One flood process per CPU in `cpus`, sharing one budget of `rate` datagrams a second (a
     file they map: whichever process gets CPU time sends what the total is behind), sending
-    through `tx` (flood.c -t: sock, pkt or ring)."""
+    through `tx` (flood.c -t: sock, pkt or ring).  With `duty` (flood.c -d, from
+    CpuCap.duty()), the one on CPU 0 takes the stealer's place as the servers' cap; the others
+    run SCHED_IDLE."""
     mode, src, nsrc = ATTACKS[attack]
     budget = binary.parent / f"budget-{time.monotonic_ns()}"
-    return [subprocess.Popen(IDLE + ["taskset", "-c", str(cpu), str(binary), "-t", tx, str(port), str(seconds),
-                              str(rate), str(nsrc), str(mode),
-                              name_wire if mode else zone_wire, str(src), "0", str(budget)],
-                             stdout=subprocess.PIPE) for cpu in cpus]
+    procs = []
+    for cpu in cpus:
+        how = ["-d", duty] if duty and cpu == 0 else []
+        procs.append(subprocess.Popen(
+            ([] if how else IDLE) + ["taskset", "-c", str(cpu), str(binary), "-t", tx] + how
+            + [str(port), str(seconds), str(rate), str(nsrc), str(mode),
+               name_wire if mode else zone_wire, str(src), "0", str(budget)],
+            stdout=subprocess.PIPE))
+    return procs
 
 
 def capacity(binary: Path, port: int, seconds: float, name_wire: str, rate: float = 0,
@@ -252,6 +263,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--loads", default="1,3,5", help="offered flood, multiples of pop53's capacity")
     ap.add_argument("--quota", type=float, default=0.25, help="share of CPU 0 the servers get (0: all)")
+    ap.add_argument("--cap", default="steal", choices=("steal", "quota"), help="how the servers "
+                    "are held to --quota of CPU 0: steal, a SCHED_FIFO task takes the rest in "
+                    "slices of a fraction of a millisecond (bench/attack/steal.c); quota, a cgroup "
+                    "cpu quota, which stalls a busy server 4-12 ms at a time at CONFIG_HZ=250")
     ap.add_argument("--weight", type=int, default=262144, help="cpu.shares of the servers' "
                     "cgroup: 262144 (the most) makes a woken server run before the machine's "
                     "other work, up to its quota, as on a core of its own; 1024: the same weight "
@@ -287,7 +302,8 @@ def main(argv=None) -> int:
     zonefile, names, zone_wire, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
-    cap = sv.CpuCap(args.quota, args.weight)
+    cap = sv.CpuCap(args.quota, args.weight, args.cap)
+    args.cap_text = cap.describe()
     caps: dict[str, tuple[float, float]] = {}
     capab: dict = {}
     runs: dict[tuple[str, str, float], list] = {}
@@ -326,7 +342,8 @@ def main(argv=None) -> int:
                                 fls = []
                                 if ATTACKS[attack] is not None:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
-                                                zone_wire, name_wire, cpus, args.flood_tx)
+                                                zone_wire, name_wire, cpus, args.flood_tx,
+                                                cap.duty())
                                 try:
                                     rows = resolvers(srv.port, ready, args.seconds)
                                     sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
@@ -336,6 +353,7 @@ def main(argv=None) -> int:
                                         if f.poll() is None:
                                             f.kill()
                                             f.wait()
+                                    cap.resume()       # the stealer, if a flood stopped it
                                 secs = per_second(rows, args.seconds)
                                 # where the worker's time went: on CPU, runnable but waiting for
                                 # CPU 0, throttled by the quota; and ksoftirqd/0's share of CPU 0

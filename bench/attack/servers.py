@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,34 +42,96 @@ def free_port() -> int:
 
 
 class CpuCap:
-    """A cgroup (v1 cpu controller) giving its processes `share` of one CPU (a 1 ms quota per
-    1/share ms period: the kernel's smallest quota is 1 ms, so a throttled server may stall up
-    to period - 1 ms), so that one flood core can offer several times the servers' capacity.
-    Removed on close."""
+    """Gives the servers `share` of CPU 0, so that one flood core can offer several times their
+    capacity.  Two ways (`how`):
 
-    def __init__(self, share: float, weight: int = 1024):
-        self.path = None
+    - "steal" (bench/attack/steal.c): a SCHED_FIFO process on CPU 0 wakes every `period_us`
+      and spins until it has taken 1 - share of the time, so the servers run in slices and are
+      kept off for a fraction of a millisecond at a time, as on a slower core;
+    - "quota": a cgroup cpu quota of 1 ms per 1/share ms.  The kernel enforces it at its
+      accounting points (the 4 ms ticks for a task that never sleeps), so a busy server
+      overruns and is then throttled for 4-12 ms at a time (bench/results/attack-stalls.md).
+
+    Either way the servers run in a cgroup (v1 cpu controller) whose weight (`weight`,
+    cpu.shares) puts a woken server ahead of the machine's other work on CPU 0.  `share` 0: no
+    cap.  Everything is removed (the stealer stopped by its PID) on close."""
+
+    def __init__(self, share: float, weight: int = 1024, how: str = "quota",
+                 period_us: int = 1000):
+        self.path, self.how, self.share, self.period_us = None, how, share, period_us
+        self.stealer, self._stealer_dir = None, None
         if share <= 0:
             return
+        if how not in ("quota", "steal"):
+            raise ValueError(f"cpu cap: how must be quota or steal, not {how!r}")
         base = Path("/sys/fs/cgroup/cpu")
         self.path = base / f"pop53-bench-attack-{os.getpid()}"
         self.path.mkdir()
-        self.period_us = int(round(1000 / share))
         try:
-            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
-            (self.path / "cpu.cfs_quota_us").write_text("1000")
+            if how == "quota":
+                self.period_us = int(round(1000 / share))
+                (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
+                (self.path / "cpu.cfs_quota_us").write_text("1000")
             # the group's weight against the machine's other work on CPU 0: a high weight makes
             # a woken server run first, up to its quota (a core of its own, as a real server
             # has); the default 1024 lets any busy task on CPU 0 delay it by a scheduler slice
             (self.path / "cpu.shares").write_text(str(weight))
+            if how == "steal":
+                self._start_stealer()
         except OSError:
             self.close()
             raise
 
+    def _start_stealer(self):
+        self._stealer_dir = tempfile.TemporaryDirectory(prefix="pop53-steal-")
+        binary = Path(self._stealer_dir.name) / "steal"
+        subprocess.run(["gcc", "-O2", "-o", str(binary), str(Path(__file__).with_name("steal.c"))],
+                       check=True)
+        # bounded: it exits by itself after two hours if close() is never reached
+        self.stealer = subprocess.Popen(
+            ["taskset", "-c", "0", str(binary), f"{1 - self.share:.4f}", str(self.period_us), "7200"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        if self.stealer.poll() is not None:
+            raise OSError(f"steal: {self.stealer.stderr.read().strip()}")
+
+    def describe(self) -> str:
+        """How the servers are capped, for a report's header."""
+        if self.path is None:
+            return ""
+        if self.how == "steal":
+            return (f", capped to {self.share:g} of it (bench/attack/steal.c: a SCHED_FIFO task on "
+                    f"CPU 0 takes {1 - self.share:g} of it, waking every {self.period_us} us; the "
+                    f"servers' cgroup has cpu.shares {self.weight()})")
+        return (f", capped to {self.share:g} of it (cgroup cpu quota 1 ms per "
+                f"{self.period_us / 1000:g} ms, cpu.shares {self.weight()})")
+
+    def duty(self) -> str | None:
+        """flood.c's -d for a flood on CPU 0 that takes the stealer's place while it runs (the
+        cap's half of the CPU then floods instead of spinning), None without a stealer."""
+        if self.stealer is None:
+            return None
+        return f"{1 - self.share:.4f}:{self.period_us}:{self.stealer.pid}"
+
+    def resume(self):
+        """Continue the stealer a flood stopped (flood.c does on exit; this is for one that
+        was killed)."""
+        if self.stealer is not None and self.stealer.poll() is None:
+            os.kill(self.stealer.pid, signal.SIGCONT)
+
+    def weight(self) -> int:
+        return int((self.path / "cpu.shares").read_text()) if self.path else 0
+
     def throttled_ns(self) -> int:
-        """The cgroup's time throttled so far (cpu.stat throttled_time), 0 without a cap."""
+        """The time the cap kept the servers off so far: the cgroup's throttled time (cpu.stat
+        throttled_time) with a quota, the stealer's CPU time when stealing; 0 without a cap."""
         if self.path is None:
             return 0
+        if self.stealer is not None:
+            try:
+                return int(Path(f"/proc/{self.stealer.pid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return 0
         st = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines())
         return int(st.get("throttled_time", 0))
 
@@ -79,6 +143,18 @@ class CpuCap:
         return ["sh", "-c", f'echo $$ > "{self.path}/cgroup.procs" && exec "$@"', "cap"] + pinned
 
     def close(self):
+        if self.stealer is not None:
+            if self.stealer.poll() is None:
+                self.stealer.terminate()
+            try:
+                self.stealer.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.stealer.kill()
+                self.stealer.communicate()
+            self.stealer = None
+        if self._stealer_dir is not None:
+            self._stealer_dir.cleanup()
+            self._stealer_dir = None
         if self.path is not None:
             for _ in range(50):
                 try:
