@@ -130,10 +130,12 @@ def _sched_table(loads, names, attacks, sched) -> list[str]:
     """Where the time went during a row (medians over rounds, ms per second): the server's
     busiest thread (the UDP worker) on CPU and runnable but waiting while another task had CPU
     0 (ksoftirqd delivering the flood, the machine's other work), the cgroup's throttled time,
-    and ksoftirqd/0's CPU time.  A known resolver's query that arrives while the worker waits
-    or is throttled waits with it."""
+    ksoftirqd/0's CPU time, and the host's steal from CPU 0 (the VM's CPU wanted to run and the
+    hypervisor ran something else).  A known resolver's query that arrives while the worker
+    waits or is throttled waits with it."""
     out = ["", "## Where the time went (ms per second: the worker on CPU / waiting for CPU 0 / "
-           "kept off by the cap (quota: throttled; steal: the stealer's CPU time) / ksoftirqd on CPU 0)", "",
+           "kept off by the cap (quota: throttled; steal: the stealer's CPU time, 0 while the flood "
+           "on CPU 0 takes its place) / ksoftirqd on CPU 0 / stolen from CPU 0 by the host)", "",
            "| attack | load asked | " + " | ".join(LABEL[n] for n in names) + " |",
            "|---|---|" + "---|" * len(names)]
     for attack in attacks:
@@ -142,7 +144,8 @@ def _sched_table(loads, names, attacks, sched) -> list[str]:
             for n in names:
                 r = sched.get((n, attack, load))
                 cells.append("-" if not r else " / ".join(
-                    f"{statistics.median(x[k] for x in r):.0f}" for k in range(4)))
+                    f"{statistics.median(x[k] if k < len(x) else 0 for x in r):.0f}"
+                    for k in (0, 1, 2, 3, 5)))
             out.append(f"| {attack} | {load:g}x | " + " | ".join(cells) + " |")
     return out
 

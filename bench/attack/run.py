@@ -339,6 +339,7 @@ def main(argv=None) -> int:
                                 time.sleep(1.0)                # calm between rows
                                 ready = prepare(srv.port, names, args.cookies)   # before the flood
                                 s0, c0, k0 = srv.sched_ns(), cap.throttled_ns(), sv.ksoftirqd_ns()
+                                h0 = sv.host_steal_ns()
                                 fls = []
                                 if ATTACKS[attack] is not None:
                                     fls = flood(binary, srv.port, args.seconds, load * unit, attack,
@@ -359,12 +360,12 @@ def main(argv=None) -> int:
                                 # CPU 0, throttled by the quota; and ksoftirqd/0's share of CPU 0
                                 sched.setdefault((name, attack, load), []).append(sv.busiest(
                                     s0, srv.sched_ns(), args.seconds, cap.throttled_ns() - c0,
-                                    sv.ksoftirqd_ns() - k0))
+                                    sv.ksoftirqd_ns() - k0, sv.host_steal_ns() - h0))
                                 runs.setdefault((name, attack, load), []).append(
                                     (sent / args.seconds, secs))
                                 print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
                                       [f"{a:.3f} {b:.1f} {c:.1f}" for a, b, c in secs],
-                                      "worker cpu/wait, throttled, ksoftirqd, other threads ms/s %.0f/%.0f/%.0f/%.0f/%.0f" % sched[(name, attack, load)][-1],
+                                      "worker cpu/wait, cap, ksoftirqd, other threads, host steal ms/s %.0f/%.0f/%.0f/%.0f/%.0f/%.0f" % sched[(name, attack, load)][-1],
                                       flush=True)
                     finally:
                         srv.stop()

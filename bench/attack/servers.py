@@ -321,10 +321,23 @@ def ksoftirqd_ns(cpu: int = 0) -> int:
     return 0
 
 
-def busiest(s0: dict, s1: dict, seconds: float, throttled: float, softirq: float) -> tuple:
+def host_steal_ns(cpu: int = 0) -> int:
+    """The time the hypervisor ran something else while this VM's CPU wanted to run (/proc/stat
+    steal, in USER_HZ ticks of 10 ms), so far: the machine is a shared VM, and a stolen
+    millisecond delays the server like any other."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[8]) * 10_000_000
+    return 0
+
+
+def busiest(s0: dict, s1: dict, seconds: float, throttled: float, softirq: float,
+            stolen: float = 0.0) -> tuple:
     """ms a second of the busiest thread (the UDP worker) on CPU and waiting for CPU, the
-    cgroup's throttled time and ksoftirqd's CPU time, between two sched_ns samples."""
+    cap's time (throttled or stolen by the stealer), ksoftirqd's CPU time, the other threads'
+    CPU time and the host's steal from CPU 0, between two sched_ns samples."""
     deltas = [(r - s0.get(t, (0, 0))[0], w - s0.get(t, (0, 0))[1]) for t, (r, w) in s1.items()]
     run, wait = max(deltas, default=(0, 0))
     others = sum(r for r, _ in deltas) - run
-    return tuple(x / 1e6 / seconds for x in (run, wait, throttled, softirq, others))
+    return tuple(x / 1e6 / seconds for x in (run, wait, throttled, softirq, others, stolen))
