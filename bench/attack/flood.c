@@ -240,11 +240,15 @@ int main(int argc, char **argv) {
     for (int i = 0; i < zlen; i++) sscanf(argv[6] + 2 * i, "%2hhx", &zone[i]);
     struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(port)};
     dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* the cap's place first: the sources' sockets are made in its slices, not in what a busy
+     * server (whose cgroup weighs 256x more) leaves a normal task (4,096 bots took ~2 s) */
+    if (duty.share > 0 && duty_begin(&duty)) return 1;
     int *socks = calloc(nsrc, sizeof(int));
     uint8_t (*hdr)[HDRS] = calloc(nsrc, HDRS);
     static uint8_t bufs[BATCH][300];
     int plen = build(bufs[0], mode, zone, zlen, 0);
     for (int i = 0; i < nsrc; i++) {
+        if (duty.share > 0) duty_tick(&duty, now());
         struct sockaddr_in a = {.sin_family = AF_INET};
         char ip[32];
         source_ip(ip, sizeof ip, srcmode, i);
@@ -279,7 +283,6 @@ int main(int argc, char **argv) {
     uint64_t sent = 0, got = 0;
     struct iovec riov[BATCH];
     struct mmsghdr rmsgs[BATCH];
-    if (duty.share > 0 && duty_begin(&duty)) return 1;
     double t0 = now(), end = t0 + seconds;
     for (int i = 0; i < BATCH; i++) {
         build(bufs[i], mode, zone, zlen, (uint16_t)i);
