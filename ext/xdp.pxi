@@ -67,7 +67,6 @@ cdef class XdpWorker(Worker):
     cdef p53_xsk_t x
     cdef uint16_t port_be
     cdef uint32_t mtu
-    cdef uint64_t drops_last
     cdef readonly int queue
 
     def __cinit__(self, *args, **kwargs):
@@ -186,12 +185,11 @@ cdef class XdpWorker(Worker):
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
                 sc_batch(&scorer.cfg, &self.sc, n, BATCH, 0, False, -1, -1)   # no stamps; drops below
-                if n == BATCH and p53_xsk_drops(x, &kd) == 0 and kd != self.drops_last:
+                if n == BATCH and p53_xsk_drops(x, &kd) == 0:
                     # the kernel's drops before our ring feed the overload controller (at its
-                    # next tick) like sc_drops does for a socket; read on full batches only
-                    self.sc.drops_tick += <uint32_t>(kd - self.drops_last)
-                    self.sc.kernel_drops += kd - self.drops_last
-                    self.drops_last = kd
+                    # next tick) as sc_drops does a socket's; read on full batches only (the
+                    # counter starts at 0 with the ring: no baseline to take)
+                    sc_count_drops(&self.sc, False, <uint32_t>kd, True)
             for i in range(n):
                 d = p53_desc(&x.rx, i)
                 if not p53_pkt_parse(x.umem + d.addr, d.len, self.port_be, &pk[i], &self.addrs[i]):
