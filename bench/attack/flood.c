@@ -50,12 +50,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "duty.h"
 
 #define BATCH 64
 #define FRAME 256                /* ring frame: tpacket2_hdr, sockaddr_ll room, then the frame */
@@ -67,33 +68,6 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* -d: the share of the CPU this process takes, in slices that start every `period` s */
-struct duty {
-    double share, period, start, taken, slice, wake;
-    pid_t stealer;
-};
-
-static int duty_begin(struct duty *d) {
-    struct sched_param sp = {.sched_priority = 10};
-    if (sched_setscheduler(0, SCHED_FIFO, &sp)) { perror("flood: SCHED_FIFO"); return -1; }
-    if (d->stealer > 0) kill(d->stealer, SIGSTOP);
-    d->start = d->slice = d->wake = now();
-    return 0;
-}
-
-/* at a batch's end: once the slice has made the share, sleep to the next wake-up (a late one
- * starts a slice at once, as steal.c does) */
-static void duty_tick(struct duty *d, double t) {
-    if (d->taken + (t - d->slice) < d->share * (t - d->start) &&
-        t - d->slice < d->share * d->period + d->period / 4) return;    /* as steal.c */
-    d->taken += t - d->slice;
-    d->wake += d->period;
-    if (d->wake < t) d->wake = t + d->period / 2;
-    struct timespec ts = {(time_t)d->wake, (long)((d->wake - (time_t)d->wake) * 1e9)};
-    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
-    d->slice = now();
 }
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -196,7 +170,8 @@ static uint64_t drain(int s, struct mmsghdr *rmsgs, struct iovec *riov) {
 int main(int argc, char **argv) {
     const char *tx = "sock", *shared = NULL;
     int bound = 1, kick = 16, opt;
-    struct duty duty = {0};
+    struct duty duty = {0};                  /* -d: the cap's duty cycle (duty.h) */
+    pid_t stealer = 0;                       /* ... and the stealer it stands in for */
     while ((opt = getopt(argc, argv, "+t:us:k:d:")) != -1) {
         if (opt == 't') tx = optarg;
         else if (opt == 'd') {
@@ -205,7 +180,7 @@ int main(int argc, char **argv) {
             if (sscanf(optarg, "%lf:%u:%d", &duty.share, &us, &pid) < 2 || duty.share <= 0 ||
                 duty.share >= 1 || us < 20) return 2;
             duty.period = us / 1e6;
-            duty.stealer = pid;
+            stealer = pid;
         }
         else if (opt == 'k') kick = atoi(optarg);
         else if (opt == 'u') bound = 0;
@@ -242,7 +217,10 @@ int main(int argc, char **argv) {
     dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     /* the cap's place first: the sources' sockets are made in its slices, not in what a busy
      * server (whose cgroup weighs 256x more) leaves a normal task (4,096 bots took ~2 s) */
-    if (duty.share > 0 && duty_begin(&duty)) return 1;
+    if (duty.share > 0) {
+        if (duty_begin(&duty, "flood")) return 1;
+        if (stealer > 0) kill(stealer, SIGSTOP);
+    }
     int *socks = calloc(nsrc, sizeof(int));
     uint8_t (*hdr)[HDRS] = calloc(nsrc, HDRS);
     static uint8_t bufs[BATCH][300];
@@ -364,7 +342,7 @@ int main(int argc, char **argv) {
         if (count)
             got += drain(socks[(b + nsrc - 1) % nsrc], rmsgs, riov);  /* the previous socket's */
     }
-    if (duty.stealer > 0) kill(duty.stealer, SIGCONT);
+    if (stealer > 0) kill(stealer, SIGCONT);
     if (count) {
         /* the replies to the last batches of each source: a source is read only after the
          * batch that follows its own, so at a low rate most sockets hold one batch's replies
