@@ -60,7 +60,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
                 "ring": "IPv4 frames through an AF_PACKET TX ring on lo"}.get(tx, tx)
              + ("" if tx == "sock" else ", each source keeping a bound socket for its replies; the "
                 "bench in a network namespace of its own")
-             + f"; SCHED_IDLE: only CPU time nothing else wants) on CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
+             + f"; SCHED_IDLE: only CPU time nothing else wants, but under the stealer cap the one on "
+             f"CPU 0 floods in the stealer's place) on CPU {fcpus}, the resolvers on CPU 1; latency to each reply's kernel receive timestamp",
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
              + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
                 if getattr(args, "cookies", False) else ", no DNS COOKIEs")
@@ -129,8 +130,8 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
 def _sched_table(loads, names, attacks, sched) -> list[str]:
     """Where the time went during a row (medians over rounds, ms per second): the server's
     busiest thread (the UDP worker) on CPU and runnable but waiting while another task had CPU
-    0 (ksoftirqd delivering the flood, the machine's other work), the cgroup's throttled time,
-    ksoftirqd/0's CPU time, and the host's steal from CPU 0 (the VM's CPU wanted to run and the
+    0 (ksoftirqd delivering the flood, the machine's other work), the cap's time (throttled, or
+    the stealer's CPU time), ksoftirqd/0's CPU time, and the host's steal from CPU 0 (the VM's CPU wanted to run and the
     hypervisor ran something else).  A known resolver's query that arrives while the worker
     waits or is throttled waits with it."""
     out = ["", "## Where the time went (ms per second: the worker on CPU / waiting for CPU 0 / "
@@ -144,8 +145,7 @@ def _sched_table(loads, names, attacks, sched) -> list[str]:
             for n in names:
                 r = sched.get((n, attack, load))
                 cells.append("-" if not r else " / ".join(
-                    f"{statistics.median(x[k] if k < len(x) else 0 for x in r):.0f}"
-                    for k in (0, 1, 2, 3, 5)))
+                    f"{statistics.median(x[k] for x in r):.0f}" for k in (0, 1, 2, 3, 5)))
             out.append(f"| {attack} | {load:g}x | " + " | ".join(cells) + " |")
     return out
 

@@ -22,7 +22,7 @@ SCHED_FIFO task on CPU 0 takes the rest in slices of a fraction of a millisecond
 1/quota ms), whose enforcement at the 4 ms ticks stalls a busy server 4-12 ms at a time
 (bench/attack/stalls.py); the resolvers run on CPU 1, the flood processes (one per `--flood-cpus` CPU,
 default both) as SCHED_IDLE, so they take only the CPU time the resolvers and the capped server
-leave; the cgroup's weight (`--weight`, cpu.shares) puts a woken server ahead of the machine's
+leave (under the stealer the one on CPU 0 floods in the stealer's place, flood.c -d); the cgroup's weight (`--weight`, cpu.shares) puts a woken server ahead of the machine's
 other work.  The attack floods write IPv4 frames into `lo` through an AF_PACKET TX ring
 (`--flood-tx ring`, the default: ~1.3x the datagrams a flood core sends through UDP sockets,
 bench/attack/floodrate.py), so the bench runs in a network namespace of its own
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
                                     cap.resume()       # the stealer, if a flood stopped it
                                 secs = per_second(rows, args.seconds)
                                 # where the worker's time went: on CPU, runnable but waiting for
-                                # CPU 0, throttled by the quota; and ksoftirqd/0's share of CPU 0
+                                # CPU 0, kept off by the cap; ksoftirqd/0's and the host's share of CPU 0
                                 sched.setdefault((name, attack, load), []).append(sv.busiest(
                                     s0, srv.sched_ns(), args.seconds, cap.throttled_ns() - c0,
                                     sv.ksoftirqd_ns() - k0, sv.host_steal_ns() - h0))

@@ -59,6 +59,7 @@ class CpuCap:
     def __init__(self, share: float, weight: int = 1024, how: str = "quota",
                  period_us: int = 1000):
         self.path, self.how, self.share, self.period_us = None, how, share, period_us
+        self.weight = weight
         self.stealer, self._stealer_dir = None, None
         if share <= 0:
             return
@@ -102,9 +103,9 @@ class CpuCap:
         if self.how == "steal":
             return (f", capped to {self.share:g} of it (bench/attack/steal.c: a SCHED_FIFO task on "
                     f"CPU 0 takes {1 - self.share:g} of it, waking every {self.period_us} us; the "
-                    f"servers' cgroup has cpu.shares {self.weight()})")
+                    f"servers' cgroup has cpu.shares {self.weight})")
         return (f", capped to {self.share:g} of it (cgroup cpu quota 1 ms per "
-                f"{self.period_us / 1000:g} ms, cpu.shares {self.weight()})")
+                f"{self.period_us / 1000:g} ms, cpu.shares {self.weight})")
 
     def duty(self) -> str | None:
         """flood.c's -d for a flood on CPU 0 that takes the stealer's place while it runs (the
@@ -118,9 +119,6 @@ class CpuCap:
         was killed)."""
         if self.stealer is not None and self.stealer.poll() is None:
             os.kill(self.stealer.pid, signal.SIGCONT)
-
-    def weight(self) -> int:
-        return int((self.path / "cpu.shares").read_text()) if self.path else 0
 
     def throttled_ns(self) -> int:
         """The time the cap kept the servers off so far: the cgroup's throttled time (cpu.stat
