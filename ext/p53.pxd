@@ -370,6 +370,7 @@ cdef enum:
     SC_TOP_HOLD_MS = 1000     # known resolvers count as present this long after their last query
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
+    SC_NXZ = 4                # zones under pressure a worker checks before the lookup
     SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
     SC_STRICT_SHIFT = 14      # prefixes over their rate: (key * golden) >> 14, 1 << 18 bits
     SC_TRUST_WORDS = 16384    # u64 words of address trust bits; the strict bits follow
@@ -405,6 +406,11 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint32_t nx_allow         # share of a known resolver's NXDOMAINs for zones under pressure
     uint32_t nx_acc
     uint64_t nx_dropped[4]    # NXDOMAIN answers dropped after the answer, per class
+    uint64_t nxz_hash[4]      # zones over nx_rate in this window or the last (SC_NXZ): apex
+    uint16_t nxz_len[4]       # hash, apex length in wire bytes (sc_nx_zone_hit, pre-lookup),
+    uint8_t nxz_now[4]        # and whether it went over in this window
+    uint32_t nxz_n
+    uint64_t nx_spared        # relaying addresses' queries kept top: not for a zone under pressure
     uint16_t asketch[2][4096] # queries per known source ADDRESS in this window
     uint16_t nxsrc[2][4096]   # NXDOMAIN answers per source address in this window
     uint64_t now_ms           # this batch's clock (sc_observe)

@@ -174,7 +174,7 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
     cdef uint32_t count = sc_count(s, a, alen)
     s.last_known = False
     if sc_known(kn, a, alen):
-        return sc_known_class(cfg, s, count, a, alen)
+        return sc_known_class(cfg, s, count, a, alen, p, n)
     if count > cfg.source_rate:
         return SC_FLOOD
     if sc_odd(cfg, p, n):
@@ -253,15 +253,18 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
     return c
 
 
-cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r,
-                         uint32_t rlen) noexcept nogil:
+cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r, uint32_t rlen,
+                         uint64_t* zh, uint32_t* zlen) noexcept nogil:
     """Count an NXDOMAIN answer for its zone; returns the zone's count in this window (0 when
-    the reply is not a plain NXDOMAIN).  The zone is the owner of the authority section's SOA
-    (RFC 2308 §2.1), which our writer compresses to a pointer into the question: the apex is
-    that suffix of the (lowercased) query name.  No lookup, a few byte reads."""
+    the reply is not a plain NXDOMAIN), its apex hash in *zh and the apex's wire length in
+    *zlen (0 for an owner that is not a suffix of the question).  The zone is the owner of the
+    authority section's SOA (RFC 2308 §2.1), which our writer compresses to a pointer into the
+    question: the apex is that suffix of the (lowercased) query name.  No lookup, a few byte
+    reads."""
     cdef uint32_t pos = q.qend, off, i
-    cdef uint64_t h = 14695981039346656037u
+    cdef uint64_t h
     cdef uint32_t slot, cnt
+    zlen[0] = 0
     if rlen < 12 or (r[3] & 0x0F) != RC_NXDOMAIN or r[6] != 0 or r[7] != 0 or \
             (r[8] == 0 and r[9] == 0) or pos < 12 or pos + 2 > rlen:
         return 0
@@ -269,20 +272,97 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r,
         off = ((<uint32_t>(r[pos] & 0x3F) << 8) | r[pos + 1]) - 12
         if off >= q.qname_len:
             return 0
-        for i in range(off, q.qname_len):
-            h = (h ^ q.qname[i]) * 1099511628211u
+        h = sc_name_hash(q.qname + off, q.qname_len - off)
+        zlen[0] = q.qname_len - off
     else:
         # an uncompressed owner (the root zone): hash the reply's bytes up to its end
+        h = 14695981039346656037u
         i = pos
         while i < rlen and i < pos + 255 and r[i] != 0:
             h = (h ^ r[i]) * 1099511628211u
             i += 1
+    zh[0] = h
     slot = <uint32_t>(mix64(h) & (SC_NX_SLOTS - 1))
     cnt = s.nx[slot]
     if cnt < 65535:
         cnt += 1
         s.nx[slot] = <uint16_t>cnt
     return cnt
+
+
+cdef inline uint64_t sc_name_hash(const uint8_t* name, uint32_t n) noexcept nogil:
+    """FNV-1a over a wire name's bytes, lowercased (label lengths are < 64, below 'A')."""
+    cdef uint64_t h = 14695981039346656037u
+    cdef uint32_t i
+    cdef uint8_t b
+    for i in range(n):
+        b = name[i]
+        if 65 <= b <= 90:
+            b += 32
+        h = (h ^ b) * 1099511628211u
+    return h
+
+
+cdef void sc_nx_zone_add(sc_state_t* s, uint64_t h, uint32_t zlen) noexcept nogil:
+    """A zone went over nx_rate in this window: list it for sc_nx_zone_hit until the end of the
+    next window (SC_NXZ zones at most; one listed in the last window only makes room)."""
+    cdef uint32_t j
+    if zlen == 0 or zlen > 255:
+        return
+    for j in range(s.nxz_n):
+        if s.nxz_hash[j] == h and s.nxz_len[j] == zlen:
+            s.nxz_now[j] = 1
+            return
+    for j in range(SC_NXZ):
+        if j == s.nxz_n or not s.nxz_now[j]:
+            s.nxz_hash[j] = h
+            s.nxz_len[j] = <uint16_t>zlen
+            s.nxz_now[j] = 1
+            if j == s.nxz_n:
+                s.nxz_n += 1
+            return
+
+
+cdef void sc_nx_zone_roll(sc_state_t* s) noexcept nogil:
+    """A new window: keep the zones that went over nx_rate in the last one (an attack goes on
+    listed, not answered top again for nx_rate NXDOMAINs a window), drop the others."""
+    cdef uint32_t j, k = 0
+    for j in range(s.nxz_n):
+        if s.nxz_now[j]:
+            s.nxz_hash[k] = s.nxz_hash[j]
+            s.nxz_len[k] = s.nxz_len[j]
+            s.nxz_now[k] = 0
+            k += 1
+    s.nxz_n = k
+
+
+cdef int sc_nx_zone_hit(const sc_state_t* s, const uint8_t* p, uint32_t n) noexcept nogil:
+    """Before the lookup: the listed zone under NXDOMAIN pressure the query's name is in (one
+    of its suffixes hashes to a listed apex of the same length), or -1.  Walks the question's
+    labels once; only hashes the suffixes whose length matches a listed zone.  A name that does
+    not parse is no hit (the lookup answers it as for anyone)."""
+    cdef uint32_t pos = 12, end, j, L
+    cdef uint8_t ln
+    if s.nxz_n == 0 or n < 13:
+        return -1
+    while True:                              # find the name's end (no pointers in a question)
+        if pos >= n or pos - 12 >= 255:
+            return -1
+        ln = p[pos]
+        if ln == 0:
+            break
+        if ln > 63:
+            return -1
+        pos += 1 + ln
+    end = pos + 1
+    pos = 12
+    while pos < end:
+        L = end - pos
+        for j in range(s.nxz_n):
+            if s.nxz_len[j] == L and s.nxz_hash[j] == sc_name_hash(p + pos, L):
+                return <int>j
+        pos += 1 + p[pos]
+    return -1
 
 
 cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q,
@@ -292,12 +372,15 @@ cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q
     `nx_rate` NXDOMAINs in this window: random subdomains) while the controller cuts the
     query's class (or, for a known resolver, its NXDOMAIN share: water torture they relay).
     Saves the send; the class's worst queries were already cut before the lookup."""
-    cdef uint32_t share, zn = sc_zone_nx(s, q, r, rlen)
+    cdef uint64_t zh = 0
+    cdef uint32_t share, zlen, zn = sc_zone_nx(s, q, r, rlen, &zh, &zlen)
     if zn and s.last_known:
         # a known source's NXDOMAINs, read before its next query's lookup (sc_known_class)
         sc_addr_count(s.nxsrc, sc_addr_key(a, alen), True)
     if zn <= cfg.nx_rate:
         return False
+    if zn == cfg.nx_rate + 1:
+        sc_nx_zone_add(s, zh, zlen)
     share = s.nx_allow if c == SC_TOP else s.allow[c]
     if share >= SC_ONE:
         return False
@@ -333,6 +416,6 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
-        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "trusted_marks": s.trusted_marks,
+        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared, "trusted_marks": s.trusted_marks,
         "yields": s.yields, "risk_ticks": s.risk_ticks,
     }

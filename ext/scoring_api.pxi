@@ -339,8 +339,7 @@ cdef class Scorer:
 
     def new_window(self):
         """Start a new sketch window on the probe state."""
-        memset(self.probe.sketch, 0, sizeof(self.probe.sketch))
-        sc_addr_decay(&self.probe)
+        sc_new_window(&self.probe)
 
     def stats(self):
         """The probe state's counters and shares (the worker's: Worker.scoring_stats())."""

@@ -206,10 +206,17 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
         # priority datagrams of the batches they came from, not this one's (scored after it)
         s.prio_rx += n
     if now - s.window_start >= cfg.window_ms:
-        memset(s.sketch, 0, sizeof(s.sketch))
-        memset(s.nx, 0, sizeof(s.nx))
-        sc_addr_decay(s)
+        sc_new_window(s)
         s.window_start = now
+
+
+cdef void sc_new_window(sc_state_t* s) noexcept nogil:
+    """A new sketch window: the source and zone counts start again, the zones under pressure
+    roll (sc_nx_zone_roll), the per-address counts halve (sc_addr_decay)."""
+    memset(s.sketch, 0, sizeof(s.sketch))
+    memset(s.nx, 0, sizeof(s.nx))
+    sc_nx_zone_roll(s)
+    sc_addr_decay(s)
 
 
 cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:

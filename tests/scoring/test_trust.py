@@ -93,38 +93,70 @@ def test_an_overload_between_two_sightings_withholds_trust():
     assert s.trusted(_ip("127.1.0.50"))           # a whole calm stretch later: trusted
 
 
-def test_a_known_address_answered_mostly_nxdomain_is_demoted():
-    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
-    s = _scorer(trust_after_ms=0)
-    relay, real = _ip("127.1.0.30"), _ip("127.1.0.31")
-    good = _query("www.integ.example.")
+def _torture(s, image, relay: bytes, n: int, zone: str = "integ.example.") -> list[str]:
+    """Water torture relayed by `relay`: n random names of `zone`, every answer NXDOMAIN and
+    seen by the second check (nothing cut: all answered)."""
     klasses = []
-    for i in range(64):
-        # water torture relayed by .30: random names, every answer NXDOMAIN
-        q = _query(f"r{i}x.integ.example.")
+    for i in range(n):
+        q = _query(f"r{i}x.{zone}")
         klasses.append(s.classify(q, relay))
-        r = pop53.answer(image, q, ("127.1.0.30", 5353))
+        r = pop53.answer(image, q, (socket.inet_ntoa(relay), 5353))
         assert dns.message.from_wire(r).rcode() == dns.rcode.NXDOMAIN
-        assert not s.nx_check(q, r, klasses[-1], relay)     # nothing cut: answered, counted
-        assert s.classify(good, real) == "top"
-    # demoted from its 33rd query on (32 NXDOMAINs, more than half of its answers)
+        assert not s.nx_check(q, r, klasses[-1], relay)
+    return klasses
+
+
+def test_a_known_address_answered_mostly_nxdomain_is_demoted_for_the_attacked_zone():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0, nx_rate=16)
+    relay, real = _ip("127.1.0.30"), _ip("127.1.0.31")
+    good, elsewhere = _query("www.integ.example."), _query("WWW.Core.Test.")
+    assert s.classify(good, real) == "top" and s.classify(good, real) == "top"
+    klasses = _torture(s, image, relay, 64)
+    # demoted from its 33rd query on (32 NXDOMAINs, more than half of its answers; integ.example
+    # went over nx_rate at its 17th)
     assert klasses == ["top"] * 32 + ["normal"] * 32
     assert s.stats()["nx_demoted"] == 32 and not s.trusted(relay)
     # out of the priority socket too: its prefix is strict (the kernel stage steers only the
     # prefix's trusted addresses), the other resolver of the /24 is trusted
     assert s.strict(relay) and s.trusted(real)
-    assert s.classify(good, relay) == "normal"          # its good names too: no telling apart
+    assert s.classify(good, relay) == "normal"     # its good names of that zone too: no telling
     assert s.classify(good, real) == "top"
-    # counts halve at each window: still demoted in the next one, back in the one after
+    # its names in other zones stay top (any case: the check lowercases as the lookup does)
+    assert s.classify(elsewhere, relay) == "top" and s.stats()["nx_spared"] == 1
+    # a new window: counts halve, the zone stays listed for a window after its last pressure
     s.new_window()
     assert s.classify(good, relay) == "normal"
+    assert s.classify(elsewhere, relay) == "top"
     s.new_window()
     assert s.classify(good, relay) == "top"
 
 
+def test_a_relaying_address_is_not_demoted_where_no_zone_is_under_pressure():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0)          # nx_rate 1,000 a second: 64 NXDOMAINs are no attack
+    relay = _ip("127.1.0.30")
+    assert _torture(s, image, relay, 64) == ["top"] * 64
+    assert s.stats()["nx_demoted"] == 0 and s.stats()["nx_spared"] == 32
+    assert not s.trusted(relay) and s.strict(relay)   # still out of the priority socket
+
+
+def test_the_zones_under_pressure_are_matched_by_apex_not_by_suffix_text():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0, nx_rate=16)
+    relay = _ip("127.1.0.30")
+    _torture(s, image, relay, 40, "core.test.")
+    assert s.classify(_query("a.b.c.www.core.test."), relay) == "normal"
+    assert s.classify(_query("core.test."), relay) == "normal"           # the apex itself
+    for name in ("integ.example.", "xcore.test.", "test.", "core.test.integ.example."):
+        assert s.classify(_query(name), relay) == "top", name
+    # a question that does not parse is no hit (the lookup answers it as for anyone)
+    assert s.classify(_query("www.core.test.")[:20], relay) == "top"
+
+
 def test_a_demoted_relay_stays_demoted_while_it_is_cut():
     image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
-    s = _scorer()
+    s = _scorer(nx_rate=16)
     relay = _ip("127.1.0.30")
     for i in range(40):
         q = _query(f"r{i}x.integ.example.")
@@ -134,7 +166,7 @@ def test_a_demoted_relay_stays_demoted_while_it_is_cut():
     for _ in range(60):
         s.tick(True)                       # everything but top cut
     # its queries are dropped unanswered: counted as NXDOMAINs like its last answers, so its
-    # share does not fall by itself window after window
+    # share does not fall by itself window after window, and its zone stays under pressure
     for _ in range(4):
         assert not any(s.admit(_query(), relay) for _ in range(80))
         s.new_window()
@@ -220,3 +252,44 @@ def test_a_valid_cookie_trusts_its_address():
     # from now on top without a cookie too, and steered (its trust bit is the kernel's)
     assert s.classify(_query(), real) == "top"
     assert s.admit(_query(), real, responder) and not s.admit(_query(), other, responder)
+
+
+def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
+    known = tmp_path / "known.txt"
+    known.write_text("127.1.0.0/24\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"known_resolvers": str(known), "steer": True, "window_ms": 10000,
+                       "known_rate": 5000, "known_addr_rate": 5000,
+                       "nx_rate": 2},                     # 20 NXDOMAINs a window: pressure
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)},
+                    {"name": "core.test.", "file": str(CORE_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        addr = server.addresses[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.bind(("127.1.0.30", 0))
+            c.settimeout(2)
+
+            def ask(name: str) -> int:
+                c.sendto(_query(name), addr)
+                return dns.message.from_wire(c.recvfrom(4096)[0]).rcode()
+
+            assert {ask(f"r{i}x.integ.example.") for i in range(40)} == {dns.rcode.NXDOMAIN}
+            st = server.scoring.stats(server.workers)
+            assert st["nx_demoted"] >= 1 and st["nx_spared"] == 0
+            normal0, prio0 = _per_worker(server)
+            assert ask("www.core.test.") == dns.rcode.NOERROR
+            assert ask("www.integ.example.") == dns.rcode.NOERROR   # nothing cut: answered
+        st = server.scoring.stats(server.workers)
+        assert st["nx_spared"] == 1
+        assert st["admitted"]["top"] >= 32 + 1 and st["admitted"]["normal"] >= 8 + 1
+        # relaying: out of the priority socket (untrusted in a strict /24)
+        assert _per_worker(server) == (normal0 + 2, prio0)
+        from pop53.scoring import metrics
+        fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
+                if f.samples and not f.samples[0].labels}
+        assert fams["pop53_scoring_known_spared"] == 1
+        assert fams["pop53_scoring_known_demoted"] == st["nx_demoted"]
+    finally:
+        server.stop()

@@ -45,7 +45,10 @@ def families(workers):
         ("pop53_scoring_known_untrusted", "untrusted", "Queries from a known prefix over its rate "
          "classed normal because their address was not trusted (spoofed known sources)"),
         ("pop53_scoring_known_demoted", "nx_demoted", "Queries from a known address classed normal "
-         "for mostly NXDOMAIN answers or its own rate (water torture it relays)"),
+         "for its own rate, or for a zone under NXDOMAIN pressure while its answers are mostly "
+         "NXDOMAIN (water torture it relays)"),
+        ("pop53_scoring_known_spared", "nx_spared", "Queries from a known address relaying water "
+         "torture kept top: their name is in no zone under NXDOMAIN pressure"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses of known prefixes trusted by "
          "calm history or a valid server cookie"),
         ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "

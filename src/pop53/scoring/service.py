@@ -239,7 +239,8 @@ class ScoringService:
         level of any worker and the matching shares."""
         total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
                        "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
-                       "untrusted": 0, "nx_demoted": 0, "trusted_marks": 0, "yields": 0,
+                       "untrusted": 0, "nx_demoted": 0, "nx_spared": 0, "trusted_marks": 0,
+                       "yields": 0,
                        "risk_ticks": 0,
                        "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
                        "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
@@ -252,7 +253,8 @@ class ScoringService:
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
             for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-                      "untrusted", "nx_demoted", "trusted_marks", "yields", "risk_ticks"):
+                      "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields",
+                      "risk_ticks"):
                 total[k] += st[k]
             for k in ("queue_delay", "priority_wait", "priority_latency"):
                 total[k] = [a + b for a, b in zip(total[k], st[k])]
