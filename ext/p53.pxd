@@ -411,6 +411,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint8_t nxz_now[4]        # and whether it went over in this window
     uint32_t nxz_n
     uint64_t nx_spared        # relaying addresses' queries kept top: not for a zone under pressure
+    uint64_t prio_risk_ms     # ms of the last tick at risk with every class but top cut
     uint16_t asketch[2][4096] # queries per known source ADDRESS in this window
     uint16_t nxsrc[2][4096]   # NXDOMAIN answers per source address in this window
     uint64_t now_ms           # this batch's clock (sc_observe)

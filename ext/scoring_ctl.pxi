@@ -89,7 +89,9 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         if not all_cut:
             return              # this tick cut the idle classes: the next one goes on
         # every class but SC_TOP is cut and the known resolvers are still at risk: their
-        # NXDOMAINs for zones under pressure (water torture relayed by them) go next
+        # NXDOMAINs for zones under pressure (water torture relayed by them) go next, and
+        # trusted relays leave their queue (sc_relay_class)
+        s.prio_risk_ms = s.now_ms | 1
         sc_halve(&s.nx_allow)
         return
     # calm: the known resolvers' NXDOMAIN share recovers alongside the best cut class

@@ -10,8 +10,9 @@
 #            known_rate or holds a relaying address; only its trusted addresses are steered to
 #            the priority socket, and over known_rate only they are top
 #   per-address sketches of queries and NXDOMAIN answers (halved each window): an address
-#            over known_addr_rate is demoted to normal; one whose answers are mostly NXDOMAIN
-#            (water torture it relays) only for names in a zone under NXDOMAIN pressure
+#            over known_addr_rate or whose answers are mostly NXDOMAIN (water torture it relays)
+#            is demoted to normal; a trusted relay, while the priority queue copes, only for
+#            names in a zone under NXDOMAIN pressure
 # Both bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
 # Aging (the control plane, pop53.scoring.aging): a trusted slot's trust_first holds when it was
 # last seen (refreshed at most four times a second), and Scorer.age clears the trust of slots not seen
@@ -174,44 +175,59 @@ cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
     return n
 
 
+cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trusted,
+                        uint32_t key, uint32_t slot, const uint8_t* a, uint32_t alen,
+                        const uint8_t* p, uint32_t n) noexcept nogil:
+    """A known address over known_addr_rate (`over`) or relaying water torture (mostly NXDOMAIN
+    answers).  A trusted relaying address, while the known resolvers' own queue copes (no risk
+    tick in the last second), keeps its trust and its place in the priority socket: only its
+    names in a zone under NXDOMAIN pressure (sc_nx_zone_hit) are demoted, the rest stay top.
+    Otherwise the address is demoted as a whole and leaves the priority socket (untrusted, its
+    prefix strict): an untrusted one could be a spoofer (what it asks gains it nothing), and
+    with the known resolvers at risk a relay's flood must not share their queue."""
+    cdef int zone
+    if trusted and not over and not sc_recent(s, s.prio_risk_ms):
+        sc_trust_seen(s, slot, a, alen)
+        zone = sc_nx_zone_hit(s, p, n)
+        if zone < 0:
+            s.nx_spared += 1
+            return SC_TOP
+    else:
+        sc_untrust(s, slot)
+        sc_strict(s, a, alen)
+        # and its prefix counts as over its rate in this window: so the strict mark is not
+        # cleared by its neighbours' queries before a whole window passed without it
+        sc_prefix_over(s, a, alen, cfg.known_rate + 1)
+        zone = -1
+        if s.allow[SC_NORMAL] < SC_ONE and not over:
+            zone = sc_nx_zone_hit(s, p, n)
+    if s.allow[SC_NORMAL] < SC_ONE:
+        # it will likely be cut, so its answer is not seen: count it as its last ones were
+        # (else its share of NXDOMAINs would fall by itself and it would come back top), and
+        # its zone as still under pressure (else it would leave the list next window)
+        sc_addr_count(s.nxsrc, key, True)
+        if zone >= 0:
+            s.nxz_now[zone] = 1
+    s.nx_demoted += 1
+    return SC_NORMAL
+
+
 cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, const uint8_t* a,
                         uint32_t alen, const uint8_t* p, uint32_t n) noexcept nogil:
     """The class of a query from a known prefix (count: the prefix's queries in this window).
-    Per address: over known_addr_rate -> normal; mostly NXDOMAIN answers (water torture it
-    relays) -> normal for a zone under NXDOMAIN pressure (sc_nx_zone_hit), top for the rest of
-    its names; either way no longer trusted.  Within a prefix over known_rate (spoofed sources
-    inside it) only trusted addresses stay top, and the prefix is marked strict so the kernel
-    stage steers only its trusted addresses to the priority socket."""
+    Per address: over known_addr_rate or mostly NXDOMAIN answers (water torture it relays):
+    sc_relay_class.  Within a prefix over known_rate (spoofed sources inside it) only trusted
+    addresses stay top, and the prefix is marked strict so the kernel stage steers only its
+    trusted addresses to the priority socket."""
     cdef uint32_t key = sc_addr_key(a, alen)
     cdef uint32_t acount = sc_addr_count(s.asketch, key, True)
     cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
     cdef uint32_t slot = sc_golden(key, SC_TRUST_SHIFT)
     cdef bint trusted = s.trust != NULL and sc_bit(s.trust, slot)
     cdef bint over = acount > cfg.known_addr_rate
-    cdef int zone
     s.last_known = True
     if over or (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share):
-        # out of the priority socket in the kernel stage (its prefix strict, the address
-        # untrusted) until the overload is over
-        sc_untrust(s, slot)
-        sc_strict(s, a, alen)
-        # and its prefix counts as over its rate in this window: so the strict mark is not
-        # cleared by its neighbours' queries before a whole window passed without it
-        sc_prefix_over(s, a, alen, cfg.known_rate + 1)
-        zone = -1 if over else sc_nx_zone_hit(s, p, n)
-        if not over and zone < 0:
-            # a relaying resolver's names outside the attacked zones: still a known resolver's
-            s.nx_spared += 1
-            return SC_TOP
-        if s.allow[SC_NORMAL] < SC_ONE:
-            # it will likely be cut, so its answer is not seen: count it as its last ones were
-            # (else its share of NXDOMAINs would fall by itself and it would come back top),
-            # and its zone as still under pressure (else it would leave the list next window)
-            sc_addr_count(s.nxsrc, key, True)
-            if zone >= 0:
-                s.nxz_now[zone] = 1
-        s.nx_demoted += 1
-        return SC_NORMAL
+        return sc_relay_class(cfg, s, over, trusted, key, slot, a, alen, p, n)
     if trusted:
         sc_trust_seen(s, slot, a, alen)
     if count <= cfg.known_rate:

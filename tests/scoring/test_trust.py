@@ -106,7 +106,7 @@ def _torture(s, image, relay: bytes, n: int, zone: str = "integ.example.") -> li
     return klasses
 
 
-def test_a_known_address_answered_mostly_nxdomain_is_demoted_for_the_attacked_zone():
+def test_a_trusted_relay_is_demoted_only_for_the_attacked_zone_while_its_queue_copes():
     image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
     s = _scorer(trust_after_ms=0, nx_rate=16)
     relay, real = _ip("127.1.0.30"), _ip("127.1.0.31")
@@ -116,14 +116,14 @@ def test_a_known_address_answered_mostly_nxdomain_is_demoted_for_the_attacked_zo
     # demoted from its 33rd query on (32 NXDOMAINs, more than half of its answers; integ.example
     # went over nx_rate at its 17th)
     assert klasses == ["top"] * 32 + ["normal"] * 32
-    assert s.stats()["nx_demoted"] == 32 and not s.trusted(relay)
-    # out of the priority socket too: its prefix is strict (the kernel stage steers only the
-    # prefix's trusted addresses), the other resolver of the /24 is trusted
-    assert s.strict(relay) and s.trusted(real)
+    assert s.stats()["nx_demoted"] == 32
+    # trusted by history (its second query): it keeps its trust, so the kernel stage goes on
+    # steering it to the priority socket, where its names in other zones stay top (any case:
+    # the check lowercases as the lookup does)
+    assert s.trusted(relay) and s.trusted(real)
     assert s.classify(good, relay) == "normal"     # its good names of that zone too: no telling
-    assert s.classify(good, real) == "top"
-    # its names in other zones stay top (any case: the check lowercases as the lookup does)
     assert s.classify(elsewhere, relay) == "top" and s.stats()["nx_spared"] == 1
+    assert s.classify(good, real) == "top"
     # a new window: counts halve, the zone stays listed for a window after its last pressure
     s.new_window()
     assert s.classify(good, relay) == "normal"
@@ -132,13 +132,39 @@ def test_a_known_address_answered_mostly_nxdomain_is_demoted_for_the_attacked_zo
     assert s.classify(good, relay) == "top"
 
 
-def test_a_relaying_address_is_not_demoted_where_no_zone_is_under_pressure():
+def test_a_relay_leaves_the_priority_socket_when_cutting_the_rest_did_not_help():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0, nx_rate=16)
+    relay, elsewhere = _ip("127.1.0.30"), _query("www.core.test.")
+    _torture(s, image, relay, 40)
+    assert s.trusted(relay) and s.classify(elsewhere, relay) == "top"
+    s.tick(True, top_at_risk=True)         # the priority socket dropped or waited: first the
+    assert s.classify(elsewhere, relay) == "top"    # classes below top are cut, one a tick
+    for _ in range(60):
+        s.tick(True, top_at_risk=True)     # all cut and still at risk
+    # demoted as a whole, untrusted, its prefix strict: out of the known resolvers' queue
+    assert s.classify(elsewhere, relay) == "normal"
+    assert not s.trusted(relay) and s.strict(relay)
+
+
+def test_an_untrusted_relay_is_demoted_as_a_whole():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(nx_rate=16)                # trust_after_ms 1,000: no history yet
+    relay = _ip("127.1.0.30")
+    assert _torture(s, image, relay, 64) == ["top"] * 32 + ["normal"] * 32
+    # its other names too: an untrusted address gains nothing by what it asks (a spoofer
+    # would send random names of one zone to make its flood of another top)
+    assert s.classify(_query("www.core.test."), relay) == "normal"
+    assert s.stats()["nx_spared"] == 0 and not s.trusted(relay) and s.strict(relay)
+
+
+def test_a_trusted_relay_is_not_demoted_where_no_zone_is_under_pressure():
     image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
     s = _scorer(trust_after_ms=0)          # nx_rate 1,000 a second: 64 NXDOMAINs are no attack
     relay = _ip("127.1.0.30")
     assert _torture(s, image, relay, 64) == ["top"] * 64
     assert s.stats()["nx_demoted"] == 0 and s.stats()["nx_spared"] == 32
-    assert not s.trusted(relay) and s.strict(relay)   # still out of the priority socket
+    assert s.trusted(relay)
 
 
 def test_the_zones_under_pressure_are_matched_by_apex_not_by_suffix_text():
@@ -254,12 +280,16 @@ def test_a_valid_cookie_trusts_its_address():
     assert s.admit(_query(), real, responder) and not s.admit(_query(), other, responder)
 
 
+def sc_trusted(server) -> bool:
+    return server.scoring.scorer.trusted(_ip("127.1.0.30"))
+
+
 def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
            "scoring": {"known_resolvers": str(known), "steer": True, "window_ms": 10000,
-                       "known_rate": 5000, "known_addr_rate": 5000,
+                       "known_rate": 5000, "known_addr_rate": 5000, "trust_after_ms": 0,
                        "nx_rate": 2},                     # 20 NXDOMAINs a window: pressure
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)},
                     {"name": "core.test.", "file": str(CORE_ZONE)}]}
@@ -284,8 +314,8 @@ def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
         st = server.scoring.stats(server.workers)
         assert st["nx_spared"] == 1
         assert st["admitted"]["top"] >= 32 + 1 and st["admitted"]["normal"] >= 8 + 1
-        # relaying: out of the priority socket (untrusted in a strict /24)
-        assert _per_worker(server) == (normal0 + 2, prio0)
+        # trusted (its second query) and nothing at risk: still the priority socket
+        assert sc_trusted(server) and _per_worker(server) == (normal0, prio0 + 2)
         from pop53.scoring import metrics
         fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
                 if f.samples and not f.samples[0].labels}
