@@ -99,6 +99,9 @@ static void source_ip(char *ip, size_t len, int srcmode, int i) {
     if (srcmode == 1) snprintf(ip, len, "127.%d.%d.1", 16 + (i >> 8), i & 255);
     else if (srcmode == 2) snprintf(ip, len, "127.1.0.%d", 100 + i % 150);
     else if (srcmode == 3) snprintf(ip, len, "127.3.%d.1", i & 255);
+    /* a fifth from the measured resolvers' own addresses (they relay it too), the rest as 3 */
+    else if (srcmode == 4 && i % 5 == 0) snprintf(ip, len, "127.1.0.%d", 1 + (i / 5) % 20);
+    else if (srcmode == 4) snprintf(ip, len, "127.3.%d.1", i & 255);
     else snprintf(ip, len, "127.2.%d.%d", i & 255, (i >> 8) + 1);
 }
 

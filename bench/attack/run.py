@@ -13,7 +13,9 @@ of A queries at names of the 1,000-name benchmark zone, RD=0) ask meanwhile.  At
 (bench/attack/flood.c): random subdomains from 256 sources; one repeated existing name from 256
 sources; bots one per /24 (4,096 /24s) asking random subdomains; spoofed known sources (the
 resolvers' own /24) repeating a name; water torture relayed by known resolvers (256 /24s in
-127.3.0.0/16, listed as known) asking random subdomains; and no attack.
+127.3.0.0/16, listed as known) asking random subdomains; the same against a second zone
+(attacked.test.) with a fifth of it from the 20 measured resolvers' own addresses, which thus
+relay it while asking their real names; and no attack.
 
 Servers run pinned to CPU 0, capped to `--quota` of that core, so that the flood can offer 5x
 and more (without the cap the flood core is the bottleneck): by default (`--cap steal`) a
@@ -71,7 +73,11 @@ ATTACKS = {
     "bots one per /24": (0, 1, 4096),
     "spoofed known sources": (1, 2, 150),
     "water torture via known resolvers": (0, 3, 256),
+    # random subdomains of a second zone (servers.ATTACKED), a fifth of them from the measured
+    # resolvers' own addresses: they relay the attack and still ask their real names
+    "water torture via the measured resolvers too": (0, 4, 256),
 }
+RELAYED_TOO = 4                   # the source layout whose flood asks servers.ATTACKED
 
 
 def _server_cookie(s: socket.socket, port: int, client_cookie: bytes) -> bytes:
@@ -188,6 +194,8 @@ def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zon
     CpuCap.duty()), the one on CPU 0 takes the stealer's place as the servers' cap; the others
     run SCHED_IDLE."""
     mode, src, nsrc = ATTACKS[attack]
+    if src == RELAYED_TOO:
+        zone_wire = dns.name.from_text(sv.ATTACKED).to_wire().hex()
     budget = binary.parent / f"budget-{time.monotonic_ns()}"
     procs = []
     for cpu in cpus:

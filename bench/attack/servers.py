@@ -29,6 +29,20 @@ from bench.data import ORIGIN
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN = ("127.1.0.0/24", "127.3.0.0/16")     # the resolvers we ask from, the relaying ones
+# a second zone every server hosts: the target of the water torture that the measured resolvers
+# relay too (their own names are in the benchmark zone)
+ATTACKED = "attacked.test."
+
+
+def attacked_zone(work: Path) -> Path:
+    """The small zone ATTACKED, written into `work`: its random subdomains are NXDOMAIN."""
+    path = work / "attacked.test.zone"
+    path.write_text(f"$ORIGIN {ATTACKED}\n$TTL 300\n"
+                    "@ IN SOA ns1 hostmaster 1 7200 900 1209600 300\n"
+                    "@ IN NS ns1\nns1 IN A 192.0.2.53\nwww IN A 192.0.2.80\n")
+    return path
+
+
 SERVERS = ("pop53", "knot", "nsd", "dnsdist")
 
 
@@ -162,6 +176,10 @@ class CpuCap:
                     time.sleep(0.1)
 
 
+def _zones(work: Path, zone: Path) -> list[tuple[str, Path]]:
+    return [(ORIGIN, zone), (ATTACKED, attacked_zone(work))]
+
+
 def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
     known = work / "known.txt"
     known.write_text("".join(f"{p}\n" for p in KNOWN))
@@ -169,7 +187,7 @@ def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False
     (work / "pop53.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
         + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
-        f'[[zone]]\nname = "{ORIGIN}"\nfile = "{zone}"\n')
+        + "".join(f'[[zone]]\nname = "{o}"\nfile = "{z}"\n' for o, z in _zones(work, zone)))
     return [sys.executable, "-m", "pop53", "serve", "--config", str(work / "pop53.toml")]
 
 
@@ -188,7 +206,8 @@ def _knot(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False)
         f"database:\n    storage: \"{work / 'db'}\"\n{rrl}"
         f"template:\n  - id: default\n    storage: \"{work}\"\n    zonefile-sync: -1\n"
         "    zonefile-load: whole\n    journal-content: none\n"
-        f"zone:\n  - domain: {ORIGIN}\n    file: \"{zone}\"\n{module}")
+        "zone:\n" + "".join(f"  - domain: {o}\n    file: \"{z}\"\n{module}"
+                             for o, z in _zones(work, zone)))
     return ["knotd", "-c", str(work / "knot.conf")]
 
 
@@ -204,7 +223,7 @@ def _nsd_conf(work: Path, zone: Path, port: int, rrl: bool) -> Path:
         f"    pidfile: \"{work / 'nsd.pid'}\"\n    logfile: \"{work / 'nsd.log'}\"\n"
         f"    verbosity: 0\n{limits}"
         f"remote-control:\n    control-enable: no\n"
-        f"zone:\n    name: {ORIGIN}\n    zonefile: \"{zone}\"\n")
+        + "".join(f"zone:\n    name: {o}\n    zonefile: \"{z}\"\n" for o, z in _zones(work, zone)))
     return conf
 
 
