@@ -11,8 +11,8 @@
 #            the priority socket, and over known_rate only they are top
 #   per-address sketches of queries and NXDOMAIN answers (halved each window): an address
 #            over known_addr_rate or whose answers are mostly NXDOMAIN (water torture it relays)
-#            is demoted to normal; a trusted relay, while the priority queue copes, only for
-#            names in a zone under NXDOMAIN pressure
+#            is demoted to normal; a trusted relay, until cutting every other class has not
+#            protected the known resolvers, only for names in a zone under NXDOMAIN pressure
 # Both bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
 # Aging (the control plane, pop53.scoring.aging): a trusted slot's trust_first holds when it was
 # last seen (refreshed at most four times a second), and Scorer.age clears the trust of slots not seen
@@ -179,12 +179,13 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
                         uint32_t key, uint32_t slot, const uint8_t* a, uint32_t alen,
                         const uint8_t* p, uint32_t n) noexcept nogil:
     """A known address over known_addr_rate (`over`) or relaying water torture (mostly NXDOMAIN
-    answers).  A trusted relaying address, while the known resolvers' own queue copes (no risk
-    tick in the last second), keeps its trust and its place in the priority socket: only its
-    names in a zone under NXDOMAIN pressure (sc_nx_zone_hit) are demoted, the rest stay top.
-    Otherwise the address is demoted as a whole and leaves the priority socket (untrusted, its
-    prefix strict): an untrusted one could be a spoofer (what it asks gains it nothing), and
-    with the known resolvers at risk a relay's flood must not share their queue."""
+    answers).  A trusted relaying address keeps its trust and its place in the priority socket
+    while cutting the other classes protects the known resolvers (no tick in the last second
+    found them at risk with every class but top at nothing, s.prio_risk_ms): only its names in
+    a zone under NXDOMAIN pressure (sc_nx_zone_hit) are demoted, the rest stay top.  Otherwise
+    the address is demoted as a whole and leaves the priority socket (untrusted, its prefix
+    strict): an untrusted one could be a spoofer (what it asks gains it nothing), and past that
+    last step a relay's flood must not share the known resolvers' queue."""
     cdef int zone
     if trusted and not over and not sc_recent(s, s.prio_risk_ms):
         sc_trust_seen(s, slot, a, alen)
