@@ -276,11 +276,10 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r, uint
         zlen[0] = q.qname_len - off
     else:
         # an uncompressed owner (the root zone): hash the reply's bytes up to its end
-        h = 14695981039346656037u
         i = pos
         while i < rlen and i < pos + 255 and r[i] != 0:
-            h = (h ^ r[i]) * 1099511628211u
             i += 1
+        h = sc_name_hash(r + pos, i - pos)
     zh[0] = h
     slot = <uint32_t>(mix64(h) & (SC_NX_SLOTS - 1))
     cnt = s.nx[slot]
@@ -416,6 +415,7 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "cost_ns": s.cost_ps / 1000.0,
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
-        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared, "trusted_marks": s.trusted_marks,
+        "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
+        "trusted_marks": s.trusted_marks,
         "yields": s.yields, "risk_ticks": s.risk_ticks,
     }
