@@ -116,14 +116,17 @@ class Subscriber:
                                 max_reconnect_attempts=-1, disconnected_cb=disconnected,
                                 reconnected_cb=reconnected, error_cb=error)
         try:
-            js = nc.jetstream()
+            # A consumer lost with its node is missed after two idle heartbeats (1 s) and
+            # recreated; an attempt during the stream leader's election fails after 2 s and the
+            # next heartbeat check retries it (docs/feed.md, "The lab fleet").
+            js = nc.jetstream(timeout=2)
             prefix = self.receiver.settings.prefix
 
             async def on_msg(m):
                 self.receiver.receive(m.subject, m.data)
 
             await js.subscribe(f"{prefix}.>", stream=self.stream, cb=on_msg, ordered_consumer=True,
-                               deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=1.0)
+                               deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=0.5)
             self.connected = True
             log.info("feed: following stream %s on %s", self.stream, ", ".join(self.servers))
             while not self._stop.is_set() and not nc.is_closed:
