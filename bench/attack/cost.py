@@ -13,11 +13,16 @@ CPU time (schedstat, every thread) over the run divided by the replies, and the 
 second.  Per rate: the medians, the per-round ratio scored / plain, in how many rounds the
 scored server was cheaper, a two-sided sign test.  Throughput ratios at full speed move with
 whatever else runs on this shared machine; CPU per reply at a fixed rate moves far less.
-Writes bench/results/attack-cost.md and .png.  Loopback only, bounded in time and count."""
+`--stamps` adds a third setup, "plain+stamps": the plain server (the same process, its runs
+alternated with the plain ones) while this bench holds a socket with SO_TIMESTAMPNS, which
+turns on the kernel's stamping of every arriving packet as the scored setup's sockets do: what
+the stamps alone cost.  Writes bench/results/attack-cost.md and .png.  Loopback only, bounded
+in time and count."""
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +44,22 @@ from bench.attack.run import capacity  # noqa: E402
 from bench.micro.rrl import image_names  # noqa: E402
 
 SETUPS = ("plain", "scored")
+STAMPED = "plain+stamps"
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)    # asm-generic/socket.h
+
+
+class StampHold:
+    """A loopback UDP socket with SO_TIMESTAMPNS: while it is open the kernel stamps every
+    packet that arrives on the machine (netstamp_needed_key), as it does for a scored server."""
+
+    def __enter__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        return self
+
+    def __exit__(self, *exc):
+        self.sock.close()
 
 
 def cpu_ns(srv: sv.Running) -> int:
@@ -52,57 +73,95 @@ def sign_p(k: int, n: int) -> float:
 
 
 def measure(args, binary: Path, tmp: Path, zonefile: Path, probe: str, name_wire: str) -> dict:
-    """{(setup, rate): [(ns per reply, replies/s), ...]} over the rounds."""
+    """{(setup, rate): [(ns per reply, replies/s), ...]} over the rounds.  With --stamps the
+    plain server runs every rate twice, without and with the kernel stamping (the order
+    alternating by round): the same process, so its ratio is free of the spread between fresh
+    servers."""
     cap = sv.CpuCap(0)
     out: dict[tuple[str, int], list] = {}
+
+    def run(srv, setup, rnd, rate):
+        time.sleep(0.5)
+        c0 = cpu_ns(srv)
+        got, offered = capacity(binary, srv.port, args.seconds, name_wire, rate, 256)
+        used = cpu_ns(srv) - c0
+        replies = got * args.seconds
+        out.setdefault((setup, rate), []).append(
+            (used / replies if replies else float("nan"), got))
+        print(f"round {rnd} {setup} rate {rate or 'full'}: {used / 1e6:.0f} ms CPU, "
+              f"{got:,.0f} replies/s of {offered:,.0f}, "
+              f"{used / replies if replies else float('nan'):.0f} ns/reply", flush=True)
+
     for rnd in range(args.rounds):
         for setup in (SETUPS if rnd % 2 == 0 else SETUPS[::-1]):
             srv = sv.Running("pop53", tmp / f"{setup}-{rnd}", zonefile, probe, cap,
                              plain=setup == "plain")
             try:
                 for rate in args.rates:
-                    time.sleep(0.5)
-                    c0 = cpu_ns(srv)
-                    got, offered = capacity(binary, srv.port, args.seconds, name_wire, rate, 256)
-                    used = cpu_ns(srv) - c0
-                    replies = got * args.seconds
-                    out.setdefault((setup, rate), []).append(
-                        (used / replies if replies else float("nan"), got))
-                    print(f"round {rnd} {setup} rate {rate or 'full'}: {used / 1e6:.0f} ms CPU, "
-                          f"{got:,.0f} replies/s of {offered:,.0f}, "
-                          f"{used / replies if replies else float('nan'):.0f} ns/reply", flush=True)
+                    if setup == "scored" or not args.stamps:
+                        run(srv, setup, rnd, rate)
+                        continue
+                    for stamped in ((False, True) if rnd % 2 == 0 else (True, False)):
+                        if stamped:
+                            with StampHold():
+                                run(srv, STAMPED, rnd, rate)
+                        else:
+                            run(srv, setup, rnd, rate)
             finally:
                 srv.stop()
     return out
 
 
+def setups_of(args) -> tuple[str, ...]:
+    return (SETUPS[0], STAMPED, SETUPS[1]) if args.stamps else SETUPS
+
+
+def ratio_cell(pl: list, other: list, key) -> str:
+    """Per-round ratio other / plain of `key`: its median (every round), how many rounds the
+    other setup was cheaper, the sign test."""
+    pairs = [(key(o), key(p)) for p, o in zip(pl, other)]
+    ratios = [a / b for a, b in pairs if a is not None and b]
+    if not ratios:
+        return "- | - | -"
+    k = sum(r < 1 for r in ratios)
+    return (f"{statistics.median(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)}) | "
+            f"{k}/{len(ratios)} | {sign_p(k, len(ratios)):.3f}")
+
+
 def report(args, res: dict, load0: float, load1: float) -> str:
+    opts = " --stamps" if args.stamps else ""
     lines = ["# Scoring's cost without an attack (bench/attack/cost.py)", "",
              f"- Date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
              f"- Command: `python -m bench.attack.cost --rounds {args.rounds} --seconds "
-             f"{args.seconds} --rates {','.join(str(r) for r in args.rates)}`",
+             f"{args.seconds} --rates {','.join(str(r) for r in args.rates)}{opts}`",
              f"- Machine: 2 CPUs shared with other work, load average {load0:.2f} at start, "
              f"{load1:.2f} at end",
              "- pop53, one worker pinned to CPU 0, no quota; plain (no scoring) against scoring + "
-             "the kernel stage (the attack bench's setup); one existing name from 256 /24s; "
-             "setups alternated per round, a fresh server each run", "",
-             "| offered/s | plain ns CPU/reply | scored ns CPU/reply | per-round ratio (median) "
-             "| scored cheaper | sign test p | plain replies/s | scored replies/s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for rate in args.rates:
-        pl, sc = res.get(("plain", rate), []), res.get(("scored", rate), [])
-        n = min(len(pl), len(sc))
-        if not n:
-            continue
-        ratios = [sc[i][0] / pl[i][0] for i in range(n)]
-        k = sum(r < 1 for r in ratios)
-        label = f"{rate:,}" if rate else "full speed"
-        lines.append(
-            f"| {label} | {statistics.median(c for c, _ in pl):.0f} | "
-            f"{statistics.median(c for c, _ in sc):.0f} | {statistics.median(ratios):.3f} "
-            f"({', '.join(f'{r:.3f}' for r in ratios)}) | {k}/{n} | {sign_p(k, n):.3f} | "
-            f"{statistics.median(g for _, g in pl):,.0f} | {statistics.median(g for _, g in sc):,.0f} |")
-    return "\n".join(lines) + "\n"
+             "the kernel stage (the attack bench's setup)"
+             + (", and plain while the kernel stamps every packet (plain+stamps)" if args.stamps
+                else "")
+             + "; one existing name from 256 /24s; setups alternated per round, a fresh server "
+             "each run", "",
+             "Per setup and offered rate: the median per reply over the rounds; against plain, the "
+             "per-round ratio (median, then every round), in how many rounds the setup was "
+             "cheaper, a two-sided sign test.", ""]
+    for name, key in [("server CPU ns", lambda r: r[0])]:
+        lines += [f"## {name} per reply", "",
+                  "| offered/s | setup | median | vs plain (rounds) | cheaper | sign test p "
+                  "| replies/s |", "|---|---|---|---|---|---|---|"]
+        for rate in args.rates:
+            pl = res.get(("plain", rate), [])
+            label = f"{rate:,}" if rate else "full speed"
+            for setup in setups_of(args):
+                runs = res.get((setup, rate), [])
+                vals = [key(r) for r in runs if key(r) is not None]
+                if not vals:
+                    continue
+                cmp = "- | - | -" if setup == "plain" else ratio_cell(pl, runs, key)
+                lines.append(f"| {label} | {setup} | {statistics.median(vals):,.0f} | {cmp} | "
+                             f"{statistics.median(g for _, g in runs):,.0f} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot(args, res: dict, path: Path) -> None:
@@ -110,14 +169,17 @@ def plot(args, res: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    setups = setups_of(args)
+    w = 0.8 / len(setups)
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    for j, setup in enumerate(SETUPS):
+    for j, setup in enumerate(setups):
         for i, rate in enumerate(args.rates):
             runs = [c for c, _ in res.get((setup, rate), [])]
             if not runs:
                 continue
-            x = i + (j - 0.5) * 0.38
-            ax.bar(x, statistics.median(runs), 0.36, color=("#999999", "#3366aa")[j],
+            x = i + (j - (len(setups) - 1) / 2) * w
+            ax.bar(x, statistics.median(runs), w * 0.95,
+                   color=("#999999", "#cc9933", "#3366aa")[j if len(setups) == 3 else 2 * j],
                    label=setup if i == 0 else None)
             ax.plot([x] * len(runs), runs, "k.", markersize=3)
     ax.set_xticks(range(len(args.rates)),
@@ -136,6 +198,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default="60000,120000,0",
                     type=lambda s: [int(x) for x in s.split(",")],
                     help="offered datagrams a second per run (0: full speed)")
+    ap.add_argument("--stamps", action="store_true",
+                    help="add plain+stamps: plain while the kernel stamps every packet")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-cost.md")
     args = ap.parse_args(argv)
     zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
