@@ -3,8 +3,8 @@
 
 Parses DNS queries and answers them from an immutable compiled image, without the GIL.  The
 Python side uses a handful of entry points: ImageView (open/validate an image buffer),
-Responder (identity and limits), answer() (one packet; tests and TCP), the worker loop and
-counters (io.pxi), and two compiler helpers (name_hash, fill_table).
+Responder (identity and limits), answer() (one packet; tests and TCP), the worker loop
+(udp_loop.pxi) and counters (io.pxi), and two compiler helpers (name_hash, fill_table).
 """
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
@@ -34,6 +34,7 @@ include "scoring_trust.pxi"
 include "scoring_api.pxi"
 include "kstamp.pxi"
 include "io.pxi"
+include "udp_loop.pxi"
 include "xdp.pxi"
 include "tcp.pxi"
 include "patch.pxi"

@@ -1,4 +1,4 @@
-# The AF_XDP worker: the same batch loop as the socket worker (io.pxi) over one XSK socket per
+# The AF_XDP worker: the same batch loop as the socket worker (udp_loop.pxi) over one XSK socket per
 # interface queue instead of recvmmsg/sendmmsg.  Receive a batch of frames from the RX ring,
 # check the headers, score/admit, answer with core_answer straight into a TX frame after the
 # mirrored headers, rate-limit, write lengths and checksums, put the batch on the TX ring,
@@ -136,7 +136,7 @@ cdef class XdpWorker(Worker):
 
     cdef void _dt_dropped_frame(self, uint32_t i, const uint8_t* f, const p53_pkt_t* k,
                                 const timespec* tq) noexcept nogil:
-        """dnstap: a query dropped without a reply, AUTH_QUERY alone (io.pxi: _dt_dropped)."""
+        """dnstap: a query dropped without a reply, AUTH_QUERY alone (udp_loop.pxi: _dt_dropped)."""
         cdef const uint8_t* sa = <const uint8_t*>&self.addrs[i]
         if self.st.dt != NULL and dt_sampled(self.st.dt):
             dt_push(self.st.dt, DT_UDP, 6 if k.v6 else 4, sa + (8 if k.v6 else 4),

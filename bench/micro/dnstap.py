@@ -8,7 +8,7 @@ image labelled with its slots), then a dnstap push of query and reply at sample 
 (the ring emptied after each pass: the worker's share alone), then the same with the writer's
 share in the same thread (encode to protobuf and write() Frame Streams frames to /dev/null after
 each pass).  The latency from the kernel stamp: each
-query's SO_TIMESTAMPNS read from its control data and counted per 64 (io.pxi, klat_add).
+query's SO_TIMESTAMPNS read from its control data and counted per 64 (udp_loop.pxi, klat_add).
 Rounds alternate the variants; medians and minima.  Writes
 bench/results/dnstap_micro.md.  Not a test: nothing here asserts a time.
 """

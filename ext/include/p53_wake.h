@@ -1,6 +1,6 @@
-/* Waking the control plane's housekeeping thread from a worker (ext/io.pxi Worker._wake): one
- * 8-byte write to an eventfd (eventfd(2)); never blocks (the counter saturates long after the
- * thread has woken and read it). */
+/* Waking the control plane's housekeeping thread from a worker (ext/udp_loop.pxi,
+ * Worker._loop): one 8-byte write to an eventfd (eventfd(2)); never blocks (the counter
+ * saturates long after the thread has woken and read it). */
 #ifndef P53_WAKE_H
 #define P53_WAKE_H
 #include <stdint.h>

@@ -95,7 +95,7 @@ def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
         c.sendto(q.to_wire(), addr)
         assert c.recvfrom(4096)
         st = server.workers[0].scoring_stats()
-        # a short batch emptied the queue: the controller reads no delay for it (ext/io.pxi)
+        # a short batch emptied the queue: the controller reads no delay for it (ext/udp_loop.pxi)
         assert sum(st["queue_delay"]) == 0
         slow = next(b for b, le in enumerate(_core.QUEUE_DELAY_BOUNDS_US) if le > 65_536)
         # 64 queue (as many as the 2 ms queue holds at least): one full batch, whose newest

@@ -1,4 +1,4 @@
-"""`[server] udp_coalesce_us` (ext/io.pxi Worker.set_coalesce, issue 10): after a receive batch
+"""`[server] udp_coalesce_us` (ext/io.pxi WorkerBase.set_coalesce, issue 10): after a receive batch
 of fewer than 16 queries a UDP worker pauses before reading again, so under load replies and
 wake-ups come in larger batches; the price is at most that pause of latency per query."""
 from __future__ import annotations

@@ -132,7 +132,7 @@ class ScoringService:
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
         """A priority socket gets each datagram's kernel receive time (SO_TIMESTAMPNS: the known
         resolvers' latency, per reply); a normal socket none (its worker reads one stamp per
-        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/io.pxi).  Bound a
+        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/udp_loop.pxi).  Bound a
         normal socket's queue to `queue_bytes` (a queue longer than a few ms of work only
         delays answers under a flood); a priority socket keeps the server's default."""
         if priority:
