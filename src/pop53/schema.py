@@ -420,7 +420,10 @@ _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness ov
  .key("prefix", "string", "pop53", "NATS subject prefix (PREFIX.map.NAME, PREFIX.target.NAME, PREFIX.heartbeat)")
  .key("nats_stream", "string", "POP53", "the JetStream stream followed")
  .key("delay", "number (seconds)", 0.0, "input-delayed role: apply every message this much later; never stale")
- .key("stale_after", "number (seconds)", 30.0, "no heartbeat for this long: the machine is stale"))
+ .key("stale_after", "number (seconds)", 30.0, "no heartbeat for this long: the machine is stale")
+ .key("consumer_heartbeat", "number 0.1..30 (seconds)", 0.5, "the NATS consumer's idle heartbeat: a "
+      "consumer lost with its node (killed, partitioned) is recreated after two missed ones; a big "
+      "fleet may raise it to spread the recreations after a node failure"))
 
 _dnstap = SCHEMA.table("dnstap", doc="dnstap (docs/dnstap.md): sampled queries and responses as "
                                      "AUTH_QUERY / AUTH_RESPONSE messages over Frame Streams, to a "

@@ -135,3 +135,20 @@ def test_no_input_crashes_the_decoder(wire):
     r, _ = receiver()
     r.receive(subj(), wire)
     assert sum(r.refused.values()) + r.applied["target"] == 1
+
+
+def test_consumer_heartbeat_is_read_and_bounded(tmp_path):
+    """[feed] consumer_heartbeat: how fast a consumer lost with a NATS node is recreated."""
+    from pop53.errors import ConfigError
+    from pop53.feed.service import parse
+
+    fm.keygen(str(tmp_path), "ops")
+    base = {"servers": ["nats://127.0.0.1:4222"], "trusted_keys": [str(tmp_path / "ops.pub")]}
+    settings = parse({"feed": base}, "a.toml", None, None)[1]
+    assert settings.consumer_heartbeat == 0.5
+    settings = parse({"feed": dict(base, consumer_heartbeat=2)}, "a.toml", None, None)[1]
+    assert settings.consumer_heartbeat == 2.0
+    for bad in (0.05, 31, True, "1"):
+        with pytest.raises(ConfigError,
+                           match=r"a.toml:feed.consumer_heartbeat: must be a number from 0.1"):
+            parse({"feed": dict(base, consumer_heartbeat=bad)}, "a.toml", None, None)

@@ -42,6 +42,7 @@ class FeedSettings:
     prefix: str = "pop53"              # NATS subject prefix: PREFIX.map.NAME, PREFIX.target.NAME
     delay: float = 0.0                 # input-delayed role: apply messages this much later
     stale_after: float = 30.0          # no heartbeat for this long: the machine is stale
+    consumer_heartbeat: float = 0.5    # the NATS consumer's idle heartbeat (transport.Subscriber)
     state: str | None = None           # where the last applied messages are kept
 
 

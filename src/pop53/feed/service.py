@@ -96,6 +96,11 @@ def parse(doc: dict, file: str | None, base: str | None, state: str | None):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError("must be a number >= 0", file=file, key=f"feed.{k}")
         nums[k] = float(v)
+    v = f.get("consumer_heartbeat", 0.5)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.1 <= v <= 30:
+        raise ConfigError("must be a number from 0.1 to 30 (seconds)", file=file,
+                          key="feed.consumer_heartbeat")
+    nums["consumer_heartbeat"] = float(v)
     strs = {}
     for k, default in (("stream", "pop53"), ("prefix", "pop53"), ("nats_stream", "POP53")):
         v = f.get(k, default)

@@ -116,9 +116,9 @@ class Subscriber:
                                 max_reconnect_attempts=-1, disconnected_cb=disconnected,
                                 reconnected_cb=reconnected, error_cb=error)
         try:
-            # A consumer lost with its node is missed after two idle heartbeats (1 s) and
-            # recreated; an attempt during the stream leader's election fails after 2 s and the
-            # next heartbeat check retries it (docs/feed.md, "The lab fleet").
+            # A consumer lost with its node is missed after two idle heartbeats ([feed]
+            # consumer_heartbeat) and recreated; an attempt during the stream leader's election
+            # fails after 2 s and the next heartbeat check retries it (docs/feed.md).
             js = nc.jetstream(timeout=2)
             prefix = self.receiver.settings.prefix
 
@@ -126,7 +126,8 @@ class Subscriber:
                 self.receiver.receive(m.subject, m.data)
 
             await js.subscribe(f"{prefix}.>", stream=self.stream, cb=on_msg, ordered_consumer=True,
-                               deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=0.5)
+                               deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                               idle_heartbeat=self.receiver.settings.consumer_heartbeat)
             self.connected = True
             log.info("feed: following stream %s on %s", self.stream, ", ".join(self.servers))
             while not self._stop.is_set() and not nc.is_closed:
