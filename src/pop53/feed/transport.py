@@ -72,6 +72,7 @@ class Subscriber:
         self.receiver = receiver
         self.stream = stream
         self.connected = False
+        self.url: str | None = None          # HOST:PORT of the NATS server connected to
         self.learned = None                  # pop53.feed.learned.LearnedPublisher, if any
         self.on_stop: list = []              # called by stop(), before the thread is joined
         self._stop = threading.Event()
@@ -107,6 +108,7 @@ class Subscriber:
 
         async def reconnected():
             self.connected = True
+            self.url = str(nc.connected_url.netloc) if nc.connected_url else None
 
         async def error(exc):
             # one line, not the client's default traceback on stderr for every failed attempt
@@ -129,6 +131,7 @@ class Subscriber:
                                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
                                idle_heartbeat=self.receiver.settings.consumer_heartbeat)
             self.connected = True
+            self.url = str(nc.connected_url.netloc) if nc.connected_url else None
             log.info("feed: following stream %s on %s", self.stream, ", ".join(self.servers))
             while not self._stop.is_set() and not nc.is_closed:
                 await asyncio.sleep(0.1)
