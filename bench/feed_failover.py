@@ -33,6 +33,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.peers.procs import stop  # noqa: E402  (SIGTERM by PID, then SIGKILL)
 KEY = Ed25519PrivateKey.generate()
 
 
@@ -107,13 +110,7 @@ class Cluster:
 
     def stop(self) -> None:
         for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(10)
+            stop(p)
 
 
 async def _quiet(exc) -> None:
@@ -190,6 +187,9 @@ async def one_run(args, heartbeat: float) -> dict:
             sub.stop()
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
+    if killed is None:
+        raise SystemExit(f"bench.feed_failover: {args.changes} changes ended before the kill "
+                         "3 s in: use --changes 40 or more")
     gap = max(ta - t0 for t0, ta in acks.values() if t0 >= killed)
     lag, missing = [], []
     for _, sink in subs:
