@@ -422,7 +422,7 @@ _feed = SCHEMA.table("feed", doc="The metadata feed: maps and target liveness ov
  .key("delay", "number (seconds)", 0.0, "input-delayed role: apply every message this much later; never stale")
  .key("stale_after", "number (seconds)", 30.0, "no heartbeat for this long: the machine is stale")
  .key("consumer_heartbeat", "number 0.1..30 (seconds)", 0.5, "the NATS consumer's idle heartbeat: a "
-      "consumer lost with its node (killed, partitioned) is recreated after two missed ones; a big "
+      "consumer lost with its node (killed, partitioned) is recreated 2-4 heartbeats later; a big "
       "fleet may raise it to spread the recreations after a node failure"))
 
 _dnstap = SCHEMA.table("dnstap", doc="dnstap (docs/dnstap.md): sampled queries and responses as "

@@ -118,9 +118,9 @@ class Subscriber:
                                 max_reconnect_attempts=-1, disconnected_cb=disconnected,
                                 reconnected_cb=reconnected, error_cb=error)
         try:
-            # A consumer lost with its node is missed after two idle heartbeats ([feed]
-            # consumer_heartbeat) and recreated; an attempt during the stream leader's election
-            # fails after 2 s and the next heartbeat check retries it (docs/feed.md).
+            # A consumer lost with its node is found missing two to four idle heartbeats later
+            # ([feed] consumer_heartbeat; nats-py checks every two) and recreated; an attempt
+            # during an election fails after 2 s and the next check retries it (docs/feed.md).
             js = nc.jetstream(timeout=2)
             prefix = self.receiver.settings.prefix
 
