@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                     "spoofed known sources,water torture via known resolvers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-flood-rate.md")
     args = ap.parse_args(argv)
-    from bench.attack.run import ATTACKS, bench_zone
+    from bench.attack.run import ATTACKS, bench_zone, flood_zone
     netns.enter()
     transports = args.transports.split(",")
     attacks = [a for a in args.attacks.split(",") if a]
@@ -107,8 +107,8 @@ def main(argv=None) -> int:
                     for attack in attacks:
                         for tr in order:
                             time.sleep(0.5)
-                            r = one(binary, srv, tr, ATTACKS[attack], zone_wire, name_wire,
-                                    args.seconds)
+                            r = one(binary, srv, tr, ATTACKS[attack],
+                                    flood_zone(attack, zone_wire), name_wire, args.seconds)
                             res.setdefault((attack, tr), []).append(r)
                             print(rnd, attack, tr, {k: round(v) for k, v in r.items()}, flush=True)
             finally:

@@ -77,7 +77,15 @@ ATTACKS = {
     # resolvers' own addresses: they relay the attack and still ask their real names
     "water torture via the measured resolvers too": (0, 4, 256),
 }
-RELAYED_TOO = 4                   # the source layout whose flood asks servers.ATTACKED
+# attacks whose random subdomains are of another zone than the benchmark zone
+TARGETS = {"water torture via the measured resolvers too": sv.ATTACKED}
+
+
+def flood_zone(attack: str, zone_wire: str) -> str:
+    """The wire form (hex) of the zone `attack` floods: the benchmark zone's unless TARGETS
+    names another."""
+    other = TARGETS.get(attack)
+    return dns.name.from_text(other).to_wire().hex() if other else zone_wire
 
 
 def _server_cookie(s: socket.socket, port: int, client_cookie: bytes) -> bytes:
@@ -194,8 +202,7 @@ def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zon
     CpuCap.duty()), the one on CPU 0 takes the stealer's place as the servers' cap; the others
     run SCHED_IDLE."""
     mode, src, nsrc = ATTACKS[attack]
-    if src == RELAYED_TOO:
-        zone_wire = dns.name.from_text(sv.ATTACKED).to_wire().hex()
+    zone_wire = flood_zone(attack, zone_wire)
     budget = binary.parent / f"budget-{time.monotonic_ns()}"
     procs = []
     for cpu in cpus:

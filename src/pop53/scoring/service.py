@@ -53,6 +53,14 @@ def datagram_truesize() -> int:
         w.close()
 
 
+# a worker's scoring_stats() keys summed over the workers (ScoringService.stats): per class,
+# plain counters, queue-delay histograms
+_PER_CLASS = ("admitted", "dropped", "nx_dropped")
+_SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
+           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks")
+_HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
+
+
 class ScoringService:
     def __init__(self, settings: dict, state: str | None = None):
         self.scorer = _core.Scorer(**settings["scorer"])
@@ -132,8 +140,8 @@ class ScoringService:
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
         """A priority socket gets each datagram's kernel receive time (SO_TIMESTAMPNS: the known
         resolvers' latency, per reply); a normal socket none (its worker reads one stamp per
-        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/udp_loop.pxi).  Bound a
-        normal socket's queue to `queue_bytes` (a queue longer than a few ms of work only
+        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/udp_loop.pxi).
+        Bound a normal socket's queue to `queue_bytes` (a queue longer than a few ms of work only
         delays answers under a flood); a priority socket keeps the server's default."""
         if priority:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -237,26 +245,19 @@ class ScoringService:
     def stats(workers) -> dict:
         """The workers' scoring counters summed; the controller level and shares: the highest
         level of any worker and the matching shares."""
-        total: dict = {"admitted": {}, "dropped": {}, "lifted": 0, "kernel_drops": 0,
-                       "kernel_drops_priority": 0, "overload_ticks": 0, "delay_ticks": 0,
-                       "untrusted": 0, "nx_demoted": 0, "nx_spared": 0, "trusted_marks": 0,
-                       "yields": 0,
-                       "risk_ticks": 0,
-                       "level": 0.0, "share": {}, "workers": [], "nx_dropped": {},
-                       "queue_delay": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
-                       "priority_wait": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0],
-                       "priority_latency": [0] * len(_core.QUEUE_DELAY_BOUNDS_US) + [0]}
+        hist = len(_core.QUEUE_DELAY_BOUNDS_US) + 1
+        total: dict = {"level": 0.0, "share": {}, "workers": [],
+                       **{k: {} for k in _PER_CLASS}, **{k: 0 for k in _SUMMED},
+                       **{k: [0] * hist for k in _HISTOGRAMS}}
         for w in workers:
             st = w.scoring_stats()
             total["workers"].append(st)
-            for k in ("admitted", "dropped", "nx_dropped"):
+            for k in _PER_CLASS:
                 for c, v in st[k].items():
                     total[k][c] = total[k].get(c, 0) + v
-            for k in ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-                      "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields",
-                      "risk_ticks"):
+            for k in _SUMMED:
                 total[k] += st[k]
-            for k in ("queue_delay", "priority_wait", "priority_latency"):
+            for k in _HISTOGRAMS:
                 total[k] = [a + b for a, b in zip(total[k], st[k])]
             if st["level"] >= total["level"]:
                 total["level"], total["share"] = st["level"], st["share"]

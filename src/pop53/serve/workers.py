@@ -73,8 +73,8 @@ class Workers:
     def _stamps_always(self, cfg: Config) -> bool:
         """SO_TIMESTAMPNS on the socket for good: stamping every batch.  A sampled worker asks
         with SO_TIMESTAMPING in its windows instead (ext/kstamp.pxi); a scored worker reads one
-        stamp per full batch from the socket (SIOCGSTAMPNS, ext/udp_loop.pxi), which SO_TIMESTAMPNS
-        would stop the kernel from keeping."""
+        stamp per full batch from the socket (SIOCGSTAMPNS, ext/udp_loop.pxi), which
+        SO_TIMESTAMPNS would stop the kernel from keeping."""
         return cfg.receive_timestamps and self.stamp_every <= 1 and self.scoring is None
 
     def _bind(self, addr: Listen, cfg: Config) -> None:
