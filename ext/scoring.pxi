@@ -272,14 +272,14 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r, uint
         off = ((<uint32_t>(r[pos] & 0x3F) << 8) | r[pos + 1]) - 12
         if off >= q.qname_len:
             return 0
-        h = sc_name_hash(q.qname + off, q.qname_len - off)
+        h = sc_name_hash(q.qname + off, q.qname_len - off, False)   # lowercased already
         zlen[0] = q.qname_len - off
     else:
         # an uncompressed owner (the root zone): hash the reply's bytes up to its end
         i = pos
         while i < rlen and i < pos + 255 and r[i] != 0:
             i += 1
-        h = sc_name_hash(r + pos, i - pos)
+        h = sc_name_hash(r + pos, i - pos, True)
     zh[0] = h
     slot = <uint32_t>(mix64(h) & (SC_NX_SLOTS - 1))
     cnt = s.nx[slot]
@@ -289,14 +289,15 @@ cdef uint32_t sc_zone_nx(sc_state_t* s, const query_t* q, const uint8_t* r, uint
     return cnt
 
 
-cdef inline uint64_t sc_name_hash(const uint8_t* name, uint32_t n) noexcept nogil:
-    """FNV-1a over a wire name's bytes, lowercased (label lengths are < 64, below 'A')."""
+cdef inline uint64_t sc_name_hash(const uint8_t* name, uint32_t n, bint fold) noexcept nogil:
+    """FNV-1a over a wire name's bytes, lowercased when `fold` (label lengths are < 64, below
+    'A'); a name parsed into query_t.qname is lowercase already."""
     cdef uint64_t h = 14695981039346656037u
     cdef uint32_t i
     cdef uint8_t b
     for i in range(n):
         b = name[i]
-        if 65 <= b <= 90:
+        if fold and 65 <= b <= 90:
             b += 32
         h = (h ^ b) * 1099511628211u
     return h
@@ -358,7 +359,7 @@ cdef int sc_nx_zone_hit(const sc_state_t* s, const uint8_t* p, uint32_t n) noexc
     while pos < end:
         L = end - pos
         for j in range(s.nxz_n):
-            if s.nxz_len[j] == L and s.nxz_hash[j] == sc_name_hash(p + pos, L):
+            if s.nxz_len[j] == L and s.nxz_hash[j] == sc_name_hash(p + pos, L, True):
                 return <int>j
         pos += 1 + p[pos]
     return -1

@@ -184,10 +184,7 @@ def test_a_demoted_relay_stays_demoted_while_it_is_cut():
     image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
     s = _scorer(nx_rate=16)
     relay = _ip("127.1.0.30")
-    for i in range(40):
-        q = _query(f"r{i}x.integ.example.")
-        c = s.classify(q, relay)
-        s.nx_check(q, pop53.answer(image, q, ("127.1.0.30", 5353)), c, relay)
+    _torture(s, image, relay, 40)
     assert s.classify(_query(), relay) == "normal"
     for _ in range(60):
         s.tick(True)                       # everything but top cut
@@ -280,10 +277,6 @@ def test_a_valid_cookie_trusts_its_address():
     assert s.admit(_query(), real, responder) and not s.admit(_query(), other, responder)
 
 
-def sc_trusted(server) -> bool:
-    return server.scoring.scorer.trusted(_ip("127.1.0.30"))
-
-
 def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
@@ -315,7 +308,8 @@ def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
         assert st["nx_spared"] == 1
         assert st["admitted"]["top"] >= 32 + 1 and st["admitted"]["normal"] >= 8 + 1
         # trusted (its second query) and nothing at risk: still the priority socket
-        assert sc_trusted(server) and _per_worker(server) == (normal0, prio0 + 2)
+        assert server.scoring.scorer.trusted(_ip("127.1.0.30"))
+        assert _per_worker(server) == (normal0, prio0 + 2)
         from pop53.scoring import metrics
         fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
                 if f.samples and not f.samples[0].labels}
