@@ -5,40 +5,13 @@ the known table across reloads."""
 from __future__ import annotations
 
 import logging
-import socket
-
-import dns.flags
-import dns.message
 
 from pop53 import config as cfgmod
 from pop53.scoring import ebpf, steer
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
-
-
-def _ask(addr, src: str, n: int) -> int:
-    """n queries from n source ports of `src`; returns how many were answered."""
-    q = dns.message.make_query("www.integ.example.", "A")
-    q.flags &= ~dns.flags.RD
-    got = 0
-    for _ in range(n):
-        s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((src, 0))
-        s.settimeout(2)
-        try:
-            s.sendto(q.to_wire(), addr)
-            got += bool(dns.message.from_wire(s.recvfrom(4096)[0]).answer)
-        finally:
-            s.close()
-    return got
-
-
-def _per_worker(server) -> tuple[int, int]:
-    """(datagrams the workers took from their normal sockets, from their priority sockets)."""
-    udp = sum(w.stats()["udp"] for w in server.workers)
-    prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
-    return udp - prio, prio
+from steer_support import ask, per_worker
 
 
 def _steered(tmp_path, listen: str, workers: int, known_text: str):
@@ -59,10 +32,10 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         # each worker serves its normal socket and its priority socket, the latter first
         assert len(server.workers) == 2 and len(server.scoring.priority) == 2
         assert server.scoring.steering == "ebpf"
-        assert _ask(addr, "127.1.0.7", 20) == 20
-        assert _per_worker(server) == (0, 20)
-        assert _ask(addr, "127.2.0.7", 20) == 20
-        assert _per_worker(server) == (20, 20)
+        assert ask(addr, "127.1.0.7", 20) == 20
+        assert per_worker(server) == (0, 20)
+        assert ask(addr, "127.2.0.7", 20) == 20
+        assert per_worker(server) == (20, 20)
         assert sum(w.scoring_stats()["admitted"]["top"] for w in server.workers) == 20
         # the known resolvers' own latency (kernel stamp to send) counts priority replies only
         from pop53.scoring.service import ScoringService
@@ -74,8 +47,8 @@ def test_known_resolvers_reach_the_priority_sockets(tmp_path):
         # a new table re-attaches the program
         known.write_text("127.3.0.0/24\n")
         server.reload()
-        assert _ask(addr, "127.3.0.7", 10) == 10 and _ask(addr, "127.1.0.7", 10) == 10
-        assert _per_worker(server) == (30, 30)
+        assert ask(addr, "127.3.0.7", 10) == 10 and ask(addr, "127.1.0.7", 10) == 10
+        assert per_worker(server) == (30, 30)
     finally:
         server.stop()
 
@@ -87,12 +60,12 @@ def test_ebpf_steers_ipv6_by_56(tmp_path):
     try:
         addr = server.addresses[0]
         assert server.scoring.steering == "ebpf"
-        assert _ask(addr, "::1", 12) == 12
-        assert _per_worker(server) == (0, 12)
+        assert ask(addr, "::1", 12) == 12
+        assert per_worker(server) == (0, 12)
         known.write_text("2001:db8::/56\n")           # ::1 no longer known
         server.reload()
-        assert _ask(addr, "::1", 12) == 12
-        assert _per_worker(server) == (12, 12)
+        assert ask(addr, "::1", 12) == 12
+        assert per_worker(server) == (12, 12)
     finally:
         server.stop()
 
@@ -110,8 +83,8 @@ def test_without_ebpf_classic_bpf_steers_ipv4_and_says_so(tmp_path, monkeypatch,
         assert any("eBPF steering not allowed" in r.message and "no IPv6" in r.message
                    for r in caplog.records)
         addr = server.addresses[0]
-        assert _ask(addr, "127.1.0.9", 5) == 5 and _ask(addr, "127.2.0.9", 5) == 5
-        assert _per_worker(server) == (5, 5)
+        assert ask(addr, "127.1.0.9", 5) == 5 and ask(addr, "127.2.0.9", 5) == 5
+        assert per_worker(server) == (5, 5)
     finally:
         server.stop()
 

@@ -20,6 +20,7 @@ from pop53.scoring.known import KnownPrefixes, compile_table
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
+from steer_support import ask, per_worker
 
 CORE_ZONE = Path(__file__).resolve().parents[1] / "data" / "core.test.zone"
 KNOWN = KnownPrefixes(frozenset({0x7F0100}), frozenset())      # 127.1.0.0/24
@@ -196,23 +197,6 @@ def test_a_demoted_relay_stays_demoted_while_it_is_cut():
     assert s.classify(_query(), relay) == "normal"
 
 
-def _per_worker(server) -> tuple[int, int]:
-    udp = sum(w.stats()["udp"] for w in server.workers)
-    prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
-    return udp - prio, prio
-
-
-def _ask(addr, src: str, n: int) -> int:
-    got = 0
-    for _ in range(n):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((src, 0))
-            s.settimeout(2)
-            s.sendto(_query(), addr)
-            got += bool(dns.message.from_wire(s.recvfrom(4096)[0]).answer)
-    return got
-
-
 def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_path):
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
@@ -226,20 +210,20 @@ def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_p
         addr = server.addresses[0]
         assert server.scoring.steering == "ebpf" and server.scoring.trust_map is not None
         sc = server.scoring.scorer
-        assert _ask(addr, "127.1.0.7", 3) == 3
+        assert ask(addr, "127.1.0.7", 3) == 3
         time.sleep(0.1)
-        assert _ask(addr, "127.1.0.7", 3) == 3 and sc.trusted(_ip("127.1.0.7"))
-        assert _per_worker(server) == (0, 6)       # no history yet: the whole /24 is steered
+        assert ask(addr, "127.1.0.7", 3) == 3 and sc.trusted(_ip("127.1.0.7"))
+        assert per_worker(server) == (0, 6)       # no history yet: the whole /24 is steered
         # .7 is trusted, so the /24 is strict: its other addresses go to the normal socket
         assert sc.strict(_ip("127.1.0.99"))
-        assert _ask(addr, "127.1.0.99", 30) == 30
-        assert _per_worker(server) == (30, 6)
-        n0, p0 = _per_worker(server)
-        assert _ask(addr, "127.1.0.7", 5) == 5     # trusted: still the priority socket
-        assert _ask(addr, "127.1.0.98", 5) == 5    # untrusted in a strict /24: the normal one
-        assert _per_worker(server) == (n0 + 5, p0 + 5)
-        assert _ask(addr, "127.2.0.5", 4) == 4     # unknown: normal
-        assert _per_worker(server) == (n0 + 9, p0 + 5)
+        assert ask(addr, "127.1.0.99", 30) == 30
+        assert per_worker(server) == (30, 6)
+        n0, p0 = per_worker(server)
+        assert ask(addr, "127.1.0.7", 5) == 5     # trusted: still the priority socket
+        assert ask(addr, "127.1.0.98", 5) == 5    # untrusted in a strict /24: the normal one
+        assert per_worker(server) == (n0 + 5, p0 + 5)
+        assert ask(addr, "127.2.0.5", 4) == 4     # unknown: normal
+        assert per_worker(server) == (n0 + 9, p0 + 5)
         from pop53.scoring import metrics
         fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
                 if f.samples and not f.samples[0].labels}
@@ -301,7 +285,7 @@ def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
             assert {ask(f"r{i}x.integ.example.") for i in range(40)} == {dns.rcode.NXDOMAIN}
             st = server.scoring.stats(server.workers)
             assert st["nx_demoted"] >= 1 and st["nx_spared"] == 0
-            normal0, prio0 = _per_worker(server)
+            normal0, prio0 = per_worker(server)
             assert ask("www.core.test.") == dns.rcode.NOERROR
             assert ask("www.integ.example.") == dns.rcode.NOERROR   # nothing cut: answered
         st = server.scoring.stats(server.workers)
@@ -309,7 +293,7 @@ def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
         assert st["admitted"]["top"] >= 32 + 1 and st["admitted"]["normal"] >= 8 + 1
         # trusted (its second query) and nothing at risk: still the priority socket
         assert server.scoring.scorer.trusted(_ip("127.1.0.30"))
-        assert _per_worker(server) == (normal0, prio0 + 2)
+        assert per_worker(server) == (normal0, prio0 + 2)
         from pop53.scoring import metrics
         fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
                 if f.samples and not f.samples[0].labels}

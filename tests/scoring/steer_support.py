@@ -1,0 +1,32 @@
+"""Helpers of the kernel-stage tests (test_steer, test_trust, test_cookie_steer): queries from a
+chosen source address, and where the workers read them (normal or priority socket)."""
+from __future__ import annotations
+
+import socket
+
+import dns.flags
+import dns.message
+
+
+def ask(addr, src: str, n: int, wire: bytes | None = None) -> int:
+    """n queries (`wire`, else www.integ.example. A with RD=0) from n source ports of `src`;
+    returns how many were answered."""
+    if wire is None:
+        q = dns.message.make_query("www.integ.example.", "A")
+        q.flags &= ~dns.flags.RD
+        wire = q.to_wire()
+    got = 0
+    for _ in range(n):
+        with socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((src, 0))
+            s.settimeout(2)
+            s.sendto(wire, addr)
+            got += bool(dns.message.from_wire(s.recvfrom(4096)[0]).answer)
+    return got
+
+
+def per_worker(server) -> tuple[int, int]:
+    """(datagrams the workers took from their normal sockets, from their priority sockets)."""
+    udp = sum(w.stats()["udp"] for w in server.workers)
+    prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
+    return udp - prio, prio
