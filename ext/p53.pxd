@@ -436,6 +436,8 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
     bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)
+    bint in_prio              # the batch being scored came from the priority socket
+    uint64_t proven_untrusted # cookie-proven addresses untrusted for their rate (sc_proven_rate)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

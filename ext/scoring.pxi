@@ -175,6 +175,8 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
     s.last_known = False
     if sc_known(kn, a, alen):
         return sc_known_class(cfg, s, count, a, alen, p, n)
+    if s.in_prio and s.trust != NULL:
+        sc_proven_rate(cfg, s, a, alen)        # steered for a cookie's trust bit (scoring_trust.pxi)
     if count > cfg.source_rate:
         return SC_FLOOD
     if sc_odd(cfg, p, n):
@@ -241,7 +243,7 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
             s.acc[c] -= SC_ONE
         elif sc_cookie_lifts(rcfg, p, n, a, alen):
             s.lifted += 1
-            sc_trust_proven(s, a, alen)
+            sc_trust_proven(cfg, s, a, alen)
             c = SC_TOP
         else:
             s.dropped[c] += 1
@@ -417,6 +419,6 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
-        "trusted_marks": s.trusted_marks,
+        "trusted_marks": s.trusted_marks, "proven_untrusted": s.proven_untrusted,
         "yields": s.yields, "risk_ticks": s.risk_ticks,
     }

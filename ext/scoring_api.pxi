@@ -309,7 +309,7 @@ cdef class Scorer:
         if len(address) not in (4, 16):
             raise ValueError("a 4- or 16-byte address")
         self.begin(&self.probe)
-        sc_trust_proven(&self.probe, <const uint8_t*>(<char*>address), len(address))
+        sc_trust_proven(&self.cfg, &self.probe, <const uint8_t*>(<char*>address), len(address))
 
     def normal_batch(self):
         """How many datagrams the worker loop would take from its normal socket next."""

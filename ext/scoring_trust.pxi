@@ -107,18 +107,40 @@ cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
         p53_and_u64(&s.trust[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
 
 
-cdef inline void sc_trust_proven(sc_state_t* s, const uint8_t* a, uint32_t alen) noexcept nogil:
+cdef inline void sc_trust_proven(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
+                                 uint32_t alen) noexcept nogil:
     """A valid server cookie of ours proved the address (RFC 7873 §5.3): trust it at once, so
-    the kernel stage steers it to the priority socket even inside a strict prefix."""
-    cdef uint32_t slot
+    the kernel stage steers it to the priority socket, even inside a strict prefix and, with
+    steer_proven, outside every known prefix; not while the address is over known_addr_rate
+    in the window (sc_proven_rate untrusted it: its address is being spoofed)."""
+    cdef uint32_t slot, key
     if s.trust == NULL or alen == 0:
         return
-    slot = sc_golden(sc_addr_key(a, alen), SC_TRUST_SHIFT)
+    key = sc_addr_key(a, alen)
+    if sc_addr_count(s.asketch, key, False) > cfg.known_addr_rate:
+        return
+    slot = sc_golden(key, SC_TRUST_SHIFT)
     if s.trust_first != NULL:
         s.trust_first[slot] = <uint32_t>sc_now_ms() | 1     # last seen (aging)
     if not sc_bit(s.trust, slot):
         p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
         s.trusted_marks += 1
+
+
+cdef void sc_proven_rate(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
+                         uint32_t alen) noexcept nogil:
+    """A datagram of an unknown prefix read from the priority socket: the kernel stage steered
+    it for its address's trust bit, which outside known prefixes only a valid server cookie
+    sets (sc_trust_proven; or its slot is shared with such an address).  Count the address like
+    a known one: over known_addr_rate in the window its trust is cleared, so a flood spoofing a
+    proven address leaves the priority socket (and the real client, whose cookie still lifts
+    it under overload in admit(), is trusted again a window or two after the flood)."""
+    cdef uint32_t key = sc_addr_key(a, alen), slot
+    if sc_addr_count(s.asketch, key, True) > cfg.known_addr_rate:
+        slot = sc_golden(key, SC_TRUST_SHIFT)
+        if sc_bit(s.trust, slot):
+            sc_untrust(s, slot)
+            s.proven_untrusted += 1
 
 
 cdef void sc_prefix_over(sc_state_t* s, const uint8_t* a, uint32_t alen, uint32_t v) noexcept nogil:

@@ -296,8 +296,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("trust_after_ms", "integer (ms)", 1000, "an address of a known prefix becomes trusted when seen again "
       "this long after its first sighting with no overload in between (spoofed sources come with the "
       "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
- .key("trust_ttl", "number (seconds) 1..2592000", 86400, "a trusted address of a known prefix not seen "
-      "for this long loses its trust (its history starts again)")
+ .key("trust_ttl", "number (seconds) 1..2592000", 86400, "a trusted address (of a known prefix, or "
+      "proven by a cookie) not seen for this long loses its trust (its history starts again)")
  .key("strict_calm", "number (seconds) 1..2592000", 600, "strict known prefixes (only trusted addresses "
       "steered and top over known_rate) relax after this long without overload; one whose trusted "
       "address still asks is strict again at its next query")
@@ -317,8 +317,12 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "(containers' CPU limits) the kernel then stops a worker near its quota instead of at its next tick and "
       "throttling it for several periods (bench/attack/stalls.py, docs/scoring.md)")
  .key("rd_odd", "boolean", True, "a query with RD=1 counts as odd (resolvers send RD=0 to authorities)")
- .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known IPv4 resolvers steered "
-      "to it by the reuseport program (at most 1,800 /24s; replaces [server] reuseport_bpf)")
+ .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known resolvers steered "
+      "to it by the reuseport program (eBPF: every known /24 and /56; classic BPF where the kernel refuses "
+      "eBPF: at most 1,800 IPv4 /24s; replaces [server] reuseport_bpf)")
+ .key("steer_proven", "boolean", True, "with steer and the eBPF program: an address outside the known "
+      "prefixes that sent a valid server cookie of ours (RFC 7873) is steered to the priority socket too, "
+      "until trust_ttl without one or until it goes over known_addr_rate there (its address spoofed)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "

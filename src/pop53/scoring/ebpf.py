@@ -16,6 +16,8 @@ Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at 
     6: key = {128, saddr (net offset 8, 16 bytes)}; lookup v6 trie
     known and a trust map: the prefix's strict bit set (it went over known_rate: spoofed sources
         inside it) and the address's trust bit clear -> not steered
+    not known, a trust map and `proven`: the address's trust bit set (outside known prefixes
+        only a valid server cookie of ours sets it) -> steered
     base = W if steered else 0;  return base + (hash(last address word) % W)
 
 The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
@@ -90,9 +92,10 @@ class _Asm:
         return b"".join(out)
 
 
-def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1) -> bytes:
+def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, proven: bool = False) -> bytes:
     """The steering program for a group of 2 x `workers` sockets (see the module text); with a
-    trust map (`trust_fd`), a strict prefix steers only its trusted addresses."""
+    trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with `proven`
+    a trusted address outside the known prefixes (a cookie proved it) is steered too."""
     if not 1 <= workers <= 32768:
         raise ValueError("workers within 1..32768")
     a = _Asm()
@@ -112,13 +115,15 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1) -> bytes:
         a.op(_JMP | _CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
         a.jmp(_JMP | _JNE | _K, R0, "pick", 0)                   # cannot read it: not steered
 
-    def lookup(fd, hash_off, known):
+    proven = proven and trust_fd >= 0
+
+    def lookup(fd, hash_off, known, miss):
         a.op(_LDX | _MEM | _W, R9, FP, hash_off)                 # the address word to hash
         a.ld_map(R1, fd)
         a.op(_ALU64 | _MOV | _X, R2, FP)
         a.op(_ALU64 | _ADD | _K, R2, 0, 0, -24)
         a.op(_JMP | _CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(_JMP | _JEQ | _K, R0, "pick", 0)
+        a.jmp(_JMP | _JEQ | _K, R0, miss if proven else "pick", 0)
         a.jmp(_JMP | _JA, 0, known if trust_fd >= 0 else "prio")
 
     def key_v4(prefix):          # r1 = the folded address (or /24), as scoring.pxi folds it
@@ -166,11 +171,11 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1) -> bytes:
     a.label("v4")
     a.op(_ST | _MEM | _W, FP, 0, -24, 32)                        # prefixlen
     load(12, -20, 4)                                             # saddr
-    lookup(fd4, -20, "known4")
+    lookup(fd4, -20, "known4", "miss4")
     a.label("v6")
     a.op(_ST | _MEM | _W, FP, 0, -24, 128)
     load(8, -20, 16)
-    lookup(fd6, -8, "known6")                                    # hash the last word
+    lookup(fd6, -8, "known6", "miss6")                           # hash the last word
     if trust_fd >= 0:
         from pop53._core import TRUST_LAYOUT
         words, _all, addr_shift, prefix_shift, _g = TRUST_LAYOUT
@@ -180,6 +185,11 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1) -> bytes:
             bit(lambda: key(True), prefix_shift, words, "prio")
             bit(lambda: key(False), addr_shift, 0, "pick")
             a.jmp(_JMP | _JA, 0, "prio")
+            if proven:
+                # not known: steered when trusted (a valid cookie proved the address)
+                a.label("miss" + v)
+                bit(lambda: key(False), addr_shift, 0, "pick")
+                a.jmp(_JMP | _JA, 0, "prio")
     a.label("prio")
     a.op(_ALU64 | _MOV | _K, R8, 0, 0, workers)                  # the priority block
     a.label("pick")
@@ -272,7 +282,7 @@ def _load(insns: bytes) -> int:
         raise
 
 
-def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> int:
+def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, proven: bool = False) -> int:
     """Build the tries from known /24 keys (the top 24 bits of the address) and /56 keys (the
     top 56 bits) and load the program; returns its fd (the caller closes it after attaching).
     Raises EbpfUnavailable when the kernel does not allow it."""
@@ -286,7 +296,7 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> int:
             _update(fd4, struct.pack("<I", 24) + (k << 8).to_bytes(4, "big"))
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
-        return _load(program(workers, fd4, fd6, trust_fd))
+        return _load(program(workers, fd4, fd6, trust_fd, proven))
     except OSError as exc:
         raise EbpfUnavailable(f"bpf(2): {exc.strerror}") from None
     finally:
@@ -294,10 +304,11 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> int:
             os.close(fd)          # the loaded program holds its maps
 
 
-def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1) -> None:
+def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1,
+           proven: bool = False) -> None:
     """Load and attach the program to the group of 2 x `workers` sockets `sock` belongs to
     (attaching again replaces the group's program atomically)."""
-    fd = load(workers, v4_keys, v6_keys, trust_fd)
+    fd = load(workers, v4_keys, v6_keys, trust_fd, proven)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", fd))
     except OSError as exc:

@@ -57,7 +57,7 @@ def datagram_truesize() -> int:
 # plain counters, queue-delay histograms
 _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks")
+           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks", "proven_untrusted")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
@@ -72,6 +72,7 @@ class ScoringService:
         self.last_error: str | None = None
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
+        self.steer_proven = settings.get("steer_proven", True)     # cookie-proven addresses too
         self.queue_bytes = settings.get("queue_bytes", 0)
         # a short queue only with the kernel stage: without it known resolvers share the normal
         # socket, and a short queue would have the kernel drop them with the flood
@@ -195,7 +196,8 @@ class ScoringService:
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
         from pop53.scoring import steer
-        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6, self.trust_fd)
+        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6, self.trust_fd,
+                                     self.steer_proven)
         self.groups.append((group[0], workers))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
@@ -210,7 +212,8 @@ class ScoringService:
             if self.groups:
                 from pop53.scoring import steer
                 for sock, workers in self.groups:
-                    self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd)
+                    self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd,
+                                                 self.steer_proven)
             if old is not None:
                 server.slot.retire(old)
 

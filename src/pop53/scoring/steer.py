@@ -49,16 +49,17 @@ def prologue(base: int, v4_keys) -> list:
     return prog
 
 
-def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1) -> str:
+def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, proven: bool = False) -> str:
     """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to: the
     eBPF LPM-trie program (pop53.scoring.ebpf: every known /24 and /56) when the kernel allows
     it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
     so.  With `trust_fd` (ebpf.TrustMap) the eBPF program steers only the trusted addresses of a
-    prefix that went over its rate.  Returns "ebpf" or "cbpf"."""
+    prefix that went over its rate, and with `proven` the addresses a valid server cookie
+    trusted outside the known prefixes.  Returns "ebpf" or "cbpf"."""
     from pop53.scoring import ebpf
     global _warned
     try:
-        ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd)
+        ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, proven)
         return "ebpf"
     except ebpf.EbpfUnavailable as exc:
         if not _warned:
