@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 LABEL = {"pop53": "pop53 (scoring + steering)", "knot": "Knot mod-rrl", "nsd": "NSD RRL",
-         "dnsdist": "dnsdist blocks + NSD"}
+         "dnsdist": "dnsdist blocks + NSD",
+         "pop53-unproven": "pop53, cookie-proven clients not steered (steer_proven = false)"}
 
 
 def _worst(xs) -> float:
@@ -40,6 +41,9 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
     cmd += f" --flood-tx {tx}"
     if getattr(args, "cookies", False):
         cmd += " --cookies"
+    unlisted = getattr(args, "unlisted", False)
+    if unlisted:
+        cmd += " --unlisted"
     if fcpus != "0,1":
         cmd += f" --flood-cpus {fcpus}"
     if getattr(args, "cap", "steal") != "steal":
@@ -65,8 +69,10 @@ def write(args, loads, names, attacks, skipped, caps, unit, runs, load0, load1, 
              f"- Known resolvers: {20} x {100} q/s from 127.1.0.0/24"
              + (", each sending a DNS COOKIE (pop53 cookies on, Knot mod-cookies)"
                 if getattr(args, "cookies", False) else ", no DNS COOKIEs")
-             + "; every server is told the "
-             "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it",
+             + ("; NOT listed as known: every server is told only the relays' prefix "
+                "(127.3.0.0/16) where it has a knob for it, so the measured resolvers are "
+                "unknown clients" if unlisted else "; every server is told the "
+                "known prefixes (127.1.0.0/24, 127.3.0.0/16) where it has a knob for it"),
              f"- Rounds: {args.rounds} (servers alternate; rows are medians over rounds), "
              f"{args.seconds} s per row, in the order of the table: each server keeps running "
              f"through a round's rows (1 s of calm between them), so pop53 has seen the resolvers "

@@ -289,6 +289,10 @@ def main(argv=None) -> int:
     ap.add_argument("--servers", default=",".join(sv.SERVERS))
     ap.add_argument("--cookies", action="store_true", help="the resolvers send DNS COOKIEs; "
                     "pop53 and Knot (mod-cookies) answer them")
+    ap.add_argument("--unlisted", action="store_true", help="the measured resolvers' /24 is not "
+                    "told to any server as known (only the relays' prefix is): unknown clients, "
+                    "whom only their cookies (--cookies) can lift (servers pop53,pop53-unproven "
+                    "compares steering cookie-proven clients with not)")
     ap.add_argument("--flood-cpus", default="0,1", help="CPUs running a flood process each (the "
                     "resolvers stay on CPU 1; the flood is SCHED_IDLE, so on CPU 0 it takes only "
                     "what the capped server leaves)")
@@ -347,7 +351,8 @@ def main(argv=None) -> int:
                 order = names_ if rnd % 2 == 0 else names_[::-1]      # alternate
                 for name in order:
                     srv = sv.Running(name, tmp / f"{name}-{rnd}", zonefile, names[0], cap,
-                                     cookies=args.cookies)
+                                     cookies=args.cookies,
+                                     known=(sv.RELAYS,) if args.unlisted else sv.KNOWN)
                     try:
                         for attack in attacks:
                             for load in ([0.0] if ATTACKS[attack] is None else loads):

@@ -10,7 +10,10 @@
 With cookies (`--cookies`) pop53 answers DNS COOKIEs (`[server] cookies = true`) and Knot
 loads mod-cookies (whose valid cookies exempt a client from mod-rrl); NSD 4.6 and dnsdist 1.7
 have no cookie knob here.  The "plain" variant of each (no scoring, no RRL, no blocks) is what the capacity run uses.
-Every server gets the same information: the known resolvers' prefixes (KNOWN)."""
+Every server gets the same information: the known resolvers' prefixes (KNOWN; with
+`--unlisted` only RELAYS, so the measured resolvers are unknown clients).  "pop53-unproven" is
+pop53 with `steer_proven = false`: cookie-proven clients outside the known prefixes are not
+steered to the priority socket."""
 from __future__ import annotations
 
 import os
@@ -28,7 +31,8 @@ import dns.message
 from bench.data import ORIGIN
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN = ("127.1.0.0/24", "127.3.0.0/16")     # the resolvers we ask from, the relaying ones
+RELAYS = "127.3.0.0/16"                      # the known resolvers relaying water torture
+KNOWN = ("127.1.0.0/24", RELAYS)             # the resolvers we ask from, the relaying ones
 # a second zone every server hosts: the target of the water torture that the measured resolvers
 # relay too (their own names are in the benchmark zone)
 ATTACKED = "attacked.test."
@@ -180,10 +184,12 @@ def _zones(work: Path, zone: Path) -> list[tuple[str, Path]]:
     return [(ORIGIN, zone), (ATTACKED, attacked_zone(work))]
 
 
-def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
-    known = work / "known.txt"
-    known.write_text("".join(f"{p}\n" for p in KNOWN))
-    scoring = "" if plain else f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
+def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
+           known=KNOWN, proven: bool = True) -> list[str]:
+    path = work / "known.txt"
+    path.write_text("".join(f"{p}\n" for p in known))
+    scoring = "" if plain else (f'[scoring]\nknown_resolvers = "{path}"\nsteer = true\n'
+                                + ("" if proven else "steer_proven = false\n"))
     (work / "pop53.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
         + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
@@ -191,11 +197,12 @@ def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False
     return [sys.executable, "-m", "pop53", "serve", "--config", str(work / "pop53.toml")]
 
 
-def _knot(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
+def _knot(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
+          known=KNOWN) -> list[str]:
     (work / "db").mkdir(exist_ok=True)
     rrl = "" if plain else (
         "mod-rrl:\n  - id: default\n    rate-limit: 200\n    slip: 2\n"
-        f"    whitelist: [{', '.join(KNOWN)}]\n")
+        f"    whitelist: [{', '.join(known)}]\n")
     mods = ([] if plain else ["mod-rrl/default"]) + (["mod-cookies"] if cookies else [])
     # mod-cookies first: a valid server cookie exempts the client from mod-rrl
     module = f"    module: [{', '.join(reversed(mods))}]\n" if mods else ""
@@ -227,17 +234,19 @@ def _nsd_conf(work: Path, zone: Path, port: int, rrl: bool) -> Path:
     return conf
 
 
-def _nsd(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[str]:
+def _nsd(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
+         known=KNOWN) -> list[str]:
     return ["nsd", "-d", "-c", str(_nsd_conf(work, zone, port, not plain))]
 
 
-def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False) -> list[list[str]]:
+def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
+             known=KNOWN) -> list[list[str]]:
     back = free_port()
     blocks = "" if plain else (
         "local dbr = dynBlockRulesGroup()\n"
         'dbr:setQueryRate(200, 1, "query rate", 10, DNSAction.Drop)\n'
         'dbr:setRCodeRate(DNSRCode.NXDOMAIN, 100, 1, "nxdomain rate", 10, DNSAction.Drop)\n'
-        f"dbr:excludeRange({{{', '.join(repr(p) for p in KNOWN)}}})\n"
+        f"dbr:excludeRange({{{', '.join(repr(p) for p in known)}}})\n"
         "function maintenance() dbr:apply() end\n")
     (work / "dnsdist.conf").write_text(
         f'setLocal("127.0.0.1:{port}", {{reusePort=true}})\n'
@@ -248,8 +257,13 @@ def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = Fal
     return [nsd, ["dnsdist", "--supervised", "--disable-syslog", "-C", str(work / "dnsdist.conf")]]
 
 
+_BUILD = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist,
+          "pop53-unproven": lambda *a, **kw: _pop53(*a, **kw, proven=False)}
+
+
 def missing(name: str) -> str | None:
-    need = {"pop53": [], "knot": ["knotd"], "nsd": ["nsd"], "dnsdist": ["nsd", "dnsdist"]}[name]
+    need = {"pop53": [], "pop53-unproven": [], "knot": ["knotd"], "nsd": ["nsd"],
+            "dnsdist": ["nsd", "dnsdist"]}[name]
     gone = [b for b in need if not shutil.which(b)]
     return f"{', '.join(gone)} not installed" if gone else None
 
@@ -258,11 +272,10 @@ class Running:
     """A started server (one or two processes), stopped by PID."""
 
     def __init__(self, name: str, work: Path, zone: Path, probe: str, cap: CpuCap,
-                 plain: bool = False, cookies: bool = False):
+                 plain: bool = False, cookies: bool = False, known=KNOWN):
         self.name, self.port = name, free_port()
         work.mkdir(parents=True, exist_ok=True)
-        argvs = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist}[name](
-            work, zone, self.port, plain, cookies)
+        argvs = _BUILD[name](work, zone, self.port, plain, cookies, known=known)
         if not isinstance(argvs[0], list):
             argvs = [argvs]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
