@@ -374,7 +374,8 @@ cdef enum:
     SC_TRUST_SHIFT = 12       # address trust bits: (key * golden) >> 12, 1 << 20 bits
     SC_STRICT_SHIFT = 14      # prefixes over their rate: (key * golden) >> 14, 1 << 18 bits
     SC_TRUST_WORDS = 16384    # u64 words of address trust bits; the strict bits follow
-    SC_ALL_WORDS = 20480      # both regions (the kernel stage's array map, scoring/ebpf.py)
+    SC_COOKIE_BASE = 20480    # then the cookie bits: one per address slot (sc_trust_proven)
+    SC_ALL_WORDS = 36864      # the three regions (the kernel stage's array map, scoring/ebpf.py)
 
 cdef struct sc_state_t:       # one per worker, written by that worker only
     uint16_t sketch[2][4096]
@@ -436,8 +437,6 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
     bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)
-    bint in_prio              # the batch being scored came from the priority socket
-    uint64_t proven_untrusted # cookie-proven addresses untrusted for their rate (sc_proven_rate)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -175,8 +175,6 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
     s.last_known = False
     if sc_known(kn, a, alen):
         return sc_known_class(cfg, s, count, a, alen, p, n)
-    if s.in_prio and s.trust != NULL:
-        sc_proven_rate(cfg, s, a, alen)        # steered for a cookie's trust bit (scoring_trust.pxi)
     if count > cfg.source_rate:
         return SC_FLOOD
     if sc_odd(cfg, p, n):
@@ -395,8 +393,9 @@ cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q
 
 
 # the trust map's layout, which the kernel stage's program must index the same way (scoring/ebpf.py):
-# (address words, all words, address shift, prefix shift, golden multiplier)
-TRUST_LAYOUT = (SC_TRUST_WORDS, SC_ALL_WORDS, SC_TRUST_SHIFT, SC_STRICT_SHIFT, 0x9E3779B1)
+# (address words, all words, address shift, prefix shift, golden multiplier, cookie bits' word)
+TRUST_LAYOUT = (SC_TRUST_WORDS, SC_ALL_WORDS, SC_TRUST_SHIFT, SC_STRICT_SHIFT, 0x9E3779B1,
+                SC_COOKIE_BASE)
 QUEUE_DELAY_BOUNDS_US = tuple(16 << b for b in range(SC_QD_BUCKETS - 1))
 
 
@@ -419,6 +418,6 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
-        "trusted_marks": s.trusted_marks, "proven_untrusted": s.proven_untrusted,
+        "trusted_marks": s.trusted_marks,
         "yields": s.yields, "risk_ticks": s.risk_ticks,
     }

@@ -195,6 +195,14 @@ cdef class Scorer:
         return bool(sc_bit(<const uint64_t*>self.trust, sc_golden(sc_addr_key(
             <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
 
+    def cookie_sender(self, bytes address not None):
+        """Whether a packed address has sent a valid server cookie (its cookie bit: the kernel
+        stage then steers it only with a valid cookie, pop53.scoring.ebpf_cookie)."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_bit(<const uint64_t*>self.trust + SC_COOKIE_BASE, sc_golden(sc_addr_key(
+            <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
+
     def strict(self, bytes address not None):
         """Whether the address's /24 or /56 is marked strict (it went over known_rate)."""
         if len(address) not in (4, 16):
@@ -208,11 +216,20 @@ cdef class Scorer:
         words had bits."""
         cdef uint64_t* w = <uint64_t*>self.trust
         cdef int i, n = 0
-        for i in range(SC_TRUST_WORDS, SC_ALL_WORDS):
+        for i in range(SC_TRUST_WORDS, SC_COOKIE_BASE):
             if w[i]:
                 p53_store_u64(&w[i], 0)
                 n += 1
         return n
+
+    def clear_cookies(self):
+        """Clear every address's cookie bit (cookies turned off: the kernel stage stops waiting
+        for cookies from them)."""
+        cdef uint64_t* w = <uint64_t*>self.trust
+        cdef int i
+        for i in range(SC_COOKIE_BASE, SC_ALL_WORDS):
+            if w[i]:
+                p53_store_u64(&w[i], 0)
 
     def age(self, double ttl_seconds):
         """Clear the trust of addresses not seen for longer than ttl_seconds (at most 30 days:

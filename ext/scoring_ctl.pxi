@@ -140,7 +140,6 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
     if s.tick_start == 0:
         sc_state_init(s, now)
     s.now_ms = now
-    s.in_prio = prio
     if prio:
         if n > 0:
             s.prio_ms = now | 1

@@ -13,7 +13,9 @@
 #            over known_addr_rate or whose answers are mostly NXDOMAIN (water torture it relays)
 #            is demoted to normal; a trusted relay, until cutting every other class has not
 #            protected the known resolvers, only for names in a zone under NXDOMAIN pressure
-# Both bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
+#   cookie   one bit per address slot, set by a valid server cookie of ours: the kernel stage
+#            steers the address only with a valid cookie (scoring/ebpf_cookie.py), aged as trust
+# The bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
 # Aging (the control plane, pop53.scoring.aging): a trusted slot's trust_first holds when it was
 # last seen (refreshed at most four times a second), and Scorer.age clears the trust of slots not seen
 # for trust_ttl; strict bits are cleared after a calm stretch (Scorer.clear_strict) and come back
@@ -109,38 +111,26 @@ cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
 
 cdef inline void sc_trust_proven(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
                                  uint32_t alen) noexcept nogil:
-    """A valid server cookie of ours proved the address (RFC 7873 §5.3): trust it at once, so
-    the kernel stage steers it to the priority socket, even inside a strict prefix and, with
-    steer_proven, outside every known prefix; not while the address is over known_addr_rate
-    in the window (sc_proven_rate untrusted it: its address is being spoofed)."""
+    """A valid server cookie of ours proved the address (RFC 7873 §5.3).  Its cookie bit: from
+    now on the kernel stage steers it to the priority socket only, and always, with a valid
+    cookie (scoring/ebpf_cookie.py), known or not, trusted or not.  And trust at once (top in
+    a known prefix over known_rate, steered there without the kernel's cookie check); not
+    while the address is over known_addr_rate in the window: datagrams spoofing its exact
+    address took its trust (sc_relay_class), and its own cookies must not hand it back to them."""
     cdef uint32_t slot, key
     if s.trust == NULL or alen == 0:
         return
     key = sc_addr_key(a, alen)
-    if sc_addr_count(s.asketch, key, False) > cfg.known_addr_rate:
-        return
     slot = sc_golden(key, SC_TRUST_SHIFT)
     if s.trust_first != NULL:
         s.trust_first[slot] = <uint32_t>sc_now_ms() | 1     # last seen (aging)
+    if not sc_bit(s.trust + SC_COOKIE_BASE, slot):
+        p53_or_u64(&s.trust[SC_COOKIE_BASE + (slot >> 6)], <uint64_t>1 << (slot & 63))
+    if sc_addr_count(s.asketch, key, False) > cfg.known_addr_rate:
+        return
     if not sc_bit(s.trust, slot):
         p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
         s.trusted_marks += 1
-
-
-cdef void sc_proven_rate(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
-                         uint32_t alen) noexcept nogil:
-    """A datagram of an unknown prefix read from the priority socket: the kernel stage steered
-    it for its address's trust bit, which outside known prefixes only a valid server cookie
-    sets (sc_trust_proven; or its slot is shared with such an address).  Count the address like
-    a known one: over known_addr_rate in the window its trust is cleared, so a flood spoofing a
-    proven address leaves the priority socket (and the real client, whose cookie still lifts
-    it under overload in admit(), is trusted again a window or two after the flood)."""
-    cdef uint32_t key = sc_addr_key(a, alen), slot
-    if sc_addr_count(s.asketch, key, True) > cfg.known_addr_rate:
-        slot = sc_golden(key, SC_TRUST_SHIFT)
-        if sc_bit(s.trust, slot):
-            sc_untrust(s, slot)
-            s.proven_untrusted += 1
 
 
 cdef void sc_prefix_over(sc_state_t* s, const uint8_t* a, uint32_t alen, uint32_t v) noexcept nogil:
@@ -179,10 +169,18 @@ cdef inline void sc_trust_seen(sc_state_t* s, uint32_t slot, const uint8_t* a,
 cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
                            uint32_t now32) noexcept nogil:
     """Clear the trust of every trusted slot not seen for longer than ttl_ms (its history then
-    starts again); returns how many.  The workers go on reading and setting bits meanwhile
-    (atomic AND/OR on the same words)."""
+    starts again), and the cookie bit of every slot not proven for as long; returns how many
+    trusted slots lost it.  The workers go on reading and setting bits meanwhile (atomic
+    AND/OR on the same words)."""
     cdef uint64_t w, n = 0
     cdef uint32_t i, b, slot
+    for i in range(SC_TRUST_WORDS):
+        w = p53_load_u64(&trust[SC_COOKIE_BASE + i])
+        if w == 0:
+            continue
+        for b in range(64):
+            if (w >> b) & 1 and now32 - first[(i << 6) | b] > ttl_ms:
+                p53_and_u64(&trust[SC_COOKIE_BASE + i], ~(<uint64_t>1 << b))
     for i in range(SC_TRUST_WORDS):
         w = p53_load_u64(&trust[i])
         if w == 0:

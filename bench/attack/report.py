@@ -9,7 +9,7 @@ from pathlib import Path
 
 LABEL = {"pop53": "pop53 (scoring + steering)", "knot": "Knot mod-rrl", "nsd": "NSD RRL",
          "dnsdist": "dnsdist blocks + NSD",
-         "pop53-unproven": "pop53, cookie-proven clients not steered (steer_proven = false)"}
+         "pop53-nocheck": "pop53 without the kernel's cookie check (steer_cookies = false)"}
 
 
 def _worst(xs) -> float:

@@ -291,8 +291,8 @@ def main(argv=None) -> int:
                     "pop53 and Knot (mod-cookies) answer them")
     ap.add_argument("--unlisted", action="store_true", help="the measured resolvers' /24 is not "
                     "told to any server as known (only the relays' prefix is): unknown clients, "
-                    "whom only their cookies (--cookies) can lift (servers pop53,pop53-unproven "
-                    "compares steering cookie-proven clients with not)")
+                    "whom only their cookies (--cookies) can lift (servers pop53,pop53-nocheck "
+                    "compares the kernel's cookie check with none)")
     ap.add_argument("--flood-cpus", default="0,1", help="CPUs running a flood process each (the "
                     "resolvers stay on CPU 1; the flood is SCHED_IDLE, so on CPU 0 it takes only "
                     "what the capped server leaves)")

@@ -11,9 +11,9 @@ With cookies (`--cookies`) pop53 answers DNS COOKIEs (`[server] cookies = true`)
 loads mod-cookies (whose valid cookies exempt a client from mod-rrl); NSD 4.6 and dnsdist 1.7
 have no cookie knob here.  The "plain" variant of each (no scoring, no RRL, no blocks) is what the capacity run uses.
 Every server gets the same information: the known resolvers' prefixes (KNOWN; with
-`--unlisted` only RELAYS, so the measured resolvers are unknown clients).  "pop53-unproven" is
-pop53 with `steer_proven = false`: cookie-proven clients outside the known prefixes are not
-steered to the priority socket."""
+`--unlisted` only RELAYS, so the measured resolvers are unknown clients).  "pop53-nocheck" is
+pop53 with `steer_cookies = false`: no cookie check in the kernel stage, so cookie clients
+outside the known prefixes stay in the normal socket."""
 from __future__ import annotations
 
 import os
@@ -185,11 +185,11 @@ def _zones(work: Path, zone: Path) -> list[tuple[str, Path]]:
 
 
 def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
-           known=KNOWN, proven: bool = True) -> list[str]:
+           known=KNOWN, check: bool = True) -> list[str]:
     path = work / "known.txt"
     path.write_text("".join(f"{p}\n" for p in known))
     scoring = "" if plain else (f'[scoring]\nknown_resolvers = "{path}"\nsteer = true\n'
-                                + ("" if proven else "steer_proven = false\n"))
+                                + ("" if check else "steer_cookies = false\n"))
     (work / "pop53.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
         + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
@@ -258,11 +258,11 @@ def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = Fal
 
 
 _BUILD = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist,
-          "pop53-unproven": lambda *a, **kw: _pop53(*a, **kw, proven=False)}
+          "pop53-nocheck": lambda *a, **kw: _pop53(*a, **kw, check=False)}
 
 
 def missing(name: str) -> str | None:
-    need = {"pop53": [], "pop53-unproven": [], "knot": ["knotd"], "nsd": ["nsd"],
+    need = {"pop53": [], "pop53-nocheck": [], "knot": ["knotd"], "nsd": ["nsd"],
             "dnsdist": ["nsd", "dnsdist"]}[name]
     gone = [b for b in need if not shutil.which(b)]
     return f"{', '.join(gone)} not installed" if gone else None

@@ -320,9 +320,11 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("steer", "boolean", False, "kernel stage: a priority socket per worker, known resolvers steered "
       "to it by the reuseport program (eBPF: every known /24 and /56; classic BPF where the kernel refuses "
       "eBPF: at most 1,800 IPv4 /24s; replaces [server] reuseport_bpf)")
- .key("steer_proven", "boolean", True, "with steer and the eBPF program: an address outside the known "
-      "prefixes that sent a valid server cookie of ours (RFC 7873) is steered to the priority socket too, "
-      "until trust_ttl without one or until it goes over known_addr_rate there (its address spoofed)")
+ .key("steer_cookies", "boolean", True, "with steer, [server] cookies and the eBPF program: an address "
+      "that sent a valid server cookie of ours (RFC 7873/9018) is steered to the priority socket only, "
+      "and always, with a valid one, whether its prefix is known or not (the program checks the cookie; "
+      "datagrams spoofing the address without it stay in the normal queue); for trust_ttl after its "
+      "last valid cookie (docs/scoring.md)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "

@@ -1,8 +1,8 @@
-"""Cookie-proven addresses in the kernel stage (issue 13): outside the known prefixes, a client
-that sent a valid server cookie of ours (RFC 7873) is trusted, and with `steer_proven` (the
-default) the eBPF program steers it to the priority socket, where a flood in the normal socket's
-queue cannot make the kernel drop it; past known_addr_rate there (its address spoofed) it loses
-the trust and leaves the priority socket."""
+"""The kernel stage's server-cookie check (issue 13, pop53.scoring.ebpf_cookie): an address that
+sent a valid server cookie of ours (RFC 7873/9018) is steered to the priority socket only, and
+always, with a valid cookie, known or not, so a flood in the normal socket's queue cannot make
+the kernel drop a cookie client's queries, and datagrams spoofing its address without the
+cookie do not share the priority socket; `steer_cookies = false` turns the check off."""
 from __future__ import annotations
 
 import socket
@@ -56,53 +56,155 @@ def test_a_cookie_client_outside_the_known_prefixes_is_steered(tmp_path):
         cc = b"\x07" * 8
         sc = _server_cookie(addr, "127.2.0.5", cc)              # a client cookie alone: normal
         assert per_worker(server) == (1, 0)
-        assert not server.scoring.scorer.trusted(socket.inet_aton("127.2.0.5"))
+        assert not server.scoring.scorer.cookie_sender(socket.inet_aton("127.2.0.5"))
         with_cookie = _query(dns.edns.CookieOption(cc, sc))
         assert ask(addr, "127.2.0.5", 1, with_cookie) == 1      # proves the address
-        assert server.scoring.scorer.trusted(socket.inet_aton("127.2.0.5"))
+        assert server.scoring.scorer.cookie_sender(socket.inet_aton("127.2.0.5"))
         assert per_worker(server) == (2, 0)
-        # from now on the kernel steers it, with or without its cookie
+        # from now on the kernel steers it with its cookie (without one: the normal socket,
+        # test_the_kernel_steers_a_cookie_sender_only_with_a_valid_cookie)
         assert ask(addr, "127.2.0.5", 5, with_cookie) == 5 and ask(addr, "127.2.0.5", 3) == 3
-        assert per_worker(server) == (2, 8)
+        assert per_worker(server) == (5, 5)
         # its neighbour, and a client whose cookie is not ours, stay in the normal socket
         assert ask(addr, "127.2.0.6", 4) == 4
         assert ask(addr, "127.2.0.7", 4, _query(dns.edns.CookieOption(cc, b"\x01" * 16))) == 4
-        assert per_worker(server) == (10, 8)
+        assert per_worker(server) == (13, 5)
     finally:
         server.stop()
 
 
-def test_steer_proven_off_leaves_cookie_clients_in_the_normal_socket(tmp_path):
-    server = _server(tmp_path, steer_proven=False)
+def test_steer_cookies_off_leaves_cookie_clients_to_the_prefix_rules(tmp_path):
+    server = _server(tmp_path, steer_cookies=False)
     server.start()
     try:
         addr = server.addresses[0]
+        assert server.scoring.cookie_keys is None
         cc = b"\x07" * 8
         with_cookie = _query(dns.edns.CookieOption(cc, _server_cookie(addr, "127.2.0.5", cc)))
-        assert ask(addr, "127.2.0.5", 6, with_cookie) == 6
-        assert server.scoring.scorer.trusted(socket.inet_aton("127.2.0.5"))   # admit() lifts it
-        assert per_worker(server) == (7, 0)
+        assert ask(addr, "127.2.0.5", 6, with_cookie) == 6      # unknown: the normal socket
+        assert ask(addr, "127.1.0.5", 3) == 3                   # known: the priority socket
+        assert per_worker(server) == (7, 3)
     finally:
         server.stop()
 
 
-def test_a_proven_address_over_its_rate_in_the_priority_socket_loses_its_trust():
+SECRET, PREVIOUS = bytes(range(16)), bytes(range(16, 32))
+
+
+def _cookie_server(tmp_path, known_text: str, listen: str = "127.0.0.1:0"):
+    known = tmp_path / "known.txt"
+    known.write_text(known_text)
+    doc = {"server": {"listen": [listen], "workers": 1, "cookie_secret": SECRET.hex(),
+                      "cookie_secret_previous": PREVIOUS.hex()},
+           "scoring": {"known_resolvers": str(known), "steer": True},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    return Server(cfgmod.from_dict(doc, file="<test>"))
+
+
+def _with(cc: bytes, secret: bytes, client: str, at: int | None = None) -> bytes:
+    """A query carrying `cc` and the server cookie `secret` makes for `client` at time `at`."""
+    packed = socket.inet_pton(socket.AF_INET6 if ":" in client else socket.AF_INET, client)
+    sc = _core.server_cookie(secret, cc, packed, int(time.time()) if at is None else at)
+    return _query(dns.edns.CookieOption(cc, sc))
+
+
+def _kernel_cookie_check(server, src: str) -> None:
+    """After `src` proved itself once: which of its datagrams the kernel steers."""
+    addr = server.addresses[0]
+    cc = b"\x05" * 8
+    assert server.scoring.cookie_keys is not None and server.scoring.steering == "ebpf"
+    assert ask(addr, src, 1, _with(cc, SECRET, src)) == 1
+    assert server.scoring.scorer.cookie_sender(socket.inet_pton(
+        socket.AF_INET6 if ":" in src else socket.AF_INET, src))
+    n0, p0 = per_worker(server)
+    # a valid cookie, under the current or the previous secret, a second client cookie too:
+    # the priority socket
+    assert ask(addr, src, 3, _with(cc, SECRET, src)) == 3
+    assert ask(addr, src, 2, _with(b"\x09" * 8, PREVIOUS, src)) == 2
+    assert per_worker(server) == (n0, p0 + 5)
+    # no cookie, a hash under another secret, made for another address, an hour and a half
+    # old, ten minutes ahead, a client cookie alone: the normal socket (all are answered)
+    other = "127.9.9.9" if ":" not in src else "::2"
+    bad = [_query(), _with(cc, bytes(16), src), _with(cc, SECRET, other),
+           _with(cc, SECRET, src, int(time.time()) - 5400),
+           _with(cc, SECRET, src, int(time.time()) + 600),
+           _query(dns.edns.CookieOption(cc, b""))]
+    for wire in bad:
+        assert ask(addr, src, 1, wire) == 1
+    assert per_worker(server) == (n0 + len(bad), p0 + 5)
+    # the secrets change (a config reload): cookies under the new pair are checked at once
+    server.scoring.set_cookie_secrets(bytes(16), SECRET)
+    assert ask(addr, src, 1, _with(cc, bytes(16), src)) == 1
+    assert ask(addr, src, 1, _with(cc, PREVIOUS, src)) == 1
+    assert per_worker(server) == (n0 + len(bad) + 1, p0 + 6)
+
+
+def test_the_kernel_steers_a_cookie_sender_only_with_a_valid_cookie(tmp_path):
+    server = _cookie_server(tmp_path, "127.1.0.0/24\n")
+    server.start()
+    try:
+        _kernel_cookie_check(server, "127.1.0.5")
+    finally:
+        server.stop()
+
+
+def test_the_kernel_checks_cookies_of_ipv6_clients(tmp_path):
+    server = _cookie_server(tmp_path, "::1\n", "[::1]:0")
+    server.start()
+    try:
+        _kernel_cookie_check(server, "::1")
+    finally:
+        server.stop()
+
+
+def test_a_spoofed_cookie_sender_does_not_take_its_place():
+    """Datagrams with a cookie sender's exact address and no cookie, past known_addr_rate:
+    the address loses its trust, and its own cookies do not hand it back while the spoofing
+    lasts; its cookie bit stays, so the kernel still steers its cookies (and only them)."""
     s = _core.Scorer(known_addr_rate=30)
     s.publish(compile_table(KnownPrefixes(frozenset({0x7F0100}), frozenset())))
-    proven, other = socket.inet_aton("127.2.0.5"), socket.inet_aton("127.2.0.6")
-    s.cookie_proven(proven)
-    s.cookie_proven(other)
-    assert s.trusted(proven) and s.trusted(other)
-    s.batch(1, priority=False)          # read from the normal socket: not counted
-    for _ in range(60):
-        assert s.classify(_query(), other) == "normal"
-    assert s.trusted(other)
-    s.batch(1, priority=True)           # from the priority socket: counted per address
-    got = [s.classify(_query(), proven) for _ in range(31)]
-    assert set(got) == {"normal"}       # not known: normal (a cookie lifts it when cut)
-    assert not s.trusted(proven) and s.stats()["proven_untrusted"] == 1
-    s.cookie_proven(proven)             # its address is being spoofed: no trust back yet
-    assert not s.trusted(proven)
-    s.new_window()                      # the count halves each window: 31 -> 15
-    s.cookie_proven(proven)
-    assert s.trusted(proven)
+    real = socket.inet_aton("127.1.0.5")
+    s.cookie_proven(real)
+    assert s.trusted(real) and s.cookie_sender(real)
+    for _ in range(40):
+        s.classify(_query(), real)
+    assert not s.trusted(real) and s.cookie_sender(real)
+    s.cookie_proven(real)
+    assert not s.trusted(real)
+    s.new_window()                      # the count halves each window: 40 -> 20
+    s.cookie_proven(real)
+    assert s.trusted(real)
+    s.clear_cookies()                   # cookies turned off
+    assert not s.cookie_sender(real)
+
+
+def test_the_kernel_check_follows_the_secrets_across_config_reloads(tmp_path):
+    from pop53.serve import reconfig
+    known, conf = tmp_path / "known.txt", tmp_path / "pop53.toml"
+    known.write_text("127.1.0.0/24\n")
+
+    def write(server_keys: str) -> None:
+        conf.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\nworkers = 1\n{server_keys}\n'
+                        f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
+                        f'[[zone]]\nname = "integ.example."\nfile = "{INTEG_ZONE}"\n')
+
+    new = bytes(range(32, 48))
+    write(f'cookie_secret = "{SECRET.hex()}"')
+    server = Server(cfgmod.load(str(conf)))
+    server.start()
+    try:
+        addr, src, cc = server.addresses[0], "127.1.0.5", b"\x05" * 8
+        assert ask(addr, src, 1, _with(cc, SECRET, src)) == 1       # proves the address
+        write(f'cookie_secret = "{new.hex()}"\ncookie_secret_previous = "{SECRET.hex()}"')
+        assert reconfig.reload(server)["config"] == "reloaded"
+        n0, p0 = per_worker(server)
+        for secret in (new, SECRET, PREVIOUS):                       # PREVIOUS: never ours
+            assert ask(addr, src, 1, _with(cc, secret, src)) == 1
+        assert per_worker(server) == (n0 + 1, p0 + 2)
+        write("cookies = false")                                     # no check, no cookie bits
+        assert reconfig.reload(server)["config"] == "reloaded"
+        assert not server.scoring.scorer.cookie_sender(socket.inet_aton(src))
+        assert ask(addr, src, 2) == 2
+        assert per_worker(server) == (n0 + 1, p0 + 4)
+    finally:
+        server.stop()

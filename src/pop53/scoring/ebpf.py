@@ -16,8 +16,6 @@ Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at 
     6: key = {128, saddr (net offset 8, 16 bytes)}; lookup v6 trie
     known and a trust map: the prefix's strict bit set (it went over known_rate: spoofed sources
         inside it) and the address's trust bit clear -> not steered
-    not known, a trust map and `proven`: the address's trust bit set (outside known prefixes
-        only a valid server cookie of ours sets it) -> steered
     base = W if steered else 0;  return base + (hash(last address word) % W)
 
 The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
@@ -35,6 +33,12 @@ import os
 import socket
 import struct
 
+from pop53.scoring import ebpf_cookie
+from pop53.scoring.ebpf_asm import (
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DW, BPF_EXIT, BPF_JA, BPF_JEQ,
+    BPF_JMP, BPF_JNE, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX,
+    BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9)
+
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 
@@ -48,158 +52,126 @@ _FUNC_MAP_LOOKUP_ELEM = 1
 _FUNC_SKB_LOAD_BYTES_RELATIVE = 68
 _HDR_START_NET = 1
 
-# instruction classes and fields
-_LD, _LDX, _ST, _STX, _ALU, _JMP, _ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
-_W, _B, _DW = 0x00, 0x10, 0x18
-_IMM, _MEM = 0x00, 0x60
-_K, _X = 0x00, 0x08
-_ADD, _MUL, _AND, _RSH, _MOD, _XOR, _MOV = 0x00, 0x20, 0x50, 0x70, 0x90, 0xA0, 0xB0
-_JA, _JEQ, _JNE, _CALL, _EXIT = 0x00, 0x10, 0x50, 0x80, 0x90
-_PSEUDO_MAP_FD = 1
-R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = range(11)
-
 
 class EbpfUnavailable(Exception):
     """The kernel refused the map or the program (no CAP_BPF, no syscall, old kernel)."""
 
 
-class _Asm:
-    """A tiny assembler: instructions as (code, dst, src, off, imm), jumps to labels."""
-
-    def __init__(self):
-        self.ins: list = []
-        self.labels: dict[str, int] = {}
-
-    def op(self, code, dst=0, src=0, off=0, imm=0):
-        self.ins.append([code, dst, src, off, imm])
-
-    def label(self, name):
-        self.labels[name] = len(self.ins)
-
-    def jmp(self, code, dst, target, imm=0, src=0):
-        self.ins.append([code, dst, src, target, imm])
-
-    def ld_map(self, dst, fd):
-        self.op(_LD | _DW | _IMM, dst, _PSEUDO_MAP_FD, 0, fd)
-        self.op(0, 0, 0, 0, 0)
-
-    def assemble(self) -> bytes:
-        out = []
-        for i, (code, dst, src, off, imm) in enumerate(self.ins):
-            if isinstance(off, str):
-                off = self.labels[off] - (i + 1)
-            out.append(struct.pack("<BBhi", code, (src << 4) | dst, off, imm))
-        return b"".join(out)
-
-
-def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, proven: bool = False) -> bytes:
+def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int = -1) -> bytes:
     """The steering program for a group of 2 x `workers` sockets (see the module text); with a
-    trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with `proven`
-    a trusted address outside the known prefixes (a cookie proved it) is steered too."""
+    trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with the
+    cookie secrets too (`keys_fd`, CookieKeys) an address that has sent a valid server cookie
+    is steered only, and always, with a valid one (pop53.scoring.ebpf_cookie)."""
     if not 1 <= workers <= 32768:
         raise ValueError("workers within 1..32768")
-    a = _Asm()
-    a.op(_ALU64 | _MOV | _X, R6, R1)
+    a = Asm()
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R6, R1)
     for off in (-32, -24, -16, -8):                              # the key area starts zeroed
-        a.op(_ST | _MEM | _DW, FP, 0, off, 0)
-    a.op(_ALU64 | _MOV | _K, R8, 0, 0, 0)                        # base: the normal block
-    a.op(_ALU64 | _MOV | _K, R9, 0, 0, 0)                        # hash input
+        a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, off, 0)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, 0)                        # base: the normal block
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R9, 0, 0, 0)                        # hash input
 
     def load(net_off, stack_off, length):
-        a.op(_ALU64 | _MOV | _X, R1, R6)
-        a.op(_ALU64 | _MOV | _K, R2, 0, 0, net_off)
-        a.op(_ALU64 | _MOV | _X, R3, FP)
-        a.op(_ALU64 | _ADD | _K, R3, 0, 0, stack_off)
-        a.op(_ALU64 | _MOV | _K, R4, 0, 0, length)
-        a.op(_ALU64 | _MOV | _K, R5, 0, 0, _HDR_START_NET)
-        a.op(_JMP | _CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
-        a.jmp(_JMP | _JNE | _K, R0, "pick", 0)                   # cannot read it: not steered
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, net_off)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack_off)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, _HDR_START_NET)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
+        a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, "pick", 0)                   # cannot read it: not steered
 
-    proven = proven and trust_fd >= 0
+    if trust_fd >= 0:
+        from pop53._core import TRUST_LAYOUT
+        words, _all, addr_shift, prefix_shift, _g, cookie_words = TRUST_LAYOUT
 
-    def lookup(fd, hash_off, known, miss):
-        a.op(_LDX | _MEM | _W, R9, FP, hash_off)                 # the address word to hash
+    def lookup(fd, hash_off, known):
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)                 # the address word to hash
         a.ld_map(R1, fd)
-        a.op(_ALU64 | _MOV | _X, R2, FP)
-        a.op(_ALU64 | _ADD | _K, R2, 0, 0, -24)
-        a.op(_JMP | _CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(_JMP | _JEQ | _K, R0, miss if proven else "pick", 0)
-        a.jmp(_JMP | _JA, 0, known if trust_fd >= 0 else "prio")
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -24)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "pick", 0)
+        a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
     def key_v4(prefix):          # r1 = the folded address (or /24), as scoring.pxi folds it
-        a.op(_LDX | _MEM | _W, R1, FP, -20)
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, -20)
         if prefix:
-            a.op(_ALU | _AND | _K, R1, 0, 0, 0xFFFFFF)
+            a.op(BPF_ALU | BPF_AND | BPF_K, R1, 0, 0, 0xFFFFFF)
 
     def key_v6(prefix):          # r1 = w0 ^ w1 ^ w2 ^ w3 (or w0 ^ (w1 & 0xFFFFFF): the /56)
-        a.op(_LDX | _MEM | _W, R1, FP, -20)
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, -20)
         for off in ((-16,) if prefix else (-16, -12, -8)):
-            a.op(_LDX | _MEM | _W, R2, FP, off)
+            a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, off)
             if prefix:
-                a.op(_ALU | _AND | _K, R2, 0, 0, 0xFFFFFF)
-            a.op(_ALU | _XOR | _X, R1, R2)
+                a.op(BPF_ALU | BPF_AND | BPF_K, R2, 0, 0, 0xFFFFFF)
+            a.op(BPF_ALU | BPF_XOR | BPF_X, R1, R2)
 
     def bit(key, shift, base, clear):
         """Jump to `clear` unless bit ((key * golden) >> shift) of the region at word `base`
         is set (a missing element counts as clear)."""
         key()
-        a.op(_ALU | _MUL | _K, R1, 0, 0, _GOLDEN - (1 << 32))
-        a.op(_ALU | _RSH | _K, R1, 0, 0, shift)
-        a.op(_ALU64 | _MOV | _X, R2, R1)
-        a.op(_ALU64 | _RSH | _K, R2, 0, 0, 6)
-        a.op(_ALU64 | _ADD | _K, R2, 0, 0, base)
-        a.op(_STX | _MEM | _W, FP, R2, -32)                      # the array index
-        a.op(_ALU64 | _AND | _K, R1, 0, 0, 63)
-        a.op(_STX | _MEM | _W, FP, R1, -28)                      # the bit in the word
+        a.op(BPF_ALU | BPF_MUL | BPF_K, R1, 0, 0, _GOLDEN - (1 << 32))
+        a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, shift)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                      # the array index
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                      # the bit in the word
         a.ld_map(R1, trust_fd)
-        a.op(_ALU64 | _MOV | _X, R2, FP)
-        a.op(_ALU64 | _ADD | _K, R2, 0, 0, -32)
-        a.op(_JMP | _CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(_JMP | _JEQ | _K, R0, clear, 0)
-        a.op(_LDX | _MEM | _DW, R1, R0, 0)
-        a.op(_LDX | _MEM | _W, R2, FP, -28)
-        a.op(_ALU64 | _RSH | _X, R1, R2)
-        a.op(_ALU64 | _AND | _K, R1, 0, 0, 1)
-        a.jmp(_JMP | _JEQ | _K, R1, clear, 0)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, clear, 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, clear, 0)
+
+    def cookie_check(tag, iplen, hash_off):
+        if keys_fd < 0 or trust_fd < 0:
+            return
+        key = key_v4 if iplen == 4 else key_v6
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)       # the address word to hash
+        ebpf_cookie.emit(a, tag, iplen, -20,
+                         lambda clear: bit(lambda: key(False), addr_shift, cookie_words, clear),
+                         keys_fd, "prio", "pick")
 
     load(0, -24, 1)                                              # the version nibble
-    a.op(_LDX | _MEM | _B, R7, FP, -24)
-    a.op(_ALU64 | _RSH | _K, R7, 0, 0, 4)
-    a.jmp(_JMP | _JEQ | _K, R7, "v4", 4)
-    a.jmp(_JMP | _JEQ | _K, R7, "v6", 6)
-    a.jmp(_JMP | _JA, 0, "pick")
+    a.op(BPF_LDX | BPF_MEM | BPF_B, R7, FP, -24)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R7, 0, 0, 4)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "v4", 4)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "v6", 6)
+    a.jmp(BPF_JMP | BPF_JA, 0, "pick")
     a.label("v4")
-    a.op(_ST | _MEM | _W, FP, 0, -24, 32)                        # prefixlen
+    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 32)                        # prefixlen
     load(12, -20, 4)                                             # saddr
-    lookup(fd4, -20, "known4", "miss4")
+    cookie_check("4", 4, -20)
+    lookup(fd4, -20, "known4")
     a.label("v6")
-    a.op(_ST | _MEM | _W, FP, 0, -24, 128)
+    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 128)
     load(8, -20, 16)
-    lookup(fd6, -8, "known6", "miss6")                           # hash the last word
+    cookie_check("6", 16, -8)
+    lookup(fd6, -8, "known6")                           # hash the last word
     if trust_fd >= 0:
-        from pop53._core import TRUST_LAYOUT
-        words, _all, addr_shift, prefix_shift, _g = TRUST_LAYOUT
         for v, key in (("4", key_v4), ("6", key_v6)):
             # a prefix that is not strict: every address of it; a strict one: trusted only
             a.label("known" + v)
             bit(lambda: key(True), prefix_shift, words, "prio")
             bit(lambda: key(False), addr_shift, 0, "pick")
-            a.jmp(_JMP | _JA, 0, "prio")
-            if proven:
-                # not known: steered when trusted (a valid cookie proved the address)
-                a.label("miss" + v)
-                bit(lambda: key(False), addr_shift, 0, "pick")
-                a.jmp(_JMP | _JA, 0, "prio")
+            a.jmp(BPF_JMP | BPF_JA, 0, "prio")
     a.label("prio")
-    a.op(_ALU64 | _MOV | _K, R8, 0, 0, workers)                  # the priority block
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, workers)                  # the priority block
     a.label("pick")
     # r0 = base + (hash32(word) % W): Fibonacci hashing spreads sources over the block
-    a.op(_ALU | _MOV | _X, R0, R9)
-    a.op(_ALU | _MUL | _K, R0, 0, 0, -1640531535)                # 0x9E3779B1
-    a.op(_ALU | _RSH | _K, R0, 0, 0, 16)
-    a.op(_ALU | _MOD | _K, R0, 0, 0, workers)
-    a.op(_ALU64 | _ADD | _X, R0, R8)
-    a.op(_JMP | _EXIT)
+    a.op(BPF_ALU | BPF_MOV | BPF_X, R0, R9)
+    a.op(BPF_ALU | BPF_MUL | BPF_K, R0, 0, 0, -1640531535)                # 0x9E3779B1
+    a.op(BPF_ALU | BPF_RSH | BPF_K, R0, 0, 0, 16)
+    a.op(BPF_ALU | BPF_MOD | BPF_K, R0, 0, 0, workers)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R0, R8)
+    a.op(BPF_JMP | BPF_EXIT)
     return a.assemble()
 
 
@@ -256,33 +228,59 @@ class TrustMap:
             self.fd = -1
 
 
-def _update(fd: int, key: bytes) -> None:
+def _update(fd: int, key: bytes, value: bytes = b"\x01") -> None:
     k = ctypes.create_string_buffer(key, len(key))
-    v = ctypes.create_string_buffer(b"\x01", 1)
+    v = ctypes.create_string_buffer(value, len(value))
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("<IIQQQ", attr, 0, fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0)
     _bpf(_MAP_UPDATE_ELEM, attr)
 
 
-def _load(insns: bytes) -> int:
+class CookieKeys:
+    """The server-cookie secrets the steering program checks cookies with (ebpf_cookie): a BPF
+    array map of one value, the current key, the previous one and whether there is one.
+    Raises EbpfUnavailable when the kernel does not allow it."""
+
+    def __init__(self):
+        try:
+            self.fd = _map(4, 1, _MAP_TYPE_ARRAY, ebpf_cookie.KEYS_VALUE, 0)
+        except OSError as exc:
+            raise EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
+
+    def set(self, current: bytes, previous: bytes | None) -> None:
+        """The 16-byte secrets as [server] cookie_secret and cookie_secret_previous give them."""
+        value = current + (previous or bytes(16)) + struct.pack("<Q", previous is not None)
+        _update(self.fd, struct.pack("<I", 0), value)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _load(insns: bytes, log_level: int = 0) -> int:
+    """Load a socket filter program; a verifier's refusal is loaded again with its log
+    (level 1; the log's tail in the error), a missing privilege is an OSError."""
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(65536)
+    log = ctypes.create_string_buffer(1 << 24 if log_level else 1)
     attr = ctypes.create_string_buffer(128)
     struct.pack_into("<IIQQIIQ", attr, 0, _PROG_TYPE_SOCKET_FILTER, len(insns) // 8,
-                     ctypes.addressof(code), ctypes.addressof(lic), 1, len(log),
-                     ctypes.addressof(log))
+                     ctypes.addressof(code), ctypes.addressof(lic), log_level,
+                     len(log) if log_level else 0, ctypes.addressof(log) if log_level else 0)
     try:
         return _bpf(_PROG_LOAD, attr)
     except OSError as exc:
-        if exc.errno == errno_mod.EACCES and log.value:
+        if log_level and log.value:
             # the verifier said no: a bug here, not a missing privilege
             raise RuntimeError("the steering program was rejected by the verifier:\n"
-                               + log.value.decode(errors="replace")[-2000:]) from None
+                               + log.value.decode(errors="replace")[-3000:]) from None
+        if exc.errno in (errno_mod.EACCES, errno_mod.EINVAL) and not log_level:
+            return _load(insns, 1)
         raise
 
 
-def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, proven: bool = False) -> int:
+def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1) -> int:
     """Build the tries from known /24 keys (the top 24 bits of the address) and /56 keys (the
     top 56 bits) and load the program; returns its fd (the caller closes it after attaching).
     Raises EbpfUnavailable when the kernel does not allow it."""
@@ -296,7 +294,7 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, proven: bool = Fals
             _update(fd4, struct.pack("<I", 24) + (k << 8).to_bytes(4, "big"))
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
-        return _load(program(workers, fd4, fd6, trust_fd, proven))
+        return _load(program(workers, fd4, fd6, trust_fd, keys_fd))
     except OSError as exc:
         raise EbpfUnavailable(f"bpf(2): {exc.strerror}") from None
     finally:
@@ -305,10 +303,10 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, proven: bool = Fals
 
 
 def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1,
-           proven: bool = False) -> None:
+           keys_fd: int = -1) -> None:
     """Load and attach the program to the group of 2 x `workers` sockets `sock` belongs to
     (attaching again replaces the group's program atomically)."""
-    fd = load(workers, v4_keys, v6_keys, trust_fd, proven)
+    fd = load(workers, v4_keys, v6_keys, trust_fd, keys_fd)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", fd))
     except OSError as exc:

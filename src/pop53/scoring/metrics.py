@@ -51,9 +51,6 @@ def families(workers):
          "torture kept top: their name is in no zone under NXDOMAIN pressure"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses trusted: of known prefixes by "
          "calm history, any by a valid server cookie"),
-        ("pop53_scoring_proven_untrusted", "proven_untrusted", "Addresses outside the known "
-         "prefixes, trusted by a valid server cookie and steered to the priority socket, "
-         "untrusted for going over known_addr_rate there (a flood spoofing them)"),
         ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "
          "while a class was cut (yield_when_cut: stopped near a CPU quota, not a tick past it)"),
     ):

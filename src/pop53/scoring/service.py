@@ -57,7 +57,7 @@ def datagram_truesize() -> int:
 # plain counters, queue-delay histograms
 _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks", "proven_untrusted")
+           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
@@ -72,7 +72,7 @@ class ScoringService:
         self.last_error: str | None = None
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
-        self.steer_proven = settings.get("steer_proven", True)     # cookie-proven addresses too
+        self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
         self.queue_bytes = settings.get("queue_bytes", 0)
         # a short queue only with the kernel stage: without it known resolvers share the normal
         # socket, and a short queue would have the kernel drop them with the flood
@@ -84,6 +84,7 @@ class ScoringService:
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
         self.trust_map = None        # the kernel stage's trust bits (ebpf.TrustMap), with steer
+        self.cookie_keys = None      # its server-cookie secrets (ebpf.CookieKeys), with cookies
         if self.steer:
             from pop53.scoring import ebpf
             try:
@@ -184,7 +185,34 @@ class ScoringService:
         if prio is not None:
             w.set_priority(prio.fileno())
 
+    def set_cookie_secrets(self, current: bytes | None, previous: bytes | None) -> None:
+        """The secrets of the kernel stage's server-cookie check ([server] cookie_secret and
+        cookie_secret_previous; None: cookies off, and every address's cookie bit is cleared,
+        so no address waits for a cookie it can no longer get).  At start, before attach, and
+        at each config reload."""
+        if self.trust_map is None or not self.steer_cookies:
+            return
+        if current is None:
+            self.scorer.clear_cookies()
+            if self.cookie_keys is not None:
+                self.cookie_keys.set(bytes(16), None)
+            return
+        fresh = self.cookie_keys is None
+        if fresh:
+            from pop53.scoring import ebpf
+            try:
+                self.cookie_keys = ebpf.CookieKeys()
+            except ebpf.EbpfUnavailable as exc:
+                log.info("no server-cookie check in the kernel stage (%s)", exc)
+                return
+        self.cookie_keys.set(current, previous)
+        if fresh:
+            for sock, workers in self.groups:      # cookies turned on by a reload
+                self._attach(sock, workers, self.known)
+
     def close(self) -> None:
+        if self.cookie_keys is not None:
+            self.cookie_keys.close()
         if self.trust_map is not None:
             self.trust_map.close()
         for s in self.priority.values():
@@ -193,11 +221,14 @@ class ScoringService:
             except OSError:
                 pass
 
+    def _attach(self, sock: socket.socket, workers: int, known: KnownPrefixes) -> None:
+        from pop53.scoring import steer
+        self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd,
+                                     self.cookie_keys.fd if self.cookie_keys is not None else -1)
+
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
-        from pop53.scoring import steer
-        self.steering = steer.attach(group[0], workers, self.known.v4, self.known.v6, self.trust_fd,
-                                     self.steer_proven)
+        self._attach(group[0], workers, self.known)
         self.groups.append((group[0], workers))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
@@ -209,11 +240,8 @@ class ScoringService:
             old = self.scorer.holder
             self.scorer.publish(table)
             self.known = known
-            if self.groups:
-                from pop53.scoring import steer
-                for sock, workers in self.groups:
-                    self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd,
-                                                 self.steer_proven)
+            for sock, workers in self.groups:
+                self._attach(sock, workers, known)
             if old is not None:
                 server.slot.retire(old)
 

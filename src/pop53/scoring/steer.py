@@ -49,17 +49,18 @@ def prologue(base: int, v4_keys) -> list:
     return prog
 
 
-def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, proven: bool = False) -> str:
+def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd: int = -1) -> str:
     """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to: the
     eBPF LPM-trie program (pop53.scoring.ebpf: every known /24 and /56) when the kernel allows
     it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
     so.  With `trust_fd` (ebpf.TrustMap) the eBPF program steers only the trusted addresses of a
-    prefix that went over its rate, and with `proven` the addresses a valid server cookie
-    trusted outside the known prefixes.  Returns "ebpf" or "cbpf"."""
+    prefix that went over its rate, and with `keys_fd` (ebpf.CookieKeys) an address that has
+    sent a valid server cookie only, and always, when it sends one again, known or not.
+    Returns "ebpf" or "cbpf"."""
     from pop53.scoring import ebpf
     global _warned
     try:
-        ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, proven)
+        ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys_fd)
         return "ebpf"
     except ebpf.EbpfUnavailable as exc:
         if not _warned:

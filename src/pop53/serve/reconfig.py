@@ -104,6 +104,8 @@ def apply(server, new, xcfg) -> dict:
         if new.rrl != old.rrl:
             limiter = _core.RateLimiter(**new.rrl) if new.rrl else None
         server.restart_workers(responder, limiter, new.edns_max)
+        if server.scoring is not None:       # the kernel stage's cookie check follows the secrets
+            server.scoring.set_cookie_secrets(new.cookie_secret, new.cookie_secret_previous)
         report["answers"] = True
     if (new.log_format, new.log_level) != (old.log_format, old.log_level):
         logs.configure(new.log_format, new.log_level)

@@ -44,6 +44,7 @@ class Server:
         if config.scoring:
             from pop53.scoring.service import ScoringService
             self.scoring = ScoringService(config.scoring, config.state)
+            self.scoring.set_cookie_secrets(config.cookie_secret, config.cookie_secret_previous)
         self.shared = _core.Shared()
         self.slot = ImageSlot(self.shared, lambda: self.net.readers())
         self.slot.listeners.append(self._seed_maps)

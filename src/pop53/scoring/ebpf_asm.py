@@ -1,0 +1,55 @@
+"""A tiny eBPF assembler for the kernel stage's hand-written programs (pop53.scoring.ebpf, the
+steering program; pop53.scoring.ebpf_cookie, its server-cookie check): instructions as
+(code, dst, src, off, imm), jumps to labels, 64-bit immediates and map fds.  There is no clang
+on the machine and no C file to build."""
+from __future__ import annotations
+
+import struct
+
+# instruction classes and fields (include/uapi/linux/bpf.h, bpf_common.h)
+BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
+BPF_W, BPF_H, BPF_B, BPF_DW = 0x00, 0x08, 0x10, 0x18
+BPF_IMM, BPF_MEM = 0x00, 0x60
+BPF_K, BPF_X = 0x00, 0x08
+BPF_ADD, BPF_MUL, BPF_AND, BPF_RSH, BPF_MOD, BPF_XOR, BPF_MOV = 0x00, 0x20, 0x50, 0x70, 0x90, 0xA0, 0xB0
+BPF_JA, BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JNE, BPF_CALL, BPF_EXIT = 0x00, 0x10, 0x20, 0x30, 0x50, 0x80, 0x90
+BPF_SUB, BPF_LSH, BPF_OR, BPF_DIV, BPF_END = 0x10, 0x60, 0x40, 0x30, 0xD0
+BPF_TO_BE = 0x08           # with BPF_END: to big-endian (a byte swap on this little-endian host)
+BPF_PSEUDO_MAP_FD = 1
+R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = range(11)
+
+
+class Asm:
+    """A tiny assembler: instructions as (code, dst, src, off, imm), jumps to labels."""
+
+    def __init__(self):
+        self.ins: list = []
+        self.labels: dict[str, int] = {}
+
+    def op(self, code, dst=0, src=0, off=0, imm=0):
+        self.ins.append([code, dst, src, off, imm])
+
+    def label(self, name):
+        self.labels[name] = len(self.ins)
+
+    def jmp(self, code, dst, target, imm=0, src=0):
+        self.ins.append([code, dst, src, target, imm])
+
+    def ld_map(self, dst, fd):
+        self.op(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, 0, fd)
+        self.op(0, 0, 0, 0, 0)
+
+    def assemble(self) -> bytes:
+        out = []
+        for i, (code, dst, src, off, imm) in enumerate(self.ins):
+            if isinstance(off, str):
+                off = self.labels[off] - (i + 1)
+            out.append(struct.pack("<BBhi", code, (src << 4) | dst, off, imm))
+        return b"".join(out)
+
+    def imm64(self, dst, value):
+        """dst = a 64-bit constant (BPF_LD | BPF_DW | BPF_IMM, two instruction slots)."""
+        value &= (1 << 64) - 1
+        lo, hi = value & 0xFFFFFFFF, value >> 32
+        self.op(BPF_LD | BPF_DW | BPF_IMM, dst, 0, 0, lo - (1 << 32) if lo >> 31 else lo)
+        self.op(0, 0, 0, 0, hi - (1 << 32) if hi >> 31 else hi)

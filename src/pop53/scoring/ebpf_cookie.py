@@ -1,0 +1,207 @@
+"""The server-cookie check of the steering program (issue 13): a datagram from an address that
+has shown us a valid DNS COOKIE (its bit in the trust map's cookie region, set by the workers)
+is steered to the priority socket only when it carries a valid server cookie again, so spoofed
+datagrams with that exact address but no cookie stay in the normal socket's queue, and the real
+client's reach the priority socket even when its address lost its trust (spoofed past
+known_addr_rate) or its prefix is strict.
+
+The check parses the query in the program (bpf_skb_load_bytes: the reuseport program sees the
+UDP payload at offset 0): a header with QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1; the question
+name label by label (at most 127 labels); the OPT record; its options (at most 8) up to COOKIE
+(option 10) of 24 bytes: an 8-byte client cookie and an RFC 9018 server cookie (version 1,
+three reserved bytes, a timestamp, an 8-byte hash).  Then, as ext/cookie.pxi: the timestamp at
+most an hour old and five minutes ahead (the kernel's TAI clock, which is UTC or up to 37 s
+ahead of it), and SipHash-2-4 over client cookie | version | reserved | timestamp | client
+address under the current secret, else the previous one (CookieKeys, written by the control
+plane at start and at each config reload).  Anything else is invalid: the normal socket.
+
+Stack (below the steering program's own 32 bytes): -40 loop counter, -48 the options' end,
+-64 the received hash, -104..-73 the hashed message, -120..-105 bytes read from the packet.
+"""
+from __future__ import annotations
+
+from pop53.scoring.ebpf_asm import (
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_JA, BPF_JEQ,
+    BPF_JGT, BPF_JMP, BPF_JNE, BPF_K, BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_OR, BPF_RSH, BPF_ST,
+    BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, BPF_END, FP, R0, R1, R2, R3, R4, R5, R6, R7)
+
+_FUNC_MAP_LOOKUP_ELEM = 1
+_FUNC_SKB_LOAD_BYTES = 26
+_FUNC_KTIME_GET_TAI_NS = 208
+
+COUNTER, END, HASH, MSG, BUF = -40, -48, -64, -104, -120
+MAX_LABELS, MAX_OPTIONS = 127, 8
+KEYS_VALUE = 40          # CookieKeys' one value: current k0 k1, previous k0 k1, has previous
+
+# SipHash-2-4's initial constants ("somepseudorandomlygeneratedbytes")
+_C = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573)
+
+
+def _read(a: Asm, offset_reg: int | None, stack: int, length: int, invalid: str) -> None:
+    """Read `length` bytes of the UDP payload at offset_reg (None: 0) to the stack."""
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
+    if offset_reg is None:
+        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, 0)
+    else:
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, offset_reg)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
+    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES)
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, invalid, 0)
+
+
+def _be16(a: Asm, dst: int, stack: int) -> None:
+    """dst = the big-endian 16-bit value at `stack` (byte by byte: the verifier refuses
+    misaligned stack reads).  Uses R3."""
+    a.op(BPF_LDX | BPF_MEM | BPF_B, dst, FP, stack)
+    a.op(BPF_ALU64 | BPF_LSH | BPF_K, dst, 0, 0, 8)
+    a.op(BPF_LDX | BPF_MEM | BPF_B, R3, FP, stack + 1)
+    a.op(BPF_ALU64 | BPF_OR | BPF_X, dst, R3)
+
+
+def _count(a: Asm, limit: int, loop: str, invalid: str) -> None:
+    """The loop counter at COUNTER plus one; to `loop` below `limit`, else to `invalid`."""
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, COUNTER)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R1, 0, 0, 1)
+    a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R1, COUNTER)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, invalid, limit)
+    a.jmp(BPF_JMP | BPF_JA, 0, loop)
+
+
+def _parse(a: Asm, tag: str, invalid: str) -> None:
+    """Find the COOKIE option; leave its 24 bytes at MSG (client cookie, server cookie's head,
+    hash).  Uses R7 as the offset into the message."""
+    _read(a, None, BUF, 12, invalid)                              # the header
+    a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 4)             # QDCOUNT 1, ANCOUNT 0 (LE)
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x0100)
+    a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 8)             # NSCOUNT 0, ARCOUNT 1
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x01000000)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R7, 0, 0, 12)
+    a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, COUNTER, 0)
+    a.label("qname" + tag)                                       # the question name
+    _read(a, R7, BUF, 1, invalid)
+    a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, BUF)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, "qend" + tag, 0)
+    a.jmp(BPF_JMP | BPF_JGT | BPF_K, R1, invalid, 63)          # no pointer in a question
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R7, R1)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 1)
+    _count(a, MAX_LABELS, "qname" + tag, invalid)
+    a.label("qend" + tag)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 5)              # the root, QTYPE, QCLASS
+    _read(a, R7, BUF, 11, invalid)                                # OPT: owner, type ... RDLEN
+    a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, BUF)
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0)
+    _be16(a, R1, BUF + 1)
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 41)
+    _be16(a, R1, BUF + 9)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 11)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R1, R7)
+    a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R1, END)
+    a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, COUNTER, 0)
+    a.label("option" + tag)                                      # the options
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, END)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R7)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, 4)
+    a.jmp(BPF_JMP | BPF_JGT | BPF_X, R2, invalid, src=R1)
+    _read(a, R7, BUF, 4, invalid)
+    _be16(a, R1, BUF)
+    _be16(a, R2, BUF + 2)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, "found" + tag, 10)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 4)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R7, R2)
+    _count(a, MAX_OPTIONS, "option" + tag, invalid)
+    a.label("found" + tag)
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R2, invalid, 24)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 4)
+    _read(a, R7, MSG, 24, invalid)
+
+
+def _rotl(a: Asm, x: int, b: int) -> None:
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R5, x)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R5, 0, 0, 64 - b)
+    a.op(BPF_ALU64 | BPF_LSH | BPF_K, x, 0, 0, b)
+    a.op(BPF_ALU64 | BPF_OR | BPF_X, x, R5)
+
+
+def _sipround(a: Asm) -> None:
+    v0, v1, v2, v3 = R1, R2, R3, R4
+    add = lambda d, s: a.op(BPF_ALU64 | BPF_ADD | BPF_X, d, s)   # noqa: E731
+    xor = lambda d, s: a.op(BPF_ALU64 | BPF_XOR | BPF_X, d, s)   # noqa: E731
+    add(v0, v1); _rotl(a, v1, 13); xor(v1, v0); _rotl(a, v0, 32)
+    add(v2, v3); _rotl(a, v3, 16); xor(v3, v2)
+    add(v0, v3); _rotl(a, v3, 21); xor(v3, v0)
+    add(v2, v1); _rotl(a, v1, 17); xor(v1, v2); _rotl(a, v2, 32)
+
+
+def _siphash(a: Asm, key_off: int, iplen: int) -> None:
+    """R1 = SipHash-2-4 of the message at MSG (16 + iplen bytes) under the key at R0 + key_off
+    (as p53_siphash24 in ext/include/p53_siphash.h).  Uses R0-R5 and R7."""
+    n = 16 + iplen
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R5, R0, key_off)           # k0
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R7, R0, key_off + 8)       # k1
+    for v, c, k in ((R1, _C[0], R5), (R2, _C[1], R7), (R3, _C[2], R5), (R4, _C[3], R7)):
+        a.imm64(v, c)
+        a.op(BPF_ALU64 | BPF_XOR | BPF_X, v, k)
+    for i in range(n // 8):
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R7, FP, MSG + 8 * i)
+        a.op(BPF_ALU64 | BPF_XOR | BPF_X, R4, R7)
+        _sipround(a)
+        _sipround(a)
+        a.op(BPF_ALU64 | BPF_XOR | BPF_X, R1, R7)
+    if n % 8:                                     # 4 bytes of an IPv4 address left
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R7, FP, MSG + n - 4)
+        a.imm64(R5, n << 56)
+        a.op(BPF_ALU64 | BPF_OR | BPF_X, R7, R5)
+    else:
+        a.imm64(R7, n << 56)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_X, R4, R7)
+    _sipround(a)
+    _sipround(a)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_X, R1, R7)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_K, R3, 0, 0, 0xFF)
+    for _ in range(4):
+        _sipround(a)
+    for v in (R2, R3, R4):
+        a.op(BPF_ALU64 | BPF_XOR | BPF_X, R1, v)
+
+
+def emit(a: Asm, tag: str, iplen: int, addr_stack: int, cookie_bit, keys_fd: int,
+         valid: str, invalid: str) -> None:
+    """The check for one address family (`iplen` 4 or 16 bytes of source address at
+    `addr_stack`): falls through when the address's cookie bit is clear (`cookie_bit(label)`
+    emits the bit test jumping to `label` when clear), else jumps to `valid` or `invalid`.
+    R6 holds the skb; R6, R8 and R9 are kept."""
+    none = "nocookie" + tag
+    cookie_bit(none)
+    _parse(a, tag, invalid)
+    a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, MSG + 8)            # version 1
+    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 1)
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, MSG + 16)          # the hash, out of the way
+    a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R1, HASH)
+    for k in range(0, iplen, 4):                                  # the address after the head
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, addr_stack + k)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, MSG + 16 + k)
+    # the time window (RFC 9018 4.3): -300 <= now - timestamp <= 3600, in serial arithmetic
+    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_KTIME_GET_TAI_NS)
+    a.op(BPF_ALU64 | BPF_DIV | BPF_K, R0, 0, 0, 1_000_000_000)
+    a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, MSG + 12)
+    a.op(BPF_ALU | BPF_END | BPF_TO_BE, R1, 0, 0, 32)
+    a.op(BPF_ALU | BPF_SUB | BPF_X, R0, R1)
+    a.op(BPF_ALU | BPF_ADD | BPF_K, R0, 0, 0, 300)
+    a.jmp(BPF_JMP | BPF_JGT | BPF_K, R0, invalid, 3900)
+    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, COUNTER, 0)          # the keys' index: 0
+    for key_off in (0, 16):                                       # current, then previous
+        a.ld_map(R1, keys_fd)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, COUNTER)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, invalid, 0)
+        if key_off:
+            a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 32)
+            a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, invalid, 0)      # no previous secret
+        _siphash(a, key_off, iplen)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R2, FP, HASH)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_X, R1, valid, src=R2)
+    a.jmp(BPF_JMP | BPF_JA, 0, invalid)
+    a.label(none)
