@@ -208,3 +208,35 @@ def test_the_kernel_check_follows_the_secrets_across_config_reloads(tmp_path):
         assert per_worker(server) == (n0 + 1, p0 + 4)
     finally:
         server.stop()
+
+
+def test_the_program_parses_what_resolvers_send_and_nothing_truncated():
+    """The check on frames (BPF_PROG_TEST_RUN): options before the cookie and a long name are
+    parsed; every truncation of a valid query, and a cookie past the eighth option, go to the
+    normal block; IPv6 with an extension header is not parsed (normal block)."""
+    import dns.edns
+    from pop53.scoring import ebpf
+    from bench.micro.steer_prog import PREVIOUS, SECRET as BSECRET, frame, query, setup
+    assert BSECRET == SECRET and PREVIOUS == bytes(range(16, 32))
+    progs, _keep = setup(workers=2, known=1000)
+    fd = progs["with the check"]
+    src, cc = "127.2.0.5", b"\x01" * 8
+
+    def steered(wire: bytes, at: str = src) -> bool:
+        return ebpf.test_run(fd, frame(at, wire))[0] >= 2
+
+    def cookie_query(name: str, before: int) -> bytes:
+        sc = _core.server_cookie(SECRET, cc, socket.inet_aton(src), int(time.time()))
+        opts = [dns.edns.GenericOption(65001 + i, b"x" * i) for i in range(before)]
+        return dns.message.make_query(name, "A", use_edns=0,
+                                      options=opts + [dns.edns.CookieOption(cc, sc)]).to_wire()
+
+    good = cookie_query("www.example.com.", 2)
+    assert steered(good) and steered(cookie_query("a.b.c.d.e.f.g.h.i.j.example.com.", 0))
+    assert steered(cookie_query("x" * 63 + "." + "y" * 63 + ".example.", 7))
+    assert not steered(cookie_query("www.example.com.", 8))           # the ninth option
+    assert all(not steered(good[:n]) for n in range(len(good)))       # every truncation
+    v6 = bytearray(frame("2001:db8::5", query("2001:db8::5")))
+    assert ebpf.test_run(fd, bytes(v6))[0] >= 2
+    v6[14 + 6] = 0                                                    # hop-by-hop next
+    assert ebpf.test_run(fd, bytes(v6))[0] < 2

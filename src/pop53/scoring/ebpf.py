@@ -5,23 +5,26 @@ source up in two LPM-trie maps, IPv4 and IPv6, and returns a socket index in the
 one /24 per two instructions (pop53.scoring.steer, at most 1,800 /24s, IPv4 only); a trie
 lookup costs the same for a million prefixes and takes IPv6.
 
-The bytecode is assembled here (no clang on the machine, no C file to build) and loaded with
-the bpf(2) system call through ctypes.  It needs CAP_BPF (or root, or kernel.
+The bytecode is assembled here (pop53.scoring.ebpf_asm; no clang on the machine, no C file to
+build) and loaded with the bpf(2) system call through ctypes.  It needs CAP_BPF (or root, or kernel.
 unprivileged_bpf_disabled = 0 without LPM maps); when the kernel says no, `load` raises
 EbpfUnavailable and steer.attach falls back to classic BPF with one clear warning.
 
 Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at fp-24):
     version = load_bytes_relative(skb, 0, 1 byte, NET) >> 4
-    4: key = {32, saddr (net offset 12, 4 bytes)};  lookup v4 trie
-    6: key = {128, saddr (net offset 8, 16 bytes)}; lookup v6 trie
+    4: key = {32, saddr (net offset 12, 4 bytes)};  [cookie check]; lookup v4 trie
+    6: key = {128, saddr (net offset 8, 16 bytes)}; [cookie check]; lookup v6 trie
+    cookie check (with the cookie secrets, CookieKeys): the address's cookie bit set (it has
+        sent a valid server cookie) -> steered when the datagram carries a valid server cookie,
+        not steered otherwise, nothing else looked at (pop53.scoring.ebpf_cookie)
     known and a trust map: the prefix's strict bit set (it went over known_rate: spoofed sources
         inside it) and the address's trust bit clear -> not steered
     base = W if steered else 0;  return base + (hash(last address word) % W)
 
 The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
-sc_known_class): address trust bits (per-address history inside known prefixes) and strict
-prefix bits, both indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), so the kernel
-and the workers agree on every bit without a system call per change.
+sc_known_class): address trust bits (per-address history inside known prefixes), strict prefix
+bits and cookie bits, all indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), so the
+kernel and the workers agree on every bit without a system call per change.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
 
 # bpf(2) commands, types and flags (include/uapi/linux/bpf.h)
-_MAP_CREATE, _MAP_UPDATE_ELEM, _PROG_LOAD = 0, 2, 5
+_MAP_CREATE, _MAP_UPDATE_ELEM, _PROG_LOAD, _PROG_TEST_RUN = 0, 2, 5, 10
 _MAP_TYPE_ARRAY, _MAP_TYPE_LPM_TRIE = 2, 11
 _F_MMAPABLE = 1 << 10
 _PROG_TYPE_SOCKET_FILTER = 1
@@ -313,6 +316,18 @@ def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = 
         raise EbpfUnavailable(f"SO_ATTACH_REUSEPORT_EBPF: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> tuple[int, int]:
+    """Run a loaded program on an Ethernet frame (BPF_PROG_TEST_RUN: the skb's network header
+    at the IP header) `repeat` times: (its return value, the kernel's mean ns per run)."""
+    data = ctypes.create_string_buffer(frame, len(frame))
+    attr = ctypes.create_string_buffer(128)
+    struct.pack_into("<IIIIQQII", attr, 0, prog_fd, 0, len(frame), 0, ctypes.addressof(data), 0,
+                     repeat, 0)
+    _bpf(_PROG_TEST_RUN, attr)
+    _fd, retval, _i, _o, _di, _do, _r, duration = struct.unpack_from("<IIIIQQII", attr, 0)
+    return retval, duration
 
 
 def v6_key(address: str) -> int:

@@ -5,8 +5,10 @@ datagrams with that exact address but no cookie stay in the normal socket's queu
 client's reach the priority socket even when its address lost its trust (spoofed past
 known_addr_rate) or its prefix is strict.
 
-The check parses the query in the program (bpf_skb_load_bytes: the reuseport program sees the
-UDP payload at offset 0): a header with QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1; the question
+The check parses the query in the program (bpf_skb_load_bytes_relative from the network header,
+past the IPv4 header's IHL or IPv6's 40 bytes with UDP next, and the UDP header; so the program
+reads the same bytes whether the skb was pulled past the UDP header, as for reuseport, or not,
+as in BPF_PROG_TEST_RUN, bench/micro/steer_prog.py): a header with QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1; the question
 name label by label (at most 127 labels); the OPT record; its options (at most 8) up to COOKIE
 (option 10) of 24 bytes: an 8-byte client cookie and an RFC 9018 server cookie (version 1,
 three reserved bytes, a timestamp, an 8-byte hash).  Then, as ext/cookie.pxi: the timestamp at
@@ -21,12 +23,13 @@ Stack (below the steering program's own 32 bytes): -40 loop counter, -48 the opt
 from __future__ import annotations
 
 from pop53.scoring.ebpf_asm import (
-    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_JA, BPF_JEQ,
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_JA, BPF_JEQ,
     BPF_JGT, BPF_JMP, BPF_JNE, BPF_K, BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_OR, BPF_RSH, BPF_ST,
     BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, BPF_END, FP, R0, R1, R2, R3, R4, R5, R6, R7)
 
 _FUNC_MAP_LOOKUP_ELEM = 1
-_FUNC_SKB_LOAD_BYTES = 26
+_FUNC_SKB_LOAD_BYTES_RELATIVE = 68
+_HDR_START_NET = 1
 _FUNC_KTIME_GET_TAI_NS = 208
 
 COUNTER, END, HASH, MSG, BUF = -40, -48, -64, -104, -120
@@ -38,7 +41,7 @@ _C = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x746564627974
 
 
 def _read(a: Asm, offset_reg: int | None, stack: int, length: int, invalid: str) -> None:
-    """Read `length` bytes of the UDP payload at offset_reg (None: 0) to the stack."""
+    """Read `length` bytes at offset_reg (None: 0) from the network header to the stack."""
     a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
     if offset_reg is None:
         a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, 0)
@@ -47,7 +50,8 @@ def _read(a: Asm, offset_reg: int | None, stack: int, length: int, invalid: str)
     a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack)
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
-    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, _HDR_START_NET)
+    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, invalid, 0)
 
 
@@ -69,15 +73,25 @@ def _count(a: Asm, limit: int, loop: str, invalid: str) -> None:
     a.jmp(BPF_JMP | BPF_JA, 0, loop)
 
 
-def _parse(a: Asm, tag: str, invalid: str) -> None:
+def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     """Find the COOKIE option; leave its 24 bytes at MSG (client cookie, server cookie's head,
-    hash).  Uses R7 as the offset into the message."""
-    _read(a, None, BUF, 12, invalid)                              # the header
+    hash).  Uses R7 as the offset from the network header."""
+    _read(a, None, BUF, 8, invalid)                               # the IP header's start
+    if iplen == 4:                                                # past IHL words and UDP's 8
+        a.op(BPF_LDX | BPF_MEM | BPF_B, R7, FP, BUF)
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R7, 0, 0, 0x0F)
+        a.op(BPF_ALU64 | BPF_LSH | BPF_K, R7, 0, 0, 2)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 8)
+    else:                                                         # UDP next: no extension headers
+        a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, BUF + 6)
+        a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 17)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R7, 0, 0, 48)
+    _read(a, R7, BUF, 12, invalid)                                # the DNS header
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 4)             # QDCOUNT 1, ANCOUNT 0 (LE)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x0100)
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 8)             # NSCOUNT 0, ARCOUNT 1
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x01000000)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R7, 0, 0, 12)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 12)
     a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, COUNTER, 0)
     a.label("qname" + tag)                                       # the question name
     _read(a, R7, BUF, 1, invalid)
@@ -174,7 +188,7 @@ def emit(a: Asm, tag: str, iplen: int, addr_stack: int, cookie_bit, keys_fd: int
     R6 holds the skb; R6, R8 and R9 are kept."""
     none = "nocookie" + tag
     cookie_bit(none)
-    _parse(a, tag, invalid)
+    _parse(a, tag, iplen, invalid)
     a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, MSG + 8)            # version 1
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 1)
     a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, MSG + 16)          # the hash, out of the way
