@@ -437,6 +437,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
     bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)
+    const image_t* img        # the batch's image, set by the worker loop (NULL: no name probe)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

@@ -195,6 +195,30 @@ cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
     return n
 
 
+cdef bint sc_name_exists(const image_t* img, const uint8_t* p, uint32_t n) noexcept nogil:
+    """Before the lookup, for a relaying resolver's query in a zone under NXDOMAIN pressure:
+    whether the question's name is a node of the served zone holding it (an owner name or an
+    empty non-terminal, whose answer is no NXDOMAIN).  One exact lookup, no answer: names
+    answered by a wildcard, a DNAME, a map or from below a delegation count as absent, and
+    stay demoted.  A name that does not parse, or no image (the probe state): absent."""
+    cdef lname_t t
+    cdef uint32_t pos = 12
+    cdef const zone_t* z
+    if img == NULL:
+        return False
+    while True:                              # a bounded, uncompressed name (sc_nx_zone_hit)
+        if pos >= n or pos - 12 >= 255:
+            return False
+        if p[pos] == 0:
+            break
+        if p[pos] > 63:
+            return False
+        pos += 1 + p[pos]
+    lname_set(&t, p + 12, img.seed)
+    z = image_find_zone(img, t.name, t.len, t.loff, t.labels, t.sh, 0)
+    return z != NULL and zone_find(img, z, t.name, t.len, t.sh[0]) != NULL
+
+
 cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trusted,
                         uint32_t key, uint32_t slot, const uint8_t* a, uint32_t alen,
                         const uint8_t* p, uint32_t n) noexcept nogil:
@@ -210,7 +234,7 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
     if trusted and not over and not sc_recent(s, s.prio_risk_ms):
         sc_trust_seen(s, slot, a, alen)
         zone = sc_nx_zone_hit(s, p, n)
-        if zone < 0:
+        if zone < 0 or sc_name_exists(s.img, p, n):
             s.nx_spared += 1
             return SC_TOP
     else:

@@ -152,6 +152,7 @@ cdef class Worker(WorkerBase):
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
                 now = <uint32_t>ts.tv_sec
             img = <const image_t*>p53_load_ptr(&shared.current)
+            self.sc.img = img              # the relay check's name probe (scoring_trust.pxi)
             maps = <const map_snap_t*>p53_load_ptr(&shared.maps)
             map_prefetch(maps, self.rbuf, RECV_SLOT, &self.rmsgs[0].msg_len, sizeof(mmsghdr),
                          <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)

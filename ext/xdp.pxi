@@ -201,6 +201,7 @@ cdef class XdpWorker(Worker):
                 clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
                 now = <uint32_t>ts.tv_sec
             img = <const image_t*>p53_load_ptr(&shared.current)
+            self.sc.img = img              # the relay check's name probe (scoring_trust.pxi)
             maps = <const map_snap_t*>p53_load_ptr(&shared.maps)
             m = 0
             for i in range(n):

@@ -303,7 +303,7 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "address still asks is strict again at its next query")
  .key("known_nx_percent", "integer 1..100", 50, "a known address whose answers in the window are more than "
       "this share NXDOMAIN (water torture it relays; at least 32) is relaying: a trusted one has only its "
-      "queries for a zone over `nx_rate` demoted to normal before the lookup (its other names stay top, "
+      "queries for a zone over `nx_rate` whose name is no node of the zone demoted to normal before the lookup (its other names stay top, "
       "in the priority socket) until the known resolvers are at risk with every other class cut; an "
       "untrusted one is demoted to normal as a whole and leaves the priority socket (docs/scoring.md)")
  .key("window_ms", "integer 10..60000", 1000, "the source sketch's window")

@@ -261,7 +261,7 @@ def test_a_valid_cookie_trusts_its_address():
     assert s.admit(_query(), real, responder) and not s.admit(_query(), other, responder)
 
 
-def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
+def test_a_relaying_resolver_keeps_its_other_zones_and_real_names_in_a_real_worker(tmp_path):
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
@@ -286,18 +286,22 @@ def test_a_relaying_resolver_keeps_its_other_zones_in_a_real_worker(tmp_path):
             st = server.scoring.stats(server.workers)
             assert st["nx_demoted"] >= 1 and st["nx_spared"] == 0
             normal0, prio0 = per_worker(server)
-            assert ask("www.core.test.") == dns.rcode.NOERROR
-            assert ask("www.integ.example.") == dns.rcode.NOERROR   # nothing cut: answered
+            demoted0 = st["nx_demoted"]
+            assert ask("www.core.test.") == dns.rcode.NOERROR       # another zone: top
+            # the attacked zone: a real name is top (its node exists: sc_name_exists), a
+            # random one demoted (answered all the same: nothing is cut)
+            assert ask("www.integ.example.") == dns.rcode.NOERROR
+            assert ask("r99x.integ.example.") == dns.rcode.NXDOMAIN
         st = server.scoring.stats(server.workers)
-        assert st["nx_spared"] == 1
-        assert st["admitted"]["top"] >= 32 + 1 and st["admitted"]["normal"] >= 8 + 1
+        assert st["nx_spared"] == 2 and st["nx_demoted"] == demoted0 + 1
+        assert st["admitted"]["top"] >= 32 + 2 and st["admitted"]["normal"] >= 8 + 1
         # trusted (its second query) and nothing at risk: still the priority socket
         assert server.scoring.scorer.trusted(_ip("127.1.0.30"))
-        assert per_worker(server) == (normal0, prio0 + 2)
+        assert per_worker(server) == (normal0, prio0 + 3)
         from pop53.scoring import metrics
         fams = {f.name: f.samples[0].value for f in metrics.families(server.workers)
                 if f.samples and not f.samples[0].labels}
-        assert fams["pop53_scoring_known_spared"] == 1
+        assert fams["pop53_scoring_known_spared"] == 2
         assert fams["pop53_scoring_known_demoted"] == st["nx_demoted"]
     finally:
         server.stop()

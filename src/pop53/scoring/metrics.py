@@ -48,7 +48,7 @@ def families(workers):
          "for its own rate, or for a zone under NXDOMAIN pressure while its answers are mostly "
          "NXDOMAIN (water torture it relays)"),
         ("pop53_scoring_known_spared", "nx_spared", "Queries from a known address relaying water "
-         "torture kept top: their name is in no zone under NXDOMAIN pressure"),
+         "torture kept top: their name is in no zone under NXDOMAIN pressure, or is a node of it"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses trusted: of known prefixes by "
          "calm history, any by a valid server cookie"),
         ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "
