@@ -15,7 +15,8 @@ sources; bots one per /24 (4,096 /24s) asking random subdomains; spoofed known s
 resolvers' own /24) repeating a name; water torture relayed by known resolvers (256 /24s in
 127.3.0.0/16, listed as known) asking random subdomains; the same against a second zone
 (attacked.test.) with a fifth of it from the 20 measured resolvers' own addresses, which thus
-relay it while asking their real names; and no attack.
+relay it while asking their real names; the same against the benchmark zone itself, whose real
+names they ask; and no attack.
 
 Servers run pinned to CPU 0, capped to `--quota` of that core, so that the flood can offer 5x
 and more (without the cap the flood core is the bottleneck): by default (`--cap steal`) a
@@ -76,6 +77,9 @@ ATTACKS = {
     # random subdomains of a second zone (servers.ATTACKED), a fifth of them from the measured
     # resolvers' own addresses: they relay the attack and still ask their real names
     "water torture via the measured resolvers too": (0, 4, 256),
+    # the same against the benchmark zone itself: the resolvers relay random names of the zone
+    # whose real names they ask (kept top by the name probe, docs/scoring.md)
+    "water torture of their own zone via them": (0, 4, 256),
 }
 # attacks whose random subdomains are of another zone than the benchmark zone
 TARGETS = {"water torture via the measured resolvers too": sv.ATTACKED}
