@@ -336,26 +336,31 @@ cdef void sc_nx_zone_roll(sc_state_t* s) noexcept nogil:
     s.nxz_n = k
 
 
+cdef uint32_t sc_qname_end(const uint8_t* p, uint32_t n) noexcept nogil:
+    """The end of the question's name (past its root label) when it is a plain name within the
+    packet and 255 bytes (no pointers in a question), else 0."""
+    cdef uint32_t pos = 12
+    while True:
+        if pos >= n or pos - 12 >= 255:
+            return 0
+        if p[pos] == 0:
+            return pos + 1
+        if p[pos] > 63:
+            return 0
+        pos += 1 + p[pos]
+
+
 cdef int sc_nx_zone_hit(const sc_state_t* s, const uint8_t* p, uint32_t n) noexcept nogil:
     """Before the lookup: the listed zone under NXDOMAIN pressure the query's name is in (one
     of its suffixes hashes to a listed apex of the same length), or -1.  Walks the question's
     labels once; only hashes the suffixes whose length matches a listed zone.  A name that does
     not parse is no hit (the lookup answers it as for anyone)."""
     cdef uint32_t pos = 12, end, j, L
-    cdef uint8_t ln
-    if s.nxz_n == 0 or n < 13:
+    if s.nxz_n == 0:
         return -1
-    while True:                              # find the name's end (no pointers in a question)
-        if pos >= n or pos - 12 >= 255:
-            return -1
-        ln = p[pos]
-        if ln == 0:
-            break
-        if ln > 63:
-            return -1
-        pos += 1 + ln
-    end = pos + 1
-    pos = 12
+    end = sc_qname_end(p, n)
+    if end == 0:
+        return -1
     while pos < end:
         L = end - pos
         for j in range(s.nxz_n):

@@ -202,18 +202,9 @@ cdef bint sc_name_exists(const image_t* img, const uint8_t* p, uint32_t n) noexc
     answered by a wildcard, a DNAME, a map or from below a delegation count as absent, and
     stay demoted.  A name that does not parse, or no image (the probe state): absent."""
     cdef lname_t t
-    cdef uint32_t pos = 12
     cdef const zone_t* z
-    if img == NULL:
+    if img == NULL or sc_qname_end(p, n) == 0:
         return False
-    while True:                              # a bounded, uncompressed name (sc_nx_zone_hit)
-        if pos >= n or pos - 12 >= 255:
-            return False
-        if p[pos] == 0:
-            break
-        if p[pos] > 63:
-            return False
-        pos += 1 + p[pos]
     lname_set(&t, p + 12, img.seed)
     z = image_find_zone(img, t.name, t.len, t.loff, t.labels, t.sh, 0)
     return z != NULL and zone_find(img, z, t.name, t.len, t.sh[0]) != NULL

@@ -176,7 +176,7 @@ cdef class Worker(WorkerBase):
                 if act == ACT_DROP:
                     continue
                 if scorer is not None and q.cookie_ok:
-                    sc_trust_proven(&scorer.cfg, &self.sc, cl, cl_len)     # a proven address (scoring.pxi)
+                    sc_trust_proven(&scorer.cfg, &self.sc, cl, cl_len)    # scoring_trust.pxi
                 if scorer is not None and sc_nx_drop(&scorer.cfg, &self.sc, c, &q, cl, cl_len,
                                                      self.sbuf + m * self.sslot, outlen):
                     self._dt_dropped(i, &tq)
