@@ -240,3 +240,27 @@ def test_the_program_parses_what_resolvers_send_and_nothing_truncated():
     assert ebpf.test_run(fd, bytes(v6))[0] >= 2
     v6[14 + 6] = 0                                                    # hop-by-hop next
     assert ebpf.test_run(fd, bytes(v6))[0] < 2
+
+
+def test_a_kernel_refusing_the_check_gets_the_program_without_it(tmp_path, monkeypatch, caplog):
+    """The check needs bpf_ktime_get_tai_ns (Linux 6.1): a verifier that refuses it leaves
+    the steering program as it was, with one warning."""
+    import logging
+    from pop53.scoring import ebpf_cookie, steer
+
+    def unknown_helper(a, tag, iplen, addr_stack, cookie_bit, keys_fd, valid, invalid):
+        a.op(0x85, 0, 0, 0, 99999)                               # call an unknown helper
+    monkeypatch.setattr(ebpf_cookie, "emit", unknown_helper)
+    monkeypatch.setattr(steer, "_warned", set())
+    server = _cookie_server(tmp_path, "127.1.0.0/24\n")
+    with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
+        server.start()
+    try:
+        assert server.scoring.steering == "ebpf" and server.scoring.cookie_keys is not None
+        assert any("refused the steering program's server-cookie check" in r.message
+                   for r in caplog.records)
+        addr = server.addresses[0]
+        assert ask(addr, "127.1.0.5", 2) == 2 and ask(addr, "127.2.0.5", 2) == 2
+        assert per_worker(server) == (2, 2)                      # steered by prefix alone
+    finally:
+        server.stop()

@@ -74,7 +74,7 @@ def test_without_ebpf_classic_bpf_steers_ipv4_and_says_so(tmp_path, monkeypatch,
     def refuse(*a):
         raise ebpf.EbpfUnavailable("bpf(2): Operation not permitted")
     monkeypatch.setattr(ebpf, "load", refuse)
-    monkeypatch.setattr(steer, "_warned", False)
+    monkeypatch.setattr(steer, "_warned", set())
     server, known = _steered(tmp_path, "127.0.0.1:0", 1, "127.1.0.0/24\n")
     with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
         server.start()

@@ -55,18 +55,26 @@ def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd:
     it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
     so.  With `trust_fd` (ebpf.TrustMap) the eBPF program steers only the trusted addresses of a
     prefix that went over its rate, and with `keys_fd` (ebpf.CookieKeys) an address that has
-    sent a valid server cookie only, and always, when it sends one again, known or not.
-    Returns "ebpf" or "cbpf"."""
+    sent a valid server cookie only, and always, when it sends one again, known or not (a
+    kernel that refuses that check, e.g. one older than 6.1 without bpf_ktime_get_tai_ns, gets
+    the program without it and a warning).  Returns "ebpf" or "cbpf"."""
     from pop53.scoring import ebpf
-    global _warned
     try:
-        ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys_fd)
+        try:
+            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys_fd)
+        except (ebpf.EbpfUnavailable, RuntimeError) as exc:
+            if keys_fd < 0:
+                raise
+            why = [line for line in str(exc).splitlines()
+                   if line.strip() and not line.startswith(("processed ", "verification time"))]
+            _warn_once("cookies", "the kernel refused the steering program's server-cookie "
+                       "check (%s): cookie senders are steered by their prefix alone",
+                       why[-1] if why else exc)
+            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd)
         return "ebpf"
     except ebpf.EbpfUnavailable as exc:
-        if not _warned:
-            _warned = True
-            log.warning("eBPF steering not allowed (%s): classic BPF steers at most %d known "
-                        "IPv4 /24s and no IPv6", exc, MAX_V4)
+        _warn_once("ebpf", "eBPF steering not allowed (%s): classic BPF steers at most %d known "
+                   "IPv4 /24s and no IPv6", exc, MAX_V4)
     if len(v4_keys) > MAX_V4:
         log.warning("%d known /24s: only the first %d are steered to the priority sockets "
                     "(classic BPF limit)", len(v4_keys), MAX_V4)
@@ -74,4 +82,10 @@ def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd:
     return "cbpf"
 
 
-_warned = False
+_warned: set[str] = set()
+
+
+def _warn_once(what: str, text: str, *args) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        log.warning(text, *args)
