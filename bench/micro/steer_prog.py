@@ -50,14 +50,18 @@ def frame(src: str, payload: bytes, dst: str | None = None, sport: int = 40000) 
     return bytes(12) + b"\x08\x00" + ip + udp
 
 
-def query(src: str | None = None, secret: bytes = SECRET, cc: bytes = b"\x01" * 8) -> bytes:
+def query(src: str | None = None, secret: bytes = SECRET, cc: bytes = b"\x01" * 8,
+          name: str = "www.example.com.") -> bytes:
     """An A query; with `src`, carrying a server cookie made with `secret` for that address."""
     if src is None:
-        return dns.message.make_query("www.example.com.", "A").to_wire()
+        return dns.message.make_query(name, "A").to_wire()
     packed = socket.inet_pton(socket.AF_INET6 if ":" in src else socket.AF_INET, src)
     sc = _core.server_cookie(secret, cc, packed, int(time.time()))
-    return dns.message.make_query("www.example.com.", "A", use_edns=0,
+    return dns.message.make_query(name, "A", use_edns=0,
                                   options=[dns.edns.CookieOption(cc, sc)]).to_wire()
+
+
+LONG = "a." * 126                       # 126 labels and the root: a 253-byte name
 
 
 # case -> (source, payload, steered without the check, with it); the cookie senders 127.2.0.5
@@ -72,6 +76,8 @@ CASES = {
     "cookie sender, invalid cookie (both secrets tried)":
         ("127.2.0.5", query("127.2.0.5", bytes(16)), False, False),
     "cookie sender, no cookie": ("127.2.0.5", query(), False, False),
+    "cookie sender, invalid cookie, a 126-label name":
+        ("127.2.0.5", query("127.2.0.5", bytes(16), name=LONG), False, False),
 }
 
 

@@ -234,6 +234,7 @@ def test_the_program_parses_what_resolvers_send_and_nothing_truncated():
     good = cookie_query("www.example.com.", 2)
     assert steered(good) and steered(cookie_query("a.b.c.d.e.f.g.h.i.j.example.com.", 0))
     assert steered(cookie_query("x" * 63 + "." + "y" * 63 + ".example.", 7))
+    assert steered(cookie_query("a." * 126, 0))                       # 253 bytes, 126 labels
     assert not steered(cookie_query("www.example.com.", 8))           # the ninth option
     assert all(not steered(good[:n]) for n in range(len(good)))       # every truncation
     v6 = bytearray(frame("2001:db8::5", query("2001:db8::5")))
