@@ -8,8 +8,9 @@ known_addr_rate) or its prefix is strict.
 The check parses the query in the program (bpf_skb_load_bytes_relative from the network header,
 past the IPv4 header's IHL or IPv6's 40 bytes with UDP next, and the UDP header; so the program
 reads the same bytes whether the skb was pulled past the UDP header, as for reuseport, or not,
-as in BPF_PROG_TEST_RUN, bench/micro/steer_prog.py): a header with QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 1; the question
-name label by label (at most 127 labels); the OPT record; its options (at most 8) up to COOKIE
+as in BPF_PROG_TEST_RUN, bench/micro/steer_prog.py): a header with QDCOUNT 1, ANCOUNT 0,
+NSCOUNT 0, ARCOUNT 1; the question name (read at once, up to 256 bytes as the IP header's
+length allows, then walked on the stack: at most 127 labels); the OPT record; its options (at most 8) up to COOKIE
 (option 10) of 24 bytes: an 8-byte client cookie and an RFC 9018 server cookie (version 1,
 three reserved bytes, a timestamp, an 8-byte hash).  Then, as ext/cookie.pxi: the timestamp at
 most an hour old and five minutes ahead (the kernel's TAI clock, which is UTC or up to 37 s
