@@ -265,3 +265,28 @@ def test_a_kernel_refusing_the_check_gets_the_program_without_it(tmp_path, monke
         assert per_worker(server) == (2, 2)                      # steered by prefix alone
     finally:
         server.stop()
+
+
+def test_mutated_frames_stay_in_range_and_a_touched_cookie_is_never_steered():
+    """2,000 frames of a valid cookie query with random bytes changed: the program always
+    returns a socket of the group, and a change inside the 24 cookie bytes (client cookie,
+    version, reserved, timestamp, hash: all under the hash) never reaches the priority block."""
+    import random
+    from pop53.scoring import ebpf
+    from bench.micro.steer_prog import frame, query, setup
+    progs, _keep = setup(workers=2, known=1000)
+    fd = progs["with the check"]
+    wire = query("127.2.0.5")
+    assert ebpf.test_run(fd, frame("127.2.0.5", wire))[0] >= 2
+    start = len(wire) - 24                                   # the COOKIE option's data
+    rnd = random.Random(53)
+    for i in range(2000):
+        w = bytearray(wire)
+        cookie = i % 2 == 0
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randrange(start, len(w)) if cookie else rnd.randrange(len(w))
+            w[at] ^= rnd.randrange(1, 256)
+        ret = ebpf.test_run(fd, frame("127.2.0.5", bytes(w)))[0]
+        assert 0 <= ret < 4
+        if cookie:
+            assert ret < 2, (i, bytes(w).hex())
