@@ -3,6 +3,9 @@
 # the published table, entry points that run the worker loop's functions for tests and tools),
 # and a learning window's seen set.
 
+cdef extern from *:
+    int __builtin_popcountll(unsigned long long x) nogil
+
 
 cdef class KnownTable:
     """The compiled known-resolver table (pop53.scoring.known builds it): `v4`, a buffer of
@@ -220,6 +223,17 @@ cdef class Scorer:
             if w[i]:
                 p53_store_u64(&w[i], 0)
                 n += 1
+        return n
+
+    def cookie_senders(self):
+        """How many address slots have their cookie bit set (of 1 << 20)."""
+        cdef const uint64_t* w = <const uint64_t*>self.trust
+        cdef uint64_t n = 0
+        cdef int i
+        with nogil:
+            for i in range(SC_COOKIE_BASE, SC_ALL_WORDS):
+                if w[i]:
+                    n += <uint64_t>__builtin_popcountll(w[i])
         return n
 
     def clear_cookies(self):

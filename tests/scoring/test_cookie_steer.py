@@ -69,6 +69,9 @@ def test_a_cookie_client_outside_the_known_prefixes_is_steered(tmp_path):
         assert ask(addr, "127.2.0.6", 4) == 4
         assert ask(addr, "127.2.0.7", 4, _query(dns.edns.CookieOption(cc, b"\x01" * 16))) == 4
         assert per_worker(server) == (13, 5)
+        from pop53.scoring import metrics
+        fams = {f.name: f for f in metrics.families(server.workers, server.scoring.scorer)}
+        assert fams["pop53_scoring_cookie_senders"].samples[0].value == 1
     finally:
         server.stop()
 

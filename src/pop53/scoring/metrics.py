@@ -8,7 +8,7 @@ from pop53 import _core
 from pop53.scoring.service import ScoringService
 
 
-def families(workers):
+def families(workers, scorer=None):
     st = ScoringService.stats(workers)
     adm = CounterMetricFamily("pop53_scoring_admitted", "UDP queries admitted to the answer, by "
                               "scoring class", labels=["class"])
@@ -28,6 +28,13 @@ def families(workers):
                            "worker: 0 = admitting everything, 3 = only known resolvers and cookies")
     lv.add_metric([], st["level"])
     yield lv
+    if scorer is not None:
+        cs = GaugeMetricFamily("pop53_scoring_cookie_senders", "Address slots whose address sent "
+                               "a valid server cookie (of 2^20): the kernel stage steers them by "
+                               "their cookies (steer_cookies); a resolver without cookies sharing "
+                               "one's slot is sent to the normal socket")
+        cs.add_metric([], scorer.cookie_senders())
+        yield cs
     for name, key, doc in (
         ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the normal "
          "UDP sockets' receive queues (SO_MEMINFO, read once a tick)"),

@@ -102,7 +102,7 @@ class ServerCollector:
         yield b
         if s.scoring is not None:
             from pop53.scoring import metrics as scoring_metrics
-            yield from scoring_metrics.families(s.workers)
+            yield from scoring_metrics.families(s.workers, s.scoring.scorer)
         rf = CounterMetricFamily("pop53_reload_failures", "Reloads rejected (the old data kept serving)")
         rf.add_metric([], s.reload_failures)
         yield rf
