@@ -6,8 +6,8 @@ one /24 per two instructions (pop53.scoring.steer, at most 1,800 /24s, IPv4 only
 lookup costs the same for a million prefixes and takes IPv6.
 
 The bytecode is assembled here (pop53.scoring.ebpf_asm; no clang on the machine, no C file to
-build) and loaded with the bpf(2) system call through ctypes.  It needs CAP_BPF (or root, or kernel.
-unprivileged_bpf_disabled = 0 without LPM maps); when the kernel says no, `load` raises
+build) and loaded with the bpf(2) system call through ctypes.  It needs CAP_BPF (or root, or
+kernel.unprivileged_bpf_disabled = 0 without LPM maps); when the kernel says no, `load` raises
 EbpfUnavailable and steer.attach falls back to classic BPF with one clear warning.
 
 Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at fp-24):
@@ -39,8 +39,8 @@ import struct
 from pop53.scoring import ebpf_cookie
 from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DW, BPF_EXIT, BPF_JA, BPF_JEQ,
-    BPF_JMP, BPF_JNE, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX,
-    BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9)
+    BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_W,
+    BPF_X, BPF_XOR, FP, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
 
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
@@ -51,9 +51,6 @@ _MAP_TYPE_ARRAY, _MAP_TYPE_LPM_TRIE = 2, 11
 _F_MMAPABLE = 1 << 10
 _PROG_TYPE_SOCKET_FILTER = 1
 _F_NO_PREALLOC = 1
-_FUNC_MAP_LOOKUP_ELEM = 1
-_FUNC_SKB_LOAD_BYTES_RELATIVE = 68
-_HDR_START_NET = 1
 
 
 class EbpfUnavailable(Exception):
@@ -69,31 +66,24 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         raise ValueError("workers within 1..32768")
     a = Asm()
     a.op(BPF_ALU64 | BPF_MOV | BPF_X, R6, R1)
-    for off in (-32, -24, -16, -8):                              # the key area starts zeroed
+    for off in (-32, -24, -16, -8):                                     # the key area: zeroed
         a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, off, 0)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, 0)                        # base: the normal block
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R9, 0, 0, 0)                        # hash input
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, 0)                      # base: the normal block
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R9, 0, 0, 0)                      # hash input
 
-    def load(net_off, stack_off, length):
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, net_off)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack_off)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, _HDR_START_NET)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
-        a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, "pick", 0)                   # cannot read it: not steered
+    def load(net_off, stack_off, length):     # cannot read it: not steered
+        a.skb_read(stack_off, "pick", off=net_off, length=length)
 
     if trust_fd >= 0:
         from pop53._core import TRUST_LAYOUT
         words, _all, addr_shift, prefix_shift, _g, cookie_words = TRUST_LAYOUT
 
     def lookup(fd, hash_off, known):
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)                 # the address word to hash
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)               # the address word to hash
         a.ld_map(R1, fd)
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -24)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
         a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "pick", 0)
         a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
@@ -119,13 +109,13 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
         a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                      # the array index
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                    # the array index
         a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                      # the bit in the word
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                    # the bit in the word
         a.ld_map(R1, trust_fd)
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
         a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, clear, 0)
         a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
         a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
@@ -137,27 +127,27 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         if keys_fd < 0 or trust_fd < 0:
             return
         key = key_v4 if iplen == 4 else key_v6
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)       # the address word to hash
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)               # the address word to hash
         ebpf_cookie.emit(a, tag, iplen, -20,
                          lambda clear: bit(lambda: key(False), addr_shift, cookie_words, clear),
                          keys_fd, "prio", "pick")
 
-    load(0, -24, 1)                                              # the version nibble
+    load(0, -24, 1)                                                     # the version nibble
     a.op(BPF_LDX | BPF_MEM | BPF_B, R7, FP, -24)
     a.op(BPF_ALU64 | BPF_RSH | BPF_K, R7, 0, 0, 4)
     a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "v4", 4)
     a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "v6", 6)
     a.jmp(BPF_JMP | BPF_JA, 0, "pick")
     a.label("v4")
-    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 32)                        # prefixlen
-    load(12, -20, 4)                                             # saddr
+    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 32)                      # prefixlen
+    load(12, -20, 4)                                                    # saddr
     cookie_check("4", 4, -20)
     lookup(fd4, -20, "known4")
     a.label("v6")
     a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 128)
     load(8, -20, 16)
     cookie_check("6", 16, -8)
-    lookup(fd6, -8, "known6")                           # hash the last word
+    lookup(fd6, -8, "known6")                                           # hash the last word
     if trust_fd >= 0:
         for v, key in (("4", key_v4), ("6", key_v6)):
             # a prefix that is not strict: every address of it; a strict one: trusted only
@@ -166,11 +156,11 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
             bit(lambda: key(False), addr_shift, 0, "pick")
             a.jmp(BPF_JMP | BPF_JA, 0, "prio")
     a.label("prio")
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, workers)                  # the priority block
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, workers)                # the priority block
     a.label("pick")
     # r0 = base + (hash32(word) % W): Fibonacci hashing spreads sources over the block
     a.op(BPF_ALU | BPF_MOV | BPF_X, R0, R9)
-    a.op(BPF_ALU | BPF_MUL | BPF_K, R0, 0, 0, -1640531535)                # 0x9E3779B1
+    a.op(BPF_ALU | BPF_MUL | BPF_K, R0, 0, 0, -1640531535)              # 0x9E3779B1
     a.op(BPF_ALU | BPF_RSH | BPF_K, R0, 0, 0, 16)
     a.op(BPF_ALU | BPF_MOD | BPF_K, R0, 0, 0, workers)
     a.op(BPF_ALU64 | BPF_ADD | BPF_X, R0, R8)

@@ -7,17 +7,23 @@ from __future__ import annotations
 import struct
 
 # instruction classes and fields (include/uapi/linux/bpf.h, bpf_common.h)
-BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
+BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05
+BPF_ALU64 = 0x07
 BPF_W, BPF_H, BPF_B, BPF_DW = 0x00, 0x08, 0x10, 0x18
 BPF_IMM, BPF_MEM = 0x00, 0x60
 BPF_K, BPF_X = 0x00, 0x08
-BPF_ADD, BPF_MUL, BPF_AND, BPF_RSH, BPF_MOD, BPF_XOR, BPF_MOV = 0x00, 0x20, 0x50, 0x70, 0x90, 0xA0, 0xB0
-BPF_JA, BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JNE, BPF_CALL, BPF_EXIT = 0x00, 0x10, 0x20, 0x30, 0x50, 0x80, 0x90
+BPF_ADD, BPF_MUL, BPF_AND, BPF_RSH, BPF_MOD = 0x00, 0x20, 0x50, 0x70, 0x90
+BPF_XOR, BPF_MOV = 0xA0, 0xB0
+BPF_JA, BPF_JEQ, BPF_JGT, BPF_JGE, BPF_JNE = 0x00, 0x10, 0x20, 0x30, 0x50
+BPF_CALL, BPF_EXIT = 0x80, 0x90
 BPF_JLE, BPF_JSLE = 0xB0, 0xD0
 BPF_SUB, BPF_LSH, BPF_OR, BPF_DIV, BPF_END = 0x10, 0x60, 0x40, 0x30, 0xD0
-BPF_TO_BE = 0x08           # with BPF_END: to big-endian (a byte swap on this little-endian host)
+BPF_TO_BE = 0x08          # with BPF_END: to big-endian (a byte swap on a little-endian host)
 BPF_PSEUDO_MAP_FD = 1
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = range(11)
+# helper functions (enum bpf_func_id) and bpf_skb_load_bytes_relative's start header
+FUNC_MAP_LOOKUP_ELEM, FUNC_SKB_LOAD_BYTES_RELATIVE, FUNC_KTIME_GET_TAI_NS = 1, 68, 208
+HDR_START_NET = 1
 
 
 class Asm:
@@ -47,6 +53,26 @@ class Asm:
                 off = self.labels[off] - (i + 1)
             out.append(struct.pack("<BBhi", code, (src << 4) | dst, off, imm))
         return b"".join(out)
+
+    def skb_read(self, stack: int, fail: str, *, off: int = 0, off_reg: int | None = None,
+                 length: int = 0, len_reg: int | None = None) -> None:
+        """bpf_skb_load_bytes_relative(R6 = the skb, offset, fp + stack, length, from the network
+        header): offset and length constants or registers; to `fail` when it cannot be read.
+        Clobbers R0-R5."""
+        self.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
+        if off_reg is None:
+            self.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, off)
+        else:
+            self.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, off_reg)
+        self.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
+        self.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack)
+        if len_reg is None:
+            self.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
+        elif len_reg != R4:
+            self.op(BPF_ALU64 | BPF_MOV | BPF_X, R4, len_reg)
+        self.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, HDR_START_NET)
+        self.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_SKB_LOAD_BYTES_RELATIVE)
+        self.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, fail, 0)
 
     def imm64(self, dst, value):
         """dst = a 64-bit constant (BPF_LD | BPF_DW | BPF_IMM, two instruction slots)."""

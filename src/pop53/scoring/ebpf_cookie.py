@@ -10,9 +10,9 @@ past the IPv4 header's IHL or IPv6's 40 bytes with UDP next, and the UDP header;
 reads the same bytes whether the skb was pulled past the UDP header, as for reuseport, or not,
 as in BPF_PROG_TEST_RUN, bench/micro/steer_prog.py): a header with QDCOUNT 1, ANCOUNT 0,
 NSCOUNT 0, ARCOUNT 1; the question name (read at once, up to 256 bytes as the IP header's
-length allows, then walked on the stack: at most 127 labels); the OPT record; its options (at most 8) up to COOKIE
-(option 10) of 24 bytes: an 8-byte client cookie and an RFC 9018 server cookie (version 1,
-three reserved bytes, a timestamp, an 8-byte hash).  Then, as ext/cookie.pxi: the timestamp at
+length allows, then walked on the stack: at most 127 labels); the OPT record; its options (at
+most 8) up to COOKIE (option 10) of 24 bytes: an 8-byte client cookie and an RFC 9018 server
+cookie (version 1, three reserved bytes, a timestamp, an 8-byte hash).  Then, as ext/cookie.pxi: the timestamp at
 most an hour old and five minutes ahead (the kernel's TAI clock, which is UTC or up to 37 s
 ahead of it), and SipHash-2-4 over client cookie | version | reserved | timestamp | client
 address under the current secret, else the previous one (CookieKeys, written by the control
@@ -26,14 +26,10 @@ the name starts, -104..-73 the hashed message, -120..-105 bytes read from the pa
 from __future__ import annotations
 
 from pop53.scoring.ebpf_asm import (
-    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_JA, BPF_JEQ,
-    BPF_JGE, BPF_JGT, BPF_JLE, BPF_JMP, BPF_JSLE, BPF_JNE, BPF_K, BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_OR, BPF_RSH, BPF_ST,
-    BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, BPF_END, FP, R0, R1, R2, R3, R4, R5, R6, R7)
-
-_FUNC_MAP_LOOKUP_ELEM = 1
-_FUNC_SKB_LOAD_BYTES_RELATIVE = 68
-_HDR_START_NET = 1
-_FUNC_KTIME_GET_TAI_NS = 208
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_END,
+    BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JLE, BPF_JMP, BPF_JNE, BPF_JSLE, BPF_K, BPF_LDX,
+    BPF_LSH, BPF_MEM, BPF_MOV, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W,
+    BPF_X, BPF_XOR, FP, FUNC_KTIME_GET_TAI_NS, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R3, R4, R5, R7)
 
 COUNTER, END, HASH, MSG, BUF = -40, -48, -64, -104, -120
 LEN_AT, OFF_AT, NAME = -56, -72, -376     # bytes of the name read, where it starts, the bytes
@@ -42,21 +38,6 @@ KEYS_VALUE = 40          # CookieKeys' one value: current k0 k1, previous k0 k1,
 
 # SipHash-2-4's initial constants ("somepseudorandomlygeneratedbytes")
 _C = (0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573)
-
-
-def _read(a: Asm, offset_reg: int | None, stack: int, length: int, invalid: str) -> None:
-    """Read `length` bytes at offset_reg (None: 0) from the network header to the stack."""
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
-    if offset_reg is None:
-        a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, 0)
-    else:
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, offset_reg)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
-    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, stack)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, length)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, _HDR_START_NET)
-    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
-    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, invalid, 0)
 
 
 def _be16(a: Asm, dst: int, stack: int) -> None:
@@ -80,7 +61,7 @@ def _count(a: Asm, limit: int, loop: str, invalid: str) -> None:
 def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     """Find the COOKIE option; leave its 24 bytes at MSG (client cookie, server cookie's head,
     hash).  Uses R7 as the offset from the network header."""
-    _read(a, None, BUF, 8, invalid)                               # the IP header's start
+    a.skb_read(BUF, invalid, length=8)                         # the IP header's start
     if iplen == 4:                                                # past IHL words and UDP's 8
         a.op(BPF_LDX | BPF_MEM | BPF_B, R7, FP, BUF)
         a.op(BPF_ALU64 | BPF_AND | BPF_K, R7, 0, 0, 0x0F)
@@ -94,7 +75,7 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
         _be16(a, R1, BUF + 4)                                     # the payload length
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R1, 0, 0, 40)
     a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R1, LEN_AT)             # the packet's length
-    _read(a, R7, BUF, 12, invalid)                                # the DNS header
+    a.skb_read(BUF, invalid, off_reg=R7, length=12)                   # the DNS header
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 4)             # QDCOUNT 1, ANCOUNT 0 (LE)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x0100)
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 8)             # NSCOUNT 0, ARCOUNT 1
@@ -110,13 +91,7 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R4, 0, 0, 256)
     a.label("qread" + tag)
     a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R4, LEN_AT)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R6)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R7)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, FP)
-    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R3, 0, 0, NAME)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, _HDR_START_NET)
-    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_SKB_LOAD_BYTES_RELATIVE)
-    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, invalid, 0)
+    a.skb_read(NAME, invalid, off_reg=R7, len_reg=R4)
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R7, 0, 0, 0)
     a.op(BPF_ST | BPF_MEM | BPF_DW, FP, 0, COUNTER, 0)
     a.label("qname" + tag)
@@ -136,7 +111,7 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, OFF_AT)
     a.op(BPF_ALU64 | BPF_ADD | BPF_X, R7, R1)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 5)              # the root, QTYPE, QCLASS
-    _read(a, R7, BUF, 11, invalid)                                # OPT: owner, type ... RDLEN
+    a.skb_read(BUF, invalid, off_reg=R7, length=11)                   # OPT: owner, type ... RDLEN
     a.op(BPF_LDX | BPF_MEM | BPF_B, R1, FP, BUF)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0)
     _be16(a, R1, BUF + 1)
@@ -151,7 +126,7 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R7)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, 4)
     a.jmp(BPF_JMP | BPF_JGT | BPF_X, R2, invalid, src=R1)
-    _read(a, R7, BUF, 4, invalid)
+    a.skb_read(BUF, invalid, off_reg=R7, length=4)
     _be16(a, R1, BUF)
     _be16(a, R2, BUF + 2)
     a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, "found" + tag, 10)
@@ -161,7 +136,7 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.label("found" + tag)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R2, invalid, 24)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 4)
-    _read(a, R7, MSG, 24, invalid)
+    a.skb_read(MSG, invalid, off_reg=R7, length=24)
 
 
 def _rotl(a: Asm, x: int, b: int) -> None:
@@ -230,7 +205,7 @@ def emit(a: Asm, tag: str, iplen: int, addr_stack: int, cookie_bit, keys_fd: int
         a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, addr_stack + k)
         a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, MSG + 16 + k)
     # the time window (RFC 9018 4.3): -300 <= now - timestamp <= 3600, in serial arithmetic
-    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_KTIME_GET_TAI_NS)
+    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_KTIME_GET_TAI_NS)
     a.op(BPF_ALU64 | BPF_DIV | BPF_K, R0, 0, 0, 1_000_000_000)
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, MSG + 12)
     a.op(BPF_ALU | BPF_END | BPF_TO_BE, R1, 0, 0, 32)
@@ -242,7 +217,7 @@ def emit(a: Asm, tag: str, iplen: int, addr_stack: int, cookie_bit, keys_fd: int
         a.ld_map(R1, keys_fd)
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, COUNTER)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, _FUNC_MAP_LOOKUP_ELEM)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
         a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, invalid, 0)
         if key_off:
             a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 32)
