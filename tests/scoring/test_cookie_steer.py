@@ -17,6 +17,7 @@ from pop53 import config as cfgmod
 from pop53.scoring.known import KnownPrefixes, compile_table
 from pop53.serve.server import Server
 
+from bench.micro.steer_prog import PREVIOUS, SECRET, frame, query, setup
 from integ_support import INTEG_ZONE
 from steer_support import ask, per_worker
 
@@ -38,10 +39,15 @@ def _server_cookie(addr, src: str, cc: bytes) -> bytes:
     return next(o.server for o in r.options if o.otype == dns.edns.COOKIE)
 
 
-def _server(tmp_path, **scoring):
+def _server(tmp_path, known_text: str = "127.1.0.0/24\n", listen: str = "127.0.0.1:0",
+            secrets: bool = False, **scoring):
+    """A server with the kernel stage and cookies on (with `secrets`, SECRET and PREVIOUS, else
+    a random one), not started yet."""
     known = tmp_path / "known.txt"
-    known.write_text("127.1.0.0/24\n")
-    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1, "cookies": True},
+    known.write_text(known_text)
+    cookies = ({"cookie_secret": SECRET.hex(), "cookie_secret_previous": PREVIOUS.hex()}
+               if secrets else {"cookies": True})
+    doc = {"server": {"listen": [listen], "workers": 1, **cookies},
            "scoring": {"known_resolvers": str(known), "steer": True, **scoring},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     return Server(cfgmod.from_dict(doc, file="<test>"))
@@ -91,19 +97,6 @@ def test_steer_cookies_off_leaves_cookie_clients_to_the_prefix_rules(tmp_path):
         server.stop()
 
 
-SECRET, PREVIOUS = bytes(range(16)), bytes(range(16, 32))
-
-
-def _cookie_server(tmp_path, known_text: str, listen: str = "127.0.0.1:0"):
-    known = tmp_path / "known.txt"
-    known.write_text(known_text)
-    doc = {"server": {"listen": [listen], "workers": 1, "cookie_secret": SECRET.hex(),
-                      "cookie_secret_previous": PREVIOUS.hex()},
-           "scoring": {"known_resolvers": str(known), "steer": True},
-           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
-    return Server(cfgmod.from_dict(doc, file="<test>"))
-
-
 def _with(cc: bytes, secret: bytes, client: str, at: int | None = None) -> bytes:
     """A query carrying `cc` and the server cookie `secret` makes for `client` at time `at`."""
     packed = socket.inet_pton(socket.AF_INET6 if ":" in client else socket.AF_INET, client)
@@ -143,7 +136,7 @@ def _kernel_cookie_check(server, src: str) -> None:
 
 
 def test_the_kernel_steers_a_cookie_sender_only_with_a_valid_cookie(tmp_path):
-    server = _cookie_server(tmp_path, "127.1.0.0/24\n")
+    server = _server(tmp_path, secrets=True)
     server.start()
     try:
         _kernel_cookie_check(server, "127.1.0.5")
@@ -152,7 +145,7 @@ def test_the_kernel_steers_a_cookie_sender_only_with_a_valid_cookie(tmp_path):
 
 
 def test_the_kernel_checks_cookies_of_ipv6_clients(tmp_path):
-    server = _cookie_server(tmp_path, "::1\n", "[::1]:0")
+    server = _server(tmp_path, "::1\n", "[::1]:0", secrets=True)
     server.start()
     try:
         _kernel_cookie_check(server, "::1")
@@ -217,10 +210,7 @@ def test_the_program_parses_what_resolvers_send_and_nothing_truncated():
     """The check on frames (BPF_PROG_TEST_RUN): options before the cookie and a long name are
     parsed; every truncation of a valid query, and a cookie past the eighth option, go to the
     normal block; IPv6 with an extension header is not parsed (normal block)."""
-    import dns.edns
     from pop53.scoring import ebpf
-    from bench.micro.steer_prog import PREVIOUS, SECRET as BSECRET, frame, query, setup
-    assert BSECRET == SECRET and PREVIOUS == bytes(range(16, 32))
     progs, _keep = setup(workers=2, known=1000)
     fd = progs["with the check"]
     src, cc = "127.2.0.5", b"\x01" * 8
@@ -256,7 +246,7 @@ def test_a_kernel_refusing_the_check_gets_the_program_without_it(tmp_path, monke
         a.op(0x85, 0, 0, 0, 99999)                               # call an unknown helper
     monkeypatch.setattr(ebpf_cookie, "emit", unknown_helper)
     monkeypatch.setattr(steer, "_warned", set())
-    server = _cookie_server(tmp_path, "127.1.0.0/24\n")
+    server = _server(tmp_path, secrets=True)
     with caplog.at_level(logging.WARNING, logger="pop53.scoring"):
         server.start()
     try:
@@ -276,7 +266,6 @@ def test_mutated_frames_stay_in_range_and_a_touched_cookie_is_never_steered():
     version, reserved, timestamp, hash: all under the hash) never reaches the priority block."""
     import random
     from pop53.scoring import ebpf
-    from bench.micro.steer_prog import frame, query, setup
     progs, _keep = setup(workers=2, known=1000)
     fd = progs["with the check"]
     wire = query("127.2.0.5")
