@@ -86,6 +86,23 @@ def udp_sockets(port: int) -> dict[str, int]:
     return out
 
 
+def stopped(pid: int, timeout: float = 5.0) -> None:
+    """Wait until every thread of `pid` is stopped: kill(SIGSTOP) returns before they are, and a
+    worker still running would drain the queue the check measures."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        states = []
+        for t in os.listdir(f"/proc/{pid}/task"):
+            try:
+                stat = Path(f"/proc/{pid}/task/{t}/stat").read_text()
+            except OSError:
+                continue
+            states.append(stat.rsplit(")", 1)[1].split()[0])
+        if states and all(st in "Tt" for st in states):
+            return
+        time.sleep(0.01)
+
+
 def steer(binary: str, conf_dir: Path, zone: str) -> dict:
     port = netns_free_port()
     known = conf_dir / "known.txt"
@@ -113,6 +130,7 @@ def steer(binary: str, conf_dir: Path, zone: str) -> dict:
                 return {"error": "pop53 did not answer"}
         time.sleep(0.5)                          # the steering program attached with the known table
         os.kill(srv.pid, signal.SIGSTOP)
+        stopped(srv.pid)
         name = dns.name.from_text("www." + ZONE).to_wire().hex()
         for tx in ("sock", "ring"):
             for label, src in (("known", 2), ("unknown", 0)):
