@@ -32,16 +32,12 @@ from datetime import datetime, timezone
 from math import comb
 from pathlib import Path
 
-import dns.name
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import data  # noqa: E402
 from bench.attack import servers as sv  # noqa: E402
-from bench.attack.run import capacity  # noqa: E402
-from bench.micro.rrl import image_names  # noqa: E402
+from bench.attack.run import bench_zone, capacity  # noqa: E402
 
 SETUPS = ("plain", "scored")
 STAMPED = "plain+stamps"
@@ -199,12 +195,7 @@ def main(argv=None) -> int:
                     help="add plain+stamps: plain while the kernel stamps every packet")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-cost.md")
     args = ap.parse_args(argv)
-    zonefile = data.DATA_DIR / f"bench-1000-s{data.DEFAULT_SEED}.zone"
-    if not zonefile.exists():
-        data.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        data.write_zone(zonefile, 1000, data.DEFAULT_SEED)
-    names = image_names(zonefile)
-    name_wire = dns.name.from_text(names[0]).to_wire().hex()
+    zonefile, names, _, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmpd:
