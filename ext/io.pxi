@@ -56,6 +56,19 @@ cdef extern from "p53_sys.h" nogil:
     void p53_store_ptr(const void** p, const void* v)
     uint64_t p53_load_u64(const uint64_t* p)
     void p53_store_u64(uint64_t* p, uint64_t v)
+    uint64_t p53_fetch_or_u64(uint64_t* p, uint64_t v)
+    uint64_t p53_fetch_and_u64(uint64_t* p, uint64_t v)
+    enum:
+        WAKE_SLOTS "P53_WAKE_SLOTS"
+        WAKE_STRIDE "P53_WAKE_STRIDE"
+        WAKE_SLEEP_BIT "P53_WAKE_SLEEP_BIT"
+        WAKE_ON_BIT "P53_WAKE_ON_BIT"
+        WAKE_REDIR_SHIFT "P53_WAKE_REDIR_SHIFT"
+        WAKE_REDIR_MAX "P53_WAKE_REDIR_MAX"
+    const uint64_t WAKE_SLEEP "P53_WAKE_SLEEP"
+    const uint64_t WAKE_REDIR "P53_WAKE_REDIR"
+    const uint64_t WAKE_ON "P53_WAKE_ON"
+    const uint64_t WAKE_COUNT "P53_WAKE_COUNT"
     int p53_load_int(const int* p)
     void p53_store_int(int* p, int v)
     size_t p53_reply_control(msghdr* m)
@@ -67,11 +80,41 @@ cdef extern from "p53_wake.h" nogil:
 
 cdef enum:
     BATCH = 64
+    PRIO_RECHECK = 32         # with the wake word, the priority socket is read this often anyway
+    WAKE_POLL = -1000         # Worker._receive_woken: wait with poll instead
     COALESCE_BELOW = 16       # a batch this full is read again at once (set_coalesce)
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
     CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64)
     CTL_RING = 64             # control-plane messages waiting per worker
     CTL_MAX = 4096
+
+
+# the wake map's layout, which the steering program must keep the same way (scoring/ebpf.py):
+# (worker slots, u64 words per slot, the sleep bit, the "program keeps it" bit, the redirect
+# count's shift and its cap)
+WAKE_LAYOUT = (WAKE_SLOTS, WAKE_STRIDE, WAKE_SLEEP_BIT, WAKE_ON_BIT, WAKE_REDIR_SHIFT,
+               WAKE_REDIR_MAX)
+
+
+def wake_switch(object buf, int first, int count, bint on):
+    """Set (or clear) WAKE_ON in the wake words of slots first..first+count-1 of the wake map
+    `buf` (pop53.scoring.ebpf.WakeMap): whether the steering program attached keeps them.
+    Atomically: the program and the workers change the same words."""
+    cdef Py_buffer b
+    cdef uint64_t* w
+    cdef int i
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    try:
+        if first < 0 or count < 0 or (first + count) * WAKE_STRIDE * 8 > b.len:
+            raise ValueError("wake slots outside the map")
+        w = <uint64_t*>b.buf
+        for i in range(first, first + count):
+            if on:
+                p53_fetch_or_u64(w + i * WAKE_STRIDE, WAKE_ON)
+            else:
+                p53_fetch_and_u64(w + i * WAKE_STRIDE, ~WAKE_ON)
+    finally:
+        PyBuffer_Release(&b)
 
 
 cdef struct ctl_msg_t:
@@ -139,6 +182,14 @@ cdef class WorkerBase:
     cdef size_t tail_ctl           # ... as the headers are set now (_tail)
     cdef bint sock_stamp           # scored: the normal socket's stamp by ioctl (p53_sock_stamp_ns)
     cdef bint drained              # the normal queue emptied at the last read: wait (_receive)
+    cdef uint64_t* wake            # this worker's word of the steering program's wake map, or NULL
+    cdef Py_buffer wb              # ... the map's mmap (set_priority)
+    cdef bint has_wb
+    cdef uint64_t prio_base        # the wake word's count when set (then corrected, _read_prio)
+    cdef uint64_t prio_read        # datagrams read from the priority socket since
+    cdef uint32_t prio_drops0      # the priority socket's kernel drop counter when set
+    cdef uint32_t prio_skip        # receives since the priority socket was last read
+    cdef uint64_t idle_sleeps      # waits in the normal socket's receive with the wake bit set
 
     def __cinit__(self, int fd, int index=0, bint control=False):
         self.fd = fd
@@ -163,15 +214,39 @@ cdef class WorkerBase:
             raise MemoryError()
 
     def __dealloc__(self):
+        if self.has_wb:
+            PyBuffer_Release(&self.wb)
         free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
         free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
 
-    def set_priority(self, int fd):
+    def set_priority(self, int fd, object wake=None, int slot=-1):
         """Also serve `fd`, the priority socket known resolvers are steered to: drained first,
-        before every batch of the normal socket (pop53.scoring.steer)."""
+        before every batch of the normal socket (pop53.scoring.steer).  With `wake` (the
+        steering program's wake map, pop53.scoring.ebpf.WakeMap's mmap) and this worker's
+        `slot` in it, the worker reads its priority socket only when the program counted
+        datagrams for it, and waits for queries in its normal socket's receive, as a worker
+        without scoring does, while the program sends it its known resolvers there
+        (udp_loop.pxi, Worker._receive_woken)."""
         if self.running:
             raise RuntimeError("worker already running")
         self.pfd = fd
+        if self.has_wb:
+            PyBuffer_Release(&self.wb)
+            self.has_wb = False
+            self.wake = NULL
+        if wake is None:
+            return
+        PyObject_GetBuffer(wake, &self.wb, PyBUF_WRITABLE)
+        self.has_wb = True
+        if slot < 0 or (slot + 1) * WAKE_STRIDE * 8 > self.wb.len:
+            PyBuffer_Release(&self.wb)
+            self.has_wb = False
+            raise ValueError(f"wake slot {slot} outside the map")
+        self.wake = <uint64_t*>self.wb.buf + slot * WAKE_STRIDE
+        self.prio_drops0 = 0
+        p53_sock_drops(fd, &self.prio_drops0)
+        self.prio_base = p53_load_u64(self.wake) & WAKE_COUNT
+        self.prio_read = 0
 
     def set_wake(self, int fd):
         """An eventfd written whenever a control-plane message is set aside (take_control), so
@@ -232,7 +307,9 @@ cdef class WorkerBase:
 
     def scoring_stats(self):
         """Query scoring's counters, shares and controller level for this worker."""
-        return sc_stats_dict(&self.sc)
+        d = sc_stats_dict(&self.sc)
+        d["idle_sleeps"] = self.idle_sleeps
+        return d
 
     def stats(self):
         """A snapshot of the counters (plain ints; torn reads of a 64-bit counter cannot happen

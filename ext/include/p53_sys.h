@@ -31,6 +31,31 @@ static inline uint64_t p53_load_u64(const uint64_t *p) {
 static inline void p53_store_u64(uint64_t *p, uint64_t v) {
     __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
 }
+/* The steering program's wake map (pop53.scoring.ebpf.WakeMap): per worker a 64-bit word, one
+ * cache line apart: the priority datagrams the program steered to the worker (bits 0-47), the
+ * known datagrams it sent to the worker's normal socket instead since the worker set WAKE_SLEEP
+ * (bits 48-55, at most WAKE_REDIR_MAX: a worker that does not wake for them, stopped or starved
+ * of CPU, gets the rest in its priority socket), WAKE_ON (the program attached keeps the word)
+ * and WAKE_SLEEP (the worker waits in its normal socket's receive). */
+#define P53_WAKE_SLOTS 1024
+#define P53_WAKE_STRIDE 8
+#define P53_WAKE_SLEEP_BIT 63
+#define P53_WAKE_ON_BIT 62
+#define P53_WAKE_REDIR_SHIFT 48
+#define P53_WAKE_REDIR_MAX 8
+#define P53_WAKE_SLEEP (1ULL << P53_WAKE_SLEEP_BIT)
+#define P53_WAKE_ON (1ULL << P53_WAKE_ON_BIT)
+#define P53_WAKE_COUNT ((1ULL << P53_WAKE_REDIR_SHIFT) - 1)
+#define P53_WAKE_REDIR (0xFFULL << P53_WAKE_REDIR_SHIFT)
+
+/* the steering program's wake word (ext/udp_loop.pxi, Worker._receive_woken): the kernel adds to
+ * it with BPF_ATOMIC, so every access is a full-barrier read-modify-write */
+static inline uint64_t p53_fetch_or_u64(uint64_t *p, uint64_t v) {
+    return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
+}
+static inline uint64_t p53_fetch_and_u64(uint64_t *p, uint64_t v) {
+    return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST);
+}
 static inline int p53_load_int(const int *p) {
     return __atomic_load_n(p, __ATOMIC_SEQ_CST);
 }

@@ -325,6 +325,11 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "and always, with a valid one, whether its prefix is known or not (the program checks the cookie; "
       "datagrams spoofing the address without it stay in the normal queue); for trust_ttl after its "
       "last valid cookie (docs/scoring.md)")
+ .key("steer_idle", "boolean", True, "with steer and the eBPF program: the program counts each worker's "
+      "priority datagrams in a word the worker reads, so a worker reads its priority socket only when "
+      "something is there, and while its normal queue is empty it waits in the normal socket's receive "
+      "as a worker without scoring does, the program sending it its known resolvers there (they wait "
+      "behind nothing); false: the worker polls both sockets (docs/scoring.md)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "

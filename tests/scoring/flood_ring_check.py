@@ -109,7 +109,10 @@ def steer(binary: str, conf_dir: Path, zone: str) -> dict:
     known.write_text("127.1.0.0/24\n")
     conf = conf_dir / "pop53.toml"
     conf.write_text(f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n\n'
-                    f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n\n'
+                    # the program's choice of socket, not where a stopped idle worker waits
+                    # (its first WAKE_REDIR_MAX known datagrams would go to its normal socket)
+                    f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
+                    'steer_idle = false\n\n'
                     f'[[zone]]\nname = "{ZONE}"\nfile = "{zone}"\n')
     srv = subprocess.Popen([sys.executable, "-m", "pop53", "serve", "--config", str(conf)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

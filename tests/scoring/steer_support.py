@@ -1,8 +1,10 @@
-"""Helpers of the kernel-stage tests (test_steer, test_trust, test_cookie_steer): queries from a
-chosen source address, and where the workers read them (normal or priority socket)."""
+"""Helpers of the kernel-stage tests (test_steer, test_trust, test_cookie_steer, test_wake,
+test_queue_delay): queries from a chosen source address, where the workers read them (normal or
+priority socket), a worker held while queries queue."""
 from __future__ import annotations
 
 import socket
+import time
 
 import dns.flags
 import dns.message
@@ -30,3 +32,16 @@ def per_worker(server) -> tuple[int, int]:
     udp = sum(w.stats()["udp"] for w in server.workers)
     prio = sum(w.scoring_stats()["priority_received"] for w in server.workers)
     return udp - prio, prio
+
+
+def held(server, seconds: float, send) -> None:
+    """Stop the only worker at a batch boundary, `send` while it is held, then run it again:
+    what queued meanwhile waited `seconds` in the socket."""
+    w, t = server.workers[0], server.net.threads[0]
+    w.stop()
+    t.join(2)
+    send()
+    time.sleep(seconds)
+    t = server.net._thread(0, w)
+    server.net.threads[0] = t
+    t.start()

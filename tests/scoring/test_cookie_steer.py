@@ -48,7 +48,9 @@ def _server(tmp_path, known_text: str = "127.1.0.0/24\n", listen: str = "127.0.0
     cookies = ({"cookie_secret": SECRET.hex(), "cookie_secret_previous": PREVIOUS.hex()}
                if secrets else {"cookies": True})
     doc = {"server": {"listen": [listen], "workers": 1, **cookies},
-           "scoring": {"known_resolvers": str(known), "steer": True, **scoring},
+           # where the program steers, not where an idle worker waits (test_wake.py)
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False,
+                       **scoring},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     return Server(cfgmod.from_dict(doc, file="<test>"))
 
@@ -182,6 +184,7 @@ def test_the_kernel_check_follows_the_secrets_across_config_reloads(tmp_path):
     def write(server_keys: str) -> None:
         conf.write_text(f'[server]\nlisten = ["127.0.0.1:0"]\nworkers = 1\n{server_keys}\n'
                         f'[scoring]\nknown_resolvers = "{known}"\nsteer = true\n'
+                        'steer_idle = false\n'
                         f'[[zone]]\nname = "integ.example."\nfile = "{INTEG_ZONE}"\n')
 
     new = bytes(range(32, 48))

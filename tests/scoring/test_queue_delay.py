@@ -18,6 +18,7 @@ from pop53 import config as cfgmod
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
+from steer_support import held
 
 CORE_ZONE = Path(__file__).resolve().parents[1] / "data" / "core.test.zone"
 
@@ -67,19 +68,6 @@ def test_kernel_drops_are_counted_per_socket():
     assert st["priority_received"] == 1
 
 
-def _held(server, seconds: float, send) -> None:
-    """Stop the only worker at a batch boundary, `send` while it is held, then run it again:
-    what queued meanwhile waited `seconds` in the socket."""
-    w, t = server.workers[0], server.net.threads[0]
-    w.stop()
-    t.join(2)
-    send()
-    time.sleep(seconds)
-    t = server.net._thread(0, w)
-    server.net.threads[0] = t
-    t.start()
-
-
 def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
            "scoring": {"steer": True, "queue_ms": 2},
@@ -100,7 +88,7 @@ def test_queue_delay_histogram_moves_on_a_held_worker(tmp_path):
         slow = next(b for b, le in enumerate(_core.QUEUE_DELAY_BOUNDS_US) if le > 65_536)
         # 64 queue (as many as the 2 ms queue holds at least): one full batch, whose newest
         # datagram's wait is its delay
-        _held(server, 0.15, lambda: [c.sendto(q.to_wire(), addr) for _ in range(64)])
+        held(server, 0.15, lambda: [c.sendto(q.to_wire(), addr) for _ in range(64)])
         for _ in range(64):
             assert c.recvfrom(4096)
         st = server.workers[0].scoring_stats()

@@ -19,7 +19,8 @@ def _steered(tmp_path, listen: str, workers: int, known_text: str):
     known = tmp_path / "known.txt"
     known.write_text(known_text)
     doc = {"server": {"listen": [listen], "workers": workers},
-           "scoring": {"known_resolvers": str(known), "steer": True},
+           # where the program steers, not where an idle worker waits (test_wake.py)
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     return Server(cfgmod.from_dict(doc, file="<test>")), known
 

@@ -201,7 +201,8 @@ def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_p
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
-           "scoring": {"known_resolvers": str(known), "steer": True, "known_rate": 2,
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False,
+                       "known_rate": 2,
                        "window_ms": 10000, "trust_after_ms": 50, "known_addr_rate": 100},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     server = Server(cfgmod.from_dict(doc, file="<test>"))
@@ -265,7 +266,8 @@ def test_a_relaying_resolver_keeps_its_other_zones_and_real_names_in_a_real_work
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
-           "scoring": {"known_resolvers": str(known), "steer": True, "window_ms": 10000,
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False,
+                       "window_ms": 10000,
                        "known_rate": 5000, "known_addr_rate": 5000, "trust_after_ms": 0,
                        "nx_rate": 2},                     # 20 NXDOMAINs a window: pressure
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)},

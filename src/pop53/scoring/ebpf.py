@@ -38,9 +38,10 @@ import struct
 
 from pop53.scoring import ebpf_cookie
 from pop53.scoring.ebpf_asm import (
-    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DW, BPF_EXIT, BPF_JA, BPF_JEQ,
-    BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_W,
-    BPF_X, BPF_XOR, FP, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_EXIT,
+    BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV,
+    BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_W, BPF_X, BPF_XOR, FP, FUNC_MAP_LOOKUP_ELEM,
+    R0, R1, R2, R6, R7, R8, R9)
 
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
@@ -57,11 +58,14 @@ class EbpfUnavailable(Exception):
     """The kernel refused the map or the program (no CAP_BPF, no syscall, old kernel)."""
 
 
-def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int = -1) -> bytes:
+def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int = -1,
+            wake: tuple[int, int] | None = None) -> bytes:
     """The steering program for a group of 2 x `workers` sockets (see the module text); with a
     trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with the
     cookie secrets too (`keys_fd`, CookieKeys) an address that has sent a valid server cookie
-    is steered only, and always, with a valid one (pop53.scoring.ebpf_cookie)."""
+    is steered only, and always, with a valid one (pop53.scoring.ebpf_cookie).  With `wake`
+    (the WakeMap's fd, the group's first slot) each steered datagram is counted in its worker's
+    wake word, and goes to the worker's normal socket instead while the worker waits there."""
     if not 1 <= workers <= 32768:
         raise ValueError("workers within 1..32768")
     a = Asm()
@@ -164,8 +168,44 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
     a.op(BPF_ALU | BPF_RSH | BPF_K, R0, 0, 0, 16)
     a.op(BPF_ALU | BPF_MOD | BPF_K, R0, 0, 0, workers)
     a.op(BPF_ALU64 | BPF_ADD | BPF_X, R0, R8)
+    if wake is not None:
+        _wake_epilogue(a, workers, *wake)
     a.op(BPF_JMP | BPF_EXIT)
     return a.assemble()
+
+
+def _wake_epilogue(a: Asm, workers: int, wake_fd: int, base: int) -> None:
+    """r0 = the socket index chosen.  A priority one (r8 = W) is counted in its worker's wake
+    word (atomically, the old value fetched); when the worker waits in its normal socket's
+    receive (WAKE_SLEEP in the old value) and fewer than WAKE_REDIR_MAX went there since, the
+    count is taken back, the redirect counted, and the datagram goes to that normal socket,
+    index r0 - W (Worker._receive_woken)."""
+    from pop53._core import WAKE_LAYOUT
+    _slots, stride, sleep_bit, _on_bit, redir_shift, redir_max = WAKE_LAYOUT
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R8, "done", 0)                     # the normal block
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R7, R0)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R0, 0, 0, base - workers)         # the worker's slot
+    a.op(BPF_ALU64 | BPF_MUL | BPF_K, R0, 0, 0, stride)
+    a.op(BPF_STX | BPF_MEM | BPF_W, FP, R0, -32)
+    a.ld_map(R1, wake_fd)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
+    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "chosen", 0)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R1, 0, 0, 1)
+    a.op(BPF_STX | BPF_ATOMIC | BPF_DW, R0, R1, 0, BPF_ADD | BPF_FETCH)  # r1 = the old word
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, sleep_bit)
+    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R2, "chosen", 0)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, redir_shift)
+    a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 0xFF)
+    a.jmp(BPF_JMP | BPF_JGE | BPF_K, R1, "chosen", redir_max)
+    a.imm64(R1, (1 << redir_shift) - 1)                                # one redirect, one count less
+    a.op(BPF_STX | BPF_ATOMIC | BPF_DW, R0, R1, 0, BPF_ADD)
+    a.op(BPF_ALU64 | BPF_SUB | BPF_K, R7, 0, 0, workers)                # its normal socket
+    a.label("chosen")
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R0, R7)
+    a.label("done")
 
 
 _GOLDEN = 0x9E3779B1
@@ -216,6 +256,35 @@ class TrustMap:
     def close(self) -> None:
         """Close the fd (the mapping and the programs keep the map); the mapping goes with
         the last reference to `buf` (the Scorer's)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class WakeMap:
+    """The workers' wake words (ext/io.pxi WAKE_LAYOUT): a BPF array map, mmapped, one 64-bit
+    word a cache line per worker slot: the steering program counts each priority datagram in
+    its worker's word, and a worker waiting in its normal socket's receive says so there
+    (Worker.set_priority).  Raises EbpfUnavailable when the kernel does not allow it."""
+
+    def __init__(self):
+        import mmap
+        from pop53._core import WAKE_LAYOUT
+        slots, stride = WAKE_LAYOUT[0], WAKE_LAYOUT[1]
+        self.slots = slots
+        try:
+            self.fd = _map(4, slots * stride, _MAP_TYPE_ARRAY, 8, _F_MMAPABLE)
+        except OSError as exc:
+            raise EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
+        try:
+            self.buf = mmap.mmap(self.fd, slots * stride * 8, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            os.close(self.fd)
+            raise EbpfUnavailable(f"mmap of the wake map: {exc.strerror}") from None
+
+    def close(self) -> None:
+        """Close the fd (the programs keep the map; the mapping lives while `buf` does)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -273,7 +342,8 @@ def _load(insns: bytes, log_level: int = 0) -> int:
         raise
 
 
-def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1) -> int:
+def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1,
+         wake: tuple[int, int] | None = None) -> int:
     """Build the tries from known /24 keys (the top 24 bits of the address) and /56 keys (the
     top 56 bits) and load the program; returns its fd (the caller closes it after attaching).
     Raises EbpfUnavailable when the kernel does not allow it."""
@@ -287,7 +357,7 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1) 
             _update(fd4, struct.pack("<I", 24) + (k << 8).to_bytes(4, "big"))
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
-        return _load(program(workers, fd4, fd6, trust_fd, keys_fd))
+        return _load(program(workers, fd4, fd6, trust_fd, keys_fd, wake))
     except OSError as exc:
         raise EbpfUnavailable(f"bpf(2): {exc.strerror}") from None
     finally:
@@ -296,10 +366,10 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1) 
 
 
 def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1,
-           keys_fd: int = -1) -> None:
+           keys_fd: int = -1, wake: tuple[int, int] | None = None) -> None:
     """Load and attach the program to the group of 2 x `workers` sockets `sock` belongs to
     (attaching again replaces the group's program atomically)."""
-    fd = load(workers, v4_keys, v6_keys, trust_fd, keys_fd)
+    fd = load(workers, v4_keys, v6_keys, trust_fd, keys_fd, wake)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", fd))
     except OSError as exc:

@@ -73,14 +73,20 @@ class ScoringService:
         # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
         self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
+        self.steer_idle = settings.get("steer_idle", True)         # the workers' wake words
         self.queue_bytes = settings.get("queue_bytes", 0)
         # a short queue only with the kernel stage: without it known resolvers share the normal
         # socket, and a short queue would have the kernel drop them with the flood
         self.queue_ms = settings.get("queue_ms", 0.0) if self.steer and not self.queue_bytes else 0.0
         self.truesize = datagram_truesize() if self.queue_ms else 0
-        self.groups: list[tuple[socket.socket, int]] = []
+        # the kernel stage: first socket of each steered group, its worker count, its first
+        # worker's slot in the wake map
+        self.groups: list[tuple[socket.socket, int, int]] = []
         self.steering = ""                               # "ebpf" or "cbpf" once attached
         self.priority: dict[int, socket.socket] = {}     # normal socket's fd -> its priority socket
+        self.wake_slot: dict[int, int] = {}              # normal socket's fd -> its wake slot
+        self.wake_map = None         # the workers' wake words (ebpf.WakeMap), with steer_idle
+        self.woken: set[int] = set()                     # groups (first slot) keeping them
         self.sized: dict[int, int] = {}                  # normal socket's fd -> SO_RCVBUF asked
         self._next_sizing = 0.0
         self.trust_map = None        # the kernel stage's trust bits (ebpf.TrustMap), with steer
@@ -92,6 +98,11 @@ class ScoringService:
                 self.scorer.use_trust_buffer(self.trust_map.buf)
             except ebpf.EbpfUnavailable as exc:
                 log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
+            if self.steer_idle:
+                try:
+                    self.wake_map = ebpf.WakeMap()
+                except ebpf.EbpfUnavailable as exc:
+                    log.info("no wake words for the kernel stage (%s): workers poll", exc)
         from pop53.scoring.aging import TrustAging
         aging = settings.get("aging") or {"trust_ttl": 86400.0, "strict_calm": 600.0}
         self.aging = TrustAging(self.scorer, **aging)
@@ -183,7 +194,11 @@ class ScoringService:
         """Give a new worker its priority socket (drained before every batch of `sock`)."""
         prio = self.priority.get(sock.fileno())
         if prio is not None:
-            w.set_priority(prio.fileno())
+            slot = self.wake_slot.get(sock.fileno(), -1)
+            if slot >= 0:
+                w.set_priority(prio.fileno(), self.wake_map.buf, slot)
+            else:
+                w.set_priority(prio.fileno())
 
     def set_cookie_secrets(self, current: bytes | None, previous: bytes | None) -> None:
         """The secrets of the kernel stage's server-cookie check ([server] cookie_secret and
@@ -207,31 +222,45 @@ class ScoringService:
                 return
         self.cookie_keys.set(current, previous)
         if fresh:
-            for sock, workers in self.groups:      # cookies turned on by a reload
-                self._attach(sock, workers, self.known)
+            for sock, workers, first in self.groups:      # cookies turned on by a reload
+                self._attach(sock, workers, first, self.known)
 
     def close(self) -> None:
         if self.cookie_keys is not None:
             self.cookie_keys.close()
         if self.trust_map is not None:
             self.trust_map.close()
+        if self.wake_map is not None:
+            self.wake_map.close()
         for s in self.priority.values():
             try:
                 s.close()
             except OSError:
                 pass
 
-    def _attach(self, sock: socket.socket, workers: int, known: KnownPrefixes) -> None:
+    def _attach(self, sock: socket.socket, workers: int, first: int, known: KnownPrefixes) -> None:
+        """(Re)attach a group's program.  Its wake words say whether the program now attached
+        keeps them (WAKE_ON): a worker waits in its normal socket's receive only then."""
         from pop53.scoring import steer
-        self.steering = steer.attach(sock, workers, known.v4, known.v6, self.trust_fd,
-                                     self.cookie_keys.fd if self.cookie_keys is not None else -1)
+        wake = None
+        if self.wake_map is not None and first + workers <= self.wake_map.slots:
+            wake = (self.wake_map.fd, first)
+        self.steering, kept = steer.attach(
+            sock, workers, known.v4, known.v6, self.trust_fd,
+            self.cookie_keys.fd if self.cookie_keys is not None else -1, wake)
+        if wake is not None and kept != (first in self.woken):
+            _core.wake_switch(self.wake_map.buf, first, workers, kept)
+            (self.woken.add if kept else self.woken.discard)(first)
 
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""
-        self._attach(group[0], workers, self.known)
-        self.groups.append((group[0], workers))
+        first = sum(n for _s, n, _f in self.groups)
+        self._attach(group[0], workers, first, self.known)
+        self.groups.append((group[0], workers, first))
         for k in range(workers):
             self.priority[group[k].fileno()] = group[workers + k]
+            if first in self.woken:
+                self.wake_slot[group[k].fileno()] = first + k
 
     def publish(self, server, known: KnownPrefixes) -> None:
         """Compile and publish `known` to the server's workers; retire the previous table."""
@@ -240,8 +269,8 @@ class ScoringService:
             old = self.scorer.holder
             self.scorer.publish(table)
             self.known = known
-            for sock, workers in self.groups:
-                self._attach(sock, workers, known)
+            for sock, workers, first in self.groups:
+                self._attach(sock, workers, first, known)
             if old is not None:
                 server.slot.retire(old)
 

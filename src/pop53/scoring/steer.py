@@ -49,37 +49,51 @@ def prologue(base: int, v4_keys) -> list:
     return prog
 
 
-def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd: int = -1) -> str:
+def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd: int = -1,
+           wake: tuple[int, int] | None = None) -> tuple[str, bool]:
     """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to: the
     eBPF LPM-trie program (pop53.scoring.ebpf: every known /24 and /56) when the kernel allows
     it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
     so.  With `trust_fd` (ebpf.TrustMap) the eBPF program steers only the trusted addresses of a
-    prefix that went over its rate, and with `keys_fd` (ebpf.CookieKeys) an address that has
-    sent a valid server cookie only, and always, when it sends one again, known or not (a
-    kernel that refuses that check, e.g. one older than 6.1 without bpf_ktime_get_tai_ns, gets
-    the program without it and a warning).  Returns "ebpf" or "cbpf"."""
+    prefix that went over its rate; with `keys_fd` (ebpf.CookieKeys) an address that has sent a
+    valid server cookie only, and always, when it sends one again, known or not; with `wake`
+    (ebpf.WakeMap's fd, the group's first worker slot) it counts each worker's priority
+    datagrams and sends them to the worker's normal socket while it waits there.  A kernel that
+    refuses the cookie check (before 6.1: no bpf_ktime_get_tai_ns) or the wake words (before
+    5.12: no atomic fetch) gets the program without it and a warning.  Returns ("ebpf" or
+    "cbpf", whether the wake words are kept)."""
     from pop53.scoring import ebpf
-    try:
+    tries = [(k, w) for k in ((keys_fd, -1) if keys_fd >= 0 else (-1,))
+             for w in ((wake, None) if wake is not None else (None,))]
+    tries.sort(key=lambda t: (t[1] is None, t[0] < 0))     # the wake words before the cookies
+    last = None
+    for keys, wk in tries:
         try:
-            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys_fd)
+            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys, wk)
         except (ebpf.EbpfUnavailable, RuntimeError) as exc:
-            if keys_fd < 0:
-                raise
-            why = [line for line in str(exc).splitlines()
-                   if line.strip() and not line.startswith(("processed ", "verification time"))]
+            last = exc
+            continue
+        if keys_fd >= 0 and keys < 0:
             _warn_once("cookies", "the kernel refused the steering program's server-cookie "
-                       "check (%s): cookie senders are steered by their prefix alone",
-                       why[-1] if why else exc)
-            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd)
-        return "ebpf"
-    except ebpf.EbpfUnavailable as exc:
-        _warn_once("ebpf", "eBPF steering not allowed (%s): classic BPF steers at most %d known "
-                   "IPv4 /24s and no IPv6", exc, MAX_V4)
+                       "check (%s): cookie senders are steered by their prefix alone", _why(last))
+        if wake is not None and wk is None:
+            _warn_once("wake", "the kernel refused the steering program's wake words (%s): "
+                       "workers poll both sockets", _why(last))
+        return "ebpf", wk is not None
+    _warn_once("ebpf", "eBPF steering not allowed (%s): classic BPF steers at most %d known "
+               "IPv4 /24s and no IPv6", last, MAX_V4)
     if len(v4_keys) > MAX_V4:
         log.warning("%d known /24s: only the first %d are steered to the priority sockets "
                     "(classic BPF limit)", len(v4_keys), MAX_V4)
     rp.attach_cbpf(sock, 2 * workers, rp.build_program(workers, prologue(workers, v4_keys)))
-    return "cbpf"
+    return "cbpf", False
+
+
+def _why(exc) -> str:
+    """The verifier's last word on a refused program (its log's closing statistics left out)."""
+    why = [line for line in str(exc).splitlines()
+           if line.strip() and not line.startswith(("processed ", "verification time"))]
+    return why[-1] if why else str(exc)
 
 
 _warned: set[str] = set()
