@@ -5,8 +5,9 @@ and the load alternates between them every slice, so each pair of slices shares 
 the machine was doing.
 
     python -m bench.attack.cost_ab [--pairs 4] [--slices 24] [--seconds 1] [--rates 120000,0]
+                                   [--only stamps,scoring,wake]
 
-Two comparisons, each over `--pairs` fresh server pairs of `--slices` slice pairs (the order
+Three comparisons, each over `--pairs` fresh server pairs of `--slices` slice pairs (the order
 within a slice pair alternating):
 
 - **stamps**: the plain server (no scoring) alone, its slices alternated without and with a
@@ -16,6 +17,8 @@ within a slice pair alternating):
 - **scoring**: the plain and the scored server (scoring + the kernel stage: the attack bench's
   setup) both running, the load alternated between them.  The scored server's sockets keep the
   kernel stamping on for both, so this is what scoring costs beyond the stamps.
+- **wake**: the scored server with and without the steering program's wake words
+  (`steer_idle`, docs/scoring.md), side by side the same way.
 
 Both servers: one worker pinned to CPU 0, no quota; the load from CPU 1 (bench/attack/flood.c):
 one existing name from 256 /24s, at each of `--rates` datagrams a second (0: as fast as one
@@ -46,7 +49,11 @@ from bench.attack import servers as sv  # noqa: E402
 from bench.attack.cost import StampHold, cpu_ns, sign_p  # noqa: E402
 from bench.attack.run import bench_zone, capacity  # noqa: E402
 
-COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored")}
+COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored"),
+               "wake": ("scored-nowake", "scored")}
+# each setup: (servers.py server, plain, hold a stamping socket during its slices)
+SETUPS = {"plain": ("pop53", True, False), "plain+stamps": ("pop53", True, True),
+          "scored": ("pop53", False, False), "scored-nowake": ("pop53-nowake", False, False)}
 
 
 def slice_run(binary: Path, srv: sv.Running, seconds: float, name_wire: str,
@@ -67,14 +74,15 @@ def compare(kind: str, args, binary: Path, tmp: Path, zonefile: Path, probe: str
     first, second = COMPARISONS[kind]
     out: dict[int, list] = {r: [] for r in args.rates}
     for pair in range(args.pairs):
-        plain = sv.Running("pop53", tmp / f"{kind}-plain-{pair}", zonefile, probe, cap,
-                           plain=True)
-        scored = None
+        running: dict[tuple, sv.Running] = {}
         try:
-            if kind == "scoring":
-                scored = sv.Running("pop53", tmp / f"{kind}-scored-{pair}", zonefile, probe, cap)
-            arms = {first: (plain, nullcontext),
-                    second: (scored, nullcontext) if scored else (plain, StampHold)}
+            arms = {}
+            for setup in (first, second):
+                name, plain, stamps = SETUPS[setup]
+                if (name, plain) not in running:
+                    running[(name, plain)] = sv.Running(name, tmp / f"{kind}-{setup}-{pair}",
+                                                        zonefile, probe, cap, plain=plain)
+                arms[setup] = (running[(name, plain)], StampHold if stamps else nullcontext)
             for i in range(args.slices):
                 for rate in args.rates:
                     got = {}
@@ -89,9 +97,8 @@ def compare(kind: str, args, binary: Path, tmp: Path, zonefile: Path, probe: str
                           + ", ".join(f"{s} {got[s][0]:.0f} ns/reply {got[s][1]:,.0f}/s"
                                       for s in order), flush=True)
         finally:
-            if scored:
-                scored.stop()
-            plain.stop()
+            for srv in running.values():
+                srv.stop()
     return out
 
 
@@ -122,7 +129,7 @@ def report(args, res: dict, load0: float, load1: float) -> str:
              f"- Date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
              f"- Command: `python -m bench.attack.cost_ab --pairs {args.pairs} --slices "
              f"{args.slices} --seconds {args.seconds} --rates "
-             f"{','.join(str(r) for r in args.rates)}`",
+             f"{','.join(str(r) for r in args.rates)} --only {','.join(args.only)}`",
              f"- Machine: 2 CPUs shared with other work, load average {load0:.2f} at start, "
              f"{load1:.2f} at end",
              "- pop53, one worker pinned to CPU 0, no quota, the load from CPU 1: one existing "
@@ -178,7 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rates", default="120000,0",
                     type=lambda s: [int(x) for x in s.split(",")],
                     help="offered datagrams a second (0: full speed)")
-    ap.add_argument("--only", choices=sorted(COMPARISONS), help="one comparison")
+    ap.add_argument("--only", type=lambda v: v.split(","), default=list(COMPARISONS),
+                    help=f"comparisons, of {','.join(COMPARISONS)}")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "bench" / "results" / "attack-cost-ab.md")
     args = ap.parse_args(argv)
@@ -190,7 +198,7 @@ def main(argv=None) -> int:
         tmp = Path(tmpd)
         binary = tmp / "flood"
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
-        for kind in ([args.only] if args.only else COMPARISONS):
+        for kind in args.only:
             res[kind] = compare(kind, args, binary, tmp, zonefile, names[0], name_wire)
     text = report(args, res, load0, os.getloadavg()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ have no cookie knob here.  The "plain" variant of each (no scoring, no RRL, no b
 Every server gets the same information: the known resolvers' prefixes (KNOWN; with
 `--unlisted` only RELAYS, so the measured resolvers are unknown clients).  "pop53-nocheck" is
 pop53 with `steer_cookies = false`: no cookie check in the kernel stage, so cookie clients
-outside the known prefixes stay in the normal socket."""
+outside the known prefixes stay in the normal socket.  "pop53-nowake" is pop53 with
+`steer_idle = false`: its workers poll both sockets instead of reading the wake words."""
 from __future__ import annotations
 
 import os
@@ -185,11 +186,11 @@ def _zones(work: Path, zone: Path) -> list[tuple[str, Path]]:
 
 
 def _pop53(work: Path, zone: Path, port: int, plain: bool, cookies: bool = False,
-           known=KNOWN, check: bool = True) -> list[str]:
+           known=KNOWN, extra: str = "") -> list[str]:
     path = work / "known.txt"
     path.write_text("".join(f"{p}\n" for p in known))
     scoring = "" if plain else (f'[scoring]\nknown_resolvers = "{path}"\nsteer = true\n'
-                                + ("" if check else "steer_cookies = false\n"))
+                                + extra)
     (work / "pop53.toml").write_text(
         f'[server]\nlisten = ["127.0.0.1:{port}"]\nworkers = 1\n'
         + ("cookies = true\n" if cookies else "") + f'\n{scoring}\n'
@@ -258,11 +259,12 @@ def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = Fal
 
 
 _BUILD = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist,
-          "pop53-nocheck": lambda *a, **kw: _pop53(*a, **kw, check=False)}
+          "pop53-nocheck": lambda *a, **kw: _pop53(*a, **kw, extra="steer_cookies = false\n"),
+          "pop53-nowake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = false\n")}
 
 
 def missing(name: str) -> str | None:
-    need = {"pop53": [], "pop53-nocheck": [], "knot": ["knotd"], "nsd": ["nsd"],
+    need = {"pop53": [], "pop53-nocheck": [], "pop53-nowake": [], "knot": ["knotd"], "nsd": ["nsd"],
             "dnsdist": ["nsd", "dnsdist"]}[name]
     gone = [b for b in need if not shutil.which(b)]
     return f"{', '.join(gone)} not installed" if gone else None
