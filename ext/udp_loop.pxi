@@ -124,7 +124,7 @@ cdef class Worker(WorkerBase):
         word = p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR))
         if n > 0:
             return n
-        self.drained = True
+        # a receive timeout: idle, so nothing is on its way to the priority socket either
         n = self._read_prio(rfd)
         if n <= 0:
             self._prio_resync(word)
