@@ -81,7 +81,7 @@ cdef extern from "p53_wake.h" nogil:
 cdef enum:
     BATCH = 64
     PRIO_RECHECK = 32         # with the wake word, the priority socket is read this often anyway
-    WAKE_POLL = -1000         # Worker._receive_woken: wait with poll instead
+    WAKE_POLL = -1000         # UdpReceive._receive_woken: wait with poll instead
     COALESCE_BELOW = 16       # a batch this full is read again at once (set_coalesce)
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
     CTRL_SLOT = 128           # IP_PKTINFO / IPV6_PKTINFO; SO_TIMESTAMPNS or SO_TIMESTAMPING (64)
@@ -226,7 +226,7 @@ cdef class WorkerBase:
         `slot` in it, the worker reads its priority socket only when the program counted
         datagrams for it, and waits for queries in its normal socket's receive, as a worker
         without scoring does, while the program sends it its known resolvers there
-        (udp_loop.pxi, Worker._receive_woken)."""
+        (udp_recv.pxi, UdpReceive._receive_woken)."""
         if self.running:
             raise RuntimeError("worker already running")
         self.pfd = fd

@@ -48,8 +48,8 @@ static inline void p53_store_u64(uint64_t *p, uint64_t v) {
 #define P53_WAKE_COUNT ((1ULL << P53_WAKE_REDIR_SHIFT) - 1)
 #define P53_WAKE_REDIR (0xFFULL << P53_WAKE_REDIR_SHIFT)
 
-/* the steering program's wake word (ext/udp_loop.pxi, Worker._receive_woken): the kernel adds to
- * it with BPF_ATOMIC, so every access is a full-barrier read-modify-write */
+/* the steering program's wake word (ext/udp_recv.pxi, UdpReceive._receive_woken): the kernel
+ * adds to it with BPF_ATOMIC, so every access is a full-barrier read-modify-write */
 static inline uint64_t p53_fetch_or_u64(uint64_t *p, uint64_t v) {
     return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
 }

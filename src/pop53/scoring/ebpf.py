@@ -179,7 +179,7 @@ def _wake_epilogue(a: Asm, workers: int, wake_fd: int, base: int) -> None:
     word (atomically, the old value fetched); when the worker waits in its normal socket's
     receive (WAKE_SLEEP in the old value) and fewer than WAKE_REDIR_MAX went there since, the
     count is taken back, the redirect counted, and the datagram goes to that normal socket,
-    index r0 - W (Worker._receive_woken)."""
+    index r0 - W (UdpReceive._receive_woken, ext/udp_recv.pxi)."""
     from pop53._core import WAKE_LAYOUT
     _slots, stride, sleep_bit, _on_bit, redir_shift, redir_max = WAKE_LAYOUT
     a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R8, "done", 0)                     # the normal block
@@ -200,7 +200,7 @@ def _wake_epilogue(a: Asm, workers: int, wake_fd: int, base: int) -> None:
     a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, redir_shift)
     a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 0xFF)
     a.jmp(BPF_JMP | BPF_JGE | BPF_K, R1, "chosen", redir_max)
-    a.imm64(R1, (1 << redir_shift) - 1)                                # one redirect, one count less
+    a.imm64(R1, (1 << redir_shift) - 1)                         # one redirect, one count less
     a.op(BPF_STX | BPF_ATOMIC | BPF_DW, R0, R1, 0, BPF_ADD)
     a.op(BPF_ALU64 | BPF_SUB | BPF_K, R7, 0, 0, workers)                # its normal socket
     a.label("chosen")

@@ -70,7 +70,6 @@ class ScoringService:
         self.learned = KnownPrefixes(frozenset(), frozenset())
         self.from_feed = KnownPrefixes(frozenset(), frozenset())   # the fleet's, by the feed
         self.last_error: str | None = None
-        # the kernel stage: first socket of each steered group and its worker count
         self.steer = settings.get("steer", False)
         self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
         self.steer_idle = settings.get("steer_idle", True)         # the workers' wake words
@@ -250,7 +249,10 @@ class ScoringService:
             self.cookie_keys.fd if self.cookie_keys is not None else -1, wake)
         if wake is not None and kept != (first in self.woken):
             _core.wake_switch(self.wake_map.buf, first, workers, kept)
-            (self.woken.add if kept else self.woken.discard)(first)
+            if kept:
+                self.woken.add(first)
+            else:
+                self.woken.discard(first)
 
     def attach(self, group: list[socket.socket], workers: int) -> None:
         """Steer this group's known resolvers to its second block of sockets (steer.py)."""

@@ -1,0 +1,133 @@
+# The UDP worker's receive (Worker, udp_loop.pxi, is this plus the batch loop): the normal
+# socket, and with scoring's kernel stage its priority socket, read first; waiting for queries
+# in one receive call (a plain worker, or with the steering program's wake words) or in one
+# poll of both sockets.
+
+
+cdef class UdpReceive(WorkerBase):
+    """How a UDP worker takes its next batch: from which socket, waiting how (see the module
+    text).  Touches no Python object."""
+
+    cdef inline void _tail(self, size_t clen) noexcept nogil:
+        """Give every receive header `clen` bytes of control space."""
+        cdef int i
+        if self.tail_ctl == clen:
+            return
+        for i in range(BATCH):
+            self.rmsgs[i].msg_hdr.msg_controllen = clen
+        self.tail_ctl = clen
+
+    cdef int _receive(self, int* rfd) noexcept nogil:
+        """One batch: the priority socket first, then the normal socket.  Once the normal
+        queue has emptied (a short batch, or nothing) the worker waits for either socket with
+        one poll (at most 100 ms, so that stop is noticed; 0 then) and reads the ready one,
+        the priority socket first: two system calls a wake-up at low load instead of a failed
+        read of each socket before the wait and again after it."""
+        cdef int n
+        cdef bint prio_ready = True, normal_ready = True
+        cdef pollfd pf[2]
+        if self.pfd < 0:
+            rfd[0] = self.fd
+            return recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
+        if self.wake != NULL and p53_load_u64(self.wake) & WAKE_ON:
+            n = self._receive_woken(rfd)
+            if n != WAKE_POLL:
+                return n
+        if self.drained:
+            pf[0].fd = self.pfd
+            pf[1].fd = self.fd
+            pf[0].events = pf[1].events = POLLIN
+            pf[0].revents = pf[1].revents = 0
+            if poll(pf, 2, 100) <= 0:
+                if self.wake != NULL:
+                    self._prio_resync(p53_load_u64(self.wake))     # idle: nothing on its way
+                return 0
+            prio_ready = pf[0].revents != 0
+            normal_ready = pf[1].revents != 0
+        if prio_ready:
+            n = self._read_prio(rfd)
+            if n > 0:
+                return n
+        if not normal_ready:
+            return 0
+        return self._read_normal(rfd, MSG_DONTWAIT)
+
+    cdef int _read_prio(self, int* rfd) noexcept nogil:
+        """Read the priority socket without waiting; counts what it read (_prio_pending).  The
+        program counts a datagram before the kernel queues it, so after the read the count
+        holds every datagram read: pending below zero were datagrams it never counted (queued
+        before set_priority), taken off so that none is left waiting uncounted."""
+        cdef int n
+        cdef int64_t pend
+        rfd[0] = self.pfd
+        self._tail(CTRL_SLOT)           # every known resolver's stamp (sc_prio_sent)
+        n = recvmmsg(self.pfd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
+        self.prio_skip = 0
+        if n > 0:
+            self.prio_read += <uint64_t>n
+            if self.wake != NULL:
+                pend = self._prio_pending(p53_load_u64(self.wake))
+                if pend < 0:
+                    self.prio_base -= <uint64_t>(-pend)
+        return n
+
+    cdef int _read_normal(self, int* rfd, int flags) noexcept nogil:
+        cdef int n
+        self._tail(self.tail_want)
+        rfd[0] = self.fd
+        n = recvmmsg(self.fd, self.rmsgs, self.vlen, flags, NULL)
+        self.drained = n < self.vlen
+        return n
+
+    cdef inline int64_t _prio_pending(self, uint64_t word) noexcept nogil:
+        """Priority datagrams the steering program counted (the wake word's count) that were
+        neither read nor dropped by the kernel (the priority socket's drop counter as the
+        controller last read it, sc_drops): in its queue, or about to be."""
+        cdef uint64_t dropped = 0
+        if self.sc.drops_known:
+            dropped = <uint32_t>(self.sc.ovfl_last_p - self.prio_drops0)
+        return <int64_t>((word & WAKE_COUNT) - self.prio_base - self.prio_read - dropped)
+
+    cdef int _receive_woken(self, int* rfd) noexcept nogil:
+        """_receive with the steering program's wake word (set_priority): the priority socket
+        is read only when the program counted datagrams for it that are still pending (and
+        every PRIO_RECHECK batches regardless: a safety net), not once a batch; and once the
+        normal queue emptied the worker waits in the normal socket's receive, as a worker
+        without scoring does (one system call a wake-up instead of a poll and a read), with
+        WAKE_SLEEP set: meanwhile the program sends the known resolvers to this normal socket,
+        whose queue is empty, so they wait behind nothing (up to WAKE_REDIR_MAX of them, in
+        case the worker does not run to take them).  The program adds to the count and
+        the worker sets WAKE_SLEEP by atomic read-modify-writes of the same word, so either the
+        worker sees the datagram counted (and reads it instead of waiting) or the program sees
+        the worker waiting (and sends it to the normal socket).  Returns WAKE_POLL for the
+        poll path (_receive): priority datagrams pending, not yet in the queue."""
+        cdef int n
+        cdef uint64_t word
+        self.prio_skip += 1
+        if not self.drained:
+            if self._prio_pending(p53_load_u64(self.wake)) > 0 or self.prio_skip >= PRIO_RECHECK:
+                n = self._read_prio(rfd)
+                if n > 0:
+                    return n
+            return self._read_normal(rfd, MSG_DONTWAIT)
+        word = p53_fetch_or_u64(self.wake, WAKE_SLEEP)
+        if self._prio_pending(word) > 0:
+            p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR))
+            n = self._read_prio(rfd)
+            return n if n > 0 else WAKE_POLL
+        self.idle_sleeps += 1
+        n = self._read_normal(rfd, MSG_WAITFORONE)     # waits up to SO_RCVTIMEO
+        word = p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR))
+        if n > 0:
+            return n
+        # a receive timeout: idle, so nothing is on its way to the priority socket either
+        n = self._read_prio(rfd)
+        if n <= 0:
+            self._prio_resync(word)
+        return n
+
+    cdef void _prio_resync(self, uint64_t word) noexcept nogil:
+        """After a receive timeout with the priority socket empty: nothing is on its way to it
+        any more, so nothing is pending (a count that drifted, e.g. by drops the controller has
+        not read yet, is made true again)."""
+        self.prio_base = self.prio_base + <uint64_t>self._prio_pending(word)
