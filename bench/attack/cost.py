@@ -195,6 +195,13 @@ def main(argv=None) -> int:
                     help="add plain+stamps: plain while the kernel stamps every packet")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack-cost.md")
     args = ap.parse_args(argv)
+    return run(args, lambda *a: measure(args, *a), report, plot)
+
+
+def run(args, measure, report, plot) -> int:
+    """What this bench and cost_ab.py share: pinned to CPU 1, the flood built in a temporary
+    directory, `measure(binary, tmp, zonefile, probe name, name wire)`, then `report(args,
+    results, load at start, load at end)` written to `args.out` and `plot` beside it."""
     zonefile, names, _, name_wire = bench_zone()
     os.sched_setaffinity(0, {1})
     load0 = os.getloadavg()[0]
@@ -202,7 +209,7 @@ def main(argv=None) -> int:
         tmp = Path(tmpd)
         binary = tmp / "flood"
         subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
-        res = measure(args, binary, tmp, zonefile, names[0], name_wire)
+        res = measure(binary, tmp, zonefile, names[0], name_wire)
     text = report(args, res, load0, os.getloadavg()[0])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -30,12 +30,9 @@ Loopback only, bounded in time and count."""
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -46,8 +43,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.attack import servers as sv  # noqa: E402
-from bench.attack.cost import StampHold, cpu_ns, sign_p  # noqa: E402
-from bench.attack.run import bench_zone, capacity  # noqa: E402
+from bench.attack.cost import StampHold, cpu_ns, run, sign_p  # noqa: E402
+from bench.attack.run import capacity  # noqa: E402
 
 COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored"),
                "wake": ("scored-nowake", "scored")}
@@ -190,23 +187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path,
                     default=ROOT / "bench" / "results" / "attack-cost-ab.md")
     args = ap.parse_args(argv)
-    zonefile, names, _, name_wire = bench_zone()
-    os.sched_setaffinity(0, {1})
-    load0 = os.getloadavg()[0]
-    res = {}
-    with tempfile.TemporaryDirectory() as tmpd:
-        tmp = Path(tmpd)
-        binary = tmp / "flood"
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(HERE / "flood.c")], check=True)
-        for kind in args.only:
-            res[kind] = compare(kind, args, binary, tmp, zonefile, names[0], name_wire)
-    text = report(args, res, load0, os.getloadavg()[0])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    plot(args, res, args.out.with_suffix(".png"))
-    print(text)
-    return 0
-
+    return run(args, lambda *a: {kind: compare(kind, args, *a) for kind in args.only},
+               report, plot)
 
 if __name__ == "__main__":
     sys.exit(main())
