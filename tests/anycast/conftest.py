@@ -113,6 +113,7 @@ class Etcd:
     """A single-member etcd on loopback with its own data dir and free ports."""
 
     def __init__(self, tmp: Path):
+        self.tmp = tmp
         self.data = tmp / "etcd-data"
         self.client_port = free_port(both=False)
         self.peer_port = free_port(both=False)
@@ -124,6 +125,20 @@ class Etcd:
         return [f"http://127.0.0.1:{self.client_port}"]
 
     def start(self, timeout: float = 20.0) -> None:
+        """Start it and wait until it is healthy.  The free ports are picked before etcd binds
+        them, so another process may take one meanwhile (a CI run lost its client port to an
+        outgoing connection): then it starts again on new ports, in a new data directory."""
+        for attempt in range(5):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 4:
+                    raise
+            self.client_port = free_port(both=False)
+            self.peer_port = free_port(both=False)
+            self.data = self.tmp / f"etcd-data-{attempt + 1}"
+
+    def _start(self, timeout: float) -> None:
         c, p = self.client_port, self.peer_port
         with open(self.log, "ab") as f:
             self.proc = subprocess.Popen(
@@ -141,7 +156,9 @@ class Etcd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited: {self.log.read_text()[-2000:]}")
+                tail = self.log.read_text()[-2000:]
+                self.log.write_text("")          # a retry's log of its own
+                raise RuntimeError(f"etcd exited: {tail}")
             if client.healthy():
                 return
             time.sleep(0.1)
