@@ -63,9 +63,8 @@ def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd:
     5.12: no atomic fetch) gets the program without it and a warning.  Returns ("ebpf" or
     "cbpf", whether the wake words are kept)."""
     from pop53.scoring import ebpf
-    tries = [(k, w) for k in ((keys_fd, -1) if keys_fd >= 0 else (-1,))
-             for w in ((wake, None) if wake is not None else (None,))]
-    tries.sort(key=lambda t: (t[1] is None, t[0] < 0))     # the wake words before the cookies
+    # everything, then without the cookie check, then without the wake words, then neither
+    tries = list(dict.fromkeys([(keys_fd, wake), (-1, wake), (keys_fd, None), (-1, None)]))
     last = None
     for keys, wk in tries:
         try:
