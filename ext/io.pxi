@@ -182,6 +182,11 @@ cdef class WorkerBase:
     cdef size_t tail_ctl           # ... as the headers are set now (_tail)
     cdef bint sock_stamp           # scored: the normal socket's stamp by ioctl (p53_sock_stamp_ns)
     cdef bint drained              # the normal queue emptied at the last read: wait (_receive)
+    cdef bint clock_bound          # scored without kernel stamps: the queue delay by the clock
+    cdef uint64_t rx_t0            # ... the receive's start (CLOCK_MONOTONIC ns, Worker._loop)
+    cdef uint64_t normal_clear     # ... when the worker last found the normal queue empty
+    cdef uint64_t prio_clear       # ... and the priority queue
+    cdef uint64_t rx_since         # ... that of the queue the last receive read
     cdef uint64_t* wake            # this worker's word of the steering program's wake map, or NULL
     cdef Py_buffer wb              # ... the map's mmap (set_priority)
     cdef bint has_wb

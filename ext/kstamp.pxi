@@ -8,9 +8,9 @@
 # same windows in every worker) and not at all otherwise: two setsockopt calls and about two
 # flips of the kernel's static key per `every` seconds, and no stamping cost in between.  The
 # window is chosen by the clock, never by the traffic, so the sampled histogram is an unbiased
-# picture of the time the server ran.  Query scoring reads a stamp from every batch (its
-# queue-delay input): the workers are not sampled when it is on (pop53.serve.workers), and the
-# socket keeps SO_TIMESTAMPNS as configured.
+# picture of the time the server ran.  Scored workers are sampled the same way, their priority
+# sockets with them, unless [scoring] kernel_stamps has the controller read a stamp from every
+# batch (then they are not sampled, pop53.serve.workers).
 
 cdef extern from "p53_kstamp.h" nogil:
     int p53_set_rx_stamps(int fd, int on)
@@ -26,15 +26,18 @@ cdef inline int kstamp_want(uint32_t every, uint64_t second) noexcept nogil:
     return 1 if second % every == 0 else 0
 
 
-cdef inline void kstamp_gate(kstamp_t* k, int fd) noexcept nogil:
+cdef inline void kstamp_gate(kstamp_t* k, int fd, int pfd) noexcept nogil:
     """Before a receive (idle timeouts included, so an idle worker lets go too): stamps asked
-    for during a stamped window, not asked for outside one."""
+    for during a stamped window, not asked for outside one; on the priority socket `pfd` too
+    (-1: none)."""
     cdef int want
     if k.every <= 1:
         return
     want = kstamp_want(k.every, p53_kstamp_second())
     if want != k.on and p53_set_rx_stamps(fd, want) == 0:
         k.on = want
+        if pfd >= 0:
+            p53_set_rx_stamps(pfd, want)
 
 
 def kstamp_window(uint32_t every, uint64_t second):

@@ -130,7 +130,7 @@ cdef class Scorer:
                   uint32_t recover=32, bint rd_odd=True, uint32_t delay_target_us=2000,
                   uint32_t nx_rate=1000, uint32_t known_addr_rate=20000,
                   uint32_t trust_after_ms=1000, uint32_t known_nx_percent=50,
-                  bint yield_when_cut=True):
+                  bint yield_when_cut=True, bint kernel_stamps=False):
         cdef uint64_t per4 = <uint64_t>source_rate * window_ms // 1000
         cdef uint64_t perk = <uint64_t>known_rate * window_ms // 1000
         cdef uint64_t pera = <uint64_t>known_addr_rate * window_ms // 1000
@@ -166,6 +166,7 @@ cdef class Scorer:
         self.cfg.recover = recover
         self.cfg.rd_odd = rd_odd
         self.cfg.yield_cut = yield_when_cut
+        self.cfg.kstamps = kernel_stamps
         self.cfg.delay_target_us = delay_target_us
         self.cfg.nx_rate = <uint32_t>pernx
         sc_state_init(&self.probe, 1)

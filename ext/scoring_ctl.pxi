@@ -131,8 +131,7 @@ cdef inline void sc_count_drops(sc_state_t* s, bint prio, uint32_t d, bint count
 cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, int full,
                      uint64_t delay_ns, bint has_delay, bint prio) noexcept nogil:
     """The controller's inputs from one receive batch at `now` (sc_now_ms): n datagrams
-    (`full` = a full batch), the queue delay of a datagram of it (kernel receive timestamp to
-    now, sc_batch); then the tick and the sketch's window when due.  The normal socket's
+    (`full` = a full batch), the queue delay of a datagram of it (sc_batch); then the tick and the sketch's window when due.  The normal socket's
     batches say whether its queue is overloaded, the priority socket's whether the known
     resolvers are at risk; the drop counters come in beforehand (sc_drops)."""
     cdef uint64_t missed
@@ -234,18 +233,16 @@ cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:
     s.drops_known = True
 
 
-cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t stamp,
-                   bint prio, int fd, int pfd) noexcept nogil:
-    """After each recvmmsg (n datagrams, `full` the batch size): the queue delay from `stamp`,
-    a kernel receive stamp of the batch (0: none; Worker._loop: the priority socket's oldest
-    datagram, a full normal batch's newest), and when a tick is due the drop counters of the
-    normal socket `fd` and the priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops
-    itself), then sc_observe."""
-    cdef uint64_t real = p53_real_ns() if stamp else 0
+cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t delay_ns,
+                   bint has_delay, bint prio, int fd, int pfd) noexcept nogil:
+    """After each recvmmsg (n datagrams, `full` the batch size): the batch's queue delay, if
+    it has one (Worker._loop: by the worker's clock, or from a kernel receive stamp with
+    kernel_stamps), and when a tick is due the drop counters of the normal socket `fd` and the
+    priority socket `pfd` (sc_drops; fd < 0: the caller feeds drops itself), then sc_observe."""
     cdef uint64_t now = sc_now_ms()
     if fd >= 0 and s.tick_start != 0 and now - s.tick_start >= cfg.tick_ms:
         sc_drops(s, fd, pfd)
-    sc_observe(cfg, s, now, n, full, real - stamp if real > stamp else 0, stamp != 0, prio)
+    sc_observe(cfg, s, now, n, full, delay_ns, has_delay, prio)
 
 
 cdef inline bint sc_protecting(const sc_state_t* s) noexcept nogil:

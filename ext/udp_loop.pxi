@@ -29,18 +29,26 @@ cdef class Worker(UdpReceive):
         if self.sbuf == NULL:
             raise MemoryError()
         self.sslot = slot
-        # With scoring the controller's queue delay needs one stamp per full batch, not one
-        # per datagram: the normal socket has no SO_TIMESTAMPNS (pop53.scoring.service), keeps
-        # the last read datagram's stamp (SOCK_TIMESTAMP, turned on by a first ioctl here)
-        # and its receive headers get no control space (none to write but a wildcard bind's
-        # IP_PKTINFO), so the kernel converts no stamp and writes no control message per
-        # datagram: that was ~150-250 ns of a reply at full speed (docs/scoring.md).  Without
-        # scoring every stamp feeds the latency histogram.
-        self.sock_stamp = scorer is not None and not p53_rcv_stamps(self.fd)
+        # With scoring the controller's queue delay comes from the worker's clock (udp_recv.pxi,
+        # clock_bound): a socket asking for kernel stamps has the kernel stamp every packet the
+        # machine receives, ~3% of a reply at full speed (docs/scoring.md), so the stamps are
+        # sampled as without scoring.  With [scoring] kernel_stamps it needs one stamp per full
+        # batch, not one per datagram: the normal socket has no SO_TIMESTAMPNS
+        # (pop53.scoring.service), keeps the last read datagram's stamp (SOCK_TIMESTAMP, turned
+        # on by a first ioctl here) and its receive headers get no control space (none to write
+        # but a wildcard bind's IP_PKTINFO), so the kernel converts no stamp and writes no
+        # control message per datagram: that was ~150-250 ns of a reply at full speed.  Else
+        # every stamp feeds the latency histogram.
+        self.clock_bound = scorer is not None and not scorer.cfg.kstamps
+        if self.normal_clear == 0:
+            self.normal_clear = self.prio_clear = self.rx_since = p53_mono_ns()
+        self.sock_stamp = scorer is not None and scorer.cfg.kstamps and not p53_rcv_stamps(self.fd)
         if self.sock_stamp:
             p53_sock_stamp_ns(self.fd)
         self.tail_want = CTRL_SLOT if not self.sock_stamp or p53_wants_pktinfo(self.fd) else 0
-        self.drained = True
+        # the first read does not wait (_receive): what queued while the worker was stopped
+        # (a restart) counts from when it last found its queues empty
+        self.drained = False
         self.running = 1
         p53_store_int(&self.stop_flag, 0)
         with nogil:
@@ -61,6 +69,8 @@ cdef class Worker(UdpReceive):
         cdef const known_t* kn = NULL
         cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
         cdef uint64_t bstamp = 0       # the batch's stamp for the controller (sc_batch)
+        cdef uint64_t qd = 0           # ... or its queue delay by the clock (clock_bound)
+        cdef int full = BATCH
         cdef int used = BATCH          # headers the last receive may have written
         for i in range(BATCH):
             self.riov[i].iov_base = self.rbuf + i * RECV_SLOT
@@ -79,7 +89,8 @@ cdef class Worker(UdpReceive):
                 self.rmsgs[i].msg_hdr.msg_flags = 0
             if scorer is not None:
                 tw = p53_mono_ns()      # the batch's work, receive included (sc_cost)
-            kstamp_gate(&self.kst, self.fd)
+                self.rx_t0 = tw
+            kstamp_gate(&self.kst, self.fd, self.pfd)
             self.vlen = sc_normal_batch(&self.sc, BATCH) if scorer is not None else BATCH
             n = self._receive(&rfd)
             used = n if n > 0 else 0
@@ -94,14 +105,24 @@ cdef class Worker(UdpReceive):
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                # the queue delay: the priority batch's oldest datagram; a full normal batch's
-                # newest (a short one emptied the queue); one stamp a batch either way
-                if rfd == self.pfd or not self.sock_stamp:
-                    bstamp = p53_rx_stamp_ns(&self.rmsgs[0].msg_hdr)
+                full = BATCH if rfd == self.pfd else self.vlen
+                if self.clock_bound:
+                    # the queue delay's bound (udp_recv.pxi) of a priority or a full normal
+                    # batch (a short one emptied the queue)
+                    qd = <uint64_t>t0.tv_sec * 1000000000ull + <uint64_t>t0.tv_nsec
+                    qd = qd - self.rx_since if qd > self.rx_since else 0
+                    sc_batch(&scorer.cfg, &self.sc, n, full, qd, rfd == self.pfd or n >= full,
+                             rfd == self.pfd, self.fd, self.pfd)
                 else:
-                    bstamp = p53_sock_stamp_ns(self.fd) if n >= self.vlen else 0
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH if rfd == self.pfd else self.vlen,
-                         bstamp, rfd == self.pfd, self.fd, self.pfd)
+                    # kernel stamps: the priority batch's oldest datagram; a full normal
+                    # batch's newest; one stamp a batch either way
+                    if rfd == self.pfd or not self.sock_stamp:
+                        bstamp = p53_rx_stamp_ns(&self.rmsgs[0].msg_hdr)
+                    else:
+                        bstamp = p53_sock_stamp_ns(self.fd) if n >= self.vlen else 0
+                    qd = p53_real_ns() if bstamp else 0
+                    sc_batch(&scorer.cfg, &self.sc, n, full, qd - bstamp if qd > bstamp else 0,
+                             bstamp != 0, rfd == self.pfd, self.fd, self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
@@ -200,7 +221,7 @@ cdef class Worker(UdpReceive):
             if scorer is not None and rfd == self.pfd:
                 sc_prio_sent(&self.sc, ks, m)   # known resolvers' own latency (scoring.pxi)
             if scorer is not None:
-                sc_cost(&self.sc, n, BATCH if rfd == self.pfd else self.vlen, p53_mono_ns() - tw)
+                sc_cost(&self.sc, n, full, p53_mono_ns() - tw)
                 if self.pfd >= 0 and rfd != self.pfd:
                     sc_yield(&scorer.cfg, &self.sc)     # under a CPU quota (scoring.pxi)
             # batch boundary: done with img

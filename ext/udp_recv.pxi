@@ -1,7 +1,11 @@
 # The UDP worker's receive (Worker, udp_loop.pxi, is this plus the batch loop): the normal
 # socket, and with scoring's kernel stage its priority socket, read first; waiting for queries
 # in one receive call (a plain worker, or with the steering program's wake words) or in one
-# poll of both sockets.
+# poll of both sockets.  Scored without kernel stamps ([scoring] kernel_stamps = false), it
+# also keeps the queue delay's bound for the controller (`clock_bound`): every datagram in a
+# queue arrived after the worker last found that queue empty, so a batch waited at most from
+# then (`rx_since`) to its receive.  An idle worker's wait for its wake-up is not counted (the
+# bound starts again when a wait returns, _woke): that is no queue that shedding would shorten.
 
 
 cdef class UdpReceive(WorkerBase):
@@ -27,6 +31,8 @@ cdef class UdpReceive(WorkerBase):
         cdef bint prio_ready = True, normal_ready = True
         cdef pollfd pf[2]
         if self.pfd < 0:
+            if self.clock_bound:
+                return self._read_normal(rfd, MSG_WAITFORONE)
             rfd[0] = self.fd
             return recvmmsg(self.fd, self.rmsgs, BATCH, MSG_WAITFORONE, NULL)
         if self.wake != NULL and p53_load_u64(self.wake) & WAKE_ON:
@@ -42,6 +48,8 @@ cdef class UdpReceive(WorkerBase):
                 if self.wake != NULL:
                     self._prio_resync(p53_load_u64(self.wake))     # idle: nothing on its way
                 return 0
+            if self.clock_bound:
+                self._woke()
             prio_ready = pf[0].revents != 0
             normal_ready = pf[1].revents != 0
         if prio_ready:
@@ -61,8 +69,11 @@ cdef class UdpReceive(WorkerBase):
         cdef int64_t pend
         rfd[0] = self.pfd
         self._tail(CTRL_SLOT)           # every known resolver's stamp (sc_prio_sent)
+        self.rx_since = self.prio_clear
         n = recvmmsg(self.pfd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
         self.prio_skip = 0
+        if self.clock_bound and n < BATCH:
+            self.prio_clear = self.rx_t0        # emptied during this read, so after its start
         if n > 0:
             self.prio_read += <uint64_t>n
             if self.wake != NULL:
@@ -72,12 +83,26 @@ cdef class UdpReceive(WorkerBase):
         return n
 
     cdef int _read_normal(self, int* rfd, int flags) noexcept nogil:
+        """Read the normal socket (MSG_WAITFORONE: waiting when it is empty)."""
         cdef int n
+        cdef bint waits = (flags & MSG_WAITFORONE) != 0 and self.drained
         self._tail(self.tail_want)
         rfd[0] = self.fd
+        self.rx_since = self.normal_clear
         n = recvmmsg(self.fd, self.rmsgs, self.vlen, flags, NULL)
         self.drained = n < self.vlen
+        if self.clock_bound:
+            if waits and n > 0:
+                self._woke()
+                self.rx_since = self.rx_t0
+            if self.drained:
+                self.normal_clear = self.rx_t0
         return n
+
+    cdef inline void _woke(self) noexcept nogil:
+        """clock_bound: a wait for either socket returned; the bounds start again now."""
+        self.rx_t0 = p53_mono_ns()
+        self.normal_clear = self.prio_clear = self.rx_t0
 
     cdef inline int64_t _prio_pending(self, uint64_t word) noexcept nogil:
         """Priority datagrams the steering program counted (the wake word's count) that were
@@ -109,6 +134,8 @@ cdef class UdpReceive(WorkerBase):
                 n = self._read_prio(rfd)
                 if n > 0:
                     return n
+            elif self.clock_bound:
+                self.prio_clear = self.rx_t0    # nothing pending: the priority queue is empty
             return self._read_normal(rfd, MSG_DONTWAIT)
         word = p53_fetch_or_u64(self.wake, WAKE_SLEEP)
         if self._prio_pending(word) > 0:

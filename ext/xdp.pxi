@@ -184,7 +184,7 @@ cdef class XdpWorker(Worker):
             if self.st.dt != NULL:
                 clock_gettime(CLOCK_REALTIME, &tq)
             if scorer is not None:
-                sc_batch(&scorer.cfg, &self.sc, n, BATCH, 0, False, -1, -1)   # no stamps; drops below
+                sc_batch(&scorer.cfg, &self.sc, n, BATCH, 0, False, False, -1, -1)   # no stamps; drops below
                 if n == BATCH and p53_xsk_drops(x, &kd) == 0:
                     # the kernel's drops before our ring feed the overload controller (at its
                     # next tick) as sc_drops does a socket's; read on full batches only (the

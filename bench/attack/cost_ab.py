@@ -5,18 +5,20 @@ and the load alternates between them every slice, so each pair of slices shares 
 the machine was doing.
 
     python -m bench.attack.cost_ab [--pairs 4] [--slices 24] [--seconds 1] [--rates 120000,0]
-                                   [--only stamps,scoring,wake]
+                                   [--only stamps,scoring,kstamps,wake]
 
-Three comparisons, each over `--pairs` fresh server pairs of `--slices` slice pairs (the order
+Four comparisons, each over `--pairs` fresh server pairs of `--slices` slice pairs (the order
 within a slice pair alternating):
 
 - **stamps**: the plain server (no scoring) alone, its slices alternated without and with a
   socket of this bench holding SO_TIMESTAMPNS, which turns on the kernel's stamping of every
-  arriving packet (netstamp_needed_key) as a scored server's sockets do.  What the controller's
-  kernel receive stamps cost the whole machine.
+  arriving packet (netstamp_needed_key) as a server with `kernel_stamps = true` does.  What
+  kernel receive stamps for the controller would cost the whole machine.
 - **scoring**: the plain and the scored server (scoring + the kernel stage: the attack bench's
-  setup) both running, the load alternated between them.  The scored server's sockets keep the
-  kernel stamping on for both, so this is what scoring costs beyond the stamps.
+  setup, the controller on the workers' clocks) both running, the load alternated between them.
+- **kstamps**: the scored server with and without `kernel_stamps`, side by side the same way.
+  Its sockets keep the kernel stamping on for both, so this is the controller's stamps' cost
+  seen from a server, not the whole machine's.
 - **wake**: the scored server with and without the steering program's wake words
   (`steer_idle`, docs/scoring.md), side by side the same way.
 
@@ -47,10 +49,11 @@ from bench.attack.cost import StampHold, cpu_ns, run, sign_p  # noqa: E402
 from bench.attack.run import capacity  # noqa: E402
 
 COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored"),
-               "wake": ("scored-nowake", "scored")}
+               "kstamps": ("scored-kstamps", "scored"), "wake": ("scored-nowake", "scored")}
 # each setup: (servers.py server, plain, hold a stamping socket during its slices)
 SETUPS = {"plain": ("pop53", True, False), "plain+stamps": ("pop53", True, True),
-          "scored": ("pop53", False, False), "scored-nowake": ("pop53-nowake", False, False)}
+          "scored": ("pop53", False, False), "scored-nowake": ("pop53-nowake", False, False),
+          "scored-kstamps": ("pop53-kstamps", False, False)}
 
 
 def slice_run(binary: Path, srv: sv.Running, seconds: float, name_wire: str,
@@ -168,7 +171,7 @@ def plot(args, res: dict, path: Path) -> None:
                 ax.hlines(statistics.median(ratios), x - 0.3, x + 0.3, color="#3366aa", lw=2)
     ax.axhline(1.0, color="#999999", lw=0.8)
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_ylabel("CPU per reply, vs plain")
+    ax.set_ylabel("CPU per reply, second / first")
     ax.set_title("pop53 no attack: interleaved slice pairs (line: median)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

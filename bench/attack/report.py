@@ -10,7 +10,8 @@ from pathlib import Path
 LABEL = {"pop53": "pop53 (scoring + steering)", "knot": "Knot mod-rrl", "nsd": "NSD RRL",
          "dnsdist": "dnsdist blocks + NSD",
          "pop53-nocheck": "pop53 without the kernel's cookie check (steer_cookies = false)",
-         "pop53-nowake": "pop53 without the wake words (steer_idle = false)"}
+         "pop53-nowake": "pop53 without the wake words (steer_idle = false)",
+         "pop53-kstamps": "pop53 with the controller on kernel stamps (kernel_stamps = true)"}
 
 
 def _worst(xs) -> float:

@@ -221,11 +221,11 @@ _server = SCHEMA.table("server", doc="The server process: where it listens, how 
  .key("reuseport_bpf", "boolean", False, "steer UDP queries to workers with a classic BPF program (see docs/ecmp)")
  .key("receive_timestamps", "boolean", True, "the kernel's receive time of UDP queries (SO_TIMESTAMPNS) "
       "for pop53_answer_latency_total_seconds, the latency with the socket's queue (docs/dnstap.md; "
-      "about 0.12-0.17 us of kernel CPU per stamped datagram, bench.micro.kstamp; [scoring] asks for it regardless)")
+      "about 0.12-0.17 us of kernel CPU per stamped datagram, bench.micro.kstamp; [scoring] kernel_stamps asks for it regardless)")
  .key("receive_timestamp_every", "integer 1..65536", 16, "stamp the UDP queries read during one "
       "second in N (the histogram is a sample; outside those seconds the kernel stamps nothing, "
-      "SO_TIMESTAMPING off); 1: every query, SO_TIMESTAMPNS for good; with [scoring] every batch is "
-      "stamped")
+      "SO_TIMESTAMPING off); 1: every query, SO_TIMESTAMPNS for good; with [scoring] kernel_stamps "
+      "every batch is stamped")
  .key("udp_coalesce_us", "integer 0..1000", 0, "opt-in: after a UDP receive batch of fewer than "
       "16 queries a worker sleeps this long before reading again, so replies and wake-ups come in "
       "larger batches: 8-13% less CPU per query at moderate load on loopback, but the sleep's real "
@@ -330,13 +330,19 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "something is there, and while its normal queue is empty it waits in the normal socket's receive "
       "as a worker without scoring does, the program sending it its known resolvers there (they wait "
       "behind nothing); false: the worker polls both sockets (docs/scoring.md)")
+ .key("kernel_stamps", "boolean", False, "the controller's queue delay from kernel receive stamps (a "
+      "stamp per batch: SO_TIMESTAMPNS on the priority sockets, SIOCGSTAMPNS on the normal ones); the "
+      "kernel then stamps every packet the machine receives, about 3% of a reply at full speed on "
+      "loopback.  false: from the worker's clock, a bound (every datagram in a queue arrived after the "
+      "worker last found it empty; an idle worker's wake-up not counted), and the latency histograms "
+      "stamped as [server] receive_timestamps says (docs/scoring.md)")
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "
       "much of the worker's measured work per query (at most 4 MiB), enough to ride out its and its "
       "clients' scheduling stalls without dropping answers at capacity; under a flood, how stale an "
       "unknown client's answer may be (re-sized each second; 0: keep the server's 4 MiB)")
- .key("delay_target_us", "integer (us)", 2000, "queue delay (kernel receive timestamp to the batch) that "
+ .key("delay_target_us", "integer (us)", 2000, "queue delay (see kernel_stamps) that "
       "means overload when even the least delayed batch of a tick waited longer; of the priority socket's "
       "batches: the known resolvers are at risk (then the normal class is cut too)")
  .key("nx_rate", "integer", 1000, "NXDOMAINs per second per zone, per worker, above which the zone is "

@@ -18,7 +18,8 @@ def _steered(tmp_path, listen: str, workers: int, known_text: str):
     """A server with the kernel stage on, not started yet, and its known-resolvers file."""
     known = tmp_path / "known.txt"
     known.write_text(known_text)
-    doc = {"server": {"listen": [listen], "workers": workers},
+    # every reply stamped (the known resolvers' latency histogram counts each one)
+    doc = {"server": {"listen": [listen], "workers": workers, "receive_timestamp_every": 1},
            # where the program steers, not where an idle worker waits (test_wake.py)
            "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}

@@ -73,6 +73,8 @@ class ScoringService:
         self.steer = settings.get("steer", False)
         self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
         self.steer_idle = settings.get("steer_idle", True)         # the workers' wake words
+        # the controller's queue delay from kernel receive stamps (else the workers' clocks)
+        self.kernel_stamps = settings["scorer"].get("kernel_stamps", False)
         self.queue_bytes = settings.get("queue_bytes", 0)
         # a short queue only with the kernel stage: without it known resolvers share the normal
         # socket, and a short queue would have the kernel drop them with the flood
@@ -150,12 +152,14 @@ class ScoringService:
                 self.on_learned(learned)
 
     def prepare_socket(self, sock: socket.socket, priority: bool = False) -> None:
-        """A priority socket gets each datagram's kernel receive time (SO_TIMESTAMPNS: the known
-        resolvers' latency, per reply); a normal socket none (its worker reads one stamp per
-        full batch with SIOCGSTAMPNS, the drop counters once a tick: ext/udp_loop.pxi).
+        """With kernel_stamps a priority socket gets each datagram's kernel receive time
+        (SO_TIMESTAMPNS: the controller's priority wait, the known resolvers' latency per
+        reply); a normal socket none (its worker reads one stamp per full batch with
+        SIOCGSTAMPNS, the drop counters once a tick: ext/udp_loop.pxi).  Without, both are
+        stamped as the server's other UDP sockets are ([server] receive_timestamps, sampled).
         Bound a normal socket's queue to `queue_bytes` (a queue longer than a few ms of work only
         delays answers under a flood); a priority socket keeps the server's default."""
-        if priority:
+        if priority and self.kernel_stamps:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)

@@ -49,6 +49,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
                               file=file, key=f"scoring.{name}")
     scorer["rd_odd"] = typed("rd_odd", bool, True)
     scorer["yield_when_cut"] = typed("yield_when_cut", bool, True)
+    scorer["kernel_stamps"] = typed("kernel_stamps", bool, False)
     steer = typed("steer", bool, False)
     steer_cookies = typed("steer_cookies", bool, True)
     steer_idle = typed("steer_idle", bool, True)

@@ -59,9 +59,10 @@ class Workers:
 
     # -- sockets -------------------------------------------------------------------------------
     def bind(self, config: Config) -> None:
-        # kernel receive stamps during one second in N (ext/kstamp.pxi); scoring reads every batch's
+        # kernel receive stamps during one second in N (ext/kstamp.pxi); scoring with
+        # kernel_stamps reads every batch's
         self.stamp_every = (config.receive_timestamp_every if config.receive_timestamps and
-                            self.scoring is None else 1)
+                            not self._kernel_stamps() else 1)
         # scoring's workers drain a priority socket and yield under a quota: no pause there
         self.coalesce_us = config.udp_coalesce_us if self.scoring is None else 0
         for addr in config.listen:
@@ -70,12 +71,15 @@ class Workers:
             except OSError as exc:
                 raise _start_error(exc, f"cannot listen on {addr}") from None
 
+    def _kernel_stamps(self) -> bool:
+        return self.scoring is not None and self.scoring.kernel_stamps
+
     def _stamps_always(self, cfg: Config) -> bool:
         """SO_TIMESTAMPNS on the socket for good: stamping every batch.  A sampled worker asks
-        with SO_TIMESTAMPING in its windows instead (ext/kstamp.pxi); a scored worker reads one
-        stamp per full batch from the socket (SIOCGSTAMPNS, ext/udp_loop.pxi), which
-        SO_TIMESTAMPNS would stop the kernel from keeping."""
-        return cfg.receive_timestamps and self.stamp_every <= 1 and self.scoring is None
+        with SO_TIMESTAMPING in its windows instead (ext/kstamp.pxi); a worker scored with
+        kernel_stamps reads one stamp per full batch from the socket (SIOCGSTAMPNS,
+        ext/udp_loop.pxi), which SO_TIMESTAMPNS would stop the kernel from keeping."""
+        return cfg.receive_timestamps and self.stamp_every <= 1 and not self._kernel_stamps()
 
     def _bind(self, addr: Listen, cfg: Config) -> None:
         # with port 0 the first UDP socket picks the port and TCP and the rest of the group
@@ -100,7 +104,8 @@ class Workers:
             raise
         if self.scoring is not None and self.scoring.steer:
             # a priority socket per worker, for known resolvers only (pop53.scoring.steer)
-            group += [udp_socket(addr, edns_max=cfg.edns_max) for _ in range(cfg.workers)]
+            group += [udp_socket(addr, self._stamps_always(cfg), cfg.edns_max)
+                      for _ in range(cfg.workers)]
             self.scoring.attach(group, cfg.workers)
         elif cfg.reuseport_bpf:
             from pop53.ecmp import reuseport
