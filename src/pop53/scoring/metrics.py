@@ -70,17 +70,19 @@ def families(workers, scorer=None):
         nx.add_metric([c], st["nx_dropped"][c])
     yield nx
     for name, key, doc in (
-        # one observation per full normal batch (its newest datagram's wait, SIOCGSTAMPNS) and
-        # per priority batch (its oldest's, SO_TIMESTAMPNS)
-        ("pop53_scoring_queue_delay_seconds", "queue_delay", "Queue delay (kernel receive "
-         "stamp to the batch) of each full receive batch of a normal UDP socket (its newest "
-         "datagram: a short batch emptied the queue) and of each priority-socket batch (its "
-         "oldest datagram)"),
+        # one observation per full normal batch and per priority batch: the controller's
+        # delay (the worker's clock's bound, or with kernel_stamps the batch's kernel stamps)
+        ("pop53_scoring_queue_delay_seconds", "queue_delay", "Queue delay the overload "
+         "controller took of each full receive batch of a normal UDP socket (a short batch "
+         "emptied the queue) and of each priority-socket batch: a bound from the worker's "
+         "clock, or with kernel_stamps the kernel receive stamp of its newest (normal) or "
+         "oldest (priority) datagram"),
         ("pop53_scoring_priority_wait_seconds", "priority_wait", "Queue delay of each priority "
-         "socket batch's oldest datagram (known resolvers steered by the kernel stage)"),
-        # one observation per reply
+         "socket batch as the controller took it (known resolvers steered by the kernel stage)"),
+        # one observation per reply with a kernel stamp (sampled unless kernel_stamps)
         ("pop53_scoring_priority_latency_seconds", "priority_latency", "Each priority socket "
-         "reply's time from the query's kernel receive stamp to its send"),
+         "reply's time from the query's kernel receive stamp to its send (replies with a "
+         "stamp: sampled as [server] receive_timestamp_every says unless kernel_stamps)"),
     ):
         yield _histogram(name, doc, st[key])
 
