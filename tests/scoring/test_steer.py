@@ -1,10 +1,12 @@
 """The kernel stage: with `steer = true` each worker has a priority socket, and the reuseport
-program sends known resolvers' datagrams there and nothing else: the eBPF program with LPM tries
-(IPv4 by /24, IPv6 by /56) where the kernel allows it, else classic BPF (IPv4 only); it follows
-the known table across reloads."""
+program sends known resolvers' datagrams there and nothing else: the eBPF program (a bitmap of
+IPv4 /24s, an LPM trie of IPv6 /56s) where the kernel allows it, else classic BPF (IPv4 only);
+it follows the known table across reloads."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from pop53 import config as cfgmod
 from pop53.scoring import ebpf, steer
@@ -96,8 +98,28 @@ def test_ebpf_program_verifies_for_many_prefixes():
     v6 = {ebpf.v6_key(f"2001:db8:{i:x}::") for i in range(1000)}
     fd = ebpf.load(8, v4, v6)
     assert fd >= 0
-    import os
     os.close(fd)
+
+
+def test_the_ipv4_bitmap_steers_exactly_the_known_24s():
+    """The program's IPv4 bitmap (one bit per /24), on frames: each known /24 at a word's
+    first and last bit and the ends of the address space, and their neighbours."""
+    from bench.micro.steer_prog import frame, query
+    known = ["0.0.0.0", "10.9.8.0", "10.9.63.0", "127.1.0.0", "255.255.255.0"]
+    keys = {int.from_bytes(socket.inet_aton(a)[:3], "big") for a in known}
+    assert {k & 63 for k in keys} >= {0, 63}
+    fd = ebpf.load(4, keys, set())
+    try:
+        def block(src):
+            return ebpf.test_run(fd, frame(src, query()))[0] // 4     # 1: priority
+        for a in known:
+            base = a.rsplit(".", 1)[0]
+            assert block(f"{base}.1") == 1 and block(f"{base}.254") == 1, a
+        for a in ("0.0.1.1", "10.9.7.255", "10.9.9.1", "10.9.62.1", "10.9.64.1", "127.1.1.1",
+                  "127.0.255.1", "255.255.254.1", "11.9.8.1"):
+            assert block(a) == 0, a
+    finally:
+        os.close(fd)
 
 
 def test_prologue_stays_within_the_classic_bpf_limits():

@@ -1,9 +1,12 @@
 """The kernel stage for a full known-resolver list (issue 13): an eBPF reuseport program
 (SO_ATTACH_REUSEPORT_EBPF, a BPF_PROG_TYPE_SOCKET_FILTER program) that looks the datagram's
-source up in two LPM-trie maps, IPv4 and IPv6, and returns a socket index in the priority block
-(W..2W-1) for a known resolver, in the normal block (0..W-1) otherwise.  Classic BPF compares
-one /24 per two instructions (pop53.scoring.steer, at most 1,800 /24s, IPv4 only); a trie
-lookup costs the same for a million prefixes and takes IPv6.
+source up, an IPv4 /24 in a bitmap of all 2^24 (a BPF array map of 2 MiB, one bit per /24: the
+verifier inlines the lookup, a few instructions) and an IPv6 /56 in an LPM-trie map, and returns
+a socket index in the priority block (W..2W-1) for a known resolver, in the normal block
+(0..W-1) otherwise.  Classic BPF compares one /24 per two instructions (pop53.scoring.steer, at
+most 1,800 /24s, IPv4 only); the bitmap and the trie cost the same for a million prefixes.
+The bitmap replaced an IPv4 trie whose walk was much of the program's cost for every datagram
+(bench/micro/steer_prog.py).
 
 The bytecode is assembled here (pop53.scoring.ebpf_asm; no clang on the machine, no C file to
 build) and loaded with the bpf(2) system call through ctypes.  It needs CAP_BPF (or root, or
@@ -12,7 +15,7 @@ EbpfUnavailable and steer.attach falls back to classic BPF with one clear warnin
 
 Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at fp-24):
     version = load_bytes_relative(skb, 0, 1 byte, NET) >> 4
-    4: key = {32, saddr (net offset 12, 4 bytes)};  [cookie check]; lookup v4 trie
+    4: saddr (net offset 12, 4 bytes); [cookie check]; bit (saddr >> 8) of the v4 bitmap
     6: key = {128, saddr (net offset 8, 16 bytes)}; [cookie check]; lookup v6 trie
     cookie check (with the cookie secrets, CookieKeys): the address's cookie bit set (it has
         sent a valid server cookie) -> steered when the datagram carries a valid server cookie,
@@ -38,10 +41,10 @@ import struct
 
 from pop53.scoring import ebpf_cookie
 from pop53.scoring.ebpf_asm import (
-    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_EXIT,
-    BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD, BPF_MOV,
-    BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_W, BPF_X, BPF_XOR, FP, FUNC_MAP_LOOKUP_ELEM,
-    R0, R1, R2, R6, R7, R8, R9)
+    Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_END,
+    BPF_EXIT, BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD,
+    BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, FP,
+    FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
 
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
@@ -52,6 +55,7 @@ _MAP_TYPE_ARRAY, _MAP_TYPE_LPM_TRIE = 2, 11
 _F_MMAPABLE = 1 << 10
 _PROG_TYPE_SOCKET_FILTER = 1
 _F_NO_PREALLOC = 1
+V4_WORDS = 1 << 18          # the IPv4 bitmap: 2^24 /24s, 64 a word
 
 
 class EbpfUnavailable(Exception):
@@ -60,7 +64,8 @@ class EbpfUnavailable(Exception):
 
 def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int = -1,
             wake: tuple[int, int] | None = None) -> bytes:
-    """The steering program for a group of 2 x `workers` sockets (see the module text); with a
+    """The steering program for a group of 2 x `workers` sockets (see the module text; `fd4`
+    the IPv4 bitmap, `fd6` the IPv6 trie); with a
     trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with the
     cookie secrets too (`keys_fd`, CookieKeys) an address that has sent a valid server cookie
     is steered only, and always, with a valid one (pop53.scoring.ebpf_cookie).  With `wake`
@@ -82,13 +87,43 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         from pop53._core import TRUST_LAYOUT
         words, _all, addr_shift, prefix_shift, _g, cookie_words = TRUST_LAYOUT
 
-    def lookup(fd, hash_off, known):
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, hash_off)               # the address word to hash
-        a.ld_map(R1, fd)
+    def lookup_v6(known):
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -8)                     # hash the last word
+        a.ld_map(R1, fd6)
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
         a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -24)
         a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
         a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "pick", 0)
+        a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
+
+    def test_bit(fd, base, clear):
+        """Jump to `clear` unless bit r1 of the region at word `base` of array map `fd` is set
+        (a missing element counts as clear; the verifier inlines an array's lookup)."""
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
+        if base:
+            a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                    # the array index
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                    # the bit in the word
+        a.ld_map(R1, fd)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, clear, 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, clear, 0)
+
+    def lookup_v4(known):
+        """Bit (saddr >> 8) of the bitmap: the /24 in host order, as the keys are."""
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -20)                    # the address word to hash
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R9)
+        a.op(BPF_ALU | BPF_END | BPF_TO_BE, R1, 0, 0, 32)               # network order: a.b.c.d
+        a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, 8)                    # the /24
+        test_bit(fd4, 0, "pick")
         a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
     def key_v4(prefix):          # r1 = the folded address (or /24), as scoring.pxi folds it
@@ -105,27 +140,12 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
             a.op(BPF_ALU | BPF_XOR | BPF_X, R1, R2)
 
     def bit(key, shift, base, clear):
-        """Jump to `clear` unless bit ((key * golden) >> shift) of the region at word `base`
-        is set (a missing element counts as clear)."""
+        """Jump to `clear` unless bit ((key * golden) >> shift) of the trust map's region at
+        word `base` is set."""
         key()
         a.op(BPF_ALU | BPF_MUL | BPF_K, R1, 0, 0, _GOLDEN - (1 << 32))
         a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, shift)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                    # the array index
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                    # the bit in the word
-        a.ld_map(R1, trust_fd)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, clear, 0)
-        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, clear, 0)
+        test_bit(trust_fd, base, clear)
 
     def cookie_check(tag, iplen, hash_off):
         if keys_fd < 0 or trust_fd < 0:
@@ -143,15 +163,14 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
     a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "v6", 6)
     a.jmp(BPF_JMP | BPF_JA, 0, "pick")
     a.label("v4")
-    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 32)                      # prefixlen
     load(12, -20, 4)                                                    # saddr
     cookie_check("4", 4, -20)
-    lookup(fd4, -20, "known4")
+    lookup_v4("known4")
     a.label("v6")
     a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -24, 128)
     load(8, -20, 16)
     cookie_check("6", 16, -8)
-    lookup(fd6, -8, "known6")                                           # hash the last word
+    lookup_v6("known6")
     if trust_fd >= 0:
         for v, key in (("4", key_v4), ("6", key_v6)):
             # a prefix that is not strict: every address of it; a strict one: trusted only
@@ -344,17 +363,15 @@ def _load(insns: bytes, log_level: int = 0) -> int:
 
 def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1,
          wake: tuple[int, int] | None = None) -> int:
-    """Build the tries from known /24 keys (the top 24 bits of the address) and /56 keys (the
-    top 56 bits) and load the program; returns its fd (the caller closes it after attaching).
-    Raises EbpfUnavailable when the kernel does not allow it."""
+    """Build the maps from known /24 keys (the top 24 bits of the address: the bitmap) and /56
+    keys (the top 56 bits: the trie) and load the program; returns its fd (the caller closes it
+    after attaching).  Raises EbpfUnavailable when the kernel does not allow it."""
     fds = []
     try:
-        fd4 = _map(8, len(v4_keys))
+        fd4 = _v4_bitmap(v4_keys)
         fds.append(fd4)
         fd6 = _map(20, len(v6_keys))
         fds.append(fd6)
-        for k in v4_keys:
-            _update(fd4, struct.pack("<I", 24) + (k << 8).to_bytes(4, "big"))
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
         return _load(program(workers, fd4, fd6, trust_fd, keys_fd, wake))
@@ -363,6 +380,24 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1,
     finally:
         for fd in fds:
             os.close(fd)          # the loaded program holds its maps
+
+
+def _v4_bitmap(v4_keys) -> int:
+    """The IPv4 bitmap map (V4_WORDS 64-bit words; /24 key k is bit k & 63 of word k >> 6, i.e.
+    bit k & 7 of byte k >> 3 of the little-endian words), filled through mmap: one write of
+    2 MiB, not a system call per word.  Returns its fd."""
+    import mmap
+    bits = bytearray(V4_WORDS * 8)
+    for k in v4_keys:
+        bits[k >> 3] |= 1 << (k & 7)
+    fd = _map(4, V4_WORDS, _MAP_TYPE_ARRAY, 8, _F_MMAPABLE)
+    try:
+        with mmap.mmap(fd, len(bits), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+            m[:] = bits
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1,
