@@ -438,6 +438,9 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
     bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)
+    uint64_t redirected       # known datagrams the steering program sent to the normal socket
+                              # while the worker waited there (the wake words, udp_recv.pxi)
+    uint64_t redir_mark       # redirected at the last tick
     const image_t* img        # the batch's image, set by the worker loop (NULL: no name probe)
 
 # ---------------------------------------------------------------------------------------------

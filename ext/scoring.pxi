@@ -424,5 +424,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
         "trusted_marks": s.trusted_marks,
-        "yields": s.yields, "risk_ticks": s.risk_ticks,
+        "yields": s.yields, "risk_ticks": s.risk_ticks, "redirected": s.redirected,
     }

@@ -55,16 +55,20 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
     cdef int c, last
     cdef uint64_t seen[4]
     cdef uint64_t prio = s.prio_rx - s.prio_mark, lifted = s.lifted - s.lift_mark
+    cdef uint64_t redir = s.redirected - s.redir_mark
     cdef bint all_cut = s.allow[SC_NORMAL] == 0 and s.allow[SC_ODD] == 0 and s.allow[SC_FLOOD] == 0
     for c in range(SC_CLASSES):
         seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
         s.mark[c] = s.admitted[c] + s.dropped[c]
     s.prio_mark = s.prio_rx
     s.lift_mark = s.lifted
+    s.redir_mark = s.redirected
     s.ticks += 1
-    # known queries beyond the priority socket's (and the cookies lifted from a cut class):
-    # they came through the normal socket and wait in its queue with everyone else
-    if seen[SC_TOP] > prio + lifted:
+    # known queries beyond the priority socket's (and the cookies lifted from a cut class, and
+    # those the steering program sent to the normal socket while the worker waited there: its
+    # queue was empty): they came through the normal socket and wait in its queue with everyone
+    # else
+    if seen[SC_TOP] > prio + lifted + redir:
         s.top_shared_ms = s.now_ms | 1
     if over and sc_recent(s, s.top_shared_ms):
         risk = True

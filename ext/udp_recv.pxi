@@ -92,8 +92,8 @@ cdef class UdpReceive(WorkerBase):
         n = recvmmsg(self.fd, self.rmsgs, self.vlen, flags, NULL)
         self.drained = n < self.vlen
         if self.clock_bound:
-            if waits and n > 0:
-                self._woke()
+            if waits:
+                self._woke()                # (a receive timeout too: the wait is over)
                 self.rx_since = self.rx_t0
             if self.drained:
                 self.normal_clear = self.rx_t0
@@ -139,12 +139,13 @@ cdef class UdpReceive(WorkerBase):
             return self._read_normal(rfd, MSG_DONTWAIT)
         word = p53_fetch_or_u64(self.wake, WAKE_SLEEP)
         if self._prio_pending(word) > 0:
-            p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR))
+            self._redirected(p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR)))
             n = self._read_prio(rfd)
             return n if n > 0 else WAKE_POLL
         self.idle_sleeps += 1
         n = self._read_normal(rfd, MSG_WAITFORONE)     # waits up to SO_RCVTIMEO
         word = p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR))
+        self._redirected(word)
         if n > 0:
             return n
         # a receive timeout: idle, so nothing is on its way to the priority socket either
@@ -152,6 +153,18 @@ cdef class UdpReceive(WorkerBase):
         if n <= 0:
             self._prio_resync(word)
         return n
+
+    cdef inline void _redirected(self, uint64_t word) noexcept nogil:
+        """The redirects the program counted in `word` while the worker waited: known
+        resolvers' queries that come through the normal socket with its queue empty.  The
+        controller does not take them for known resolvers sharing the normal queue (sc_tick),
+        and they are known resolvers this worker serves, as a priority batch says
+        (s.prio_ms, sc_protecting): when a flood starts the worker guards them at once, as it
+        does when they came through its priority socket."""
+        cdef uint64_t r = (word & WAKE_REDIR) >> WAKE_REDIR_SHIFT
+        if r:
+            self.sc.redirected += r
+            self.sc.prio_ms = sc_now_ms() | 1
 
     cdef void _prio_resync(self, uint64_t word) noexcept nogil:
         """After a receive timeout with the priority socket empty: nothing is on its way to it

@@ -15,6 +15,7 @@ Every server gets the same information: the known resolvers' prefixes (KNOWN; wi
 pop53 with `steer_cookies = false`: no cookie check in the kernel stage, so cookie clients
 outside the known prefixes stay in the normal socket.  "pop53-nowake" is pop53 with
 `steer_idle = false`: its workers poll both sockets instead of reading the wake words;
+"pop53-wake" has `steer_idle = true` (the wake words, off by default since session 14);
 "pop53-kstamps" has `kernel_stamps = true`: the controller's queue delay from kernel receive
 stamps, which hold the kernel's stamping of every packet on."""
 from __future__ import annotations
@@ -263,11 +264,12 @@ def _dnsdist(work: Path, zone: Path, port: int, plain: bool, cookies: bool = Fal
 _BUILD = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist,
           "pop53-nocheck": lambda *a, **kw: _pop53(*a, **kw, extra="steer_cookies = false\n"),
           "pop53-nowake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = false\n"),
-          "pop53-kstamps": lambda *a, **kw: _pop53(*a, **kw, extra="kernel_stamps = true\n")}
+          "pop53-kstamps": lambda *a, **kw: _pop53(*a, **kw, extra="kernel_stamps = true\n"),
+          "pop53-wake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = true\n")}
 
 
 def missing(name: str) -> str | None:
-    need = {"pop53": [], "pop53-nocheck": [], "pop53-nowake": [], "pop53-kstamps": [],
+    need = {"pop53": [], "pop53-nocheck": [], "pop53-nowake": [], "pop53-kstamps": [], "pop53-wake": [],
             "knot": ["knotd"], "nsd": ["nsd"],
             "dnsdist": ["nsd", "dnsdist"]}[name]
     gone = [b for b in need if not shutil.which(b)]

@@ -1,4 +1,4 @@
-"""The kernel stage's wake words (`[scoring] steer_idle`, on by default): the steering program
+"""The kernel stage's wake words (`[scoring] steer_idle`, off by default): the steering program
 counts each worker's priority datagrams in a word of a shared map, the worker reads its
 priority socket only when something is pending there, and while its normal queue is empty it
 waits in its normal socket's receive as a worker without scoring does, the program sending it
@@ -65,7 +65,8 @@ def _server(tmp_path, **scoring) -> Server:
     known = tmp_path / "known.txt"
     known.write_text("127.1.0.0/24\n")
     doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
-           "scoring": {"known_resolvers": str(known), "steer": True, **scoring},
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": True,
+                       **scoring},
            "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
     return Server(cfgmod.from_dict(doc, file="<test>"))
 

@@ -57,7 +57,8 @@ def datagram_truesize() -> int:
 # plain counters, queue-delay histograms
 _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
-           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks")
+           "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks",
+           "redirected")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
@@ -72,7 +73,7 @@ class ScoringService:
         self.last_error: str | None = None
         self.steer = settings.get("steer", False)
         self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
-        self.steer_idle = settings.get("steer_idle", True)         # the workers' wake words
+        self.steer_idle = settings.get("steer_idle", False)         # the workers' wake words
         # the controller's queue delay from kernel receive stamps (else the workers' clocks)
         self.kernel_stamps = settings["scorer"].get("kernel_stamps", False)
         self.queue_bytes = settings.get("queue_bytes", 0)
