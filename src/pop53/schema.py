@@ -329,7 +329,7 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "priority datagrams in a word the worker reads, so a worker reads its priority socket only when "
       "something is there, and while its normal queue is empty it waits in the normal socket's receive "
       "as a worker without scoring does, the program sending it its known resolvers there (they wait "
-      "behind nothing); false (the default): the worker polls both sockets.  Off by default: with it, known resolvers that relay water torture lost most of their answers at 3x (0.1-0.35, bench/results/attack-clock-s14; docs/scoring.md)")
+      "behind nothing); false (the default): the worker polls both sockets.  Off by default: with it, known resolvers that relay water torture kept only 0.16-0.67 of their answers in the worst second at 3x-5x (bench/results/attack-clock-s14; docs/scoring.md)")
  .key("kernel_stamps", "boolean", False, "the controller's queue delay from kernel receive stamps (a "
       "stamp per batch: SO_TIMESTAMPNS on the priority sockets, SIOCGSTAMPNS on the normal ones); the "
       "kernel then stamps every packet the machine receives, about 3% of a reply at full speed on "
