@@ -135,9 +135,10 @@ cdef inline void sc_count_drops(sc_state_t* s, bint prio, uint32_t d, bint count
 cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, int full,
                      uint64_t delay_ns, bint has_delay, bint prio) noexcept nogil:
     """The controller's inputs from one receive batch at `now` (sc_now_ms): n datagrams
-    (`full` = a full batch), the queue delay of a datagram of it (sc_batch); then the tick and the sketch's window when due.  The normal socket's
-    batches say whether its queue is overloaded, the priority socket's whether the known
-    resolvers are at risk; the drop counters come in beforehand (sc_drops)."""
+    (`full` = a full batch), the queue delay of a datagram of it (sc_batch); then the tick and
+    the sketch's window when due.  The normal socket's batches say whether its queue is
+    overloaded, the priority socket's whether the known resolvers are at risk; the drop
+    counters come in beforehand (sc_drops)."""
     cdef uint64_t missed
     cdef bint over, late, risk
     if s.tick_start == 0:

@@ -69,7 +69,8 @@ cdef class Worker(UdpReceive):
         cdef const known_t* kn = NULL
         cdef uint64_t ks[BATCH]        # each reply's kernel receive stamp (klat_add), 0: none
         cdef uint64_t bstamp = 0       # the batch's stamp for the controller (sc_batch)
-        cdef uint64_t qd = 0           # ... or its queue delay by the clock (clock_bound)
+        cdef uint64_t qd = 0, since = 0  # the batch's clock and since when it waited (sc_batch)
+        cdef bint has_qd
         cdef int full = BATCH
         cdef int used = BATCH          # headers the last receive may have written
         for i in range(BATCH):
@@ -109,10 +110,9 @@ cdef class Worker(UdpReceive):
                 if self.clock_bound:
                     # the queue delay's bound (udp_recv.pxi) of a priority or a full normal
                     # batch (a short one emptied the queue)
+                    has_qd = rfd == self.pfd or n >= full
+                    since = self.rx_since
                     qd = <uint64_t>t0.tv_sec * 1000000000ull + <uint64_t>t0.tv_nsec
-                    qd = qd - self.rx_since if qd > self.rx_since else 0
-                    sc_batch(&scorer.cfg, &self.sc, n, full, qd, rfd == self.pfd or n >= full,
-                             rfd == self.pfd, self.fd, self.pfd)
                 else:
                     # kernel stamps: the priority batch's oldest datagram; a full normal
                     # batch's newest; one stamp a batch either way
@@ -120,9 +120,11 @@ cdef class Worker(UdpReceive):
                         bstamp = p53_rx_stamp_ns(&self.rmsgs[0].msg_hdr)
                     else:
                         bstamp = p53_sock_stamp_ns(self.fd) if n >= self.vlen else 0
-                    qd = p53_real_ns() if bstamp else 0
-                    sc_batch(&scorer.cfg, &self.sc, n, full, qd - bstamp if qd > bstamp else 0,
-                             bstamp != 0, rfd == self.pfd, self.fd, self.pfd)
+                    has_qd = bstamp != 0
+                    since = bstamp
+                    qd = p53_real_ns() if has_qd else 0
+                sc_batch(&scorer.cfg, &self.sc, n, full, qd - since if qd > since else 0,
+                         has_qd, rfd == self.pfd, self.fd, self.pfd)
                 kn = scorer.begin(&self.sc)
                 sc_prefetch(kn, <const uint8_t*>self.addrs, sizeof(sockaddr_storage), n)
             if rl != NULL:
