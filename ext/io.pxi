@@ -42,6 +42,12 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_TRUNC
     int MSG_CTRUNC
     int MSG_DONTWAIT
+    int getsockopt(int fd, int level, int name, void* value, socklen_t* length)
+    int SOL_SOCKET
+    int SO_RCVBUF
+
+cdef extern from "<stdint.h>" nogil:
+    const uint32_t UINT32_MAX
 
 cdef extern from "<poll.h>" nogil:
     cdef struct pollfd:
@@ -81,6 +87,7 @@ cdef extern from "p53_wake.h" nogil:
 cdef enum:
     BATCH = 64
     PRIO_RECHECK = 32         # with the wake word, the priority socket is read this often anyway
+    PH_RING = 128             # full priority reads remembered for the queue delay's bound
     WAKE_POLL = -1000         # UdpReceive._receive_woken: wait with poll instead
     COALESCE_BELOW = 16       # a batch this full is read again at once (set_coalesce)
     RECV_SLOT = 4096          # larger datagrams are truncated by the kernel and dropped
@@ -187,6 +194,12 @@ cdef class WorkerBase:
     cdef uint64_t normal_clear     # ... when the worker last found the normal queue empty
     cdef uint64_t prio_clear       # ... and the priority queue
     cdef uint64_t rx_since         # ... that of the queue the last receive read
+    cdef bint prio_empty           # ... the last look found the priority queue empty
+    cdef uint64_t ph_t[PH_RING]    # ... the last full priority reads' start (UdpReceive._prio_since)
+    cdef uint32_t ph_left[PH_RING] # ... and at most how many stayed queued after each
+    cdef uint32_t ph_k             # ... full priority reads so far
+    cdef uint32_t prio_truesize    # the kernel's charge per datagram (set_priority), 0: unknown
+    cdef uint32_t prio_cap         # the most datagrams the priority queue holds (_prio_cap)
     cdef uint64_t* wake            # this worker's word of the steering program's wake map, or NULL
     cdef Py_buffer wb              # ... the map's mmap (set_priority)
     cdef bint has_wb
@@ -224,17 +237,21 @@ cdef class WorkerBase:
         free(self.rmsgs); free(self.smsgs); free(self.riov); free(self.siov)
         free(self.addrs); free(self.rbuf); free(self.sbuf); free(self.cbuf); free(self.ring)
 
-    def set_priority(self, int fd, object wake=None, int slot=-1):
+    def set_priority(self, int fd, object wake=None, int slot=-1, int truesize=0):
         """Also serve `fd`, the priority socket known resolvers are steered to: drained first,
         before every batch of the normal socket (pop53.scoring.steer).  With `wake` (the
         steering program's wake map, pop53.scoring.ebpf.WakeMap's mmap) and this worker's
         `slot` in it, the worker reads its priority socket only when the program counted
         datagrams for it, and waits for queries in its normal socket's receive, as a worker
         without scoring does, while the program sends it its known resolvers there
-        (udp_recv.pxi, UdpReceive._receive_woken)."""
+        (udp_recv.pxi, UdpReceive._receive_woken).  `truesize`: what the kernel charges a
+        receive buffer per datagram (pop53.scoring.service.datagram_truesize), which bounds how
+        many the priority queue holds (UdpReceive._prio_since); 0: unknown."""
         if self.running:
             raise RuntimeError("worker already running")
         self.pfd = fd
+        self.prio_truesize = truesize if truesize > 0 else 0
+        self.prio_cap = 0
         if self.has_wb:
             PyBuffer_Release(&self.wb)
             self.has_wb = False

@@ -369,6 +369,7 @@ cdef struct sc_cfg_t:
 cdef enum:
     SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
     SC_TOP_HOLD_MS = 1000     # known resolvers count as present this long after their last query
+    SC_RISK_RUN_MS = 250      # at risk with every class but top cut this long: trusted relays go
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_NXZ = 4                # zones under pressure a worker checks before the lookup
@@ -413,7 +414,8 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint8_t nxz_now[4]        # and whether it went over in this window
     uint32_t nxz_n
     uint64_t nx_spared        # relaying addresses' queries kept top: not for a zone under pressure
-    uint64_t prio_risk_ms     # ms of the last tick at risk with every class but top cut
+    uint64_t prio_risk_ms     # ms of the last tick at risk past SC_RISK_RUN_MS with all cut
+    uint64_t risk_run_ms      # since when every tick was at risk with every class but top cut
     uint16_t asketch[2][4096] # queries per known source ADDRESS in this window
     uint16_t nxsrc[2][4096]   # NXDOMAIN answers per source address in this window
     uint64_t now_ms           # this batch's clock (sc_observe)

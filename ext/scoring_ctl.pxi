@@ -72,6 +72,8 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         s.top_shared_ms = s.now_ms | 1
     if over and sc_recent(s, s.top_shared_ms):
         risk = True
+    if not (risk and all_cut):
+        s.risk_run_ms = 0
     if over or risk:
         s.overload_ticks += 1
         if risk:
@@ -93,9 +95,17 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         if not all_cut:
             return              # this tick cut the idle classes: the next one goes on
         # every class but SC_TOP is cut and the known resolvers are still at risk: their
-        # NXDOMAINs for zones under pressure (water torture relayed by them) go next, and
-        # trusted relays leave their queue (sc_relay_class)
-        s.prio_risk_ms = s.now_ms | 1
+        # NXDOMAINs for zones under pressure (water torture relayed by them) go next, and,
+        # once that has lasted SC_RISK_RUN_MS, trusted relays leave their queue
+        # (sc_relay_class).  Not at once: at a flood's start the priority queue is full of
+        # untrusted relays the kernel stage still steers there until their first answers
+        # demote them (their prefix strict); meanwhile it takes the known resolvers'
+        # queries a few ms late, and demoting the trusted relays then would cost them their
+        # trust for the whole attack (it comes back only with calm)
+        if s.risk_run_ms == 0:
+            s.risk_run_ms = s.now_ms | 1
+        elif s.now_ms - s.risk_run_ms >= SC_RISK_RUN_MS:
+            s.prio_risk_ms = s.now_ms | 1
         sc_halve(&s.nx_allow)
         return
     # calm: the known resolvers' NXDOMAIN share recovers alongside the best cut class

@@ -67,7 +67,6 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOCK_CLOEXEC
     int MSG_NOSIGNAL
     int SHUT_WR
-    int SOL_SOCKET
     int SO_LINGER
 
 cdef extern from "<netinet/in.h>" nogil:

@@ -66,21 +66,77 @@ cdef class UdpReceive(WorkerBase):
         holds every datagram read: pending below zero were datagrams it never counted (queued
         before set_priority), taken off so that none is left waiting uncounted."""
         cdef int n
-        cdef int64_t pend
+        cdef int64_t pend = -1
         rfd[0] = self.pfd
         self._tail(CTRL_SLOT)           # every known resolver's stamp (sc_prio_sent)
-        self.rx_since = self.prio_clear
+        if self.clock_bound:
+            self.rx_since = self._prio_since()
         n = recvmmsg(self.pfd, self.rmsgs, BATCH, MSG_DONTWAIT, NULL)
         self.prio_skip = 0
-        if self.clock_bound and n < BATCH:
-            self.prio_clear = self.rx_t0        # emptied during this read, so after its start
         if n > 0:
             self.prio_read += <uint64_t>n
             if self.wake != NULL:
                 pend = self._prio_pending(p53_load_u64(self.wake))
                 if pend < 0:
                     self.prio_base -= <uint64_t>(-pend)
+                    pend = 0
+        if self.clock_bound:
+            self._prio_note(n, pend)
         return n
+
+    cdef void _prio_note(self, int n, int64_t left) noexcept nogil:
+        """clock_bound: a priority read of n datagrams started at rx_t0, after which at most
+        `left` stayed queued (the wake word's count; -1: unknown).  A short read emptied the
+        queue, so after its start; a full one is remembered for _prio_since."""
+        cdef uint32_t i, cap
+        if n < BATCH:
+            self.prio_clear = self.rx_t0
+            self.prio_empty = True
+            return
+        self.prio_empty = False
+        cap = self._prio_cap()
+        if left < 0 or left > <int64_t>cap:
+            left = cap          # the count also holds drops the controller has not read yet
+        i = self.ph_k % PH_RING
+        self.ph_t[i] = self.rx_t0
+        self.ph_left[i] = <uint32_t>left if left < <int64_t>UINT32_MAX else UINT32_MAX
+        self.ph_k += 1
+
+    cdef uint64_t _prio_since(self) noexcept nogil:
+        """clock_bound: since when the datagrams the next priority read takes waited at most.
+        They arrived after the queue was last found empty (prio_clear), and after any earlier
+        full read whose leftovers (ph_left) the full reads since have taken (64 each): the
+        queue is FIFO, so whatever stayed queued after that read was read before this one.
+        Without the second bound a queue that never empties would count its whole busy stretch
+        as waiting: tens of ms at a flood's start, where the datagrams waited a few."""
+        cdef uint64_t since = self.prio_clear, taken = 0
+        cdef uint32_t k = self.ph_k, stop = self.ph_k - PH_RING if self.ph_k > PH_RING else 0
+        cdef uint32_t i
+        while k > stop:
+            k -= 1
+            i = k % PH_RING
+            if self.ph_t[i] <= since:
+                break
+            if taken >= self.ph_left[i]:
+                return self.ph_t[i]
+            taken += BATCH
+        return since
+
+    cdef uint32_t _prio_cap(self) noexcept nogil:
+        """The most datagrams the priority queue can hold: its receive buffer (as the kernel
+        counts it, refreshed every 256 full reads: the control plane resizes it) over the
+        kernel's charge per datagram, plus the one the kernel admits past the limit;
+        UINT32_MAX when the charge is unknown."""
+        cdef int rcv = 0
+        cdef socklen_t sl = sizeof(int)
+        if self.prio_truesize == 0:
+            return UINT32_MAX
+        if self.prio_cap == 0 or (self.ph_k & 255) == 0:
+            if getsockopt(self.pfd, SOL_SOCKET, SO_RCVBUF, &rcv, &sl) == 0 and rcv > 0:
+                self.prio_cap = <uint32_t>rcv // self.prio_truesize + 2
+            elif self.prio_cap == 0:
+                return UINT32_MAX
+        return self.prio_cap
 
     cdef int _read_normal(self, int* rfd, int flags) noexcept nogil:
         """Read the normal socket (MSG_WAITFORONE: waiting when it is empty)."""
@@ -100,9 +156,42 @@ cdef class UdpReceive(WorkerBase):
         return n
 
     cdef inline void _woke(self) noexcept nogil:
-        """clock_bound: a wait for either socket returned; the bounds start again now."""
-        self.rx_t0 = p53_mono_ns()
-        self.normal_clear = self.prio_clear = self.rx_t0
+        """clock_bound: a wait for either socket returned; the bounds of the queues that were
+        empty when it began start again now: the normal queue's (a worker waits only once it
+        emptied) and the priority queue's if its last look found it empty (a poll returns at
+        once for a priority queue that was not: its bound goes on)."""
+        self._woke_at(p53_mono_ns())
+
+    cdef inline void _woke_at(self, uint64_t now) noexcept nogil:
+        self.rx_t0 = now
+        self.normal_clear = now
+        if self.prio_empty:
+            self.prio_clear = now
+
+    def probe_priority_bound(self, events, int cap=0):
+        """For tests, on a worker that is not running: the priority queue's bound replayed.
+        `events`: ("read", start_ns, n, left) (a priority read of n datagrams, at most `left`
+        then queued, -1: unknown) or ("wake", ns, 0, 0) (a wait returned); `cap`: the most
+        datagrams the queue holds (0: unknown).  Returns, for each read, since when its
+        datagrams waited at most (_prio_since)."""
+        if self.running or self.pfd >= 0:
+            raise RuntimeError("a worker running or with a priority socket")
+        out = []
+        self.prio_truesize = 1 if cap > 0 else 0
+        self.prio_cap = <uint32_t>cap
+        self.ph_k = 0
+        self.prio_clear = 0
+        self.prio_empty = False
+        for kind, t, n, left in events:
+            if kind == "wake":
+                self._woke_at(t)
+                continue
+            self.rx_t0 = t
+            out.append(self._prio_since())
+            self._prio_note(n, left)
+        self.prio_truesize = 0
+        self.prio_cap = 0
+        return out
 
     cdef inline int64_t _prio_pending(self, uint64_t word) noexcept nogil:
         """Priority datagrams the steering program counted (the wake word's count) that were
@@ -136,7 +225,13 @@ cdef class UdpReceive(WorkerBase):
                     return n
             elif self.clock_bound:
                 self.prio_clear = self.rx_t0    # nothing pending: the priority queue is empty
+                self.prio_empty = True
             return self._read_normal(rfd, MSG_DONTWAIT)
+        if self.sc.allow[SC_FLOOD] < SC_ONE or sc_recent(&self.sc, self.sc.last_over):
+            # a flood is on (a class cut, or an overload tick in the last second): the known
+            # resolvers must not be sent into the normal queue, which a worker that sheds the
+            # flood cheaply finds empty often; wait with poll, as without the wake words
+            return WAKE_POLL
         word = p53_fetch_or_u64(self.wake, WAKE_SLEEP)
         if self._prio_pending(word) > 0:
             self._redirected(p53_fetch_and_u64(self.wake, ~(WAKE_SLEEP | WAKE_REDIR)))

@@ -142,7 +142,18 @@ def test_a_relay_leaves_the_priority_socket_when_cutting_the_rest_did_not_help()
     s.tick(True, top_at_risk=True)         # the priority socket dropped or waited: first the
     assert s.classify(elsewhere, relay) == "top"    # classes below top are cut, one a tick
     for _ in range(60):
-        s.tick(True, top_at_risk=True)     # all cut and still at risk
+        s.tick(True, top_at_risk=True)     # all cut and still at risk, but not for long: a
+    assert s.classify(elsewhere, relay) == "top"    # flood's start (untrusted relays queued)
+    time.sleep(_core.RISK_RUN_MS / 1000 + 0.02)
+    s.tick(False, top_at_risk=False)       # a calm tick: the stretch at risk starts again
+    s.tick(True, top_at_risk=True)         # (normal, regained a little, is cut again)
+    s.tick(True, top_at_risk=True)
+    assert s.classify(elsewhere, relay) == "top"
+    time.sleep(_core.RISK_RUN_MS / 2000)
+    s.tick(True, top_at_risk=True)
+    assert s.classify(elsewhere, relay) == "top"
+    time.sleep(_core.RISK_RUN_MS / 2000 + 0.02)
+    s.tick(True, top_at_risk=True)         # at risk with all cut for RISK_RUN_MS
     # demoted as a whole, untrusted, its prefix strict: out of the known resolvers' queue
     assert s.classify(elsewhere, relay) == "normal"
     assert not s.trusted(relay) and s.strict(relay)

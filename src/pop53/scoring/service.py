@@ -80,7 +80,9 @@ class ScoringService:
         # a short queue only with the kernel stage: without it known resolvers share the normal
         # socket, and a short queue would have the kernel drop them with the flood
         self.queue_ms = settings.get("queue_ms", 0.0) if self.steer and not self.queue_bytes else 0.0
-        self.truesize = datagram_truesize() if self.queue_ms else 0
+        # what the kernel charges per datagram: sizes the queues, and bounds how many the
+        # priority queue holds (the workers' queue delay by the clock, ext/udp_recv.pxi)
+        self.truesize = datagram_truesize() if self.queue_ms or self.steer else 0
         # the kernel stage: first socket of each steered group, its worker count, its first
         # worker's slot in the wake map
         self.groups: list[tuple[socket.socket, int, int]] = []
@@ -200,9 +202,9 @@ class ScoringService:
         if prio is not None:
             slot = self.wake_slot.get(sock.fileno(), -1)
             if slot >= 0:
-                w.set_priority(prio.fileno(), self.wake_map.buf, slot)
+                w.set_priority(prio.fileno(), self.wake_map.buf, slot, self.truesize)
             else:
-                w.set_priority(prio.fileno())
+                w.set_priority(prio.fileno(), truesize=self.truesize)
 
     def set_cookie_secrets(self, current: bytes | None, previous: bytes | None) -> None:
         """The secrets of the kernel stage's server-cookie check ([server] cookie_secret and
