@@ -443,6 +443,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t redirected       # known datagrams the steering program sent to the normal socket
                               # while the worker waited there (the wake words, udp_recv.pxi)
     uint64_t redir_mark       # redirected at the last tick
+    uint64_t redir_carry      # ... that no known query of that tick matched (sc_tick)
     const image_t* img        # the batch's image, set by the worker loop (NULL: no name probe)
 
 # ---------------------------------------------------------------------------------------------

@@ -343,6 +343,11 @@ cdef class Scorer:
         self.begin(&self.probe)
         sc_trust_proven(&self.cfg, &self.probe, <const uint8_t*>(<char*>address), len(address))
 
+    def redirected(self, uint32_t n):
+        """n redirects found in the wake word, as the worker counts them (udp_recv.pxi): known
+        queries the steering program sent to the waiting worker's normal socket."""
+        self.probe.redirected += n
+
     def normal_batch(self):
         """How many datagrams the worker loop would take from its normal socket next."""
         return sc_normal_batch(&self.probe, 64)

@@ -55,7 +55,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
     cdef int c, last
     cdef uint64_t seen[4]
     cdef uint64_t prio = s.prio_rx - s.prio_mark, lifted = s.lifted - s.lift_mark
-    cdef uint64_t redir = s.redirected - s.redir_mark
+    cdef uint64_t redir = s.redirected - s.redir_mark, known_in
     cdef bint all_cut = s.allow[SC_NORMAL] == 0 and s.allow[SC_ODD] == 0 and s.allow[SC_FLOOD] == 0
     for c in range(SC_CLASSES):
         seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
@@ -67,9 +67,16 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
     # known queries beyond the priority socket's (and the cookies lifted from a cut class, and
     # those the steering program sent to the normal socket while the worker waited there: its
     # queue was empty): they came through the normal socket and wait in its queue with everyone
-    # else
-    if seen[SC_TOP] > prio + lifted + redir:
+    # else.  A redirect counts when the worker finds it in its wake word, which can be before
+    # it reads the datagram (one the program sent as the worker woke is read a batch later,
+    # perhaps in the next tick), so the redirects no known query of a tick matched count in
+    # the next one too
+    known_in = prio + lifted + redir + s.redir_carry
+    if seen[SC_TOP] > known_in:
         s.top_shared_ms = s.now_ms | 1
+    s.redir_carry = known_in - seen[SC_TOP] if seen[SC_TOP] < known_in else 0
+    if s.redir_carry > redir:
+        s.redir_carry = redir
     if over and sc_recent(s, s.top_shared_ms):
         risk = True
     if not (risk and all_cut):

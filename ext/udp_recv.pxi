@@ -147,6 +147,11 @@ cdef class UdpReceive(WorkerBase):
         self.rx_since = self.normal_clear
         n = recvmmsg(self.fd, self.rmsgs, self.vlen, flags, NULL)
         self.drained = n < self.vlen
+        if self.wake != NULL and n > 0 and p53_load_u64(self.wake) & WAKE_REDIR:
+            # the program's redirects are in the word before their datagrams are queued: taken
+            # now, they count before this batch is scored (sc_tick: else a known query the
+            # program sent here just as the worker woke would count as sharing this queue)
+            self._redirected(p53_fetch_and_u64(self.wake, ~WAKE_REDIR))
         if self.clock_bound:
             if waits:
                 self._woke()                # (a receive timeout too: the wait is over)

@@ -56,6 +56,23 @@ def test_known_queries_through_the_normal_socket_share_its_risk():
     assert p.stats()["share"]["normal"] == 1.0 and p.stats()["risk_ticks"] == 0
 
 
+def test_redirects_counted_a_tick_before_their_queries_are_no_sharing():
+    """With the wake words the program sends known queries to a waiting worker's normal
+    socket, and the worker counts them from its wake word, sometimes a batch before it reads
+    them: one counted in a tick and scored in the next is still a redirect, not a known
+    resolver sharing the normal queue.  Carried one tick only, and only what was redirected."""
+    s = scorer(source_rate=60000)
+    s.redirected(2)
+    s.admit(query(), ip("192.0.2.1"))                # top, the first redirect
+    s.tick(True, False)
+    s.admit(query(), ip("192.0.2.2"))                # the second, read in the next tick
+    s.tick(True, False)
+    assert s.stats()["risk_ticks"] == 0 and s.stats()["share"]["normal"] == 1.0
+    s.admit(query(), ip("192.0.2.3"))                # one more, with no redirect counted
+    s.tick(True, False)
+    assert s.stats()["risk_ticks"] == 1
+
+
 def _standing(s, late: bool) -> None:
     """A tick of a standing normal queue (every batch waited 5 ms), quick priority batches and,
     when `late`, one that waited 5 ms."""
