@@ -232,10 +232,13 @@ cdef class UdpReceive(WorkerBase):
                 self.prio_clear = self.rx_t0    # nothing pending: the priority queue is empty
                 self.prio_empty = True
             return self._read_normal(rfd, MSG_DONTWAIT)
-        if self.sc.allow[SC_FLOOD] < SC_ONE or sc_recent(&self.sc, self.sc.last_over):
-            # a flood is on (a class cut, or an overload tick in the last second): the known
-            # resolvers must not be sent into the normal queue, which a worker that sheds the
-            # flood cheaply finds empty often; wait with poll, as without the wake words
+        if sc_recent(&self.sc, self.sc.prio_ms) and (
+                self.sc.allow[SC_FLOOD] < SC_ONE or sc_recent(&self.sc, self.sc.last_over)):
+            # known resolvers asked in the last second and a flood is on (a class cut, or an
+            # overload tick in the last second): they must not be sent into the normal queue,
+            # which a worker that sheds the flood cheaply finds empty often; wait with poll,
+            # as without the wake words.  (With no known resolver to send, a wait costs
+            # nothing, and after a flood the worker saves its poll at once.)
             return WAKE_POLL
         word = p53_fetch_or_u64(self.wake, WAKE_SLEEP)
         if self._prio_pending(word) > 0:

@@ -20,7 +20,7 @@ within a slice pair alternating):
   Its sockets keep the kernel stamping on for both, so this is the controller's stamps' cost
   seen from a server, not the whole machine's.
 - **wake**: the scored server without and with the steering program's wake words
-  (`steer_idle`, off by default, docs/scoring.md), side by side the same way.
+  (`steer_idle`, on by default, docs/scoring.md), side by side the same way.
 
 Both servers: one worker pinned to CPU 0, no quota; the load from CPU 1 (bench/attack/flood.c):
 one existing name from 256 /24s, at each of `--rates` datagrams a second (0: as fast as one
@@ -49,10 +49,10 @@ from bench.attack.cost import StampHold, cpu_ns, run, sign_p  # noqa: E402
 from bench.attack.run import capacity  # noqa: E402
 
 COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored"),
-               "kstamps": ("scored-kstamps", "scored"), "wake": ("scored", "scored-wake")}
+               "kstamps": ("scored-kstamps", "scored"), "wake": ("scored-nowake", "scored")}
 # each setup: (servers.py server, plain, hold a stamping socket during its slices)
 SETUPS = {"plain": ("pop53", True, False), "plain+stamps": ("pop53", True, True),
-          "scored": ("pop53", False, False), "scored-wake": ("pop53-wake", False, False),
+          "scored": ("pop53", False, False), "scored-nowake": ("pop53-nowake", False, False),
           "scored-kstamps": ("pop53-kstamps", False, False)}
 
 

@@ -15,7 +15,8 @@ Every server gets the same information: the known resolvers' prefixes (KNOWN; wi
 pop53 with `steer_cookies = false`: no cookie check in the kernel stage, so cookie clients
 outside the known prefixes stay in the normal socket.  "pop53-nowake" is pop53 with
 `steer_idle = false`: its workers poll both sockets instead of reading the wake words;
-"pop53-wake" has `steer_idle = true` (the wake words, off by default since session 14);
+"pop53-wake" has `steer_idle = true` (the wake words: the default again since session 15,
+off in session 14);
 "pop53-kstamps" has `kernel_stamps = true`: the controller's queue delay from kernel receive
 stamps, which hold the kernel's stamping of every packet on."""
 from __future__ import annotations

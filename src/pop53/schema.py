@@ -325,11 +325,12 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "and always, with a valid one, whether its prefix is known or not (the program checks the cookie; "
       "datagrams spoofing the address without it stay in the normal queue); for trust_ttl after its "
       "last valid cookie (docs/scoring.md)")
- .key("steer_idle", "boolean", False, "with steer and the eBPF program: the program counts each worker's "
+ .key("steer_idle", "boolean", True, "with steer and the eBPF program: the program counts each worker's "
       "priority datagrams in a word the worker reads, so a worker reads its priority socket only when "
       "something is there, and while its normal queue is empty it waits in the normal socket's receive "
       "as a worker without scoring does, the program sending it its known resolvers there (they wait "
-      "behind nothing); false (the default): the worker polls both sockets.  Off by default: with it, known resolvers that relay water torture kept only 0.16-0.67 of their answers in the worst second at 3x-5x (bench/results/attack-clock-s14; docs/scoring.md)")
+      "behind nothing), except while a flood is on; false: the worker polls both sockets, one system call "
+      "more at each wake-up (docs/scoring.md, bench/results/attack-bound-s15)")
  .key("kernel_stamps", "boolean", False, "the controller's queue delay from kernel receive stamps (a "
       "stamp per batch: SO_TIMESTAMPNS on the priority sockets, SIOCGSTAMPNS on the normal ones); the "
       "kernel then stamps every packet the machine receives, about 3% of a reply at full speed on "

@@ -1,4 +1,4 @@
-"""The kernel stage's wake words (`[scoring] steer_idle`, off by default): the steering program
+"""The kernel stage's wake words (`[scoring] steer_idle`, on by default): the steering program
 counts each worker's priority datagrams in a word of a shared map, the worker reads its
 priority socket only when something is pending there, and while its normal queue is empty it
 waits in its normal socket's receive as a worker without scoring does, the program sending it

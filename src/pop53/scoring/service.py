@@ -73,7 +73,7 @@ class ScoringService:
         self.last_error: str | None = None
         self.steer = settings.get("steer", False)
         self.steer_cookies = settings.get("steer_cookies", True)   # the kernel's cookie check
-        self.steer_idle = settings.get("steer_idle", False)        # the workers' wake words
+        self.steer_idle = settings.get("steer_idle", True)        # the workers' wake words
         # the controller's queue delay from kernel receive stamps (else the workers' clocks)
         self.kernel_stamps = settings["scorer"].get("kernel_stamps", False)
         self.queue_bytes = settings.get("queue_bytes", 0)

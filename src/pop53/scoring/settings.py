@@ -52,7 +52,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     scorer["kernel_stamps"] = typed("kernel_stamps", bool, False)
     steer = typed("steer", bool, False)
     steer_cookies = typed("steer_cookies", bool, True)
-    steer_idle = typed("steer_idle", bool, False)
+    steer_idle = typed("steer_idle", bool, True)
     queue_bytes = typed("queue_bytes", int, 0)
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
         raise ConfigError(f"must be 0 or within 4096..{1 << 30}, got {queue_bytes}", file=file,
