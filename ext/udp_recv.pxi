@@ -4,8 +4,10 @@
 # poll of both sockets.  Scored without kernel stamps ([scoring] kernel_stamps = false), it
 # also keeps the queue delay's bound for the controller (`clock_bound`): every datagram in a
 # queue arrived after the worker last found that queue empty, so a batch waited at most from
-# then (`rx_since`) to its receive.  An idle worker's wait for its wake-up is not counted (the
-# bound starts again when a wait returns, _woke): that is no queue that shedding would shorten.
+# then (`rx_since`) to its receive; a priority datagram also arrived after any earlier full read
+# whose leftovers the reads since have taken (_prio_since).  An idle worker's wait for its
+# wake-up is not counted (the bound of a queue that was empty starts again when a wait returns,
+# _woke): that is no queue that shedding would shorten.
 
 
 cdef class UdpReceive(WorkerBase):
