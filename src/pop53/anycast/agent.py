@@ -376,7 +376,10 @@ def run_agent(cfg: AgentConfig, *, max_rounds: int | None = None) -> int:
     stop = threading.Event()
 
     def _stop(*_a):
-        stop.set()
+        # not stop.set() here: the handler runs in the main thread between two bytecodes,
+        # possibly inside stop.wait() holding the Event's lock, and would wait for it for ever
+        # (pop53 serve hung that way once, session 15); a thread sets it once the wait lets go
+        threading.Thread(target=stop.set, name="pop53-agent-stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -114,11 +114,15 @@ def run(args) -> int:
         server, service = secondary.build(cfg)
     else:
         server, service = Server(cfg), None
-    stop = threading.Event()
-    hup = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    stop = threading.Event()          # `pop53 ctl stop` sets it from the control thread
+    # The signal handlers only set flags the loop below reads: a handler runs in the main
+    # thread between two bytecodes, possibly inside stop.wait() holding the Event's lock, and
+    # an Event.set() there would wait for that lock for ever (a SIGTERM that hung a test's
+    # server in CI, session 15)
+    signalled: dict[str, bool] = {"stop": False, "hup": False}
+    signal.signal(signal.SIGTERM, lambda *_: signalled.__setitem__("stop", True))
+    signal.signal(signal.SIGINT, lambda *_: signalled.__setitem__("stop", True))
+    signal.signal(signal.SIGHUP, lambda *_: signalled.__setitem__("hup", True))
     server.pidfile = args.pidfile      # written before the privilege drop
     server.config_overrides = overrides(args)     # kept over a config reload
     server.on_stop = stop.set                     # `pop53 ctl stop`
@@ -146,10 +150,10 @@ def run(args) -> int:
     try:
         # SIGHUP reloads on a thread: this loop keeps watching for SIGTERM, which stops the
         # process within a second even while a reload compiles (issue 14 point 2)
-        while not stop.wait(0.2):
+        while not stop.wait(0.2) and not signalled["stop"]:
             watchdog.tick()
-            if hup.is_set() and (reloading is None or not reloading.is_alive()):
-                hup.clear()
+            if signalled["hup"] and (reloading is None or not reloading.is_alive()):
+                signalled["hup"] = False
                 reloading = threading.Thread(target=reload_on_hup, name="pop53-reload",
                                              daemon=True)
                 reloading.start()
