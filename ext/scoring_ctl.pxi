@@ -111,7 +111,8 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         # trust for the whole attack (it comes back only with calm)
         if s.risk_run_ms == 0:
             s.risk_run_ms = s.now_ms | 1
-        elif s.now_ms - s.risk_run_ms >= SC_RISK_RUN_MS:
+        elif s.now_ms > s.risk_run_ms and s.now_ms - s.risk_run_ms >= SC_RISK_RUN_MS:
+            # (a stamp is made odd, so it can be a ms ahead of a tick in the same ms)
             s.prio_risk_ms = s.now_ms | 1
         sc_halve(&s.nx_allow)
         return

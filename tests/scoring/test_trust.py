@@ -12,6 +12,7 @@ from pathlib import Path
 import dns.flags
 import dns.message
 import dns.rcode
+import pytest
 
 import pop53
 from pop53 import _core
@@ -141,18 +142,30 @@ def test_a_relay_leaves_the_priority_socket_when_cutting_the_rest_did_not_help()
     assert s.trusted(relay) and s.classify(elsewhere, relay) == "top"
     s.tick(True, top_at_risk=True)         # the priority socket dropped or waited: first the
     assert s.classify(elsewhere, relay) == "top"    # classes below top are cut, one a tick
+    run = _core.RISK_RUN_MS / 1000
+
+    def top_within_run(since: float) -> None:
+        """Still top, the stretch at risk being shorter than RISK_RUN_MS (by the probe's real
+        clock); a test process stalled past it (a busy machine, a collection) cannot tell."""
+        top = s.classify(elsewhere, relay) == "top"
+        if time.monotonic() - since >= run - 0.02:
+            pytest.skip("the test stalled for RISK_RUN_MS: the run's start cannot be checked")
+        assert top
+
+    t0 = time.monotonic()
     for _ in range(60):
         s.tick(True, top_at_risk=True)     # all cut and still at risk, but not for long: a
-    assert s.classify(elsewhere, relay) == "top"    # flood's start (untrusted relays queued)
-    time.sleep(_core.RISK_RUN_MS / 1000 + 0.02)
+    top_within_run(t0)                     # flood's start (untrusted relays queued)
+    time.sleep(run + 0.02)
     s.tick(False, top_at_risk=False)       # a calm tick: the stretch at risk starts again
+    t1 = time.monotonic()
     s.tick(True, top_at_risk=True)         # (normal, regained a little, is cut again)
     s.tick(True, top_at_risk=True)
-    assert s.classify(elsewhere, relay) == "top"
-    time.sleep(_core.RISK_RUN_MS / 2000)
+    top_within_run(t1)
+    time.sleep(run / 2)
     s.tick(True, top_at_risk=True)
-    assert s.classify(elsewhere, relay) == "top"
-    time.sleep(_core.RISK_RUN_MS / 2000 + 0.02)
+    top_within_run(t1)
+    time.sleep(run / 2 + 0.02)
     s.tick(True, top_at_risk=True)         # at risk with all cut for RISK_RUN_MS
     # demoted as a whole, untrusted, its prefix strict: out of the known resolvers' queue
     assert s.classify(elsewhere, relay) == "normal"
