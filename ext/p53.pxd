@@ -377,7 +377,9 @@ cdef enum:
     SC_STRICT_SHIFT = 14      # prefixes over their rate: (key * golden) >> 14, 1 << 18 bits
     SC_TRUST_WORDS = 16384    # u64 words of address trust bits; the strict bits follow
     SC_COOKIE_BASE = 20480    # then the cookie bits: one per address slot (sc_trust_proven)
-    SC_ALL_WORDS = 36864      # the three regions (the kernel stage's array map, scoring/ebpf.py)
+    SC_OVERFLOW_WORD = 36864  # then one word: until when (CLOCK_MONOTONIC_COARSE ns) only trusted
+                              # addresses are steered to the priority socket (sc_prio_overflow)
+    SC_ALL_WORDS = 36865      # the whole (the kernel stage's array map, scoring/ebpf.py)
 
 cdef struct sc_state_t:       # one per worker, written by that worker only
     uint16_t sketch[2][4096]
@@ -437,6 +439,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t prio_mark        # prio_rx at the last tick
     uint64_t lift_mark        # lifted at the last tick
     uint64_t risk_ticks       # ticks the known resolvers were at risk (only then is normal cut)
+    uint64_t overflow_ticks   # ticks whose priority socket dropped (SC_OVERFLOW_WORD)
     bint last_full            # the last normal batch was full: a backlog (sc_protecting)
     uint64_t pq_max           # the longest priority-batch wait in this tick (ns)
     bint drops_known          # ovfl_last(_p) hold a first reading (sc_drops)

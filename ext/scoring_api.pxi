@@ -232,7 +232,7 @@ cdef class Scorer:
         cdef uint64_t n = 0
         cdef int i
         with nogil:
-            for i in range(SC_COOKIE_BASE, SC_ALL_WORDS):
+            for i in range(SC_COOKIE_BASE, SC_OVERFLOW_WORD):
                 if w[i]:
                     n += <uint64_t>__builtin_popcountll(w[i])
         return n
@@ -242,9 +242,14 @@ cdef class Scorer:
         for cookies from them)."""
         cdef uint64_t* w = <uint64_t*>self.trust
         cdef int i
-        for i in range(SC_COOKIE_BASE, SC_ALL_WORDS):
+        for i in range(SC_COOKIE_BASE, SC_OVERFLOW_WORD):
             if w[i]:
                 p53_store_u64(&w[i], 0)
+
+    def overflow_until(self):
+        """Until when (CLOCK_MONOTONIC_COARSE seconds; 0: never) the kernel stage steers only
+        trusted addresses to the priority socket: its queue overflowed (sc_prio_overflow)."""
+        return p53_load_u64(<uint64_t*>self.trust + SC_OVERFLOW_WORD) / 1e9
 
     def age(self, double ttl_seconds):
         """Clear the trust of addresses not seen for longer than ttl_seconds (at most 30 days:
@@ -331,6 +336,7 @@ cdef class Scorer:
         cdef uint64_t now = sc_now_ms()
         if self.probe.tick_start == 0:
             sc_state_init(&self.probe, now)
+        self.begin(&self.probe)
         if ovfl >= 0:
             sc_count_drops(&self.probe, priority, <uint32_t>ovfl, True)
         sc_observe(&self.cfg, &self.probe, now, n, full,

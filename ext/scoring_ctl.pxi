@@ -150,6 +150,19 @@ cdef inline void sc_count_drops(sc_state_t* s, bint prio, uint32_t d, bint count
         s.ovfl_last = d
 
 
+cdef inline void sc_prio_overflow(sc_state_t* s, uint64_t now) noexcept nogil:
+    """The priority socket dropped in this tick (its queue, sized to PRIORITY_MS of work, is far
+    beyond what the known resolvers alone send: a flood reaches it).  For SC_TOP_HOLD_MS the
+    kernel stage steers only trusted addresses there (SC_OVERFLOW_WORD, the steering program's
+    clock being the same CLOCK_MONOTONIC_COARSE) and only they are top (sc_known_class): a
+    relayed flood's never-seen relays (addresses of known prefixes with no history) leave it at
+    once instead of each staying until its first 32 answers demote it.  Not a queue that only
+    waited: a stalled worker's known resolvers queue up without any flood."""
+    s.overflow_ticks += 1
+    if s.trust != NULL:
+        p53_store_u64(&s.trust[SC_OVERFLOW_WORD], (now + SC_TOP_HOLD_MS) * 1000000)
+
+
 cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, int full,
                      uint64_t delay_ns, bint has_delay, bint prio) noexcept nogil:
     """The controller's inputs from one receive batch at `now` (sc_now_ms): n datagrams
@@ -204,6 +217,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
         # class gives it the idle time that keeps it under its quota
         late = s.qd_min != SC_NONE_YET and s.qd_min > <uint64_t>cfg.delay_target_us * 1000
         over = s.run_max >= cfg.full_run or s.drops_tick > 0 or late
+        if s.drops_tick_p > 0:
+            sc_prio_overflow(s, now)
         risk = s.drops_tick_p > 0 or (s.pq_min != SC_NONE_YET
                                       and s.pq_min > <uint64_t>cfg.delay_target_us * 1000) \
             or (over and s.pq_max > <uint64_t>cfg.delay_target_us * 1000)

@@ -8,7 +8,8 @@
 #            stage, by the eBPF steering program (a mmapped BPF array map, scoring/ebpf.py)
 #   strict   one bit per prefix slot (2^18): the prefix has a trusted address, went over
 #            known_rate or holds a relaying address; only its trusted addresses are steered to
-#            the priority socket, and over known_rate only they are top
+#            the priority socket, and over known_rate only they are top (every prefix's for a
+#            second after that socket dropped: sc_prio_overflow)
 #   per-address sketches of queries and NXDOMAIN answers (halved each window): an address
 #            over known_addr_rate or whose answers are mostly NXDOMAIN (water torture it relays)
 #            is demoted to normal; a trusted relay, until cutting every other class has not
@@ -158,12 +159,10 @@ cdef inline void sc_trust_seen(sc_state_t* s, uint32_t slot, const uint8_t* a,
     """A trusted address asked: remember when (at most four stores a second, for Scorer.age) and
     keep its prefix strict (the control plane relaxes strict prefixes after calm; those with a
     trusted address still asking are strict again at its next query, before any flood)."""
-    cdef uint32_t now32 = <uint32_t>s.now_ms | 1, ps
+    cdef uint32_t now32 = <uint32_t>s.now_ms | 1
     if s.trust_first != NULL and now32 - s.trust_first[slot] >= 256:
         s.trust_first[slot] = now32
-    ps = sc_golden(sc_prefix_key(a, alen), SC_STRICT_SHIFT)
-    if not sc_bit(s.trust + SC_TRUST_WORDS, ps):
-        p53_or_u64(&s.trust[SC_TRUST_WORDS + (ps >> 6)], <uint64_t>1 << (ps & 63))
+    sc_strict(s, a, alen)
 
 
 cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
@@ -254,7 +253,8 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
     Per address: over known_addr_rate or mostly NXDOMAIN answers (water torture it relays):
     sc_relay_class.  Within a prefix over known_rate (spoofed sources inside it) only trusted
     addresses stay top, and the prefix is marked strict so the kernel stage steers only its
-    trusted addresses to the priority socket."""
+    trusted addresses to the priority socket; in every prefix, for a second after the priority
+    socket dropped (sc_prio_overflow), only trusted addresses are top."""
     cdef uint32_t key = sc_addr_key(a, alen)
     cdef uint32_t acount = sc_addr_count(s.asketch, key, True)
     cdef uint32_t nx = sc_addr_count(s.nxsrc, key, False)
@@ -268,6 +268,14 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
         sc_trust_seen(s, slot, a, alen)
     if count <= cfg.known_rate:
         if not trusted and s.trust != NULL:
+            if s.now_ms * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD]):
+                # a priority socket dropped in the last second (sc_prio_overflow): only
+                # addresses with history are top, as the kernel stage steers only them there.
+                # Else a relayed flood's never-seen relays, sent to the normal socket, were top
+                # there: uncut, and "known resolvers sharing the overloaded queue", which put the
+                # real ones at risk until their own relayed share demoted them as a whole
+                s.untrusted += 1
+                return SC_NORMAL
             sc_trust_mark(cfg, s, slot, a, alen)
         return SC_TOP
     sc_strict(s, a, alen)

@@ -136,6 +136,6 @@ def test_flood_is_cut_known_resolver_answered(serve, tmp_path, steer):
         # its own socket's queue never filled: even what it sent during the stall is answered
         during = [i for i, t in resolver.sent.items() if stopped < t < resumed]
         assert during and sum(i in resolver.answered for i in during) >= 0.95 * len(during), \
-            (len(during), sum(i in resolver.answered for i in during))
+            (len(during), sum(i in resolver.answered for i in during), info)
         assert len(resolver.answered) >= 0.95 * len(resolver.sent)
     assert sp.proc.poll() is None

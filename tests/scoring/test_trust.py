@@ -25,6 +25,7 @@ from steer_support import ask, per_worker
 
 CORE_ZONE = Path(__file__).resolve().parents[1] / "data" / "core.test.zone"
 KNOWN = KnownPrefixes(frozenset({0x7F0100}), frozenset())      # 127.1.0.0/24
+COARSE = 6              # CLOCK_MONOTONIC_COARSE (Linux; the time module does not name it)
 
 
 def _query(name: str = "www.integ.example.") -> bytes:
@@ -78,9 +79,9 @@ def test_an_overload_between_two_sightings_withholds_trust():
     w = _query()
     s.batch(1)                                    # starts the clock
     assert s.classify(w, _ip("127.1.0.50")) == "top"          # first sighting (a spoofer's)
-    time.sleep(0.005)
+    time.sleep(0.02)                              # (the coarse clock can lag a jiffy or two)
     s.batch(64, ovfl=0)
-    time.sleep(0.005)
+    time.sleep(0.02)
     s.batch(64, ovfl=500)                         # kernel drops: an overload tick
     assert s.stats()["overload_ticks"] >= 1
     for _ in range(30):                           # nothing is cut any more (the tick cut only
@@ -93,6 +94,43 @@ def test_an_overload_between_two_sightings_withholds_trust():
     s.batch(1)
     assert s.classify(w, _ip("127.1.0.50")) == "top"
     assert s.trusted(_ip("127.1.0.50"))           # a whole calm stretch later: trusted
+
+
+def test_an_overflowing_priority_queue_keeps_addresses_with_no_history_out_for_a_second():
+    """At a flood relayed through never-seen addresses of known prefixes the kernel stage sends
+    them all to the normal socket once the known resolvers' own queue overflows, instead of
+    each staying there until its first 32 answers demote it: the workers set a deadline
+    (sc_prio_overflow) the steering program compares with its clock, and meanwhile only
+    trusted addresses are top.  A queue that only waited (a stalled worker) is no flood."""
+    s = _scorer(tick_ms=20, trust_after_ms=0)  # a tick: the batches since the last one
+    w, old, new = _query(), _ip("127.1.0.7"), _ip("127.1.0.77")
+
+    def tick(**batch) -> None:
+        time.sleep(0.03)
+        s.batch(**batch)
+
+    s.batch(1)                                                   # starts the clock
+    s.batch(1, ovfl=0, priority=True)                            # the drop counter's baseline
+    assert s.overflow_until() == 0
+    assert s.classify(w, old) == "top" and s.classify(w, old) == "top" and s.trusted(old)
+    # the normal queue overloaded (it dropped) and a priority batch late: the known resolvers
+    # are at risk (normal is cut) ...
+    s.batch(64, delay_us=5000, priority=True)
+    tick(n=64, ovfl=500)
+    # ... and the priority queue waited for a whole tick: still no flood in it
+    s.batch(64, delay_us=5000, priority=True)
+    tick(n=64, delay_us=5000, priority=True)
+    assert s.stats()["risk_ticks"] == 2
+    assert s.overflow_until() == 0 and s.stats()["overflow_ticks"] == 0
+    assert s.classify(w, new) == "top"
+    s.batch(64, delay_us=5000, priority=True)
+    tick(n=64, ovfl=40, priority=True)         # the priority socket dropped
+    now = time.clock_gettime(COARSE)
+    assert s.stats()["overflow_ticks"] == 1
+    assert now + 0.9 < s.overflow_until() <= now + 1.0 + 0.02
+    # meanwhile only addresses with history are top: the kernel stage sends the others to the
+    # normal socket, where they are cut with the normal class (a relayed flood's fresh relays)
+    assert s.classify(w, new) == "normal" and s.classify(w, old) == "top"
 
 
 def _torture(s, image, relay: bytes, n: int, zone: str = "integ.example.") -> list[str]:
@@ -254,6 +292,43 @@ def test_the_kernel_stage_steers_only_trusted_addresses_of_a_strict_prefix(tmp_p
                 if f.samples and not f.samples[0].labels}
         assert fams["pop53_scoring_trusted_marks"] == 1
         assert fams["pop53_scoring_known_untrusted"] >= 10 + 5    # .99 past the rate, and .98
+    finally:
+        server.stop()
+
+
+def test_the_kernel_stage_steers_only_trusted_addresses_after_a_priority_overflow(tmp_path):
+    import struct
+    known = tmp_path / "known.txt"
+    known.write_text("127.1.0.0/24\n127.3.0.0/16\n")
+    doc = {"server": {"listen": ["127.0.0.1:0"], "workers": 1},
+           "scoring": {"known_resolvers": str(known), "steer": True, "steer_idle": False,
+                       "trust_after_ms": 50},
+           "zone": [{"name": "integ.example.", "file": str(INTEG_ZONE)}]}
+    server = Server(cfgmod.from_dict(doc, file="<test>"))
+    server.start()
+    try:
+        addr = server.addresses[0]
+        assert server.scoring.steering == "ebpf"
+        buf, word = server.scoring.trust_map.buf, _core.TRUST_LAYOUT[6]
+        assert ask(addr, "127.1.0.7", 3) == 3
+        time.sleep(0.1)
+        assert ask(addr, "127.1.0.7", 3) == 3
+        assert server.scoring.scorer.trusted(_ip("127.1.0.7"))
+        n0, p0 = per_worker(server)
+        assert ask(addr, "127.3.5.1", 4) == 4          # no history, its /24 not strict: steered
+        assert per_worker(server) == (n0, p0 + 4)
+        # a worker's priority socket dropped: for a second only addresses with history are
+        # steered there (the deadline on the kernel's coarse clock)
+        until = time.clock_gettime_ns(COARSE) + 10 ** 9
+        struct.pack_into("<Q", buf, word * 8, until)
+        assert ask(addr, "127.3.5.1", 4) == 4          # to the normal socket, still answered
+        assert ask(addr, "127.3.9.1", 4) == 4
+        assert ask(addr, "127.1.0.7", 5) == 5          # trusted: the priority socket
+        assert per_worker(server) == (n0 + 8, p0 + 9)
+        struct.pack_into("<Q", buf, word * 8, until - 2 * 10 ** 9)      # past
+        assert ask(addr, "127.3.5.1", 4) == 4
+        assert per_worker(server) == (n0 + 8, p0 + 13)
+        assert not server.scoring.scorer.strict(_ip("127.3.5.1"))
     finally:
         server.stop()
 

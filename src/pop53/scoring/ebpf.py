@@ -21,13 +21,16 @@ Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at 
         sent a valid server cookie) -> steered when the datagram carries a valid server cookie,
         not steered otherwise, nothing else looked at (pop53.scoring.ebpf_cookie)
     known and a trust map: the prefix's strict bit set (it went over known_rate: spoofed sources
-        inside it) and the address's trust bit clear -> not steered
+        inside it), or the clock (bpf_ktime_get_coarse_ns) before the trust map's overflow
+        word (the workers' deadline: a priority socket dropped, so for a second only addresses
+        with history are steered there), and the address's trust bit clear -> not steered
     base = W if steered else 0;  return base + (hash(last address word) % W)
 
 The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
 sc_known_class): address trust bits (per-address history inside known prefixes), strict prefix
-bits and cookie bits, all indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), so the
-kernel and the workers agree on every bit without a system call per change.
+bits and cookie bits, all indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), then one
+word, the overflow deadline (sc_prio_overflow), so the kernel and the workers agree on every bit
+without a system call per change.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_END,
     BPF_EXIT, BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD,
     BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, FP,
-    FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
+    FUNC_KTIME_GET_COARSE_NS, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
 
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
@@ -85,7 +88,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
 
     if trust_fd >= 0:
         from pop53._core import TRUST_LAYOUT
-        words, _all, addr_shift, prefix_shift, _g, cookie_words = TRUST_LAYOUT
+        words, _all, addr_shift, prefix_shift, _g, cookie_words, overflow_word = TRUST_LAYOUT
 
     def lookup_v6(known):
         a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -8)                     # hash the last word
@@ -147,6 +150,22 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, shift)
         test_bit(trust_fd, base, clear)
 
+    def overflow_check(word, trusted):
+        """Jump to `trusted` while the clock is before word `word` of the trust map (the
+        workers' deadline: their priority queue overflowed, sc_prio_overflow); on to "prio"
+        otherwise."""
+        a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -32, word)
+        a.ld_map(R1, trust_fd)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "prio", 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R7, R0, 0)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "prio", 0)
+        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_KTIME_GET_COARSE_NS)
+        a.jmp(BPF_JMP | BPF_JGE | BPF_X, R0, "prio", 0, R7)
+        a.jmp(BPF_JMP | BPF_JA, 0, trusted)
+
     def cookie_check(tag, iplen, hash_off):
         if keys_fd < 0 or trust_fd < 0:
             return
@@ -173,11 +192,15 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
     lookup_v6("known6")
     if trust_fd >= 0:
         for v, key in (("4", key_v4), ("6", key_v6)):
-            # a prefix that is not strict: every address of it; a strict one: trusted only
+            # a prefix that is not strict: every address of it, unless the priority queue
+            # overflowed lately; a strict one: trusted only
             a.label("known" + v)
-            bit(lambda: key(True), prefix_shift, words, "prio")
+            bit(lambda: key(True), prefix_shift, words, "overflow" + v)
+            a.label("trusted" + v)
             bit(lambda: key(False), addr_shift, 0, "pick")
             a.jmp(BPF_JMP | BPF_JA, 0, "prio")
+            a.label("overflow" + v)
+            overflow_check(overflow_word, "trusted" + v)
     a.label("prio")
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, workers)                # the priority block
     a.label("pick")

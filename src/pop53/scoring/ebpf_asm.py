@@ -24,6 +24,7 @@ BPF_PSEUDO_MAP_FD = 1
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, FP = range(11)
 # helper functions (enum bpf_func_id) and bpf_skb_load_bytes_relative's start header
 FUNC_MAP_LOOKUP_ELEM, FUNC_SKB_LOAD_BYTES_RELATIVE, FUNC_KTIME_GET_TAI_NS = 1, 68, 208
+FUNC_KTIME_GET_COARSE_NS = 160
 HDR_START_NET = 1
 
 

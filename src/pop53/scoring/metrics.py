@@ -49,13 +49,17 @@ def families(workers, scorer=None):
         ("pop53_scoring_top_risk_ticks", "risk_ticks", "Overload ticks with the known resolvers "
          "at risk (their own queue dropping or waiting, or sharing the overloaded one): only "
          "these cut the normal class"),
-        ("pop53_scoring_known_untrusted", "untrusted", "Queries from a known prefix over its rate "
-         "classed normal because their address was not trusted (spoofed known sources)"),
+        ("pop53_scoring_known_untrusted", "untrusted", "Queries from a known prefix classed normal "
+         "because their address was not trusted: the prefix over its rate (spoofed known "
+         "sources), or a priority socket dropped in the last second"),
         ("pop53_scoring_known_demoted", "nx_demoted", "Queries from a known address classed normal "
          "for its own rate, or for a zone under NXDOMAIN pressure while its answers are mostly "
          "NXDOMAIN (water torture it relays)"),
         ("pop53_scoring_known_spared", "nx_spared", "Queries from a known address relaying water "
          "torture kept top: their name is in no zone under NXDOMAIN pressure, or is a node of it"),
+        ("pop53_scoring_priority_overflow_ticks", "overflow_ticks", "Controller ticks whose "
+         "priority socket dropped: for a second after each, the kernel stage steers only trusted "
+         "addresses there, and only they are top"),
         ("pop53_scoring_trusted_marks", "trusted_marks", "Addresses trusted: of known prefixes by "
          "calm history, any by a valid server cookie"),
         ("pop53_scoring_yields", "yields", "Times a UDP worker entered the scheduler after a batch "
