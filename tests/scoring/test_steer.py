@@ -122,6 +122,39 @@ def test_the_ipv4_bitmap_steers_exactly_the_known_24s():
         os.close(fd)
 
 
+def test_after_a_priority_overflow_only_trusted_addresses_are_steered_in_both_families():
+    """The program's overflow check (sc_prio_overflow's deadline in the trust map against
+    bpf_ktime_get_coarse_ns), on frames: before the deadline an untrusted address of a known
+    prefix that is not strict goes to the normal block and a trusted one to the priority
+    block, IPv4 and IPv6; once it has passed, both are steered again."""
+    import struct
+    import time
+
+    from bench.micro.steer_prog import frame, query
+    from pop53 import _core
+    tm = ebpf.TrustMap()
+    sc = _core.Scorer()
+    sc.use_trust_buffer(tm.buf)
+    trusted, untrusted = ("127.1.0.7", "2001:db8:0:1::7"), ("127.1.0.8", "2001:db8:0:1::8")
+    for a in trusted:
+        sc.cookie_proven(socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a))
+    fd = ebpf.load(4, {0x7F0100}, {ebpf.v6_key("2001:db8:0:1::")}, trust_fd=tm.fd)
+    word = _core.TRUST_LAYOUT[6] * 8
+    try:
+        def block(src):
+            return ebpf.test_run(fd, frame(src, query()))[0] // 4     # 1: priority
+        assert [block(a) for a in trusted + untrusted] == [1, 1, 1, 1]
+        now = time.clock_gettime_ns(6)                                 # CLOCK_MONOTONIC_COARSE
+        struct.pack_into("<Q", tm.buf, word, now + 10 ** 9)
+        assert [block(a) for a in trusted + untrusted] == [1, 1, 0, 0]
+        assert block("127.2.0.8") == 0                                 # unknown: as ever
+        struct.pack_into("<Q", tm.buf, word, now - 10 ** 6)
+        assert [block(a) for a in trusted + untrusted] == [1, 1, 1, 1]
+    finally:
+        os.close(fd)
+        tm.close()
+
+
 def test_prologue_stays_within_the_classic_bpf_limits():
     prog = steer.prologue(4, range(0, 3 * steer.MAX_V4, 3))
     assert len(prog) == 2 * steer.MAX_V4 + 11
