@@ -47,7 +47,7 @@ from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_END,
     BPF_EXIT, BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD,
     BPF_MOV, BPF_MUL, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W, BPF_X, BPF_XOR, FP,
-    FUNC_KTIME_GET_COARSE_NS, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R6, R7, R8, R9)
+    FUNC_KTIME_GET_COARSE_NS, R0, R1, R2, R6, R7, R8, R9)
 
 SO_ATTACH_REUSEPORT_EBPF = 52
 _NR_BPF = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
@@ -92,11 +92,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
 
     def lookup_v6(known):
         a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -8)                     # hash the last word
-        a.ld_map(R1, fd6)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -24)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "pick", 0)
+        a.map_lookup(fd6, -24, "pick")
         a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
     def test_bit(fd, base, clear):
@@ -109,11 +105,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                    # the array index
         a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
         a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                    # the bit in the word
-        a.ld_map(R1, fd)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, clear, 0)
+        a.map_lookup(fd, -32, clear)
         a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
         a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
         a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
@@ -155,11 +147,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         workers' deadline: their priority queue overflowed, sc_prio_overflow); on to "prio"
         otherwise."""
         a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -32, word)
-        a.ld_map(R1, trust_fd)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "prio", 0)
+        a.map_lookup(trust_fd, -32, "prio")
         a.op(BPF_LDX | BPF_MEM | BPF_DW, R7, R0, 0)
         a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "prio", 0)
         a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_KTIME_GET_COARSE_NS)
@@ -229,11 +217,7 @@ def _wake_epilogue(a: Asm, workers: int, wake_fd: int, base: int) -> None:
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R0, 0, 0, base - workers)         # the worker's slot
     a.op(BPF_ALU64 | BPF_MUL | BPF_K, R0, 0, 0, stride)
     a.op(BPF_STX | BPF_MEM | BPF_W, FP, R0, -32)
-    a.ld_map(R1, wake_fd)
-    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, -32)
-    a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-    a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, "chosen", 0)
+    a.map_lookup(wake_fd, -32, "chosen")
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R1, 0, 0, 1)
     a.op(BPF_STX | BPF_ATOMIC | BPF_DW, R0, R1, 0, BPF_ADD | BPF_FETCH)  # r1 = the old word
     a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)

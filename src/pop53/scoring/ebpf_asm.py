@@ -48,6 +48,14 @@ class Asm:
         self.op(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, 0, fd)
         self.op(0, 0, 0, 0, 0)
 
+    def map_lookup(self, fd, key_off: int, miss: str) -> None:
+        """r0 = bpf_map_lookup_elem(map `fd`, the key at fp + key_off); to `miss` without one."""
+        self.ld_map(R1, fd)
+        self.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+        self.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, key_off)
+        self.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
+        self.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, miss, 0)
+
     def assemble(self) -> bytes:
         out = []
         for i, (code, dst, src, off, imm) in enumerate(self.ins):

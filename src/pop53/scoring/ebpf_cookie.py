@@ -29,7 +29,7 @@ from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_B, BPF_CALL, BPF_DIV, BPF_DW, BPF_END,
     BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JLE, BPF_JMP, BPF_JNE, BPF_JSLE, BPF_K, BPF_LDX,
     BPF_LSH, BPF_MEM, BPF_MOV, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB, BPF_TO_BE, BPF_W,
-    BPF_X, BPF_XOR, FP, FUNC_KTIME_GET_TAI_NS, FUNC_MAP_LOOKUP_ELEM, R0, R1, R2, R3, R4, R5, R7)
+    BPF_X, BPF_XOR, FP, FUNC_KTIME_GET_TAI_NS, R0, R1, R2, R3, R4, R5, R7)
 
 COUNTER, END, HASH, MSG, BUF = -40, -48, -64, -104, -120
 LEN_AT, OFF_AT, NAME = -56, -72, -376     # bytes of the name read, where it starts, the bytes
@@ -214,11 +214,7 @@ def emit(a: Asm, tag: str, iplen: int, addr_stack: int, cookie_bit, keys_fd: int
     a.jmp(BPF_JMP | BPF_JGT | BPF_K, R0, invalid, 3900)
     a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, COUNTER, 0)          # the keys' index: 0
     for key_off in (0, 16):                                       # current, then previous
-        a.ld_map(R1, keys_fd)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, COUNTER)
-        a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_MAP_LOOKUP_ELEM)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R0, invalid, 0)
+        a.map_lookup(keys_fd, COUNTER, invalid)
         if key_off:
             a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 32)
             a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, invalid, 0)      # no previous secret
