@@ -22,9 +22,15 @@ cdef void sc_state_init(sc_state_t* s, uint64_t now) noexcept nogil:
     s.tick_start = now if now else 1
 
 
+cdef inline uint64_t sc_since(const sc_state_t* s, uint64_t when) noexcept nogil:
+    """ms from the stamp `when` to this batch's clock.  Stamps are made odd (`now | 1`, so 0
+    means never), so one can be a ms ahead of a tick in the same ms: that counts as 0."""
+    return s.now_ms - when if s.now_ms > when else 0
+
+
 cdef inline bint sc_recent(const sc_state_t* s, uint64_t when) noexcept nogil:
-    """Whether `when` (ms, 0 = never) is within SC_TOP_HOLD_MS of this batch's clock."""
-    return when != 0 and s.now_ms < when + SC_TOP_HOLD_MS
+    """Whether the stamp `when` (0 = never) is within SC_TOP_HOLD_MS of this batch's clock."""
+    return when != 0 and sc_since(s, when) < SC_TOP_HOLD_MS
 
 
 cdef inline void sc_regain(const sc_cfg_t* cfg, uint32_t* share) noexcept nogil:
@@ -111,8 +117,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         # trust for the whole attack (it comes back only with calm)
         if s.risk_run_ms == 0:
             s.risk_run_ms = s.now_ms | 1
-        elif s.now_ms > s.risk_run_ms and s.now_ms - s.risk_run_ms >= SC_RISK_RUN_MS:
-            # (a stamp is made odd, so it can be a ms ahead of a tick in the same ms)
+        elif sc_since(s, s.risk_run_ms) >= SC_RISK_RUN_MS:
             s.prio_risk_ms = s.now_ms | 1
         sc_halve(&s.nx_allow)
         return
