@@ -232,7 +232,7 @@ cdef class Scorer:
         cdef uint64_t n = 0
         cdef int i
         with nogil:
-            for i in range(SC_COOKIE_BASE, SC_OVERFLOW_WORD):
+            for i in range(SC_COOKIE_BASE, SC_COOKIE_BASE + SC_TRUST_WORDS):
                 if w[i]:
                     n += <uint64_t>__builtin_popcountll(w[i])
         return n
@@ -242,7 +242,7 @@ cdef class Scorer:
         for cookies from them)."""
         cdef uint64_t* w = <uint64_t*>self.trust
         cdef int i
-        for i in range(SC_COOKIE_BASE, SC_OVERFLOW_WORD):
+        for i in range(SC_COOKIE_BASE, SC_COOKIE_BASE + SC_TRUST_WORDS):
             if w[i]:
                 p53_store_u64(&w[i], 0)
 
