@@ -370,6 +370,8 @@ cdef enum:
     SC_SUB_BATCH = 16         # the normal socket's batch while a class is cut (sc_normal_batch)
     SC_TOP_HOLD_MS = 1000     # known resolvers count as present this long after their last query
     SC_RISK_RUN_MS = 250      # at risk with every class but top cut this long: trusted relays go
+    SC_FRESH_RUN = 128        # NXDOMAINs to untrusted known addresses from a priority queue that
+                              # never emptied that start the overflow deadline (sc_prio_fresh)
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_NXZ = 4                # zones under pressure a worker checks before the lookup
@@ -448,6 +450,14 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t redir_mark       # redirected at the last tick
     uint64_t redir_carry      # ... that no known query of that tick matched (sc_tick)
     const image_t* img        # the batch's image, set by the worker loop (NULL: no name probe)
+    bint in_prio              # the batch came from the priority socket (sc_observe)
+    bint purge                # ... while the overflow deadline holds: below top is backlog
+                              # the kernel stage queued there before it (sc_admit drops it)
+    uint64_t purged           # priority-socket queries below top dropped so (sc_admit)
+    uint32_t fresh_run        # NXDOMAINs answered to untrusted known addresses from the priority
+                              # socket since it last emptied (sc_prio_fresh)
+    bint last_fresh           # the query just scored: such an address, from the priority socket
+    uint64_t fresh_floods     # times they reached SC_FRESH_RUN: the deadline set before a drop
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

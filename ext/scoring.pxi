@@ -173,6 +173,7 @@ cdef int sc_score(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const u
     """The query's class (SC_*), counting it in the sketch."""
     cdef uint32_t count = sc_count(s, a, alen)
     s.last_known = False
+    s.last_fresh = False
     if sc_known(kn, a, alen):
         return sc_known_class(cfg, s, count, a, alen, p, n)
     if count > cfg.source_rate:
@@ -235,6 +236,11 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
     unanswered."""
     cdef int c = sc_score(cfg, kn, s, p, n, a, alen)
     cdef uint32_t share = s.allow[c]
+    if s.purge and c != SC_TOP:
+        # from the priority socket after it overflowed: queued there before the kernel stage
+        # stopped steering untrusted addresses to it (sc_prio_full), not answered ahead of the
+        # known resolvers' queries behind it
+        share = 0
     if share < SC_ONE:
         s.acc[c] += share
         if s.acc[c] >= SC_ONE:
@@ -245,6 +251,8 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
             c = SC_TOP
         else:
             s.dropped[c] += 1
+            if s.purge:
+                s.purged += 1
             return -1
     s.admitted[c] += 1
     # learning: a source answered while nothing is cut (frozen under overload), not flooding
@@ -382,6 +390,8 @@ cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q
     if zn and s.last_known:
         # a known source's NXDOMAINs, read before its next query's lookup (sc_known_class)
         sc_addr_count(s.nxsrc, sc_addr_key(a, alen), True)
+        if s.last_fresh:
+            sc_prio_fresh(s)        # relayed through never-seen addresses? (scoring_ctl.pxi)
     if zn <= cfg.nx_rate:
         return False
     if zn == cfg.nx_rate + 1:
@@ -427,5 +437,6 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
         "trusted_marks": s.trusted_marks,
         "yields": s.yields, "risk_ticks": s.risk_ticks, "redirected": s.redirected,
-        "overflow_ticks": s.overflow_ticks,
+        "overflow_ticks": s.overflow_ticks, "purged": s.purged,
+        "fresh_floods": s.fresh_floods,
     }

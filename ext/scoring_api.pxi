@@ -281,6 +281,10 @@ cdef class Scorer:
         s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
         s.trust = <uint64_t*>p53_load_ptr(<const void**>&self.trust)
         s.trust_first = self.trust_first
+        # a priority batch while the overflow deadline holds (sc_prio_full): below top, the
+        # backlog the kernel stage queued before it
+        s.purge = s.in_prio and s.trust != NULL and \
+            s.now_ms * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD])
         return <const known_t*>p53_load_ptr(&self.known)
 
     def swap_seen(self, SeenSet fresh):
@@ -328,17 +332,23 @@ cdef class Scorer:
                 overloaded if top_at_risk is None else bool(top_at_risk))
 
     def batch(self, int n, double delay_us=-1, long long ovfl=-1, bint priority=False,
-              int full=64):
+              int full=64, int priority_fd=-1):
         """After a receive batch of n datagrams (`full` asked for), as the worker loop calls it:
         the controller's inputs (the oldest datagram's queue delay in us and the socket's
         cumulative kernel drop counter, when given), and its tick when tick_ms has passed
-        (real clock)."""
+        (real clock).  With `priority_fd`, a real socket's drop counter is read as the worker
+        reads its priority socket's after a full priority batch (sc_prio_full); the first
+        such call takes the baseline."""
         cdef uint64_t now = sc_now_ms()
         if self.probe.tick_start == 0:
             sc_state_init(&self.probe, now)
         self.begin(&self.probe)
         if ovfl >= 0:
             sc_count_drops(&self.probe, priority, <uint32_t>ovfl, True)
+        if priority_fd >= 0 and not self.probe.drops_known:
+            sc_drops(&self.probe, -1, priority_fd)
+        elif priority_fd >= 0 and priority and n >= full:
+            sc_prio_full(&self.probe, priority_fd, now)
         sc_observe(&self.cfg, &self.probe, now, n, full,
                    <uint64_t>(delay_us * 1000) if delay_us >= 0 else 0, delay_us >= 0, priority)
 

@@ -164,8 +164,44 @@ cdef inline void sc_prio_overflow(sc_state_t* s, uint64_t now) noexcept nogil:
     once instead of each staying until its first 32 answers demote it.  Not a queue that only
     waited: a stalled worker's known resolvers queue up without any flood."""
     s.overflow_ticks += 1
+    sc_overflow_until(s, now)
+
+
+cdef inline void sc_overflow_until(sc_state_t* s, uint64_t now) noexcept nogil:
+    """Store the overflow deadline, SC_TOP_HOLD_MS after `now` (ms), in the trust map."""
     if s.trust != NULL:
         p53_store_u64(&s.trust[SC_OVERFLOW_WORD], (now + SC_TOP_HOLD_MS) * 1000000)
+
+
+cdef inline void sc_prio_fresh(sc_state_t* s) noexcept nogil:
+    """An NXDOMAIN answered to an untrusted address of a known prefix, read from the priority
+    socket (the kernel stage steers a prefix with no history there whole).  SC_FRESH_RUN of
+    them since the queue last emptied is water torture relayed through never-seen addresses
+    filling the known resolvers' queue, faster than each relay's own 32 NXDOMAINs demote it:
+    the overflow deadline starts then, before the queue is full enough to drop (its PRIORITY_MS
+    of work, twice that in time on half a core, answered ahead of the known resolvers' queries
+    queued behind it).  Not a resolver with no history yet behind a held worker: its queue of
+    mostly real names empties once the worker runs again."""
+    s.fresh_run += 1
+    if s.fresh_run == SC_FRESH_RUN:
+        s.fresh_floods += 1
+        sc_overflow_until(s, s.now_ms)
+
+
+cdef void sc_prio_full(sc_state_t* s, int pfd, uint64_t now) noexcept nogil:
+    """A full batch from the priority socket (64 queued: more than the known resolvers send in
+    tens of ms): read its drop counter now, not at the next tick.  If it moved, the deadline
+    (sc_prio_overflow) starts at once: the kernel stage stops steering untrusted addresses there
+    and what they queued before is dropped unanswered (sc_admit, `purge`), so the known
+    resolvers' queries behind it wait for that backlog's receive, not for its answers.  The
+    tick still counts the drops (overflow_ticks, risk).  One system call per full priority
+    batch; none while the queue keeps up."""
+    cdef uint32_t d
+    if not s.drops_known or not p53_sock_drops(pfd, &d):
+        return
+    sc_count_drops(s, True, d, True)
+    if s.drops_tick_p > 0:
+        sc_overflow_until(s, now)
 
 
 cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, int full,
@@ -180,9 +216,12 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
     if s.tick_start == 0:
         sc_state_init(s, now)
     s.now_ms = now
+    s.in_prio = prio
     if prio:
         if n > 0:
             s.prio_ms = now | 1
+        if n < full:
+            s.fresh_run = 0             # the priority queue emptied (sc_prio_fresh)
     elif n >= full:
         # a run of the normal socket's full batches counts whole 64-datagram batches: short
         # batches (sc_normal_batch) add up to one
@@ -269,7 +308,7 @@ cdef void sc_drops(sc_state_t* s, int fd, int pfd) noexcept nogil:
     per-datagram control messages were ~240 ns of a reply at full speed); the first reading
     is the baseline (sc_count_drops)."""
     cdef uint32_t d
-    if p53_sock_drops(fd, &d):
+    if fd >= 0 and p53_sock_drops(fd, &d):
         sc_count_drops(s, False, d, s.drops_known)
     if pfd >= 0 and p53_sock_drops(pfd, &d):
         sc_count_drops(s, True, d, s.drops_known)
@@ -285,6 +324,8 @@ cdef void sc_batch(const sc_cfg_t* cfg, sc_state_t* s, int n, int full, uint64_t
     cdef uint64_t now = sc_now_ms()
     if fd >= 0 and s.tick_start != 0 and now - s.tick_start >= cfg.tick_ms:
         sc_drops(s, fd, pfd)
+    elif prio and n >= full and pfd >= 0:
+        sc_prio_full(s, pfd, now)
     sc_observe(cfg, s, now, n, full, delay_ns, has_delay, prio)
 
 
