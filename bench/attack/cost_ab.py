@@ -5,7 +5,7 @@ and the load alternates between them every slice, so each pair of slices shares 
 the machine was doing.
 
     python -m bench.attack.cost_ab [--pairs 4] [--slices 24] [--seconds 1] [--rates 120000,0]
-                                   [--only stamps,scoring,kstamps,wake]
+                                   [--only stamps,scoring,kstamps,wake] [--cap 0.5]
 
 Four comparisons, each over `--pairs` fresh server pairs of `--slices` slice pairs (the order
 within a slice pair alternating):
@@ -22,10 +22,11 @@ within a slice pair alternating):
 - **wake**: the scored server without and with the steering program's wake words
   (`steer_idle`, on by default, docs/scoring.md), side by side the same way.
 
-Both servers: one worker pinned to CPU 0, no quota; the load from CPU 1 (bench/attack/flood.c):
-one existing name from 256 /24s, at each of `--rates` datagrams a second (0: as fast as one
-core sends).  Per slice the active server's CPU time (schedstat, every thread) divided by its
-replies.  Per comparison and rate: the median per-slice-pair ratio, a 95% bootstrap interval
+Both servers: one worker pinned to CPU 0, no quota (with `--cap 0.5`, half of it under the
+attack bench's stealer cap, as bench.attack.run measures capacity); the load from CPU 1
+(bench/attack/flood.c): one existing name from 256 /24s, at each of `--rates` datagrams a
+second (0: as fast as one core sends).  Per slice the active server's CPU time (schedstat,
+every thread) divided by its replies.  Per comparison and rate: the median per-slice-pair ratio, a 95% bootstrap interval
 of that median, in how many pairs the second setup was cheaper, a two-sided sign test; at full
 speed also the ratio of replies a second.  Writes bench/results/attack-cost-ab.md and .png.
 Loopback only, bounded in time and count."""
@@ -50,6 +51,7 @@ from bench.attack.run import capacity  # noqa: E402
 
 COMPARISONS = {"stamps": ("plain", "plain+stamps"), "scoring": ("plain", "scored"),
                "kstamps": ("scored-kstamps", "scored"), "wake": ("scored-nowake", "scored")}
+CAP_WEIGHT = 262144     # --cap: the servers' cgroup weight, as bench.attack.run's default
 # each setup: (servers.py server, plain, hold a stamping socket during its slices)
 SETUPS = {"plain": ("pop53", True, False), "plain+stamps": ("pop53", True, True),
           "scored": ("pop53", False, False), "scored-nowake": ("pop53-nowake", False, False),
@@ -70,7 +72,15 @@ def compare(kind: str, args, binary: Path, tmp: Path, zonefile: Path, probe: str
             name_wire: str) -> dict:
     """{rate: [((ns/reply, replies/s) first, (ns/reply, replies/s) second), ...]} over every
     slice pair of every server pair."""
-    cap = sv.CpuCap(0)
+    cap = sv.CpuCap(args.cap, CAP_WEIGHT, "steal") if args.cap else sv.CpuCap(0)
+    try:
+        return _compare(kind, args, binary, tmp, zonefile, probe, name_wire, cap)
+    finally:
+        cap.close()
+
+
+def _compare(kind: str, args, binary: Path, tmp: Path, zonefile: Path, probe: str,
+             name_wire: str, cap) -> dict:
     first, second = COMPARISONS[kind]
     out: dict[int, list] = {r: [] for r in args.rates}
     for pair in range(args.pairs):
@@ -129,10 +139,15 @@ def report(args, res: dict, load0: float, load1: float) -> str:
              f"- Date (UTC): {datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
              f"- Command: `python -m bench.attack.cost_ab --pairs {args.pairs} --slices "
              f"{args.slices} --seconds {args.seconds} --rates "
-             f"{','.join(str(r) for r in args.rates)} --only {','.join(args.only)}`",
+             f"{','.join(str(r) for r in args.rates)} --only {','.join(args.only)}"
+             f"{f' --cap {args.cap:g}' if args.cap else ''}`",
              f"- Machine: 2 CPUs shared with other work, load average {load0:.2f} at start, "
              f"{load1:.2f} at end",
-             "- pop53, one worker pinned to CPU 0, no quota, the load from CPU 1: one existing "
+             "- pop53, one worker pinned to CPU 0, "
+             + (f"capped to {args.cap:g} of it (bench/attack/steal.c, a SCHED_FIFO task on CPU 0 "
+                f"takes the rest, waking every ms; cgroup cpu.shares {CAP_WEIGHT}, as in "
+                "bench.attack.run)" if args.cap else "no quota")
+             + ", the load from CPU 1: one existing "
              f"name from 256 /24s; {args.pairs} fresh server pairs x {args.slices} slice pairs "
              f"of {args.seconds} s, the order alternating", "",
              "Per comparison and offered rate: the medians of the two setups, the median of the "
@@ -187,6 +202,9 @@ def main(argv=None) -> int:
                     help="offered datagrams a second (0: full speed)")
     ap.add_argument("--only", type=lambda v: v.split(","), default=list(COMPARISONS),
                     help=f"comparisons, of {','.join(COMPARISONS)}")
+    ap.add_argument("--cap", type=float, default=0.0,
+                    help="the servers' share of CPU 0 under bench.attack.run's stealer cap "
+                    "(0: no cap)")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "bench" / "results" / "attack-cost-ab.md")
     args = ap.parse_args(argv)

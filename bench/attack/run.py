@@ -80,6 +80,10 @@ ATTACKS = {
     # the same against the benchmark zone itself: the resolvers relay random names of the zone
     # whose real names they ask (kept top by the name probe, docs/scoring.md)
     "water torture of their own zone via them": (0, 4, 256),
+    # a real name from one spoofed source in each of 256 known /24s with no history
+    # (127.3.X.1), each under known_rate: no relay test demotes them.  Last: the rows before
+    # meet those /24s with no history
+    "spoofed sources across known /24s": (1, 3, 256),
 }
 # attacks whose random subdomains are of another zone than the benchmark zone
 TARGETS = {"water torture via the measured resolvers too": sv.ATTACKED}
