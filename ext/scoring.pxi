@@ -253,10 +253,6 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
             s.dropped[c] += 1
             if s.purge:
                 s.purged += 1
-                if s.last_known:
-                    # and its prefix strict: past the deadline the kernel stage steers only
-                    # that prefix's trusted addresses there (relaxed after calm, aging.py)
-                    sc_strict(s, a, alen)
             return -1
     s.admitted[c] += 1
     # learning: a source answered while nothing is cut (frozen under overload), not flooding
