@@ -58,8 +58,7 @@ def datagram_truesize() -> int:
 _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
            "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "yields", "risk_ticks",
-           "redirected", "overflow_ticks", "purged", "fresh_floods",
-           "overflow_held")
+           "redirected", "overflow_ticks", "purged", "fresh_floods")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
