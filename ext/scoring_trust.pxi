@@ -227,6 +227,15 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
         if zone < 0 or sc_name_exists(s.img, p, n):
             s.nx_spared += 1
             return SC_TOP
+    elif trusted and not over and (sc_nx_zone_hit(s, p, n) < 0 or sc_name_exists(s.img, p, n)):
+        # past the risk run, but a real name (in no zone under pressure, or a node of it): no
+        # flood of its to take out of the known resolvers' queue (its count may be a past
+        # attack's, kept by the halving and while normal is cut).  Its next random name in an
+        # attacked zone demotes it as a whole.  Without this a later attack that kept them at
+        # risk demoted resolvers that had relayed an earlier one, and they lost their answers
+        sc_trust_seen(s, slot, a, alen)
+        s.nx_spared += 1
+        return SC_TOP
     else:
         sc_untrust(s, slot)
         sc_strict(s, a, alen)
