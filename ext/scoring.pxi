@@ -237,9 +237,9 @@ cdef int sc_admit(const sc_cfg_t* cfg, const known_t* kn, sc_state_t* s, const r
     cdef int c = sc_score(cfg, kn, s, p, n, a, alen)
     cdef uint32_t share = s.allow[c]
     if s.purge and c != SC_TOP:
-        # from the priority socket after it overflowed: queued there before the kernel stage
-        # stopped steering untrusted addresses to it (sc_prio_full), not answered ahead of the
-        # known resolvers' queries behind it
+        # from the priority socket after it overflowed or filled with never-seen relays:
+        # queued there before the kernel stage stopped steering untrusted addresses to it
+        # (sc_prio_full, sc_prio_fresh), not answered ahead of the known resolvers' queries
         share = 0
     if share < SC_ONE:
         s.acc[c] += share

@@ -183,7 +183,8 @@ cdef inline void sc_prio_fresh(sc_state_t* s) noexcept nogil:
     queued behind it).  Not a resolver with no history yet behind a held worker: its queue of
     mostly real names empties once the worker runs again."""
     s.fresh_run += 1
-    if s.fresh_run == SC_FRESH_RUN:
+    if s.fresh_run >= SC_FRESH_RUN:
+        s.fresh_run = 0             # a queue standing past the second trips it again
         s.fresh_floods += 1
         sc_overflow_until(s, s.now_ms)
 

@@ -61,8 +61,9 @@ def families(workers, scorer=None):
          "priority socket dropped: for a second after each, the kernel stage steers only trusted "
          "addresses there, and only they are top"),
         ("pop53_scoring_priority_purged", "purged", "Queries below top read from a priority "
-         "socket in the second after one dropped: queued there before the kernel stage stopped "
-         "steering untrusted addresses to it, dropped unanswered"),
+         "socket in the second after one dropped (or filled with never-seen relays): queued "
+         "there before the kernel stage stopped steering untrusted addresses to it, dropped "
+         "unanswered"),
         ("pop53_scoring_priority_fresh_floods", "fresh_floods", "Times 128 NXDOMAINs were answered "
          "to untrusted addresses of known prefixes from a priority socket whose queue never "
          "emptied meanwhile (water torture relayed through never-seen addresses): the same "
