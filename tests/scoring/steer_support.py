@@ -1,6 +1,7 @@
-"""Helpers of the kernel-stage tests (test_steer, test_trust, test_cookie_steer, test_wake,
-test_queue_delay): queries from a chosen source address, where the workers read them (normal or
-priority socket), a worker held while queries queue."""
+"""Helpers of the kernel-stage and per-address tests (test_steer, test_trust, test_fresh_relays,
+test_cookie_steer, test_wake, test_queue_delay): queries from a chosen source address, where the
+workers read them (normal or priority socket), a worker held while queries queue, a probe
+scorer with a known table."""
 from __future__ import annotations
 
 import socket
@@ -9,14 +10,34 @@ import time
 import dns.flags
 import dns.message
 
+from pop53 import _core
+from pop53.scoring.known import KnownPrefixes, compile_table
+
+
+def query(name: str = "www.integ.example.") -> bytes:
+    """An A query for `name` with RD=0, as resolvers ask authorities."""
+    q = dns.message.make_query(name, "A")
+    q.flags &= ~dns.flags.RD
+    return q.to_wire()
+
+
+def ip(a: str) -> bytes:
+    """A packed IPv4 address."""
+    return socket.inet_aton(a)
+
+
+def scorer(known: KnownPrefixes, **kw) -> _core.Scorer:
+    """A probe Scorer (the worker loop's functions on its own state) with `known` published."""
+    s = _core.Scorer(**kw)
+    s.publish(compile_table(known))
+    return s
+
 
 def ask(addr, src: str, n: int, wire: bytes | None = None) -> int:
     """n queries (`wire`, else www.integ.example. A with RD=0) from n source ports of `src`;
     returns how many were answered."""
     if wire is None:
-        q = dns.message.make_query("www.integ.example.", "A")
-        q.flags &= ~dns.flags.RD
-        wire = q.to_wire()
+        wire = query()
     got = 0
     for _ in range(n):
         with socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM) as s:

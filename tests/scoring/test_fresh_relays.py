@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
+from functools import partial
 
-import dns.flags
 import dns.message
 import dns.rcode
 import pytest
 
 import pop53
-from pop53 import _core
 from pop53 import config as cfgmod
-from pop53.scoring.known import KnownPrefixes, compile_table
+from pop53.scoring.known import KnownPrefixes
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
-from steer_support import ask, held
+from steer_support import ask, held, ip, query, scorer
 
 KNOWN = KnownPrefixes(frozenset({0x7F0100}), frozenset())      # 127.1.0.0/24
 COARSE = 6              # CLOCK_MONOTONIC_COARSE (Linux; the time module does not name it)
@@ -32,20 +30,7 @@ FRESH_RUN = 128         # SC_FRESH_RUN (ext/p53.pxd)
 IMAGE = pop53.compile_zones([INTEG_ZONE])
 
 
-def _query(name: str) -> bytes:
-    q = dns.message.make_query(name, "A")
-    q.flags &= ~dns.flags.RD
-    return q.to_wire()
-
-
-def _ip(a: str) -> bytes:
-    return socket.inet_aton(a)
-
-
-def _scorer(**kw) -> _core.Scorer:
-    s = _core.Scorer(**kw)
-    s.publish(compile_table(KNOWN))
-    return s
+_query, _ip, _scorer = query, ip, partial(scorer, KNOWN)
 
 
 def _relay(s, n: int, first: int = 0, name: str = "r{}x.integ.example.") -> None:
