@@ -283,8 +283,7 @@ cdef class Scorer:
         s.trust_first = self.trust_first
         # a priority batch while the overflow deadline holds (sc_prio_full): below top, the
         # backlog the kernel stage queued before it
-        s.purge = s.in_prio and s.trust != NULL and \
-            s.now_ms * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD])
+        s.purge = s.in_prio and sc_overflow_on(s)
         return <const known_t*>p53_load_ptr(&self.known)
 
     def swap_seen(self, SeenSet fresh):

@@ -167,6 +167,11 @@ cdef inline void sc_prio_overflow(sc_state_t* s, uint64_t now) noexcept nogil:
     sc_overflow_until(s, now)
 
 
+cdef inline bint sc_overflow_on(const sc_state_t* s) noexcept nogil:
+    """Whether the overflow deadline (SC_OVERFLOW_WORD) is ahead of this batch's clock."""
+    return s.trust != NULL and s.now_ms * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD])
+
+
 cdef inline void sc_overflow_until(sc_state_t* s, uint64_t now) noexcept nogil:
     """Store the overflow deadline, SC_TOP_HOLD_MS after `now` (ms), in the trust map."""
     if s.trust != NULL:

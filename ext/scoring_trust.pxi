@@ -220,22 +220,22 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
     the address is demoted as a whole and leaves the priority socket (untrusted, its prefix
     strict): an untrusted one could be a spoofer (what it asks gains it nothing), and past that
     last step a relay's flood must not share the known resolvers' queue."""
-    cdef int zone
-    if trusted and not over and not sc_recent(s, s.prio_risk_ms):
-        sc_trust_seen(s, slot, a, alen)
+    cdef int zone = -1
+    cdef bint real = False, keep = False
+    if trusted and not over:
         zone = sc_nx_zone_hit(s, p, n)
-        if zone < 0 or sc_name_exists(s.img, p, n):
+        real = zone < 0 or sc_name_exists(s.img, p, n)
+        # a real name (in no zone under pressure, or a node of it) keeps its trust even past
+        # the risk run: no flood of its to take out of the known resolvers' queue (its count
+        # may be a past attack's, kept by the halving and while normal is cut); only its next
+        # random name in an attacked zone then demotes it as a whole.  Without this a later
+        # attack that kept them at risk demoted resolvers that had relayed an earlier one
+        keep = real or not sc_recent(s, s.prio_risk_ms)
+    if keep:
+        sc_trust_seen(s, slot, a, alen)
+        if real:
             s.nx_spared += 1
             return SC_TOP
-    elif trusted and not over and (sc_nx_zone_hit(s, p, n) < 0 or sc_name_exists(s.img, p, n)):
-        # past the risk run, but a real name (in no zone under pressure, or a node of it): no
-        # flood of its to take out of the known resolvers' queue (its count may be a past
-        # attack's, kept by the halving and while normal is cut).  Its next random name in an
-        # attacked zone demotes it as a whole.  Without this a later attack that kept them at
-        # risk demoted resolvers that had relayed an earlier one, and they lost their answers
-        sc_trust_seen(s, slot, a, alen)
-        s.nx_spared += 1
-        return SC_TOP
     else:
         sc_untrust(s, slot)
         sc_strict(s, a, alen)
@@ -277,7 +277,7 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
         sc_trust_seen(s, slot, a, alen)
     if count <= cfg.known_rate:
         if not trusted and s.trust != NULL:
-            if s.now_ms * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD]):
+            if sc_overflow_on(s):
                 # a priority socket dropped in the last second (sc_prio_overflow): only
                 # addresses with history are top, as the kernel stage steers only them there.
                 # Else a relayed flood's never-seen relays, sent to the normal socket, were top
