@@ -426,6 +426,9 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
     uint64_t last_over        # ms of the last overload tick (a calm stretch starts there)
     uint64_t* trust           # address trust + strict prefix bits (loaded per batch), or NULL
     uint32_t* trust_first     # per trust slot: the low 32 bits of the first calm sighting's ms
+    uint64_t* demoted         # per trust slot, one bit: trusted until a flood of its own demoted
+                              # it as a whole (sc_relay_class); shared by the workers, or NULL
+    uint64_t regained         # demoted addresses that got their trust back (sc_trust_back)
     uint64_t untrusted        # known-prefix queries classed normal: prefix over rate, untrusted
     uint64_t nx_demoted       # known-prefix queries classed normal: mostly NXDOMAIN (relaying)
     uint64_t trusted_marks    # addresses this worker marked trusted

@@ -435,7 +435,7 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "nx_dropped": {SCORE_CLASSES[c]: s.nx_dropped[c] for c in range(SC_CLASSES)},
         "nx_share": s.nx_allow / <double>SC_ONE if s.tick_start else 1.0,
         "untrusted": s.untrusted, "nx_demoted": s.nx_demoted, "nx_spared": s.nx_spared,
-        "trusted_marks": s.trusted_marks,
+        "trusted_marks": s.trusted_marks, "regained": s.regained,
         "yields": s.yields, "risk_ticks": s.risk_ticks, "redirected": s.redirected,
         "overflow_ticks": s.overflow_ticks, "purged": s.purged,
         "fresh_floods": s.fresh_floods,

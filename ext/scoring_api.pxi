@@ -121,6 +121,8 @@ cdef class Scorer:
     cdef uint64_t* trust_own
     cdef void* trust                # uint64_t*, published
     cdef uint32_t* trust_first
+    cdef uint64_t* demoted_bits     # SC_TRUST_WORDS words: sc_state_t.demoted, ours only (the
+                                    # kernel stage does not read it)
     cdef Py_buffer tb
     cdef bint has_tb
     cdef readonly object trust_holder
@@ -137,7 +139,8 @@ cdef class Scorer:
         self.has_tb = False
         self.trust_own = <uint64_t*>calloc(SC_ALL_WORDS, sizeof(uint64_t))
         self.trust_first = <uint32_t*>calloc(1 << (32 - SC_TRUST_SHIFT), sizeof(uint32_t))
-        if self.trust_own == NULL or self.trust_first == NULL:
+        self.demoted_bits = <uint64_t*>calloc(SC_TRUST_WORDS, sizeof(uint64_t))
+        if self.trust_own == NULL or self.trust_first == NULL or self.demoted_bits == NULL:
             raise MemoryError()
         self.trust = self.trust_own
         if not 1 <= pera < 65535:
@@ -177,6 +180,7 @@ cdef class Scorer:
             PyBuffer_Release(&self.tb)
         free(self.trust_own)
         free(self.trust_first)
+        free(self.demoted_bits)
 
     def use_trust_buffer(self, object buf):
         """Keep the trust bits in `buf` (writable, SC_ALL_WORDS * 8 bytes: the kernel stage's
@@ -197,6 +201,14 @@ cdef class Scorer:
         if len(address) not in (4, 16):
             raise ValueError("a 4- or 16-byte address")
         return bool(sc_bit(<const uint64_t*>self.trust, sc_golden(sc_addr_key(
+            <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
+
+    def demoted(self, bytes address not None):
+        """Whether a packed address was trusted until a flood of its own demoted it as a whole
+        (sc_relay_class): its real names stay top, and it gets its trust back once it stops."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_bit(self.demoted_bits, sc_golden(sc_addr_key(
             <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
 
     def cookie_sender(self, bytes address not None):
@@ -261,7 +273,7 @@ cdef class Scorer:
         ttl = <uint32_t>(ttl_seconds * 1000)
         with nogil:
             n = sc_trust_age(<uint64_t*>p53_load_ptr(<const void**>&self.trust), self.trust_first,
-                             ttl, <uint32_t>sc_now_ms() | 1)
+                             self.demoted_bits, ttl, <uint32_t>sc_now_ms() | 1)
         return n
 
     def publish(self, KnownTable table):
@@ -281,6 +293,7 @@ cdef class Scorer:
         s.seen = <seen_t*>p53_load_ptr(<const void**>&self.seen)
         s.trust = <uint64_t*>p53_load_ptr(<const void**>&self.trust)
         s.trust_first = self.trust_first
+        s.demoted = self.demoted_bits
         # a priority batch while the overflow deadline holds (sc_prio_full): below top, the
         # backlog the kernel stage queued before it
         s.purge = s.in_prio and sc_overflow_on(s)

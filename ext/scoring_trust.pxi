@@ -110,6 +110,31 @@ cdef inline void sc_untrust(sc_state_t* s, uint32_t slot) noexcept nogil:
         p53_and_u64(&s.trust[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
 
 
+cdef inline void sc_demote(sc_state_t* s, uint32_t slot, bint trusted) noexcept nogil:
+    """A flood of the address's own (its rate, or water torture it relays) demotes it as a
+    whole: untrusted, so the kernel stage no longer steers it to the priority socket.  If it
+    was trusted its demoted bit remembers that (sc_trust_back)."""
+    if trusted and s.demoted != NULL:
+        p53_or_u64(&s.demoted[slot >> 6], <uint64_t>1 << (slot & 63))
+    sc_untrust(s, slot)
+
+
+cdef inline bint sc_was_trusted(const sc_state_t* s, uint32_t slot) noexcept nogil:
+    return s.demoted != NULL and sc_bit(s.demoted, slot)
+
+
+cdef inline void sc_trust_back(sc_state_t* s, uint32_t slot) noexcept nogil:
+    """A demoted address that no longer floods (below known_addr_rate, its answers no longer
+    mostly NXDOMAIN) gets its trust back at once, overload or not: it earned it before the
+    flood, and only calm would give it back by history, so a resolver that relayed one attack
+    was cut for the rest of it and for the next (docs/scoring.md, "Demoted as a whole").  It
+    gains no one anything: whoever spoofs its exact address shared its trust before."""
+    p53_and_u64(&s.demoted[slot >> 6], ~(<uint64_t>1 << (slot & 63)))
+    if s.trust != NULL and not sc_bit(s.trust, slot):
+        p53_or_u64(&s.trust[slot >> 6], <uint64_t>1 << (slot & 63))
+    s.regained += 1
+
+
 cdef inline void sc_trust_proven(const sc_cfg_t* cfg, sc_state_t* s, const uint8_t* a,
                                  uint32_t alen) noexcept nogil:
     """A valid server cookie of ours proved the address (RFC 7873 §5.3).  Its cookie bit: from
@@ -165,14 +190,21 @@ cdef inline void sc_trust_seen(sc_state_t* s, uint32_t slot, const uint8_t* a,
     sc_strict(s, a, alen)
 
 
-cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint32_t ttl_ms,
+cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint64_t* demoted, uint32_t ttl_ms,
                            uint32_t now32) noexcept nogil:
     """Clear the trust of every trusted slot not seen for longer than ttl_ms (its history then
-    starts again), and the cookie bit of every slot not proven for as long; returns how many
-    trusted slots lost it.  The workers go on reading and setting bits meanwhile (atomic
-    AND/OR on the same words)."""
+    starts again), the cookie bit of every slot not proven for as long, and the demoted bit
+    (sc_trust_back) of every slot not seen for as long; returns how many trusted slots lost it.
+    The workers go on reading and setting bits meanwhile (atomic AND/OR on the same words)."""
     cdef uint64_t w, n = 0
     cdef uint32_t i, b, slot
+    for i in range(SC_TRUST_WORDS):
+        w = p53_load_u64(&demoted[i])
+        if w == 0:
+            continue
+        for b in range(64):
+            if (w >> b) & 1 and now32 - first[(i << 6) | b] > ttl_ms:
+                p53_and_u64(&demoted[i], ~(<uint64_t>1 << b))
     for i in range(SC_TRUST_WORDS):
         w = p53_load_u64(&trust[SC_COOKIE_BASE + i])
         if w == 0:
@@ -219,25 +251,27 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
     a zone under NXDOMAIN pressure (sc_nx_zone_hit) are demoted, the rest stay top.  Otherwise
     the address is demoted as a whole and leaves the priority socket (untrusted, its prefix
     strict): an untrusted one could be a spoofer (what it asks gains it nothing), and past that
-    last step a relay's flood must not share the known resolvers' queue."""
+    last step a relay's flood must not share the known resolvers' queue.  Its real names stay
+    top even then, from the normal socket (sc_was_trusted), and it regains its trust once it
+    stops relaying (sc_trust_back)."""
     cdef int zone = -1
-    cdef bint real = False, keep = False
-    if trusted and not over:
+    cdef bint keep = False
+    if (trusted or sc_was_trusted(s, slot)) and not over:
         zone = sc_nx_zone_hit(s, p, n)
-        real = zone < 0 or sc_name_exists(s.img, p, n)
-        # a real name (in no zone under pressure, or a node of it) keeps its trust even past
-        # the risk run: no flood of its to take out of the known resolvers' queue (its count
-        # may be a past attack's, kept by the halving and while normal is cut); only its next
-        # random name in an attacked zone then demotes it as a whole.  Without this a later
-        # attack that kept them at risk demoted resolvers that had relayed an earlier one
-        keep = real or not sc_recent(s, s.prio_risk_ms)
-    if keep:
-        sc_trust_seen(s, slot, a, alen)
-        if real:
+        if zone < 0 or sc_name_exists(s.img, p, n):
+            # a real name (in no zone under pressure, or a node of it) stays top even past the
+            # risk run, trusted or demoted: no flood of its to take out of the known resolvers'
+            # queue (its count may be a past attack's, kept by the halving and while normal is
+            # cut).  Without this a later attack that kept them at risk demoted resolvers that
+            # had relayed an earlier one, and a demoted one lost its real names to the cut
+            sc_trust_seen(s, slot, a, alen)
             s.nx_spared += 1
             return SC_TOP
+        keep = trusted and not sc_recent(s, s.prio_risk_ms)
+    if keep:
+        sc_trust_seen(s, slot, a, alen)
     else:
-        sc_untrust(s, slot)
+        sc_demote(s, slot, trusted)
         sc_strict(s, a, alen)
         # and its prefix counts as over its rate in this window: so the strict mark is not
         # cleared by its neighbours' queries before a whole window passed without it
@@ -273,6 +307,9 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
     s.last_known = True
     if over or (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share):
         return sc_relay_class(cfg, s, over, trusted, key, slot, a, alen, p, n)
+    if not trusted and sc_was_trusted(s, slot):
+        sc_trust_back(s, slot)
+        trusted = True
     if trusted:
         sc_trust_seen(s, slot, a, alen)
     if count <= cfg.known_rate:

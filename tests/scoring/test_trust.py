@@ -197,11 +197,51 @@ def test_a_relay_leaves_the_priority_socket_when_cutting_the_rest_did_not_help()
     # to look in): no flood of its to take out of their queue (its count may be a past
     # attack's), still top and trusted ...
     assert s.classify(elsewhere, relay) == "top" and s.trusted(relay)
-    # ... until a random name in the attacked zone: demoted as a whole, untrusted, its prefix
-    # strict: out of the known resolvers' queue, its other names too
+    # ... until a random name in the attacked zone: demoted as a whole, untrusted (the kernel
+    # stage steers it to the normal socket), its prefix strict: out of the known resolvers' queue
     assert s.classify(_query("r99x.integ.example."), relay) == "normal"
-    assert not s.trusted(relay) and s.strict(relay)
-    assert s.classify(elsewhere, relay) == "normal"
+    assert not s.trusted(relay) and s.strict(relay) and s.demoted(relay)
+    # its real names stay top there (they were lost for the rest of the attack: cut with the
+    # normal class, and trust came back only with calm); its random names do not
+    spared = s.stats()["nx_spared"]
+    assert s.classify(elsewhere, relay) == "top" and s.stats()["nx_spared"] == spared + 1
+    assert s.classify(_query("r100x.integ.example."), relay) == "normal"
+    assert not s.trusted(relay)
+    # it stops relaying (its counts halve each window; the other resolvers still at risk, the
+    # normal class cut): its trust comes back at its next query, without waiting for calm
+    s.tick(True, top_at_risk=True)
+    s.new_window()
+    assert s.stats()["regained"] == 0
+    assert s.classify(elsewhere, relay) == "top"
+    assert s.trusted(relay) and not s.demoted(relay) and s.stats()["regained"] == 1
+
+
+def test_an_address_demoted_for_its_rate_regains_its_trust_below_it():
+    s = _scorer(trust_after_ms=0, known_addr_rate=50)
+    addr, w = _ip("127.1.0.40"), _query()
+    assert s.classify(w, addr) == "top" and s.classify(w, addr) == "top" and s.trusted(addr)
+    got = [s.classify(w, addr) for _ in range(60)]
+    assert got == ["top"] * 48 + ["normal"] * 12    # over known_addr_rate (its 51st): demoted
+    assert not s.trusted(addr) and s.demoted(addr)
+    s.tick(True, top_at_risk=True)            # under overload: trust by history would wait
+    s.new_window()                            # for calm; its count halves below the rate
+    assert s.classify(w, addr) == "top" and s.trusted(addr) and not s.demoted(addr)
+
+
+def test_a_demoted_address_not_seen_for_the_trust_ttl_is_forgotten():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(nx_rate=16, trust_after_ms=0, known_addr_rate=50)
+    addr, w = _ip("127.1.0.41"), _query()
+    s.classify(w, addr), s.classify(w, addr)
+    for _ in range(60):
+        s.classify(w, addr)
+    assert s.demoted(addr) and not s.trusted(addr)
+    time.sleep(0.01)
+    s.age(0.005)                              # not seen for longer than the ttl
+    assert not s.demoted(addr)
+    s.tick(True, top_at_risk=True)
+    s.new_window()                            # below its rate again, but overload: no history
+    assert not s.trusted(addr) and s.stats()["regained"] == 0
 
 
 def test_an_untrusted_relay_is_demoted_as_a_whole():

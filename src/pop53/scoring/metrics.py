@@ -57,6 +57,9 @@ def families(workers, scorer=None):
          "NXDOMAIN (water torture it relays)"),
         ("pop53_scoring_known_spared", "nx_spared", "Queries from a known address relaying water "
          "torture kept top: their name is in no zone under NXDOMAIN pressure, or is a node of it"),
+        ("pop53_scoring_known_regained", "regained", "Addresses that got their trust back once "
+         "they stopped the flood of their own (their rate, or water torture they relayed) that "
+         "had demoted them as a whole"),
         ("pop53_scoring_priority_overflow_ticks", "overflow_ticks", "Controller ticks whose "
          "priority socket dropped: for a second after each, the kernel stage steers only trusted "
          "addresses there, and only they are top"),
