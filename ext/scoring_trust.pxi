@@ -16,6 +16,9 @@
 #            protected the known resolvers, only for names in a zone under NXDOMAIN pressure
 #   cookie   one bit per address slot, set by a valid server cookie of ours: the kernel stage
 #            steers the address only with a valid cookie (scoring/ebpf_cookie.py), aged as trust
+#   demoted  one bit per address slot (the workers' own, not the kernel's): trusted until a flood
+#            of its own demoted it as a whole; its real names stay top from the normal socket and
+#            its trust comes back once the flood stops (sc_trust_back), aged as trust
 # The bit regions are indexed by (folded key * golden) >> shift, the kernel program's way.
 # Aging (the control plane, pop53.scoring.aging): a trusted slot's trust_first holds when it was
 # last seen (refreshed at most four times a second), and Scorer.age clears the trust of slots not seen
