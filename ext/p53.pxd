@@ -461,6 +461,8 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
                               # socket since it last emptied (sc_prio_fresh)
     bint last_fresh           # the query just scored: such an address, from the priority socket
     uint64_t fresh_floods     # times they reached SC_FRESH_RUN: the deadline set before a drop
+    uint32_t held_tick        # untrusted known queries classed normal by the deadline, this tick
+    uint64_t overflow_held    # ticks that renewed the deadline (sc_overflow_hold)
 
 # ---------------------------------------------------------------------------------------------
 # Clocks (the worker loop's RRL second, the C benchmarks)

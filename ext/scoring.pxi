@@ -438,5 +438,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "trusted_marks": s.trusted_marks, "regained": s.regained,
         "yields": s.yields, "risk_ticks": s.risk_ticks, "redirected": s.redirected,
         "overflow_ticks": s.overflow_ticks, "purged": s.purged,
-        "fresh_floods": s.fresh_floods,
+        "fresh_floods": s.fresh_floods, "overflow_held": s.overflow_held,
     }

@@ -194,6 +194,21 @@ cdef inline void sc_prio_fresh(sc_state_t* s) noexcept nogil:
         sc_overflow_until(s, s.now_ms)
 
 
+cdef inline void sc_overflow_hold(sc_state_t* s, uint64_t now, bint over) noexcept nogil:
+    """At a tick while the deadline holds: the normal queue overloaded and SC_FRESH_RUN queries
+    of the tick from untrusted addresses of known prefixes kept out of the priority socket by it
+    (sc_known_class) renew it.  The flood that set it goes on, and without this it came back
+    into the priority queue each time the second ran out, to fill it to its drop again (a real
+    name from one spoofed source in each of 256 known /24s: neither relay test demotes those).
+    A calm worker lets it run out, so real resolvers with no history, however busy, get their
+    place back."""
+    if over and s.held_tick >= SC_FRESH_RUN and s.trust != NULL and \
+            now * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD]):
+        s.overflow_held += 1
+        sc_overflow_until(s, now)
+    s.held_tick = 0
+
+
 cdef void sc_prio_full(sc_state_t* s, int pfd, uint64_t now) noexcept nogil:
     """A full batch from the priority socket (64 queued: more than the known resolvers send in
     tens of ms): read its drop counter now, not at the next tick.  If it moved, the deadline
@@ -269,6 +284,8 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
         over = s.run_max >= cfg.full_run or s.drops_tick > 0 or late
         if s.drops_tick_p > 0:
             sc_prio_overflow(s, now)
+        else:
+            sc_overflow_hold(s, now, over)
         risk = s.drops_tick_p > 0 or (s.pq_min != SC_NONE_YET
                                       and s.pq_min > <uint64_t>cfg.delay_target_us * 1000) \
             or (over and s.pq_max > <uint64_t>cfg.delay_target_us * 1000)

@@ -324,6 +324,7 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
                 # there: uncut, and "known resolvers sharing the overloaded queue", which put the
                 # real ones at risk until their own relayed share demoted them as a whole
                 s.untrusted += 1
+                s.held_tick += 1
                 return SC_NORMAL
             s.last_fresh = s.in_prio
             sc_trust_mark(cfg, s, slot, a, alen)

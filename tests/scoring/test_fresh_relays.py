@@ -24,7 +24,8 @@ from pop53.serve.server import Server
 from integ_support import INTEG_ZONE
 from steer_support import ask, held, ip, query, scorer
 
-KNOWN = KnownPrefixes(frozenset({0x7F0100}), frozenset())      # 127.1.0.0/24
+# 127.1.0.0/24 and the 256 /24s of 127.3.0.0/16
+KNOWN = KnownPrefixes(frozenset({0x7F0100} | {0x7F0300 + i for i in range(256)}), frozenset())
 COARSE = 6              # CLOCK_MONOTONIC_COARSE (Linux; the time module does not name it)
 FRESH_RUN = 128         # SC_FRESH_RUN (ext/p53.pxd)
 IMAGE = pop53.compile_zones([INTEG_ZONE])
@@ -84,6 +85,33 @@ def test_after_the_deadline_the_priority_backlog_below_top_is_dropped_unanswered
     # from the normal socket it is normal, admitted while nothing is cut
     s.batch(5)
     assert s.admit(good, new) and s.stats()["purged"] == 1
+
+
+def test_the_deadline_holds_while_the_flood_that_set_it_goes_on():
+    """A tick renews the deadline while the normal queue is overloaded and FRESH_RUN of its
+    queries came from untrusted addresses of known prefixes it kept out of the priority socket:
+    spoofed sources across known /24s came back into the priority queue each second."""
+    s = _scorer(tick_ms=20)
+    w = _query("www.integ.example.")
+
+    def tick(n: int, held: int, **batch) -> float:
+        for i in range(held):
+            assert s.classify(w, _ip(f"127.3.{i % 256}.{1 + i // 256}")) == "normal"
+        time.sleep(0.03)
+        before = s.overflow_until()
+        s.batch(64, **batch)
+        return s.overflow_until() - before
+
+    s.batch(1, ovfl=0)                                   # the drop counters' baselines
+    s.batch(1, ovfl=0, priority=True)
+    time.sleep(0.03)
+    s.batch(64, ovfl=40, priority=True)                  # the priority socket dropped
+    assert s.overflow_until() > 0 and s.stats()["overflow_ticks"] == 1
+    assert tick(64, FRESH_RUN, ovfl=500) > 0.02          # overloaded, the flood goes on
+    assert s.stats()["overflow_held"] == 1
+    assert tick(64, FRESH_RUN - 1, ovfl=1000) == 0       # too few kept out
+    assert tick(64, 2 * FRESH_RUN, ovfl=1000) == 0       # the normal queue kept up
+    assert s.stats()["overflow_held"] == 1
 
 
 def test_a_full_priority_batch_reads_the_drop_counter_at_once():

@@ -58,7 +58,8 @@ def datagram_truesize() -> int:
 _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
            "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "regained", "yields",
-           "risk_ticks", "redirected", "overflow_ticks", "purged", "fresh_floods")
+           "risk_ticks", "redirected", "overflow_ticks", "purged", "fresh_floods",
+           "overflow_held")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
