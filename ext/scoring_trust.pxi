@@ -193,40 +193,36 @@ cdef inline void sc_trust_seen(sc_state_t* s, uint32_t slot, const uint8_t* a,
     sc_strict(s, a, alen)
 
 
+cdef uint64_t sc_age_bits(uint64_t* words, uint32_t* first, uint32_t ttl_ms, uint32_t now32,
+                         bint restart) noexcept nogil:
+    """Clear every bit of the SC_TRUST_WORDS `words` whose slot's time in `first` is older than
+    ttl_ms (restart: and zero that time, the slot's history starts again); returns how many.
+    The workers go on reading and setting bits meanwhile (atomic AND/OR on the same words)."""
+    cdef uint64_t w, n = 0
+    cdef uint32_t i, b, slot
+    for i in range(SC_TRUST_WORDS):
+        w = p53_load_u64(&words[i])
+        if w == 0:
+            continue
+        for b in range(64):
+            slot = (i << 6) | b
+            if (w >> b) & 1 and now32 - first[slot] > ttl_ms:
+                p53_and_u64(&words[i], ~(<uint64_t>1 << b))
+                if restart:
+                    first[slot] = 0
+                n += 1
+    return n
+
+
 cdef uint64_t sc_trust_age(uint64_t* trust, uint32_t* first, uint64_t* demoted, uint32_t ttl_ms,
                            uint32_t now32) noexcept nogil:
     """Clear the trust of every trusted slot not seen for longer than ttl_ms (its history then
     starts again), the cookie bit of every slot not proven for as long, and the demoted bit
     (sc_trust_back) of every slot not seen for as long; returns how many trusted slots lost it.
-    The workers go on reading and setting bits meanwhile (atomic AND/OR on the same words)."""
-    cdef uint64_t w, n = 0
-    cdef uint32_t i, b, slot
-    for i in range(SC_TRUST_WORDS):
-        w = p53_load_u64(&demoted[i])
-        if w == 0:
-            continue
-        for b in range(64):
-            if (w >> b) & 1 and now32 - first[(i << 6) | b] > ttl_ms:
-                p53_and_u64(&demoted[i], ~(<uint64_t>1 << b))
-    for i in range(SC_TRUST_WORDS):
-        w = p53_load_u64(&trust[SC_COOKIE_BASE + i])
-        if w == 0:
-            continue
-        for b in range(64):
-            if (w >> b) & 1 and now32 - first[(i << 6) | b] > ttl_ms:
-                p53_and_u64(&trust[SC_COOKIE_BASE + i], ~(<uint64_t>1 << b))
-    for i in range(SC_TRUST_WORDS):
-        w = p53_load_u64(&trust[i])
-        if w == 0:
-            continue
-        for b in range(64):
-            if (w >> b) & 1:
-                slot = (i << 6) | b
-                if now32 - first[slot] > ttl_ms:
-                    p53_and_u64(&trust[i], ~(<uint64_t>1 << b))
-                    first[slot] = 0
-                    n += 1
-    return n
+    The demoted and cookie bits first: their slots' times are still there."""
+    sc_age_bits(demoted, first, ttl_ms, now32, False)
+    sc_age_bits(trust + SC_COOKIE_BASE, first, ttl_ms, now32, False)
+    return sc_age_bits(trust, first, ttl_ms, now32, True)
 
 
 cdef bint sc_name_exists(const image_t* img, const uint8_t* p, uint32_t n) noexcept nogil:
