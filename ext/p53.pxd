@@ -372,6 +372,8 @@ cdef enum:
     SC_RISK_RUN_MS = 250      # at risk with every class but top cut this long: trusted relays go
     SC_FRESH_RUN = 128        # NXDOMAINs to untrusted known addresses from a priority queue that
                               # never emptied that start the overflow deadline (sc_prio_fresh)
+    SC_FILL_PART = 4          # a priority queue fuller than 1/4 of its room (PRIORITY_MS of work)
+                              # at a full batch starts the overflow deadline (sc_prio_full)
     SC_QD_BUCKETS = 18        # queue-delay histogram: < 16 us << b for b < 17, then the rest
     SC_NX_SLOTS = 1024        # per-zone NXDOMAIN counters (by apex hash; collisions share)
     SC_NXZ = 4                # zones under pressure a worker checks before the lookup
@@ -461,6 +463,7 @@ cdef struct sc_state_t:       # one per worker, written by that worker only
                               # socket since it last emptied (sc_prio_fresh)
     bint last_fresh           # the query just scored: such an address, from the priority socket
     uint64_t fresh_floods     # times they reached SC_FRESH_RUN: the deadline set before a drop
+    uint64_t prio_filled      # full priority batches that found its queue past SC_FILL_PART
     uint32_t held_tick        # untrusted known queries classed normal by the deadline, this tick
     uint64_t overflow_held    # ticks that renewed the deadline (sc_overflow_hold)
 

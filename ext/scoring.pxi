@@ -28,6 +28,7 @@ cdef extern from "<sched.h>" nogil:
 
 cdef extern from "p53_score.h" nogil:
     int p53_sock_drops(int fd, uint32_t* out)
+    int p53_sock_fill(int fd, uint32_t* drops, uint32_t* queued, uint32_t* room)
     uint64_t p53_rx_stamp_ns(const void* m)
     uint64_t p53_sock_stamp_ns(int fd)
     uint64_t p53_real_ns()
@@ -439,4 +440,5 @@ cdef dict sc_stats_dict(const sc_state_t* s):
         "yields": s.yields, "risk_ticks": s.risk_ticks, "redirected": s.redirected,
         "overflow_ticks": s.overflow_ticks, "purged": s.purged,
         "fresh_floods": s.fresh_floods, "overflow_held": s.overflow_held,
+        "prio_filled": s.prio_filled,
     }

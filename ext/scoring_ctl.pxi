@@ -211,17 +211,25 @@ cdef inline void sc_overflow_hold(sc_state_t* s, uint64_t now, bint over) noexce
 
 cdef void sc_prio_full(sc_state_t* s, int pfd, uint64_t now) noexcept nogil:
     """A full batch from the priority socket (64 queued: more than the known resolvers send in
-    tens of ms): read its drop counter now, not at the next tick.  If it moved, the deadline
-    (sc_prio_overflow) starts at once: the kernel stage stops steering untrusted addresses there
-    and what they queued before is dropped unanswered (sc_admit, `purge`), so the known
-    resolvers' queries behind it wait for that backlog's receive, not for its answers.  The
-    tick still counts the drops (overflow_ticks, risk).  One system call per full priority
-    batch; none while the queue keeps up."""
-    cdef uint32_t d
-    if not s.drops_known or not p53_sock_drops(pfd, &d):
+    tens of ms): read its drop counter and its fill now, not at the next tick.  If it dropped,
+    or holds more than a quarter of its room (SC_FILL_PART: 2 ms of work of its PRIORITY_MS),
+    the deadline (sc_prio_overflow) starts at once: the kernel stage stops steering untrusted
+    addresses there and what they queued before is dropped unanswered (sc_admit, `purge`), so
+    the known resolvers' queries behind it wait for that backlog's receive, not for its
+    answers.  At a quarter, not at the drop: a flood of real names from never-seen addresses
+    (no relay test demotes them) filled the whole queue first, 8 ms of work ahead of the known
+    resolvers; the room above stays for their queries meanwhile (a shorter queue dropped them
+    with a trusted relay's flood, bench/results/attack-s18/prio2-ab.md).  The tick still counts
+    the drops (overflow_ticks, risk).  One system call per full priority batch; none while the
+    queue keeps up."""
+    cdef uint32_t d, queued, room
+    if not s.drops_known or not p53_sock_fill(pfd, &d, &queued, &room):
         return
     sc_count_drops(s, True, d, True)
     if s.drops_tick_p > 0:
+        sc_overflow_until(s, now)
+    elif queued > room // SC_FILL_PART:
+        s.prio_filled += 1
         sc_overflow_until(s, now)
 
 

@@ -15,18 +15,28 @@
 #define P53_SK_MEMINFO_DROPS 8      /* SK_MEMINFO_DROPS, linux/sock_diag.h */
 
 /* The socket's cumulative kernel drop counter now (sk_drops: datagrams dropped at a full
- * receive queue or by a socket filter), one getsockopt(SO_MEMINFO).  The overload controller
- * reads it once a tick instead of asking for it with every datagram (SO_RXQ_OVFL: a control
- * message per datagram).  Returns 1 and sets *out, 0 when the kernel cannot say. */
-static inline int p53_sock_drops(int fd, uint32_t *out) {
+ * receive queue or by a socket filter), and how full its receive queue is: *queued
+ * (sk_rmem_alloc) of *room (sk_rcvbuf), in the bytes the kernel charges (each datagram's
+ * truesize); one getsockopt(SO_MEMINFO).  The overload controller reads it once a tick instead
+ * of asking for it with every datagram (SO_RXQ_OVFL: a control message per datagram).  Returns
+ * 1 and sets the three, 0 when the kernel cannot say. */
+static inline int p53_sock_fill(int fd, uint32_t *drops, uint32_t *queued, uint32_t *room) {
     uint32_t mi[16];
     socklen_t len = sizeof mi;
     memset(mi, 0, sizeof mi);
     if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_MEMINFO, mi, &len) < 0
             || len < (P53_SK_MEMINFO_DROPS + 1) * sizeof(uint32_t))
         return 0;
-    *out = mi[P53_SK_MEMINFO_DROPS];
+    *drops = mi[P53_SK_MEMINFO_DROPS];
+    *queued = mi[0];                /* SK_MEMINFO_RMEM_ALLOC */
+    *room = mi[1];                  /* SK_MEMINFO_RCVBUF */
     return 1;
+}
+
+/* The drop counter alone. */
+static inline int p53_sock_drops(int fd, uint32_t *out) {
+    uint32_t queued, room;
+    return p53_sock_fill(fd, out, &queued, &room);
 }
 
 /* The kernel receive stamp of the last datagram read from a socket (ns since the epoch), 0 when

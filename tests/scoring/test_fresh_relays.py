@@ -19,6 +19,7 @@ import pytest
 import pop53
 from pop53 import config as cfgmod
 from pop53.scoring.known import KnownPrefixes
+from pop53.scoring.service import datagram_truesize
 from pop53.serve.server import Server
 
 from integ_support import INTEG_ZONE
@@ -137,6 +138,32 @@ def test_a_full_priority_batch_reads_the_drop_counter_at_once():
     finally:
         rx.close()
         tx.close()
+
+
+def test_a_priority_queue_a_quarter_full_at_a_full_batch_starts_the_deadline():
+    """A full priority batch that finds the queue holding more than a quarter of its room starts
+    the deadline before any drop (a flood of real names from never-seen addresses filled all of
+    it first); below a quarter nothing starts."""
+    truesize = datagram_truesize()
+    for fill, starts in ((0.15, False), (0.4, True)):
+        s = _scorer(tick_ms=1000, window_ms=2000)
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * truesize)
+            room = rx.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)     # as the kernel keeps it
+            rx.bind(("127.0.0.1", 0))
+            s.batch(1)
+            s.batch(64, priority=True, priority_fd=rx.fileno())       # the baseline
+            for _ in range(int(room * fill / truesize)):
+                tx.sendto(b"x" * 40, rx.getsockname())
+            s.batch(64, priority=True, priority_fd=rx.fileno())
+            assert (s.overflow_until() > 0) is starts, fill
+            assert s.stats()["prio_filled"] == starts
+            assert s.stats()["kernel_drops_priority"] == 0
+        finally:
+            rx.close()
+            tx.close()
 
 
 @pytest.mark.parametrize("steer_idle", [True, False])

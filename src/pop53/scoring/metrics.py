@@ -71,6 +71,8 @@ def families(workers, scorer=None):
          "to untrusted addresses of known prefixes from a priority socket whose queue never "
          "emptied meanwhile (water torture relayed through never-seen addresses): the same "
          "second as after a drop starts then"),
+        ("pop53_scoring_priority_filled", "prio_filled", "Full priority batches that found its "
+         "queue more than a quarter full: the same second as after a drop starts then"),
         ("pop53_scoring_priority_overflow_held", "overflow_held", "Overloaded ticks that renewed "
          "that second: 128 queries of the tick from untrusted addresses of known prefixes kept "
          "out of the priority socket by it"),

@@ -59,7 +59,7 @@ _PER_CLASS = ("admitted", "dropped", "nx_dropped")
 _SUMMED = ("lifted", "kernel_drops", "kernel_drops_priority", "overload_ticks", "delay_ticks",
            "untrusted", "nx_demoted", "nx_spared", "trusted_marks", "regained", "yields",
            "risk_ticks", "redirected", "overflow_ticks", "purged", "fresh_floods",
-           "overflow_held")
+           "overflow_held", "prio_filled")
 _HISTOGRAMS = ("queue_delay", "priority_wait", "priority_latency")
 
 
