@@ -202,8 +202,7 @@ cdef inline void sc_overflow_hold(sc_state_t* s, uint64_t now, bint over) noexce
     name from one spoofed source in each of 256 known /24s: neither relay test demotes those).
     A calm worker lets it run out, so real resolvers with no history, however busy, get their
     place back."""
-    if over and s.held_tick >= SC_FRESH_RUN and s.trust != NULL and \
-            now * 1000000 < p53_load_u64(&s.trust[SC_OVERFLOW_WORD]):
+    if over and s.held_tick >= SC_FRESH_RUN and sc_overflow_on(s):    # s.now_ms is `now`
         s.overflow_held += 1
         sc_overflow_until(s, now)
     s.held_tick = 0
