@@ -297,7 +297,9 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
       "this long after its first sighting with no overload in between (spoofed sources come with the "
       "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
  .key("trust_ttl", "number (seconds) 1..2592000", 86400, "a trusted address (of a known prefix, or "
-      "proven by a cookie) not seen for this long loses its trust (its history starts again)")
+      "proven by a cookie) not seen for this long loses its trust (its history starts again); so does "
+      "an address demoted by a flood of its own, which would get its trust back once the flood stops "
+      "(docs/scoring.md)")
  .key("strict_calm", "number (seconds) 1..2592000", 600, "strict known prefixes (only trusted addresses "
       "steered and top over known_rate) relax after this long without overload; one whose trusted "
       "address still asks is strict again at its next query")
