@@ -63,6 +63,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
     cdef uint64_t prio = s.prio_rx - s.prio_mark, lifted = s.lifted - s.lift_mark
     cdef uint64_t redir = s.redirected - s.redir_mark, known_in
     cdef bint all_cut = s.allow[SC_NORMAL] == 0 and s.allow[SC_ODD] == 0 and s.allow[SC_FLOOD] == 0
+    cdef bint own = risk            # their own queue's risk, before sharing the normal one
     for c in range(SC_CLASSES):
         seen[c] = s.admitted[c] + s.dropped[c] - s.mark[c]
         s.mark[c] = s.admitted[c] + s.dropped[c]
@@ -85,7 +86,7 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         s.redir_carry = redir
     if over and sc_recent(s, s.top_shared_ms):
         risk = True
-    if not (risk and all_cut):
+    if not (own and all_cut):
         s.risk_run_ms = 0
     if over or risk:
         s.overload_ticks += 1
@@ -114,8 +115,13 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         # untrusted relays the kernel stage still steers there until their first answers
         # demote them (their prefix strict); meanwhile it takes the known resolvers'
         # queries a few ms late, and demoting the trusted relays then would cost them their
-        # trust for the whole attack (it comes back only with calm)
-        if s.risk_run_ms == 0:
+        # trust for the whole attack.  And only while their own queue is at risk, not for
+        # known queries sharing the normal one: those of relays demoted so are there because
+        # of it, and counting them kept the run going, and the relays demoted, for as long as
+        # the flood lasted (a latch, docs/scoring.md "Demoted as a whole")
+        if not own:
+            pass
+        elif s.risk_run_ms == 0:
             s.risk_run_ms = s.now_ms | 1
         elif sc_since(s, s.risk_run_ms) >= SC_RISK_RUN_MS:
             s.prio_risk_ms = s.now_ms | 1

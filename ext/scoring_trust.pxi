@@ -252,7 +252,7 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
     strict): an untrusted one could be a spoofer (what it asks gains it nothing), and past that
     last step a relay's flood must not share the known resolvers' queue.  Its real names stay
     top even then, from the normal socket (sc_was_trusted), and it regains its trust once it
-    stops relaying (sc_trust_back)."""
+    stops relaying or, still relaying, once that step is a second old (sc_trust_back)."""
     cdef int zone = -1
     cdef bint keep = False
     if (trusted or sc_was_trusted(s, slot)) and not over:
@@ -266,8 +266,12 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
             sc_trust_seen(s, slot, a, alen)
             s.nx_spared += 1
             return SC_TOP
-        keep = trusted and not sc_recent(s, s.prio_risk_ms)
+        keep = not sc_recent(s, s.prio_risk_ms)
     if keep:
+        if not trusted:
+            # demoted by a risk run that is over (a second without one): back in the known
+            # resolvers' queue, its random names still cut, as before that run
+            sc_trust_back(s, slot)
         sc_trust_seen(s, slot, a, alen)
     else:
         sc_demote(s, slot, trusted)

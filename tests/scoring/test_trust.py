@@ -216,6 +216,35 @@ def test_a_relay_leaves_the_priority_socket_when_cutting_the_rest_did_not_help()
     assert s.trusted(relay) and not s.demoted(relay) and s.stats()["regained"] == 1
 
 
+def test_a_relay_demoted_by_a_risk_run_returns_a_second_after_it_even_if_still_relaying():
+    image = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    s = _scorer(trust_after_ms=0, nx_rate=16)
+    relay, elsewhere = _ip("127.1.0.30"), _query("www.core.test.")
+    _torture(s, image, relay, 40)
+    s.tick(True, top_at_risk=True)             # the classes below top are cut ...
+    s.tick(True, top_at_risk=True)             # ... and the risk run starts
+    time.sleep(_core.RISK_RUN_MS / 1000 + 0.02)
+    s.tick(True, top_at_risk=True)
+    assert not s.admit(_query("r99x.integ.example."), relay)
+    assert s.demoted(relay) and not s.trusted(relay)
+    # the priority socket is fine from now on, but the normal queue stays overloaded and the
+    # relay's real names come from it (admitted top outside any priority batch): known
+    # resolvers sharing it, which cuts the classes below top but is no risk run of their own
+    # queue.  Counted as one, it renewed the run, and so the demotion, while the relay relayed
+    end = time.monotonic() + 1.2
+    i = 0
+    while time.monotonic() < end:
+        assert s.admit(elsewhere, relay)                           # top, from the normal socket
+        assert not s.admit(_query(f"r{i}y.integ.example."), relay)    # still relaying: cut
+        s.tick(True, top_at_risk=False)
+        i += 1
+        time.sleep(0.02)
+    assert s.stats()["share"]["normal"] == 0.0         # sharing still cut the normal class
+    assert s.stats()["regained"] == 1 and s.trusted(relay) and not s.demoted(relay)
+    # back in the known resolvers' queue as a trusted relay: its random names stay normal
+    assert s.classify(_query("r100x.integ.example."), relay) == "normal" and s.trusted(relay)
+
+
 def test_an_address_demoted_for_its_rate_regains_its_trust_below_it():
     s = _scorer(trust_after_ms=0, known_addr_rate=50)
     addr, w = _ip("127.1.0.40"), _query()
