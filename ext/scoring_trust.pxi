@@ -256,6 +256,11 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
     cdef int zone = -1
     cdef bint keep = False
     if (trusted or sc_was_trusted(s, slot)) and not over:
+        keep = not sc_recent(s, s.prio_risk_ms)
+        if keep and not trusted:
+            # demoted by a risk run that is over (a second without one): back in the known
+            # resolvers' queue, its random names still cut there, as before that run
+            sc_trust_back(s, slot)
         zone = sc_nx_zone_hit(s, p, n)
         if zone < 0 or sc_name_exists(s.img, p, n):
             # a real name (in no zone under pressure, or a node of it) stays top even past the
@@ -266,12 +271,7 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
             sc_trust_seen(s, slot, a, alen)
             s.nx_spared += 1
             return SC_TOP
-        keep = not sc_recent(s, s.prio_risk_ms)
     if keep:
-        if not trusted:
-            # demoted by a risk run that is over (a second without one): back in the known
-            # resolvers' queue, its random names still cut, as before that run
-            sc_trust_back(s, slot)
         sc_trust_seen(s, slot, a, alen)
     else:
         sc_demote(s, slot, trusted)
