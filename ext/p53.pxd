@@ -360,7 +360,8 @@ cdef struct sc_cfg_t:
     bint rd_odd               # RD=1 counts as an oddity (resolvers send RD=0 to authorities)
     uint32_t delay_target_us  # queue delay (sc_batch) meaning overload
     uint32_t nx_rate          # NXDOMAINs per zone per window above which the zone is under pressure
-    uint32_t known_addr_rate  # queries per known address per window (above it: normal class)
+    uint32_t known_addr_rate  # the per-address count (asketch, halved per window) above which
+                              # a known address is over its rate: twice its queries per window
     uint32_t trust_after_ms   # a known address is trusted once seen this long into a calm stretch
     uint32_t known_nx_share   # of 1024: a known address whose answers are more NXDOMAINs is demoted
     bint yield_cut            # sched_yield after each normal batch while a class is cut (sc_yield)

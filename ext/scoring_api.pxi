@@ -147,7 +147,10 @@ cdef class Scorer:
             raise ValueError("known_addr_rate times the window must be within 1..65534 queries")
         if not 1 <= known_nx_percent <= 100 or trust_after_ms > 86_400_000:
             raise ValueError("known_nx_percent within 1..100, trust_after_ms within 0..86400000")
-        self.cfg.known_addr_rate = <uint32_t>pera
+        # the per-address sketch halves at each window (sc_addr_decay): an address asking at a
+        # steady rate r a window holds a count near 2r, so over the rate is over twice it
+        # (in a first window, twice the rate; saturating at 65535, which still counts as over)
+        self.cfg.known_addr_rate = <uint32_t>(2 * pera if 2 * pera < 65534 else 65534)
         self.cfg.trust_after_ms = trust_after_ms
         self.cfg.known_nx_share = known_nx_percent * 1024 // 100
         if not 10 <= window_ms <= 60000 or not 1 <= tick_ms <= 1000:

@@ -249,12 +249,31 @@ def test_an_address_demoted_for_its_rate_regains_its_trust_below_it():
     s = _scorer(trust_after_ms=0, known_addr_rate=50)
     addr, w = _ip("127.1.0.40"), _query()
     assert s.classify(w, addr) == "top" and s.classify(w, addr) == "top" and s.trusted(addr)
-    got = [s.classify(w, addr) for _ in range(60)]
-    assert got == ["top"] * 48 + ["normal"] * 12    # over known_addr_rate (its 51st): demoted
+    got = [s.classify(w, addr) for _ in range(110)]
+    # over known_addr_rate: in a first window, at twice it (its 101st; the count halves at each
+    # window, so a steady rate holds twice itself, test_the_address_rate_is_a_steady_rate)
+    assert got == ["top"] * 98 + ["normal"] * 12
     assert not s.trusted(addr) and s.demoted(addr)
     s.tick(True, top_at_risk=True)            # under overload: trust by history would wait
     s.new_window()                            # for calm; its count halves below the rate
     assert s.classify(w, addr) == "top" and s.trusted(addr) and not s.demoted(addr)
+
+
+def test_the_address_rate_is_a_steady_rate():
+    # known_addr_rate 50 a second (window 1 s): an address asking 45 in every window stays top
+    # window after window (its count, halved at each, holds near 90); one asking 60 is over
+    # within a few windows (the count climbs toward 120, past twice the rate)
+    s = _scorer(trust_after_ms=0, known_addr_rate=50)
+    calm, busy, w = _ip("127.1.0.42"), _ip("127.1.0.43"), _query()
+    over_at = None
+    for window in range(8):
+        assert all(s.classify(w, calm) == "top" for _ in range(45)), window
+        got = [s.classify(w, busy) for _ in range(60)]
+        if over_at is None and "normal" in got:
+            over_at = window
+        s.new_window()
+    assert over_at is not None and 1 <= over_at <= 3
+    assert s.trusted(calm) and not s.demoted(calm)
 
 
 def test_a_demoted_address_not_seen_for_the_trust_ttl_is_forgotten():
@@ -262,7 +281,7 @@ def test_a_demoted_address_not_seen_for_the_trust_ttl_is_forgotten():
     s = _scorer(nx_rate=16, trust_after_ms=0, known_addr_rate=50)
     addr, w = _ip("127.1.0.41"), _query()
     s.classify(w, addr), s.classify(w, addr)
-    for _ in range(60):
+    for _ in range(110):
         s.classify(w, addr)
     assert s.demoted(addr) and not s.trusted(addr)
     time.sleep(0.01)
