@@ -50,7 +50,8 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
     batches, its kernel drops, a standing queue delay); `risk`: the known resolvers' own queue
     is (the priority socket's drops or delay).  Known resolvers whose queries came through the
     normal socket in the last SC_TOP_HOLD_MS (no kernel stage, or not steered) share its queue,
-    so for them `over` is a risk too.
+    so for them `over` is a risk too: one that cuts the classes, not one that counts toward
+    the risk run (below), which only their own queue's risk (`risk` as given) makes.
 
     Overloaded, the classes worse than normal go first: the worst that had queries in this tick
     is cut multiplicatively, worse ones without any to nothing at once (a class is never
@@ -118,12 +119,10 @@ cdef void sc_tick(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint risk) noex
         # trust for the whole attack.  And only while their own queue is at risk, not for
         # known queries sharing the normal one: those of relays demoted so are there because
         # of it, and counting them kept the run going, and the relays demoted, for as long as
-        # the flood lasted (a latch, docs/scoring.md "Demoted as a whole")
-        if not own:
-            pass
-        elif s.risk_run_ms == 0:
+        # the flood lasted (docs/scoring.md, "Relaying resolvers", the latch)
+        if own and s.risk_run_ms == 0:
             s.risk_run_ms = s.now_ms | 1
-        elif sc_since(s, s.risk_run_ms) >= SC_RISK_RUN_MS:
+        elif own and sc_since(s, s.risk_run_ms) >= SC_RISK_RUN_MS:
             s.prio_risk_ms = s.now_ms | 1
         sc_halve(&s.nx_allow)
         return

@@ -128,7 +128,8 @@ cdef inline bint sc_was_trusted(const sc_state_t* s, uint32_t slot) noexcept nog
 
 cdef inline void sc_trust_back(sc_state_t* s, uint32_t slot) noexcept nogil:
     """A demoted address that no longer floods (below known_addr_rate, its answers no longer
-    mostly NXDOMAIN) gets its trust back at once, overload or not: it earned it before the
+    mostly NXDOMAIN), or one still relaying a second after the risk run that demoted it
+    (sc_relay_class), gets its trust back at once, overload or not: it earned it before the
     flood, and only calm would give it back by history, so a resolver that relayed one attack
     was cut for the rest of it and for the next (docs/scoring.md, "Demoted as a whole").  It
     gains no one anything: whoever spoofs its exact address shared its trust before."""

@@ -292,8 +292,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("known_rate", "integer", 20000, "the same for a known resolver's prefix (above it: normal class, "
       "except its trusted addresses)")
  .key("known_addr_rate", "integer", 20000, "queries per second per address of a known prefix, per worker, "
-      "as a steady rate (each window counts half the one after it; in an address's first window, twice "
-      "the rate) (above it: normal class and no longer trusted)")
+      "as a steady rate: the count keeps half of each past window, so a new address is over only at "
+      "twice the rate in its first window (above it: normal class and no longer trusted)")
  .key("trust_after_ms", "integer (ms)", 1000, "an address of a known prefix becomes trusted when seen again "
       "this long after its first sighting with no overload in between (spoofed sources come with the "
       "attack); a trusted address stays top, and steered, when its prefix goes over known_rate")
