@@ -199,7 +199,7 @@ cdef inline void sc_prio_fresh(sc_state_t* s) noexcept nogil:
         sc_overflow_until(s, s.now_ms)
 
 
-cdef inline void sc_overflow_hold(sc_state_t* s, uint64_t now, bint over) noexcept nogil:
+cdef inline void sc_overflow_hold(sc_state_t* s, bint over) noexcept nogil:
     """At a tick while the deadline holds: the normal queue overloaded and SC_FRESH_RUN queries
     of the tick from untrusted addresses of known prefixes kept out of the priority socket by it
     (sc_known_class) renew it.  The flood that set it goes on, and without this it came back
@@ -207,9 +207,9 @@ cdef inline void sc_overflow_hold(sc_state_t* s, uint64_t now, bint over) noexce
     name from one spoofed source in each of 256 known /24s: neither relay test demotes those).
     A calm worker lets it run out, so real resolvers with no history, however busy, get their
     place back."""
-    if over and s.held_tick >= SC_FRESH_RUN and sc_overflow_on(s):    # s.now_ms is `now`
+    if over and s.held_tick >= SC_FRESH_RUN and sc_overflow_on(s):
         s.overflow_held += 1
-        sc_overflow_until(s, now)
+        sc_overflow_until(s, s.now_ms)
     s.held_tick = 0
 
 
@@ -297,7 +297,7 @@ cdef void sc_observe(const sc_cfg_t* cfg, sc_state_t* s, uint64_t now, int n, in
         if s.drops_tick_p > 0:
             sc_prio_overflow(s, now)
         else:
-            sc_overflow_hold(s, now, over)
+            sc_overflow_hold(s, over)
         risk = s.drops_tick_p > 0 or (s.pq_min != SC_NONE_YET
                                       and s.pq_min > <uint64_t>cfg.delay_target_us * 1000) \
             or (over and s.pq_max > <uint64_t>cfg.delay_target_us * 1000)

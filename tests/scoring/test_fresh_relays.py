@@ -8,6 +8,7 @@ before it is dropped unanswered (sc_admit's purge), not answered ahead of the kn
 queries behind it."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from functools import partial
@@ -115,17 +116,28 @@ def test_the_deadline_holds_while_the_flood_that_set_it_goes_on():
     assert s.stats()["overflow_held"] == 1
 
 
+@contextlib.contextmanager
+def _priority_socket(s, rcvbuf: int):
+    """A real socket standing in for `s`'s priority socket (SO_RCVBUF asked: rcvbuf), its drop
+    counter's baseline taken by a first full batch, and a socket sending to it."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        rx.bind(("127.0.0.1", 0))
+        s.batch(1)
+        s.batch(64, priority=True, priority_fd=rx.fileno())       # the baseline
+        yield rx, tx
+    finally:
+        rx.close()
+        tx.close()
+
+
 def test_a_full_priority_batch_reads_the_drop_counter_at_once():
     """The first full priority batch after the priority socket dropped starts the deadline,
     not the next tick (tick_ms is 1 s here); a short one does not read the counter."""
     s = _scorer(tick_ms=1000, window_ms=2000)
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        rx.bind(("127.0.0.1", 0))
-        s.batch(1)
-        s.batch(64, priority=True, priority_fd=rx.fileno())       # the baseline
+    with _priority_socket(s, 4096) as (rx, tx):
         for _ in range(200):
             tx.sendto(b"x" * 100, rx.getsockname())
         s.batch(10, priority=True, priority_fd=rx.fileno())
@@ -135,9 +147,6 @@ def test_a_full_priority_batch_reads_the_drop_counter_at_once():
         assert now + 0.9 < s.overflow_until() <= now + 1.0 + 0.02
         # the drops count into the tick too (overflow_ticks, the known resolvers at risk)
         assert s.stats()["kernel_drops_priority"] > 0 and s.stats()["overflow_ticks"] == 0
-    finally:
-        rx.close()
-        tx.close()
 
 
 def test_a_priority_queue_a_quarter_full_at_a_full_batch_starts_the_deadline():
@@ -147,23 +156,14 @@ def test_a_priority_queue_a_quarter_full_at_a_full_batch_starts_the_deadline():
     truesize = datagram_truesize()
     for fill, starts in ((0.15, False), (0.4, True)):
         s = _scorer(tick_ms=1000, window_ms=2000)
-        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * truesize)
+        with _priority_socket(s, 64 * truesize) as (rx, tx):
             room = rx.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)     # as the kernel keeps it
-            rx.bind(("127.0.0.1", 0))
-            s.batch(1)
-            s.batch(64, priority=True, priority_fd=rx.fileno())       # the baseline
             for _ in range(int(room * fill / truesize)):
                 tx.sendto(b"x" * 40, rx.getsockname())
             s.batch(64, priority=True, priority_fd=rx.fileno())
             assert (s.overflow_until() > 0) is starts, fill
             assert s.stats()["prio_filled"] == starts
             assert s.stats()["kernel_drops_priority"] == 0
-        finally:
-            rx.close()
-            tx.close()
 
 
 @pytest.mark.parametrize("steer_idle", [True, False])
