@@ -189,16 +189,17 @@ def resolvers(port: int, ready: tuple[list, list], seconds: float) -> list[tuple
     return [(t - w0, got.get(key)) for key, t in sent.items()]
 
 
+def answered(lat: list) -> tuple[float, float, float]:
+    """(share answered, p50 ms, p99 ms) of the known resolvers' queries `lat` (None: no reply)."""
+    ans = sorted(l for l in lat if l is not None)
+    share = len(ans) / len(lat) if lat else 0.0
+    p50 = ans[len(ans) // 2] * 1000 if ans else float("nan")
+    p99 = ans[min(len(ans) - 1, int(len(ans) * 0.99))] * 1000 if ans else float("nan")
+    return share, p50, p99
+
+
 def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
-    out = []
-    for sec in range(seconds):
-        lat = [l for t, l in rows if sec <= t < sec + 1]
-        ans = sorted(l for l in lat if l is not None)
-        share = len(ans) / len(lat) if lat else 0.0
-        p50 = ans[len(ans) // 2] * 1000 if ans else float("nan")
-        p99 = ans[min(len(ans) - 1, int(len(ans) * 0.99))] * 1000 if ans else float("nan")
-        out.append((share, p50, p99))
-    return out
+    return [answered([l for t, l in rows if sec <= t < sec + 1]) for sec in range(seconds)]
 
 
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
@@ -384,15 +385,17 @@ def main(argv=None) -> int:
                                             f.wait()
                                     cap.resume()       # the stealer, if a flood stopped it
                                 secs = per_second(rows, args.seconds)
+                                whole = answered([l for _, l in rows])     # the row's seconds pooled
                                 # where the worker's time went: on CPU, runnable but waiting for
                                 # CPU 0, kept off by the cap; ksoftirqd/0's and the host's share of CPU 0
                                 sched.setdefault((name, attack, load), []).append(sv.busiest(
                                     s0, srv.sched_ns(), args.seconds, cap.throttled_ns() - c0,
                                     sv.ksoftirqd_ns() - k0, sv.host_steal_ns() - h0))
                                 runs.setdefault((name, attack, load), []).append(
-                                    (sent / args.seconds, secs))
+                                    (sent / args.seconds, secs, whole))
                                 print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
                                       [f"{a:.3f} {b:.1f} {c:.1f}" for a, b, c in secs],
+                                      f"row p99 {whole[2]:.1f}",
                                       "worker cpu/wait, cap, ksoftirqd, other threads, host steal ms/s %.0f/%.0f/%.0f/%.0f/%.0f/%.0f" % sched[(name, attack, load)][-1],
                                       flush=True)
                     finally:
