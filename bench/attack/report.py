@@ -22,7 +22,7 @@ def _worst(xs) -> float:
 
 def _row(runs) -> tuple[float, float, float, float, float, float]:
     """Medians over rounds of (worst second's share, mean share, worst p50, worst p99, sent/s),
-    and the highest p99 of the row's seconds pooled over the rounds."""
+    and the highest over the rounds of the p99 of a round's row (its seconds pooled)."""
     worst = [min(s for s, _, _ in secs) for _, secs, _ in runs]
     mean = [statistics.mean(s for s, _, _ in secs) for _, secs, _ in runs]
     p50 = [_worst([p for _, p, _ in secs]) for _, secs, _ in runs]
