@@ -384,7 +384,12 @@ cdef enum:
     SC_COOKIE_BASE = 20480    # then the cookie bits: one per address slot (sc_trust_proven)
     SC_OVERFLOW_WORD = 36864  # then one word: until when (CLOCK_MONOTONIC_COARSE ns) only trusted
                               # addresses are steered to the priority socket (sc_prio_overflow)
-    SC_ALL_WORDS = 36865      # the whole (the kernel stage's array map, scoring/ebpf.py)
+    SC_RELAY_BASE = 36865     # then the relay bits: one per address slot, a trusted address
+                              # relaying water torture (sc_relay_class; scoring/ebpf_relay.py)
+    SC_ALL_WORDS = 53249      # the whole (the kernel stage's array map, scoring/ebpf.py)
+    NF_SHIFT = 24             # the name filter (scoring_names.pxi): 1 << 24 bits a half,
+    NF_HALF_WORDS = 262144    # so many u64 words; word 0 says which half is live
+    NF_WORDS = 524289
 
 cdef struct sc_state_t:       # one per worker, written by that worker only
     uint16_t sketch[2][4096]

@@ -410,9 +410,9 @@ cdef bint sc_nx_drop(const sc_cfg_t* cfg, sc_state_t* s, int c, const query_t* q
 
 # the trust map's layout, which the kernel stage's program must index the same way (scoring/ebpf.py):
 # (address words, all words, address shift, prefix shift, golden multiplier, cookie bits' word,
-# the overflow deadline's word)
+# the overflow deadline's word, the relay bits' word)
 TRUST_LAYOUT = (SC_TRUST_WORDS, SC_ALL_WORDS, SC_TRUST_SHIFT, SC_STRICT_SHIFT, 0x9E3779B1,
-                SC_COOKIE_BASE, SC_OVERFLOW_WORD)
+                SC_COOKIE_BASE, SC_OVERFLOW_WORD, SC_RELAY_BASE)
 RISK_RUN_MS = SC_RISK_RUN_MS      # how long the known resolvers stay at risk before relays go
 QUEUE_DELAY_BOUNDS_US = tuple(16 << b for b in range(SC_QD_BUCKETS - 1))
 

@@ -229,28 +229,48 @@ cdef class Scorer:
         return bool(sc_bit(<const uint64_t*>self.trust + SC_TRUST_WORDS, sc_golden(sc_prefix_key(
             <const uint8_t*>(<char*>address), len(address)), SC_STRICT_SHIFT)))
 
+    def relaying(self, bytes address not None):
+        """Whether the address's relay bit is set (a trusted relay of water torture: the kernel
+        stage's name check, ebpf_relay.py)."""
+        if len(address) not in (4, 16):
+            raise ValueError("a 4- or 16-byte address")
+        return bool(sc_bit(<const uint64_t*>self.trust + SC_RELAY_BASE, sc_golden(sc_addr_key(
+            <const uint8_t*>(<char*>address), len(address)), SC_TRUST_SHIFT)))
+
     def clear_strict(self):
-        """Relax every strict prefix (pop53.scoring.aging, after a calm stretch): those with a
-        trusted address still asking are strict again at its next query.  Returns how many
-        words had bits."""
+        """Relax every strict prefix and forget every relay bit (pop53.scoring.aging, after a
+        calm stretch): a prefix with a trusted address still asking is strict again at its
+        next query, a relay still relaying at its next random name.  Returns how many words of
+        strict bits had bits."""
         cdef uint64_t* w = <uint64_t*>self.trust
         cdef int i, n = 0
         for i in range(SC_TRUST_WORDS, SC_COOKIE_BASE):
             if w[i]:
                 p53_store_u64(&w[i], 0)
                 n += 1
+        for i in range(SC_RELAY_BASE, SC_RELAY_BASE + SC_TRUST_WORDS):
+            if w[i]:
+                p53_store_u64(&w[i], 0)
+        return n
+
+    cdef uint64_t _slots_set(self, uint32_t base) noexcept:
+        """How many address slots have their bit set in the region at word `base`."""
+        cdef const uint64_t* w = <const uint64_t*>self.trust
+        cdef uint64_t n = 0
+        cdef uint32_t i
+        with nogil:
+            for i in range(base, base + SC_TRUST_WORDS):
+                if w[i]:
+                    n += <uint64_t>__builtin_popcountll(w[i])
         return n
 
     def cookie_senders(self):
         """How many address slots have their cookie bit set (of 1 << 20)."""
-        cdef const uint64_t* w = <const uint64_t*>self.trust
-        cdef uint64_t n = 0
-        cdef int i
-        with nogil:
-            for i in range(SC_COOKIE_BASE, SC_COOKIE_BASE + SC_TRUST_WORDS):
-                if w[i]:
-                    n += <uint64_t>__builtin_popcountll(w[i])
-        return n
+        return self._slots_set(SC_COOKIE_BASE)
+
+    def relays(self):
+        """How many address slots have their relay bit set (of 1 << 20)."""
+        return self._slots_set(SC_RELAY_BASE)
 
     def clear_cookies(self):
         """Clear every address's cookie bit (cookies turned off: the kernel stage stops waiting

@@ -122,6 +122,23 @@ cdef inline void sc_demote(sc_state_t* s, uint32_t slot, bint trusted) noexcept 
     sc_untrust(s, slot)
 
 
+cdef inline void sc_relay_bit(sc_state_t* s, uint32_t slot, bint on) noexcept nogil:
+    """Say to the kernel stage whether this trusted address relays water torture (its relay
+    bit): while it does, the steering program sends its names that are no node of a served
+    zone to the normal socket, not ahead of the known resolvers' queries (ebpf_relay.py).
+    Written only when it changes."""
+    cdef uint64_t* w
+    if s.trust == NULL:
+        return
+    w = &s.trust[SC_RELAY_BASE + (slot >> 6)]
+    if sc_bit(s.trust + SC_RELAY_BASE, slot) == on:
+        return
+    if on:
+        p53_or_u64(w, <uint64_t>1 << (slot & 63))
+    else:
+        p53_and_u64(w, ~(<uint64_t>1 << (slot & 63)))
+
+
 cdef inline bint sc_was_trusted(const sc_state_t* s, uint32_t slot) noexcept nogil:
     return s.demoted != NULL and sc_bit(s.demoted, slot)
 
@@ -274,6 +291,7 @@ cdef int sc_relay_class(const sc_cfg_t* cfg, sc_state_t* s, bint over, bint trus
             return SC_TOP
     if keep:
         sc_trust_seen(s, slot, a, alen)
+        sc_relay_bit(s, slot, True)
     else:
         sc_demote(s, slot, trusted)
         sc_strict(s, a, alen)
@@ -311,6 +329,10 @@ cdef int sc_known_class(const sc_cfg_t* cfg, sc_state_t* s, uint32_t count, cons
     s.last_known = True
     if over or (nx >= 32 and <uint64_t>nx * 1024 > <uint64_t>acount * cfg.known_nx_share):
         return sc_relay_class(cfg, s, over, trusted, key, slot, a, alen, p, n)
+    if nx:
+        # it had NXDOMAINs lately but relays no more: its relay bit goes (a bit test only for
+        # such addresses; a relay's count halves through nonzero values on its way down)
+        sc_relay_bit(s, slot, False)
     if not trusted and sc_was_trusted(s, slot):
         sc_trust_back(s, slot)
         trusted = True

@@ -42,7 +42,7 @@ import os
 import socket
 import struct
 
-from pop53.scoring import ebpf_cookie
+from pop53.scoring import ebpf_cookie, ebpf_relay
 from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_END,
     BPF_EXIT, BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD,
@@ -66,14 +66,16 @@ class EbpfUnavailable(Exception):
 
 
 def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int = -1,
-            wake: tuple[int, int] | None = None) -> bytes:
+            wake: tuple[int, int] | None = None, names_fd: int = -1) -> bytes:
     """The steering program for a group of 2 x `workers` sockets (see the module text; `fd4`
     the IPv4 bitmap, `fd6` the IPv6 trie); with a
     trust map (`trust_fd`), a strict prefix steers only its trusted addresses, and with the
     cookie secrets too (`keys_fd`, CookieKeys) an address that has sent a valid server cookie
     is steered only, and always, with a valid one (pop53.scoring.ebpf_cookie).  With `wake`
     (the WakeMap's fd, the group's first slot) each steered datagram is counted in its worker's
-    wake word, and goes to the worker's normal socket instead while the worker waits there."""
+    wake word, and goes to the worker's normal socket instead while the worker waits there.
+    With the name filter too (`names_fd`, ebpf_relay.NameFilter) an address the workers marked
+    as relaying water torture is steered only with a name of a served zone (ebpf_relay)."""
     if not 1 <= workers <= 32768:
         raise ValueError("workers within 1..32768")
     a = Asm()
@@ -88,7 +90,9 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
 
     if trust_fd >= 0:
         from pop53._core import TRUST_LAYOUT
-        words, _all, addr_shift, prefix_shift, _g, cookie_words, overflow_word = TRUST_LAYOUT
+        (words, _all, addr_shift, prefix_shift, _g, cookie_words, overflow_word,
+         relay_words) = TRUST_LAYOUT
+    relays = trust_fd >= 0 and names_fd >= 0
 
     def lookup_v6(known):
         a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -8)                     # hash the last word
@@ -142,16 +146,16 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, shift)
         test_bit(trust_fd, base, clear)
 
-    def overflow_check(word, trusted):
+    def overflow_check(word, trusted, calm):
         """Jump to `trusted` while the clock is before word `word` of the trust map (the
-        workers' deadline: their priority queue overflowed, sc_prio_overflow); on to "prio"
+        workers' deadline: their priority queue overflowed, sc_prio_overflow); on to `calm`
         otherwise."""
         a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -32, word)
-        a.map_lookup(trust_fd, -32, "prio")
+        a.map_lookup(trust_fd, -32, calm)
         a.op(BPF_LDX | BPF_MEM | BPF_DW, R7, R0, 0)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, "prio", 0)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R7, calm, 0)
         a.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_KTIME_GET_COARSE_NS)
-        a.jmp(BPF_JMP | BPF_JGE | BPF_X, R0, "prio", 0, R7)
+        a.jmp(BPF_JMP | BPF_JGE | BPF_X, R0, calm, 0, R7)
         a.jmp(BPF_JMP | BPF_JA, 0, trusted)
 
     def cookie_check(tag, iplen, hash_off):
@@ -181,14 +185,22 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
     if trust_fd >= 0:
         for v, key in (("4", key_v4), ("6", key_v6)):
             # a prefix that is not strict: every address of it, unless the priority queue
-            # overflowed lately; a strict one: trusted only
+            # overflowed lately; a strict one: trusted only; either, with the name filter: a
+            # relaying address only with a name of a served zone
             a.label("known" + v)
             bit(lambda: key(True), prefix_shift, words, "overflow" + v)
             a.label("trusted" + v)
             bit(lambda: key(False), addr_shift, 0, "pick")
-            a.jmp(BPF_JMP | BPF_JA, 0, "prio")
+            if relays:
+                a.label("relay" + v)
+                ebpf_relay.emit(a, v, 4 if v == "4" else 16,
+                                lambda clear: bit(lambda: key(False), addr_shift, relay_words,
+                                                  clear),
+                                names_fd, "prio", "pick")
+            else:
+                a.jmp(BPF_JMP | BPF_JA, 0, "prio")
             a.label("overflow" + v)
-            overflow_check(overflow_word, "trusted" + v)
+            overflow_check(overflow_word, "trusted" + v, "relay" + v if relays else "prio")
     a.label("prio")
     a.op(BPF_ALU64 | BPF_MOV | BPF_K, R8, 0, 0, workers)                # the priority block
     a.label("pick")
@@ -369,7 +381,7 @@ def _load(insns: bytes, log_level: int = 0) -> int:
 
 
 def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1,
-         wake: tuple[int, int] | None = None) -> int:
+         wake: tuple[int, int] | None = None, names_fd: int = -1) -> int:
     """Build the maps from known /24 keys (the top 24 bits of the address: the bitmap) and /56
     keys (the top 56 bits: the trie) and load the program; returns its fd (the caller closes it
     after attaching).  Raises EbpfUnavailable when the kernel does not allow it."""
@@ -381,7 +393,7 @@ def load(workers: int, v4_keys, v6_keys, trust_fd: int = -1, keys_fd: int = -1,
         fds.append(fd6)
         for k in v6_keys:
             _update(fd6, struct.pack("<I", 56) + (k << 72).to_bytes(16, "big"))
-        return _load(program(workers, fd4, fd6, trust_fd, keys_fd, wake))
+        return _load(program(workers, fd4, fd6, trust_fd, keys_fd, wake, names_fd))
     except OSError as exc:
         raise EbpfUnavailable(f"bpf(2): {exc.strerror}") from None
     finally:
@@ -408,10 +420,10 @@ def _v4_bitmap(v4_keys) -> int:
 
 
 def attach(sock: socket.socket, workers: int, v4_keys, v6_keys, trust_fd: int = -1,
-           keys_fd: int = -1, wake: tuple[int, int] | None = None) -> None:
+           keys_fd: int = -1, wake: tuple[int, int] | None = None, names_fd: int = -1) -> None:
     """Load and attach the program to the group of 2 x `workers` sockets `sock` belongs to
     (attaching again replaces the group's program atomically)."""
-    fd = load(workers, v4_keys, v6_keys, trust_fd, keys_fd, wake)
+    fd = load(workers, v4_keys, v6_keys, trust_fd, keys_fd, wake, names_fd)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", fd))
     except OSError as exc:

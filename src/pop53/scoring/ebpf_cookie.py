@@ -58,9 +58,11 @@ def _count(a: Asm, limit: int, loop: str, invalid: str) -> None:
     a.jmp(BPF_JMP | BPF_JA, 0, loop)
 
 
-def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
-    """Find the COOKIE option; leave its 24 bytes at MSG (client cookie, server cookie's head,
-    hash).  Uses R7 as the offset from the network header."""
+def question(a: Asm, tag: str, iplen: int, invalid: str, opt: bool) -> None:
+    """Read the question name: its bytes at NAME (what the packet holds of 256), R7 = the index
+    of its root label there, the name's start (from the network header) at OFF_AT.  The header
+    must have QDCOUNT 1 and ANCOUNT 0, and with `opt` NSCOUNT 0 and ARCOUNT 1 too.  Uses R1-R5
+    and R7."""
     a.skb_read(BUF, invalid, length=8)                         # the IP header's start
     if iplen == 4:                                                # past IHL words and UDP's 8
         a.op(BPF_LDX | BPF_MEM | BPF_B, R7, FP, BUF)
@@ -78,8 +80,9 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.skb_read(BUF, invalid, off_reg=R7, length=12)                   # the DNS header
     a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 4)             # QDCOUNT 1, ANCOUNT 0 (LE)
     a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x0100)
-    a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 8)             # NSCOUNT 0, ARCOUNT 1
-    a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x01000000)
+    if opt:
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R1, FP, BUF + 8)         # NSCOUNT 0, ARCOUNT 1
+        a.jmp(BPF_JMP | BPF_JNE | BPF_K, R1, invalid, 0x01000000)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 12)
     # the question name: what the packet holds of its 256 bytes in one read, then walked on
     # the stack (a read per label cost ~18 ns a label: a spoofer's 120 labels, 2.4 us)
@@ -108,6 +111,12 @@ def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 1)
     _count(a, MAX_LABELS, "qname" + tag, invalid)
     a.label("qend" + tag)
+
+
+def _parse(a: Asm, tag: str, iplen: int, invalid: str) -> None:
+    """Find the COOKIE option; leave its 24 bytes at MSG (client cookie, server cookie's head,
+    hash).  Uses R7 as the offset from the network header."""
+    question(a, tag, iplen, invalid, True)
     a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, OFF_AT)
     a.op(BPF_ALU64 | BPF_ADD | BPF_X, R7, R1)
     a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 5)              # the root, QTYPE, QCLASS

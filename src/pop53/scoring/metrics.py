@@ -35,6 +35,11 @@ def families(workers, scorer=None):
                                "one's slot is sent to the normal socket")
         cs.add_metric([], scorer.cookie_senders())
         yield cs
+        rl = GaugeMetricFamily("pop53_scoring_relays", "Address slots of trusted resolvers found "
+                               "relaying water torture (of 2^20): with steer_names the kernel stage "
+                               "steers only their names of served zones to the priority socket")
+        rl.add_metric([], scorer.relays())
+        yield rl
     for name, key, doc in (
         ("pop53_scoring_kernel_drops", "kernel_drops", "Datagrams the kernel dropped on the normal "
          "UDP sockets' receive queues (SO_MEMINFO, read once a tick)"),

@@ -96,6 +96,7 @@ class ScoringService:
         self._next_sizing = 0.0
         self.trust_map = None        # the kernel stage's trust bits (ebpf.TrustMap), with steer
         self.cookie_keys = None      # its server-cookie secrets (ebpf.CookieKeys), with cookies
+        self.names = None            # its name filter (ebpf_relay.NameFilter), with the trust map
         if self.steer:
             from pop53.scoring import ebpf
             try:
@@ -103,6 +104,13 @@ class ScoringService:
                 self.scorer.use_trust_buffer(self.trust_map.buf)
             except ebpf.EbpfUnavailable as exc:
                 log.info("no trust map for the kernel stage (%s): known prefixes steered whole", exc)
+            if self.trust_map is not None and settings.get("steer_names", True):
+                from pop53.scoring.ebpf_relay import NameFilter
+                try:
+                    self.names = NameFilter()
+                except ebpf.EbpfUnavailable as exc:
+                    log.info("no name filter for the kernel stage (%s): relays' random names "
+                             "reach the priority socket", exc)
             if self.steer_idle:
                 try:
                     self.wake_map = ebpf.WakeMap()
@@ -193,6 +201,15 @@ class ScoringService:
         except OSError:
             pass
 
+    def watch_images(self, slot) -> None:
+        """Fill the name filter from each image before it is published (and from the one
+        published now, if any), so the kernel stage knows the served names first."""
+        if self.names is None:
+            return
+        slot.before.append(lambda image: self.names.fill(image.view))
+        with slot.lock:
+            self.names.fill(slot.current.view if slot.current is not None else None)
+
     @property
     def trust_fd(self) -> int:
         return self.trust_map.fd if self.trust_map is not None else -1
@@ -237,6 +254,8 @@ class ScoringService:
             self.cookie_keys.close()
         if self.trust_map is not None:
             self.trust_map.close()
+        if self.names is not None:
+            self.names.close()
         if self.wake_map is not None:
             self.wake_map.close()
         for s in self.priority.values():
@@ -254,7 +273,8 @@ class ScoringService:
             wake = (self.wake_map.fd, first)
         self.steering, kept = steer.attach(
             sock, workers, known.v4, known.v6, self.trust_fd,
-            self.cookie_keys.fd if self.cookie_keys is not None else -1, wake)
+            self.cookie_keys.fd if self.cookie_keys is not None else -1, wake,
+            self.names.fd if self.names is not None else -1)
         if wake is not None and kept != (first in self.woken):
             _core.wake_switch(self.wake_map.buf, first, workers, kept)
             if kept:

@@ -53,6 +53,7 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     steer = typed("steer", bool, False)
     steer_cookies = typed("steer_cookies", bool, True)
     steer_idle = typed("steer_idle", bool, True)
+    steer_names = typed("steer_names", bool, True)
     queue_bytes = typed("queue_bytes", int, 0)
     if queue_bytes and not 4096 <= queue_bytes <= 1 << 30:
         raise ConfigError(f"must be 0 or within 4096..{1 << 30}, got {queue_bytes}", file=file,
@@ -83,5 +84,5 @@ def parse_settings(raw, file: str | None, base_dir: str | None = None) -> dict |
     if path and base_dir and not os.path.isabs(path):
         path = os.path.join(base_dir, path)
     return {"scorer": scorer, "known_resolvers": path, "learn": learn, "steer": steer,
-            "steer_cookies": steer_cookies, "steer_idle": steer_idle,
+            "steer_cookies": steer_cookies, "steer_idle": steer_idle, "steer_names": steer_names,
             "queue_bytes": queue_bytes, "queue_ms": float(queue_ms), "aging": aging}

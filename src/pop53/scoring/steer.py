@@ -50,7 +50,7 @@ def prologue(base: int, v4_keys) -> list:
 
 
 def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd: int = -1,
-           wake: tuple[int, int] | None = None) -> tuple[str, bool]:
+           wake: tuple[int, int] | None = None, names_fd: int = -1) -> tuple[str, bool]:
     """Attach the steering program to the group of 2 x `workers` sockets `sock` belongs to: the
     eBPF LPM-trie program (pop53.scoring.ebpf: every known /24 and /56) when the kernel allows
     it, else classic BPF (at most MAX_V4 IPv4 /24s, IPv6 not steered) with a warning saying
@@ -58,20 +58,27 @@ def attach(sock, workers: int, v4_keys, v6_keys=(), trust_fd: int = -1, keys_fd:
     prefix that went over its rate; with `keys_fd` (ebpf.CookieKeys) an address that has sent a
     valid server cookie only, and always, when it sends one again, known or not; with `wake`
     (ebpf.WakeMap's fd, the group's first worker slot) it counts each worker's priority
-    datagrams and sends them to the worker's normal socket while it waits there.  A kernel that
+    datagrams and sends them to the worker's normal socket while it waits there; with
+    `names_fd` (ebpf_relay.NameFilter) an address relaying water torture only with a name of
+    a served zone.  A kernel that
     refuses the cookie check (before 6.1: no bpf_ktime_get_tai_ns) or the wake words (before
     5.12: no atomic fetch) gets the program without it and a warning.  Returns ("ebpf" or
     "cbpf", whether the wake words are kept)."""
     from pop53.scoring import ebpf
-    # everything, then without the cookie check, then without the wake words, then neither
-    tries = list(dict.fromkeys([(keys_fd, wake), (-1, wake), (keys_fd, None), (-1, None)]))
+    # everything, then without the cookie check, then without the wake words, then neither,
+    # then without the relay check either
+    tries = list(dict.fromkeys([(keys_fd, wake, names_fd), (-1, wake, names_fd),
+                                (keys_fd, None, names_fd), (-1, None, names_fd), (-1, None, -1)]))
     last = None
-    for keys, wk in tries:
+    for keys, wk, names in tries:
         try:
-            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys, wk)
+            ebpf.attach(sock, workers, v4_keys, v6_keys, trust_fd, keys, wk, names)
         except (ebpf.EbpfUnavailable, RuntimeError) as exc:
             last = exc
             continue
+        if names_fd >= 0 and names < 0:
+            _warn_once("names", "the kernel refused the steering program's relay check (%s): "
+                       "relays' random names reach the priority sockets", _why(last))
         if keys_fd >= 0 and keys < 0:
             _warn_once("cookies", "the kernel refused the steering program's server-cookie "
                        "check (%s): cookie senders are steered by their prefix alone", _why(last))

@@ -48,6 +48,8 @@ class Server:
         self.shared = _core.Shared()
         self.slot = ImageSlot(self.shared, lambda: self.net.readers())
         self.slot.listeners.append(self._seed_maps)
+        if self.scoring is not None:
+            self.scoring.watch_images(self.slot)      # the kernel stage's name filter
         self.zones = ZoneSet(lambda: self.config, self.slot)
         # one response-rate-limiting table for all UDP workers ([rrl]; TCP is never limited)
         self.net = Workers(self.slot, responder,

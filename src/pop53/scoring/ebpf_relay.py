@@ -1,0 +1,167 @@
+"""The relay check of the steering program (issue 13, water torture relayed by trusted
+resolvers): a datagram from an address whose relay bit is set (the trust map's relay region,
+written by the workers, scoring_trust.pxi sc_relay_bit) is steered to the priority socket only
+when its question name is a node of a served zone, by the name filter (NameFilter, a Bloom
+filter the control plane fills from each image before publishing it, ext/scoring_names.pxi).
+The relay's random names then queue in the normal socket, where the normal class is cut under
+overload, instead of ahead of the known resolvers' queries in the priority socket, where the
+worker read and cut them one by one (up to 230,000 a second at 5x in the attack bench).  Its
+real names still reach the priority socket; a false positive of the filter only leaves a random
+name there, cut by the worker as before.  A datagram whose question cannot be read is not
+steered.
+
+The hash, as nf_hash in ext/scoring_names.pxi: the name's wire bytes zero-padded to 8-byte
+words, each lowercased eight bytes at once (A-Z only), folded in by xor and multiply, mixed;
+bit h & (2^24 - 1) and bit h >> 40 of the live half.
+
+Stack: what the cookie check uses (pop53.scoring.ebpf_cookie: the name at NAME, its counters),
+the hash at HASH, the live half's first word at END, the array index at -32 and the bit at -28.
+"""
+from __future__ import annotations
+
+import os
+
+from pop53.scoring.ebpf_asm import (
+    Asm, BPF_ADD, BPF_ALU64, BPF_AND, BPF_DW, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_K,
+    BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_MUL, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB,
+    BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R7)
+from pop53.scoring.ebpf_cookie import END, HASH, NAME, question
+
+SEED, MUL, MIX = 0x243F6A8885A308D3, 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
+SHIFT = 24                      # bits a half: 1 << 24 (NF_SHIFT)
+HALF_WORDS = 1 << (SHIFT - 6)
+
+
+def _lower8(a: Asm) -> None:
+    """R1 = R1 with A-Z lowercased in each of its eight bytes (nf_lower8).  Uses R0, R2, R3."""
+    a.imm64(R0, 0x7F7F7F7F7F7F7F7F)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+    a.op(BPF_ALU64 | BPF_AND | BPF_X, R2, R0)                   # x7
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, R2)
+    a.imm64(R0, 0x3F3F3F3F3F3F3F3F)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R3, R0)                   # >= 'A'
+    a.imm64(R0, 0x2525252525252525)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R2, R0)                   # > 'Z'
+    a.op(BPF_ALU64 | BPF_XOR | BPF_K, R2, 0, 0, -1)
+    a.op(BPF_ALU64 | BPF_AND | BPF_X, R3, R2)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_K, R2, 0, 0, -1)             # not high already
+    a.op(BPF_ALU64 | BPF_AND | BPF_X, R3, R2)
+    a.imm64(R0, 0x8080808080808080)
+    a.op(BPF_ALU64 | BPF_AND | BPF_X, R3, R0)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R3, 0, 0, 2)
+    a.op(BPF_ALU64 | BPF_OR | BPF_X, R1, R3)
+
+
+def _hash(a: Asm, tag: str) -> None:
+    """HASH = the filter's hash of the name at NAME whose root label is at index R7."""
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R7, 0, 0, 1)             # its length
+    a.imm64(R4, SEED)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, 0)
+    a.label("nword" + tag)
+    a.jmp(BPF_JMP | BPF_JGE | BPF_X, R5, "nmix" + tag, src=R7)
+    a.jmp(BPF_JMP | BPF_JGT | BPF_K, R5, "nmix" + tag, 248)    # (the verifier's bound)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, FP)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, NAME)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_X, R2, R5)
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R2, 0)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R3, R7)                   # the last word: its bytes only
+    a.op(BPF_ALU64 | BPF_SUB | BPF_X, R3, R5)
+    a.jmp(BPF_JMP | BPF_JGE | BPF_K, R3, "nfull" + tag, 8)
+    a.op(BPF_ALU64 | BPF_LSH | BPF_K, R3, 0, 0, 3)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_K, R2, 0, 0, 1)
+    a.op(BPF_ALU64 | BPF_LSH | BPF_X, R2, R3)
+    a.op(BPF_ALU64 | BPF_SUB | BPF_K, R2, 0, 0, 1)
+    a.op(BPF_ALU64 | BPF_AND | BPF_X, R1, R2)
+    a.label("nfull" + tag)
+    _lower8(a)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_X, R4, R1)
+    a.imm64(R0, MUL)
+    a.op(BPF_ALU64 | BPF_MUL | BPF_X, R4, R0)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R5, 0, 0, 8)
+    a.jmp(BPF_JMP | BPF_JA, 0, "nword" + tag)
+    a.label("nmix" + tag)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R4)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, 29)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_X, R4, R1)
+    a.imm64(R0, MIX)
+    a.op(BPF_ALU64 | BPF_MUL | BPF_X, R4, R0)
+    a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R4)
+    a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, 32)
+    a.op(BPF_ALU64 | BPF_XOR | BPF_X, R4, R1)
+    a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R4, HASH)
+
+
+def emit(a: Asm, tag: str, iplen: int, relay_bit, names_fd: int, prio: str,
+         normal: str) -> None:
+    """The check for one address family (`iplen` 4 or 16): to `prio` when the address's relay
+    bit is clear (`relay_bit(label)` emits the bit test jumping to `label` when clear) or the
+    filter holds its question name, else to `normal`.  R6, R8 and R9 are kept."""
+    relay_bit(prio)
+    t = "r" + tag
+    question(a, t, iplen, normal, False)
+    _hash(a, t)
+    a.op(BPF_ST | BPF_MEM | BPF_W, FP, 0, -32, 0)
+    a.map_lookup(names_fd, -32, prio)                            # the live half
+    a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
+    a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
+    a.op(BPF_ALU64 | BPF_MUL | BPF_K, R1, 0, 0, HALF_WORDS)
+    a.op(BPF_ALU64 | BPF_ADD | BPF_K, R1, 0, 0, 1)
+    a.op(BPF_STX | BPF_MEM | BPF_DW, FP, R1, END)
+    for high in (False, True):
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, FP, HASH)
+        if high:
+            a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, 64 - SHIFT)
+        else:
+            a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, (1 << SHIFT) - 1)
+        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R3, FP, END)
+        a.op(BPF_ALU64 | BPF_ADD | BPF_X, R2, R3)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)             # the word
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
+        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)             # the bit in it
+        a.map_lookup(names_fd, -32, prio)
+        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
+        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
+        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
+        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
+        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, normal, 0)
+    a.jmp(BPF_JMP | BPF_JA, 0, prio)
+
+
+class NameFilter:
+    """The name filter the steering program reads (a BPF array map of _core.NAME_FILTER_WORDS
+    64-bit words, mmapped: word 0 says which half is live, then the two halves), filled from
+    each image before it is published (`fill`).  Raises ebpf.EbpfUnavailable when the kernel
+    does not allow it."""
+
+    def __init__(self):
+        import mmap
+
+        from pop53._core import NAME_FILTER_WORDS
+        from pop53.scoring import ebpf
+        try:
+            self.fd = ebpf._map(4, NAME_FILTER_WORDS, ebpf._MAP_TYPE_ARRAY, 8, ebpf._F_MMAPABLE)
+        except OSError as exc:
+            raise ebpf.EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
+        try:
+            self.buf = mmap.mmap(self.fd, NAME_FILTER_WORDS * 8, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            os.close(self.fd)
+            raise ebpf.EbpfUnavailable(f"mmap of the name filter: {exc.strerror}") from None
+        self.names = 0
+
+    def fill(self, view) -> int:
+        """Every node name of the image view `view` (None: none) in the half not live, then
+        that half live.  Returns how many names."""
+        from pop53._core import name_filter_fill
+        self.names = name_filter_fill(view, self.buf)
+        return self.names
+
+    def close(self) -> None:
+        """Close the fd (the programs keep the map; the mapping lives while `buf` does)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
