@@ -12,7 +12,8 @@ LABEL = {"pop53": "pop53 (scoring + steering)", "knot": "Knot mod-rrl", "nsd": "
          "pop53-nocheck": "pop53 without the kernel's cookie check (steer_cookies = false)",
          "pop53-nowake": "pop53 without the wake words (steer_idle = false)",
          "pop53-kstamps": "pop53 with the controller on kernel stamps (kernel_stamps = true)",
-         "pop53-wake": "pop53 with the wake words (steer_idle = true)"}
+         "pop53-wake": "pop53 with the wake words (steer_idle = true)",
+         "pop53-nonames": "pop53 without the kernel's relay check (steer_names = false)"}
 
 
 def _worst(xs) -> float:

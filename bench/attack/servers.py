@@ -266,12 +266,13 @@ _BUILD = {"pop53": _pop53, "knot": _knot, "nsd": _nsd, "dnsdist": _dnsdist,
           "pop53-nocheck": lambda *a, **kw: _pop53(*a, **kw, extra="steer_cookies = false\n"),
           "pop53-nowake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = false\n"),
           "pop53-kstamps": lambda *a, **kw: _pop53(*a, **kw, extra="kernel_stamps = true\n"),
-          "pop53-wake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = true\n")}
+          "pop53-wake": lambda *a, **kw: _pop53(*a, **kw, extra="steer_idle = true\n"),
+          "pop53-nonames": lambda *a, **kw: _pop53(*a, **kw, extra="steer_names = false\n")}
 
 
 def missing(name: str) -> str | None:
     need = {"pop53": [], "pop53-nocheck": [], "pop53-nowake": [], "pop53-kstamps": [], "pop53-wake": [],
-            "knot": ["knotd"], "nsd": ["nsd"],
+            "pop53-nonames": [], "knot": ["knotd"], "nsd": ["nsd"],
             "dnsdist": ["nsd", "dnsdist"]}[name]
     gone = [b for b in need if not shutil.which(b)]
     return f"{', '.join(gone)} not installed" if gone else None
