@@ -55,7 +55,7 @@ def name_filter_fill(ImageView view, object buf):
     """Fill the half of the name filter in `buf` (writable, NF_WORDS u64 words: the kernel
     stage's mmapped map) that is not live with every node name of `view`'s zones (None: no
     name), then make it the live one.  Returns how many names went in.  One filler at a time
-    (the image slot's lock)."""
+    (NameFilter's thread)."""
     cdef Py_buffer b
     cdef uint64_t* words
     cdef uint64_t* half

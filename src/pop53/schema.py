@@ -337,8 +337,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("steer_names", "boolean", True, "with steer and the eBPF program: a trusted address the workers "
       "found relaying water torture (its answers mostly NXDOMAIN, its random names in a zone under "
       "NXDOMAIN pressure) is steered to the priority socket only with a question name that is a node of "
-      "a served zone (a Bloom filter of the image's names, 4 MiB, filled before each image is "
-      "published); its other names go to the normal socket, cut there under overload, not queued ahead "
+      "a served zone (a Bloom filter of the image's names, 4 MiB, refilled in a thread of its own after "
+      "each image is published); its other names go to the normal socket, cut there under overload, not queued ahead "
       "of the known resolvers' queries (docs/scoring.md, \"The relay check in the steering program\")")
  .key("kernel_stamps", "boolean", False, "the controller's queue delay from kernel receive stamps (a "
       "stamp per batch: SO_TIMESTAMPNS on the priority sockets, SIOCGSTAMPNS on the normal ones); the "

@@ -197,7 +197,8 @@ def test_a_real_relays_random_names_reach_the_normal_socket_and_its_real_names_t
     server.start()
     try:
         addr, relay = server.addresses[0], "127.1.0.30"
-        assert server.scoring.names is not None and server.scoring.names.names > 3
+        assert server.scoring.names is not None and server.scoring.names.settle()
+        assert server.scoring.names.names > 3
         assert _send(addr, relay, ["www.integ.example."]) == 1
         time.sleep(0.1)
         assert _send(addr, relay, ["www.integ.example."]) == 1
@@ -214,10 +215,33 @@ def test_a_real_relays_random_names_reach_the_normal_socket_and_its_real_names_t
         assert fams["pop53_scoring_relays"].samples[0].value == 1
         # a reload adds a name: it is a real name from then on
         zone.write_text(INTEG_ZONE.read_text() + "\nnew1 60 IN A 192.0.2.77\n")
-        assert server.reload()
+        assert server.reload() and server.scoring.names.settle()
         before = per_worker(server)
         assert _send(addr, relay, ["new1.integ.example."]) == 1
         after = per_worker(server)
         assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
     finally:
         server.stop()
+
+
+def test_the_filler_thread_fills_from_the_newest_image_asked_for():
+    """follow() returns at once; the thread fills from the newest view asked for, and close()
+    stops it."""
+    both = pop53.compile_zones([CORE_ZONE, INTEG_ZONE])
+    core = pop53.compile_zones([CORE_ZONE])
+    integ = dns.name.from_text("www.integ.example.").to_wire()
+    core_name = dns.name.from_text("www.core.test.").to_wire()
+    nf = NameFilter()
+    try:
+        nf.follow(both.view)
+        assert nf.settle() and _core.name_filter_has(nf.buf, integ)
+        for _ in range(5):
+            nf.follow(both.view)
+        nf.follow(core.view)
+        assert nf.settle()
+        assert _core.name_filter_has(nf.buf, core_name) and not _core.name_filter_has(nf.buf, integ)
+        nf.follow(None)
+        assert nf.settle() and nf.names == 0 and not _core.name_filter_has(nf.buf, core_name)
+    finally:
+        nf.close()
+    assert not nf._thread.is_alive()

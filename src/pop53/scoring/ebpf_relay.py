@@ -2,7 +2,7 @@
 resolvers): a datagram from an address whose relay bit is set (the trust map's relay region,
 written by the workers, scoring_trust.pxi sc_relay_bit) is steered to the priority socket only
 when its question name is a node of a served zone, by the name filter (NameFilter, a Bloom
-filter the control plane fills from each image before publishing it, ext/scoring_names.pxi).
+filter refilled from each published image, ext/scoring_names.pxi).
 The relay's random names then queue in the normal socket, where the normal class is cut under
 overload, instead of ahead of the known resolvers' queries in the priority socket, where the
 worker read and cut them one by one (up to 230,000 a second at 5x in the attack bench).  Its
@@ -19,13 +19,17 @@ the hash at HASH, the live half's first word at END, the array index at -32 and 
 """
 from __future__ import annotations
 
+import logging
 import os
+import threading
 
 from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU64, BPF_AND, BPF_DW, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_K,
     BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_MUL, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB,
     BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R7)
 from pop53.scoring.ebpf_cookie import END, HASH, NAME, question
+
+log = logging.getLogger("pop53.scoring")
 
 SEED, MUL, MIX = 0x243F6A8885A308D3, 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9
 SHIFT = 24                      # bits a half: 1 << 24 (NF_SHIFT)
@@ -133,8 +137,10 @@ def emit(a: Asm, tag: str, iplen: int, relay_bit, names_fd: int, prio: str,
 class NameFilter:
     """The name filter the steering program reads (a BPF array map of _core.NAME_FILTER_WORDS
     64-bit words, mmapped: word 0 says which half is live, then the two halves), filled from
-    each image before it is published (`fill`).  Raises ebpf.EbpfUnavailable when the kernel
-    does not allow it."""
+    each published image by a thread of its own (`follow`), so publishing never waits for it
+    (a million names take 0.2 s).  Until a fill ends, a name the new image added goes to the
+    normal socket if a relaying address asks it, and a name it removed to the priority socket.
+    Raises ebpf.EbpfUnavailable when the kernel does not allow it."""
 
     def __init__(self):
         import mmap
@@ -152,6 +158,42 @@ class NameFilter:
             os.close(self.fd)
             raise ebpf.EbpfUnavailable(f"mmap of the name filter: {exc.strerror}") from None
         self.names = 0
+        self._cv = threading.Condition()
+        self._want = None            # the newest view asked for, while not yet filled from
+        self._asked = self._done = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def follow(self, view) -> None:
+        """Fill from the image view `view` (None: no name) soon, in the filler thread; a newer
+        view asked for meanwhile replaces it."""
+        with self._cv:
+            self._want = view
+            self._asked += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pop53-names", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until the newest view asked for is in the filter (tests, tools)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._done == self._asked, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._closed or self._done != self._asked)
+                if self._closed:
+                    return
+                view, asked, self._want = self._want, self._asked, None
+            try:
+                self.fill(view)               # without the GIL
+            except Exception:                 # noqa: BLE001  never lose the thread
+                log.exception("the kernel stage's name filter was not refilled")
+            with self._cv:
+                self._done = asked
+                self._cv.notify_all()
 
     def fill(self, view) -> int:
         """Every node name of the image view `view` (None: none) in the half not live, then
@@ -161,7 +203,13 @@ class NameFilter:
         return self.names
 
     def close(self) -> None:
-        """Close the fd (the programs keep the map; the mapping lives while `buf` does)."""
+        """Stop the filler thread and close the fd (the programs keep the map; the mapping
+        lives while `buf` does)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -202,13 +202,13 @@ class ScoringService:
             pass
 
     def watch_images(self, slot) -> None:
-        """Fill the name filter from each image before it is published (and from the one
-        published now, if any), so the kernel stage knows the served names first."""
+        """Refill the name filter from each image published (and from the one published now,
+        if any), in its own thread: publishing does not wait for it."""
         if self.names is None:
             return
-        slot.before.append(lambda image: self.names.fill(image.view))
+        slot.listeners.append(lambda image, _changed=None: self.names.follow(image.view))
         with slot.lock:
-            self.names.fill(slot.current.view if slot.current is not None else None)
+            self.names.follow(slot.current.view if slot.current is not None else None)
 
     @property
     def trust_fd(self) -> int:
