@@ -16,7 +16,6 @@ import argparse
 import os
 import random
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pop53 import _core  # noqa: E402
 from pop53.scoring import ebpf  # noqa: E402
 from pop53.scoring.ebpf_relay import NameFilter  # noqa: E402
 
-from bench.micro.steer_prog import LONG, frame, query  # noqa: E402
+from bench.micro.steer_prog import LONG, alternate, frame, query, table  # noqa: E402
 
 ZONE = ("$ORIGIN relay.test.\n$TTL 60\n@ SOA ns hostmaster 1 60 60 60 60\n@ NS ns\n"
         "ns A 127.0.0.1\nwww A 127.0.0.2\n")
@@ -88,17 +87,9 @@ def main(argv=None) -> int:
     workers = 2
     progs, _keep = setup(workers)
     load0 = os.getloadavg()[0]
-    ns: dict[tuple[str, str], list[int]] = {}
-    for rnd in range(args.rounds):
-        order = list(progs) if rnd % 2 == 0 else list(progs)[::-1]
-        for name in order:
-            for case, (src, qname, *steered) in CASES.items():
-                ret, dur = ebpf.test_run(progs[name], frame(src, query(name=qname)), args.repeat)
-                want = steered[name == "with the filter"]
-                if (ret >= workers) != want:
-                    raise SystemExit(f"{name}, {case}: socket {ret}, expected the "
-                                     f"{'priority' if want else 'normal'} block")
-                ns.setdefault((name, case), []).append(dur)
+    frames = {case: (frame(src, query(name=qname)), *steered)
+              for case, (src, qname, *steered) in CASES.items()}
+    ns = alternate(progs, frames, args.rounds, args.repeat, workers)
     load1 = os.getloadavg()[0]
     lines = ["# The steering program's relay check, cost per datagram (bench/micro/relay_prog.py)",
              "", f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
@@ -110,12 +101,7 @@ def main(argv=None) -> int:
              "alternating the programs: medians (min-max) of the kernel's mean ns per run; warm", "",
              "| datagram | without the filter | with the filter | steered (with) |",
              "|---|---|---|---|"]
-    for case, (_s, _n, _without, steered) in CASES.items():
-        cells = []
-        for name in progs:
-            xs = ns[(name, case)]
-            cells.append(f"{statistics.median(xs):.0f} ({min(xs)}-{max(xs)})")
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {'priority' if steered else 'normal'} |")
+    lines += table(progs, frames, ns)
     lines.append("")
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))

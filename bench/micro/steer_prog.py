@@ -98,6 +98,37 @@ def setup(workers: int = 2, known: int = 100_000):
     return progs, (trust, keys, scorer)
 
 
+def alternate(progs: dict, frames: dict, rounds: int, repeat: int, workers: int) -> dict:
+    """Run each program (name -> fd; two) on each case's frame (case -> (frame, steered by the
+    first program, by the second)) `repeat` times a measurement, the programs' order alternated
+    round by round, checking where each is steered.  Returns (program, case) -> [ns]."""
+    ns: dict[tuple[str, str], list[int]] = {}
+    names = list(progs)
+    for rnd in range(rounds):
+        for name in (names if rnd % 2 == 0 else names[::-1]):
+            for case, (fr, *steered) in frames.items():
+                ret, dur = ebpf.test_run(progs[name], fr, repeat)
+                want = steered[names.index(name)]
+                if (ret >= workers) != want:
+                    raise SystemExit(f"{name}, {case}: socket {ret}, expected the "
+                                     f"{'priority' if want else 'normal'} block")
+                ns.setdefault((name, case), []).append(dur)
+    return ns
+
+
+def table(progs: dict, frames: dict, ns: dict) -> list[str]:
+    """The markdown rows: each case's median (min-max) ns per program, where the second
+    steers it."""
+    lines = []
+    for case, (_fr, _first, steered) in frames.items():
+        cells = []
+        for name in progs:
+            xs = ns[(name, case)]
+            cells.append(f"{statistics.median(xs):.0f} ({min(xs)}-{max(xs)})")
+        lines.append(f"| {case} | " + " | ".join(cells) + f" | {'priority' if steered else 'normal'} |")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
@@ -107,17 +138,9 @@ def main(argv=None) -> int:
     workers = 2
     progs, _keep = setup(workers)
     load0 = os.getloadavg()[0]
-    ns: dict[tuple[str, str], list[int]] = {}
-    for rnd in range(args.rounds):
-        order = list(progs) if rnd % 2 == 0 else list(progs)[::-1]
-        for name in order:
-            for case, (src, payload, *steered) in CASES.items():
-                ret, dur = ebpf.test_run(progs[name], frame(src, payload), args.repeat)
-                want = steered[name == "with the check"]
-                if (ret >= workers) != want:
-                    raise SystemExit(f"{name}, {case}: socket {ret}, expected the "
-                                     f"{'priority' if want else 'normal'} block")
-                ns.setdefault((name, case), []).append(dur)
+    frames = {case: (frame(src, payload), *steered)
+              for case, (src, payload, *steered) in CASES.items()}
+    ns = alternate(progs, frames, args.rounds, args.repeat, workers)
     load1 = os.getloadavg()[0]
     lines = ["# The steering program's cost per datagram (bench/micro/steer_prog.py)", "",
              f"- Date (UTC): {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
@@ -129,12 +152,7 @@ def main(argv=None) -> int:
              "alternating the programs: medians (min-max) of the kernel's mean ns per run; warm "
              "(one frame, the trie in cache)", "",
              "| datagram | without the check | with the check | steered (with) |", "|---|---|---|---|"]
-    for case, (_s, _p, _without, steered) in CASES.items():
-        cells = []
-        for name in progs:
-            xs = ns[(name, case)]
-            cells.append(f"{statistics.median(xs):.0f} ({min(xs)}-{max(xs)})")
-        lines.append(f"| {case} | " + " | ".join(cells) + f" | {'priority' if steered else 'normal'} |")
+    lines += table(progs, frames, ns)
     lines += ["", "Without the check a cookie sender is steered by its prefix alone (both here are "
               "outside the known prefixes: the normal block), whatever it carries.", ""]
     args.out.write_text("\n".join(lines))

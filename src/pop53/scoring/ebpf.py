@@ -99,30 +99,13 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         a.map_lookup(fd6, -24, "pick")
         a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
-    def test_bit(fd, base, clear):
-        """Jump to `clear` unless bit r1 of the region at word `base` of array map `fd` is set
-        (a missing element counts as clear; the verifier inlines an array's lookup)."""
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
-        if base:
-            a.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                    # the array index
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                    # the bit in the word
-        a.map_lookup(fd, -32, clear)
-        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, clear, 0)
-
     def lookup_v4(known):
         """Bit (saddr >> 8) of the bitmap: the /24 in host order, as the keys are."""
         a.op(BPF_LDX | BPF_MEM | BPF_W, R9, FP, -20)                    # the address word to hash
         a.op(BPF_ALU64 | BPF_MOV | BPF_X, R1, R9)
         a.op(BPF_ALU | BPF_END | BPF_TO_BE, R1, 0, 0, 32)               # network order: a.b.c.d
         a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, 8)                    # the /24
-        test_bit(fd4, 0, "pick")
+        a.test_bit(fd4, "pick")
         a.jmp(BPF_JMP | BPF_JA, 0, known if trust_fd >= 0 else "prio")
 
     def key_v4(prefix):          # r1 = the folded address (or /24), as scoring.pxi folds it
@@ -144,7 +127,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
         key()
         a.op(BPF_ALU | BPF_MUL | BPF_K, R1, 0, 0, _GOLDEN - (1 << 32))
         a.op(BPF_ALU | BPF_RSH | BPF_K, R1, 0, 0, shift)
-        test_bit(trust_fd, base, clear)
+        a.test_bit(trust_fd, clear, base)
 
     def overflow_check(word, trusted, calm):
         """Jump to `trusted` while the clock is before word `word` of the trust map (the

@@ -1,5 +1,6 @@
 """A tiny eBPF assembler for the kernel stage's hand-written programs (pop53.scoring.ebpf, the
-steering program; pop53.scoring.ebpf_cookie, its server-cookie check): instructions as
+steering program; pop53.scoring.ebpf_cookie and ebpf_relay, its server-cookie and relay
+checks): instructions as
 (code, dst, src, off, imm), jumps to labels, 64-bit immediates and map fds.  There is no clang
 on the machine and no C file to build."""
 from __future__ import annotations
@@ -83,6 +84,29 @@ class Asm:
         self.op(BPF_ALU64 | BPF_MOV | BPF_K, R5, 0, 0, HDR_START_NET)
         self.op(BPF_JMP | BPF_CALL, 0, 0, 0, FUNC_SKB_LOAD_BYTES_RELATIVE)
         self.jmp(BPF_JMP | BPF_JNE | BPF_K, R0, fail, 0)
+
+    def test_bit(self, fd: int, clear: str, base: int = 0, base_at: int | None = None,
+                 miss: str | None = None) -> None:
+        """Jump to `clear` unless bit r1 of array map `fd`'s 64-bit words, counted from word
+        `base` (plus the u64 at fp + `base_at`), is set; to `miss` (default `clear`) when the
+        element is missing (the verifier inlines an array's lookup).  Uses R0-R5 and fp-32 to
+        fp-25."""
+        self.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
+        self.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
+        if base:
+            self.op(BPF_ALU64 | BPF_ADD | BPF_K, R2, 0, 0, base)
+        if base_at is not None:
+            self.op(BPF_LDX | BPF_MEM | BPF_DW, R3, FP, base_at)
+            self.op(BPF_ALU64 | BPF_ADD | BPF_X, R2, R3)
+        self.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)                 # the array index
+        self.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
+        self.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)                 # the bit in the word
+        self.map_lookup(fd, -32, miss or clear)
+        self.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
+        self.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
+        self.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
+        self.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
+        self.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, clear, 0)
 
     def imm64(self, dst, value):
         """dst = a 64-bit constant (BPF_LD | BPF_DW | BPF_IMM, two instruction slots)."""

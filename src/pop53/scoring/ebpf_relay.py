@@ -24,7 +24,7 @@ import os
 import threading
 
 from pop53.scoring.ebpf_asm import (
-    Asm, BPF_ADD, BPF_ALU64, BPF_AND, BPF_DW, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_K,
+    Asm, BPF_ADD, BPF_ALU64, BPF_AND, BPF_DW, BPF_JA, BPF_JGE, BPF_JGT, BPF_JMP, BPF_K,
     BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_MUL, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB,
     BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R7)
 from pop53.scoring.ebpf_cookie import END, HASH, NAME, question
@@ -118,19 +118,7 @@ def emit(a: Asm, tag: str, iplen: int, relay_bit, names_fd: int, prio: str,
             a.op(BPF_ALU64 | BPF_RSH | BPF_K, R1, 0, 0, 64 - SHIFT)
         else:
             a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, (1 << SHIFT) - 1)
-        a.op(BPF_ALU64 | BPF_MOV | BPF_X, R2, R1)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_K, R2, 0, 0, 6)
-        a.op(BPF_LDX | BPF_MEM | BPF_DW, R3, FP, END)
-        a.op(BPF_ALU64 | BPF_ADD | BPF_X, R2, R3)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R2, -32)             # the word
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 63)
-        a.op(BPF_STX | BPF_MEM | BPF_W, FP, R1, -28)             # the bit in it
-        a.map_lookup(names_fd, -32, prio)
-        a.op(BPF_LDX | BPF_MEM | BPF_DW, R1, R0, 0)
-        a.op(BPF_LDX | BPF_MEM | BPF_W, R2, FP, -28)
-        a.op(BPF_ALU64 | BPF_RSH | BPF_X, R1, R2)
-        a.op(BPF_ALU64 | BPF_AND | BPF_K, R1, 0, 0, 1)
-        a.jmp(BPF_JMP | BPF_JEQ | BPF_K, R1, normal, 0)
+        a.test_bit(names_fd, normal, base_at=END, miss=prio)
     a.jmp(BPF_JMP | BPF_JA, 0, prio)
 
 
