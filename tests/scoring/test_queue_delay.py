@@ -117,8 +117,11 @@ def test_sized_queue_follows_measured_cost():
     svc = ScoringService(parse_settings({"queue_ms": 2, "steer": True}, "f"))
     assert 256 <= svc.truesize <= 16384
     assert svc.queue_for(500.0) == int(4000 * svc.truesize)        # 2 ms at 500 ns a query
-    assert svc.queue_for(250.0) == min(4 << 20, int(8000 * svc.truesize))
+    assert svc.queue_for(250.0) == min(8 << 20, int(8000 * svc.truesize))
     assert svc.queue_for(1e6) == 64 * svc.truesize                    # never below 64 datagrams
+    # at most what the server's own sockets hold (4 MiB asked, doubled by the kernel); a
+    # priority socket at most 4 MiB
+    assert svc.queue_for(1.0) == 8 << 20 and svc.queue_for(1.0, 8.0, priority=True) == 4 << 20
     assert ScoringService(parse_settings({"queue_ms": 0, "steer": True}, "f")).queue_ms == 0
     # without the kernel stage known resolvers share the normal queue: it keeps its 4 MiB
     assert ScoringService(parse_settings({"queue_ms": 2}, "f")).queue_ms == 0

@@ -20,7 +20,12 @@ DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measur
 # The priority socket's queue, in ms of work: room for the known resolvers' bursts, but spoofed
 # known sources filling it must not queue seconds of work ahead of the real ones
 PRIORITY_MS = 8.0
-MAX_QUEUE = 4 << 20           # the server's default receive buffer
+MAX_QUEUE = 4 << 20           # the priority queue's ceiling, as the kernel counts a buffer
+# the normal queue's ceiling: what the server's own UDP sockets hold (pop53.serve.sockets asks
+# for 4 MiB, which the kernel doubles), so a scored server never queues less than a plain one.
+# Until session 21 it was MAX_QUEUE, half of that: 2.5% fewer replies at full speed without an
+# attack under the bench's half-core cap (bench/results/attack-s21/capacity-cap-ab*.md)
+NORMAL_QUEUE = 2 * (4 << 20)
 
 
 def datagram_truesize() -> int:
@@ -143,7 +148,7 @@ class ScoringService:
                     self.size_queue(server.net.udp_socks[i], cost)
                     prio = self.priority.get(server.net.udp_socks[i].fileno())
                     if prio is not None:
-                        self.size_queue(prio, cost, PRIORITY_MS)
+                        self.size_queue(prio, cost, PRIORITY_MS, priority=True)
         if time.monotonic() >= self._next_aging:        # once a second: stats build dicts
             self._next_aging = time.monotonic() + 1.0
             self.aging.step(sum(w.scoring_stats()["overload_ticks"] for w in server.workers))
@@ -176,21 +181,23 @@ class ScoringService:
         if self.queue_bytes and not priority:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.queue_bytes)
         elif self.queue_ms:
-            self.size_queue(sock, 0.0, PRIORITY_MS if priority else self.queue_ms)
+            self.size_queue(sock, 0.0, PRIORITY_MS if priority else self.queue_ms, priority)
 
-    def queue_for(self, cost_ns: float, ms: float | None = None) -> int:
+    def queue_for(self, cost_ns: float, ms: float | None = None, priority: bool = False) -> int:
         """The receive buffer (as the kernel counts it) holding `ms` (default `queue_ms`) of work
-        at `cost_ns` per query (0: not measured yet), within 64 datagrams and the server's 4 MiB."""
+        at `cost_ns` per query (0: not measured yet), within 64 datagrams and NORMAL_QUEUE (a
+        priority socket's: MAX_QUEUE)."""
         ms = self.queue_ms if ms is None else ms
         datagrams = ms * 1e6 / (cost_ns if cost_ns > 0 else DEFAULT_COST_NS)
-        return int(min(MAX_QUEUE, max(64, datagrams) * self.truesize))
+        return int(min(MAX_QUEUE if priority else NORMAL_QUEUE, max(64, datagrams) * self.truesize))
 
-    def size_queue(self, sock: socket.socket, cost_ns: float, ms: float | None = None) -> None:
+    def size_queue(self, sock: socket.socket, cost_ns: float, ms: float | None = None,
+                   priority: bool = False) -> None:
         """Size a socket's queue to `ms` (default `queue_ms`) of its worker's measured work: long
         enough to ride out the worker's scheduling stalls (a CPU quota's gap, a preemption)
         without dropping answers at its capacity, short enough that under a flood what is
         answered is at most that stale.  Re-set only when the size moves by more than a quarter."""
-        want = self.queue_for(cost_ns, ms)
+        want = self.queue_for(cost_ns, ms, priority)
         fd = sock.fileno()
         old = self.sized.get(fd, 0)
         if fd < 0 or (old and abs(want - old) * 4 < old):
