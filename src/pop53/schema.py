@@ -349,7 +349,8 @@ _scoring = SCHEMA.table("scoring", doc="Query scoring and prioritized processing
  .key("queue_bytes", "integer (bytes)", 0, "receive buffer of the normal UDP sockets (the kernel doubles it); "
       "0: sized from queue_ms.  Priority sockets: 8 ms of work, or 4 MiB")
  .key("queue_ms", "number (ms) 0..1000", 32, "with steer: size the normal sockets' receive buffers to this "
-      "much of the worker's measured work per query (at most 4 MiB), enough to ride out its and its "
+      "much of the worker's measured work per query (at most what the server's own sockets hold: 4 MiB "
+      "asked, 8 MiB as the kernel counts it), enough to ride out its and its "
       "clients' scheduling stalls without dropping answers at capacity; under a flood, how stale an "
       "unknown client's answer may be (re-sized each second; 0: keep the server's 4 MiB)")
  .key("delay_target_us", "integer (us)", 2000, "queue delay (see kernel_stamps) that "
