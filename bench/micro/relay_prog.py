@@ -12,7 +12,6 @@ test: nothing asserts a time.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import socket
@@ -30,7 +29,7 @@ from pop53 import _core  # noqa: E402
 from pop53.scoring import ebpf  # noqa: E402
 from pop53.scoring.ebpf_relay import NameFilter  # noqa: E402
 
-from bench.micro.steer_prog import LONG, alternate, frame, query, table  # noqa: E402
+from bench.micro.steer_prog import LONG, alternate, arguments, frame, query, table  # noqa: E402
 
 ZONE = ("$ORIGIN relay.test.\n$TTL 60\n@ SOA ns hostmaster 1 60 60 60 60\n@ NS ns\n"
         "ns A 127.0.0.1\nwww A 127.0.0.2\n")
@@ -79,11 +78,7 @@ def _known_table():
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--repeat", type=int, default=200_000)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "relay_prog.md")
-    args = ap.parse_args(argv)
+    args = arguments(argv, __doc__, "relay_prog.md")
     workers = 2
     progs, _keep = setup(workers)
     load0 = os.getloadavg()[0]

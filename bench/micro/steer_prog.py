@@ -129,12 +129,17 @@ def table(progs: dict, frames: dict, ns: dict) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments(argv, doc: str, out: str) -> argparse.Namespace:
+    """--rounds, --repeat and --out (default bench/results/`out`) of a program bench."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--repeat", type=int, default=200_000)
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "steer_prog.md")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = arguments(argv, __doc__, "steer_prog.md")
     workers = 2
     progs, _keep = setup(workers)
     load0 = os.getloadavg()[0]

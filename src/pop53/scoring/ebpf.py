@@ -24,13 +24,15 @@ Program (r6 = skb; the stack holds the trie key {u32 prefixlen; u8 addr[16]} at 
         inside it), or the clock (bpf_ktime_get_coarse_ns) before the trust map's overflow
         word (the workers' deadline: a priority socket dropped, so for a second only addresses
         with history are steered there), and the address's trust bit clear -> not steered
+    relay check (with the name filter, NameFilter): the address's relay bit set and its question
+        name not in the filter (no node of a served zone) -> not steered (pop53.scoring.ebpf_relay)
     base = W if steered else 0;  return base + (hash(last address word) % W)
 
 The trust map (TrustMap) is a BPF array map the workers write through mmap (scoring.pxi,
 sc_known_class): address trust bits (per-address history inside known prefixes), strict prefix
 bits and cookie bits, all indexed by (folded key * golden) >> shift (_core.TRUST_LAYOUT), then one
-word, the overflow deadline (sc_prio_overflow), so the kernel and the workers agree on every bit
-without a system call per change.
+word, the overflow deadline (sc_prio_overflow), then the relay bits (sc_relay_bit), so the kernel
+and the workers agree on every bit without a system call per change.
 """
 from __future__ import annotations
 
