@@ -14,10 +14,6 @@
 # end.  Two halves: a fill writes the one not live, then flips word 0, so the program never sees
 # a half-built filter.
 
-cdef enum:
-    NF_K = 2            # bits a name
-
-
 cdef inline uint64_t nf_lower8(uint64_t x) noexcept nogil:
     """The eight bytes of x with A-Z lowercased, nothing else changed."""
     cdef uint64_t x7 = x & 0x7F7F7F7F7F7F7F7FULL
@@ -42,10 +38,17 @@ cdef uint64_t nf_hash(const uint8_t* name, uint32_t n) noexcept nogil:
     return h ^ (h >> 32)
 
 
+cdef inline uint64_t nf_bit(uint64_t h, int k) noexcept nogil:
+    """The name's k-th bit (0 or 1) in a half: one from each end of its hash."""
+    return h & ((1ULL << NF_SHIFT) - 1) if k == 0 else h >> (64 - NF_SHIFT)
+
+
 cdef inline void nf_set(uint64_t* half, uint64_t h) noexcept nogil:
-    cdef uint64_t b0 = h & ((1ULL << NF_SHIFT) - 1), b1 = h >> (64 - NF_SHIFT)
-    half[b0 >> 6] |= 1ULL << (b0 & 63)
-    half[b1 >> 6] |= 1ULL << (b1 & 63)
+    cdef uint64_t b
+    cdef int k
+    for k in range(2):
+        b = nf_bit(h, k)
+        half[b >> 6] |= 1ULL << (b & 63)
 
 
 NAME_FILTER_WORDS = NF_WORDS
@@ -94,10 +97,14 @@ def name_filter_has(object buf, bytes wire not None):
     cdef const uint8_t[::1] m = buf
     cdef const uint64_t* words = <const uint64_t*>&m[0]
     cdef const uint64_t* half
-    cdef uint64_t h, b0, b1
+    cdef uint64_t h, b
+    cdef int k
     if len(wire) > 255 or m.shape[0] != NF_WORDS * 8:
         raise ValueError("a wire name of at most 255 bytes, a whole filter")
     half = words + 1 + (words[0] & 1) * NF_HALF_WORDS
     h = nf_hash(<const uint8_t*>(<char*>wire), len(wire))
-    b0, b1 = h & ((1ULL << NF_SHIFT) - 1), h >> (64 - NF_SHIFT)
-    return bool((half[b0 >> 6] >> (b0 & 63)) & (half[b1 >> 6] >> (b1 & 63)) & 1)
+    for k in range(2):
+        b = nf_bit(h, k)
+        if not (half[b >> 6] >> (b & 63)) & 1:
+            return False
+    return True

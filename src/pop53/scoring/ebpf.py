@@ -44,7 +44,7 @@ import os
 import socket
 import struct
 
-from pop53.scoring import ebpf_cookie, ebpf_relay
+from pop53.scoring import ebpf_cookie
 from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU, BPF_ALU64, BPF_AND, BPF_ATOMIC, BPF_B, BPF_CALL, BPF_DW, BPF_END,
     BPF_EXIT, BPF_FETCH, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LDX, BPF_MEM, BPF_MOD,
@@ -177,6 +177,7 @@ def program(workers: int, fd4: int, fd6: int, trust_fd: int = -1, keys_fd: int =
             a.label("trusted" + v)
             bit(lambda: key(False), addr_shift, 0, "pick")
             if relays:
+                from pop53.scoring import ebpf_relay       # (it imports this module)
                 a.label("relay" + v)
                 ebpf_relay.emit(a, v, 4 if v == "4" else 16,
                                 lambda clear: bit(lambda: key(False), addr_shift, relay_words,
@@ -257,60 +258,50 @@ def _map(key_size: int, entries: int, kind: int = _MAP_TYPE_LPM_TRIE, value_size
     return _bpf(_MAP_CREATE, attr)
 
 
-class TrustMap:
-    """The trust bits shared by the workers and the steering program: a BPF array map of
-    _core.TRUST_LAYOUT's words, mmapped (the Scorer writes it, Scorer.use_trust_buffer).
-    Raises EbpfUnavailable when the kernel does not allow it."""
+class MappedArray:
+    """A BPF array map of `words` 64-bit words, mmapped read-write (`buf`): the workers or the
+    control plane write it, the steering program reads it, with no system call per change.
+    Raises EbpfUnavailable (naming `what`) when the kernel does not allow it."""
 
-    def __init__(self):
+    def __init__(self, words: int, what: str):
         import mmap
-        from pop53._core import TRUST_LAYOUT
-        words = TRUST_LAYOUT[1]
         try:
             self.fd = _map(4, words, _MAP_TYPE_ARRAY, 8, _F_MMAPABLE)
         except OSError as exc:
             raise EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
         try:
-            self.buf = mmap.mmap(self.fd, words * 8, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as exc:
-            os.close(self.fd)
-            raise EbpfUnavailable(f"mmap of the trust map: {exc.strerror}") from None
-
-    def close(self) -> None:
-        """Close the fd (the mapping and the programs keep the map); the mapping goes with
-        the last reference to `buf` (the Scorer's)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-class WakeMap:
-    """The workers' wake words (ext/io.pxi WAKE_LAYOUT): a BPF array map, mmapped, one 64-bit
-    word a cache line per worker slot: the steering program counts each priority datagram in
-    its worker's word, and a worker waiting in its normal socket's receive says so there
-    (Worker.set_priority).  Raises EbpfUnavailable when the kernel does not allow it."""
-
-    def __init__(self):
-        import mmap
-        from pop53._core import WAKE_LAYOUT
-        slots, stride = WAKE_LAYOUT[0], WAKE_LAYOUT[1]
-        self.slots = slots
-        try:
-            self.fd = _map(4, slots * stride, _MAP_TYPE_ARRAY, 8, _F_MMAPABLE)
-        except OSError as exc:
-            raise EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
-        try:
-            self.buf = mmap.mmap(self.fd, slots * stride * 8, mmap.MAP_SHARED,
+            self.buf = mmap.mmap(self.fd, words * 8, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             os.close(self.fd)
-            raise EbpfUnavailable(f"mmap of the wake map: {exc.strerror}") from None
+            raise EbpfUnavailable(f"mmap of the {what}: {exc.strerror}") from None
 
     def close(self) -> None:
-        """Close the fd (the programs keep the map; the mapping lives while `buf` does)."""
+        """Close the fd (the programs keep the map); the mapping goes with the last reference
+        to `buf`."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class TrustMap(MappedArray):
+    """The trust bits shared by the workers and the steering program: _core.TRUST_LAYOUT's
+    words (the Scorer writes them, Scorer.use_trust_buffer)."""
+
+    def __init__(self):
+        from pop53._core import TRUST_LAYOUT
+        super().__init__(TRUST_LAYOUT[1], "trust map")
+
+
+class WakeMap(MappedArray):
+    """The workers' wake words (ext/io.pxi WAKE_LAYOUT): one 64-bit word a cache line per
+    worker slot: the steering program counts each priority datagram in its worker's word, and
+    a worker waiting in its normal socket's receive says so there (Worker.set_priority)."""
+
+    def __init__(self):
+        from pop53._core import WAKE_LAYOUT
+        self.slots = WAKE_LAYOUT[0]
+        super().__init__(WAKE_LAYOUT[0] * WAKE_LAYOUT[1], "wake map")
 
 
 def _update(fd: int, key: bytes, value: bytes = b"\x01") -> None:

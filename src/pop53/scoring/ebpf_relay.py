@@ -20,13 +20,13 @@ the hash at HASH, the live half's first word at END, the array index at -32 and 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from pop53.scoring.ebpf_asm import (
     Asm, BPF_ADD, BPF_ALU64, BPF_AND, BPF_DW, BPF_JA, BPF_JGE, BPF_JGT, BPF_JMP, BPF_K,
     BPF_LDX, BPF_LSH, BPF_MEM, BPF_MOV, BPF_MUL, BPF_OR, BPF_RSH, BPF_ST, BPF_STX, BPF_SUB,
     BPF_W, BPF_X, BPF_XOR, FP, R0, R1, R2, R3, R4, R5, R7)
+from pop53.scoring.ebpf import MappedArray
 from pop53.scoring.ebpf_cookie import END, HASH, NAME, question
 
 log = logging.getLogger("pop53.scoring")
@@ -122,29 +122,16 @@ def emit(a: Asm, tag: str, iplen: int, relay_bit, names_fd: int, prio: str,
     a.jmp(BPF_JMP | BPF_JA, 0, prio)
 
 
-class NameFilter:
-    """The name filter the steering program reads (a BPF array map of _core.NAME_FILTER_WORDS
-    64-bit words, mmapped: word 0 says which half is live, then the two halves), filled from
-    each published image by a thread of its own (`follow`), so publishing never waits for it
-    (a million names take 0.2 s).  Until a fill ends, a name the new image added goes to the
-    normal socket if a relaying address asks it, and a name it removed to the priority socket.
-    Raises ebpf.EbpfUnavailable when the kernel does not allow it."""
+class NameFilter(MappedArray):
+    """The name filter the steering program reads (_core.NAME_FILTER_WORDS 64-bit words: word 0
+    says which half is live, then the two halves), filled from each published image by a
+    thread of its own (`follow`), so publishing never waits for it (a million names take
+    0.25 s).  Until a fill ends, a name the new image added goes to the normal socket if a
+    relaying address asks it, and a name it removed to the priority socket."""
 
     def __init__(self):
-        import mmap
-
         from pop53._core import NAME_FILTER_WORDS
-        from pop53.scoring import ebpf
-        try:
-            self.fd = ebpf._map(4, NAME_FILTER_WORDS, ebpf._MAP_TYPE_ARRAY, 8, ebpf._F_MMAPABLE)
-        except OSError as exc:
-            raise ebpf.EbpfUnavailable(f"bpf(2) array map: {exc.strerror}") from None
-        try:
-            self.buf = mmap.mmap(self.fd, NAME_FILTER_WORDS * 8, mmap.MAP_SHARED,
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as exc:
-            os.close(self.fd)
-            raise ebpf.EbpfUnavailable(f"mmap of the name filter: {exc.strerror}") from None
+        super().__init__(NAME_FILTER_WORDS, "name filter")
         self.names = 0
         self._cv = threading.Condition()
         self._want = None            # the newest view asked for, while not yet filled from
@@ -198,6 +185,4 @@ class NameFilter:
             self._cv.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        super().close()

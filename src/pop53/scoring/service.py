@@ -12,6 +12,7 @@ from pop53 import _core
 from pop53.errors import Pop53Error
 from pop53.scoring import learnstate
 from pop53.scoring.known import KnownPrefixes, compile_table, read_known
+from pop53.serve.sockets import RCVBUF
 
 log = logging.getLogger("pop53.scoring")
 
@@ -21,11 +22,11 @@ DEFAULT_COST_NS = 1000.0      # work per query assumed until a worker has measur
 # known sources filling it must not queue seconds of work ahead of the real ones
 PRIORITY_MS = 8.0
 MAX_QUEUE = 4 << 20           # the priority queue's ceiling, as the kernel counts a buffer
-# the normal queue's ceiling: what the server's own UDP sockets hold (pop53.serve.sockets asks
-# for 4 MiB, which the kernel doubles), so a scored server never queues less than a plain one.
-# Until session 21 it was MAX_QUEUE, half of that: 2.5% fewer replies at full speed without an
-# attack under the bench's half-core cap (bench/results/attack-s21/capacity-cap-ab*.md)
-NORMAL_QUEUE = 2 * (4 << 20)
+# the normal queue's ceiling: what the server's own UDP sockets hold (they ask for RCVBUF, which
+# the kernel doubles), so a scored server never queues less than a plain one.  Until session 21
+# it was MAX_QUEUE, half of that: 2.5% fewer replies at full speed without an attack under the
+# bench's half-core cap (bench/results/attack-s21/capacity-cap-ab*.md)
+NORMAL_QUEUE = 2 * RCVBUF
 
 
 def datagram_truesize() -> int:

@@ -24,12 +24,16 @@ FIXED_MTU_EDNS_MAX = 1232  # replies up to this fit the IPv6 minimum MTU (RFC 82
 RECV_TIMEOUT = 0.1        # how often an idle worker passes a quiescent point and checks for stop
 
 
+# every UDP socket's receive buffer asked for (the kernel doubles it: 8 MiB as it counts)
+RCVBUF = 4 << 20
+
+
 def udp_socket(addr: Listen, stamps: bool = True,
                edns_max: int = FIXED_MTU_EDNS_MAX) -> socket.socket:
     s = socket.socket(addr.family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, int(RECV_TIMEOUT * 1e6)))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
     if stamps:
         # the kernel's receive time of every datagram: answer latency with the socket's queue
         # (pop53_answer_latency_total_seconds, docs/dnstap.md)
