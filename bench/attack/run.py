@@ -202,6 +202,13 @@ def per_second(rows, seconds: int) -> list[tuple[float, float, float]]:
     return [answered([l for t, l in rows if sec <= t < sec + 1]) for sec in range(seconds)]
 
 
+def slow(rows, ms: float) -> list[str]:
+    """The known queries slower than `ms` or unanswered, as "offset ms:latency ms" ("-": no
+    reply), in the order sent."""
+    return [f"{t * 1000:.0f}:{'-' if l is None else f'{l * 1000:.1f}'}"
+            for t, l in sorted(rows) if l is None or l * 1000 > ms]
+
+
 def flood(binary: Path, port: int, seconds: float, rate: float, attack: str, zone_wire: str,
           name_wire: str, cpus: list[int], tx: str = "ring", duty: str | None = None
           ) -> list[subprocess.Popen]:
@@ -314,6 +321,8 @@ def main(argv=None) -> int:
     ap.add_argument("--capacity-ab", type=int, default=3, help="rounds of pop53's capacity with "
                     "scoring and steering on against plain, alternated (0: skip)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
+    ap.add_argument("--slow", type=float, default=0, help="print every known query slower than "
+                    "this many ms (or unanswered) with its offset in the row, in ms (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)
     if not shutil.which("taskset") or not shutil.which("gcc"):
@@ -375,6 +384,7 @@ def main(argv=None) -> int:
                                                 zone_wire, name_wire, cpus, args.flood_tx,
                                                 cap.duty())
                                 try:
+                                    m0 = time.monotonic()
                                     rows = resolvers(srv.port, ready, args.seconds)
                                     sent = sum(int(f.communicate(timeout=args.seconds + 10)[0].split()[0])
                                                for f in fls)
@@ -391,6 +401,10 @@ def main(argv=None) -> int:
                                 sched.setdefault((name, attack, load), []).append(sv.busiest(
                                     s0, srv.sched_ns(), args.seconds, cap.throttled_ns() - c0,
                                     sv.ksoftirqd_ns() - k0, sv.host_steal_ns() - h0))
+                                if args.slow:
+                                    print("slow", rnd, name, attack, load, f"monotonic {m0:.6f}",
+                                          slow(rows, args.slow),
+                                          flush=True)
                                 runs.setdefault((name, attack, load), []).append(
                                     (sent / args.seconds, secs, whole))
                                 print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
