@@ -137,7 +137,8 @@ def classify(s: dict, runs: list, ends: list, calls: dict, workers: dict) -> tup
         i += 1
     busy = [r for r in near if not r[3].startswith("swapper")]
     # the host's share of a run: its wall time less the task's runtime (paravirt accounting)
-    host = max((r[1] - r[0] - r[4] for r in busy if r[4] is not None), default=0.0) * 1000
+    host = max((r[1] - r[0] - r[4] for r in busy if r[4] is not None), default=0.0)
+    host = max(0.0, host) * 1000
     idle = longest([(r[0], r[1]) for r in near if r[3].startswith("swapper")], a, b)
     cap = max((r[1] - r[0] if r[4] is None else r[4] for r in busy
                if r[3] in ("steal", "flood")), default=0.0) * 1000
