@@ -322,7 +322,8 @@ def main(argv=None) -> int:
                     "scoring and steering on against plain, alternated (0: skip)")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--slow", type=float, default=0, help="print every known query slower than "
-                    "this many ms (or unanswered) with its offset in the row, in ms (0: none)")
+                    "this many ms (or unanswered) with its offset in the row, in ms, and the "
+                    "row's start on CLOCK_MONOTONIC (bench/attack/census.py reads them; 0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attack.md")
     args = ap.parse_args(argv)
     if not shutil.which("taskset") or not shutil.which("gcc"):
@@ -403,8 +404,7 @@ def main(argv=None) -> int:
                                     sv.ksoftirqd_ns() - k0, sv.host_steal_ns() - h0))
                                 if args.slow:
                                     print("slow", rnd, name, attack, load, f"monotonic {m0:.6f}",
-                                          slow(rows, args.slow),
-                                          flush=True)
+                                          slow(rows, args.slow), flush=True)
                                 runs.setdefault((name, attack, load), []).append(
                                     (sent / args.seconds, secs, whole))
                                 print(rnd, name, attack, load, f"{sent / args.seconds:,.0f}/s",
