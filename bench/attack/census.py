@@ -59,7 +59,7 @@ def stalls(log: Path, min_ms: float) -> tuple[list[dict], dict]:
             off, lat = int(off), (float(lat) if lat != "-" else float("inf"))
             if cur is None or off - cur["last"] > 20:
                 cur = {"row": f"{server} {attack} {load}x, round {rnd}", "off": off, "last": off,
-                       "worst": -1.0, "n": 0}
+                       "worst": -1.0, "n": 0, "calm": attack == "no attack"}
                 out.append(cur)
             cur["last"], cur["n"] = off, cur["n"] + 1
             if lat > cur["worst"]:
@@ -75,20 +75,22 @@ def stalls(log: Path, min_ms: float) -> tuple[list[dict], dict]:
 
 def trace(data: Path) -> tuple[list, dict, dict]:
     """From the perf data: CPU 0's runs [(start, end, tid, comm, ran)] (ran: the task's
-    runtime in the run, in s; None when the trace has no sched_stat_runtime), each thread's system calls on CPU [(start, end)] (split where it
-    was switched out), and the thread that made the most recvmmsg calls in each second (the
-    worker)."""
-    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,time,event,trace"],
-                          capture_output=True, text=True, check=True).stdout
+    runtime in the run, in s; None when the trace has no sched_stat_runtime), each thread's
+    system calls on CPU [(start, end)] (split where it was switched out), and the thread that
+    made the most recvmmsg calls in each second (the worker).  perf's text is read as it comes
+    (a traced run's is gigabytes)."""
+    perf = subprocess.Popen(["perf", "script", "-i", str(data), "-F", "tid,time,event,trace"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     runs, calls, recvs = [], {}, {}
-    cur, cur_comm, since, ran = None, "", None, 0
+    cur, cur_comm, since, ran, has_runtime = None, "", None, 0, False
     inside: dict[int, float] = {}       # tid -> since when it is inside a call and on CPU
-    for line in text.splitlines():
+    for line in perf.stdout:
         p = line.split(None, 3)
         if len(p) < 3:
             continue
         tid, t, event = int(p[0]), float(p[1].rstrip(":")), p[2]
         if "sched_stat_runtime" in event:
+            has_runtime = True
             m = _RUNTIME.search(line)
             if m and int(m.group(1)) == cur:
                 ran += int(m.group(2))
@@ -117,8 +119,10 @@ def trace(data: Path) -> tuple[list, dict, dict]:
             start = inside.pop(tid)
             if start >= 0:
                 calls.setdefault(tid, []).append((start, t))
+    if perf.wait():
+        raise SystemExit(f"perf script -i {data} failed ({perf.returncode})")
     workers = {sec: max(c, key=c.get) for sec, c in recvs.items()}
-    if "sched_stat_runtime" not in text:       # not traced: no runtime to compare
+    if not has_runtime:                         # not traced: no runtime to compare
         runs = [r[:4] + (None,) for r in runs]
     return runs, calls, workers
 
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
         by[kind].append(s)
         rows.append(f"| {s['row']} | {s['off']} | {s['worst']:.1f} | {s['n']} | {kind} | "
                     f"{got['host']:.1f} / {got['idle']:.1f} / {got['cap']:.1f} / {got['call']:.1f} |")
-    calm = sum(1 for s in found if " no attack " in s["row"])
+    calm = sum(1 for s in found if s["calm"])
     lines = [f"Stalls of {args.min_ms:g} ms or more in `{args.log.name}` "
              "(bench/attack/census.py)", "",
              f"Stalls a second: {calm / max(1, counts['no attack'] * args.seconds):.3f} in the "
