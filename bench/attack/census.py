@@ -30,6 +30,7 @@ Nothing here asserts a time; it reads what one run did."""
 from __future__ import annotations
 
 import argparse
+import ast
 import bisect
 import re
 import subprocess
@@ -54,7 +55,7 @@ def stalls(log: Path, min_ms: float) -> tuple[list[dict], dict]:
         rnd, server, attack, load, m0, items = m.groups()
         rows["no attack" if attack == "no attack" else "attack"] += 1
         cur = None
-        for item in (x.strip("' ") for x in items.split(",") if x.strip()):
+        for item in ast.literal_eval(f"[{items}]"):      # run.py prints a list of strings
             off, lat = item.split(":")
             off, lat = int(off), (float(lat) if lat != "-" else float("inf"))
             if cur is None or off - cur["last"] > 20:
@@ -122,7 +123,7 @@ def trace(data: Path) -> tuple[list, dict, dict]:
     if perf.wait():
         raise SystemExit(f"perf script -i {data} failed ({perf.returncode})")
     workers = {sec: max(c, key=c.get) for sec, c in recvs.items()}
-    if not has_runtime:                         # not traced: no runtime to compare
+    if not has_runtime:                 # traced without sched_stat_runtime: nothing to compare
         runs = [r[:4] + (None,) for r in runs]
     return runs, calls, workers
 
